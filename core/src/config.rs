@@ -1,0 +1,287 @@
+//! SDK configuration and the one policy struct that holds every limit, with documented defaults.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::protocol::{
+    self, AppContext, CampaignContext, ConsentContext, Context, DeviceContext, Event, SdkContext, ValidationError,
+    MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_ID_LEN,
+};
+
+/// Longest value kept from a deep link's utm_* or click id parameter; longer ones are cut.
+pub const MAX_CAMPAIGN_VALUE_LEN: usize = 256;
+/// Longest string in the app/device context given in the configuration.
+pub const MAX_CONTEXT_VALUE_LEN: usize = 256;
+
+/// Everything a host passes at start. `app_id`, `app_secret` and `endpoint` are required.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The app's public id, sent as `X-Trailmark-App`.
+    pub app_id: String,
+    /// The app's signing secret (HMAC-SHA256 key).
+    pub app_secret: String,
+    /// Base URL of the collector, e.g. `https://collect.example.com`. Must be `https://`;
+    /// `http://` is accepted only for loopback hosts (tests and local development).
+    pub endpoint: String,
+    /// When true, nothing is uploaded until `analytics` consent is granted; events wait in a
+    /// capped pre-consent buffer. When false, consent is granted until the host says otherwise.
+    pub require_consent: bool,
+    /// Report every engine decision through the logger callback.
+    pub debug: bool,
+    /// A stable device identifier from the platform (IDFV, Android id); sent only with
+    /// `attribution` consent.
+    pub device_id: Option<String>,
+    pub app: AppContext,
+    pub device: DeviceContext,
+    pub sdk: SdkContext,
+    pub policy: Policy,
+}
+
+impl Config {
+    /// A configuration with the given credentials and every other field at its default.
+    pub fn new(app_id: impl Into<String>, app_secret: impl Into<String>, endpoint: impl Into<String>) -> Self {
+        Config {
+            app_id: app_id.into(),
+            app_secret: app_secret.into(),
+            endpoint: endpoint.into(),
+            require_consent: false,
+            debug: false,
+            device_id: None,
+            app: AppContext::default(),
+            device: DeviceContext::default(),
+            sdk: SdkContext { name: "trailmark-rust".into(), version: env!("CARGO_PKG_VERSION").into() },
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// Every limit of the engine in one place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Most events kept in the upload queue; past it the oldest are dropped and counted.
+    /// Default 10,000.
+    pub max_queue_events: usize,
+    /// Oldest age of a queued event; older ones are dropped and counted. Default 30 days.
+    pub max_event_age: Duration,
+    /// Most events held while waiting for consent; past it the oldest are dropped and counted.
+    /// Default 1,000.
+    pub max_pre_consent_events: usize,
+    /// Upload as soon as this many events are queued. Default 20.
+    pub flush_at: usize,
+    /// Upload queued events at least this often. Default 30 s.
+    pub flush_interval: Duration,
+    /// Most events per upload (at most the protocol's 500). Default 500.
+    pub max_batch_events: usize,
+    /// Inactivity after which the next event starts a new session. Default 30 min.
+    pub session_timeout: Duration,
+    /// First retry delay of the exponential backoff (full jitter). Default 1 s.
+    pub retry_base: Duration,
+    /// Longest retry delay. Default 10 min.
+    pub retry_cap: Duration,
+    /// Longest `Retry-After` the engine honours. Default 24 h.
+    pub max_retry_after: Duration,
+    /// After a 401/403 uploads pause this long (events are kept). Default 1 h.
+    pub auth_pause: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_queue_events: 10_000,
+            max_event_age: Duration::from_secs(30 * 24 * 3600),
+            max_pre_consent_events: 1_000,
+            flush_at: 20,
+            flush_interval: Duration::from_secs(30),
+            max_batch_events: MAX_BATCH_EVENTS,
+            session_timeout: Duration::from_secs(30 * 60),
+            retry_base: Duration::from_secs(1),
+            retry_cap: Duration::from_secs(600),
+            max_retry_after: Duration::from_secs(24 * 3600),
+            auth_pause: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConfigError {
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("endpoint {0:?} is not a valid URL")]
+    InvalidEndpoint(String),
+    #[error("endpoint {0:?} must use https:// (http:// is allowed only for loopback hosts)")]
+    InsecureEndpoint(String),
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field, reason: reason.into() }
+}
+
+impl Config {
+    /// Checks the configuration and returns the upload URL.
+    pub fn validate(&self) -> Result<url::Url, ConfigError> {
+        protocol::validate_id("app_id", &self.app_id).map_err(|e| invalid("app_id", e.to_string()))?;
+        if self.app_secret.is_empty() {
+            return Err(invalid("app_secret", "is empty"));
+        }
+        if let Some(id) = &self.device_id {
+            protocol::validate_id("device_id", id).map_err(|e| invalid("device_id", e.to_string()))?;
+        }
+        let base = url::Url::parse(&self.endpoint).map_err(|_| ConfigError::InvalidEndpoint(self.endpoint.clone()))?;
+        match base.scheme() {
+            "https" => {}
+            "http" if is_loopback(&base) => {}
+            _ => return Err(ConfigError::InsecureEndpoint(self.endpoint.clone())),
+        }
+        if base.host().is_none() || base.cannot_be_a_base() {
+            return Err(ConfigError::InvalidEndpoint(self.endpoint.clone()));
+        }
+        let upload = format!("{}{}", self.endpoint.trim_end_matches('/'), protocol::EVENT_PATH);
+        let upload = url::Url::parse(&upload).map_err(|_| ConfigError::InvalidEndpoint(self.endpoint.clone()))?;
+
+        let strings = [
+            &self.app.id, &self.app.version, &self.app.build, &self.device.os, &self.device.os_version,
+            &self.device.model, &self.device.manufacturer, &self.device.locale, &self.device.timezone,
+        ];
+        if strings.iter().any(|s| s.as_ref().is_some_and(|s| s.len() > MAX_CONTEXT_VALUE_LEN)) {
+            return Err(invalid("context", format!("values are limited to {MAX_CONTEXT_VALUE_LEN} bytes")));
+        }
+        if self.sdk.name.len() > MAX_CONTEXT_VALUE_LEN || self.sdk.version.len() > MAX_CONTEXT_VALUE_LEN {
+            return Err(invalid("sdk", format!("values are limited to {MAX_CONTEXT_VALUE_LEN} bytes")));
+        }
+        self.policy.validate()?;
+        Ok(upload)
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+impl Policy {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_queue_events == 0 {
+            return Err(invalid("max_queue_events", "must be at least 1"));
+        }
+        if self.max_pre_consent_events == 0 {
+            return Err(invalid("max_pre_consent_events", "must be at least 1"));
+        }
+        if !(1..=MAX_BATCH_EVENTS).contains(&self.max_batch_events) {
+            return Err(invalid("max_batch_events", format!("must be 1..={MAX_BATCH_EVENTS}")));
+        }
+        if self.flush_at == 0 {
+            return Err(invalid("flush_at", "must be at least 1"));
+        }
+        for (field, d) in [
+            ("max_event_age", self.max_event_age),
+            ("flush_interval", self.flush_interval),
+            ("session_timeout", self.session_timeout),
+            ("retry_base", self.retry_base),
+            ("retry_cap", self.retry_cap),
+            ("auth_pause", self.auth_pause),
+        ] {
+            if d.is_zero() {
+                return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        if self.retry_base > self.retry_cap {
+            return Err(invalid("retry_base", "must not exceed retry_cap"));
+        }
+        Ok(())
+    }
+}
+
+/// The checks `track` runs before an event is built, as plain data so a driver can run them on
+/// the caller's thread and return a typed error at once. The engine runs the same checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackLimits {
+    /// Largest serialised `properties` object that still fits an event under
+    /// [`MAX_EVENT_BYTES`] with the largest context this configuration can produce.
+    pub max_properties_bytes: usize,
+}
+
+impl TrackLimits {
+    pub fn for_config(config: &Config) -> TrackLimits {
+        let long_id = "x".repeat(MAX_ID_LEN);
+        let long_value = Some("\"".repeat(MAX_CAMPAIGN_VALUE_LEN));
+        // The largest envelope of metadata this configuration can put around properties:
+        // every optional id at its longest, the campaign at its longest (each value made of
+        // characters JSON escapes), consent fully set.
+        let template = Event {
+            event_id: uuid::Uuid::nil(),
+            event_type: "x".repeat(protocol::MAX_TYPE_LEN),
+            timestamp: chrono::DateTime::from_timestamp_millis(253_402_300_799_999).unwrap_or_default(),
+            anonymous_id: long_id.clone(),
+            user_id: Some(long_id.clone()),
+            device_id: config.device_id.clone(),
+            session_id: Some(long_id),
+            properties: Map::new(),
+            context: Context {
+                app: Some(config.app.clone()),
+                device: Some(config.device.clone()),
+                campaign: Some(CampaignContext {
+                    utm_source: long_value.clone(),
+                    utm_medium: long_value.clone(),
+                    utm_campaign: long_value.clone(),
+                    utm_term: long_value.clone(),
+                    utm_content: long_value.clone(),
+                    click_id: long_value,
+                }),
+                consent: Some(ConsentContext { analytics: Some(false), attribution: Some(false), do_not_sell: false }),
+                sdk: Some(config.sdk.clone()),
+            },
+        };
+        let overhead = protocol::serialized_len(&template);
+        TrackLimits { max_properties_bytes: MAX_EVENT_BYTES.saturating_sub(overhead) }
+    }
+
+    /// Checks a `track` call: event type and properties.
+    pub fn check_track(&self, event_type: &str, properties: &Map<String, Value>) -> Result<(), ValidationError> {
+        protocol::validate_event_type(event_type)?;
+        protocol::validate_properties(properties, self.max_properties_bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_rules() {
+        let ok = |e: &str| Config::new("app", "s", e).validate();
+        assert_eq!(ok("https://collect.example.com").unwrap().as_str(), "https://collect.example.com/v1/event");
+        assert_eq!(ok("https://example.com/base/").unwrap().as_str(), "https://example.com/base/v1/event");
+        assert!(ok("http://127.0.0.1:8080").is_ok());
+        assert!(ok("http://localhost:8080").is_ok());
+        assert!(ok("http://[::1]:8080").is_ok());
+        assert_eq!(ok("http://example.com"), Err(ConfigError::InsecureEndpoint("http://example.com".into())));
+        assert!(matches!(ok("ftp://example.com"), Err(ConfigError::InsecureEndpoint(_))));
+        assert!(matches!(ok("not a url"), Err(ConfigError::InvalidEndpoint(_))));
+    }
+
+    #[test]
+    fn policy_rules() {
+        let mut c = Config::new("app", "s", "https://x.example");
+        c.policy.flush_at = 0;
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "flush_at", .. })));
+        c.policy = Policy { max_batch_events: 501, ..Policy::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "max_batch_events", .. })));
+        c.policy = Policy { retry_base: Duration::from_secs(700), ..Policy::default() };
+        assert!(c.validate().is_err());
+        let c = Config::new("", "s", "https://x.example");
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "app_id", .. })));
+    }
+
+    #[test]
+    fn property_budget_leaves_room_for_context() {
+        let limits = TrackLimits::for_config(&Config::new("app", "s", "https://x.example"));
+        assert!(limits.max_properties_bytes > 24 * 1024, "{limits:?}");
+        assert!(limits.max_properties_bytes < MAX_EVENT_BYTES);
+    }
+}

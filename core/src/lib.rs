@@ -1,0 +1,25 @@
+//! Trailmark's SDK core: a sans-IO engine for event tracking and attribution.
+//!
+//! * [`protocol`] — the wire contract shared with the server.
+//! * [`engine::Engine`] — the state machine: calls go in with the current time, uploads come out
+//!   as [`engine::UploadTask`]s, their results go back in with [`engine::Engine::report`].
+//! * [`store`] — the durable queue behind the [`store::EventStore`] trait (memory, SQLite).
+//! * [`pii`] — normalisation and hashing of email and phone.
+//! * `native` (feature `native`, on by default) — a ready driver for Rust hosts: worker thread,
+//!   SQLite, reqwest.
+//!
+//! The crate builds for `wasm32-unknown-unknown` with `--no-default-features`.
+
+pub mod config;
+pub mod engine;
+pub mod pii;
+pub mod protocol;
+pub mod store;
+
+#[cfg(feature = "native")]
+pub mod native;
+
+pub use config::{Config, ConfigError, Policy, TrackLimits};
+pub use engine::{Action, ConsentUpdate, Engine, Millis, OpenError, Stats, UploadOutcome, UploadTask};
+pub use protocol::ValidationError;
+pub use store::{EventStore, MemoryStore, StoreError};

@@ -1,0 +1,89 @@
+//! Normalisation and hashing of personal identifiers.
+//!
+//! `identify` traits `email` and `phone` never leave the engine raw: they are normalised and
+//! replaced by `email_sha256` / `phone_sha256` (lowercase hex SHA-256 of the normalised value).
+//! The normalisation follows what ad networks expect for hashed matching, so the same person
+//! hashes the same on every platform and on the server.
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PiiError {
+    #[error("not an email address")]
+    InvalidEmail,
+    #[error("a phone number needs 8 to 15 digits including the country code, got {0}")]
+    InvalidPhone(usize),
+}
+
+/// Trims surrounding white space and lower-cases; requires one `@` with text on both sides.
+pub fn normalize_email(raw: &str) -> Result<String, PiiError> {
+    let email = raw.trim().to_lowercase();
+    let (local, domain) = email.split_once('@').ok_or(PiiError::InvalidEmail)?;
+    if local.is_empty() || domain.is_empty() || domain.contains('@') || email.chars().any(char::is_whitespace) {
+        return Err(PiiError::InvalidEmail);
+    }
+    Ok(email)
+}
+
+/// Reduces a phone number to its E.164 digits (country code + subscriber number, no `+`):
+/// every non-digit is removed, then an international `00` prefix or other leading zeros.
+/// `+44 (0)20 7946-0958` is not rewritten for the trunk `(0)`; callers pass numbers with a
+/// country code, as E.164 requires.
+pub fn normalize_phone(raw: &str) -> Result<String, PiiError> {
+    let digits: String = raw.chars().filter(char::is_ascii_digit).collect();
+    let digits = digits.trim_start_matches('0').to_owned();
+    if !(8..=15).contains(&digits.len()) {
+        return Err(PiiError::InvalidPhone(digits.len()));
+    }
+    Ok(digits)
+}
+
+/// Lowercase hex SHA-256 of `value`.
+pub fn sha256_hex(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+/// `sha256_hex(normalize_email(raw))`.
+pub fn hash_email(raw: &str) -> Result<String, PiiError> {
+    normalize_email(raw).map(|e| sha256_hex(&e))
+}
+
+/// `sha256_hex(normalize_phone(raw))`.
+pub fn hash_phone(raw: &str) -> Result<String, PiiError> {
+    normalize_phone(raw).map(|p| sha256_hex(&p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_normalisation() {
+        assert_eq!(normalize_email("  Jane.Doe@Example.COM \n").unwrap(), "jane.doe@example.com");
+        assert_eq!(normalize_email("nope"), Err(PiiError::InvalidEmail));
+        assert_eq!(normalize_email("@x.com"), Err(PiiError::InvalidEmail));
+        assert_eq!(normalize_email("a b@x.com"), Err(PiiError::InvalidEmail));
+    }
+
+    #[test]
+    fn phone_normalisation() {
+        assert_eq!(normalize_phone("+1 (650) 555-1234").unwrap(), "16505551234");
+        assert_eq!(normalize_phone("0044 20 7946 0958").unwrap(), "442079460958");
+        assert_eq!(normalize_phone("12"), Err(PiiError::InvalidPhone(2)));
+    }
+
+    #[test]
+    fn known_hashes() {
+        // echo -n 'jane.doe@example.com' | sha256sum
+        assert_eq!(
+            hash_email(" Jane.Doe@example.com").unwrap(),
+            "86e0b9e56c17cc4d12387e1949b85053fbe73bc3ce5a1188713a9d300cc6133d"
+        );
+        // echo -n '16505551234' | sha256sum
+        assert_eq!(
+            hash_phone("+1 650-555-1234").unwrap(),
+            "6069d14bf122fdfd931dc7beb58e5dfbba395b1faf05bdcd42d12358d63d8599"
+        );
+    }
+}

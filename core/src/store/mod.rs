@@ -1,0 +1,193 @@
+//! The engine's storage contract and its in-memory implementation.
+//!
+//! The engine keeps a small index of the queue in memory and describes every change as one
+//! [`WriteBatch`], which a store must apply atomically: after a crash either all of it or none
+//! of it is visible. That single rule is what makes "no event lost, none sent after its
+//! acknowledgement" hold across restarts.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use thiserror::Error;
+
+#[cfg(feature = "native")]
+mod sqlite;
+#[cfg(feature = "native")]
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StoreError {
+    #[error("storage backend failed: {0}")]
+    Backend(String),
+    #[error("stored data is unreadable: {0}")]
+    Corrupt(String),
+    #[error("storage schema version {found} is newer than this SDK understands ({supported})")]
+    UnsupportedSchema { found: i64, supported: i64 },
+}
+
+/// One queued event: its serialised JSON and the metadata the engine indexes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Queue position, unique and increasing; delivery follows it.
+    pub seq: u64,
+    /// True while the event waits in the pre-consent buffer.
+    pub held: bool,
+    /// Engine time (Unix ms) when it was queued; the age cap reads it.
+    pub created_at: i64,
+    /// The event as JSON, exactly as it will be sent.
+    pub body: Vec<u8>,
+}
+
+/// What the engine keeps in memory for each queued event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub seq: u64,
+    pub held: bool,
+    pub created_at: i64,
+    pub size: u32,
+}
+
+impl StoredEvent {
+    pub fn index_entry(&self) -> IndexEntry {
+        IndexEntry { seq: self.seq, held: self.held, created_at: self.created_at, size: self.body.len() as u32 }
+    }
+}
+
+/// Everything a store holds, as read at start.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every queued event, ordered by `seq`.
+    pub entries: Vec<IndexEntry>,
+    /// The engine's persisted state (identity, consent, session, counters), opaque to the store.
+    pub state: Option<Vec<u8>>,
+}
+
+/// A set of changes applied atomically, in this order: `delete_all`, `delete_held`,
+/// `release_held`, `deletes`, `inserts`, `state`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    /// Remove every queued event (opt-out).
+    pub delete_all: bool,
+    /// Remove every event in the pre-consent buffer (consent denied).
+    pub delete_held: bool,
+    /// Move every held event into the upload queue (consent granted).
+    pub release_held: bool,
+    /// Remove these events (acknowledged, rejected, or dropped by a cap).
+    pub deletes: Vec<u64>,
+    /// Add these events.
+    pub inserts: Vec<StoredEvent>,
+    /// Replace the engine state.
+    pub state: Option<Vec<u8>>,
+}
+
+impl WriteBatch {
+    pub fn is_empty(&self) -> bool {
+        !self.delete_all
+            && !self.delete_held
+            && !self.release_held
+            && self.deletes.is_empty()
+            && self.inserts.is_empty()
+            && self.state.is_none()
+    }
+}
+
+/// Durable storage for the engine. Implementations: [`MemoryStore`] (tests, web fallback) and
+/// `SqliteStore` (native, feature `native`).
+pub trait EventStore {
+    /// Reads the whole index and the state; called once when the engine opens.
+    fn load(&mut self) -> Result<Snapshot, StoreError>;
+    /// Reads the bodies of the given events, in `seq` order. Missing ones are left out.
+    fn read(&mut self, seqs: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, StoreError>;
+    /// Applies a batch atomically and durably.
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), StoreError>;
+}
+
+impl<S: EventStore + ?Sized> EventStore for Box<S> {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        (**self).load()
+    }
+    fn read(&mut self, seqs: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        (**self).read(seqs)
+    }
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
+        (**self).commit(batch)
+    }
+}
+
+/// An in-memory store. Clones share the same contents, so a test can drop an engine (a crash)
+/// and open a new one on what it left behind.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<MemoryInner>>,
+}
+
+#[derive(Debug, Default)]
+struct MemoryInner {
+    events: BTreeMap<u64, StoredEvent>,
+    state: Option<Vec<u8>>,
+    /// When set, commits fail (to test storage errors).
+    fail_commits: bool,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
+        // A panic while holding the lock cannot leave the map half-written (every update is a
+        // single call), so a poisoned lock is still consistent.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every stored event, in `seq` order (for tests and inspection).
+    pub fn events(&self) -> Vec<StoredEvent> {
+        self.lock().events.values().cloned().collect()
+    }
+
+    /// Makes every following commit fail until called with `false`.
+    pub fn set_fail_commits(&self, fail: bool) {
+        self.lock().fail_commits = fail;
+    }
+}
+
+impl EventStore for MemoryStore {
+    fn load(&mut self) -> Result<Snapshot, StoreError> {
+        let inner = self.lock();
+        Ok(Snapshot {
+            entries: inner.events.values().map(StoredEvent::index_entry).collect(),
+            state: inner.state.clone(),
+        })
+    }
+
+    fn read(&mut self, seqs: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let inner = self.lock();
+        Ok(seqs.iter().filter_map(|s| inner.events.get(s).map(|e| (*s, e.body.clone()))).collect())
+    }
+
+    fn commit(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.fail_commits {
+            return Err(StoreError::Backend("commit refused (simulated failure)".into()));
+        }
+        if batch.delete_all {
+            inner.events.clear();
+        }
+        if batch.delete_held {
+            inner.events.retain(|_, e| !e.held);
+        }
+        if batch.release_held {
+            inner.events.values_mut().for_each(|e| e.held = false);
+        }
+        for seq in &batch.deletes {
+            inner.events.remove(seq);
+        }
+        for e in &batch.inserts {
+            inner.events.insert(e.seq, e.clone());
+        }
+        if let Some(state) = &batch.state {
+            inner.state = Some(state.clone());
+        }
+        Ok(())
+    }
+}
