@@ -23,6 +23,9 @@ use crate::store::{EventStore, IndexEntry, StoreError, StoredEvent, WriteBatch};
 /// Unix time in milliseconds, as the driver reads it from its clock.
 pub type Millis = i64;
 
+/// Receives one line per engine decision when `Config::debug` is set.
+pub type Logger = Box<dyn FnMut(&str) + Send>;
+
 /// Longest deep-link URL kept in a `deep_link_opened` event.
 const MAX_URL_LEN: usize = 2048;
 /// Bytes reserved in a batch for everything around the events (`sent_at`, `dropped`).
@@ -180,7 +183,7 @@ pub struct Engine<S: EventStore> {
     batch_limit: usize,
     flush_deadline: Option<Millis>,
     draining: bool,
-    logger: Option<Box<dyn FnMut(&str) + Send>>,
+    logger: Option<Logger>,
 }
 
 fn new_uuid(rng: &mut ChaCha20Rng) -> uuid::Uuid {
@@ -266,15 +269,13 @@ impl<S: EventStore> Engine<S> {
     }
 
     /// Receives a line for every engine decision when `config.debug` is set.
-    pub fn set_logger(&mut self, logger: Option<Box<dyn FnMut(&str) + Send>>) {
+    pub fn set_logger(&mut self, logger: Option<Logger>) {
         self.logger = logger;
     }
 
     fn log(&mut self, message: impl FnOnce() -> String) {
-        if self.config.debug {
-            if let Some(logger) = self.logger.as_mut() {
-                logger(&message());
-            }
+        if let Some(logger) = self.logger.as_mut().filter(|_| self.config.debug) {
+            logger(&message());
         }
     }
 
@@ -382,7 +383,8 @@ impl<S: EventStore> Engine<S> {
         self.guard(checked)?;
         if self.collection() == Collect::Ignore {
             // Without consent the identity is not even remembered.
-            return Ok(self.ignore("identify"));
+            self.ignore("identify");
+            return Ok(());
         }
         self.state.user_id = Some(user_id.to_owned());
         self.state_dirty = true;
@@ -396,7 +398,8 @@ impl<S: EventStore> Engine<S> {
         let checked = protocol::validate_id("user_id", new_user_id);
         self.guard(checked)?;
         if self.collection() == Collect::Ignore {
-            return Ok(self.ignore("alias"));
+            self.ignore("alias");
+            return Ok(());
         }
         let previous = self.state.user_id.clone().unwrap_or_else(|| self.state.anonymous_id.clone());
         let mut props = Map::new();
@@ -719,7 +722,8 @@ impl<S: EventStore> Engine<S> {
     // ----------------------------------------------------------------------------------------
 
     fn uploads_allowed(&self) -> bool {
-        !self.state.opted_out && !(self.config.require_consent && self.state.consent.analytics.is_none())
+        let waiting_for_consent = self.config.require_consent && self.state.consent.analytics.is_none();
+        !self.state.opted_out && !waiting_for_consent
     }
 
     fn collection(&self) -> Collect {

@@ -20,6 +20,6 @@ pub mod store;
 pub mod native;
 
 pub use config::{Config, ConfigError, Policy, TrackLimits};
-pub use engine::{Action, ConsentUpdate, Engine, Millis, OpenError, Stats, UploadOutcome, UploadTask};
+pub use engine::{Action, ConsentUpdate, Engine, Logger, Millis, OpenError, Stats, UploadOutcome, UploadTask};
 pub use protocol::ValidationError;
 pub use store::{EventStore, MemoryStore, StoreError};

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use thiserror::Error;
 
 #[cfg(feature = "native")]
-mod sqlite;
+pub mod sqlite;
 #[cfg(feature = "native")]
 pub use sqlite::SqliteStore;
 

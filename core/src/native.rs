@@ -1,0 +1,413 @@
+//! The native driver for Rust hosts: one worker thread owns the engine and its SQLite store,
+//! one uploader thread performs HTTP. Calls on the host's threads only validate and enqueue a
+//! message, so they never touch disk or network.
+//!
+//! ```no_run
+//! use trailmark_core::native::{NativeOptions, Trailmark};
+//! use trailmark_core::Config;
+//!
+//! let config = Config::new("my-app", "app-secret", "https://collect.example.com");
+//! let tm = Trailmark::start(config, NativeOptions::new("/var/lib/my-app/trailmark.db")).unwrap();
+//! let props = serde_json::json!({"sku": "A-1", "price": 9.99});
+//! tm.track("add_to_cart", props.as_object().unwrap().clone()).unwrap();
+//! tm.flush().unwrap(); // durable now; uploaded as soon as the network allows
+//! ```
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::config::{Config, TrackLimits};
+use crate::engine::{Action, Logger, ConsentUpdate, Engine, Millis, OpenError, Stats, UploadOutcome, UploadTask};
+use crate::protocol::ValidationError;
+use crate::store::sqlite::Durability;
+use crate::store::{SqliteStore, StoreError};
+
+/// Most commands the worker applies before it commits them. Bounds the time between a `track`
+/// and its commit under load.
+const MAX_BURST: usize = 8192;
+/// Longest a `flush()` or `stats()` call waits for the worker.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors of the native driver's API.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the SDK's queue is full; the event was dropped and counted")]
+    Backpressure,
+    #[error("the SDK has shut down")]
+    Closed,
+    #[error("the SDK did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("could not start the SDK: {0}")]
+    Start(String),
+}
+
+/// Performs one upload. The default is [`ReqwestUploader`]; platforms plug their own HTTP stack.
+pub trait Uploader: Send + 'static {
+    fn upload(&mut self, task: &UploadTask) -> UploadOutcome;
+}
+
+/// Blocking reqwest (rustls) uploader.
+pub struct ReqwestUploader {
+    client: reqwest::blocking::Client,
+}
+
+impl ReqwestUploader {
+    pub fn new() -> Result<Self, Error> {
+        let client = reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("trailmark-rust/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Start(e.to_string()))?;
+        Ok(ReqwestUploader { client })
+    }
+}
+
+impl Uploader for ReqwestUploader {
+    fn upload(&mut self, task: &UploadTask) -> UploadOutcome {
+        let mut request = self.client.post(&task.url).body(task.body.clone());
+        for (name, value) in &task.headers {
+            request = request.header(name, value);
+        }
+        match request.send() {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let retry_after = response
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                match response.bytes() {
+                    Ok(body) => UploadOutcome::Response { status, retry_after, body: body.to_vec() },
+                    // The status arrived but the body did not: we cannot know what was accepted.
+                    Err(e) => UploadOutcome::NetworkError(format!("reading response body: {e}")),
+                }
+            }
+            Err(e) => UploadOutcome::NetworkError(e.to_string()),
+        }
+    }
+}
+
+/// Options of the native driver besides the SDK [`Config`].
+pub struct NativeOptions {
+    /// Path of the SQLite queue file (created if missing).
+    pub db_path: PathBuf,
+    pub durability: Durability,
+    /// HTTP stack; `None` uses [`ReqwestUploader`].
+    pub uploader: Option<Box<dyn Uploader>>,
+    /// Receives engine decisions when `config.debug` is set.
+    pub logger: Option<Logger>,
+    /// Most calls waiting for the worker; past it `track` drops and counts. Default 65,536.
+    pub channel_capacity: usize,
+}
+
+impl NativeOptions {
+    pub fn new(db_path: impl Into<PathBuf>) -> Self {
+        NativeOptions {
+            db_path: db_path.into(),
+            durability: Durability::Full,
+            uploader: None,
+            logger: None,
+            channel_capacity: 65_536,
+        }
+    }
+}
+
+type Call = Box<dyn FnOnce(&mut Engine<SqliteStore>, Millis) + Send>;
+
+enum Command {
+    Track { now: Millis, event_type: String, properties: Map<String, Value> },
+    Call { now: Millis, call: Call },
+    Flush { now: Millis, done: SyncSender<Result<(), StoreError>> },
+    Stats { reply: SyncSender<Stats> },
+    Uploaded { batch_id: u64, outcome: UploadOutcome },
+    Shutdown,
+}
+
+/// A running SDK. Cheap to share behind an `Arc`; every method takes `&self`.
+pub struct Trailmark {
+    tx: SyncSender<Command>,
+    limits: TrackLimits,
+    /// Calls dropped because the channel was full, not yet handed to the engine.
+    overflow: Arc<AtomicU64>,
+    worker: Option<JoinHandle<()>>,
+}
+
+fn now_ms() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+}
+
+impl Trailmark {
+    /// Validates the configuration, opens the queue and starts the worker and uploader threads.
+    pub fn start(config: Config, options: NativeOptions) -> Result<Trailmark, Error> {
+        let store = SqliteStore::open_with(&options.db_path, options.durability).map_err(OpenError::from)?;
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| Error::Start(e.to_string()))?;
+        let mut engine = Engine::open(config, store, now_ms(), seed)?;
+        engine.set_logger(options.logger);
+        let limits = engine.limits();
+        let mut uploader = match options.uploader {
+            Some(u) => u,
+            None => Box::new(ReqwestUploader::new()?),
+        };
+        let (tx, rx) = mpsc::sync_channel(options.channel_capacity.max(16));
+        let overflow = Arc::new(AtomicU64::new(0));
+
+        let (task_tx, task_rx) = mpsc::channel::<UploadTask>();
+        let results = tx.clone();
+        std::thread::Builder::new()
+            .name("trailmark-upload".into())
+            .spawn(move || {
+                for task in task_rx {
+                    let outcome = uploader.upload(&task);
+                    if results.send(Command::Uploaded { batch_id: task.batch_id, outcome }).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| Error::Start(e.to_string()))?;
+
+        let worker_overflow = overflow.clone();
+        let worker = std::thread::Builder::new()
+            .name("trailmark-worker".into())
+            .spawn(move || run_worker(engine, rx, task_tx, worker_overflow))
+            .map_err(|e| Error::Start(e.to_string()))?;
+        Ok(Trailmark { tx, limits, overflow, worker: Some(worker) })
+    }
+
+    fn send(&self, command: Command) -> Result<(), Error> {
+        match self.tx.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.overflow.fetch_add(1, Ordering::Relaxed);
+                Err(Error::Backpressure)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(Error::Closed),
+        }
+    }
+
+    fn call(&self, call: impl FnOnce(&mut Engine<SqliteStore>, Millis) + Send + 'static) -> Result<(), Error> {
+        self.send(Command::Call { now: now_ms(), call: Box::new(call) })
+    }
+
+    /// Tracks an event. Checks run here, on the caller's thread, so misuse is reported at once;
+    /// the event is durable within milliseconds and at once after [`Trailmark::flush`].
+    pub fn track(&self, event_type: &str, properties: Map<String, Value>) -> Result<(), Error> {
+        if let Err(e) = self.limits.check_track(event_type, &properties) {
+            self.call(|engine, _| engine.record_refusal())?;
+            return Err(e.into());
+        }
+        self.send(Command::Track { now: now_ms(), event_type: event_type.to_owned(), properties })
+    }
+
+    /// Tracks from untrusted bytes (UTF-8 type, JSON object properties).
+    pub fn track_bytes(&self, event_type: &[u8], properties_json: &[u8]) -> Result<(), Error> {
+        let checked = std::str::from_utf8(event_type)
+            .map_err(|_| ValidationError::InvalidUtf8)
+            .and_then(|t| crate::protocol::parse_properties(properties_json).map(|p| (t, p)));
+        match checked {
+            Ok((event_type, properties)) => self.track(event_type, properties),
+            Err(e) => {
+                self.call(|engine, _| engine.record_refusal())?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// A `screen_view` named `name`.
+    pub fn screen(&self, name: &str, properties: Map<String, Value>) -> Result<(), Error> {
+        self.check_view("screen name", name, &properties)?;
+        let name = name.to_owned();
+        self.call(move |e, now| {
+            let _ = e.screen(now, &name, properties);
+        })
+    }
+
+    /// A `page_view` named `name`.
+    pub fn page(&self, name: &str, properties: Map<String, Value>) -> Result<(), Error> {
+        self.check_view("page name", name, &properties)?;
+        let name = name.to_owned();
+        self.call(move |e, now| {
+            let _ = e.page(now, &name, properties);
+        })
+    }
+
+    fn check_view(&self, field: &'static str, name: &str, properties: &Map<String, Value>) -> Result<(), Error> {
+        let checked = crate::protocol::validate_id(field, name)
+            .and_then(|_| crate::protocol::validate_properties(properties, self.limits.max_properties_bytes));
+        if let Err(e) = checked {
+            self.call(|engine, _| engine.record_refusal())?;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    pub fn identify(&self, user_id: &str, traits: Map<String, Value>) -> Result<(), Error> {
+        crate::protocol::validate_id("user_id", user_id)?;
+        let user_id = user_id.to_owned();
+        self.call(move |e, now| {
+            let _ = e.identify(now, &user_id, traits);
+        })
+    }
+
+    pub fn alias(&self, new_user_id: &str) -> Result<(), Error> {
+        crate::protocol::validate_id("user_id", new_user_id)?;
+        let id = new_user_id.to_owned();
+        self.call(move |e, now| {
+            let _ = e.alias(now, &id);
+        })
+    }
+
+    pub fn reset(&self) -> Result<(), Error> {
+        self.call(|e, now| e.reset(now))
+    }
+
+    pub fn set_consent(&self, update: ConsentUpdate) -> Result<(), Error> {
+        self.call(move |e, now| e.set_consent(now, update))
+    }
+
+    pub fn opt_out(&self) -> Result<(), Error> {
+        self.call(|e, now| e.opt_out(now))
+    }
+
+    pub fn opt_in(&self) -> Result<(), Error> {
+        self.call(|e, now| e.opt_in(now))
+    }
+
+    pub fn on_foreground(&self) -> Result<(), Error> {
+        self.call(|e, now| e.on_foreground(now))
+    }
+
+    pub fn on_background(&self) -> Result<(), Error> {
+        self.call(|e, now| e.on_background(now))
+    }
+
+    pub fn handle_open_url(&self, url: &str) -> Result<(), Error> {
+        let url = url.to_owned();
+        self.call(move |e, now| {
+            let _ = e.handle_open_url(now, &url);
+        })
+    }
+
+    /// Blocks until every earlier call is durable, and asks for an upload of everything queued.
+    pub fn flush(&self) -> Result<(), Error> {
+        let (done, wait) = mpsc::sync_channel(1);
+        self.tx.send(Command::Flush { now: now_ms(), done }).map_err(|_| Error::Closed)?;
+        match wait.recv_timeout(REPLY_TIMEOUT) {
+            Ok(result) => result.map_err(Error::from),
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(REPLY_TIMEOUT)),
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
+        }
+    }
+
+    /// The engine's counters, after every earlier call.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        let (reply, wait) = mpsc::sync_channel(1);
+        self.tx.send(Command::Stats { reply }).map_err(|_| Error::Closed)?;
+        wait.recv_timeout(REPLY_TIMEOUT).map_err(|_| Error::Timeout(REPLY_TIMEOUT))
+    }
+
+    /// Commits everything and stops the worker. An upload in progress is abandoned; its events
+    /// stay queued for the next start.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            let _ = self.tx.send(Command::Shutdown);
+            let _ = worker.join();
+        }
+    }
+}
+
+impl Drop for Trailmark {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run_worker(
+    mut engine: Engine<SqliteStore>,
+    rx: Receiver<Command>,
+    uploads: mpsc::Sender<UploadTask>,
+    overflow: Arc<AtomicU64>,
+) {
+    let mut next = Action::Wait(Duration::ZERO);
+    let mut flush_waiters = Vec::new();
+    let mut stats_waiters: Vec<SyncSender<Stats>> = Vec::new();
+    loop {
+        let first = match next {
+            Action::Idle => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Action::Wait(d) => rx.recv_timeout(d),
+            Action::Upload(_) => unreachable!("uploads are dispatched below"),
+        };
+        let mut shutdown = false;
+        let mut burst = 0;
+        let mut command = match first {
+            Ok(c) => Some(c),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                shutdown = true;
+                None
+            }
+        };
+        while let Some(c) = command.take() {
+            match c {
+                Command::Track { now, event_type, properties } => {
+                    let _ = engine.track(now, &event_type, properties);
+                }
+                Command::Call { now, call } => call(&mut engine, now),
+                Command::Flush { now, done } => {
+                    let _ = engine.flush(now);
+                    flush_waiters.push(done);
+                }
+                Command::Stats { reply } => stats_waiters.push(reply),
+                Command::Uploaded { batch_id, outcome } => engine.report(now_ms(), batch_id, outcome),
+                Command::Shutdown => shutdown = true,
+            }
+            burst += 1;
+            if shutdown || burst >= MAX_BURST {
+                break;
+            }
+            command = rx.try_recv().ok();
+        }
+        let dropped = overflow.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            engine.record_backpressure(dropped);
+        }
+        let persisted = engine.persist();
+        for done in flush_waiters.drain(..) {
+            let _ = done.send(persisted.clone());
+        }
+        for reply in stats_waiters.drain(..) {
+            let _ = reply.send(engine.stats());
+        }
+        if shutdown {
+            return;
+        }
+        next = match engine.poll(now_ms()) {
+            Action::Upload(task) => {
+                if uploads.send(task).is_err() {
+                    return;
+                }
+                // The engine waits for the outcome; the next command wakes us.
+                Action::Idle
+            }
+            other => other,
+        };
+    }
+}

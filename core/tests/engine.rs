@@ -1,0 +1,499 @@
+//! Behaviour of the sans-IO engine on a fake clock and the in-memory store.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+use trailmark_core::engine::{Action, ConsentUpdate, Engine, UploadOutcome};
+use trailmark_core::protocol::{self, ValidationError};
+use trailmark_core::{Config, MemoryStore, Policy};
+
+fn upload(engine: &mut Engine<MemoryStore>, now: i64) -> trailmark_core::UploadTask {
+    match engine.poll(now) {
+        Action::Upload(task) => task,
+        other => panic!("expected an upload, got {other:?}"),
+    }
+}
+
+#[test]
+fn first_open_records_install_and_session_start_and_identity_is_stable() {
+    let store = MemoryStore::new();
+    let mut engine = open(store.clone(), T0);
+    let anon = engine.anonymous_id().to_owned();
+    assert_eq!(uuid::Uuid::parse_str(&anon).unwrap().get_version_num(), 4);
+    engine.track(T0, "opened", Default::default()).unwrap();
+    engine.flush(T0).unwrap();
+    drop(engine);
+
+    let mut engine = open(store.clone(), T0 + 1000);
+    assert_eq!(engine.anonymous_id(), anon, "anonymous id survives a restart");
+    let mut server = Collector::default();
+    drive(&mut engine, T0 + 1000, 60_000, |t, now| server.accept(t, now, |_| false));
+    assert_eq!(server.types(), ["session_start", "install", "opened"], "install only once");
+    for event in &server.stored {
+        assert_eq!(event["anonymous_id"], anon);
+        assert!(event["session_id"].is_string());
+        assert_eq!(event["context"]["sdk"]["name"], "trailmark-rust");
+    }
+    assert_eq!(server.stored[0]["timestamp"], "2026-01-01T00:00:00.000Z");
+
+    engine.reset(T0 + 2000);
+    assert_ne!(engine.anonymous_id(), anon, "reset rotates the anonymous id");
+    assert!(engine.user_id().is_none());
+}
+
+#[test]
+fn sessions_time_out_after_inactivity() {
+    let mut engine = open(MemoryStore::new(), T0);
+    let first = engine.session_id().unwrap().to_owned();
+    engine.track(T0 + 29 * 60_000, "a", Default::default()).unwrap();
+    assert_eq!(engine.session_id().unwrap(), first);
+    // 29 min after the last activity: same session.
+    engine.track(T0 + 58 * 60_000, "b", Default::default()).unwrap();
+    assert_eq!(engine.session_id().unwrap(), first);
+    // 31 min of inactivity: new session, announced by session_start.
+    engine.track(T0 + 89 * 60_000, "c", Default::default()).unwrap();
+    let second = engine.session_id().unwrap().to_owned();
+    assert_ne!(second, first);
+    engine.on_background(T0 + 90 * 60_000);
+    engine.on_foreground(T0 + 200 * 60_000);
+    assert_ne!(engine.session_id().unwrap(), second, "foreground after a long background starts a session");
+
+    let mut server = Collector::default();
+    drive(&mut engine, T0 + 200 * 60_000, 60_000, |t, now| server.accept(t, now, |_| false));
+    assert_eq!(server.types(), ["session_start", "install", "a", "b", "session_start", "c", "session_start"]);
+    let session_of = |i: usize| server.stored[i]["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(session_of(3), first);
+    assert_eq!(session_of(5), second);
+}
+
+#[test]
+fn consent_required_holds_then_grant_releases() {
+    let store = MemoryStore::new();
+    let mut cfg = config();
+    cfg.require_consent = true;
+    cfg.device_id = Some("device-1".into());
+    let mut engine = Engine::open(cfg.clone(), store.clone(), T0, seed(1)).unwrap();
+    track_n(&mut engine, T0, 0, 30);
+    assert_eq!(engine.poll(T0 + 3_600_000), Action::Idle, "nothing is uploaded before consent");
+    assert_eq!(engine.stats().held, 32);
+    drop(engine);
+
+    // The held events and the undecided state survive a restart.
+    let mut engine = Engine::open(cfg.clone(), store.clone(), T0 + 1, seed(2)).unwrap();
+    assert_eq!(engine.stats().held, 32);
+    assert_eq!(engine.poll(T0 + 2), Action::Idle);
+    engine.set_consent(T0 + 3, ConsentUpdate { analytics: Some(true), attribution: Some(false), do_not_sell: None });
+    let mut server = Collector::default();
+    drive(&mut engine, T0 + 3, 60_000, |t, now| server.accept(t, now, |_| false));
+    assert_eq!(server.numbers(), (0..30).collect::<Vec<_>>());
+    assert_eq!(server.stored.len(), 32);
+    // Held events were collected before the decision.
+    assert_eq!(server.stored[0]["context"]["consent"]["analytics"], Value::Null);
+    // After the decision: analytics yes, attribution no, so no device id.
+    engine.track(T0 + 10, "after", Default::default()).unwrap();
+    engine.flush(T0 + 10).unwrap();
+    drive(&mut engine, T0 + 10, 60_000, |t, now| server.accept(t, now, |_| false));
+    let last = server.stored.last().unwrap();
+    assert_eq!(last["context"]["consent"], json!({"analytics": true, "attribution": false, "do_not_sell": false}));
+    assert!(last.get("device_id").is_none());
+}
+
+#[test]
+fn consent_denied_drops_the_buffer_and_stops_collection() {
+    let store = MemoryStore::new();
+    let mut cfg = config();
+    cfg.require_consent = true;
+    cfg.policy.max_pre_consent_events = 10;
+    let mut engine = Engine::open(cfg.clone(), store.clone(), T0, seed(1)).unwrap();
+    track_n(&mut engine, T0, 0, 20);
+    let stats = engine.stats();
+    assert_eq!(stats.held, 10, "pre-consent buffer is capped");
+    assert_eq!(stats.dropped_pre_consent_full, 12);
+    engine.set_consent(T0, ConsentUpdate { analytics: Some(false), ..Default::default() });
+    assert_eq!(engine.stats().dropped_consent_denied, 10);
+    track_n(&mut engine, T0, 100, 5);
+    assert_eq!(engine.stats().ignored_no_consent, 5);
+    assert!(store.events().is_empty());
+    drop(engine);
+    let mut engine = Engine::open(cfg, store.clone(), T0 + 1, seed(2)).unwrap();
+    track_n(&mut engine, T0 + 1, 200, 5);
+    engine.flush(T0 + 1).unwrap();
+    assert!(store.events().is_empty(), "denial persists across restarts");
+    assert_eq!(engine.poll(T0 + 100_000), Action::Idle);
+}
+
+#[test]
+fn opt_out_purges_and_persists_until_opt_in() {
+    let store = MemoryStore::new();
+    let mut engine = open(store.clone(), T0);
+    track_n(&mut engine, T0, 0, 5);
+    engine.flush(T0).unwrap();
+    assert_eq!(store.events().len(), 7);
+    let task = upload(&mut engine, T0);
+    engine.opt_out(T0);
+    assert!(store.events().is_empty());
+    assert_eq!(engine.stats().dropped_opted_out, 7);
+    // The answer to the batch that was in flight is ignored.
+    engine.report(T0, task.batch_id, error(500));
+    track_n(&mut engine, T0, 10, 3);
+    drop(engine);
+    let mut engine = open(store.clone(), T0 + 1);
+    assert!(engine.is_opted_out());
+    track_n(&mut engine, T0 + 1, 20, 3);
+    engine.flush(T0 + 1).unwrap();
+    assert!(store.events().is_empty());
+    engine.opt_in(T0 + 2);
+    track_n(&mut engine, T0 + 2, 30, 1);
+    let mut server = Collector::default();
+    drive(&mut engine, T0 + 2, 60_000, |t, now| server.accept(t, now, |_| false));
+    assert_eq!(server.numbers(), [30]);
+}
+
+#[test]
+fn identify_hashes_email_and_phone_and_never_stores_them_raw() {
+    let store = MemoryStore::new();
+    let mut engine = open(store.clone(), T0);
+    let traits = props(json!({"email": "  Jane.Doe@Example.com ", "phone": "+1 (650) 555-1234", "plan": "pro"}));
+    engine.identify(T0, "user-42", traits).unwrap();
+    engine.identify(T0, "user-42", props(json!({"email": "not-an-email"}))).unwrap();
+    engine.flush(T0).unwrap();
+    for e in store.events() {
+        let text = String::from_utf8(e.body).unwrap();
+        assert!(!text.to_lowercase().contains("jane.doe"), "{text}");
+        assert!(!text.contains("555"), "{text}");
+        assert!(!text.contains("not-an-email"), "{text}");
+    }
+    assert_eq!(engine.stats().refused_invalid, 1, "the unusable trait is counted");
+    let mut server = Collector::default();
+    drive(&mut engine, T0, 60_000, |t, now| server.accept(t, now, |_| false));
+    let identify = &server.stored[2];
+    assert_eq!(identify["type"], "identify");
+    assert_eq!(identify["user_id"], "user-42");
+    assert_eq!(identify["properties"]["email_sha256"], trailmark_core::pii::hash_email("jane.doe@example.com").unwrap());
+    assert_eq!(
+        identify["properties"]["phone_sha256"],
+        "6069d14bf122fdfd931dc7beb58e5dfbba395b1faf05bdcd42d12358d63d8599"
+    );
+    assert_eq!(identify["properties"]["plan"], "pro");
+
+    engine.alias(T0, "user-43").unwrap();
+    engine.flush(T0).unwrap();
+    drive(&mut engine, T0, 60_000, |t, now| server.accept(t, now, |_| false));
+    let alias = server.stored.last().unwrap();
+    assert_eq!(alias["properties"]["previous_id"], "user-42");
+    assert_eq!(alias["user_id"], "user-43");
+}
+
+#[test]
+fn flush_triggers_count_timer_background_and_flush() {
+    let mut engine = open(MemoryStore::new(), T0);
+    // install + session_start = 2; 17 more stay below flush_at (20).
+    track_n(&mut engine, T0, 0, 17);
+    assert_eq!(engine.poll(T0), Action::Wait(Duration::from_secs(30)));
+    track_n(&mut engine, T0 + 1000, 17, 1);
+    assert!(matches!(engine.poll(T0 + 1000), Action::Upload(t) if t.event_count == 20));
+
+    let mut engine = open(MemoryStore::new(), T0);
+    assert_eq!(engine.poll(T0 + 29_999), Action::Wait(Duration::from_millis(1)));
+    assert!(matches!(engine.poll(T0 + 30_000), Action::Upload(t) if t.event_count == 2), "30 s timer");
+
+    let mut engine = open(MemoryStore::new(), T0);
+    engine.on_background(T0 + 10);
+    assert!(matches!(engine.poll(T0 + 10), Action::Upload(_)), "background flushes");
+
+    let mut engine = open(MemoryStore::new(), T0);
+    engine.flush(T0 + 10).unwrap();
+    assert!(matches!(engine.poll(T0 + 10), Action::Upload(_)), "flush() flushes");
+}
+
+#[test]
+fn batches_respect_protocol_limits_and_go_oldest_first() {
+    let mut engine = open(MemoryStore::new(), T0);
+    track_n(&mut engine, T0, 0, 1200);
+    let mut server = Collector::default();
+    let mut sizes = Vec::new();
+    drive(&mut engine, T0, 60_000, |t, now| {
+        sizes.push(t.event_count);
+        server.accept(t, now, |_| false)
+    });
+    assert_eq!(sizes, [500, 500, 202]);
+    assert_eq!(server.numbers(), (0..1200).collect::<Vec<_>>());
+
+    // ~20 KB events: 512 KB holds at most 25 of them (the collector checks every body's size).
+    let mut engine = open(MemoryStore::new(), T0);
+    let blob = "x".repeat(20_000);
+    for n in 0..60 {
+        engine.track(T0, "big", props(json!({"n": n, "blob": blob}))).unwrap();
+    }
+    let mut server = Collector::default();
+    let mut sizes = Vec::new();
+    drive(&mut engine, T0, 60_000, |t, now| {
+        sizes.push(t.event_count);
+        server.accept(t, now, |_| false)
+    });
+    // Two small events (session_start, install) ride along in the first batch.
+    assert!(sizes.len() >= 3 && sizes.iter().all(|n| *n <= 27), "{sizes:?}");
+    assert_eq!(server.numbers(), (0..60).collect::<Vec<_>>());
+}
+
+#[test]
+fn per_event_rejections_drop_only_those_events() {
+    let mut engine = open(MemoryStore::new(), T0);
+    track_n(&mut engine, T0, 0, 10);
+    let mut server = Collector::default();
+    drive(&mut engine, T0, 60_000, |t, now| server.accept(t, now, |e| e["properties"]["n"].as_u64().is_some_and(|n| n % 3 == 0)));
+    assert_eq!(server.numbers(), [1, 2, 4, 5, 7, 8]);
+    let stats = engine.stats();
+    assert_eq!(stats.rejected_by_server, 4);
+    assert_eq!(stats.delivered, 8);
+    assert_eq!(stats.queued, 0);
+}
+
+#[test]
+fn auth_failures_pause_uploads_and_keep_events() {
+    let mut engine = open(MemoryStore::new(), T0);
+    track_n(&mut engine, T0, 0, 30);
+    let task = upload(&mut engine, T0);
+    engine.report(T0, task.batch_id, error(401));
+    assert_eq!(engine.poll(T0 + 1), Action::Wait(Duration::from_millis(3_600_000 - 1)));
+    assert_eq!(engine.stats().queued, 32);
+    let task = upload(&mut engine, T0 + 3_600_000);
+    engine.report(T0 + 3_600_000, task.batch_id, error(403));
+    assert_eq!(engine.stats().queued, 32);
+    let mut server = Collector::default();
+    drive(&mut engine, T0 + 7_200_000, 60_000, |t, now| server.accept(t, now, |_| false));
+    assert_eq!(server.numbers(), (0..30).collect::<Vec<_>>());
+}
+
+#[test]
+fn payload_too_large_splits_the_batch_until_the_culprit_is_alone() {
+    let mut engine = open(MemoryStore::new(), T0);
+    track_n(&mut engine, T0, 0, 40);
+    let mut server = Collector::default();
+    let mut sizes = Vec::new();
+    // The server refuses any request that holds event n=17 (or more than 10 events).
+    drive(&mut engine, T0, 60_000, |t, now| {
+        sizes.push(t.event_count);
+        let body = String::from_utf8_lossy(&t.body);
+        if t.event_count > 10 || body.contains(r#""n":17"#) { error(413) } else { server.accept(t, now, |_| false) }
+    });
+    assert_eq!(server.numbers(), (0..40).filter(|n| *n != 17).collect::<Vec<_>>());
+    assert_eq!(engine.stats().rejected_by_server, 1);
+    assert_eq!(sizes[..3], [42, 21, 10]);
+}
+
+#[test]
+fn transient_failures_back_off_with_full_jitter_and_honour_retry_after() {
+    let mut engine = open(MemoryStore::new(), T0);
+    track_n(&mut engine, T0, 0, 25);
+    let mut now = T0;
+    let mut ceilings = Vec::new();
+    for attempt in 0..14 {
+        let task = upload(&mut engine, now);
+        let outcome = match attempt % 3 {
+            0 => error(503),
+            1 => UploadOutcome::NetworkError("connection refused".into()),
+            _ => error(429),
+        };
+        engine.report(now, task.batch_id, outcome);
+        let Action::Wait(d) = engine.poll(now) else { panic!("expected a wait") };
+        let ceiling = (1000u64 << attempt.min(20)).min(600_000);
+        assert!(d.as_millis() as u64 <= ceiling, "attempt {attempt}: {d:?} > {ceiling}");
+        ceilings.push(ceiling);
+        now += d.as_millis() as i64;
+        assert_eq!(engine.stats().queued, 27, "failures never drop events");
+    }
+    assert_eq!(*ceilings.last().unwrap(), 600_000, "the cap is 10 min");
+
+    // Retry-After (seconds and HTTP date) wins over the schedule.
+    let task = upload(&mut engine, now);
+    engine.report(now, task.batch_id, UploadOutcome::Response { status: 503, retry_after: Some("120".into()), body: vec![] });
+    assert_eq!(engine.poll(now), Action::Wait(Duration::from_secs(120)));
+    now += 120_000;
+    let task = upload(&mut engine, now);
+    let date = chrono::DateTime::from_timestamp_millis(now + 45_000).unwrap().to_rfc2822().replace("+0000", "GMT");
+    engine.report(now, task.batch_id, UploadOutcome::Response { status: 429, retry_after: Some(date), body: vec![] });
+    // HTTP dates have whole seconds.
+    let Action::Wait(d) = engine.poll(now) else { panic!("expected a wait") };
+    assert!(d > Duration::from_secs(44) && d <= Duration::from_secs(45), "{d:?}");
+
+    // Success resets the schedule and delivers everything.
+    let mut server = Collector::default();
+    now = drive(&mut engine, now + 45_000, 60_000, |t, n| server.accept(t, n, |_| false));
+    assert_eq!(server.numbers(), (0..25).collect::<Vec<_>>());
+    track_n(&mut engine, now, 100, 1);
+    engine.flush(now).unwrap();
+    let task = upload(&mut engine, now);
+    engine.report(now, task.batch_id, error(500));
+    let Action::Wait(d) = engine.poll(now) else { panic!() };
+    assert!(d <= Duration::from_secs(1), "schedule restarts at the base after a success: {d:?}");
+}
+
+#[test]
+fn jitter_is_spread_not_constant() {
+    let mut delays = std::collections::HashSet::new();
+    for s in 0..20 {
+        let mut engine = Engine::open(config(), MemoryStore::new(), T0, seed(s)).unwrap();
+        engine.flush(T0).unwrap();
+        let task = upload(&mut engine, T0);
+        engine.report(T0, task.batch_id, error(500));
+        let task = upload(&mut engine, T0 + 1000);
+        engine.report(T0 + 1000, task.batch_id, error(500));
+        if let Action::Wait(d) = engine.poll(T0 + 1000) {
+            delays.insert(d);
+        }
+    }
+    assert!(delays.len() > 10, "{delays:?}");
+}
+
+#[test]
+fn deep_link_records_a_touchpoint_with_campaign() {
+    let mut engine = open(MemoryStore::new(), T0);
+    engine
+        .handle_open_url(T0, "myapp://product/42?tm_click_id=clk_123&utm_source=Newsletter&utm_campaign=spring%20sale&other=1")
+        .unwrap();
+    assert!(matches!(engine.handle_open_url(T0, "not a url"), Err(ValidationError::InvalidField { field: "url", .. })));
+    engine.flush(T0).unwrap();
+    let mut server = Collector::default();
+    drive(&mut engine, T0, 60_000, |t, now| server.accept(t, now, |_| false));
+    let touch = server.stored.iter().find(|e| e["type"] == "deep_link_opened").unwrap();
+    assert_eq!(
+        touch["context"]["campaign"],
+        json!({"click_id": "clk_123", "utm_source": "Newsletter", "utm_campaign": "spring sale"})
+    );
+    assert!(touch["properties"]["url"].as_str().unwrap().starts_with("myapp://product/42"));
+}
+
+#[test]
+fn config_is_validated_at_start() {
+    let bad = Config::new("app", "secret", "http://collect.example.com");
+    assert!(matches!(
+        Engine::open(bad, MemoryStore::new(), T0, seed(0)),
+        Err(trailmark_core::OpenError::Config(trailmark_core::ConfigError::InsecureEndpoint(_)))
+    ));
+    let mut bad = config();
+    bad.policy = Policy { flush_interval: Duration::ZERO, ..Policy::default() };
+    assert!(Engine::open(bad, MemoryStore::new(), T0, seed(0)).is_err());
+}
+
+#[test]
+fn debug_logger_reports_decisions() {
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let mut cfg = config();
+    cfg.debug = true;
+    let mut engine = Engine::open(cfg, MemoryStore::new(), T0, seed(0)).unwrap();
+    engine.set_logger(Some(Box::new(move |l: &str| sink.lock().unwrap().push(l.to_owned()))));
+    let _ = engine.track(T0, "Bad Type", Default::default());
+    engine.flush(T0).unwrap();
+    let task = upload(&mut engine, T0);
+    engine.report(T0, task.batch_id, error(503));
+    let lines = lines.lock().unwrap();
+    assert!(lines.iter().any(|l| l.contains("refused call")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("upload batch 1")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("retry in")), "{lines:?}");
+}
+
+#[test]
+fn drops_are_reported_in_the_next_batch_until_acknowledged() {
+    let mut cfg = config();
+    cfg.policy.max_queue_events = 50;
+    let mut engine = Engine::open(cfg, MemoryStore::new(), T0, seed(0)).unwrap();
+    track_n(&mut engine, T0, 0, 100);
+    let _ = engine.track(T0, "", Default::default());
+    assert_eq!(engine.unreported_drops().queue_full, 52);
+    assert_eq!(engine.unreported_drops().invalid, 1);
+    let task = upload(&mut engine, T0);
+    let body: Value = serde_json::from_slice(&task.body).unwrap();
+    assert_eq!(body["dropped"]["queue_full"], 52);
+    engine.report(T0, task.batch_id, error(500));
+    assert_eq!(engine.unreported_drops().queue_full, 52, "kept until a batch carrying it is acknowledged");
+    let mut server = Collector::default();
+    drive(&mut engine, T0 + 1, 600_000, |t, now| server.accept(t, now, |_| false));
+    assert_eq!(server.dropped_reported, 53);
+    assert!(engine.unreported_drops().is_empty());
+    assert_eq!(server.numbers(), (50..100).collect::<Vec<_>>(), "the oldest were dropped");
+}
+
+#[test]
+fn hostile_input_returns_typed_errors() {
+    let mut engine = open(MemoryStore::new(), T0);
+    let e = |r: Result<(), ValidationError>| r.unwrap_err();
+    assert_eq!(e(engine.track(T0, "", Default::default())), ValidationError::EmptyType);
+    assert!(matches!(e(engine.track(T0, &"a".repeat(65), Default::default())), ValidationError::TypeTooLong { .. }));
+    assert!(matches!(e(engine.track(T0, &"a".repeat(1 << 20), Default::default())), ValidationError::TypeTooLong { .. }));
+    assert!(matches!(e(engine.track(T0, "DROP TABLE;", Default::default())), ValidationError::InvalidTypeChar(_)));
+    let huge = props(json!({"blob": "x".repeat(10 << 20)}));
+    assert!(matches!(e(engine.track(T0, "huge", huge)), ValidationError::TooLarge { .. }));
+    let mut wide = serde_json::Map::new();
+    for i in 0..100_000 {
+        wide.insert(format!("k{i}"), json!(i));
+    }
+    assert!(matches!(e(engine.track(T0, "wide", wide)), ValidationError::TooLarge { .. }));
+    // Deep nesting built in Rust (no parser limit involved).
+    let mut deep = json!(1);
+    for _ in 0..200 {
+        deep = json!([deep]);
+    }
+    let result = engine.track(T0, "deep", props(json!({ "d": deep })));
+    assert_eq!(result, Err(ValidationError::TooDeep));
+    // Bytes from FFI: invalid UTF-8, NaN, Infinity, overflow, not an object, deep nesting.
+    assert_eq!(e(engine.track_bytes(T0, b"ok", b"\xc3\x28")), ValidationError::InvalidUtf8);
+    assert_eq!(e(engine.track_bytes(T0, b"\xff", b"{}")), ValidationError::InvalidUtf8);
+    for bad in [&br#"{"x": NaN}"#[..], br#"{"x": -Infinity}"#, br#"{"x": 1e400}"#, b"{", b"{\"a\":1,}"] {
+        assert!(matches!(e(engine.track_bytes(T0, b"ok", bad)), ValidationError::InvalidJson(_)), "{bad:?}");
+    }
+    assert_eq!(e(engine.track_bytes(T0, b"ok", b"42")), ValidationError::NotAnObject);
+    let nested = format!("{{\"a\":{}{}}}", "{\"a\":".repeat(100_000), "}".repeat(100_000));
+    assert_eq!(e(engine.track_bytes(T0, b"ok", nested.as_bytes())), ValidationError::TooDeep);
+    assert!(matches!(e(engine.identify(T0, "", Default::default())), ValidationError::EmptyId { .. }));
+    assert!(matches!(e(engine.identify(T0, &"u".repeat(300), Default::default())), ValidationError::IdTooLong { .. }));
+    assert!(matches!(e(engine.identify(T0, "a\u{0}b", Default::default())), ValidationError::InvalidField { .. }));
+    assert!(matches!(e(engine.screen(T0, "", Default::default())), ValidationError::EmptyId { .. }));
+    // Unicode in values is fine and round-trips.
+    engine.track(T0, "ok", props(json!({"name": "Zoë 🚀 \u{0}"}))).unwrap();
+    let stats = engine.stats();
+    assert_eq!(stats.refused_invalid, 20);
+    assert_eq!(stats.queued, 3, "refused calls queue nothing");
+    engine.flush(T0).unwrap();
+    let mut server = Collector::default();
+    drive(&mut engine, T0, 60_000, |t, now| server.accept(t, now, |_| false));
+    assert_eq!(server.stored[2]["properties"]["name"], "Zoë 🚀 \u{0}");
+    let _ = protocol::MAX_EVENT_BYTES;
+}
+
+#[test]
+fn storage_failures_keep_events_in_memory_and_retry() {
+    let store = MemoryStore::new();
+    let mut engine = open(store.clone(), T0);
+    store.set_fail_commits(true);
+    track_n(&mut engine, T0, 0, 5);
+    assert!(engine.flush(T0).is_err());
+    assert_eq!(engine.poll(T0), Action::Wait(Duration::from_secs(1)));
+    store.set_fail_commits(false);
+    let mut server = Collector::default();
+    drive(&mut engine, T0 + 1000, 60_000, |t, now| server.accept(t, now, |_| false));
+    assert_eq!(server.numbers(), [0, 1, 2, 3, 4]);
+    assert!(engine.stats().store_errors >= 2);
+}
+
+#[test]
+fn a_lost_response_is_resent_and_counted_as_duplicate_by_the_server() {
+    let store = MemoryStore::new();
+    let mut engine = open(store.clone(), T0);
+    track_n(&mut engine, T0, 0, 3);
+    engine.flush(T0).unwrap();
+    let mut server = Collector::default();
+    let task = upload(&mut engine, T0);
+    let _ = server.accept(&task, T0, |_| false); // stored, but the response never arrives
+    engine.report(T0, task.batch_id, UploadOutcome::NetworkError("connection reset".into()));
+    drop(engine); // and the app is killed
+    let mut engine = open(store, T0 + 5000);
+    drive(&mut engine, T0 + 5000, 600_000, |t, now| server.accept(t, now, |_| false));
+    assert_eq!(server.numbers(), [0, 1, 2]);
+    assert_eq!(server.duplicates, 5);
+}
