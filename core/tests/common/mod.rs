@@ -61,14 +61,16 @@ impl Collector {
         for (index, event) in envelope.batch.into_iter().enumerate() {
             let parsed: protocol::Event = serde_json::from_value(event.clone()).expect("valid event");
             assert!(serde_json::to_vec(&event).unwrap().len() <= protocol::MAX_EVENT_BYTES);
-            if reject(&event) {
-                response.rejected.push(protocol::Rejection { index, reason: "rejected by test".into() });
-            } else if self.seen.insert(parsed.event_id.to_string()) {
-                response.accepted += 1;
-                self.stored.push(event);
-            } else {
+            // Like the real server: a stored event is a duplicate before anything else.
+            if self.seen.contains(&parsed.event_id.to_string()) {
                 response.duplicates += 1;
                 self.duplicates += 1;
+            } else if reject(&event) {
+                response.rejected.push(protocol::Rejection { index, reason: "rejected by test".into() });
+            } else {
+                self.seen.insert(parsed.event_id.to_string());
+                response.accepted += 1;
+                self.stored.push(event);
             }
         }
         UploadOutcome::Response { status: 200, retry_after: None, body: serde_json::to_vec(&response).unwrap() }
