@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 use trailmark_core::engine::{Engine, UploadOutcome, UploadTask};
 use trailmark_core::native::{Error, NativeOptions, Trailmark, Uploader};
 use trailmark_core::store::SqliteStore;
+use trailmark_core::store::sqlite::Durability;
 use trailmark_core::{Config, EventStore, MemoryStore};
 
 /// Keeps everything local: every upload fails, so events stay queued and the engine backs off.
@@ -31,8 +32,9 @@ fn props(i: u64) -> Map<String, Value> {
         .clone()
 }
 
-fn start(dir: &std::path::Path, name: &str) -> Trailmark {
+fn start(dir: &std::path::Path, name: &str, durability: Durability) -> Trailmark {
     let mut opts = NativeOptions::new(dir.join(name));
+    opts.durability = durability;
     opts.uploader = Some(Box::new(Offline));
     Trailmark::start(config(), opts).unwrap()
 }
@@ -46,16 +48,25 @@ fn main() {
     let quick = !std::env::args().any(|a| a == "--bench");
     let scale = if quick { 20 } else { 1 };
     let dir = tempfile::tempdir().unwrap();
-    println!("machine: {} logical CPUs, {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), cpu_model());
+    println!(
+        "machine: {} logical CPUs, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        cpu_model()
+    );
 
     // 1. Caller-thread latency: rounds of 1,000 calls, flushed between rounds (untimed) so the
     //    worker is never behind by more than one round.
-    let tm = start(dir.path(), "latency.db");
+    let tm = start(dir.path(), "latency.db", Durability::Full);
     let rounds = 300 / scale;
     let mut lat = Vec::with_capacity(rounds * 1000);
     let mut i = 0u64;
     for _ in 0..rounds {
-        let batch: Vec<_> = (0..1000).map(|_| { i += 1; props(i) }).collect();
+        let batch: Vec<_> = (0..1000)
+            .map(|_| {
+                i += 1;
+                props(i)
+            })
+            .collect();
         for p in batch {
             let t = Instant::now();
             tm.track("add_to_cart", p).unwrap();
@@ -66,39 +77,52 @@ fn main() {
     lat.sort();
     println!(
         "track latency (caller thread, {} calls): p50 {:?}  p90 {:?}  p99 {:?}  p99.9 {:?}  max {:?}",
-        lat.len(), percentile(&lat, 0.5), percentile(&lat, 0.9), percentile(&lat, 0.99), percentile(&lat, 0.999), lat[lat.len() - 1]
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99),
+        percentile(&lat, 0.999),
+        lat[lat.len() - 1]
     );
     drop(tm);
 
     // 2. Durable throughput: track as fast as the worker absorbs, then flush(); every event is
-    //    committed (fsync) when flush returns.
-    let tm = start(dir.path(), "throughput.db");
-    let n = 500_000 / scale as u64;
-    let payloads: Vec<_> = (0..n).map(props).collect();
-    let t = Instant::now();
-    let mut waited = 0u64;
-    for p in payloads {
-        let mut p = Some(p);
-        loop {
-            match tm.track("add_to_cart", p.take().unwrap()) {
-                Ok(()) => break,
-                Err(Error::Backpressure) => {
-                    waited += 1;
-                    std::thread::sleep(Duration::from_micros(200));
-                    p = Some(props(0));
+    //    committed when flush returns.
+    for (durability, label) in [(Durability::Full, "synchronous=FULL"), (Durability::Normal, "synchronous=NORMAL")] {
+        let name = format!("throughput-{label}.db");
+        let tm = start(dir.path(), &name, durability);
+        let n = 500_000 / scale as u64;
+        let payloads: Vec<_> = (0..n).map(props).collect();
+        let t = Instant::now();
+        let mut waited = 0u64;
+        for p in payloads {
+            let mut p = Some(p);
+            loop {
+                match tm.track("add_to_cart", p.take().unwrap()) {
+                    Ok(()) => break,
+                    Err(Error::Backpressure) => {
+                        waited += 1;
+                        std::thread::sleep(Duration::from_micros(200));
+                        p = Some(props(0));
+                    }
+                    Err(e) => panic!("{e}"),
                 }
-                Err(e) => panic!("{e}"),
             }
         }
+        tm.flush().unwrap();
+        let elapsed = t.elapsed();
+        let stats = tm.stats().unwrap();
+        drop(tm);
+        let snapshot = SqliteStore::open(dir.path().join(&name)).unwrap().load().unwrap();
+        let mean = snapshot.entries.iter().map(|e| e.size as u64).sum::<u64>() / snapshot.entries.len() as u64;
+        println!(
+            "durable throughput (native driver, SQLite {label}): {n} events in {:.3} s = {:.0} events/s \
+             (queued {}, mean event {mean} bytes, caller backed off {waited} times)",
+            elapsed.as_secs_f64(),
+            n as f64 / elapsed.as_secs_f64(),
+            stats.queued
+        );
     }
-    tm.flush().unwrap();
-    let elapsed = t.elapsed();
-    let stats = tm.stats().unwrap();
-    println!(
-        "durable throughput (native driver, SQLite synchronous=FULL): {n} events in {:.3} s = {:.0} events/s (queued {}, caller backed off {waited} times)",
-        elapsed.as_secs_f64(), n as f64 / elapsed.as_secs_f64(), stats.queued
-    );
-    drop(tm);
 
     // 3. The engine alone on one thread: build + serialise + commit every 1,000 events.
     let engine_run = |name: &str, store: Box<dyn EventStore + Send>| {
@@ -114,15 +138,25 @@ fn main() {
         }
         engine.persist().unwrap();
         let e = t.elapsed();
-        println!("engine alone ({name}): {n} events in {:.3} s = {:.0} events/s", e.as_secs_f64(), n as f64 / e.as_secs_f64());
+        println!(
+            "engine alone ({name}): {n} events in {:.3} s = {:.0} events/s",
+            e.as_secs_f64(),
+            n as f64 / e.as_secs_f64()
+        );
     };
     engine_run("MemoryStore", Box::new(MemoryStore::new()));
     engine_run("SqliteStore FULL", Box::new(SqliteStore::open(dir.path().join("engine.db")).unwrap()));
+    engine_run(
+        "SqliteStore NORMAL",
+        Box::new(SqliteStore::open_with(dir.path().join("engine-normal.db"), Durability::Normal).unwrap()),
+    );
 }
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
         .unwrap_or_else(|| "unknown CPU".into())
 }

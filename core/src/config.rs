@@ -6,8 +6,8 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::protocol::{
-    self, AppContext, CampaignContext, ConsentContext, Context, DeviceContext, Event, SdkContext, ValidationError,
-    MAX_BATCH_EVENTS, MAX_EVENT_BYTES, MAX_ID_LEN,
+    self, AppContext, CampaignContext, ConsentContext, Context, DeviceContext, Event, MAX_BATCH_EVENTS,
+    MAX_EVENT_BYTES, MAX_ID_LEN, SdkContext, ValidationError,
 };
 
 /// Longest value kept from a deep link's utm_* or click id parameter; longer ones are cut.
@@ -141,8 +141,15 @@ impl Config {
         let upload = url::Url::parse(&upload).map_err(|_| ConfigError::InvalidEndpoint(self.endpoint.clone()))?;
 
         let strings = [
-            &self.app.id, &self.app.version, &self.app.build, &self.device.os, &self.device.os_version,
-            &self.device.model, &self.device.manufacturer, &self.device.locale, &self.device.timezone,
+            &self.app.id,
+            &self.app.version,
+            &self.app.build,
+            &self.device.os,
+            &self.device.os_version,
+            &self.device.model,
+            &self.device.manufacturer,
+            &self.device.locale,
+            &self.device.timezone,
         ];
         if strings.iter().any(|s| s.as_ref().is_some_and(|s| s.len() > MAX_CONTEXT_VALUE_LEN)) {
             return Err(invalid("context", format!("values are limited to {MAX_CONTEXT_VALUE_LEN} bytes")));

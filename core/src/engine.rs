@@ -15,8 +15,8 @@ use thiserror::Error;
 use crate::config::{Config, ConfigError, MAX_CAMPAIGN_VALUE_LEN, TrackLimits};
 use crate::pii;
 use crate::protocol::{
-    self, CampaignContext, ConsentContext, Context, DropReport, Event, IngestResponse, ValidationError,
-    MAX_BATCH_BYTES, MAX_EVENT_BYTES,
+    self, CampaignContext, ConsentContext, Context, ContextRef, DropReport, EventRef, IngestResponse, MAX_BATCH_BYTES,
+    MAX_EVENT_BYTES, ValidationError,
 };
 use crate::store::{EventStore, IndexEntry, StoreError, StoredEvent, WriteBatch};
 
@@ -263,7 +263,7 @@ impl<S: EventStore> Engine<S> {
         if !engine.state.installed && !engine.state.opted_out {
             engine.state.installed = true;
             engine.state_dirty = true;
-            engine.record(now, "install", Map::new(), None);
+            let _ = engine.record(now, "install", Map::new(), None);
         }
         Ok(engine)
     }
@@ -292,17 +292,28 @@ impl<S: EventStore> Engine<S> {
     // Public calls
     // ----------------------------------------------------------------------------------------
 
-    /// Tracks a custom event.
-    pub fn track(&mut self, now: Millis, event_type: &str, properties: Map<String, Value>) -> Result<(), ValidationError> {
-        let checked = self.limits.check_track(event_type, &properties);
+    /// Tracks a custom event. The size limit is checked exactly on the built event; drivers
+    /// that refuse early use the (slightly stricter) [`TrackLimits`].
+    pub fn track(
+        &mut self,
+        now: Millis,
+        event_type: &str,
+        properties: Map<String, Value>,
+    ) -> Result<(), ValidationError> {
+        let checked = protocol::validate_event_type(event_type).and_then(|_| protocol::validate_depth(&properties));
         self.guard(checked)?;
-        self.record(now, event_type, properties, None);
-        Ok(())
+        let recorded = self.record(now, event_type, properties, None);
+        self.guard(recorded)
     }
 
     /// Tracks from untrusted bytes (the FFI and wasm path): the type and properties must be UTF-8,
     /// the properties a JSON object.
-    pub fn track_bytes(&mut self, now: Millis, event_type: &[u8], properties_json: &[u8]) -> Result<(), ValidationError> {
+    pub fn track_bytes(
+        &mut self,
+        now: Millis,
+        event_type: &[u8],
+        properties_json: &[u8],
+    ) -> Result<(), ValidationError> {
         let parsed = std::str::from_utf8(event_type)
             .map_err(|_| ValidationError::InvalidUtf8)
             .and_then(|t| protocol::parse_properties(properties_json).map(|p| (t, p)));
@@ -360,7 +371,12 @@ impl<S: EventStore> Engine<S> {
     /// Sets the user id and sends an `identify` event with `traits`. Traits `email` and `phone`
     /// are replaced by `email_sha256` / `phone_sha256`; one that cannot be normalised is dropped
     /// (never sent raw) and counted as refused.
-    pub fn identify(&mut self, now: Millis, user_id: &str, mut traits: Map<String, Value>) -> Result<(), ValidationError> {
+    pub fn identify(
+        &mut self,
+        now: Millis,
+        user_id: &str,
+        mut traits: Map<String, Value>,
+    ) -> Result<(), ValidationError> {
         let checked = protocol::validate_id("user_id", user_id);
         self.guard(checked)?;
         for (key, hash) in [("email", pii::hash_email as fn(&str) -> _), ("phone", pii::hash_phone)] {
@@ -379,17 +395,20 @@ impl<S: EventStore> Engine<S> {
                 }
             }
         }
-        let checked = self.limits.check_track("identify", &traits);
+        let checked = protocol::validate_depth(&traits);
         self.guard(checked)?;
         if self.collection() == Collect::Ignore {
             // Without consent the identity is not even remembered.
             self.ignore("identify");
             return Ok(());
         }
-        self.state.user_id = Some(user_id.to_owned());
+        let previous = self.state.user_id.replace(user_id.to_owned());
         self.state_dirty = true;
-        self.record(now, "identify", traits, None);
-        Ok(())
+        let recorded = self.record(now, "identify", traits, None);
+        if recorded.is_err() {
+            self.state.user_id = previous;
+        }
+        self.guard(recorded)
     }
 
     /// Links the current identity to `new_user_id` and sends an `alias` event carrying
@@ -406,7 +425,7 @@ impl<S: EventStore> Engine<S> {
         props.insert("previous_id".into(), Value::String(previous));
         self.state.user_id = Some(new_user_id.to_owned());
         self.state_dirty = true;
-        self.record(now, "alias", props, None);
+        let _ = self.record(now, "alias", props, None);
         Ok(())
     }
 
@@ -511,8 +530,8 @@ impl<S: EventStore> Engine<S> {
     /// Handles a deep link that opened the app: captures `tm_click_id` and `utm_*` and records a
     /// `deep_link_opened` re-engagement touchpoint carrying them in `context.campaign`.
     pub fn handle_open_url(&mut self, now: Millis, url: &str) -> Result<(), ValidationError> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| ValidationError::InvalidField { field: "url", reason: e.to_string() });
+        let parsed =
+            url::Url::parse(url).map_err(|e| ValidationError::InvalidField { field: "url", reason: e.to_string() });
         let parsed = self.guard(parsed)?;
         let mut campaign = CampaignContext::default();
         for (key, value) in parsed.query_pairs() {
@@ -533,7 +552,7 @@ impl<S: EventStore> Engine<S> {
         let mut props = Map::new();
         props.insert("url".into(), Value::String(clean_value(url, MAX_URL_LEN)));
         let campaign = (!campaign.is_empty()).then_some(campaign);
-        self.record(now, "deep_link_opened", props, campaign);
+        let _ = self.record(now, "deep_link_opened", props, campaign);
         Ok(())
     }
 
@@ -645,7 +664,9 @@ impl<S: EventStore> Engine<S> {
             Verdict::Ack(response) => self.acknowledge(now, flight, response),
             Verdict::Split => {
                 self.batch_limit = (n / 2).max(1);
-                self.log(|| format!("batch {batch_id} refused as a whole ({outcome:?}); retrying {} at a time", (n / 2).max(1)));
+                self.log(|| {
+                    format!("batch {batch_id} refused as a whole ({outcome:?}); retrying {} at a time", (n / 2).max(1))
+                });
             }
             Verdict::AuthPause => {
                 let pause = ms(self.config.policy.auth_pause);
@@ -752,15 +773,25 @@ impl<S: EventStore> Engine<S> {
         self.log(|| format!("{what} ignored: collection is off"));
     }
 
-    /// Records an event that passed validation, starting a session first when needed.
-    fn record(&mut self, now: Millis, event_type: &str, properties: Map<String, Value>, campaign: Option<CampaignContext>) {
+    /// Records an event that passed validation, starting a session first when needed. Fails
+    /// only when the built event exceeds the size limit (nothing is recorded then).
+    fn record(
+        &mut self,
+        now: Millis,
+        event_type: &str,
+        properties: Map<String, Value>,
+        campaign: Option<CampaignContext>,
+    ) -> Result<(), ValidationError> {
         let held = match self.collection() {
             Collect::Queue => false,
             Collect::Hold => true,
-            Collect::Ignore => return self.ignore(event_type),
+            Collect::Ignore => {
+                self.ignore(event_type);
+                return Ok(());
+            }
         };
         self.ensure_session(now);
-        self.push_event(now, event_type, properties, campaign, held);
+        self.push_event(now, event_type, properties, campaign, held)
     }
 
     fn ensure_session(&mut self, now: Millis) {
@@ -773,7 +804,7 @@ impl<S: EventStore> Engine<S> {
                 let id = new_uuid(&mut self.rng).to_string();
                 self.state.session = Some(Session { id, last_activity: now });
                 let held = matches!(self.collection(), Collect::Hold);
-                self.push_event(now, "session_start", Map::new(), None, held);
+                let _ = self.push_event(now, "session_start", Map::new(), None, held);
             }
         }
         self.state_dirty = true;
@@ -786,32 +817,31 @@ impl<S: EventStore> Engine<S> {
         properties: Map<String, Value>,
         campaign: Option<CampaignContext>,
         held: bool,
-    ) {
+    ) -> Result<(), ValidationError> {
         let attribution = self.attribution_allowed();
-        let mut context = self.base_context.clone();
-        context.consent = Some(self.state.consent);
-        context.campaign = campaign.filter(|_| attribution);
-        let event = Event {
+        let consent = self.state.consent;
+        let event = EventRef {
             event_id: new_uuid(&mut self.rng),
-            event_type: event_type.to_owned(),
+            event_type,
             timestamp: DateTime::from_timestamp_millis(now).unwrap_or_default(),
-            anonymous_id: self.state.anonymous_id.clone(),
-            user_id: self.state.user_id.clone(),
-            device_id: self.config.device_id.clone().filter(|_| attribution),
-            session_id: self.state.session.as_ref().map(|s| s.id.clone()),
-            properties,
-            context,
+            anonymous_id: &self.state.anonymous_id,
+            user_id: self.state.user_id.as_deref(),
+            device_id: self.config.device_id.as_deref().filter(|_| attribution),
+            session_id: self.state.session.as_ref().map(|s| s.id.as_str()),
+            properties: &properties,
+            context: ContextRef {
+                app: self.base_context.app.as_ref(),
+                device: self.base_context.device.as_ref(),
+                campaign: campaign.as_ref().filter(|_| attribution),
+                consent: Some(&consent),
+                sdk: self.base_context.sdk.as_ref(),
+            },
         };
-        let body = match serde_json::to_vec(&event) {
-            Ok(b) if b.len() <= MAX_EVENT_BYTES => b,
-            other => {
-                // Unreachable with the limits checked at the door; counted if it ever happens.
-                self.record_refusal();
-                let size = other.map(|b| b.len()).unwrap_or(0);
-                self.log(|| format!("event of {size} bytes refused after building"));
-                return;
-            }
-        };
+        // Serialising a map of JSON values and plain strings cannot fail.
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        if body.len() > MAX_EVENT_BYTES {
+            return Err(ValidationError::TooLarge { size: body.len(), limit: MAX_EVENT_BYTES });
+        }
         let seq = self.state.next_seq;
         self.state.next_seq += 1;
         let stored = StoredEvent { seq, held, created_at: now, body };
@@ -828,6 +858,7 @@ impl<S: EventStore> Engine<S> {
             self.queue.push_back(entry);
         }
         self.enforce_caps();
+        Ok(())
     }
 
     fn inflight_len(&self) -> usize {

@@ -14,9 +14,9 @@
 //! ```
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::config::{Config, TrackLimits};
-use crate::engine::{Action, Logger, ConsentUpdate, Engine, Millis, OpenError, Stats, UploadOutcome, UploadTask};
+use crate::engine::{Action, ConsentUpdate, Engine, Logger, Millis, OpenError, Stats, UploadOutcome, UploadTask};
 use crate::protocol::ValidationError;
 use crate::store::sqlite::Durability;
 use crate::store::{SqliteStore, StoreError};

@@ -55,6 +55,64 @@ pub struct Event {
     pub context: Context,
 }
 
+/// A borrowed view of an [`Event`] that serialises to exactly the same JSON, so an SDK can
+/// write an event without cloning its identity and context for every call.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EventRef<'a> {
+    pub event_id: uuid::Uuid,
+    #[serde(rename = "type")]
+    pub event_type: &'a str,
+    #[serde(with = "rfc3339_ms")]
+    pub timestamp: DateTime<Utc>,
+    pub anonymous_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<&'a str>,
+    pub properties: &'a Map<String, Value>,
+    pub context: ContextRef<'a>,
+}
+
+/// Borrowed [`Context`].
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ContextRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app: Option<&'a AppContext>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<&'a DeviceContext>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<&'a CampaignContext>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consent: Option<&'a ConsentContext>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sdk: Option<&'a SdkContext>,
+}
+
+impl<'a> EventRef<'a> {
+    pub fn of(event: &'a Event) -> Self {
+        let c = &event.context;
+        EventRef {
+            event_id: event.event_id,
+            event_type: &event.event_type,
+            timestamp: event.timestamp,
+            anonymous_id: &event.anonymous_id,
+            user_id: event.user_id.as_deref(),
+            device_id: event.device_id.as_deref(),
+            session_id: event.session_id.as_deref(),
+            properties: &event.properties,
+            context: ContextRef {
+                app: c.app.as_ref(),
+                device: c.device.as_ref(),
+                campaign: c.campaign.as_ref(),
+                consent: c.consent.as_ref(),
+                sdk: c.sdk.as_ref(),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Context {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,6 +339,16 @@ pub fn validate_id(field: &'static str, id: &str) -> Result<(), ValidationError>
 /// Checks that properties nest at most [`MAX_PROPERTY_DEPTH`] levels and serialise to at most
 /// `max_bytes`. Walks iteratively, so hostile nesting cannot overflow the stack.
 pub fn validate_properties(props: &Map<String, Value>, max_bytes: usize) -> Result<(), ValidationError> {
+    validate_depth(props)?;
+    let size = serialized_len(props);
+    if size > max_bytes {
+        return Err(ValidationError::TooLarge { size, limit: max_bytes });
+    }
+    Ok(())
+}
+
+/// Checks that properties nest at most [`MAX_PROPERTY_DEPTH`] levels, iteratively.
+pub fn validate_depth(props: &Map<String, Value>) -> Result<(), ValidationError> {
     let mut stack: Vec<(&Value, usize)> = props.values().map(|v| (v, 1)).collect();
     while let Some((value, depth)) = stack.pop() {
         let children: Box<dyn Iterator<Item = &Value>> = match value {
@@ -292,10 +360,6 @@ pub fn validate_properties(props: &Map<String, Value>, max_bytes: usize) -> Resu
             return Err(ValidationError::TooDeep);
         }
         stack.extend(children.map(|v| (v, depth + 1)));
-    }
-    let size = serialized_len(props);
-    if size > max_bytes {
-        return Err(ValidationError::TooLarge { size, limit: max_bytes });
     }
     Ok(())
 }
@@ -350,9 +414,7 @@ pub mod rfc3339_ms {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        DateTime::parse_from_rfc3339(&text)
-            .map(|dt| dt.with_timezone(&Utc))
-            .map_err(serde::de::Error::custom)
+        DateTime::parse_from_rfc3339(&text).map(|dt| dt.with_timezone(&Utc)).map_err(serde::de::Error::custom)
     }
 }
 
@@ -398,10 +460,7 @@ pub fn verify_signature(
     let ts_text = timestamp_header.ok_or(SignatureError::Missing(HEADER_TIMESTAMP))?;
     let sig_text = signature_header.ok_or(SignatureError::Missing(HEADER_SIGNATURE))?;
     let ts: i64 = ts_text.trim().parse().map_err(|_| SignatureError::Malformed(HEADER_TIMESTAMP))?;
-    let hex_sig = sig_text
-        .trim()
-        .strip_prefix("v1=")
-        .ok_or(SignatureError::Malformed(HEADER_SIGNATURE))?;
+    let hex_sig = sig_text.trim().strip_prefix("v1=").ok_or(SignatureError::Malformed(HEADER_SIGNATURE))?;
     let tag = hex::decode(hex_sig).map_err(|_| SignatureError::Malformed(HEADER_SIGNATURE))?;
     if tag.len() != 32 {
         return Err(SignatureError::Malformed(HEADER_SIGNATURE));
@@ -490,6 +549,24 @@ mod tests {
         assert!(!text.contains("user_id"));
         let back: Event = serde_json::from_str(&text).unwrap();
         assert_eq!(back, event);
+    }
+
+    #[test]
+    fn borrowed_event_serialises_identically() {
+        let text = r#"{"event_id":"6f1c2a8e-3b4d-4f6a-9c1e-2d3f4a5b6c7d","type":"add_to_cart",
+            "timestamp":"2026-01-01T12:00:00.123Z","anonymous_id":"a","user_id":"u","device_id":"d",
+            "session_id":"s","properties":{"sku":"A-1","n":[1,{"x":null}]},
+            "context":{"app":{"id":"com.example","version":"1","build":"2"},
+            "device":{"os":"iOS","os_version":"18","model":"m","manufacturer":"Apple","locale":"de-DE",
+            "timezone":"Europe/Berlin","screen":{"width":1,"height":2}},
+            "campaign":{"utm_source":"s","utm_medium":"m","utm_campaign":"c","utm_term":"t","utm_content":"x","click_id":"k"},
+            "consent":{"analytics":true,"attribution":null,"do_not_sell":false},"sdk":{"name":"n","version":"v"}}}"#;
+        let event: Event = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_string(&EventRef::of(&event)).unwrap(), serde_json::to_string(&event).unwrap());
+        let mut sparse = event.clone();
+        sparse.user_id = None;
+        sparse.context = Context::default();
+        assert_eq!(serde_json::to_string(&EventRef::of(&sparse)).unwrap(), serde_json::to_string(&sparse).unwrap());
     }
 
     #[test]

@@ -173,7 +173,10 @@ fn identify_hashes_email_and_phone_and_never_stores_them_raw() {
     let identify = &server.stored[2];
     assert_eq!(identify["type"], "identify");
     assert_eq!(identify["user_id"], "user-42");
-    assert_eq!(identify["properties"]["email_sha256"], trailmark_core::pii::hash_email("jane.doe@example.com").unwrap());
+    assert_eq!(
+        identify["properties"]["email_sha256"],
+        trailmark_core::pii::hash_email("jane.doe@example.com").unwrap()
+    );
     assert_eq!(
         identify["properties"]["phone_sha256"],
         "6069d14bf122fdfd931dc7beb58e5dfbba395b1faf05bdcd42d12358d63d8599"
@@ -245,7 +248,9 @@ fn per_event_rejections_drop_only_those_events() {
     let mut engine = open(MemoryStore::new(), T0);
     track_n(&mut engine, T0, 0, 10);
     let mut server = Collector::default();
-    drive(&mut engine, T0, 60_000, |t, now| server.accept(t, now, |e| e["properties"]["n"].as_u64().is_some_and(|n| n % 3 == 0)));
+    drive(&mut engine, T0, 60_000, |t, now| {
+        server.accept(t, now, |e| e["properties"]["n"].as_u64().is_some_and(|n| n % 3 == 0))
+    });
     assert_eq!(server.numbers(), [1, 2, 4, 5, 7, 8]);
     let stats = engine.stats();
     assert_eq!(stats.rejected_by_server, 4);
@@ -311,7 +316,11 @@ fn transient_failures_back_off_with_full_jitter_and_honour_retry_after() {
 
     // Retry-After (seconds and HTTP date) wins over the schedule.
     let task = upload(&mut engine, now);
-    engine.report(now, task.batch_id, UploadOutcome::Response { status: 503, retry_after: Some("120".into()), body: vec![] });
+    engine.report(
+        now,
+        task.batch_id,
+        UploadOutcome::Response { status: 503, retry_after: Some("120".into()), body: vec![] },
+    );
     assert_eq!(engine.poll(now), Action::Wait(Duration::from_secs(120)));
     now += 120_000;
     let task = upload(&mut engine, now);
@@ -354,7 +363,10 @@ fn jitter_is_spread_not_constant() {
 fn deep_link_records_a_touchpoint_with_campaign() {
     let mut engine = open(MemoryStore::new(), T0);
     engine
-        .handle_open_url(T0, "myapp://product/42?tm_click_id=clk_123&utm_source=Newsletter&utm_campaign=spring%20sale&other=1")
+        .handle_open_url(
+            T0,
+            "myapp://product/42?tm_click_id=clk_123&utm_source=Newsletter&utm_campaign=spring%20sale&other=1",
+        )
         .unwrap();
     assert!(matches!(engine.handle_open_url(T0, "not a url"), Err(ValidationError::InvalidField { field: "url", .. })));
     engine.flush(T0).unwrap();
@@ -425,7 +437,10 @@ fn hostile_input_returns_typed_errors() {
     let e = |r: Result<(), ValidationError>| r.unwrap_err();
     assert_eq!(e(engine.track(T0, "", Default::default())), ValidationError::EmptyType);
     assert!(matches!(e(engine.track(T0, &"a".repeat(65), Default::default())), ValidationError::TypeTooLong { .. }));
-    assert!(matches!(e(engine.track(T0, &"a".repeat(1 << 20), Default::default())), ValidationError::TypeTooLong { .. }));
+    assert!(matches!(
+        e(engine.track(T0, &"a".repeat(1 << 20), Default::default())),
+        ValidationError::TypeTooLong { .. }
+    ));
     assert!(matches!(e(engine.track(T0, "DROP TABLE;", Default::default())), ValidationError::InvalidTypeChar(_)));
     let huge = props(json!({"blob": "x".repeat(10 << 20)}));
     assert!(matches!(e(engine.track(T0, "huge", huge)), ValidationError::TooLarge { .. }));

@@ -125,7 +125,12 @@ fn events_survive_kill_9() {
             .filter_map(|e| e["properties"]["n"].as_u64())
             .collect();
         let lost: Vec<u64> = required.difference(&stored).copied().collect();
-        assert!(lost.is_empty(), "round {round} (seed {seed}): lost {} events, first {:?}", lost.len(), &lost[..lost.len().min(10)]);
+        assert!(
+            lost.is_empty(),
+            "round {round} (seed {seed}): lost {} events, first {:?}",
+            lost.len(),
+            &lost[..lost.len().min(10)]
+        );
         total_required += required.len();
     }
     eprintln!("{KILLS} kills, {total_required} events checked durable");

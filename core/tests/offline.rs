@@ -25,7 +25,7 @@ fn offline<S: EventStore>(engine: &mut Engine<S>, start: i64, hours: i64, every_
                 match engine.poll(now) {
                     Action::Upload(task) => {
                         attempts += 1;
-                        let outcome = if attempts % 2 == 0 {
+                        let outcome = if attempts.is_multiple_of(2) {
                             UploadOutcome::NetworkError("offline".into())
                         } else {
                             error(503)

@@ -198,7 +198,8 @@ fn run(ops: Vec<Op>, max_queue: usize) {
     assert!(delivered.windows(2).all(|w| w[0] < w[1]), "first deliveries out of order: {delivered:?}");
     let delivered: BTreeSet<u64> = delivered.into_iter().collect();
     assert!(delivered.is_disjoint(&m.rejected));
-    let missing: Vec<u64> = m.durable.iter().copied().filter(|n| !delivered.contains(n) && !m.rejected.contains(n)).collect();
+    let missing: Vec<u64> =
+        m.durable.iter().copied().filter(|n| !delivered.contains(n) && !m.rejected.contains(n)).collect();
     let dropped = stats.dropped_queue_full + stats.dropped_expired;
     assert!(missing.len() as u64 <= dropped, "lost without a count: {missing:?} (dropped {dropped})");
     if dropped == 0 {

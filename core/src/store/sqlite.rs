@@ -168,8 +168,7 @@ impl EventStore for SqliteStore {
             }
         }
         if let Some(state) = &batch.state {
-            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('state', ?1)", [state])
-                .map_err(backend)?;
+            tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('state', ?1)", [state]).map_err(backend)?;
         }
         tx.commit().map_err(backend)
     }

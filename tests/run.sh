@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The one test command: ./tests/run.sh [suite ...]
+# Suites: rust (more arrive with the SDK and server issues). No suite = all of them.
+# Installs what it needs itself; exits non-zero when any test fails; ends with the test
+# runners' own summary lines.
+set -uo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+export CARGO_TERM_COLOR=never
+log_dir="${TM_TEST_LOG_DIR:-$root/target/test-logs}"
+mkdir -p "$log_dir"
+
+all_suites=(rust)
+suites=("$@")
+[ ${#suites[@]} -eq 0 ] && suites=("${all_suites[@]}")
+
+failed=()
+summary=()
+
+step() { printf '\n==> %s\n' "$*"; }
+
+# Runs a command, keeping its output in a log; records failure without stopping the run.
+run() {
+  local name="$1"; shift
+  step "$name: $*"
+  if "$@" 2>&1 | tee "$log_dir/$name.log"; then
+    return 0
+  fi
+  failed+=("$name")
+  return 1
+}
+
+suite_rust() {
+  step "rust toolchain"
+  rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || rustup target add wasm32-unknown-unknown
+  run rust-fmt cargo fmt --all -- --check
+  # The core must build for the browser without its native driver.
+  run rust-wasm cargo build -p trailmark-core --target wasm32-unknown-unknown --no-default-features
+  # Every crate, every target (unit, integration, property, kill -9, examples, bench smoke run).
+  run rust-clippy cargo clippy --workspace --all-targets -- -D warnings
+  run rust-test cargo test --workspace --all-targets
+  summary+=("$(awk '/^ *Running /{name=($2=="unittests") ? $3 : $2} /^test result:/{print "rust " name ": " $0}' "$log_dir/rust-test.log")")
+  # The README's first command, as a smoke test.
+  run rust-demo cargo run -q -p trailmark-core --example offline_demo
+  summary+=("rust demo: $(tail -n 1 "$log_dir/rust-demo.log")")
+  step "rust: dependency policy"
+  if cargo tree --workspace -e normal,build,dev --prefix none | grep -Eq '^backoff v'; then
+    echo "the unmaintained 'backoff' crate is in the dependency tree"
+    failed+=("rust-deps")
+  else
+    echo "no 'backoff' crate in the dependency tree"
+  fi
+}
+
+for suite in "${suites[@]}"; do
+  case "$suite" in
+    rust) suite_rust ;;
+    *) echo "unknown suite '$suite' (known: ${all_suites[*]})"; exit 2 ;;
+  esac
+done
+
+printf '\n==================== summary ====================\n'
+for line in "${summary[@]}"; do printf '%s\n' "$line"; done
+if [ ${#failed[@]} -gt 0 ]; then
+  printf 'FAILED: %s\n' "${failed[*]}"
+  exit 1
+fi
+printf 'all suites passed: %s\n' "${suites[*]}"
