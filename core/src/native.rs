@@ -172,7 +172,10 @@ impl Trailmark {
             .name("trailmark-upload".into())
             .spawn(move || {
                 for task in task_rx {
-                    let outcome = uploader.upload(&task);
+                    // A host-supplied uploader that panics must not leave the batch in flight
+                    // forever: it counts as a network failure and is retried.
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| uploader.upload(&task)))
+                        .unwrap_or_else(|_| UploadOutcome::NetworkError("uploader panicked".into()));
                     if results.send(Command::Uploaded { batch_id: task.batch_id, outcome }).is_err() {
                         break;
                     }
@@ -199,6 +202,12 @@ impl Trailmark {
         }
     }
 
+    /// Counts a call refused on the caller's thread (best effort) and returns its error.
+    fn refused(&self, e: ValidationError) -> Error {
+        let _ = self.call(|engine, _| engine.record_refusal());
+        e.into()
+    }
+
     fn call(&self, call: impl FnOnce(&mut Engine<SqliteStore>, Millis) + Send + 'static) -> Result<(), Error> {
         self.send(Command::Call { now: now_ms(), call: Box::new(call) })
     }
@@ -207,8 +216,7 @@ impl Trailmark {
     /// the event is durable within milliseconds and at once after [`Trailmark::flush`].
     pub fn track(&self, event_type: &str, properties: Map<String, Value>) -> Result<(), Error> {
         if let Err(e) = self.limits.check_track(event_type, &properties) {
-            self.call(|engine, _| engine.record_refusal())?;
-            return Err(e.into());
+            return Err(self.refused(e));
         }
         self.send(Command::Track { now: now_ms(), event_type: event_type.to_owned(), properties })
     }
@@ -220,10 +228,7 @@ impl Trailmark {
             .and_then(|t| crate::protocol::parse_properties(properties_json).map(|p| (t, p)));
         match checked {
             Ok((event_type, properties)) => self.track(event_type, properties),
-            Err(e) => {
-                self.call(|engine, _| engine.record_refusal())?;
-                Err(e.into())
-            }
+            Err(e) => Err(self.refused(e)),
         }
     }
 
@@ -248,15 +253,11 @@ impl Trailmark {
     fn check_view(&self, field: &'static str, name: &str, properties: &Map<String, Value>) -> Result<(), Error> {
         let checked = crate::protocol::validate_id(field, name)
             .and_then(|_| crate::protocol::validate_properties(properties, self.limits.max_properties_bytes));
-        if let Err(e) = checked {
-            self.call(|engine, _| engine.record_refusal())?;
-            return Err(e.into());
-        }
-        Ok(())
+        checked.map_err(|e| self.refused(e))
     }
 
     pub fn identify(&self, user_id: &str, traits: Map<String, Value>) -> Result<(), Error> {
-        crate::protocol::validate_id("user_id", user_id)?;
+        crate::protocol::validate_id("user_id", user_id).map_err(|e| self.refused(e))?;
         let user_id = user_id.to_owned();
         self.call(move |e, now| {
             let _ = e.identify(now, &user_id, traits);
@@ -264,7 +265,7 @@ impl Trailmark {
     }
 
     pub fn alias(&self, new_user_id: &str) -> Result<(), Error> {
-        crate::protocol::validate_id("user_id", new_user_id)?;
+        crate::protocol::validate_id("user_id", new_user_id).map_err(|e| self.refused(e))?;
         let id = new_user_id.to_owned();
         self.call(move |e, now| {
             let _ = e.alias(now, &id);
