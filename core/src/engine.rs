@@ -154,7 +154,12 @@ enum Collect {
 
 /// How the engine reads an upload result.
 enum Verdict {
-    Ack(IngestResponse),
+    /// Acknowledged. `read` is false when the server refused the request without reading it
+    /// (a lone event too large), so the drop report it carried did not arrive.
+    Ack {
+        response: IngestResponse,
+        read: bool,
+    },
     Split,
     AuthPause,
     Retry(Option<Duration>),
@@ -258,8 +263,12 @@ impl<S: EventStore> Engine<S> {
             engine.flush_deadline = Some(now);
         }
         if corrupt_state {
+            // The queue exists, so this installation did start before: no second install.
+            engine.state.installed = true;
             engine.state.stats.store_errors += 1;
         }
+        // A cap lowered in the configuration applies at once.
+        engine.enforce_caps();
         if !engine.state.installed && !engine.state.opted_out {
             engine.state.installed = true;
             engine.state_dirty = true;
@@ -461,6 +470,7 @@ impl<S: EventStore> Engine<S> {
                 self.pending.inserts.iter_mut().for_each(|e| e.held = false);
                 self.pending.release_held = true;
                 self.flush_deadline.get_or_insert(now);
+                self.enforce_caps();
                 self.log(|| format!("consent granted: {n} held events released"));
             }
             Some(false) if !self.held.is_empty() => {
@@ -617,6 +627,7 @@ impl<S: EventStore> Engine<S> {
             self.log(|| format!("{missing} queued events missing from the store"));
             return Action::Wait(Duration::ZERO);
         }
+        let strip = !self.attribution_allowed();
         let sent_at = protocol::format_millis(now);
         let mut body = Vec::with_capacity(bytes);
         body.extend_from_slice(b"{\"sent_at\":\"");
@@ -626,7 +637,11 @@ impl<S: EventStore> Engine<S> {
             if i > 0 {
                 body.push(b',');
             }
-            body.extend_from_slice(event);
+            if strip {
+                body.extend_from_slice(&strip_attribution(event));
+            } else {
+                body.extend_from_slice(event);
+            }
         }
         body.push(b']');
         let reported = self.state.unreported;
@@ -661,7 +676,7 @@ impl<S: EventStore> Engine<S> {
         };
         let n = flight.seqs.len();
         match self.verdict(now, &outcome, n) {
-            Verdict::Ack(response) => self.acknowledge(now, flight, response),
+            Verdict::Ack { response, read } => self.acknowledge(now, flight, response, read),
             Verdict::Split => {
                 self.batch_limit = (n / 2).max(1);
                 self.log(|| {
@@ -687,7 +702,9 @@ impl<S: EventStore> Engine<S> {
                 let ceiling = ms(schedule.next().unwrap_or(policy.retry_cap));
                 // Full jitter: uniformly random in [0, ceiling].
                 let jittered = (self.rng.next_u64() % (ceiling as u64 + 1)) as Millis;
-                let delay = retry_after.map(|d| ms(d.min(policy.max_retry_after))).unwrap_or(jittered);
+                // Retry-After is a floor: the schedule still advances under it.
+                let floor = retry_after.map(|d| ms(d.min(policy.max_retry_after))).unwrap_or(0);
+                let delay = jittered.max(floor);
                 self.not_before = Some(now + delay);
                 self.state.stats.upload_failures += 1;
                 self.state_dirty = true;
@@ -700,22 +717,34 @@ impl<S: EventStore> Engine<S> {
         match outcome {
             UploadOutcome::NetworkError(_) => Verdict::Retry(None),
             UploadOutcome::Response { status, retry_after, body } => match *status {
-                200..=299 => Verdict::Ack(serde_json::from_slice(body).unwrap_or_default()),
-                // The request as a whole was refused for its content: halve until the culprit
-                // is alone, then drop it as invalid.
-                400 | 413 | 422 if n > 1 => Verdict::Split,
-                400 | 413 | 422 => Verdict::Ack(IngestResponse {
-                    accepted: 0,
-                    duplicates: 0,
-                    rejected: vec![protocol::Rejection { index: 0, reason: format!("HTTP {status}") }],
-                }),
+                200..=299 if body.iter().all(u8::is_ascii_whitespace) => {
+                    Verdict::Ack { response: IngestResponse::default(), read: true }
+                }
+                200..=299 => match serde_json::from_slice::<IngestResponse>(body) {
+                    Ok(response) => Verdict::Ack { response, read: true },
+                    // A 2xx that is not our protocol (a captive portal, a misrouted proxy) did
+                    // not store anything: keep the events and retry.
+                    Err(_) => Verdict::Retry(None),
+                },
+                // Too large as a whole: halve until the culprit is alone, then drop it.
+                413 if n > 1 => Verdict::Split,
+                413 => Verdict::Ack {
+                    response: IngestResponse {
+                        accepted: 0,
+                        duplicates: 0,
+                        rejected: vec![protocol::Rejection { index: 0, reason: "HTTP 413".into() }],
+                    },
+                    read: false,
+                },
                 401 | 403 => Verdict::AuthPause,
+                // 400 and every other status: the request may be fine and the server (or a proxy
+                // before it) wrong. Nothing is dropped for it; retry with backoff.
                 _ => Verdict::Retry(retry_after.as_deref().and_then(|v| parse_retry_after(v, now))),
             },
         }
     }
 
-    fn acknowledge(&mut self, now: Millis, flight: InFlight, response: IngestResponse) {
+    fn acknowledge(&mut self, now: Millis, flight: InFlight, response: IngestResponse, read: bool) {
         let n = flight.seqs.len();
         let rejected: BTreeSet<usize> = response.rejected.iter().map(|r| r.index).filter(|i| *i < n).collect();
         for seq in &flight.seqs {
@@ -726,7 +755,9 @@ impl<S: EventStore> Engine<S> {
         let stats = &mut self.state.stats;
         stats.delivered += (n - rejected.len()) as u64;
         stats.rejected_by_server += rejected.len() as u64;
-        self.state.unreported.subtract(&flight.reported);
+        if read {
+            self.state.unreported.subtract(&flight.reported);
+        }
         self.state_dirty = true;
         self.retry = None;
         self.not_before = None;
@@ -818,7 +849,8 @@ impl<S: EventStore> Engine<S> {
         campaign: Option<CampaignContext>,
         held: bool,
     ) -> Result<(), ValidationError> {
-        let attribution = self.attribution_allowed();
+        // Attribution data is always kept on the device; whether it leaves the device is decided
+        // at upload time by the consent in force then (see `build_upload`).
         let consent = self.state.consent;
         let event = EventRef {
             event_id: new_uuid(&mut self.rng),
@@ -826,13 +858,13 @@ impl<S: EventStore> Engine<S> {
             timestamp: DateTime::from_timestamp_millis(now).unwrap_or_default(),
             anonymous_id: &self.state.anonymous_id,
             user_id: self.state.user_id.as_deref(),
-            device_id: self.config.device_id.as_deref().filter(|_| attribution),
+            device_id: self.config.device_id.as_deref(),
             session_id: self.state.session.as_ref().map(|s| s.id.as_str()),
             properties: &properties,
             context: ContextRef {
                 app: self.base_context.app.as_ref(),
                 device: self.base_context.device.as_ref(),
-                campaign: campaign.as_ref().filter(|_| attribution),
+                campaign: campaign.as_ref(),
                 consent: Some(&consent),
                 sdk: self.base_context.sdk.as_ref(),
             },
@@ -983,6 +1015,21 @@ impl<S: EventStore> Engine<S> {
 impl PartialEq for Collect {
     fn eq(&self, other: &Self) -> bool {
         std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+/// Removes what only attribution consent allows to leave the device: `device_id` and
+/// `context.campaign`.
+fn strip_attribution(event: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(event) {
+        Ok(Value::Object(mut map)) => {
+            map.remove("device_id");
+            if let Some(Value::Object(context)) = map.get_mut("context") {
+                context.remove("campaign");
+            }
+            serde_json::to_vec(&map).unwrap_or_else(|_| event.to_vec())
+        }
+        _ => event.to_vec(),
     }
 }
 

@@ -29,9 +29,10 @@ use crate::protocol::ValidationError;
 use crate::store::sqlite::Durability;
 use crate::store::{SqliteStore, StoreError};
 
-/// Most commands the worker applies before it commits them. Bounds the time between a `track`
-/// and its commit under load.
+/// Most commands, and longest time, the worker spends applying calls before it commits them.
+/// Together they bound the time between a `track` and its commit under load.
 const MAX_BURST: usize = 8192;
+const MAX_BURST_TIME: Duration = Duration::from_millis(10);
 /// Longest a `flush()` or `stats()` call waits for the worker.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -204,12 +205,18 @@ impl Trailmark {
 
     /// Counts a call refused on the caller's thread (best effort) and returns its error.
     fn refused(&self, e: ValidationError) -> Error {
-        let _ = self.call(|engine, _| engine.record_refusal());
+        let _ = self.tx.try_send(Command::Call { now: now_ms(), call: Box::new(|engine, _| engine.record_refusal()) });
         e.into()
     }
 
     fn call(&self, call: impl FnOnce(&mut Engine<SqliteStore>, Millis) + Send + 'static) -> Result<(), Error> {
         self.send(Command::Call { now: now_ms(), call: Box::new(call) })
+    }
+
+    /// For calls that must not be lost (consent, opt-out, identity, lifecycle): waits for room
+    /// in the channel instead of dropping. They are rare, so the wait is too.
+    fn control(&self, call: impl FnOnce(&mut Engine<SqliteStore>, Millis) + Send + 'static) -> Result<(), Error> {
+        self.tx.send(Command::Call { now: now_ms(), call: Box::new(call) }).map_err(|_| Error::Closed)
     }
 
     /// Tracks an event. Checks run here, on the caller's thread, so misuse is reported at once;
@@ -259,7 +266,7 @@ impl Trailmark {
     pub fn identify(&self, user_id: &str, traits: Map<String, Value>) -> Result<(), Error> {
         crate::protocol::validate_id("user_id", user_id).map_err(|e| self.refused(e))?;
         let user_id = user_id.to_owned();
-        self.call(move |e, now| {
+        self.control(move |e, now| {
             let _ = e.identify(now, &user_id, traits);
         })
     }
@@ -267,33 +274,33 @@ impl Trailmark {
     pub fn alias(&self, new_user_id: &str) -> Result<(), Error> {
         crate::protocol::validate_id("user_id", new_user_id).map_err(|e| self.refused(e))?;
         let id = new_user_id.to_owned();
-        self.call(move |e, now| {
+        self.control(move |e, now| {
             let _ = e.alias(now, &id);
         })
     }
 
     pub fn reset(&self) -> Result<(), Error> {
-        self.call(|e, now| e.reset(now))
+        self.control(|e, now| e.reset(now))
     }
 
     pub fn set_consent(&self, update: ConsentUpdate) -> Result<(), Error> {
-        self.call(move |e, now| e.set_consent(now, update))
+        self.control(move |e, now| e.set_consent(now, update))
     }
 
     pub fn opt_out(&self) -> Result<(), Error> {
-        self.call(|e, now| e.opt_out(now))
+        self.control(|e, now| e.opt_out(now))
     }
 
     pub fn opt_in(&self) -> Result<(), Error> {
-        self.call(|e, now| e.opt_in(now))
+        self.control(|e, now| e.opt_in(now))
     }
 
     pub fn on_foreground(&self) -> Result<(), Error> {
-        self.call(|e, now| e.on_foreground(now))
+        self.control(|e, now| e.on_foreground(now))
     }
 
     pub fn on_background(&self) -> Result<(), Error> {
-        self.call(|e, now| e.on_background(now))
+        self.control(|e, now| e.on_background(now))
     }
 
     pub fn handle_open_url(&self, url: &str) -> Result<(), Error> {
@@ -358,6 +365,7 @@ fn run_worker(
         };
         let mut shutdown = false;
         let mut burst = 0;
+        let burst_started = std::time::Instant::now();
         let mut command = match first {
             Ok(c) => Some(c),
             Err(RecvTimeoutError::Timeout) => None,
@@ -381,7 +389,7 @@ fn run_worker(
                 Command::Shutdown => shutdown = true,
             }
             burst += 1;
-            if shutdown || burst >= MAX_BURST {
+            if shutdown || burst >= MAX_BURST || (burst % 64 == 0 && burst_started.elapsed() >= MAX_BURST_TIME) {
                 break;
             }
             command = rx.try_recv().ok();

@@ -110,7 +110,7 @@ impl Model {
             Answer::Network => UploadOutcome::NetworkError("unreachable".into()),
         };
         let acked = matches!(&outcome, UploadOutcome::Response { status: 200, .. })
-            || (task.event_count == 1 && matches!(answer, Answer::Status(400 | 413))); // rejected alone
+            || (task.event_count == 1 && matches!(answer, Answer::Status(413))); // too large alone
         if acked {
             if let UploadOutcome::Response { status: 200, body, .. } = &outcome {
                 let response: IngestResponse = serde_json::from_slice(body).unwrap();
