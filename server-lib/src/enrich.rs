@@ -1,0 +1,227 @@
+//! Enrichment and normalisation: user agent, GeoIP, channel, OS names, IP encryption.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use serde::Serialize;
+use serde_json::Value;
+
+/// What the request's `User-Agent` says.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UserAgent {
+    pub os: Option<String>,
+    pub os_version: Option<String>,
+    pub browser: Option<String>,
+    pub browser_version: Option<String>,
+    /// woothee's category: `pc`, `smartphone`, `mobilephone`, `appliance`, `crawler`, `misc`.
+    pub device_class: Option<String>,
+}
+
+fn known(v: &str) -> Option<String> {
+    (!v.is_empty() && v != "UNKNOWN").then(|| v.to_owned())
+}
+
+pub fn parse_user_agent(agent: &str) -> UserAgent {
+    match woothee::parser::Parser::new().parse(agent) {
+        Some(r) => UserAgent {
+            os: known(r.os).map(|os| normalize_os(&os)),
+            os_version: known(&r.os_version),
+            browser: known(r.name),
+            browser_version: known(r.version),
+            device_class: known(r.category),
+        },
+        None => UserAgent::default(),
+    }
+}
+
+/// One spelling per operating system, whatever the client sent.
+pub fn normalize_os(os: &str) -> String {
+    let lower = os.trim().to_ascii_lowercase();
+    let canonical = match lower.as_str() {
+        "ios" | "iphone os" | "iphone" | "ipad" | "ipados" | "ipod" => "iOS",
+        "android" => "Android",
+        "mac os x" | "macos" | "mac os" | "osx" | "os x" | "macosx" => "macOS",
+        "linux" => "Linux",
+        "chromeos" | "chrome os" | "cros" => "ChromeOS",
+        "tvos" => "tvOS",
+        "watchos" => "watchOS",
+        "windows" => "Windows",
+        l if l.starts_with("windows") => "Windows",
+        _ => return os.trim().to_owned(),
+    };
+    canonical.to_owned()
+}
+
+/// GeoIP facts for an address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Geo {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_org: Option<String>,
+}
+
+/// MaxMind databases, when configured.
+#[derive(Default)]
+pub struct GeoIp {
+    city: Option<maxminddb::Reader<Vec<u8>>>,
+    asn: Option<maxminddb::Reader<Vec<u8>>>,
+}
+
+impl GeoIp {
+    pub fn open(city: Option<&Path>, asn: Option<&Path>) -> Result<Self, String> {
+        let open = |p: &Path| maxminddb::Reader::open_readfile(p).map_err(|e| format!("{}: {e}", p.display()));
+        Ok(GeoIp { city: city.map(open).transpose()?, asn: asn.map(open).transpose()? })
+    }
+
+    pub fn lookup(&self, ip: IpAddr) -> Geo {
+        let mut geo = Geo::default();
+        if let Some(reader) = &self.city
+            && let Ok(Some(city)) = reader.lookup(ip).and_then(|r| r.decode::<maxminddb::geoip2::City>())
+        {
+            geo.country = city.country.iso_code.map(str::to_owned);
+            geo.region = city.subdivisions.first().and_then(|s| s.iso_code).map(str::to_owned);
+            geo.city = city.city.names.english.map(str::to_owned);
+        }
+        if let Some(reader) = &self.asn
+            && let Ok(Some(asn)) = reader.lookup(ip).and_then(|r| r.decode::<maxminddb::geoip2::Asn>())
+        {
+            geo.asn = asn.autonomous_system_number;
+            geo.as_org = asn.autonomous_system_organization.map(str::to_owned);
+        }
+        geo
+    }
+}
+
+/// The marketing channel of an event, from its campaign fields and referrer.
+pub fn channel(campaign: Option<&Value>, referrer: Option<&str>) -> &'static str {
+    let field = |k: &str| campaign.and_then(|c| c.get(k)).and_then(Value::as_str).map(str::to_ascii_lowercase);
+    let medium = field("utm_medium").unwrap_or_default();
+    let source = field("utm_source").unwrap_or_default();
+    const SOCIAL: &[&str] =
+        &["facebook", "instagram", "twitter", "x", "tiktok", "linkedin", "reddit", "pinterest", "snapchat", "youtube"];
+    const SEARCH: &[&str] = &["google", "bing", "duckduckgo", "yahoo", "baidu", "yandex", "ecosia"];
+    if ["cpc", "ppc", "paid", "paidsearch", "paid_search", "cpm", "display", "paid_social"].contains(&medium.as_str()) {
+        return if SOCIAL.contains(&source.as_str()) || medium == "paid_social" { "paid_social" } else { "paid" };
+    }
+    if medium == "email" || source == "newsletter" {
+        return "email";
+    }
+    if medium == "social" || SOCIAL.contains(&source.as_str()) {
+        return "social";
+    }
+    if medium == "affiliate" {
+        return "affiliate";
+    }
+    if field("click_id").is_some() {
+        return "paid";
+    }
+    if !medium.is_empty() || !source.is_empty() {
+        return "campaign";
+    }
+    if let Some(host) =
+        referrer.and_then(|r| url::Url::parse(r).ok()).and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+    {
+        if SEARCH.iter().any(|s| host.split('.').any(|part| part == *s)) {
+            return "organic_search";
+        }
+        if SOCIAL.iter().any(|s| host.split('.').any(|part| part == *s)) {
+            return "social";
+        }
+        return "referral";
+    }
+    "direct"
+}
+
+/// AES-256-GCM for IP addresses at rest: `nonce (12 bytes) ‖ ciphertext+tag`.
+pub struct IpCipher {
+    cipher: Aes256Gcm,
+}
+
+impl IpCipher {
+    pub fn new(key: &[u8; 32]) -> Self {
+        IpCipher { cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)) }
+    }
+
+    pub fn encrypt(&self, ip: IpAddr) -> Vec<u8> {
+        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let text = ip.to_string();
+        // Encryption into a Vec cannot fail for inputs this small.
+        let sealed = self.cipher.encrypt(&nonce, text.as_bytes()).unwrap_or_default();
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    pub fn decrypt(&self, blob: &[u8]) -> Option<IpAddr> {
+        if blob.len() < 12 {
+            return None;
+        }
+        let (nonce, sealed) = blob.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().ok()?;
+        let plain = self.cipher.decrypt(&Nonce::from(nonce), sealed).ok()?;
+        String::from_utf8(plain).ok()?.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn user_agents() {
+        let ua = parse_user_agent(
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+        );
+        assert_eq!(ua.os.as_deref(), Some("iOS"));
+        assert_eq!(ua.device_class.as_deref(), Some("smartphone"));
+        assert_eq!(ua.browser.as_deref(), Some("Safari"));
+        let ua = parse_user_agent(
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+        );
+        assert_eq!(ua.os.as_deref(), Some("Windows"));
+        assert_eq!(ua.device_class.as_deref(), Some("pc"));
+        assert_eq!(parse_user_agent("trailmark-rust/0.1.0"), UserAgent::default());
+    }
+
+    #[test]
+    fn os_names() {
+        assert_eq!(normalize_os("iPhone OS"), "iOS");
+        assert_eq!(normalize_os("android"), "Android");
+        assert_eq!(normalize_os("Mac OS X"), "macOS");
+        assert_eq!(normalize_os("Windows 10"), "Windows");
+        assert_eq!(normalize_os("HarmonyOS"), "HarmonyOS");
+    }
+
+    #[test]
+    fn channels() {
+        let c = json!({"utm_source": "google", "utm_medium": "CPC"});
+        assert_eq!(channel(Some(&c), None), "paid");
+        assert_eq!(channel(Some(&json!({"utm_source": "facebook", "utm_medium": "cpc"})), None), "paid_social");
+        assert_eq!(channel(Some(&json!({"utm_medium": "email"})), None), "email");
+        assert_eq!(channel(Some(&json!({"click_id": "x"})), None), "paid");
+        assert_eq!(channel(None, Some("https://www.google.com/search?q=x")), "organic_search");
+        assert_eq!(channel(None, Some("https://blog.example.org/post")), "referral");
+        assert_eq!(channel(None, None), "direct");
+    }
+
+    #[test]
+    fn ip_round_trip_and_no_clear_text() {
+        let cipher = IpCipher::new(&[7; 32]);
+        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        let blob = cipher.encrypt(ip);
+        assert!(!blob.windows(11).any(|w| w == b"203.0.113.9"));
+        assert_ne!(blob, cipher.encrypt(ip), "fresh nonce each time");
+        assert_eq!(cipher.decrypt(&blob), Some(ip));
+        assert_eq!(IpCipher::new(&[8; 32]).decrypt(&blob), None);
+    }
+}

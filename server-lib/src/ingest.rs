@@ -1,0 +1,302 @@
+//! `POST /v1/event`: authenticate, read, decompress, parse, validate, normalise, enrich, store.
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::DateTime;
+use serde_json::{Map, Value};
+use trailmark_core::protocol::{self, DropReport, IngestResponse, Rejection};
+
+use crate::enrich::{self, Geo};
+use crate::error::ApiError;
+use crate::storage::{NewEvent, StorageError};
+use crate::{AppState, now_ms};
+
+pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let started = Instant::now();
+    let result = ingest(&state, request).await;
+    metrics::histogram!("trailmark_request_duration_seconds", "endpoint" => "event").record(started.elapsed());
+    let status = match &result {
+        Ok(_) => StatusCode::OK,
+        Err(e) => e.status,
+    };
+    metrics::counter!("trailmark_requests_total", "endpoint" => "event", "status" => status.as_str().to_owned())
+        .increment(1);
+    match result {
+        Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The client address: the socket peer, or the first `X-Forwarded-For` hop behind a trusted proxy.
+pub fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trust_proxy: bool) -> Option<IpAddr> {
+    if trust_proxy {
+        let forwarded = header_str(headers, "x-forwarded-for")
+            .and_then(|v| v.split(',').next())
+            .and_then(|first| first.trim().parse().ok());
+        if forwarded.is_some() {
+            return forwarded;
+        }
+    }
+    peer
+}
+
+/// Reads at most `limit` bytes of body; more is a 413.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(format!("request body exceeds {limit} bytes")))
+}
+
+/// Inflates a gzip body, refusing to produce more than `limit` bytes (gzip bombs).
+fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(body.len() * 4);
+    let mut decoder = flate2::read::GzDecoder::new(body).take(limit as u64 + 1);
+    decoder
+        .read_to_end(&mut out)
+        .map_err(|e| ApiError::bad_request("invalid_encoding", format!("body is not valid gzip: {e}")))?;
+    if out.len() > limit {
+        return Err(ApiError::too_large(format!("decompressed body exceeds {limit} bytes")));
+    }
+    Ok(out)
+}
+
+/// Depth of the deepest array/object, walked iteratively.
+fn depth_exceeds(value: &Value, max: usize) -> bool {
+    let mut stack = vec![(value, 1usize)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        if depth > max {
+            return true;
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    false
+}
+
+/// Parses the body into JSON with the protocol's error codes.
+pub fn parse_json(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ApiError::bad_request("invalid_utf8", format!("body is not valid UTF-8 (at byte {})", e.valid_up_to()))
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        if e.to_string().contains("recursion limit") {
+            ApiError::bad_request("too_deep", format!("JSON nests deeper than {max_depth} levels"))
+        } else {
+            ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+        }
+    })?;
+    if depth_exceeds(&value, max_depth) {
+        return Err(ApiError::bad_request("too_deep", format!("JSON nests deeper than {max_depth} levels")));
+    }
+    Ok(value)
+}
+
+async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, ApiError> {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let peer = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let ip = client_ip(headers, peer, state.config.trust_proxy);
+
+    let app_id = header_str(headers, protocol::HEADER_APP)
+        .ok_or_else(|| ApiError::unauthorized("missing_app", format!("missing {} header", protocol::HEADER_APP)))?
+        .to_owned();
+    let Some(app) = state.config.apps.get(&app_id) else {
+        return Err(ApiError::unauthorized("unknown_app", "unknown app id"));
+    };
+    state.check_rate(&app_id, ip)?;
+
+    let limits = &state.config.limits;
+    let raw = read_body(body, limits.max_body_bytes).await?;
+    protocol::verify_signature(
+        app.secret.as_bytes(),
+        header_str(headers, protocol::HEADER_TIMESTAMP),
+        header_str(headers, protocol::HEADER_SIGNATURE),
+        &raw,
+        now_ms() / 1000,
+    )
+    .map_err(|e| {
+        metrics::counter!("trailmark_auth_failures_total", "app" => app_id.clone()).increment(1);
+        ApiError::unauthorized("invalid_signature", e.to_string())
+    })?;
+
+    let decoded;
+    let body: &[u8] = match header_str(headers, header::CONTENT_ENCODING.as_str()).map(str::trim) {
+        None | Some("") | Some("identity") => &raw,
+        Some(enc) if enc.eq_ignore_ascii_case("gzip") => {
+            decoded = gunzip(&raw, limits.max_body_bytes)?;
+            &decoded
+        }
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_encoding",
+                format!("Content-Encoding {other:?} is not supported; use gzip or none"),
+            ));
+        }
+    };
+    let value = parse_json(body, limits.max_json_depth)?;
+
+    let received_at = now_ms();
+    let (events, sent_at, dropped) = match value {
+        Value::Object(mut map) if map.contains_key("batch") => {
+            state
+                .validators
+                .envelope(&Value::Object(map.clone()))
+                .map_err(|e| ApiError::bad_request("invalid_envelope", e))?;
+            let Some(Value::Array(batch)) = map.remove("batch") else { unreachable!("schema checked") };
+            if batch.len() > protocol::MAX_BATCH_EVENTS {
+                return Err(ApiError::too_large(format!(
+                    "batch holds {} events; the limit is {}",
+                    batch.len(),
+                    protocol::MAX_BATCH_EVENTS
+                )));
+            }
+            let sent_at = map.get("sent_at").and_then(Value::as_str).and_then(parse_ms);
+            let dropped: DropReport =
+                map.remove("dropped").and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default();
+            (batch, sent_at, dropped)
+        }
+        Value::Object(map) => (vec![Value::Object(map)], None, DropReport::default()),
+        _ => return Err(ApiError::bad_request("invalid_body", "body must be an event object or a batch envelope")),
+    };
+    record_sdk_drops(&app_id, &dropped);
+
+    // Per request, not per event: the same client sent them all.
+    let ua = header_str(headers, header::USER_AGENT.as_str()).map(enrich::parse_user_agent).unwrap_or_default();
+    let geo = ip.map(|ip| state.geo.lookup(ip)).unwrap_or_default();
+    let ip_enc = ip.map(|ip| state.ip_cipher.encrypt(ip));
+
+    let mut response = IngestResponse::default();
+    let mut fresh = Vec::with_capacity(events.len());
+    for (index, event) in events.into_iter().enumerate() {
+        match state
+            .validators
+            .event(&app_id, &event)
+            .and_then(|_| normalise(&app_id, event, sent_at, received_at, &ua, &geo, ip_enc.clone()))
+        {
+            Ok(e) => fresh.push(e),
+            Err(reason) => response.rejected.push(Rejection { index, reason }),
+        }
+    }
+    let received = fresh.len() + response.rejected.len();
+    metrics::counter!("trailmark_events_received_total", "app" => app_id.clone()).increment(received as u64);
+    if !response.rejected.is_empty() {
+        metrics::counter!("trailmark_events_rejected_total", "app" => app_id.clone())
+            .increment(response.rejected.len() as u64);
+    }
+    if !fresh.is_empty() {
+        let outcome = state.storage.insert(fresh).await.map_err(|e| match e {
+            StorageError::Busy => {
+                metrics::counter!("trailmark_writer_busy_total").increment(1);
+                ApiError::unavailable(1, "the server is catching up; retry shortly")
+            }
+            other => ApiError::internal(other),
+        })?;
+        response.accepted = outcome.iter().filter(|new| **new).count() as u64;
+        response.duplicates = outcome.len() as u64 - response.accepted;
+    }
+    metrics::counter!("trailmark_events_accepted_total", "app" => app_id.clone()).increment(response.accepted);
+    metrics::counter!("trailmark_events_duplicate_total", "app" => app_id.clone()).increment(response.duplicates);
+    Ok(response)
+}
+
+fn record_sdk_drops(app: &str, d: &DropReport) {
+    for (reason, n) in [
+        ("queue_full", d.queue_full),
+        ("expired", d.expired),
+        ("pre_consent_full", d.pre_consent_full),
+        ("invalid", d.invalid),
+        ("backpressure", d.backpressure),
+    ] {
+        if n > 0 {
+            metrics::counter!("trailmark_sdk_dropped_events_total", "app" => app.to_owned(), "reason" => reason)
+                .increment(n);
+        }
+    }
+}
+
+fn parse_ms(text: &str) -> Option<i64> {
+    DateTime::parse_from_rfc3339(text).ok().map(|d| d.timestamp_millis())
+}
+
+fn take_str(map: &mut Map<String, Value>, key: &str) -> Option<String> {
+    match map.remove(key) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+/// Turns a schema-valid event into a row: times, lower-cased utm values, OS names, enrichment.
+fn normalise(
+    app_id: &str,
+    event: Value,
+    sent_at: Option<i64>,
+    received_at: i64,
+    ua: &enrich::UserAgent,
+    geo: &Geo,
+    ip_enc: Option<Vec<u8>>,
+) -> Result<NewEvent, String> {
+    let Value::Object(mut map) = event else { return Err("event must be an object".into()) };
+    let timestamp = map.get("timestamp").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let client_ts = parse_ms(&timestamp).ok_or_else(|| format!("/timestamp: {timestamp:?} is not an RFC 3339 time"))?;
+    let corrected_ts = match sent_at {
+        Some(sent) => received_at - (sent - client_ts),
+        None => client_ts,
+    };
+    let mut context = match map.remove("context") {
+        Some(Value::Object(c)) => c,
+        _ => Map::new(),
+    };
+    if let Some(Value::Object(campaign)) = context.get_mut("campaign") {
+        for (key, value) in campaign.iter_mut() {
+            if key.starts_with("utm_")
+                && let Value::String(s) = value
+            {
+                *s = s.to_lowercase();
+            }
+        }
+    }
+    if let Some(Value::Object(device)) = context.get_mut("device")
+        && let Some(Value::String(os)) = device.get_mut("os")
+    {
+        *os = enrich::normalize_os(os);
+    }
+    let properties = match map.remove("properties") {
+        Some(Value::Object(p)) => p,
+        _ => Map::new(),
+    };
+    let referrer = properties.get("referrer").and_then(Value::as_str);
+    let channel = enrich::channel(context.get("campaign"), referrer);
+    let enrichment = serde_json::json!({"ua": ua, "geo": geo, "channel": channel});
+    Ok(NewEvent {
+        app_id: app_id.to_owned(),
+        event_id: take_str(&mut map, "event_id").unwrap_or_default().to_ascii_lowercase(),
+        event_type: take_str(&mut map, "type").unwrap_or_default(),
+        anonymous_id: take_str(&mut map, "anonymous_id").unwrap_or_default(),
+        user_id: take_str(&mut map, "user_id"),
+        device_id: take_str(&mut map, "device_id"),
+        session_id: take_str(&mut map, "session_id"),
+        client_ts,
+        corrected_ts,
+        received_at,
+        properties: Value::Object(properties).to_string(),
+        context: Value::Object(context).to_string(),
+        enrichment: enrichment.to_string(),
+        ip_enc,
+    })
+}

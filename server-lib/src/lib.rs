@@ -1,0 +1,310 @@
+//! `trailmark-server`: the embeddable Trailmark ingestion server.
+//!
+//! [`ServerBuilder`] turns a [`ServerConfig`] and a [`Storage`] into an axum [`Router`] that a
+//! host service mounts:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use trailmark_server::{ServerBuilder, ServerConfig};
+//! let config = ServerConfig::new().with_app("com.example.shop", "app-secret");
+//! let router = ServerBuilder::new(config).sqlite("trailmark.db")?.build()?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Endpoints: `POST /v1/event` (signed), `POST /v1/user/delete` (admin), `GET /healthz`,
+//! `GET /metrics` (Prometheus).
+
+pub mod config;
+pub mod enrich;
+pub mod error;
+pub mod ingest;
+pub mod storage;
+pub mod validate;
+
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hmac::{Hmac, Mac};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use thiserror::Error;
+
+pub use config::{AppConfig, JwtAlgorithm, JwtConfig, Limits, ServerConfig};
+pub use error::ApiError;
+pub use storage::{Durability, SqliteStorage, Storage, StorageError};
+
+use crate::enrich::{GeoIp, IpCipher};
+use crate::storage::{DeletionAudit, Subject};
+use crate::validate::Validators;
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("no storage: call .sqlite(path) or .storage(...)")]
+    NoStorage,
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("invalid schema: {0}")]
+    Schema(String),
+    #[error("GeoIP database: {0}")]
+    GeoIp(String),
+    #[error("JWT key: {0}")]
+    Jwt(String),
+    #[error("invalid limit: {0}")]
+    Limit(&'static str),
+}
+
+/// Shared state of a built server.
+pub struct AppState {
+    pub config: ServerConfig,
+    pub storage: Arc<dyn Storage>,
+    validators: Validators,
+    geo: GeoIp,
+    ip_cipher: IpCipher,
+    app_limiter: DefaultKeyedRateLimiter<String>,
+    ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
+    jwt: Option<(jsonwebtoken::DecodingKey, jsonwebtoken::Validation)>,
+    metrics: PrometheusHandle,
+}
+
+impl AppState {
+    fn check_rate(&self, app: &str, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        let clock = governor::clock::DefaultClock::default();
+        let wait = |not_until: governor::NotUntil<_>| {
+            use governor::clock::Clock;
+            not_until.wait_time_from(clock.now()).as_secs_f64().ceil() as u64
+        };
+        if let Err(n) = self.app_limiter.check_key(&app.to_owned()) {
+            metrics::counter!("trailmark_rate_limited_total", "scope" => "app").increment(1);
+            return Err(ApiError::rate_limited(wait(n), "too many requests for this app"));
+        }
+        if let Some(ip) = ip
+            && let Err(n) = self.ip_limiter.check_key(&ip)
+        {
+            metrics::counter!("trailmark_rate_limited_total", "scope" => "ip").increment(1);
+            return Err(ApiError::rate_limited(wait(n), "too many requests from this address"));
+        }
+        Ok(())
+    }
+}
+
+/// The process-wide Prometheus recorder. The first server built installs it; when the host
+/// already installed another recorder, our metrics go to that one and `/metrics` stays empty.
+fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5])
+                .expect("static buckets are valid");
+            match builder.install_recorder() {
+                Ok(handle) => handle,
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// Builds the server's [`Router`].
+pub struct ServerBuilder {
+    config: ServerConfig,
+    storage: Option<Arc<dyn Storage>>,
+}
+
+impl ServerBuilder {
+    pub fn new(config: ServerConfig) -> Self {
+        ServerBuilder { config, storage: None }
+    }
+
+    /// Uses the embedded SQLite store at `path` (created if missing), fsync on every commit.
+    pub fn sqlite(self, path: impl AsRef<Path>) -> Result<Self, BuildError> {
+        self.sqlite_with(path, Durability::Full)
+    }
+
+    pub fn sqlite_with(mut self, path: impl AsRef<Path>, durability: Durability) -> Result<Self, BuildError> {
+        let limits = &self.config.limits;
+        let store = SqliteStorage::open(path, durability, limits.writer_queue, limits.max_commit_events)?;
+        self.storage = Some(Arc::new(store));
+        Ok(self)
+    }
+
+    /// Uses another [`Storage`] implementation.
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// The shared state, for hosts that compose their own routes.
+    pub fn build_state(self) -> Result<Arc<AppState>, BuildError> {
+        let storage = self.storage.ok_or(BuildError::NoStorage)?;
+        let config = self.config;
+        let l = &config.limits;
+        let quota = |rate: u32, burst: u32, name| {
+            let rate = NonZeroU32::new(rate).ok_or(BuildError::Limit(name))?;
+            let burst = NonZeroU32::new(burst).ok_or(BuildError::Limit(name))?;
+            Ok::<_, BuildError>(Quota::per_second(rate).allow_burst(burst))
+        };
+        let app_limiter = RateLimiter::keyed(quota(l.app_rate_per_sec, l.app_burst, "app rate")?);
+        let ip_limiter = RateLimiter::keyed(quota(l.ip_rate_per_sec, l.ip_burst, "ip rate")?);
+        let validators = Validators::new(&config.apps).map_err(BuildError::Schema)?;
+        let geo = GeoIp::open(config.geoip_city.as_deref(), config.geoip_asn.as_deref()).map_err(BuildError::GeoIp)?;
+        let jwt = config.jwt.as_ref().map(jwt_verifier).transpose()?;
+        Ok(Arc::new(AppState {
+            ip_cipher: IpCipher::new(&config.ip_key),
+            config,
+            storage,
+            validators,
+            geo,
+            app_limiter,
+            ip_limiter,
+            jwt,
+            metrics: prometheus(),
+        }))
+    }
+
+    pub fn build(self) -> Result<Router, BuildError> {
+        Ok(router(self.build_state()?))
+    }
+}
+
+/// The routes over a built state.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/event", post(ingest::handle))
+        .route("/v1/user/delete", post(delete_user))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_text))
+        // Bodies are read with our own limit so the 413 has the protocol's error shape.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+fn jwt_verifier(c: &JwtConfig) -> Result<(jsonwebtoken::DecodingKey, jsonwebtoken::Validation), BuildError> {
+    let (key, alg) = match c.algorithm {
+        JwtAlgorithm::Hs256 => {
+            (jsonwebtoken::DecodingKey::from_secret(c.key.as_bytes()), jsonwebtoken::Algorithm::HS256)
+        }
+        JwtAlgorithm::Rs256 => (
+            jsonwebtoken::DecodingKey::from_rsa_pem(c.key.as_bytes()).map_err(|e| BuildError::Jwt(e.to_string()))?,
+            jsonwebtoken::Algorithm::RS256,
+        ),
+    };
+    let mut validation = jsonwebtoken::Validation::new(alg);
+    match &c.audience {
+        Some(aud) => validation.set_audience(&[aud]),
+        None => validation.validate_aud = false,
+    }
+    if let Some(iss) = &c.issuer {
+        validation.set_issuer(&[iss]);
+    }
+    Ok((key, validation))
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn keyed_hash(key: &[u8; 32], text: &str) -> HmacSha256 {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(text.as_bytes());
+    mac
+}
+
+/// Checks `Authorization: Bearer …` against the admin key (constant time) or the JWT
+/// configuration; returns who is calling, for the audit log.
+pub fn admin_auth(state: &AppState, headers: &HeaderMap) -> Result<String, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::unauthorized("missing_credentials", "admin endpoints need Authorization: Bearer <token>")
+        })?;
+    if let Some(key) = &state.config.admin_key {
+        let expected = keyed_hash(&state.config.audit_key, key).finalize().into_bytes();
+        if keyed_hash(&state.config.audit_key, token).verify_slice(&expected).is_ok() {
+            return Ok("admin-key".into());
+        }
+    }
+    if let Some((key, validation)) = &state.jwt {
+        #[derive(serde::Deserialize)]
+        struct Claims {
+            sub: Option<String>,
+        }
+        return match jsonwebtoken::decode::<Claims>(token, key, validation) {
+            Ok(data) => Ok(format!("jwt:{}", data.claims.sub.unwrap_or_default())),
+            Err(e) => Err(ApiError::unauthorized("invalid_token", format!("bearer token refused: {e}"))),
+        };
+    }
+    Err(ApiError::unauthorized("invalid_credentials", "bearer token refused"))
+}
+
+async fn delete_user(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let result = async {
+        let requested_by = admin_auth(&state, &headers)?;
+        let value = ingest::parse_json(&body, 4)?;
+        let Value::Object(map) = value else {
+            return Err(ApiError::bad_request("invalid_body", "expected a JSON object"));
+        };
+        let mut subjects = Vec::new();
+        for (key, value) in &map {
+            let Value::String(id) = value else {
+                return Err(ApiError::bad_request("invalid_body", format!("{key} must be a string")));
+            };
+            trailmark_core::protocol::validate_id("subject", id)
+                .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+            subjects.push(match key.as_str() {
+                "user_id" => Subject::UserId(id.clone()),
+                "anonymous_id" => Subject::AnonymousId(id.clone()),
+                "device_id" => Subject::DeviceId(id.clone()),
+                other => return Err(ApiError::bad_request("invalid_body", format!("unknown field {other:?}"))),
+            });
+        }
+        let [subject] = <[Subject; 1]>::try_from(subjects).map_err(|_| {
+            ApiError::bad_request("invalid_body", "give exactly one of user_id, anonymous_id, device_id")
+        })?;
+        let receipt_id = uuid::Uuid::new_v4().to_string();
+        let hash = keyed_hash(&state.config.audit_key, &format!("{}:{}", subject.kind(), subject.value())).finalize();
+        let audit = DeletionAudit {
+            receipt_id: receipt_id.clone(),
+            subject_kind: subject.kind(),
+            subject_hash: hex::encode(hash.into_bytes()),
+            requested_at: now_ms(),
+            requested_by,
+        };
+        let rows = state.storage.delete_subject(subject, audit).await.map_err(|e| match e {
+            StorageError::Busy => ApiError::unavailable(1, "the server is busy; retry shortly"),
+            other => ApiError::internal(other),
+        })?;
+        metrics::counter!("trailmark_user_deletions_total").increment(1);
+        Ok(json!({"receipt_id": receipt_id, "rows_deleted": rows}))
+    }
+    .await;
+    match result {
+        Ok(body) => axum::Json(body).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({"status": "ok", "writer_backlog": state.storage.backlog()})).into_response()
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    metrics::gauge!("trailmark_writer_backlog").set(state.storage.backlog() as f64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
