@@ -119,7 +119,7 @@ impl NativeOptions {
     pub fn new(db_path: impl Into<PathBuf>) -> Self {
         NativeOptions {
             db_path: db_path.into(),
-            durability: Durability::Full,
+            durability: Durability::default(),
             uploader: None,
             logger: None,
             channel_capacity: 65_536,
