@@ -40,7 +40,7 @@ suite_rust() {
   # Every crate, every target (unit, integration, property, kill -9, examples, bench smoke run).
   run rust-clippy cargo clippy --workspace --all-targets -- -D warnings
   run rust-test cargo test --workspace --all-targets
-  summary+=("$(awk '/^ *Running /{name=($2=="unittests") ? $3 : $2} /^test result:/{print "rust " name ": " $0}' "$log_dir/rust-test.log")")
+  summary+=("$(awk '/^ *Running /{name=($2=="unittests") ? $3" "$4 : $2} /^test result:/{print "rust " name ": " $0}' "$log_dir/rust-test.log")")
   # The README's first command, as a smoke test.
   run rust-demo cargo run -q -p trailmark-core --example offline_demo
   summary+=("rust demo: $(tail -n 1 "$log_dir/rust-demo.log")")
