@@ -121,6 +121,9 @@ pub fn channel(campaign: Option<&Value>, referrer: Option<&str>) -> &'static str
     if medium == "affiliate" {
         return "affiliate";
     }
+    if medium == "referral" {
+        return "referral";
+    }
     if field("click_id").is_some() {
         return "paid";
     }

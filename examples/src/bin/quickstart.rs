@@ -1,0 +1,307 @@
+//! `cargo run --release --bin quickstart [-- --once]`
+//!
+//! Starts the reference server on a fresh SQLite file and runs a simulated campaign against it
+//! over real HTTP with the SDK core's native driver:
+//! - one device tracks while the server is still down, then delivers when it comes up;
+//! - six devices open campaign deep links, sign in, browse and buy;
+//! - some events are invalid (a purchase without a currency) and are rejected one by one;
+//! - one batch is replayed and comes back as duplicates;
+//! - one user denies consent and sends nothing.
+//!
+//! Then it prints a summary and keeps serving until Ctrl-C (`--once` exits after the summary).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{Map, Value, json};
+use trailmark_core::native::{NativeOptions, Trailmark};
+use trailmark_core::{Config, ConsentUpdate, Stats, protocol};
+use trailmark_examples::{ServerArgs, Settings, start};
+
+const APP: &str = "com.example.shop";
+const SECRET: &str = "quickstart-secret";
+const ADMIN: &str = "quickstart-admin";
+
+#[derive(Parser)]
+#[command(about = "Trailmark quickstart: reference server + simulated campaign")]
+struct Args {
+    /// Exit after the summary instead of serving until Ctrl-C.
+    #[arg(long)]
+    once: bool,
+    /// Address for the server [default: 127.0.0.1:8080, or any free port if taken].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Where to put the server database and the simulated devices' queues.
+    #[arg(long, default_value = "quickstart-data")]
+    data: PathBuf,
+}
+
+fn props(v: Value) -> Map<String, Value> {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+struct Device {
+    name: &'static str,
+    tm: Trailmark,
+}
+
+fn device(name: &'static str, endpoint: &str, data: &Path, require_consent: bool) -> Device {
+    let mut config = Config::new(APP, SECRET, endpoint);
+    config.require_consent = require_consent;
+    config.device_id = Some(format!("device-{name}"));
+    config.app.id = Some(APP.into());
+    config.app.version = Some("3.2.0".into());
+    config.device.os = Some(if name.len().is_multiple_of(2) { "iOS" } else { "android" }.into());
+    config.policy.retry_cap = Duration::from_secs(2);
+    let tm = Trailmark::start(config, NativeOptions::new(data.join(format!("device-{name}.db")))).expect("SDK starts");
+    Device { name, tm }
+}
+
+/// One user's visit: a campaign deep link, sign-in, browsing, a cart, maybe a purchase.
+fn visit(d: &Device, campaign: Option<(&str, &str, &str)>, items: usize, buy: bool, bad_purchase: bool) {
+    let tm = &d.tm;
+    if let Some((source, medium, name)) = campaign {
+        let url = format!(
+            "shop://product/42?tm_click_id=clk_{}&utm_source={source}&utm_medium={medium}&utm_campaign={name}",
+            d.name
+        );
+        tm.handle_open_url(&url).unwrap();
+    }
+    tm.identify(
+        &format!("user-{}", d.name),
+        props(json!({"email": format!("{}@Example.com", d.name), "plan": "free"})),
+    )
+    .unwrap();
+    for i in 0..items {
+        tm.screen("product", props(json!({"sku": format!("SKU-{i}")}))).unwrap();
+        tm.track(
+            "add_to_cart",
+            props(json!({"sku": format!("SKU-{i}"), "price": 19.99, "currency": "EUR", "quantity": 1})),
+        )
+        .unwrap();
+    }
+    if buy {
+        tm.track(
+            "purchase",
+            props(json!({"revenue": 19.99 * items as f64, "currency": "EUR", "order_id": format!("o-{}", d.name)})),
+        )
+        .unwrap();
+    }
+    if bad_purchase {
+        // The SDK cannot know the server's schema: the server rejects this one alone.
+        tm.track("purchase", props(json!({"revenue": 5}))).unwrap();
+    }
+    // Misuse the SDK refuses at once, with a typed error.
+    let _ = tm.track("Checkout Started", Map::new());
+    tm.on_background().unwrap();
+}
+
+fn wait_delivered(devices: &[Device], timeout: Duration) -> Vec<Stats> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let stats: Vec<Stats> = devices.iter().map(|d| d.tm.stats().unwrap()).collect();
+        if stats.iter().all(|s| s.queued == 0) || Instant::now() > deadline {
+            return stats;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Sends one signed batch twice: the second answer is all duplicates.
+fn replay(endpoint: &str) -> (Value, Value) {
+    let events: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({"event_id": uuid::Uuid::new_v4().to_string(), "type": "server_import", "timestamp": protocol::format_millis(trailmark_server::now_ms()),
+                   "anonymous_id": "importer", "properties": {"row": i}})
+        })
+        .collect();
+    let body =
+        serde_json::to_vec(&json!({"sent_at": protocol::format_millis(trailmark_server::now_ms()), "batch": events}))
+            .unwrap();
+    let client = reqwest::blocking::Client::new();
+    let send = || -> Value {
+        let ts = trailmark_server::now_ms() / 1000;
+        client
+            .post(format!("{endpoint}/v1/event"))
+            .header(protocol::HEADER_APP, APP)
+            .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+            .header(protocol::HEADER_SIGNATURE, protocol::sign(SECRET.as_bytes(), ts, &body))
+            .body(body.clone())
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or_else(|e| json!({"error": e.to_string()}))
+    };
+    (send(), send())
+}
+
+fn query_pairs(db: &Path, sql: &str) -> Vec<(String, i64)> {
+    let conn = rusqlite::Connection::open(db).expect("open db");
+    let mut stmt = conn.prepare(sql).expect("query");
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .expect("rows")
+        .map(|r| r.expect("row"))
+        .collect()
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    trailmark_examples::init_logging(false);
+    let _ = std::fs::remove_dir_all(&args.data);
+    std::fs::create_dir_all(&args.data).expect("create the data folder");
+    let db = args.data.join("trailmark.db");
+
+    // Find the address first: one device starts tracking while the server is not up yet.
+    let wanted = args.listen.unwrap_or_else(|| "127.0.0.1:8080".parse().unwrap());
+    let addr = match std::net::TcpListener::bind(wanted) {
+        Ok(l) => l.local_addr().unwrap(),
+        Err(_) => std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap(),
+    };
+    let endpoint = format!("http://{addr}");
+    println!("Trailmark quickstart");
+    println!("  server   {endpoint}  (SQLite: {})", db.display());
+
+    let data = args.data.clone();
+    let ep = endpoint.clone();
+    let offline = tokio::task::spawn_blocking(move || {
+        let d = device("offline", &ep, &data, false);
+        visit(&d, Some(("newsletter", "email", "spring_sale")), 20, true, false);
+        d
+    })
+    .await
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let queued_offline = offline.tm.stats().unwrap().queued;
+    println!(
+        "  step 1   device 'offline' tracked {queued_offline} events while the server was down (kept on disk, retrying)"
+    );
+
+    let mut args_server = ServerArgs { listen: Some(addr), db: Some(db.clone()), ..Default::default() };
+    args_server.apps = vec![format!("{APP}:{SECRET}")];
+    args_server.admin_key = Some(ADMIN.into());
+    args_server.ip_rate = Some(10_000);
+    let settings: Settings = args_server.settings().unwrap();
+    let running = start(&settings).await.unwrap_or_else(|e| {
+        eprintln!("quickstart: could not start the server: {e}");
+        std::process::exit(1);
+    });
+    println!("  step 2   server up; the offline device delivers on its next retry");
+
+    let data = args.data.clone();
+    let ep = endpoint.clone();
+    let (devices, denied_stats, replay_answers) = tokio::task::spawn_blocking(move || {
+        let campaigns = [
+            ("ivy", Some(("google", "cpc", "brand_search")), 12, true, false),
+            ("anna", Some(("facebook", "paid_social", "summer_video")), 8, true, true),
+            ("bob", Some(("newsletter", "email", "spring_sale")), 6, false, false),
+            ("cleo", None, 4, true, true),
+            ("dan", Some(("partner_blog", "referral", "review")), 10, true, false),
+            ("eve", Some(("tiktok", "social", "ugc")), 3, false, false),
+            ("gus", Some(("google", "cpc", "generic_shoes")), 9, true, false),
+            ("hana", Some(("instagram", "paid_social", "summer_video")), 7, false, false),
+            ("ivan", None, 5, false, false),
+            ("jo", Some(("newsletter", "email", "spring_sale")), 11, true, false),
+            ("kim", Some(("bing", "cpc", "brand_search")), 2, false, false),
+        ];
+        let mut devices = vec![offline];
+        for (name, campaign, items, buy, bad) in campaigns {
+            let d = device(name, &ep, &data, false);
+            visit(&d, campaign, items, buy, bad);
+            devices.push(d);
+        }
+        // A user who is asked for consent and declines: nothing leaves the device.
+        let denied = device("fay", &ep, &data, true);
+        visit(&denied, Some(("google", "cpc", "brand_search")), 3, true, false);
+        denied
+            .tm
+            .set_consent(ConsentUpdate { analytics: Some(false), attribution: Some(false), do_not_sell: Some(true) })
+            .unwrap();
+        for d in &devices {
+            d.tm.flush().unwrap();
+        }
+        let replay_answers = replay(&ep);
+        (devices, denied.tm.stats().unwrap(), replay_answers)
+    })
+    .await
+    .unwrap();
+
+    let stats = tokio::task::spawn_blocking({
+        let devices_ref: Vec<Device> = devices;
+        move || {
+            let stats = wait_delivered(&devices_ref, Duration::from_secs(60));
+            drop(devices_ref);
+            stats
+        }
+    })
+    .await
+    .unwrap();
+
+    let recorded: u64 = stats.iter().map(|s| s.recorded).sum();
+    let delivered: u64 = stats.iter().map(|s| s.delivered).sum();
+    let rejected: u64 = stats.iter().map(|s| s.rejected_by_server).sum();
+    let refused: u64 = stats.iter().map(|s| s.refused_invalid).sum();
+    let queued: u64 = stats.iter().map(|s| s.queued).sum();
+    println!(
+        "  step 3   {} devices browsed and bought, most arriving through a campaign link; 1 more declined consent",
+        stats.len() - 1
+    );
+    println!();
+    println!("SDK side");
+    println!(
+        "  recorded {recorded} events, delivered {delivered}, rejected by the server {rejected}, still queued {queued}"
+    );
+    println!("  refused at the call with a typed error: {refused} (bad event type names)");
+    println!(
+        "  consent declined: {} events held then dropped on the device, 0 sent",
+        denied_stats.dropped_consent_denied
+    );
+    println!("  replayed batch: first answer {}, second answer {}", replay_answers.0, replay_answers.1);
+
+    let by_type = query_pairs(&db, "SELECT type, COUNT(*) FROM events GROUP BY type ORDER BY COUNT(*) DESC");
+    let by_channel = query_pairs(
+        &db,
+        "SELECT json_extract(enrichment, '$.channel') || ' / ' || json_extract(context, '$.campaign.utm_campaign'), COUNT(*)
+         FROM events WHERE type = 'deep_link_opened' GROUP BY 1 ORDER BY 2 DESC, 1",
+    );
+    let stored: i64 = by_type.iter().map(|(_, n)| n).sum();
+    println!();
+    println!("Server side (SQLite)");
+    println!("  stored {stored} events (20 of them from the replayed import batch)");
+    for (t, n) in &by_type {
+        println!("    {t:<18} {n}");
+    }
+    println!("  campaign touchpoints (deep links opened) by channel / campaign:");
+    for (c, n) in &by_channel {
+        println!("    {c:<32} {n}");
+    }
+    let ok = queued == 0
+        && delivered + 20 == stored as u64
+        && rejected == 2
+        && refused == stats.len() as u64
+        && replay_answers.1["duplicates"] == 20
+        && denied_stats.dropped_consent_denied > 0;
+    println!();
+    if ok {
+        println!(
+            "OK: every tracked event arrived exactly once; invalid ones were rejected one by one; the replay was all duplicates."
+        );
+    } else {
+        println!("MISMATCH: see the numbers above.");
+    }
+    if args.once {
+        running.handle.graceful_shutdown(Some(Duration::from_secs(2)));
+        std::process::exit(if ok { 0 } else { 1 });
+    }
+    println!();
+    println!("Still serving. Try:");
+    println!("  curl {endpoint}/healthz");
+    println!("  curl {endpoint}/metrics | grep trailmark_");
+    println!(
+        "  curl -X POST -H 'Authorization: Bearer {ADMIN}' -d '{{\"user_id\":\"user-anna\"}}' {endpoint}/v1/user/delete"
+    );
+    println!("Ctrl-C to stop.");
+    let _ = tokio::signal::ctrl_c().await;
+    running.handle.graceful_shutdown(Some(Duration::from_secs(5)));
+}

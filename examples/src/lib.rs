@@ -1,0 +1,229 @@
+//! Shared code of the reference server, the quickstart and the load generator: settings from the
+//! command line and a TOML file, key files, logging, and starting the server (HTTP or HTTPS).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+use trailmark_server::{ServerBuilder, ServerConfig};
+
+/// Command line of the reference server. Every option can also be set in the `--config` TOML
+/// file under the same name (with `-` written as `_`, and `apps = ["id:secret", ...]`); the
+/// command line wins.
+#[derive(Parser, Debug, Clone, Default)]
+#[command(name = "trailmark-server", about = "Trailmark reference ingestion server")]
+pub struct ServerArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// SQLite database file [default: trailmark.db].
+    #[arg(long)]
+    pub db: Option<PathBuf>,
+    /// An app allowed to send events, as ID:SECRET. Repeatable.
+    #[arg(long = "app", value_name = "ID:SECRET")]
+    pub apps: Vec<String>,
+    /// Bearer key for admin endpoints.
+    #[arg(long)]
+    pub admin_key: Option<String>,
+    /// MaxMind City (or GeoLite2-City) database.
+    #[arg(long)]
+    pub geoip_city: Option<PathBuf>,
+    /// MaxMind ASN database.
+    #[arg(long)]
+    pub geoip_asn: Option<PathBuf>,
+    /// Take the client IP from X-Forwarded-For (only behind a proxy you control).
+    #[arg(long)]
+    pub trust_proxy: bool,
+    /// PEM certificate chain; with --tls-key, serve HTTPS (TLS 1.2 and 1.3 only).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// TOML file with the same settings.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Log format: text or json [default: text].
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Requests per second allowed per client IP [default: 100].
+    #[arg(long)]
+    pub ip_rate: Option<u32>,
+    /// Requests per second allowed per app [default: 5000].
+    #[arg(long)]
+    pub app_rate: Option<u32>,
+}
+
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    db: Option<PathBuf>,
+    apps: Option<Vec<String>>,
+    admin_key: Option<String>,
+    geoip_city: Option<PathBuf>,
+    geoip_asn: Option<PathBuf>,
+    trust_proxy: Option<bool>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    log_format: Option<String>,
+    ip_rate: Option<u32>,
+    app_rate: Option<u32>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub db: PathBuf,
+    pub apps: Vec<(String, String)>,
+    pub admin_key: Option<String>,
+    pub geoip_city: Option<PathBuf>,
+    pub geoip_asn: Option<PathBuf>,
+    pub trust_proxy: bool,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub json_logs: bool,
+    pub ip_rate: u32,
+    pub app_rate: u32,
+}
+
+impl ServerArgs {
+    /// Merges the TOML file (if any) under the command line.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let file: FileConfig = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let mut app_specs = file.apps.unwrap_or_default();
+        app_specs.extend(self.apps.iter().cloned());
+        let mut apps = Vec::new();
+        for spec in app_specs {
+            let (id, secret) = spec.split_once(':').ok_or_else(|| format!("--app {spec:?}: expected ID:SECRET"))?;
+            if id.is_empty() || secret.is_empty() {
+                return Err(format!("--app {spec:?}: id and secret must not be empty"));
+            }
+            apps.push((id.to_owned(), secret.to_owned()));
+        }
+        let tls = match (self.tls_cert.clone().or(file.tls_cert), self.tls_key.clone().or(file.tls_key)) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err("--tls-cert and --tls-key go together".into()),
+        };
+        let log_format = self.log_format.clone().or(file.log_format).unwrap_or_else(|| "text".into());
+        if log_format != "text" && log_format != "json" {
+            return Err(format!("--log-format {log_format:?}: expected text or json"));
+        }
+        Ok(Settings {
+            listen: self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid")),
+            db: self.db.clone().or(file.db).unwrap_or_else(|| "trailmark.db".into()),
+            apps,
+            admin_key: self.admin_key.clone().or(file.admin_key),
+            geoip_city: self.geoip_city.clone().or(file.geoip_city),
+            geoip_asn: self.geoip_asn.clone().or(file.geoip_asn),
+            trust_proxy: self.trust_proxy || file.trust_proxy.unwrap_or(false),
+            tls,
+            json_logs: log_format == "json",
+            ip_rate: self.ip_rate.or(file.ip_rate).unwrap_or(100),
+            app_rate: self.app_rate.or(file.app_rate).unwrap_or(5_000),
+        })
+    }
+}
+
+/// The keys for IP encryption and the audit hashes live next to the database (`<db>.keys`,
+/// mode 0600), created on first start, so stored IPs stay readable across restarts.
+pub fn load_or_create_keys(db: &Path) -> Result<([u8; 32], [u8; 32]), String> {
+    let path = PathBuf::from(format!("{}.keys", db.display()));
+    let decode = |text: &str| -> Option<([u8; 32], [u8; 32])> {
+        let bytes = hex::decode(text.trim()).ok()?;
+        let (a, b) = bytes.split_at_checked(32)?;
+        Some((a.try_into().ok()?, b.try_into().ok()?))
+    };
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return decode(&text).ok_or_else(|| format!("{}: not 64 hex-encoded bytes", path.display()));
+    }
+    let mut bytes = [0u8; 64];
+    getrandom::fill(&mut bytes).map_err(|e| e.to_string())?;
+    write_private(&path, hex::encode(bytes).as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(decode(&hex::encode(bytes)).expect("just encoded"))
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(data)
+}
+
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// The server's configuration from settings.
+pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
+    let (ip_key, audit_key) = load_or_create_keys(&settings.db)?;
+    let mut config = ServerConfig::new();
+    for (id, secret) in &settings.apps {
+        config = config.with_app(id.clone(), secret.clone());
+    }
+    config.admin_key = settings.admin_key.clone();
+    config.ip_key = ip_key;
+    config.audit_key = audit_key;
+    config.geoip_city = settings.geoip_city.clone();
+    config.geoip_asn = settings.geoip_asn.clone();
+    config.trust_proxy = settings.trust_proxy;
+    config.limits.ip_rate_per_sec = settings.ip_rate;
+    config.limits.ip_burst = settings.ip_rate.saturating_mul(2);
+    config.limits.app_rate_per_sec = settings.app_rate;
+    config.limits.app_burst = settings.app_rate.saturating_mul(2);
+    Ok(config)
+}
+
+/// A running server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub https: bool,
+    pub handle: axum_server::Handle,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Builds the router and serves it on `settings.listen` (HTTPS when TLS files are set).
+pub async fn start(settings: &Settings) -> Result<Running, String> {
+    if settings.apps.is_empty() {
+        return Err("no app configured: pass --app ID:SECRET".into());
+    }
+    let config = server_config(settings)?;
+    let router = ServerBuilder::new(config)
+        .sqlite(&settings.db)
+        .map_err(|e| e.to_string())?
+        .build()
+        .map_err(|e| e.to_string())?;
+    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    let listener = std::net::TcpListener::bind(settings.listen).map_err(|e| format!("{}: {e}", settings.listen))?;
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let handle = axum_server::Handle::new();
+    let task = match &settings.tls {
+        Some((cert, key)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|e| format!("TLS certificate or key: {e}"))?;
+            let server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
+            tokio::spawn(async move { server.serve(app).await })
+        }
+        None => {
+            let server = axum_server::from_tcp(listener).handle(handle.clone());
+            tokio::spawn(async move { server.serve(app).await })
+        }
+    };
+    Ok(Running { addr, https: settings.tls.is_some(), handle, task })
+}
