@@ -39,9 +39,18 @@ suite_rust() {
   run rust-wasm cargo build -p trailmark-core --target wasm32-unknown-unknown --no-default-features
   # Every crate, every target (unit, integration, property, kill -9, examples, bench smoke run).
   run rust-clippy cargo clippy --workspace --all-targets -- -D warnings
+  step "GeoIP test databases"
+  if TM_GEOIP_DIR="$("$root/tests/fixtures.sh")"; then
+    export TM_GEOIP_DIR
+    echo "using $TM_GEOIP_DIR"
+  else
+    failed+=("geoip-fixtures")
+  fi
   run rust-test cargo test --workspace --all-targets
   summary+=("$(awk '/^ *Running /{name=($2=="unittests") ? $3" "$4 : $2} /^test result:/{print "rust " name ": " $0}' "$log_dir/rust-test.log")")
-  # The README's first command, as a smoke test.
+  # The README's main command (in the test profile) and the SDK demo, as smoke tests.
+  run quickstart cargo run -q -p trailmark-examples --bin quickstart -- --once --listen 127.0.0.1:0 --data "$root/target/quickstart-ci"
+  summary+=("quickstart: $(grep -E '^(OK|MISMATCH)' "$log_dir/quickstart.log" || echo 'no summary line')")
   run rust-demo cargo run -q -p trailmark-core --example offline_demo
   summary+=("rust demo: $(tail -n 1 "$log_dir/rust-demo.log")")
   step "rust: dependency policy"

@@ -1,0 +1,211 @@
+//! Load generator for docs/BENCHMARKS.md:
+//! `cargo run --release -p trailmark-examples --bin loadgen [-- --seconds 10 --concurrency 32]`
+//!
+//! In one process it starts the reference server (SQLite, fsync on every group commit, every
+//! check on) and a plain axum hello-world. It then drives three workloads for the same time and
+//! concurrency: batched ingest (500 events per request), single-event ingest, and hello-world
+//! GETs. Every ingest request is signed with HMAC at send time, as an SDK would sign it. Bodies
+//! are built before the clock starts, so the client spends its CPU on HTTP and signing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::{Value, json};
+use trailmark_core::protocol;
+use trailmark_examples::{ServerArgs, start};
+
+#[derive(Parser)]
+struct Args {
+    /// Seconds per workload.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+}
+
+const APP: &str = "bench";
+const SECRET: &str = "bench-secret";
+
+fn event(i: u64) -> Value {
+    json!({
+        "event_id": uuid::Uuid::new_v4().to_string(), "type": "add_to_cart", "timestamp": protocol::format_millis(trailmark_server::now_ms()),
+        "anonymous_id": format!("anon-{}", i % 5000), "session_id": "s-1",
+        "properties": {"sku": format!("SKU-{}", i % 1000), "price": 19.99, "currency": "EUR", "quantity": 1},
+        "context": {"app": {"id": "com.example", "version": "1.0"}, "device": {"os": "iOS", "os_version": "18.1", "model": "iPhone15,2"},
+                    "sdk": {"name": "trailmark-swift", "version": "0.1.0"}}
+    })
+}
+
+struct Result {
+    requests: u64,
+    items: u64,
+    errors: u64,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+/// Runs `concurrency` loops for `seconds`; each loop takes bodies from `bodies` (if any) and
+/// sends them with `send`, which returns the number of items the answer confirmed.
+async fn drive<F, Fut>(args: &Args, bodies: Arc<Vec<Vec<u8>>>, send: F) -> Result
+where
+    F: Fn(Option<Vec<u8>>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Option<u64>> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (send, bodies, next) = (send.clone(), bodies.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut requests, mut items, mut errors, mut lat) = (0u64, 0u64, 0u64, Vec::new());
+            while Instant::now() < deadline {
+                let body = if bodies.is_empty() {
+                    None
+                } else {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    match bodies.get(i) {
+                        Some(b) => Some(b.clone()),
+                        None => break,
+                    }
+                };
+                let t = Instant::now();
+                match send(body).await {
+                    Some(n) => {
+                        items += n;
+                        requests += 1;
+                        lat.push(t.elapsed());
+                    }
+                    None => errors += 1,
+                }
+            }
+            (requests, items, errors, lat)
+        }));
+    }
+    let mut r = Result { requests: 0, items: 0, errors: 0, latencies: Vec::new(), elapsed: Duration::ZERO };
+    for t in tasks {
+        let (req, items, errors, lat) = t.await.unwrap();
+        r.requests += req;
+        r.items += items;
+        r.errors += errors;
+        r.latencies.extend(lat);
+    }
+    r.elapsed = started.elapsed();
+    r.latencies.sort();
+    r
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p) as usize]
+}
+
+fn report(name: &str, unit: &str, r: &Result) {
+    let secs = r.elapsed.as_secs_f64();
+    println!(
+        "{name:<34} {:>10.0} {unit}/s  {:>8.0} req/s  p50 {:>8.2?}  p99 {:>8.2?}  errors {}",
+        r.items as f64 / secs,
+        r.requests as f64 / secs,
+        pct(&r.latencies, 0.5),
+        pct(&r.latencies, 0.99),
+        r.errors
+    );
+}
+
+async fn signed_post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Option<u64> {
+    let ts = trailmark_server::now_ms() / 1000;
+    let sig = protocol::sign(SECRET.as_bytes(), ts, &body);
+    let resp = client
+        .post(url)
+        .header(protocol::HEADER_APP, APP)
+        .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+        .header(protocol::HEADER_SIGNATURE, sig)
+        .body(body)
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    let answer: Value = resp.json().await.ok()?;
+    answer["accepted"].as_u64()
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let dir = tempfile::tempdir().unwrap();
+    let server_args = ServerArgs {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        db: Some(dir.path().join("bench.db")),
+        apps: vec![format!("{APP}:{SECRET}")],
+        ip_rate: Some(1_000_000),
+        app_rate: Some(1_000_000),
+        ..Default::default()
+    };
+    let running = start(&server_args.settings().unwrap()).await.unwrap();
+    let ingest = format!("http://{}/v1/event", running.addr);
+
+    let hello = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hello_url = format!("http://{}/", hello.local_addr().unwrap());
+    tokio::spawn(async move {
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello, world" }));
+        axum::serve(hello, app).await.unwrap();
+    });
+
+    println!(
+        "machine: {} logical CPUs; {} s per workload, {} requests in flight; server and client share the machine",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        args.seconds,
+        args.concurrency
+    );
+    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build().unwrap();
+
+    // Enough unique batches for the run at up to ~400k events/s.
+    let batches: Vec<Vec<u8>> = (0..(args.seconds * 800))
+        .map(|b| {
+            let events: Vec<Value> = (0..500).map(|i| event(b * 500 + i)).collect();
+            serde_json::to_vec(
+                &json!({"sent_at": protocol::format_millis(trailmark_server::now_ms()), "batch": events}),
+            )
+            .unwrap()
+        })
+        .collect();
+    let size = batches[0].len();
+    let (c, u) = (client.clone(), ingest.clone());
+    let r = drive(&args, Arc::new(batches), move |body| {
+        let (c, u) = (c.clone(), u.clone());
+        async move { signed_post(&c, &u, body.unwrap()).await }
+    })
+    .await;
+    report(&format!("batched ingest (500 ev, {} KB)", size / 1024), "events", &r);
+
+    let singles: Vec<Vec<u8>> = (0..(args.seconds * 40_000)).map(|i| serde_json::to_vec(&event(i)).unwrap()).collect();
+    let (c, u) = (client.clone(), ingest.clone());
+    let r = drive(&args, Arc::new(singles), move |body| {
+        let (c, u) = (c.clone(), u.clone());
+        async move { signed_post(&c, &u, body.unwrap()).await }
+    })
+    .await;
+    report("single-event ingest", "events", &r);
+    let single_rps = r.requests as f64 / r.elapsed.as_secs_f64();
+
+    let (c, u) = (client.clone(), hello_url.clone());
+    let r = drive(&args, Arc::new(Vec::new()), move |_| {
+        let (c, u) = (c.clone(), u.clone());
+        async move {
+            let resp = c.get(&u).send().await.ok()?;
+            resp.bytes().await.ok().map(|_| 1)
+        }
+    })
+    .await;
+    report("axum hello-world GET", "resp", &r);
+    let hello_rps = r.requests as f64 / r.elapsed.as_secs_f64();
+    println!("single-event ingest = {:.0} % of hello-world requests/s", 100.0 * single_rps / hello_rps);
+    running.handle.shutdown();
+}
