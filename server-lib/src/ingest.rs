@@ -152,12 +152,12 @@ async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, Ap
     let value = parse_json(body, limits.max_json_depth)?;
 
     let received_at = now_ms();
+    let is_batch = value.get("batch").is_some();
+    if is_batch {
+        state.validators.envelope(&value).map_err(|e| ApiError::bad_request("invalid_envelope", e))?;
+    }
     let (events, sent_at, dropped) = match value {
-        Value::Object(mut map) if map.contains_key("batch") => {
-            state
-                .validators
-                .envelope(&Value::Object(map.clone()))
-                .map_err(|e| ApiError::bad_request("invalid_envelope", e))?;
+        Value::Object(mut map) if is_batch => {
             let Some(Value::Array(batch)) = map.remove("batch") else { unreachable!("schema checked") };
             if batch.len() > protocol::MAX_BATCH_EVENTS {
                 return Err(ApiError::too_large(format!(

@@ -80,14 +80,15 @@ pub struct AppState {
     ip_limiter: DefaultKeyedRateLimiter<IpAddr>,
     jwt: Option<(jsonwebtoken::DecodingKey, jsonwebtoken::Validation)>,
     metrics: PrometheusHandle,
+    /// The limiters' clock, built once (building one per request costs CPU-feature probing).
+    clock: governor::clock::DefaultClock,
 }
 
 impl AppState {
     fn check_rate(&self, app: &str, ip: Option<IpAddr>) -> Result<(), ApiError> {
-        let clock = governor::clock::DefaultClock::default();
         let wait = |not_until: governor::NotUntil<_>| {
             use governor::clock::Clock;
-            not_until.wait_time_from(clock.now()).as_secs_f64().ceil() as u64
+            not_until.wait_time_from(self.clock.now()).as_secs_f64().ceil() as u64
         };
         if let Err(n) = self.app_limiter.check_key(&app.to_owned()) {
             metrics::counter!("trailmark_rate_limited_total", "scope" => "app").increment(1);
@@ -174,6 +175,7 @@ impl ServerBuilder {
             ip_limiter,
             jwt,
             metrics: prometheus(),
+            clock: governor::clock::DefaultClock::default(),
         }))
     }
 
@@ -189,6 +191,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/user/delete", post(delete_user))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read with our own limit so the 413 has the protocol's error shape.
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
@@ -298,6 +302,18 @@ async fn delete_user(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
         Ok(body) => axum::Json(body).into_response(),
         Err(e) => e.into_response(),
     }
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", format!("no endpoint at {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
 }
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {

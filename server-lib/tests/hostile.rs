@@ -306,6 +306,14 @@ async fn hostile_requests_get_clear_4xx_and_lose_nothing() {
         assert!(v["error"]["code"].is_string(), "{v}");
     }
 
+    // Unknown routes and methods answer in the protocol's error shape too.
+    for (method, path, status) in [("GET", "/v1/nope", 404), ("GET", "/v1/event", 405), ("PUT", "/healthz", 405)] {
+        let resp = s.client.request(method.parse().unwrap(), format!("{}{path}", s.base)).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        let v: Value = resp.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().is_some(), "{v}");
+    }
+
     // Still healthy, nothing lost: the stored payloads are intact.
     let health: Value = s.client.get(format!("{}/healthz", s.base)).send().await.unwrap().json().await.unwrap();
     assert_eq!(health["status"], "ok");

@@ -1,0 +1,140 @@
+//! Rate limits (429 + Retry-After), a writer that falls behind (503 + Retry-After) through a
+//! custom `Storage`, JWT admin auth, and clock-skew correction.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use trailmark_core::protocol;
+use trailmark_server::storage::{DeletionAudit, NewEvent, StorageFuture, Subject};
+use trailmark_server::{JwtAlgorithm, JwtConfig, ServerBuilder, ServerConfig, Storage, StorageError};
+
+async fn serve(builder: ServerBuilder) -> String {
+    let router = builder.build().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+    });
+    base
+}
+
+async fn post(base: &str, body: &Value) -> reqwest::Response {
+    let body = serde_json::to_vec(body).unwrap();
+    let ts = trailmark_server::now_ms() / 1000;
+    reqwest::Client::new()
+        .post(format!("{base}/v1/event"))
+        .header(protocol::HEADER_APP, "app")
+        .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+        .header(protocol::HEADER_SIGNATURE, protocol::sign(b"secret", ts, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn event_at(ms: i64) -> Value {
+    json!({"event_id": uuid::Uuid::new_v4().to_string(), "type": "x", "timestamp": protocol::format_millis(ms), "anonymous_id": "a"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_rate_limit_answers_429_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.limits.ip_rate_per_sec = 1;
+    config.limits.ip_burst = 3;
+    let base = serve(ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap()).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let resp = post(&base, &event_at(trailmark_server::now_ms())).await;
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            assert!(resp.headers().get("retry-after").is_some());
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "rate_limited");
+        }
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+}
+
+/// A store whose writer is always behind.
+struct Behind;
+
+impl Storage for Behind {
+    fn insert(&self, _events: Vec<NewEvent>) -> StorageFuture<'_, Vec<bool>> {
+        Box::pin(async { Err(StorageError::Busy) })
+    }
+    fn delete_subject(&self, _s: Subject, _a: DeletionAudit) -> StorageFuture<'_, u64> {
+        Box::pin(async { Err(StorageError::Busy) })
+    }
+    fn backlog(&self) -> usize {
+        1_000_000
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_that_falls_behind_answers_503_with_retry_after() {
+    let config = ServerConfig::new().with_app("app", "secret");
+    let base = serve(ServerBuilder::new(config).storage(Arc::new(Behind))).await;
+    let resp = post(&base, &event_at(trailmark_server::now_ms())).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    let health: Value = reqwest::get(format!("{base}/healthz")).await.unwrap().json().await.unwrap();
+    assert_eq!(health["writer_backlog"], 1_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_accepts_a_valid_hs256_jwt_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.jwt = Some(JwtConfig {
+        algorithm: JwtAlgorithm::Hs256,
+        key: "jwt-key".into(),
+        issuer: Some("https://idp.example".into()),
+        audience: None,
+    });
+    let base = serve(ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap()).await;
+    let token = |key: &str, iss: &str, exp: i64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub": "ops@example", "iss": iss, "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()),
+        )
+        .unwrap()
+    };
+    let later = trailmark_server::now_ms() / 1000 + 600;
+    let delete = |t: String| {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/user/delete"))
+            .header("Authorization", format!("Bearer {t}"))
+            .body(r#"{"user_id": "u1"}"#)
+            .send()
+    };
+    assert_eq!(delete(token("jwt-key", "https://idp.example", later)).await.unwrap().status(), 200);
+    assert_eq!(delete(token("other-key", "https://idp.example", later)).await.unwrap().status(), 401);
+    assert_eq!(delete(token("jwt-key", "https://evil.example", later)).await.unwrap().status(), 401);
+    assert_eq!(delete(token("jwt-key", "https://idp.example", later - 7200)).await.unwrap().status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_clock_skew_is_corrected_beside_the_raw_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let base = serve(ServerBuilder::new(ServerConfig::new().with_app("app", "secret")).sqlite(&db).unwrap()).await;
+    // A device whose clock is one hour behind: the event happened 5 s before it was sent.
+    let device_now = trailmark_server::now_ms() - 3_600_000;
+    let event = event_at(device_now - 5_000);
+    let body = json!({"sent_at": protocol::format_millis(device_now), "batch": [event]});
+    assert_eq!(post(&base, &body).await.status(), 200);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let (client_ts, corrected, received): (i64, i64, i64) = conn
+        .query_row("SELECT client_ts, corrected_ts, received_at FROM events", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(client_ts, device_now - 5_000);
+    assert_eq!(received - corrected, 5_000, "corrected = received_at - (sent_at - timestamp)");
+}
