@@ -53,6 +53,10 @@ pub struct ServerArgs {
     /// Requests per second allowed per app [default: 5000].
     #[arg(long)]
     pub app_rate: Option<u32>,
+    /// SQLite durability: full (fsync every group commit; survives power loss) or normal
+    /// (survives a killed process) [default: full].
+    #[arg(long)]
+    pub sync: Option<String>,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -70,6 +74,7 @@ struct FileConfig {
     log_format: Option<String>,
     ip_rate: Option<u32>,
     app_rate: Option<u32>,
+    sync: Option<String>,
 }
 
 /// Resolved settings.
@@ -86,6 +91,7 @@ pub struct Settings {
     pub json_logs: bool,
     pub ip_rate: u32,
     pub app_rate: u32,
+    pub durability: trailmark_server::Durability,
 }
 
 impl ServerArgs {
@@ -117,7 +123,13 @@ impl ServerArgs {
         if log_format != "text" && log_format != "json" {
             return Err(format!("--log-format {log_format:?}: expected text or json"));
         }
+        let durability = match self.sync.clone().or(file.sync).as_deref() {
+            None | Some("full") => trailmark_server::Durability::Full,
+            Some("normal") => trailmark_server::Durability::Normal,
+            Some(other) => return Err(format!("--sync {other:?}: expected full or normal")),
+        };
         Ok(Settings {
+            durability,
             listen: self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid")),
             db: self.db.clone().or(file.db).unwrap_or_else(|| "trailmark.db".into()),
             apps,

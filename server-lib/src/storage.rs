@@ -181,7 +181,13 @@ pub fn open_connection(path: &Path, durability: Durability) -> Result<Connection
         Durability::Full => "FULL",
         Durability::Normal => "NORMAL",
     };
-    conn.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;")).map_err(backend)?;
+    // A 16 MiB page cache and memory-mapped reads keep the random-key primary index out of
+    // pread(2) as the table grows (profiling showed 13 % of ingest CPU in pread without them).
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON; PRAGMA cache_size=-16384;
+         PRAGMA mmap_size=268435456; PRAGMA temp_store=MEMORY;"
+    ))
+    .map_err(backend)?;
     Ok(conn)
 }
 

@@ -15,6 +15,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+// Small JSON values are allocated and freed by the million; mimalloc handles that far better
+// than glibc malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::{Map, Value, json};
 use trailmark_core::native::{NativeOptions, Trailmark};
 use trailmark_core::{Config, ConsentUpdate, Stats, protocol};

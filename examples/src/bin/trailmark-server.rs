@@ -1,6 +1,11 @@
 //! The reference Trailmark server: `trailmark-server --app ID:SECRET [--db PATH] [--listen ADDR] ...`
 
 use clap::Parser;
+
+// Small JSON values are allocated and freed by the million; mimalloc handles that far better
+// than glibc malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use trailmark_examples::{ServerArgs, init_logging, start};
 
 #[tokio::main]
