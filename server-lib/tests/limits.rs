@@ -138,3 +138,37 @@ async fn client_clock_skew_is_corrected_beside_the_raw_time() {
     assert_eq!(client_ts, device_now - 5_000);
     assert_eq!(received - corrected, 5_000, "corrected = received_at - (sent_at - timestamp)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_accepts_an_rs256_jwt_signed_by_the_configured_key() {
+    // A throwaway key pair made for this test (openssl genrsa 2048).
+    let private = include_str!("fixtures/jwt-test-private.pem");
+    let public = include_str!("fixtures/jwt-test-public.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.jwt = Some(JwtConfig {
+        algorithm: JwtAlgorithm::Rs256,
+        key: public.into(),
+        issuer: None,
+        audience: Some("trailmark".into()),
+    });
+    let base = serve(ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap()).await;
+    let exp = trailmark_server::now_ms() / 1000 + 600;
+    let sign = |aud: &str, alg: jsonwebtoken::Algorithm, key: jsonwebtoken::EncodingKey| {
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &json!({"sub": "ops", "aud": aud, "exp": exp}), &key)
+            .unwrap()
+    };
+    let rsa = || jsonwebtoken::EncodingKey::from_rsa_pem(private.as_bytes()).unwrap();
+    let delete = |t: String| {
+        reqwest::Client::new()
+            .post(format!("{base}/v1/user/delete"))
+            .header("Authorization", format!("Bearer {t}"))
+            .body(r#"{"device_id": "d1"}"#)
+            .send()
+    };
+    assert_eq!(delete(sign("trailmark", jsonwebtoken::Algorithm::RS256, rsa())).await.unwrap().status(), 200);
+    assert_eq!(delete(sign("other", jsonwebtoken::Algorithm::RS256, rsa())).await.unwrap().status(), 401);
+    // An HS256 token keyed with the public key text (algorithm confusion) is refused.
+    let confused = jsonwebtoken::EncodingKey::from_secret(public.as_bytes());
+    assert_eq!(delete(sign("trailmark", jsonwebtoken::Algorithm::HS256, confused)).await.unwrap().status(), 401);
+}

@@ -24,8 +24,49 @@ pub enum Durability {
 }
 
 /// A queue in one SQLite file.
+///
+/// WAL checkpoints (which copy the log into the database and fsync it) run on a background
+/// thread with its own connection, never inside a commit: a checkpoint can stall for tens of
+/// milliseconds, and the driver promises durability within 50 ms of `track`.
 pub struct SqliteStore {
     conn: Connection,
+    checkpointer: Option<Checkpointer>,
+}
+
+/// Runs `PRAGMA wal_checkpoint(PASSIVE)` about once a second until dropped. A passive
+/// checkpoint never blocks the writer.
+struct Checkpointer {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(backend)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("trailmark-checkpoint".into())
+            .spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(std::time::Duration::from_secs(1))
+                {
+                    // Failures are harmless: the log just grows until the next attempt.
+                    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                }
+            })
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(Checkpointer { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 fn backend(e: rusqlite::Error) -> StoreError {
@@ -39,8 +80,12 @@ impl SqliteStore {
     }
 
     pub fn open_with(path: impl AsRef<Path>, durability: Durability) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(backend)?;
-        Self::init(conn, durability)
+        let conn = Connection::open(path.as_ref()).map_err(backend)?;
+        let mut store = Self::init(conn, durability)?;
+        // Commits never checkpoint; the background thread does.
+        store.conn.execute_batch("PRAGMA wal_autocheckpoint=0;").map_err(backend)?;
+        store.checkpointer = Some(Checkpointer::start(path.as_ref())?);
+        Ok(store)
     }
 
     /// An in-memory database (for tests).
@@ -57,7 +102,7 @@ impl SqliteStore {
             Durability::Normal => "NORMAL",
         };
         conn.execute_batch(&format!("PRAGMA synchronous={sync};")).map_err(backend)?;
-        let mut store = SqliteStore { conn };
+        let mut store = SqliteStore { conn, checkpointer: None };
         store.migrate()?;
         Ok(store)
     }
@@ -210,6 +255,26 @@ mod tests {
         assert_eq!(bodies, vec![(1, b"{\"n\":1}".to_vec()), (3, b"{\"n\":3}".to_vec())]);
         s.commit(&WriteBatch { delete_all: true, ..Default::default() }).unwrap();
         assert!(s.load().unwrap().entries.is_empty());
+    }
+
+    #[test]
+    fn the_log_is_checkpointed_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let mut s = SqliteStore::open(&path).unwrap();
+        for chunk in 0..20u64 {
+            let inserts = (0..100)
+                .map(|i| StoredEvent { seq: chunk * 100 + i + 1, held: false, created_at: 0, body: vec![b'x'; 1000] })
+                .collect();
+            s.commit(&WriteBatch { inserts, ..Default::default() }).unwrap();
+        }
+        // Commits only append to the log; the database file grows when the background thread
+        // copies the log into it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::metadata(&path).unwrap().len() < 1_000_000 {
+            assert!(std::time::Instant::now() < deadline, "the log was never checkpointed");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     #[test]
