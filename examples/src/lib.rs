@@ -157,9 +157,16 @@ pub fn load_or_create_keys(db: &Path) -> Result<([u8; 32], [u8; 32]), String> {
     if let Ok(text) = std::fs::read_to_string(&path) {
         return decode(&text).ok_or_else(|| format!("{}: not 64 hex-encoded bytes", path.display()));
     }
+    if db.exists() {
+        tracing::warn!(keys = %path.display(), "key file missing for an existing database: new keys are made; IPs and audit hashes stored before cannot be read or matched");
+    }
     let mut bytes = [0u8; 64];
     getrandom::fill(&mut bytes).map_err(|e| e.to_string())?;
-    write_private(&path, hex::encode(bytes).as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Written whole to a temporary file, fsynced, then renamed: a crash never leaves half a key.
+    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
+    let _ = std::fs::remove_file(&tmp);
+    write_private(&tmp, hex::encode(bytes).as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(decode(&hex::encode(bytes)).expect("just encoded"))
 }
 
@@ -169,7 +176,9 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(data)
+    let mut file = options.open(path)?;
+    file.write_all(data)?;
+    file.sync_all()
 }
 
 pub fn init_logging(json: bool) {

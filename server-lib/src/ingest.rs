@@ -38,12 +38,13 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The client address: the socket peer, or the first `X-Forwarded-For` hop behind a trusted proxy.
+/// The client address: the socket peer or, behind a trusted proxy, the last `X-Forwarded-For`
+/// entry (the one the proxy appended; earlier entries are whatever the client wrote).
 pub fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trust_proxy: bool) -> Option<IpAddr> {
     if trust_proxy {
         let forwarded = header_str(headers, "x-forwarded-for")
-            .and_then(|v| v.split(',').next())
-            .and_then(|first| first.trim().parse().ok());
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|last| last.trim().parse().ok());
         if forwarded.is_some() {
             return forwarded;
         }
@@ -52,7 +53,7 @@ pub fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trust_proxy: bool) -
 }
 
 /// Reads at most `limit` bytes of body; more is a 413.
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| ApiError::too_large(format!("request body exceeds {limit} bytes")))
@@ -60,7 +61,7 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
 
 /// Inflates a gzip body, refusing to produce more than `limit` bytes (gzip bombs).
 fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::with_capacity(body.len() * 4);
+    let mut out = Vec::with_capacity((body.len() * 4).min(limit + 1));
     let mut decoder = flate2::read::GzDecoder::new(body).take(limit as u64 + 1);
     decoder
         .read_to_end(&mut out)
@@ -118,7 +119,7 @@ async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, Ap
     let Some(app) = state.config.apps.get(&app_id) else {
         return Err(ApiError::unauthorized("unknown_app", "unknown app id"));
     };
-    state.check_rate(&app_id, ip)?;
+    state.check_ip_rate(ip)?;
 
     let limits = &state.config.limits;
     let raw = read_body(body, limits.max_body_bytes).await?;
@@ -133,6 +134,7 @@ async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, Ap
         metrics::counter!("trailmark_auth_failures_total", "app" => app_id.clone()).increment(1);
         ApiError::unauthorized("invalid_signature", e.to_string())
     })?;
+    state.check_app_rate(&app_id)?;
 
     let decoded;
     let body: &[u8] = match header_str(headers, header::CONTENT_ENCODING.as_str()).map(str::trim) {
@@ -179,11 +181,17 @@ async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, Ap
     // Per request, not per event: the same client sent them all.
     let ua = header_str(headers, header::USER_AGENT.as_str()).map(enrich::parse_user_agent).unwrap_or_default();
     let geo = ip.map(|ip| state.geo.lookup(ip)).unwrap_or_default();
-    let ip_enc = ip.map(|ip| state.ip_cipher.encrypt(ip));
+    let ip_enc = ip.and_then(|ip| state.ip_cipher.encrypt(ip));
 
     let mut response = IngestResponse::default();
     let mut fresh = Vec::with_capacity(events.len());
     for (index, event) in events.into_iter().enumerate() {
+        let size = protocol::serialized_len(&event);
+        if size > protocol::MAX_EVENT_BYTES {
+            let reason = format!("event is {size} bytes; the limit is {}", protocol::MAX_EVENT_BYTES);
+            response.rejected.push(Rejection { index, reason });
+            continue;
+        }
         match state
             .validators
             .event(&app_id, &event)

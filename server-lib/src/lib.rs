@@ -82,23 +82,45 @@ pub struct AppState {
     metrics: PrometheusHandle,
     /// The limiters' clock, built once (building one per request costs CPU-feature probing).
     clock: governor::clock::DefaultClock,
+    checks: std::sync::atomic::AtomicU64,
 }
 
+/// Limiter keys are pruned every this many checks, so rotating addresses cannot grow memory.
+const PRUNE_EVERY: u64 = 10_000;
+
 impl AppState {
-    fn check_rate(&self, app: &str, ip: Option<IpAddr>) -> Result<(), ApiError> {
-        let wait = |not_until: governor::NotUntil<_>| {
-            use governor::clock::Clock;
-            not_until.wait_time_from(self.clock.now()).as_secs_f64().ceil() as u64
-        };
-        if let Err(n) = self.app_limiter.check_key(&app.to_owned()) {
-            metrics::counter!("trailmark_rate_limited_total", "scope" => "app").increment(1);
-            return Err(ApiError::rate_limited(wait(n), "too many requests for this app"));
+    fn wait_secs(&self, not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> u64 {
+        use governor::clock::Clock;
+        not_until.wait_time_from(self.clock.now()).as_secs_f64().ceil() as u64
+    }
+
+    fn prune_limiters(&self) {
+        if self.checks.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.ip_limiter.retain_recent();
+            self.ip_limiter.shrink_to_fit();
+            self.app_limiter.retain_recent();
+            self.app_limiter.shrink_to_fit();
         }
+    }
+
+    /// Per client address; runs before the signature check, so unsigned floods are cut early.
+    fn check_ip_rate(&self, ip: Option<IpAddr>) -> Result<(), ApiError> {
+        self.prune_limiters();
         if let Some(ip) = ip
             && let Err(n) = self.ip_limiter.check_key(&ip)
         {
             metrics::counter!("trailmark_rate_limited_total", "scope" => "ip").increment(1);
-            return Err(ApiError::rate_limited(wait(n), "too many requests from this address"));
+            return Err(ApiError::rate_limited(self.wait_secs(n), "too many requests from this address"));
+        }
+        Ok(())
+    }
+
+    /// Per app; runs after the signature check, so nobody can spend an app's quota without its
+    /// secret.
+    fn check_app_rate(&self, app: &str) -> Result<(), ApiError> {
+        if let Err(n) = self.app_limiter.check_key(&app.to_owned()) {
+            metrics::counter!("trailmark_rate_limited_total", "scope" => "app").increment(1);
+            return Err(ApiError::rate_limited(self.wait_secs(n), "too many requests for this app"));
         }
         Ok(())
     }
@@ -176,6 +198,7 @@ impl ServerBuilder {
             jwt,
             metrics: prometheus(),
             clock: governor::clock::DefaultClock::default(),
+            checks: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -257,9 +280,14 @@ pub fn admin_auth(state: &AppState, headers: &HeaderMap) -> Result<String, ApiEr
     Err(ApiError::unauthorized("invalid_credentials", "bearer token refused"))
 }
 
-async fn delete_user(State(state): State<Arc<AppState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+/// Largest body of an admin request.
+const MAX_ADMIN_BODY: usize = 4096;
+
+async fn delete_user(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
     let result = async {
-        let requested_by = admin_auth(&state, &headers)?;
+        let (parts, body) = request.into_parts();
+        let requested_by = admin_auth(&state, &parts.headers)?;
+        let body = ingest::read_body(body, MAX_ADMIN_BODY).await?;
         let value = ingest::parse_json(&body, 4)?;
         let Value::Object(map) = value else {
             return Err(ApiError::bad_request("invalid_body", "expected a JSON object"));
@@ -269,8 +297,11 @@ async fn delete_user(State(state): State<Arc<AppState>>, headers: HeaderMap, bod
             let Value::String(id) = value else {
                 return Err(ApiError::bad_request("invalid_body", format!("{key} must be a string")));
             };
-            trailmark_core::protocol::validate_id("subject", id)
-                .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
+            // As permissive as ingest (any non-empty id of at most 256 characters), so every
+            // stored subject can be deleted.
+            if id.is_empty() || id.chars().count() > 256 {
+                return Err(ApiError::bad_request("invalid_body", format!("{key} must be 1 to 256 characters")));
+            }
             subjects.push(match key.as_str() {
                 "user_id" => Subject::UserId(id.clone()),
                 "anonymous_id" => Subject::AnonymousId(id.clone()),

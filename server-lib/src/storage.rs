@@ -212,11 +212,14 @@ impl SqliteStorage {
     }
 
     fn submit(&self, command: Command) -> Result<(), StorageError> {
-        match self.tx.try_send(command) {
-            Ok(()) => {
-                self.backlog.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+        // Count before sending: the writer may take the command (and decrement) at once.
+        self.backlog.fetch_add(1, Ordering::Relaxed);
+        let sent = self.tx.try_send(command);
+        if sent.is_err() {
+            self.backlog.fetch_sub(1, Ordering::Relaxed);
+        }
+        match sent {
+            Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(StorageError::Busy),
             Err(TrySendError::Disconnected(_)) => Err(StorageError::Backend("writer stopped".into())),
         }
@@ -249,104 +252,113 @@ impl Storage for SqliteStorage {
 
 fn writer(mut conn: Connection, rx: Receiver<Command>, backlog: Arc<AtomicUsize>, max_events: usize) {
     while let Ok(first) = rx.recv() {
-        let mut inserts = Vec::new();
-        let mut deletes = Vec::new();
+        let mut group = Vec::new();
         let mut events = 0;
         let mut next = Some(first);
         while let Some(command) = next.take() {
             backlog.fetch_sub(1, Ordering::Relaxed);
-            match command {
-                Command::Insert(batch, reply) => {
-                    events += batch.len();
-                    inserts.push((batch, reply));
-                }
-                Command::Delete(subject, audit, reply) => deletes.push((subject, audit, reply)),
+            if let Command::Insert(batch, _) = &command {
+                events += batch.len();
             }
+            group.push(command);
             if events < max_events {
                 next = rx.try_recv().ok();
             }
         }
-        match write_group(&mut conn, &inserts, &deletes) {
-            Ok((inserted, deleted)) => {
-                for ((_, reply), result) in inserts.into_iter().zip(inserted) {
-                    let _ = reply.send(Ok(result));
-                }
-                for ((_, _, reply), rows) in deletes.into_iter().zip(deleted) {
-                    let _ = reply.send(Ok(rows));
+        match write_group(&mut conn, &group) {
+            Ok(outcomes) => {
+                for (command, outcome) in group.into_iter().zip(outcomes) {
+                    match (command, outcome) {
+                        (Command::Insert(_, reply), Outcome::Inserted(fresh)) => {
+                            let _ = reply.send(Ok(fresh));
+                        }
+                        (Command::Delete(_, _, reply), Outcome::Deleted(rows)) => {
+                            let _ = reply.send(Ok(rows));
+                        }
+                        _ => unreachable!("outcomes follow the commands one to one"),
+                    }
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "group commit failed");
-                for (_, reply) in inserts {
-                    let _ = reply.send(Err(e.clone()));
-                }
-                for (_, _, reply) in deletes {
-                    let _ = reply.send(Err(e.clone()));
+                for command in group {
+                    match command {
+                        Command::Insert(_, reply) => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                        Command::Delete(_, _, reply) => {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
                 }
             }
         }
     }
 }
 
-type Group = (Vec<Vec<bool>>, Vec<u64>);
+enum Outcome {
+    Inserted(Vec<bool>),
+    Deleted(u64),
+}
 
-fn write_group(
-    conn: &mut Connection,
-    inserts: &[(Vec<NewEvent>, InsertReply)],
-    deletes: &[(Subject, DeletionAudit, DeleteReply)],
-) -> Result<Group, StorageError> {
+/// Applies a group of commands in the order they were queued, in one transaction.
+fn write_group(conn: &mut Connection, group: &[Command]) -> Result<Vec<Outcome>, StorageError> {
     let tx = conn.transaction().map_err(backend)?;
-    let mut inserted = Vec::with_capacity(inserts.len());
-    {
-        let mut stmt = tx
-            .prepare_cached(
-                "INSERT INTO events (app_id, event_id, type, anonymous_id, user_id, device_id, session_id,
-                     client_ts, corrected_ts, received_at, properties, context, enrichment, ip_enc)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-                 ON CONFLICT (app_id, event_id) DO NOTHING",
-            )
-            .map_err(backend)?;
-        for (batch, _) in inserts {
-            let mut fresh = Vec::with_capacity(batch.len());
-            for e in batch {
-                let changed = stmt
-                    .execute(params![
-                        e.app_id,
-                        e.event_id,
-                        e.event_type,
-                        e.anonymous_id,
-                        e.user_id,
-                        e.device_id,
-                        e.session_id,
-                        e.client_ts,
-                        e.corrected_ts,
-                        e.received_at,
-                        e.properties,
-                        e.context,
-                        e.enrichment,
-                        e.ip_enc,
-                    ])
+    let mut outcomes = Vec::with_capacity(group.len());
+    for command in group {
+        match command {
+            Command::Insert(batch, _) => {
+                let mut stmt = tx
+                    .prepare_cached(
+                        "INSERT INTO events (app_id, event_id, type, anonymous_id, user_id, device_id, session_id,
+                             client_ts, corrected_ts, received_at, properties, context, enrichment, ip_enc)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                         ON CONFLICT (app_id, event_id) DO NOTHING",
+                    )
                     .map_err(backend)?;
-                fresh.push(changed == 1);
+                let mut fresh = Vec::with_capacity(batch.len());
+                for e in batch {
+                    let changed = stmt
+                        .execute(params![
+                            e.app_id,
+                            e.event_id,
+                            e.event_type,
+                            e.anonymous_id,
+                            e.user_id,
+                            e.device_id,
+                            e.session_id,
+                            e.client_ts,
+                            e.corrected_ts,
+                            e.received_at,
+                            e.properties,
+                            e.context,
+                            e.enrichment,
+                            e.ip_enc,
+                        ])
+                        .map_err(backend)?;
+                    fresh.push(changed == 1);
+                }
+                outcomes.push(Outcome::Inserted(fresh));
             }
-            inserted.push(fresh);
+            Command::Delete(subject, audit, _) => outcomes.push(Outcome::Deleted(delete_in(&tx, subject, audit)?)),
         }
     }
-    let mut deleted = Vec::with_capacity(deletes.len());
-    for (subject, audit, _) in deletes {
-        deleted.push(delete_in(&tx, subject, audit)?);
-    }
     tx.commit().map_err(backend)?;
-    Ok((inserted, deleted))
+    Ok(outcomes)
 }
 
 fn delete_in(tx: &rusqlite::Transaction<'_>, subject: &Subject, audit: &DeletionAudit) -> Result<u64, StorageError> {
-    // A user's anonymous ids (seen on events together with the user id) are the same person.
-    let mut anonymous_ids: Vec<String> = Vec::new();
+    // A user's anonymous ids, seen on events of the same app together with the user id, are the
+    // same person. The pairing is per app: an anonymous id means nothing across apps.
+    let mut anonymous_ids: Vec<(String, String)> = Vec::new();
     if let Subject::UserId(user) = subject {
-        let mut stmt = tx.prepare("SELECT DISTINCT anonymous_id FROM events WHERE user_id = ?1").map_err(backend)?;
-        anonymous_ids =
-            stmt.query_map([user], |r| r.get(0)).map_err(backend)?.collect::<Result<_, _>>().map_err(backend)?;
+        let mut stmt =
+            tx.prepare("SELECT DISTINCT app_id, anonymous_id FROM events WHERE user_id = ?1").map_err(backend)?;
+        anonymous_ids = stmt
+            .query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(backend)?
+            .collect::<Result<_, _>>()
+            .map_err(backend)?;
     }
     let mut rows = 0u64;
     for (table, columns) in SUBJECT_TABLES {
@@ -357,9 +369,10 @@ fn delete_in(tx: &rusqlite::Transaction<'_>, subject: &Subject, audit: &Deletion
                 .map_err(backend)? as u64;
         }
         if columns.contains(&"anonymous_id") {
-            for anon in &anonymous_ids {
-                rows += tx.execute(&format!("DELETE FROM {table} WHERE anonymous_id = ?1"), [anon]).map_err(backend)?
-                    as u64;
+            for (app, anon) in &anonymous_ids {
+                rows += tx
+                    .execute(&format!("DELETE FROM {table} WHERE app_id = ?1 AND anonymous_id = ?2"), [app, anon])
+                    .map_err(backend)? as u64;
             }
         }
     }

@@ -63,7 +63,8 @@ async fn ingest_enriches_from_the_forwarded_client_address() {
         .header(protocol::HEADER_APP, "app")
         .header(protocol::HEADER_TIMESTAMP, ts.to_string())
         .header(protocol::HEADER_SIGNATURE, protocol::sign(b"secret", ts, &body))
-        .header("X-Forwarded-For", "81.2.69.142, 10.0.0.1")
+        // The client wrote the first entry; the trusted proxy appended the last, which counts.
+        .header("X-Forwarded-For", "203.0.113.50, 81.2.69.142")
         .header(
             "User-Agent",
             "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36",

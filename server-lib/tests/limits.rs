@@ -172,3 +172,77 @@ async fn admin_accepts_an_rs256_jwt_signed_by_the_configured_key() {
     let confused = jsonwebtoken::EncodingKey::from_secret(public.as_bytes());
     assert_eq!(delete(sign("trailmark", jsonwebtoken::Algorithm::HS256, confused)).await.unwrap().status(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_requests_do_not_spend_the_apps_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.limits.app_rate_per_sec = 1;
+    config.limits.app_burst = 2;
+    let base = serve(ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap()).await;
+    for _ in 0..10 {
+        let resp = reqwest::Client::new()
+            .post(format!("{base}/v1/event"))
+            .header(protocol::HEADER_APP, "app")
+            .header(protocol::HEADER_TIMESTAMP, "1")
+            .header(protocol::HEADER_SIGNATURE, format!("v1={}", "0".repeat(64)))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    }
+    assert_eq!(post(&base, &event_at(trailmark_server::now_ms())).await.status(), 200, "the app's quota is intact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_bodies_are_read_only_after_auth_and_only_up_to_4_kb() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.admin_key = Some("adm".into());
+    let base = serve(ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap()).await;
+    let client = reqwest::Client::new();
+    // 8 MB without credentials: refused without reading the body. The server may close the
+    // connection while the client is still sending, which the client sees as an error.
+    let resp = client.post(format!("{base}/v1/user/delete")).body(vec![b' '; 8 << 20]).send().await;
+    if let Ok(resp) = resp {
+        assert_eq!(resp.status(), 401);
+    }
+    let resp = client
+        .post(format!("{base}/v1/user/delete"))
+        .header("Authorization", "Bearer adm")
+        .body(vec![b' '; 200 << 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let health: Value = client.get(format!("{base}/healthz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_id_ingest_accepts_can_be_deleted_and_oversized_events_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.admin_key = Some("adm".into());
+    let base = serve(ServerBuilder::new(config).sqlite(&db).unwrap()).await;
+    let user = "用".repeat(100); // 100 characters, 300 bytes
+    let mut e = event_at(trailmark_server::now_ms());
+    e["user_id"] = json!(user);
+    let mut huge = event_at(trailmark_server::now_ms());
+    huge["properties"] = json!({"blob": "x".repeat(40_000)});
+    let answer: Value = post(&base, &json!({"batch": [e, huge]})).await.json().await.unwrap();
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    assert_eq!(answer["rejected"][0]["index"], 1, "{answer}");
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/user/delete"))
+        .header("Authorization", "Bearer adm")
+        .body(json!({ "user_id": user }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let receipt: Value = resp.json().await.unwrap();
+    assert_eq!(receipt["rows_deleted"], 1);
+}
