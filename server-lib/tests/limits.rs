@@ -208,7 +208,8 @@ async fn admin_bodies_are_read_only_after_auth_and_only_up_to_4_kb() {
     if let Ok(resp) = resp {
         assert_eq!(resp.status(), 401);
     }
-    let resp = client
+    // Each request on a fresh client: the server closes connections whose body it refused.
+    let resp = reqwest::Client::new()
         .post(format!("{base}/v1/user/delete"))
         .header("Authorization", "Bearer adm")
         .body(vec![b' '; 200 << 10])
