@@ -349,19 +349,33 @@ pub fn validate_properties(props: &Map<String, Value>, max_bytes: usize) -> Resu
 
 /// Checks that properties nest at most [`MAX_PROPERTY_DEPTH`] levels, iteratively.
 pub fn validate_depth(props: &Map<String, Value>) -> Result<(), ValidationError> {
-    let mut stack: Vec<(&Value, usize)> = props.values().map(|v| (v, 1)).collect();
-    while let Some((value, depth)) = stack.pop() {
+    // The properties object itself is level 1, its values level 2.
+    if nesting_exceeds_from(props.values(), 2, MAX_PROPERTY_DEPTH) {
+        return Err(ValidationError::TooDeep);
+    }
+    Ok(())
+}
+
+/// True when `value` holds an array or object nested deeper than `max` levels (`value` itself
+/// is level 1). Walks iteratively, so hostile nesting cannot overflow the stack.
+pub fn nesting_exceeds(value: &Value, max: usize) -> bool {
+    nesting_exceeds_from(std::iter::once(value), 1, max)
+}
+
+fn nesting_exceeds_from<'a>(start: impl Iterator<Item = &'a Value>, level: usize, max: usize) -> bool {
+    let mut stack: Vec<(&Value, usize)> = start.map(|v| (v, level)).collect();
+    while let Some((value, level)) = stack.pop() {
         let children: Box<dyn Iterator<Item = &Value>> = match value {
             Value::Array(items) => Box::new(items.iter()),
             Value::Object(map) => Box::new(map.values()),
             _ => continue,
         };
-        if depth >= MAX_PROPERTY_DEPTH {
-            return Err(ValidationError::TooDeep);
+        if level > max {
+            return true;
         }
-        stack.extend(children.map(|v| (v, depth + 1)));
+        stack.extend(children.map(|v| (v, level + 1)));
     }
-    Ok(())
+    false
 }
 
 /// Parses properties handed over as bytes (the FFI and wasm path): UTF-8, JSON, an object.

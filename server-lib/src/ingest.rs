@@ -72,23 +72,6 @@ fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
     Ok(out)
 }
 
-/// Depth of the deepest array/object, walked iteratively.
-fn depth_exceeds(value: &Value, max: usize) -> bool {
-    let mut stack = vec![(value, 1usize)];
-    while let Some((v, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(a) => Box::new(a.iter()),
-            Value::Object(o) => Box::new(o.values()),
-            _ => continue,
-        };
-        if depth > max {
-            return true;
-        }
-        stack.extend(children.map(|c| (c, depth + 1)));
-    }
-    false
-}
-
 /// Parses the body into JSON with the protocol's error codes.
 pub fn parse_json(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
@@ -101,7 +84,7 @@ pub fn parse_json(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
             ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
         }
     })?;
-    if depth_exceeds(&value, max_depth) {
+    if protocol::nesting_exceeds(&value, max_depth) {
         return Err(ApiError::bad_request("too_deep", format!("JSON nests deeper than {max_depth} levels")));
     }
     Ok(value)

@@ -1,10 +1,9 @@
 //! `/v1/user/delete` leaves nothing for the subject in any table, and its audit record holds no
 //! raw identifier.
 
-use std::net::SocketAddr;
+mod common;
 
 use serde_json::{Value, json};
-use trailmark_core::protocol;
 use trailmark_server::storage::{SUBJECT_TABLES, Subject, count_subject_rows};
 use trailmark_server::{ServerBuilder, ServerConfig};
 
@@ -14,12 +13,7 @@ async fn delete_purges_every_table_and_audits_without_raw_ids() {
     let db = dir.path().join("s.db");
     let mut config = ServerConfig::new().with_app("app", "secret");
     config.admin_key = Some("admin".into());
-    let router = ServerBuilder::new(config).sqlite(&db).unwrap().build().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
-    });
+    let base = common::serve(ServerBuilder::new(config).sqlite(&db).unwrap()).await;
     let client = reqwest::Client::new();
     let event = |anon: &str, user: Option<&str>, device: &str| {
         let mut e = json!({"event_id": uuid::Uuid::new_v4().to_string(), "type": "x",
@@ -37,19 +31,7 @@ async fn delete_purges_every_table_and_audits_without_raw_ids() {
         event("anon-bob", Some("bob"), "dev-bob"),
     ]});
     let body = serde_json::to_vec(&batch).unwrap();
-    let ts = trailmark_server::now_ms() / 1000;
-    let resp: Value = client
-        .post(format!("{base}/v1/event"))
-        .header(protocol::HEADER_APP, "app")
-        .header(protocol::HEADER_TIMESTAMP, ts.to_string())
-        .header(protocol::HEADER_SIGNATURE, protocol::sign(b"secret", ts, &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let resp: Value = common::signed(&client, &base, body).send().await.unwrap().json().await.unwrap();
     assert_eq!(resp["accepted"], 4, "{resp}");
 
     let resp = client

@@ -1,6 +1,5 @@
 //! End to end over loopback HTTP: the core's native driver is the client.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -8,25 +7,18 @@ use trailmark_core::native::{NativeOptions, Trailmark};
 use trailmark_core::{Config, ConsentUpdate};
 use trailmark_server::{ServerBuilder, ServerConfig};
 
-async fn serve(config: ServerConfig, db: &std::path::Path) -> SocketAddr {
-    let router = ServerBuilder::new(config).sqlite(db).unwrap().build().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
-    });
-    addr
-}
+mod common;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_sdk_delivers_to_the_server_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("server.db");
-    let addr = serve(ServerConfig::new().with_app("shop", "s3cret"), &db).await;
+    let base =
+        common::serve(ServerBuilder::new(ServerConfig::new().with_app("shop", "s3cret")).sqlite(&db).unwrap()).await;
 
     let sdk_dir = dir.path().to_owned();
     let stats = tokio::task::spawn_blocking(move || {
-        let config = Config::new("shop", "s3cret", format!("http://{addr}"));
+        let config = Config::new("shop", "s3cret", base);
         let tm = Trailmark::start(config, NativeOptions::new(sdk_dir.join("sdk.db"))).unwrap();
         tm.set_consent(ConsentUpdate { analytics: Some(true), attribution: Some(true), do_not_sell: None }).unwrap();
         tm.handle_open_url("shop://p?tm_click_id=clk_1&utm_source=Newsletter&utm_medium=Email").unwrap();

@@ -2,11 +2,11 @@
 //! (from ../shared or from the PyPI package maxminddb==3.2.0) and `tests/run.sh` passes the
 //! folder in `TM_GEOIP_DIR`.
 
-use std::net::SocketAddr;
+mod common;
+
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use trailmark_core::protocol;
 use trailmark_server::enrich::GeoIp;
 use trailmark_server::{ServerBuilder, ServerConfig};
 
@@ -47,29 +47,18 @@ async fn ingest_enriches_from_the_forwarded_client_address() {
     config.geoip_city = Some(dir.join("GeoIP2-City-Test.mmdb"));
     config.geoip_asn = Some(dir.join("GeoLite2-ASN-Test.mmdb"));
     config.trust_proxy = true;
-    let router = ServerBuilder::new(config).sqlite(&db).unwrap().build().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
-    });
+    let base = common::serve(ServerBuilder::new(config).sqlite(&db).unwrap()).await;
     let body = serde_json::to_vec(&json!({"event_id": uuid::Uuid::new_v4().to_string(), "type": "page_view",
         "timestamp": "2026-01-01T00:00:00.000Z", "anonymous_id": "a",
         "properties": {"referrer": "https://www.google.co.uk/search?q=shoes"}}))
     .unwrap();
-    let ts = trailmark_server::now_ms() / 1000;
-    let answer: Value = reqwest::Client::new()
-        .post(format!("{base}/v1/event"))
-        .header(protocol::HEADER_APP, "app")
-        .header(protocol::HEADER_TIMESTAMP, ts.to_string())
-        .header(protocol::HEADER_SIGNATURE, protocol::sign(b"secret", ts, &body))
+    let answer: Value = common::signed(&reqwest::Client::new(), &base, body)
         // The client wrote the first entry; the trusted proxy appended the last, which counts.
         .header("X-Forwarded-For", "203.0.113.50, 81.2.69.142")
         .header(
             "User-Agent",
             "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Mobile Safari/537.36",
         )
-        .body(body)
         .send()
         .await
         .unwrap()

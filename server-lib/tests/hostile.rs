@@ -2,7 +2,7 @@
 //! protocol's error shape, the server stays healthy, and no other data is lost.
 
 use std::io::Write;
-use std::net::SocketAddr;
+mod common;
 
 use serde_json::{Value, json};
 use trailmark_core::protocol;
@@ -25,13 +25,8 @@ async fn start() -> Server {
     config.admin_key = Some("admin-key".into());
     config.limits.ip_rate_per_sec = 100_000;
     config.limits.ip_burst = 100_000;
-    let router = ServerBuilder::new(config).sqlite(&db).unwrap().build().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
-    });
-    Server { base: format!("http://{addr}"), client: reqwest::Client::new(), db, _dir: dir }
+    let base = common::serve(ServerBuilder::new(config).sqlite(&db).unwrap()).await;
+    Server { base, client: reqwest::Client::new(), db, _dir: dir }
 }
 
 fn now() -> i64 {

@@ -1,7 +1,6 @@
 //! Rate limits (429 + Retry-After), a writer that falls behind (503 + Retry-After) through a
 //! custom `Storage`, JWT admin auth, and clock-skew correction.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -9,28 +8,12 @@ use trailmark_core::protocol;
 use trailmark_server::storage::{DeletionAudit, NewEvent, StorageFuture, Subject};
 use trailmark_server::{JwtAlgorithm, JwtConfig, ServerBuilder, ServerConfig, Storage, StorageError};
 
-async fn serve(builder: ServerBuilder) -> String {
-    let router = builder.build().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
-    });
-    base
-}
+mod common;
+
+use common::serve;
 
 async fn post(base: &str, body: &Value) -> reqwest::Response {
-    let body = serde_json::to_vec(body).unwrap();
-    let ts = trailmark_server::now_ms() / 1000;
-    reqwest::Client::new()
-        .post(format!("{base}/v1/event"))
-        .header(protocol::HEADER_APP, "app")
-        .header(protocol::HEADER_TIMESTAMP, ts.to_string())
-        .header(protocol::HEADER_SIGNATURE, protocol::sign(b"secret", ts, &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
+    common::signed(&reqwest::Client::new(), base, serde_json::to_vec(body).unwrap()).send().await.unwrap()
 }
 
 fn event_at(ms: i64) -> Value {
