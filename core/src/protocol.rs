@@ -280,6 +280,146 @@ impl ErrorResponse {
     }
 }
 
+/// Path of the install-attribution endpoint (signed like [`EVENT_PATH`]).
+pub const INSTALL_PATH: &str = "/v1/install";
+
+/// Platforms an install can come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Ios,
+    Android,
+    Web,
+}
+
+impl Platform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Ios => "ios",
+            Platform::Android => "android",
+            Platform::Web => "web",
+        }
+    }
+}
+
+/// The device facts an install reports. Every field is optional; the more there are, the more
+/// ways the server has to match the install to a click.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallDevice {
+    /// Apple advertising id (only with ATT permission).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idfa: Option<String>,
+    /// Apple identifier for vendor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idfv: Option<String>,
+    /// Google advertising id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gaid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub android_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// BCP 47, e.g. `en-US`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locale: Option<String>,
+    /// IANA name, e.g. `Europe/Berlin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub screen: Option<Screen>,
+}
+
+/// `POST /v1/install`: the first launch of an app, sent once per install.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallRequest {
+    pub event_id: uuid::Uuid,
+    pub anonymous_id: String,
+    #[serde(with = "rfc3339_ms")]
+    pub timestamp: DateTime<Utc>,
+    pub platform: Platform,
+    #[serde(default)]
+    pub device: InstallDevice,
+    /// The Play Install Referrer string (Android), e.g. `tm_click_id=…&utm_source=…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_referrer: Option<String>,
+    /// Play Install Referrer's `referrerClickTimestampSeconds`, in Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrer_click_ts: Option<i64>,
+    /// Play Install Referrer's `installBeginTimestampSeconds`, in Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_begin_ts: Option<i64>,
+    /// A Trailmark click id the app already knows (from a deep link or the web).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub click_id: Option<String>,
+}
+
+/// How an install was matched to a touchpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MatchType {
+    ClickId,
+    Referrer,
+    DeviceId,
+    Fingerprint,
+    ViewThrough,
+    Organic,
+}
+
+impl MatchType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchType::ClickId => "click_id",
+            MatchType::Referrer => "referrer",
+            MatchType::DeviceId => "device_id",
+            MatchType::Fingerprint => "fingerprint",
+            MatchType::ViewThrough => "view_through",
+            MatchType::Organic => "organic",
+        }
+    }
+}
+
+/// A deferred deep link: where the app should take the user on first launch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeepLink {
+    pub path: String,
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
+}
+
+/// The fraud rules' verdict on an install.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FraudVerdict {
+    /// Names of the rules that fired (flagged or rejected).
+    pub flags: Vec<String>,
+    /// True when a rule with the `reject` policy fired: the install counts as organic.
+    pub rejected: bool,
+}
+
+/// The answer to `POST /v1/install`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttributionResult {
+    pub attributed: bool,
+    pub match_type: MatchType,
+    /// 1.0 for deterministic matches, the score for a fingerprint, 0 for organic.
+    pub confidence: f64,
+    pub campaign_id: Option<String>,
+    pub link_id: Option<String>,
+    pub click_id: Option<String>,
+    pub network: Option<String>,
+    pub deep_link: Option<DeepLink>,
+    pub fraud: FraudVerdict,
+    /// True when this device installed before, inside the re-attribution window: not a new
+    /// install; the original attribution is returned.
+    #[serde(default)]
+    pub reinstall: bool,
+}
+
 /// Why an event (or a call that would produce one) is not acceptable.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ValidationError {

@@ -16,6 +16,7 @@
 //! Endpoints: `POST /v1/event` (signed), `POST /v1/user/delete` (admin), `GET /healthz`,
 //! `GET /metrics` (Prometheus).
 
+pub mod attribution;
 pub mod config;
 pub mod enrich;
 pub mod error;
