@@ -401,6 +401,24 @@ pub struct FraudVerdict {
     pub rejected: bool,
 }
 
+impl AttributionResult {
+    /// An organic install: no campaign, with the fraud verdict that may have made it so.
+    pub fn organic(fraud: FraudVerdict) -> Self {
+        AttributionResult {
+            attributed: false,
+            match_type: MatchType::Organic,
+            confidence: 0.0,
+            campaign_id: None,
+            link_id: None,
+            click_id: None,
+            network: None,
+            deep_link: None,
+            fraud,
+            reinstall: false,
+        }
+    }
+}
+
 /// The answer to `POST /v1/install`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AttributionResult {

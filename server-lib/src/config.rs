@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use serde_json::Value;
 
@@ -85,9 +87,63 @@ pub struct ServerConfig {
     pub audit_key: [u8; 32],
     pub geoip_city: Option<PathBuf>,
     pub geoip_asn: Option<PathBuf>,
+    /// MaxMind GeoIP2 Anonymous IP database: installs from anonymous, VPN, hosting or Tor
+    /// addresses fire the `anonymous_ip` fraud rule.
+    pub geoip_anonymous: Option<PathBuf>,
     /// Take the client IP from `X-Forwarded-For` (only behind a proxy you control).
     pub trust_proxy: bool,
     pub limits: Limits,
+    /// Windows, models and fraud rules of install attribution.
+    pub attribution: crate::attribution::AttributionConfig,
+    /// Public base URL of tracking links (`{base}/c/<code>`), e.g. `https://t.example.com`.
+    /// Default: none, and link URLs are relative (`/c/<code>`).
+    pub public_url: Option<String>,
+    /// The server's clock. [`Clock::system`] unless a test drives time.
+    pub clock: Clock,
+}
+
+/// Where the server reads the time (Unix ms). Signatures, windows and stored times all use it,
+/// so a test can move a whole server through days in an instant.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
+
+impl Clock {
+    pub fn system() -> Self {
+        Clock(Arc::new(crate::now_ms))
+    }
+
+    /// A clock that only moves when told to, starting at `start` (Unix ms).
+    pub fn manual(start: i64) -> (Self, ManualClock) {
+        let time = Arc::new(AtomicI64::new(start));
+        let reader = time.clone();
+        (Clock(Arc::new(move || reader.load(Ordering::SeqCst))), ManualClock(time))
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({})", self.now())
+    }
+}
+
+/// The handle that moves a [`Clock::manual`] clock.
+#[derive(Clone, Debug)]
+pub struct ManualClock(Arc<AtomicI64>);
+
+impl ManualClock {
+    pub fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+    pub fn set(&self, ms: i64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
 }
 
 impl ServerConfig {
@@ -102,8 +158,12 @@ impl ServerConfig {
             audit_key: random_key(),
             geoip_city: None,
             geoip_asn: None,
+            geoip_anonymous: None,
             trust_proxy: false,
             limits: Limits::default(),
+            attribution: Default::default(),
+            public_url: None,
+            clock: Clock::system(),
         }
     }
 

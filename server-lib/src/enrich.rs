@@ -36,6 +36,53 @@ pub fn parse_user_agent(agent: &str) -> UserAgent {
     }
 }
 
+/// The device model in an Android user agent (`Linux; Android 14; Pixel 8 Build/…` →
+/// `Pixel 8`), or `iPhone`/`iPad` on Apple devices. `None` when the agent hides it (Chrome's
+/// reduced agent reports the model as `K`).
+pub fn device_model(agent: &str) -> Option<String> {
+    let inner = agent.split_once('(')?.1.split_once(')')?.0;
+    let parts: Vec<&str> = inner.split(';').map(str::trim).collect();
+    if let Some(pos) = parts.iter().position(|p| p.starts_with("Android")) {
+        let model = parts.get(pos + 1)?.split(" Build/").next()?.trim();
+        return (!model.is_empty() && model != "K" && model != "wv").then(|| model.to_owned());
+    }
+    ["iPhone", "iPad", "iPod"].iter().find(|m| parts.first() == Some(m)).map(|m| (*m).to_owned())
+}
+
+/// Crawlers, link previewers, headless browsers and HTTP libraries: their requests are never
+/// counted as clicks.
+pub fn is_bot(agent: Option<&str>) -> bool {
+    let Some(agent) = agent.map(str::trim).filter(|a| !a.is_empty()) else { return true };
+    let lower = agent.to_ascii_lowercase();
+    const MARKERS: &[&str] = &[
+        "bot",
+        "crawl",
+        "spider",
+        "slurp",
+        "facebookexternalhit",
+        "preview",
+        "headlesschrome",
+        "phantomjs",
+        "curl/",
+        "wget/",
+        "python-requests",
+        "python-urllib",
+        "go-http-client",
+        "java/",
+        "libwww",
+        "httpclient",
+        "scrapy",
+        "lighthouse",
+        "pingdom",
+        "uptime",
+        "monitor",
+    ];
+    if MARKERS.iter().any(|m| lower.contains(m)) {
+        return true;
+    }
+    matches!(woothee::parser::Parser::new().parse(agent), Some(r) if r.category == "crawler")
+}
+
 /// One spelling per operating system, whatever the client sent.
 pub fn normalize_os(os: &str) -> String {
     let lower = os.trim().to_ascii_lowercase();
@@ -67,6 +114,9 @@ pub struct Geo {
     pub asn: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub as_org: Option<String>,
+    /// IANA time zone of the city (fingerprinting compares it with the device's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
 }
 
 /// MaxMind databases, when configured.
@@ -74,12 +124,40 @@ pub struct Geo {
 pub struct GeoIp {
     city: Option<maxminddb::Reader<Vec<u8>>>,
     asn: Option<maxminddb::Reader<Vec<u8>>>,
+    anonymous: Option<maxminddb::Reader<Vec<u8>>>,
 }
 
 impl GeoIp {
     pub fn open(city: Option<&Path>, asn: Option<&Path>) -> Result<Self, String> {
         let open = |p: &Path| maxminddb::Reader::open_readfile(p).map_err(|e| format!("{}: {e}", p.display()));
-        Ok(GeoIp { city: city.map(open).transpose()?, asn: asn.map(open).transpose()? })
+        Ok(GeoIp { city: city.map(open).transpose()?, asn: asn.map(open).transpose()?, anonymous: None })
+    }
+
+    /// Adds a GeoIP2 Anonymous IP database.
+    pub fn with_anonymous(mut self, path: Option<&Path>) -> Result<Self, String> {
+        if let Some(p) = path {
+            self.anonymous = Some(maxminddb::Reader::open_readfile(p).map_err(|e| format!("{}: {e}", p.display()))?);
+        }
+        Ok(self)
+    }
+
+    /// True when the Anonymous IP database lists the address as anonymous, a VPN, a hosting
+    /// provider, a public proxy, a residential proxy or a Tor exit.
+    pub fn is_anonymous(&self, ip: IpAddr) -> bool {
+        let Some(reader) = &self.anonymous else { return false };
+        match reader.lookup(ip).and_then(|r| r.decode::<maxminddb::geoip2::AnonymousIp>()) {
+            Ok(Some(a)) => [
+                a.is_anonymous,
+                a.is_anonymous_vpn,
+                a.is_hosting_provider,
+                a.is_public_proxy,
+                a.is_residential_proxy,
+                a.is_tor_exit_node,
+            ]
+            .into_iter()
+            .any(|f| f == Some(true)),
+            _ => false,
+        }
     }
 
     pub fn lookup(&self, ip: IpAddr) -> Geo {
@@ -90,6 +168,7 @@ impl GeoIp {
             geo.country = city.country.iso_code.map(str::to_owned);
             geo.region = city.subdivisions.first().and_then(|s| s.iso_code).map(str::to_owned);
             geo.city = city.city.names.english.map(str::to_owned);
+            geo.time_zone = city.location.time_zone.map(str::to_owned);
         }
         if let Some(reader) = &self.asn
             && let Ok(Some(asn)) = reader.lookup(ip).and_then(|r| r.decode::<maxminddb::geoip2::Asn>())
@@ -194,6 +273,23 @@ mod tests {
         assert_eq!(ua.os.as_deref(), Some("Windows"));
         assert_eq!(ua.device_class.as_deref(), Some("pc"));
         assert_eq!(parse_user_agent("trailmark-rust/0.1.0"), UserAgent::default());
+    }
+
+    #[test]
+    fn models_and_bots() {
+        let pixel = "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A.240205.004) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
+        assert_eq!(device_model(pixel).as_deref(), Some("Pixel 8"));
+        let reduced = "Mozilla/5.0 (Linux; Android 10; K) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
+        assert_eq!(device_model(reduced), None);
+        let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
+        assert_eq!(device_model(iphone).as_deref(), Some("iPhone"));
+        assert_eq!(parse_user_agent(iphone).os_version.as_deref(), Some("17.1"));
+        assert_eq!(parse_user_agent(pixel).os_version.as_deref(), Some("14"));
+        assert!(!is_bot(Some(iphone)));
+        assert!(is_bot(Some("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)")));
+        assert!(is_bot(Some("facebookexternalhit/1.1")));
+        assert!(is_bot(Some("curl/8.5.0")));
+        assert!(is_bot(None));
     }
 
     #[test]

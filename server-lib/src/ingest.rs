@@ -13,20 +13,30 @@ use chrono::DateTime;
 use serde_json::{Map, Value};
 use trailmark_core::protocol::{self, DropReport, IngestResponse, Rejection};
 
+use crate::AppState;
 use crate::enrich::{self, Geo};
 use crate::error::ApiError;
 use crate::storage::{NewEvent, StorageError};
-use crate::{AppState, now_ms};
 
 pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
     let result = ingest(&state, request).await;
-    metrics::histogram!("trailmark_request_duration_seconds", "endpoint" => "event").record(started.elapsed());
+    measured("event", started, result)
+}
+
+/// Records a request's duration and status in the metrics and turns its result into a 200
+/// JSON response or the error's response.
+pub(crate) fn measured<T: serde::Serialize>(
+    endpoint: &'static str,
+    started: Instant,
+    result: Result<T, ApiError>,
+) -> Response {
+    metrics::histogram!("trailmark_request_duration_seconds", "endpoint" => endpoint).record(started.elapsed());
     let status = match &result {
         Ok(_) => StatusCode::OK,
         Err(e) => e.status,
     };
-    metrics::counter!("trailmark_requests_total", "endpoint" => "event", "status" => status.as_str().to_owned())
+    metrics::counter!("trailmark_requests_total", "endpoint" => endpoint, "status" => status.as_str().to_owned())
         .increment(1);
     match result {
         Ok(body) => (StatusCode::OK, axum::Json(body)).into_response(),
@@ -90,8 +100,23 @@ pub fn parse_json(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
     Ok(value)
 }
 
-async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, ApiError> {
-    let (parts, body) = request.into_parts();
+/// Who sent a signed request, and its raw body.
+pub(crate) struct Signed {
+    pub app_id: String,
+    pub ip: Option<IpAddr>,
+    pub body: bytes::Bytes,
+}
+
+/// Authenticates a signed request: app id, per-IP rate, body with `limit`, HMAC signature,
+/// per-app rate. `per_ip_limit` is off for server-to-server endpoints, whose one address
+/// speaks for many users. Shared by every SDK and server-to-server endpoint.
+pub(crate) async fn read_signed(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    body: Body,
+    limit: usize,
+    per_ip_limit: bool,
+) -> Result<Signed, ApiError> {
     let headers = &parts.headers;
     let peer = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let ip = client_ip(headers, peer, state.config.trust_proxy);
@@ -102,22 +127,30 @@ async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, Ap
     let Some(app) = state.config.apps.get(&app_id) else {
         return Err(ApiError::unauthorized("unknown_app", "unknown app id"));
     };
-    state.check_ip_rate(ip)?;
-
-    let limits = &state.config.limits;
-    let raw = read_body(body, limits.max_body_bytes).await?;
+    if per_ip_limit {
+        state.check_ip_rate(ip)?;
+    }
+    let raw = read_body(body, limit).await?;
     protocol::verify_signature(
         app.secret.as_bytes(),
         header_str(headers, protocol::HEADER_TIMESTAMP),
         header_str(headers, protocol::HEADER_SIGNATURE),
         &raw,
-        now_ms() / 1000,
+        state.config.clock.now() / 1000,
     )
     .map_err(|e| {
         metrics::counter!("trailmark_auth_failures_total", "app" => app_id.clone()).increment(1);
         ApiError::unauthorized("invalid_signature", e.to_string())
     })?;
     state.check_app_rate(&app_id)?;
+    Ok(Signed { app_id, ip, body: raw })
+}
+
+async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, ApiError> {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
+    let limits = &state.config.limits;
+    let Signed { app_id, ip, body: raw } = read_signed(state, &parts, body, limits.max_body_bytes, true).await?;
 
     let decoded;
     let body: &[u8] = match header_str(headers, header::CONTENT_ENCODING.as_str()).map(str::trim) {
@@ -136,7 +169,7 @@ async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, Ap
     };
     let value = parse_json(body, limits.max_json_depth)?;
 
-    let received_at = now_ms();
+    let received_at = state.config.clock.now();
     let is_batch = value.get("batch").is_some();
     if is_batch {
         state.validators.envelope(&value).map_err(|e| ApiError::bad_request("invalid_envelope", e))?;

@@ -21,7 +21,10 @@ pub mod config;
 pub mod enrich;
 pub mod error;
 pub mod ingest;
+pub mod install;
+pub mod links;
 pub mod storage;
+pub mod tracking;
 pub mod validate;
 
 use std::net::IpAddr;
@@ -33,7 +36,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, patch, post};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use hmac::{Hmac, Mac};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -41,7 +44,8 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use thiserror::Error;
 
-pub use config::{AppConfig, JwtAlgorithm, JwtConfig, Limits, ServerConfig};
+pub use attribution::{AttributionConfig, FraudConfig, FraudPolicy};
+pub use config::{AppConfig, Clock, JwtAlgorithm, JwtConfig, Limits, ManualClock, ServerConfig};
 pub use error::ApiError;
 pub use storage::{Durability, SqliteStorage, Storage, StorageError};
 
@@ -68,6 +72,8 @@ pub enum BuildError {
     Jwt(String),
     #[error("invalid limit: {0}")]
     Limit(&'static str),
+    #[error("invalid attribution settings: {0}")]
+    Attribution(String),
 }
 
 /// Shared state of a built server.
@@ -84,6 +90,8 @@ pub struct AppState {
     /// The limiters' clock, built once (building one per request costs CPU-feature probing).
     clock: governor::clock::DefaultClock,
     checks: std::sync::atomic::AtomicU64,
+    /// Links, the touch index and the fraud counters (loaded from storage on first use).
+    pub tracking: tracking::Tracking,
 }
 
 /// Limiter keys are pruned every this many checks, so rotating addresses cannot grow memory.
@@ -186,7 +194,10 @@ impl ServerBuilder {
         let app_limiter = RateLimiter::keyed(quota(l.app_rate_per_sec, l.app_burst, "app rate")?);
         let ip_limiter = RateLimiter::keyed(quota(l.ip_rate_per_sec, l.ip_burst, "ip rate")?);
         let validators = Validators::new(&config.apps).map_err(BuildError::Schema)?;
-        let geo = GeoIp::open(config.geoip_city.as_deref(), config.geoip_asn.as_deref()).map_err(BuildError::GeoIp)?;
+        let geo = GeoIp::open(config.geoip_city.as_deref(), config.geoip_asn.as_deref())
+            .and_then(|g| g.with_anonymous(config.geoip_anonymous.as_deref()))
+            .map_err(BuildError::GeoIp)?;
+        config.attribution.validate().map_err(BuildError::Attribution)?;
         let jwt = config.jwt.as_ref().map(jwt_verifier).transpose()?;
         Ok(Arc::new(AppState {
             ip_cipher: IpCipher::new(&config.ip_key),
@@ -200,6 +211,7 @@ impl ServerBuilder {
             metrics: prometheus(),
             clock: governor::clock::DefaultClock::default(),
             checks: std::sync::atomic::AtomicU64::new(0),
+            tracking: Default::default(),
         }))
     }
 
@@ -213,6 +225,15 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/event", post(ingest::handle))
         .route("/v1/user/delete", post(delete_user))
+        .route("/v1/install", post(install::handle))
+        .route("/v1/attribution/{event_id}", get(install::audit))
+        .route("/v1/campaigns", post(links::create_campaign))
+        .route("/v1/links", post(links::create_link))
+        .route("/v1/links/{link_id}", get(links::get_link).merge(patch(links::update_link)))
+        .route("/v1/links/{link_id}/audit", get(links::link_audit))
+        .route("/c/{code}", get(links::click_by_code))
+        .route("/v1/click", get(links::click_by_link).merge(post(links::s2s_click)))
+        .route("/v1/impression", get(links::impression))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
@@ -319,13 +340,20 @@ async fn delete_user(State(state): State<Arc<AppState>>, request: axum::extract:
             receipt_id: receipt_id.clone(),
             subject_kind: subject.kind(),
             subject_hash: hex::encode(hash.into_bytes()),
-            requested_at: now_ms(),
+            requested_at: state.config.clock.now(),
             requested_by,
         };
-        let rows = state.storage.delete_subject(subject, audit).await.map_err(|e| match e {
+        let report = state.storage.delete_subject(subject, audit).await.map_err(|e| match e {
             StorageError::Busy => ApiError::unavailable(1, "the server is busy; retry shortly"),
             other => ApiError::internal(other),
         })?;
+        let rows = report.rows;
+        if !report.click_ids.is_empty()
+            && let Some(mut tracking) = state.tracking.lock_loaded()
+        {
+            let ids: Vec<uuid::Uuid> = report.click_ids.iter().filter_map(|c| uuid::Uuid::parse_str(c).ok()).collect();
+            tracking.index.forget(&ids);
+        }
         metrics::counter!("trailmark_user_deletions_total").increment(1);
         Ok(json!({"receipt_id": receipt_id, "rows_deleted": rows}))
     }

@@ -69,7 +69,11 @@ async fn ingest_enriches_from_the_forwarded_client_address() {
     let conn = rusqlite::Connection::open(&db).unwrap();
     let enrichment: String = conn.query_row("SELECT enrichment FROM events", [], |r| r.get(0)).unwrap();
     let e: Value = serde_json::from_str(&enrichment).unwrap();
-    assert_eq!(e["geo"], json!({"country": "GB", "region": "ENG", "city": "London"}), "{e}");
+    assert_eq!(
+        e["geo"],
+        json!({"country": "GB", "region": "ENG", "city": "London", "time_zone": "Europe/London"}),
+        "{e}"
+    );
     assert_eq!(e["ua"]["os"], "Android");
     assert_eq!(e["ua"]["device_class"], "smartphone");
     assert_eq!(e["channel"], "organic_search");

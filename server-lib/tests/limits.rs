@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use trailmark_core::protocol;
-use trailmark_server::storage::{DeletionAudit, NewEvent, StorageFuture, Subject};
+use trailmark_server::storage::{DeleteReport, DeletionAudit, NewEvent, StorageFuture, Subject};
 use trailmark_server::{JwtAlgorithm, JwtConfig, ServerBuilder, ServerConfig, Storage, StorageError};
 
 mod common;
@@ -48,7 +48,7 @@ impl Storage for Behind {
     fn insert(&self, _events: Vec<NewEvent>) -> StorageFuture<'_, Vec<bool>> {
         Box::pin(async { Err(StorageError::Busy) })
     }
-    fn delete_subject(&self, _s: Subject, _a: DeletionAudit) -> StorageFuture<'_, u64> {
+    fn delete_subject(&self, _s: Subject, _a: DeletionAudit) -> StorageFuture<'_, DeleteReport> {
         Box::pin(async { Err(StorageError::Busy) })
     }
     fn backlog(&self) -> usize {

@@ -155,6 +155,18 @@ pub struct BurstAlert {
 }
 
 impl BurstTracker {
+    /// Loads past hourly counts `(campaign, hour start ms, installs)` (after a restart).
+    pub fn seed(&mut self, counts: Vec<(String, i64, u32)>) {
+        for (campaign, hour_start, n) in counts {
+            let hour = hour_start.div_euclid(HOUR);
+            let hours = self.hours.entry(campaign).or_default();
+            match hours.back_mut() {
+                Some((h, c)) if *h == hour => *c += n,
+                _ => hours.push_back((hour, n)),
+            }
+        }
+    }
+
     /// Counts an install for `campaign` at `now`. Returns `(in burst, alert)`: the alert is
     /// returned once, when the hour first crosses the threshold.
     pub fn record(&mut self, campaign: &str, now: i64, cfg: &FraudConfig) -> (bool, Option<BurstAlert>) {

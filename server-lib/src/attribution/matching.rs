@@ -234,7 +234,8 @@ pub fn attribute(
         };
         c.eligible = c.reason.is_none();
         keep(c.clone());
-        c.eligible.then(|| (c, *t, link))
+        let eligible = c.eligible;
+        eligible.then_some((c, *t, link))
     };
 
     let mut levels: Vec<Level> = Vec::new();
@@ -305,7 +306,6 @@ pub fn attribute(
             levels.push(Level { candidates: hits });
         }
     }
-    drop(keep);
 
     // Most recent wins; ties go to the network listed first in the priority, then by name.
     let winner = levels.into_iter().next().and_then(|level| {
@@ -415,18 +415,7 @@ pub fn attribute(
             fraud,
             reinstall: false,
         },
-        _ => AttributionResult {
-            attributed: false,
-            match_type: MatchType::Organic,
-            confidence: 0.0,
-            campaign_id: None,
-            link_id: None,
-            click_id: None,
-            network: None,
-            deep_link: None,
-            fraud,
-            reinstall: false,
-        },
+        _ => AttributionResult::organic(fraud),
     };
     Decision {
         result,

@@ -1,0 +1,176 @@
+//! Rows of the attribution tables, as the storage trait passes them.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use trailmark_core::protocol::{AttributionResult, DeepLink};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Campaign {
+    pub campaign_id: String,
+    pub app_id: String,
+    pub name: String,
+    pub network: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Utm {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub medium: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+impl Utm {
+    /// `utm_*` pairs in a fixed order, present fields only.
+    pub fn pairs(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("utm_source", &self.source),
+            ("utm_medium", &self.medium),
+            ("utm_campaign", &self.campaign),
+            ("utm_term", &self.term),
+            ("utm_content", &self.content),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destinations {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ios: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub android: Option<String>,
+    pub web: String,
+}
+
+/// A tracking link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRecord {
+    pub link_id: String,
+    pub code: String,
+    pub campaign_id: String,
+    pub app_id: String,
+    pub network: String,
+    pub utm: Utm,
+    pub destinations: Destinations,
+    pub deep_link: Option<DeepLink>,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One entry of a link's audit log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinkAudit {
+    pub link_id: String,
+    pub at: i64,
+    pub actor: String,
+    /// `create`, `update`, `disable` or `enable`.
+    pub action: String,
+    pub before: Option<Value>,
+    pub after: Value,
+}
+
+/// A click or an impression, as stored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ClickRecord {
+    pub click_id: String,
+    /// `click` or `impression`.
+    pub kind: String,
+    pub app_id: String,
+    pub link_id: String,
+    pub campaign_id: String,
+    pub ts: i64,
+    /// AES-256-GCM encrypted client address.
+    #[serde(skip)]
+    pub ip_enc: Option<Vec<u8>>,
+    pub user_agent: Option<String>,
+    pub referrer: Option<String>,
+    pub accept_language: Option<String>,
+    pub os: Option<String>,
+    pub os_version: Option<String>,
+    pub model: Option<String>,
+    pub locale: Option<String>,
+    pub timezone: Option<String>,
+    pub screen: Option<String>,
+    /// The device or advertising id on the click (lower-cased), and which kind it is.
+    pub device_id: Option<String>,
+    pub device_kind: Option<String>,
+    /// Ad-network click ids (`gclid`, `fbclid`, `clickid`, …) as a JSON object.
+    pub network_ids: Value,
+    /// Sub-parameters (`sub1`…`sub5`, `site_id`, `creative_id`, …) as a JSON object.
+    pub sub_params: Value,
+    /// Index flags (click flooding).
+    pub flags: u8,
+    /// `redirect`, `api` (GET /v1/click) or `s2s` (POST /v1/click).
+    pub source: String,
+}
+
+/// An install (or reinstall) and its attribution decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstallRecord {
+    pub app_id: String,
+    pub event_id: String,
+    pub anonymous_id: String,
+    pub platform: String,
+    pub idfa: Option<String>,
+    pub idfv: Option<String>,
+    pub gaid: Option<String>,
+    pub android_id: Option<String>,
+    pub install_ts: i64,
+    pub received_at: i64,
+    /// `install` or `reinstall`.
+    pub kind: String,
+    pub result: AttributionResult,
+    /// The decision's explanation: candidates, windows, rules.
+    pub audit: Value,
+    #[serde(skip)]
+    pub ip_enc: Option<Vec<u8>>,
+}
+
+/// The ids that identify a device across installs of one app.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceKeys {
+    pub anonymous_id: String,
+    pub idfa: Option<String>,
+    pub idfv: Option<String>,
+    pub gaid: Option<String>,
+    pub android_id: Option<String>,
+}
+
+/// A touchpoint credited to a device: the install's winning click, a re-engagement click, or
+/// a click the SDK reported in an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Touchpoint {
+    pub app_id: String,
+    pub anonymous_id: String,
+    pub ts: i64,
+    pub click_id: String,
+    pub link_id: String,
+    pub campaign_id: String,
+    pub network: String,
+    /// `install`, `reengagement`, `click` or `impression`.
+    pub kind: String,
+    /// The install or event that tied the touchpoint to the device.
+    pub source_event_id: String,
+}
+
+/// A fraud alert (install bursts).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FraudAlert {
+    pub rule: String,
+    pub app_id: String,
+    pub campaign_id: String,
+    pub at: i64,
+    pub detail: Value,
+}

@@ -1,0 +1,181 @@
+//! The attribution state shared by the link, click and install endpoints: links by code and
+//! id, the touch index, the flooding counters and the burst baseline. It is loaded from
+//! storage on first use (so a restart rebuilds it) and lives behind one mutex; no critical
+//! section does I/O.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::AppState;
+use crate::attribution::HOUR;
+use crate::attribution::fraud::{BurstTracker, HourlyCounter};
+use crate::attribution::index::{FLAG_FLOOD_DEVICE, FLAG_FLOOD_IP, Touch, TouchIndex, TouchKind};
+use crate::attribution::matching::{Fingerprint, LinkInfo};
+use crate::error::ApiError;
+use crate::storage::{Campaign, ClickRecord, LinkRecord, StorageError};
+
+pub struct TrackState {
+    pub index: TouchIndex,
+    pub links: Vec<Arc<LinkRecord>>,
+    pub infos: Vec<Arc<LinkInfo>>,
+    pub by_code: HashMap<String, u32>,
+    pub by_id: HashMap<String, u32>,
+    pub campaigns: HashMap<String, Campaign>,
+    pub ip_clicks: HourlyCounter,
+    pub device_clicks: HourlyCounter,
+    pub burst: BurstTracker,
+}
+
+pub fn link_info(link: &LinkRecord) -> LinkInfo {
+    LinkInfo {
+        link_id: link.link_id.clone(),
+        campaign_id: link.campaign_id.clone(),
+        app_id: link.app_id.clone(),
+        network: link.network.clone(),
+        deep_link: link.deep_link.clone(),
+    }
+}
+
+impl TrackState {
+    fn new(ttl: i64) -> Self {
+        TrackState {
+            index: TouchIndex::new(ttl),
+            links: Vec::new(),
+            infos: Vec::new(),
+            by_code: HashMap::new(),
+            by_id: HashMap::new(),
+            campaigns: HashMap::new(),
+            ip_clicks: HourlyCounter::default(),
+            device_clicks: HourlyCounter::default(),
+            burst: BurstTracker::default(),
+        }
+    }
+
+    /// Adds a new link or replaces one with the same id (keeping its index slot).
+    pub fn put_link(&mut self, link: LinkRecord) {
+        let info = Arc::new(link_info(&link));
+        match self.by_id.get(&link.link_id) {
+            Some(&i) => {
+                self.infos[i as usize] = info;
+                self.links[i as usize] = Arc::new(link);
+            }
+            None => {
+                let i = self.links.len() as u32;
+                self.by_code.insert(link.code.clone(), i);
+                self.by_id.insert(link.link_id.clone(), i);
+                self.infos.push(info);
+                self.links.push(Arc::new(link));
+            }
+        }
+    }
+
+    /// Builds the compact touch of a stored click and indexes it. The click path and the
+    /// rebuild both go through here, so both index the same facts.
+    pub fn index_touch(&mut self, click: &ClickRecord, ip: Option<IpAddr>) -> Option<Touch> {
+        let link = *self.by_id.get(&click.link_id)?;
+        let id = uuid::Uuid::parse_str(&click.click_id).ok()?;
+        let kind = if click.kind == "impression" { TouchKind::Impression } else { TouchKind::Click };
+        let mut touch = Touch::new(id, kind, click.ts, link);
+        touch.set_ip(ip);
+        touch.device = self.index.hasher.device(click.device_id.as_deref());
+        touch.flags = click.flags;
+        Fingerprint {
+            os: click.os.as_deref(),
+            os_version: click.os_version.as_deref(),
+            model: click.model.as_deref(),
+            locale: click.locale.as_deref(),
+            timezone: click.timezone.as_deref(),
+            screen: click.screen.as_deref(),
+        }
+        .hash(&self.index.hasher)
+        .apply(&mut touch);
+        self.index.expire(click.ts);
+        self.index.push(touch);
+        Some(touch)
+    }
+
+    /// Counts a click against the flooding limits; returns the flags it earns.
+    pub fn flood_flags(&mut self, ip: Option<IpAddr>, device: Option<&str>, now: i64, max_ip: u32, max_dev: u32) -> u8 {
+        let mut flags = 0;
+        if let Some(ip) = ip {
+            let key = self.index.hasher.h64(ip);
+            if self.ip_clicks.hit(key, now) > max_ip {
+                flags |= FLAG_FLOOD_IP;
+            }
+        }
+        let dev = self.index.hasher.device(device);
+        if dev != 0 && self.device_clicks.hit(dev, now) > max_dev {
+            flags |= FLAG_FLOOD_DEVICE;
+        }
+        flags
+    }
+}
+
+/// Lazily loaded attribution state.
+#[derive(Default)]
+pub struct Tracking {
+    cell: tokio::sync::OnceCell<Result<Mutex<TrackState>, String>>,
+}
+
+impl Tracking {
+    /// Loads the state from storage the first time; then [`Tracking::lock`] works.
+    pub async fn ready(&self, state: &AppState) -> Result<(), ApiError> {
+        let loaded = self.cell.get_or_init(|| load(state)).await;
+        match loaded {
+            Ok(_) => Ok(()),
+            Err(e) => Err(ApiError::new(
+                axum::http::StatusCode::NOT_IMPLEMENTED,
+                "attribution_unavailable",
+                format!("attribution is not available: {e}"),
+            )),
+        }
+    }
+}
+
+impl Tracking {
+    /// The state if it is loaded (callers that ran [`Tracking::ready`] earlier in the request).
+    pub fn lock_loaded(&self) -> Option<MutexGuard<'_, TrackState>> {
+        match self.cell.get() {
+            Some(Ok(m)) => Some(m.lock().unwrap_or_else(|p| p.into_inner())),
+            _ => None,
+        }
+    }
+
+    /// The loaded state; 503 before [`Tracking::ready`] succeeded.
+    pub fn lock(&self) -> Result<MutexGuard<'_, TrackState>, ApiError> {
+        self.lock_loaded().ok_or_else(|| ApiError::unavailable(1, "attribution state is loading"))
+    }
+}
+
+async fn load(state: &AppState) -> Result<Mutex<TrackState>, String> {
+    let cfg = &state.config.attribution;
+    let now = state.config.clock.now();
+    let started = std::time::Instant::now();
+    let describe = |e: StorageError| e.to_string();
+    let (campaigns, links) = state.storage.load_links().await.map_err(describe)?;
+    let touches = state.storage.load_touches(now - cfg.index_ttl()).await.map_err(describe)?;
+    let baseline_from = now - (cfg.fraud.burst_baseline_hours as i64 + 1) * HOUR;
+    let counts = state.storage.install_counts(baseline_from).await.map_err(describe)?;
+    let mut s = TrackState::new(cfg.index_ttl());
+    for c in campaigns {
+        s.campaigns.insert(c.campaign_id.clone(), c);
+    }
+    for l in links {
+        s.put_link(l);
+    }
+    let mut indexed = 0usize;
+    for t in &touches {
+        let ip = t.ip_enc.as_deref().and_then(|b| state.ip_cipher.decrypt(b));
+        indexed += s.index_touch(t, ip).is_some() as usize;
+    }
+    s.burst.seed(counts);
+    tracing::info!(
+        links = s.links.len(),
+        touches = indexed,
+        ms = started.elapsed().as_millis() as u64,
+        "attribution state loaded"
+    );
+    metrics::gauge!("trailmark_touch_index_entries").set(s.index.len() as f64);
+    Ok(Mutex::new(s))
+}

@@ -1,0 +1,549 @@
+//! Tracking links and install attribution end to end over HTTP, on a manual clock.
+
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+use trailmark_core::protocol;
+use trailmark_server::{Clock, ManualClock, ServerBuilder, ServerConfig};
+
+const ANDROID_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A.240205.004) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
+const IPHONE_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
+const DESKTOP_UA: &str =
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+const MINUTE: i64 = 60_000;
+const HOUR: i64 = 60 * MINUTE;
+const DAY: i64 = 24 * HOUR;
+
+struct Srv {
+    base: String,
+    clock: ManualClock,
+    client: reqwest::Client,
+    db: std::path::PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn config(clock: Clock) -> ServerConfig {
+    let mut c = ServerConfig::new().with_app("app", "secret");
+    c.admin_key = Some("admin".into());
+    c.clock = clock;
+    c
+}
+
+async fn serve_config(config: ServerConfig, db: &std::path::Path) -> String {
+    let router = ServerBuilder::new(config).sqlite(db).unwrap().build().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+    });
+    base
+}
+
+async fn start(tune: impl FnOnce(&mut ServerConfig)) -> Srv {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let (clock, handle) = Clock::manual(trailmark_server::now_ms());
+    let mut c = config(clock);
+    tune(&mut c);
+    let base = serve_config(c, &db).await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    Srv { base, clock: handle, client, db, _dir: Some(dir) }
+}
+
+impl Srv {
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base)).bearer_auth("admin");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn link(&self, network: &str) -> (String, String, String) {
+        let (s, c) = self
+            .admin(reqwest::Method::POST, "/v1/campaigns", Some(json!({"name": "Spring", "network": network})))
+            .await;
+        assert_eq!(s, 201, "{c}");
+        let campaign = c["campaign_id"].as_str().unwrap().to_owned();
+        let (s, l) = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/links",
+                Some(json!({
+                    "campaign_id": campaign,
+                    "utm": {"source": network, "medium": "cpc", "campaign": "spring"},
+                    "destinations": {
+                        "ios": "https://apps.apple.com/app/id123456",
+                        "android": "https://play.google.com/store/apps/details?id=com.example.shop",
+                        "web": "https://shop.example.com/landing?x=1"
+                    },
+                    "deep_link": {"path": "/product/42", "params": {"coupon": "SPRING"}}
+                })),
+            )
+            .await;
+        assert_eq!(s, 201, "{l}");
+        assert_eq!(l["url"], format!("/c/{}", l["code"].as_str().unwrap()));
+        (campaign, l["link_id"].as_str().unwrap().to_owned(), l["code"].as_str().unwrap().to_owned())
+    }
+
+    async fn click(&self, path: &str, ua: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.client.get(format!("{}{path}", self.base)).header("User-Agent", ua);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.unwrap()
+    }
+
+    fn signed(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> reqwest::RequestBuilder {
+        let body = serde_json::to_vec(body).unwrap();
+        let ts = self.clock.now() / 1000;
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header(protocol::HEADER_APP, "app")
+            .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+            .header(protocol::HEADER_SIGNATURE, protocol::sign(b"secret", ts, &body));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(body)
+    }
+
+    async fn install(&self, body: Value, headers: &[(&str, &str)]) -> Value {
+        let resp = self.signed("/v1/install", &body, headers).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+        resp.json().await.unwrap()
+    }
+
+    fn install_body(&self, platform: &str, device: Value) -> Value {
+        json!({
+            "event_id": uuid::Uuid::new_v4().to_string(),
+            "anonymous_id": format!("anon-{}", uuid::Uuid::new_v4()),
+            "timestamp": protocol::format_millis(self.clock.now()),
+            "platform": platform,
+            "device": device,
+        })
+    }
+}
+
+fn location(resp: &reqwest::Response) -> url::Url {
+    assert_eq!(resp.status(), 302);
+    url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap()
+}
+
+fn query(url: &url::Url, key: &str) -> Option<String> {
+    url.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v.into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn android_click_to_install_via_play_referrer_with_deferred_deep_link() {
+    let srv = start(|_| {}).await;
+    let (campaign, link, code) = srv.link("meta").await;
+    let resp = srv.click(&format!("/c/{code}?gclid=G-1&sub1=creative7"), ANDROID_UA, &[]).await;
+    let to = location(&resp);
+    assert_eq!(to.host_str(), Some("play.google.com"));
+    assert_eq!(query(&to, "id").as_deref(), Some("com.example.shop"));
+    let referrer = query(&to, "referrer").expect("referrer parameter");
+    let inner: Vec<(String, String)> = url::form_urlencoded::parse(referrer.as_bytes()).into_owned().collect();
+    let click_id = inner.iter().find(|(k, _)| k == "tm_click_id").map(|(_, v)| v.clone()).unwrap();
+    assert!(inner.contains(&("utm_source".into(), "meta".into())), "{inner:?}");
+    assert!(inner.contains(&("utm_campaign".into(), "spring".into())), "{inner:?}");
+
+    srv.clock.advance(3 * MINUTE);
+    let mut body = srv.install_body("android", json!({"gaid": "5f1c0f3e-aaaa-4bbb-8ccc-123456789abc", "os": "Android", "os_version": "14", "model": "Pixel 8"}));
+    body["install_referrer"] = json!(referrer);
+    body["install_begin_ts"] = json!(srv.clock.now() - MINUTE);
+    let event_id = body["event_id"].as_str().unwrap().to_owned();
+    let result = srv.install(body.clone(), &[]).await;
+    assert_eq!(result["attributed"], true, "{result}");
+    assert_eq!(result["match_type"], "referrer");
+    assert_eq!(result["confidence"], 1.0);
+    assert_eq!(result["campaign_id"], campaign);
+    assert_eq!(result["link_id"], link);
+    assert_eq!(result["click_id"], click_id);
+    assert_eq!(result["network"], "meta");
+    assert_eq!(result["deep_link"], json!({"path": "/product/42", "params": {"coupon": "SPRING"}}));
+    assert_eq!(result["fraud"], json!({"flags": [], "rejected": false}));
+
+    // A retry of the same install gets the same answer.
+    assert_eq!(srv.install(body, &[]).await, result);
+
+    // The decision is explained.
+    let (s, audit) = srv.admin(reqwest::Method::GET, &format!("/v1/attribution/{event_id}"), None).await;
+    assert_eq!(s, 200, "{audit}");
+    assert_eq!(audit["result"], result);
+    let candidates = audit["audit"]["candidates"].as_array().unwrap();
+    assert_eq!(candidates.len(), 1);
+    assert_eq!(candidates[0]["match_type"], "referrer");
+    assert_eq!(candidates[0]["chosen"], true);
+    assert_eq!(audit["audit"]["windows_ms"]["click"], 7 * DAY);
+    assert_eq!(audit["audit"]["fraud_rules"]["click_injection"]["min_click_to_install_ms"], 10_000);
+
+    // The click row holds what the issue lists.
+    let conn = rusqlite::Connection::open(&srv.db).unwrap();
+    let (os, model, ids, subs): (String, String, String, String) = conn
+        .query_row("SELECT os, model, network_ids, sub_params FROM clicks WHERE click_id = ?1", [&click_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .unwrap();
+    assert_eq!((os.as_str(), model.as_str()), ("Android", "Pixel 8"));
+    assert_eq!(ids, r#"{"gclid":"G-1"}"#);
+    assert_eq!(subs, r#"{"sub1":"creative7"}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ios_click_to_install_via_fingerprint_behind_a_trusted_proxy() {
+    let srv = start(|c| c.trust_proxy = true).await;
+    let (campaign, _, code) = srv.link("tiktok").await;
+    let xff = [("X-Forwarded-For", "10.9.9.9, 203.0.113.77"), ("Accept-Language", "en-US,en;q=0.9")];
+    let to = location(&srv.click(&format!("/c/{code}"), IPHONE_UA, &xff).await);
+    assert_eq!(to.as_str(), "https://apps.apple.com/app/id123456", "the App Store URL as configured");
+    // Someone else on the same network clicked too, from Android: never an iOS match.
+    srv.click(&format!("/c/{code}"), ANDROID_UA, &[("X-Forwarded-For", "203.0.113.78")]).await;
+
+    srv.clock.advance(20 * MINUTE);
+    let body = srv.install_body("ios", json!({"idfv": "AAAA-BBBB", "os": "iOS", "os_version": "17.1.1", "model": "iPhone15,2", "locale": "en_US", "timezone": "America/New_York"}));
+    let result = srv.install(body.clone(), &[("X-Forwarded-For", "203.0.113.77")]).await;
+    assert_eq!(result["match_type"], "fingerprint", "{result}");
+    assert_eq!(result["campaign_id"], campaign);
+    let confidence = result["confidence"].as_f64().unwrap();
+    assert!((0.6..1.0).contains(&confidence), "{confidence}");
+
+    // Without the proxy header the install comes from 127.0.0.1: no fingerprint match.
+    let other = srv.install_body("ios", json!({"os": "iOS", "os_version": "17.1", "locale": "en_US"}));
+    let result = srv.install(other, &[]).await;
+    assert_eq!(result["match_type"], "organic", "{result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impression_then_install_is_view_through() {
+    let srv = start(|_| {}).await;
+    let (_, link, _) = srv.link("unity").await;
+    let resp = srv
+        .click(&format!("/v1/impression?link={link}&idfa=6D92078A-8246-4BA4-AE5B-76104861E7DC"), IPHONE_UA, &[])
+        .await;
+    assert_eq!(resp.status(), 204);
+    srv.clock.advance(5 * HOUR);
+    let body = srv.install_body("ios", json!({"idfa": "6d92078a-8246-4ba4-ae5b-76104861e7dc", "os": "iOS"}));
+    let result = srv.install(body, &[]).await;
+    assert_eq!(result["match_type"], "view_through", "{result}");
+    assert_eq!(result["link_id"], link);
+
+    // 25 hours after an impression: organic.
+    srv.click(&format!("/v1/impression?link={link}&idfa=11111111-2222-3333-4444-555555555555"), IPHONE_UA, &[]).await;
+    srv.clock.advance(25 * HOUR);
+    let body = srv.install_body("ios", json!({"idfa": "11111111-2222-3333-4444-555555555555"}));
+    assert_eq!(srv.install(body, &[]).await["match_type"], "organic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_id_match_inside_the_window_and_organic_after_it() {
+    let srv = start(|_| {}).await;
+    let (_, _, code) = srv.link("google").await;
+    srv.click(&format!("/c/{code}?gaid=38400000-8cf0-11bd-b23e-10b96e40000d"), ANDROID_UA, &[]).await;
+    srv.click(&format!("/c/{code}?gaid=38400000-8cf0-11bd-b23e-10b96e40000e"), ANDROID_UA, &[]).await;
+    srv.clock.advance(6 * DAY);
+    let body = srv.install_body("android", json!({"gaid": "38400000-8CF0-11BD-B23E-10B96E40000D"}));
+    assert_eq!(srv.install(body, &[]).await["match_type"], "device_id");
+    srv.clock.advance(2 * DAY);
+    let body = srv.install_body("android", json!({"gaid": "38400000-8cf0-11bd-b23e-10b96e40000e"}));
+    let result = srv.install(body, &[]).await;
+    assert_eq!(result["match_type"], "organic", "8 days after the click: {result}");
+    assert_eq!(result["attributed"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn click_injection_is_rejected_with_its_reason() {
+    let srv = start(|_| {}).await;
+    let (_, _, code) = srv.link("shady").await;
+    let to = location(&srv.click(&format!("/c/{code}"), ANDROID_UA, &[]).await);
+    let referrer = query(&to, "referrer").unwrap();
+    srv.clock.advance(4_000);
+    let mut body = srv.install_body("android", json!({}));
+    body["install_referrer"] = json!(referrer);
+    let event_id = body["event_id"].as_str().unwrap().to_owned();
+    let result = srv.install(body, &[]).await;
+    assert_eq!(result["attributed"], false, "{result}");
+    assert_eq!(result["match_type"], "organic");
+    assert_eq!(result["fraud"], json!({"flags": ["click_injection"], "rejected": true}));
+    let (_, audit) = srv.admin(reqwest::Method::GET, &format!("/v1/attribution/{event_id}"), None).await;
+    let rule = &audit["audit"]["rules_fired"][0];
+    assert_eq!(rule["rule"], "click_injection");
+    assert_eq!(rule["policy"], "reject");
+    assert!(rule["detail"].as_str().unwrap().contains("4000 ms < 10000 ms"), "{rule}");
+    assert_eq!(audit["audit"]["choice"], "organic: rejected by fraud rules");
+
+    // Install begun before the click (the Play referrer's install_begin_ts): rejected too.
+    let to = location(&srv.click(&format!("/c/{code}"), ANDROID_UA, &[]).await);
+    srv.clock.advance(HOUR);
+    let mut body = srv.install_body("android", json!({}));
+    body["install_referrer"] = json!(query(&to, "referrer").unwrap());
+    body["install_begin_ts"] = json!(srv.clock.now() - 2 * HOUR);
+    let result = srv.install(body, &[]).await;
+    assert_eq!(result["fraud"]["rejected"], true, "{result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn click_flooding_is_flagged() {
+    let srv = start(|c| c.attribution.fraud.max_clicks_per_ip_hour = 3).await;
+    let (_, _, code) = srv.link("floody").await;
+    let mut last = None;
+    for _ in 0..5 {
+        last = Some(location(&srv.click(&format!("/c/{code}"), DESKTOP_UA, &[]).await));
+    }
+    let click_id = query(&last.unwrap(), "tm_click_id").unwrap();
+    srv.clock.advance(HOUR);
+    let mut body = srv.install_body("web", json!({}));
+    body["click_id"] = json!(click_id);
+    let result = srv.install(body, &[]).await;
+    assert_eq!(result["match_type"], "click_id");
+    assert_eq!(result["attributed"], true, "flag is not reject");
+    assert_eq!(result["fraud"], json!({"flags": ["click_flooding"], "rejected": false}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emulators_are_rejected_and_bursts_alert() {
+    let srv = start(|c| {
+        c.attribution.fraud.burst_min_installs = 2;
+        c.attribution.fraud.burst_factor = 1.0;
+    })
+    .await;
+    let (campaign, _, code) = srv.link("bursty").await;
+    for i in 0..4 {
+        srv.click(&format!("/c/{code}?gaid=00000000-0000-4000-8000-00000000000{i}"), ANDROID_UA, &[]).await;
+    }
+    srv.clock.advance(MINUTE);
+    let body = srv.install_body(
+        "android",
+        json!({"gaid": "00000000-0000-4000-8000-000000000000", "model": "sdk_gphone64_x86_64"}),
+    );
+    let result = srv.install(body, &[]).await;
+    assert_eq!(result["fraud"], json!({"flags": ["emulator"], "rejected": true}), "{result}");
+    let mut flags = Vec::new();
+    for i in 1..4 {
+        let body = srv.install_body("android", json!({"gaid": format!("00000000-0000-4000-8000-00000000000{i}")}));
+        flags.push(srv.install(body, &[]).await["fraud"]["flags"].clone());
+    }
+    assert_eq!(flags, vec![json!([]), json!([]), json!(["install_burst"])]);
+    let conn = rusqlite::Connection::open(&srv.db).unwrap();
+    let (rule, alerted): (String, String) =
+        conn.query_row("SELECT rule, campaign_id FROM fraud_alerts", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!((rule.as_str(), alerted.as_str()), ("install_burst", campaign.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_query_strings_never_leave_the_links_destinations() {
+    let srv = start(|_| {}).await;
+    let (_, _, code) = srv.link("meta").await;
+    let evil = [
+        "?url=https://evil.example/",
+        "?redirect=https%3A%2F%2Fevil.example&destination=https://evil.example&next=//evil.example",
+        "?tm_click_id=x&referrer=https://evil.example/&utm_source=x%26tm_click_id%3Devil",
+        "?web=javascript:alert(1)&ios=https://evil.example&android=https://evil.example",
+        "?%0d%0aLocation:%20https://evil.example",
+    ];
+    for q in evil {
+        for (ua, host) in
+            [(ANDROID_UA, "play.google.com"), (IPHONE_UA, "apps.apple.com"), (DESKTOP_UA, "shop.example.com")]
+        {
+            let resp = srv.click(&format!("/c/{code}{q}"), ua, &[]).await;
+            let to = location(&resp);
+            assert_eq!(to.host_str(), Some(host), "{q}");
+            assert!(!to.as_str().contains("evil"), "{to}");
+            if host == "play.google.com" {
+                let referrer = query(&to, "referrer").unwrap();
+                let inner: Vec<(String, String)> =
+                    url::form_urlencoded::parse(referrer.as_bytes()).into_owned().collect();
+                assert_eq!(inner.iter().filter(|(k, _)| k == "tm_click_id").count(), 1, "{inner:?}");
+                assert!(inner.iter().all(|(_, v)| !v.contains("evil")), "{inner:?}");
+            }
+        }
+    }
+    // Unknown codes and path tricks: 404, never a redirect.
+    for path in ["/c/nope", "/c/..%2F..%2Fevil", &format!("/c/{code}x")] {
+        assert_eq!(srv.click(path, DESKTOP_UA, &[]).await.status(), 404, "{path}");
+    }
+    // Destinations themselves are validated.
+    let (_, c) = srv.admin(reqwest::Method::POST, "/v1/campaigns", Some(json!({"name": "x", "network": "y"}))).await;
+    let (s, e) = srv
+        .admin(
+            reqwest::Method::POST,
+            "/v1/links",
+            Some(json!({"campaign_id": c["campaign_id"], "destinations": {"web": "javascript:alert(1)"}})),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["code"], "invalid_destination");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn link_changes_are_audited_and_disabled_links_404() {
+    let srv = start(|_| {}).await;
+    let (_, link, code) = srv.link("meta").await;
+    let (s, changed) = srv
+        .admin(
+            reqwest::Method::PATCH,
+            &format!("/v1/links/{link}"),
+            Some(json!({"destinations": {"web": "https://shop.example.com/new"}})),
+        )
+        .await;
+    assert_eq!(s, 200, "{changed}");
+    let to = location(&srv.click(&format!("/c/{code}"), DESKTOP_UA, &[]).await);
+    assert_eq!(to.path(), "/new");
+    let (s, _) = srv.admin(reqwest::Method::PATCH, &format!("/v1/links/{link}"), Some(json!({"enabled": false}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(srv.click(&format!("/c/{code}"), DESKTOP_UA, &[]).await.status(), 404);
+    assert_eq!(srv.click(&format!("/v1/click?link={link}"), DESKTOP_UA, &[]).await.status(), 404);
+    let (s, audit) = srv.admin(reqwest::Method::GET, &format!("/v1/links/{link}/audit"), None).await;
+    assert_eq!(s, 200);
+    let actions: Vec<&str> =
+        audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["create", "update", "disable"]);
+    assert_eq!(audit["entries"][1]["before"]["destinations"]["web"], "https://shop.example.com/landing?x=1");
+    assert_eq!(audit["entries"][1]["after"]["destinations"]["web"], "https://shop.example.com/new");
+    assert_eq!(audit["entries"][0]["actor"], "admin-key");
+    // Without admin credentials: 401.
+    let resp = srv.client.get(format!("{}/v1/links/{link}/audit", srv.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bots_are_redirected_but_never_counted() {
+    let srv = start(|_| {}).await;
+    let (_, _, code) = srv.link("meta").await;
+    for ua in
+        ["Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "facebookexternalhit/1.1", ""]
+    {
+        let to = location(&srv.click(&format!("/c/{code}"), ua, &[]).await);
+        assert_eq!(to.host_str(), Some("shop.example.com"));
+        assert_eq!(query(&to, "tm_click_id"), None, "no click id for a bot");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let conn = rusqlite::Connection::open(&srv.db).unwrap();
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM clicks", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_to_server_clicks_and_reinstalls() {
+    let srv = start(|_| {}).await;
+    let (_, link, _) = srv.link("applovin").await;
+    let click = json!({"link_id": link, "ip": "198.51.100.20", "user_agent": ANDROID_UA,
+        "device": {"gaid": "aaaaaaaa-1111-4222-8333-bbbbbbbbbbbb"}, "network_ids": {"clickid": "net-77"}});
+    let resp = srv.signed("/v1/click", &click, &[]).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let click_id = resp.json::<Value>().await.unwrap()["click_id"].as_str().unwrap().to_owned();
+    // Unknown link, bad address: 4xx with a message.
+    let resp = srv.signed("/v1/click", &json!({"link_id": "lnk_nope"}), &[]).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    let resp = srv.signed("/v1/click", &json!({"link_id": link, "ip": "not-an-ip"}), &[]).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+
+    srv.clock.advance(HOUR);
+    let body = srv.install_body("android", json!({"gaid": "AAAAAAAA-1111-4222-8333-BBBBBBBBBBBB"}));
+    let first = srv.install(body.clone(), &[]).await;
+    assert_eq!(first["match_type"], "device_id");
+    assert_eq!(first["click_id"], click_id);
+
+    // The same device installs again 30 days later: a reinstall, with the original attribution.
+    srv.clock.advance(30 * DAY);
+    let mut again = body.clone();
+    again["event_id"] = json!(uuid::Uuid::new_v4().to_string());
+    again["timestamp"] = json!(protocol::format_millis(srv.clock.now()));
+    let second = srv.install(again, &[]).await;
+    assert_eq!(second["reinstall"], true, "{second}");
+    assert_eq!(second["click_id"], click_id);
+    // After the 90-day re-attribution window it is a new install (organic here).
+    srv.clock.advance(91 * DAY);
+    let mut late = body.clone();
+    late["event_id"] = json!(uuid::Uuid::new_v4().to_string());
+    late["timestamp"] = json!(protocol::format_millis(srv.clock.now()));
+    let third = srv.install(late, &[]).await;
+    assert_eq!(third["reinstall"], false);
+    assert_eq!(third["match_type"], "organic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clicks_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let start_ms = trailmark_server::now_ms();
+    let ip_key = [9u8; 32];
+    let (clock, handle) = Clock::manual(start_ms);
+    let mut c = config(clock);
+    c.ip_key = ip_key;
+    c.trust_proxy = true;
+    let base = serve_config(c, &db).await;
+    let srv = Srv {
+        base,
+        clock: handle,
+        client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+        db: db.clone(),
+        _dir: None,
+    };
+    let (_, _, code) = srv.link("meta").await;
+    let to = location(&srv.click(&format!("/c/{code}"), DESKTOP_UA, &[]).await);
+    let click_id = query(&to, "tm_click_id").unwrap();
+    srv.click(&format!("/c/{code}"), IPHONE_UA, &[("X-Forwarded-For", "203.0.113.9"), ("Accept-Language", "de-DE")])
+        .await;
+    // Clicks are written behind the redirect; wait until both rows are committed.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    for _ in 0..100 {
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM clicks", [], |r| r.get(0)).unwrap();
+        if n == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // A second server on the same database (same keys) has the clicks in its index.
+    let (clock, handle) = Clock::manual(start_ms + HOUR);
+    let mut c = config(clock);
+    c.ip_key = ip_key;
+    c.trust_proxy = true;
+    let restarted = Srv { base: serve_config(c, &db).await, clock: handle, ..srv };
+    let mut body = restarted.install_body("web", json!({}));
+    body["click_id"] = json!(click_id);
+    assert_eq!(restarted.install(body, &[]).await["match_type"], "click_id");
+    // The fingerprint survives too: the stored address is decrypted on reload.
+    let body = restarted.install_body("ios", json!({"os": "iOS", "os_version": "17.1", "locale": "de_DE"}));
+    let result = restarted.install(body, &[("X-Forwarded-For", "203.0.113.9")]).await;
+    assert_eq!(result["match_type"], "fingerprint", "{result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_install_requests_get_clear_errors() {
+    let srv = start(|_| {}).await;
+    for (body, needle) in [
+        (
+            json!({"event_id": "not-a-uuid", "anonymous_id": "a", "timestamp": "2026-01-01T00:00:00Z", "platform": "ios"}),
+            "UUID",
+        ),
+        (
+            json!({"event_id": uuid::Uuid::new_v4(), "anonymous_id": "a", "timestamp": "2026-01-01T00:00:00Z", "platform": "symbian"}),
+            "unknown variant",
+        ),
+        (
+            json!({"event_id": uuid::Uuid::new_v4(), "anonymous_id": "", "timestamp": "2026-01-01T00:00:00Z", "platform": "ios"}),
+            "anonymous_id",
+        ),
+        (
+            json!({"event_id": uuid::Uuid::new_v4(), "anonymous_id": "a", "timestamp": "2026-01-01T00:00:00Z", "platform": "ios", "extra": 1}),
+            "unknown field",
+        ),
+        (
+            json!({"event_id": uuid::Uuid::new_v4(), "anonymous_id": "a", "timestamp": "2026-01-01T00:00:00Z", "platform": "ios", "device": {"idfa": "x".repeat(300)}}),
+            "device.idfa",
+        ),
+    ] {
+        let resp = srv.signed("/v1/install", &body, &[]).send().await.unwrap();
+        assert_eq!(resp.status(), 400, "{body}");
+        let e: Value = resp.json().await.unwrap();
+        assert!(e["error"]["message"].as_str().unwrap().contains(needle), "{e}");
+    }
+    // Unsigned: 401.
+    let resp = srv.client.post(format!("{}/v1/install", srv.base)).body("{}").send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+}
