@@ -98,6 +98,9 @@ pub struct ServerConfig {
     /// Public base URL of tracking links (`{base}/c/<code>`), e.g. `https://t.example.com`.
     /// Default: none, and link URLs are relative (`/c/<code>`).
     pub public_url: Option<String>,
+    /// Per-network postbacks, and how they are delivered.
+    pub postbacks: Vec<crate::postbacks::PostbackConfig>,
+    pub postback_policy: crate::postbacks::PostbackPolicy,
     /// The server's clock. [`Clock::system`] unless a test drives time.
     pub clock: Clock,
 }
@@ -163,6 +166,8 @@ impl ServerConfig {
             limits: Limits::default(),
             attribution: Default::default(),
             public_url: None,
+            postbacks: Vec::new(),
+            postback_policy: Default::default(),
             clock: Clock::system(),
         }
     }

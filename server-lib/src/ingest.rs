@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use trailmark_core::protocol::{self, DropReport, IngestResponse, Rejection};
 
 use crate::AppState;
+use crate::conversions::{self, Followup};
 use crate::enrich::{self, Geo};
 use crate::error::ApiError;
 use crate::storage::{NewEvent, StorageError};
@@ -201,6 +202,7 @@ async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, Ap
 
     let mut response = IngestResponse::default();
     let mut fresh = Vec::with_capacity(events.len());
+    let mut followups = Vec::new();
     for (index, event) in events.into_iter().enumerate() {
         let size = protocol::serialized_len(&event);
         if size > protocol::MAX_EVENT_BYTES {
@@ -208,12 +210,30 @@ async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, Ap
             response.rejected.push(Rejection { index, reason });
             continue;
         }
+        let follow = Followup::from_event(&event, &state.config.attribution.conversion_events);
+        let revenue = follow.and_then(|_| event.pointer("/properties/revenue").and_then(Value::as_f64));
+        let currency =
+            follow.and_then(|_| event.pointer("/properties/currency").and_then(Value::as_str)).map(str::to_owned);
         match state
             .validators
             .event(&app_id, &event)
             .and_then(|_| normalise(&app_id, event, sent_at, received_at, &ua, &geo, ip_enc.clone()))
         {
-            Ok(e) => fresh.push(e),
+            Ok(e) => {
+                if let Some((click_id, _)) = follow {
+                    followups.push(Followup {
+                        event_id: e.event_id.clone(),
+                        event_type: e.event_type.clone(),
+                        anonymous_id: e.anonymous_id.clone(),
+                        user_id: e.user_id.clone(),
+                        ts: e.corrected_ts,
+                        click_id,
+                        revenue,
+                        currency,
+                    });
+                }
+                fresh.push(e)
+            }
             Err(reason) => response.rejected.push(Rejection { index, reason }),
         }
     }
@@ -233,6 +253,8 @@ async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, Ap
         })?;
         response.accepted = outcome.iter().filter(|new| **new).count() as u64;
         response.duplicates = outcome.len() as u64 - response.accepted;
+        // Duplicates too: a retried request finishes follow-ups a crash interrupted.
+        conversions::process(state, &app_id, followups).await;
     }
     metrics::counter!("trailmark_events_accepted_total", "app" => app_id.clone()).increment(response.accepted);
     metrics::counter!("trailmark_events_duplicate_total", "app" => app_id.clone()).increment(response.duplicates);

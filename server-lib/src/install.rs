@@ -250,7 +250,9 @@ async fn save(
 ) -> Result<AttributionResult, ApiError> {
     let (app_id, event_id) = (record.app_id.clone(), record.event_id.clone());
     let result = record.result.clone();
+    let copy = record.clone();
     if state.storage.save_install(record, touchpoint, alert).await.map_err(storage_error)? {
+        crate::postbacks::install(state, &copy).await;
         return Ok(result);
     }
     // The same install raced in twice; the first decision stands.

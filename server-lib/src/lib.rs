@@ -18,11 +18,13 @@
 
 pub mod attribution;
 pub mod config;
+pub mod conversions;
 pub mod enrich;
 pub mod error;
 pub mod ingest;
 pub mod install;
 pub mod links;
+pub mod postbacks;
 pub mod storage;
 pub mod tracking;
 pub mod validate;
@@ -92,6 +94,8 @@ pub struct AppState {
     checks: std::sync::atomic::AtomicU64,
     /// Links, the touch index and the fraud counters (loaded from storage on first use).
     pub tracking: tracking::Tracking,
+    /// The postback sender task, started with the attribution state.
+    pub postback_sender: OnceLock<postbacks::Sender>,
 }
 
 /// Limiter keys are pruned every this many checks, so rotating addresses cannot grow memory.
@@ -198,6 +202,9 @@ impl ServerBuilder {
             .and_then(|g| g.with_anonymous(config.geoip_anonymous.as_deref()))
             .map_err(BuildError::GeoIp)?;
         config.attribution.validate().map_err(BuildError::Attribution)?;
+        for p in &config.postbacks {
+            postbacks::check_template(&p.url).map_err(BuildError::Attribution)?;
+        }
         let jwt = config.jwt.as_ref().map(jwt_verifier).transpose()?;
         Ok(Arc::new(AppState {
             ip_cipher: IpCipher::new(&config.ip_key),
@@ -212,6 +219,7 @@ impl ServerBuilder {
             clock: governor::clock::DefaultClock::default(),
             checks: std::sync::atomic::AtomicU64::new(0),
             tracking: Default::default(),
+            postback_sender: OnceLock::new(),
         }))
     }
 

@@ -170,6 +170,24 @@ async fn load(state: &AppState) -> Result<Mutex<TrackState>, String> {
         indexed += s.index_touch(t, ip).is_some() as usize;
     }
     s.burst.seed(counts);
+    if !state.config.postbacks.is_empty() {
+        let pending = state
+            .storage
+            .pending_postbacks()
+            .await
+            .map_err(describe)?
+            .into_iter()
+            .map(|(id, url, attempts, app_id, anonymous_id)| crate::postbacks::Pending {
+                id,
+                url,
+                attempts,
+                app_id,
+                anonymous_id,
+            })
+            .collect();
+        let sender = crate::postbacks::start(state.storage.clone(), state.config.postback_policy.clone(), pending);
+        let _ = state.postback_sender.set(sender);
+    }
     tracing::info!(
         links = s.links.len(),
         touches = indexed,

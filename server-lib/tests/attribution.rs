@@ -547,3 +547,244 @@ async fn bad_install_requests_get_clear_errors() {
     let resp = srv.client.post(format!("{}/v1/install", srv.base)).body("{}").send().await.unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+impl Srv {
+    async fn event(&self, event: Value) {
+        let resp = self.signed("/v1/event", &event, &[]).send().await.unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert!(status == 200 && body["accepted"] == 1, "{status} {body}");
+    }
+
+    fn event_body(&self, kind: &str, anon: &str, user: Option<&str>, click: Option<&str>, props: Value) -> Value {
+        let mut e = json!({
+            "event_id": uuid::Uuid::new_v4().to_string(),
+            "type": kind,
+            "timestamp": protocol::format_millis(self.clock.now()),
+            "anonymous_id": anon,
+            "properties": props,
+        });
+        if let Some(u) = user {
+            e["user_id"] = json!(u);
+        }
+        if let Some(c) = click {
+            e["context"] = json!({"campaign": {"click_id": c}});
+        }
+        e
+    }
+
+    async fn web_click(&self, code: &str, query_string: &str) -> String {
+        let to = location(&self.click(&format!("/c/{code}{query_string}"), DESKTOP_UA, &[]).await);
+        query(&to, "tm_click_id").unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversions_credit_cross_device_touchpoints_under_four_models_then_delete_purges_it_all() {
+    let srv = start(|_| {}).await;
+    let t0 = srv.clock.now();
+    let (_, _, alpha) = srv.link("alpha").await;
+    let (_, _, beta) = srv.link("beta").await;
+    let (_, _, gamma) = srv.link("gamma").await;
+
+    // Day 0: a click on alpha, then the app install on device A, matched by click id.
+    let c1 = srv.web_click(&alpha, "").await;
+    srv.clock.advance(MINUTE);
+    let mut install = srv.install_body("ios", json!({"idfv": "DEVICE-A"}));
+    install["anonymous_id"] = json!("anon-a");
+    install["click_id"] = json!(c1);
+    assert_eq!(srv.install(install, &[]).await["match_type"], "click_id");
+    srv.event(srv.event_body("login", "anon-a", Some("u1"), None, json!({}))).await;
+
+    // Day 7: the same user on the web (device B) lands from beta.
+    srv.clock.set(t0 + 7 * DAY);
+    let c2 = srv.web_click(&beta, "").await;
+    srv.event(srv.event_body("page_view", "anon-b", Some("u1"), Some(&c2), json!({}))).await;
+
+    // Day 14: device A, idle for two weeks, opens the app through a gamma link: a re-engagement.
+    srv.clock.set(t0 + 14 * DAY);
+    let c3 = srv.web_click(&gamma, "").await;
+    let open = srv.event_body("deep_link_opened", "anon-a", Some("u1"), Some(&c3), json!({"url": "shop://x"}));
+    let open_id = open["event_id"].as_str().unwrap().to_owned();
+    srv.event(open).await;
+    // ... and buys.
+    let purchase = srv.event_body("purchase", "anon-a", Some("u1"), None, json!({"revenue": 70.0, "currency": "EUR"}));
+    let purchase_id = purchase["event_id"].as_str().unwrap().to_owned();
+    srv.event(purchase.clone()).await;
+    // A retried request does not credit twice.
+    let resp = srv.signed("/v1/event", &purchase, &[]).send().await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(resp["duplicates"], 1);
+
+    let conn = rusqlite::Connection::open(&srv.db).unwrap();
+    let (click, inactive): (String, i64) = conn
+        .query_row("SELECT click_id, inactive_ms FROM reengagements WHERE event_id = ?1", [&open_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!(click, c3);
+    assert_eq!(inactive, 14 * DAY - MINUTE);
+
+    let mut stmt = conn
+        .prepare(
+            "SELECT model, click_id, credit, revenue FROM conversions WHERE event_id = ?1 ORDER BY model, touch_ts",
+        )
+        .unwrap();
+    let rows: Vec<(String, String, f64, f64)> = stmt
+        .query_map([&purchase_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let expected: Vec<(&str, &str, f64)> = vec![
+        ("first_touch", &c1, 1.0),
+        ("last_touch", &c3, 1.0),
+        ("linear", &c1, 1.0 / 3.0),
+        ("linear", &c2, 1.0 / 3.0),
+        ("linear", &c3, 1.0 / 3.0),
+        ("time_decay", &c1, 1.0 / 7.0),
+        ("time_decay", &c2, 2.0 / 7.0),
+        ("time_decay", &c3, 4.0 / 7.0),
+    ];
+    assert_eq!(rows.len(), expected.len(), "{rows:?}");
+    for ((model, click, credit, revenue), (m, c, want)) in rows.iter().zip(&expected) {
+        assert_eq!((model.as_str(), click.as_str()), (*m, *c));
+        assert!((credit - want).abs() < 1e-12, "{model} {credit} != {want}");
+        assert!((revenue - 70.0 * want).abs() < 1e-9, "{model} revenue {revenue}");
+    }
+
+    // Deleting the user removes the installs, clicks, touchpoints, re-engagements and
+    // conversions of both devices, and the index forgets the clicks.
+    let (s, receipt) = srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"user_id": "u1"}))).await;
+    assert_eq!(s, 200, "{receipt}");
+    for (table, column, value) in [
+        ("installs", "anonymous_id", "anon-a"),
+        ("touchpoints", "anonymous_id", "anon-a"),
+        ("touchpoints", "anonymous_id", "anon-b"),
+        ("reengagements", "anonymous_id", "anon-a"),
+        ("conversions", "user_id", "u1"),
+        ("events", "user_id", "u1"),
+    ] {
+        let n: i64 = conn
+            .query_row(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = ?1"), [value], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "{table} still holds {value}");
+    }
+    for c in [&c1, &c2, &c3] {
+        let n: i64 = conn.query_row("SELECT COUNT(*) FROM clicks WHERE click_id = ?1", [c], |r| r.get(0)).unwrap();
+        assert_eq!(n, 0, "click {c} survived");
+    }
+    let mut body = srv.install_body("web", json!({}));
+    body["click_id"] = json!(c3);
+    assert_eq!(srv.install(body, &[]).await["match_type"], "organic", "the index forgot the click");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recent_user_opening_a_link_is_not_a_reengagement() {
+    let srv = start(|_| {}).await;
+    let (_, _, code) = srv.link("alpha").await;
+    let c1 = srv.web_click(&code, "").await;
+    srv.clock.advance(MINUTE);
+    let mut install = srv.install_body("ios", json!({}));
+    install["anonymous_id"] = json!("anon-r");
+    install["click_id"] = json!(c1);
+    srv.install(install, &[]).await;
+    srv.clock.advance(2 * DAY);
+    let c2 = srv.web_click(&code, "").await;
+    srv.event(srv.event_body("deep_link_opened", "anon-r", None, Some(&c2), json!({"url": "shop://x"}))).await;
+    let conn = rusqlite::Connection::open(&srv.db).unwrap();
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM reengagements", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 0, "active two days ago: inside the 7-day inactivity window");
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM touchpoints WHERE click_id = ?1", [&c2], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1, "still a touchpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postbacks_are_retried_with_backoff_and_logged() {
+    use std::sync::{Arc, Mutex};
+    // A network endpoint that fails twice, then accepts; and one that is gone.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let hits = seen.clone();
+    let app = axum::Router::new()
+        .route(
+            "/pb",
+            axum::routing::get(move |uri: axum::http::Uri| {
+                let hits = hits.clone();
+                async move {
+                    let mut h = hits.lock().unwrap();
+                    h.push(uri.query().unwrap_or_default().to_owned());
+                    if h.len() <= 2 {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        axum::http::StatusCode::OK
+                    }
+                }
+            }),
+        )
+        .route("/gone", axum::routing::get(|| async { axum::http::StatusCode::NOT_FOUND }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let network = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let srv = start(|c| {
+        c.postbacks = vec![
+            trailmark_server::postbacks::PostbackConfig {
+                network: "alpha".into(),
+                url: format!(
+                    "{network}/pb?click={{network_click_id}}&ev={{event}}&rev={{revenue}}&cur={{currency}}&s={{sub1}}"
+                ),
+                events: vec!["install".into(), "purchase".into()],
+            },
+            trailmark_server::postbacks::PostbackConfig {
+                network: "beta".into(),
+                url: format!("{network}/gone?e={{event}}"),
+                events: vec![],
+            },
+        ];
+        c.postback_policy.min_delay = std::time::Duration::from_millis(10);
+        c.postback_policy.max_delay = std::time::Duration::from_millis(40);
+    })
+    .await;
+    let (_, _, alpha) = srv.link("alpha").await;
+    let (_, _, beta) = srv.link("beta").await;
+    let c1 = srv.web_click(&alpha, "?clickid=NET%201&sub1=pub-9").await;
+    srv.clock.advance(MINUTE);
+    let mut install = srv.install_body("web", json!({}));
+    install["anonymous_id"] = json!("anon-p");
+    install["click_id"] = json!(c1);
+    srv.install(install, &[]).await;
+    srv.event(srv.event_body("purchase", "anon-p", None, None, json!({"revenue": 9.99, "currency": "USD"}))).await;
+    let c2 = srv.web_click(&beta, "").await;
+    srv.clock.advance(MINUTE);
+    let mut other = srv.install_body("web", json!({}));
+    other["click_id"] = json!(c2);
+    srv.install(other, &[]).await;
+
+    let conn = rusqlite::Connection::open(&srv.db).unwrap();
+    let mut states = Vec::new();
+    for _ in 0..200 {
+        let mut stmt = conn.prepare("SELECT network, event, state, attempts FROM postbacks ORDER BY id").unwrap();
+        states = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+            })
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        if states.len() == 3 && states.iter().all(|s| s.2 != "pending") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let by = |event: &str, net: &str| states.iter().find(|s| s.1 == event && s.0 == net).cloned().unwrap();
+    let install_pb = by("install", "alpha");
+    let purchase_pb = by("purchase", "alpha");
+    assert_eq!(install_pb.2, "delivered", "{states:?}");
+    assert_eq!(purchase_pb.2, "delivered", "{states:?}");
+    assert_eq!(install_pb.3 + purchase_pb.3, 4, "two failures, then both delivered: {states:?}");
+    assert_eq!(by("install", "beta").2, "failed", "404 is permanent");
+    assert_eq!(by("install", "beta").3, 1);
+    let log: i64 = conn.query_row("SELECT COUNT(*) FROM postback_attempts", [], |r| r.get(0)).unwrap();
+    assert_eq!(log, 5);
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.contains(&"click=NET+1&ev=install&rev=&cur=&s=pub-9".to_owned()), "{seen:?}");
+    assert!(seen.contains(&"click=NET+1&ev=purchase&rev=9.99&cur=USD&s=pub-9".to_owned()), "{seen:?}");
+}

@@ -78,3 +78,73 @@ async fn ingest_enriches_from_the_forwarded_client_address() {
     assert_eq!(e["ua"]["device_class"], "smartphone");
     assert_eq!(e["channel"], "organic_search");
 }
+
+#[test]
+fn anonymous_ip_database() {
+    let dir = fixtures();
+    let geo =
+        GeoIp::open(None, None).unwrap().with_anonymous(Some(&dir.join("GeoIP2-Anonymous-IP-Test.mmdb"))).unwrap();
+    let flagged: Vec<&str> = ["1.2.0.1", "81.2.69.1", "186.30.236.1", "65.0.0.1", "8.8.8.8", "127.0.0.1"]
+        .into_iter()
+        .filter(|ip| geo.is_anonymous(ip.parse().unwrap()))
+        .collect();
+    assert_eq!(flagged, ["1.2.0.1", "81.2.69.1", "186.30.236.1", "65.0.0.1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installs_from_anonymous_addresses_are_flagged() {
+    use trailmark_core::protocol;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.geoip_anonymous = Some(fixtures().join("GeoIP2-Anonymous-IP-Test.mmdb"));
+    config.trust_proxy = true;
+    config.admin_key = Some("admin".into());
+    let base = common::serve(ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap()).await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let admin = |path: &str, body: Value| client.post(format!("{base}{path}")).bearer_auth("admin").json(&body).send();
+    let campaign: Value =
+        admin("/v1/campaigns", json!({"name": "c", "network": "n"})).await.unwrap().json().await.unwrap();
+    let link: Value = admin(
+        "/v1/links",
+        json!({"campaign_id": campaign["campaign_id"], "destinations": {"web": "https://example.com/"}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let resp = client
+        .get(format!("{base}/c/{}", link["code"].as_str().unwrap()))
+        .header(
+            "User-Agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+        )
+        .send()
+        .await
+        .unwrap();
+    let to = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let click_id = to.query_pairs().find(|(k, _)| k == "tm_click_id").unwrap().1.into_owned();
+    let body = serde_json::to_vec(&json!({
+        "event_id": uuid::Uuid::new_v4(), "anonymous_id": "a", "platform": "web", "click_id": click_id,
+        "timestamp": protocol::format_millis(trailmark_server::now_ms()),
+    }))
+    .unwrap();
+    let ts = trailmark_server::now_ms() / 1000;
+    let result: Value = client
+        .post(format!("{base}/v1/install"))
+        .header(protocol::HEADER_APP, "app")
+        .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+        .header(protocol::HEADER_SIGNATURE, protocol::sign(b"secret", ts, &body))
+        .header("X-Forwarded-For", "81.2.69.1")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Both rules fire: the click came under 10 s ago (reject) and the address is anonymous
+    // (flag); the reject wins.
+    assert_eq!(result["fraud"], json!({"flags": ["click_injection", "anonymous_ip"], "rejected": true}), "{result}");
+    assert_eq!(result["match_type"], "organic");
+}

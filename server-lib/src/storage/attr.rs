@@ -102,6 +102,70 @@ CREATE TABLE touchpoints (
     UNIQUE (app_id, anonymous_id, click_id, kind)
 );
 CREATE INDEX touchpoints_device ON touchpoints (app_id, anonymous_id, ts);
+CREATE TABLE reengagements (
+    app_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    anonymous_id TEXT NOT NULL,
+    click_id TEXT NOT NULL,
+    link_id TEXT NOT NULL,
+    campaign_id TEXT NOT NULL,
+    network TEXT NOT NULL,
+    click_ts INTEGER NOT NULL,
+    open_ts INTEGER NOT NULL,
+    inactive_ms INTEGER,
+    PRIMARY KEY (app_id, event_id)
+);
+CREATE INDEX reengagements_anonymous_id ON reengagements (app_id, anonymous_id);
+CREATE TABLE conversions (
+    app_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    click_id TEXT NOT NULL,
+    anonymous_id TEXT NOT NULL,
+    user_id TEXT,
+    event_type TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    link_id TEXT,
+    campaign_id TEXT,
+    network TEXT,
+    touch_ts INTEGER,
+    credit REAL NOT NULL,
+    revenue REAL,
+    currency TEXT,
+    PRIMARY KEY (app_id, event_id, model, click_id)
+);
+CREATE INDEX conversions_anonymous_id ON conversions (app_id, anonymous_id);
+CREATE INDEX conversions_user_id ON conversions (user_id) WHERE user_id IS NOT NULL;
+CREATE INDEX conversions_campaign ON conversions (campaign_id, model, ts);
+CREATE TABLE postbacks (
+    id INTEGER PRIMARY KEY,
+    app_id TEXT NOT NULL,
+    anonymous_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    network TEXT NOT NULL,
+    event TEXT NOT NULL,
+    url TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    last_status INTEGER,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX postbacks_pending ON postbacks (state) WHERE state = 'pending';
+CREATE INDEX postbacks_anonymous_id ON postbacks (app_id, anonymous_id);
+CREATE TABLE postback_attempts (
+    id INTEGER PRIMARY KEY,
+    postback_id INTEGER NOT NULL,
+    app_id TEXT NOT NULL,
+    anonymous_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    status INTEGER,
+    error TEXT,
+    duration_ms INTEGER NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX postback_attempts_anonymous_id ON postback_attempts (app_id, anonymous_id);
 CREATE TABLE fraud_alerts (
     id INTEGER PRIMARY KEY,
     rule TEXT NOT NULL,
@@ -520,4 +584,212 @@ pub fn device_click_ids(tx: &Transaction<'_>, subject: &Subject) -> Result<Vec<S
     let Subject::DeviceId(d) = subject else { return Ok(Vec::new()) };
     let mut stmt = tx.prepare("SELECT click_id FROM clicks WHERE device_id = ?1").map_err(backend)?;
     stmt.query_map([d], |r| r.get(0)).map_err(backend)?.collect::<Result<_, _>>().map_err(backend)
+}
+
+/// Facts for the re-engagement rule: whether the device has an install of this app, and its
+/// last activity (event or install) before `before`.
+pub fn reengagement_facts(
+    conn: &Connection,
+    app_id: &str,
+    anonymous_id: &str,
+    before: i64,
+) -> Result<(bool, Option<i64>), StorageError> {
+    let installed: Option<i64> = conn
+        .query_row(
+            "SELECT MAX(install_ts) FROM installs WHERE app_id = ?1 AND anonymous_id = ?2",
+            params![app_id, anonymous_id],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    let last_install: Option<i64> = conn
+        .query_row(
+            "SELECT MAX(install_ts) FROM installs WHERE app_id = ?1 AND anonymous_id = ?2 AND install_ts < ?3",
+            params![app_id, anonymous_id, before],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    let last_event: Option<i64> = conn
+        .query_row(
+            "SELECT MAX(corrected_ts) FROM events WHERE app_id = ?1 AND anonymous_id = ?2 AND corrected_ts < ?3",
+            params![app_id, anonymous_id, before],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    Ok((installed.is_some(), last_install.max(last_event)))
+}
+
+pub fn save_touchpoints(
+    tx: &Transaction<'_>,
+    touchpoints: &[Touchpoint],
+    reengagements: &[Reengagement],
+) -> Result<usize, StorageError> {
+    for t in touchpoints {
+        insert_touchpoint(tx, t)?;
+    }
+    let mut fresh = 0;
+    for r in reengagements {
+        fresh += tx
+            .execute(
+                "INSERT INTO reengagements (app_id, event_id, anonymous_id, click_id, link_id, campaign_id, network,
+                     click_ts, open_ts, inactive_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (app_id, event_id) DO NOTHING",
+                params![
+                    r.app_id,
+                    r.event_id,
+                    r.anonymous_id,
+                    r.click_id,
+                    r.link_id,
+                    r.campaign_id,
+                    r.network,
+                    r.click_ts,
+                    r.open_ts,
+                    r.inactive_ms
+                ],
+            )
+            .map_err(backend)?;
+    }
+    Ok(fresh)
+}
+
+/// Touchpoints of every device of the user (the anonymous id itself, and every anonymous id
+/// seen with `user_id` in this app) in `[since, until]`, oldest first, one per click.
+pub fn conversion_touchpoints(
+    conn: &Connection,
+    app_id: &str,
+    anonymous_id: &str,
+    user_id: Option<&str>,
+    since: i64,
+    until: i64,
+) -> Result<Vec<Touchpoint>, StorageError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT app_id, anonymous_id, ts, click_id, link_id, campaign_id, network, kind, source_event_id
+             FROM touchpoints
+             WHERE app_id = ?1 AND ts >= ?3 AND ts <= ?4
+               AND (anonymous_id = ?2 OR anonymous_id IN
+                    (SELECT DISTINCT anonymous_id FROM events WHERE app_id = ?1 AND user_id = ?5))
+             ORDER BY ts, id",
+        )
+        .map_err(backend)?;
+    let rows = stmt
+        .query_map(params![app_id, anonymous_id, since, until, user_id], |r| {
+            Ok(Touchpoint {
+                app_id: r.get(0)?,
+                anonymous_id: r.get(1)?,
+                ts: r.get(2)?,
+                click_id: r.get(3)?,
+                link_id: r.get(4)?,
+                campaign_id: r.get(5)?,
+                network: r.get(6)?,
+                kind: r.get(7)?,
+                source_event_id: r.get(8)?,
+            })
+        })
+        .map_err(backend)?;
+    let mut out: Vec<Touchpoint> = Vec::new();
+    for row in rows {
+        let t = row.map_err(backend)?;
+        if !out.iter().any(|o| o.click_id == t.click_id) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// Stores a conversion's credit rows, unless the conversion was credited before. Returns
+/// whether it wrote them.
+pub fn save_conversion(tx: &Transaction<'_>, rows: &[ConversionCredit]) -> Result<bool, StorageError> {
+    let Some(first) = rows.first() else { return Ok(false) };
+    let done: bool = tx
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM conversions WHERE app_id = ?1 AND event_id = ?2)",
+            params![first.app_id, first.event_id],
+            |r| r.get(0),
+        )
+        .map_err(backend)?;
+    if done {
+        return Ok(false);
+    }
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO conversions (app_id, event_id, model, click_id, anonymous_id, user_id, event_type, ts,
+                 link_id, campaign_id, network, touch_ts, credit, revenue, currency)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        )
+        .map_err(backend)?;
+    for c in rows {
+        stmt.execute(params![
+            c.app_id,
+            c.event_id,
+            c.model,
+            c.click_id.clone().unwrap_or_default(),
+            c.anonymous_id,
+            c.user_id,
+            c.event_type,
+            c.ts,
+            c.link_id,
+            c.campaign_id,
+            c.network,
+            c.touch_ts,
+            c.credit,
+            c.revenue,
+            c.currency
+        ])
+        .map_err(backend)?;
+    }
+    Ok(true)
+}
+
+pub fn save_postback(tx: &Transaction<'_>, p: &PostbackRecord) -> Result<i64, StorageError> {
+    tx.execute(
+        "INSERT INTO postbacks (app_id, anonymous_id, event_id, network, event, url, state, attempts, created_at,
+             updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7)",
+        params![p.app_id, p.anonymous_id, p.event_id, p.network, p.event, p.url, p.created_at],
+    )
+    .map_err(backend)?;
+    Ok(tx.last_insert_rowid())
+}
+
+pub fn log_postback_attempt(tx: &Transaction<'_>, a: &PostbackAttempt) -> Result<(), StorageError> {
+    tx.execute(
+        "INSERT INTO postback_attempts (postback_id, app_id, anonymous_id, attempt, status, error, duration_ms, at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![a.postback_id, a.app_id, a.anonymous_id, a.attempt, a.status, a.error, a.duration_ms, a.at],
+    )
+    .map_err(backend)?;
+    tx.execute(
+        "UPDATE postbacks SET state = ?2, attempts = ?3, last_status = ?4, last_error = ?5, updated_at = ?6
+         WHERE id = ?1",
+        params![a.postback_id, a.state, a.attempt, a.status, a.error, a.at],
+    )
+    .map_err(backend)?;
+    Ok(())
+}
+
+/// Pending postbacks: `(id, url, attempts so far, app_id, anonymous_id)`.
+pub fn pending_postbacks(conn: &Connection) -> Result<Vec<PendingPostback>, StorageError> {
+    let mut stmt = conn
+        .prepare("SELECT id, url, attempts, app_id, anonymous_id FROM postbacks WHERE state = 'pending' ORDER BY id")
+        .map_err(backend)?;
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+        .map_err(backend)?
+        .collect::<Result<_, _>>()
+        .map_err(backend)
+}
+
+/// A click's ad-network ids and sub-parameters (for postback macros).
+pub fn click_params(conn: &Connection, click_id: &str) -> Result<Option<(Value, Value)>, StorageError> {
+    let row: Option<(String, String)> = conn
+        .query_row("SELECT network_ids, sub_params FROM clicks WHERE click_id = ?1", [click_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(backend)?;
+    match row {
+        Some((ids, subs)) => {
+            Ok(Some((serde_json::from_str(&ids).map_err(json_err)?, serde_json::from_str(&subs).map_err(json_err)?)))
+        }
+        None => Ok(None),
+    }
 }

@@ -163,6 +163,55 @@ pub trait Storage: Send + Sync + 'static {
     ) -> StorageFuture<'_, bool> {
         unsupported("installs")
     }
+    /// Whether the device has an install of the app, and its last activity before `before`.
+    fn reengagement_facts(
+        &self,
+        _app_id: String,
+        _anonymous_id: String,
+        _before: i64,
+    ) -> StorageFuture<'_, (bool, Option<i64>)> {
+        unsupported("re-engagement")
+    }
+    /// Stores touchpoints and re-engagements (each idempotent).
+    fn save_touchpoints(
+        &self,
+        _touchpoints: Vec<Touchpoint>,
+        _reengagements: Vec<Reengagement>,
+    ) -> StorageFuture<'_, usize> {
+        unsupported("touchpoints")
+    }
+    /// Touchpoints of the anonymous id and of every device linked to `user_id`, in
+    /// `[since, until]`, oldest first, one per click.
+    fn conversion_touchpoints(
+        &self,
+        _app_id: String,
+        _anonymous_id: String,
+        _user_id: Option<String>,
+        _since: i64,
+        _until: i64,
+    ) -> StorageFuture<'_, Vec<Touchpoint>> {
+        unsupported("conversions")
+    }
+    /// Stores one conversion's credit rows unless it was credited before; `true` if written.
+    fn save_conversion(&self, _rows: Vec<ConversionCredit>) -> StorageFuture<'_, bool> {
+        unsupported("conversions")
+    }
+    /// Stores a pending postback; returns its id.
+    fn save_postback(&self, _postback: PostbackRecord) -> StorageFuture<'_, i64> {
+        unsupported("postbacks")
+    }
+    /// Appends a delivery attempt to the log and updates the postback's state.
+    fn log_postback_attempt(&self, _attempt: PostbackAttempt) -> StorageFuture<'_, ()> {
+        unsupported("postbacks")
+    }
+    /// Postbacks still pending: `(id, url, attempts, app_id, anonymous_id)`.
+    fn pending_postbacks(&self) -> StorageFuture<'_, Vec<PendingPostback>> {
+        unsupported("postbacks")
+    }
+    /// A click's ad-network ids and sub-parameters (JSON objects).
+    fn click_params(&self, _click_id: String) -> StorageFuture<'_, Option<(serde_json::Value, serde_json::Value)>> {
+        unsupported("clicks")
+    }
     /// Hourly counts of attributed installs per campaign since `since` (the burst baseline):
     /// `(campaign_id, hour start, installs)`.
     fn install_counts(&self, _since: i64) -> StorageFuture<'_, Vec<(String, i64, u32)>> {
@@ -250,6 +299,10 @@ pub const SUBJECT_TABLES: &[(&str, &[(&str, &str)])] = &[
         ],
     ),
     ("touchpoints", &[("anonymous_id", "anonymous_id")]),
+    ("reengagements", &[("anonymous_id", "anonymous_id")]),
+    ("conversions", &[("anonymous_id", "anonymous_id"), ("user_id", "user_id")]),
+    ("postbacks", &[("anonymous_id", "anonymous_id")]),
+    ("postback_attempts", &[("anonymous_id", "anonymous_id")]),
 ];
 
 /// Tables that hold no per-subject data (configuration, audit logs keyed by hashes).
@@ -460,6 +513,56 @@ impl Storage for SqliteStorage {
 
     fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<(String, i64, u32)>> {
         self.read(move |c| attr::install_counts(c, since))
+    }
+
+    fn reengagement_facts(
+        &self,
+        app_id: String,
+        anonymous_id: String,
+        before: i64,
+    ) -> StorageFuture<'_, (bool, Option<i64>)> {
+        self.read(move |c| attr::reengagement_facts(c, &app_id, &anonymous_id, before))
+    }
+
+    fn save_touchpoints(
+        &self,
+        touchpoints: Vec<Touchpoint>,
+        reengagements: Vec<Reengagement>,
+    ) -> StorageFuture<'_, usize> {
+        self.write(touchpoints.len() + reengagements.len(), move |tx| {
+            attr::save_touchpoints(tx, &touchpoints, &reengagements)
+        })
+    }
+
+    fn conversion_touchpoints(
+        &self,
+        app_id: String,
+        anonymous_id: String,
+        user_id: Option<String>,
+        since: i64,
+        until: i64,
+    ) -> StorageFuture<'_, Vec<Touchpoint>> {
+        self.read(move |c| attr::conversion_touchpoints(c, &app_id, &anonymous_id, user_id.as_deref(), since, until))
+    }
+
+    fn save_conversion(&self, rows: Vec<ConversionCredit>) -> StorageFuture<'_, bool> {
+        self.write(rows.len(), move |tx| attr::save_conversion(tx, &rows))
+    }
+
+    fn save_postback(&self, postback: PostbackRecord) -> StorageFuture<'_, i64> {
+        self.write(1, move |tx| attr::save_postback(tx, &postback))
+    }
+
+    fn log_postback_attempt(&self, attempt: PostbackAttempt) -> StorageFuture<'_, ()> {
+        self.write(2, move |tx| attr::log_postback_attempt(tx, &attempt))
+    }
+
+    fn pending_postbacks(&self) -> StorageFuture<'_, Vec<PendingPostback>> {
+        self.read(attr::pending_postbacks)
+    }
+
+    fn click_params(&self, click_id: String) -> StorageFuture<'_, Option<(serde_json::Value, serde_json::Value)>> {
+        self.read(move |c| attr::click_params(c, &click_id))
     }
 }
 

@@ -174,3 +174,73 @@ pub struct FraudAlert {
     pub at: i64,
     pub detail: Value,
 }
+
+/// A device attributed before, inactive for a while, reopened through a campaign click.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reengagement {
+    pub app_id: String,
+    /// The event that opened the app (`deep_link_opened`).
+    pub event_id: String,
+    pub anonymous_id: String,
+    pub click_id: String,
+    pub link_id: String,
+    pub campaign_id: String,
+    pub network: String,
+    pub click_ts: i64,
+    pub open_ts: i64,
+    /// Time without activity before the click; `None` when the device had none.
+    pub inactive_ms: Option<i64>,
+}
+
+/// One touchpoint's share of one conversion under one model. A conversion without
+/// touchpoints gets one organic row per model (no click, credit 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversionCredit {
+    pub app_id: String,
+    pub event_id: String,
+    pub model: String,
+    pub click_id: Option<String>,
+    pub anonymous_id: String,
+    pub user_id: Option<String>,
+    pub event_type: String,
+    pub ts: i64,
+    pub link_id: Option<String>,
+    pub campaign_id: Option<String>,
+    pub network: Option<String>,
+    pub touch_ts: Option<i64>,
+    pub credit: f64,
+    /// `credit` × the conversion's revenue.
+    pub revenue: Option<f64>,
+    pub currency: Option<String>,
+}
+
+/// A postback to send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostbackRecord {
+    pub app_id: String,
+    pub anonymous_id: String,
+    pub event_id: String,
+    pub network: String,
+    pub event: String,
+    pub url: String,
+    pub created_at: i64,
+}
+
+/// One delivery attempt of a postback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostbackAttempt {
+    pub postback_id: i64,
+    pub app_id: String,
+    pub anonymous_id: String,
+    pub attempt: u32,
+    /// HTTP status, or `None` when no response came.
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    pub at: i64,
+    /// The postback's state after the attempt: `delivered`, `pending` or `failed`.
+    pub state: String,
+}
+
+/// A postback still to send: `(id, url, attempts so far, app_id, anonymous_id)`.
+pub type PendingPostback = (i64, String, u32, String, String);

@@ -1,0 +1,359 @@
+//! Postbacks: per-network URL templates filled with macros and sent asynchronously, with
+//! retries on backon's exponential schedule (full jitter) and a delivery log.
+//!
+//! A postback is stored (`postbacks`, status `pending`) in the same request that decided the
+//! install, re-engagement or conversion, then handed to the sender task. Every attempt is
+//! appended to `postback_attempts`. Pending postbacks are picked up again after a restart.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::AppState;
+use crate::conversions::Followup;
+use crate::storage::{ConversionCredit, InstallRecord, PostbackAttempt, PostbackRecord, Reengagement, Storage};
+
+/// A network's postback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostbackConfig {
+    /// The campaign network it is for (case-insensitive).
+    pub network: String,
+    /// URL template, e.g. `https://net.example/pb?click={network_click_id}&ev={event}&rev={revenue}`.
+    pub url: String,
+    /// Events that trigger it: `install`, `reengagement`, or conversion event types. Empty:
+    /// every one.
+    pub events: Vec<String>,
+}
+
+/// Delivery policy, with defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostbackPolicy {
+    /// Attempts before a postback is marked failed. Default 8.
+    pub max_attempts: u32,
+    /// First retry delay ceiling; it doubles each time up to `max_delay`. Defaults 2 s, 10 min.
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+    /// Per-request timeout. Default 10 s.
+    pub timeout: Duration,
+    /// Deliveries in flight at once. Default 32.
+    pub concurrency: usize,
+}
+
+impl Default for PostbackPolicy {
+    fn default() -> Self {
+        PostbackPolicy {
+            max_attempts: 8,
+            min_delay: Duration::from_secs(2),
+            max_delay: Duration::from_secs(600),
+            timeout: Duration::from_secs(10),
+            concurrency: 32,
+        }
+    }
+}
+
+/// The macros a template may use.
+pub const MACROS: &[&str] = &[
+    "app_id",
+    "event",
+    "event_id",
+    "event_ts",
+    "install_ts",
+    "click_id",
+    "network_click_id",
+    "campaign_id",
+    "link_id",
+    "network",
+    "platform",
+    "match_type",
+    "revenue",
+    "currency",
+    "sub1",
+    "sub2",
+    "sub3",
+    "sub4",
+    "sub5",
+];
+
+/// Checks a template: absolute http(s) URL, only known macros.
+pub fn check_template(template: &str) -> Result<(), String> {
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').ok_or_else(|| format!("unclosed macro in {template:?}"))? + open;
+        let name = &rest[open + 1..close];
+        if !MACROS.contains(&name) {
+            return Err(format!("unknown macro {{{name}}} in {template:?}; known: {}", MACROS.join(", ")));
+        }
+        rest = &rest[close + 1..];
+    }
+    let filled = fill(template, &BTreeMap::new());
+    match url::Url::parse(&filled) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+        _ => Err(format!("{template:?} is not an absolute http(s) URL")),
+    }
+}
+
+/// Replaces each `{macro}` with its URL-encoded value (empty when unknown).
+pub fn fill(template: &str, values: &BTreeMap<&str, String>) -> String {
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}').map(|c| c + open) else { break };
+        let name = &rest[open + 1..close];
+        if let Some(v) = values.get(name) {
+            out.extend(url::form_urlencoded::byte_serialize(v.as_bytes()));
+        }
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A postback ready to send.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    pub id: i64,
+    pub url: String,
+    pub attempts: u32,
+    pub app_id: String,
+    pub anonymous_id: String,
+}
+
+/// Handle of the sender task.
+pub struct Sender {
+    tx: mpsc::UnboundedSender<Pending>,
+}
+
+/// Starts the sender task and queues the postbacks left pending by a previous run.
+pub fn start(storage: Arc<dyn Storage>, policy: PostbackPolicy, pending: Vec<Pending>) -> Sender {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
+    let client = reqwest::Client::builder()
+        .timeout(policy.timeout)
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .user_agent(concat!("trailmark-postbacks/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default();
+    let permits = Arc::new(Semaphore::new(policy.concurrency.max(1)));
+    for p in pending {
+        let _ = tx.send(p);
+    }
+    tokio::spawn(async move {
+        while let Some(p) = rx.recv().await {
+            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let (storage, client, policy) = (storage.clone(), client.clone(), policy.clone());
+            tokio::spawn(async move {
+                deliver(&*storage, &client, &policy, p).await;
+                drop(permit);
+            });
+        }
+    });
+    Sender { tx }
+}
+
+/// What an attempt's outcome means.
+fn retryable(status: Option<u16>) -> bool {
+    match status {
+        None => true,
+        Some(s) => s == 408 || s == 429 || s >= 500,
+    }
+}
+
+async fn deliver(storage: &dyn Storage, client: &reqwest::Client, policy: &PostbackPolicy, p: Pending) {
+    use backon::BackoffBuilder;
+    let mut schedule = backon::ExponentialBuilder::default()
+        .with_min_delay(policy.min_delay)
+        .with_max_delay(policy.max_delay)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    let mut attempts = p.attempts;
+    loop {
+        attempts += 1;
+        let started = Instant::now();
+        let (status, error) = match client.get(&p.url).send().await {
+            Ok(r) => (Some(r.status().as_u16()), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        let ok = status.is_some_and(|s| (200..300).contains(&s));
+        let done = ok || !retryable(status) || attempts >= policy.max_attempts;
+        let state = if ok {
+            "delivered"
+        } else if done {
+            "failed"
+        } else {
+            "pending"
+        };
+        let attempt = PostbackAttempt {
+            postback_id: p.id,
+            app_id: p.app_id.clone(),
+            anonymous_id: p.anonymous_id.clone(),
+            attempt: attempts,
+            status,
+            error: error.clone(),
+            duration_ms: started.elapsed().as_millis() as i64,
+            at: crate::now_ms(),
+            state: state.into(),
+        };
+        if let Err(e) = storage.log_postback_attempt(attempt).await {
+            tracing::warn!(error = %e, "postback log not written");
+        }
+        metrics::counter!("trailmark_postback_attempts_total", "outcome" => state).increment(1);
+        if done {
+            if !ok {
+                tracing::warn!(id = p.id, ?status, ?error, attempts, "postback failed");
+            }
+            return;
+        }
+        tokio::time::sleep(schedule.next().unwrap_or(policy.max_delay)).await;
+    }
+}
+
+fn configs<'a>(state: &'a AppState, network: &str, event: &str) -> impl Iterator<Item = &'a PostbackConfig> + 'a {
+    let network = network.to_ascii_lowercase();
+    let event = event.to_owned();
+    state
+        .config
+        .postbacks
+        .iter()
+        .filter(move |c| c.network.eq_ignore_ascii_case(&network) && (c.events.is_empty() || c.events.contains(&event)))
+}
+
+/// Macro values of a click (network click id, sub-parameters), read from storage.
+async fn click_values(state: &AppState, click_id: Option<&str>, values: &mut BTreeMap<&'static str, String>) {
+    let Some(id) = click_id else { return };
+    values.insert("click_id", id.to_owned());
+    if let Ok(Some((ids, subs))) = state.storage.click_params(id.to_owned()).await {
+        const PREFERRED: &[&str] = &["clickid", "click_id", "gclid", "fbclid", "ttclid", "msclkid"];
+        if let Some(v) = PREFERRED.iter().find_map(|k| ids.get(*k).and_then(|v| v.as_str())) {
+            values.insert("network_click_id", v.to_owned());
+        }
+        for name in ["sub1", "sub2", "sub3", "sub4", "sub5"] {
+            if let Some(v) = subs.get(name).and_then(|v| v.as_str()) {
+                values.insert(name, v.to_owned());
+            }
+        }
+    }
+}
+
+async fn enqueue(
+    state: &AppState,
+    network: &str,
+    event: &str,
+    values: BTreeMap<&'static str, String>,
+    who: (&str, &str),
+) {
+    for config in configs(state, network, event) {
+        let record = PostbackRecord {
+            app_id: who.0.to_owned(),
+            anonymous_id: who.1.to_owned(),
+            event_id: values.get("event_id").cloned().unwrap_or_default(),
+            network: config.network.clone(),
+            event: event.to_owned(),
+            url: fill(&config.url, &values),
+            created_at: state.config.clock.now(),
+        };
+        let url = record.url.clone();
+        match state.storage.save_postback(record).await {
+            Ok(id) => {
+                metrics::counter!("trailmark_postbacks_total", "event" => event.to_owned()).increment(1);
+                if let Some(sender) = state.postback_sender.get() {
+                    let _ = sender.tx.send(Pending {
+                        id,
+                        url,
+                        attempts: 0,
+                        app_id: who.0.to_owned(),
+                        anonymous_id: who.1.to_owned(),
+                    });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "postback not stored"),
+        }
+    }
+}
+
+fn base_values(app_id: &str, event: &str, event_id: &str, ts: i64) -> BTreeMap<&'static str, String> {
+    BTreeMap::from([
+        ("app_id", app_id.to_owned()),
+        ("event", event.to_owned()),
+        ("event_id", event_id.to_owned()),
+        ("event_ts", (ts / 1000).to_string()),
+    ])
+}
+
+/// Postbacks of an attributed install.
+pub async fn install(state: &AppState, record: &InstallRecord) {
+    let r = &record.result;
+    let (Some(network), true, false) = (&r.network, r.attributed, r.reinstall) else { return };
+    if configs(state, network, "install").next().is_none() {
+        return;
+    }
+    let mut values = base_values(&record.app_id, "install", &record.event_id, record.install_ts);
+    values.insert("install_ts", (record.install_ts / 1000).to_string());
+    values.insert("platform", record.platform.clone());
+    values.insert("match_type", r.match_type.as_str().to_owned());
+    values.insert("network", network.clone());
+    for (k, v) in [("campaign_id", &r.campaign_id), ("link_id", &r.link_id)] {
+        if let Some(v) = v {
+            values.insert(k, v.clone());
+        }
+    }
+    click_values(state, r.click_id.as_deref(), &mut values).await;
+    enqueue(state, network, "install", values, (&record.app_id, &record.anonymous_id)).await;
+}
+
+/// Postbacks of a re-engagement.
+pub async fn reengagement(state: &AppState, r: &Reengagement) {
+    if configs(state, &r.network, "reengagement").next().is_none() {
+        return;
+    }
+    let mut values = base_values(&r.app_id, "reengagement", &r.event_id, r.open_ts);
+    values.insert("network", r.network.clone());
+    values.insert("campaign_id", r.campaign_id.clone());
+    values.insert("link_id", r.link_id.clone());
+    click_values(state, Some(&r.click_id), &mut values).await;
+    enqueue(state, &r.network, "reengagement", values, (&r.app_id, &r.anonymous_id)).await;
+}
+
+/// Postbacks of a conversion, to the network of its last touch.
+pub async fn conversion(state: &AppState, item: &Followup, rows: &[ConversionCredit]) {
+    let Some(last) = rows.iter().find(|r| r.model == "last_touch" && r.network.is_some()) else { return };
+    let network = last.network.clone().unwrap_or_default();
+    if configs(state, &network, &item.event_type).next().is_none() {
+        return;
+    }
+    let mut values = base_values(&last.app_id, &item.event_type, &item.event_id, item.ts);
+    values.insert("network", network.clone());
+    for (k, v) in [("campaign_id", &last.campaign_id), ("link_id", &last.link_id), ("currency", &item.currency)] {
+        if let Some(v) = v {
+            values.insert(k, v.clone());
+        }
+    }
+    if let Some(rev) = item.revenue {
+        values.insert("revenue", rev.to_string());
+    }
+    click_values(state, last.click_id.as_deref(), &mut values).await;
+    enqueue(state, &network, &item.event_type, values, (&last.app_id, &item.anonymous_id)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_fill_and_encode() {
+        let t = "https://net.example/pb?c={network_click_id}&e={event}&r={revenue}&x={sub1}";
+        check_template(t).unwrap();
+        let values = BTreeMap::from([
+            ("network_click_id", "a b&c=d".to_owned()),
+            ("event", "purchase".to_owned()),
+            ("revenue", "9.5".to_owned()),
+        ]);
+        assert_eq!(fill(t, &values), "https://net.example/pb?c=a+b%26c%3Dd&e=purchase&r=9.5&x=");
+        assert!(check_template("https://x.example/{nope}").unwrap_err().contains("unknown macro"));
+        assert!(check_template("ftp://x.example/{event}").is_err());
+        assert!(check_template("https://x.example/{event").is_err());
+    }
+}
