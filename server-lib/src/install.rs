@@ -194,7 +194,7 @@ async fn install(state: &AppState, request: Request) -> Result<AttributionResult
             "emulator": {"policy": f.emulator},
             "anonymous_ip": {"policy": f.anonymous_ip, "database": state.config.geoip_anonymous.is_some()},
         },
-        "candidates": decision.candidates,
+        "candidates": decision.candidates(),
         "omitted_candidates": decision.omitted_candidates,
         "rules_fired": decision.rules,
         "previous_install": first.as_ref().map(|p| json!({"event_id": p.event_id, "install_ts": p.install_ts,

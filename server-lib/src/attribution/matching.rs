@@ -163,13 +163,25 @@ pub struct RuleFired {
     pub detail: String,
 }
 
+/// One touch the engine looked at. Kept compact while deciding; [`Decision::candidates`]
+/// renders them for the audit log.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub match_type: MatchType,
+    pub touch: Touch,
+    pub link: Arc<LinkInfo>,
+    pub score: f64,
+    pub reason: Option<&'static str>,
+    pub chosen: bool,
+}
+
 /// The outcome of one install, with its explanation.
 #[derive(Debug, Clone)]
 pub struct Decision {
     pub result: AttributionResult,
     /// Every candidate considered, in the order considered (at most [`MAX_AUDIT_CANDIDATES`]).
-    pub candidates: Vec<Candidate>,
-    /// Candidates considered but left out of `candidates`.
+    pub seen: Vec<Seen>,
+    /// Candidates considered but left out of `seen`.
     pub omitted_candidates: usize,
     pub rules: Vec<RuleFired>,
     /// The touch the install was credited to (before fraud rejection), and its link.
@@ -177,27 +189,29 @@ pub struct Decision {
     pub burst_alert: Option<BurstAlert>,
 }
 
-/// Most candidates kept in an audit record.
-pub const MAX_AUDIT_CANDIDATES: usize = 64;
-
-struct Level {
-    candidates: Vec<(Candidate, Touch, Arc<LinkInfo>)>,
-}
-
-fn candidate(t: &Touch, link: &LinkInfo, m: MatchType, score: f64) -> Candidate {
-    Candidate {
-        match_type: m,
-        click_id: t.click_id().to_string(),
-        link_id: link.link_id.clone(),
-        campaign_id: link.campaign_id.clone(),
-        network: link.network.clone(),
-        time: t.ts,
-        score,
-        eligible: true,
-        reason: None,
-        chosen: false,
+impl Decision {
+    /// The candidates as the audit log shows them.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        self.seen
+            .iter()
+            .map(|s| Candidate {
+                match_type: s.match_type,
+                click_id: s.touch.click_id().to_string(),
+                link_id: s.link.link_id.clone(),
+                campaign_id: s.link.campaign_id.clone(),
+                network: s.link.network.clone(),
+                time: s.touch.ts,
+                score: s.score,
+                eligible: s.reason.is_none(),
+                reason: s.reason,
+                chosen: s.chosen,
+            })
+            .collect()
     }
 }
+
+/// Most candidates kept in an audit record.
+pub const MAX_AUDIT_CANDIDATES: usize = 64;
 
 /// Runs the waterfall for one install. `links[i]` is the link of touches with `link == i`.
 /// `burst` counts attributed installs per campaign (the burst rule's state).
@@ -209,21 +223,14 @@ pub fn attribute(
     burst: &mut BurstTracker,
 ) -> Decision {
     let at = facts.install_ts;
-    let mut audit: Vec<Candidate> = Vec::new();
+    let mut seen: Vec<Seen> = Vec::new();
     let mut omitted = 0usize;
-    let mut keep = |c: Candidate| {
-        if audit.len() < MAX_AUDIT_CANDIDATES {
-            audit.push(c);
-        } else {
-            omitted += 1;
-        }
-    };
-    let link_of = |t: &Touch| links.get(t.link as usize).filter(|l| l.app_id == facts.app_id).cloned();
-    // Checks one touch against a window; records it; returns it when eligible.
-    let consider = |t: &Touch, m: MatchType, window: i64, score: f64, keep: &mut dyn FnMut(Candidate)| {
-        let link = link_of(t)?;
-        let mut c = candidate(t, &link, m, score);
-        c.reason = if t.ts > at {
+    // Eligible candidates of the first level that has any: (position in `seen` or none, touch).
+    let mut hits: Vec<(Option<usize>, Touch, f64, MatchType)> = Vec::new();
+    // Checks one touch against a window and records it; keeps it when eligible.
+    let mut consider = |t: &Touch, m: MatchType, window: i64, score: f64, hits: &mut Vec<_>| {
+        let Some(link) = links.get(t.link as usize).filter(|l| l.app_id == facts.app_id) else { return };
+        let reason = if t.ts > at {
             Some("after the install")
         } else if at - t.ts > window {
             Some("outside the window")
@@ -232,46 +239,44 @@ pub fn attribute(
         } else {
             None
         };
-        c.eligible = c.reason.is_none();
-        keep(c.clone());
-        let eligible = c.eligible;
-        eligible.then_some((c, *t, link))
+        let slot = if seen.len() < MAX_AUDIT_CANDIDATES {
+            seen.push(Seen { match_type: m, touch: *t, link: link.clone(), score, reason, chosen: false });
+            Some(seen.len() - 1)
+        } else {
+            omitted += 1;
+            None
+        };
+        if reason.is_none() {
+            hits.push((slot, *t, score, m));
+        }
     };
 
-    let mut levels: Vec<Level> = Vec::new();
     // 1. Click id from the app, then from the install referrer.
     for (id, m) in [(facts.click_id, MatchType::ClickId), (facts.referrer_click_id, MatchType::Referrer)] {
         let Some(id) = id else { continue };
-        if let Some(t) = index.by_click_id(&id).filter(|t| t.kind == TouchKind::Click)
-            && let Some(hit) = consider(t, m, cfg.click_window, 1.0, &mut keep)
-        {
-            levels.push(Level { candidates: vec![hit] });
-            break;
+        if let Some(t) = index.by_click_id(&id).filter(|t| t.kind == TouchKind::Click) {
+            consider(t, m, cfg.click_window, 1.0, &mut hits);
+            if !hits.is_empty() {
+                break;
+            }
         }
     }
     // 2. Device and advertising ids seen on clicks.
     let devices: Vec<u64> = facts.device_ids.iter().map(|d| index.hasher.device(Some(d))).filter(|&h| h != 0).collect();
-    if levels.is_empty() {
-        let mut hits = Vec::new();
+    if hits.is_empty() {
         for &d in &devices {
             for t in index.by_device(d, at.saturating_sub(cfg.click_window)) {
-                if t.kind == TouchKind::Click
-                    && let Some(hit) = consider(t, MatchType::DeviceId, cfg.click_window, 1.0, &mut keep)
-                {
-                    hits.push(hit);
+                if t.kind == TouchKind::Click {
+                    consider(t, MatchType::DeviceId, cfg.click_window, 1.0, &mut hits);
                 }
             }
         }
-        if !hits.is_empty() {
-            levels.push(Level { candidates: hits });
-        }
     }
     // 3. Probabilistic fingerprint over clicks from the same network.
-    if levels.is_empty() && facts.ip.is_some() {
+    if hits.is_empty() && facts.ip.is_some() {
         let fp = facts.fingerprint.hash(&index.hasher);
         let mut probe = Touch::new(uuid::Uuid::nil(), TouchKind::Click, 0, 0);
         probe.set_ip(facts.ip);
-        let mut hits = Vec::new();
         let mut scanned = 0;
         for t in index.by_network(facts.ip, at.saturating_sub(cfg.fingerprint_window)) {
             if t.kind != TouchKind::Click {
@@ -282,45 +287,31 @@ pub fn attribute(
                 break;
             }
             let Some(s) = score(t, &probe.ip, &fp) else { continue };
-            if let Some(hit) = consider(t, MatchType::Fingerprint, cfg.fingerprint_window, s, &mut keep) {
-                hits.push(hit);
-            }
-        }
-        if !hits.is_empty() {
-            levels.push(Level { candidates: hits });
+            consider(t, MatchType::Fingerprint, cfg.fingerprint_window, s, &mut hits);
         }
     }
     // 4. View-through: an impression on the same device.
-    if levels.is_empty() {
-        let mut hits = Vec::new();
+    if hits.is_empty() {
         for &d in &devices {
             for t in index.by_device(d, at.saturating_sub(cfg.view_through_window)) {
-                if t.kind == TouchKind::Impression
-                    && let Some(hit) = consider(t, MatchType::ViewThrough, cfg.view_through_window, 1.0, &mut keep)
-                {
-                    hits.push(hit);
+                if t.kind == TouchKind::Impression {
+                    consider(t, MatchType::ViewThrough, cfg.view_through_window, 1.0, &mut hits);
                 }
             }
-        }
-        if !hits.is_empty() {
-            levels.push(Level { candidates: hits });
         }
     }
 
     // Most recent wins; ties go to the network listed first in the priority, then by name.
-    let winner = levels.into_iter().next().and_then(|level| {
-        level.candidates.into_iter().min_by(|(a, ..), (b, ..)| {
-            b.time
-                .cmp(&a.time)
-                .then(cfg.network_rank(&a.network).cmp(&cfg.network_rank(&b.network)))
-                .then(a.network.cmp(&b.network))
-        })
+    let network = |t: &Touch| links[t.link as usize].network.as_str();
+    let best = hits.into_iter().min_by(|(_, a, ..), (_, b, ..)| {
+        b.ts.cmp(&a.ts)
+            .then(cfg.network_rank(network(a)).cmp(&cfg.network_rank(network(b))))
+            .then(network(a).cmp(network(b)))
     });
-    if let Some((c, ..)) = &winner
-        && let Some(a) = audit.iter_mut().find(|a| a.click_id == c.click_id && a.match_type == c.match_type)
-    {
-        a.chosen = true;
+    if let Some((Some(slot), ..)) = best {
+        seen[slot].chosen = true;
     }
+    let winner = best.map(|(_, t, score, m)| (t, links[t.link as usize].clone(), score, m));
 
     // Fraud rules.
     let f = &cfg.fraud;
@@ -330,7 +321,7 @@ pub fn attribute(
             rules.push(RuleFired { rule, policy, detail });
         }
     }
-    if let Some((c, t, _)) = &winner
+    if let Some((t, ..)) = &winner
         && t.kind == TouchKind::Click
     {
         if let Some(begin) = facts.install_begin_ts
@@ -358,7 +349,9 @@ pub fn attribute(
                 f.click_flooding,
                 format!(
                     "click {} came from a {what} over the hourly click limit ({} per IP, {} per device)",
-                    c.click_id, f.max_clicks_per_ip_hour, f.max_clicks_per_device_hour
+                    t.click_id(),
+                    f.max_clicks_per_ip_hour,
+                    f.max_clicks_per_device_hour
                 ),
             );
         }
@@ -381,11 +374,11 @@ pub fn attribute(
     }
     let mut burst_alert = None;
     let rejected_so_far = rules.iter().any(|r| r.policy == FraudPolicy::Reject);
-    if let Some((c, ..)) = &winner
+    if let Some((_, link, ..)) = &winner
         && !rejected_so_far
         && f.install_burst != FraudPolicy::Allow
     {
-        let (in_burst, alert) = burst.record(&c.campaign_id, at, f);
+        let (in_burst, alert) = burst.record(&link.campaign_id, at, f);
         if in_burst {
             fire(
                 &mut rules,
@@ -393,7 +386,7 @@ pub fn attribute(
                 f.install_burst,
                 format!(
                     "campaign {} is above {}× its hourly baseline (and {} installs)",
-                    c.campaign_id, f.burst_factor, f.burst_min_installs
+                    link.campaign_id, f.burst_factor, f.burst_min_installs
                 ),
             );
         }
@@ -403,13 +396,13 @@ pub fn attribute(
     let fraud = FraudVerdict { flags: rules.iter().map(|r| r.rule.to_owned()).collect(), rejected };
 
     let result = match (&winner, rejected) {
-        (Some((c, _, link)), false) => AttributionResult {
+        (Some((t, link, score, m)), false) => AttributionResult {
             attributed: true,
-            match_type: c.match_type,
-            confidence: c.score,
+            match_type: *m,
+            confidence: *score,
             campaign_id: Some(link.campaign_id.clone()),
             link_id: Some(link.link_id.clone()),
-            click_id: Some(c.click_id.clone()),
+            click_id: Some(t.click_id().to_string()),
             network: Some(link.network.clone()),
             deep_link: link.deep_link.clone(),
             fraud,
@@ -417,14 +410,7 @@ pub fn attribute(
         },
         _ => AttributionResult::organic(fraud),
     };
-    Decision {
-        result,
-        candidates: audit,
-        omitted_candidates: omitted,
-        rules,
-        winner: winner.map(|(_, t, l)| (t, l)),
-        burst_alert,
-    }
+    Decision { result, seen, omitted_candidates: omitted, rules, winner: winner.map(|(t, l, ..)| (t, l)), burst_alert }
 }
 
 #[cfg(test)]
@@ -500,8 +486,8 @@ mod tests {
         assert_eq!(d.result.match_type, MatchType::Fingerprint);
         assert_eq!(d.result.click_id, Some(uuid::Uuid::from_u128(2).to_string()));
         assert!((d.result.confidence - 0.70).abs() < 1e-9, "{}", d.result.confidence);
-        assert_eq!(d.candidates.len(), 2);
-        assert!(d.candidates.iter().all(|c| c.eligible));
+        assert_eq!(d.candidates().len(), 2);
+        assert!(d.candidates().iter().all(|c| c.eligible));
 
         // An Android install never matches an iOS click by fingerprint.
         let android = Fingerprint { os: Some("Android"), ..install_fp };
@@ -520,13 +506,13 @@ mod tests {
         };
         let d = run(&index, &late);
         assert_eq!(d.result.match_type, MatchType::Organic);
-        assert!(d.candidates.iter().all(|c| !c.eligible));
+        assert!(d.candidates().iter().all(|c| !c.eligible));
         let d = run(&index, &InstallFacts { device_ids: vec!["AD-1"], ..late.clone() });
         assert_eq!(d.result.match_type, MatchType::DeviceId);
         // Past 7 days: organic.
         let d = run(&index, &InstallFacts { install_ts: 8 * DAY, device_ids: vec!["AD-1"], ..base.clone() });
         assert_eq!(d.result.match_type, MatchType::Organic);
-        assert!(d.candidates.is_empty(), "the walk stops at the window: {:?}", d.candidates);
+        assert!(d.seen.is_empty(), "the walk stops at the window: {:?}", d.candidates());
     }
 
     #[test]
@@ -541,7 +527,7 @@ mod tests {
         cfg.network_priority = vec!["net_b".into()];
         let d = attribute(&facts, &index, &links(), &cfg, &mut BurstTracker::default());
         assert_eq!(d.result.network.as_deref(), Some("net_b"));
-        assert_eq!(d.candidates.iter().filter(|c| c.chosen).count(), 1);
+        assert_eq!(d.candidates().iter().filter(|c| c.chosen).count(), 1);
     }
 
     #[test]
