@@ -57,6 +57,111 @@ pub struct ServerArgs {
     /// (survives a killed process) [default: full].
     #[arg(long)]
     pub sync: Option<String>,
+    /// Public base URL of tracking links, e.g. https://t.example.com (links are /c/<code>
+    /// under it).
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// MaxMind GeoIP2 Anonymous IP database (turns on the anonymous_ip fraud rule).
+    #[arg(long)]
+    pub geoip_anonymous: Option<PathBuf>,
+    /// A network postback as NETWORK=URL_TEMPLATE, sent for every event type. Repeatable; the
+    /// TOML file's [[postbacks]] tables can also limit the events.
+    #[arg(long = "postback", value_name = "NETWORK=URL")]
+    pub postbacks: Vec<String>,
+}
+
+/// `[[postbacks]]` in the TOML file.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PostbackFile {
+    pub network: String,
+    pub url: String,
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+/// `[attribution]` in the TOML file: every window, threshold and fraud policy (see
+/// docs/attribution.md for their meaning and defaults).
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AttributionFile {
+    pub click_window_hours: Option<f64>,
+    pub fingerprint_window_hours: Option<f64>,
+    pub fingerprint_threshold: Option<f64>,
+    pub view_through_window_hours: Option<f64>,
+    pub reengagement_inactivity_days: Option<f64>,
+    pub reattribution_window_days: Option<f64>,
+    pub lookback_days: Option<f64>,
+    pub half_life_days: Option<f64>,
+    pub conversion_events: Option<Vec<String>>,
+    pub network_priority: Option<Vec<String>>,
+    pub min_click_to_install_secs: Option<f64>,
+    pub click_injection: Option<trailmark_server::FraudPolicy>,
+    pub max_clicks_per_ip_hour: Option<u32>,
+    pub max_clicks_per_device_hour: Option<u32>,
+    pub click_flooding: Option<trailmark_server::FraudPolicy>,
+    pub burst_min_installs: Option<u32>,
+    pub burst_factor: Option<f64>,
+    pub burst_baseline_hours: Option<u32>,
+    pub install_burst: Option<trailmark_server::FraudPolicy>,
+    pub emulator: Option<trailmark_server::FraudPolicy>,
+    pub anonymous_ip: Option<trailmark_server::FraudPolicy>,
+}
+
+impl AttributionFile {
+    /// Applies the values that are set over `c`.
+    pub fn apply(&self, c: &mut trailmark_server::AttributionConfig) {
+        let ms = |v: f64, unit: f64| (v * unit) as i64;
+        const H: f64 = 3_600_000.0;
+        const D: f64 = 24.0 * H;
+        let set = |slot: &mut i64, v: Option<f64>, unit: f64| {
+            if let Some(v) = v {
+                *slot = ms(v, unit);
+            }
+        };
+        set(&mut c.click_window, self.click_window_hours, H);
+        set(&mut c.fingerprint_window, self.fingerprint_window_hours, H);
+        set(&mut c.view_through_window, self.view_through_window_hours, H);
+        set(&mut c.reengagement_inactivity, self.reengagement_inactivity_days, D);
+        set(&mut c.reattribution_window, self.reattribution_window_days, D);
+        set(&mut c.lookback_window, self.lookback_days, D);
+        set(&mut c.half_life, self.half_life_days, D);
+        set(&mut c.fraud.min_click_to_install, self.min_click_to_install_secs, 1_000.0);
+        if let Some(v) = self.fingerprint_threshold {
+            c.fingerprint_threshold = v;
+        }
+        if let Some(v) = &self.conversion_events {
+            c.conversion_events = v.clone();
+        }
+        if let Some(v) = &self.network_priority {
+            c.network_priority = v.clone();
+        }
+        let f = &mut c.fraud;
+        for (slot, v) in [
+            (&mut f.click_injection, self.click_injection),
+            (&mut f.click_flooding, self.click_flooding),
+            (&mut f.install_burst, self.install_burst),
+            (&mut f.emulator, self.emulator),
+            (&mut f.anonymous_ip, self.anonymous_ip),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+        for (slot, v) in [
+            (&mut f.max_clicks_per_ip_hour, self.max_clicks_per_ip_hour),
+            (&mut f.max_clicks_per_device_hour, self.max_clicks_per_device_hour),
+            (&mut f.burst_min_installs, self.burst_min_installs),
+            (&mut f.burst_baseline_hours, self.burst_baseline_hours),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+        if let Some(v) = self.burst_factor {
+            f.burst_factor = v;
+        }
+    }
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -75,6 +180,10 @@ struct FileConfig {
     ip_rate: Option<u32>,
     app_rate: Option<u32>,
     sync: Option<String>,
+    public_url: Option<String>,
+    geoip_anonymous: Option<PathBuf>,
+    postbacks: Option<Vec<PostbackFile>>,
+    attribution: Option<AttributionFile>,
 }
 
 /// Resolved settings.
@@ -92,6 +201,10 @@ pub struct Settings {
     pub ip_rate: u32,
     pub app_rate: u32,
     pub durability: trailmark_server::Durability,
+    pub public_url: Option<String>,
+    pub geoip_anonymous: Option<PathBuf>,
+    pub postbacks: Vec<PostbackFile>,
+    pub attribution: AttributionFile,
 }
 
 impl ServerArgs {
@@ -128,8 +241,18 @@ impl ServerArgs {
             Some("normal") => trailmark_server::Durability::Normal,
             Some(other) => return Err(format!("--sync {other:?}: expected full or normal")),
         };
+        let mut postbacks = file.postbacks.unwrap_or_default();
+        for spec in &self.postbacks {
+            let (network, url) =
+                spec.split_once('=').ok_or_else(|| format!("--postback {spec:?}: expected NETWORK=URL"))?;
+            postbacks.push(PostbackFile { network: network.to_owned(), url: url.to_owned(), events: Vec::new() });
+        }
         Ok(Settings {
             durability,
+            public_url: self.public_url.clone().or(file.public_url),
+            geoip_anonymous: self.geoip_anonymous.clone().or(file.geoip_anonymous),
+            postbacks,
+            attribution: file.attribution.unwrap_or_default(),
             listen: self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid")),
             db: self.db.clone().or(file.db).unwrap_or_else(|| "trailmark.db".into()),
             apps,
@@ -205,6 +328,18 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
     config.limits.ip_burst = settings.ip_rate.saturating_mul(2);
     config.limits.app_rate_per_sec = settings.app_rate;
     config.limits.app_burst = settings.app_rate.saturating_mul(2);
+    config.public_url = settings.public_url.clone();
+    config.geoip_anonymous = settings.geoip_anonymous.clone();
+    config.postbacks = settings
+        .postbacks
+        .iter()
+        .map(|p| trailmark_server::postbacks::PostbackConfig {
+            network: p.network.clone(),
+            url: p.url.clone(),
+            events: p.events.clone(),
+        })
+        .collect();
+    settings.attribution.apply(&mut config.attribution);
     Ok(config)
 }
 
@@ -214,6 +349,8 @@ pub struct Running {
     pub https: bool,
     pub handle: axum_server::Handle,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The server's shared state (for benchmarks and tools in the same process).
+    pub state: std::sync::Arc<trailmark_server::AppState>,
 }
 
 /// Builds the router and serves it on `settings.listen` (HTTPS when TLS files are set).
@@ -222,12 +359,14 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         return Err("no app configured: pass --app ID:SECRET".into());
     }
     let config = server_config(settings)?;
-    let router = ServerBuilder::new(config)
-        .sqlite(&settings.db)
+    let state = ServerBuilder::new(config)
+        .sqlite_with(&settings.db, settings.durability)
         .map_err(|e| e.to_string())?
-        .build()
+        .build_state()
         .map_err(|e| e.to_string())?;
-    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+    // Links, recent clicks and pending postbacks are loaded now rather than on the first request.
+    state.tracking.ready(&state).await.map_err(|e| e.message)?;
+    let app = trailmark_server::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let listener = std::net::TcpListener::bind(settings.listen).map_err(|e| format!("{}: {e}", settings.listen))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -246,5 +385,5 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
             tokio::spawn(async move { server.serve(app).await })
         }
     };
-    Ok(Running { addr, https: settings.tls.is_some(), handle, task })
+    Ok(Running { addr, https: settings.tls.is_some(), handle, task, state })
 }

@@ -50,8 +50,8 @@ pub fn device_model(agent: &str) -> Option<String> {
 }
 
 /// Crawlers, link previewers, headless browsers and HTTP libraries: their requests are never
-/// counted as clicks.
-pub fn is_bot(agent: Option<&str>) -> bool {
+/// counted as clicks. `parsed` is the agent already parsed by [`parse_user_agent`].
+pub fn is_bot(agent: Option<&str>, parsed: &UserAgent) -> bool {
     let Some(agent) = agent.map(str::trim).filter(|a| !a.is_empty()) else { return true };
     let lower = agent.to_ascii_lowercase();
     const MARKERS: &[&str] = &[
@@ -77,10 +77,7 @@ pub fn is_bot(agent: Option<&str>) -> bool {
         "uptime",
         "monitor",
     ];
-    if MARKERS.iter().any(|m| lower.contains(m)) {
-        return true;
-    }
-    matches!(woothee::parser::Parser::new().parse(agent), Some(r) if r.category == "crawler")
+    MARKERS.iter().any(|m| lower.contains(m)) || parsed.device_class.as_deref() == Some("crawler")
 }
 
 /// One spelling per operating system, whatever the client sent.
@@ -224,19 +221,36 @@ pub fn channel(campaign: Option<&Value>, referrer: Option<&str>) -> &'static str
 }
 
 /// AES-256-GCM for IP addresses at rest: `nonce (12 bytes) ‖ ciphertext+tag`.
+///
+/// Nonces follow NIST SP 800-38D's deterministic construction: a 32-bit field random per
+/// process, then a 64-bit counter that starts at a random value. That keeps them unique
+/// without a `getrandom` system call per address.
 pub struct IpCipher {
     cipher: Aes256Gcm,
+    field: [u8; 4],
+    counter: std::sync::atomic::AtomicU64,
 }
 
 impl IpCipher {
     pub fn new(key: &[u8; 32]) -> Self {
-        IpCipher { cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)) }
+        let seed = Aes256Gcm::generate_nonce(&mut OsRng);
+        let field: [u8; 4] = seed[..4].try_into().expect("4 bytes");
+        let start = u64::from_le_bytes(seed[4..].try_into().expect("8 bytes"));
+        IpCipher {
+            cipher: Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)),
+            field,
+            counter: std::sync::atomic::AtomicU64::new(start),
+        }
     }
 
     /// `None` only if the cipher fails, which it does not for inputs this small; then no IP
     /// is stored rather than a clear one.
     pub fn encrypt(&self, ip: IpAddr) -> Option<Vec<u8>> {
-        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let mut nonce = [0u8; 12];
+        nonce[..4].copy_from_slice(&self.field);
+        let n = self.counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        nonce[4..].copy_from_slice(&n.to_le_bytes());
+        let nonce = Nonce::from(nonce);
         let sealed = self.cipher.encrypt(&nonce, ip.to_string().as_bytes()).ok()?;
         let mut out = nonce.to_vec();
         out.extend_from_slice(&sealed);
@@ -285,11 +299,14 @@ mod tests {
         assert_eq!(device_model(iphone).as_deref(), Some("iPhone"));
         assert_eq!(parse_user_agent(iphone).os_version.as_deref(), Some("17.1"));
         assert_eq!(parse_user_agent(pixel).os_version.as_deref(), Some("14"));
-        assert!(!is_bot(Some(iphone)));
-        assert!(is_bot(Some("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)")));
-        assert!(is_bot(Some("facebookexternalhit/1.1")));
-        assert!(is_bot(Some("curl/8.5.0")));
-        assert!(is_bot(None));
+        let bot = |ua: Option<&str>| is_bot(ua, &ua.map(parse_user_agent).unwrap_or_default());
+        assert!(!bot(Some(iphone)));
+        assert!(bot(Some("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)")));
+        assert!(bot(Some("Mozilla/5.0 (compatible; bingpreview/2.0)")));
+        assert!(bot(Some("facebookexternalhit/1.1")));
+        assert!(bot(Some("curl/8.5.0")));
+        assert!(bot(Some("Mozilla/5.0 (compatible; Yahoo! Slurp; http://help.yahoo.com/help/us/ysearch/slurp)")));
+        assert!(bot(None));
     }
 
     #[test]

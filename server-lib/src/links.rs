@@ -472,25 +472,29 @@ enum NotRecorded {
     RateLimited,
 }
 
-/// Records a click or impression on link slot `link`: flooding flags, the index, storage.
-/// Returns the click id, or why nothing was recorded.
+/// The click id of a recorded touch, or why none was recorded; with the visitor's OS family.
+type Recorded = Result<(String, OsFamily), (NotRecorded, OsFamily)>;
+
+/// Records a click or impression on link `link_id`: flooding flags, the index, storage.
+/// Returns the click id, or why nothing was recorded; with the visitor's OS family either way.
 fn record(
     state: &AppState,
     link_id: &str,
     kind: &str,
     source: &str,
     facts: ClickFacts,
-) -> Result<Result<(String, OsFamily), NotRecorded>, ApiError> {
+) -> Result<Recorded, ApiError> {
     let ua = facts.user_agent.as_deref();
-    if enrich::is_bot(ua) {
+    let parsed = ua.map(enrich::parse_user_agent).unwrap_or_default();
+    let os = OsFamily::of(parsed.os.as_deref());
+    if enrich::is_bot(ua, &parsed) {
         metrics::counter!("trailmark_bot_clicks_total", "kind" => kind.to_owned()).increment(1);
-        return Ok(Err(NotRecorded::Bot));
+        return Ok(Err((NotRecorded::Bot, os)));
     }
     if state.check_ip_rate(facts.ip).is_err() {
         metrics::counter!("trailmark_clicks_rate_limited_total").increment(1);
-        return Ok(Err(NotRecorded::RateLimited));
+        return Ok(Err((NotRecorded::RateLimited, os)));
     }
-    let parsed = ua.map(enrich::parse_user_agent).unwrap_or_default();
     let now = state.config.clock.now();
     let geo_tz = facts.ip.and_then(|ip| state.geo.lookup(ip).time_zone);
     let f = &state.config.attribution.fraud;
@@ -515,7 +519,6 @@ fn record(
         source: source.to_owned(),
         ..Default::default()
     };
-    let os = OsFamily::of(click.os.as_deref());
     {
         let mut tracking = state.tracking.lock()?;
         let i = tracking.by_id.get(link_id).copied().ok_or_else(link_not_found)?;
@@ -555,20 +558,8 @@ fn record(
 /// destination with the install referrer, everyone else to the web destination with
 /// `tm_click_id`. Only the link record decides the destination.
 pub fn destination(link: &LinkRecord, os: OsFamily, click_id: Option<&str>) -> String {
-    let with = |base: &str, pairs: &[(&str, &str)]| match url::Url::parse(base) {
-        Ok(mut url) => {
-            if !pairs.is_empty() {
-                let mut q = url.query_pairs_mut();
-                for (k, v) in pairs {
-                    q.append_pair(k, v);
-                }
-            }
-            url.to_string()
-        }
-        Err(_) => base.to_owned(),
-    };
     let web = || match click_id {
-        Some(id) => with(&link.destinations.web, &[("tm_click_id", id)]),
+        Some(id) => append_query(&link.destinations.web, &[("tm_click_id", id)]),
         None => link.destinations.web.clone(),
     };
     match os {
@@ -582,12 +573,41 @@ pub fn destination(link: &LinkRecord, os: OsFamily, click_id: Option<&str>) -> S
                 for (k, v) in link.utm.pairs() {
                     referrer.append_pair(k, v);
                 }
-                with(play, &[("referrer", &referrer.finish())])
+                append_query(play, &[("referrer", &referrer.finish())])
             }
             None => web(),
         },
         _ => web(),
     }
+}
+
+/// Appends URL-encoded pairs to the query of a destination (validated as a URL when the link
+/// was saved), before any fragment.
+fn append_query(base: &str, pairs: &[(&str, &str)]) -> String {
+    let (head, fragment) = match base.find('#') {
+        Some(i) => base.split_at(i),
+        None => (base, ""),
+    };
+    let mut out = String::with_capacity(base.len() + 64);
+    out.push_str(head);
+    let mut sep = if !head.contains('?') {
+        '?'
+    } else if head.ends_with('?') || head.ends_with('&') {
+        '\0'
+    } else {
+        '&'
+    };
+    for (k, v) in pairs {
+        if sep != '\0' {
+            out.push(sep);
+        }
+        out.extend(url::form_urlencoded::byte_serialize(k.as_bytes()));
+        out.push('=');
+        out.extend(url::form_urlencoded::byte_serialize(v.as_bytes()));
+        sep = '&';
+    }
+    out.push_str(fragment);
+    out
 }
 
 fn redirect(location: &str) -> Response {
@@ -609,11 +629,9 @@ async fn follow(state: &AppState, link: Option<Arc<LinkRecord>>, request: Reques
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no active link here").into_response();
     };
     let facts = ClickFacts::from_request(state, request.headers(), peer(&request), request.uri().query());
-    let ua_os = facts.user_agent.as_deref().map(enrich::parse_user_agent).and_then(|u| u.os);
-    let os = OsFamily::of(ua_os.as_deref());
     match record(state, &link.link_id, "click", "redirect", facts) {
         Ok(Ok((id, os))) => redirect(&destination(&link, os, Some(&id))),
-        Ok(Err(_)) => redirect(&destination(&link, os, None)),
+        Ok(Err((_, os))) => redirect(&destination(&link, os, None)),
         Err(e) => e.into_response(),
     }
 }
@@ -666,6 +684,24 @@ pub async fn impression(State(state): State<Arc<AppState>>, request: Request) ->
     match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::append_query;
+
+    #[test]
+    fn query_pairs_are_appended_before_the_fragment() {
+        let p = [("tm_click_id", "a b")];
+        assert_eq!(append_query("https://x.example/l", &p), "https://x.example/l?tm_click_id=a+b");
+        assert_eq!(append_query("https://x.example/l?y=1", &p), "https://x.example/l?y=1&tm_click_id=a+b");
+        assert_eq!(append_query("https://x.example/l?", &p), "https://x.example/l?tm_click_id=a+b");
+        assert_eq!(append_query("https://x.example/l?y=1#top", &p), "https://x.example/l?y=1&tm_click_id=a+b#top");
+        assert_eq!(
+            append_query("myapp://open", &[("r", "tm_click_id=1&utm_source=x")]),
+            "myapp://open?r=tm_click_id%3D1%26utm_source%3Dx"
+        );
     }
 }
 
@@ -755,8 +791,8 @@ pub async fn s2s_click(State(state): State<Arc<AppState>>, request: Request) -> 
             // The network's server is the client here: rate-limit by the visitor's address only.
             Ok(match record(&state, &req.link_id, kind, "s2s", facts)? {
                 Ok((id, _)) => (StatusCode::CREATED, json!({"click_id": id})),
-                Err(NotRecorded::Bot) => (StatusCode::OK, json!({"click_id": null, "reason": "bot user agent"})),
-                Err(NotRecorded::RateLimited) => {
+                Err((NotRecorded::Bot, _)) => (StatusCode::OK, json!({"click_id": null, "reason": "bot user agent"})),
+                Err((NotRecorded::RateLimited, _)) => {
                     (StatusCode::OK, json!({"click_id": null, "reason": "too many clicks from this address"}))
                 }
             })

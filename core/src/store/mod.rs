@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
-#[cfg(feature = "native")]
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
-#[cfg(feature = "native")]
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -33,15 +33,17 @@ pub struct SqliteStore {
     checkpointer: Option<Checkpointer>,
 }
 
-/// Runs `PRAGMA wal_checkpoint(PASSIVE)` about once a second until dropped. A passive
-/// checkpoint never blocks the writer.
-struct Checkpointer {
+/// Runs `PRAGMA wal_checkpoint(PASSIVE)` about once a second until dropped, on a thread with
+/// its own connection, so that commits (with `wal_autocheckpoint=0`) never wait for a
+/// checkpoint's writes and fsync. A passive checkpoint never blocks the writer. The SDK store
+/// and the server's storage both use it.
+pub struct Checkpointer {
     stop: std::sync::mpsc::Sender<()>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> Result<Self, StoreError> {
+    pub fn start(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();

@@ -4,7 +4,8 @@
 //! In one process it starts the reference server (SQLite, fsync on every group commit, every
 //! check on) and a plain axum hello-world. It then drives three workloads for the same time and
 //! concurrency: batched ingest (500 events per request), single-event ingest, and hello-world
-//! GETs. Every ingest request is signed with HMAC at send time, as an SDK would sign it. Bodies
+//! GETs; then click redirects through a tracking link, and install attribution with `--cached`
+//! clicks in the index. Every ingest request is signed with HMAC at send time, as an SDK would sign it. Bodies
 //! are built before the clock starts, so the client spends its CPU on HTTP and signing.
 
 use std::sync::Arc;
@@ -27,9 +28,12 @@ struct Args {
     /// Requests in flight.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Run only this workload: batched, single or hello (for profiling).
+    /// Run only this workload: batched, single, hello, clicks or installs.
     #[arg(long)]
     only: Option<String>,
+    /// Clicks put in the attribution index before the installs workload.
+    #[arg(long, default_value_t = 1_000_000)]
+    cached: u64,
     /// Server durability: full (default) or normal.
     #[arg(long, default_value = "full")]
     sync: String,
@@ -133,22 +137,7 @@ fn report(name: &str, unit: &str, r: &Result) {
 }
 
 async fn signed_post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Option<u64> {
-    let ts = trailmark_server::now_ms() / 1000;
-    let sig = protocol::sign(SECRET.as_bytes(), ts, &body);
-    let resp = client
-        .post(url)
-        .header(protocol::HEADER_APP, APP)
-        .header(protocol::HEADER_TIMESTAMP, ts.to_string())
-        .header(protocol::HEADER_SIGNATURE, sig)
-        .body(body)
-        .send()
-        .await
-        .ok()?;
-    if !resp.status().is_success() {
-        return None;
-    }
-    let answer: Value = resp.json().await.ok()?;
-    answer["accepted"].as_u64()
+    signed_request(client, url, body).await?["accepted"].as_u64()
 }
 
 #[tokio::main]
@@ -162,6 +151,7 @@ async fn main() {
         ip_rate: Some(1_000_000),
         app_rate: Some(1_000_000),
         sync: Some(args.sync.clone()),
+        admin_key: Some("bench-admin".into()),
         ..Default::default()
     };
     let running = start(&server_args.settings().unwrap()).await.unwrap();
@@ -231,5 +221,112 @@ async fn main() {
             println!("single-event ingest = {:.0} % of hello-world requests/s", 100.0 * single_rps / hello_rps);
         }
     }
+    if run("clicks") || run("installs") {
+        let base = format!("http://{}", running.addr);
+        let (link_id, code) = make_link(&client, &base).await;
+        if run("clicks") {
+            let no_redirects = reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(args.concurrency)
+                .build()
+                .unwrap();
+            let url = format!("{base}/c/{code}?gaid=38400000-8cf0-11bd-b23e-10b96e40000d&sub1=bench");
+            let r = drive(&args, Arc::new(Vec::new()), move |_| {
+                let (c, u) = (no_redirects.clone(), url.clone());
+                async move {
+                    let resp = c.get(&u).header("User-Agent", ANDROID_UA).send().await.ok()?;
+                    (resp.status() == 302).then_some(1)
+                }
+            })
+            .await;
+            report("click redirects /c/<code>", "clicks", &r);
+        }
+        if run("installs") {
+            let started = Instant::now();
+            fill_index(&running.state, &link_id, args.cached);
+            println!("{} clicks cached in {:.1} s", args.cached, started.elapsed().as_secs_f64());
+            let bodies: Vec<Vec<u8>> = (0..(args.seconds * 20_000))
+                .map(|i| {
+                    let device = (i * 7_919) % args.cached.max(1);
+                    format!(
+                        r#"{{"event_id":"{}","anonymous_id":"anon-{i}","timestamp":"{}","platform":"android","device":{{"gaid":"gaid-{device}","os":"Android","os_version":"14","model":"Pixel 8","locale":"en-US"}}}}"#,
+                        uuid::Uuid::new_v4(),
+                        protocol::format_millis(trailmark_server::now_ms())
+                    )
+                    .into_bytes()
+                })
+                .collect();
+            let (c, u) = (client.clone(), format!("{base}/v1/install"));
+            let r = drive(&args, Arc::new(bodies), move |body| {
+                let (c, u) = (c.clone(), u.clone());
+                async move {
+                    let answer = signed_request(&c, &u, body.unwrap()).await?;
+                    (answer["match_type"] == "device_id").then_some(1)
+                }
+            })
+            .await;
+            report(&format!("installs, {} clicks cached", args.cached), "installs", &r);
+        }
+    }
     running.handle.shutdown();
+}
+
+const ANDROID_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A.240205.004) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
+
+/// A campaign and a link through the admin API: `(link_id, code)`.
+async fn make_link(client: &reqwest::Client, base: &str) -> (String, String) {
+    let post =
+        |path: &str, body: Value| client.post(format!("{base}{path}")).bearer_auth("bench-admin").json(&body).send();
+    let campaign: Value = post("/v1/campaigns", serde_json::json!({"name": "bench", "network": "benchnet"}))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let link: Value = post(
+        "/v1/links",
+        serde_json::json!({"campaign_id": campaign["campaign_id"], "utm": {"source": "benchnet"},
+            "destinations": {"android": "https://play.google.com/store/apps/details?id=com.example",
+                "ios": "https://apps.apple.com/app/id1", "web": "https://example.com/"}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    (link["link_id"].as_str().unwrap().to_owned(), link["code"].as_str().unwrap().to_owned())
+}
+
+/// Puts `n` synthetic clicks (each with advertising id `gaid-<i>`, spread over the last six
+/// days) straight into the server's index, as a restart would load them from storage.
+fn fill_index(state: &trailmark_server::AppState, link_id: &str, n: u64) {
+    use trailmark_server::attribution::{DAY, Touch, TouchKind};
+    let mut tracking = state.tracking.lock().unwrap();
+    let link = tracking.by_id[link_id];
+    let now = trailmark_server::now_ms();
+    for i in 0..n {
+        let ts = now - 6 * DAY + (i as i128 * 6 * DAY as i128 / n.max(1) as i128) as i64;
+        let mut t = Touch::new(uuid::Uuid::new_v4(), TouchKind::Click, ts, link);
+        t.device = tracking.index.hasher.device(Some(&format!("gaid-{i}")));
+        t.set_ip(Some(std::net::IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8])));
+        tracking.index.push(t);
+    }
+}
+
+async fn signed_request(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Option<Value> {
+    let ts = trailmark_server::now_ms() / 1000;
+    let sig = protocol::sign(SECRET.as_bytes(), ts, &body);
+    let resp = client
+        .post(url)
+        .header(protocol::HEADER_APP, APP)
+        .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+        .header(protocol::HEADER_SIGNATURE, sig)
+        .body(body)
+        .send()
+        .await
+        .ok()?;
+    if !resp.status().is_success() {
+        return None;
+    }
+    resp.json().await.ok()
 }

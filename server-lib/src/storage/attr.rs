@@ -398,14 +398,12 @@ pub fn install_by_event(
     event_id: &str,
 ) -> Result<Option<InstallRecord>, StorageError> {
     let row = conn
-        .query_row(
-            &format!(
-                "SELECT {INSTALL_COLUMNS} FROM installs WHERE event_id = ?1 AND (?2 IS NULL OR app_id = ?2)
-                 ORDER BY received_at LIMIT 1"
-            ),
-            params![event_id, app_id],
-            install_row,
-        )
+        .prepare_cached(&format!(
+            "SELECT {INSTALL_COLUMNS} FROM installs WHERE event_id = ?1 AND (?2 IS NULL OR app_id = ?2)
+             ORDER BY received_at LIMIT 1"
+        ))
+        .map_err(backend)?
+        .query_row(params![event_id, app_id], install_row)
         .optional()
         .map_err(backend)?;
     finish_install(row)
@@ -426,14 +424,12 @@ pub fn first_install(
     ] {
         let Some(value) = value else { continue };
         let row = conn
-            .query_row(
-                &format!(
-                    "SELECT {INSTALL_COLUMNS} FROM installs WHERE app_id = ?1 AND {column} = ?2 AND kind = 'install'
-                     ORDER BY install_ts LIMIT 1"
-                ),
-                params![app_id, value],
-                install_row,
-            )
+            .prepare_cached(&format!(
+                "SELECT {INSTALL_COLUMNS} FROM installs WHERE app_id = ?1 AND {column} = ?2 AND kind = 'install'
+                 ORDER BY install_ts LIMIT 1"
+            ))
+            .map_err(backend)?
+            .query_row(params![app_id, value], install_row)
             .optional()
             .map_err(backend)?;
         if let Some(row) = row
@@ -595,25 +591,23 @@ pub fn reengagement_facts(
     before: i64,
 ) -> Result<(bool, Option<i64>), StorageError> {
     let installed: Option<i64> = conn
-        .query_row(
-            "SELECT MAX(install_ts) FROM installs WHERE app_id = ?1 AND anonymous_id = ?2",
-            params![app_id, anonymous_id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT MAX(install_ts) FROM installs WHERE app_id = ?1 AND anonymous_id = ?2")
+        .map_err(backend)?
+        .query_row(params![app_id, anonymous_id], |r| r.get(0))
         .map_err(backend)?;
     let last_install: Option<i64> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT MAX(install_ts) FROM installs WHERE app_id = ?1 AND anonymous_id = ?2 AND install_ts < ?3",
-            params![app_id, anonymous_id, before],
-            |r| r.get(0),
         )
+        .map_err(backend)?
+        .query_row(params![app_id, anonymous_id, before], |r| r.get(0))
         .map_err(backend)?;
     let last_event: Option<i64> = conn
-        .query_row(
+        .prepare_cached(
             "SELECT MAX(corrected_ts) FROM events WHERE app_id = ?1 AND anonymous_id = ?2 AND corrected_ts < ?3",
-            params![app_id, anonymous_id, before],
-            |r| r.get(0),
         )
+        .map_err(backend)?
+        .query_row(params![app_id, anonymous_id, before], |r| r.get(0))
         .map_err(backend)?;
     Ok((installed.is_some(), last_install.max(last_event)))
 }
@@ -781,9 +775,9 @@ pub fn pending_postbacks(conn: &Connection) -> Result<Vec<PendingPostback>, Stor
 /// A click's ad-network ids and sub-parameters (for postback macros).
 pub fn click_params(conn: &Connection, click_id: &str) -> Result<Option<(Value, Value)>, StorageError> {
     let row: Option<(String, String)> = conn
-        .query_row("SELECT network_ids, sub_params FROM clicks WHERE click_id = ?1", [click_id], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
+        .prepare_cached("SELECT network_ids, sub_params FROM clicks WHERE click_id = ?1")
+        .map_err(backend)?
+        .query_row([click_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()
         .map_err(backend)?;
     match row {
