@@ -321,6 +321,16 @@ impl Trailmark {
         }
     }
 
+    /// The anonymous id the SDK's events carry now (a new one after `reset`). Send it with the
+    /// install (`POST /v1/install`) so install attribution and later events meet.
+    pub fn anonymous_id(&self) -> Result<String, Error> {
+        let (reply, wait) = mpsc::sync_channel(1);
+        self.call(move |e, _| {
+            let _ = reply.send(e.anonymous_id().to_owned());
+        })?;
+        wait.recv_timeout(REPLY_TIMEOUT).map_err(|_| Error::Timeout(REPLY_TIMEOUT))
+    }
+
     /// The engine's counters, after every earlier call.
     pub fn stats(&self) -> Result<Stats, Error> {
         let (reply, wait) = mpsc::sync_channel(1);

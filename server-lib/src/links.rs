@@ -477,13 +477,7 @@ type Recorded = Result<(String, OsFamily), (NotRecorded, OsFamily)>;
 
 /// Records a click or impression on link `link_id`: flooding flags, the index, storage.
 /// Returns the click id, or why nothing was recorded; with the visitor's OS family either way.
-fn record(
-    state: &AppState,
-    link_id: &str,
-    kind: &str,
-    source: &str,
-    facts: ClickFacts,
-) -> Result<Recorded, ApiError> {
+fn record(state: &AppState, link_id: &str, kind: &str, source: &str, facts: ClickFacts) -> Result<Recorded, ApiError> {
     let ua = facts.user_agent.as_deref();
     let parsed = ua.map(enrich::parse_user_agent).unwrap_or_default();
     let os = OsFamily::of(parsed.os.as_deref());

@@ -6,7 +6,12 @@
 //! - six devices open campaign deep links, sign in, browse and buy;
 //! - some events are invalid (a purchase without a currency) and are rejected one by one;
 //! - one batch is replayed and comes back as duplicates;
-//! - one user denies consent and sends nothing.
+//! - one user denies consent and sends nothing;
+//! - before that, the marketing side: campaigns and tracking links are created through the
+//!   admin API, visitors click them (Android through the Play referrer, iPhones by advertising
+//!   id or fingerprint, a crawler that is not counted), the apps report their installs, and the
+//!   server attributes each one (one is click injection and is rejected). Purchases are then
+//!   credited to the campaigns.
 //!
 //! Then it prints a summary and keeps serving until Ctrl-C (`--once` exits after the summary).
 
@@ -65,12 +70,19 @@ fn device(name: &'static str, endpoint: &str, data: &Path, require_consent: bool
 }
 
 /// One user's visit: a campaign deep link, sign-in, browsing, a cart, maybe a purchase.
-fn visit(d: &Device, campaign: Option<(&str, &str, &str)>, items: usize, buy: bool, bad_purchase: bool) {
+fn visit(
+    d: &Device,
+    campaign: Option<(&str, &str, &str)>,
+    click: Option<&str>,
+    items: usize,
+    buy: bool,
+    bad_purchase: bool,
+) {
     let tm = &d.tm;
     if let Some((source, medium, name)) = campaign {
+        let click = click.map(str::to_owned).unwrap_or_else(|| format!("clk_{}", d.name));
         let url = format!(
-            "shop://product/42?tm_click_id=clk_{}&utm_source={source}&utm_medium={medium}&utm_campaign={name}",
-            d.name
+            "shop://product/42?tm_click_id={click}&utm_source={source}&utm_medium={medium}&utm_campaign={name}"
         );
         tm.handle_open_url(&url).unwrap();
     }
@@ -150,6 +162,129 @@ fn query_pairs(db: &Path, sql: &str) -> Vec<(String, i64)> {
         .collect()
 }
 
+struct AttributionRun {
+    links: usize,
+    /// (device name, click id) of every counted click.
+    clicks: Vec<(&'static str, String)>,
+    /// (device name, answer of POST /v1/install).
+    installs: Vec<(&'static str, Value)>,
+    sample_link: String,
+}
+
+const ANDROID_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A.240205.004) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
+const IPHONE_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
+
+/// The marketing side: campaigns and links, clicks, installs, attribution.
+fn simulate_attribution(
+    endpoint: &str,
+    anonymous_ids: &std::collections::HashMap<&'static str, String>,
+) -> AttributionRun {
+    let client = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let admin = |path: &str, body: Value| -> Value {
+        client.post(format!("{endpoint}{path}")).bearer_auth(ADMIN).json(&body).send().and_then(|r| r.json()).unwrap()
+    };
+    let mut codes = std::collections::HashMap::new();
+    for (network, campaign, utm_medium) in
+        [("google", "brand_search", "cpc"), ("meta", "summer_video", "paid_social"), ("tiktok", "ugc", "social")]
+    {
+        let c = admin("/v1/campaigns", json!({"name": campaign, "network": network}));
+        let link = admin(
+            "/v1/links",
+            json!({
+                "campaign_id": c["campaign_id"],
+                "utm": {"source": network, "medium": utm_medium, "campaign": campaign},
+                "destinations": {
+                    "ios": "https://apps.apple.com/app/id1234567890",
+                    "android": format!("https://play.google.com/store/apps/details?id={APP}"),
+                    "web": "https://shop.example.com/landing"
+                },
+                "deep_link": {"path": "/product/42", "params": {"campaign": campaign}}
+            }),
+        );
+        codes.insert(network, link["code"].as_str().unwrap().to_owned());
+    }
+    let click = |network: &str, ua: &str, query: &str| -> reqwest::blocking::Response {
+        client
+            .get(format!("{endpoint}/c/{}{query}", codes[network]))
+            .header("User-Agent", ua)
+            .header("Accept-Language", "en-US,en;q=0.9")
+            .send()
+            .unwrap()
+    };
+    let location =
+        |r: &reqwest::blocking::Response| url::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let param = |u: &url::Url, k: &str| u.query_pairs().find(|(n, _)| n == k).map(|(_, v)| v.into_owned());
+    // Android visitors: the Play Store URL carries the install referrer.
+    let mut referrers = Vec::new();
+    let mut clicks = Vec::new();
+    for (name, network) in [("ivy", "google"), ("kim", "google"), ("gus", "google"), ("zed", "meta")] {
+        let referrer = param(&location(&click(network, ANDROID_UA, "?gclid=demo")), "referrer").unwrap();
+        let id =
+            url::form_urlencoded::parse(referrer.as_bytes()).find(|(k, _)| k == "tm_click_id").unwrap().1.into_owned();
+        clicks.push((name, id));
+        referrers.push((name, referrer));
+    }
+    // iPhone visitors: two with the advertising id the ad network passes on, one without.
+    for (name, network) in [("jo", "meta"), ("hana", "meta")] {
+        let r = click(network, IPHONE_UA, &format!("?idfa=AAAAAAAA-0000-4000-8000-{:012}", name.len()));
+        assert_eq!(location(&r).host_str(), Some("apps.apple.com"));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    click("tiktok", IPHONE_UA, "");
+    // A crawler previewing the link is redirected but never counted.
+    click("tiktok", "facebookexternalhit/1.1", "");
+
+    let install = |name: &'static str, device: Value, referrer: Option<&str>| -> (&'static str, Value) {
+        let mut body = json!({
+            "event_id": uuid::Uuid::new_v4().to_string(),
+            "anonymous_id": anonymous_ids.get(name).cloned().unwrap_or_else(|| format!("install-{name}")),
+            "timestamp": protocol::format_millis(trailmark_server::now_ms()),
+            "platform": if device["os"] == "iOS" { "ios" } else { "android" },
+            "device": device,
+        });
+        if let Some(r) = referrer {
+            body["install_referrer"] = json!(r);
+        }
+        let body = serde_json::to_vec(&body).unwrap();
+        let ts = trailmark_server::now_ms() / 1000;
+        let answer = client
+            .post(format!("{endpoint}/v1/install"))
+            .header(protocol::HEADER_APP, APP)
+            .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+            .header(protocol::HEADER_SIGNATURE, protocol::sign(SECRET.as_bytes(), ts, &body))
+            .body(body)
+            .send()
+            .and_then(|r| r.json())
+            .unwrap();
+        (name, answer)
+    };
+    let android = json!({"os": "Android", "os_version": "14", "model": "Pixel 8", "locale": "en_US"});
+    let mut installs = Vec::new();
+    // Installed four seconds after its click: click injection, rejected.
+    std::thread::sleep(Duration::from_secs(4));
+    installs.push(install("zed", android.clone(), Some(&referrers[3].1)));
+    // Real installs take longer than the 10-second click-to-install minimum.
+    std::thread::sleep(Duration::from_secs(7));
+    for (name, referrer) in &referrers[..3] {
+        installs.push(install(name, android.clone(), Some(referrer)));
+    }
+    for name in ["jo", "hana"] {
+        let idfa = format!("aaaaaaaa-0000-4000-8000-{:012}", name.len());
+        installs.push(install(
+            name,
+            json!({"os": "iOS", "os_version": "17.1.2", "idfa": idfa, "locale": "en_US"}),
+            None,
+        ));
+    }
+    installs.push(install(
+        "anna",
+        json!({"os": "iOS", "os_version": "17.1.2", "locale": "en_US", "model": "iPhone15,2"}),
+        None,
+    ));
+    installs.push(install("cleo", json!({"os": "iOS", "os_version": "16.6", "locale": "fr_FR"}), None));
+    AttributionRun { links: codes.len(), clicks, installs, sample_link: format!("/c/{}", codes["google"]) }
+}
+
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -172,7 +307,7 @@ async fn main() {
     let ep = endpoint.clone();
     let offline = tokio::task::spawn_blocking(move || {
         let d = device("offline", &ep, &data, false);
-        visit(&d, Some(("newsletter", "email", "spring_sale")), 20, true, false);
+        visit(&d, Some(("newsletter", "email", "spring_sale")), None, 20, true, false);
         d
     })
     .await
@@ -196,7 +331,7 @@ async fn main() {
 
     let data = args.data.clone();
     let ep = endpoint.clone();
-    let (devices, denied_stats, replay_answers) = tokio::task::spawn_blocking(move || {
+    let (devices, denied_stats, replay_answers, attribution) = tokio::task::spawn_blocking(move || {
         let campaigns = [
             ("ivy", Some(("google", "cpc", "brand_search")), 12, true, false),
             ("anna", Some(("facebook", "paid_social", "summer_video")), 8, true, true),
@@ -210,15 +345,21 @@ async fn main() {
             ("jo", Some(("newsletter", "email", "spring_sale")), 11, true, false),
             ("kim", Some(("bing", "cpc", "brand_search")), 2, false, false),
         ];
+        // The apps are installed: each reports its install with the SDK's anonymous id.
+        let started: Vec<Device> = campaigns.iter().map(|c| device(c.0, &ep, &data, false)).collect();
+        let mut anonymous_ids: std::collections::HashMap<&'static str, String> =
+            started.iter().map(|d| (d.name, d.tm.anonymous_id().unwrap())).collect();
+        anonymous_ids.insert("zed", "install-zed".into());
+        let attribution = simulate_attribution(&ep, &anonymous_ids);
         let mut devices = vec![offline];
-        for (name, campaign, items, buy, bad) in campaigns {
-            let d = device(name, &ep, &data, false);
-            visit(&d, campaign, items, buy, bad);
+        for (d, (_, campaign, items, buy, bad)) in started.into_iter().zip(campaigns) {
+            let click = attribution.clicks.iter().find(|(n, _)| *n == d.name).map(|(_, c)| c.as_str());
+            visit(&d, campaign, click, items, buy, bad);
             devices.push(d);
         }
         // A user who is asked for consent and declines: nothing leaves the device.
         let denied = device("fay", &ep, &data, true);
-        visit(&denied, Some(("google", "cpc", "brand_search")), 3, true, false);
+        visit(&denied, Some(("google", "cpc", "brand_search")), None, 3, true, false);
         denied
             .tm
             .set_consent(ConsentUpdate { analytics: Some(false), attribution: Some(false), do_not_sell: Some(true) })
@@ -227,7 +368,7 @@ async fn main() {
             d.tm.flush().unwrap();
         }
         let replay_answers = replay(&ep);
-        (devices, denied.tm.stats().unwrap(), replay_answers)
+        (devices, denied.tm.stats().unwrap(), replay_answers, attribution)
     })
     .await
     .unwrap();
@@ -249,7 +390,13 @@ async fn main() {
     let refused: u64 = stats.iter().map(|s| s.refused_invalid).sum();
     let queued: u64 = stats.iter().map(|s| s.queued).sum();
     println!(
-        "  step 3   {} devices browsed and bought, most arriving through a campaign link; 1 more declined consent",
+        "  step 3   {} tracking links clicked {} times (+1 crawler, not counted); {} installs reported",
+        attribution.links,
+        attribution.clicks.len() + 3,
+        attribution.installs.len()
+    );
+    println!(
+        "  step 4   {} devices browsed and bought, most arriving through a campaign link; 1 more declined consent",
         stats.len() - 1
     );
     println!();
@@ -281,7 +428,43 @@ async fn main() {
     for (c, n) in &by_channel {
         println!("    {c:<32} {n}");
     }
-    let ok = queued == 0
+    println!();
+    println!("Attribution");
+    for (name, result) in &attribution.installs {
+        let fraud = &result["fraud"];
+        println!(
+            "    install {name:<6} {:<12} {:<10} confidence {:<5} {}",
+            result["match_type"].as_str().unwrap_or("?"),
+            result["network"].as_str().unwrap_or("-"),
+            result["confidence"],
+            if fraud["rejected"] == true { format!("rejected: {}", fraud["flags"]) } else { String::new() }
+        );
+    }
+    let revenue = query_pairs(
+        &db,
+        "SELECT COALESCE(network, 'organic') || ' / ' || model, CAST(ROUND(SUM(revenue) * 100) AS INTEGER)
+         FROM conversions WHERE model IN ('last_touch', 'linear') GROUP BY 1 ORDER BY 1",
+    );
+    println!("  purchase revenue credited (EUR) by network / model:");
+    for (k, cents) in &revenue {
+        println!("    {k:<28} {:.2}", *cents as f64 / 100.0);
+    }
+    let expected = [
+        ("ivy", "referrer"),
+        ("kim", "referrer"),
+        ("gus", "referrer"),
+        ("jo", "device_id"),
+        ("hana", "device_id"),
+        ("anna", "fingerprint"),
+        ("cleo", "organic"),
+        ("zed", "organic"),
+    ];
+    let attribution_ok =
+        expected.iter().all(|(n, m)| attribution.installs.iter().any(|(name, r)| name == n && r["match_type"] == *m))
+            && attribution.installs.iter().any(|(n, r)| *n == "zed" && r["fraud"]["rejected"] == true)
+            && !revenue.is_empty();
+    let ok = attribution_ok
+        && queued == 0
         && delivered + 20 == stored as u64
         && rejected == 2
         && refused == stats.len() as u64
@@ -290,7 +473,7 @@ async fn main() {
     println!();
     if ok {
         println!(
-            "OK: every tracked event arrived exactly once; invalid ones were rejected one by one; the replay was all duplicates."
+            "OK: every tracked event arrived exactly once; invalid ones were rejected one by one; the replay was all duplicates; every install was attributed as expected."
         );
     } else {
         println!("MISMATCH: see the numbers above.");
@@ -303,6 +486,8 @@ async fn main() {
     println!("Still serving. Try:");
     println!("  curl {endpoint}/healthz");
     println!("  curl {endpoint}/metrics | grep trailmark_");
+    println!("  curl -H 'Authorization: Bearer {ADMIN}' {endpoint}/v1/attribution/<install event id>");
+    println!("  curl -i {endpoint}{}", attribution.sample_link);
     println!(
         "  curl -X POST -H 'Authorization: Bearer {ADMIN}' -d '{{\"user_id\":\"user-anna\"}}' {endpoint}/v1/user/delete"
     );
