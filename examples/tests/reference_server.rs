@@ -121,7 +121,12 @@ fn toml_config_and_https() {
     std::fs::write(
         &config_path,
         format!(
-            "db = {:?}\napps = [\"app:secret\"]\nadmin_key = \"adm\"\ntls_cert = {:?}\ntls_key = {:?}\nlog_format = \"json\"\n",
+            concat!(
+                "db = {:?}\napps = [\"app:secret\"]\nadmin_key = \"adm\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+                "log_format = \"json\"\npublic_url = \"https://t.example.com\"\n",
+                "[attribution]\nclick_window_hours = 48\nclick_injection = \"flag\"\nnetwork_priority = [\"meta\"]\n",
+                "[[postbacks]]\nnetwork = \"meta\"\nurl = \"https://pb.example/i?c={{click_id}}\"\nevents = [\"install\"]\n",
+            ),
             dir.path().join("s.db"),
             cert_path,
             key_path
@@ -139,6 +144,17 @@ fn toml_config_and_https() {
     assert_eq!(answer["accepted"], 3);
     let health: Value = client.get(format!("{base}/healthz")).send().unwrap().json().unwrap();
     assert_eq!(health["status"], "ok");
+    // Attribution settings from the file: links under the public URL; the audit shows the
+    // 48-hour click window and the click-injection policy.
+    let admin = |path: &str, body: Value| -> Value {
+        client.post(format!("{base}{path}")).bearer_auth("adm").json(&body).send().unwrap().json().unwrap()
+    };
+    let campaign = admin("/v1/campaigns", serde_json::json!({"name": "c", "network": "meta"}));
+    let link = admin(
+        "/v1/links",
+        serde_json::json!({"campaign_id": campaign["campaign_id"], "destinations": {"web": "https://example.com/"}}),
+    );
+    assert!(link["url"].as_str().unwrap().starts_with("https://t.example.com/c/"), "{link}");
     // Plain HTTP to the HTTPS port is refused.
     let plain = reqwest::blocking::get(format!("{}/healthz", base.replace("https", "http")));
     assert!(!plain.map(|r| r.status().is_success()).unwrap_or(false));
@@ -149,4 +165,17 @@ fn toml_config_and_https() {
     let out = Command::new(BIN).args(["--app", "no-colon"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ID:SECRET"));
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "apps = [\"a:b\"]\n[attribution]\nclick_window_days = 3\n").unwrap();
+    let out = Command::new(BIN).args(["--config", bad.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("click_window_days"), "{out:?}");
+    let db = dir.path().join("pb.db");
+    let out = Command::new(BIN)
+        .args(["--app", "a:b", "--db", db.to_str().unwrap(), "--postback", "meta=ftp://x/{nope}"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("unknown macro"), "{said}");
 }

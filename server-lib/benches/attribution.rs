@@ -48,10 +48,12 @@ fn percentiles(mut v: Vec<Duration>) -> (Duration, Duration, Duration) {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs this binary without `--bench`: a quick smoke run then.
+    let quick = !std::env::args().any(|a| a == "--bench");
     let sizes: Vec<u64> = std::env::var("TM_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
-        .unwrap_or_else(|| vec![1_000_000, 10_000_000]);
+        .unwrap_or_else(|| if quick { vec![20_000] } else { vec![1_000_000, 10_000_000] });
     let cfg = AttributionConfig::default();
     let links: Vec<Arc<LinkInfo>> = (0..100)
         .map(|i| {
@@ -98,7 +100,7 @@ fn main() {
         );
         let now = t0 + 7 * DAY;
         let mut burst = BurstTracker::default();
-        let rounds = 20_000;
+        let rounds = if quick { 500 } else { 20_000 };
         type Case = Box<dyn Fn(u64, uuid::Uuid, u8) -> (String, Option<uuid::Uuid>, Option<IpAddr>)>;
         let cases: [(&str, Case); 4] = [
             ("click id", Box::new(|_, id, _| (String::new(), Some(id), None))),
@@ -138,6 +140,8 @@ fn main() {
                 times.push(started.elapsed());
                 matched += d.winner.is_some() as u64;
             }
+            let expected = if name == "organic" { 0 } else { rounds as u64 };
+            assert_eq!(matched, expected, "{name}: every install of this case should match as designed");
             let (p50, p99, max) = percentiles(times);
             println!(
                 "  {name:<12} p50 {:>6.2} µs  p99 {:>6.2} µs  max {:>7.1} µs  (matched {matched}/{rounds})",

@@ -13,8 +13,11 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Endpoints: `POST /v1/event` (signed), `POST /v1/user/delete` (admin), `GET /healthz`,
-//! `GET /metrics` (Prometheus).
+//! Endpoints: `POST /v1/event` and `POST /v1/install` (signed), tracking links `GET /c/{code}`,
+//! clicks `GET|POST /v1/click`, `GET /v1/impression`, the campaign manager (`POST /v1/campaigns`,
+//! `POST /v1/links`, `GET|PATCH /v1/links/{id}`, `GET /v1/links/{id}/audit`,
+//! `GET /v1/attribution/{event_id}`; admin), `POST /v1/user/delete` (admin), `GET /healthz`,
+//! `GET /metrics` (Prometheus). Attribution is explained in `docs/attribution.md`.
 
 pub mod attribution;
 pub mod config;
