@@ -111,13 +111,10 @@ async fn run(state: &AppState, app_id: &str, items: Vec<Followup>) -> Result<(),
         }
     }
     if !touchpoints.is_empty() || !reengagements.is_empty() {
-        let n = reengagements.len();
         let fresh = state.storage.save_touchpoints(touchpoints, reengagements.clone()).await?;
-        metrics::counter!("trailmark_reengagements_total").increment(fresh as u64);
-        if fresh > 0 {
-            for r in reengagements.iter().take(n) {
-                crate::postbacks::reengagement(state, r).await;
-            }
+        for (r, _) in reengagements.iter().zip(fresh).filter(|(_, new)| *new) {
+            metrics::counter!("trailmark_reengagements_total").increment(1);
+            crate::postbacks::reengagement(state, r).await;
         }
     }
     for item in items.iter().filter(|i| i.is_conversion(state)) {

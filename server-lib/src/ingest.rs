@@ -106,6 +106,8 @@ pub(crate) struct Signed {
     pub app_id: String,
     pub ip: Option<IpAddr>,
     pub body: bytes::Bytes,
+    /// The signed `X-Trailmark-Timestamp` (the sender's clock, Unix seconds).
+    pub sent_at_secs: i64,
 }
 
 /// Authenticates a signed request: app id, per-IP rate, body with `limit`, HMAC signature,
@@ -144,14 +146,15 @@ pub(crate) async fn read_signed(
         ApiError::unauthorized("invalid_signature", e.to_string())
     })?;
     state.check_app_rate(&app_id)?;
-    Ok(Signed { app_id, ip, body: raw })
+    let sent_at_secs = header_str(headers, protocol::HEADER_TIMESTAMP).and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+    Ok(Signed { app_id, ip, body: raw, sent_at_secs })
 }
 
 async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, ApiError> {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let limits = &state.config.limits;
-    let Signed { app_id, ip, body: raw } = read_signed(state, &parts, body, limits.max_body_bytes, true).await?;
+    let Signed { app_id, ip, body: raw, .. } = read_signed(state, &parts, body, limits.max_body_bytes, true).await?;
 
     let decoded;
     let body: &[u8] = match header_str(headers, header::CONTENT_ENCODING.as_str()).map(str::trim) {

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use trailmark_core::protocol::{self, AttributionResult, InstallRequest};
 
+use crate::attribution::DAY;
 use crate::attribution::matching::{Fingerprint, InstallFacts, attribute};
 use crate::error::ApiError;
 use crate::ingest;
@@ -70,8 +71,22 @@ async fn install(state: &AppState, request: Request) -> Result<AttributionResult
     let app_id = signed.app_id;
     let cfg = &state.config.attribution;
     let received_at = state.config.clock.now();
-    // The first open as the device saw it, but never in the future of the server.
-    let install_ts = req.timestamp.timestamp_millis().min(received_at);
+    // Device times are moved onto the server's clock by the skew the signed timestamp header
+    // shows (seconds; the signature check bounds it to 5 minutes), so click-to-install times
+    // compare server time with server time. An install is never after its receipt.
+    let skew = received_at - signed.sent_at_secs.saturating_mul(1000);
+    let device_time = |ms: i64, field: &str| -> Result<i64, ApiError> {
+        const EARLIEST: i64 = 1_262_304_000_000; // 2010-01-01
+        if !(EARLIEST..=received_at.saturating_add(DAY)).contains(&ms) {
+            return Err(ApiError::bad_request("invalid_field", format!("{field} is not a plausible Unix time in ms")));
+        }
+        Ok(ms.saturating_add(skew).min(received_at))
+    };
+    let install_ts = device_time(req.timestamp.timestamp_millis(), "timestamp")?;
+    let install_begin_ts = req.install_begin_ts.map(|t| device_time(t, "install_begin_ts")).transpose()?;
+    if let Some(t) = req.referrer_click_ts {
+        device_time(t, "referrer_click_ts")?;
+    }
     let event_id = req.event_id.to_string();
     state.tracking.ready(state).await?;
 
@@ -105,18 +120,18 @@ async fn install(state: &AppState, request: Request) -> Result<AttributionResult
         ip_enc: signed.ip.and_then(|ip| state.ip_cipher.encrypt(ip)),
     };
 
-    let first = state.storage.first_install(app_id.clone(), keys.clone()).await.map_err(storage_error)?;
+    let first = state.storage.last_install(app_id.clone(), keys.clone()).await.map_err(storage_error)?;
     if let Some(first) = &first
-        && install_ts - first.install_ts <= cfg.reattribution_window
+        && install_ts.saturating_sub(first.install_ts) <= cfg.reattribution_window
     {
-        // A reinstall inside the re-attribution window: not a new install.
+        // A reinstall inside the re-attribution window of the device's last new install.
         record.kind = "reinstall".into();
         record.result = AttributionResult { reinstall: true, ..first.result.clone() };
         record.audit = json!({
             "decided_at": received_at,
             "install_ts": install_ts,
             "reinstall_of": first.event_id,
-            "first_install_ts": first.install_ts,
+            "install_counted_ts": first.install_ts,
             "reattribution_window_ms": cfg.reattribution_window,
             "choice": "the original attribution of the device's first install",
         });
@@ -138,7 +153,8 @@ async fn install(state: &AppState, request: Request) -> Result<AttributionResult
     let facts = InstallFacts {
         app_id: &app_id,
         install_ts,
-        install_begin_ts: req.install_begin_ts,
+        received_at,
+        install_begin_ts,
         click_id,
         referrer_click_id,
         device_ids,

@@ -71,6 +71,9 @@ fn check_url(field: &str, value: &str) -> Result<(), ApiError> {
     if value.len() > MAX_URL {
         return Err(bad(&format!("longer than {MAX_URL} bytes")));
     }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad("spaces and control characters are not allowed; percent-encode them"));
+    }
     let url = url::Url::parse(value).map_err(|e| bad(&e.to_string()))?;
     match url.scheme() {
         "javascript" | "data" | "file" | "vbscript" | "blob" | "about" | "filesystem" => {
@@ -196,8 +199,9 @@ pub async fn create_link(State(state): State<Arc<AppState>>, request: Request) -
             let body = ingest::read_body(body, MAX_LINK_BODY).await?;
             let req: NewLink = parse_as(&body)?;
             check_link_parts(&req.utm, &req.destinations, req.deep_link.as_ref())?;
-            let now = state.config.clock.now();
             state.tracking.ready(&state).await?;
+            let _serial = state.tracking.link_changes.lock().await;
+            let now = state.config.clock.now();
             let link = {
                 let tracking = state.tracking.lock()?;
                 let Some(campaign) = tracking.campaigns.get(&req.campaign_id) else {
@@ -245,9 +249,6 @@ struct LinkChange {
     utm: Option<Utm>,
     #[serde(default)]
     destinations: Option<Destinations>,
-    /// Absent: unchanged; `null`: removed.
-    #[serde(default)]
-    deep_link: Option<Value>,
     #[serde(default)]
     enabled: Option<bool>,
 }
@@ -263,22 +264,27 @@ pub async fn update_link(
             let (parts, body) = request.into_parts();
             let actor = admin_auth(&state, &parts.headers)?;
             let body = ingest::read_body(body, MAX_LINK_BODY).await?;
-            let change: LinkChange = parse_as(&body)?;
+            let mut fields: serde_json::Map<String, Value> = parse_as(&body)?;
+            // `"deep_link": null` removes it; serde alone would read null as "absent".
+            let deep_link = fields.remove("deep_link");
+            let change: LinkChange = serde_json::from_value(Value::Object(fields))
+                .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
             state.tracking.ready(&state).await?;
+            let _serial = state.tracking.link_changes.lock().await;
             let before = {
                 let tracking = state.tracking.lock()?;
                 let i = tracking.by_id.get(&link_id).copied().ok_or_else(link_not_found)?;
                 tracking.links[i as usize].clone()
             };
             let mut after = (*before).clone();
-            let only_enabled = change.utm.is_none() && change.destinations.is_none() && change.deep_link.is_none();
+            let only_enabled = change.utm.is_none() && change.destinations.is_none() && deep_link.is_none();
             if let Some(utm) = change.utm {
                 after.utm = utm;
             }
             if let Some(d) = change.destinations {
                 after.destinations = d;
             }
-            match change.deep_link {
+            match deep_link {
                 None => {}
                 Some(Value::Null) => after.deep_link = None,
                 Some(v) => {
@@ -481,7 +487,9 @@ fn record(state: &AppState, link_id: &str, kind: &str, source: &str, facts: Clic
     let ua = facts.user_agent.as_deref();
     let parsed = ua.map(enrich::parse_user_agent).unwrap_or_default();
     let os = OsFamily::of(parsed.os.as_deref());
-    if enrich::is_bot(ua, &parsed) {
+    // A network's server-to-server click often has no user agent; that alone is not a bot.
+    let bot = !(ua.is_none() && source == "s2s") && enrich::is_bot(ua, &parsed);
+    if bot {
         metrics::counter!("trailmark_bot_clicks_total", "kind" => kind.to_owned()).increment(1);
         return Ok(Err((NotRecorded::Bot, os)));
     }
@@ -618,12 +626,12 @@ fn peer(request: &Request) -> Option<IpAddr> {
 }
 
 /// Follows a link: records the click and redirects.
-async fn follow(state: &AppState, link: Option<Arc<LinkRecord>>, request: Request) -> Response {
+async fn follow(state: &AppState, link: Option<Arc<LinkRecord>>, source: &str, request: Request) -> Response {
     let Some(link) = link.filter(|l| l.enabled) else {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no active link here").into_response();
     };
     let facts = ClickFacts::from_request(state, request.headers(), peer(&request), request.uri().query());
-    match record(state, &link.link_id, "click", "redirect", facts) {
+    match record(state, &link.link_id, "click", source, facts) {
         Ok(Ok((id, os))) => redirect(&destination(&link, os, Some(&id))),
         Ok(Err((_, os))) => redirect(&destination(&link, os, None)),
         Err(e) => e.into_response(),
@@ -639,7 +647,7 @@ pub async fn click_by_code(State(state): State<Arc<AppState>>, Path(code): Path<
         Ok(t) => t.by_code.get(&code).map(|&i| t.links[i as usize].clone()),
         Err(e) => return e.into_response(),
     };
-    follow(&state, link, request).await
+    follow(&state, link, "redirect", request).await
 }
 
 fn query_param(request: &Request, name: &str) -> Option<String> {
@@ -657,7 +665,7 @@ pub async fn click_by_link(State(state): State<Arc<AppState>>, request: Request)
         Ok(t) => query_param(&request, "link").and_then(|id| t.by_id.get(&id).map(|&i| t.links[i as usize].clone())),
         Err(e) => return e.into_response(),
     };
-    follow(&state, link, request).await
+    follow(&state, link, "api", request).await
 }
 
 /// `GET /v1/impression?link=<link_id>` → 204: a view-through touchpoint (with the device id

@@ -171,6 +171,10 @@ async fn deliver(storage: &dyn Storage, client: &reqwest::Client, policy: &Postb
         .build();
     let mut attempts = p.attempts;
     loop {
+        // Delivered elsewhere, failed, or deleted with its user in the meantime: stop.
+        if !matches!(storage.postback_pending(p.id).await, Ok(true)) {
+            return;
+        }
         attempts += 1;
         let started = Instant::now();
         let (status, error) = match client.get(&p.url).send().await {

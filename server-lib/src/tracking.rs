@@ -115,14 +115,17 @@ impl TrackState {
 /// Lazily loaded attribution state.
 #[derive(Default)]
 pub struct Tracking {
-    cell: tokio::sync::OnceCell<Result<Mutex<TrackState>, String>>,
+    cell: tokio::sync::OnceCell<Mutex<TrackState>>,
+    /// Serialises link changes (read, modify, store, publish) so concurrent edits cannot
+    /// undo each other.
+    pub link_changes: tokio::sync::Mutex<()>,
 }
 
 impl Tracking {
     /// Loads the state from storage the first time; then [`Tracking::lock`] works.
+    /// A failed load is not kept: the next request tries again.
     pub async fn ready(&self, state: &AppState) -> Result<(), ApiError> {
-        let loaded = self.cell.get_or_init(|| load(state)).await;
-        match loaded {
+        match self.cell.get_or_try_init(|| load(state)).await {
             Ok(_) => Ok(()),
             Err(e) => Err(ApiError::new(
                 axum::http::StatusCode::NOT_IMPLEMENTED,
@@ -136,10 +139,7 @@ impl Tracking {
 impl Tracking {
     /// The state if it is loaded (callers that ran [`Tracking::ready`] earlier in the request).
     pub fn lock_loaded(&self) -> Option<MutexGuard<'_, TrackState>> {
-        match self.cell.get() {
-            Some(Ok(m)) => Some(m.lock().unwrap_or_else(|p| p.into_inner())),
-            _ => None,
-        }
+        self.cell.get().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The loaded state; 503 before [`Tracking::ready`] succeeded.

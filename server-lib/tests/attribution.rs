@@ -97,8 +97,12 @@ impl Srv {
     }
 
     fn signed(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> reqwest::RequestBuilder {
+        self.signed_at(path, body, headers, self.clock.now() / 1000)
+    }
+
+    /// Signed with the sender's clock at `ts` (Unix seconds).
+    fn signed_at(&self, path: &str, body: &Value, headers: &[(&str, &str)], ts: i64) -> reqwest::RequestBuilder {
         let body = serde_json::to_vec(body).unwrap();
-        let ts = self.clock.now() / 1000;
         let mut req = self
             .client
             .post(format!("{}{path}", self.base))
@@ -392,6 +396,10 @@ async fn link_changes_are_audited_and_disabled_links_404() {
     assert_eq!(s, 200, "{changed}");
     let to = location(&srv.click(&format!("/c/{code}"), DESKTOP_UA, &[]).await);
     assert_eq!(to.path(), "/new");
+    let (s, changed) =
+        srv.admin(reqwest::Method::PATCH, &format!("/v1/links/{link}"), Some(json!({"deep_link": null}))).await;
+    assert_eq!(s, 200, "{changed}");
+    assert_eq!(changed["deep_link"], Value::Null, "null removes the deep link");
     let (s, _) = srv.admin(reqwest::Method::PATCH, &format!("/v1/links/{link}"), Some(json!({"enabled": false}))).await;
     assert_eq!(s, 200);
     assert_eq!(srv.click(&format!("/c/{code}"), DESKTOP_UA, &[]).await.status(), 404);
@@ -400,7 +408,9 @@ async fn link_changes_are_audited_and_disabled_links_404() {
     assert_eq!(s, 200);
     let actions: Vec<&str> =
         audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert_eq!(actions, ["create", "update", "disable"]);
+    assert_eq!(actions, ["create", "update", "update", "disable"]);
+    assert!(audit["entries"][1]["after"]["deep_link"].is_object());
+    assert_eq!(audit["entries"][2]["after"]["deep_link"], Value::Null);
     assert_eq!(audit["entries"][1]["before"]["destinations"]["web"], "https://shop.example.com/landing?x=1");
     assert_eq!(audit["entries"][1]["after"]["destinations"]["web"], "https://shop.example.com/new");
     assert_eq!(audit["entries"][0]["actor"], "admin-key");
@@ -463,6 +473,19 @@ async fn server_to_server_clicks_and_reinstalls() {
     let third = srv.install(late, &[]).await;
     assert_eq!(third["reinstall"], false);
     assert_eq!(third["match_type"], "organic");
+    // One day after that new install: a reinstall again (measured from the latest counted
+    // install, not the first one).
+    srv.clock.advance(DAY);
+    let mut fourth = body.clone();
+    fourth["event_id"] = json!(uuid::Uuid::new_v4().to_string());
+    fourth["timestamp"] = json!(protocol::format_millis(srv.clock.now()));
+    let fourth = srv.install(fourth, &[]).await;
+    assert_eq!(fourth["reinstall"], true, "{fourth}");
+    assert_eq!(fourth["match_type"], "organic", "the attribution of the install it repeats");
+
+    // A network's S2S click without a user agent still counts.
+    let resp = srv.signed("/v1/click", &json!({"link_id": link, "device": {"idfa": "X-1"}}), &[]).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -787,4 +810,59 @@ async fn postbacks_are_retried_with_backoff_and_logged() {
     let seen = seen.lock().unwrap().clone();
     assert!(seen.contains(&"click=NET+1&ev=install&rev=&cur=&s=pub-9".to_owned()), "{seen:?}");
     assert!(seen.contains(&"click=NET+1&ev=purchase&rev=9.99&cur=USD&s=pub-9".to_owned()), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_device_clock_is_corrected_by_the_signed_timestamp() {
+    let srv = start(|_| {}).await;
+    let (_, _, code) = srv.link("meta").await;
+    let to = location(&srv.click(&format!("/c/{code}"), ANDROID_UA, &[]).await);
+    let referrer = query(&to, "referrer").unwrap();
+    srv.clock.advance(20_000);
+    // The device clock is 30 s behind the server: it says it opened 10 s before the click.
+    let device_now = srv.clock.now() - 30_000;
+    let mut body = srv.install_body("android", json!({}));
+    body["timestamp"] = json!(protocol::format_millis(device_now));
+    body["install_referrer"] = json!(referrer);
+    let result: Value =
+        srv.signed_at("/v1/install", &body, &[], device_now / 1000).send().await.unwrap().json().await.unwrap();
+    assert_eq!(result["match_type"], "referrer", "20 s after the click on the server's clock: {result}");
+    assert_eq!(result["fraud"]["rejected"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_upper_case_device_id_removes_its_clicks_installs_and_credit() {
+    let srv = start(|_| {}).await;
+    let (_, _, code) = srv.link("meta").await;
+    let idfa = "6D92078A-8246-4BA4-AE5B-76104861E7DC";
+    let other = srv.web_click(&code, "").await;
+    srv.click(&format!("/c/{code}?idfa={idfa}"), IPHONE_UA, &[]).await;
+    srv.clock.advance(MINUTE);
+    let mut install = srv.install_body("ios", json!({"idfa": idfa}));
+    install["anonymous_id"] = json!("anon-d");
+    assert_eq!(srv.install(install, &[]).await["match_type"], "device_id");
+    srv.event(srv.event_body("purchase", "anon-d", None, None, json!({"revenue": 5.0, "currency": "EUR"}))).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let (s, receipt) = srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"device_id": idfa}))).await;
+    assert_eq!(s, 200, "{receipt}");
+    let conn = rusqlite::Connection::open(&srv.db).unwrap();
+    for (table, column) in [
+        ("clicks", "device_id"),
+        ("installs", "anonymous_id"),
+        ("touchpoints", "anonymous_id"),
+        ("conversions", "anonymous_id"),
+        ("events", "anonymous_id"),
+    ] {
+        let value = if column == "device_id" { idfa.to_ascii_lowercase() } else { "anon-d".into() };
+        let n: i64 = conn
+            .query_row(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = ?1"), [&value], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "{table} still holds the device");
+    }
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM clicks WHERE click_id = ?1", [&other], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1, "someone else's click stays");
+    // The index forgot the device's click too.
+    let body = srv.install_body("ios", json!({"idfa": idfa}));
+    assert_eq!(srv.install(body, &[]).await["match_type"], "organic");
 }

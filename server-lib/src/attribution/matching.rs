@@ -123,8 +123,11 @@ pub fn score(touch: &Touch, ip: &[u8; 16], fp: &FingerprintHash) -> Option<f64> 
 #[derive(Debug, Clone, Default)]
 pub struct InstallFacts<'a> {
     pub app_id: &'a str,
-    /// When the app first opened (client time, capped at the receive time).
+    /// When the app first opened (device time moved onto the server clock, capped at the
+    /// receive time).
     pub install_ts: i64,
+    /// When the server received the install (the burst rule counts by it). 0: `install_ts`.
+    pub received_at: i64,
     /// When the store download began (Play Install Referrer), if known.
     pub install_begin_ts: Option<i64>,
     pub click_id: Option<uuid::Uuid>,
@@ -232,7 +235,7 @@ pub fn attribute(
         let Some(link) = links.get(t.link as usize).filter(|l| l.app_id == facts.app_id) else { return };
         let reason = if t.ts > at {
             Some("after the install")
-        } else if at - t.ts > window {
+        } else if at.saturating_sub(t.ts) > window {
             Some("outside the window")
         } else if score < cfg.fingerprint_threshold && m == MatchType::Fingerprint {
             Some("score below the threshold")
@@ -263,9 +266,10 @@ pub fn attribute(
     }
     // 2. Device and advertising ids seen on clicks.
     let devices: Vec<u64> = facts.device_ids.iter().map(|d| index.hasher.device(Some(d))).filter(|&h| h != 0).collect();
+    let cap = cfg.fingerprint_max_candidates;
     if hits.is_empty() {
         for &d in &devices {
-            for t in index.by_device(d, at.saturating_sub(cfg.click_window)) {
+            for t in index.by_device(d, at.saturating_sub(cfg.click_window)).take(cap) {
                 if t.kind == TouchKind::Click {
                     consider(t, MatchType::DeviceId, cfg.click_window, 1.0, &mut hits);
                 }
@@ -273,18 +277,18 @@ pub fn attribute(
         }
     }
     // 3. Probabilistic fingerprint over clicks from the same network.
-    if hits.is_empty() && facts.ip.is_some() {
+    if hits.is_empty() && facts.ip.is_some() && cfg.fingerprint_threshold <= 1.0 {
         let fp = facts.fingerprint.hash(&index.hasher);
         let mut probe = Touch::new(uuid::Uuid::nil(), TouchKind::Click, 0, 0);
         probe.set_ip(facts.ip);
         let mut scanned = 0;
         for t in index.by_network(facts.ip, at.saturating_sub(cfg.fingerprint_window)) {
+            scanned += 1;
+            if scanned > cap {
+                break;
+            }
             if t.kind != TouchKind::Click {
                 continue;
-            }
-            scanned += 1;
-            if scanned > cfg.fingerprint_max_candidates {
-                break;
             }
             let Some(s) = score(t, &probe.ip, &fp) else { continue };
             consider(t, MatchType::Fingerprint, cfg.fingerprint_window, s, &mut hits);
@@ -293,7 +297,7 @@ pub fn attribute(
     // 4. View-through: an impression on the same device.
     if hits.is_empty() {
         for &d in &devices {
-            for t in index.by_device(d, at.saturating_sub(cfg.view_through_window)) {
+            for t in index.by_device(d, at.saturating_sub(cfg.view_through_window)).take(cap) {
                 if t.kind == TouchKind::Impression {
                     consider(t, MatchType::ViewThrough, cfg.view_through_window, 1.0, &mut hits);
                 }
@@ -331,14 +335,14 @@ pub fn attribute(
                 &mut rules,
                 "click_injection",
                 f.click_injection,
-                format!("install began {} ms before the click", t.ts - begin),
+                format!("install began {} ms before the click", t.ts.saturating_sub(begin)),
             );
-        } else if at - t.ts < f.min_click_to_install {
+        } else if at.saturating_sub(t.ts) < f.min_click_to_install {
             fire(
                 &mut rules,
                 "click_injection",
                 f.click_injection,
-                format!("click to install {} ms < {} ms", at - t.ts, f.min_click_to_install),
+                format!("click to install {} ms < {} ms", at.saturating_sub(t.ts), f.min_click_to_install),
             );
         }
         if t.flags & (FLAG_FLOOD_IP | FLAG_FLOOD_DEVICE) != 0 {
@@ -378,7 +382,8 @@ pub fn attribute(
         && !rejected_so_far
         && f.install_burst != FraudPolicy::Allow
     {
-        let (in_burst, alert) = burst.record(&link.campaign_id, at, f);
+        let now = if facts.received_at > 0 { facts.received_at } else { at };
+        let (in_burst, alert) = burst.record(&link.campaign_id, now, f);
         if in_burst {
             fire(
                 &mut rules,

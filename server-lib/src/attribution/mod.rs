@@ -25,9 +25,10 @@ pub struct AttributionConfig {
     pub click_window: i64,
     /// How long after a click an install can be credited to it by fingerprint. Default 24 h.
     pub fingerprint_window: i64,
-    /// Lowest fingerprint score (0–1) that counts as a match. Default 0.6.
+    /// Lowest fingerprint score (0–1) that counts as a match. Default 0.6. Above 1: no
+    /// fingerprint matching at all.
     pub fingerprint_threshold: f64,
-    /// Most same-network clicks scored for one fingerprint match (newest first). Default 512.
+    /// Most touches one lookup walks per device id or per network (newest first). Default 512.
     pub fingerprint_max_candidates: usize,
     /// How long after an impression an install can be credited to it (view-through, same
     /// device id). Default 24 h.
@@ -91,8 +92,11 @@ impl AttributionConfig {
                 return Err(format!("{name} must be positive"));
             }
         }
-        if !(0.0..=1.0).contains(&self.fingerprint_threshold) {
-            return Err("fingerprint_threshold must be between 0 and 1".into());
+        if !(self.fingerprint_threshold.is_finite() && self.fingerprint_threshold >= 0.0) {
+            return Err("fingerprint_threshold must be 0 or more (above 1 turns fingerprinting off)".into());
+        }
+        if self.fingerprint_max_candidates == 0 {
+            return Err("fingerprint_max_candidates must be at least 1".into());
         }
         self.fraud.validate()
     }

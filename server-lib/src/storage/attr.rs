@@ -409,11 +409,9 @@ pub fn install_by_event(
     finish_install(row)
 }
 
-pub fn first_install(
-    conn: &Connection,
-    app_id: &str,
-    keys: &DeviceKeys,
-) -> Result<Option<InstallRecord>, StorageError> {
+/// The device's latest install that counted as new (`kind = 'install'`); reinstalls are
+/// measured from it.
+pub fn last_install(conn: &Connection, app_id: &str, keys: &DeviceKeys) -> Result<Option<InstallRecord>, StorageError> {
     let mut best: Option<(InstallRecord, String, String)> = None;
     for (column, value) in [
         ("anonymous_id", Some(&keys.anonymous_id)),
@@ -426,14 +424,14 @@ pub fn first_install(
         let row = conn
             .prepare_cached(&format!(
                 "SELECT {INSTALL_COLUMNS} FROM installs WHERE app_id = ?1 AND {column} = ?2 AND kind = 'install'
-                 ORDER BY install_ts LIMIT 1"
+                 ORDER BY install_ts DESC LIMIT 1"
             ))
             .map_err(backend)?
             .query_row(params![app_id, value], install_row)
             .optional()
             .map_err(backend)?;
         if let Some(row) = row
-            && best.as_ref().is_none_or(|b| row.0.install_ts < b.0.install_ts)
+            && best.as_ref().is_none_or(|b| row.0.install_ts > b.0.install_ts)
         {
             best = Some(row);
         }
@@ -548,17 +546,29 @@ pub fn subject_click_ids(
         }
         Ok(())
     };
+    // Device ids are stored lower-cased on clicks and installs.
+    const INSTALL_DEVICES: &str =
+        "SELECT idfa FROM installs WHERE app_id = ?1 AND anonymous_id = ?2 AND idfa IS NOT NULL
+         UNION SELECT idfv FROM installs WHERE app_id = ?1 AND anonymous_id = ?2 AND idfv IS NOT NULL
+         UNION SELECT gaid FROM installs WHERE app_id = ?1 AND anonymous_id = ?2 AND gaid IS NOT NULL
+         UNION SELECT android_id FROM installs WHERE app_id = ?1 AND anonymous_id = ?2 AND android_id IS NOT NULL";
     match subject {
         Subject::AnonymousId(a) => {
             collect("SELECT click_id FROM installs WHERE anonymous_id = ?1 AND click_id IS NOT NULL", &[a])?;
             collect("SELECT click_id FROM touchpoints WHERE anonymous_id = ?1", &[a])?;
+            collect(
+                "SELECT c.click_id FROM clicks c JOIN installs i ON c.app_id = i.app_id
+                 AND c.device_id IN (i.idfa, i.idfv, i.gaid, i.android_id) WHERE i.anonymous_id = ?1",
+                &[a],
+            )?;
         }
         Subject::DeviceId(d) => {
             collect(
                 "SELECT click_id FROM installs WHERE click_id IS NOT NULL
-                 AND (idfa = ?1 OR idfv = ?1 OR gaid = ?1 OR android_id = ?1)",
+                 AND (idfa = lower(?1) OR idfv = lower(?1) OR gaid = lower(?1) OR android_id = lower(?1))",
                 &[d],
             )?;
+            collect("SELECT click_id FROM clicks WHERE device_id = lower(?1)", &[d])?;
         }
         Subject::UserId(_) => {}
     }
@@ -568,18 +578,14 @@ pub fn subject_click_ids(
             &[app, anon],
         )?;
         collect("SELECT click_id FROM touchpoints WHERE app_id = ?1 AND anonymous_id = ?2", &[app, anon])?;
+        collect(
+            &format!("SELECT click_id FROM clicks WHERE app_id = ?1 AND device_id IN ({INSTALL_DEVICES})"),
+            &[app, anon],
+        )?;
     }
     ids.sort();
     ids.dedup();
     Ok(ids)
-}
-
-/// Click ids carrying the subject's device id (deleted by the subject-table pass; listed so the
-/// in-memory index forgets them too).
-pub fn device_click_ids(tx: &Transaction<'_>, subject: &Subject) -> Result<Vec<String>, StorageError> {
-    let Subject::DeviceId(d) = subject else { return Ok(Vec::new()) };
-    let mut stmt = tx.prepare("SELECT click_id FROM clicks WHERE device_id = ?1").map_err(backend)?;
-    stmt.query_map([d], |r| r.get(0)).map_err(backend)?.collect::<Result<_, _>>().map_err(backend)
 }
 
 /// Facts for the re-engagement rule: whether the device has an install of this app, and its
@@ -616,13 +622,13 @@ pub fn save_touchpoints(
     tx: &Transaction<'_>,
     touchpoints: &[Touchpoint],
     reengagements: &[Reengagement],
-) -> Result<usize, StorageError> {
+) -> Result<Vec<bool>, StorageError> {
     for t in touchpoints {
         insert_touchpoint(tx, t)?;
     }
-    let mut fresh = 0;
+    let mut fresh = Vec::with_capacity(reengagements.len());
     for r in reengagements {
-        fresh += tx
+        let n = tx
             .execute(
                 "INSERT INTO reengagements (app_id, event_id, anonymous_id, click_id, link_id, campaign_id, network,
                      click_ts, open_ts, inactive_ms)
@@ -641,6 +647,7 @@ pub fn save_touchpoints(
                 ],
             )
             .map_err(backend)?;
+        fresh.push(n == 1);
     }
     Ok(fresh)
 }
@@ -745,10 +752,19 @@ pub fn save_postback(tx: &Transaction<'_>, p: &PostbackRecord) -> Result<i64, St
     Ok(tx.last_insert_rowid())
 }
 
+/// Whether a postback still waits to be sent (a deletion removes it).
+pub fn postback_pending(conn: &Connection, id: i64) -> Result<bool, StorageError> {
+    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM postbacks WHERE id = ?1 AND state = 'pending')")
+        .map_err(backend)?
+        .query_row([id], |r| r.get(0))
+        .map_err(backend)
+}
+
 pub fn log_postback_attempt(tx: &Transaction<'_>, a: &PostbackAttempt) -> Result<(), StorageError> {
+    // Only while the postback exists: a deletion in the meantime leaves no new trace.
     tx.execute(
         "INSERT INTO postback_attempts (postback_id, app_id, anonymous_id, attempt, status, error, duration_ms, at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM postbacks WHERE id = ?1)",
         params![a.postback_id, a.app_id, a.anonymous_id, a.attempt, a.status, a.error, a.duration_ms, a.at],
     )
     .map_err(backend)?;

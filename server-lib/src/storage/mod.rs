@@ -149,8 +149,9 @@ pub trait Storage: Send + Sync + 'static {
     fn install_by_event(&self, _app_id: Option<String>, _event_id: String) -> StorageFuture<'_, Option<InstallRecord>> {
         unsupported("installs")
     }
-    /// The first install (not reinstall) of this app on a device that shares any key.
-    fn first_install(&self, _app_id: String, _keys: DeviceKeys) -> StorageFuture<'_, Option<InstallRecord>> {
+    /// The latest install that counted as new (not a reinstall) of this app on a device that
+    /// shares any key.
+    fn last_install(&self, _app_id: String, _keys: DeviceKeys) -> StorageFuture<'_, Option<InstallRecord>> {
         unsupported("installs")
     }
     /// Stores an install with its touchpoint and alert, atomically. `false` when an install
@@ -172,12 +173,13 @@ pub trait Storage: Send + Sync + 'static {
     ) -> StorageFuture<'_, (bool, Option<i64>)> {
         unsupported("re-engagement")
     }
-    /// Stores touchpoints and re-engagements (each idempotent).
+    /// Stores touchpoints and re-engagements (each idempotent); for each re-engagement,
+    /// whether it is new.
     fn save_touchpoints(
         &self,
         _touchpoints: Vec<Touchpoint>,
         _reengagements: Vec<Reengagement>,
-    ) -> StorageFuture<'_, usize> {
+    ) -> StorageFuture<'_, Vec<bool>> {
         unsupported("touchpoints")
     }
     /// Touchpoints of the anonymous id and of every device linked to `user_id`, in
@@ -202,6 +204,10 @@ pub trait Storage: Send + Sync + 'static {
     }
     /// Appends a delivery attempt to the log and updates the postback's state.
     fn log_postback_attempt(&self, _attempt: PostbackAttempt) -> StorageFuture<'_, ()> {
+        unsupported("postbacks")
+    }
+    /// Whether the postback still waits to be sent (not delivered, failed or deleted).
+    fn postback_pending(&self, _id: i64) -> StorageFuture<'_, bool> {
         unsupported("postbacks")
     }
     /// Postbacks still pending: `(id, url, attempts, app_id, anonymous_id)`.
@@ -511,8 +517,8 @@ impl Storage for SqliteStorage {
         self.read(move |c| attr::install_by_event(c, app_id.as_deref(), &event_id))
     }
 
-    fn first_install(&self, app_id: String, keys: DeviceKeys) -> StorageFuture<'_, Option<InstallRecord>> {
-        self.read(move |c| attr::first_install(c, &app_id, &keys))
+    fn last_install(&self, app_id: String, keys: DeviceKeys) -> StorageFuture<'_, Option<InstallRecord>> {
+        self.read(move |c| attr::last_install(c, &app_id, &keys))
     }
 
     fn save_install(
@@ -541,7 +547,7 @@ impl Storage for SqliteStorage {
         &self,
         touchpoints: Vec<Touchpoint>,
         reengagements: Vec<Reengagement>,
-    ) -> StorageFuture<'_, usize> {
+    ) -> StorageFuture<'_, Vec<bool>> {
         self.write(touchpoints.len() + reengagements.len(), move |tx| {
             attr::save_touchpoints(tx, &touchpoints, &reengagements)
         })
@@ -572,6 +578,10 @@ impl Storage for SqliteStorage {
 
     fn pending_postbacks(&self) -> StorageFuture<'_, Vec<PendingPostback>> {
         self.read(attr::pending_postbacks)
+    }
+
+    fn postback_pending(&self, id: i64) -> StorageFuture<'_, bool> {
+        self.read(move |c| attr::postback_pending(c, id))
     }
 
     fn click_params(&self, click_id: String) -> StorageFuture<'_, Option<(serde_json::Value, serde_json::Value)>> {
@@ -652,12 +662,21 @@ fn delete_in(
 ) -> Result<DeleteReport, StorageError> {
     // A user's anonymous ids, seen on events of the same app together with the user id, are the
     // same person. The pairing is per app: an anonymous id means nothing across apps.
+    // A device's anonymous ids (on its events and installs) are the same device.
+    let expansion = match subject {
+        Subject::UserId(_) => Some("SELECT DISTINCT app_id, anonymous_id FROM events WHERE user_id = ?1"),
+        Subject::DeviceId(_) => Some(
+            "SELECT DISTINCT app_id, anonymous_id FROM events WHERE device_id IN (?1, lower(?1))
+             UNION SELECT app_id, anonymous_id FROM installs
+             WHERE idfa = lower(?1) OR idfv = lower(?1) OR gaid = lower(?1) OR android_id = lower(?1)",
+        ),
+        Subject::AnonymousId(_) => None,
+    };
     let mut anonymous_ids: Vec<(String, String)> = Vec::new();
-    if let Subject::UserId(user) = subject {
-        let mut stmt =
-            tx.prepare("SELECT DISTINCT app_id, anonymous_id FROM events WHERE user_id = ?1").map_err(backend)?;
+    if let Some(sql) = expansion {
+        let mut stmt = tx.prepare(sql).map_err(backend)?;
         anonymous_ids = stmt
-            .query_map([user], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([subject.value()], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(backend)?
             .collect::<Result<_, _>>()
             .map_err(backend)?;
@@ -667,13 +686,12 @@ fn delete_in(
     for id in &report.click_ids {
         report.rows += tx.execute("DELETE FROM clicks WHERE click_id = ?1", [id]).map_err(backend)? as u64;
     }
-    let mut device_clicks = attr::device_click_ids(tx, subject)?;
-    report.click_ids.append(&mut device_clicks);
     for (table, columns) in SUBJECT_TABLES {
         for (kind, column) in *columns {
             if *kind == subject.kind() {
+                // Device ids: as sent, and lower-cased as clicks and installs store them.
                 report.rows += tx
-                    .execute(&format!("DELETE FROM {table} WHERE {column} = ?1"), [subject.value()])
+                    .execute(&format!("DELETE FROM {table} WHERE {column} IN (?1, lower(?1))"), [subject.value()])
                     .map_err(backend)? as u64;
             }
         }
@@ -710,9 +728,11 @@ pub fn count_subject_rows(conn: &Connection, subject: &Subject) -> Result<u64, S
                 continue;
             }
             let n: i64 = conn
-                .query_row(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = ?1"), [subject.value()], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    &format!("SELECT COUNT(*) FROM {table} WHERE {column} IN (?1, lower(?1))"),
+                    [subject.value()],
+                    |r| r.get(0),
+                )
                 .map_err(backend)?;
             total += n as u64;
         }

@@ -112,7 +112,7 @@ pub struct ClickRecord {
     pub sub_params: Value,
     /// Index flags (click flooding).
     pub flags: u8,
-    /// `redirect`, `api` (GET /v1/click) or `s2s` (POST /v1/click).
+    /// `redirect` (`/c/<code>`), `api` (`GET /v1/click`), `impression` or `s2s` (`POST /v1/click`).
     pub source: String,
 }
 
