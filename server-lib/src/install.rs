@@ -90,12 +90,6 @@ async fn install(state: &AppState, request: Request) -> Result<AttributionResult
     let event_id = req.event_id.to_string();
     state.tracking.ready(state).await?;
 
-    // A retry of an install already decided gets the same answer.
-    if let Some(done) =
-        state.storage.install_by_event(Some(app_id.clone()), event_id.clone()).await.map_err(storage_error)?
-    {
-        return Ok(done.result);
-    }
     let keys = DeviceKeys {
         anonymous_id: req.anonymous_id.clone(),
         idfa: lower(&req.device.idfa),
@@ -103,6 +97,12 @@ async fn install(state: &AppState, request: Request) -> Result<AttributionResult
         gaid: lower(&req.device.gaid),
         android_id: lower(&req.device.android_id),
     };
+    let (done, first) =
+        state.storage.install_lookup(app_id.clone(), event_id.clone(), keys.clone()).await.map_err(storage_error)?;
+    // A retry of an install already decided gets the same answer.
+    if let Some(done) = done {
+        return Ok(done.result);
+    }
     let mut record = InstallRecord {
         app_id: app_id.clone(),
         event_id: event_id.clone(),
@@ -120,7 +120,6 @@ async fn install(state: &AppState, request: Request) -> Result<AttributionResult
         ip_enc: signed.ip.and_then(|ip| state.ip_cipher.encrypt(ip)),
     };
 
-    let first = state.storage.last_install(app_id.clone(), keys.clone()).await.map_err(storage_error)?;
     if let Some(first) = &first
         && install_ts.saturating_sub(first.install_ts) <= cfg.reattribution_window
     {
@@ -266,9 +265,13 @@ async fn save(
 ) -> Result<AttributionResult, ApiError> {
     let (app_id, event_id) = (record.app_id.clone(), record.event_id.clone());
     let result = record.result.clone();
-    let copy = record.clone();
-    if state.storage.save_install(record, touchpoint, alert).await.map_err(storage_error)? {
-        crate::postbacks::install(state, &copy).await;
+    // Postbacks are stored in the install's own commit, so a crash cannot keep one and lose
+    // the other.
+    let postbacks = crate::postbacks::install(state, &record).await;
+    if let Some(ids) =
+        state.storage.save_install(record, touchpoint, alert, postbacks.clone()).await.map_err(storage_error)?
+    {
+        crate::postbacks::dispatch(state, &postbacks, &ids);
         return Ok(result);
     }
     // The same install raced in twice; the first decision stands.

@@ -242,37 +242,48 @@ async fn click_values(state: &AppState, click_id: Option<&str>, values: &mut BTr
     }
 }
 
-async fn enqueue(
+/// The postback rows `values` produce for the network's templates that want `event`.
+fn records(
     state: &AppState,
     network: &str,
     event: &str,
-    values: BTreeMap<&'static str, String>,
+    values: &BTreeMap<&'static str, String>,
     who: (&str, &str),
-) {
-    for config in configs(state, network, event) {
-        let record = PostbackRecord {
+) -> Vec<PostbackRecord> {
+    configs(state, network, event)
+        .map(|config| PostbackRecord {
             app_id: who.0.to_owned(),
             anonymous_id: who.1.to_owned(),
             event_id: values.get("event_id").cloned().unwrap_or_default(),
             network: config.network.clone(),
             event: event.to_owned(),
-            url: fill(&config.url, &values),
+            url: fill(&config.url, values),
             created_at: state.config.clock.now(),
-        };
-        let url = record.url.clone();
-        match state.storage.save_postback(record).await {
-            Ok(id) => {
-                metrics::counter!("trailmark_postbacks_total", "event" => event.to_owned()).increment(1);
-                if let Some(sender) = state.postback_sender.get() {
-                    let _ = sender.tx.send(Pending {
-                        id,
-                        url,
-                        attempts: 0,
-                        app_id: who.0.to_owned(),
-                        anonymous_id: who.1.to_owned(),
-                    });
-                }
-            }
+        })
+        .collect()
+}
+
+/// Hands stored postbacks (`ids[i]` is the row of `records[i]`) to the sender task.
+pub fn dispatch(state: &AppState, records: &[PostbackRecord], ids: &[i64]) {
+    for (record, &id) in records.iter().zip(ids) {
+        metrics::counter!("trailmark_postbacks_total", "event" => record.event.clone()).increment(1);
+        if let Some(sender) = state.postback_sender.get() {
+            let _ = sender.tx.send(Pending {
+                id,
+                url: record.url.clone(),
+                attempts: 0,
+                app_id: record.app_id.clone(),
+                anonymous_id: record.anonymous_id.clone(),
+            });
+        }
+    }
+}
+
+/// Stores postbacks in a commit of their own and sends them.
+async fn enqueue(state: &AppState, records: Vec<PostbackRecord>) {
+    for record in records {
+        match state.storage.save_postback(record.clone()).await {
+            Ok(id) => dispatch(state, std::slice::from_ref(&record), &[id]),
             Err(e) => tracing::warn!(error = %e, "postback not stored"),
         }
     }
@@ -287,12 +298,12 @@ fn base_values(app_id: &str, event: &str, event_id: &str, ts: i64) -> BTreeMap<&
     ])
 }
 
-/// Postbacks of an attributed install.
-pub async fn install(state: &AppState, record: &InstallRecord) {
+/// The postbacks of an attributed install, to store in the install's own commit.
+pub async fn install(state: &AppState, record: &InstallRecord) -> Vec<PostbackRecord> {
     let r = &record.result;
-    let (Some(network), true, false) = (&r.network, r.attributed, r.reinstall) else { return };
+    let (Some(network), true, false) = (&r.network, r.attributed, r.reinstall) else { return Vec::new() };
     if configs(state, network, "install").next().is_none() {
-        return;
+        return Vec::new();
     }
     let mut values = base_values(&record.app_id, "install", &record.event_id, record.install_ts);
     values.insert("install_ts", (record.install_ts / 1000).to_string());
@@ -305,7 +316,7 @@ pub async fn install(state: &AppState, record: &InstallRecord) {
         }
     }
     click_values(state, r.click_id.as_deref(), &mut values).await;
-    enqueue(state, network, "install", values, (&record.app_id, &record.anonymous_id)).await;
+    records(state, network, "install", &values, (&record.app_id, &record.anonymous_id))
 }
 
 /// Postbacks of a re-engagement.
@@ -318,7 +329,7 @@ pub async fn reengagement(state: &AppState, r: &Reengagement) {
     values.insert("campaign_id", r.campaign_id.clone());
     values.insert("link_id", r.link_id.clone());
     click_values(state, Some(&r.click_id), &mut values).await;
-    enqueue(state, &r.network, "reengagement", values, (&r.app_id, &r.anonymous_id)).await;
+    enqueue(state, records(state, &r.network, "reengagement", &values, (&r.app_id, &r.anonymous_id))).await;
 }
 
 /// Postbacks of a conversion, to the network of its last touch.
@@ -339,7 +350,7 @@ pub async fn conversion(state: &AppState, item: &Followup, rows: &[ConversionCre
         values.insert("revenue", rev.to_string());
     }
     click_values(state, last.click_id.as_deref(), &mut values).await;
-    enqueue(state, &network, &item.event_type, values, (&last.app_id, &item.anonymous_id)).await;
+    enqueue(state, records(state, &network, &item.event_type, &values, (&last.app_id, &item.anonymous_id))).await;
 }
 
 #[cfg(test)]

@@ -154,14 +154,30 @@ pub trait Storage: Send + Sync + 'static {
     fn last_install(&self, _app_id: String, _keys: DeviceKeys) -> StorageFuture<'_, Option<InstallRecord>> {
         unsupported("installs")
     }
-    /// Stores an install with its touchpoint and alert, atomically. `false` when an install
-    /// with the same event id exists (nothing is written).
+    /// Both lookups an install needs, in one round trip where the store can: the install with
+    /// this event id, and the device's latest counted install.
+    fn install_lookup(
+        &self,
+        app_id: String,
+        event_id: String,
+        keys: DeviceKeys,
+    ) -> StorageFuture<'_, (Option<InstallRecord>, Option<InstallRecord>)> {
+        Box::pin(async move {
+            if let Some(done) = self.install_by_event(Some(app_id.clone()), event_id).await? {
+                return Ok((Some(done), None));
+            }
+            Ok((None, self.last_install(app_id, keys).await?))
+        })
+    }
+    /// Stores an install with its touchpoint, alert and postbacks, atomically; returns the
+    /// postbacks' ids. `None` when an install with the same event id exists (nothing is written).
     fn save_install(
         &self,
         _install: InstallRecord,
         _touchpoint: Option<Touchpoint>,
         _alert: Option<FraudAlert>,
-    ) -> StorageFuture<'_, bool> {
+        _postbacks: Vec<PostbackRecord>,
+    ) -> StorageFuture<'_, Option<Vec<i64>>> {
         unsupported("installs")
     }
     /// Whether the device has an install of the app, and its last activity before `before`.
@@ -521,13 +537,33 @@ impl Storage for SqliteStorage {
         self.read(move |c| attr::last_install(c, &app_id, &keys))
     }
 
+    fn install_lookup(
+        &self,
+        app_id: String,
+        event_id: String,
+        keys: DeviceKeys,
+    ) -> StorageFuture<'_, (Option<InstallRecord>, Option<InstallRecord>)> {
+        self.read(move |c| {
+            if let Some(done) = attr::install_by_event(c, Some(&app_id), &event_id)? {
+                return Ok((Some(done), None));
+            }
+            Ok((None, attr::last_install(c, &app_id, &keys)?))
+        })
+    }
+
     fn save_install(
         &self,
         install: InstallRecord,
         touchpoint: Option<Touchpoint>,
         alert: Option<FraudAlert>,
-    ) -> StorageFuture<'_, bool> {
-        self.write(2, move |tx| attr::save_install(tx, &install, touchpoint.as_ref(), alert.as_ref()))
+        postbacks: Vec<PostbackRecord>,
+    ) -> StorageFuture<'_, Option<Vec<i64>>> {
+        self.write(2 + postbacks.len(), move |tx| {
+            if !attr::save_install(tx, &install, touchpoint.as_ref(), alert.as_ref())? {
+                return Ok(None);
+            }
+            postbacks.iter().map(|p| attr::save_postback(tx, p)).collect::<Result<Vec<_>, _>>().map(Some)
+        })
     }
 
     fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<(String, i64, u32)>> {
