@@ -621,7 +621,9 @@ impl Storage for SqliteStorage {
     }
 
     fn click_params(&self, click_id: String) -> StorageFuture<'_, Option<(serde_json::Value, serde_json::Value)>> {
-        self.read(move |c| attr::click_params(c, &click_id))
+        // Through the writer's queue, not the read pool: clicks are written behind their
+        // redirect, and the queue runs in order, so this sees every click queued before it.
+        self.write(1, move |tx| attr::click_params(tx, &click_id))
     }
 }
 
