@@ -302,6 +302,19 @@ pub struct SqliteStorage {
     path: PathBuf,
     durability: Durability,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// Clicks waiting for the writer. One flush job at a time sits in the writer's queue and
+    /// takes every click buffered when it runs, so a burst of clicks costs one queue slot.
+    clicks: Arc<Mutex<ClickBuffer>>,
+}
+
+/// Most clicks buffered for the writer; past it a click stays in the index only.
+const CLICK_BUFFER: usize = 100_000;
+
+#[derive(Default)]
+struct ClickBuffer {
+    rows: Vec<ClickRecord>,
+    /// A flush job is in the writer's queue.
+    scheduled: bool,
 }
 
 const SCHEMA_VERSION: i64 = 2;
@@ -424,6 +437,7 @@ impl SqliteStorage {
             path: path.as_ref().to_owned(),
             durability,
             readers: Arc::new(Mutex::new(Vec::new())),
+            clicks: Arc::new(Mutex::new(ClickBuffer::default())),
         })
     }
 
@@ -521,8 +535,32 @@ impl Storage for SqliteStorage {
     }
 
     fn record_touch(&self, touch: ClickRecord) -> Result<(), StorageError> {
-        let f = move |tx: &rusqlite::Transaction<'_>| attr::insert_touch(tx, &touch);
-        self.submit(Box::new(Job { weight: 1, f: Some(f), out: None, reply: None }))
+        let schedule = {
+            let mut buffer = self.clicks.lock().unwrap_or_else(|p| p.into_inner());
+            if buffer.rows.len() >= CLICK_BUFFER {
+                return Err(StorageError::Busy);
+            }
+            buffer.rows.push(touch);
+            !std::mem::replace(&mut buffer.scheduled, true)
+        };
+        if schedule {
+            let clicks = self.clicks.clone();
+            let f = move |tx: &rusqlite::Transaction<'_>| {
+                // Taken when the job runs, not when it was queued: every click buffered by then.
+                let rows = {
+                    let mut buffer = clicks.lock().unwrap_or_else(|p| p.into_inner());
+                    buffer.scheduled = false;
+                    std::mem::take(&mut buffer.rows)
+                };
+                rows.iter().try_for_each(|c| attr::insert_touch(tx, c))
+            };
+            if let Err(e) = self.submit(Box::new(Job { weight: 1, f: Some(f), out: None, reply: None })) {
+                // The click stays buffered; the next click schedules the flush again.
+                self.clicks.lock().unwrap_or_else(|p| p.into_inner()).scheduled = false;
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn load_touches(&self, since: i64) -> StorageFuture<'_, Vec<ClickRecord>> {
