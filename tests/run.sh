@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: ./tests/run.sh [suite ...]
-# Suites: rust (more arrive with the SDK and server issues). No suite = all of them.
+# Suites: rust, kotlin (swift, js and browser arrive with their issues). No suite = all of them.
 # Installs what it needs itself; exits non-zero when any test fails; ends with the test
 # runners' own summary lines.
 set -uo pipefail
@@ -11,7 +11,9 @@ export CARGO_TERM_COLOR=never
 log_dir="${TM_TEST_LOG_DIR:-$root/target/test-logs}"
 mkdir -p "$log_dir"
 
-all_suites=(rust)
+all_suites=(rust kotlin)
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+tool_cache="${TM_TOOL_CACHE:-$HOME/.cache/trailmark}"
 suites=("$@")
 [ ${#suites[@]} -eq 0 ] && suites=("${all_suites[@]}")
 
@@ -62,9 +64,45 @@ suite_rust() {
   fi
 }
 
+# Debian packages, installed when missing (CI runs as root on a fresh machine).
+need_debs() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  step "installing ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+suite_kotlin() {
+  step "kotlin toolchain (JDK 17, Debian JNA and JUnit 4, npm kotlin-compiler in $tool_cache)"
+  need_debs libjna-java junit4 || { failed+=("kotlin-setup"); return; }
+  local kdir="$tool_cache/kotlin"
+  local kc="$kdir/node_modules/kotlin-compiler"
+  if [ ! -x "$kc/bin/kotlinc" ]; then
+    mkdir -p "$kdir"
+    (cd "$kdir" && npm init -y >/dev/null && npm install --no-audit --no-fund kotlin-compiler@2.4) || { failed+=("kotlin-setup"); return; }
+  fi
+  # The host library, the binding generator and the reference server the tests talk to.
+  run kotlin-cargo cargo build -p trailmark-ffi --features trailmark-ffi/cli -p trailmark-examples --bin uniffi-bindgen --bin trailmark-server --lib || return
+  local gen="$target_dir/kotlin/generated"
+  rm -rf "$gen" && mkdir -p "$gen"
+  run kotlin-bindgen "$target_dir/debug/uniffi-bindgen" generate --no-format \
+    --library "$target_dir/debug/libtrailmark_ffi.so" --language kotlin --out-dir "$gen" || return
+  local cp="/usr/share/java/jna.jar:/usr/share/java/junit4.jar:/usr/share/java/hamcrest-core.jar"
+  cp="$cp:$kc/lib/kotlin-stdlib.jar:$kc/lib/kotlin-test.jar:$kc/lib/kotlin-test-junit.jar:$kc/lib/kotlinx-coroutines-core-jvm.jar"
+  run kotlin-compile "$kc/bin/kotlinc" -nowarn -cp "$cp" -d "$target_dir/kotlin/tests.jar" \
+    $(find "$gen" -name '*.kt') $(find "$root/bindings/kotlin/src/test" -name '*.kt') || return
+  run kotlin-test java -Djna.library.path="$target_dir/debug" -Dtrailmark.server="$target_dir/debug/trailmark-server" \
+    -cp "$target_dir/kotlin/tests.jar:$cp" org.junit.runner.JUnitCore TrailmarkFfiTest
+  summary+=("kotlin: $(grep -E '^(OK \(|Tests run:)' "$log_dir/kotlin-test.log" || echo 'no JUnit summary line')")
+}
+
 for suite in "${suites[@]}"; do
   case "$suite" in
     rust) suite_rust ;;
+    kotlin) suite_kotlin ;;
     *) echo "unknown suite '$suite' (known: ${all_suites[*]})"; exit 2 ;;
   esac
 done

@@ -1,0 +1,269 @@
+//! The Trailmark SDK for Swift and Kotlin, through UniFFI.
+//!
+//! This crate only marshals: records in, records out, and the platform's HTTP stack adapted to
+//! the core's [`Uploader`]. Every decision (validation, consent, queueing, retries, hashing)
+//! is the core's; the native driver owns the worker thread, so no call blocks on disk or
+//! network.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use trailmark_core::engine::{UploadOutcome, UploadTask};
+use trailmark_core::native::{self, NativeOptions, Uploader};
+use trailmark_core::{Config, ConsentUpdate};
+
+uniffi::setup_scaffolding!();
+
+/// Why a call failed. `track` and the other recording calls never fail for bad input: the
+/// core refuses and counts it (see [`SdkStats::refused_invalid`]).
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum TrailmarkError {
+    #[error("invalid configuration: {reason}")]
+    InvalidConfig { reason: String },
+    #[error("invalid input: {reason}")]
+    InvalidInput { reason: String },
+    #[error("storage: {reason}")]
+    Storage { reason: String },
+    #[error("the SDK has shut down")]
+    Closed,
+    #[error("the SDK did not answer in time")]
+    Timeout,
+}
+
+impl From<native::Error> for TrailmarkError {
+    fn from(e: native::Error) -> Self {
+        match e {
+            native::Error::Open(e) => TrailmarkError::InvalidConfig { reason: e.to_string() },
+            native::Error::Invalid(e) => TrailmarkError::InvalidInput { reason: e.to_string() },
+            native::Error::Store(e) => TrailmarkError::Storage { reason: e.to_string() },
+            native::Error::Start(reason) => TrailmarkError::Storage { reason },
+            native::Error::Backpressure | native::Error::Closed => TrailmarkError::Closed,
+            native::Error::Timeout(_) => TrailmarkError::Timeout,
+        }
+    }
+}
+
+/// What the host app configures.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct TrailmarkConfig {
+    pub app_id: String,
+    pub app_secret: String,
+    /// Base URL of the collection server, e.g. `https://collect.example.com`.
+    pub endpoint: String,
+    /// Where the queue lives (a file in the app's private storage).
+    pub db_path: String,
+    /// Hold events until consent is given.
+    #[uniffi(default = false)]
+    pub require_consent: bool,
+    #[uniffi(default = None)]
+    pub device_id: Option<String>,
+    #[uniffi(default = None)]
+    pub app_version: Option<String>,
+    #[uniffi(default = None)]
+    pub os: Option<String>,
+    #[uniffi(default = None)]
+    pub os_version: Option<String>,
+    #[uniffi(default = None)]
+    pub model: Option<String>,
+    #[uniffi(default = None)]
+    pub locale: Option<String>,
+    #[uniffi(default = None)]
+    pub timezone: Option<String>,
+    /// The SDK's name and version on the wire (`trailmark-swift`, `trailmark-kotlin`).
+    #[uniffi(default = None)]
+    pub sdk_name: Option<String>,
+    #[uniffi(default = None)]
+    pub sdk_version: Option<String>,
+}
+
+/// A consent change; `None` leaves a purpose as it is.
+#[derive(Debug, Clone, Copy, Default, uniffi::Record)]
+pub struct Consent {
+    #[uniffi(default = None)]
+    pub analytics: Option<bool>,
+    #[uniffi(default = None)]
+    pub attribution: Option<bool>,
+    #[uniffi(default = None)]
+    pub do_not_sell: Option<bool>,
+}
+
+/// The SDK's counters.
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct SdkStats {
+    pub recorded: u64,
+    pub delivered: u64,
+    pub queued: u64,
+    pub held: u64,
+    pub rejected_by_server: u64,
+    pub refused_invalid: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_expired: u64,
+    pub dropped_consent_denied: u64,
+    pub dropped_opted_out: u64,
+    pub dropped_backpressure: u64,
+    pub uploads: u64,
+    pub upload_failures: u64,
+}
+
+/// An HTTP answer from the platform's stack. `status` 0 with `error` set: no answer (DNS,
+/// TLS, timeout, connection lost).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct HttpResponse {
+    pub status: u16,
+    #[uniffi(default = None)]
+    pub retry_after: Option<String>,
+    pub body: Vec<u8>,
+    #[uniffi(default = None)]
+    pub error: Option<String>,
+}
+
+/// The platform's HTTP stack (URLSession, HttpURLConnection). Called on the SDK's uploader
+/// thread, never on the app's; it may block.
+#[uniffi::export(with_foreign)]
+pub trait HttpTransport: Send + Sync {
+    fn post(&self, url: String, headers: HashMap<String, String>, body: Vec<u8>) -> HttpResponse;
+}
+
+struct ForeignUploader(Arc<dyn HttpTransport>);
+
+impl Uploader for ForeignUploader {
+    fn upload(&mut self, task: &UploadTask) -> UploadOutcome {
+        let headers = task.headers.iter().cloned().collect();
+        let r = self.0.post(task.url.clone(), headers, task.body.clone());
+        match (r.status, r.error) {
+            (0, error) => UploadOutcome::NetworkError(error.unwrap_or_else(|| "no response".into())),
+            (status, _) => UploadOutcome::Response { status, retry_after: r.retry_after, body: r.body },
+        }
+    }
+}
+
+/// A running SDK.
+#[derive(uniffi::Object)]
+pub struct TrailmarkSdk {
+    inner: native::Trailmark,
+}
+
+fn properties(json: &str) -> Result<Map<String, Value>, TrailmarkError> {
+    if json.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_str::<Value>(json) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(TrailmarkError::InvalidInput { reason: "properties must be a JSON object".into() }),
+        Err(e) => Err(TrailmarkError::InvalidInput { reason: format!("properties are not JSON: {e}") }),
+    }
+}
+
+#[uniffi::export]
+impl TrailmarkSdk {
+    /// Opens the queue and starts the worker. `transport` is the platform's HTTP stack; without
+    /// one the SDK uses its built-in Rust client.
+    #[uniffi::constructor]
+    pub fn start(
+        config: TrailmarkConfig,
+        transport: Option<Arc<dyn HttpTransport>>,
+    ) -> Result<Arc<Self>, TrailmarkError> {
+        let mut c = Config::new(config.app_id, config.app_secret, config.endpoint);
+        c.require_consent = config.require_consent;
+        c.device_id = config.device_id;
+        c.app.version = config.app_version;
+        c.device.os = config.os;
+        c.device.os_version = config.os_version;
+        c.device.model = config.model;
+        c.device.locale = config.locale;
+        c.device.timezone = config.timezone;
+        if let Some(name) = config.sdk_name {
+            c.sdk.name = name;
+        }
+        if let Some(version) = config.sdk_version {
+            c.sdk.version = version;
+        }
+        let mut options = NativeOptions::new(config.db_path);
+        options.uploader = transport.map(|t| Box::new(ForeignUploader(t)) as Box<dyn Uploader>);
+        Ok(Arc::new(TrailmarkSdk { inner: native::Trailmark::start(c, options)? }))
+    }
+
+    /// Records an event. `properties_json` is a JSON object (or empty). Never throws: invalid
+    /// input is refused and counted.
+    pub fn track(&self, event_type: String, properties_json: String) {
+        let _ = properties(&properties_json).map(|p| self.inner.track(&event_type, p));
+    }
+
+    pub fn screen(&self, name: String, properties_json: String) {
+        let _ = properties(&properties_json).map(|p| self.inner.screen(&name, p));
+    }
+
+    /// Sets the user id; `traits_json` may carry `email`/`phone`, which the core hashes.
+    pub fn identify(&self, user_id: String, traits_json: String) {
+        let _ = properties(&traits_json).map(|p| self.inner.identify(&user_id, p));
+    }
+
+    pub fn reset(&self) {
+        let _ = self.inner.reset();
+    }
+
+    pub fn set_consent(&self, consent: Consent) {
+        let _ = self.inner.set_consent(ConsentUpdate {
+            analytics: consent.analytics,
+            attribution: consent.attribution,
+            do_not_sell: consent.do_not_sell,
+        });
+    }
+
+    pub fn opt_out(&self) {
+        let _ = self.inner.opt_out();
+    }
+
+    pub fn opt_in(&self) {
+        let _ = self.inner.opt_in();
+    }
+
+    pub fn handle_open_url(&self, url: String) {
+        let _ = self.inner.handle_open_url(&url);
+    }
+
+    pub fn on_foreground(&self) {
+        let _ = self.inner.on_foreground();
+    }
+
+    pub fn on_background(&self) {
+        let _ = self.inner.on_background();
+    }
+
+    /// Blocks until every earlier call is on disk and asks for an upload. Call it off the
+    /// main thread (the Swift and Kotlin wrappers do).
+    pub fn flush(&self) -> Result<(), TrailmarkError> {
+        Ok(self.inner.flush()?)
+    }
+
+    pub fn anonymous_id(&self) -> Result<String, TrailmarkError> {
+        Ok(self.inner.anonymous_id()?)
+    }
+
+    pub fn stats(&self) -> Result<SdkStats, TrailmarkError> {
+        let s = self.inner.stats()?;
+        Ok(SdkStats {
+            recorded: s.recorded,
+            delivered: s.delivered,
+            queued: s.queued,
+            held: s.held,
+            rejected_by_server: s.rejected_by_server,
+            refused_invalid: s.refused_invalid,
+            dropped_queue_full: s.dropped_queue_full,
+            dropped_expired: s.dropped_expired,
+            dropped_consent_denied: s.dropped_consent_denied,
+            dropped_opted_out: s.dropped_opted_out,
+            dropped_backpressure: s.dropped_backpressure,
+            uploads: s.uploads,
+            upload_failures: s.upload_failures,
+        })
+    }
+}
+
+/// Hashes an email the way the core does before it leaves the device (for hosts that match
+/// audiences themselves). Throws for something that is not an email address.
+#[uniffi::export]
+pub fn hash_email(email: String) -> Result<String, TrailmarkError> {
+    trailmark_core::pii::hash_email(&email).map_err(|e| TrailmarkError::InvalidInput { reason: e.to_string() })
+}
