@@ -93,9 +93,9 @@ suite_kotlin() {
   local cp="/usr/share/java/jna.jar:/usr/share/java/junit4.jar:/usr/share/java/hamcrest-core.jar"
   cp="$cp:$kc/lib/kotlin-stdlib.jar:$kc/lib/kotlin-test.jar:$kc/lib/kotlin-test-junit.jar:$kc/lib/kotlinx-coroutines-core-jvm.jar"
   run kotlin-compile "$kc/bin/kotlinc" -nowarn -cp "$cp" -d "$target_dir/kotlin/tests.jar" \
-    $(find "$gen" -name '*.kt') $(find "$root/bindings/kotlin/src/test" -name '*.kt') || return
+    $(find "$gen" -name '*.kt') $(find "$root/bindings/kotlin/src/main" "$root/bindings/kotlin/src/test" -name '*.kt') || return
   run kotlin-test java -Djna.library.path="$target_dir/debug" -Dtrailmark.server="$target_dir/debug/trailmark-server" \
-    -cp "$target_dir/kotlin/tests.jar:$cp" org.junit.runner.JUnitCore TrailmarkFfiTest
+    -cp "$target_dir/kotlin/tests.jar:$cp" org.junit.runner.JUnitCore TrailmarkFfiTest TrailmarkApiTest
   summary+=("kotlin: $(grep -E '^(OK \(|Tests run:)' "$log_dir/kotlin-test.log" || echo 'no JUnit summary line')")
 }
 

@@ -1,0 +1,44 @@
+// The idiomatic `dev.trailmark.Trailmark` API, with the HttpURLConnection transport, against
+// the real reference server.
+
+import dev.trailmark.Trailmark
+import java.io.File
+import java.nio.file.Files
+import kotlin.test.Test
+import kotlin.test.assertEquals
+import kotlin.test.assertTrue
+import kotlinx.coroutines.runBlocking
+import uniffi.trailmark_ffi.TrailmarkConfig
+
+class TrailmarkApiTest {
+    @Test
+    fun trackThroughHttpUrlConnectionArrives() = runBlocking {
+        val dir = Files.createTempDirectory("tm-kotlin-api").toFile()
+        val bin = System.getProperty("trailmark.server") ?: error("set -Dtrailmark.server")
+        val proc = ProcessBuilder(bin, "--app", "app:secret", "--db", File(dir, "server.db").path, "--listen", "127.0.0.1:0")
+            .redirectError(ProcessBuilder.Redirect.DISCARD)
+            .start()
+        try {
+            val base = proc.inputStream.bufferedReader().lineSequence().first { it.startsWith("listening ") }
+                .removePrefix("listening ").trim()
+            val config = TrailmarkConfig(appId = "app", appSecret = "secret", endpoint = base, dbPath = File(dir, "sdk.db").path)
+            Trailmark.start(config).use { tm ->
+                tm.identify("user-7", mapOf("email" to "Kim@Example.com", "plan" to "pro"))
+                tm.track("add_to_cart", mapOf("sku" to "A \"1\"", "price" to 9.5, "currency" to "EUR", "tags" to listOf("x", 1, null)))
+                tm.flush()
+                var stats = tm.stats()
+                val deadline = System.currentTimeMillis() + 20_000
+                while (stats.queued > 0uL && System.currentTimeMillis() < deadline) {
+                    Thread.sleep(20)
+                    stats = tm.stats()
+                }
+                assertEquals(0uL, stats.queued, "$stats")
+                assertTrue(stats.delivered >= 4uL, "install, session_start, identify, add_to_cart: $stats")
+                assertEquals(0uL, stats.rejectedByServer, "$stats")
+                assertTrue(tm.anonymousId().isNotEmpty())
+            }
+        } finally {
+            proc.destroy()
+        }
+    }
+}
