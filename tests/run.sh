@@ -95,7 +95,8 @@ suite_kotlin() {
   run kotlin-compile "$kc/bin/kotlinc" -nowarn -cp "$cp" -d "$target_dir/kotlin/tests.jar" \
     $(find "$gen" -name '*.kt') $(find "$root/bindings/kotlin/src/main" "$root/bindings/kotlin/src/test" -name '*.kt') || return
   run kotlin-test java -Djna.library.path="$target_dir/debug" -Dtrailmark.server="$target_dir/debug/trailmark-server" \
-    -cp "$target_dir/kotlin/tests.jar:$cp" org.junit.runner.JUnitCore TrailmarkFfiTest TrailmarkApiTest
+    -Dtrailmark.scenarios="$root/tests/scenarios" \
+    -cp "$target_dir/kotlin/tests.jar:$cp" org.junit.runner.JUnitCore TrailmarkFfiTest TrailmarkApiTest ScenarioTest
   summary+=("kotlin: $(grep -E '^(OK \(|Tests run:)' "$log_dir/kotlin-test.log" || echo 'no JUnit summary line')")
 }
 

@@ -106,6 +106,9 @@ pub struct Stats {
     /// Events waiting in the upload queue / the pre-consent buffer right now.
     pub queued: u64,
     pub held: u64,
+    /// Events in the upload handed out and not yet reported (not persisted).
+    #[serde(skip)]
+    pub in_flight: u64,
 }
 
 /// Why the engine could not open.
@@ -978,7 +981,12 @@ impl<S: EventStore> Engine<S> {
     // ----------------------------------------------------------------------------------------
 
     pub fn stats(&self) -> Stats {
-        Stats { queued: self.queue.len() as u64, held: self.held.len() as u64, ..self.state.stats }
+        Stats {
+            queued: self.queue.len() as u64,
+            held: self.held.len() as u64,
+            in_flight: self.inflight.as_ref().map_or(0, |f| f.seqs.len() as u64),
+            ..self.state.stats
+        }
     }
 
     pub fn anonymous_id(&self) -> &str {

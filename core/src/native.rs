@@ -205,8 +205,14 @@ impl Trailmark {
 
     /// Counts a call refused on the caller's thread (best effort) and returns its error.
     fn refused(&self, e: ValidationError) -> Error {
-        let _ = self.tx.try_send(Command::Call { now: now_ms(), call: Box::new(|engine, _| engine.record_refusal()) });
+        self.count_refusal();
         e.into()
+    }
+
+    /// Counts a call a binding refused before it reached the driver (say, properties that are
+    /// not a JSON object), with the same counter as the driver's own refusals.
+    pub fn count_refusal(&self) {
+        let _ = self.tx.try_send(Command::Call { now: now_ms(), call: Box::new(|engine, _| engine.record_refusal()) });
     }
 
     fn call(&self, call: impl FnOnce(&mut Engine<SqliteStore>, Millis) + Send + 'static) -> Result<(), Error> {

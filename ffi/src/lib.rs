@@ -75,6 +75,15 @@ pub struct TrailmarkConfig {
     pub sdk_name: Option<String>,
     #[uniffi(default = None)]
     pub sdk_version: Option<String>,
+    /// Upload as soon as this many events are queued (default 20).
+    #[uniffi(default = None)]
+    pub flush_at: Option<u32>,
+    /// Upload queued events at least this often, in milliseconds (default 30,000).
+    #[uniffi(default = None)]
+    pub flush_interval_ms: Option<u64>,
+    /// Most events kept waiting for upload; past it the oldest are dropped (default 10,000).
+    #[uniffi(default = None)]
+    pub max_queue_events: Option<u32>,
 }
 
 /// A consent change; `None` leaves a purpose as it is.
@@ -104,6 +113,8 @@ pub struct SdkStats {
     pub dropped_backpressure: u64,
     pub uploads: u64,
     pub upload_failures: u64,
+    /// Events in the upload under way (sent, answer not yet handled).
+    pub in_flight: u64,
 }
 
 /// An HTTP answer from the platform's stack. `status` 0 with `error` set: no answer (DNS,
@@ -155,6 +166,19 @@ fn properties(json: &str) -> Result<Map<String, Value>, TrailmarkError> {
     }
 }
 
+impl TrailmarkSdk {
+    /// Parses properties for a recording call; a bad value is counted as refused.
+    fn parsed(&self, json: &str) -> Option<Map<String, Value>> {
+        match properties(json) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                self.inner.count_refusal();
+                None
+            }
+        }
+    }
+}
+
 #[uniffi::export]
 impl TrailmarkSdk {
     /// Opens the queue and starts the worker. `transport` is the platform's HTTP stack; without
@@ -179,6 +203,15 @@ impl TrailmarkSdk {
         if let Some(version) = config.sdk_version {
             c.sdk.version = version;
         }
+        if let Some(n) = config.flush_at {
+            c.policy.flush_at = n as usize;
+        }
+        if let Some(ms) = config.flush_interval_ms {
+            c.policy.flush_interval = std::time::Duration::from_millis(ms);
+        }
+        if let Some(n) = config.max_queue_events {
+            c.policy.max_queue_events = n as usize;
+        }
         let mut options = NativeOptions::new(config.db_path);
         options.uploader = transport.map(|t| Box::new(ForeignUploader(t)) as Box<dyn Uploader>);
         Ok(Arc::new(TrailmarkSdk { inner: native::Trailmark::start(c, options)? }))
@@ -187,16 +220,22 @@ impl TrailmarkSdk {
     /// Records an event. `properties_json` is a JSON object (or empty). Never throws: invalid
     /// input is refused and counted.
     pub fn track(&self, event_type: String, properties_json: String) {
-        let _ = properties(&properties_json).map(|p| self.inner.track(&event_type, p));
+        if let Some(p) = self.parsed(&properties_json) {
+            let _ = self.inner.track(&event_type, p);
+        }
     }
 
     pub fn screen(&self, name: String, properties_json: String) {
-        let _ = properties(&properties_json).map(|p| self.inner.screen(&name, p));
+        if let Some(p) = self.parsed(&properties_json) {
+            let _ = self.inner.screen(&name, p);
+        }
     }
 
     /// Sets the user id; `traits_json` may carry `email`/`phone`, which the core hashes.
     pub fn identify(&self, user_id: String, traits_json: String) {
-        let _ = properties(&traits_json).map(|p| self.inner.identify(&user_id, p));
+        if let Some(p) = self.parsed(&traits_json) {
+            let _ = self.inner.identify(&user_id, p);
+        }
     }
 
     pub fn reset(&self) {
@@ -257,6 +296,7 @@ impl TrailmarkSdk {
             dropped_backpressure: s.dropped_backpressure,
             uploads: s.uploads,
             upload_failures: s.upload_failures,
+            in_flight: s.in_flight,
         })
     }
 }

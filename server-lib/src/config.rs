@@ -176,6 +176,12 @@ impl ServerConfig {
         self.apps.insert(id.into(), AppConfig::new(secret));
         self
     }
+
+    /// Sets the admin key (`Authorization: Bearer <key>` on admin endpoints).
+    pub fn with_admin_key(mut self, key: impl Into<String>) -> Self {
+        self.admin_key = Some(key.into());
+        self
+    }
 }
 
 impl Default for ServerConfig {

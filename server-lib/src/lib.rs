@@ -16,7 +16,8 @@
 //! Endpoints: `POST /v1/event` and `POST /v1/install` (signed), tracking links `GET /c/{code}`,
 //! clicks `GET|POST /v1/click`, `GET /v1/impression`, the campaign manager (`POST /v1/campaigns`,
 //! `POST /v1/links`, `GET|PATCH /v1/links/{id}`, `GET /v1/links/{id}/audit`,
-//! `GET /v1/attribution/{event_id}`; admin), `POST /v1/user/delete` (admin), `GET /healthz`,
+//! `GET /v1/attribution/{event_id}`; admin), `POST /v1/user/delete` (admin), the event
+//! inspector `GET /v1/events?anonymous_id=…` (admin), `GET /healthz`,
 //! `GET /metrics` (Prometheus). Attribution is explained in `docs/attribution.md`.
 
 pub mod attribution;
@@ -25,6 +26,7 @@ pub mod conversions;
 pub mod enrich;
 pub mod error;
 pub mod ingest;
+pub mod inspect;
 pub mod install;
 pub mod links;
 pub mod postbacks;
@@ -236,6 +238,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/event", post(ingest::handle))
         .route("/v1/user/delete", post(delete_user))
+        .route("/v1/events", get(inspect::events))
         .route("/v1/install", post(install::handle))
         .route("/v1/attribution/{event_id}", get(install::audit))
         .route("/v1/campaigns", post(links::create_campaign))

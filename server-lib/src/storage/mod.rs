@@ -236,6 +236,15 @@ pub trait Storage: Send + Sync + 'static {
     }
     /// Hourly counts of attributed installs per campaign since `since` (the burst baseline):
     /// `(campaign_id, hour start, installs)`.
+    /// The newest `limit` stored events of a subject (the event inspector), newest first.
+    fn recent_events(
+        &self,
+        _app_id: Option<String>,
+        _subject: Subject,
+        _limit: usize,
+    ) -> StorageFuture<'_, Vec<NewEvent>> {
+        unsupported("the event inspector")
+    }
     fn install_counts(&self, _since: i64) -> StorageFuture<'_, Vec<(String, i64, u32)>> {
         unsupported("installs")
     }
@@ -604,6 +613,15 @@ impl Storage for SqliteStorage {
         })
     }
 
+    fn recent_events(
+        &self,
+        app_id: Option<String>,
+        subject: Subject,
+        limit: usize,
+    ) -> StorageFuture<'_, Vec<NewEvent>> {
+        self.read(move |conn| recent_events(conn, app_id.as_deref(), &subject, limit))
+    }
+
     fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<(String, i64, u32)>> {
         self.read(move |c| attr::install_counts(c, since))
     }
@@ -796,6 +814,43 @@ fn delete_in(
 }
 
 /// Counts the rows in every subject table that still refer to `subject` (for tests and audits).
+fn recent_events(
+    conn: &Connection,
+    app_id: Option<&str>,
+    subject: &Subject,
+    limit: usize,
+) -> Result<Vec<NewEvent>, StorageError> {
+    let sql = format!(
+        "SELECT app_id, event_id, type, anonymous_id, user_id, device_id, session_id, client_ts, corrected_ts,
+                received_at, properties, context, enrichment
+           FROM events WHERE {} = ?1 AND (?2 IS NULL OR app_id = ?2)
+          ORDER BY received_at DESC, client_ts DESC, rowid DESC LIMIT ?3",
+        subject.kind()
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
+    let rows = stmt
+        .query_map(params![subject.value(), app_id, limit as i64], |r| {
+            Ok(NewEvent {
+                app_id: r.get(0)?,
+                event_id: r.get(1)?,
+                event_type: r.get(2)?,
+                anonymous_id: r.get(3)?,
+                user_id: r.get(4)?,
+                device_id: r.get(5)?,
+                session_id: r.get(6)?,
+                client_ts: r.get(7)?,
+                corrected_ts: r.get(8)?,
+                received_at: r.get(9)?,
+                properties: r.get(10)?,
+                context: r.get(11)?,
+                enrichment: r.get(12)?,
+                ip_enc: None,
+            })
+        })
+        .map_err(backend)?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(backend)
+}
+
 pub fn count_subject_rows(conn: &Connection, subject: &Subject) -> Result<u64, StorageError> {
     let mut total = 0u64;
     for (table, columns) in SUBJECT_TABLES {

@@ -15,7 +15,7 @@ class TrailmarkApiTest {
     fun trackThroughHttpUrlConnectionArrives() = runBlocking {
         val dir = Files.createTempDirectory("tm-kotlin-api").toFile()
         val bin = System.getProperty("trailmark.server") ?: error("set -Dtrailmark.server")
-        val proc = ProcessBuilder(bin, "--app", "app:secret", "--db", File(dir, "server.db").path, "--listen", "127.0.0.1:0")
+        val proc = ProcessBuilder(bin, "--app", "app:secret", "--admin-key", "adm1n", "--db", File(dir, "server.db").path, "--listen", "127.0.0.1:0")
             .redirectError(ProcessBuilder.Redirect.DISCARD)
             .start()
         try {
@@ -35,7 +35,23 @@ class TrailmarkApiTest {
                 assertEquals(0uL, stats.queued, "$stats")
                 assertTrue(stats.delivered >= 4uL, "install, session_start, identify, add_to_cart: $stats")
                 assertEquals(0uL, stats.rejectedByServer, "$stats")
-                assertTrue(tm.anonymousId().isNotEmpty())
+                // What arrived, read back through the server's event inspector.
+                val anon = tm.anonymousId()
+                val c = java.net.URL("$base/v1/events?anonymous_id=$anon").openConnection() as java.net.HttpURLConnection
+                c.setRequestProperty("Authorization", "Bearer adm1n")
+                assertEquals(200, c.responseCode)
+                val events = (JsonReader(c.inputStream.readBytes().toString(Charsets.UTF_8)).read() as Map<*, *>)["events"] as List<*>
+                val byType = events.associateBy { (it as Map<*, *>)["type"] as String }
+                assertEquals(setOf("install", "session_start", "identify", "add_to_cart"), byType.keys)
+                val cart = byType["add_to_cart"] as Map<*, *>
+                assertEquals(mapOf("sku" to "A \"1\"", "price" to 9.5, "currency" to "EUR", "tags" to listOf("x", 1L, null)), cart["properties"])
+                assertEquals("user-7", cart["user_id"])
+                val sdk = (cart["context"] as Map<*, *>)["sdk"] as Map<*, *>
+                assertEquals("trailmark-kotlin", sdk["name"])
+                val traits = (byType["identify"] as Map<*, *>)["properties"] as Map<*, *>
+                assertEquals("pro", traits["plan"])
+                assertEquals(Trailmark.hashEmail("kim@example.com"), traits["email_sha256"])
+                assertTrue("email" !in traits, "the raw email never leaves the device")
             }
         } finally {
             proc.destroy()

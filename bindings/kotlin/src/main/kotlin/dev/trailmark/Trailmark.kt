@@ -16,11 +16,22 @@ import uniffi.trailmark_ffi.TrailmarkSdk
 /** A running SDK. Recording calls return at once and never throw; `flush` suspends. */
 class Trailmark private constructor(private val sdk: TrailmarkSdk) : AutoCloseable {
     companion object {
+        /** The SDK's name and version on the wire unless the config says otherwise. */
+        const val SDK_NAME = "trailmark-kotlin"
+        const val SDK_VERSION = "0.1.0"
+
         /** Opens the queue and starts the SDK. Throws `TrailmarkException` for a bad config. */
         @JvmStatic
         @JvmOverloads
         fun start(config: TrailmarkConfig, transport: HttpTransport? = UrlConnectionTransport()): Trailmark =
-            Trailmark(TrailmarkSdk.start(config, transport))
+            Trailmark(TrailmarkSdk.start(
+                config.copy(sdkName = config.sdkName ?: SDK_NAME, sdkVersion = config.sdkVersion ?: SDK_VERSION),
+                transport,
+            ))
+
+        /** SHA-256 of a normalised email, as the SDK sends it. Throws `TrailmarkException.InvalidInput`. */
+        @JvmStatic
+        fun hashEmail(email: String): String = uniffi.trailmark_ffi.hashEmail(email)
     }
 
     fun track(event: String, properties: Map<String, Any?> = emptyMap()) = sdk.track(event, Json.encode(properties))

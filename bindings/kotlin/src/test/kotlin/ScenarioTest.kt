@@ -1,0 +1,273 @@
+// The shared scenarios (tests/scenarios/*.json, format in its README) through the idiomatic
+// Kotlin API. The folder comes in the system property `trailmark.scenarios`.
+
+import dev.trailmark.Trailmark
+import java.io.File
+import java.nio.file.Files
+import kotlin.test.Test
+import kotlin.test.assertTrue
+import kotlin.test.fail
+import kotlinx.coroutines.runBlocking
+import uniffi.trailmark_ffi.HttpResponse
+import uniffi.trailmark_ffi.HttpTransport
+import uniffi.trailmark_ffi.SdkStats
+import uniffi.trailmark_ffi.TrailmarkConfig
+import uniffi.trailmark_ffi.TrailmarkException
+
+/** A JSON reader for the scenario files: objects become maps, integers Long, others Double. */
+class JsonReader(private val s: String) {
+    private var i = 0
+
+    fun read(): Any? = value().also { ws(); require(i == s.length) { "trailing text at $i" } }
+
+    private fun ws() { while (i < s.length && s[i].isWhitespace()) i++ }
+
+    private fun value(): Any? {
+        ws()
+        return when (s[i]) {
+            '{' -> {
+                i++
+                val m = LinkedHashMap<String, Any?>()
+                ws()
+                if (s[i] == '}') { i++; return m }
+                while (true) {
+                    ws()
+                    val k = string()
+                    ws(); require(s[i++] == ':')
+                    m[k] = value()
+                    ws()
+                    if (s[i++] == '}') return m
+                }
+                @Suppress("UNREACHABLE_CODE") m
+            }
+            '[' -> {
+                i++
+                val l = ArrayList<Any?>()
+                ws()
+                if (s[i] == ']') { i++; return l }
+                while (true) {
+                    l.add(value())
+                    ws()
+                    if (s[i++] == ']') return l
+                }
+                @Suppress("UNREACHABLE_CODE") l
+            }
+            '"' -> string()
+            't' -> { i += 4; true }
+            'f' -> { i += 5; false }
+            'n' -> { i += 4; null }
+            else -> {
+                val start = i
+                while (i < s.length && (s[i].isDigit() || s[i] in "+-.eE")) i++
+                val t = s.substring(start, i)
+                if (t.any { it in ".eE" }) t.toDouble() else t.toLong()
+            }
+        }
+    }
+
+    private fun string(): String {
+        require(s[i++] == '"') { "string expected at $i" }
+        val b = StringBuilder()
+        while (true) {
+            val c = s[i++]
+            when (c) {
+                '"' -> return b.toString()
+                '\\' -> when (val e = s[i++]) {
+                    'n' -> b.append('\n')
+                    't' -> b.append('\t')
+                    'r' -> b.append('\r')
+                    'b' -> b.append('\b')
+                    'f' -> b.append('\u000c')
+                    'u' -> { b.append(s.substring(i, i + 4).toInt(16).toChar()); i += 4 }
+                    else -> b.append(e)
+                }
+                else -> b.append(c)
+            }
+        }
+    }
+}
+
+private fun obj(v: Any?): Map<String, Any?> {
+    @Suppress("UNCHECKED_CAST")
+    return (v as? Map<String, Any?>) ?: emptyMap()
+}
+
+/** Records every request and answers from the script, then 200 with an empty body. */
+class ScriptedTransport(responses: List<Any?>) : HttpTransport {
+    private val script = ArrayDeque(responses)
+    val captured = java.util.Collections.synchronizedList(ArrayList<Triple<String, Map<String, String>, ByteArray>>())
+
+    override fun post(url: String, headers: Map<String, String>, body: ByteArray): HttpResponse {
+        val next = synchronized(script) { obj(script.removeFirstOrNull()) }
+        captured.add(Triple(url, headers, body))
+        val answer = next["body"]?.let { dev.trailmark.Json.encode(it).toByteArray() } ?: ByteArray(0)
+        return HttpResponse(((next["status"] as? Long) ?: 200L).toInt().toUShort(), next["retry_after"] as String?, answer, next["error"] as String?)
+    }
+}
+
+class Matcher {
+    private val vars = LinkedHashMap<String, Any?>()
+
+    private val shapes = mapOf(
+        "<any>" to Regex("(?s).*"),
+        "<uuid>" to Regex("[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"),
+        "<timestamp>" to Regex("\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z"),
+        "<digits>" to Regex("\\d+"),
+        "<signature>" to Regex("v1=[0-9a-fA-F]{64}"),
+    )
+
+    fun match(expected: Any?, actual: Any?, path: String) {
+        fun bad(): Nothing = fail("$path: expected $expected, got $actual")
+        when {
+            expected is String && expected.startsWith("$") -> {
+                if (vars.containsKey(expected)) {
+                    if (vars[expected] != actual) fail("$path: $expected was ${vars[expected]}, now $actual")
+                } else {
+                    vars.entries.firstOrNull { it.value == actual }?.let { fail("$path: $expected would equal ${it.key}") }
+                    vars[expected] = actual
+                }
+            }
+            expected is String && expected.startsWith("<") && expected.endsWith(">") -> {
+                val shape = shapes[expected] ?: fail("$path: unknown pattern $expected")
+                if (actual !is String || !shape.matches(actual)) bad()
+            }
+            expected is Number -> if (actual !is Number || actual.toDouble() != expected.toDouble()) bad()
+            expected is Map<*, *> -> {
+                if (actual !is Map<*, *>) bad()
+                if (expected.keys.map { it.toString() }.toSet() != actual.keys.map { it.toString() }.toSet()) {
+                    fail("$path: keys ${expected.keys.sortedBy { it.toString() }} expected, got ${actual.keys.sortedBy { it.toString() }}")
+                }
+                expected.forEach { (k, v) -> match(v, actual[k], "$path.$k") }
+            }
+            expected is List<*> -> {
+                if (actual !is List<*>) bad()
+                if (expected.size != actual.size) fail("$path: ${expected.size} items expected, got ${actual.size}")
+                expected.forEachIndexed { i, v -> match(v, actual[i], "$path[$i]") }
+            }
+            else -> if (expected != actual) bad()
+        }
+    }
+}
+
+fun expand(v: Any?, defs: Map<String, Any?>): Any? = when {
+    v is String && v.startsWith("@") -> expand(defs[v.substring(1)] ?: error("undefined $v"), defs)
+    v is Map<*, *> -> v.entries.associate { (k, x) -> k.toString() to expand(x, defs) }
+    v is List<*> -> v.map { expand(it, defs) }
+    else -> v
+}
+
+fun statsMap(s: SdkStats) = mapOf(
+    "recorded" to s.recorded, "delivered" to s.delivered, "queued" to s.queued, "held" to s.held,
+    "rejected_by_server" to s.rejectedByServer, "refused_invalid" to s.refusedInvalid,
+    "dropped_queue_full" to s.droppedQueueFull, "dropped_expired" to s.droppedExpired,
+    "dropped_consent_denied" to s.droppedConsentDenied, "dropped_opted_out" to s.droppedOptedOut,
+    "dropped_backpressure" to s.droppedBackpressure, "uploads" to s.uploads,
+    "upload_failures" to s.uploadFailures, "in_flight" to s.inFlight,
+).mapValues { it.value.toLong() }
+
+fun config(c: Map<String, Any?>, db: File) = TrailmarkConfig(
+    appId = c["app_id"] as String? ?: "", appSecret = c["app_secret"] as String? ?: "",
+    endpoint = c["endpoint"] as String? ?: "", dbPath = db.path,
+    requireConsent = c["require_consent"] as Boolean? ?: false,
+    deviceId = c["device_id"] as String?, appVersion = c["app_version"] as String?, os = c["os"] as String?,
+    osVersion = c["os_version"] as String?, model = c["model"] as String?, locale = c["locale"] as String?,
+    timezone = c["timezone"] as String?, sdkName = c["sdk_name"] as String?, sdkVersion = c["sdk_version"] as String?,
+    flushAt = (c["flush_at"] as Long?)?.toUInt(), flushIntervalMs = (c["flush_interval_ms"] as Long?)?.toULong(),
+    maxQueueEvents = (c["max_queue_events"] as Long?)?.toUInt(),
+)
+
+fun runScenario(file: File) = runBlocking {
+    val scenario = obj(JsonReader(file.readText()).read())
+    val dir = Files.createTempDirectory("tm-scenario").toFile()
+    val db = File(dir, "sdk.db")
+    val cfg = obj(scenario["config"])
+    @Suppress("UNCHECKED_CAST")
+    val transport = ScriptedTransport((scenario["responses"] as List<Any?>?) ?: emptyList())
+    var tm = Trailmark.start(config(cfg, db), transport)
+    val matcher = Matcher()
+    try {
+        @Suppress("UNCHECKED_CAST")
+        for ((i, step) in ((scenario["steps"] as List<Any?>).map { obj(it) }).withIndex()) {
+            val at = "step $i $step"
+            when (step["call"]) {
+                "track" -> tm.track(step["type"] as String, obj(step["properties"]))
+                "screen" -> tm.screen(step["name"] as String, obj(step["properties"]))
+                "identify" -> tm.identify(step["user_id"] as String, obj(step["traits"]))
+                "set_consent" -> tm.setConsent(step["analytics"] as Boolean?, step["attribution"] as Boolean?, step["do_not_sell"] as Boolean?)
+                "opt_out" -> tm.optOut()
+                "opt_in" -> tm.optIn()
+                "reset" -> tm.reset()
+                "on_foreground" -> tm.onForeground()
+                "on_background" -> tm.onBackground()
+                "handle_open_url" -> tm.handleOpenUrl(step["url"] as String)
+                "flush" -> tm.flush()
+                "restart" -> { tm.close(); tm = Trailmark.start(config(cfg, db), transport) }
+                "wait_requests" -> {
+                    val want = (step["count"] as Long).toInt()
+                    val deadline = System.currentTimeMillis() + 20_000
+                    while (!(transport.captured.size >= want && tm.stats().inFlight == 0uL)) {
+                        if (System.currentTimeMillis() > deadline) fail("$at: ${transport.captured.size} requests after 20 s")
+                        Thread.sleep(5)
+                    }
+                }
+                "expect_stats" -> {
+                    val actual = statsMap(tm.stats())
+                    obj(step["stats"]).forEach { (k, v) ->
+                        val a = actual[k] ?: fail("$at: unknown stat $k")
+                        if (a != v) fail("$at: stat $k is $a, expected $v; all: $actual")
+                    }
+                }
+                "anonymous_id" -> matcher.match(step["expect"], tm.anonymousId(), at)
+                "hash_email" -> {
+                    val result = runCatching { Trailmark.hashEmail(step["email"] as String) }
+                    val expect = step["expect"]
+                    if (expect != null) {
+                        if (result.getOrNull() != expect) fail("$at: got $result")
+                    } else {
+                        val e = result.exceptionOrNull()
+                        if (e !is TrailmarkException || e::class.simpleName != step["error"]) fail("$at: got $result")
+                    }
+                }
+                "start_error" -> {
+                    val changed = cfg + obj(step["config"])
+                    try {
+                        Trailmark.start(config(changed, File(dir, "other-$i.db")), null).close()
+                        fail("$at: started")
+                    } catch (e: TrailmarkException) {
+                        if (e::class.simpleName != step["error"]) fail("$at: wrong error $e")
+                    }
+                }
+                else -> fail("$at: unknown call")
+            }
+        }
+    } finally {
+        tm.close()
+    }
+    val actual = transport.captured.map { (url, headers, body) ->
+        mapOf(
+            "path" to url.substringAfter("://").let { "/" + it.substringAfter('/', "") },
+            "headers" to headers.mapKeys { it.key.lowercase() },
+            "body" to JsonReader(String(body, Charsets.UTF_8)).read(),
+        )
+    }
+    matcher.match(expand(scenario["requests"], obj(scenario["defs"])), actual, "requests")
+}
+
+class ScenarioTest {
+    @Test
+    fun sharedScenarios() {
+        val dir = File(System.getProperty("trailmark.scenarios") ?: error("set -Dtrailmark.scenarios"))
+        val files = dir.listFiles { f -> f.name.endsWith(".json") }!!.sortedBy { it.name }
+        assertTrue(files.isNotEmpty(), "no scenarios in $dir")
+        val failures = files.mapNotNull { f ->
+            try {
+                runScenario(f)
+                println("scenario ${f.name} ok")
+                null
+            } catch (e: Throwable) {
+                "${f.name}: ${e.message}"
+            }
+        }
+        assertTrue(failures.isEmpty(), "${failures.size} of ${files.size} scenarios failed:\n" + failures.joinToString("\n"))
+    }
+}
