@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: ./tests/run.sh [suite ...]
-# Suites: rust, kotlin (swift, js and browser arrive with their issues). No suite = all of them.
+# Suites: rust, kotlin, swift (js and browser arrive with their issue). No suite = all of them.
 # Installs what it needs itself; exits non-zero when any test fails; ends with the test
 # runners' own summary lines.
 set -uo pipefail
@@ -11,7 +11,7 @@ export CARGO_TERM_COLOR=never
 log_dir="${TM_TEST_LOG_DIR:-$root/target/test-logs}"
 mkdir -p "$log_dir"
 
-all_suites=(rust kotlin)
+all_suites=(rust kotlin swift)
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 tool_cache="${TM_TOOL_CACHE:-$HOME/.cache/trailmark}"
 suites=("$@")
@@ -100,10 +100,44 @@ suite_kotlin() {
   summary+=("kotlin: $(grep -E '^(OK \(|Tests run:)' "$log_dir/kotlin-test.log" || echo 'no JUnit summary line')")
 }
 
+suite_swift() {
+  step "swift toolchain (Debian trixie swiftlang in a chroot under $tool_cache)"
+  local chroot
+  chroot="$("$root/tests/swift-chroot.sh")" || { failed+=("swift-setup"); return; }
+  run swift-cargo cargo build -p trailmark-ffi --features trailmark-ffi/cli -p trailmark-examples --bin uniffi-bindgen --bin trailmark-server --lib || return
+  # The package, its generated bindings, the host-built library, the server and the scenarios,
+  # copied into the chroot (its binaries run on the host kernel; glibc there is newer).
+  local work="$chroot/trailmark"
+  rm -rf "$work/swift" "$work/lib" "$work/bin" "$work/scenarios"
+  mkdir -p "$work/lib" "$work/bin"
+  cp -r "$root/bindings/swift" "$work/swift"
+  rm -rf "$work/swift/.build"
+  mkdir -p "$work/swift/Sources/Trailmark/Generated"
+  local gen="$target_dir/swift/generated"
+  rm -rf "$gen" && mkdir -p "$gen"
+  run swift-bindgen "$target_dir/debug/uniffi-bindgen" generate --no-format \
+    --library "$target_dir/debug/libtrailmark_ffi.so" --language swift --out-dir "$gen" || return
+  cp "$gen/trailmark_ffi.swift" "$work/swift/Sources/Trailmark/Generated/"
+  cp "$gen/trailmark_ffiFFI.h" "$work/swift/Sources/trailmark_ffiFFI/"
+  cp "$target_dir/debug/libtrailmark_ffi.so" "$work/lib/"
+  cp "$target_dir/debug/trailmark-server" "$work/bin/"
+  cp -r "$root/tests/scenarios" "$work/scenarios"
+  mountpoint -q "$chroot/proc" || mount -t proc proc "$chroot/proc"
+  mountpoint -q "$chroot/dev" || mount --bind /dev "$chroot/dev"
+  run swift-test chroot "$chroot" /usr/bin/env -i HOME=/root PATH=/usr/bin:/bin \
+    LD_LIBRARY_PATH=/trailmark/lib TRAILMARK_SERVER=/trailmark/bin/trailmark-server \
+    TRAILMARK_SCENARIOS=/trailmark/scenarios \
+    sh -c 'cd /trailmark/swift && swift build --build-tests -Xlinker -L/trailmark/lib && swift test --skip-build -Xlinker -L/trailmark/lib'
+  umount "$chroot/dev" 2>/dev/null || true
+  umount "$chroot/proc" 2>/dev/null || true
+  summary+=("swift: $(grep -E 'Executed [0-9]+ tests?' "$log_dir/swift-test.log" | tail -n 1 | sed 's/^[[:space:]]*//' || true)")
+}
+
 for suite in "${suites[@]}"; do
   case "$suite" in
     rust) suite_rust ;;
     kotlin) suite_kotlin ;;
+    swift) suite_swift ;;
     *) echo "unknown suite '$suite' (known: ${all_suites[*]})"; exit 2 ;;
   esac
 done
