@@ -33,6 +33,12 @@ pub struct Config {
     /// A stable device identifier from the platform (IDFV, Android id); sent only with
     /// `attribution` consent.
     pub device_id: Option<String>,
+    /// The advertising id (IDFA with ATT permission, GAID); sent only with the install
+    /// request and only with `attribution` consent.
+    pub advertising_id: Option<String>,
+    /// The platform for install attribution; derived from `device.os` when `None`
+    /// (`iOS`/`iPadOS` → iOS, `Android` → Android). Without one, no install request is sent.
+    pub platform: Option<protocol::Platform>,
     pub app: AppContext,
     pub device: DeviceContext,
     pub sdk: SdkContext,
@@ -49,6 +55,8 @@ impl Config {
             require_consent: false,
             debug: false,
             device_id: None,
+            advertising_id: None,
+            platform: None,
             app: AppContext::default(),
             device: DeviceContext::default(),
             sdk: SdkContext { name: "trailmark-rust".into(), version: env!("CARGO_PKG_VERSION").into() },
@@ -84,6 +92,9 @@ pub struct Policy {
     pub max_retry_after: Duration,
     /// After a 401/403 uploads pause this long (events are kept). Default 1 h.
     pub auth_pause: Duration,
+    /// On Android, how long the install request waits for the Play Install Referrer
+    /// (`set_install_referrer`) before it goes without one. Default 10 s.
+    pub install_referrer_wait: Duration,
 }
 
 impl Default for Policy {
@@ -100,6 +111,7 @@ impl Default for Policy {
             retry_cap: Duration::from_secs(600),
             max_retry_after: Duration::from_secs(24 * 3600),
             auth_pause: Duration::from_secs(3600),
+            install_referrer_wait: Duration::from_secs(10),
         }
     }
 }
@@ -119,6 +131,20 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// The platform install attribution reports: the configured one, or one read from the OS.
+    pub fn install_platform(&self) -> Option<protocol::Platform> {
+        self.platform.or_else(|| match self.device.os.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some("ios" | "ipados") => Some(protocol::Platform::Ios),
+            Some("android") => Some(protocol::Platform::Android),
+            _ => None,
+        })
+    }
+
+    /// `endpoint` + [`protocol::INSTALL_PATH`] (call after [`Config::validate`]).
+    pub fn install_url(&self) -> String {
+        format!("{}{}", self.endpoint.trim_end_matches('/'), protocol::INSTALL_PATH)
+    }
+
     /// Checks the configuration and returns the upload URL.
     pub fn validate(&self) -> Result<url::Url, ConfigError> {
         protocol::validate_id("app_id", &self.app_id).map_err(|e| invalid("app_id", e.to_string()))?;
@@ -127,6 +153,9 @@ impl Config {
         }
         if let Some(id) = &self.device_id {
             protocol::validate_id("device_id", id).map_err(|e| invalid("device_id", e.to_string()))?;
+        }
+        if let Some(id) = &self.advertising_id {
+            protocol::validate_id("advertising_id", id).map_err(|e| invalid("advertising_id", e.to_string()))?;
         }
         let base = url::Url::parse(&self.endpoint).map_err(|_| ConfigError::InvalidEndpoint(self.endpoint.clone()))?;
         match base.scheme() {

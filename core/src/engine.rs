@@ -15,8 +15,8 @@ use thiserror::Error;
 use crate::config::{Config, ConfigError, MAX_CAMPAIGN_VALUE_LEN, TrackLimits};
 use crate::pii;
 use crate::protocol::{
-    self, CampaignContext, ConsentContext, Context, ContextRef, DropReport, EventRef, IngestResponse, MAX_BATCH_BYTES,
-    MAX_EVENT_BYTES, ValidationError,
+    self, AttributionResult, CampaignContext, ConsentContext, Context, ContextRef, DropReport, EventRef,
+    IngestResponse, InstallDevice, InstallRequest, MAX_BATCH_BYTES, MAX_EVENT_BYTES, Platform, ValidationError,
 };
 use crate::store::{EventStore, IndexEntry, StoreError, StoredEvent, WriteBatch};
 
@@ -139,6 +139,33 @@ struct State {
     unreported: DropReport,
     next_seq: u64,
     stats: Stats,
+    /// The install-attribution request not answered yet (created on the first open).
+    #[serde(default)]
+    install_request: Option<PendingInstall>,
+    /// The server's answer to it (`AttributionResult` JSON).
+    #[serde(default)]
+    attribution: Option<String>,
+}
+
+/// What the install request (`POST /v1/install`) will carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PendingInstall {
+    event_id: uuid::Uuid,
+    /// First open (Unix ms): the install time.
+    created: Millis,
+    referrer: Option<String>,
+    referrer_click_ts: Option<i64>,
+    install_begin_ts: Option<i64>,
+    /// The host reported the Play Install Referrer (possibly as unavailable).
+    referrer_given: bool,
+    click_id: Option<String>,
+}
+
+/// What the install request needs from [`Engine::poll`].
+enum InstallStep {
+    Upload(UploadTask),
+    WaitUntil(Millis),
+    Nothing,
 }
 
 #[derive(Debug)]
@@ -172,6 +199,7 @@ enum Verdict {
 pub struct Engine<S: EventStore> {
     config: Config,
     upload_url: String,
+    install_url: String,
     limits: TrackLimits,
     base_context: Context,
     store: S,
@@ -185,6 +213,8 @@ pub struct Engine<S: EventStore> {
     /// Changes not committed yet; `inserts` stay ordered by `seq`.
     pending: WriteBatch,
     inflight: Option<InFlight>,
+    /// The batch id of the install request in flight.
+    install_inflight: Option<u64>,
     next_batch_id: u64,
     retry: Option<backon::ExponentialBackoff>,
     not_before: Option<Millis>,
@@ -228,6 +258,8 @@ impl<S: EventStore> Engine<S> {
                 unreported: DropReport::default(),
                 next_seq: 1,
                 stats: Stats::default(),
+                install_request: None,
+                attribution: None,
             }
         });
         let max_seq = snapshot.entries.iter().map(|e| e.seq).max().unwrap_or(0);
@@ -240,10 +272,12 @@ impl<S: EventStore> Engine<S> {
             consent: None,
             sdk: Some(config.sdk.clone()),
         };
+        let install_url = config.install_url();
         let mut engine = Engine {
             batch_limit: config.policy.max_batch_events,
             config,
             upload_url,
+            install_url,
             limits,
             base_context,
             store,
@@ -254,6 +288,7 @@ impl<S: EventStore> Engine<S> {
             held: held.into(),
             pending: WriteBatch::default(),
             inflight: None,
+            install_inflight: None,
             next_batch_id: 1,
             retry: None,
             not_before: None,
@@ -276,6 +311,18 @@ impl<S: EventStore> Engine<S> {
             engine.state.installed = true;
             engine.state_dirty = true;
             let _ = engine.record(now, "install", Map::new(), None);
+            if engine.config.install_platform().is_some() {
+                let event_id = new_uuid(&mut engine.rng);
+                engine.state.install_request = Some(PendingInstall {
+                    event_id,
+                    created: now,
+                    referrer: None,
+                    referrer_click_ts: None,
+                    install_begin_ts: None,
+                    referrer_given: false,
+                    click_id: None,
+                });
+            }
         }
         Ok(engine)
     }
@@ -499,6 +546,8 @@ impl<S: EventStore> Engine<S> {
         self.pending.deletes.clear();
         self.pending.delete_all = true;
         self.inflight = None;
+        self.install_inflight = None;
+        self.state.install_request = None;
         self.flush_deadline = None;
         self.draining = false;
         self.state.opted_out = true;
@@ -562,6 +611,13 @@ impl<S: EventStore> Engine<S> {
                 *slot = Some(clean);
             }
         }
+        if let (Some(pending), Some(click)) = (self.state.install_request.as_mut(), &campaign.click_id) {
+            // A deep link that opened the app before its install was reported names the click.
+            if pending.click_id.is_none() {
+                pending.click_id = Some(click.clone());
+                self.state_dirty = true;
+            }
+        }
         let mut props = Map::new();
         props.insert("url".into(), Value::String(clean_value(url, MAX_URL_LEN)));
         let campaign = (!campaign.is_empty()).then_some(campaign);
@@ -579,12 +635,196 @@ impl<S: EventStore> Engine<S> {
         if self.persist().is_err() {
             return Action::Wait(STORE_RETRY);
         }
+        let wake = match self.poll_install(now) {
+            InstallStep::Upload(task) => return Action::Upload(task),
+            InstallStep::WaitUntil(t) => Some(Duration::from_millis((t - now).max(0) as u64)),
+            InstallStep::Nothing => None,
+        };
+        match (self.poll_events(now), wake) {
+            (Action::Idle, Some(d)) => Action::Wait(d),
+            (Action::Wait(d), Some(w)) => Action::Wait(d.min(w)),
+            (action, _) => action,
+        }
+    }
+
+    /// The install request goes first, once collection, uploads and attribution are allowed
+    /// (and, on Android, once the Play Install Referrer came or its wait ran out).
+    fn poll_install(&mut self, now: Millis) -> InstallStep {
+        let Some(pending) = self.state.install_request.clone() else { return InstallStep::Nothing };
+        let Some(platform) = self.config.install_platform() else { return InstallStep::Nothing };
+        let allowed =
+            self.uploads_allowed() && matches!(self.collection(), Collect::Queue) && self.attribution_allowed();
+        if !allowed || self.inflight.is_some() || self.install_inflight.is_some() {
+            return InstallStep::Nothing;
+        }
+        if let Some(t) = self.not_before.filter(|t| now < *t) {
+            return InstallStep::WaitUntil(t);
+        }
+        if platform == Platform::Android && !pending.referrer_given {
+            let until = pending.created + ms(self.config.policy.install_referrer_wait);
+            if now < until {
+                return InstallStep::WaitUntil(until);
+            }
+        }
+        InstallStep::Upload(self.build_install(now, platform, pending))
+    }
+
+    fn build_install(&mut self, now: Millis, platform: Platform, pending: PendingInstall) -> UploadTask {
+        let id = self.config.device_id.clone();
+        let ad = self.config.advertising_id.clone();
+        let (idfa, idfv, gaid, android_id) = match platform {
+            Platform::Ios => (ad, id, None, None),
+            Platform::Android => (None, None, ad, id),
+            Platform::Web => (None, None, None, None),
+        };
+        let d = &self.config.device;
+        let request = InstallRequest {
+            event_id: pending.event_id,
+            anonymous_id: self.state.anonymous_id.clone(),
+            timestamp: DateTime::from_timestamp_millis(pending.created).unwrap_or_default(),
+            platform,
+            device: InstallDevice {
+                idfa,
+                idfv,
+                gaid,
+                android_id,
+                os: d.os.clone(),
+                os_version: d.os_version.clone(),
+                model: d.model.clone(),
+                locale: d.locale.clone(),
+                timezone: d.timezone.clone(),
+                screen: d.screen,
+            },
+            install_referrer: pending.referrer,
+            referrer_click_ts: pending.referrer_click_ts,
+            install_begin_ts: pending.install_begin_ts,
+            click_id: pending.click_id,
+        };
+        // Serialising plain data cannot fail.
+        let body = serde_json::to_vec(&request).unwrap_or_default();
+        let headers = self.signed_headers(now, &body);
+        let batch_id = self.next_batch_id;
+        self.next_batch_id += 1;
+        self.install_inflight = Some(batch_id);
+        self.state.stats.uploads += 1;
+        self.state_dirty = true;
+        self.log(|| format!("install request {batch_id} ({} bytes)", body.len()));
+        UploadTask { batch_id, url: self.install_url.clone(), headers, body, event_count: 0 }
+    }
+
+    fn signed_headers(&self, now: Millis, body: &[u8]) -> Vec<(String, String)> {
+        let ts = now.div_euclid(1000);
+        vec![
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            (protocol::HEADER_APP.to_owned(), self.config.app_id.clone()),
+            (protocol::HEADER_TIMESTAMP.to_owned(), ts.to_string()),
+            (protocol::HEADER_SIGNATURE.to_owned(), protocol::sign(self.config.app_secret.as_bytes(), ts, body)),
+        ]
+    }
+
+    /// The server's answer to the install request: kept on success; dropped when the server
+    /// refuses it as invalid; retried with the events' backoff otherwise.
+    fn install_reported(&mut self, now: Millis, outcome: UploadOutcome) {
+        let parsed = match &outcome {
+            UploadOutcome::Response { status: 200..=299, body, .. } => {
+                serde_json::from_slice::<AttributionResult>(body).ok()
+            }
+            _ => None,
+        };
+        if let Some(result) = parsed {
+            self.state.attribution = serde_json::to_string(&result).ok();
+            self.state.install_request = None;
+            self.retry = None;
+            self.not_before = None;
+            self.state_dirty = true;
+            self.log(|| format!("install attributed: {}", result.match_type.as_str()));
+            let _ = self.persist();
+            return;
+        }
+        match &outcome {
+            UploadOutcome::Response { status: 401 | 403, .. } => self.pause_for_auth(now, "install request"),
+            UploadOutcome::Response { status: status @ 400..=499, .. } if !matches!(status, 408 | 429) => {
+                let status = *status;
+                self.state.install_request = None;
+                self.state.stats.rejected_by_server += 1;
+                self.state_dirty = true;
+                self.log(|| format!("install request refused with HTTP {status}; not retried"));
+                let _ = self.persist();
+            }
+            UploadOutcome::Response { retry_after, .. } => {
+                let after = retry_after.as_deref().and_then(|v| parse_retry_after(v, now));
+                self.schedule_retry(now, after, &format!("install request failed ({outcome:?})"));
+            }
+            UploadOutcome::NetworkError(e) => self.schedule_retry(now, None, &format!("install request failed: {e}")),
+        }
+    }
+
+    fn pause_for_auth(&mut self, now: Millis, what: &str) {
+        let pause = ms(self.config.policy.auth_pause);
+        self.not_before = Some(now + pause);
+        self.state.stats.upload_failures += 1;
+        self.state_dirty = true;
+        let what = what.to_owned();
+        self.log(|| format!("{what}: credentials refused; uploads paused {pause} ms, events kept"));
+    }
+
+    fn schedule_retry(&mut self, now: Millis, retry_after: Option<Duration>, what: &str) {
+        let policy = &self.config.policy;
+        let schedule = self.retry.get_or_insert_with(|| {
+            backon::ExponentialBuilder::default()
+                .with_min_delay(policy.retry_base)
+                .with_max_delay(policy.retry_cap)
+                .with_factor(2.0)
+                .without_max_times()
+                .build()
+        });
+        let ceiling = ms(schedule.next().unwrap_or(policy.retry_cap));
+        // Full jitter: uniformly random in [0, ceiling].
+        let jittered = (self.rng.next_u64() % (ceiling as u64 + 1)) as Millis;
+        // Retry-After is a floor: the schedule still advances under it.
+        let floor = retry_after.map(|d| ms(d.min(policy.max_retry_after))).unwrap_or(0);
+        let delay = jittered.max(floor);
+        self.not_before = Some(now + delay);
+        self.state.stats.upload_failures += 1;
+        self.state_dirty = true;
+        let what = what.to_owned();
+        self.log(|| format!("{what}; retry in {delay} ms"));
+    }
+
+    /// The Play Install Referrer (Android) for the install request, or `None` when the
+    /// platform said it is unavailable; the request then goes without waiting.
+    pub fn set_install_referrer(
+        &mut self,
+        _now: Millis,
+        referrer: Option<&str>,
+        click_ts: Option<Millis>,
+        install_begin_ts: Option<Millis>,
+    ) {
+        let Some(pending) = self.state.install_request.as_mut() else { return };
+        pending.referrer = referrer.map(|r| clean_value(r, MAX_URL_LEN)).filter(|r| !r.is_empty());
+        pending.referrer_click_ts = click_ts;
+        pending.install_begin_ts = install_begin_ts;
+        pending.referrer_given = true;
+        self.state_dirty = true;
+    }
+
+    /// The install's attribution, once the server answered the install request.
+    pub fn attribution(&self) -> Option<AttributionResult> {
+        self.state.attribution.as_deref().and_then(|a| serde_json::from_str(a).ok())
+    }
+
+    /// True while the install request waits to be sent or answered.
+    pub fn install_pending(&self) -> bool {
+        self.state.install_request.is_some()
+    }
+
+    fn poll_events(&mut self, now: Millis) -> Action {
         if self.queue.is_empty() {
             self.draining = false;
             self.flush_deadline = None;
             return Action::Idle;
         }
-        if self.inflight.is_some() || !self.uploads_allowed() {
+        if self.inflight.is_some() || self.install_inflight.is_some() || !self.uploads_allowed() {
             return Action::Idle;
         }
         if let Some(t) = self.not_before {
@@ -653,13 +893,7 @@ impl<S: EventStore> Engine<S> {
             body.extend_from_slice(&serde_json::to_vec(&reported).unwrap_or_else(|_| b"{}".to_vec()));
         }
         body.push(b'}');
-        let ts = now.div_euclid(1000);
-        let headers = vec![
-            ("Content-Type".to_owned(), "application/json".to_owned()),
-            (protocol::HEADER_APP.to_owned(), self.config.app_id.clone()),
-            (protocol::HEADER_TIMESTAMP.to_owned(), ts.to_string()),
-            (protocol::HEADER_SIGNATURE.to_owned(), protocol::sign(self.config.app_secret.as_bytes(), ts, &body)),
-        ];
+        let headers = self.signed_headers(now, &body);
         let batch_id = self.next_batch_id;
         self.next_batch_id += 1;
         let event_count = seqs.len();
@@ -673,6 +907,11 @@ impl<S: EventStore> Engine<S> {
     /// Reports the result of the upload `batch_id`. Events leave the queue only when the server
     /// acknowledged them (accepted, duplicate, or rejected as invalid).
     pub fn report(&mut self, now: Millis, batch_id: u64, outcome: UploadOutcome) {
+        if self.install_inflight == Some(batch_id) {
+            self.install_inflight = None;
+            self.install_reported(now, outcome);
+            return;
+        }
         let Some(flight) = self.inflight.take_if(|f| f.batch_id == batch_id) else {
             self.log(|| format!("report for unknown batch {batch_id} ignored"));
             return;
@@ -686,32 +925,9 @@ impl<S: EventStore> Engine<S> {
                     format!("batch {batch_id} refused as a whole ({outcome:?}); retrying {} at a time", (n / 2).max(1))
                 });
             }
-            Verdict::AuthPause => {
-                let pause = ms(self.config.policy.auth_pause);
-                self.not_before = Some(now + pause);
-                self.state.stats.upload_failures += 1;
-                self.log(|| format!("batch {batch_id}: credentials refused; uploads paused {pause} ms, events kept"));
-            }
+            Verdict::AuthPause => self.pause_for_auth(now, &format!("batch {batch_id}")),
             Verdict::Retry(retry_after) => {
-                let policy = &self.config.policy;
-                let schedule = self.retry.get_or_insert_with(|| {
-                    backon::ExponentialBuilder::default()
-                        .with_min_delay(policy.retry_base)
-                        .with_max_delay(policy.retry_cap)
-                        .with_factor(2.0)
-                        .without_max_times()
-                        .build()
-                });
-                let ceiling = ms(schedule.next().unwrap_or(policy.retry_cap));
-                // Full jitter: uniformly random in [0, ceiling].
-                let jittered = (self.rng.next_u64() % (ceiling as u64 + 1)) as Millis;
-                // Retry-After is a floor: the schedule still advances under it.
-                let floor = retry_after.map(|d| ms(d.min(policy.max_retry_after))).unwrap_or(0);
-                let delay = jittered.max(floor);
-                self.not_before = Some(now + delay);
-                self.state.stats.upload_failures += 1;
-                self.state_dirty = true;
-                self.log(|| format!("batch {batch_id} failed ({outcome:?}); retry in {delay} ms"));
+                self.schedule_retry(now, retry_after, &format!("batch {batch_id} failed ({outcome:?})"))
             }
         }
     }
@@ -984,7 +1200,8 @@ impl<S: EventStore> Engine<S> {
         Stats {
             queued: self.queue.len() as u64,
             held: self.held.len() as u64,
-            in_flight: self.inflight.as_ref().map_or(0, |f| f.seqs.len() as u64),
+            in_flight: self.inflight.as_ref().map_or(0, |f| f.seqs.len() as u64)
+                + self.install_inflight.is_some() as u64,
             ..self.state.stats
         }
     }

@@ -337,6 +337,27 @@ impl Trailmark {
         wait.recv_timeout(REPLY_TIMEOUT).map_err(|_| Error::Timeout(REPLY_TIMEOUT))
     }
 
+    /// The Play Install Referrer for the install request (`None`: the platform has none).
+    pub fn set_install_referrer(
+        &self,
+        referrer: Option<&str>,
+        click_ts: Option<Millis>,
+        install_begin_ts: Option<Millis>,
+    ) -> Result<(), Error> {
+        let referrer = referrer.map(str::to_owned);
+        self.control(move |e, now| e.set_install_referrer(now, referrer.as_deref(), click_ts, install_begin_ts))
+    }
+
+    /// The install's attribution once the server answered the install request; `None` before
+    /// (or when the platform sends no install request).
+    pub fn attribution(&self) -> Result<Option<crate::protocol::AttributionResult>, Error> {
+        let (reply, wait) = mpsc::sync_channel(1);
+        self.call(move |e, _| {
+            let _ = reply.send(e.attribution());
+        })?;
+        wait.recv_timeout(REPLY_TIMEOUT).map_err(|_| Error::Timeout(REPLY_TIMEOUT))
+    }
+
     /// The engine's counters, after every earlier call.
     pub fn stats(&self) -> Result<Stats, Error> {
         let (reply, wait) = mpsc::sync_channel(1);

@@ -577,3 +577,133 @@ fn a_lost_response_is_resent_and_counted_as_duplicate_by_the_server() {
     assert_eq!(server.numbers(), [0, 1, 2]);
     assert_eq!(server.duplicates, 5);
 }
+
+fn mobile(os: &str) -> Config {
+    let mut c = config();
+    c.device.os = Some(os.into());
+    c.device_id = Some("vendor-id-1".into());
+    c.advertising_id = Some("ad-id-1".into());
+    c
+}
+
+fn attribution_answer() -> UploadOutcome {
+    let body = json!({"attributed": true, "match_type": "referrer", "confidence": 1.0, "campaign_id": "cmp_1",
+        "link_id": "lnk_1", "click_id": "clk_1", "network": "meta", "deep_link": {"path": "/p/42", "params": {}},
+        "fraud": {"flags": [], "rejected": false}, "reinstall": false});
+    UploadOutcome::Response { status: 200, retry_after: None, body: serde_json::to_vec(&body).unwrap() }
+}
+
+#[test]
+fn ios_install_request_goes_first_and_its_answer_is_kept_across_restarts() {
+    let store = MemoryStore::new();
+    let mut engine = Engine::open(mobile("iOS"), store.clone(), T0, seed(7)).unwrap();
+    assert!(engine.install_pending());
+    engine.handle_open_url(T0 + 5, "shop://p?tm_click_id=clk_1").unwrap();
+    let task = upload(&mut engine, T0 + 10);
+    assert!(task.url.ends_with(protocol::INSTALL_PATH), "{}", task.url);
+    let body: Value = serde_json::from_slice(&task.body).unwrap();
+    assert_eq!(body["platform"], "ios");
+    assert_eq!(body["device"]["idfv"], "vendor-id-1");
+    assert_eq!(body["device"]["idfa"], "ad-id-1");
+    assert_eq!(body["click_id"], "clk_1", "a deep link before the install names the click");
+    assert_eq!(body["timestamp"], "2026-01-01T00:00:00.000Z", "the install time is the first open");
+    assert_eq!(body["anonymous_id"], engine.anonymous_id());
+    // The server checks this signature like an event batch's.
+    let header = |name: &str| task.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    protocol::verify_signature(
+        SECRET.as_bytes(),
+        header(protocol::HEADER_TIMESTAMP),
+        header(protocol::HEADER_SIGNATURE),
+        &task.body,
+        (T0 + 10) / 1000,
+    )
+    .unwrap();
+    // Nothing else goes while it is in flight, even a flush.
+    engine.flush(T0 + 20).unwrap();
+    assert_eq!(engine.poll(T0 + 20), Action::Idle);
+    assert_eq!(engine.stats().in_flight, 1);
+    engine.report(T0 + 30, task.batch_id, error(503));
+    assert!(engine.attribution().is_none());
+    let retry = loop_until_upload(&mut engine, T0 + 30);
+    assert_eq!(retry.1.url, task.url, "retried after a 503");
+    engine.report(retry.0, retry.1.batch_id, attribution_answer());
+    let result = engine.attribution().unwrap();
+    assert_eq!(result.network.as_deref(), Some("meta"));
+    assert!(!engine.install_pending());
+    // Then the events.
+    let events = upload(&mut engine, retry.0 + 1);
+    assert!(events.url.ends_with(protocol::EVENT_PATH));
+    drop(engine);
+    let engine = Engine::open(mobile("iOS"), store, T0 + 60_000, seed(8)).unwrap();
+    assert_eq!(engine.attribution().unwrap().campaign_id.as_deref(), Some("cmp_1"), "kept across restarts");
+    assert!(!engine.install_pending(), "one install request per install");
+}
+
+/// Polls (advancing the fake clock through waits) until an upload comes out.
+fn loop_until_upload(engine: &mut Engine<MemoryStore>, mut now: i64) -> (i64, trailmark_core::UploadTask) {
+    for _ in 0..100 {
+        match engine.poll(now) {
+            Action::Upload(t) => return (now, t),
+            Action::Wait(d) => now += d.as_millis() as i64,
+            Action::Idle => panic!("idle while waiting for an upload"),
+        }
+    }
+    panic!("no upload");
+}
+
+#[test]
+fn android_install_request_waits_for_the_play_referrer_then_goes_without_it() {
+    let mut engine = Engine::open(mobile("Android"), MemoryStore::new(), T0, seed(9)).unwrap();
+    match engine.poll(T0 + 100) {
+        Action::Wait(d) => assert!(d <= Duration::from_secs(10), "{d:?}"),
+        other => panic!("the request waits for the referrer, got {other:?}"),
+    }
+    engine.set_install_referrer(
+        T0 + 200,
+        Some("tm_click_id=clk_9&utm_source=google"),
+        Some(T0 - 60_000),
+        Some(T0 - 30_000),
+    );
+    let task = upload(&mut engine, T0 + 300);
+    let body: Value = serde_json::from_slice(&task.body).unwrap();
+    assert_eq!(body["platform"], "android");
+    assert_eq!(body["install_referrer"], "tm_click_id=clk_9&utm_source=google");
+    assert_eq!(body["referrer_click_ts"], T0 - 60_000);
+    assert_eq!(body["device"]["gaid"], "ad-id-1");
+    assert_eq!(body["device"]["android_id"], "vendor-id-1");
+
+    // Without a referrer, the wait runs out and the request goes anyway.
+    let mut other = Engine::open(mobile("Android"), MemoryStore::new(), T0, seed(10)).unwrap();
+    let (at, task) = loop_until_upload(&mut other, T0 + 100);
+    assert!(at >= T0 + 10_000, "waited the referrer wait");
+    assert!(task.url.ends_with(protocol::INSTALL_PATH));
+    let body: Value = serde_json::from_slice(&task.body).unwrap();
+    assert!(body.get("install_referrer").is_none());
+    // A 400 is not retried: the request is dropped and counted.
+    other.report(at, task.batch_id, error(400));
+    assert!(!other.install_pending());
+    assert_eq!(other.stats().rejected_by_server, 1);
+}
+
+#[test]
+fn install_request_waits_for_attribution_consent_and_is_dropped_by_opt_out() {
+    let mut c = mobile("iOS");
+    c.require_consent = true;
+    let mut engine = Engine::open(c.clone(), MemoryStore::new(), T0, seed(11)).unwrap();
+    assert_eq!(engine.poll(T0 + 10), Action::Idle, "nothing before consent");
+    engine.set_consent(T0 + 20, ConsentUpdate { analytics: Some(true), attribution: Some(false), do_not_sell: None });
+    let task = upload(&mut engine, T0 + 30);
+    assert!(task.url.ends_with(protocol::EVENT_PATH), "events go; the install request needs attribution consent");
+    engine.report(T0 + 40, task.batch_id, UploadOutcome::Response { status: 200, retry_after: None, body: vec![] });
+    assert!(engine.install_pending());
+    engine.set_consent(T0 + 50, ConsentUpdate { analytics: None, attribution: Some(true), do_not_sell: None });
+    let task = upload(&mut engine, T0 + 60);
+    assert!(task.url.ends_with(protocol::INSTALL_PATH));
+
+    let mut engine = Engine::open(mobile("iOS"), MemoryStore::new(), T0, seed(12)).unwrap();
+    engine.opt_out(T0 + 1);
+    assert!(!engine.install_pending(), "opting out withdraws the install request");
+    // No platform, no install request (a backend or a desktop app).
+    let engine = Engine::open(config(), MemoryStore::new(), T0, seed(13)).unwrap();
+    assert!(!engine.install_pending());
+}

@@ -56,8 +56,13 @@ pub struct TrailmarkConfig {
     /// Hold events until consent is given.
     #[uniffi(default = false)]
     pub require_consent: bool,
+    /// IDFV on Apple platforms, the Android id on Android.
     #[uniffi(default = None)]
     pub device_id: Option<String>,
+    /// IDFA (with ATT permission) or GAID; sent only in the install request, with attribution
+    /// consent.
+    #[uniffi(default = None)]
+    pub advertising_id: Option<String>,
     #[uniffi(default = None)]
     pub app_version: Option<String>,
     #[uniffi(default = None)]
@@ -115,6 +120,51 @@ pub struct SdkStats {
     pub upload_failures: u64,
     /// Events in the upload under way (sent, answer not yet handled).
     pub in_flight: u64,
+}
+
+/// How the server attributed this install (the answer to the SDK's install request).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct Attribution {
+    pub attributed: bool,
+    /// `click_id`, `referrer`, `device_id`, `fingerprint`, `view_through` or `organic`.
+    pub match_type: String,
+    /// 1.0 for deterministic matches, the score for a fingerprint, 0 for organic.
+    pub confidence: f64,
+    pub campaign_id: Option<String>,
+    pub link_id: Option<String>,
+    pub click_id: Option<String>,
+    pub network: Option<String>,
+    /// The deferred deep link's path, and its parameters.
+    pub deep_link_path: Option<String>,
+    pub deep_link_params: HashMap<String, String>,
+    /// Fraud rules that fired; `fraud_rejected` means the install counts as organic.
+    pub fraud_flags: Vec<String>,
+    pub fraud_rejected: bool,
+    /// This device installed before, inside the re-attribution window.
+    pub reinstall: bool,
+}
+
+impl From<trailmark_core::protocol::AttributionResult> for Attribution {
+    fn from(a: trailmark_core::protocol::AttributionResult) -> Self {
+        let (deep_link_path, deep_link_params) = match a.deep_link {
+            Some(d) => (Some(d.path), d.params.into_iter().collect()),
+            None => (None, HashMap::new()),
+        };
+        Attribution {
+            attributed: a.attributed,
+            match_type: a.match_type.as_str().to_owned(),
+            confidence: a.confidence,
+            campaign_id: a.campaign_id,
+            link_id: a.link_id,
+            click_id: a.click_id,
+            network: a.network,
+            deep_link_path,
+            deep_link_params,
+            fraud_flags: a.fraud.flags,
+            fraud_rejected: a.fraud.rejected,
+            reinstall: a.reinstall,
+        }
+    }
 }
 
 /// An HTTP answer from the platform's stack. `status` 0 with `error` set: no answer (DNS,
@@ -191,6 +241,7 @@ impl TrailmarkSdk {
         let mut c = Config::new(config.app_id, config.app_secret, config.endpoint);
         c.require_consent = config.require_consent;
         c.device_id = config.device_id;
+        c.advertising_id = config.advertising_id;
         c.app.version = config.app_version;
         c.device.os = config.os;
         c.device.os_version = config.os_version;
@@ -274,6 +325,23 @@ impl TrailmarkSdk {
     /// main thread (the Swift and Kotlin wrappers do).
     pub fn flush(&self) -> Result<(), TrailmarkError> {
         Ok(self.inner.flush()?)
+    }
+
+    /// The Play Install Referrer (Android), from the Install Referrer client; `None` when the
+    /// store has none. The install request waits for it (10 s at most).
+    pub fn set_install_referrer(
+        &self,
+        referrer: Option<String>,
+        referrer_click_ts_ms: Option<i64>,
+        install_begin_ts_ms: Option<i64>,
+    ) {
+        let _ = self.inner.set_install_referrer(referrer.as_deref(), referrer_click_ts_ms, install_begin_ts_ms);
+    }
+
+    /// The install's attribution, once the server answered; `None` until then (the Swift and
+    /// Kotlin wrappers wait for it asynchronously).
+    pub fn attribution(&self) -> Result<Option<Attribution>, TrailmarkError> {
+        Ok(self.inner.attribution()?.map(Attribution::from))
     }
 
     pub fn anonymous_id(&self) -> Result<String, TrailmarkError> {

@@ -29,6 +29,7 @@ fn config(endpoint: &str, db: &std::path::Path) -> TrailmarkConfig {
         db_path: db.to_string_lossy().into_owned(),
         require_consent: false,
         device_id: None,
+        advertising_id: None,
         app_version: Some("1.0".into()),
         os: Some("Android".into()),
         os_version: Some("14".into()),
@@ -63,6 +64,8 @@ fn built_in_uploader_delivers_and_pii_is_hashed() {
     let dir = tempfile::tempdir().unwrap();
     let (base, _rt) = serve(&dir.path().join("server.db"));
     let sdk = TrailmarkSdk::start(config(&base, &dir.path().join("sdk.db")), None).unwrap();
+    // Android without a Play referrer: the install request goes at once to the real engine.
+    sdk.set_install_referrer(None, None, None);
     sdk.identify("user-1".into(), r#"{"email": " Jane@Example.com "}"#.into());
     sdk.track("add_to_cart".into(), r#"{"sku": "A-1", "price": 9.5, "currency": "EUR"}"#.into());
     // Misuse never throws: refused and counted.
@@ -71,6 +74,18 @@ fn built_in_uploader_delivers_and_pii_is_hashed() {
     sdk.flush().unwrap();
     let stats = wait_delivered(&sdk, 2);
     assert!(stats.delivered >= 2, "{stats:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let attribution = loop {
+        match sdk.attribution().unwrap() {
+            Some(a) => break a,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            None => panic!("no attribution from the server"),
+        }
+    };
+    assert_eq!(attribution.match_type, "organic");
+    assert!(!attribution.attributed);
+    let installs = stored(&dir.path().join("server.db"), "SELECT COUNT(*) FROM installs WHERE platform = 'android'");
+    assert_eq!(installs, 1, "the install request reached the attribution engine");
     assert_eq!(stats.refused_invalid, 2, "a bad type and non-object properties: {stats:?}");
     let server = dir.path().join("server.db");
     assert_eq!(stored(&server, "SELECT COUNT(*) FROM events WHERE type = 'add_to_cart'"), 1);

@@ -59,6 +59,7 @@ fn config(c: &Value, db: &Path) -> TrailmarkConfig {
         db_path: db.to_string_lossy().into_owned(),
         require_consent: c.get("require_consent").and_then(Value::as_bool).unwrap_or(false),
         device_id: text(c, "device_id"),
+        advertising_id: text(c, "advertising_id"),
         app_version: text(c, "app_version"),
         os: text(c, "os"),
         os_version: text(c, "os_version"),
@@ -267,6 +268,19 @@ fn run(file: &Path) -> Result<(), String> {
                         return Err(format!("{at}: stat {k} is {a}, expected {v}; all: {actual:?}"));
                     }
                 }
+            }
+            "attribution" => {
+                let got = match s.attribution().map_err(|e| e.to_string())? {
+                    None => Value::Null,
+                    Some(a) => serde_json::json!({
+                        "attributed": a.attributed, "match_type": a.match_type, "confidence": a.confidence,
+                        "campaign_id": a.campaign_id, "link_id": a.link_id, "click_id": a.click_id,
+                        "network": a.network, "deep_link_path": a.deep_link_path,
+                        "deep_link_params": a.deep_link_params, "fraud_flags": a.fraud_flags,
+                        "fraud_rejected": a.fraud_rejected, "reinstall": a.reinstall,
+                    }),
+                };
+                matches(&step["expect"], &got, &mut vars, &at)?;
             }
             "anonymous_id" => {
                 let id = Value::String(s.anonymous_id().map_err(|e| e.to_string())?);

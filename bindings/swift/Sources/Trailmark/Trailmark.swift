@@ -28,6 +28,8 @@ public final class Trailmark: @unchecked Sendable {
         public var requireConsent = false
         /// A stable device identifier (IDFV); sent only with attribution consent.
         public var deviceId: String?
+        /// The IDFA, when App Tracking Transparency allows it; sent only in the install request.
+        public var advertisingId: String?
         public var appVersion: String?
         public var flushAt: Int?
         public var flushInterval: TimeInterval?
@@ -61,7 +63,8 @@ public final class Trailmark: @unchecked Sendable {
             TrailmarkConfig(
                 appId: appId, appSecret: appSecret, endpoint: endpoint,
                 dbPath: try databasePath ?? Configuration.defaultDatabasePath(),
-                requireConsent: requireConsent, deviceId: deviceId, appVersion: appVersion,
+                requireConsent: requireConsent, deviceId: deviceId, advertisingId: advertisingId,
+                appVersion: appVersion,
                 os: os, osVersion: osVersion, model: model, locale: locale, timezone: timezone,
                 sdkName: sdkName, sdkVersion: sdkVersion,
                 flushAt: flushAt.map { UInt32(clamping: $0) },
@@ -132,6 +135,17 @@ public final class Trailmark: @unchecked Sendable {
     /// The anonymous id the SDK's events carry now (a new one after `reset()`).
     public func anonymousId() async throws -> String {
         try await offMain { try self.sdk.anonymousId() }
+    }
+
+    /// The install's attribution: waits until the server answered the SDK's install request,
+    /// or returns nil after `timeout` (offline, consent not given, or no install request).
+    public func attribution(timeout: TimeInterval = 30) async throws -> Attribution? {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if let result = try await offMain({ try self.sdk.attribution() }) { return result }
+            if Date() >= deadline { return nil }
+            try await Task.sleep(nanoseconds: 50_000_000)
+        }
     }
 
     /// SHA-256 of a normalised email, as the SDK sends it.

@@ -112,6 +112,7 @@ func configuration(_ c: [String: Any], _ db: URL) -> Trailmark.Configuration {
     t.databasePath = db.path
     t.requireConsent = c["require_consent"] as? Bool ?? false
     t.deviceId = c["device_id"] as? String
+    t.advertisingId = c["advertising_id"] as? String
     t.appVersion = c["app_version"] as? String
     t.os = c["os"] as? String
     t.osVersion = c["os_version"] as? String
@@ -189,6 +190,15 @@ func runScenario(_ file: URL) async throws {
                 }
             }
         case "anonymous_id": try matcher.match(step["expect"]!, try await s.anonymousId(), at)
+        case "attribution":
+            let got: Any = try await s.attribution(timeout: 0).map { a -> [String: Any] in
+                ["attributed": a.attributed, "match_type": a.matchType, "confidence": a.confidence,
+                 "campaign_id": a.campaignId as Any? ?? NSNull(), "link_id": a.linkId as Any? ?? NSNull(),
+                 "click_id": a.clickId as Any? ?? NSNull(), "network": a.network as Any? ?? NSNull(),
+                 "deep_link_path": a.deepLinkPath as Any? ?? NSNull(), "deep_link_params": a.deepLinkParams,
+                 "fraud_flags": a.fraudFlags, "fraud_rejected": a.fraudRejected, "reinstall": a.reinstall]
+            } ?? NSNull()
+            try matcher.match(step["expect"] ?? NSNull(), got, at)
         case "hash_email":
             let result = Result { try Trailmark.hashEmail(step["email"] as! String) }
             switch (result, step["expect"] as? String, step["error"] as? String) {

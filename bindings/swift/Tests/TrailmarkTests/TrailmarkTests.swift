@@ -85,7 +85,13 @@ final class TrailmarkTests: XCTestCase {
     func testTrackThroughURLSessionArrivesAtTheServer() async throws {
         let dir = tempDir()
         let server = try ReferenceServer(dir: dir)
-        let tm = try Trailmark.start(config: config(server.base, dir))
+        var c = config(server.base, dir)
+        c.os = "iOS"
+        let tm = try Trailmark.start(config: c)
+        // The install request reaches the real attribution engine: organic, no campaign.
+        let attribution = try await tm.attribution(timeout: 20)
+        XCTAssertEqual(attribution?.matchType, "organic")
+        XCTAssertEqual(attribution?.attributed, false)
         tm.identify("user-7", traits: ["email": "Kim@Example.com", "plan": "pro"])
         let when = Date(timeIntervalSince1970: 1_700_000_000)
         tm.track("add_to_cart", properties: ["sku": "A \"1\"", "price": 9.5, "quantity": 2, "currency": "EUR",

@@ -169,7 +169,7 @@ fun config(c: Map<String, Any?>, db: File) = TrailmarkConfig(
     appId = c["app_id"] as String? ?: "", appSecret = c["app_secret"] as String? ?: "",
     endpoint = c["endpoint"] as String? ?: "", dbPath = db.path,
     requireConsent = c["require_consent"] as Boolean? ?: false,
-    deviceId = c["device_id"] as String?, appVersion = c["app_version"] as String?, os = c["os"] as String?,
+    deviceId = c["device_id"] as String?, advertisingId = c["advertising_id"] as String?, appVersion = c["app_version"] as String?, os = c["os"] as String?,
     osVersion = c["os_version"] as String?, model = c["model"] as String?, locale = c["locale"] as String?,
     timezone = c["timezone"] as String?, sdkName = c["sdk_name"] as String?, sdkVersion = c["sdk_version"] as String?,
     flushAt = (c["flush_at"] as Long?)?.toUInt(), flushIntervalMs = (c["flush_interval_ms"] as Long?)?.toULong(),
@@ -218,6 +218,19 @@ fun runScenario(file: File) = runBlocking {
                     }
                 }
                 "anonymous_id" -> matcher.match(step["expect"], tm.anonymousId(), at)
+                "attribution" -> {
+                    val a = tm.attribution(timeoutMs = 0)
+                    val got = a?.let {
+                        mapOf(
+                            "attributed" to it.attributed, "match_type" to it.matchType, "confidence" to it.confidence,
+                            "campaign_id" to it.campaignId, "link_id" to it.linkId, "click_id" to it.clickId,
+                            "network" to it.network, "deep_link_path" to it.deepLinkPath,
+                            "deep_link_params" to it.deepLinkParams, "fraud_flags" to it.fraudFlags,
+                            "fraud_rejected" to it.fraudRejected, "reinstall" to it.reinstall,
+                        )
+                    }
+                    matcher.match(step["expect"], got, at)
+                }
                 "hash_email" -> {
                     val result = runCatching { Trailmark.hashEmail(step["email"] as String) }
                     val expect = step["expect"]

@@ -21,8 +21,17 @@ class TrailmarkApiTest {
         try {
             val base = proc.inputStream.bufferedReader().lineSequence().first { it.startsWith("listening ") }
                 .removePrefix("listening ").trim()
-            val config = TrailmarkConfig(appId = "app", appSecret = "secret", endpoint = base, dbPath = File(dir, "sdk.db").path)
+            val config = TrailmarkConfig(
+                appId = "app", appSecret = "secret", endpoint = base, dbPath = File(dir, "sdk.db").path,
+                os = "Android", deviceId = "android-id-1",
+            )
             Trailmark.start(config).use { tm ->
+                // No Play referrer on this device: the install request goes at once, and the real
+                // attribution engine answers (organic: no click).
+                tm.setInstallReferrer(null)
+                val attribution = tm.attribution(timeoutMs = 20_000)
+                assertEquals("organic", attribution?.matchType)
+                assertEquals(false, attribution?.attributed)
                 tm.identify("user-7", mapOf("email" to "Kim@Example.com", "plan" to "pro"))
                 tm.track("add_to_cart", mapOf("sku" to "A \"1\"", "price" to 9.5, "currency" to "EUR", "tags" to listOf("x", 1, null)))
                 tm.flush()

@@ -5,7 +5,9 @@ package dev.trailmark
 import java.net.HttpURLConnection
 import java.net.URL
 import kotlinx.coroutines.Dispatchers
+import kotlinx.coroutines.delay
 import kotlinx.coroutines.withContext
+import uniffi.trailmark_ffi.Attribution
 import uniffi.trailmark_ffi.Consent
 import uniffi.trailmark_ffi.HttpResponse
 import uniffi.trailmark_ffi.HttpTransport
@@ -60,6 +62,24 @@ class Trailmark private constructor(private val sdk: TrailmarkSdk) : AutoCloseab
     suspend fun flush() = withContext(Dispatchers.IO) { sdk.flush() }
 
     suspend fun anonymousId(): String = withContext(Dispatchers.IO) { sdk.anonymousId() }
+
+    /**
+     * The install's attribution: suspends until the server answered the SDK's install request,
+     * or returns null after [timeoutMs] (offline, consent not given, or no install request).
+     */
+    suspend fun attribution(timeoutMs: Long = 30_000): Attribution? = withContext(Dispatchers.IO) {
+        val deadline = System.currentTimeMillis() + timeoutMs
+        var result = sdk.attribution()
+        while (result == null && System.currentTimeMillis() < deadline) {
+            delay(50)
+            result = sdk.attribution()
+        }
+        result
+    }
+
+    /** The Play Install Referrer (see the Android source set), or null when there is none. */
+    fun setInstallReferrer(referrer: String?, referrerClickTsMs: Long? = null, installBeginTsMs: Long? = null) =
+        sdk.setInstallReferrer(referrer, referrerClickTsMs, installBeginTsMs)
 
     fun stats(): SdkStats = sdk.stats()
 
