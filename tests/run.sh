@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: ./tests/run.sh [suite ...]
 # Suites: rust, kotlin, swift (js and browser arrive with their issue). No suite = all of them.
+# Benchmarks, not part of the test run: kotlin-bench, swift-bench (docs/BENCHMARKS.md).
 # Installs what it needs itself; exits non-zero when any test fails; ends with the test
 # runners' own summary lines.
 set -uo pipefail
@@ -75,62 +76,100 @@ need_debs() {
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
-suite_kotlin() {
+# Kotlin toolchain; sets kc (kotlin-compiler) and kcp (the class path).
+kotlin_toolchain() {
   step "kotlin toolchain (JDK 17, Debian JNA and JUnit 4, npm kotlin-compiler in $tool_cache)"
-  need_debs libjna-java junit4 || { failed+=("kotlin-setup"); return; }
+  need_debs libjna-java junit4 || return 1
   local kdir="$tool_cache/kotlin"
-  local kc="$kdir/node_modules/kotlin-compiler"
+  kc="$kdir/node_modules/kotlin-compiler"
   if [ ! -x "$kc/bin/kotlinc" ]; then
     mkdir -p "$kdir"
-    (cd "$kdir" && npm init -y >/dev/null && npm install --no-audit --no-fund kotlin-compiler@2.4) || { failed+=("kotlin-setup"); return; }
+    (cd "$kdir" && npm init -y >/dev/null && npm install --no-audit --no-fund kotlin-compiler@2.4) || return 1
   fi
-  # The host library, the binding generator and the reference server the tests talk to.
-  run kotlin-cargo cargo build -p trailmark-ffi --features trailmark-ffi/cli -p trailmark-examples --bin uniffi-bindgen --bin trailmark-server --lib || return
-  local gen="$target_dir/kotlin/generated"
+  kcp="/usr/share/java/jna.jar:/usr/share/java/junit4.jar:/usr/share/java/hamcrest-core.jar"
+  kcp="$kcp:$kc/lib/kotlin-stdlib.jar:$kc/lib/kotlin-test.jar:$kc/lib/kotlin-test-junit.jar:$kc/lib/kotlinx-coroutines-core-jvm.jar"
+}
+
+# The library for a profile (debug for tests, release for benchmarks), the binding generator
+# and the reference server; then the bindings for a language into $target_dir/<lang>/generated.
+build_ffi() {
+  local name="$1" profile="$2" lang="$3"
+  local flag=""
+  [ "$profile" = release ] && flag="--release"
+  run "$name-cargo" cargo build $flag -p trailmark-ffi --features trailmark-ffi/cli -p trailmark-examples \
+    --bin uniffi-bindgen --bin trailmark-server --lib || return 1
+  gen="$target_dir/$lang/generated"
   rm -rf "$gen" && mkdir -p "$gen"
-  run kotlin-bindgen "$target_dir/debug/uniffi-bindgen" generate --no-format \
-    --library "$target_dir/debug/libtrailmark_ffi.so" --language kotlin --out-dir "$gen" || return
-  local cp="/usr/share/java/jna.jar:/usr/share/java/junit4.jar:/usr/share/java/hamcrest-core.jar"
-  cp="$cp:$kc/lib/kotlin-stdlib.jar:$kc/lib/kotlin-test.jar:$kc/lib/kotlin-test-junit.jar:$kc/lib/kotlinx-coroutines-core-jvm.jar"
-  run kotlin-compile "$kc/bin/kotlinc" -nowarn -cp "$cp" -d "$target_dir/kotlin/tests.jar" \
+  run "$name-bindgen" "$target_dir/$profile/uniffi-bindgen" generate --no-format \
+    --library "$target_dir/$profile/libtrailmark_ffi.so" --language "$lang" --out-dir "$gen"
+}
+
+suite_kotlin() {
+  kotlin_toolchain || { failed+=("kotlin-setup"); return; }
+  build_ffi kotlin debug kotlin || return
+  run kotlin-compile "$kc/bin/kotlinc" -nowarn -cp "$kcp" -d "$target_dir/kotlin/tests.jar" \
     $(find "$gen" -name '*.kt') $(find "$root/bindings/kotlin/src/main" "$root/bindings/kotlin/src/test" -name '*.kt') || return
   run kotlin-test java -Djna.library.path="$target_dir/debug" -Dtrailmark.server="$target_dir/debug/trailmark-server" \
     -Dtrailmark.scenarios="$root/tests/scenarios" \
-    -cp "$target_dir/kotlin/tests.jar:$cp" org.junit.runner.JUnitCore TrailmarkFfiTest TrailmarkApiTest ScenarioTest
+    -cp "$target_dir/kotlin/tests.jar:$kcp" org.junit.runner.JUnitCore TrailmarkFfiTest TrailmarkApiTest ScenarioTest
   summary+=("kotlin: $(grep -E '^(OK \(|Tests run:)' "$log_dir/kotlin-test.log" || echo 'no JUnit summary line')")
 }
 
-suite_swift() {
+# Not part of the test run: start time and track latency through the Kotlin API (release lib).
+suite_kotlin_bench() {
+  kotlin_toolchain || { failed+=("kotlin-setup"); return; }
+  build_ffi kotlin-bench release kotlin || return
+  run kotlin-bench-compile "$kc/bin/kotlinc" -nowarn -cp "$kcp" -d "$target_dir/kotlin/bench.jar" \
+    $(find "$gen" -name '*.kt') $(find "$root/bindings/kotlin/src/main" "$root/bindings/kotlin/src/bench" -name '*.kt') || return
+  run kotlin-bench java -Djna.library.path="$target_dir/release" -cp "$target_dir/kotlin/bench.jar:$kcp" BenchKt
+  summary+=("$(grep -E '^(start|track)' "$log_dir/kotlin-bench.log")")
+}
+
+# Copies the Swift package, its generated bindings, the library, the server and the scenarios
+# into the chroot (its binaries run on the host kernel; glibc there is newer). Sets chroot.
+swift_prepare() {
+  local profile="$1"
   step "swift toolchain (Debian trixie swiftlang in a chroot under $tool_cache)"
-  local chroot
-  chroot="$("$root/tests/swift-chroot.sh")" || { failed+=("swift-setup"); return; }
-  run swift-cargo cargo build -p trailmark-ffi --features trailmark-ffi/cli -p trailmark-examples --bin uniffi-bindgen --bin trailmark-server --lib || return
-  # The package, its generated bindings, the host-built library, the server and the scenarios,
-  # copied into the chroot (its binaries run on the host kernel; glibc there is newer).
+  chroot="$("$root/tests/swift-chroot.sh")" || return 1
+  build_ffi "swift-$profile" "$profile" swift || return 1
   local work="$chroot/trailmark"
   rm -rf "$work/swift" "$work/lib" "$work/bin" "$work/scenarios"
   mkdir -p "$work/lib" "$work/bin"
   cp -r "$root/bindings/swift" "$work/swift"
   rm -rf "$work/swift/.build"
   mkdir -p "$work/swift/Sources/Trailmark/Generated"
-  local gen="$target_dir/swift/generated"
-  rm -rf "$gen" && mkdir -p "$gen"
-  run swift-bindgen "$target_dir/debug/uniffi-bindgen" generate --no-format \
-    --library "$target_dir/debug/libtrailmark_ffi.so" --language swift --out-dir "$gen" || return
   cp "$gen/trailmark_ffi.swift" "$work/swift/Sources/Trailmark/Generated/"
   cp "$gen/trailmark_ffiFFI.h" "$work/swift/Sources/trailmark_ffiFFI/"
-  cp "$target_dir/debug/libtrailmark_ffi.so" "$work/lib/"
-  cp "$target_dir/debug/trailmark-server" "$work/bin/"
+  cp "$target_dir/$profile/libtrailmark_ffi.so" "$work/lib/"
+  cp "$target_dir/$profile/trailmark-server" "$work/bin/"
   cp -r "$root/tests/scenarios" "$work/scenarios"
   mountpoint -q "$chroot/proc" || mount -t proc proc "$chroot/proc"
   mountpoint -q "$chroot/dev" || mount --bind /dev "$chroot/dev"
-  run swift-test chroot "$chroot" /usr/bin/env -i HOME=/root PATH=/usr/bin:/bin \
-    LD_LIBRARY_PATH=/trailmark/lib TRAILMARK_SERVER=/trailmark/bin/trailmark-server \
-    TRAILMARK_SCENARIOS=/trailmark/scenarios \
-    sh -c 'cd /trailmark/swift && swift build --build-tests -Xlinker -L/trailmark/lib && swift test --skip-build -Xlinker -L/trailmark/lib'
+}
+
+swift_unmount() {
   umount "$chroot/dev" 2>/dev/null || true
   umount "$chroot/proc" 2>/dev/null || true
+}
+
+in_chroot() {
+  chroot "$chroot" /usr/bin/env -i HOME=/root PATH=/usr/bin:/bin LD_LIBRARY_PATH=/trailmark/lib \
+    TRAILMARK_SERVER=/trailmark/bin/trailmark-server TRAILMARK_SCENARIOS=/trailmark/scenarios sh -c "cd /trailmark/swift && $1"
+}
+
+suite_swift() {
+  swift_prepare debug || { failed+=("swift-setup"); swift_unmount; return; }
+  run swift-test in_chroot 'swift build --build-tests -Xlinker -L/trailmark/lib && swift test --skip-build -Xlinker -L/trailmark/lib'
+  swift_unmount
   summary+=("swift: $(grep -E 'Executed [0-9]+ tests?' "$log_dir/swift-test.log" | tail -n 1 | sed 's/^[[:space:]]*//' || true)")
+}
+
+# Not part of the test run: start time and track latency through the Swift API (release lib).
+suite_swift_bench() {
+  swift_prepare release || { failed+=("swift-setup"); swift_unmount; return; }
+  run swift-bench in_chroot 'swift run -c release -Xlinker -L/trailmark/lib TrailmarkBench'
+  swift_unmount
+  summary+=("$(grep -E '^(start|track)' "$log_dir/swift-bench.log")")
 }
 
 for suite in "${suites[@]}"; do
@@ -138,6 +177,8 @@ for suite in "${suites[@]}"; do
     rust) suite_rust ;;
     kotlin) suite_kotlin ;;
     swift) suite_swift ;;
+    kotlin-bench) suite_kotlin_bench ;;
+    swift-bench) suite_swift_bench ;;
     *) echo "unknown suite '$suite' (known: ${all_suites[*]})"; exit 2 ;;
   esac
 done

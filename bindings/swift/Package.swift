@@ -21,5 +21,7 @@ let package = Package(
         ffi,
         .target(name: "Trailmark", dependencies: ["trailmark_ffiFFI"], path: "Sources/Trailmark"),
         .testTarget(name: "TrailmarkTests", dependencies: ["Trailmark"], path: "Tests/TrailmarkTests"),
+        // Start time and track latency (./tests/run.sh swift-bench).
+        .executableTarget(name: "TrailmarkBench", dependencies: ["Trailmark"], path: "Sources/TrailmarkBench"),
     ]
 )

@@ -6,7 +6,7 @@
 //! * [`store`] — the durable queue behind the [`store::EventStore`] trait (memory, SQLite).
 //! * [`pii`] — normalisation and hashing of email and phone.
 //! * `native` (feature `native`, on by default) — a ready driver for Rust hosts: worker thread,
-//!   SQLite, reqwest.
+//!   SQLite; with feature `http` (on by default) a built-in reqwest uploader.
 //!
 //! The crate builds for `wasm32-unknown-unknown` with `--no-default-features`.
 

@@ -60,11 +60,13 @@ pub trait Uploader: Send + 'static {
     fn upload(&mut self, task: &UploadTask) -> UploadOutcome;
 }
 
-/// Blocking reqwest (rustls) uploader.
+/// Blocking reqwest (rustls) uploader (feature `http`).
+#[cfg(feature = "http")]
 pub struct ReqwestUploader {
     client: reqwest::blocking::Client,
 }
 
+#[cfg(feature = "http")]
 impl ReqwestUploader {
     pub fn new() -> Result<Self, Error> {
         let client = reqwest::blocking::Client::builder()
@@ -77,6 +79,7 @@ impl ReqwestUploader {
     }
 }
 
+#[cfg(feature = "http")]
 impl Uploader for ReqwestUploader {
     fn upload(&mut self, task: &UploadTask) -> UploadOutcome {
         let mut request = self.client.post(&task.url).body(task.body.clone());
@@ -107,7 +110,7 @@ pub struct NativeOptions {
     /// Path of the SQLite queue file (created if missing).
     pub db_path: PathBuf,
     pub durability: Durability,
-    /// HTTP stack; `None` uses [`ReqwestUploader`].
+    /// HTTP stack; `None` uses `ReqwestUploader` (feature `http`; without it `None` is an error).
     pub uploader: Option<Box<dyn Uploader>>,
     /// Receives engine decisions when `config.debug` is set.
     pub logger: Option<Logger>,
@@ -147,6 +150,16 @@ pub struct Trailmark {
     worker: Option<JoinHandle<()>>,
 }
 
+#[cfg(feature = "http")]
+fn default_uploader() -> Result<Box<dyn Uploader>, Error> {
+    Ok(Box::new(ReqwestUploader::new()?))
+}
+
+#[cfg(not(feature = "http"))]
+fn default_uploader() -> Result<Box<dyn Uploader>, Error> {
+    Err(Error::Start("this build has no built-in HTTP client (feature `http`); pass an uploader".into()))
+}
+
 fn now_ms() -> Millis {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
 }
@@ -162,7 +175,7 @@ impl Trailmark {
         let limits = engine.limits();
         let mut uploader = match options.uploader {
             Some(u) => u,
-            None => Box::new(ReqwestUploader::new()?),
+            None => default_uploader()?,
         };
         let (tx, rx) = mpsc::sync_channel(options.channel_capacity.max(16));
         let overflow = Arc::new(AtomicU64::new(0));

@@ -1,0 +1,83 @@
+// SDK start time and `track` latency through the Kotlin API (map → JSON → UniFFI/JNA → Rust).
+// Run by `./tests/run.sh kotlin-bench` against the release library; figures in
+// docs/BENCHMARKS.md.
+
+import dev.trailmark.Trailmark
+import java.io.File
+import java.nio.file.Files
+import uniffi.trailmark_ffi.HttpResponse
+import uniffi.trailmark_ffi.HttpTransport
+import uniffi.trailmark_ffi.TrailmarkConfig
+
+object Accept : HttpTransport {
+    override fun post(url: String, headers: Map<String, String>, body: ByteArray) = HttpResponse(200u, null, ByteArray(0), null)
+}
+
+fun report(what: String, samples: LongArray) {
+    samples.sort()
+    fun p(q: Double) = samples[((samples.size - 1) * q).toInt()] / 1000.0
+    println(String.format("%-44s n=%-7d p50 %8.2f µs  p90 %8.2f µs  p99 %8.2f µs", what, samples.size, p(0.5), p(0.9), p(0.99)))
+}
+
+fun main() {
+    val dir = Files.createTempDirectory("tm-bench").toFile()
+    fun config(name: String) = TrailmarkConfig(
+        appId = "bench", appSecret = "secret", endpoint = "https://collect.example.test",
+        dbPath = File(dir, name).path, deviceId = "android-id-1", os = "Android", osVersion = "14",
+    )
+    val t0 = System.nanoTime()
+    Trailmark.start(config("cold.db"), Accept).close()
+    println(String.format("%-44s %.2f ms", "start: first in the process (loads the .so)", (System.nanoTime() - t0) / 1e6))
+    val starts = LongArray(200) { i ->
+        val t = System.nanoTime()
+        val tm = Trailmark.start(config("fresh-$i.db"), Accept)
+        val elapsed = System.nanoTime() - t
+        tm.close()
+        elapsed
+    }
+    report("start: first launch (new queue)", starts)
+
+    val tm = Trailmark.start(config("track.db"), Accept)
+    val props = mapOf("sku" to "A-1", "price" to 9.99, "currency" to "EUR", "quantity" to 2)
+    repeat(50_000) { tm.track("add_to_cart", props) } // JIT warm-up
+    kotlinx.coroutines.runBlocking { tm.flush() }
+    val samples = LongArray(200_000)
+    for (round in 0 until 20) {
+        for (i in 0 until 10_000) {
+            val t = System.nanoTime()
+            tm.track("add_to_cart", props)
+            samples[round * 10_000 + i] = System.nanoTime() - t
+        }
+        kotlinx.coroutines.runBlocking { tm.flush() }
+    }
+    check(tm.stats().droppedBackpressure == 0uL) { "${tm.stats()}" }
+    report("track (Kotlin API, 4 properties)", samples)
+    tm.close()
+
+    // Where the time goes: the map's JSON encoding alone, and the generated binding called
+    // with the JSON already encoded (JNA + UniFFI + the Rust call).
+    val encode = LongArray(200_000)
+    var sink = 0
+    for (i in encode.indices) {
+        val t = System.nanoTime()
+        sink += dev.trailmark.Json.encode(props).length
+        encode[i] = System.nanoTime() - t
+    }
+    report("  of which: Json.encode(map)", encode)
+    val raw = uniffi.trailmark_ffi.TrailmarkSdk.start(config("raw.db"), Accept)
+    val json = dev.trailmark.Json.encode(props)
+    repeat(50_000) { raw.track("add_to_cart", json) }
+    raw.flush()
+    val ffi = LongArray(200_000)
+    for (round in 0 until 20) {
+        for (i in 0 until 10_000) {
+            val t = System.nanoTime()
+            raw.track("add_to_cart", json)
+            ffi[round * 10_000 + i] = System.nanoTime() - t
+        }
+        raw.flush()
+    }
+    report("  of which: generated binding (JSON given)", ffi)
+    raw.destroy()
+    check(sink > 0)
+}
