@@ -39,6 +39,9 @@ pub struct Config {
     /// The platform for install attribution; derived from `device.os` when `None`
     /// (`iOS`/`iPadOS` → iOS, `Android` → Android). Without one, no install request is sent.
     pub platform: Option<protocol::Platform>,
+    /// Send the install request (`POST /v1/install`) on the first open. Default true; turn it
+    /// off when the app's backend reports installs itself (server to server).
+    pub install_request: bool,
     pub app: AppContext,
     pub device: DeviceContext,
     pub sdk: SdkContext,
@@ -57,6 +60,7 @@ impl Config {
             device_id: None,
             advertising_id: None,
             platform: None,
+            install_request: true,
             app: AppContext::default(),
             device: DeviceContext::default(),
             sdk: SdkContext { name: "trailmark-rust".into(), version: env!("CARGO_PKG_VERSION").into() },

@@ -311,7 +311,7 @@ impl<S: EventStore> Engine<S> {
             engine.state.installed = true;
             engine.state_dirty = true;
             let _ = engine.record(now, "install", Map::new(), None);
-            if engine.config.install_platform().is_some() {
+            if engine.config.install_request && engine.config.install_platform().is_some() {
                 let event_id = new_uuid(&mut engine.rng);
                 engine.state.install_request = Some(PendingInstall {
                     event_id,

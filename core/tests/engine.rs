@@ -703,7 +703,11 @@ fn install_request_waits_for_attribution_consent_and_is_dropped_by_opt_out() {
     let mut engine = Engine::open(mobile("iOS"), MemoryStore::new(), T0, seed(12)).unwrap();
     engine.opt_out(T0 + 1);
     assert!(!engine.install_pending(), "opting out withdraws the install request");
-    // No platform, no install request (a backend or a desktop app).
+    // No platform, no install request (a backend or a desktop app); none when turned off.
     let engine = Engine::open(config(), MemoryStore::new(), T0, seed(13)).unwrap();
+    assert!(!engine.install_pending());
+    let mut off = mobile("iOS");
+    off.install_request = false;
+    let engine = Engine::open(off, MemoryStore::new(), T0, seed(14)).unwrap();
     assert!(!engine.install_pending());
 }

@@ -65,6 +65,9 @@ fn device(name: &'static str, endpoint: &str, data: &Path, require_consent: bool
     config.app.version = Some("3.2.0".into());
     config.device.os = Some(if name.len().is_multiple_of(2) { "iOS" } else { "android" }.into());
     config.policy.retry_cap = Duration::from_secs(2);
+    // The campaign step reports these devices' installs itself (POST /v1/install with the
+    // referrer, IDFA or fingerprint it simulates), as an app's backend would server to server.
+    config.install_request = false;
     let tm = Trailmark::start(config, NativeOptions::new(data.join(format!("device-{name}.db")))).expect("SDK starts");
     Device { name, tm }
 }
