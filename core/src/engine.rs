@@ -650,7 +650,11 @@ impl<S: EventStore> Engine<S> {
     /// The install request goes first, once collection, uploads and attribution are allowed
     /// (and, on Android, once the Play Install Referrer came or its wait ran out).
     fn poll_install(&mut self, now: Millis) -> InstallStep {
-        let Some(pending) = self.state.install_request.clone() else { return InstallStep::Nothing };
+        let Some((created, referrer_given)) =
+            self.state.install_request.as_ref().map(|p| (p.created, p.referrer_given))
+        else {
+            return InstallStep::Nothing;
+        };
         let Some(platform) = self.config.install_platform() else { return InstallStep::Nothing };
         let allowed =
             self.uploads_allowed() && matches!(self.collection(), Collect::Queue) && self.attribution_allowed();
@@ -660,13 +664,16 @@ impl<S: EventStore> Engine<S> {
         if let Some(t) = self.not_before.filter(|t| now < *t) {
             return InstallStep::WaitUntil(t);
         }
-        if platform == Platform::Android && !pending.referrer_given {
-            let until = pending.created + ms(self.config.policy.install_referrer_wait);
+        if platform == Platform::Android && !referrer_given {
+            let until = created + ms(self.config.policy.install_referrer_wait);
             if now < until {
                 return InstallStep::WaitUntil(until);
             }
         }
-        InstallStep::Upload(self.build_install(now, platform, pending))
+        match self.state.install_request.clone() {
+            Some(pending) => InstallStep::Upload(self.build_install(now, platform, pending)),
+            None => InstallStep::Nothing,
+        }
     }
 
     fn build_install(&mut self, now: Millis, platform: Platform, pending: PendingInstall) -> UploadTask {

@@ -19,6 +19,21 @@ fun report(what: String, samples: LongArray) {
     println(String.format("%-44s n=%-7d p50 %8.2f µs  p90 %8.2f µs  p99 %8.2f µs", what, samples.size, p(0.5), p(0.9), p(0.99)))
 }
 
+/** 20 rounds of 10,000 timed calls; each round ends with an untimed flush, so the worker's
+ *  channel never fills. */
+fun timeRounds(call: () -> Unit, flush: () -> Unit): LongArray {
+    val samples = LongArray(200_000)
+    for (round in 0 until 20) {
+        for (i in 0 until 10_000) {
+            val t = System.nanoTime()
+            call()
+            samples[round * 10_000 + i] = System.nanoTime() - t
+        }
+        flush()
+    }
+    return samples
+}
+
 fun main() {
     val dir = Files.createTempDirectory("tm-bench").toFile()
     fun config(name: String) = TrailmarkConfig(
@@ -41,15 +56,7 @@ fun main() {
     val props = mapOf("sku" to "A-1", "price" to 9.99, "currency" to "EUR", "quantity" to 2)
     repeat(50_000) { tm.track("add_to_cart", props) } // JIT warm-up
     kotlinx.coroutines.runBlocking { tm.flush() }
-    val samples = LongArray(200_000)
-    for (round in 0 until 20) {
-        for (i in 0 until 10_000) {
-            val t = System.nanoTime()
-            tm.track("add_to_cart", props)
-            samples[round * 10_000 + i] = System.nanoTime() - t
-        }
-        kotlinx.coroutines.runBlocking { tm.flush() }
-    }
+    val samples = timeRounds({ tm.track("add_to_cart", props) }, { kotlinx.coroutines.runBlocking { tm.flush() } })
     check(tm.stats().droppedBackpressure == 0uL) { "${tm.stats()}" }
     report("track (Kotlin API, 4 properties)", samples)
     tm.close()
@@ -68,15 +75,7 @@ fun main() {
     val json = dev.trailmark.Json.encode(props)
     repeat(50_000) { raw.track("add_to_cart", json) }
     raw.flush()
-    val ffi = LongArray(200_000)
-    for (round in 0 until 20) {
-        for (i in 0 until 10_000) {
-            val t = System.nanoTime()
-            raw.track("add_to_cart", json)
-            ffi[round * 10_000 + i] = System.nanoTime() - t
-        }
-        raw.flush()
-    }
+    val ffi = timeRounds({ raw.track("add_to_cart", json) }, { raw.flush() })
     report("  of which: generated binding (JSON given)", ffi)
     raw.destroy()
     check(sink > 0)
