@@ -106,6 +106,8 @@ pub struct Stats {
     /// Events waiting in the upload queue / the pre-consent buffer right now.
     pub queued: u64,
     pub held: u64,
+    /// Beacons handed out (`Engine::beacon`; their answer is never known).
+    pub beacons: u64,
     /// Events in the upload handed out and not yet reported (not persisted).
     #[serde(skip)]
     pub in_flight: u64,
@@ -221,6 +223,8 @@ pub struct Engine<S: EventStore> {
     batch_limit: usize,
     flush_deadline: Option<Millis>,
     draining: bool,
+    /// The newest event sent in a beacon (beacons never repeat an event).
+    beaconed_through: u64,
     logger: Option<Logger>,
 }
 
@@ -294,6 +298,7 @@ impl<S: EventStore> Engine<S> {
             not_before: None,
             flush_deadline: None,
             draining: false,
+            beaconed_through: 0,
             logger: None,
         };
         if !engine.queue.is_empty() {
@@ -592,25 +597,8 @@ impl<S: EventStore> Engine<S> {
     /// Handles a deep link that opened the app: captures `tm_click_id` and `utm_*` and records a
     /// `deep_link_opened` re-engagement touchpoint carrying them in `context.campaign`.
     pub fn handle_open_url(&mut self, now: Millis, url: &str) -> Result<(), ValidationError> {
-        let parsed =
-            url::Url::parse(url).map_err(|e| ValidationError::InvalidField { field: "url", reason: e.to_string() });
-        let parsed = self.guard(parsed)?;
-        let mut campaign = CampaignContext::default();
-        for (key, value) in parsed.query_pairs() {
-            let slot = match key.as_ref() {
-                "tm_click_id" => &mut campaign.click_id,
-                "utm_source" => &mut campaign.utm_source,
-                "utm_medium" => &mut campaign.utm_medium,
-                "utm_campaign" => &mut campaign.utm_campaign,
-                "utm_term" => &mut campaign.utm_term,
-                "utm_content" => &mut campaign.utm_content,
-                _ => continue,
-            };
-            let clean = clean_value(&value, MAX_CAMPAIGN_VALUE_LEN);
-            if !clean.is_empty() {
-                *slot = Some(clean);
-            }
-        }
+        let parsed = self.parse_url(url)?;
+        let campaign = campaign_from_url(&parsed);
         if let (Some(pending), Some(click)) = (self.state.install_request.as_mut(), &campaign.click_id) {
             // A deep link that opened the app before its install was reported names the click.
             if pending.click_id.is_none() {
@@ -623,6 +611,47 @@ impl<S: EventStore> Engine<S> {
         let campaign = (!campaign.is_empty()).then_some(campaign);
         let _ = self.record(now, "deep_link_opened", props, campaign);
         Ok(())
+    }
+
+    /// A web page view read from the page's location: a `page_view` whose properties hold `url`,
+    /// `path`, `search`, `title` and `referrer` (as Segment's `page` does) plus `properties`,
+    /// which win on a clash; `name` is the path. The location's `utm_*` and `tm_click_id` go in
+    /// `context.campaign` (sent only with attribution consent, like a deep link's).
+    pub fn page_view(
+        &mut self,
+        now: Millis,
+        url: &str,
+        title: Option<&str>,
+        referrer: Option<&str>,
+        properties: Map<String, Value>,
+    ) -> Result<(), ValidationError> {
+        let parsed = self.parse_url(url)?;
+        let checked = protocol::validate_depth(&properties);
+        self.guard(checked)?;
+        let campaign = campaign_from_url(&parsed);
+        let path = clean_value(parsed.path(), protocol::MAX_ID_LEN);
+        let mut props = Map::new();
+        props.insert("name".into(), Value::String(path.clone()));
+        props.insert("path".into(), Value::String(path));
+        props.insert("url".into(), Value::String(clean_value(url, MAX_URL_LEN)));
+        let search = parsed.query().map(|q| format!("?{q}")).unwrap_or_default();
+        props.insert("search".into(), Value::String(clean_value(&search, MAX_URL_LEN)));
+        if let Some(title) = title.map(|t| clean_value(t, MAX_URL_LEN)).filter(|t| !t.is_empty()) {
+            props.insert("title".into(), Value::String(title));
+        }
+        if let Some(referrer) = referrer.map(|r| clean_value(r, MAX_URL_LEN)).filter(|r| !r.is_empty()) {
+            props.insert("referrer".into(), Value::String(referrer));
+        }
+        props.extend(properties);
+        let campaign = (!campaign.is_empty()).then_some(campaign);
+        let recorded = self.record(now, "page_view", props, campaign);
+        self.guard(recorded)
+    }
+
+    fn parse_url(&mut self, url: &str) -> Result<url::Url, ValidationError> {
+        let parsed =
+            url::Url::parse(url).map_err(|e| ValidationError::InvalidField { field: "url", reason: e.to_string() });
+        self.guard(parsed)
     }
 
     // ----------------------------------------------------------------------------------------
@@ -877,9 +906,31 @@ impl<S: EventStore> Engine<S> {
             self.log(|| format!("{missing} queued events missing from the store"));
             return Action::Wait(Duration::ZERO);
         }
+        let reported = self.state.unreported;
+        let body = self.batch_body(now, &bodies, bytes, Some(reported));
+        let headers = self.signed_headers(now, &body);
+        let batch_id = self.next_batch_id;
+        self.next_batch_id += 1;
+        let event_count = seqs.len();
+        self.inflight = Some(InFlight { batch_id, seqs, reported });
+        self.state.stats.uploads += 1;
+        self.state_dirty = true;
+        self.log(|| format!("upload batch {batch_id}: {event_count} events, {} bytes", body.len()));
+        Action::Upload(UploadTask { batch_id, url: self.upload_url.clone(), headers, body, event_count })
+    }
+
+    /// The batch envelope: `{"sent_at", "batch": [...], "dropped"?}`. Events leave the device
+    /// without `device_id` and `context.campaign` unless attribution consent allows them.
+    fn batch_body(
+        &self,
+        now: Millis,
+        bodies: &[(u64, Vec<u8>)],
+        capacity: usize,
+        dropped: Option<DropReport>,
+    ) -> Vec<u8> {
         let strip = !self.attribution_allowed();
         let sent_at = protocol::format_millis(now);
-        let mut body = Vec::with_capacity(bytes);
+        let mut body = Vec::with_capacity(capacity);
         body.extend_from_slice(b"{\"sent_at\":\"");
         body.extend_from_slice(sent_at.as_bytes());
         body.extend_from_slice(b"\",\"batch\":[");
@@ -894,21 +945,65 @@ impl<S: EventStore> Engine<S> {
             }
         }
         body.push(b']');
-        let reported = self.state.unreported;
-        if !reported.is_empty() {
+        if let Some(reported) = dropped.filter(|r| !r.is_empty()) {
             body.extend_from_slice(b",\"dropped\":");
             body.extend_from_slice(&serde_json::to_vec(&reported).unwrap_or_else(|_| b"{}".to_vec()));
         }
         body.push(b'}');
-        let headers = self.signed_headers(now, &body);
+        body
+    }
+
+    /// A last-chance upload for a page that is going away (`navigator.sendBeacon`): the queued
+    /// events not in flight and not in an earlier beacon, up to `max_bytes` of body, signed in
+    /// the URL's query (`tm_app`, `tm_ts`, `tm_sig`) because a beacon cannot carry headers.
+    /// Its answer is never seen, so the events stay queued: if the page comes back they go
+    /// out again and the server keeps one copy of each (it dedups on `event_id`). Drop counts
+    /// wait for a normal upload. `None` when there is nothing to send or uploads are not allowed.
+    pub fn beacon(&mut self, now: Millis, max_bytes: usize) -> Option<UploadTask> {
+        if !self.uploads_allowed() || self.persist().is_err() {
+            return None;
+        }
+        let skip = self.inflight_len();
+        let limit = max_bytes.min(MAX_BATCH_BYTES);
+        let mut bytes = ENVELOPE_RESERVE;
+        let mut seqs = Vec::new();
+        for e in self.queue.iter().skip(skip).filter(|e| e.seq > self.beaconed_through) {
+            if seqs.len() == self.config.policy.max_batch_events || bytes + e.size as usize + 1 > limit {
+                break;
+            }
+            bytes += e.size as usize + 1;
+            seqs.push(e.seq);
+        }
+        let last = *seqs.last()?;
+        let bodies = match self.store.read(&seqs) {
+            Ok(b) => b,
+            Err(_) => {
+                self.state.stats.store_errors += 1;
+                return None;
+            }
+        };
+        let body = self.batch_body(now, &bodies, bytes, None);
+        let ts = now.div_euclid(1000);
+        let signature = protocol::sign(self.config.app_secret.as_bytes(), ts, &body);
+        let url = url::Url::parse_with_params(
+            &self.upload_url,
+            [
+                (protocol::QUERY_APP, self.config.app_id.as_str()),
+                (protocol::QUERY_TIMESTAMP, ts.to_string().as_str()),
+                (protocol::QUERY_SIGNATURE, signature.as_str()),
+            ],
+        )
+        .ok()?;
+        self.beaconed_through = last;
+        self.state.stats.beacons += 1;
+        self.state_dirty = true;
         let batch_id = self.next_batch_id;
         self.next_batch_id += 1;
-        let event_count = seqs.len();
-        self.inflight = Some(InFlight { batch_id, seqs, reported });
-        self.state.stats.uploads += 1;
-        self.state_dirty = true;
-        self.log(|| format!("upload batch {batch_id}: {event_count} events, {} bytes", body.len()));
-        Action::Upload(UploadTask { batch_id, url: self.upload_url.clone(), headers, body, event_count })
+        let event_count = bodies.len();
+        self.log(|| format!("beacon {batch_id}: {event_count} events, {} bytes", body.len()));
+        // A string body: sendBeacon sends it as text/plain, which needs no CORS preflight.
+        let headers = vec![("Content-Type".to_owned(), "text/plain;charset=UTF-8".to_owned())];
+        Some(UploadTask { batch_id, url: url.into(), headers, body, event_count })
     }
 
     /// Reports the result of the upload `batch_id`. Events leave the queue only when the server
@@ -1263,6 +1358,28 @@ fn strip_attribution(event: &[u8]) -> Vec<u8> {
         }
         _ => event.to_vec(),
     }
+}
+
+/// The `tm_click_id` and `utm_*` parameters of a URL (cleaned and cut to
+/// [`MAX_CAMPAIGN_VALUE_LEN`]).
+fn campaign_from_url(url: &url::Url) -> CampaignContext {
+    let mut campaign = CampaignContext::default();
+    for (key, value) in url.query_pairs() {
+        let slot = match key.as_ref() {
+            "tm_click_id" => &mut campaign.click_id,
+            "utm_source" => &mut campaign.utm_source,
+            "utm_medium" => &mut campaign.utm_medium,
+            "utm_campaign" => &mut campaign.utm_campaign,
+            "utm_term" => &mut campaign.utm_term,
+            "utm_content" => &mut campaign.utm_content,
+            _ => continue,
+        };
+        let clean = clean_value(&value, MAX_CAMPAIGN_VALUE_LEN);
+        if !clean.is_empty() {
+            *slot = Some(clean);
+        }
+    }
+    campaign
 }
 
 /// Trims to `max` bytes at a character boundary and removes control characters.

@@ -33,6 +33,11 @@ pub const HEADER_TIMESTAMP: &str = "X-Trailmark-Timestamp";
 pub const HEADER_SIGNATURE: &str = "X-Trailmark-Signature";
 /// Prefix of the signature header value for the current scheme.
 pub const SIGNATURE_VERSION: &str = "v1";
+/// Query parameters that carry the app id, timestamp and signature when the request cannot
+/// carry headers (`navigator.sendBeacon`). They sign the body exactly as the headers do.
+pub const QUERY_APP: &str = "tm_app";
+pub const QUERY_TIMESTAMP: &str = "tm_ts";
+pub const QUERY_SIGNATURE: &str = "tm_sig";
 
 /// One tracked event. `event_id` is the idempotency key: the server stores `(app, event_id)` once.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

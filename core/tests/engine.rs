@@ -446,6 +446,110 @@ fn deep_link_records_a_touchpoint_with_campaign() {
 }
 
 #[test]
+fn page_view_reads_the_location_and_campaign() {
+    let mut engine = open(MemoryStore::new(), T0);
+    let url = "https://shop.example/spring/sale?utm_source=news&utm_medium=email&tm_click_id=clk_9&x=1#top";
+    engine
+        .page_view(T0, url, Some("Spring sale"), Some("https://news.example/"), props(json!({"section": "shoes"})))
+        .unwrap();
+    engine.page_view(T0, "https://shop.example/", None, Some(""), props(json!({"path": "/custom"}))).unwrap();
+    assert!(matches!(
+        engine.page_view(T0, "/relative", None, None, Default::default()),
+        Err(ValidationError::InvalidField { field: "url", .. })
+    ));
+    assert_eq!(engine.stats().refused_invalid, 1);
+    engine.flush(T0).unwrap();
+    let mut server = Collector::default();
+    drive(&mut engine, T0, 60_000, |t, now| server.accept(t, now, |_| false));
+    let views: Vec<&Value> = server.stored.iter().filter(|e| e["type"] == "page_view").collect();
+    assert_eq!(views.len(), 2);
+    assert_eq!(
+        views[0]["properties"],
+        json!({"name": "/spring/sale", "path": "/spring/sale", "url": url, "title": "Spring sale",
+               "search": "?utm_source=news&utm_medium=email&tm_click_id=clk_9&x=1",
+               "referrer": "https://news.example/", "section": "shoes"})
+    );
+    assert_eq!(
+        views[0]["context"]["campaign"],
+        json!({"click_id": "clk_9", "utm_source": "news", "utm_medium": "email"})
+    );
+    // The host's properties win; an empty referrer is left out; no campaign, no context.campaign.
+    assert_eq!(
+        views[1]["properties"],
+        json!({"name": "/", "path": "/custom", "url": "https://shop.example/", "search": ""})
+    );
+    assert!(views[1]["context"].get("campaign").is_none());
+}
+
+#[test]
+fn beacon_signs_in_the_query_and_never_repeats_an_event() {
+    let mut engine = open(MemoryStore::new(), T0);
+    track_n(&mut engine, T0, 0, 3);
+    // One batch in flight (the first five events: session_start, install, three ticks).
+    let task = upload(&mut engine, T0 + 30_000);
+    track_n(&mut engine, T0 + 30_000, 3, 4);
+    let beacon = engine.beacon(T0 + 30_000, 60_000).expect("events to send");
+    assert_eq!(beacon.event_count, 4, "only what is not in flight");
+    let url = url::Url::parse(&beacon.url).unwrap();
+    assert_eq!(url.path(), protocol::EVENT_PATH);
+    let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    assert_eq!(q[protocol::QUERY_APP], "test-app");
+    protocol::verify_signature(
+        SECRET.as_bytes(),
+        Some(&q[protocol::QUERY_TIMESTAMP]),
+        Some(&q[protocol::QUERY_SIGNATURE]),
+        &beacon.body,
+        (T0 + 30_000) / 1000,
+    )
+    .expect("the query signature verifies");
+    let body: Value = serde_json::from_slice(&beacon.body).unwrap();
+    let ns: Vec<u64> =
+        body["batch"].as_array().unwrap().iter().map(|e| e["properties"]["n"].as_u64().unwrap()).collect();
+    assert_eq!(ns, [3, 4, 5, 6]);
+    assert!(engine.beacon(T0 + 30_000, 60_000).is_none(), "nothing new: no second beacon");
+    track_n(&mut engine, T0 + 30_000, 7, 1);
+    assert_eq!(engine.beacon(T0 + 30_000, 60_000).unwrap().event_count, 1);
+    assert_eq!(engine.stats().beacons, 2);
+    // The size limit holds: one event at a time when only one fits.
+    track_n(&mut engine, T0 + 30_000, 8, 2);
+    let one = engine.beacon(T0 + 30_000, 1024 + 400).unwrap();
+    assert_eq!(one.event_count, 1);
+    assert!(one.body.len() <= 1024 + 400);
+
+    // Beaconed events stay queued: if the page lives on, the normal upload resends them and the
+    // server keeps one copy.
+    let mut server = Collector::default();
+    let body: Value = serde_json::from_slice(&beacon.body).unwrap();
+    for e in body["batch"].as_array().unwrap() {
+        server.seen.insert(e["event_id"].as_str().unwrap().to_owned());
+    }
+    let outcome = server.accept(&task, T0 + 30_000, |_| false);
+    engine.report(T0 + 30_000, task.batch_id, outcome);
+    engine.flush(T0 + 30_000).unwrap();
+    drive(&mut engine, T0 + 30_000, 60_000, |t, now| server.accept(t, now, |_| false));
+    assert_eq!(server.duplicates, 4);
+    assert_eq!(server.numbers(), [0, 1, 2, 7, 8, 9]);
+    assert_eq!(engine.stats().queued, 0);
+}
+
+#[test]
+fn no_beacon_without_consent_or_after_opt_out() {
+    let mut cfg = config();
+    cfg.require_consent = true;
+    let mut engine = Engine::open(cfg, MemoryStore::new(), T0, seed(3)).unwrap();
+    track_n(&mut engine, T0, 0, 2);
+    assert!(engine.beacon(T0, 60_000).is_none(), "held events never leave in a beacon");
+    engine.set_consent(T0, ConsentUpdate { analytics: Some(true), attribution: Some(false), ..Default::default() });
+    engine.handle_open_url(T0, "app://x?tm_click_id=c1").unwrap();
+    let beacon = engine.beacon(T0, 60_000).unwrap();
+    let body: Value = serde_json::from_slice(&beacon.body).unwrap();
+    assert!(body["batch"].as_array().unwrap().iter().all(|e| e["context"].get("campaign").is_none()));
+    engine.opt_out(T0);
+    track_n(&mut engine, T0, 2, 1);
+    assert!(engine.beacon(T0, 60_000).is_none());
+}
+
+#[test]
 fn config_is_validated_at_start() {
     let bad = Config::new("app", "secret", "http://collect.example.com");
     assert!(matches!(

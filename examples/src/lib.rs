@@ -23,6 +23,10 @@ pub struct ServerArgs {
     /// An app allowed to send events, as ID:SECRET. Repeatable.
     #[arg(long = "app", value_name = "ID:SECRET")]
     pub apps: Vec<String>,
+    /// A web origin whose pages may send events from a browser (CORS), as ORIGIN for every
+    /// app or APP_ID=ORIGIN for one, e.g. https://shop.example. Repeatable.
+    #[arg(long = "cors-origin", value_name = "[APP_ID=]ORIGIN")]
+    pub cors_origins: Vec<String>,
     /// Bearer key for admin endpoints.
     #[arg(long)]
     pub admin_key: Option<String>,
@@ -170,6 +174,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     db: Option<PathBuf>,
     apps: Option<Vec<String>>,
+    cors_origins: Option<Vec<String>>,
     admin_key: Option<String>,
     geoip_city: Option<PathBuf>,
     geoip_asn: Option<PathBuf>,
@@ -192,6 +197,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub db: PathBuf,
     pub apps: Vec<(String, String)>,
+    /// CORS origins: `(None, origin)` for every app, `(Some(app), origin)` for one.
+    pub cors_origins: Vec<(Option<String>, String)>,
     pub admin_key: Option<String>,
     pub geoip_city: Option<PathBuf>,
     pub geoip_asn: Option<PathBuf>,
@@ -227,6 +234,20 @@ impl ServerArgs {
             }
             apps.push((id.to_owned(), secret.to_owned()));
         }
+        let mut cors_origins = Vec::new();
+        for spec in file.cors_origins.unwrap_or_default().iter().chain(&self.cors_origins) {
+            // An origin has "://" and no "="; APP_ID=ORIGIN names the app first.
+            let (app, origin) = match spec.split_once('=') {
+                Some((app, origin)) if !app.contains("://") => (Some(app.to_owned()), origin),
+                _ => (None, spec.as_str()),
+            };
+            let origin =
+                trailmark_server::config::normalize_origin(origin).map_err(|e| format!("--cors-origin: {e}"))?;
+            if let Some(app) = app.as_ref().filter(|a| !apps.iter().any(|(id, _)| id == *a)) {
+                return Err(format!("--cors-origin {spec:?}: no app {app:?} (give it with --app)"));
+            }
+            cors_origins.push((app, origin));
+        }
         let tls = match (self.tls_cert.clone().or(file.tls_cert), self.tls_key.clone().or(file.tls_key)) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -256,6 +277,7 @@ impl ServerArgs {
             listen: self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid")),
             db: self.db.clone().or(file.db).unwrap_or_else(|| "trailmark.db".into()),
             apps,
+            cors_origins,
             admin_key: self.admin_key.clone().or(file.admin_key),
             geoip_city: self.geoip_city.clone().or(file.geoip_city),
             geoip_asn: self.geoip_asn.clone().or(file.geoip_asn),
@@ -317,6 +339,15 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
     let mut config = ServerConfig::new();
     for (id, secret) in &settings.apps {
         config = config.with_app(id.clone(), secret.clone());
+    }
+    for (app, origin) in &settings.cors_origins {
+        let ids: Vec<String> = match app {
+            Some(app) => vec![app.clone()],
+            None => settings.apps.iter().map(|(id, _)| id.clone()).collect(),
+        };
+        for id in ids {
+            config = config.with_cors_origin(&id, origin)?;
+        }
     }
     config.admin_key = settings.admin_key.clone();
     config.ip_key = ip_key;

@@ -124,6 +124,7 @@ fn toml_config_and_https() {
             concat!(
                 "db = {:?}\napps = [\"app:secret\"]\nadmin_key = \"adm\"\ntls_cert = {:?}\ntls_key = {:?}\n",
                 "log_format = \"json\"\npublic_url = \"https://t.example.com\"\n",
+                "cors_origins = [\"app=https://shop.example\"]\n",
                 "[attribution]\nclick_window_hours = 48\nclick_injection = \"flag\"\nnetwork_priority = [\"meta\"]\n",
                 "[[postbacks]]\nnetwork = \"meta\"\nurl = \"https://pb.example/i?c={{click_id}}\"\nevents = [\"install\"]\n",
             ),
@@ -133,7 +134,8 @@ fn toml_config_and_https() {
         ),
     )
     .unwrap();
-    let (mut child, base) = spawn(&["--config", config_path.to_str().unwrap()]);
+    let (mut child, base) =
+        spawn(&["--config", config_path.to_str().unwrap(), "--cors-origin", "http://localhost:5173"]);
     assert!(base.starts_with("https://"), "{base}");
     let base = base.replace("127.0.0.1", "localhost");
     let client = reqwest::blocking::Client::builder()
@@ -142,6 +144,18 @@ fn toml_config_and_https() {
         .unwrap();
     let answer = signed_batch(&client, &base, &batch(3, 0)).unwrap();
     assert_eq!(answer["accepted"], 3);
+    // CORS origins from the file and the command line; any other origin is refused.
+    for (origin, status) in
+        [("https://shop.example", 204), ("http://localhost:5173", 204), ("https://evil.example", 403)]
+    {
+        let r = client
+            .request(reqwest::Method::OPTIONS, format!("{base}/v1/event"))
+            .header("Origin", origin)
+            .header("Access-Control-Request-Method", "POST")
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{origin}");
+    }
     let health: Value = client.get(format!("{base}/healthz")).send().unwrap().json().unwrap();
     assert_eq!(health["status"], "ok");
     // Attribution settings from the file: links under the public URL; the audit shows the
@@ -165,6 +179,12 @@ fn toml_config_and_https() {
     let out = Command::new(BIN).args(["--app", "no-colon"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ID:SECRET"));
+    let out = Command::new(BIN).args(["--app", "a:b", "--cors-origin", "https://shop.example/path"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no path"), "{out:?}");
+    let out = Command::new(BIN).args(["--app", "a:b", "--cors-origin", "zz=https://shop.example"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no app \"zz\""), "{out:?}");
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "apps = [\"a:b\"]\n[attribution]\nclick_window_days = 3\n").unwrap();
     let out = Command::new(BIN).args(["--config", bad.to_str().unwrap()]).output().unwrap();

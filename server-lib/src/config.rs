@@ -15,12 +15,29 @@ pub struct AppConfig {
     pub secret: String,
     /// JSON Schemas for this app's own event types (`type` → schema of the whole event).
     pub schemas: HashMap<String, Value>,
+    /// Web origins (`https://shop.example`, scheme://host[:port]) whose pages may send this
+    /// app's events from a browser (CORS). Requests with another `Origin` are refused; requests
+    /// without one (mobile SDKs, servers) are not affected. Empty: no browser origin at all.
+    pub allowed_origins: Vec<String>,
 }
 
 impl AppConfig {
     pub fn new(secret: impl Into<String>) -> Self {
-        AppConfig { secret: secret.into(), schemas: HashMap::new() }
+        AppConfig { secret: secret.into(), schemas: HashMap::new(), allowed_origins: Vec::new() }
     }
+}
+
+/// Reduces a configured origin to the form browsers send in `Origin`: lower-case
+/// `scheme://host[:port]`, without a default port, path or trailing slash.
+pub fn normalize_origin(origin: &str) -> Result<String, String> {
+    let url = url::Url::parse(origin.trim()).map_err(|e| format!("origin {origin:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("origin {origin:?}: expected http(s)://host[:port]"));
+    }
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(format!("origin {origin:?}: an origin has no path, query or user"));
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +192,17 @@ impl ServerConfig {
     pub fn with_app(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
         self.apps.insert(id.into(), AppConfig::new(secret));
         self
+    }
+
+    /// Lets pages on `origin` send app `app_id`'s events from a browser (see
+    /// [`AppConfig::allowed_origins`]). Fails for an unknown app or a malformed origin.
+    pub fn with_cors_origin(mut self, app_id: &str, origin: &str) -> Result<Self, String> {
+        let origin = normalize_origin(origin)?;
+        let app = self.apps.get_mut(app_id).ok_or_else(|| format!("CORS origin for unknown app {app_id:?}"))?;
+        if !app.allowed_origins.contains(&origin) {
+            app.allowed_origins.push(origin);
+        }
+        Ok(self)
     }
 
     /// Sets the admin key (`Authorization: Bearer <key>` on admin endpoints).

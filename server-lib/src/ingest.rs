@@ -113,6 +113,40 @@ pub(crate) struct Signed {
 /// Authenticates a signed request: app id, per-IP rate, body with `limit`, HMAC signature,
 /// per-app rate. `per_ip_limit` is off for server-to-server endpoints, whose one address
 /// speaks for many users. Shared by every SDK and server-to-server endpoint.
+/// Who signed a request and how: the `X-Trailmark-*` headers, or, for a request that cannot
+/// set headers (`navigator.sendBeacon`), the `tm_app`, `tm_ts` and `tm_sig` query parameters.
+/// The two are never mixed: with the app header present, the query is not read.
+pub(crate) struct Credentials {
+    pub app: Option<String>,
+    pub timestamp: Option<String>,
+    pub signature: Option<String>,
+}
+
+impl Credentials {
+    pub(crate) fn of(parts: &axum::http::request::Parts) -> Self {
+        let headers = &parts.headers;
+        if let Some(app) = header_str(headers, protocol::HEADER_APP) {
+            return Credentials {
+                app: Some(app.to_owned()),
+                timestamp: header_str(headers, protocol::HEADER_TIMESTAMP).map(str::to_owned),
+                signature: header_str(headers, protocol::HEADER_SIGNATURE).map(str::to_owned),
+            };
+        }
+        let mut found = Credentials { app: None, timestamp: None, signature: None };
+        let query = parts.uri.query().unwrap_or("");
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            let slot = match key.as_ref() {
+                protocol::QUERY_APP => &mut found.app,
+                protocol::QUERY_TIMESTAMP => &mut found.timestamp,
+                protocol::QUERY_SIGNATURE => &mut found.signature,
+                _ => continue,
+            };
+            slot.get_or_insert_with(|| value.into_owned());
+        }
+        found
+    }
+}
+
 pub(crate) async fn read_signed(
     state: &AppState,
     parts: &axum::http::request::Parts,
@@ -124,9 +158,13 @@ pub(crate) async fn read_signed(
     let peer = parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let ip = client_ip(headers, peer, state.config.trust_proxy);
 
-    let app_id = header_str(headers, protocol::HEADER_APP)
-        .ok_or_else(|| ApiError::unauthorized("missing_app", format!("missing {} header", protocol::HEADER_APP)))?
-        .to_owned();
+    let credentials = Credentials::of(parts);
+    let app_id = credentials.app.ok_or_else(|| {
+        ApiError::unauthorized(
+            "missing_app",
+            format!("missing {} header (or {} query parameter)", protocol::HEADER_APP, protocol::QUERY_APP),
+        )
+    })?;
     let Some(app) = state.config.apps.get(&app_id) else {
         return Err(ApiError::unauthorized("unknown_app", "unknown app id"));
     };
@@ -136,8 +174,8 @@ pub(crate) async fn read_signed(
     let raw = read_body(body, limit).await?;
     protocol::verify_signature(
         app.secret.as_bytes(),
-        header_str(headers, protocol::HEADER_TIMESTAMP),
-        header_str(headers, protocol::HEADER_SIGNATURE),
+        credentials.timestamp.as_deref(),
+        credentials.signature.as_deref(),
         &raw,
         state.config.clock.now() / 1000,
     )
@@ -146,7 +184,7 @@ pub(crate) async fn read_signed(
         ApiError::unauthorized("invalid_signature", e.to_string())
     })?;
     state.check_app_rate(&app_id)?;
-    let sent_at_secs = header_str(headers, protocol::HEADER_TIMESTAMP).and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+    let sent_at_secs = credentials.timestamp.and_then(|t| t.trim().parse().ok()).unwrap_or(0);
     Ok(Signed { app_id, ip, body: raw, sent_at_secs })
 }
 

@@ -23,6 +23,7 @@
 pub mod attribution;
 pub mod config;
 pub mod conversions;
+mod cors;
 pub mod enrich;
 pub mod error;
 pub mod ingest;
@@ -254,6 +255,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         // Bodies are read with our own limit so the 413 has the protocol's error shape.
         .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cors::layer))
         .with_state(state)
 }
 
