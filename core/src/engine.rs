@@ -1333,6 +1333,11 @@ impl<S: EventStore> Engine<S> {
         self.state.unreported
     }
 
+    /// The store, for drivers whose store collects side effects (the web store's outbox).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     /// Gives the store back (tests use it to simulate a crash: pending changes are lost).
     pub fn into_store(self) -> S {
         self.store

@@ -1,0 +1,43 @@
+// Starts the reference server (the binary in $TRAILMARK_SERVER, or target/debug) on a free port.
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { repo } from './helpers.mjs';
+
+export const ADMIN = 'adm1n';
+
+export function serverBinary() {
+  const bin = process.env.TRAILMARK_SERVER ?? join(process.env.CARGO_TARGET_DIR ?? join(repo, 'target'), 'debug', 'trailmark-server');
+  if (!existsSync(bin)) throw new Error(`no reference server at ${bin}: cargo build -p trailmark-examples --bin trailmark-server`);
+  return bin;
+}
+
+/** `{base, stop, events(query)}`; `listen` fixes the address (to restart on the same port). */
+export async function startServer({ args = [], listen = '127.0.0.1:0', db } = {}) {
+  db ??= join(mkdtempSync(join(tmpdir(), 'tm-js-')), 's.db');
+  const child = spawn(serverBinary(), ['--listen', listen, '--db', db, '--admin-key', ADMIN, ...args], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, RUST_LOG: 'warn' },
+  });
+  const base = await new Promise((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout });
+    lines.on('line', (line) => {
+      if (line.startsWith('listening ')) resolve(line.slice('listening '.length).trim());
+    });
+    child.on('exit', (code) => reject(new Error(`server exited with ${code}`)));
+  });
+  const stop = () =>
+    new Promise((resolve) => {
+      if (child.exitCode !== null) return resolve();
+      child.on('exit', resolve);
+      child.kill('SIGTERM');
+    });
+  const events = async (query) => {
+    const r = await fetch(`${base}/v1/events?${query}&limit=1000`, { headers: { Authorization: `Bearer ${ADMIN}` } });
+    if (r.status !== 200) throw new Error(`GET /v1/events: ${r.status} ${await r.text()}`);
+    return (await r.json()).events;
+  };
+  return { base, db, stop, events };
+}
