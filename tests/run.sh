@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: ./tests/run.sh [suite ...]
-# Suites: rust, kotlin, swift (js and browser arrive with their issue). No suite = all of them.
+# Suites: rust, kotlin, swift, js, browser. No suite = all of them.
 # Benchmarks, not part of the test run: kotlin-bench, swift-bench (docs/BENCHMARKS.md).
 # Installs what it needs itself; exits non-zero when any test fails; ends with the test
 # runners' own summary lines.
@@ -12,7 +12,7 @@ export CARGO_TERM_COLOR=never
 log_dir="${TM_TEST_LOG_DIR:-$root/target/test-logs}"
 mkdir -p "$log_dir"
 
-all_suites=(rust kotlin swift)
+all_suites=(rust kotlin swift js browser)
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 tool_cache="${TM_TOOL_CACHE:-$HOME/.cache/trailmark}"
 suites=("$@")
@@ -172,11 +172,56 @@ suite_swift_bench() {
   summary+=("$(grep -E '^(start|track)' "$log_dir/swift-bench.log")")
 }
 
+# The web SDK: wasm32 target, wasm-bindgen-cli of the crate's exact version, binaryen's
+# wasm-opt, the npm dev dependencies; then npm run build (bindings/js/dist) and the reference
+# server the tests talk to. Once per run.
+js_built=""
+js_build() {
+  [ -n "$js_built" ] && return "$js_built"
+  js_built=1
+  step "web SDK toolchain (wasm32 target, wasm-bindgen-cli, binaryen, npm packages)"
+  rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || rustup target add wasm32-unknown-unknown || return 1
+  need_debs binaryen || return 1
+  local want
+  want="$(awk '/^name = "wasm-bindgen"$/{getline; gsub(/[^0-9.]/, ""); print}' "$root/bindings/js/Cargo.lock")"
+  if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$want" ]; then
+    run wasm-bindgen-install cargo install wasm-bindgen-cli --version "$want" || return 1
+  fi
+  (cd "$root/bindings/js" && npm ci --no-audit --no-fund) || return 1
+  run js-fmt cargo fmt --manifest-path "$root/bindings/js/Cargo.toml" -- --check || return 1
+  run js-clippy cargo clippy --manifest-path "$root/bindings/js/Cargo.toml" --target wasm32-unknown-unknown -- -D warnings || return 1
+  run js-build env CARGO_TARGET_DIR="$target_dir" npm --prefix "$root/bindings/js" run build || return 1
+  run js-server cargo build -p trailmark-examples --bin trailmark-server || return 1
+  js_built=0
+}
+
+# node:test's closing counters ("# tests 17" ...) as one line.
+node_summary() {
+  grep -E '^# (tests|pass|fail) [0-9]+' "$log_dir/$1.log" | tr -d '#' | paste -sd, | sed 's/^ *//' || true
+}
+
+suite_js() {
+  js_build || { failed+=("js-setup"); return; }
+  run js-test env TRAILMARK_SERVER="$target_dir/debug/trailmark-server" npm --prefix "$root/bindings/js" test
+  summary+=("js: $(node_summary js-test)")
+  run js-size npm --prefix "$root/bindings/js" run --silent size
+  summary+=("$(grep '^web size' "$log_dir/js-size.log")")
+}
+
+suite_browser() {
+  js_build || { failed+=("browser-setup"); return; }
+  need_debs chromium || { failed+=("browser-setup"); return; }
+  run browser-test env TRAILMARK_SERVER="$target_dir/debug/trailmark-server" npm --prefix "$root/bindings/js" run test:browser
+  summary+=("browser: $(node_summary browser-test)")
+}
+
 for suite in "${suites[@]}"; do
   case "$suite" in
     rust) suite_rust ;;
     kotlin) suite_kotlin ;;
     swift) suite_swift ;;
+    js) suite_js ;;
+    browser) suite_browser ;;
     kotlin-bench) suite_kotlin_bench ;;
     swift-bench) suite_swift_bench ;;
     *) echo "unknown suite '$suite' (known: ${all_suites[*]})"; exit 2 ;;

@@ -120,6 +120,8 @@ pub(crate) struct Credentials {
     pub app: Option<String>,
     pub timestamp: Option<String>,
     pub signature: Option<String>,
+    /// Read from the query string (a beacon).
+    pub in_query: bool,
 }
 
 impl Credentials {
@@ -130,9 +132,10 @@ impl Credentials {
                 app: Some(app.to_owned()),
                 timestamp: header_str(headers, protocol::HEADER_TIMESTAMP).map(str::to_owned),
                 signature: header_str(headers, protocol::HEADER_SIGNATURE).map(str::to_owned),
+                in_query: false,
             };
         }
-        let mut found = Credentials { app: None, timestamp: None, signature: None };
+        let mut found = Credentials { app: None, timestamp: None, signature: None, in_query: true };
         let query = parts.uri.query().unwrap_or("");
         for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
             let slot = match key.as_ref() {
@@ -184,6 +187,9 @@ pub(crate) async fn read_signed(
         ApiError::unauthorized("invalid_signature", e.to_string())
     })?;
     state.check_app_rate(&app_id)?;
+    if credentials.in_query {
+        metrics::counter!("trailmark_beacon_requests_total", "app" => app_id.clone()).increment(1);
+    }
     let sent_at_secs = credentials.timestamp.and_then(|t| t.trim().parse().ok()).unwrap_or(0);
     Ok(Signed { app_id, ip, body: raw, sent_at_secs })
 }
