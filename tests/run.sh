@@ -49,7 +49,7 @@ suite_rust() {
   else
     failed+=("geoip-fixtures")
   fi
-  run rust-test cargo test --workspace --all-targets
+  run rust-test cargo test --workspace --all-targets --no-fail-fast
   summary+=("$(awk '/^ *Running /{name=($2=="unittests") ? $3" "$4 : $2} /^test result:/{print "rust " name ": " $0}' "$log_dir/rust-test.log")")
   # The README's main command (in the test profile) and the SDK demo, as smoke tests.
   run quickstart cargo run -q -p trailmark-examples --bin quickstart -- --once --listen 127.0.0.1:0 --data "$root/target/quickstart-ci"

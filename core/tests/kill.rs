@@ -1,6 +1,10 @@
 //! kill -9 test of the native driver: a child process tracks events and is killed at random
-//! moments. Every event whose `track` returned more than 50 ms before the kill, and every event
+//! moments. Every event whose `track` returned more than 250 ms before the kill, and every event
 //! tracked before a completed `flush()`, must be in the store when it is reopened.
+//!
+//! The driver commits within about 10 ms (`MAX_BURST_TIME`), but the virtual disk of the CI
+//! machines stalls a write now and then for more than 50 ms (ADR 0003); the test's bound leaves
+//! room for such a stall, so what it catches is lost events, not slow ones.
 //!
 //! The child is this test binary itself, re-run with `TM_KILL_CHILD` set.
 #![cfg(feature = "native")]
@@ -17,7 +21,7 @@ use trailmark_core::store::SqliteStore;
 use trailmark_core::{Config, EventStore};
 
 const KILLS: usize = 60;
-const DURABLE_WITHIN: Duration = Duration::from_millis(50);
+const DURABLE_WITHIN: Duration = Duration::from_millis(250);
 
 /// The child: tracks numbered events, printing `t <n>` after each `track` returns and
 /// `f <n>` after each completed `flush()`.
@@ -125,11 +129,21 @@ fn events_survive_kill_9() {
             .filter_map(|e| e["properties"]["n"].as_u64())
             .collect();
         let lost: Vec<u64> = required.difference(&stored).copied().collect();
+        let oldest_lost_age = lines
+            .iter()
+            .filter_map(|(at, l)| Some((at, l.strip_prefix("t ")?.parse::<u64>().ok()?)))
+            .find(|(_, n)| lost.first() == Some(n))
+            .map(|(at, _)| killed_at.duration_since(*at));
         assert!(
             lost.is_empty(),
-            "round {round} (seed {seed}): lost {} events, first {:?}",
+            "round {round} (seed {seed}): lost {} events, first {:?}; tracked {}, stored {}, flushed up to {:?}, \
+             oldest lost tracked {:?} before the kill",
             lost.len(),
-            &lost[..lost.len().min(10)]
+            &lost[..lost.len().min(10)],
+            tracked.len(),
+            stored.len(),
+            flushed_up_to,
+            oldest_lost_age
         );
         total_required += required.len();
     }

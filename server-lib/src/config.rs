@@ -118,8 +118,50 @@ pub struct ServerConfig {
     /// Per-network postbacks, and how they are delivered.
     pub postbacks: Vec<crate::postbacks::PostbackConfig>,
     pub postback_policy: crate::postbacks::PostbackPolicy,
+    /// Sessions, retention and the maintenance schedule of the reports.
+    pub reports: ReportConfig,
     /// The server's clock. [`Clock::system`] unless a test drives time.
     pub clock: Clock,
+}
+
+/// Settings of the reporting side (`docs/reports.md`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportConfig {
+    /// A session ends after this much inactivity (ms). Default 30 minutes.
+    pub session_gap: i64,
+    /// Raw events (and their facts and sessions) are kept this many days, then deleted once
+    /// rolled up. Default 90.
+    pub raw_retention_days: u32,
+    /// Clicks and impressions are kept this long after the attribution index lets them go
+    /// (ms). Default 0: deleted as soon as no window can match them.
+    pub click_retention_extra: i64,
+    /// How often the scheduler refreshes the star schema and rollups (ms). Default 10 s.
+    pub refresh_interval: i64,
+    /// How often it applies retention and purges expired and orphaned rows (ms). Default 1 h.
+    pub purge_interval: i64,
+    /// Events taken into the star schema per writer transaction. Default 5 000.
+    pub refresh_batch: usize,
+    /// Run the maintenance scheduler in the background (default on). Tests that drive
+    /// [`crate::reports::Maintenance::run_due`] themselves turn it off.
+    pub scheduler: bool,
+    /// Most fact rows one report reads; larger ranges answer 400 asking for a shorter one.
+    /// Default 2 000 000.
+    pub max_report_rows: usize,
+}
+
+impl Default for ReportConfig {
+    fn default() -> Self {
+        ReportConfig {
+            session_gap: 30 * 60_000,
+            raw_retention_days: 90,
+            click_retention_extra: 0,
+            refresh_interval: 10_000,
+            purge_interval: 3_600_000,
+            refresh_batch: 5_000,
+            max_report_rows: 2_000_000,
+            scheduler: true,
+        }
+    }
 }
 
 /// Where the server reads the time (Unix ms). Signatures, windows and stored times all use it,
@@ -185,6 +227,7 @@ impl ServerConfig {
             public_url: None,
             postbacks: Vec::new(),
             postback_policy: Default::default(),
+            reports: ReportConfig::default(),
             clock: Clock::system(),
         }
     }

@@ -303,6 +303,7 @@ async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, Ap
         // Duplicates too: a retried request finishes follow-ups a crash interrupted.
         conversions::process(state, &app_id, followups).await;
     }
+    state.dashboard.live.events(response.accepted, response.rejected.len() as u64);
     metrics::counter!("trailmark_events_accepted_total", "app" => app_id.clone()).increment(response.accepted);
     metrics::counter!("trailmark_events_duplicate_total", "app" => app_id.clone()).increment(response.duplicates);
     Ok(response)

@@ -229,6 +229,7 @@ async fn install(state: &AppState, request: Request) -> Result<AttributionResult
     }
     metrics::counter!("trailmark_installs_total", "app" => app_id.clone(), "match_type" => decision.result.match_type.as_str())
         .increment(1);
+    state.dashboard.live.install(decision.result.attributed, decision.result.fraud.rejected);
     let touchpoint = match (&decision.winner, decision.result.attributed) {
         (Some((touch, link)), true) => Some(Touchpoint {
             app_id: app_id.clone(),
@@ -245,6 +246,7 @@ async fn install(state: &AppState, request: Request) -> Result<AttributionResult
     };
     let alert = decision.burst_alert.map(|a| {
         metrics::counter!("trailmark_fraud_alerts_total", "rule" => "install_burst").increment(1);
+        state.dashboard.live.burst_alert();
         tracing::warn!(campaign = %a.campaign_id, installs = a.installs, baseline = a.baseline_per_hour, "install burst");
         FraudAlert {
             rule: "install_burst".into(),

@@ -24,6 +24,7 @@ pub mod attribution;
 pub mod config;
 pub mod conversions;
 mod cors;
+pub mod dashboard;
 pub mod enrich;
 pub mod error;
 pub mod ingest;
@@ -31,6 +32,7 @@ pub mod inspect;
 pub mod install;
 pub mod links;
 pub mod postbacks;
+pub mod reports;
 pub mod storage;
 pub mod tracking;
 pub mod validate;
@@ -53,7 +55,7 @@ use sha2::Sha256;
 use thiserror::Error;
 
 pub use attribution::{AttributionConfig, FraudConfig, FraudPolicy};
-pub use config::{AppConfig, Clock, JwtAlgorithm, JwtConfig, Limits, ManualClock, ServerConfig};
+pub use config::{AppConfig, Clock, JwtAlgorithm, JwtConfig, Limits, ManualClock, ReportConfig, ServerConfig};
 pub use error::ApiError;
 pub use storage::{Durability, SqliteStorage, Storage, StorageError};
 
@@ -102,6 +104,10 @@ pub struct AppState {
     pub tracking: tracking::Tracking,
     /// The postback sender task, started with the attribution state.
     pub postback_sender: OnceLock<postbacks::Sender>,
+    /// Star schema refresh, rollups and retention (`reports`).
+    pub maintenance: Arc<reports::Maintenance>,
+    /// Live counters and login sessions of `/dashboard`.
+    pub dashboard: dashboard::Dashboard,
 }
 
 /// Limiter keys are pruned every this many checks, so rotating addresses cannot grow memory.
@@ -212,7 +218,15 @@ impl ServerBuilder {
             postbacks::check_template(&p.url).map_err(BuildError::Attribution)?;
         }
         let jwt = config.jwt.as_ref().map(jwt_verifier).transpose()?;
+        let maintenance = Arc::new(reports::Maintenance::new(
+            storage.clone(),
+            config.reports.clone(),
+            config.clock.clone(),
+            config.attribution.index_ttl(),
+        ));
         Ok(Arc::new(AppState {
+            maintenance,
+            dashboard: Default::default(),
             ip_cipher: IpCipher::new(&config.ip_key),
             config,
             storage,
@@ -236,6 +250,7 @@ impl ServerBuilder {
 
 /// The routes over a built state.
 pub fn router(state: Arc<AppState>) -> Router {
+    state.maintenance.ensure_started();
     Router::new()
         .route("/v1/event", post(ingest::handle))
         .route("/v1/user/delete", post(delete_user))
@@ -243,12 +258,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/install", post(install::handle))
         .route("/v1/attribution/{event_id}", get(install::audit))
         .route("/v1/campaigns", post(links::create_campaign))
+        .route("/v1/campaigns/{campaign_id}/cost", post(reports::cost_handler))
+        .route("/v1/reports/funnel", get(reports::funnel_handler))
+        .route("/v1/reports/retention", get(reports::retention_handler))
+        .route("/v1/reports/campaigns", get(reports::campaigns_handler))
+        .route("/v1/reports/paths", get(reports::paths_handler))
         .route("/v1/links", post(links::create_link))
         .route("/v1/links/{link_id}", get(links::get_link).merge(patch(links::update_link)))
         .route("/v1/links/{link_id}/audit", get(links::link_audit))
         .route("/c/{code}", get(links::click_by_code))
         .route("/v1/click", get(links::click_by_link).merge(post(links::s2s_click)))
         .route("/v1/impression", get(links::impression))
+        .route("/dashboard", get(dashboard::index))
+        .route("/dashboard/login", get(dashboard::login_page).merge(post(dashboard::login)))
+        .route("/dashboard/logout", post(dashboard::logout))
+        .route("/dashboard/live", get(dashboard::live))
+        .route("/dashboard/campaigns", post(dashboard::create_campaign))
+        .route("/dashboard/links", post(dashboard::create_link))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/style.css", get(dashboard::style))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
@@ -299,6 +327,11 @@ pub fn admin_auth(state: &AppState, headers: &HeaderMap) -> Result<String, ApiEr
         .ok_or_else(|| {
             ApiError::unauthorized("missing_credentials", "admin endpoints need Authorization: Bearer <token>")
         })?;
+    check_admin_token(state, token)
+}
+
+/// Checks an admin key or JWT (constant time for the key); returns who it is, for audit logs.
+pub fn check_admin_token(state: &AppState, token: &str) -> Result<String, ApiError> {
     if let Some(key) = &state.config.admin_key {
         let expected = keyed_hash(&state.config.audit_key, key).finalize().into_bytes();
         if keyed_hash(&state.config.audit_key, token).verify_slice(&expected).is_ok() {

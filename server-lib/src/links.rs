@@ -127,7 +127,7 @@ fn random_code() -> String {
         .collect()
 }
 
-fn link_url(state: &AppState, code: &str) -> String {
+pub fn link_url(state: &AppState, code: &str) -> String {
     match &state.config.public_url {
         Some(base) => format!("{}/c/{code}", base.trim_end_matches('/')),
         None => format!("/c/{code}"),
@@ -136,11 +136,11 @@ fn link_url(state: &AppState, code: &str) -> String {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewCampaign {
-    name: String,
-    network: String,
+pub struct NewCampaign {
+    pub name: String,
+    pub network: String,
     #[serde(default)]
-    app_id: Option<String>,
+    pub app_id: Option<String>,
 }
 
 /// `POST /v1/campaigns` `{"name", "network", "app_id"?}` → 201 `{"campaign_id"}`. `app_id`
@@ -152,42 +152,48 @@ pub async fn create_campaign(State(state): State<Arc<AppState>>, request: Reques
             admin_auth(&state, &parts.headers)?;
             let body = ingest::read_body(body, MAX_LINK_BODY).await?;
             let req: NewCampaign = parse_as(&body)?;
-            check_text("name", &req.name, MAX_TEXT)?;
-            check_text("network", &req.network, 64)?;
-            let app_id = match req.app_id {
-                Some(app) if state.config.apps.contains_key(&app) => app,
-                Some(app) => return Err(ApiError::bad_request("unknown_app", format!("no app {app:?} is configured"))),
-                None if state.config.apps.len() == 1 => state.config.apps.keys().next().cloned().unwrap_or_default(),
-                None => {
-                    return Err(ApiError::bad_request("invalid_body", "app_id is required when several apps exist"));
-                }
-            };
-            let campaign = Campaign {
-                campaign_id: random_id("cmp"),
-                app_id,
-                name: req.name.trim().to_owned(),
-                network: req.network.trim().to_owned(),
-                created_at: state.config.clock.now(),
-            };
-            state.tracking.ready(&state).await?;
-            let id = campaign.campaign_id.clone();
-            state.storage.save_campaign(campaign.clone()).await.map_err(storage_error)?;
-            state.tracking.lock()?.campaigns.insert(id.clone(), campaign);
+            let id = new_campaign(&state, req).await?;
             Ok((StatusCode::CREATED, json!({"campaign_id": id})))
         }
         .await,
     )
 }
 
+/// Creates a campaign (the API and the dashboard); returns its id.
+pub async fn new_campaign(state: &AppState, req: NewCampaign) -> Result<String, ApiError> {
+    check_text("name", &req.name, MAX_TEXT)?;
+    check_text("network", &req.network, 64)?;
+    let app_id = match req.app_id {
+        Some(app) if state.config.apps.contains_key(&app) => app,
+        Some(app) => return Err(ApiError::bad_request("unknown_app", format!("no app {app:?} is configured"))),
+        None if state.config.apps.len() == 1 => state.config.apps.keys().next().cloned().unwrap_or_default(),
+        None => {
+            return Err(ApiError::bad_request("invalid_body", "app_id is required when several apps exist"));
+        }
+    };
+    let campaign = Campaign {
+        campaign_id: random_id("cmp"),
+        app_id,
+        name: req.name.trim().to_owned(),
+        network: req.network.trim().to_owned(),
+        created_at: state.config.clock.now(),
+    };
+    state.tracking.ready(state).await?;
+    let id = campaign.campaign_id.clone();
+    state.storage.save_campaign(campaign.clone()).await.map_err(storage_error)?;
+    state.tracking.lock()?.campaigns.insert(id.clone(), campaign);
+    Ok(id)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewLink {
-    campaign_id: String,
+pub struct NewLink {
+    pub campaign_id: String,
     #[serde(default)]
-    utm: Utm,
-    destinations: Destinations,
+    pub utm: Utm,
+    pub destinations: Destinations,
     #[serde(default)]
-    deep_link: Option<DeepLink>,
+    pub deep_link: Option<DeepLink>,
 }
 
 /// `POST /v1/links` → 201 `{"link_id", "code", "url"}`.
@@ -198,48 +204,54 @@ pub async fn create_link(State(state): State<Arc<AppState>>, request: Request) -
             let actor = admin_auth(&state, &parts.headers)?;
             let body = ingest::read_body(body, MAX_LINK_BODY).await?;
             let req: NewLink = parse_as(&body)?;
-            check_link_parts(&req.utm, &req.destinations, req.deep_link.as_ref())?;
-            state.tracking.ready(&state).await?;
-            let _serial = state.tracking.link_changes.lock().await;
-            let now = state.config.clock.now();
-            let link = {
-                let tracking = state.tracking.lock()?;
-                let Some(campaign) = tracking.campaigns.get(&req.campaign_id) else {
-                    return Err(ApiError::bad_request("unknown_campaign", "no campaign with this id"));
-                };
-                let mut code = random_code();
-                while tracking.by_code.contains_key(&code) {
-                    code = random_code();
-                }
-                LinkRecord {
-                    link_id: random_id("lnk"),
-                    code,
-                    campaign_id: campaign.campaign_id.clone(),
-                    app_id: campaign.app_id.clone(),
-                    network: campaign.network.clone(),
-                    utm: req.utm,
-                    destinations: req.destinations,
-                    deep_link: req.deep_link,
-                    enabled: true,
-                    created_at: now,
-                    updated_at: now,
-                }
-            };
-            let audit = LinkAudit {
-                link_id: link.link_id.clone(),
-                at: now,
-                actor,
-                action: "create".into(),
-                before: None,
-                after: serde_json::to_value(&link).unwrap_or_default(),
-            };
-            state.storage.save_link(link.clone(), audit).await.map_err(storage_error)?;
-            let body = json!({"link_id": link.link_id, "code": link.code, "url": link_url(&state, &link.code)});
-            state.tracking.lock()?.put_link(link);
-            Ok((StatusCode::CREATED, body))
+            Ok((StatusCode::CREATED, new_link(&state, actor, req).await?))
         }
         .await,
     )
+}
+
+/// Creates a link and its audit entry (the API and the dashboard); returns
+/// `{"link_id", "code", "url"}`.
+pub async fn new_link(state: &AppState, actor: String, req: NewLink) -> Result<Value, ApiError> {
+    check_link_parts(&req.utm, &req.destinations, req.deep_link.as_ref())?;
+    state.tracking.ready(state).await?;
+    let _serial = state.tracking.link_changes.lock().await;
+    let now = state.config.clock.now();
+    let link = {
+        let tracking = state.tracking.lock()?;
+        let Some(campaign) = tracking.campaigns.get(&req.campaign_id) else {
+            return Err(ApiError::bad_request("unknown_campaign", "no campaign with this id"));
+        };
+        let mut code = random_code();
+        while tracking.by_code.contains_key(&code) {
+            code = random_code();
+        }
+        LinkRecord {
+            link_id: random_id("lnk"),
+            code,
+            campaign_id: campaign.campaign_id.clone(),
+            app_id: campaign.app_id.clone(),
+            network: campaign.network.clone(),
+            utm: req.utm,
+            destinations: req.destinations,
+            deep_link: req.deep_link,
+            enabled: true,
+            created_at: now,
+            updated_at: now,
+        }
+    };
+    let audit = LinkAudit {
+        link_id: link.link_id.clone(),
+        at: now,
+        actor,
+        action: "create".into(),
+        before: None,
+        after: serde_json::to_value(&link).unwrap_or_default(),
+    };
+    state.storage.save_link(link.clone(), audit).await.map_err(storage_error)?;
+    let body = json!({"link_id": link.link_id, "code": link.code, "url": link_url(state, &link.code)});
+    state.tracking.lock()?.put_link(link);
+    Ok(body)
 }
 
 #[derive(Deserialize)]

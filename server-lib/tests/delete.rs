@@ -58,7 +58,7 @@ async fn delete_purges_every_table_and_audits_without_raw_ids() {
     assert_eq!(count_subject_rows(&conn, &Subject::UserId("bob".into())).unwrap(), 1, "others untouched");
     // Every table of the schema is either listed as a subject table or holds no identifiers.
     let tables: Vec<String> = conn
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 
 mod attr;
 pub mod records;
+pub mod star;
 
 pub use records::*;
 
@@ -248,6 +249,25 @@ pub trait Storage: Send + Sync + 'static {
     fn install_counts(&self, _since: i64) -> StorageFuture<'_, Vec<(String, i64, u32)>> {
         unsupported("installs")
     }
+    /// One step of the reporting refresh: up to `batch` new events into the star schema
+    /// (facts, users, sessions split after `session_gap` ms of inactivity); once none is left,
+    /// the rollups of every day that changed.
+    fn refresh_step(&self, _batch: usize, _session_gap: i64) -> StorageFuture<'_, RefreshReport> {
+        unsupported("reports")
+    }
+    /// Deletes what the retention policy no longer keeps (after a full refresh).
+    fn purge(&self, _cutoffs: RetentionCutoffs) -> StorageFuture<'_, PurgeReport> {
+        unsupported("reports")
+    }
+    /// Stores one day's cost of a campaign; `Ok(Err(why))` when the request cannot be applied
+    /// (unknown campaign, another currency).
+    fn save_cost(&self, _cost: CampaignCost) -> StorageFuture<'_, Result<(), String>> {
+        unsupported("reports")
+    }
+    /// Rows for a report.
+    fn report(&self, _query: ReportQuery) -> StorageFuture<'_, ReportRows> {
+        unsupported("reports")
+    }
 }
 
 /// A unit of work for the writer thread: runs inside the group's transaction, then hears
@@ -326,7 +346,7 @@ struct ClickBuffer {
     scheduled: bool,
 }
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Every table that holds per-subject rows, with `(subject kind, column)` pairs naming a
 /// subject. Every such table has an `app_id` column. The delete path and its test both read
@@ -349,10 +369,30 @@ pub const SUBJECT_TABLES: &[(&str, &[(&str, &str)])] = &[
     ("conversions", &[("anonymous_id", "anonymous_id"), ("user_id", "user_id")]),
     ("postbacks", &[("anonymous_id", "anonymous_id")]),
     ("postback_attempts", &[("anonymous_id", "anonymous_id")]),
+    ("fact_events", &[("user_id", "user_id"), ("anonymous_id", "anonymous_id")]),
+    ("dim_users", &[("user_id", "user_id"), ("anonymous_id", "anonymous_id")]),
+    ("sessions", &[("user_id", "user_id"), ("anonymous_id", "anonymous_id")]),
 ];
 
 /// Tables that hold no per-subject data (configuration, audit logs keyed by hashes).
-pub const NON_SUBJECT_TABLES: &[&str] = &["deletion_audit", "campaigns", "links", "link_audit", "fraud_alerts"];
+/// The rollups hold counts per day, campaign and event type, never a row per user; `etl_pending`
+/// holds event keys only (a deleted event's entry is skipped, then purged).
+pub const NON_SUBJECT_TABLES: &[&str] = &[
+    "deletion_audit",
+    "campaigns",
+    "links",
+    "link_audit",
+    "fraud_alerts",
+    "etl_pending",
+    "etl_state",
+    "dim_date",
+    "dim_campaigns",
+    "campaign_costs",
+    "rollup_dirty",
+    "rollup_daily",
+    "rollup_campaign_daily",
+    "rollup_conversions_daily",
+];
 
 fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
@@ -395,6 +435,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     }
     if version < 2 {
         tx.execute_batch(attr::SCHEMA_V2).map_err(backend)?;
+    }
+    if version < 3 {
+        tx.execute_batch(star::SCHEMA_V3).map_err(backend)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION};")).map_err(backend)?;
     tx.commit().map_err(backend)
@@ -626,6 +669,22 @@ impl Storage for SqliteStorage {
         self.read(move |c| attr::install_counts(c, since))
     }
 
+    fn refresh_step(&self, batch: usize, session_gap: i64) -> StorageFuture<'_, RefreshReport> {
+        self.write(batch, move |tx| star::refresh_step(tx, batch, session_gap))
+    }
+
+    fn purge(&self, cutoffs: RetentionCutoffs) -> StorageFuture<'_, PurgeReport> {
+        self.write(1, move |tx| star::purge(tx, &cutoffs))
+    }
+
+    fn save_cost(&self, cost: CampaignCost) -> StorageFuture<'_, Result<(), String>> {
+        self.write(1, move |tx| star::save_cost(tx, &cost))
+    }
+
+    fn report(&self, query: ReportQuery) -> StorageFuture<'_, ReportRows> {
+        self.read(move |c| star::report(c, &query))
+    }
+
     fn reengagement_facts(
         &self,
         app_id: String,
@@ -758,7 +817,11 @@ fn delete_in(
     // same person. The pairing is per app: an anonymous id means nothing across apps.
     // A device's anonymous ids (on its events and installs) are the same device.
     let expansion = match subject {
-        Subject::UserId(_) => Some("SELECT DISTINCT app_id, anonymous_id FROM events WHERE user_id = ?1"),
+        // dim_users keeps the pairing after the raw events are purged.
+        Subject::UserId(_) => Some(
+            "SELECT DISTINCT app_id, anonymous_id FROM events WHERE user_id = ?1
+             UNION SELECT app_id, anonymous_id FROM dim_users WHERE user_id = ?1",
+        ),
         Subject::DeviceId(_) => Some(
             "SELECT DISTINCT app_id, anonymous_id FROM events WHERE device_id IN (?1, lower(?1))
              UNION SELECT app_id, anonymous_id FROM installs
@@ -821,35 +884,39 @@ fn recent_events(
     limit: usize,
 ) -> Result<Vec<NewEvent>, StorageError> {
     let sql = format!(
-        "SELECT app_id, event_id, type, anonymous_id, user_id, device_id, session_id, client_ts, corrected_ts,
-                received_at, properties, context, enrichment
+        "SELECT {EVENT_COLUMNS}
            FROM events WHERE {} = ?1 AND (?2 IS NULL OR app_id = ?2)
           ORDER BY received_at DESC, client_ts DESC, rowid DESC LIMIT ?3",
         subject.kind()
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(backend)?;
-    let rows = stmt
-        .query_map(params![subject.value(), app_id, limit as i64], |r| {
-            Ok(NewEvent {
-                app_id: r.get(0)?,
-                event_id: r.get(1)?,
-                event_type: r.get(2)?,
-                anonymous_id: r.get(3)?,
-                user_id: r.get(4)?,
-                device_id: r.get(5)?,
-                session_id: r.get(6)?,
-                client_ts: r.get(7)?,
-                corrected_ts: r.get(8)?,
-                received_at: r.get(9)?,
-                properties: r.get(10)?,
-                context: r.get(11)?,
-                enrichment: r.get(12)?,
-                ip_enc: None,
-            })
-        })
-        .map_err(backend)?;
+    let rows = stmt.query_map(params![subject.value(), app_id, limit as i64], event_row).map_err(backend)?;
     rows.collect::<Result<Vec<_>, _>>().map_err(backend)
 }
+
+/// The columns of [`EVENT_COLUMNS`] as an event (without its encrypted address).
+pub(crate) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NewEvent> {
+    Ok(NewEvent {
+        app_id: r.get(0)?,
+        event_id: r.get(1)?,
+        event_type: r.get(2)?,
+        anonymous_id: r.get(3)?,
+        user_id: r.get(4)?,
+        device_id: r.get(5)?,
+        session_id: r.get(6)?,
+        client_ts: r.get(7)?,
+        corrected_ts: r.get(8)?,
+        received_at: r.get(9)?,
+        properties: r.get(10)?,
+        context: r.get(11)?,
+        enrichment: r.get(12)?,
+        ip_enc: None,
+    })
+}
+
+/// The columns [`event_row`] reads, in its order.
+pub(crate) const EVENT_COLUMNS: &str = "app_id, event_id, type, anonymous_id, user_id, device_id, session_id, \
+    client_ts, corrected_ts, received_at, properties, context, enrichment";
 
 pub fn count_subject_rows(conn: &Connection, subject: &Subject) -> Result<u64, StorageError> {
     let mut total = 0u64;

@@ -244,3 +244,113 @@ pub struct PostbackAttempt {
 
 /// A postback still to send: `(id, url, attempts so far, app_id, anonymous_id)`.
 pub type PendingPostback = (i64, String, u32, String, String);
+
+/// One day's advertising cost of a campaign (`POST /v1/campaigns/{id}/cost`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CampaignCost {
+    pub campaign_id: String,
+    /// UTC day (days since 1970-01-01).
+    pub date_key: i64,
+    pub amount: f64,
+    /// ISO 4217 code, upper case.
+    pub currency: String,
+    pub updated_at: i64,
+}
+
+/// What one refresh step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RefreshReport {
+    /// Pending events taken into the star schema.
+    pub events: usize,
+    /// (app, day, source) rollups recomputed.
+    pub rollups: usize,
+    /// Nothing is left pending.
+    pub done: bool,
+}
+
+/// Where the retention purge cuts (Unix ms; rounded down to the UTC day).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionCutoffs {
+    /// Raw events, facts and sessions before this go.
+    pub events: i64,
+    /// Clicks and impressions before this go.
+    pub clicks: i64,
+}
+
+/// Rows the retention purge deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PurgeReport {
+    pub events: u64,
+    pub facts: u64,
+    pub sessions: u64,
+    pub clicks: u64,
+    pub orphans: u64,
+}
+
+/// A report's question to the store.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportQuery {
+    /// Facts of an app in `[from, to]` (Unix ms), of these types (all when empty), oldest first.
+    Events { app_id: String, types: Vec<String>, from: i64, to: i64 },
+    /// Every fact of the sessions that hold an `event_type` in `[from, to]`, by session then time.
+    SessionsWith { app_id: String, event_type: String, from: i64, to: i64 },
+    /// Users with their start (install, else first seen) and their active days in
+    /// `[from_day, to_day + max_offset]`.
+    Cohorts { app_id: String, from_day: i64, to_day: i64, max_offset: i64 },
+    /// Per campaign, the sums of its daily rollups over `[from_day, to_day]` under `model`.
+    Campaigns { app_id: String, from_day: i64, to_day: i64, model: String },
+    /// The newest `limit` raw events of any user (the dashboard's live feed).
+    RecentEvents { limit: usize },
+    /// The newest `limit` fraud alerts at or after `since`.
+    Alerts { since: i64, limit: usize },
+}
+
+/// A row of `fact_events` with its user's dimensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactRow {
+    pub anonymous_id: String,
+    /// The user id known for the anonymous id (from any of its events).
+    pub user_id: Option<String>,
+    pub event_type: String,
+    pub ts: i64,
+    pub session_key: String,
+    /// The user's campaign: the attributed install's, else the first `utm_*` campaign seen.
+    pub campaign_key: Option<String>,
+}
+
+/// A user for cohort reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRow {
+    pub anonymous_id: String,
+    pub user_id: Option<String>,
+    /// Install time, else first event time.
+    pub start: i64,
+    /// UTC days with any event.
+    pub active_days: Vec<i64>,
+}
+
+/// A campaign's sums over a report's days.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CampaignDay {
+    pub campaign_id: String,
+    pub name: String,
+    pub network: String,
+    pub impressions: i64,
+    pub clicks: i64,
+    pub installs: i64,
+    pub rejected_installs: i64,
+    pub conversions: f64,
+    pub revenue: f64,
+    pub cost: Option<f64>,
+    pub currency: Option<String>,
+}
+
+/// A store's answer to a [`ReportQuery`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportRows {
+    Events(Vec<FactRow>),
+    Users(Vec<UserRow>),
+    Campaigns(Vec<CampaignDay>),
+    Recent(Vec<super::NewEvent>),
+    Alerts(Vec<FraudAlert>),
+}

@@ -1,0 +1,742 @@
+//! The live dashboard at `/dashboard`: server-rendered HTML (maud escapes every value), one
+//! small script for the live counters (server-sent events), no inline script or style (a strict
+//! Content-Security-Policy backs the escaping).
+//!
+//! Login takes the admin key (or an admin JWT) and sets an `HttpOnly`, `SameSite=Strict`
+//! session cookie; every form carries the session's CSRF token and must come from the
+//! dashboard's own origin.
+
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use maud::{DOCTYPE, Markup, html};
+use serde_json::{Value, json};
+
+use crate::links::{NewCampaign, NewLink};
+use crate::reports::{self, Params};
+use crate::storage::{Destinations, ReportQuery, ReportRows, Utm};
+use crate::{ApiError, AppState, check_admin_token, ingest, keyed_hash};
+
+const SESSION_COOKIE: &str = "tm_dash";
+const LOGIN_COOKIE: &str = "tm_login";
+/// A dashboard session lasts this long.
+const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Most dashboard sessions at once (the oldest go first).
+const MAX_SESSIONS: usize = 1000;
+const MAX_FORM: usize = 8192;
+
+const SCRIPT: &str = include_str!("dashboard/app.js");
+const STYLE: &str = include_str!("dashboard/style.css");
+
+// ---------------------------------------------------------------------------------------------
+// Live counters.
+
+/// Counters the ingest and install handlers bump, read by the live view. Since the process
+/// started; the events-per-minute rate over the last 60 seconds of wall time.
+#[derive(Default)]
+pub struct Live {
+    events: AtomicU64,
+    rejected_events: AtomicU64,
+    installs: AtomicU64,
+    attributed: AtomicU64,
+    fraud_rejected: AtomicU64,
+    burst_alerts: AtomicU64,
+    /// (second, events accepted in it), newest last.
+    per_second: Mutex<VecDeque<(u64, u64)>>,
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+impl Live {
+    fn second(&self) -> u64 {
+        self.epoch.get_or_init(Instant::now).elapsed().as_secs()
+    }
+
+    pub fn events(&self, accepted: u64, rejected: u64) {
+        self.events.fetch_add(accepted, Ordering::Relaxed);
+        self.rejected_events.fetch_add(rejected, Ordering::Relaxed);
+        if accepted == 0 {
+            return;
+        }
+        let now = self.second();
+        let mut q = self.per_second.lock().unwrap_or_else(|p| p.into_inner());
+        match q.back_mut() {
+            Some((s, n)) if *s == now => *n += accepted,
+            _ => q.push_back((now, accepted)),
+        }
+        while q.front().is_some_and(|(s, _)| s + 60 <= now) {
+            q.pop_front();
+        }
+    }
+
+    pub fn install(&self, attributed: bool, rejected: bool) {
+        self.installs.fetch_add(1, Ordering::Relaxed);
+        if attributed {
+            self.attributed.fetch_add(1, Ordering::Relaxed);
+        }
+        if rejected {
+            self.fraud_rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn burst_alert(&self) {
+        self.burst_alerts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Value {
+        let now = self.second();
+        let per_min: u64 = {
+            let q = self.per_second.lock().unwrap_or_else(|p| p.into_inner());
+            q.iter().filter(|(s, _)| s + 60 > now).map(|(_, n)| n).sum()
+        };
+        let installs = self.installs.load(Ordering::Relaxed);
+        let attributed = self.attributed.load(Ordering::Relaxed);
+        json!({
+            "events_per_min": per_min,
+            "events": self.events.load(Ordering::Relaxed),
+            "rejected_events": self.rejected_events.load(Ordering::Relaxed),
+            "installs": installs,
+            "attributed": attributed,
+            "match_rate": (installs > 0).then(|| attributed as f64 / installs as f64),
+            "fraud_rejected": self.fraud_rejected.load(Ordering::Relaxed),
+            "burst_alerts": self.burst_alerts.load(Ordering::Relaxed),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions.
+
+struct DashSession {
+    csrf: String,
+    actor: String,
+    expires: Instant,
+    /// A message for the next page (the outcome of a form).
+    flash: Option<(bool, String)>,
+}
+
+/// The dashboard's state: live counters and login sessions (in memory; a restart logs out).
+#[derive(Default)]
+pub struct Dashboard {
+    pub live: Live,
+    sessions: Mutex<HashMap<String, DashSession>>,
+}
+
+fn random_token() -> String {
+    use aes_gcm::aead::{OsRng, rand_core::RngCore};
+    let mut bytes = [0u8; 32];
+    OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Equal in constant time (both sides go through one HMAC).
+fn same(state: &AppState, a: &str, b: &str) -> bool {
+    use hmac::Mac;
+    let expected = keyed_hash(&state.config.audit_key, b).finalize().into_bytes();
+    keyed_hash(&state.config.audit_key, a).verify_slice(&expected).is_ok()
+}
+
+fn secure(state: &AppState) -> &'static str {
+    match &state.config.public_url {
+        Some(u) if u.starts_with("https://") => "; Secure",
+        _ => "",
+    }
+}
+
+/// The session of a request: (id, csrf, actor).
+fn session(state: &AppState, headers: &HeaderMap) -> Option<(String, String, String)> {
+    let id = cookie(headers, SESSION_COOKIE)?;
+    let mut sessions = state.dashboard.sessions.lock().unwrap_or_else(|p| p.into_inner());
+    let s = sessions.get(id)?;
+    if s.expires <= Instant::now() {
+        sessions.remove(id);
+        return None;
+    }
+    Some((id.to_owned(), s.csrf.clone(), s.actor.clone()))
+}
+
+fn set_flash(state: &AppState, id: &str, ok: bool, message: String) {
+    if let Some(s) = state.dashboard.sessions.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id) {
+        s.flash = Some((ok, message));
+    }
+}
+
+fn take_flash(state: &AppState, id: &str) -> Option<(bool, String)> {
+    state.dashboard.sessions.lock().unwrap_or_else(|p| p.into_inner()).get_mut(id).and_then(|s| s.flash.take())
+}
+
+/// The headers every dashboard page carries.
+fn protect(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn redirect(to: &str) -> Response {
+    protect((StatusCode::SEE_OTHER, [(header::LOCATION, to.to_owned())]).into_response())
+}
+
+fn page(status: StatusCode, markup: Markup) -> Response {
+    protect((status, [(header::CONTENT_TYPE, "text/html; charset=utf-8")], markup.into_string()).into_response())
+}
+
+fn error_page(e: &ApiError) -> Response {
+    page(
+        e.status,
+        html! { (DOCTYPE) html lang="en" { head { title { "Trailmark" } link rel="stylesheet" href="/dashboard/style.css"; }
+        body { main { h1 { "Trailmark" } p.error { (e.message) } p { a href="/dashboard" { "Back" } } } } } },
+    )
+}
+
+/// Forms must come from the dashboard's own origin: a browser sends `Origin` on every POST,
+/// and it must name the host the request went to.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    headers.get_all(header::ORIGIN).iter().all(|origin| {
+        let origin_host = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, rest)| rest);
+        origin_host.is_some() && origin_host == host
+    })
+}
+
+async fn read_form(body: axum::body::Body) -> Result<HashMap<String, String>, ApiError> {
+    let bytes = ingest::read_body(body, MAX_FORM).await?;
+    Ok(url::form_urlencoded::parse(&bytes).into_owned().collect())
+}
+
+/// A POSTed form of a logged-in session with a valid CSRF token: (session id, actor, fields).
+async fn checked_form(
+    state: &AppState,
+    request: Request,
+) -> Result<(String, String, HashMap<String, String>), Response> {
+    let (parts, body) = request.into_parts();
+    let Some((id, csrf, actor)) = session(state, &parts.headers) else {
+        return Err(redirect("/dashboard/login"));
+    };
+    if !same_origin(&parts.headers) {
+        return Err(error_page(&ApiError::new(StatusCode::FORBIDDEN, "csrf", "this form came from another site")));
+    }
+    let form = read_form(body).await.map_err(|e| error_page(&e))?;
+    if !form.get("csrf").is_some_and(|t| same(state, t, &csrf)) {
+        metrics::counter!("trailmark_dashboard_csrf_refused_total").increment(1);
+        return Err(error_page(&ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "the form's CSRF token is missing or stale",
+        )));
+    }
+    Ok((id, actor, form))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers.
+
+pub async fn script() -> Response {
+    protect(([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT).into_response())
+}
+
+pub async fn style() -> Response {
+    protect(([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE).into_response())
+}
+
+/// `GET /dashboard/login`.
+pub async fn login_page(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if session(&state, &headers).is_some() {
+        return redirect("/dashboard");
+    }
+    login_form(&state, None)
+}
+
+fn login_form(state: &AppState, error: Option<&str>) -> Response {
+    // Login CSRF: the form's token must match a cookie only this origin could set.
+    let token = random_token();
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { "Trailmark — sign in" } link rel="stylesheet" href="/dashboard/style.css"; }
+            body {
+                main.login {
+                    h1 { "Trailmark" }
+                    @if let Some(e) = error { p.error role="alert" { (e) } }
+                    form method="post" action="/dashboard/login" {
+                        input type="hidden" name="csrf" value=(token);
+                        label { "Admin key " input type="password" name="key" id="key" autocomplete="current-password" required; }
+                        button type="submit" id="login" { "Sign in" }
+                    }
+                }
+            }
+        }
+    };
+    let mut response = page(if error.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK }, markup);
+    let cookie =
+        format!("{LOGIN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age=3600{}", secure(state));
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().append(header::SET_COOKIE, v);
+    }
+    response
+}
+
+/// `POST /dashboard/login` (`key`, `csrf`).
+pub async fn login(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let (parts, body) = request.into_parts();
+    let ip = ingest::client_ip(&parts.headers, peer, state.config.trust_proxy);
+    if let Err(e) = state.check_ip_rate(ip) {
+        return error_page(&e);
+    }
+    if !same_origin(&parts.headers) {
+        return error_page(&ApiError::new(StatusCode::FORBIDDEN, "csrf", "this form came from another site"));
+    }
+    let form = match read_form(body).await {
+        Ok(f) => f,
+        Err(e) => return error_page(&e),
+    };
+    let csrf_ok = match (form.get("csrf"), cookie(&parts.headers, LOGIN_COOKIE)) {
+        (Some(field), Some(cookie)) => same(&state, field, cookie),
+        _ => false,
+    };
+    if !csrf_ok {
+        return login_form(&state, Some("The sign-in form expired; try again."));
+    }
+    let key = form.get("key").map(String::as_str).unwrap_or_default();
+    let actor = match check_admin_token(&state, key) {
+        Ok(actor) if !key.is_empty() => actor,
+        _ => {
+            metrics::counter!("trailmark_dashboard_logins_total", "result" => "refused").increment(1);
+            return login_form(&state, Some("Wrong key."));
+        }
+    };
+    metrics::counter!("trailmark_dashboard_logins_total", "result" => "ok").increment(1);
+    let id = random_token();
+    {
+        let mut sessions = state.dashboard.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        sessions.retain(|_, s| s.expires > now);
+        if sessions.len() >= MAX_SESSIONS
+            && let Some(oldest) = sessions.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| k.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(
+            id.clone(),
+            DashSession {
+                csrf: random_token(),
+                actor: format!("dashboard:{actor}"),
+                expires: now + SESSION_TTL,
+                flash: None,
+            },
+        );
+    }
+    let mut response = redirect("/dashboard");
+    let h = response.headers_mut();
+    let session = format!(
+        "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age={}{}",
+        SESSION_TTL.as_secs(),
+        secure(&state)
+    );
+    for c in [session, format!("{LOGIN_COOKIE}=; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age=0")] {
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+    response
+}
+
+/// `POST /dashboard/logout`.
+pub async fn logout(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    match checked_form(&state, request).await {
+        Ok((id, _, _)) => {
+            state.dashboard.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            let mut response = redirect("/dashboard/login");
+            let clear = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age=0");
+            if let Ok(v) = HeaderValue::from_str(&clear) {
+                response.headers_mut().append(header::SET_COOKIE, v);
+            }
+            response
+        }
+        Err(r) => r,
+    }
+}
+
+/// `GET /dashboard/live`: the live counters as server-sent events, one `counters` event a
+/// second.
+pub async fn live(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let Some((id, _, _)) = session(&state, &headers) else {
+        return ApiError::unauthorized("not_signed_in", "sign in at /dashboard/login").into_response();
+    };
+    let stream = futures_util::stream::unfold((state, id, true), |(state, id, first)| async move {
+        if !first {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // The stream ends with the session.
+        let alive = state.dashboard.sessions.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&id);
+        if !alive {
+            return None;
+        }
+        let event = Event::default().event("counters").data(state.dashboard.live.snapshot().to_string());
+        Some((Ok::<_, Infallible>(event), (state, id, false)))
+    });
+    protect(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// `POST /dashboard/campaigns` (`name`, `network`, `app_id`).
+pub async fn create_campaign(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (id, _, form) = match checked_form(&state, request).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let field = |k: &str| form.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
+    let req = NewCampaign { name: field("name"), network: field("network"), app_id: form.get("app_id").cloned() };
+    match crate::links::new_campaign(&state, req).await {
+        Ok(campaign) => set_flash(&state, &id, true, format!("Campaign {campaign} created.")),
+        Err(e) => set_flash(&state, &id, false, format!("Campaign not created: {}", e.message)),
+    }
+    redirect("/dashboard#links")
+}
+
+/// `POST /dashboard/links`: the link generator. Creates the link through the same code as
+/// `POST /v1/links`, audited as the dashboard session's actor.
+pub async fn create_link(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    let (id, actor, form) = match checked_form(&state, request).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let field = |k: &str| form.get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+    let req = NewLink {
+        campaign_id: field("campaign_id").unwrap_or_default(),
+        utm: Utm {
+            source: field("utm_source"),
+            medium: field("utm_medium"),
+            campaign: field("utm_campaign"),
+            term: None,
+            content: None,
+        },
+        destinations: Destinations {
+            ios: field("ios"),
+            android: field("android"),
+            web: field("web").unwrap_or_default(),
+        },
+        deep_link: None,
+    };
+    match crate::links::new_link(&state, actor, req).await {
+        Ok(link) => set_flash(
+            &state,
+            &id,
+            true,
+            format!("Link {} created: {}", link["link_id"].as_str().unwrap_or(""), link["url"].as_str().unwrap_or("")),
+        ),
+        Err(e) => set_flash(&state, &id, false, format!("Link not created: {}", e.message)),
+    }
+    redirect("/dashboard#links")
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map(|v| format!("{:.1}%", v * 100.0)).unwrap_or_else(|| "—".into())
+}
+
+fn money(v: &Value) -> String {
+    v.as_f64().map(|v| format!("{v:.2}")).unwrap_or_else(|| "—".into())
+}
+
+fn when(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default()
+}
+
+/// The funnel as an SVG bar chart: one bar per step, its height the share of the first step.
+fn funnel_chart(steps: &[Value]) -> Markup {
+    let (w, h, bar, gap) = (640i64, 240i64, 80i64, 40i64);
+    let first = steps.first().and_then(|s| s["users"].as_u64()).unwrap_or(0).max(1) as f64;
+    html! {
+        svg id="funnel-chart" xmlns="http://www.w3.org/2000/svg" width=(w) height=(h + 40) viewBox=(format!("0 0 {w} {}", h + 40))
+            role="img" aria-label="Funnel chart" {
+            @for (i, s) in steps.iter().enumerate() {
+                @let users = s["users"].as_u64().unwrap_or(0);
+                @let bh = ((users as f64 / first) * (h - 30) as f64).round() as i64;
+                @let x = 20 + i as i64 * (bar + gap);
+                rect.bar x=(x) y=(h - bh) width=(bar) height=(bh) fill="#3b6fd8" {}
+                text x=(x + bar / 2) y=(h - bh - 6) text-anchor="middle" { (users) }
+                text x=(x + bar / 2) y=(h + 18) text-anchor="middle" { (s["type"].as_str().unwrap_or("")) }
+            }
+        }
+    }
+}
+
+/// `GET /dashboard[?app_id=…][&steps=…][&from=…][&to=…][&within=…]`.
+pub async fn index(State(state): State<Arc<AppState>>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let Some((id, csrf, actor)) = session(&state, &headers) else {
+        return redirect("/dashboard/login");
+    };
+    match render(&state, &uri, &id, &csrf, &actor).await {
+        Ok(markup) => page(StatusCode::OK, markup),
+        Err(e) => error_page(&e),
+    }
+}
+
+async fn render(
+    state: &AppState,
+    uri: &axum::http::Uri,
+    id: &str,
+    csrf: &str,
+    actor: &str,
+) -> Result<Markup, ApiError> {
+    let q = Params::parse(uri, &["app_id", "steps", "from", "to", "within"])?;
+    let mut apps: Vec<String> = state.config.apps.keys().cloned().collect();
+    apps.sort();
+    let app = match q.get("app_id") {
+        Some(a) if apps.iter().any(|x| x == a) => a.to_owned(),
+        Some(a) => return Err(ApiError::bad_request("unknown_app", format!("no app {a:?} is configured"))),
+        None => apps.first().cloned().unwrap_or_default(),
+    };
+    let now = state.config.clock.now();
+    let steps = q.get("steps").unwrap_or("app_open,purchase").to_owned();
+    let mut funnel_params = vec![("app_id", app.clone()), ("steps", steps.clone())];
+    for k in ["from", "to", "within"] {
+        if let Some(v) = q.get(k) {
+            funnel_params.push((k, v.to_owned()));
+        }
+    }
+    let funnel = reports::funnel_report(state, &Params::of(&funnel_params)).await;
+    let campaigns = reports::campaigns_report(state, &Params::of(&[("app_id", app.clone())])).await?;
+    let from14 = crate::storage::star::date_text(crate::storage::star::day_of(now) - 13);
+    let retention = reports::retention_report(
+        state,
+        &Params::of(&[("app_id", app.clone()), ("from", from14), ("days", "1,7,30".into())]),
+    )
+    .await?;
+    let storage_err = |e: crate::StorageError| ApiError::internal(e);
+    let alerts = match state.storage.report(ReportQuery::Alerts { since: now - 7 * 86_400_000, limit: 20 }).await {
+        Ok(ReportRows::Alerts(a)) => a,
+        Ok(_) => Vec::new(),
+        Err(e) => return Err(storage_err(e)),
+    };
+    let recent = match state.storage.report(ReportQuery::RecentEvents { limit: 25 }).await {
+        Ok(ReportRows::Recent(r)) => r,
+        Ok(_) => Vec::new(),
+        Err(e) => return Err(storage_err(e)),
+    };
+    state.tracking.ready(state).await?;
+    let (campaign_list, mut links) = {
+        let t = state.tracking.lock()?;
+        let mut c: Vec<(String, String, String)> = t
+            .campaigns
+            .values()
+            .filter(|c| c.app_id == app)
+            .map(|c| (c.campaign_id.clone(), c.name.clone(), c.network.clone()))
+            .collect();
+        c.sort();
+        let links: Vec<crate::storage::LinkRecord> =
+            t.links.iter().filter(|l| l.app_id == app).map(|l| (**l).clone()).collect();
+        (c, links)
+    };
+    links.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.link_id.cmp(&b.link_id)));
+    links.truncate(20);
+    let mut audits = Vec::new();
+    for l in &links {
+        audits.push(state.storage.link_audit(l.link_id.clone()).await.map_err(storage_err)?);
+    }
+    let flash = take_flash(state, id);
+    let live = state.dashboard.live.snapshot();
+    let counters = [
+        ("events_per_min", "Events / min"),
+        ("events", "Events accepted"),
+        ("installs", "Installs"),
+        ("match_rate", "Attribution match rate"),
+        ("rejected_events", "Rejected events"),
+        ("fraud_rejected", "Installs rejected as fraud"),
+        ("burst_alerts", "Install-burst alerts"),
+    ];
+    let shown = |k: &str| match k {
+        "match_rate" => pct(live[k].as_f64()),
+        _ => live[k].to_string(),
+    };
+    Ok(html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "Trailmark dashboard" }
+                link rel="stylesheet" href="/dashboard/style.css";
+                script src="/dashboard/app.js" defer {}
+            }
+            body {
+                header {
+                    h1 { "Trailmark" }
+                    form.inline method="get" action="/dashboard" {
+                        label { "App " select name="app_id" {
+                            @for a in &apps { option value=(a) selected[*a == app] { (a) } }
+                        } }
+                        button type="submit" { "Show" }
+                    }
+                    span.who { "Signed in as " (actor) }
+                    form.inline method="post" action="/dashboard/logout" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button type="submit" id="logout" { "Sign out" }
+                    }
+                }
+                @if let Some((ok, message)) = &flash {
+                    p id="flash" class=(if *ok { "ok" } else { "error" }) role="status" { (message) }
+                }
+                section id="live-section" {
+                    h2 { "Live" span id="live-state" { " (connecting…)" } }
+                    dl.counters {
+                        @for (key, label) in counters {
+                            div { dt { (label) } dd id=(format!("c-{key}")) data-kind=(key) { (shown(key)) } }
+                        }
+                    }
+                }
+                section id="alerts" {
+                    h2 { "Install-burst alerts (7 days)" }
+                    @if alerts.is_empty() { p.muted { "None." } } @else {
+                        table { thead { tr { th { "At" } th { "Campaign" } th { "Detail" } } }
+                            tbody { @for a in &alerts { tr.alert {
+                                td { (when(a.at)) } td { (a.campaign_id) } td { code { (a.detail.to_string()) } }
+                            } } } }
+                    }
+                }
+                section id="campaigns" {
+                    h2 { "Campaigns (" (campaigns["from"].as_str().unwrap_or("")) " – " (campaigns["to"].as_str().unwrap_or("")) ", last touch)" }
+                    table {
+                        thead { tr {
+                            th { "Campaign" } th { "Network" } th { "Impr." } th { "Clicks" } th { "CTR" } th { "Installs" }
+                            th { "Install rate" } th { "Cost" } th { "CPI" } th { "Conv." } th { "CPA" } th { "Revenue" } th { "ROAS" }
+                        } }
+                        tbody {
+                            @for c in campaigns["campaigns"].as_array().into_iter().flatten() {
+                                tr {
+                                    td { (c["name"].as_str().unwrap_or("")) br; small { (c["campaign_id"].as_str().unwrap_or("")) } }
+                                    td { (c["network"].as_str().unwrap_or("")) }
+                                    td.n { (c["impressions"]) } td.n { (c["clicks"]) } td.n { (pct(c["ctr"].as_f64())) }
+                                    td.n { (c["installs"]) } td.n { (pct(c["install_rate"].as_f64())) }
+                                    td.n { (money(&c["cost"])) " " (c["currency"].as_str().unwrap_or("")) }
+                                    td.n { (money(&c["cpi"])) } td.n { (money(&c["conversions"])) } td.n { (money(&c["cpa"])) }
+                                    td.n { (money(&c["revenue"])) } td.n { (c["roas"].as_f64().map(|r| format!("{r:.2}×")).unwrap_or_else(|| "—".into())) }
+                                }
+                            }
+                        }
+                    }
+                }
+                section id="funnel" {
+                    h2 { "Funnel" }
+                    form.inline method="get" action="/dashboard#funnel" {
+                        input type="hidden" name="app_id" value=(app);
+                        label { "Steps " input type="text" name="steps" id="steps" value=(steps) size="40"; }
+                        label { "From " input type="text" name="from" placeholder="YYYY-MM-DD" value=(q.get("from").unwrap_or("")); }
+                        label { "To " input type="text" name="to" placeholder="YYYY-MM-DD" value=(q.get("to").unwrap_or("")); }
+                        label { "Within " input type="text" name="within" placeholder="30d" value=(q.get("within").unwrap_or("")); }
+                        button type="submit" id="funnel-go" { "Show funnel" }
+                    }
+                    @match &funnel {
+                        Ok(f) => {
+                            @let list = f["steps"].as_array().cloned().unwrap_or_default();
+                            (funnel_chart(&list))
+                            table id="funnel-table" { thead { tr { th { "Step" } th { "Users" } th { "Of first step" } } }
+                                tbody { @for s in &list { tr {
+                                    td { (s["type"].as_str().unwrap_or("")) } td.n { (s["users"]) } td.n { (pct(s["share"].as_f64())) }
+                                } } } }
+                        }
+                        Err(e) => { p.error { (e.message) } }
+                    }
+                }
+                section id="retention" {
+                    h2 { "Retention by install day (last 14 days)" }
+                    table.grid {
+                        thead { tr { th { "Cohort" } th { "Users" } th { "Day 1" } th { "Day 7" } th { "Day 30" } } }
+                        tbody {
+                            @for c in retention["cohorts"].as_array().into_iter().flatten() {
+                                tr {
+                                    td { (c["date"].as_str().unwrap_or("")) } td.n { (c["users"]) }
+                                    @for cell in c["retention"].as_array().into_iter().flatten() {
+                                        @let share = cell["share"].as_f64();
+                                        td class=(format!("n shade{}", share.map(|s| (s * 10.0).round() as i64).unwrap_or(-1).clamp(-1, 10))) {
+                                            (pct(share))
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                section id="links" {
+                    h2 { "Tracking links" }
+                    div.forms {
+                        form method="post" action="/dashboard/campaigns" id="campaign-form" {
+                            h3 { "New campaign" }
+                            input type="hidden" name="csrf" value=(csrf);
+                            input type="hidden" name="app_id" value=(app);
+                            label { "Name " input type="text" name="name" required; }
+                            label { "Network " input type="text" name="network" required; }
+                            button type="submit" { "Create campaign" }
+                        }
+                        form method="post" action="/dashboard/links" id="link-form" {
+                            h3 { "New link" }
+                            input type="hidden" name="csrf" value=(csrf);
+                            label { "Campaign " select name="campaign_id" required {
+                                @for (cid, name, network) in &campaign_list { option value=(cid) { (name) " (" (network) ")" } }
+                            } }
+                            label { "Web URL " input type="url" name="web" required placeholder="https://example.com/landing"; }
+                            label { "iOS store URL " input type="url" name="ios"; }
+                            label { "Android store URL " input type="url" name="android"; }
+                            label { "utm_source " input type="text" name="utm_source"; }
+                            label { "utm_medium " input type="text" name="utm_medium"; }
+                            label { "utm_campaign " input type="text" name="utm_campaign"; }
+                            button type="submit" { "Create link" }
+                        }
+                    }
+                    @for (l, audit) in links.iter().zip(&audits) {
+                        article.link data-link-id=(l.link_id) {
+                            h3 { code { (crate::links::link_url(state, &l.code)) } " → " (l.destinations.web) }
+                            p.muted { (l.link_id) " · campaign " (l.campaign_id) " · " (if l.enabled { "enabled" } else { "disabled" }) }
+                            details open {
+                                summary { "Audit log (" (audit.len()) ")" }
+                                table.audit { thead { tr { th { "At" } th { "Actor" } th { "Action" } } }
+                                    tbody { @for a in audit { tr { td { (when(a.at)) } td { (a.actor) } td { (a.action) } } } } }
+                            }
+                        }
+                    }
+                }
+                section id="events" {
+                    h2 { "Recent events" }
+                    table id="recent-events" {
+                        thead { tr { th { "Received" } th { "App" } th { "Type" } th { "Anonymous id" } th { "User id" } th { "Properties" } } }
+                        tbody {
+                            @for e in &recent {
+                                tr {
+                                    td { (when(e.received_at)) } td { (e.app_id) } td { (e.event_type) }
+                                    td { (e.anonymous_id) } td { (e.user_id.as_deref().unwrap_or("")) }
+                                    td { code.props { (e.properties) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,438 @@
+//! Reports on a fixed fixture with exact expected numbers, sessionization, and the maintenance
+//! scheduler's retention and purge on a manual clock.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use trailmark_core::protocol;
+use trailmark_server::{AppState, Clock, ManualClock, ServerBuilder, ServerConfig};
+
+const ANDROID_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A.240205.004) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
+const SECOND: i64 = 1000;
+const MINUTE: i64 = 60 * SECOND;
+const HOUR: i64 = 60 * MINUTE;
+const DAY: i64 = 24 * HOUR;
+/// 2026-11-02T08:00:00Z.
+const T0: i64 = 1_793_577_600_000 + 8 * HOUR;
+
+struct Srv {
+    base: String,
+    clock: ManualClock,
+    client: reqwest::Client,
+    db: std::path::PathBuf,
+    state: Arc<AppState>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(tune: impl FnOnce(&mut ServerConfig)) -> Srv {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let (clock, handle) = Clock::manual(T0);
+    let mut c = ServerConfig::new().with_app("app", "secret").with_admin_key("admin");
+    c.clock = clock;
+    // The test runs maintenance itself, on its own clock.
+    c.reports.scheduler = false;
+    tune(&mut c);
+    let state = ServerBuilder::new(c).sqlite(&db).unwrap().build_state().unwrap();
+    let router = trailmark_server::router(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap();
+    });
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    Srv { base, clock: handle, client, db, state, _dir: dir }
+}
+
+impl Srv {
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base)).bearer_auth("admin");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (s, v) = self.admin(reqwest::Method::GET, path, None).await;
+        assert_eq!(s, 200, "{path}: {v}");
+        v
+    }
+
+    async fn campaign(&self, name: &str, network: &str) -> (String, String) {
+        let (s, c) =
+            self.admin(reqwest::Method::POST, "/v1/campaigns", Some(json!({"name": name, "network": network}))).await;
+        assert_eq!(s, 201, "{c}");
+        let campaign = c["campaign_id"].as_str().unwrap().to_owned();
+        let (s, l) = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/links",
+                Some(json!({"campaign_id": campaign, "destinations": {"web": "https://shop.example.com/"}})),
+            )
+            .await;
+        assert_eq!(s, 201, "{l}");
+        (campaign, l["link_id"].as_str().unwrap().to_owned())
+    }
+
+    fn signed(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        let ts = self.clock.now() / 1000;
+        let body = serde_json::to_vec(body).unwrap();
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header(protocol::HEADER_APP, "app")
+            .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+            .header(protocol::HEADER_SIGNATURE, protocol::sign(b"secret", ts, &body))
+            .body(body)
+    }
+
+    async fn s2s_click(&self, link: &str, gaid: &str) {
+        let click = json!({"link_id": link, "user_agent": ANDROID_UA, "device": {"gaid": gaid}});
+        let resp = self.signed("/v1/click", &click).send().await.unwrap();
+        assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
+    }
+
+    async fn impression(&self, link: &str) {
+        let resp = self
+            .client
+            .get(format!("{}/v1/impression?link={link}", self.base))
+            .header("User-Agent", ANDROID_UA)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+    }
+
+    async fn install(&self, anon: &str, gaid: &str) -> Value {
+        let body = json!({
+            "event_id": uuid::Uuid::new_v4().to_string(),
+            "anonymous_id": anon,
+            "timestamp": protocol::format_millis(self.clock.now()),
+            "platform": "android",
+            "device": {"gaid": gaid},
+        });
+        let resp = self.signed("/v1/install", &body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.json().await.unwrap()
+    }
+
+    /// One event at `at` (client time, no clock skew).
+    async fn event_at(&self, at: i64, kind: &str, anon: &str, props: Value) {
+        let e = json!({
+            "event_id": uuid::Uuid::new_v4().to_string(),
+            "type": kind,
+            "timestamp": protocol::format_millis(at),
+            "anonymous_id": anon,
+            "properties": props,
+        });
+        let resp = self.signed("/v1/event", &e).send().await.unwrap();
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap();
+        assert!(status == 200 && body["accepted"] == 1, "{status} {body}");
+    }
+
+    async fn cost(&self, campaign: &str, date: &str, amount: f64) -> (u16, Value) {
+        self.admin(
+            reqwest::Method::POST,
+            &format!("/v1/campaigns/{campaign}/cost"),
+            Some(json!({"date": date, "amount": amount, "currency": "usd"})),
+        )
+        .await
+    }
+
+    fn count(&self, sql: &str) -> i64 {
+        let conn = rusqlite::Connection::open(&self.db).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+}
+
+/// The fixture, on 2026-11-02 (and a few days after):
+/// - campaign A (meta): 10 impressions, 4 clicks (g1–g4), 3 installs (g1–g3), cost 60 USD;
+/// - campaign B (tiktok): 2 clicks (h1, h2), 1 install (h1), cost 25 USD;
+/// - one organic install (o1);
+/// - g1: open, view, purchase 30 within 20 s; g2: open, view; g3: open, purchase 20;
+///   h1: open, view after 30 s, purchase 50 after 2 min; o1: open;
+/// - back the next day: g1, h1; a week later: g1.
+struct Fixture {
+    a: String,
+    b: String,
+}
+
+async fn fixture(srv: &Srv) -> Fixture {
+    // The organic install first, before any touch it could be matched to.
+    assert_eq!(srv.install("o1", "00000000-0000-4000-8000-000000000001").await["match_type"], "organic");
+    let (a, link_a) = srv.campaign("Spring <b>sale</b>", "meta").await;
+    let (b, link_b) = srv.campaign("Launch", "tiktok").await;
+    for _ in 0..10 {
+        srv.impression(&link_a).await;
+    }
+    let gaid = |p: &str, n: u32| format!("{p}0000000-0000-4000-8000-00000000000{n}");
+    for n in 1..=4 {
+        srv.s2s_click(&link_a, &gaid("a", n)).await;
+    }
+    for n in 1..=2 {
+        srv.s2s_click(&link_b, &gaid("b", n)).await;
+    }
+    srv.clock.advance(3 * MINUTE);
+    for n in 1..=3 {
+        let r = srv.install(&format!("g{n}"), &gaid("a", n)).await;
+        assert_eq!(r["campaign_id"], a, "{r}");
+    }
+    let r = srv.install("h1", &gaid("b", 1)).await;
+    assert_eq!(r["campaign_id"], b, "{r}");
+
+    let t = srv.clock.now();
+    srv.event_at(t, "app_open", "g1", json!({})).await;
+    srv.event_at(t + 10 * SECOND, "view_item", "g1", json!({})).await;
+    srv.event_at(t + 20 * SECOND, "purchase", "g1", json!({"revenue": 30.0, "currency": "USD"})).await;
+    srv.event_at(t, "app_open", "g2", json!({})).await;
+    srv.event_at(t + 5 * SECOND, "view_item", "g2", json!({})).await;
+    srv.event_at(t, "app_open", "g3", json!({})).await;
+    srv.event_at(t + 5 * SECOND, "purchase", "g3", json!({"revenue": 20.0, "currency": "USD"})).await;
+    srv.event_at(t, "app_open", "h1", json!({})).await;
+    srv.event_at(t + 30 * SECOND, "view_item", "h1", json!({})).await;
+    srv.event_at(t + 2 * MINUTE, "purchase", "h1", json!({"revenue": 50.0, "currency": "USD"})).await;
+    srv.event_at(t, "app_open", "o1", json!({})).await;
+    // g1 again 45 minutes later: a second session.
+    srv.event_at(t + 45 * MINUTE, "app_open", "g1", json!({})).await;
+    // The next day, and a week later.
+    srv.event_at(t + DAY, "app_open", "g1", json!({})).await;
+    srv.event_at(t + DAY + HOUR, "app_open", "h1", json!({})).await;
+    srv.event_at(t + 7 * DAY, "app_open", "g1", json!({})).await;
+
+    assert_eq!(srv.cost(&a, "2026-11-02", 60.0).await.0, 200);
+    assert_eq!(srv.cost(&b, "2026-11-02", 40.0).await.0, 200);
+    // Posting a day again replaces it.
+    assert_eq!(srv.cost(&b, "2026-11-02", 25.0).await.0, 200);
+    srv.clock.set(T0 + 9 * DAY);
+    Fixture { a, b }
+}
+
+fn find<'a>(list: &'a Value, key: &str, value: &str) -> &'a Value {
+    list.as_array().unwrap().iter().find(|c| c[key] == value).unwrap_or_else(|| panic!("no {key}={value} in {list}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_on_a_fixed_fixture() {
+    let srv = start(|_| {}).await;
+    let f = fixture(&srv).await;
+
+    // Campaign performance.
+    let r = srv.get("/v1/reports/campaigns?from=2026-11-02&to=2026-11-02").await;
+    let a = find(&r["campaigns"], "campaign_id", &f.a);
+    assert_eq!(a["name"], "Spring <b>sale</b>");
+    assert_eq!((&a["impressions"], &a["clicks"], &a["installs"]), (&json!(10), &json!(4), &json!(3)), "{a}");
+    assert_eq!(a["ctr"], 0.4);
+    assert_eq!(a["install_rate"], 0.75);
+    assert_eq!(a["cost"], 60.0);
+    assert_eq!(a["currency"], "USD");
+    assert_eq!(a["cpi"], 20.0);
+    assert_eq!(a["conversions"], 2.0);
+    assert_eq!(a["cpa"], 30.0);
+    assert_eq!(a["revenue"], 50.0);
+    assert_eq!(a["roas"], 50.0 / 60.0);
+    let b = find(&r["campaigns"], "campaign_id", &f.b);
+    assert_eq!((&b["impressions"], &b["clicks"], &b["installs"]), (&json!(0), &json!(2), &json!(1)), "{b}");
+    assert_eq!(b["ctr"], Value::Null, "no impressions: no CTR");
+    assert_eq!(b["install_rate"], 0.5);
+    assert_eq!((&b["cost"], &b["cpi"], &b["cpa"]), (&json!(25.0), &json!(25.0), &json!(25.0)));
+    assert_eq!((&b["revenue"], &b["roas"]), (&json!(50.0), &json!(2.0)));
+    // Another day: nothing.
+    let r = srv.get("/v1/reports/campaigns?from=2026-11-03&to=2026-11-05").await;
+    let a = find(&r["campaigns"], "campaign_id", &f.a);
+    assert_eq!(
+        (&a["clicks"], &a["installs"], &a["cost"], &a["cpi"]),
+        (&json!(0), &json!(0), &Value::Null, &Value::Null)
+    );
+
+    // Funnel.
+    let r = srv.get("/v1/reports/funnel?steps=app_open,view_item,purchase&from=2026-11-02&to=2026-11-02").await;
+    let users: Vec<i64> = r["steps"].as_array().unwrap().iter().map(|s| s["users"].as_i64().unwrap()).collect();
+    assert_eq!(users, [5, 3, 2], "{r}");
+    assert_eq!(r["steps"][2]["type"], "purchase");
+    assert_eq!(r["steps"][1]["share"], 0.6);
+    let r =
+        srv.get("/v1/reports/funnel?steps=app_open,view_item,purchase&from=2026-11-02&to=2026-11-02&within=1m").await;
+    let users: Vec<i64> = r["steps"].as_array().unwrap().iter().map(|s| s["users"].as_i64().unwrap()).collect();
+    assert_eq!(users, [5, 3, 1], "h1's purchase came 2 minutes after its first step: {r}");
+    let r = srv
+        .get(&format!(
+            "/v1/reports/funnel?steps=app_open,view_item,purchase&from=2026-11-02&to=2026-11-02&campaign_id={}",
+            f.a
+        ))
+        .await;
+    let users: Vec<i64> = r["steps"].as_array().unwrap().iter().map(|s| s["users"].as_i64().unwrap()).collect();
+    assert_eq!(users, [3, 2, 1], "{r}");
+
+    // Retention: five users installed on 2026-11-02; two came back the next day, one a week later.
+    let r = srv.get("/v1/reports/retention?from=2026-11-02&to=2026-11-03&days=1,7,30").await;
+    let day1 = find(&r["cohorts"], "date", "2026-11-02");
+    assert_eq!(day1["users"], 5, "{r}");
+    assert_eq!(day1["retention"][0], json!({"day": 1, "users": 2, "share": 0.4}));
+    assert_eq!(day1["retention"][1], json!({"day": 7, "users": 1, "share": 0.2}));
+    assert_eq!(day1["retention"][2], json!({"day": 30, "users": null, "share": null}), "not reached yet");
+    let day2 = find(&r["cohorts"], "date", "2026-11-03");
+    assert_eq!(day2["users"], 0);
+
+    // Paths to purchase.
+    let r = srv.get("/v1/reports/paths?conversion=purchase&from=2026-11-01&to=2026-11-10&limit=5").await;
+    assert_eq!(r["conversions"], 3, "{r}");
+    assert_eq!(
+        r["paths"][0],
+        json!({"path": ["app_open", "view_item", "purchase"], "conversions": 2, "share": 2.0 / 3.0})
+    );
+    assert_eq!(r["paths"][1], json!({"path": ["app_open", "purchase"], "conversions": 1, "share": 1.0 / 3.0}));
+    assert_eq!(r["paths"].as_array().unwrap().len(), 2);
+
+    // Star schema and sessions.
+    assert_eq!(srv.count("SELECT count(*) FROM fact_events"), 15);
+    assert_eq!(srv.count("SELECT count(*) FROM dim_users"), 5);
+    assert_eq!(srv.count("SELECT count(*) FROM dim_campaigns WHERE kind = 'link'"), 2);
+    assert_eq!(
+        srv.count("SELECT count(*) FROM sessions WHERE anonymous_id = 'g1'"),
+        4,
+        "open+view+buy, +45 min, +1 d, +7 d"
+    );
+    assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759"), 12);
+    assert_eq!(
+        srv.count(&format!(
+            "SELECT events FROM rollup_daily WHERE date_key = 20759 AND campaign_key = '{}' AND event_type = 'app_open'",
+            f.a
+        )),
+        4,
+        "g1 twice, g2, g3"
+    );
+    // A late event at +25 min bridges g1's first two sessions into one.
+    let t = T0 + 3 * MINUTE;
+    srv.event_at(t + 25 * MINUTE, "view_item", "g1", json!({})).await;
+    srv.state.maintenance.refresh().await.unwrap();
+    assert_eq!(srv.count("SELECT count(*) FROM sessions WHERE anonymous_id = 'g1'"), 3);
+    assert_eq!(srv.count("SELECT events FROM sessions WHERE anonymous_id = 'g1' ORDER BY start_ts LIMIT 1"), 5);
+    assert_eq!(
+        srv.count("SELECT count(DISTINCT session_key) FROM fact_events WHERE anonymous_id = 'g1' AND date_key = 20759"),
+        1
+    );
+
+    // Deleting a user reaches the tables this issue adds.
+    let (s, d) = srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"anonymous_id": "g1"}))).await;
+    assert_eq!(s, 200, "{d}");
+    for table in ["fact_events", "dim_users", "sessions"] {
+        assert_eq!(srv.count(&format!("SELECT count(*) FROM {table} WHERE anonymous_id = 'g1'")), 0, "{table}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_report_requests_get_clear_errors() {
+    let srv = start(|_| {}).await;
+    let (a, _) = srv.campaign("A", "meta").await;
+    for (path, needle) in [
+        ("/v1/reports/funnel?from=2026-11-01", "steps is required"),
+        ("/v1/reports/funnel?steps=a,,b", "steps"),
+        ("/v1/reports/funnel?steps=a&within=3 weeks", "within"),
+        ("/v1/reports/funnel?steps=a&from=yesterday", "from must be"),
+        ("/v1/reports/funnel?steps=a&from=2026-11-05&to=2026-11-01", "from is after to"),
+        ("/v1/reports/funnel?steps=a&from=2020-01-01&to=2026-11-01", "longer than"),
+        ("/v1/reports/funnel?steps=a&stpes=b", "unknown parameter"),
+        ("/v1/reports/retention?days=1,x", "days"),
+        ("/v1/reports/campaigns?model=best", "model"),
+        ("/v1/reports/paths", "conversion is required"),
+        ("/v1/reports/paths?conversion=purchase&limit=0", "limit"),
+        ("/v1/reports/campaigns?app_id=other", "no app"),
+    ] {
+        let (s, e) = srv.admin(reqwest::Method::GET, path, None).await;
+        assert_eq!(s, 400, "{path}: {e}");
+        assert!(e["error"]["message"].as_str().unwrap().contains(needle), "{path}: {e}");
+    }
+    let resp = srv.client.get(format!("{}/v1/reports/campaigns", srv.base)).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    // Costs.
+    for (body, status) in [
+        (json!({"date": "2026-11-02", "amount": -1, "currency": "USD"}), 400),
+        (json!({"date": "02/11/2026", "amount": 1, "currency": "USD"}), 400),
+        (json!({"date": "2026-11-02", "amount": 1, "currency": "dollars"}), 400),
+        (json!({"date": "2026-11-02", "amount": 1}), 400),
+        (json!({"date": "2026-11-02", "amount": 1, "currency": "USD", "extra": 1}), 400),
+        (json!({"date": "2026-11-02", "amount": 1, "currency": "USD"}), 200),
+        (json!({"date": "2026-11-03", "amount": 1, "currency": "EUR"}), 409),
+    ] {
+        let (s, e) = srv.admin(reqwest::Method::POST, &format!("/v1/campaigns/{a}/cost"), Some(body.clone())).await;
+        assert_eq!(s, status, "{body}: {e}");
+    }
+    let (s, _) = srv
+        .admin(
+            reqwest::Method::POST,
+            "/v1/campaigns/cmp_nope/cost",
+            Some(json!({"date": "2026-11-02", "amount": 1, "currency": "USD"})),
+        )
+        .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_and_purge_on_a_simulated_clock() {
+    let srv = start(|c| {
+        c.reports.raw_retention_days = 30;
+        c.reports.refresh_interval = 10 * SECOND;
+        c.reports.purge_interval = DAY;
+    })
+    .await;
+    let f = fixture(&srv).await;
+    // A web visitor with a utm campaign and no install.
+    let e = json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "type": "page_view",
+        "timestamp": protocol::format_millis(T0),
+        "anonymous_id": "w1",
+        "context": {"campaign": {"utm_source": "news", "utm_campaign": "Autumn"}},
+    });
+    assert_eq!(srv.signed("/v1/event", &e).send().await.unwrap().status(), 200);
+
+    // Two days after the campaign, the first run refreshes and purges (nothing is old yet).
+    srv.clock.set(T0 + 2 * DAY);
+    let m = &srv.state.maintenance;
+    let first = m.run_due().await.unwrap();
+    assert_eq!(first.refreshed_events, 16);
+    let purged = first.purged.expect("the first run purges");
+    assert_eq!((purged.events, purged.clicks), (0, 0));
+    assert_eq!(srv.count("SELECT count(*) FROM dim_campaigns WHERE campaign_key = 'utm:news:autumn'"), 1);
+    let before = srv.get("/v1/reports/campaigns?from=2026-11-02&to=2026-11-02").await;
+
+    // 5 seconds later nothing is due; 10 seconds later only a refresh.
+    srv.clock.advance(5 * SECOND);
+    assert_eq!(m.run_due().await.unwrap(), Default::default());
+    srv.clock.advance(5 * SECOND);
+    let r = m.run_due().await.unwrap();
+    assert!(r.purged.is_none());
+
+    // Eight days after the campaign the clicks have left the 7-day attribution window: expired.
+    srv.clock.set(T0 + 8 * DAY + HOUR);
+    let r = m.run_due().await.unwrap();
+    assert_eq!(r.purged.unwrap().clicks, 16, "10 impressions and 6 clicks");
+    assert_eq!(srv.count("SELECT count(*) FROM clicks"), 0);
+    assert_eq!(srv.count("SELECT count(*) FROM events"), 16, "raw events are kept 30 days");
+
+    // 40 days after the campaign: raw events, facts and sessions of 2026-11-02 … 2026-11-09 go.
+    srv.clock.set(T0 + 40 * DAY);
+    let r = m.run_due().await.unwrap();
+    let purged = r.purged.unwrap();
+    assert_eq!((purged.events, purged.facts), (16, 16), "{purged:?}");
+    assert_eq!(srv.count("SELECT count(*) FROM events"), 0);
+    assert_eq!(srv.count("SELECT count(*) FROM fact_events"), 0);
+    assert_eq!(srv.count("SELECT count(*) FROM sessions"), 0);
+    // The web visitor had nothing else: an orphan, deleted. Installed users stay.
+    assert_eq!(srv.count("SELECT count(*) FROM dim_users WHERE anonymous_id = 'w1'"), 0);
+    assert_eq!(srv.count("SELECT count(*) FROM dim_users"), 5);
+    // The rollups keep the numbers: the campaign report is unchanged.
+    let after = srv.get("/v1/reports/campaigns?from=2026-11-02&to=2026-11-02").await;
+    assert_eq!(after["campaigns"], before["campaigns"]);
+    assert_eq!(find(&after["campaigns"], "campaign_id", &f.a)["clicks"], 4);
+    assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759"), 13);
+    // A late event for a purged day is stored, but cannot change that day's rollup.
+    srv.event_at(T0 + HOUR, "app_open", "g2", json!({})).await;
+    srv.state.maintenance.refresh().await.unwrap();
+    assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759"), 13);
+    let _ = f.b;
+}
