@@ -168,6 +168,36 @@ impl AttributionFile {
     }
 }
 
+/// `[reports]` in the TOML file: sessions, retention and the maintenance schedule (see
+/// docs/reports.md).
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsFile {
+    pub session_gap_minutes: Option<f64>,
+    pub raw_retention_days: Option<u32>,
+    pub click_retention_extra_days: Option<f64>,
+    pub refresh_interval_secs: Option<f64>,
+    pub purge_interval_minutes: Option<f64>,
+}
+
+impl ReportsFile {
+    /// Applies the values that are set over `c`.
+    pub fn apply(&self, c: &mut trailmark_server::ReportConfig) {
+        let set = |slot: &mut i64, v: Option<f64>, unit: f64| {
+            if let Some(v) = v {
+                *slot = (v * unit) as i64;
+            }
+        };
+        set(&mut c.session_gap, self.session_gap_minutes, 60_000.0);
+        set(&mut c.click_retention_extra, self.click_retention_extra_days, 86_400_000.0);
+        set(&mut c.refresh_interval, self.refresh_interval_secs, 1_000.0);
+        set(&mut c.purge_interval, self.purge_interval_minutes, 60_000.0);
+        if let Some(d) = self.raw_retention_days {
+            c.raw_retention_days = d;
+        }
+    }
+}
+
 #[derive(Deserialize, Default, Debug)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
@@ -189,6 +219,7 @@ struct FileConfig {
     geoip_anonymous: Option<PathBuf>,
     postbacks: Option<Vec<PostbackFile>>,
     attribution: Option<AttributionFile>,
+    reports: Option<ReportsFile>,
 }
 
 /// Resolved settings.
@@ -212,6 +243,7 @@ pub struct Settings {
     pub geoip_anonymous: Option<PathBuf>,
     pub postbacks: Vec<PostbackFile>,
     pub attribution: AttributionFile,
+    pub reports: ReportsFile,
 }
 
 impl ServerArgs {
@@ -274,6 +306,7 @@ impl ServerArgs {
             geoip_anonymous: self.geoip_anonymous.clone().or(file.geoip_anonymous),
             postbacks,
             attribution: file.attribution.unwrap_or_default(),
+            reports: file.reports.unwrap_or_default(),
             listen: self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid")),
             db: self.db.clone().or(file.db).unwrap_or_else(|| "trailmark.db".into()),
             apps,
@@ -371,6 +404,10 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
         })
         .collect();
     settings.attribution.apply(&mut config.attribution);
+    settings.reports.apply(&mut config.reports);
+    if config.reports.session_gap <= 0 || config.reports.refresh_interval <= 0 || config.reports.purge_interval <= 0 {
+        return Err("[reports] intervals and the session gap must be positive".into());
+    }
     Ok(config)
 }
 

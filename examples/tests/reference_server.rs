@@ -199,3 +199,27 @@ fn toml_config_and_https() {
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(said.contains("unknown macro"), "{said}");
 }
+
+#[test]
+fn reports_table_in_the_toml_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.toml");
+    std::fs::write(
+        &path,
+        "apps = [\"app:secret\"]\n[reports]\nsession_gap_minutes = 15\nraw_retention_days = 30\nrefresh_interval_secs = 2\npurge_interval_minutes = 5\nclick_retention_extra_days = 1\n",
+    )
+    .unwrap();
+    let args = trailmark_examples::ServerArgs { config: Some(path.clone()), ..Default::default() };
+    let config = trailmark_examples::server_config(&args.settings().unwrap()).unwrap();
+    let r = &config.reports;
+    assert_eq!(
+        (r.session_gap, r.raw_retention_days, r.refresh_interval, r.purge_interval, r.click_retention_extra),
+        (15 * 60_000, 30, 2_000, 300_000, 86_400_000)
+    );
+    std::fs::write(&path, "apps = [\"app:secret\"]\n[reports]\nsession_gap_minutes = 0\n").unwrap();
+    let args = trailmark_examples::ServerArgs { config: Some(path.clone()), ..Default::default() };
+    assert!(trailmark_examples::server_config(&args.settings().unwrap()).is_err());
+    std::fs::write(&path, "apps = [\"app:secret\"]\n[reports]\nsession_gap = 5\n").unwrap();
+    let args = trailmark_examples::ServerArgs { config: Some(path), ..Default::default() };
+    assert!(args.settings().is_err(), "unknown keys are refused");
+}

@@ -93,6 +93,7 @@ impl Maintenance {
             }
         }
         self.schedule.lock().unwrap_or_else(|p| p.into_inner()).last_refresh = Some(self.clock.now());
+        metrics::counter!("trailmark_report_refreshed_events_total").increment(events as u64);
         Ok((events, rollups))
     }
 

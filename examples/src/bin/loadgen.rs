@@ -28,7 +28,7 @@ struct Args {
     /// Requests in flight.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Run only this workload: batched, single, hello, clicks or installs.
+    /// Run only this workload: batched (with the report timings), single, hello, clicks or installs.
     #[arg(long)]
     only: Option<String>,
     /// Clicks put in the attribution index before the installs workload.
@@ -192,6 +192,23 @@ async fn main() {
         })
         .await;
         report(&format!("batched ingest (500 ev, {} KB)", size / 1024), "events", &r);
+        {
+            // The star schema is refreshed by the scheduler every 10 s while ingest runs; a
+            // report first takes whatever is still pending, then queries.
+            let base = format!("http://{}", running.addr);
+            for (name, path) in [
+                ("funnel report (first: ETL backlog)", "/v1/reports/funnel?steps=add_to_cart,add_to_cart"),
+                ("funnel report (again)", "/v1/reports/funnel?steps=add_to_cart,add_to_cart"),
+                ("campaign report", "/v1/reports/campaigns"),
+                ("retention report (30 cohorts)", "/v1/reports/retention"),
+            ] {
+                let t = std::time::Instant::now();
+                let resp = client.get(format!("{base}{path}")).bearer_auth("bench-admin").send().await.unwrap();
+                let status = resp.status();
+                let _ = resp.bytes().await;
+                println!("{name:<34} {:>10.2?}  ({status}) over {} stored events", t.elapsed(), r.items);
+            }
+        }
     }
     if run("single") {
         let ts = protocol::format_millis(trailmark_server::now_ms());

@@ -187,10 +187,17 @@ fn simulate_attribution(
         client.post(format!("{endpoint}{path}")).bearer_auth(ADMIN).json(&body).send().and_then(|r| r.json()).unwrap()
     };
     let mut codes = std::collections::HashMap::new();
-    for (network, campaign, utm_medium) in
-        [("google", "brand_search", "cpc"), ("meta", "summer_video", "paid_social"), ("tiktok", "ugc", "social")]
-    {
+    use trailmark_server::storage::star::{date_text, day_of};
+    let today = date_text(day_of(trailmark_server::now_ms()));
+    for (network, campaign, utm_medium, cost) in [
+        ("google", "brand_search", "cpc", 120.0),
+        ("meta", "summer_video", "paid_social", 300.0),
+        ("tiktok", "ugc", "social", 80.0),
+    ] {
         let c = admin("/v1/campaigns", json!({"name": campaign, "network": network}));
+        // Today's spend, as an ad network's cost API would report it.
+        let cost_path = format!("/v1/campaigns/{}/cost", c["campaign_id"].as_str().unwrap_or_default());
+        admin(&cost_path, json!({"date": today, "amount": cost, "currency": "EUR"}));
         let link = admin(
             "/v1/links",
             json!({
@@ -452,6 +459,32 @@ async fn main() {
     for (k, cents) in &revenue {
         println!("    {k:<28} {:.2}", *cents as f64 / 100.0);
     }
+    // The campaign report (reports refresh the star schema first, so it is current).
+    let report: Value = reqwest::Client::new()
+        .get(format!("{endpoint}/v1/reports/campaigns"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or_default();
+    println!("  campaign report (today, last touch): campaign / clicks / installs / CPI / conversions / ROAS");
+    let mut reported_installs = 0;
+    for c in report["campaigns"].as_array().into_iter().flatten() {
+        reported_installs += c["installs"].as_i64().unwrap_or(0);
+        let num = |v: &Value| v.as_f64().map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+        println!(
+            "    {:<14} {:>3} {:>3} {:>8} {:>5} {:>6}",
+            c["name"].as_str().unwrap_or("?"),
+            c["clicks"],
+            c["installs"],
+            num(&c["cpi"]),
+            num(&c["conversions"]),
+            num(&c["roas"])
+        );
+    }
+    let attributed = attribution.installs.iter().filter(|(_, r)| r["attributed"] == true).count() as i64;
     let expected = [
         ("ivy", "referrer"),
         ("kim", "referrer"),
@@ -465,7 +498,8 @@ async fn main() {
     let attribution_ok =
         expected.iter().all(|(n, m)| attribution.installs.iter().any(|(name, r)| name == n && r["match_type"] == *m))
             && attribution.installs.iter().any(|(n, r)| *n == "zed" && r["fraud"]["rejected"] == true)
-            && !revenue.is_empty();
+            && !revenue.is_empty()
+            && reported_installs == attributed;
     let ok = attribution_ok
         && queued == 0
         && delivered + 20 == stored as u64
@@ -487,6 +521,9 @@ async fn main() {
     }
     println!();
     println!("Still serving. Try:");
+    println!("  open {endpoint}/dashboard  (admin key: {ADMIN})");
+    println!("  curl -H 'Authorization: Bearer {ADMIN}' '{endpoint}/v1/reports/campaigns'");
+    println!("  curl -H 'Authorization: Bearer {ADMIN}' '{endpoint}/v1/reports/funnel?steps=app_open,purchase'");
     println!("  curl {endpoint}/healthz");
     println!("  curl {endpoint}/metrics | grep trailmark_");
     println!("  curl -H 'Authorization: Bearer {ADMIN}' {endpoint}/v1/attribution/<install event id>");

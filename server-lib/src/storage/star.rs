@@ -23,7 +23,7 @@ pub const DAY_MS: i64 = 86_400_000;
 /// Tables, indexes and triggers of schema version 3.
 pub const SCHEMA_V3: &str = "
 CREATE TABLE etl_pending (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     app_id TEXT NOT NULL,
     event_id TEXT NOT NULL
 );
@@ -66,6 +66,7 @@ CREATE TABLE dim_users (
     PRIMARY KEY (app_id, anonymous_id)
 );
 CREATE INDEX dim_users_user_id ON dim_users (user_id) WHERE user_id IS NOT NULL;
+CREATE INDEX dim_users_anonymous_id ON dim_users (anonymous_id);
 CREATE TRIGGER installs_dim_users AFTER INSERT ON installs WHEN NEW.kind = 'install' BEGIN
     INSERT INTO dim_users (app_id, anonymous_id, first_seen, last_seen, install_ts, install_campaign_id)
     VALUES (NEW.app_id, NEW.anonymous_id, NEW.install_ts, NEW.install_ts, NEW.install_ts,
@@ -85,10 +86,9 @@ CREATE TABLE fact_events (
     user_id TEXT,
     session_key TEXT NOT NULL,
     revenue REAL,
-    currency TEXT,
-    PRIMARY KEY (app_id, event_id)
+    currency TEXT
 );
-CREATE INDEX fact_events_user ON fact_events (app_id, anonymous_id, ts);
+CREATE INDEX fact_events_user ON fact_events (anonymous_id, ts);
 CREATE INDEX fact_events_type ON fact_events (app_id, event_type, ts);
 CREATE INDEX fact_events_date ON fact_events (app_id, date_key);
 CREATE INDEX fact_events_session ON fact_events (app_id, session_key);
@@ -103,7 +103,7 @@ CREATE TABLE sessions (
     events INTEGER NOT NULL,
     PRIMARY KEY (app_id, session_key)
 );
-CREATE INDEX sessions_user ON sessions (app_id, anonymous_id, start_ts);
+CREATE INDEX sessions_user ON sessions (anonymous_id, start_ts);
 CREATE INDEX sessions_user_id ON sessions (user_id) WHERE user_id IS NOT NULL;
 CREATE TABLE campaign_costs (
     campaign_id TEXT NOT NULL,
@@ -243,72 +243,103 @@ pub fn etl_batch(tx: &Transaction<'_>, batch: usize, session_gap: i64) -> Result
     }
     let Some(last_seq) = last_seq else { return Ok(0) };
     let events_cutoff = state_get(tx, "events_cutoff_day")?.unwrap_or(i64::MIN);
+    let mut days: std::collections::BTreeSet<(String, i64)> = std::collections::BTreeSet::new();
     for ((app_id, anonymous_id), mut events) in rows {
         events.sort_by_key(|e| e.ts);
-        for e in &events {
+        let keys = sessionize(tx, &app_id, &anonymous_id, &events, session_gap)?;
+        let mut user = UserFacts::default();
+        for (e, session) in events.iter().zip(keys) {
             let day = day_of(e.ts);
-            let properties: Value = serde_json::from_str(&e.properties).unwrap_or(Value::Null);
-            let context: Value = serde_json::from_str(&e.context).unwrap_or(Value::Null);
-            let revenue = properties.get("revenue").and_then(Value::as_f64).filter(|r| r.is_finite());
-            let currency = properties.get("currency").and_then(Value::as_str).map(str::to_owned);
-            let session = assign_session(tx, &app_id, &anonymous_id, e, session_gap)?;
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO fact_events (app_id, event_id, date_key, ts, event_type, anonymous_id, user_id,
-                         session_key, revenue, currency)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT DO NOTHING",
-                )
-                .map_err(backend)?
-                .execute(params![
-                    app_id,
-                    e.event_id,
-                    day,
-                    e.ts,
-                    e.event_type,
-                    anonymous_id,
-                    e.user_id,
-                    session,
-                    revenue,
-                    currency
-                ])
-                .map_err(backend)?;
-            if inserted == 0 {
-                continue;
-            }
-            let utm = utm_key(&context);
-            if let Some((key, name, source)) = &utm {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO dim_campaigns (campaign_key, app_id, campaign_id, kind, name, network,
-                         created_at) VALUES (?1, ?2, NULL, 'utm', ?3, ?4, ?5)",
-                )
-                .map_err(backend)?
-                .execute(params![key, app_id, name, source, e.ts])
-                .map_err(backend)?;
+            // Most events carry neither; parse only those that might.
+            let (mut revenue, mut currency) = (None, None);
+            if e.properties.contains("\"revenue\"") || e.properties.contains("\"currency\"") {
+                let properties: Value = serde_json::from_str(&e.properties).unwrap_or(Value::Null);
+                revenue = properties.get("revenue").and_then(Value::as_f64).filter(|r| r.is_finite());
+                currency = properties.get("currency").and_then(Value::as_str).map(str::to_owned);
             }
             tx.prepare_cached(
-                "INSERT INTO dim_users (app_id, anonymous_id, user_id, first_seen, last_seen, events, utm_campaign_key)
-                 VALUES (?1, ?2, ?3, ?4, ?4, 1, ?5)
-                 ON CONFLICT (app_id, anonymous_id) DO UPDATE SET
-                     user_id = coalesce(excluded.user_id, user_id),
-                     first_seen = min(first_seen, excluded.first_seen),
-                     last_seen = max(last_seen, excluded.last_seen),
-                     events = events + 1,
-                     utm_campaign_key = coalesce(utm_campaign_key, excluded.utm_campaign_key)",
+                "INSERT INTO fact_events (app_id, event_id, date_key, ts, event_type, anonymous_id, user_id,
+                         session_key, revenue, currency)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .map_err(backend)?
-            .execute(params![app_id, anonymous_id, e.user_id, e.ts, utm.map(|u| u.0)])
+            .execute(params![
+                app_id,
+                e.event_id,
+                day,
+                e.ts,
+                e.event_type,
+                anonymous_id,
+                e.user_id,
+                session,
+                revenue,
+                currency
+            ])
             .map_err(backend)?;
-            if day >= events_cutoff {
-                tx.prepare_cached("INSERT OR IGNORE INTO rollup_dirty VALUES (?1, ?2, 'events')")
+            if user.utm.is_none() && e.context.contains("utm_campaign") {
+                let context: Value = serde_json::from_str(&e.context).unwrap_or(Value::Null);
+                if let Some((key, name, source)) = utm_key(&context) {
+                    tx.prepare_cached(
+                        "INSERT OR IGNORE INTO dim_campaigns (campaign_key, app_id, campaign_id, kind, name, network,
+                             created_at) VALUES (?1, ?2, NULL, 'utm', ?3, ?4, ?5)",
+                    )
                     .map_err(backend)?
-                    .execute(params![app_id, day])
+                    .execute(params![key, app_id, name, source, e.ts])
                     .map_err(backend)?;
+                    user.utm = Some(key);
+                }
             }
-            ensure_date(tx, day)?;
+            user.first = user.first.min(e.ts);
+            user.last = user.last.max(e.ts);
+            user.events += 1;
+            if e.user_id.is_some() {
+                user.user_id = e.user_id.clone();
+            }
+            days.insert((app_id.clone(), day));
         }
+        if user.events == 0 {
+            continue;
+        }
+        tx.prepare_cached(
+            "INSERT INTO dim_users (app_id, anonymous_id, user_id, first_seen, last_seen, events, utm_campaign_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (app_id, anonymous_id) DO UPDATE SET
+                 user_id = coalesce(excluded.user_id, user_id),
+                 first_seen = min(first_seen, excluded.first_seen),
+                 last_seen = max(last_seen, excluded.last_seen),
+                 events = events + excluded.events,
+                 utm_campaign_key = coalesce(utm_campaign_key, excluded.utm_campaign_key)",
+        )
+        .map_err(backend)?
+        .execute(params![app_id, anonymous_id, user.user_id, user.first, user.last, user.events, user.utm])
+        .map_err(backend)?;
+    }
+    for (app_id, day) in &days {
+        if *day >= events_cutoff {
+            tx.prepare_cached("INSERT OR IGNORE INTO rollup_dirty VALUES (?1, ?2, 'events')")
+                .map_err(backend)?
+                .execute(params![app_id, day])
+                .map_err(backend)?;
+        }
+        ensure_date(tx, *day)?;
     }
     tx.execute("DELETE FROM etl_pending WHERE seq <= ?1", [last_seq]).map_err(backend)?;
     Ok(taken)
+}
+
+/// What one batch learned about one device, written as one `dim_users` upsert.
+struct UserFacts {
+    user_id: Option<String>,
+    first: i64,
+    last: i64,
+    events: i64,
+    utm: Option<String>,
+}
+
+impl Default for UserFacts {
+    fn default() -> Self {
+        UserFacts { user_id: None, first: i64::MAX, last: i64::MIN, events: 0, utm: None }
+    }
 }
 
 fn ensure_date(tx: &Transaction<'_>, day: i64) -> Result<(), StorageError> {
@@ -329,63 +360,131 @@ fn ensure_date(tx: &Transaction<'_>, day: i64) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Puts the event into the session it falls in (within `gap` of its bounds), creating one or
-/// merging the sessions it bridges; returns the session key.
-fn assign_session(
+/// One device's session, as the batch changes it.
+struct Session {
+    key: String,
+    start: i64,
+    end: i64,
+    events: i64,
+    user_id: Option<String>,
+    /// Stored before this batch.
+    stored: bool,
+    /// Merged into another session (its key is then in `into`).
+    into: Option<usize>,
+}
+
+/// Assigns one device's events (in time order) to sessions: an event within `gap` of a
+/// session's bounds joins it, an event that bridges two sessions merges them, any other starts
+/// one (keyed by its event id). Reads the device's nearby sessions once and writes the changed
+/// ones back; returns each event's session key.
+fn sessionize(
     tx: &Transaction<'_>,
     app_id: &str,
     anonymous_id: &str,
-    e: &Pending,
+    events: &[Pending],
     gap: i64,
-) -> Result<String, StorageError> {
-    let candidates: Vec<(String, i64, i64, i64)> = {
+) -> Result<Vec<String>, StorageError> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(Vec::new()) };
+    let mut sessions: Vec<Session> = {
         let mut stmt = tx
             .prepare_cached(
-                "SELECT session_key, start_ts, end_ts, events FROM sessions
+                "SELECT session_key, start_ts, end_ts, events, user_id FROM sessions
                   WHERE app_id = ?1 AND anonymous_id = ?2 AND end_ts >= ?3 AND start_ts <= ?4
                   ORDER BY start_ts, session_key",
             )
             .map_err(backend)?;
-        stmt.query_map(params![app_id, anonymous_id, e.ts - gap, e.ts + gap], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        stmt.query_map(params![app_id, anonymous_id, first.ts - gap, last.ts + gap], |r| {
+            Ok(Session {
+                key: r.get(0)?,
+                start: r.get(1)?,
+                end: r.get(2)?,
+                events: r.get(3)?,
+                user_id: r.get(4)?,
+                stored: true,
+                into: None,
+            })
         })
         .map_err(backend)?
         .collect::<Result<_, _>>()
         .map_err(backend)?
     };
-    let Some((key, mut start, mut end, mut count)) = candidates.first().cloned() else {
+    let mut assigned = Vec::with_capacity(events.len());
+    for e in events {
+        let near: Vec<usize> = (0..sessions.len())
+            .filter(|&i| sessions[i].into.is_none() && sessions[i].end >= e.ts - gap && sessions[i].start <= e.ts + gap)
+            .collect();
+        let target = match near.first() {
+            None => {
+                sessions.push(Session {
+                    // Time first: new sessions land at the end of the key indexes.
+                    key: format!("{:013}-{}", e.ts.max(0), e.event_id),
+                    start: e.ts,
+                    end: e.ts,
+                    events: 0,
+                    user_id: None,
+                    stored: false,
+                    into: None,
+                });
+                sessions.len() - 1
+            }
+            Some(&keep) => {
+                for &other in &near[1..] {
+                    let (start, end, n) = (sessions[other].start, sessions[other].end, sessions[other].events);
+                    let user = sessions[other].user_id.take();
+                    sessions[other].into = Some(keep);
+                    let s = &mut sessions[keep];
+                    s.start = s.start.min(start);
+                    s.end = s.end.max(end);
+                    s.events += n;
+                    if s.user_id.is_none() {
+                        s.user_id = user;
+                    }
+                }
+                keep
+            }
+        };
+        let s = &mut sessions[target];
+        s.start = s.start.min(e.ts);
+        s.end = s.end.max(e.ts);
+        s.events += 1;
+        if e.user_id.is_some() {
+            s.user_id = e.user_id.clone();
+        }
+        assigned.push(target);
+    }
+    // Where each session ended up, following merges.
+    let root = |mut i: usize| {
+        while let Some(j) = sessions[i].into {
+            i = j;
+        }
+        i
+    };
+    let roots: Vec<usize> = (0..sessions.len()).map(root).collect();
+    for (i, s) in sessions.iter().enumerate() {
+        if roots[i] != i {
+            if s.stored {
+                let keep = &sessions[roots[i]].key;
+                tx.execute(
+                    "UPDATE fact_events SET session_key = ?1 WHERE app_id = ?2 AND session_key = ?3",
+                    params![keep, app_id, s.key],
+                )
+                .map_err(backend)?;
+                tx.execute("DELETE FROM sessions WHERE app_id = ?1 AND session_key = ?2", params![app_id, s.key])
+                    .map_err(backend)?;
+            }
+            continue;
+        }
         tx.prepare_cached(
             "INSERT INTO sessions (app_id, session_key, anonymous_id, user_id, start_ts, end_ts, events)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (app_id, session_key) DO UPDATE SET user_id = excluded.user_id,
+                 start_ts = excluded.start_ts, end_ts = excluded.end_ts, events = excluded.events",
         )
         .map_err(backend)?
-        .execute(params![app_id, e.event_id, anonymous_id, e.user_id, e.ts])
+        .execute(params![app_id, s.key, anonymous_id, s.user_id, s.start, s.end, s.events])
         .map_err(backend)?;
-        return Ok(e.event_id.clone());
-    };
-    for (other, s, en, n) in &candidates[1..] {
-        start = start.min(*s);
-        end = end.max(*en);
-        count += n;
-        tx.execute(
-            "UPDATE fact_events SET session_key = ?1 WHERE app_id = ?2 AND session_key = ?3",
-            params![key, app_id, other],
-        )
-        .map_err(backend)?;
-        tx.execute("DELETE FROM sessions WHERE app_id = ?1 AND session_key = ?2", params![app_id, other])
-            .map_err(backend)?;
     }
-    start = start.min(e.ts);
-    end = end.max(e.ts);
-    count += 1;
-    tx.prepare_cached(
-        "UPDATE sessions SET start_ts = ?1, end_ts = ?2, events = ?3, user_id = coalesce(?4, user_id)
-          WHERE app_id = ?5 AND session_key = ?6",
-    )
-    .map_err(backend)?
-    .execute(params![start, end, count, e.user_id, app_id, key])
-    .map_err(backend)?;
-    Ok(key)
+    Ok(assigned.into_iter().map(|i| sessions[roots[i]].key.clone()).collect())
 }
 
 /// Recomputes the rollups of every (app, day, source) marked dirty; returns how many.
