@@ -1,10 +1,8 @@
 //! kill -9 test of the native driver: a child process tracks events and is killed at random
-//! moments. Every event whose `track` returned more than 250 ms before the kill, and every event
-//! tracked before a completed `flush()`, must be in the store when it is reopened.
-//!
-//! The driver commits within about 10 ms (`MAX_BURST_TIME`), but the virtual disk of the CI
-//! machines stalls a write now and then for more than 50 ms (ADR 0003); the test's bound leaves
-//! room for such a stall, so what it catches is lost events, not slow ones.
+//! moments. Every event whose `track` returned more than 50 ms before the kill, and every event
+//! tracked before a completed `flush()`, must be in the store when it is reopened — except the
+//! oldest ones the queue's cap (`Policy::max_queue_events`) evicted by design: nothing is
+//! uploaded here, and a fast machine tracks more than the cap in one round.
 //!
 //! The child is this test binary itself, re-run with `TM_KILL_CHILD` set.
 #![cfg(feature = "native")]
@@ -21,7 +19,7 @@ use trailmark_core::store::SqliteStore;
 use trailmark_core::{Config, EventStore};
 
 const KILLS: usize = 60;
-const DURABLE_WITHIN: Duration = Duration::from_millis(250);
+const DURABLE_WITHIN: Duration = Duration::from_millis(50);
 
 /// The child: tracks numbered events, printing `t <n>` after each `track` returns and
 /// `f <n>` after each completed `flush()`.
@@ -128,6 +126,13 @@ fn events_survive_kill_9() {
             .filter_map(|(_, body)| serde_json::from_slice::<serde_json::Value>(&body).ok())
             .filter_map(|e| e["properties"]["n"].as_u64())
             .collect();
+        // The queue keeps the newest `max_queue_events`; older events are dropped (and counted)
+        // when it is full. Events are numbered in order, so the kept ones are the top of `tracked`
+        // (less a few: an event tracked just before the kill may not have been printed).
+        let cap = trailmark_core::Policy::default().max_queue_events;
+        if let Some(&oldest_kept) = tracked.iter().rev().nth(cap - 8) {
+            required.retain(|n| *n >= oldest_kept);
+        }
         let lost: Vec<u64> = required.difference(&stored).copied().collect();
         let oldest_lost_age = lines
             .iter()

@@ -27,7 +27,7 @@ pub enum Durability {
 ///
 /// WAL checkpoints (which copy the log into the database and fsync it) run on a background
 /// thread with its own connection, never inside a commit: a checkpoint can stall for tens of
-/// milliseconds, and the driver commits within about 10 ms of `track`.
+/// milliseconds, and the driver promises durability within 50 ms of `track`.
 pub struct SqliteStore {
     conn: Connection,
     checkpointer: Option<Checkpointer>,
