@@ -217,9 +217,14 @@ fn error_page(e: &ApiError) -> Response {
 }
 
 /// Forms must come from the dashboard's own origin: a browser sends `Origin` on every POST,
-/// and it must name the host the request went to.
-fn same_origin(headers: &HeaderMap) -> bool {
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+/// and it must name the host the request went to (`X-Forwarded-Host` behind a trusted proxy).
+fn same_origin(headers: &HeaderMap, trust_proxy: bool) -> bool {
+    let forwarded = trust_proxy
+        .then(|| headers.get("x-forwarded-host").and_then(|v| v.to_str().ok()))
+        .flatten()
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    let host = forwarded.or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
     headers.get_all(header::ORIGIN).iter().all(|origin| {
         let origin_host = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, rest)| rest);
         origin_host.is_some() && origin_host == host
@@ -240,7 +245,7 @@ async fn checked_form(
     let Some((id, csrf, actor)) = session(state, &parts.headers) else {
         return Err(redirect("/dashboard/login"));
     };
-    if !same_origin(&parts.headers) {
+    if !same_origin(&parts.headers, state.config.trust_proxy) {
         return Err(error_page(&ApiError::new(StatusCode::FORBIDDEN, "csrf", "this form came from another site")));
     }
     let form = read_form(body).await.map_err(|e| error_page(&e))?;
@@ -311,7 +316,7 @@ pub async fn login(State(state): State<Arc<AppState>>, request: Request) -> Resp
     if let Err(e) = state.check_ip_rate(ip) {
         return error_page(&e);
     }
-    if !same_origin(&parts.headers) {
+    if !same_origin(&parts.headers, state.config.trust_proxy) {
         return error_page(&ApiError::new(StatusCode::FORBIDDEN, "csrf", "this form came from another site"));
     }
     let form = match read_form(body).await {
@@ -396,7 +401,13 @@ pub async fn live(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         // The stream ends with the session.
-        let alive = state.dashboard.sessions.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&id);
+        let alive = state
+            .dashboard
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .is_some_and(|s| s.expires > Instant::now());
         if !alive {
             return None;
         }

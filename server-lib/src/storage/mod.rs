@@ -674,7 +674,22 @@ impl Storage for SqliteStorage {
     }
 
     fn purge(&self, cutoffs: RetentionCutoffs) -> StorageFuture<'_, PurgeReport> {
-        self.write(1, move |tx| star::purge(tx, &cutoffs))
+        // In steps, each its own writer transaction, so ingest keeps going between them.
+        const CHUNK: usize = 20_000;
+        Box::pin(async move {
+            self.write(1, move |tx| star::purge_begin(tx, &cutoffs)).await?;
+            let (mut events, mut facts) = (0, 0);
+            loop {
+                let (e, f) = self.write(CHUNK, move |tx| star::purge_events(tx, &cutoffs, CHUNK)).await?;
+                events += e;
+                facts += f;
+                if f < CHUNK as u64 {
+                    break;
+                }
+            }
+            let rest = self.write(1, move |tx| star::purge_rest(tx, &cutoffs)).await?;
+            Ok(PurgeReport { events, facts, ..rest })
+        })
     }
 
     fn save_cost(&self, cost: CampaignCost) -> StorageFuture<'_, Result<(), String>> {

@@ -90,7 +90,7 @@ CREATE TABLE fact_events (
 );
 CREATE INDEX fact_events_user ON fact_events (anonymous_id, ts);
 CREATE INDEX fact_events_type ON fact_events (app_id, event_type, ts);
-CREATE INDEX fact_events_date ON fact_events (app_id, date_key);
+CREATE INDEX fact_events_date ON fact_events (date_key, app_id);
 CREATE INDEX fact_events_session ON fact_events (app_id, session_key);
 CREATE INDEX fact_events_user_id ON fact_events (user_id) WHERE user_id IS NOT NULL;
 CREATE TABLE sessions (
@@ -626,38 +626,69 @@ pub fn refresh_step(tx: &Transaction<'_>, batch: usize, session_gap: i64) -> Res
     Ok(RefreshReport { events, rollups, done })
 }
 
-/// Deletes raw events, facts and sessions before `cutoffs.events`, clicks and impressions before
-/// `cutoffs.clicks`, and orphaned rows. The caller refreshes first, so everything deleted is
-/// rolled up.
-pub fn purge(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Result<PurgeReport, StorageError> {
-    let events_day = day_of(cutoffs.events);
-    let clicks_day = day_of(cutoffs.clicks);
-    // Rollups of these days are final from now on.
-    state_set(tx, "events_cutoff_day", events_day)?;
-    state_set(tx, "clicks_cutoff_day", clicks_day)?;
-    let ms = events_day * DAY_MS;
-    let mut report = PurgeReport {
-        events: tx.execute("DELETE FROM events WHERE corrected_ts < ?1", [ms]).map_err(backend)? as u64,
-        facts: tx.execute("DELETE FROM fact_events WHERE ts < ?1", [ms]).map_err(backend)? as u64,
-        sessions: tx.execute("DELETE FROM sessions WHERE end_ts < ?1", [ms]).map_err(backend)? as u64,
-        clicks: tx.execute("DELETE FROM clicks WHERE ts < ?1", [clicks_day * DAY_MS]).map_err(backend)? as u64,
-        orphans: 0,
+/// Retention, first step: from now on the rollups of days before the cut-offs are final.
+pub fn purge_begin(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Result<(), StorageError> {
+    state_set(tx, "events_cutoff_day", day_of(cutoffs.events))?;
+    state_set(tx, "clicks_cutoff_day", day_of(cutoffs.clicks))
+}
+
+/// Retention, repeated step: deletes up to `limit` facts of days before the events cut-off and
+/// their raw events (found through the facts' day index, so no step scans the events table).
+/// Returns (events, facts) deleted; fewer facts than `limit` means none is left.
+pub fn purge_events(
+    tx: &Transaction<'_>,
+    cutoffs: &RetentionCutoffs,
+    limit: usize,
+) -> Result<(u64, u64), StorageError> {
+    let rows: Vec<(i64, String, String)> = {
+        let mut stmt = tx
+            .prepare_cached("SELECT rowid, app_id, event_id FROM fact_events WHERE date_key < ?1 LIMIT ?2")
+            .map_err(backend)?;
+        stmt.query_map(params![day_of(cutoffs.events), limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(backend)?
+            .collect::<Result<_, _>>()
+            .map_err(backend)?
     };
-    // Orphans: users with no event left and no install, sessions whose events are gone, queue
-    // entries for deleted events, delivery attempts of deleted postbacks.
+    let mut events = 0;
+    for (rowid, app_id, event_id) in &rows {
+        events += tx
+            .prepare_cached("DELETE FROM events WHERE app_id = ?1 AND event_id = ?2")
+            .map_err(backend)?
+            .execute(params![app_id, event_id])
+            .map_err(backend)? as u64;
+        tx.prepare_cached("DELETE FROM fact_events WHERE rowid = ?1")
+            .map_err(backend)?
+            .execute([rowid])
+            .map_err(backend)?;
+    }
+    Ok((events, rows.len() as u64))
+}
+
+/// Retention, last step: expired clicks and impressions, and orphaned rows. The caller
+/// refreshes first, so everything deleted is rolled up.
+pub fn purge_rest(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Result<PurgeReport, StorageError> {
+    let ms = day_of(cutoffs.events) * DAY_MS;
+    let clicks_ms = day_of(cutoffs.clicks) * DAY_MS;
+    let mut report = PurgeReport {
+        clicks: tx.execute("DELETE FROM clicks WHERE ts < ?1", [clicks_ms]).map_err(backend)? as u64,
+        // A session goes with its last fact.
+        sessions: tx
+            .execute(
+                "DELETE FROM sessions WHERE NOT EXISTS (SELECT 1 FROM fact_events f
+                    WHERE f.app_id = sessions.app_id AND f.session_key = sessions.session_key)",
+                [],
+            )
+            .map_err(backend)? as u64,
+        ..Default::default()
+    };
+    // Orphans: users with no event left and no install, queue entries for deleted events,
+    // delivery attempts of deleted postbacks.
     report.orphans += tx
         .execute(
             "DELETE FROM dim_users WHERE install_ts IS NULL AND last_seen < ?1
                 AND NOT EXISTS (SELECT 1 FROM fact_events f
                                  WHERE f.app_id = dim_users.app_id AND f.anonymous_id = dim_users.anonymous_id)",
             [ms],
-        )
-        .map_err(backend)? as u64;
-    report.orphans += tx
-        .execute(
-            "DELETE FROM sessions WHERE NOT EXISTS (SELECT 1 FROM fact_events f
-                WHERE f.app_id = sessions.app_id AND f.session_key = sessions.session_key)",
-            [],
         )
         .map_err(backend)? as u64;
     report.orphans += tx
