@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: ./tests/run.sh [suite ...]
-# Suites: rust, kotlin, swift, js, browser. No suite = all of them.
+# Suites: rust, kotlin, swift, js, browser, services. No suite = all of them.
 # Benchmarks, not part of the test run: kotlin-bench, swift-bench (docs/BENCHMARKS.md).
 # Installs what it needs itself; exits non-zero when any test fails; ends with the test
 # runners' own summary lines.
@@ -12,7 +12,7 @@ export CARGO_TERM_COLOR=never
 log_dir="${TM_TEST_LOG_DIR:-$root/target/test-logs}"
 mkdir -p "$log_dir"
 
-all_suites=(rust kotlin swift js browser)
+all_suites=(rust kotlin swift js browser services)
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 tool_cache="${TM_TOOL_CACHE:-$HOME/.cache/trailmark}"
 suites=("$@")
@@ -218,6 +218,23 @@ suite_browser() {
   summary+=("dashboard: $(node_summary dashboard-test); screenshots in $log_dir/artifacts")
 }
 
+# PostgreSQL and Redis from Debian, private instances started for the run (tests/services.sh).
+suite_services() {
+  need_debs postgresql redis-server || { failed+=("services-setup"); return; }
+  step "starting private PostgreSQL and Redis"
+  local env_file="$log_dir/services.env"
+  if ! "$root/tests/services.sh" start >"$env_file"; then
+    failed+=("services-setup")
+    return
+  fi
+  # shellcheck disable=SC1090
+  . "$env_file"
+  echo "PostgreSQL $TM_POSTGRES_URL, Redis $TM_REDIS_URL"
+  run services-test env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --test storage_suite
+  summary+=("$(awk '/^test result:/{print "services storage suite (SQLite + PostgreSQL): " $0}' "$log_dir/services-test.log")")
+  "$root/tests/services.sh" stop "$TM_SERVICES_DIR"
+}
+
 for suite in "${suites[@]}"; do
   case "$suite" in
     rust) suite_rust ;;
@@ -225,6 +242,7 @@ for suite in "${suites[@]}"; do
     swift) suite_swift ;;
     js) suite_js ;;
     browser) suite_browser ;;
+    services) suite_services ;;
     kotlin-bench) suite_kotlin_bench ;;
     swift-bench) suite_swift_bench ;;
     *) echo "unknown suite '$suite' (known: ${all_suites[*]})"; exit 2 ;;

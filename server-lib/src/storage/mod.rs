@@ -17,6 +17,8 @@ use thiserror::Error;
 use tokio::sync::oneshot;
 
 mod attr;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod records;
 pub mod star;
 
