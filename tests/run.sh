@@ -233,6 +233,13 @@ suite_services() {
   run services-test env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --test storage_suite
   summary+=("$(awk '/^test result:/{print "services storage suite (SQLite + PostgreSQL): " $0}' "$log_dir/services-test.log")")
   "$root/tests/services.sh" stop "$TM_SERVICES_DIR"
+  # The ops kit: alert rules (promtool check + unit tests) and the Grafana dashboard's PromQL.
+  if need_debs prometheus; then
+    run ops-check "$root/examples/ops/check.sh"
+    summary+=("ops kit: $(grep -E '^ops kit:|unknown series' "$log_dir/ops-check.log" | paste -sd' ' || true)")
+  else
+    failed+=("ops-setup")
+  fi
 }
 
 for suite in "${suites[@]}"; do
