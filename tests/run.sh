@@ -236,7 +236,7 @@ suite_services() {
   # The ops kit: alert rules (promtool check + unit tests) and the Grafana dashboard's PromQL.
   if need_debs prometheus; then
     run ops-check "$root/examples/ops/check.sh"
-    summary+=("ops kit: $(grep -E '^ops kit:|unknown series' "$log_dir/ops-check.log" | paste -sd' ' || true)")
+    summary+=("$(grep -E "^ops kit:|unknown series" "$log_dir/ops-check.log" | paste -sd" " || true)")
   else
     failed+=("ops-setup")
   fi

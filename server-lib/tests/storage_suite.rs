@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use trailmark_server::storage::{DeletionAudit, NewEvent, Storage, Subject};
+use serde_json::json;
+use trailmark_server::storage::{
+    Campaign, ClickRecord, DeletionAudit, Destinations, LinkAudit, LinkRecord, NewEvent, Storage, Subject, Utm,
+};
 
 fn event(app: &str, id: &str, anon: &str, user: Option<&str>, device: Option<&str>, at: i64) -> NewEvent {
     NewEvent {
@@ -87,11 +90,110 @@ async fn suite(store: Arc<dyn Storage>) {
     assert_eq!(store.backlog(), 0);
 }
 
+fn link(id: &str, code: &str, enabled: bool, at: i64) -> LinkRecord {
+    LinkRecord {
+        link_id: id.into(),
+        code: code.into(),
+        campaign_id: "cmp_1".into(),
+        app_id: "a".into(),
+        network: "meta".into(),
+        utm: Utm { source: Some("meta".into()), ..Default::default() },
+        destinations: Destinations { ios: None, android: None, web: "https://shop.example/".into() },
+        deep_link: None,
+        enabled,
+        created_at: 1,
+        updated_at: at,
+    }
+}
+
+fn click(id: &str, device: Option<&str>, ts: i64) -> ClickRecord {
+    ClickRecord {
+        click_id: id.into(),
+        kind: "click".into(),
+        app_id: "a".into(),
+        link_id: "lnk_1".into(),
+        campaign_id: "cmp_1".into(),
+        ts,
+        ip_enc: Some(vec![9, 9]),
+        user_agent: Some("UA".into()),
+        os: Some("Android".into()),
+        device_id: device.map(Into::into),
+        device_kind: device.map(|_| "gaid".into()),
+        network_ids: json!({"gclid": "G-1"}),
+        sub_params: json!({"sub1": "x"}),
+        flags: 2,
+        source: "redirect".into(),
+        ..Default::default()
+    }
+}
+
+/// Campaigns, links with their audit log, and clicks.
+async fn link_suite(store: Arc<dyn Storage>) {
+    let campaign = Campaign {
+        campaign_id: "cmp_1".into(),
+        app_id: "a".into(),
+        name: "Spring".into(),
+        network: "meta".into(),
+        created_at: 1,
+    };
+    store.save_campaign(campaign.clone()).await.unwrap();
+    assert!(store.save_campaign(campaign.clone()).await.is_err(), "a campaign id is unique");
+    let audit = |action: &str, at: i64, before: Option<serde_json::Value>| LinkAudit {
+        link_id: "lnk_1".into(),
+        at,
+        actor: "admin-key".into(),
+        action: action.into(),
+        before,
+        after: json!({"at": at}),
+    };
+    store.save_link(link("lnk_1", "AbC12345", true, 1), audit("create", 1, None)).await.unwrap();
+    store
+        .save_link(
+            link("lnk_2", "ZZZ99999", true, 2),
+            LinkAudit { link_id: "lnk_2".into(), ..audit("create", 2, None) },
+        )
+        .await
+        .unwrap();
+    store
+        .save_link(link("lnk_1", "AbC12345", false, 3), audit("disable", 3, Some(json!({"enabled": true}))))
+        .await
+        .unwrap();
+    let (campaigns, links) = store.load_links().await.unwrap();
+    assert_eq!(campaigns, vec![campaign]);
+    assert_eq!(
+        links.iter().map(|l| (l.link_id.as_str(), l.enabled)).collect::<Vec<_>>(),
+        [("lnk_1", false), ("lnk_2", true)]
+    );
+    assert_eq!(links[0], link("lnk_1", "AbC12345", false, 3));
+    let log = store.link_audit("lnk_1".into()).await.unwrap();
+    assert_eq!(log.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(), ["create", "disable"]);
+    assert_eq!(log[1].before, Some(json!({"enabled": true})));
+
+    // Clicks: written behind, read back whole, found by id, deleted with their device.
+    store.record_touch(click("c1", Some("dev-1"), 100)).unwrap();
+    store.record_touch(click("c2", None, 200)).unwrap();
+    store.record_touch(click("c1", Some("dev-1"), 100)).unwrap();
+    assert_eq!(store.click_params("c2".into()).await.unwrap(), Some((json!({"gclid": "G-1"}), json!({"sub1": "x"}))));
+    assert_eq!(store.click_params("nope".into()).await.unwrap(), None);
+    let touches = store.load_touches(0).await.unwrap();
+    assert_eq!(touches, vec![click("c1", Some("dev-1"), 100), click("c2", None, 200)]);
+    assert_eq!(store.load_touches(150).await.unwrap().len(), 1);
+    let report = store.delete_subject(Subject::DeviceId("DEV-1".into()), audit_of("device_id")).await.unwrap();
+    assert!(report.click_ids.contains(&"c1".to_owned()), "{report:?}");
+    assert_eq!(store.load_touches(0).await.unwrap().len(), 1);
+}
+
+fn audit_of(kind: &'static str) -> DeletionAudit {
+    audit(kind)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_passes_the_storage_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = trailmark_server::SqliteStorage::open(dir.path().join("s.db"), Default::default(), 64, 1000).unwrap();
-    suite(Arc::new(store)).await;
+    let store =
+        Arc::new(trailmark_server::SqliteStorage::open(dir.path().join("s.db"), Default::default(), 64, 1000).unwrap());
+    suite(store.clone()).await;
+    link_suite(store).await;
 }
 
 #[cfg(feature = "postgres")]
@@ -108,5 +210,7 @@ async fn postgres_passes_the_storage_suite() {
     // A second instance on the migrated schema applies nothing and starts.
     let again = trailmark_server::storage::postgres::PostgresStorage::connect(&url, 2, Some(&schema));
     again.await.unwrap();
-    suite(Arc::new(store)).await;
+    let store = Arc::new(store);
+    suite(store.clone()).await;
+    link_suite(store).await;
 }

@@ -1,10 +1,12 @@
 //! PostgreSQL storage (feature `postgres`): `tokio-postgres` with a `deadpool` pool, for several
 //! stateless server instances sharing one database.
 //!
-//! This first step covers the event path: the schema and its migrations, ingest with dedup
-//! (`(app_id, event_id)`), the event inspector and `/v1/user/delete` with its audit record. The
-//! attribution and report methods still answer [`StorageError::Unsupported`] here (issue 8
-//! continues); the storage conformance suite (`tests/storage_suite.rs`) runs against both stores.
+//! So far it covers the event path (ingest with dedup on `(app_id, event_id)`, the event
+//! inspector, `/v1/user/delete` with its audit record), campaigns, links and their audit log,
+//! and clicks (written behind their redirect by one task, in batches). Installs, touchpoints,
+//! conversions, postbacks and the report tables still answer [`StorageError::Unsupported`] here
+//! (issue 8 continues); the storage conformance suite (`tests/storage_suite.rs`) runs against
+//! both stores.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -12,13 +14,20 @@ use std::str::FromStr;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use super::{DeleteReport, DeletionAudit, NewEvent, Storage, StorageError, StorageFuture, Subject};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Campaign, ClickRecord, DeleteReport, DeletionAudit, LinkAudit, LinkRecord, NewEvent, Storage, StorageError,
+    StorageFuture, Subject,
+};
 
 /// Migrations, applied in order inside one transaction under an advisory lock, so instances
 /// starting together do not race.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE events (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE events (
          app_id TEXT NOT NULL,
          event_id TEXT NOT NULL,
          type TEXT NOT NULL,
@@ -47,12 +56,71 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          requested_at BIGINT NOT NULL,
          requested_by TEXT NOT NULL
      );",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE campaigns (
+             campaign_id TEXT PRIMARY KEY,
+             app_id TEXT NOT NULL,
+             name TEXT NOT NULL,
+             network TEXT NOT NULL,
+             created_at BIGINT NOT NULL
+         );
+         CREATE TABLE links (
+             link_id TEXT PRIMARY KEY,
+             code TEXT NOT NULL UNIQUE,
+             campaign_id TEXT NOT NULL REFERENCES campaigns (campaign_id),
+             enabled BOOLEAN NOT NULL,
+             record TEXT NOT NULL,
+             updated_at BIGINT NOT NULL,
+             seq BIGSERIAL
+         );
+         CREATE TABLE link_audit (
+             id BIGSERIAL PRIMARY KEY,
+             link_id TEXT NOT NULL,
+             at BIGINT NOT NULL,
+             actor TEXT NOT NULL,
+             action TEXT NOT NULL,
+             before TEXT,
+             after TEXT NOT NULL
+         );
+         CREATE INDEX link_audit_link ON link_audit (link_id, id);
+         CREATE TABLE clicks (
+             click_id TEXT PRIMARY KEY,
+             kind TEXT NOT NULL,
+             app_id TEXT NOT NULL,
+             link_id TEXT NOT NULL,
+             campaign_id TEXT NOT NULL,
+             ts BIGINT NOT NULL,
+             ip_enc BYTEA,
+             user_agent TEXT,
+             referrer TEXT,
+             accept_language TEXT,
+             os TEXT,
+             os_version TEXT,
+             model TEXT,
+             locale TEXT,
+             timezone TEXT,
+             screen TEXT,
+             device_id TEXT,
+             device_kind TEXT,
+             network_ids TEXT NOT NULL,
+             sub_params TEXT NOT NULL,
+             flags SMALLINT NOT NULL,
+             source TEXT NOT NULL,
+             seq BIGSERIAL
+         );
+         CREATE INDEX clicks_ts ON clicks (ts);
+         CREATE INDEX clicks_device ON clicks (device_id) WHERE device_id IS NOT NULL;",
+    ),
+];
 
 /// Tables of the PostgreSQL schema that hold per-subject rows (the same rule as SQLite's
 /// [`super::SUBJECT_TABLES`]).
-pub const PG_SUBJECT_TABLES: &[(&str, &[(&str, &str)])] =
-    &[("events", &[("user_id", "user_id"), ("anonymous_id", "anonymous_id"), ("device_id", "device_id")])];
+pub const PG_SUBJECT_TABLES: &[(&str, &[(&str, &str)])] = &[
+    ("events", &[("user_id", "user_id"), ("anonymous_id", "anonymous_id"), ("device_id", "device_id")]),
+    ("clicks", &[("device_id", "device_id")]),
+];
 
 fn backend(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(e.to_string())
@@ -65,9 +133,20 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StorageError {
     }
 }
 
+/// Most clicks waiting for the click writer; past it a click stays in the index only (`Busy`).
+const CLICK_QUEUE: usize = 100_000;
+
+enum ClickJob {
+    Click(Box<ClickRecord>),
+    /// Answered once every click queued before it is committed.
+    Barrier(oneshot::Sender<()>),
+}
+
 /// The PostgreSQL store.
 pub struct PostgresStorage {
     pool: Pool,
+    /// Clicks are written behind their redirect by one task, in batches.
+    clicks: mpsc::Sender<ClickJob>,
 }
 
 impl PostgresStorage {
@@ -95,8 +174,10 @@ impl PostgresStorage {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(backend)?;
-        let store = PostgresStorage { pool };
+        let (clicks, queue) = mpsc::channel(CLICK_QUEUE);
+        let store = PostgresStorage { pool: pool.clone(), clicks };
         store.migrate().await?;
+        tokio::spawn(click_writer(pool, queue));
         Ok(store)
     }
 
@@ -131,6 +212,118 @@ impl PostgresStorage {
         }
         tx.commit().await.map_err(backend)
     }
+}
+
+const CLICK_COLUMNS: &str = "click_id, kind, app_id, link_id, campaign_id, ts, ip_enc, user_agent, referrer, \
+    accept_language, os, os_version, model, locale, timezone, screen, device_id, device_kind, network_ids, sub_params, \
+    flags, source";
+
+/// Takes every queued click, writes them in one transaction, answers barriers; a failed batch
+/// is logged and counted (the clicks stay in the index, as with SQLite's write-behind).
+async fn click_writer(pool: Pool, mut queue: mpsc::Receiver<ClickJob>) {
+    while let Some(first) = queue.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < 1000 {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let clicks: Vec<&ClickRecord> = jobs
+            .iter()
+            .filter_map(|j| match j {
+                ClickJob::Click(c) => Some(&**c),
+                ClickJob::Barrier(_) => None,
+            })
+            .collect();
+        if !clicks.is_empty()
+            && let Err(e) = insert_clicks(&pool, &clicks).await
+        {
+            metrics::counter!("trailmark_clicks_unpersisted_total").increment(clicks.len() as u64);
+            tracing::error!(error = %e, clicks = clicks.len(), "click batch not stored");
+        }
+        for job in jobs {
+            if let ClickJob::Barrier(done) = job {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+async fn insert_clicks(pool: &Pool, clicks: &[&ClickRecord]) -> Result<(), StorageError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let stmt = tx
+        .prepare_cached(&format!(
+            "INSERT INTO clicks ({CLICK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                 $15, $16, $17, $18, $19, $20, $21, $22) ON CONFLICT (click_id) DO NOTHING"
+        ))
+        .await
+        .map_err(backend)?;
+    for c in clicks {
+        let flags = i16::from(c.flags);
+        tx.execute(
+            &stmt,
+            &[
+                &c.click_id,
+                &c.kind,
+                &c.app_id,
+                &c.link_id,
+                &c.campaign_id,
+                &c.ts,
+                &c.ip_enc,
+                &c.user_agent,
+                &c.referrer,
+                &c.accept_language,
+                &c.os,
+                &c.os_version,
+                &c.model,
+                &c.locale,
+                &c.timezone,
+                &c.screen,
+                &c.device_id,
+                &c.device_kind,
+                &c.network_ids.to_string(),
+                &c.sub_params.to_string(),
+                &flags,
+                &c.source,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)
+}
+
+fn json(text: &str) -> Result<Value, StorageError> {
+    serde_json::from_str(text).map_err(|e| StorageError::Backend(format!("stored JSON: {e}")))
+}
+
+fn click_row(r: &tokio_postgres::Row) -> Result<ClickRecord, StorageError> {
+    Ok(ClickRecord {
+        click_id: r.get(0),
+        kind: r.get(1),
+        app_id: r.get(2),
+        link_id: r.get(3),
+        campaign_id: r.get(4),
+        ts: r.get(5),
+        ip_enc: r.get(6),
+        user_agent: r.get(7),
+        referrer: r.get(8),
+        accept_language: r.get(9),
+        os: r.get(10),
+        os_version: r.get(11),
+        model: r.get(12),
+        locale: r.get(13),
+        timezone: r.get(14),
+        screen: r.get(15),
+        device_id: r.get(16),
+        device_kind: r.get(17),
+        network_ids: json(r.get(18))?,
+        sub_params: json(r.get(19))?,
+        flags: r.get::<_, i16>(20) as u8,
+        source: r.get(21),
+    })
 }
 
 const EVENT_COLUMNS: &str = "app_id, event_id, type, anonymous_id, user_id, device_id, session_id, client_ts, \
@@ -232,12 +425,26 @@ impl Storage for PostgresStorage {
             let mut report = DeleteReport::default();
             for (table, columns) in PG_SUBJECT_TABLES {
                 for (kind, column) in *columns {
-                    if *kind == subject.kind() {
-                        report.rows += tx
-                            .execute(&format!("DELETE FROM {table} WHERE {column} IN ($1, lower($1))"), &[&value])
+                    if *kind != subject.kind() {
+                        continue;
+                    }
+                    if *table == "clicks" {
+                        // The index forgets deleted clicks too.
+                        let gone = tx
+                            .query(
+                                "DELETE FROM clicks WHERE device_id IN ($1, lower($1)) RETURNING click_id",
+                                &[&value],
+                            )
                             .await
                             .map_err(backend)?;
+                        report.rows += gone.len() as u64;
+                        report.click_ids.extend(gone.iter().map(|r| r.get::<_, String>(0)));
+                        continue;
                     }
+                    report.rows += tx
+                        .execute(&format!("DELETE FROM {table} WHERE {column} IN ($1, lower($1))"), &[&value])
+                        .await
+                        .map_err(backend)?;
                 }
                 if columns.iter().any(|(kind, _)| *kind == "anonymous_id") {
                     for (app, anon) in &anonymous_ids {
@@ -272,6 +479,133 @@ impl Storage for PostgresStorage {
 
     fn backlog(&self) -> usize {
         self.pool.status().waiting
+    }
+
+    fn save_campaign(&self, c: Campaign) -> StorageFuture<'_, ()> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            client
+                .execute(
+                    "INSERT INTO campaigns (campaign_id, app_id, name, network, created_at) VALUES ($1, $2, $3, $4, $5)",
+                    &[&c.campaign_id, &c.app_id, &c.name, &c.network, &c.created_at],
+                )
+                .await
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn save_link(&self, link: LinkRecord, audit: LinkAudit) -> StorageFuture<'_, ()> {
+        Box::pin(async move {
+            let record = serde_json::to_string(&link).map_err(backend)?;
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            tx.execute(
+                "INSERT INTO links (link_id, code, campaign_id, enabled, record, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (link_id) DO UPDATE SET enabled = excluded.enabled, record = excluded.record,
+                     updated_at = excluded.updated_at",
+                &[&link.link_id, &link.code, &link.campaign_id, &link.enabled, &record, &link.updated_at],
+            )
+            .await
+            .map_err(backend)?;
+            tx.execute(
+                "INSERT INTO link_audit (link_id, at, actor, action, before, after) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &audit.link_id,
+                    &audit.at,
+                    &audit.actor,
+                    &audit.action,
+                    &audit.before.as_ref().map(Value::to_string),
+                    &audit.after.to_string(),
+                ],
+            )
+            .await
+            .map_err(backend)?;
+            tx.commit().await.map_err(backend)
+        })
+    }
+
+    fn load_links(&self) -> StorageFuture<'_, (Vec<Campaign>, Vec<LinkRecord>)> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let campaigns = client
+                .query("SELECT campaign_id, app_id, name, network, created_at FROM campaigns ORDER BY created_at, campaign_id", &[])
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|r| Campaign {
+                    campaign_id: r.get(0),
+                    app_id: r.get(1),
+                    name: r.get(2),
+                    network: r.get(3),
+                    created_at: r.get(4),
+                })
+                .collect();
+            let mut links = Vec::new();
+            for r in client.query("SELECT record FROM links ORDER BY seq", &[]).await.map_err(backend)? {
+                links.push(serde_json::from_str(r.get(0)).map_err(backend)?);
+            }
+            Ok((campaigns, links))
+        })
+    }
+
+    fn link_audit(&self, link_id: String) -> StorageFuture<'_, Vec<LinkAudit>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let rows = client
+                .query(
+                    "SELECT link_id, at, actor, action, before, after FROM link_audit WHERE link_id = $1 ORDER BY id",
+                    &[&link_id],
+                )
+                .await
+                .map_err(backend)?;
+            rows.iter()
+                .map(|r| {
+                    Ok(LinkAudit {
+                        link_id: r.get(0),
+                        at: r.get(1),
+                        actor: r.get(2),
+                        action: r.get(3),
+                        before: r.get::<_, Option<&str>>(4).map(json).transpose()?,
+                        after: json(r.get(5))?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn record_touch(&self, touch: ClickRecord) -> Result<(), StorageError> {
+        self.clicks.try_send(ClickJob::Click(Box::new(touch))).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StorageError::Busy,
+            mpsc::error::TrySendError::Closed(_) => StorageError::Backend("click writer stopped".into()),
+        })
+    }
+
+    fn load_touches(&self, since: i64) -> StorageFuture<'_, Vec<ClickRecord>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let rows = client
+                .query(&format!("SELECT {CLICK_COLUMNS} FROM clicks WHERE ts >= $1 ORDER BY ts, seq"), &[&since])
+                .await
+                .map_err(backend)?;
+            rows.iter().map(click_row).collect()
+        })
+    }
+
+    fn click_params(&self, click_id: String) -> StorageFuture<'_, Option<(Value, Value)>> {
+        Box::pin(async move {
+            // Clicks are written behind their redirect: wait for those queued before this call.
+            let (done, wait) = oneshot::channel();
+            if self.clicks.send(ClickJob::Barrier(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_opt("SELECT network_ids, sub_params FROM clicks WHERE click_id = $1", &[&click_id])
+                .await
+                .map_err(backend)?;
+            row.map(|r| Ok((json(r.get(0))?, json(r.get(1))?))).transpose()
+        })
     }
 
     fn recent_events(
