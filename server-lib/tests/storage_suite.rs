@@ -5,8 +5,10 @@
 use std::sync::Arc;
 
 use serde_json::json;
+use trailmark_core::protocol::{AttributionResult, MatchType};
 use trailmark_server::storage::{
-    Campaign, ClickRecord, DeletionAudit, Destinations, LinkAudit, LinkRecord, NewEvent, Storage, Subject, Utm,
+    Campaign, ClickRecord, DeletionAudit, Destinations, DeviceKeys, FraudAlert, InstallRecord, LinkAudit, LinkRecord,
+    NewEvent, PostbackRecord, Storage, Subject, Touchpoint, Utm,
 };
 
 fn event(app: &str, id: &str, anon: &str, user: Option<&str>, device: Option<&str>, at: i64) -> NewEvent {
@@ -183,6 +185,97 @@ async fn link_suite(store: Arc<dyn Storage>) {
     assert_eq!(store.load_touches(0).await.unwrap().len(), 1);
 }
 
+fn install(event_id: &str, anon: &str, gaid: Option<&str>, ts: i64, kind: &str, click: Option<&str>) -> InstallRecord {
+    let mut result = AttributionResult::organic(Default::default());
+    if let Some(c) = click {
+        result.attributed = true;
+        result.match_type = MatchType::DeviceId;
+        result.confidence = 1.0;
+        result.campaign_id = Some("cmp_1".into());
+        result.link_id = Some("lnk_1".into());
+        result.click_id = Some(c.into());
+        result.network = Some("meta".into());
+    }
+    InstallRecord {
+        app_id: "a".into(),
+        event_id: event_id.into(),
+        anonymous_id: anon.into(),
+        platform: "android".into(),
+        idfa: None,
+        idfv: None,
+        gaid: gaid.map(Into::into),
+        android_id: None,
+        install_ts: ts,
+        received_at: ts,
+        kind: kind.into(),
+        result,
+        audit: json!({"candidates": []}),
+        ip_enc: None,
+    }
+}
+
+/// Installs with their touchpoint, alert and postbacks; lookups; the burst baseline; deletion.
+async fn install_suite(store: Arc<dyn Storage>) {
+    const HOUR: i64 = 3_600_000;
+    store.record_touch(click("c9", Some("gaid-9"), 5 * HOUR)).unwrap();
+    let first = install("i1", "anon-9", Some("gaid-9"), 5 * HOUR + 60_000, "install", Some("c9"));
+    let touchpoint = Touchpoint {
+        app_id: "a".into(),
+        anonymous_id: "anon-9".into(),
+        ts: 5 * HOUR,
+        click_id: "c9".into(),
+        link_id: "lnk_1".into(),
+        campaign_id: "cmp_1".into(),
+        network: "meta".into(),
+        kind: "install".into(),
+        source_event_id: "i1".into(),
+    };
+    let alert = FraudAlert {
+        rule: "install_burst".into(),
+        app_id: "a".into(),
+        campaign_id: "cmp_1".into(),
+        at: 5 * HOUR,
+        detail: json!({"installs": 9}),
+    };
+    let postback = PostbackRecord {
+        app_id: "a".into(),
+        anonymous_id: "anon-9".into(),
+        event_id: "i1".into(),
+        network: "meta".into(),
+        event: "install".into(),
+        url: "https://pb.example/?c=c9".into(),
+        created_at: 5 * HOUR,
+    };
+    let ids = store
+        .save_install(first.clone(), Some(touchpoint.clone()), Some(alert), vec![postback.clone(), postback])
+        .await
+        .unwrap()
+        .expect("new");
+    assert_eq!(ids.len(), 2);
+    assert!(ids[1] > ids[0]);
+    // The same install again (a retry, or another instance): nothing is written.
+    assert_eq!(store.save_install(first.clone(), Some(touchpoint), None, Vec::new()).await.unwrap(), None);
+    assert_eq!(store.install_by_event(Some("a".into()), "i1".into()).await.unwrap(), Some(first.clone()));
+    assert_eq!(store.install_by_event(None, "i1".into()).await.unwrap(), Some(first.clone()));
+    assert_eq!(store.install_by_event(Some("b".into()), "i1".into()).await.unwrap(), None);
+    // A reinstall is not a counted install; the latest counted one is found by any key.
+    let again = install("i2", "anon-10", Some("gaid-9"), 9 * HOUR, "reinstall", None);
+    store.save_install(again, None, None, Vec::new()).await.unwrap().expect("new");
+    let keys = DeviceKeys { anonymous_id: "anon-new".into(), gaid: Some("gaid-9".into()), ..Default::default() };
+    assert_eq!(store.last_install("a".into(), keys.clone()).await.unwrap(), Some(first.clone()));
+    let (done, last) = store.install_lookup("a".into(), "i3".into(), keys).await.unwrap();
+    assert_eq!((done, last), (None, Some(first.clone())));
+    let (done, _) = store.install_lookup("a".into(), "i2".into(), DeviceKeys::default()).await.unwrap();
+    assert_eq!(done.map(|d| d.kind), Some("reinstall".into()));
+    assert_eq!(store.install_counts(0).await.unwrap(), vec![("cmp_1".to_owned(), 5 * HOUR, 1)]);
+    // Deleting the device: its installs, and the click its install was matched to.
+    let report = store.delete_subject(Subject::DeviceId("GAID-9".into()), audit("device_id")).await.unwrap();
+    assert!(report.click_ids.contains(&"c9".to_owned()), "{report:?}");
+    assert_eq!(store.install_by_event(None, "i1".into()).await.unwrap(), None);
+    assert_eq!(store.install_by_event(None, "i2".into()).await.unwrap(), None);
+    assert!(report.rows >= 6, "2 installs, a touchpoint, 2 postbacks, a click: {report:?}");
+}
+
 fn audit_of(kind: &'static str) -> DeletionAudit {
     audit(kind)
 }
@@ -193,7 +286,8 @@ async fn sqlite_passes_the_storage_suite() {
     let store =
         Arc::new(trailmark_server::SqliteStorage::open(dir.path().join("s.db"), Default::default(), 64, 1000).unwrap());
     suite(store.clone()).await;
-    link_suite(store).await;
+    link_suite(store.clone()).await;
+    install_suite(store).await;
 }
 
 #[cfg(feature = "postgres")]
@@ -212,5 +306,6 @@ async fn postgres_passes_the_storage_suite() {
     again.await.unwrap();
     let store = Arc::new(store);
     suite(store.clone()).await;
-    link_suite(store).await;
+    link_suite(store.clone()).await;
+    install_suite(store).await;
 }

@@ -3,8 +3,9 @@
 //!
 //! So far it covers the event path (ingest with dedup on `(app_id, event_id)`, the event
 //! inspector, `/v1/user/delete` with its audit record), campaigns, links and their audit log,
-//! and clicks (written behind their redirect by one task, in batches). Installs, touchpoints,
-//! conversions, postbacks and the report tables still answer [`StorageError::Unsupported`] here
+//! clicks (written behind their redirect by one task, in batches), and installs with their
+//! touchpoint, fraud alert and postbacks. Re-engagements, conversions, postback delivery and
+//! the report tables still answer [`StorageError::Unsupported`] here
 //! (issue 8 continues); the storage conformance suite (`tests/storage_suite.rs`) runs against
 //! both stores.
 
@@ -18,8 +19,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Campaign, ClickRecord, DeleteReport, DeletionAudit, LinkAudit, LinkRecord, NewEvent, Storage, StorageError,
-    StorageFuture, Subject,
+    Campaign, ClickRecord, DeleteReport, DeletionAudit, DeviceKeys, FraudAlert, InstallRecord, LinkAudit, LinkRecord,
+    NewEvent, PostbackRecord, Storage, StorageError, StorageFuture, Subject, Touchpoint,
 };
 
 /// Migrations, applied in order inside one transaction under an advisory lock, so instances
@@ -113,6 +114,78 @@ const MIGRATIONS: &[(i32, &str)] = &[
          CREATE INDEX clicks_ts ON clicks (ts);
          CREATE INDEX clicks_device ON clicks (device_id) WHERE device_id IS NOT NULL;",
     ),
+    (
+        3,
+        "CREATE TABLE installs (
+             app_id TEXT NOT NULL,
+             event_id TEXT NOT NULL,
+             anonymous_id TEXT NOT NULL,
+             platform TEXT NOT NULL,
+             idfa TEXT,
+             idfv TEXT,
+             gaid TEXT,
+             android_id TEXT,
+             install_ts BIGINT NOT NULL,
+             received_at BIGINT NOT NULL,
+             kind TEXT NOT NULL,
+             match_type TEXT NOT NULL,
+             campaign_id TEXT,
+             link_id TEXT,
+             click_id TEXT,
+             network TEXT,
+             rejected BOOLEAN NOT NULL,
+             result TEXT NOT NULL,
+             audit TEXT NOT NULL,
+             ip_enc BYTEA,
+             PRIMARY KEY (app_id, event_id)
+         );
+         CREATE INDEX installs_event ON installs (event_id);
+         CREATE INDEX installs_anonymous_id ON installs (app_id, anonymous_id);
+         CREATE INDEX installs_idfa ON installs (app_id, idfa) WHERE idfa IS NOT NULL;
+         CREATE INDEX installs_idfv ON installs (app_id, idfv) WHERE idfv IS NOT NULL;
+         CREATE INDEX installs_gaid ON installs (app_id, gaid) WHERE gaid IS NOT NULL;
+         CREATE INDEX installs_android_id ON installs (app_id, android_id) WHERE android_id IS NOT NULL;
+         CREATE INDEX installs_campaign ON installs (campaign_id, install_ts) WHERE campaign_id IS NOT NULL;
+         CREATE TABLE touchpoints (
+             id BIGSERIAL PRIMARY KEY,
+             app_id TEXT NOT NULL,
+             anonymous_id TEXT NOT NULL,
+             ts BIGINT NOT NULL,
+             click_id TEXT NOT NULL,
+             link_id TEXT NOT NULL,
+             campaign_id TEXT NOT NULL,
+             network TEXT NOT NULL,
+             kind TEXT NOT NULL,
+             source_event_id TEXT NOT NULL,
+             UNIQUE (app_id, anonymous_id, click_id, kind)
+         );
+         CREATE INDEX touchpoints_device ON touchpoints (app_id, anonymous_id, ts);
+         CREATE TABLE fraud_alerts (
+             id BIGSERIAL PRIMARY KEY,
+             rule TEXT NOT NULL,
+             app_id TEXT NOT NULL,
+             campaign_id TEXT NOT NULL,
+             at BIGINT NOT NULL,
+             detail TEXT NOT NULL
+         );
+         CREATE TABLE postbacks (
+             id BIGSERIAL PRIMARY KEY,
+             app_id TEXT NOT NULL,
+             anonymous_id TEXT NOT NULL,
+             event_id TEXT NOT NULL,
+             network TEXT NOT NULL,
+             event TEXT NOT NULL,
+             url TEXT NOT NULL,
+             state TEXT NOT NULL,
+             attempts INTEGER NOT NULL,
+             last_status INTEGER,
+             last_error TEXT,
+             created_at BIGINT NOT NULL,
+             updated_at BIGINT NOT NULL
+         );
+         CREATE INDEX postbacks_pending ON postbacks (state) WHERE state = 'pending';
+         CREATE INDEX postbacks_anonymous_id ON postbacks (app_id, anonymous_id);",
+    ),
 ];
 
 /// Tables of the PostgreSQL schema that hold per-subject rows (the same rule as SQLite's
@@ -120,6 +193,18 @@ const MIGRATIONS: &[(i32, &str)] = &[
 pub const PG_SUBJECT_TABLES: &[(&str, &[(&str, &str)])] = &[
     ("events", &[("user_id", "user_id"), ("anonymous_id", "anonymous_id"), ("device_id", "device_id")]),
     ("clicks", &[("device_id", "device_id")]),
+    (
+        "installs",
+        &[
+            ("anonymous_id", "anonymous_id"),
+            ("device_id", "idfa"),
+            ("device_id", "idfv"),
+            ("device_id", "gaid"),
+            ("device_id", "android_id"),
+        ],
+    ),
+    ("touchpoints", &[("anonymous_id", "anonymous_id")]),
+    ("postbacks", &[("anonymous_id", "anonymous_id")]),
 ];
 
 fn backend(e: impl std::fmt::Display) -> StorageError {
@@ -326,6 +411,101 @@ fn click_row(r: &tokio_postgres::Row) -> Result<ClickRecord, StorageError> {
     })
 }
 
+const INSTALL_COLUMNS: &str = "app_id, event_id, anonymous_id, platform, idfa, idfv, gaid, android_id, install_ts, \
+    received_at, kind, result, audit, ip_enc";
+
+fn install_row(r: &tokio_postgres::Row) -> Result<InstallRecord, StorageError> {
+    Ok(InstallRecord {
+        app_id: r.get(0),
+        event_id: r.get(1),
+        anonymous_id: r.get(2),
+        platform: r.get(3),
+        idfa: r.get(4),
+        idfv: r.get(5),
+        gaid: r.get(6),
+        android_id: r.get(7),
+        install_ts: r.get(8),
+        received_at: r.get(9),
+        kind: r.get(10),
+        result: serde_json::from_str(r.get(11)).map_err(backend)?,
+        audit: json(r.get(12))?,
+        ip_enc: r.get(13),
+    })
+}
+
+async fn install_by_event(
+    client: &deadpool_postgres::Client,
+    app_id: Option<&str>,
+    event_id: &str,
+) -> Result<Option<InstallRecord>, StorageError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {INSTALL_COLUMNS} FROM installs WHERE event_id = $1 AND ($2::text IS NULL OR app_id = $2)
+                  ORDER BY received_at LIMIT 1"
+            ),
+            &[&event_id, &app_id],
+        )
+        .await
+        .map_err(backend)?;
+    row.as_ref().map(install_row).transpose()
+}
+
+/// The device's latest install that counted as new (`kind = 'install'`), by any of its keys.
+async fn last_install(
+    client: &deadpool_postgres::Client,
+    app_id: &str,
+    keys: &DeviceKeys,
+) -> Result<Option<InstallRecord>, StorageError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {INSTALL_COLUMNS} FROM installs WHERE app_id = $1 AND kind = 'install' AND (anonymous_id = $2
+                    OR idfa = $3 OR idfv = $4 OR gaid = $5 OR android_id = $6)
+                  ORDER BY install_ts DESC LIMIT 1"
+            ),
+            &[&app_id, &keys.anonymous_id, &keys.idfa, &keys.idfv, &keys.gaid, &keys.android_id],
+        )
+        .await
+        .map_err(backend)?;
+    row.as_ref().map(install_row).transpose()
+}
+
+async fn insert_touchpoint(tx: &deadpool_postgres::Transaction<'_>, t: &Touchpoint) -> Result<bool, StorageError> {
+    let n = tx
+        .execute(
+            "INSERT INTO touchpoints (app_id, anonymous_id, ts, click_id, link_id, campaign_id, network, kind,
+                 source_event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (app_id, anonymous_id, click_id, kind) DO NOTHING",
+            &[
+                &t.app_id,
+                &t.anonymous_id,
+                &t.ts,
+                &t.click_id,
+                &t.link_id,
+                &t.campaign_id,
+                &t.network,
+                &t.kind,
+                &t.source_event_id,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(n == 1)
+}
+
+async fn insert_postback(tx: &deadpool_postgres::Transaction<'_>, p: &PostbackRecord) -> Result<i64, StorageError> {
+    let row = tx
+        .query_one(
+            "INSERT INTO postbacks (app_id, anonymous_id, event_id, network, event, url, state, attempts, created_at,
+                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7) RETURNING id",
+            &[&p.app_id, &p.anonymous_id, &p.event_id, &p.network, &p.event, &p.url, &p.created_at],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(row.get(0))
+}
+
 const EVENT_COLUMNS: &str = "app_id, event_id, type, anonymous_id, user_id, device_id, session_id, client_ts, \
     corrected_ts, received_at, properties, context, enrichment";
 
@@ -411,9 +591,11 @@ impl Storage for PostgresStorage {
             let tx = client.transaction().await.map_err(backend)?;
             let expansion = match subject {
                 Subject::UserId(_) => Some("SELECT DISTINCT app_id, anonymous_id FROM events WHERE user_id = $1"),
-                Subject::DeviceId(_) => {
-                    Some("SELECT DISTINCT app_id, anonymous_id FROM events WHERE device_id IN ($1, lower($1))")
-                }
+                Subject::DeviceId(_) => Some(
+                    "SELECT DISTINCT app_id, anonymous_id FROM events WHERE device_id IN ($1, lower($1))
+                     UNION SELECT app_id, anonymous_id FROM installs
+                      WHERE idfa = lower($1) OR idfv = lower($1) OR gaid = lower($1) OR android_id = lower($1)",
+                ),
                 Subject::AnonymousId(_) => None,
             };
             let value = subject.value().to_owned();
@@ -423,6 +605,28 @@ impl Storage for PostgresStorage {
                     tx.query(sql, &[&value]).await.map_err(backend)?.iter().map(|r| (r.get(0), r.get(1))).collect();
             }
             let mut report = DeleteReport::default();
+            // Clicks tied to the subject through its installs and touchpoints go first.
+            let mut linked: Vec<(Option<String>, String)> =
+                anonymous_ids.iter().map(|(app, anon)| (Some(app.clone()), anon.clone())).collect();
+            if let Subject::AnonymousId(anon) = &subject {
+                linked.push((None, anon.clone()));
+            }
+            for (app, anon) in &linked {
+                let gone = tx
+                    .query(
+                        "DELETE FROM clicks WHERE click_id IN (
+                             SELECT click_id FROM installs
+                              WHERE anonymous_id = $1 AND ($2::text IS NULL OR app_id = $2) AND click_id IS NOT NULL
+                             UNION SELECT click_id FROM touchpoints
+                              WHERE anonymous_id = $1 AND ($2::text IS NULL OR app_id = $2))
+                         RETURNING click_id",
+                        &[anon, app],
+                    )
+                    .await
+                    .map_err(backend)?;
+                report.rows += gone.len() as u64;
+                report.click_ids.extend(gone.iter().map(|r| r.get::<_, String>(0)));
+            }
             for (table, columns) in PG_SUBJECT_TABLES {
                 for (kind, column) in *columns {
                     if *kind != subject.kind() {
@@ -571,6 +775,120 @@ impl Storage for PostgresStorage {
                     })
                 })
                 .collect()
+        })
+    }
+
+    fn install_by_event(&self, app_id: Option<String>, event_id: String) -> StorageFuture<'_, Option<InstallRecord>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            install_by_event(&client, app_id.as_deref(), &event_id).await
+        })
+    }
+
+    fn last_install(&self, app_id: String, keys: DeviceKeys) -> StorageFuture<'_, Option<InstallRecord>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            last_install(&client, &app_id, &keys).await
+        })
+    }
+
+    fn install_lookup(
+        &self,
+        app_id: String,
+        event_id: String,
+        keys: DeviceKeys,
+    ) -> StorageFuture<'_, (Option<InstallRecord>, Option<InstallRecord>)> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            if let Some(done) = install_by_event(&client, Some(&app_id), &event_id).await? {
+                return Ok((Some(done), None));
+            }
+            Ok((None, last_install(&client, &app_id, &keys).await?))
+        })
+    }
+
+    fn save_install(
+        &self,
+        i: InstallRecord,
+        touchpoint: Option<Touchpoint>,
+        alert: Option<FraudAlert>,
+        postbacks: Vec<PostbackRecord>,
+    ) -> StorageFuture<'_, Option<Vec<i64>>> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let r = &i.result;
+            let result = serde_json::to_string(r).map_err(backend)?;
+            let changed = tx
+                .execute(
+                    "INSERT INTO installs (app_id, event_id, anonymous_id, platform, idfa, idfv, gaid, android_id,
+                         install_ts, received_at, kind, match_type, campaign_id, link_id, click_id, network, rejected,
+                         result, audit, ip_enc)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                     ON CONFLICT (app_id, event_id) DO NOTHING",
+                    &[
+                        &i.app_id,
+                        &i.event_id,
+                        &i.anonymous_id,
+                        &i.platform,
+                        &i.idfa,
+                        &i.idfv,
+                        &i.gaid,
+                        &i.android_id,
+                        &i.install_ts,
+                        &i.received_at,
+                        &i.kind,
+                        &r.match_type.as_str(),
+                        &r.campaign_id,
+                        &r.link_id,
+                        &r.click_id,
+                        &r.network,
+                        &r.fraud.rejected,
+                        &result,
+                        &i.audit.to_string(),
+                        &i.ip_enc,
+                    ],
+                )
+                .await
+                .map_err(backend)?;
+            // Another instance stored this install first: nothing is written.
+            if changed == 0 {
+                return Ok(None);
+            }
+            if let Some(t) = &touchpoint {
+                insert_touchpoint(&tx, t).await?;
+            }
+            if let Some(a) = &alert {
+                tx.execute(
+                    "INSERT INTO fraud_alerts (rule, app_id, campaign_id, at, detail) VALUES ($1, $2, $3, $4, $5)",
+                    &[&a.rule, &a.app_id, &a.campaign_id, &a.at, &a.detail.to_string()],
+                )
+                .await
+                .map_err(backend)?;
+            }
+            let mut ids = Vec::with_capacity(postbacks.len());
+            for p in &postbacks {
+                ids.push(insert_postback(&tx, p).await?);
+            }
+            tx.commit().await.map_err(backend)?;
+            Ok(Some(ids))
+        })
+    }
+
+    fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<(String, i64, u32)>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let hour = crate::attribution::HOUR;
+            let rows = client
+                .query(
+                    "SELECT campaign_id, (install_ts / $2) * $2 AS hour, COUNT(*) FROM installs
+                      WHERE campaign_id IS NOT NULL AND install_ts >= $1 AND kind = 'install' AND NOT rejected
+                      GROUP BY campaign_id, hour ORDER BY hour",
+                    &[&since, &hour],
+                )
+                .await
+                .map_err(backend)?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u32)).collect())
         })
     }
 
