@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use serde_json::json;
 use trailmark_core::protocol::{AttributionResult, MatchType};
+use trailmark_server::storage::ConversionCredit;
 use trailmark_server::storage::{
     Campaign, ClickRecord, DeletionAudit, Destinations, DeviceKeys, FraudAlert, InstallRecord, LinkAudit, LinkRecord,
-    NewEvent, PostbackRecord, Storage, Subject, Touchpoint, Utm,
+    NewEvent, PostbackAttempt, PostbackRecord, Reengagement, Storage, Subject, Touchpoint, Utm,
 };
 
 fn event(app: &str, id: &str, anon: &str, user: Option<&str>, device: Option<&str>, at: i64) -> NewEvent {
@@ -276,6 +277,130 @@ async fn install_suite(store: Arc<dyn Storage>) {
     assert!(report.rows >= 6, "2 installs, a touchpoint, 2 postbacks, a click: {report:?}");
 }
 
+fn touch(anon: &str, click: &str, ts: i64, kind: &str) -> Touchpoint {
+    Touchpoint {
+        app_id: "c".into(),
+        anonymous_id: anon.into(),
+        ts,
+        click_id: click.into(),
+        link_id: "lnk_1".into(),
+        campaign_id: "cmp_1".into(),
+        network: "meta".into(),
+        kind: kind.into(),
+        source_event_id: format!("src-{click}"),
+    }
+}
+
+/// Touchpoints across a user's devices, re-engagements, conversion credit once, postbacks.
+async fn conversion_suite(store: Arc<dyn Storage>) {
+    // Two devices of user u7 (paired by an event), a third device of someone else.
+    store
+        .insert(vec![
+            event("c", "ev-1", "dev-a", Some("u7"), None, 50),
+            event("c", "ev-2", "dev-b", Some("u7"), None, 60),
+        ])
+        .await
+        .unwrap();
+    let fresh = store
+        .save_touchpoints(
+            vec![
+                touch("dev-a", "k1", 10, "click"),
+                touch("dev-b", "k2", 20, "click"),
+                touch("dev-a", "k1", 30, "install"),
+                touch("dev-z", "k3", 25, "click"),
+                touch("dev-a", "k1", 10, "click"),
+            ],
+            vec![Reengagement {
+                app_id: "c".into(),
+                event_id: "open-1".into(),
+                anonymous_id: "dev-a".into(),
+                click_id: "k1".into(),
+                link_id: "lnk_1".into(),
+                campaign_id: "cmp_1".into(),
+                network: "meta".into(),
+                click_ts: 10,
+                open_ts: 40,
+                inactive_ms: Some(1000),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fresh, [true]);
+    let again = store.save_touchpoints(Vec::new(), vec![]).await.unwrap();
+    assert!(again.is_empty());
+    let tps = store.conversion_touchpoints("c".into(), "dev-a".into(), Some("u7".into()), 0, 100).await.unwrap();
+    assert_eq!(tps.iter().map(|t| (t.click_id.as_str(), t.ts)).collect::<Vec<_>>(), [("k1", 10), ("k2", 20)]);
+    let alone = store.conversion_touchpoints("c".into(), "dev-a".into(), None, 15, 100).await.unwrap();
+    assert_eq!(alone.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>(), ["install"], "in the window only");
+    // Re-engagement facts: no install here; the last activity before 55 is ev-1 at 50.
+    assert_eq!(store.reengagement_facts("c".into(), "dev-a".into(), 55).await.unwrap(), (false, Some(50)));
+    assert_eq!(store.reengagement_facts("c".into(), "dev-a".into(), 50).await.unwrap(), (false, None));
+    // Credit is written once per conversion.
+    let credit = |model: &str, click: &str, share: f64| ConversionCredit {
+        app_id: "c".into(),
+        event_id: "buy-1".into(),
+        model: model.into(),
+        click_id: Some(click.into()),
+        anonymous_id: "dev-a".into(),
+        user_id: Some("u7".into()),
+        event_type: "purchase".into(),
+        ts: 70,
+        link_id: Some("lnk_1".into()),
+        campaign_id: Some("cmp_1".into()),
+        network: Some("meta".into()),
+        touch_ts: Some(10),
+        credit: share,
+        revenue: Some(10.0 * share),
+        currency: Some("EUR".into()),
+    };
+    let rows = vec![credit("last_touch", "k2", 1.0), credit("linear", "k1", 0.5), credit("linear", "k2", 0.5)];
+    assert!(store.save_conversion(rows.clone()).await.unwrap());
+    assert!(!store.save_conversion(rows).await.unwrap(), "credited before");
+    assert!(!store.save_conversion(Vec::new()).await.unwrap());
+    // Postbacks: pending until delivered; attempts logged; a deleted postback takes no attempt.
+    let pb = |event: &str| PostbackRecord {
+        app_id: "c".into(),
+        anonymous_id: "dev-a".into(),
+        event_id: "buy-1".into(),
+        network: "meta".into(),
+        event: event.into(),
+        url: format!("https://pb.example/{event}"),
+        created_at: 70,
+    };
+    let p1 = store.save_postback(pb("purchase")).await.unwrap();
+    let p2 = store.save_postback(pb("install")).await.unwrap();
+    let pending = store.pending_postbacks().await.unwrap();
+    let mine: Vec<_> = pending.iter().filter(|p| p.3 == "c").collect();
+    assert_eq!(mine.len(), 2);
+    assert_eq!((mine[0].0, mine[0].1.as_str(), mine[0].2), (p1, "https://pb.example/purchase", 0));
+    let attempt = |id: i64, n: u32, status: Option<u16>, state: &str| PostbackAttempt {
+        postback_id: id,
+        app_id: "c".into(),
+        anonymous_id: "dev-a".into(),
+        attempt: n,
+        status,
+        error: status.is_none().then(|| "timeout".into()),
+        duration_ms: 5,
+        at: 80,
+        state: state.into(),
+    };
+    store.log_postback_attempt(attempt(p1, 1, None, "pending")).await.unwrap();
+    assert!(store.postback_pending(p1).await.unwrap());
+    store.log_postback_attempt(attempt(p1, 2, Some(200), "delivered")).await.unwrap();
+    assert!(!store.postback_pending(p1).await.unwrap());
+    assert!(store.postback_pending(p2).await.unwrap());
+    // Deleting the user removes credit, touchpoints, re-engagements, postbacks and attempts.
+    let report = store.delete_subject(Subject::UserId("u7".into()), audit("user_id")).await.unwrap();
+    assert!(report.rows >= 2 + 3 + 1 + 3 + 2 + 2, "{report:?}");
+    assert!(!store.postback_pending(p2).await.unwrap());
+    store.log_postback_attempt(attempt(p2, 1, Some(500), "pending")).await.unwrap();
+    assert!(store.pending_postbacks().await.unwrap().iter().all(|p| p.3 != "c"));
+    assert!(store.conversion_touchpoints("c".into(), "dev-a".into(), None, 0, 100).await.unwrap().is_empty());
+    assert_eq!(store.conversion_touchpoints("c".into(), "dev-z".into(), None, 0, 100).await.unwrap().len(), 1);
+    let rows = vec![credit("last_touch", "k2", 1.0)];
+    assert!(store.save_conversion(rows).await.unwrap(), "the credit is gone with the user");
+}
+
 fn audit_of(kind: &'static str) -> DeletionAudit {
     audit(kind)
 }
@@ -287,7 +412,8 @@ async fn sqlite_passes_the_storage_suite() {
         Arc::new(trailmark_server::SqliteStorage::open(dir.path().join("s.db"), Default::default(), 64, 1000).unwrap());
     suite(store.clone()).await;
     link_suite(store.clone()).await;
-    install_suite(store).await;
+    install_suite(store.clone()).await;
+    conversion_suite(store).await;
 }
 
 #[cfg(feature = "postgres")]
@@ -307,5 +433,6 @@ async fn postgres_passes_the_storage_suite() {
     let store = Arc::new(store);
     suite(store.clone()).await;
     link_suite(store.clone()).await;
-    install_suite(store).await;
+    install_suite(store.clone()).await;
+    conversion_suite(store).await;
 }
