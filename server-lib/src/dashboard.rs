@@ -216,8 +216,9 @@ fn error_page(e: &ApiError) -> Response {
     )
 }
 
-/// Forms must come from the dashboard's own origin: a browser sends `Origin` on every POST,
-/// and it must name the host the request went to (`X-Forwarded-Host` behind a trusted proxy).
+/// Forms must come from the dashboard's own origin: a browser sends `Origin` on every POST (or at
+/// least `Referer`), and it must name the host the request went to (`X-Forwarded-Host` behind a
+/// trusted proxy). A POST with neither is refused.
 fn same_origin(headers: &HeaderMap, trust_proxy: bool) -> bool {
     let forwarded = trust_proxy
         .then(|| headers.get("x-forwarded-host").and_then(|v| v.to_str().ok()))
@@ -225,10 +226,18 @@ fn same_origin(headers: &HeaderMap, trust_proxy: bool) -> bool {
         .and_then(|v| v.split(',').next())
         .map(str::trim);
     let host = forwarded.or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()));
-    headers.get_all(header::ORIGIN).iter().all(|origin| {
-        let origin_host = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, rest)| rest);
-        origin_host.is_some() && origin_host == host
-    })
+    let host_of = |url: &str| url.split_once("://").map(|(_, rest)| rest.split('/').next().unwrap_or(rest).to_owned());
+    let origins: Vec<Option<String>> =
+        headers.get_all(header::ORIGIN).iter().map(|o| o.to_str().ok().and_then(host_of)).collect();
+    let claimed = if origins.is_empty() {
+        match headers.get(header::REFERER).and_then(|v| v.to_str().ok()) {
+            Some(referer) => vec![host_of(referer)],
+            None => return false,
+        }
+    } else {
+        origins
+    };
+    claimed.iter().all(|o| o.is_some() && o.as_deref() == host)
 }
 
 async fn read_form(body: axum::body::Body) -> Result<HashMap<String, String>, ApiError> {
@@ -540,7 +549,8 @@ async fn render(
         state,
         &Params::of(&[("app_id", app.clone()), ("from", from14), ("days", "1,7,30".into())]),
     )
-    .await?;
+    .await
+    .unwrap_or_else(|e| json!({"error": e.message}));
     let storage_err = |e: crate::StorageError| ApiError::internal(e);
     let alerts = match state.storage.report(ReportQuery::Alerts { since: now - 7 * 86_400_000, limit: 20 }).await {
         Ok(ReportRows::Alerts(a)) => a,
@@ -677,6 +687,7 @@ async fn render(
                 }
                 section id="retention" {
                     h2 { "Retention by install day (last 14 days)" }
+                    @if let Some(e) = retention["error"].as_str() { p.error { (e) } }
                     table.grid {
                         thead { tr { th { "Cohort" } th { "Users" } th { "Day 1" } th { "Day 7" } th { "Day 30" } } }
                         tbody {

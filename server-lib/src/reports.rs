@@ -84,10 +84,15 @@ impl Maintenance {
 
     async fn refresh_locked(&self) -> Result<(usize, usize), StorageError> {
         let (mut events, mut rollups) = (0, 0);
+        // Up to what is queued now: events ingested meanwhile wait for the next refresh, so a
+        // refresh (and the purge after it) ends even under sustained ingest.
+        let mut horizon = None;
         loop {
-            let step = self.storage.refresh_step(self.config.refresh_batch.max(1), self.config.session_gap).await?;
+            let step =
+                self.storage.refresh_step(self.config.refresh_batch.max(1), self.config.session_gap, horizon).await?;
             events += step.events;
             rollups += step.rollups;
+            horizon = Some(step.horizon);
             if step.done {
                 break;
             }
@@ -397,7 +402,8 @@ impl Params {
         };
         let from = match self.get("from") {
             Some(f) => parse_time("from", f, false)?,
-            None => to - 30 * DAY_MS + 1,
+            // The 30 UTC days ending with `to`'s day.
+            None => (day_of(to) - 29) * DAY_MS,
         };
         if from > to {
             return Err(ApiError::bad_request("invalid_parameter", "from is after to"));

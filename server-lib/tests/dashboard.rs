@@ -111,6 +111,13 @@ async fn login_csrf_escaping_live_counters_and_the_link_generator() {
     };
     let p = send(form("/dashboard/campaigns", &[("name", "X"), ("network", "n")])).await;
     assert_eq!(p.status, 403);
+    // A POST that names no origin at all (neither Origin nor Referer) is refused too.
+    let bare = client.post(format!("{base}/dashboard/campaigns")).header("cookie", &cookie).form(&[
+        ("csrf", csrf.as_str()),
+        ("name", "X"),
+        ("network", "n"),
+    ]);
+    assert_eq!(send(bare).await.status, 403);
     let p = send(form("/dashboard/campaigns", &[("csrf", "nope"), ("name", "X"), ("network", "n")])).await;
     assert_eq!(p.status, 403);
     let p =

@@ -316,6 +316,21 @@ async fn reports_on_a_fixed_fixture() {
         1
     );
 
+    // An event deleted before the refresh took it, then sent again: one fact, not two.
+    let e = json!({
+        "event_id": "7d1f0a52-6a4e-4d4e-9c3e-2f1b0c9d8e71", "type": "app_open", "timestamp": protocol::format_millis(T0), "anonymous_id": "z1",
+        "properties": {},
+    });
+    assert_eq!(srv.signed("/v1/event", &e).send().await.unwrap().status(), 200);
+    let (s, _) = srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"anonymous_id": "z1"}))).await;
+    assert_eq!(s, 200);
+    let resent: Value = srv.signed("/v1/event", &e).send().await.unwrap().json().await.unwrap();
+    assert_eq!(resent["accepted"], 1, "{resent}");
+    assert_eq!(srv.count("SELECT count(*) FROM etl_pending"), 1);
+    let r = srv.state.maintenance.refresh().await.unwrap();
+    assert_eq!(srv.count("SELECT count(*) FROM events WHERE anonymous_id = 'z1'"), 1, "{r:?}");
+    assert_eq!(srv.count("SELECT count(*) FROM fact_events WHERE anonymous_id = 'z1'"), 1, "{r:?}");
+
     // Deleting a user reaches the tables this issue adds.
     let (s, d) = srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"anonymous_id": "g1"}))).await;
     assert_eq!(s, 200, "{d}");
@@ -432,6 +447,13 @@ async fn retention_and_purge_on_a_simulated_clock() {
     assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759"), 13);
     // A late event for a purged day is stored, but cannot change that day's rollup.
     srv.event_at(T0 + HOUR, "app_open", "g2", json!({})).await;
+    srv.state.maintenance.refresh().await.unwrap();
+    assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759"), 13);
+    // Nor after a purge with an earlier cut-off (a longer retention set later, a clock set
+    // back): cut-offs only move forward.
+    let earlier = trailmark_server::storage::RetentionCutoffs { events: T0 - 100 * DAY, clicks: T0 - 100 * DAY };
+    srv.state.storage.purge(earlier).await.unwrap();
+    srv.event_at(T0 + 2 * HOUR, "app_open", "g3", json!({})).await;
     srv.state.maintenance.refresh().await.unwrap();
     assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759"), 13);
     let _ = f.b;

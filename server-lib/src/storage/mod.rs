@@ -251,10 +251,16 @@ pub trait Storage: Send + Sync + 'static {
     fn install_counts(&self, _since: i64) -> StorageFuture<'_, Vec<(String, i64, u32)>> {
         unsupported("installs")
     }
-    /// One step of the reporting refresh: up to `batch` new events into the star schema
-    /// (facts, users, sessions split after `session_gap` ms of inactivity); once none is left,
-    /// the rollups of every day that changed.
-    fn refresh_step(&self, _batch: usize, _session_gap: i64) -> StorageFuture<'_, RefreshReport> {
+    /// One step of the reporting refresh: up to `batch` new events, queued at or before
+    /// `horizon` (`None`: the newest now; the answer names it for the next step), into the star
+    /// schema (facts, users, sessions split after `session_gap` ms of inactivity); once none is
+    /// left, the rollups of every day that changed.
+    fn refresh_step(
+        &self,
+        _batch: usize,
+        _session_gap: i64,
+        _horizon: Option<i64>,
+    ) -> StorageFuture<'_, RefreshReport> {
         unsupported("reports")
     }
     /// Deletes what the retention policy no longer keeps (after a full refresh).
@@ -671,8 +677,8 @@ impl Storage for SqliteStorage {
         self.read(move |c| attr::install_counts(c, since))
     }
 
-    fn refresh_step(&self, batch: usize, session_gap: i64) -> StorageFuture<'_, RefreshReport> {
-        self.write(batch, move |tx| star::refresh_step(tx, batch, session_gap))
+    fn refresh_step(&self, batch: usize, session_gap: i64, horizon: Option<i64>) -> StorageFuture<'_, RefreshReport> {
+        self.write(batch, move |tx| star::refresh_step(tx, batch, session_gap, horizon))
     }
 
     fn purge(&self, cutoffs: RetentionCutoffs) -> StorageFuture<'_, PurgeReport> {

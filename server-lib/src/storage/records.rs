@@ -264,8 +264,10 @@ pub struct RefreshReport {
     pub events: usize,
     /// (app, day, source) rollups recomputed.
     pub rollups: usize,
-    /// Nothing is left pending.
+    /// Nothing is left pending up to the horizon.
     pub done: bool,
+    /// The queue position this refresh stops at.
+    pub horizon: i64,
 }
 
 /// Where the retention purge cuts (Unix ms; rounded down to the UTC day).

@@ -27,8 +27,12 @@ CREATE TABLE etl_pending (
     app_id TEXT NOT NULL,
     event_id TEXT NOT NULL
 );
+CREATE INDEX etl_pending_event ON etl_pending (app_id, event_id);
 CREATE TRIGGER events_etl AFTER INSERT ON events BEGIN
     INSERT INTO etl_pending (app_id, event_id) VALUES (NEW.app_id, NEW.event_id);
+END;
+CREATE TRIGGER events_etl_forget AFTER DELETE ON events BEGIN
+    DELETE FROM etl_pending WHERE app_id = OLD.app_id AND event_id = OLD.event_id;
 END;
 CREATE TABLE etl_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE dim_date (
@@ -121,13 +125,13 @@ CREATE TABLE rollup_dirty (
     PRIMARY KEY (app_id, date_key, source)
 ) WITHOUT ROWID;
 CREATE TRIGGER clicks_dirty AFTER INSERT ON clicks BEGIN
-    INSERT OR IGNORE INTO rollup_dirty VALUES (NEW.app_id, NEW.ts / 86400000, 'clicks');
+    INSERT OR IGNORE INTO rollup_dirty VALUES (NEW.app_id, ((NEW.ts - (((NEW.ts) % 86400000) + 86400000) % 86400000) / 86400000), 'clicks');
 END;
 CREATE TRIGGER installs_dirty AFTER INSERT ON installs BEGIN
-    INSERT OR IGNORE INTO rollup_dirty VALUES (NEW.app_id, NEW.install_ts / 86400000, 'installs');
+    INSERT OR IGNORE INTO rollup_dirty VALUES (NEW.app_id, ((NEW.install_ts - (((NEW.install_ts) % 86400000) + 86400000) % 86400000) / 86400000), 'installs');
 END;
 CREATE TRIGGER conversions_dirty AFTER INSERT ON conversions BEGIN
-    INSERT OR IGNORE INTO rollup_dirty VALUES (NEW.app_id, NEW.ts / 86400000, 'conversions');
+    INSERT OR IGNORE INTO rollup_dirty VALUES (NEW.app_id, ((NEW.ts - (((NEW.ts) % 86400000) + 86400000) % 86400000) / 86400000), 'conversions');
 END;
 CREATE TABLE rollup_daily (
     app_id TEXT NOT NULL,
@@ -161,9 +165,9 @@ CREATE TABLE rollup_conversions_daily (
 INSERT INTO etl_pending (app_id, event_id) SELECT app_id, event_id FROM events ORDER BY rowid;
 INSERT OR IGNORE INTO dim_campaigns (campaign_key, app_id, campaign_id, kind, name, network, created_at)
     SELECT campaign_id, app_id, campaign_id, 'link', name, network, created_at FROM campaigns;
-INSERT OR IGNORE INTO rollup_dirty SELECT DISTINCT app_id, ts / 86400000, 'clicks' FROM clicks;
-INSERT OR IGNORE INTO rollup_dirty SELECT DISTINCT app_id, install_ts / 86400000, 'installs' FROM installs;
-INSERT OR IGNORE INTO rollup_dirty SELECT DISTINCT app_id, ts / 86400000, 'conversions' FROM conversions;
+INSERT OR IGNORE INTO rollup_dirty SELECT DISTINCT app_id, ((ts - (((ts) % 86400000) + 86400000) % 86400000) / 86400000), 'clicks' FROM clicks;
+INSERT OR IGNORE INTO rollup_dirty SELECT DISTINCT app_id, ((install_ts - (((install_ts) % 86400000) + 86400000) % 86400000) / 86400000), 'installs' FROM installs;
+INSERT OR IGNORE INTO rollup_dirty SELECT DISTINCT app_id, ((ts - (((ts) % 86400000) + 86400000) % 86400000) / 86400000), 'conversions' FROM conversions;
 INSERT INTO dim_users (app_id, anonymous_id, first_seen, last_seen, install_ts, install_campaign_id)
     SELECT app_id, anonymous_id, min(install_ts), min(install_ts), min(install_ts),
            max(CASE WHEN rejected = 0 THEN campaign_id END)
@@ -209,7 +213,7 @@ fn utm_key(context: &Value) -> Option<(String, String, String)> {
 }
 
 /// Turns up to `batch` pending events into facts, users and sessions; returns how many it took.
-pub fn etl_batch(tx: &Transaction<'_>, batch: usize, session_gap: i64) -> Result<usize, StorageError> {
+pub fn etl_batch(tx: &Transaction<'_>, batch: usize, session_gap: i64, horizon: i64) -> Result<usize, StorageError> {
     let mut rows: BTreeMap<(String, String), Vec<Pending>> = BTreeMap::new();
     let mut last_seq = None;
     let mut taken = 0;
@@ -219,10 +223,10 @@ pub fn etl_batch(tx: &Transaction<'_>, batch: usize, session_gap: i64) -> Result
                 "SELECT p.seq, p.app_id, e.event_id, e.type, e.anonymous_id, e.user_id, e.corrected_ts, e.properties,
                         e.context
                    FROM etl_pending p LEFT JOIN events e ON e.app_id = p.app_id AND e.event_id = p.event_id
-                  ORDER BY p.seq LIMIT ?1",
+                  WHERE p.seq <= ?2 ORDER BY p.seq LIMIT ?1",
             )
             .map_err(backend)?;
-        let mut q = stmt.query([batch as i64]).map_err(backend)?;
+        let mut q = stmt.query(params![batch as i64, horizon]).map_err(backend)?;
         while let Some(r) = q.next().map_err(backend)? {
             taken += 1;
             last_seq = Some(r.get::<_, i64>(0).map_err(backend)?);
@@ -523,7 +527,7 @@ pub fn refresh_rollups(tx: &Transaction<'_>) -> Result<usize, StorageError> {
                     app,
                     *day,
                     &["impressions", "clicks"],
-                    "SELECT campaign_id, sum(kind = 'impression'), sum(kind = 'click') FROM clicks
+                    "SELECT campaign_id, sum(kind = 'impression'), sum(kind = 'click' AND (flags & 3) = 0) FROM clicks
                       WHERE app_id = ?1 AND ts >= ?2 AND ts < ?3 GROUP BY campaign_id",
                     from,
                     to,
@@ -619,17 +623,33 @@ fn upsert_campaign_columns(
 }
 
 /// One refresh step: an ETL batch, then (when the pending queue is empty) the rollups.
-pub fn refresh_step(tx: &Transaction<'_>, batch: usize, session_gap: i64) -> Result<RefreshReport, StorageError> {
-    let events = etl_batch(tx, batch, session_gap)?;
+/// `horizon`: the queue position to stop at (`None`: the newest entry now), so a refresh ends
+/// even while ingest keeps adding to the queue; the report says which horizon it used.
+pub fn refresh_step(
+    tx: &Transaction<'_>,
+    batch: usize,
+    session_gap: i64,
+    horizon: Option<i64>,
+) -> Result<RefreshReport, StorageError> {
+    let horizon = match horizon {
+        Some(h) => h,
+        None => tx.query_row("SELECT coalesce(max(seq), 0) FROM etl_pending", [], |r| r.get(0)).map_err(backend)?,
+    };
+    let events = etl_batch(tx, batch, session_gap, horizon)?;
     let done = events < batch;
     let rollups = if done { refresh_rollups(tx)? } else { 0 };
-    Ok(RefreshReport { events, rollups, done })
+    Ok(RefreshReport { events, rollups, done, horizon })
 }
 
 /// Retention, first step: from now on the rollups of days before the cut-offs are final.
 pub fn purge_begin(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Result<(), StorageError> {
-    state_set(tx, "events_cutoff_day", day_of(cutoffs.events))?;
-    state_set(tx, "clicks_cutoff_day", day_of(cutoffs.clicks))
+    // Only forward: a longer retention set later (or a clock set back) must not reopen days
+    // whose raw data is gone, or their rollups would be recomputed from nothing.
+    for (key, day) in [("events_cutoff_day", day_of(cutoffs.events)), ("clicks_cutoff_day", day_of(cutoffs.clicks))] {
+        let old = state_get(tx, key)?.unwrap_or(i64::MIN);
+        state_set(tx, key, old.max(day))?;
+    }
+    Ok(())
 }
 
 /// Retention, repeated step: deletes up to `limit` facts of days before the events cut-off and
@@ -795,11 +815,13 @@ pub fn report(conn: &Connection, query: &ReportQuery) -> Result<ReportRows, Stor
         ReportQuery::Cohorts { app_id, from_day, to_day, max_offset } => {
             let mut stmt = conn
                 .prepare(
-                    "SELECT anonymous_id, user_id, coalesce(install_ts, first_seen) FROM dim_users WHERE app_id = ?1",
+                    "SELECT anonymous_id, user_id, coalesce(install_ts, first_seen) FROM dim_users
+                      WHERE app_id = ?1 AND coalesce(install_ts, first_seen) < ?2",
                 )
                 .map_err(backend)?;
+            // Devices that started after the last cohort day cannot be in any cohort.
             let users: Vec<UserRow> = stmt
-                .query_map([app_id], |r| {
+                .query_map(params![app_id, (to_day + 1) * DAY_MS], |r| {
                     Ok(UserRow { anonymous_id: r.get(0)?, user_id: r.get(1)?, start: r.get(2)?, active_days: vec![] })
                 })
                 .map_err(backend)?
