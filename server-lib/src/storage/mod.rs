@@ -866,6 +866,30 @@ fn delete_in(
     for id in &report.click_ids {
         report.rows += tx.execute("DELETE FROM clicks WHERE click_id = ?1", [id]).map_err(backend)? as u64;
     }
+    // Queue entries of the events about to go: an event deleted before the refresh took it
+    // and then sent again must be taken once (the queue is short; this reads it once per
+    // condition, and only on deletions).
+    debug_assert_eq!(SUBJECT_TABLES[0].0, "events");
+    for (kind, column) in SUBJECT_TABLES[0].1 {
+        if *kind == subject.kind() {
+            tx.execute(
+                &format!(
+                    "DELETE FROM etl_pending WHERE rowid IN (SELECT p.rowid FROM etl_pending p JOIN events e
+                        ON e.app_id = p.app_id AND e.event_id = p.event_id WHERE e.{column} IN (?1, lower(?1)))"
+                ),
+                [subject.value()],
+            )
+            .map_err(backend)?;
+        }
+    }
+    for (app, anon) in &anonymous_ids {
+        tx.execute(
+            "DELETE FROM etl_pending WHERE rowid IN (SELECT p.rowid FROM etl_pending p JOIN events e
+                ON e.app_id = p.app_id AND e.event_id = p.event_id WHERE e.app_id = ?1 AND e.anonymous_id = ?2)",
+            [app, anon],
+        )
+        .map_err(backend)?;
+    }
     for (table, columns) in SUBJECT_TABLES {
         for (kind, column) in *columns {
             if *kind == subject.kind() {

@@ -27,12 +27,8 @@ CREATE TABLE etl_pending (
     app_id TEXT NOT NULL,
     event_id TEXT NOT NULL
 );
-CREATE INDEX etl_pending_event ON etl_pending (app_id, event_id);
 CREATE TRIGGER events_etl AFTER INSERT ON events BEGIN
     INSERT INTO etl_pending (app_id, event_id) VALUES (NEW.app_id, NEW.event_id);
-END;
-CREATE TRIGGER events_etl_forget AFTER DELETE ON events BEGIN
-    DELETE FROM etl_pending WHERE app_id = OLD.app_id AND event_id = OLD.event_id;
 END;
 CREATE TABLE etl_state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE dim_date (
