@@ -116,7 +116,11 @@ impl Model {
                 let response: IngestResponse = serde_json::from_slice(body).unwrap();
                 self.rejected.extend(response.rejected.iter().filter_map(|r| n_of(&events[r.index])));
             } else {
-                self.rejected.extend(events.iter().filter_map(n_of));
+                // A 413 for an event alone. A real server would not refuse a body it already
+                // stored (an earlier attempt whose answer was lost): it would answer "duplicate".
+                // The model's server can; such an event counts as delivered, not rejected.
+                let stored: BTreeSet<u64> = self.server.numbers().into_iter().collect();
+                self.rejected.extend(events.iter().filter_map(n_of).filter(|n| !stored.contains(n)));
             }
             self.acked_ids.extend(ids);
         }
@@ -222,4 +226,24 @@ proptest! {
     fn losses_only_at_caps_and_counted(ops in prop::collection::vec(op(), 1..120)) {
         run(ops, 40);
     }
+}
+
+/// Found by CI (2026-11-29): a single event stored by the server, its answer lost, then a 413
+/// for the retry. The model counted it rejected although the server had it.
+#[test]
+fn lost_answer_then_413_alone_counts_as_delivered() {
+    use Answer::{Lost, Ok, Status};
+    run(
+        vec![
+            Op::Flush,
+            Op::Poll(Lost),
+            Op::Poll(Ok),
+            Op::Poll(Ok),
+            Op::Track(1),
+            Op::Poll(Lost),
+            Op::Poll(Ok),
+            Op::Poll(Status(413)),
+        ],
+        40,
+    );
 }
