@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use crate::links::{NewCampaign, NewLink};
 use crate::reports::{self, Params};
 use crate::storage::{Destinations, ReportQuery, ReportRows, Utm};
-use crate::{ApiError, AppState, check_admin_token, ingest, keyed_hash};
+use crate::{ApiError, AppState, ingest, keyed_hash, verify_admin_token};
 
 const SESSION_COOKIE: &str = "tm_dash";
 const LOGIN_COOKIE: &str = "tm_login";
@@ -340,8 +340,8 @@ pub async fn login(State(state): State<Arc<AppState>>, request: Request) -> Resp
         return login_form(&state, Some("The sign-in form expired; try again."));
     }
     let key = form.get("key").map(String::as_str).unwrap_or_default();
-    let actor = match check_admin_token(&state, key) {
-        Ok(actor) if !key.is_empty() => actor,
+    let (actor, token_expiry) = match verify_admin_token(&state, key) {
+        Ok(found) if !key.is_empty() => found,
         _ => {
             metrics::counter!("trailmark_dashboard_logins_total", "result" => "refused").increment(1);
             return login_form(&state, Some("Wrong key."));
@@ -349,6 +349,11 @@ pub async fn login(State(state): State<Arc<AppState>>, request: Request) -> Resp
     };
     metrics::counter!("trailmark_dashboard_logins_total", "result" => "ok").increment(1);
     let id = random_token();
+    // A session opened with a JWT ends when the token does (12 hours at most).
+    let ttl = match token_expiry {
+        Some(exp) => SESSION_TTL.min(Duration::from_secs((exp - crate::now_ms() / 1000).max(0) as u64)),
+        None => SESSION_TTL,
+    };
     {
         let mut sessions = state.dashboard.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
@@ -360,19 +365,14 @@ pub async fn login(State(state): State<Arc<AppState>>, request: Request) -> Resp
         }
         sessions.insert(
             id.clone(),
-            DashSession {
-                csrf: random_token(),
-                actor: format!("dashboard:{actor}"),
-                expires: now + SESSION_TTL,
-                flash: None,
-            },
+            DashSession { csrf: random_token(), actor: format!("dashboard:{actor}"), expires: now + ttl, flash: None },
         );
     }
     let mut response = redirect("/dashboard");
     let h = response.headers_mut();
     let session = format!(
         "{SESSION_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age={}{}",
-        SESSION_TTL.as_secs(),
+        ttl.as_secs(),
         secure(&state)
     );
     for c in [session, format!("{LOGIN_COOKIE}=; HttpOnly; SameSite=Strict; Path=/dashboard; Max-Age=0")] {

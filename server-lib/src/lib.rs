@@ -332,19 +332,26 @@ pub fn admin_auth(state: &AppState, headers: &HeaderMap) -> Result<String, ApiEr
 
 /// Checks an admin key or JWT (constant time for the key); returns who it is, for audit logs.
 pub fn check_admin_token(state: &AppState, token: &str) -> Result<String, ApiError> {
+    verify_admin_token(state, token).map(|(actor, _)| actor)
+}
+
+/// [`check_admin_token`], with the JWT's expiry (Unix seconds) when the token is a JWT that has
+/// one, so a session opened with it can end when the token does.
+pub fn verify_admin_token(state: &AppState, token: &str) -> Result<(String, Option<i64>), ApiError> {
     if let Some(key) = &state.config.admin_key {
         let expected = keyed_hash(&state.config.audit_key, key).finalize().into_bytes();
         if keyed_hash(&state.config.audit_key, token).verify_slice(&expected).is_ok() {
-            return Ok("admin-key".into());
+            return Ok(("admin-key".into(), None));
         }
     }
     if let Some((key, validation)) = &state.jwt {
         #[derive(serde::Deserialize)]
         struct Claims {
             sub: Option<String>,
+            exp: Option<i64>,
         }
         return match jsonwebtoken::decode::<Claims>(token, key, validation) {
-            Ok(data) => Ok(format!("jwt:{}", data.claims.sub.unwrap_or_default())),
+            Ok(data) => Ok((format!("jwt:{}", data.claims.sub.unwrap_or_default()), data.claims.exp)),
             Err(e) => Err(ApiError::unauthorized("invalid_token", format!("bearer token refused: {e}"))),
         };
     }

@@ -167,3 +167,55 @@ async fn login_csrf_escaping_live_counters_and_the_link_generator() {
     let p = send(client.get(format!("{base}/dashboard")).header("cookie", &cookie)).await;
     assert_eq!(p.status, 303);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opened_with_a_jwt_ends_with_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.reports.scheduler = false;
+    config.jwt = Some(trailmark_server::JwtConfig {
+        algorithm: trailmark_server::JwtAlgorithm::Hs256,
+        key: "jwt-key".into(),
+        issuer: None,
+        audience: None,
+    });
+    let base = common::serve(ServerBuilder::new(config).sqlite(dir.path().join("d.db")).unwrap()).await;
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let token = |exp: i64| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"sub": "ops@example", "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(b"jwt-key"),
+        )
+        .unwrap()
+    };
+    let now = trailmark_server::now_ms() / 1000;
+    let sign_in = |jwt: String| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let login = send(client.get(format!("{base}/dashboard/login"))).await;
+            let cookie = cookie_value(&login, "tm_login").unwrap();
+            let csrf = field(&login.body, "csrf");
+            let p = send(
+                client
+                    .post(format!("{base}/dashboard/login"))
+                    .header("cookie", format!("tm_login={cookie}"))
+                    .header("origin", base.clone())
+                    .form(&[("key", jwt.as_str()), ("csrf", csrf.as_str())]),
+            )
+            .await;
+            assert_eq!(p.status, 303, "{}", p.body);
+            cookie_value(&p, "tm_dash").unwrap()
+        }
+    };
+    // A token valid for 10 more minutes: a session that works, with a cookie as long.
+    let session = sign_in(token(now + 600)).await;
+    let page = send(client.get(format!("{base}/dashboard")).header("cookie", format!("tm_dash={session}"))).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("jwt:ops@example"));
+    // A token past its expiry (still inside the validator's leeway): the session ends at once.
+    let session = sign_in(token(now - 10)).await;
+    let page = send(client.get(format!("{base}/dashboard")).header("cookie", format!("tm_dash={session}"))).await;
+    assert_eq!((page.status, page.location.as_deref()), (303, Some("/dashboard/login")));
+}
