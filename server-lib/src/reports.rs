@@ -502,6 +502,17 @@ async fn read(state: &AppState, query: ReportQuery) -> Result<ReportRows, ApiErr
     state.storage.report(query).await.map_err(storage_error)
 }
 
+/// What every report endpoint checks first: the admin credentials, then its parameters.
+fn authorized(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    uri: &Uri,
+    allowed: &[&str],
+) -> Result<Params, ApiError> {
+    admin_auth(state, headers)?;
+    Params::parse(uri, allowed)
+}
+
 fn respond(result: Result<Value, ApiError>) -> Response {
     match result {
         Ok(body) => axum::Json(body).into_response(),
@@ -561,8 +572,7 @@ pub async fn funnel_report(state: &AppState, p: &Params) -> Result<Value, ApiErr
 pub async fn funnel_handler(State(state): State<Arc<AppState>>, uri: Uri, headers: axum::http::HeaderMap) -> Response {
     respond(
         async {
-            admin_auth(&state, &headers)?;
-            let p = Params::parse(&uri, &["steps", "from", "to", "within", "campaign_id", "app_id"])?;
+            let p = authorized(&state, &headers, &uri, &["steps", "from", "to", "within", "campaign_id", "app_id"])?;
             funnel_report(&state, &p).await
         }
         .await,
@@ -608,8 +618,7 @@ pub async fn retention_handler(
 ) -> Response {
     respond(
         async {
-            admin_auth(&state, &headers)?;
-            let p = Params::parse(&uri, &["from", "to", "days", "app_id"])?;
+            let p = authorized(&state, &headers, &uri, &["from", "to", "days", "app_id"])?;
             retention_report(&state, &p).await
         }
         .await,
@@ -647,8 +656,7 @@ pub async fn campaigns_handler(
 ) -> Response {
     respond(
         async {
-            admin_auth(&state, &headers)?;
-            let p = Params::parse(&uri, &["from", "to", "model", "app_id"])?;
+            let p = authorized(&state, &headers, &uri, &["from", "to", "model", "app_id"])?;
             campaigns_report(&state, &p).await
         }
         .await,
@@ -680,8 +688,7 @@ pub async fn paths_report(state: &AppState, p: &Params) -> Result<Value, ApiErro
 pub async fn paths_handler(State(state): State<Arc<AppState>>, uri: Uri, headers: axum::http::HeaderMap) -> Response {
     respond(
         async {
-            admin_auth(&state, &headers)?;
-            let p = Params::parse(&uri, &["conversion", "limit", "max_steps", "from", "to", "app_id"])?;
+            let p = authorized(&state, &headers, &uri, &["conversion", "limit", "max_steps", "from", "to", "app_id"])?;
             paths_report(&state, &p).await
         }
         .await,
