@@ -72,6 +72,23 @@ pub struct ServerArgs {
     /// TOML file's [[postbacks]] tables can also limit the events.
     #[arg(long = "postback", value_name = "NETWORK=URL")]
     pub postbacks: Vec<String>,
+    /// Store everything in PostgreSQL instead of SQLite, e.g.
+    /// postgres://trailmark@db.internal/trailmark (several instances may share it).
+    #[arg(long)]
+    pub postgres: Option<String>,
+    /// Connections in the PostgreSQL pool [default: 16].
+    #[arg(long)]
+    pub postgres_pool: Option<usize>,
+    /// PostgreSQL schema to use (created when missing) [default: the user's search_path].
+    #[arg(long)]
+    pub postgres_schema: Option<String>,
+    /// Share recent clicks with other instances through Redis, e.g. redis://cache.internal:6379/0.
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Key file (IP encryption and audit hashes) [default: <db>.keys]. Instances that share a
+    /// PostgreSQL database must share this file.
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
 }
 
 /// `[[postbacks]]` in the TOML file.
@@ -220,6 +237,11 @@ struct FileConfig {
     postbacks: Option<Vec<PostbackFile>>,
     attribution: Option<AttributionFile>,
     reports: Option<ReportsFile>,
+    postgres: Option<String>,
+    postgres_pool: Option<usize>,
+    postgres_schema: Option<String>,
+    redis: Option<String>,
+    keys: Option<PathBuf>,
 }
 
 /// Resolved settings.
@@ -244,6 +266,14 @@ pub struct Settings {
     pub postbacks: Vec<PostbackFile>,
     pub attribution: AttributionFile,
     pub reports: ReportsFile,
+    /// PostgreSQL URL (instead of the SQLite file `db`).
+    pub postgres: Option<String>,
+    pub postgres_pool: usize,
+    pub postgres_schema: Option<String>,
+    /// Redis URL of the shared click cache.
+    pub redis: Option<String>,
+    /// The key file.
+    pub keys: PathBuf,
 }
 
 impl ServerArgs {
@@ -300,7 +330,17 @@ impl ServerArgs {
                 spec.split_once('=').ok_or_else(|| format!("--postback {spec:?}: expected NETWORK=URL"))?;
             postbacks.push(PostbackFile { network: network.to_owned(), url: url.to_owned(), events: Vec::new() });
         }
+        let db = self.db.clone().or(file.db).unwrap_or_else(|| "trailmark.db".into());
+        let postgres_pool = self.postgres_pool.or(file.postgres_pool).unwrap_or(16);
+        if postgres_pool == 0 {
+            return Err("--postgres-pool must be at least 1".into());
+        }
         Ok(Settings {
+            keys: self.keys.clone().or(file.keys).unwrap_or_else(|| format!("{}.keys", db.display()).into()),
+            postgres: self.postgres.clone().or(file.postgres),
+            postgres_pool,
+            postgres_schema: self.postgres_schema.clone().or(file.postgres_schema),
+            redis: self.redis.clone().or(file.redis),
             durability,
             public_url: self.public_url.clone().or(file.public_url),
             geoip_anonymous: self.geoip_anonymous.clone().or(file.geoip_anonymous),
@@ -308,7 +348,7 @@ impl ServerArgs {
             attribution: file.attribution.unwrap_or_default(),
             reports: file.reports.unwrap_or_default(),
             listen: self.listen.or(file.listen).unwrap_or_else(|| "127.0.0.1:8080".parse().expect("valid")),
-            db: self.db.clone().or(file.db).unwrap_or_else(|| "trailmark.db".into()),
+            db,
             apps,
             cors_origins,
             admin_key: self.admin_key.clone().or(file.admin_key),
@@ -323,19 +363,19 @@ impl ServerArgs {
     }
 }
 
-/// The keys for IP encryption and the audit hashes live next to the database (`<db>.keys`,
-/// mode 0600), created on first start, so stored IPs stay readable across restarts.
-pub fn load_or_create_keys(db: &Path) -> Result<([u8; 32], [u8; 32]), String> {
-    let path = PathBuf::from(format!("{}.keys", db.display()));
+/// The keys for IP encryption and the audit hashes live in a key file (by default next to the
+/// database, `<db>.keys`, mode 0600), created on first start, so stored IPs stay readable across
+/// restarts. `db` is the SQLite file whose existence means keys should exist already.
+pub fn load_or_create_keys(path: &Path, db: Option<&Path>) -> Result<([u8; 32], [u8; 32]), String> {
     let decode = |text: &str| -> Option<([u8; 32], [u8; 32])> {
         let bytes = hex::decode(text.trim()).ok()?;
         let (a, b) = bytes.split_at_checked(32)?;
         Some((a.try_into().ok()?, b.try_into().ok()?))
     };
-    if let Ok(text) = std::fs::read_to_string(&path) {
+    if let Ok(text) = std::fs::read_to_string(path) {
         return decode(&text).ok_or_else(|| format!("{}: not 64 hex-encoded bytes", path.display()));
     }
-    if db.exists() {
+    if db.is_some_and(Path::exists) {
         tracing::warn!(keys = %path.display(), "key file missing for an existing database: new keys are made; IPs and audit hashes stored before cannot be read or matched");
     }
     let mut bytes = [0u8; 64];
@@ -344,7 +384,7 @@ pub fn load_or_create_keys(db: &Path) -> Result<([u8; 32], [u8; 32]), String> {
     let tmp = PathBuf::from(format!("{}.tmp", path.display()));
     let _ = std::fs::remove_file(&tmp);
     write_private(&tmp, hex::encode(bytes).as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(decode(&hex::encode(bytes)).expect("just encoded"))
 }
 
@@ -368,7 +408,8 @@ pub fn init_logging(json: bool) {
 
 /// The server's configuration from settings.
 pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
-    let (ip_key, audit_key) = load_or_create_keys(&settings.db)?;
+    let db = settings.postgres.is_none().then_some(settings.db.as_path());
+    let (ip_key, audit_key) = load_or_create_keys(&settings.keys, db)?;
     let mut config = ServerConfig::new();
     for (id, secret) in &settings.apps {
         config = config.with_app(id.clone(), secret.clone());
@@ -427,11 +468,29 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         return Err("no app configured: pass --app ID:SECRET".into());
     }
     let config = server_config(settings)?;
-    let state = ServerBuilder::new(config)
-        .sqlite_with(&settings.db, settings.durability)
-        .map_err(|e| e.to_string())?
-        .build_state()
-        .map_err(|e| e.to_string())?;
+    let secret = config.audit_key;
+    let ttl = config.attribution.index_ttl();
+    let mut builder = ServerBuilder::new(config);
+    builder = match &settings.postgres {
+        Some(url) => {
+            let store = trailmark_server::storage::postgres::PostgresStorage::connect(
+                url,
+                settings.postgres_pool,
+                settings.postgres_schema.as_deref(),
+            )
+            .await
+            .map_err(|e| format!("PostgreSQL: {e}"))?;
+            builder.storage(std::sync::Arc::new(store))
+        }
+        None => builder.sqlite_with(&settings.db, settings.durability).map_err(|e| e.to_string())?,
+    };
+    if let Some(url) = &settings.redis {
+        let cache = trailmark_server::clickcache::redis::RedisClickCache::connect(url, &secret, ttl, "tm:")
+            .await
+            .map_err(|e| format!("Redis: {e}"))?;
+        builder = builder.click_cache(std::sync::Arc::new(cache));
+    }
+    let state = builder.build_state().map_err(|e| e.to_string())?;
     // Links, recent clicks and pending postbacks are loaded now rather than on the first request.
     state.tracking.ready(&state).await.map_err(|e| e.message)?;
     let app = trailmark_server::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();

@@ -9,8 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use trailmark_core::protocol::{self, AttributionResult, InstallRequest};
 
-use crate::attribution::DAY;
 use crate::attribution::matching::{Fingerprint, InstallFacts, attribute};
+use crate::attribution::{DAY, TouchIndex};
+use crate::clickcache::{CandidateQuery, ClickCache};
 use crate::error::ApiError;
 use crate::ingest;
 use crate::links::{parse_as, storage_error};
@@ -172,10 +173,13 @@ async fn install(state: &AppState, request: Request) -> Result<AttributionResult
         },
         anonymous_ip,
     };
-    let decision = {
-        let mut guard = state.tracking.lock()?;
-        let TrackState { index, infos, burst, .. } = &mut *guard;
-        attribute(&facts, index, infos, cfg, burst)
+    let decision = match &state.click_cache {
+        None => {
+            let mut guard = state.tracking.lock()?;
+            let TrackState { index, infos, burst, .. } = &mut *guard;
+            attribute(&facts, index, infos, cfg, burst)
+        }
+        Some(cache) => shared_decision(state, cache.as_ref(), &facts).await?,
     };
     let f = &cfg.fraud;
     record.result = decision.result.clone();
@@ -257,6 +261,50 @@ async fn install(state: &AppState, request: Request) -> Result<AttributionResult
         }
     });
     save(state, record, touchpoint, alert).await
+}
+
+/// The waterfall over the touches of the shared click cache (every instance's clicks): the
+/// candidates are fetched, indexed in a small index with this instance's hashes, and decided
+/// exactly as the local index would be.
+async fn shared_decision(
+    state: &AppState,
+    cache: &dyn ClickCache,
+    facts: &InstallFacts<'_>,
+) -> Result<crate::attribution::Decision, ApiError> {
+    let cfg = &state.config.attribution;
+    let at = facts.install_ts;
+    let query = CandidateQuery {
+        click_ids: [facts.click_id, facts.referrer_click_id].into_iter().flatten().map(|u| u.to_string()).collect(),
+        device_ids: facts.device_ids.iter().map(|d| d.to_string()).collect(),
+        device_since: at.saturating_sub(cfg.click_window.max(cfg.view_through_window)),
+        ip: facts.ip,
+        network_since: at.saturating_sub(cfg.fingerprint_window),
+        limit: cfg.fingerprint_max_candidates,
+    };
+    let mut touches = cache.candidates(query).await.map_err(|e| {
+        tracing::warn!(error = %e, "click cache unavailable for an install");
+        ApiError::unavailable(1, "the click cache is unavailable; retry shortly")
+    })?;
+    touches.sort_by(|a, b| a.ts.cmp(&b.ts).then_with(|| a.click_id.cmp(&b.click_id)));
+    let unknown_link = {
+        let guard = state.tracking.lock()?;
+        touches.iter().any(|t| !guard.by_id.contains_key(&t.link_id))
+    };
+    if unknown_link {
+        // A link created through another instance.
+        state.tracking.reload_after_miss(state).await;
+    }
+    let mut guard = state.tracking.lock()?;
+    let mut index = TouchIndex::with_hasher(cfg.index_ttl(), guard.index.hasher.clone(), touches.len());
+    for t in &touches {
+        let record = t.to_record();
+        let ip = record.ip_enc.as_deref().and_then(|b| state.ip_cipher.decrypt(b));
+        if let Some(touch) = guard.touch_of(&record, ip) {
+            index.push(touch);
+        }
+    }
+    let TrackState { infos, burst, .. } = &mut *guard;
+    Ok(attribute(facts, &index, infos, cfg, burst))
 }
 
 async fn save(

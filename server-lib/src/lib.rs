@@ -21,6 +21,7 @@
 //! `GET /metrics` (Prometheus). Attribution is explained in `docs/attribution.md`.
 
 pub mod attribution;
+pub mod clickcache;
 pub mod config;
 pub mod conversions;
 mod cors;
@@ -108,6 +109,8 @@ pub struct AppState {
     pub maintenance: Arc<reports::Maintenance>,
     /// Live counters and login sessions of `/dashboard`.
     pub dashboard: dashboard::Dashboard,
+    /// Recent touches shared by every instance (Redis); none: the in-process index alone.
+    pub click_cache: Option<Arc<dyn clickcache::ClickCache>>,
 }
 
 /// Limiter keys are pruned every this many checks, so rotating addresses cannot grow memory.
@@ -172,11 +175,19 @@ fn prometheus() -> PrometheusHandle {
 pub struct ServerBuilder {
     config: ServerConfig,
     storage: Option<Arc<dyn Storage>>,
+    click_cache: Option<Arc<dyn clickcache::ClickCache>>,
 }
 
 impl ServerBuilder {
     pub fn new(config: ServerConfig) -> Self {
-        ServerBuilder { config, storage: None }
+        ServerBuilder { config, storage: None, click_cache: None }
+    }
+
+    /// Shares recent clicks with other instances through `cache` (for example
+    /// [`clickcache::redis::RedisClickCache`]); installs are matched against it.
+    pub fn click_cache(mut self, cache: Arc<dyn clickcache::ClickCache>) -> Self {
+        self.click_cache = Some(cache);
+        self
     }
 
     /// Uses the embedded SQLite store at `path` (created if missing), fsync on every commit.
@@ -240,6 +251,7 @@ impl ServerBuilder {
             checks: std::sync::atomic::AtomicU64::new(0),
             tracking: Default::default(),
             postback_sender: OnceLock::new(),
+            click_cache: self.click_cache,
         }))
     }
 
@@ -410,8 +422,22 @@ async fn delete_user(State(state): State<Arc<AppState>>, request: axum::extract:
             let ids: Vec<uuid::Uuid> = report.click_ids.iter().filter_map(|c| uuid::Uuid::parse_str(c).ok()).collect();
             tracking.index.forget(&ids);
         }
+        let mut warnings = Vec::new();
+        if let Some(cache) = &state.click_cache
+            && !report.click_ids.is_empty()
+            && let Err(e) = cache.forget(report.click_ids.clone()).await
+        {
+            // Storage is clean (a retry would find nothing to forget); the cached touches
+            // expire with the attribution window.
+            tracing::error!(error = %e, receipt = %receipt_id, "deleted touches stay in the click cache until they expire");
+            warnings.push("the click cache could not be reached: its copies of the subject's clicks expire within the attribution window");
+        }
         metrics::counter!("trailmark_user_deletions_total").increment(1);
-        Ok(json!({"receipt_id": receipt_id, "rows_deleted": rows}))
+        let mut body = json!({"receipt_id": receipt_id, "rows_deleted": rows});
+        if !warnings.is_empty() {
+            body["warnings"] = json!(warnings);
+        }
+        Ok(body)
     }
     .await;
     match result {

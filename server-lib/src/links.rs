@@ -495,7 +495,14 @@ type Recorded = Result<(String, OsFamily), (NotRecorded, OsFamily)>;
 
 /// Records a click or impression on link `link_id`: flooding flags, the index, storage.
 /// Returns the click id, or why nothing was recorded; with the visitor's OS family either way.
-fn record(state: &AppState, link_id: &str, kind: &str, source: &str, facts: ClickFacts) -> Result<Recorded, ApiError> {
+async fn record(
+    state: &AppState,
+    link_id: &str,
+    kind: &str,
+    source: &str,
+    facts: ClickFacts,
+) -> Result<Recorded, ApiError> {
+    let ip = facts.ip;
     let ua = facts.user_agent.as_deref();
     let parsed = ua.map(enrich::parse_user_agent).unwrap_or_default();
     let os = OsFamily::of(parsed.os.as_deref());
@@ -560,6 +567,12 @@ fn record(state: &AppState, link_id: &str, kind: &str, source: &str, facts: Clic
     }
     metrics::counter!("trailmark_clicks_total", "kind" => kind.to_owned(), "source" => source.to_owned()).increment(1);
     let id = click.click_id.clone();
+    if let Some(cache) = &state.click_cache
+        && let Err(e) = cache.record(crate::clickcache::CachedTouch::of(&click), ip).await
+    {
+        // Stored and indexed here all the same; other instances cannot match it.
+        tracing::warn!(error = %e, "click not in the shared click cache");
+    }
     if let Err(e) = state.storage.record_touch(click) {
         // The click is in the index and the visitor is redirected; only its row is missing.
         metrics::counter!("trailmark_clicks_unpersisted_total").increment(1);
@@ -643,7 +656,7 @@ async fn follow(state: &AppState, link: Option<Arc<LinkRecord>>, source: &str, r
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no active link here").into_response();
     };
     let facts = ClickFacts::from_request(state, request.headers(), peer(&request), request.uri().query());
-    match record(state, &link.link_id, "click", source, facts) {
+    match record(state, &link.link_id, "click", source, facts).await {
         Ok(Ok((id, os))) => redirect(&destination(&link, os, Some(&id))),
         Ok(Err((_, os))) => redirect(&destination(&link, os, None)),
         Err(e) => e.into_response(),
@@ -655,11 +668,28 @@ pub async fn click_by_code(State(state): State<Arc<AppState>>, Path(code): Path<
     if let Err(e) = state.tracking.ready(&state).await {
         return e.into_response();
     }
-    let link = match state.tracking.lock() {
-        Ok(t) => t.by_code.get(&code).map(|&i| t.links[i as usize].clone()),
+    let link = match find_link(&state, |t| t.by_code.get(&code).map(|&i| t.links[i as usize].clone())).await {
+        Ok(link) => link,
         Err(e) => return e.into_response(),
     };
     follow(&state, link, "redirect", request).await
+}
+
+/// A link looked up in the loaded state; on a miss the links are reloaded from storage (another
+/// instance may have created it) and looked up again. With a shared click cache (several
+/// instances) links are also reloaded every [`LINK_REFRESH`](crate::tracking::LINK_REFRESH).
+async fn find_link(
+    state: &AppState,
+    by: impl Fn(&crate::tracking::TrackState) -> Option<Arc<LinkRecord>>,
+) -> Result<Option<Arc<LinkRecord>>, ApiError> {
+    if state.click_cache.is_some() {
+        state.tracking.reload_links(state, crate::tracking::LINK_REFRESH).await?;
+    }
+    let found = by(&*state.tracking.lock()?);
+    if found.is_some() || !state.tracking.reload_after_miss(state).await {
+        return Ok(found);
+    }
+    Ok(by(&*state.tracking.lock()?))
 }
 
 fn query_param(request: &Request, name: &str) -> Option<String> {
@@ -673,8 +703,9 @@ pub async fn click_by_link(State(state): State<Arc<AppState>>, request: Request)
     if let Err(e) = state.tracking.ready(&state).await {
         return e.into_response();
     }
-    let link = match state.tracking.lock() {
-        Ok(t) => query_param(&request, "link").and_then(|id| t.by_id.get(&id).map(|&i| t.links[i as usize].clone())),
+    let id = query_param(&request, "link").unwrap_or_default();
+    let link = match find_link(&state, |t| t.by_id.get(&id).map(|&i| t.links[i as usize].clone())).await {
+        Ok(link) => link,
         Err(e) => return e.into_response(),
     };
     follow(&state, link, "api", request).await
@@ -690,8 +721,9 @@ pub async fn impression(State(state): State<Arc<AppState>>, request: Request) ->
         let link_id =
             link_id.ok_or_else(|| ApiError::bad_request("invalid_query", "the link query parameter is required"))?;
         state.tracking.ready(&state).await?;
+        find_link(&state, |t| t.by_id.get(&link_id).map(|&i| t.links[i as usize].clone())).await?;
         let facts = ClickFacts::from_request(&state, &parts.headers, peer, parts.uri.query());
-        let _not_counted = record(&state, &link_id, "impression", "impression", facts)?;
+        let _not_counted = record(&state, &link_id, "impression", "impression", facts).await?;
         Ok::<_, ApiError>(())
     }
     .await;
@@ -762,16 +794,9 @@ pub async fn s2s_click(State(state): State<Arc<AppState>>, request: Request) -> 
                 }
             };
             state.tracking.ready(&state).await?;
-            {
-                let tracking = state.tracking.lock()?;
-                let owned = tracking
-                    .by_id
-                    .get(&req.link_id)
-                    .map(|&i| tracking.links[i as usize].app_id == signed.app_id)
-                    .unwrap_or(false);
-                if !owned {
-                    return Err(link_not_found());
-                }
+            let link = find_link(&state, |t| t.by_id.get(&req.link_id).map(|&i| t.links[i as usize].clone())).await?;
+            if link.is_none_or(|l| l.app_id != signed.app_id) {
+                return Err(link_not_found());
             }
             let ip =
                 match req.ip.as_deref() {
@@ -803,7 +828,7 @@ pub async fn s2s_click(State(state): State<Arc<AppState>>, request: Request) -> 
                 }
             }
             // The network's server is the client here: rate-limit by the visitor's address only.
-            Ok(match record(&state, &req.link_id, kind, "s2s", facts)? {
+            Ok(match record(&state, &req.link_id, kind, "s2s", facts).await? {
                 Ok((id, _)) => (StatusCode::CREATED, json!({"click_id": id})),
                 Err((NotRecorded::Bot, _)) => (StatusCode::OK, json!({"click_id": null, "reason": "bot user agent"})),
                 Err((NotRecorded::RateLimited, _)) => {

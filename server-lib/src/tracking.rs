@@ -73,6 +73,15 @@ impl TrackState {
     /// Builds the compact touch of a stored click and indexes it. The click path and the
     /// rebuild both go through here, so both index the same facts.
     pub fn index_touch(&mut self, click: &ClickRecord, ip: Option<IpAddr>) -> Option<Touch> {
+        let touch = self.touch_of(click, ip)?;
+        self.index.expire(click.ts);
+        self.index.push(touch);
+        Some(touch)
+    }
+
+    /// The compact touch of a click (hashed with this instance's keys); none when its link is
+    /// unknown here.
+    pub fn touch_of(&self, click: &ClickRecord, ip: Option<IpAddr>) -> Option<Touch> {
         let link = *self.by_id.get(&click.link_id)?;
         let id = uuid::Uuid::parse_str(&click.click_id).ok()?;
         let kind = if click.kind == "impression" { TouchKind::Impression } else { TouchKind::Click };
@@ -90,9 +99,18 @@ impl TrackState {
         }
         .hash(&self.index.hasher)
         .apply(&mut touch);
-        self.index.expire(click.ts);
-        self.index.push(touch);
         Some(touch)
+    }
+
+    /// Replaces campaigns and links with what storage holds (another instance may have
+    /// created or changed them).
+    fn replace_links(&mut self, campaigns: Vec<Campaign>, links: Vec<LinkRecord>) {
+        for c in campaigns {
+            self.campaigns.insert(c.campaign_id.clone(), c);
+        }
+        for l in links {
+            self.put_link(l);
+        }
     }
 
     /// Counts a click against the flooding limits; returns the flags it earns.
@@ -119,7 +137,17 @@ pub struct Tracking {
     /// Serialises link changes (read, modify, store, publish) so concurrent edits cannot
     /// undo each other.
     pub link_changes: tokio::sync::Mutex<()>,
+    /// When links were last reloaded from storage (see [`Tracking::reload_links`]).
+    last_reload: Mutex<Option<std::time::Instant>>,
+    /// Reloads after misses in the last second.
+    miss_reloads: Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
+
+/// Most link reloads a second after misses.
+pub const MISS_RELOADS_PER_SEC: usize = 5;
+/// With a shared click cache (several instances), links are reloaded this often, so a link
+/// edited through another instance (disabled, say) takes effect here too.
+pub const LINK_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Tracking {
     /// Loads the state from storage the first time; then [`Tracking::lock`] works.
@@ -137,6 +165,45 @@ impl Tracking {
 }
 
 impl Tracking {
+    /// Reloads campaigns and links from storage unless that happened less than `min_age` ago
+    /// (with a shared click cache, so links edited through another instance take effect here).
+    pub async fn reload_links(&self, state: &AppState, min_age: std::time::Duration) -> Result<bool, ApiError> {
+        {
+            let mut last = self.last_reload.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < min_age) {
+                return Ok(false);
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        self.load_links_now(state).await?;
+        Ok(true)
+    }
+
+    async fn load_links_now(&self, state: &AppState) -> Result<(), ApiError> {
+        let _changes = self.link_changes.lock().await;
+        let (campaigns, links) = state.storage.load_links().await.map_err(crate::links::storage_error)?;
+        self.lock()?.replace_links(campaigns, links);
+        Ok(())
+    }
+
+    /// After a link or campaign miss (another instance may have created it): reloads them,
+    /// at most [`MISS_RELOADS_PER_SEC`] times a second so unknown codes cannot hammer
+    /// storage. Tells whether it reloaded.
+    pub async fn reload_after_miss(&self, state: &AppState) -> bool {
+        {
+            let mut recent = self.miss_reloads.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::Instant::now();
+            while recent.front().is_some_and(|t| now.duration_since(*t) >= std::time::Duration::from_secs(1)) {
+                recent.pop_front();
+            }
+            if recent.len() >= MISS_RELOADS_PER_SEC {
+                return false;
+            }
+            recent.push_back(now);
+        }
+        self.load_links_now(state).await.is_ok()
+    }
+
     /// The state if it is loaded (callers that ran [`Tracking::ready`] earlier in the request).
     pub fn lock_loaded(&self) -> Option<MutexGuard<'_, TrackState>> {
         self.cell.get().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
@@ -158,16 +225,23 @@ async fn load(state: &AppState) -> Result<Mutex<TrackState>, String> {
     let baseline_from = now - (cfg.fraud.burst_baseline_hours as i64 + 1) * HOUR;
     let counts = state.storage.install_counts(baseline_from).await.map_err(describe)?;
     let mut s = TrackState::new(cfg.index_ttl());
-    for c in campaigns {
-        s.campaigns.insert(c.campaign_id.clone(), c);
-    }
-    for l in links {
-        s.put_link(l);
-    }
+    s.replace_links(campaigns, links);
     let mut indexed = 0usize;
+    let mut shared = Vec::new();
     for t in &touches {
         let ip = t.ip_enc.as_deref().and_then(|b| state.ip_cipher.decrypt(b));
         indexed += s.index_touch(t, ip).is_some() as usize;
+        if state.click_cache.is_some() {
+            shared.push((crate::clickcache::CachedTouch::of(t), ip));
+        }
+    }
+    if let Some(cache) = &state.click_cache {
+        // A cache that lost its data (a restarted Redis) gets the stored touches back.
+        match cache.warm(shared).await {
+            Ok(true) => tracing::info!(touches = touches.len(), "click cache warmed from storage"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "click cache not warmed"),
+        }
     }
     s.burst.seed(counts);
     if !state.config.postbacks.is_empty() {

@@ -168,6 +168,8 @@ pub struct TouchIndex {
     by_prefix: FxHashMap<u64, u64>,
     pub hasher: Hasher,
     ttl: i64,
+    /// Capacity a new chunk starts with (chunks still hold up to [`CHUNK`] touches).
+    reserve: usize,
 }
 
 fn id_key(id: &[u8; 16]) -> u64 {
@@ -177,6 +179,12 @@ fn id_key(id: &[u8; 16]) -> u64 {
 impl TouchIndex {
     /// An empty index that keeps touches for `ttl` ms.
     pub fn new(ttl: i64) -> Self {
+        Self::with_hasher(ttl, Hasher::default(), CHUNK)
+    }
+
+    /// A small index for one decision over touches fetched from a shared cache: `hasher` is the
+    /// instance's (so the hashes match its other keys), `reserve` the expected touch count.
+    pub fn with_hasher(ttl: i64, hasher: Hasher, reserve: usize) -> Self {
         TouchIndex {
             chunks: VecDeque::new(),
             chunk_newest: VecDeque::new(),
@@ -185,8 +193,9 @@ impl TouchIndex {
             by_id: FxHashMap::default(),
             by_device: FxHashMap::default(),
             by_prefix: FxHashMap::default(),
-            hasher: Hasher::default(),
+            hasher,
             ttl,
+            reserve: reserve.clamp(1, CHUNK),
         }
     }
 
@@ -239,7 +248,7 @@ impl TouchIndex {
         touch.prev_prefix = link(&mut self.by_prefix, prefix);
         self.by_id.insert(id_key(&touch.id), seq);
         if self.chunks.back().is_none_or(|c| c.len() == CHUNK) {
-            self.chunks.push_back(Vec::with_capacity(CHUNK));
+            self.chunks.push_back(Vec::with_capacity(self.reserve));
             self.chunk_newest.push_back(i64::MIN);
         }
         let newest = self.chunk_newest.back_mut().expect("a chunk exists");

@@ -1,0 +1,285 @@
+//! Two reference-server processes share one PostgreSQL database and one Redis: a click answered
+//! by instance A attributes an install posted to instance B, the same event sent to both is
+//! stored once, and a deletion through one leaves nothing of the subject in either store.
+//!
+//! Needs `TM_POSTGRES_URL` and `TM_REDIS_URL` (`./tests/run.sh services` starts both); skipped
+//! without them unless `TM_REQUIRE_SERVICES=1`.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use trailmark_core::protocol;
+
+const BIN: &str = env!("CARGO_BIN_EXE_trailmark-server");
+const ANDROID_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A.240205.004) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
+
+struct Instance {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> Instance {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--app", "app:secret", "--admin-key", "admin", "--ip-rate", "100000"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !line.starts_with("listening ") {
+        line.clear();
+        assert!(Instant::now() < deadline, "server did not start");
+        assert!(out.read_line(&mut line).unwrap() > 0, "server exited before listening");
+    }
+    std::thread::spawn(move || for _ in out.lines() {});
+    Instance { child, base: line.trim().trim_start_matches("listening ").to_owned() }
+}
+
+fn services() -> Option<(String, String)> {
+    match (std::env::var("TM_POSTGRES_URL"), std::env::var("TM_REDIS_URL")) {
+        (Ok(pg), Ok(redis)) => Some((pg, redis)),
+        _ => {
+            assert!(
+                std::env::var("TM_REQUIRE_SERVICES").is_err(),
+                "TM_REQUIRE_SERVICES is set but TM_POSTGRES_URL or TM_REDIS_URL is missing"
+            );
+            eprintln!("skipped: set TM_POSTGRES_URL and TM_REDIS_URL (./tests/run.sh services does)");
+            None
+        }
+    }
+}
+
+struct Client {
+    http: reqwest::Client,
+}
+
+impl Client {
+    async fn admin(&self, base: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{base}{path}")).bearer_auth("admin");
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn signed(&self, base: &str, path: &str, body: &Value) -> (u16, Value) {
+        let body = serde_json::to_vec(body).unwrap();
+        let ts = trailmark_server::now_ms() / 1000;
+        let resp = self
+            .http
+            .post(format!("{base}{path}"))
+            .header(protocol::HEADER_APP, "app")
+            .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+            .header(protocol::HEADER_SIGNATURE, protocol::sign(b"secret", ts, &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Follows a tracking link and returns the click id from the redirect.
+    async fn click(&self, base: &str, path: &str) -> String {
+        let resp = self.http.get(format!("{base}{path}")).header("User-Agent", ANDROID_UA).send().await.unwrap();
+        assert_eq!(resp.status(), 302);
+        let to = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+        let referrer = to.query_pairs().find(|(k, _)| k == "referrer").unwrap().1.into_owned();
+        url::form_urlencoded::parse(referrer.as_bytes()).find(|(k, _)| k == "tm_click_id").unwrap().1.into_owned()
+    }
+}
+
+async fn link(client: &Client, base: &str) -> (String, String) {
+    let (s, c) = client
+        .admin(base, reqwest::Method::POST, "/v1/campaigns", Some(json!({"name": "Spring", "network": "meta"})))
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let (s, l) = client
+        .admin(
+            base,
+            reqwest::Method::POST,
+            "/v1/links",
+            Some(json!({
+                "campaign_id": c["campaign_id"],
+                "destinations": {
+                    "android": "https://play.google.com/store/apps/details?id=com.example.shop",
+                    "web": "https://shop.example.com/landing"
+                }
+            })),
+        )
+        .await;
+    assert_eq!(s, 201, "{l}");
+    (c["campaign_id"].as_str().unwrap().to_owned(), l["code"].as_str().unwrap().to_owned())
+}
+
+fn install_body(anonymous_id: &str, gaid: Option<&str>, click_id: Option<&str>) -> Value {
+    let mut body = json!({
+        "event_id": uuid::Uuid::new_v4().to_string(),
+        "anonymous_id": anonymous_id,
+        "timestamp": protocol::format_millis(trailmark_server::now_ms()),
+        "platform": "android",
+        "device": {"os": "Android", "os_version": "14", "model": "Pixel 8"},
+    });
+    if let Some(g) = gaid {
+        body["device"]["gaid"] = json!(g);
+    }
+    if let Some(c) = click_id {
+        body["click_id"] = json!(c);
+    }
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_postgres_and_redis() {
+    let Some((pg_url, redis_url)) = services() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("shared.keys");
+    // Installs follow their clicks within milliseconds here; the click-injection rule would
+    // reject them.
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "[attribution]\nmin_click_to_install_secs = 0\n").unwrap();
+    let schema = format!("mi_{}_{}", std::process::id(), trailmark_server::now_ms());
+    let prefix_args = |db: &str| {
+        vec![
+            "--db".to_owned(),
+            dir.path().join(db).display().to_string(),
+            "--postgres".to_owned(),
+            pg_url.clone(),
+            "--postgres-schema".to_owned(),
+            schema.clone(),
+            "--redis".to_owned(),
+            redis_url.clone(),
+            "--keys".to_owned(),
+            keys.display().to_string(),
+            "--config".to_owned(),
+            config.display().to_string(),
+        ]
+    };
+    let args_a = prefix_args("a.db");
+    let a = spawn(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
+    let args_b = prefix_args("b.db");
+    let b = spawn(&args_b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!dir.path().join("a.db").exists(), "with --postgres no SQLite file is made");
+    let client =
+        Client { http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap() };
+
+    // A click through A (on a link made through A) attributes an install posted to B: by
+    // device id, which only the shared click cache can tell B about.
+    let (campaign, code) = link(&client, &a.base).await;
+    let gaid = uuid::Uuid::new_v4().to_string();
+    let click_a = client.click(&a.base, &format!("/c/{code}?gaid={gaid}")).await;
+    let anon = format!("anon-{}", uuid::Uuid::new_v4());
+    let install = install_body(&anon, Some(&gaid), None);
+    let (s, result) = client.signed(&b.base, "/v1/install", &install).await;
+    assert_eq!(s, 200, "{result}");
+    assert_eq!(result["attributed"], true, "{result}");
+    assert_eq!(result["match_type"], "device_id", "{result}");
+    assert_eq!(result["click_id"], click_a.as_str(), "{result}");
+    assert_eq!(result["campaign_id"], campaign.as_str());
+    // The same install posted to A gets the same answer and is stored once.
+    let (s, again) = client.signed(&a.base, "/v1/install", &install).await;
+    assert_eq!((s, &again), (200, &result));
+
+    // A link made through A, clicked through B (B loads it on the miss), installed through A
+    // by click id.
+    let (_, code2) = link(&client, &a.base).await;
+    let click_b = client.click(&b.base, &format!("/c/{code2}")).await;
+    let (s, by_id) = client.signed(&a.base, "/v1/install", &install_body("anon-other", None, Some(&click_b))).await;
+    assert_eq!(s, 200, "{by_id}");
+    assert_eq!((by_id["match_type"].as_str(), by_id["click_id"].as_str()), (Some("click_id"), Some(click_b.as_str())));
+
+    // The same event sent to both instances is stored once.
+    let event_id = uuid::Uuid::new_v4().to_string();
+    let batch = json!({"sent_at": protocol::format_millis(trailmark_server::now_ms()), "batch": [{
+        "event_id": event_id, "type": "purchase", "timestamp": protocol::format_millis(trailmark_server::now_ms()),
+        "anonymous_id": anon, "properties": {"revenue": 9.5, "currency": "EUR"}}]});
+    for base in [&a.base, &b.base] {
+        let (s, body) = client.signed(base, "/v1/event", &batch).await;
+        assert_eq!(s, 200, "{body}");
+    }
+    for base in [&a.base, &b.base] {
+        let (s, events) =
+            client.admin(base, reqwest::Method::GET, &format!("/v1/events?anonymous_id={anon}"), None).await;
+        assert_eq!(s, 200);
+        let ids: Vec<&str> =
+            events["events"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+        assert_eq!(ids, vec![event_id.as_str()], "one copy, seen from either instance");
+    }
+
+    // The subject is in both stores before the deletion…
+    let (pg, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    pg.batch_execute(&format!("SET search_path = {schema}")).await.unwrap();
+    let needles = [gaid.as_str(), anon.as_str(), click_a.as_str()];
+    assert!(!pg_rows_with(&pg, &schema, &needles).await.is_empty(), "the subject is stored");
+    let mut redis = redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    assert!(!redis_entries_with(&mut redis, &needles).await.is_empty(), "the click is cached");
+
+    // …and in neither after `/v1/user/delete` through B.
+    let (s, receipt) =
+        client.admin(&b.base, reqwest::Method::POST, "/v1/user/delete", Some(json!({"device_id": gaid}))).await;
+    assert_eq!(s, 200, "{receipt}");
+    assert!(receipt["rows_deleted"].as_u64().unwrap() >= 3, "{receipt}");
+    assert!(receipt.get("warnings").is_none(), "{receipt}");
+    assert_eq!(pg_rows_with(&pg, &schema, &needles).await, Vec::<String>::new(), "left in PostgreSQL");
+    assert_eq!(redis_entries_with(&mut redis, &needles).await, Vec::<String>::new(), "left in Redis");
+    // The other click (another subject) is still matchable through either instance.
+    assert!(!redis_entries_with(&mut redis, &[click_b.as_str()]).await.is_empty());
+    let (s, _) = client.admin(&a.base, reqwest::Method::GET, "/v1/events?anonymous_id=anon-other", None).await;
+    assert_eq!(s, 200);
+
+    drop((a, b));
+    pg.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}
+
+/// Every row of every table in `schema` whose text holds one of `needles` (as `table: row`).
+async fn pg_rows_with(pg: &tokio_postgres::Client, schema: &str, needles: &[&str]) -> Vec<String> {
+    let tables = pg
+        .query("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1", &[&schema])
+        .await
+        .unwrap();
+    let mut found = Vec::new();
+    for t in tables {
+        let table: String = t.get(0);
+        let rows = pg.query(&format!("SELECT t::text FROM {table} t"), &[]).await.unwrap();
+        for row in rows {
+            let text: String = row.get(0);
+            let lower = text.to_ascii_lowercase();
+            if needles.iter().any(|n| lower.contains(&n.to_ascii_lowercase())) {
+                found.push(format!("{table}: {text}"));
+            }
+        }
+    }
+    found
+}
+
+/// Every Redis key whose name or content (string or sorted set) holds one of `needles`.
+async fn redis_entries_with(redis: &mut redis::aio::MultiplexedConnection, needles: &[&str]) -> Vec<String> {
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(redis).await.unwrap();
+    let mut found = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query_async(redis).await.unwrap();
+        let content: Vec<String> = match kind.as_str() {
+            "string" => vec![redis::cmd("GET").arg(&key).query_async(redis).await.unwrap()],
+            "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query_async(redis).await.unwrap(),
+            _ => vec![],
+        };
+        let hit = |s: &str| needles.iter().any(|n| s.to_ascii_lowercase().contains(&n.to_ascii_lowercase()));
+        if hit(&key) || content.iter().any(|c| hit(c)) {
+            found.push(format!("{key} ({kind}): {content:?}"));
+        }
+    }
+    found
+}
