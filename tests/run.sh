@@ -230,8 +230,8 @@ suite_services() {
   # shellcheck disable=SC1090
   . "$env_file"
   echo "PostgreSQL $TM_POSTGRES_URL, Redis $TM_REDIS_URL"
-  run services-test env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --test storage_suite
-  summary+=("$(awk '/^test result:/{print "services storage suite (SQLite + PostgreSQL): " $0}' "$log_dir/services-test.log")")
+  run services-test env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --test storage_suite --test reports
+  summary+=("$(awk '/^test result:/{print "services storage suite + reports (SQLite + PostgreSQL): " $0}' "$log_dir/services-test.log")")
   run services-multi env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-examples --test multi_instance
   summary+=("$(awk '/^test result:/{print "services two instances (PostgreSQL + Redis): " $0}' "$log_dir/services-multi.log")")
   "$root/tests/services.sh" stop "$TM_SERVICES_DIR"

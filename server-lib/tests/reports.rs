@@ -16,25 +16,57 @@ const DAY: i64 = 24 * HOUR;
 /// 2026-11-02T08:00:00Z.
 const T0: i64 = 1_793_577_600_000 + 8 * HOUR;
 
+/// Where a test's server stores: the SQLite file, or a PostgreSQL schema of its own.
+enum Db {
+    Sqlite(std::path::PathBuf),
+    Postgres(tokio_postgres::Client),
+}
+
 struct Srv {
     base: String,
     clock: ManualClock,
     client: reqwest::Client,
-    db: std::path::PathBuf,
+    db: Db,
     state: Arc<AppState>,
     _dir: tempfile::TempDir,
 }
 
-async fn start(tune: impl FnOnce(&mut ServerConfig)) -> Srv {
+/// The PostgreSQL URL of `./tests/run.sh services`; `None` (the test is skipped) without one,
+/// unless `TM_REQUIRE_SERVICES` is set.
+fn postgres_url() -> Option<String> {
+    let url = std::env::var("TM_POSTGRES_URL").ok();
+    if url.is_none() {
+        assert!(std::env::var("TM_REQUIRE_SERVICES").is_err(), "TM_REQUIRE_SERVICES is set but TM_POSTGRES_URL is not");
+        eprintln!("TM_POSTGRES_URL not set: the PostgreSQL run is skipped (./tests/run.sh services runs it)");
+    }
+    url
+}
+
+/// A server on SQLite, or on PostgreSQL at `postgres` (a fresh schema).
+async fn start_on(postgres: Option<&str>, tune: impl FnOnce(&mut ServerConfig)) -> Srv {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("r.db");
     let (clock, handle) = Clock::manual(T0);
     let mut c = ServerConfig::new().with_app("app", "secret").with_admin_key("admin");
     c.clock = clock;
     // The test runs maintenance itself, on its own clock.
     c.reports.scheduler = false;
     tune(&mut c);
-    let state = ServerBuilder::new(c).sqlite(&db).unwrap().build_state().unwrap();
+    let (builder, db) = match postgres {
+        None => {
+            let db = dir.path().join("r.db");
+            (ServerBuilder::new(c).sqlite(&db).unwrap(), Db::Sqlite(db))
+        }
+        Some(url) => {
+            let schema = format!("r_{}", uuid::Uuid::new_v4().simple());
+            let store =
+                trailmark_server::storage::postgres::PostgresStorage::connect(url, 4, Some(&schema)).await.unwrap();
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            client.batch_execute(&format!("SET search_path = {schema}")).await.unwrap();
+            (ServerBuilder::new(c).storage(Arc::new(store)), Db::Postgres(client))
+        }
+    };
+    let state = builder.build_state().unwrap();
     let router = trailmark_server::router(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -143,9 +175,13 @@ impl Srv {
         .await
     }
 
-    fn count(&self, sql: &str) -> i64 {
-        let conn = rusqlite::Connection::open(&self.db).unwrap();
-        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    /// One integer from the store (the same SQL on both).
+    async fn count(&self, sql: &str) -> i64 {
+        let sql = format!("SELECT CAST(({sql}) AS BIGINT)");
+        match &self.db {
+            Db::Sqlite(path) => rusqlite::Connection::open(path).unwrap().query_row(&sql, [], |r| r.get(0)).unwrap(),
+            Db::Postgres(client) => client.query_one(&sql, &[]).await.unwrap().get(0),
+        }
     }
 }
 
@@ -217,7 +253,18 @@ fn find<'a>(list: &'a Value, key: &str, value: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_on_a_fixed_fixture() {
-    let srv = start(|_| {}).await;
+    reports_on(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_on_a_fixed_fixture_postgres() {
+    if let Some(url) = postgres_url() {
+        reports_on(Some(&url)).await;
+    }
+}
+
+async fn reports_on(postgres: Option<&str>) {
+    let srv = start_on(postgres, |_| {}).await;
     let f = fixture(&srv).await;
 
     // Campaign performance.
@@ -288,20 +335,20 @@ async fn reports_on_a_fixed_fixture() {
     assert_eq!(r["paths"].as_array().unwrap().len(), 2);
 
     // Star schema and sessions.
-    assert_eq!(srv.count("SELECT count(*) FROM fact_events"), 15);
-    assert_eq!(srv.count("SELECT count(*) FROM dim_users"), 5);
-    assert_eq!(srv.count("SELECT count(*) FROM dim_campaigns WHERE kind = 'link'"), 2);
+    assert_eq!(srv.count("SELECT count(*) FROM fact_events").await, 15);
+    assert_eq!(srv.count("SELECT count(*) FROM dim_users").await, 5);
+    assert_eq!(srv.count("SELECT count(*) FROM dim_campaigns WHERE kind = 'link'").await, 2);
     assert_eq!(
-        srv.count("SELECT count(*) FROM sessions WHERE anonymous_id = 'g1'"),
+        srv.count("SELECT count(*) FROM sessions WHERE anonymous_id = 'g1'").await,
         4,
         "open+view+buy, +45 min, +1 d, +7 d"
     );
-    assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759"), 12);
+    assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759").await, 12);
     assert_eq!(
         srv.count(&format!(
             "SELECT events FROM rollup_daily WHERE date_key = 20759 AND campaign_key = '{}' AND event_type = 'app_open'",
             f.a
-        )),
+        )).await,
         4,
         "g1 twice, g2, g3"
     );
@@ -309,10 +356,11 @@ async fn reports_on_a_fixed_fixture() {
     let t = T0 + 3 * MINUTE;
     srv.event_at(t + 25 * MINUTE, "view_item", "g1", json!({})).await;
     srv.state.maintenance.refresh().await.unwrap();
-    assert_eq!(srv.count("SELECT count(*) FROM sessions WHERE anonymous_id = 'g1'"), 3);
-    assert_eq!(srv.count("SELECT events FROM sessions WHERE anonymous_id = 'g1' ORDER BY start_ts LIMIT 1"), 5);
+    assert_eq!(srv.count("SELECT count(*) FROM sessions WHERE anonymous_id = 'g1'").await, 3);
+    assert_eq!(srv.count("SELECT events FROM sessions WHERE anonymous_id = 'g1' ORDER BY start_ts LIMIT 1").await, 5);
     assert_eq!(
-        srv.count("SELECT count(DISTINCT session_key) FROM fact_events WHERE anonymous_id = 'g1' AND date_key = 20759"),
+        srv.count("SELECT count(DISTINCT session_key) FROM fact_events WHERE anonymous_id = 'g1' AND date_key = 20759")
+            .await,
         1
     );
 
@@ -326,22 +374,33 @@ async fn reports_on_a_fixed_fixture() {
     assert_eq!(s, 200);
     let resent: Value = srv.signed("/v1/event", &e).send().await.unwrap().json().await.unwrap();
     assert_eq!(resent["accepted"], 1, "{resent}");
-    assert_eq!(srv.count("SELECT count(*) FROM etl_pending"), 1);
+    assert_eq!(srv.count("SELECT count(*) FROM etl_pending").await, 1);
     let r = srv.state.maintenance.refresh().await.unwrap();
-    assert_eq!(srv.count("SELECT count(*) FROM events WHERE anonymous_id = 'z1'"), 1, "{r:?}");
-    assert_eq!(srv.count("SELECT count(*) FROM fact_events WHERE anonymous_id = 'z1'"), 1, "{r:?}");
+    assert_eq!(srv.count("SELECT count(*) FROM events WHERE anonymous_id = 'z1'").await, 1, "{r:?}");
+    assert_eq!(srv.count("SELECT count(*) FROM fact_events WHERE anonymous_id = 'z1'").await, 1, "{r:?}");
 
     // Deleting a user reaches the tables this issue adds.
     let (s, d) = srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"anonymous_id": "g1"}))).await;
     assert_eq!(s, 200, "{d}");
     for table in ["fact_events", "dim_users", "sessions"] {
-        assert_eq!(srv.count(&format!("SELECT count(*) FROM {table} WHERE anonymous_id = 'g1'")), 0, "{table}");
+        assert_eq!(srv.count(&format!("SELECT count(*) FROM {table} WHERE anonymous_id = 'g1'")).await, 0, "{table}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_report_requests_get_clear_errors() {
-    let srv = start(|_| {}).await;
+    bad_requests_on(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_report_requests_get_clear_errors_postgres() {
+    if let Some(url) = postgres_url() {
+        bad_requests_on(Some(&url)).await;
+    }
+}
+
+async fn bad_requests_on(postgres: Option<&str>) {
+    let srv = start_on(postgres, |_| {}).await;
     let (a, _) = srv.campaign("A", "meta").await;
     for (path, needle) in [
         ("/v1/reports/funnel?from=2026-11-01", "steps is required"),
@@ -388,7 +447,18 @@ async fn bad_report_requests_get_clear_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_and_purge_on_a_simulated_clock() {
-    let srv = start(|c| {
+    retention_on(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_and_purge_on_a_simulated_clock_postgres() {
+    if let Some(url) = postgres_url() {
+        retention_on(Some(&url)).await;
+    }
+}
+
+async fn retention_on(postgres: Option<&str>) {
+    let srv = start_on(postgres, |c| {
         c.reports.raw_retention_days = 30;
         c.reports.refresh_interval = 10 * SECOND;
         c.reports.purge_interval = DAY;
@@ -412,7 +482,7 @@ async fn retention_and_purge_on_a_simulated_clock() {
     assert_eq!(first.refreshed_events, 16);
     let purged = first.purged.expect("the first run purges");
     assert_eq!((purged.events, purged.clicks), (0, 0));
-    assert_eq!(srv.count("SELECT count(*) FROM dim_campaigns WHERE campaign_key = 'utm:news:autumn'"), 1);
+    assert_eq!(srv.count("SELECT count(*) FROM dim_campaigns WHERE campaign_key = 'utm:news:autumn'").await, 1);
     let before = srv.get("/v1/reports/campaigns?from=2026-11-02&to=2026-11-02").await;
 
     // 5 seconds later nothing is due; 10 seconds later only a refresh.
@@ -426,35 +496,35 @@ async fn retention_and_purge_on_a_simulated_clock() {
     srv.clock.set(T0 + 8 * DAY + HOUR);
     let r = m.run_due().await.unwrap();
     assert_eq!(r.purged.unwrap().clicks, 16, "10 impressions and 6 clicks");
-    assert_eq!(srv.count("SELECT count(*) FROM clicks"), 0);
-    assert_eq!(srv.count("SELECT count(*) FROM events"), 16, "raw events are kept 30 days");
+    assert_eq!(srv.count("SELECT count(*) FROM clicks").await, 0);
+    assert_eq!(srv.count("SELECT count(*) FROM events").await, 16, "raw events are kept 30 days");
 
     // 40 days after the campaign: raw events, facts and sessions of 2026-11-02 … 2026-11-09 go.
     srv.clock.set(T0 + 40 * DAY);
     let r = m.run_due().await.unwrap();
     let purged = r.purged.unwrap();
     assert_eq!((purged.events, purged.facts), (16, 16), "{purged:?}");
-    assert_eq!(srv.count("SELECT count(*) FROM events"), 0);
-    assert_eq!(srv.count("SELECT count(*) FROM fact_events"), 0);
-    assert_eq!(srv.count("SELECT count(*) FROM sessions"), 0);
+    assert_eq!(srv.count("SELECT count(*) FROM events").await, 0);
+    assert_eq!(srv.count("SELECT count(*) FROM fact_events").await, 0);
+    assert_eq!(srv.count("SELECT count(*) FROM sessions").await, 0);
     // The web visitor had nothing else: an orphan, deleted. Installed users stay.
-    assert_eq!(srv.count("SELECT count(*) FROM dim_users WHERE anonymous_id = 'w1'"), 0);
-    assert_eq!(srv.count("SELECT count(*) FROM dim_users"), 5);
+    assert_eq!(srv.count("SELECT count(*) FROM dim_users WHERE anonymous_id = 'w1'").await, 0);
+    assert_eq!(srv.count("SELECT count(*) FROM dim_users").await, 5);
     // The rollups keep the numbers: the campaign report is unchanged.
     let after = srv.get("/v1/reports/campaigns?from=2026-11-02&to=2026-11-02").await;
     assert_eq!(after["campaigns"], before["campaigns"]);
     assert_eq!(find(&after["campaigns"], "campaign_id", &f.a)["clicks"], 4);
-    assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759"), 13);
+    assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759").await, 13);
     // A late event for a purged day is stored, but cannot change that day's rollup.
     srv.event_at(T0 + HOUR, "app_open", "g2", json!({})).await;
     srv.state.maintenance.refresh().await.unwrap();
-    assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759"), 13);
+    assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759").await, 13);
     // Nor after a purge with an earlier cut-off (a longer retention set later, a clock set
     // back): cut-offs only move forward.
     let earlier = trailmark_server::storage::RetentionCutoffs { events: T0 - 100 * DAY, clicks: T0 - 100 * DAY };
     srv.state.storage.purge(earlier).await.unwrap();
     srv.event_at(T0 + 2 * HOUR, "app_open", "g3", json!({})).await;
     srv.state.maintenance.refresh().await.unwrap();
-    assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759"), 13);
+    assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759").await, 13);
     let _ = f.b;
 }

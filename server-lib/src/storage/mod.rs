@@ -18,6 +18,8 @@ use tokio::sync::oneshot;
 
 mod attr;
 #[cfg(feature = "postgres")]
+mod pg_star;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod records;
 pub mod star;

@@ -1,14 +1,12 @@
 //! PostgreSQL storage (feature `postgres`): `tokio-postgres` with a `deadpool` pool, for several
 //! stateless server instances sharing one database.
 //!
-//! So far it covers the event path (ingest with dedup on `(app_id, event_id)`, the event
-//! inspector, `/v1/user/delete` with its audit record), campaigns, links and their audit log,
-//! clicks (written behind their redirect by one task, in batches), and installs with their
-//! touchpoint, fraud alert and postbacks, re-engagements, conversion credit and postback
-//! delivery: every attribution method. The report tables (star schema, rollups, retention)
-//! still answer [`StorageError::Unsupported`] here
-//! (issue 8 continues); the storage conformance suite (`tests/storage_suite.rs`) runs against
-//! both stores.
+//! Everything the SQLite store does: the event path (ingest with dedup on `(app_id, event_id)`,
+//! the event inspector, `/v1/user/delete` with its audit record), campaigns, links and their
+//! audit log, clicks (written behind their redirect by one task, in batches), installs with
+//! their touchpoint, fraud alert and postbacks, re-engagements, conversion credit, postback
+//! delivery, and the report tables (star schema, sessions, rollups, retention: `pg_star.rs`).
+//! The storage conformance suite (`tests/storage_suite.rs`) runs against both stores.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -24,6 +22,7 @@ use super::{
     LinkAudit, LinkRecord, NewEvent, PendingPostback, PostbackAttempt, PostbackRecord, Reengagement, Storage,
     StorageError, StorageFuture, Subject, Touchpoint,
 };
+use crate::storage::records::{CampaignCost, PurgeReport, RefreshReport, ReportQuery, ReportRows, RetentionCutoffs};
 
 /// Migrations, applied in order inside one transaction under an advisory lock, so instances
 /// starting together do not race.
@@ -238,17 +237,10 @@ const MIGRATIONS: &[(i32, &str)] = &[
          );
          CREATE INDEX postback_attempts_anonymous_id ON postback_attempts (app_id, anonymous_id);",
     ),
+    (5, super::pg_star::SCHEMA),
 ];
 
-/// The report tables, which this store does not have yet. Every other table of
-/// [`super::SUBJECT_TABLES`] exists here with the same subject columns, and a deletion reaches it.
-const MISSING_SUBJECT_TABLES: &[&str] = &["fact_events", "dim_users", "sessions"];
-
-fn subject_tables() -> impl Iterator<Item = &'static (&'static str, &'static [(&'static str, &'static str)])> {
-    super::SUBJECT_TABLES.iter().filter(|(table, _)| !MISSING_SUBJECT_TABLES.contains(table))
-}
-
-fn backend(e: impl std::fmt::Display) -> StorageError {
+pub(super) fn backend(e: impl std::fmt::Display) -> StorageError {
     StorageError::Backend(e.to_string())
 }
 
@@ -547,10 +539,10 @@ async fn insert_postback(tx: &deadpool_postgres::Transaction<'_>, p: &PostbackRe
     Ok(row.get(0))
 }
 
-const EVENT_COLUMNS: &str = "app_id, event_id, type, anonymous_id, user_id, device_id, session_id, client_ts, \
+pub(super) const EVENT_COLUMNS: &str = "app_id, event_id, type, anonymous_id, user_id, device_id, session_id, client_ts, \
     corrected_ts, received_at, properties, context, enrichment";
 
-fn event_row(r: &tokio_postgres::Row) -> NewEvent {
+pub(super) fn event_row(r: &tokio_postgres::Row) -> NewEvent {
     NewEvent {
         app_id: r.get(0),
         event_id: r.get(1),
@@ -631,7 +623,11 @@ impl Storage for PostgresStorage {
             let mut client = self.pool.get().await.map_err(pool_error)?;
             let tx = client.transaction().await.map_err(backend)?;
             let expansion = match subject {
-                Subject::UserId(_) => Some("SELECT DISTINCT app_id, anonymous_id FROM events WHERE user_id = $1"),
+                // dim_users keeps the pairing after the raw events are purged.
+                Subject::UserId(_) => Some(
+                    "SELECT DISTINCT app_id, anonymous_id FROM events WHERE user_id = $1
+                     UNION SELECT app_id, anonymous_id FROM dim_users WHERE user_id = $1",
+                ),
                 Subject::DeviceId(_) => Some(
                     "SELECT DISTINCT app_id, anonymous_id FROM events WHERE device_id IN ($1, lower($1))
                      UNION SELECT app_id, anonymous_id FROM installs
@@ -668,7 +664,7 @@ impl Storage for PostgresStorage {
                 report.rows += gone.len() as u64;
                 report.click_ids.extend(gone.iter().map(|r| r.get::<_, String>(0)));
             }
-            for (table, columns) in subject_tables() {
+            for (table, columns) in super::SUBJECT_TABLES {
                 for (kind, column) in *columns {
                     if *kind != subject.kind() {
                         continue;
@@ -1184,6 +1180,59 @@ impl Storage for PostgresStorage {
                 .await
                 .map_err(backend)?;
             row.map(|r| Ok((json(r.get(0))?, json(r.get(1))?))).transpose()
+        })
+    }
+
+    fn refresh_step(&self, batch: usize, session_gap: i64, horizon: Option<i64>) -> StorageFuture<'_, RefreshReport> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let report = super::pg_star::refresh_step(&tx, batch, session_gap, horizon).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(report)
+        })
+    }
+
+    fn purge(&self, cutoffs: RetentionCutoffs) -> StorageFuture<'_, PurgeReport> {
+        // In steps, each its own transaction, so ingest and other instances keep going.
+        const CHUNK: usize = 20_000;
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            super::pg_star::purge_begin(&tx, &cutoffs).await?;
+            tx.commit().await.map_err(backend)?;
+            let (mut events, mut facts) = (0, 0);
+            loop {
+                let tx = client.transaction().await.map_err(backend)?;
+                let (e, f) = super::pg_star::purge_events(&tx, &cutoffs, CHUNK).await?;
+                tx.commit().await.map_err(backend)?;
+                events += e;
+                facts += f;
+                if f < CHUNK as u64 {
+                    break;
+                }
+            }
+            let tx = client.transaction().await.map_err(backend)?;
+            let rest = super::pg_star::purge_rest(&tx, &cutoffs).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(PurgeReport { events, facts, ..rest })
+        })
+    }
+
+    fn save_cost(&self, cost: CampaignCost) -> StorageFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let outcome = super::pg_star::save_cost(&tx, &cost).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(outcome)
+        })
+    }
+
+    fn report(&self, query: ReportQuery) -> StorageFuture<'_, ReportRows> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            super::pg_star::report(&client, &query).await
         })
     }
 

@@ -201,11 +201,24 @@ struct Pending {
 }
 
 /// The campaign key of a web or app event that carries `utm_*` context (first touch).
-fn utm_key(context: &Value) -> Option<(String, String, String)> {
+pub fn utm_key(context: &Value) -> Option<(String, String, String)> {
     let c = context.get("campaign")?;
     let name = c.get("utm_campaign").and_then(Value::as_str).filter(|s| !s.is_empty())?;
     let source = c.get("utm_source").and_then(Value::as_str).unwrap_or("");
     Some((format!("utm:{source}:{name}"), name.to_owned(), source.to_owned()))
+}
+
+/// Revenue and currency of an event's properties (JSON text).
+pub fn money(properties: &str) -> (Option<f64>, Option<String>) {
+    // Most events carry neither; parse only those that might.
+    if !properties.contains("\"revenue\"") && !properties.contains("\"currency\"") {
+        return (None, None);
+    }
+    let properties: Value = serde_json::from_str(properties).unwrap_or(Value::Null);
+    (
+        properties.get("revenue").and_then(Value::as_f64).filter(|r| r.is_finite()),
+        properties.get("currency").and_then(Value::as_str).map(str::to_owned),
+    )
 }
 
 /// Turns up to `batch` pending events into facts, users and sessions; returns how many it took.
@@ -250,13 +263,7 @@ pub fn etl_batch(tx: &Transaction<'_>, batch: usize, session_gap: i64, horizon: 
         let mut user = UserFacts::default();
         for (e, session) in events.iter().zip(keys) {
             let day = day_of(e.ts);
-            // Most events carry neither; parse only those that might.
-            let (mut revenue, mut currency) = (None, None);
-            if e.properties.contains("\"revenue\"") || e.properties.contains("\"currency\"") {
-                let properties: Value = serde_json::from_str(&e.properties).unwrap_or(Value::Null);
-                revenue = properties.get("revenue").and_then(Value::as_f64).filter(|r| r.is_finite());
-                currency = properties.get("currency").and_then(Value::as_str).map(str::to_owned);
-            }
+            let (revenue, currency) = money(&e.properties);
             tx.prepare_cached(
                 "INSERT INTO fact_events (app_id, event_id, date_key, ts, event_type, anonymous_id, user_id,
                          session_key, revenue, currency)
@@ -360,68 +367,60 @@ fn ensure_date(tx: &Transaction<'_>, day: i64) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// A stored session of one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredSession {
+    pub key: String,
+    pub start: i64,
+    pub end: i64,
+    pub events: i64,
+    pub user_id: Option<String>,
+}
+
 /// One device's session, as the batch changes it.
 struct Session {
-    key: String,
-    start: i64,
-    end: i64,
-    events: i64,
-    user_id: Option<String>,
+    s: StoredSession,
     /// Stored before this batch.
     stored: bool,
     /// Merged into another session (its key is then in `into`).
     into: Option<usize>,
 }
 
-/// Assigns one device's events (in time order) to sessions: an event within `gap` of a
-/// session's bounds joins it, an event that bridges two sessions merges them, any other starts
-/// one (keyed by its event id). Reads the device's nearby sessions once and writes the changed
-/// ones back; returns each event's session key.
-fn sessionize(
-    tx: &Transaction<'_>,
-    app_id: &str,
-    anonymous_id: &str,
-    events: &[Pending],
-    gap: i64,
-) -> Result<Vec<String>, StorageError> {
-    let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(Vec::new()) };
-    let mut sessions: Vec<Session> = {
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT session_key, start_ts, end_ts, events, user_id FROM sessions
-                  WHERE app_id = ?1 AND anonymous_id = ?2 AND end_ts >= ?3 AND start_ts <= ?4
-                  ORDER BY start_ts, session_key",
-            )
-            .map_err(backend)?;
-        stmt.query_map(params![app_id, anonymous_id, first.ts - gap, last.ts + gap], |r| {
-            Ok(Session {
-                key: r.get(0)?,
-                start: r.get(1)?,
-                end: r.get(2)?,
-                events: r.get(3)?,
-                user_id: r.get(4)?,
-                stored: true,
-                into: None,
-            })
-        })
-        .map_err(backend)?
-        .collect::<Result<_, _>>()
-        .map_err(backend)?
-    };
+/// What a batch does to one device's sessions.
+#[derive(Debug, Default)]
+pub struct SessionPlan {
+    /// Each event's session key, in the order of the events.
+    pub assigned: Vec<String>,
+    /// Stored sessions merged into another: (merged key, kept key). Their facts move to the
+    /// kept key and their row goes.
+    pub merged: Vec<(String, String)>,
+    /// Sessions to insert or update.
+    pub upserts: Vec<StoredSession>,
+}
+
+/// Assigns one device's events (in time order: (time, event id, user id)) to sessions: an
+/// event within `gap` of a session's bounds joins it, an event that bridges two sessions merges
+/// them, any other starts one (keyed by its time and event id). `stored` are the device's
+/// sessions that end at or after the first event − gap and start at or before the last + gap.
+/// Pure: both stores read the sessions, plan, and write the plan.
+pub fn plan_sessions(stored: Vec<StoredSession>, events: &[(i64, &str, Option<&str>)], gap: i64) -> SessionPlan {
+    let mut sessions: Vec<Session> = stored.into_iter().map(|s| Session { s, stored: true, into: None }).collect();
     let mut assigned = Vec::with_capacity(events.len());
-    for e in events {
+    for &(ts, event_id, user_id) in events {
         let near: Vec<usize> = (0..sessions.len())
-            .filter(|&i| sessions[i].into.is_none() && sessions[i].end >= e.ts - gap && sessions[i].start <= e.ts + gap)
+            .filter(|&i| sessions[i].into.is_none() && sessions[i].s.end >= ts - gap && sessions[i].s.start <= ts + gap)
             .collect();
         let target = match near.first() {
             None => {
                 sessions.push(Session {
-                    // Time first: new sessions land at the end of the key indexes.
-                    key: format!("{:013}-{}", e.ts.max(0), e.event_id),
-                    start: e.ts,
-                    end: e.ts,
-                    events: 0,
-                    user_id: None,
+                    s: StoredSession {
+                        // Time first: new sessions land at the end of the key indexes.
+                        key: format!("{:013}-{}", ts.max(0), event_id),
+                        start: ts,
+                        end: ts,
+                        events: 0,
+                        user_id: None,
+                    },
                     stored: false,
                     into: None,
                 });
@@ -429,10 +428,10 @@ fn sessionize(
             }
             Some(&keep) => {
                 for &other in &near[1..] {
-                    let (start, end, n) = (sessions[other].start, sessions[other].end, sessions[other].events);
-                    let user = sessions[other].user_id.take();
+                    let (start, end, n) = (sessions[other].s.start, sessions[other].s.end, sessions[other].s.events);
+                    let user = sessions[other].s.user_id.take();
                     sessions[other].into = Some(keep);
-                    let s = &mut sessions[keep];
+                    let s = &mut sessions[keep].s;
                     s.start = s.start.min(start);
                     s.end = s.end.max(end);
                     s.events += n;
@@ -443,12 +442,12 @@ fn sessionize(
                 keep
             }
         };
-        let s = &mut sessions[target];
-        s.start = s.start.min(e.ts);
-        s.end = s.end.max(e.ts);
+        let s = &mut sessions[target].s;
+        s.start = s.start.min(ts);
+        s.end = s.end.max(ts);
         s.events += 1;
-        if e.user_id.is_some() {
-            s.user_id = e.user_id.clone();
+        if let Some(u) = user_id {
+            s.user_id = Some(u.to_owned());
         }
         assigned.push(target);
     }
@@ -460,20 +459,66 @@ fn sessionize(
         i
     };
     let roots: Vec<usize> = (0..sessions.len()).map(root).collect();
+    let mut plan = SessionPlan {
+        assigned: assigned.into_iter().map(|i| sessions[roots[i]].s.key.clone()).collect(),
+        ..Default::default()
+    };
     for (i, s) in sessions.iter().enumerate() {
         if roots[i] != i {
             if s.stored {
-                let keep = &sessions[roots[i]].key;
-                tx.execute(
-                    "UPDATE fact_events SET session_key = ?1 WHERE app_id = ?2 AND session_key = ?3",
-                    params![keep, app_id, s.key],
-                )
-                .map_err(backend)?;
-                tx.execute("DELETE FROM sessions WHERE app_id = ?1 AND session_key = ?2", params![app_id, s.key])
-                    .map_err(backend)?;
+                plan.merged.push((s.s.key.clone(), sessions[roots[i]].s.key.clone()));
             }
-            continue;
+        } else {
+            plan.upserts.push(s.s.clone());
         }
+    }
+    plan
+}
+
+/// Reads one device's nearby sessions, plans the batch's events into them and writes the plan;
+/// returns each event's session key.
+fn sessionize(
+    tx: &Transaction<'_>,
+    app_id: &str,
+    anonymous_id: &str,
+    events: &[Pending],
+    gap: i64,
+) -> Result<Vec<String>, StorageError> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(Vec::new()) };
+    let stored: Vec<StoredSession> = {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT session_key, start_ts, end_ts, events, user_id FROM sessions
+                  WHERE app_id = ?1 AND anonymous_id = ?2 AND end_ts >= ?3 AND start_ts <= ?4
+                  ORDER BY start_ts, session_key",
+            )
+            .map_err(backend)?;
+        stmt.query_map(params![app_id, anonymous_id, first.ts - gap, last.ts + gap], |r| {
+            Ok(StoredSession {
+                key: r.get(0)?,
+                start: r.get(1)?,
+                end: r.get(2)?,
+                events: r.get(3)?,
+                user_id: r.get(4)?,
+            })
+        })
+        .map_err(backend)?
+        .collect::<Result<_, _>>()
+        .map_err(backend)?
+    };
+    let input: Vec<(i64, &str, Option<&str>)> =
+        events.iter().map(|e| (e.ts, e.event_id.as_str(), e.user_id.as_deref())).collect();
+    let plan = plan_sessions(stored, &input, gap);
+    for (gone, keep) in &plan.merged {
+        tx.execute(
+            "UPDATE fact_events SET session_key = ?1 WHERE app_id = ?2 AND session_key = ?3",
+            params![keep, app_id, gone],
+        )
+        .map_err(backend)?;
+        tx.execute("DELETE FROM sessions WHERE app_id = ?1 AND session_key = ?2", params![app_id, gone])
+            .map_err(backend)?;
+    }
+    for s in &plan.upserts {
         tx.prepare_cached(
             "INSERT INTO sessions (app_id, session_key, anonymous_id, user_id, start_ts, end_ts, events)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -484,7 +529,7 @@ fn sessionize(
         .execute(params![app_id, s.key, anonymous_id, s.user_id, s.start, s.end, s.events])
         .map_err(backend)?;
     }
-    Ok(assigned.into_iter().map(|i| sessions[roots[i]].key.clone()).collect())
+    Ok(plan.assigned)
 }
 
 /// Recomputes the rollups of every (app, day, source) marked dirty; returns how many.
