@@ -219,9 +219,24 @@ suite_browser() {
 }
 
 # PostgreSQL and Redis from Debian, private instances started for the run (tests/services.sh).
+# tansu, a Kafka-protocol broker, from crates.io (about 10 minutes to build; kept in the cache).
+TANSU_VERSION=0.6.0
+tansu_bin() {
+  local dir="${XDG_CACHE_HOME:-$HOME/.cache}/trailmark/tansu-$TANSU_VERSION"
+  if [ ! -x "$dir/bin/tansu" ]; then
+    step "building tansu $TANSU_VERSION (Kafka-protocol broker for the sink test)" >&2
+    CARGO_TARGET_DIR="$target_dir/tansu-build" cargo install -q tansu --version "$TANSU_VERSION" \
+      --features dynostore --root "$dir" >&2 || return 1
+    rm -rf "$target_dir/tansu-build"
+  fi
+  echo "$dir/bin/tansu"
+}
+
 suite_services() {
   need_debs postgresql redis-server || { failed+=("services-setup"); return; }
-  step "starting private PostgreSQL and Redis"
+  local tansu
+  if tansu="$(tansu_bin)"; then export TM_TANSU="$tansu"; else failed+=("kafka-setup"); fi
+  step "starting private PostgreSQL, Redis and a Kafka-protocol broker"
   local env_file="$log_dir/services.env"
   if ! "$root/tests/services.sh" start >"$env_file"; then
     failed+=("services-setup")
@@ -229,11 +244,13 @@ suite_services() {
   fi
   # shellcheck disable=SC1090
   . "$env_file"
-  echo "PostgreSQL $TM_POSTGRES_URL, Redis $TM_REDIS_URL"
+  echo "PostgreSQL $TM_POSTGRES_URL, Redis $TM_REDIS_URL, Kafka ${TM_KAFKA_BROKERS:-none}"
   run services-test env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --test storage_suite --test reports
   summary+=("$(awk '/^test result:/{print "services storage suite + reports (SQLite + PostgreSQL): " $0}' "$log_dir/services-test.log")")
   run services-multi env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-examples --test multi_instance
   summary+=("$(awk '/^test result:/{print "services two instances (PostgreSQL + Redis): " $0}' "$log_dir/services-multi.log")")
+  run services-kafka env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --features kafka --test kafka
+  summary+=("$(awk '/^test result:/{print "services Kafka sink (tansu broker): " $0}' "$log_dir/services-kafka.log")")
   "$root/tests/services.sh" stop "$TM_SERVICES_DIR"
   # The ops kit: alert rules (promtool check + unit tests) and the Grafana dashboard's PromQL.
   if need_debs prometheus; then

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Starts a private PostgreSQL and a private Redis for the tests, on loopback ports of their own,
-# with their data in a temporary directory; prints the URLs as shell assignments:
-#   eval "$(tests/services.sh start)"   → TM_POSTGRES_URL, TM_REDIS_URL, TM_SERVICES_DIR
+# Starts a private PostgreSQL, a private Redis and (when TM_TANSU names the tansu binary) a
+# Kafka-protocol broker for the tests, on loopback ports of their own, with their data in a
+# temporary directory; prints the addresses as shell assignments:
+#   eval "$(tests/services.sh start)"   → TM_POSTGRES_URL, TM_REDIS_URL, TM_KAFKA_BROKERS, TM_SERVICES_DIR
 #   tests/services.sh stop "$TM_SERVICES_DIR"
-# Needs Debian's postgresql and redis-server packages (./tests/run.sh services installs them).
+# Needs Debian's postgresql and redis-server packages and tansu 0.6.0 from crates.io
+# (./tests/run.sh services installs them).
 set -euo pipefail
 
 pg_bin() {
@@ -46,6 +48,22 @@ start() {
   echo "TM_POSTGRES_URL=postgres://trailmark@127.0.0.1:$pg_port/trailmark"
   echo "TM_REDIS_URL=redis://127.0.0.1:$redis_port"
   echo "export TM_SERVICES_DIR TM_POSTGRES_URL TM_REDIS_URL"
+  if [ -n "${TM_TANSU:-}" ]; then
+    local kafka_port
+    kafka_port="$(free_port)"
+    # tansu: an Apache Kafka compatible broker, in memory.
+    setsid "$TM_TANSU" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
+      --advertised-listener-url "tcp://127.0.0.1:$kafka_port" --storage-engine memory://tansu/ \
+      >"$dir/tansu.log" 2>&1 < /dev/null &
+    echo $! >"$dir/tansu.pid"
+    for _ in $(seq 100); do
+      grep -q "ready in" "$dir/tansu.log" 2>/dev/null && break
+      sleep 0.1
+    done
+    grep -q "ready in" "$dir/tansu.log" || { cat "$dir/tansu.log" >&2; exit 1; }
+    echo "TM_KAFKA_BROKERS=127.0.0.1:$kafka_port"
+    echo "export TM_KAFKA_BROKERS"
+  fi
 }
 
 stop() {
@@ -53,6 +71,7 @@ stop() {
   bin="$(pg_bin)"
   [ "$(id -u)" -eq 0 ] && as_pg=(runuser -u postgres --)
   [ -f "$dir/redis.pid" ] && kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
+  [ -f "$dir/tansu.pid" ] && kill "$(cat "$dir/tansu.pid")" 2>/dev/null || true
   [ -d "$dir/pg/data" ] && "${as_pg[@]}" "$bin/pg_ctl" -D "$dir/pg/data" -m fast stop >/dev/null 2>&1 || true
   rm -rf "$dir"
 }

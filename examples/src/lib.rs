@@ -89,6 +89,13 @@ pub struct ServerArgs {
     /// PostgreSQL database must share this file.
     #[arg(long)]
     pub keys: Option<PathBuf>,
+    /// Publish accepted events, installs and deletions to Kafka, e.g. kafka1:9092,kafka2:9092
+    /// (topics <prefix>.<family>; see docs/stream.md).
+    #[arg(long)]
+    pub kafka: Option<String>,
+    /// Kafka topic prefix [default: trailmark].
+    #[arg(long)]
+    pub kafka_topic_prefix: Option<String>,
 }
 
 /// `[[postbacks]]` in the TOML file.
@@ -242,6 +249,10 @@ struct FileConfig {
     postgres_schema: Option<String>,
     redis: Option<String>,
     keys: Option<PathBuf>,
+    kafka: Option<String>,
+    kafka_topic_prefix: Option<String>,
+    /// Extra librdkafka producer properties, e.g. { "compression.type" = "lz4" }.
+    kafka_properties: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Resolved settings.
@@ -274,6 +285,10 @@ pub struct Settings {
     pub redis: Option<String>,
     /// The key file.
     pub keys: PathBuf,
+    /// Kafka brokers, topic prefix and producer properties.
+    pub kafka: Option<String>,
+    pub kafka_topic_prefix: String,
+    pub kafka_properties: Vec<(String, String)>,
 }
 
 impl ServerArgs {
@@ -336,6 +351,13 @@ impl ServerArgs {
             return Err("--postgres-pool must be at least 1".into());
         }
         Ok(Settings {
+            kafka: self.kafka.clone().or(file.kafka),
+            kafka_topic_prefix: self
+                .kafka_topic_prefix
+                .clone()
+                .or(file.kafka_topic_prefix)
+                .unwrap_or_else(|| "trailmark".into()),
+            kafka_properties: file.kafka_properties.unwrap_or_default().into_iter().collect(),
             keys: self.keys.clone().or(file.keys).unwrap_or_else(|| format!("{}.keys", db.display()).into()),
             postgres: self.postgres.clone().or(file.postgres),
             postgres_pool,
@@ -452,6 +474,21 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
     Ok(config)
 }
 
+#[cfg(feature = "kafka")]
+async fn with_kafka(builder: ServerBuilder, brokers: &str, settings: &Settings) -> Result<ServerBuilder, String> {
+    use trailmark_server::sink::kafka::{KafkaConfig, KafkaSink};
+    let mut config = KafkaConfig::new(brokers);
+    config.topic_prefix = settings.kafka_topic_prefix.clone();
+    config.properties = settings.kafka_properties.clone();
+    let sink = KafkaSink::connect(config).await.map_err(|e| e.to_string())?;
+    Ok(builder.event_sink(std::sync::Arc::new(sink)))
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn with_kafka(_: ServerBuilder, _: &str, _: &Settings) -> Result<ServerBuilder, String> {
+    Err("--kafka: this build has no Kafka support (build with the kafka feature)".into())
+}
+
 /// A running server.
 pub struct Running {
     pub addr: SocketAddr,
@@ -489,6 +526,9 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
             .await
             .map_err(|e| format!("Redis: {e}"))?;
         builder = builder.click_cache(std::sync::Arc::new(cache));
+    }
+    if let Some(brokers) = &settings.kafka {
+        builder = with_kafka(builder, brokers, settings).await?;
     }
     let state = builder.build_state().map_err(|e| e.to_string())?;
     // Links, recent clicks and pending postbacks are loaded now rather than on the first request.

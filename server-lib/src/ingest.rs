@@ -17,6 +17,7 @@ use crate::AppState;
 use crate::conversions::{self, Followup};
 use crate::enrich::{self, Geo};
 use crate::error::ApiError;
+use crate::sink;
 use crate::storage::{NewEvent, StorageError};
 
 pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
@@ -291,6 +292,7 @@ async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, Ap
             .increment(response.rejected.len() as u64);
     }
     if !fresh.is_empty() {
+        let records: Option<Vec<_>> = state.event_sink.as_ref().map(|_| fresh.iter().map(sink::event_record).collect());
         let outcome = state.storage.insert(fresh).await.map_err(|e| match e {
             StorageError::Busy => {
                 metrics::counter!("trailmark_writer_busy_total").increment(1);
@@ -300,6 +302,10 @@ async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, Ap
         })?;
         response.accepted = outcome.iter().filter(|new| **new).count() as u64;
         response.duplicates = outcome.len() as u64 - response.accepted;
+        // Published once durable, and only the first time (a duplicate was published before).
+        if let (Some(sink), Some(records)) = (&state.event_sink, records) {
+            sink.publish(records.into_iter().zip(&outcome).filter(|(_, new)| **new).map(|(r, _)| r).collect());
+        }
         // Duplicates too: a retried request finishes follow-ups a crash interrupted.
         conversions::process(state, &app_id, followups).await;
     }

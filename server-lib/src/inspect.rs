@@ -14,7 +14,7 @@ use trailmark_core::protocol::format_millis;
 
 use crate::error::ApiError;
 use crate::links::storage_error;
-use crate::storage::Subject;
+use crate::storage::{NewEvent, Subject};
 use crate::{AppState, admin_auth};
 
 /// Events returned when `limit` is not given.
@@ -52,6 +52,25 @@ fn object(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 
+/// A stored event as JSON (the inspector's and the event stream's shape; no client address).
+pub fn event_json(e: &NewEvent) -> Value {
+    json!({
+        "app_id": e.app_id,
+        "event_id": e.event_id,
+        "type": e.event_type,
+        "anonymous_id": e.anonymous_id,
+        "user_id": e.user_id,
+        "device_id": e.device_id,
+        "session_id": e.session_id,
+        "timestamp": format_millis(e.client_ts),
+        "corrected_timestamp": format_millis(e.corrected_ts),
+        "received_at": format_millis(e.received_at),
+        "properties": object(&e.properties),
+        "context": object(&e.context),
+        "enrichment": object(&e.enrichment),
+    })
+}
+
 /// `GET /v1/events` → `{"events": [...]}`.
 pub async fn events(
     State(state): State<Arc<AppState>>,
@@ -64,26 +83,7 @@ pub async fn events(
         let limit = limit(&query)?;
         let rows =
             state.storage.recent_events(query.get("app_id").cloned(), subject, limit).await.map_err(storage_error)?;
-        let events: Vec<Value> = rows
-            .into_iter()
-            .map(|e| {
-                json!({
-                    "app_id": e.app_id,
-                    "event_id": e.event_id,
-                    "type": e.event_type,
-                    "anonymous_id": e.anonymous_id,
-                    "user_id": e.user_id,
-                    "device_id": e.device_id,
-                    "session_id": e.session_id,
-                    "timestamp": format_millis(e.client_ts),
-                    "corrected_timestamp": format_millis(e.corrected_ts),
-                    "received_at": format_millis(e.received_at),
-                    "properties": object(&e.properties),
-                    "context": object(&e.context),
-                    "enrichment": object(&e.enrichment),
-                })
-            })
-            .collect();
+        let events: Vec<Value> = rows.iter().map(event_json).collect();
         Ok::<_, ApiError>(json!({ "events": events }))
     }
     .await;

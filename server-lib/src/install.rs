@@ -318,10 +318,14 @@ async fn save(
     // Postbacks are stored in the install's own commit, so a crash cannot keep one and lose
     // the other.
     let postbacks = crate::postbacks::install(state, &record).await;
+    let published = state.event_sink.as_ref().map(|_| crate::sink::install_record(&record));
     if let Some(ids) =
         state.storage.save_install(record, touchpoint, alert, postbacks.clone()).await.map_err(storage_error)?
     {
         crate::postbacks::dispatch(state, &postbacks, &ids);
+        if let (Some(sink), Some(r)) = (&state.event_sink, published) {
+            sink.publish(vec![r]);
+        }
         return Ok(result);
     }
     // The same install raced in twice; the first decision stands.

@@ -34,6 +34,7 @@ pub mod install;
 pub mod links;
 pub mod postbacks;
 pub mod reports;
+pub mod sink;
 pub mod storage;
 pub mod tracking;
 pub mod validate;
@@ -111,6 +112,8 @@ pub struct AppState {
     pub dashboard: dashboard::Dashboard,
     /// Recent touches shared by every instance (Redis); none: the in-process index alone.
     pub click_cache: Option<Arc<dyn clickcache::ClickCache>>,
+    /// Where accepted events, installs and deletions are published (Kafka); none: nowhere.
+    pub event_sink: Option<Arc<dyn sink::EventSink>>,
 }
 
 /// Limiter keys are pruned every this many checks, so rotating addresses cannot grow memory.
@@ -176,11 +179,19 @@ pub struct ServerBuilder {
     config: ServerConfig,
     storage: Option<Arc<dyn Storage>>,
     click_cache: Option<Arc<dyn clickcache::ClickCache>>,
+    event_sink: Option<Arc<dyn sink::EventSink>>,
 }
 
 impl ServerBuilder {
     pub fn new(config: ServerConfig) -> Self {
-        ServerBuilder { config, storage: None, click_cache: None }
+        ServerBuilder { config, storage: None, click_cache: None, event_sink: None }
+    }
+
+    /// Publishes accepted events, attribution decisions and deletion requests to `sink` (for
+    /// example [`sink::kafka::KafkaSink`]).
+    pub fn event_sink(mut self, sink: Arc<dyn sink::EventSink>) -> Self {
+        self.event_sink = Some(sink);
+        self
     }
 
     /// Shares recent clicks with other instances through `cache` (for example
@@ -252,6 +263,7 @@ impl ServerBuilder {
             tracking: Default::default(),
             postback_sender: OnceLock::new(),
             click_cache: self.click_cache,
+            event_sink: self.event_sink,
         }))
     }
 
@@ -411,6 +423,7 @@ async fn delete_user(State(state): State<Arc<AppState>>, request: axum::extract:
             requested_at: state.config.clock.now(),
             requested_by,
         };
+        let (subject_kind, subject_value) = (subject.kind(), subject.value().to_owned());
         let report = state.storage.delete_subject(subject, audit).await.map_err(|e| match e {
             StorageError::Busy => ApiError::unavailable(1, "the server is busy; retry shortly"),
             other => ApiError::internal(other),
@@ -433,6 +446,10 @@ async fn delete_user(State(state): State<Arc<AppState>>, request: axum::extract:
             warnings.push("the click cache could not be reached: its copies of the subject's clicks expire within the attribution window");
         }
         metrics::counter!("trailmark_user_deletions_total").increment(1);
+        if let Some(sink) = &state.event_sink {
+            let at = state.config.clock.now();
+            sink.publish(vec![sink::deletion_record(&receipt_id, subject_kind, &subject_value, at)]);
+        }
         let mut body = json!({"receipt_id": receipt_id, "rows_deleted": rows});
         if !warnings.is_empty() {
             body["warnings"] = json!(warnings);

@@ -43,7 +43,7 @@ fn backend(e: rusqlite::Error) -> StorageError {
 }
 
 /// A validated, normalised, enriched event ready to store.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct NewEvent {
     pub app_id: String,
     pub event_id: String,

@@ -1,0 +1,146 @@
+//! The event stream: accepted events (after the store committed them), attribution decisions
+//! and deletion requests, published for downstream systems (Flink, Spark, ClickHouse, a
+//! warehouse loader). The server hands records to an [`EventSink`]; [`kafka::KafkaSink`]
+//! (feature `kafka`) publishes them to Kafka. Without a sink nothing is published.
+//!
+//! The encoding is JSON, one object per record, described in `docs/stream.md`. Records are keyed
+//! by the user id when the event has one, else by the anonymous id, so one user's (or one
+//! device's) events land on one partition, in order.
+
+#[cfg(feature = "kafka")]
+pub mod kafka;
+
+use serde_json::json;
+use trailmark_core::protocol::format_millis;
+
+use crate::storage::{InstallRecord, NewEvent};
+
+/// Version of the record encoding (`"schema"` in every record).
+pub const EVENT_SCHEMA: &str = "trailmark.event/1";
+pub const INSTALL_SCHEMA: &str = "trailmark.install/1";
+pub const DELETION_SCHEMA: &str = "trailmark.deletion/1";
+
+/// The topic families (topic = `<prefix>.<family>`).
+pub const FAMILIES: &[&str] = &["track", "lifecycle", "views", "identity", "revenue", "installs", "deletions"];
+
+/// The family of an event type: what a consumer usually subscribes to together.
+pub fn family(event_type: &str, properties: &str) -> &'static str {
+    match event_type {
+        "identify" | "alias" | "group" => "identity",
+        "page_view" | "screen_view" | "page" | "screen" => "views",
+        "app_open" | "app_background" | "app_install" | "app_update" | "session_start" | "session_end"
+        | "deep_link_opened" => "lifecycle",
+        _ if event_type == "purchase" || properties.contains("\"revenue\"") => "revenue",
+        _ => "track",
+    }
+}
+
+/// One record for the stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkRecord {
+    /// One of [`FAMILIES`].
+    pub family: &'static str,
+    pub key: String,
+    /// JSON.
+    pub payload: Vec<u8>,
+}
+
+/// The record of a stored event (its client address is never published).
+pub fn event_record(e: &NewEvent) -> SinkRecord {
+    let mut payload = crate::inspect::event_json(e);
+    payload["schema"] = json!(EVENT_SCHEMA);
+    SinkRecord {
+        family: family(&e.event_type, &e.properties),
+        key: e.user_id.clone().unwrap_or_else(|| e.anonymous_id.clone()),
+        payload: serde_json::to_vec(&payload).unwrap_or_default(),
+    }
+}
+
+/// The record of an install's attribution decision.
+pub fn install_record(i: &InstallRecord) -> SinkRecord {
+    let payload = json!({
+        "schema": INSTALL_SCHEMA,
+        "app_id": i.app_id,
+        "event_id": i.event_id,
+        "anonymous_id": i.anonymous_id,
+        "platform": i.platform,
+        "kind": i.kind,
+        "install_ts": format_millis(i.install_ts),
+        "received_at": format_millis(i.received_at),
+        "result": i.result,
+    });
+    SinkRecord {
+        family: "installs",
+        key: i.anonymous_id.clone(),
+        payload: serde_json::to_vec(&payload).unwrap_or_default(),
+    }
+}
+
+/// The record of a `/v1/user/delete` request, so downstream copies can be deleted too. It
+/// carries the subject in clear (a consumer must find its rows): keep the topic's retention
+/// short and its access narrow.
+pub fn deletion_record(receipt_id: &str, subject_kind: &str, subject: &str, requested_at: i64) -> SinkRecord {
+    let payload = json!({
+        "schema": DELETION_SCHEMA,
+        "receipt_id": receipt_id,
+        "subject_kind": subject_kind,
+        "subject": subject,
+        "requested_at": format_millis(requested_at),
+    });
+    SinkRecord {
+        family: "deletions",
+        key: subject.to_owned(),
+        payload: serde_json::to_vec(&payload).unwrap_or_default(),
+    }
+}
+
+/// Where records go. `publish` must not block: a sink queues and delivers in the background,
+/// counting what it could not deliver.
+pub trait EventSink: Send + Sync + 'static {
+    fn publish(&self, records: Vec<SinkRecord>);
+    /// Records queued and not yet acknowledged (for `/healthz` and metrics).
+    fn backlog(&self) -> usize;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn families_and_keys() {
+        assert_eq!(family("identify", "{}"), "identity");
+        assert_eq!(family("screen_view", "{}"), "views");
+        assert_eq!(family("app_open", "{}"), "lifecycle");
+        assert_eq!(family("purchase", "{}"), "revenue");
+        assert_eq!(family("subscribe", r#"{"revenue": 4.99}"#), "revenue");
+        assert_eq!(family("level_up", "{}"), "track");
+        for f in ["track", "lifecycle", "views", "identity", "revenue"] {
+            assert!(FAMILIES.contains(&f));
+        }
+        let mut e = NewEvent {
+            app_id: "app".into(),
+            event_id: "e1".into(),
+            event_type: "purchase".into(),
+            anonymous_id: "anon".into(),
+            client_ts: 1_700_000_000_000,
+            corrected_ts: 1_700_000_000_500,
+            received_at: 1_700_000_001_000,
+            properties: r#"{"revenue":9.5}"#.into(),
+            context: "{}".into(),
+            enrichment: r#"{"geo":{"country":"DE"}}"#.into(),
+            ip_enc: Some(vec![1, 2, 3]),
+            ..Default::default()
+        };
+        let r = event_record(&e);
+        assert_eq!((r.family, r.key.as_str()), ("revenue", "anon"));
+        let v: Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!(v["schema"], EVENT_SCHEMA);
+        assert_eq!(v["timestamp"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(v["properties"]["revenue"], 9.5);
+        assert_eq!(v["enrichment"]["geo"]["country"], "DE");
+        assert!(v.get("ip_enc").is_none() && v.get("ip").is_none(), "no client address");
+        e.user_id = Some("u1".into());
+        assert_eq!(event_record(&e).key, "u1", "a user's events share a key across devices");
+    }
+}
