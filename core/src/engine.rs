@@ -748,9 +748,16 @@ impl<S: EventStore> Engine<S> {
         UploadTask { batch_id, url: self.install_url.clone(), headers, body, event_count: 0 }
     }
 
-    fn signed_headers(&self, now: Millis, body: &[u8]) -> Vec<(String, String)> {
+    fn signed_headers(&mut self, now: Millis, body: &[u8]) -> Vec<(String, String)> {
         let ts = now.div_euclid(1000);
+        let (mut trace, mut span) = ([0u8; 16], [0u8; 8]);
+        self.rng.fill_bytes(&mut trace);
+        self.rng.fill_bytes(&mut span);
+        // All-zero ids are invalid; one in 2^64 draws would be.
+        trace[0] |= 1;
+        span[0] |= 1;
         vec![
+            (protocol::HEADER_TRACEPARENT.to_owned(), protocol::traceparent(trace, span)),
             ("Content-Type".to_owned(), "application/json".to_owned()),
             (protocol::HEADER_APP.to_owned(), self.config.app_id.clone()),
             (protocol::HEADER_TIMESTAMP.to_owned(), ts.to_string()),

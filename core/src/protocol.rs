@@ -31,6 +31,28 @@ pub const EVENT_PATH: &str = "/v1/event";
 pub const HEADER_APP: &str = "X-Trailmark-App";
 pub const HEADER_TIMESTAMP: &str = "X-Trailmark-Timestamp";
 pub const HEADER_SIGNATURE: &str = "X-Trailmark-Signature";
+/// W3C Trace Context header: every upload carries a fresh trace id, so the server's spans of
+/// that request (ingest, store) share it with the SDK's upload.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+
+/// A `traceparent` value (version 00, sampled).
+pub fn traceparent(trace_id: [u8; 16], span_id: [u8; 8]) -> String {
+    format!("00-{}-{}-01", hex::encode(trace_id), hex::encode(span_id))
+}
+
+/// The trace id and parent span id of a version-00 `traceparent`; `None` when malformed or
+/// all-zero (which the specification makes invalid).
+pub fn parse_traceparent(value: &str) -> Option<([u8; 16], [u8; 8])> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version != "00" || parts.next().is_some() || flags.len() != 2 || hex::decode(flags).is_err() {
+        return None;
+    }
+    let trace: [u8; 16] = hex::decode(trace).ok()?.try_into().ok()?;
+    let span: [u8; 8] = hex::decode(span).ok()?.try_into().ok()?;
+    (trace != [0; 16] && span != [0; 8]).then_some((trace, span))
+}
+
 /// Prefix of the signature header value for the current scheme.
 pub const SIGNATURE_VERSION: &str = "v1";
 /// Query parameters that carry the app id, timestamp and signature when the request cannot
@@ -653,6 +675,23 @@ pub fn verify_signature(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn traceparent_round_trip() {
+        let v = traceparent([0xab; 16], [0x01; 8]);
+        assert_eq!(v, "00-abababababababababababababababab-0101010101010101-01");
+        assert_eq!(parse_traceparent(&v), Some(([0xab; 16], [0x01; 8])));
+        for bad in [
+            "",
+            "01-abababababababababababababababab-0101010101010101-01",
+            "00-00000000000000000000000000000000-0101010101010101-01",
+            "00-abab-0101010101010101-01",
+            "00-abababababababababababababababab-0101010101010101-01-x",
+            "00-abababababababababababababababab-0101010101010101-zz",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn event_type_rules() {

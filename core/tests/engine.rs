@@ -815,3 +815,23 @@ fn install_request_waits_for_attribution_consent_and_is_dropped_by_opt_out() {
     let engine = Engine::open(off, MemoryStore::new(), T0, seed(14)).unwrap();
     assert!(!engine.install_pending());
 }
+
+#[test]
+fn every_upload_carries_a_fresh_traceparent() {
+    let mut engine = open(MemoryStore::new(), T0);
+    engine.flush(T0).unwrap();
+    let first = upload(&mut engine, T0);
+    let header = |t: &trailmark_core::UploadTask| {
+        t.headers.iter().find(|(k, _)| k == protocol::HEADER_TRACEPARENT).map(|(_, v)| v.clone()).unwrap()
+    };
+    let (trace, span) = protocol::parse_traceparent(&header(&first)).expect("a valid W3C traceparent");
+    // The server answers 503: the retry is a new request with a new trace.
+    engine.report(
+        T0,
+        first.batch_id,
+        UploadOutcome::Response { status: 503, retry_after: Some("1".into()), body: vec![] },
+    );
+    let retry = upload(&mut engine, T0 + 60_000);
+    let (trace2, span2) = protocol::parse_traceparent(&header(&retry)).unwrap();
+    assert!(trace != trace2 && span != span2);
+}

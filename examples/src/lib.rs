@@ -96,6 +96,10 @@ pub struct ServerArgs {
     /// Kafka topic prefix [default: trailmark].
     #[arg(long)]
     pub kafka_topic_prefix: Option<String>,
+    /// Export trace spans to an OpenTelemetry collector over OTLP/HTTP (JSON), e.g.
+    /// http://otel-collector:4318 (spans go to <url>/v1/traces).
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `[[postbacks]]` in the TOML file.
@@ -253,6 +257,7 @@ struct FileConfig {
     kafka_topic_prefix: Option<String>,
     /// Extra librdkafka producer properties, e.g. { "compression.type" = "lz4" }.
     kafka_properties: Option<std::collections::BTreeMap<String, String>>,
+    otlp_endpoint: Option<String>,
 }
 
 /// Resolved settings.
@@ -289,6 +294,8 @@ pub struct Settings {
     pub kafka: Option<String>,
     pub kafka_topic_prefix: String,
     pub kafka_properties: Vec<(String, String)>,
+    /// OTLP/HTTP collector base URL.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServerArgs {
@@ -358,6 +365,7 @@ impl ServerArgs {
                 .or(file.kafka_topic_prefix)
                 .unwrap_or_else(|| "trailmark".into()),
             kafka_properties: file.kafka_properties.unwrap_or_default().into_iter().collect(),
+            otlp_endpoint: self.otlp_endpoint.clone().or(file.otlp_endpoint),
             keys: self.keys.clone().or(file.keys).unwrap_or_else(|| format!("{}.keys", db.display()).into()),
             postgres: self.postgres.clone().or(file.postgres),
             postgres_pool,
@@ -421,11 +429,90 @@ fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-pub fn init_logging(json: bool) {
+/// Keeps the trace exporter alive; [`Telemetry::shutdown`] sends what is buffered.
+#[derive(Default)]
+pub struct Telemetry {
+    #[cfg(feature = "otel")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    pub fn shutdown(self) {
+        #[cfg(feature = "otel")]
+        if let Some(p) = self.provider {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+/// Logs to stderr (text or JSON lines) filtered by `RUST_LOG` (default `info`); with
+/// `otlp_endpoint`, spans are also exported to that OpenTelemetry collector.
+pub fn init_logging(json: bool, otlp_endpoint: Option<&str>) -> Result<Telemetry, String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let fmt = if json {
+        tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed()
+    };
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
+    let Some(endpoint) = otlp_endpoint else {
+        let _ = registry.try_init();
+        return Ok(Telemetry::default());
+    };
+    #[cfg(feature = "otel")]
+    {
+        let (layer, provider) = otel_layer(endpoint)?;
+        let _ = registry.with(layer).try_init();
+        Ok(Telemetry { provider: Some(provider) })
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = (registry, endpoint);
+        Err("--otlp-endpoint: this build has no OpenTelemetry support (build with the otel feature)".into())
+    }
+}
+
+/// Spans of the `trailmark_server` crate (requests and store writes, whatever the log level),
+/// exported in batches to `<endpoint>/v1/traces` as OTLP/HTTP JSON.
+#[cfg(feature = "otel")]
+fn otel_layer<S>(
+    endpoint: &str,
+) -> Result<(impl tracing_subscriber::Layer<S>, opentelemetry_sdk::trace::SdkTracerProvider), String>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use opentelemetry::trace::TracerProvider;
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use tracing_subscriber::Layer;
+    let url = match endpoint.trim_end_matches('/') {
+        e if e.ends_with("/v1/traces") => e.to_owned(),
+        e => format!("{e}/v1/traces"),
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpJson)
+        .with_endpoint(url)
+        .build()
+        .map_err(|e| format!("--otlp-endpoint: {e}"))?;
+    let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            opentelemetry_sdk::trace::BatchConfigBuilder::default()
+                .with_scheduled_delay(std::time::Duration::from_secs(1))
+                .build(),
+        )
+        .build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_span_processor(batch)
+        .with_resource(opentelemetry_sdk::Resource::builder().with_service_name("trailmark-server").build())
+        .build();
+    let layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("trailmark"))
+        .with_filter(tracing_subscriber::filter::Targets::new().with_target("trailmark_server", tracing::Level::INFO));
+    Ok((layer, provider))
 }
 
 /// The server's configuration from settings.

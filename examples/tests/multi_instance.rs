@@ -5,47 +5,13 @@
 //! Needs `TM_POSTGRES_URL` and `TM_REDIS_URL` (`./tests/run.sh services` starts both); skipped
 //! without them unless `TM_REQUIRE_SERVICES=1`.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use common::spawn;
 use serde_json::{Value, json};
 use trailmark_core::protocol;
 
-const BIN: &str = env!("CARGO_BIN_EXE_trailmark-server");
 const ANDROID_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A.240205.004) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
-
-struct Instance {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn(args: &[&str]) -> Instance {
-    let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--app", "app:secret", "--admin-key", "admin", "--ip-rate", "100000"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !line.starts_with("listening ") {
-        line.clear();
-        assert!(Instant::now() < deadline, "server did not start");
-        assert!(out.read_line(&mut line).unwrap() > 0, "server exited before listening");
-    }
-    std::thread::spawn(move || for _ in out.lines() {});
-    Instance { child, base: line.trim().trim_start_matches("listening ").to_owned() }
-}
 
 fn services() -> Option<(String, String)> {
     match (std::env::var("TM_POSTGRES_URL"), std::env::var("TM_REDIS_URL")) {
@@ -76,19 +42,7 @@ impl Client {
     }
 
     async fn signed(&self, base: &str, path: &str, body: &Value) -> (u16, Value) {
-        let body = serde_json::to_vec(body).unwrap();
-        let ts = trailmark_server::now_ms() / 1000;
-        let resp = self
-            .http
-            .post(format!("{base}{path}"))
-            .header(protocol::HEADER_APP, "app")
-            .header(protocol::HEADER_TIMESTAMP, ts.to_string())
-            .header(protocol::HEADER_SIGNATURE, protocol::sign(b"secret", ts, &body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
+        common::signed(&self.http, base, path, body, &[]).await
     }
 
     /// Follows a tracking link and returns the click id from the redirect.

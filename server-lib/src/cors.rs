@@ -53,7 +53,7 @@ pub(crate) async fn layer(State(state): State<Arc<AppState>>, request: Request, 
         h.insert(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
             HeaderValue::from_static(
-                "content-type, content-encoding, x-trailmark-app, x-trailmark-timestamp, x-trailmark-signature",
+                "content-type, content-encoding, x-trailmark-app, x-trailmark-timestamp, x-trailmark-signature, traceparent",
             ),
         );
         h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static(PREFLIGHT_MAX_AGE));

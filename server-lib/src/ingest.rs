@@ -21,8 +21,10 @@ use crate::sink;
 use crate::storage::{NewEvent, StorageError};
 
 pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    use tracing::Instrument;
     let started = Instant::now();
-    let result = ingest(&state, request).await;
+    let span = crate::trace::request_span("ingest", request.headers());
+    let result = ingest(&state, request).instrument(span).await;
     measured("event", started, result)
 }
 
@@ -293,13 +295,15 @@ async fn ingest(state: &AppState, request: Request) -> Result<IngestResponse, Ap
     }
     if !fresh.is_empty() {
         let records: Option<Vec<_>> = state.event_sink.as_ref().map(|_| fresh.iter().map(sink::event_record).collect());
-        let outcome = state.storage.insert(fresh).await.map_err(|e| match e {
-            StorageError::Busy => {
-                metrics::counter!("trailmark_writer_busy_total").increment(1);
-                ApiError::unavailable(1, "the server is catching up; retry shortly")
-            }
-            other => ApiError::internal(other),
-        })?;
+        let span = crate::trace::store_span("events", fresh.len());
+        let outcome =
+            tracing::Instrument::instrument(state.storage.insert(fresh), span).await.map_err(|e| match e {
+                StorageError::Busy => {
+                    metrics::counter!("trailmark_writer_busy_total").increment(1);
+                    ApiError::unavailable(1, "the server is catching up; retry shortly")
+                }
+                other => ApiError::internal(other),
+            })?;
         response.accepted = outcome.iter().filter(|new| **new).count() as u64;
         response.duplicates = outcome.len() as u64 - response.accepted;
         // Published once durable, and only the first time (a duplicate was published before).

@@ -23,8 +23,10 @@ use crate::{AppState, admin_auth};
 const MAX_INSTALL_BODY: usize = 16 * 1024;
 
 pub async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    use tracing::Instrument;
     let started = Instant::now();
-    let result = install(&state, request).await;
+    let span = crate::trace::request_span("install", request.headers());
+    let result = install(&state, request).instrument(span).await;
     ingest::measured("install", started, result)
 }
 
@@ -319,8 +321,12 @@ async fn save(
     // the other.
     let postbacks = crate::postbacks::install(state, &record).await;
     let published = state.event_sink.as_ref().map(|_| crate::sink::install_record(&record));
-    if let Some(ids) =
-        state.storage.save_install(record, touchpoint, alert, postbacks.clone()).await.map_err(storage_error)?
+    if let Some(ids) = tracing::Instrument::instrument(
+        state.storage.save_install(record, touchpoint, alert, postbacks.clone()),
+        crate::trace::store_span("install", 1),
+    )
+    .await
+    .map_err(storage_error)?
     {
         crate::postbacks::dispatch(state, &postbacks, &ids);
         if let (Some(sink), Some(r)) = (&state.event_sink, published) {

@@ -36,6 +36,7 @@ pub mod postbacks;
 pub mod reports;
 pub mod sink;
 pub mod storage;
+pub mod trace;
 pub mod tracking;
 pub mod validate;
 

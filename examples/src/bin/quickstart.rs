@@ -298,7 +298,7 @@ fn simulate_attribution(
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    trailmark_examples::init_logging(false);
+    let _ = trailmark_examples::init_logging(false, None);
     let _ = std::fs::remove_dir_all(&args.data);
     std::fs::create_dir_all(&args.data).expect("create the data folder");
     let db = args.data.join("trailmark.db");

@@ -18,7 +18,13 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    init_logging(settings.json_logs);
+    let telemetry = match init_logging(settings.json_logs, settings.otlp_endpoint.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("trailmark-server: {e}");
+            std::process::exit(2);
+        }
+    };
     let running = match start(&settings).await {
         Ok(r) => r,
         Err(e) => {
@@ -36,7 +42,9 @@ async fn main() {
         tracing::info!("shutting down");
         handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
-    match running.task.await {
+    let outcome = running.task.await;
+    telemetry.shutdown();
+    match outcome {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::error!(error = %e, "server failed");
