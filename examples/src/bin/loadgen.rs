@@ -37,6 +37,12 @@ struct Args {
     /// Server durability: full (default) or normal.
     #[arg(long, default_value = "full")]
     sync: String,
+    /// Store in PostgreSQL (a fresh schema) instead of SQLite.
+    #[arg(long)]
+    postgres: Option<String>,
+    /// Match installs against a Redis click cache (filled with `--cached` clicks).
+    #[arg(long)]
+    redis: Option<String>,
 }
 
 const APP: &str = "bench";
@@ -152,6 +158,9 @@ async fn main() {
         app_rate: Some(1_000_000),
         sync: Some(args.sync.clone()),
         admin_key: Some("bench-admin".into()),
+        postgres: args.postgres.clone(),
+        postgres_schema: args.postgres.as_ref().map(|_| format!("bench_{}", uuid::Uuid::new_v4().simple())),
+        redis: args.redis.clone(),
         ..Default::default()
     };
     let running = start(&server_args.settings().unwrap()).await.unwrap();
@@ -165,10 +174,12 @@ async fn main() {
     });
 
     println!(
-        "machine: {} logical CPUs; {} s per workload, {} requests in flight; server and client share the machine",
+        "machine: {} logical CPUs; {} s per workload, {} requests in flight; server and client share the machine; store: {}; click index: {}",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         args.seconds,
-        args.concurrency
+        args.concurrency,
+        if args.postgres.is_some() { "PostgreSQL" } else { "SQLite" },
+        if args.redis.is_some() { "Redis" } else { "in process" },
     );
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build().unwrap();
 
@@ -260,7 +271,10 @@ async fn main() {
         }
         if run("installs") {
             let started = Instant::now();
-            fill_index(&running.state, &link_id, args.cached);
+            match &running.state.click_cache {
+                Some(cache) => fill_cache(cache.clone(), &link_id, args.cached).await,
+                None => fill_index(&running.state, &link_id, args.cached),
+            }
             println!("{} clicks cached in {:.1} s", args.cached, started.elapsed().as_secs_f64());
             let bodies: Vec<Vec<u8>> = (0..(args.seconds * 20_000))
                 .map(|i| {
@@ -327,6 +341,35 @@ fn fill_index(state: &trailmark_server::AppState, link_id: &str, n: u64) {
         t.device = tracking.index.hasher.device(Some(&format!("gaid-{i}")));
         t.set_ip(Some(std::net::IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8])));
         tracking.index.push(t);
+    }
+}
+
+/// The same clicks as [`fill_index`], written to the shared click cache (32 writers).
+async fn fill_cache(cache: Arc<dyn trailmark_server::clickcache::ClickCache>, link_id: &str, n: u64) {
+    use trailmark_server::attribution::DAY;
+    use trailmark_server::clickcache::CachedTouch;
+    let now = trailmark_server::now_ms();
+    let writers: Vec<_> = (0..32u64)
+        .map(|w| {
+            let (cache, link_id) = (cache.clone(), link_id.to_owned());
+            tokio::spawn(async move {
+                for i in (w..n).step_by(32) {
+                    let touch = CachedTouch {
+                        click_id: uuid::Uuid::new_v4().to_string(),
+                        kind: "click".into(),
+                        link_id: link_id.clone(),
+                        ts: now - 6 * DAY + (i as i128 * 6 * DAY as i128 / n.max(1) as i128) as i64,
+                        device_id: Some(format!("gaid-{i}")),
+                        ..Default::default()
+                    };
+                    let ip = std::net::IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+                    cache.record(touch, Some(ip)).await.expect("Redis takes the click");
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
     }
 }
 
