@@ -108,7 +108,7 @@ fn props(step: &Value, key: &str) -> String {
 }
 
 /// Compares an actual value with an expected one: `"<uuid>"`, `"<timestamp>"`, `"<digits>"`,
-/// `"<signature>"` and `"<any>"` match shapes; `"$name"` binds a value on first sight and must
+/// `"<signature>"`, `"<traceparent>"` and `"<any>"` match shapes; `"$name"` binds a value on first sight and must
 /// match it afterwards (distinct names, distinct values). Objects must have exactly the
 /// expected keys; numbers compare by value.
 fn matches(expected: &Value, actual: &Value, vars: &mut BTreeMap<String, Value>, path: &str) -> Result<(), String> {
@@ -147,6 +147,7 @@ fn matches(expected: &Value, actual: &Value, vars: &mut BTreeMap<String, Value>,
                 "<signature>" => {
                     a.strip_prefix("v1=").is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()))
                 }
+                "<traceparent>" => trailmark_core::protocol::parse_traceparent(a).is_some() && a.ends_with("-01"),
                 other => return Err(format!("{path}: unknown pattern {other}")),
             };
             if ok { Ok(()) } else { fail() }

@@ -43,6 +43,7 @@ const shapes = {
   '<timestamp>': (a) => /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/.test(a),
   '<digits>': (a) => /^\d+$/.test(a),
   '<signature>': (a) => /^v1=[0-9a-fA-F]{64}$/.test(a),
+  '<traceparent>': (a) => /^00-[0-9a-f]{32}-[0-9a-f]{16}-01$/.test(a),
 };
 
 /** The scenario matcher: exact keys, numbers by value, shapes, and `$name` bindings. */

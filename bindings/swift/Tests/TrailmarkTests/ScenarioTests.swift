@@ -42,6 +42,7 @@ final class Matcher {
         "<timestamp>": "\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z",
         "<digits>": "\\d+",
         "<signature>": "v1=[0-9a-fA-F]{64}",
+        "<traceparent>": "00-[0-9a-f]{32}-[0-9a-f]{16}-01",
     ]
 
     /// Variables hold strings (ids) or numbers.

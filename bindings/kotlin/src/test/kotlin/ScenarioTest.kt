@@ -114,6 +114,7 @@ class Matcher {
         "<timestamp>" to Regex("\\d{4}-\\d\\d-\\d\\dT\\d\\d:\\d\\d:\\d\\d\\.\\d{3}Z"),
         "<digits>" to Regex("\\d+"),
         "<signature>" to Regex("v1=[0-9a-fA-F]{64}"),
+        "<traceparent>" to Regex("00-[0-9a-f]{32}-[0-9a-f]{16}-01"),
     )
 
     fun match(expected: Any?, actual: Any?, path: String) {
