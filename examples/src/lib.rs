@@ -366,7 +366,21 @@ impl ServerArgs {
                 .unwrap_or_else(|| "trailmark".into()),
             kafka_properties: file.kafka_properties.unwrap_or_default().into_iter().collect(),
             otlp_endpoint: self.otlp_endpoint.clone().or(file.otlp_endpoint),
-            keys: self.keys.clone().or(file.keys).unwrap_or_else(|| format!("{}.keys", db.display()).into()),
+            keys: match self.keys.clone().or(file.keys) {
+                Some(k) => k,
+                // Instances that share a store must share keys: a default per working
+                // directory would silently give each its own.
+                None if self.postgres.is_some()
+                    || file.postgres.is_some()
+                    || self.redis.is_some()
+                    || file.redis.is_some() =>
+                {
+                    return Err(
+                        "--keys FILE is required with --postgres or --redis (every instance uses the same file)".into(),
+                    );
+                }
+                None => format!("{}.keys", db.display()).into(),
+            },
             postgres: self.postgres.clone().or(file.postgres),
             postgres_pool,
             postgres_schema: self.postgres_schema.clone().or(file.postgres_schema),

@@ -154,6 +154,14 @@ async fn two_instances_share_postgres_and_redis() {
     assert_eq!(s, 200, "{by_id}");
     assert_eq!((by_id["match_type"].as_str(), by_id["click_id"].as_str()), (Some("click_id"), Some(click_b.as_str())));
 
+    // A web visit through B's click, sent to A, becomes a touchpoint there.
+    let visit = json!({"sent_at": protocol::format_millis(trailmark_server::now_ms()), "batch": [{
+        "event_id": uuid::Uuid::new_v4().to_string(), "type": "page_view",
+        "timestamp": protocol::format_millis(trailmark_server::now_ms()), "anonymous_id": "anon-web",
+        "context": {"campaign": {"click_id": click_b}}}]});
+    let (s, body) = client.signed(&a.base, "/v1/event", &visit).await;
+    assert_eq!(s, 200, "{body}");
+
     // The same event sent to both instances is stored once.
     let event_id = uuid::Uuid::new_v4().to_string();
     let batch = json!({"sent_at": protocol::format_millis(trailmark_server::now_ms()), "batch": [{
@@ -176,6 +184,12 @@ async fn two_instances_share_postgres_and_redis() {
     let (pg, conn) = tokio_postgres::connect(&pg_url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(conn);
     pg.batch_execute(&format!("SET search_path = {schema}")).await.unwrap();
+    let web: i64 = pg
+        .query_one("SELECT count(*) FROM touchpoints WHERE anonymous_id = 'anon-web' AND click_id = $1", &[&click_b])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(web, 1, "a click answered by B is found by A for a touchpoint");
     let needles = [gaid.as_str(), anon.as_str(), click_a.as_str()];
     assert!(!pg_rows_with(&pg, &schema, &needles).await.is_empty(), "the subject is stored");
     let mut redis = redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();

@@ -61,11 +61,36 @@ async fn run(state: &AppState, app_id: &str, items: Vec<Followup>) -> Result<(),
     // Resolve click ids against the index (clicks of this app only).
     let mut touchpoints = Vec::new();
     let mut opens = Vec::new();
+    // With a shared click cache (several instances) the click may have been answered by
+    // another instance: look it up there.
+    let mut shared: std::collections::HashMap<String, crate::clickcache::CachedTouch> = Default::default();
+    if let Some(cache) = &state.click_cache {
+        let click_ids: Vec<String> = items.iter().filter_map(|i| i.click_id.map(|c| c.to_string())).collect();
+        if !click_ids.is_empty() {
+            let query = crate::clickcache::CandidateQuery { click_ids, limit: 1, ..Default::default() };
+            match cache.candidates(query).await {
+                Ok(found) => shared.extend(found.into_iter().map(|t| (t.click_id.to_ascii_lowercase(), t))),
+                Err(e) => tracing::warn!(error = %e, "click cache unavailable for touchpoints"),
+            }
+            if shared.values().any(|t| state.tracking.lock().is_ok_and(|g| !g.by_id.contains_key(&t.link_id))) {
+                state.tracking.reload_after_miss(state).await;
+            }
+        }
+    }
     {
         let Ok(tracking) = state.tracking.lock() else { return Ok(()) };
         for item in &items {
             let Some(id) = item.click_id else { continue };
-            let Some(touch) = tracking.index.by_click_id(&id) else { continue };
+            let touch = match shared.get(&id.to_string()) {
+                Some(t) => {
+                    let ip = t.ip_enc.as_deref().and_then(|h| hex::decode(h).ok());
+                    let ip = ip.and_then(|b| state.ip_cipher.decrypt(&b));
+                    tracking.touch_of(&t.to_record(), ip)
+                }
+                None if state.click_cache.is_none() => tracking.index.by_click_id(&id).copied(),
+                None => None,
+            };
+            let Some(touch) = touch else { continue };
             let Some(link) = tracking.infos.get(touch.link as usize).filter(|l| l.app_id == app_id) else {
                 continue;
             };

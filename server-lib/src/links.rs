@@ -676,15 +676,14 @@ pub async fn click_by_code(State(state): State<Arc<AppState>>, Path(code): Path<
 }
 
 /// A link looked up in the loaded state; on a miss the links are reloaded from storage (another
-/// instance may have created it) and looked up again. With a shared click cache (several
-/// instances) links are also reloaded every [`LINK_REFRESH`](crate::tracking::LINK_REFRESH).
+/// instance may have created it) and looked up again. Links are also reloaded every
+/// [`LINK_REFRESH`](crate::tracking::LINK_REFRESH).
 async fn find_link(
     state: &AppState,
     by: impl Fn(&crate::tracking::TrackState) -> Option<Arc<LinkRecord>>,
 ) -> Result<Option<Arc<LinkRecord>>, ApiError> {
-    if state.click_cache.is_some() {
-        state.tracking.reload_links(state, crate::tracking::LINK_REFRESH).await?;
-    }
+    // Another instance (or process) sharing the store may have changed links.
+    state.tracking.reload_links(state, crate::tracking::LINK_REFRESH).await?;
     let found = by(&*state.tracking.lock()?);
     if found.is_some() || !state.tracking.reload_after_miss(state).await {
         return Ok(found);

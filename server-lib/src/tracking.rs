@@ -145,8 +145,8 @@ pub struct Tracking {
 
 /// Most link reloads a second after misses.
 pub const MISS_RELOADS_PER_SEC: usize = 5;
-/// With a shared click cache (several instances), links are reloaded this often, so a link
-/// edited through another instance (disabled, say) takes effect here too.
+/// Links are reloaded this often on the click path, so a link edited through another instance
+/// sharing the store (disabled, say) takes effect here too.
 pub const LINK_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Tracking {

@@ -161,6 +161,7 @@ async fn main() {
         postgres: args.postgres.clone(),
         postgres_schema: args.postgres.as_ref().map(|_| format!("bench_{}", uuid::Uuid::new_v4().simple())),
         redis: args.redis.clone(),
+        keys: Some(dir.path().join("bench.keys")),
         ..Default::default()
     };
     let running = start(&server_args.settings().unwrap()).await.unwrap();

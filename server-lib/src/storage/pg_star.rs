@@ -7,8 +7,10 @@
 //! - the queue (`etl_pending`) is keyed by the event, filled by a statement-level trigger, and
 //!   entries are removed by their own sequence numbers, never by a range (a concurrent ingest
 //!   transaction may commit a lower number later);
-//! - dirty rollup days are taken with `DELETE … RETURNING`, so a day marked while a refresh runs
-//!   stays marked for the next one.
+//! - dirty rollup days are taken with `DELETE … RETURNING`, and marks are upserts that lock the
+//!   row (`DO UPDATE`), so a day marked by a transaction still open while a refresh runs stays
+//!   marked for the next one;
+//! - a user deletion takes the same lock, so a refresh cannot write back what it deleted.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -228,6 +230,11 @@ pub const SCHEMA: &str = concat!(
                 max(CASE WHEN NOT rejected THEN campaign_id END)
            FROM installs WHERE kind = 'install' GROUP BY app_id, anonymous_id;"
 );
+
+/// Takes the refresh/purge/deletion lock for the rest of the transaction.
+pub async fn report_lock(tx: &Transaction<'_>) -> Result<(), StorageError> {
+    lock(tx).await
+}
 
 async fn lock(tx: &Transaction<'_>) -> Result<(), StorageError> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&REPORT_LOCK]).await.map_err(backend)?;
@@ -492,9 +499,13 @@ async fn etl_batch(tx: &Transaction<'_>, batch: usize, gap: i64, horizon: i64) -
     .map_err(backend)?;
     for (app, day) in &days {
         if *day >= events_cutoff {
-            tx.execute("INSERT INTO rollup_dirty VALUES ($1, $2, 'events') ON CONFLICT DO NOTHING", &[app, day])
-                .await
-                .map_err(backend)?;
+            tx.execute(
+                "INSERT INTO rollup_dirty VALUES ($1, $2, 'events')
+                 ON CONFLICT (app_id, date_key, source) DO UPDATE SET source = excluded.source",
+                &[app, day],
+            )
+            .await
+            .map_err(backend)?;
         }
         ensure_date(tx, *day).await?;
     }

@@ -622,6 +622,9 @@ impl Storage for PostgresStorage {
         Box::pin(async move {
             let mut client = self.pool.get().await.map_err(pool_error)?;
             let tx = client.transaction().await.map_err(backend)?;
+            // Not while a report refresh runs: it could write back facts, sessions and users
+            // of events this deletion removes.
+            super::pg_star::report_lock(&tx).await?;
             let expansion = match subject {
                 // dim_users keeps the pairing after the raw events are purged.
                 Subject::UserId(_) => Some(
