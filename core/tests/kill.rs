@@ -127,10 +127,15 @@ fn events_survive_kill_9() {
             .filter_map(|e| e["properties"]["n"].as_u64())
             .collect();
         // The queue keeps the newest `max_queue_events`; older events are dropped (and counted)
-        // when it is full. Events are numbered in order, so the kept ones are the top of `tracked`
-        // (less a few: an event tracked just before the kill may not have been printed).
-        let cap = trailmark_core::Policy::default().max_queue_events;
-        if let Some(&oldest_kept) = tracked.iter().rev().nth(cap - 8) {
+        // when it is full — but never the batch in flight (no server answers here, so the
+        // oldest batch stays in flight and keeps its slots). Events are numbered in order, so
+        // the kept ones are the top of `tracked` less up to one batch (and a few: an event
+        // tracked just before the kill may not have been printed, automatic events count too).
+        let policy = trailmark_core::Policy::default();
+        let kept_at_least = policy.max_queue_events - policy.max_batch_events - 16;
+        if tracked.len() > kept_at_least
+            && let Some(&oldest_kept) = tracked.iter().rev().nth(kept_at_least)
+        {
             required.retain(|n| *n >= oldest_kept);
         }
         let lost: Vec<u64> = required.difference(&stored).copied().collect();

@@ -215,6 +215,8 @@ pub async fn create_link(State(state): State<Arc<AppState>>, request: Request) -
 pub async fn new_link(state: &AppState, actor: String, req: NewLink) -> Result<Value, ApiError> {
     check_link_parts(&req.utm, &req.destinations, req.deep_link.as_ref())?;
     state.tracking.ready(state).await?;
+    // The campaign may have been made through another instance sharing the store.
+    state.tracking.reload_links(state, std::time::Duration::ZERO).await?;
     let _serial = state.tracking.link_changes.lock().await;
     let now = state.config.clock.now();
     let link = {
@@ -282,6 +284,8 @@ pub async fn update_link(
             let change: LinkChange = serde_json::from_value(Value::Object(fields))
                 .map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))?;
             state.tracking.ready(&state).await?;
+            // Edit the stored link, not a copy another instance may have changed since.
+            state.tracking.reload_links(&state, std::time::Duration::ZERO).await?;
             let _serial = state.tracking.link_changes.lock().await;
             let before = {
                 let tracking = state.tracking.lock()?;
