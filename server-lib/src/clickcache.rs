@@ -5,7 +5,8 @@
 //! install posted to instance B, so a [`ClickCache`] (Redis: [`redis::RedisClickCache`]) holds
 //! the touches of the attribution windows for all instances. An install asks it for the touches
 //! that could match (by click id, by device id, by network) and runs the same waterfall over
-//! them; the instance's own index is then not consulted.
+//! them; the instance's own index then stays empty (clicks, startup loads and touchpoint
+//! lookups go through the cache).
 
 #[cfg(feature = "redis")]
 pub mod redis;

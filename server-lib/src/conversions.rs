@@ -72,7 +72,9 @@ async fn run(state: &AppState, app_id: &str, items: Vec<Followup>) -> Result<(),
                 Ok(found) => shared.extend(found.into_iter().map(|t| (t.click_id.to_ascii_lowercase(), t))),
                 Err(e) => tracing::warn!(error = %e, "click cache unavailable for touchpoints"),
             }
-            if shared.values().any(|t| state.tracking.lock().is_ok_and(|g| !g.by_id.contains_key(&t.link_id))) {
+            let unknown_link =
+                state.tracking.lock().is_ok_and(|g| shared.values().any(|t| !g.by_id.contains_key(&t.link_id)));
+            if unknown_link {
                 state.tracking.reload_after_miss(state).await;
             }
         }
@@ -87,8 +89,8 @@ async fn run(state: &AppState, app_id: &str, items: Vec<Followup>) -> Result<(),
                     let ip = ip.and_then(|b| state.ip_cipher.decrypt(&b));
                     tracking.touch_of(&t.to_record(), ip)
                 }
-                None if state.click_cache.is_none() => tracking.index.by_click_id(&id).copied(),
-                None => None,
+                // Without a click cache; with one, the local index is empty.
+                None => tracking.index.by_click_id(&id).copied(),
             };
             let Some(touch) = touch else { continue };
             let Some(link) = tracking.infos.get(touch.link as usize).filter(|l| l.app_id == app_id) else {

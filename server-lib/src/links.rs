@@ -563,8 +563,11 @@ async fn record(
                 f.max_clicks_per_device_hour,
             );
         }
-        tracking.index_touch(&click, facts.ip);
-        metrics::gauge!("trailmark_touch_index_entries").set(tracking.index.len() as f64);
+        // With a shared click cache the decisions read it, not this instance's index.
+        if state.click_cache.is_none() {
+            tracking.index_touch(&click, facts.ip);
+            metrics::gauge!("trailmark_touch_index_entries").set(tracking.index.len() as f64);
+        }
     }
     if click.flags != 0 {
         metrics::counter!("trailmark_flooding_clicks_total").increment(1);

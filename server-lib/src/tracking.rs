@@ -230,9 +230,11 @@ async fn load(state: &AppState) -> Result<Mutex<TrackState>, String> {
     let mut shared = Vec::new();
     for t in &touches {
         let ip = t.ip_enc.as_deref().and_then(|b| state.ip_cipher.decrypt(b));
-        indexed += s.index_touch(t, ip).is_some() as usize;
+        // With a shared click cache the decisions read it: the touches go there, not here.
         if state.click_cache.is_some() {
             shared.push((crate::clickcache::CachedTouch::of(t), ip));
+        } else {
+            indexed += s.index_touch(t, ip).is_some() as usize;
         }
     }
     if let Some(cache) = &state.click_cache {

@@ -23,7 +23,7 @@ use super::records::{
     CampaignCost, CampaignDay, FactRow, FraudAlert, PurgeReport, RefreshReport, ReportQuery, ReportRows,
     RetentionCutoffs, UserRow,
 };
-use super::star::{DAY_MS, StoredSession, day_of, money, plan_sessions, utm_key};
+use super::star::{DAY_MS, FACT_ROWS, StoredSession, day_of, money, plan_sessions, utm_key};
 
 /// Advisory lock key of the refresh and the purge (one at a time across instances).
 const REPORT_LOCK: i64 = 1_952_543_340;
@@ -776,13 +776,10 @@ pub async fn report(client: &tokio_postgres::Client, query: &ReportQuery) -> Res
         ReportQuery::Events { app_id, types, from, to } => {
             let rows = client
                 .query(
-                    "SELECT f.anonymous_id, u.user_id, f.event_type, f.ts, f.session_key,
-                            coalesce(u.install_campaign_id, u.utm_campaign_key)
-                       FROM fact_events f
-                       LEFT JOIN dim_users u ON u.app_id = f.app_id AND u.anonymous_id = f.anonymous_id
-                      WHERE f.app_id = $1 AND f.ts >= $2 AND f.ts <= $3
-                        AND (cardinality($4::text[]) = 0 OR f.event_type = ANY($4))
-                      ORDER BY f.ts, f.seq",
+                    &format!(
+                        "{FACT_ROWS} WHERE f.app_id = $1 AND f.ts >= $2 AND f.ts <= $3
+                            AND (cardinality($4::text[]) = 0 OR f.event_type = ANY($4)) ORDER BY f.ts, f.seq"
+                    ),
                     &[app_id, from, to, types],
                 )
                 .await
@@ -792,14 +789,12 @@ pub async fn report(client: &tokio_postgres::Client, query: &ReportQuery) -> Res
         ReportQuery::SessionsWith { app_id, event_type, from, to } => {
             let rows = client
                 .query(
-                    "SELECT f.anonymous_id, u.user_id, f.event_type, f.ts, f.session_key,
-                            coalesce(u.install_campaign_id, u.utm_campaign_key)
-                       FROM fact_events f
-                       LEFT JOIN dim_users u ON u.app_id = f.app_id AND u.anonymous_id = f.anonymous_id
-                      WHERE f.app_id = $1 AND f.session_key IN (
-                            SELECT session_key FROM fact_events
-                             WHERE app_id = $1 AND event_type = $2 AND ts >= $3 AND ts <= $4)
-                      ORDER BY f.session_key, f.ts, f.seq",
+                    &format!(
+                        "{FACT_ROWS} WHERE f.app_id = $1 AND f.session_key IN (
+                                SELECT session_key FROM fact_events
+                                 WHERE app_id = $1 AND event_type = $2 AND ts >= $3 AND ts <= $4)
+                          ORDER BY f.session_key, f.ts, f.seq"
+                    ),
                     &[app_id, event_type, from, to],
                 )
                 .await

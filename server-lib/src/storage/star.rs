@@ -807,6 +807,13 @@ fn fact_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FactRow> {
     })
 }
 
+/// The columns of a [`FactRow`] (the device's campaign from `dim_users`), the same SQL in both
+/// stores; a query adds its `WHERE` and `ORDER BY`.
+pub const FACT_ROWS: &str = "SELECT f.anonymous_id, u.user_id, f.event_type, f.ts, f.session_key,
+        coalesce(u.install_campaign_id, u.utm_campaign_key)
+   FROM fact_events f
+   LEFT JOIN dim_users u ON u.app_id = f.app_id AND u.anonymous_id = f.anonymous_id";
+
 /// Rows for a report, read from the star schema.
 pub fn report(conn: &Connection, query: &ReportQuery) -> Result<ReportRows, StorageError> {
     match query {
@@ -814,12 +821,7 @@ pub fn report(conn: &Connection, query: &ReportQuery) -> Result<ReportRows, Stor
             let placeholders = (0..types.len()).map(|i| format!("?{}", i + 4)).collect::<Vec<_>>().join(", ");
             let filter = if types.is_empty() { String::new() } else { format!("AND f.event_type IN ({placeholders})") };
             let sql = format!(
-                "SELECT f.anonymous_id, u.user_id, f.event_type, f.ts, f.session_key,
-                        coalesce(u.install_campaign_id, u.utm_campaign_key)
-                   FROM fact_events f
-                   LEFT JOIN dim_users u ON u.app_id = f.app_id AND u.anonymous_id = f.anonymous_id
-                  WHERE f.app_id = ?1 AND f.ts >= ?2 AND f.ts <= ?3 {filter}
-                  ORDER BY f.ts, f.rowid"
+                "{FACT_ROWS} WHERE f.app_id = ?1 AND f.ts >= ?2 AND f.ts <= ?3 {filter} ORDER BY f.ts, f.rowid"
             );
             let mut stmt = conn.prepare(&sql).map_err(backend)?;
             let mut args: Vec<&dyn rusqlite::ToSql> = vec![app_id, from, to];
@@ -835,16 +837,12 @@ pub fn report(conn: &Connection, query: &ReportQuery) -> Result<ReportRows, Stor
         }
         ReportQuery::SessionsWith { app_id, event_type, from, to } => {
             let mut stmt = conn
-                .prepare(
-                    "SELECT f.anonymous_id, u.user_id, f.event_type, f.ts, f.session_key,
-                            coalesce(u.install_campaign_id, u.utm_campaign_key)
-                       FROM fact_events f
-                       LEFT JOIN dim_users u ON u.app_id = f.app_id AND u.anonymous_id = f.anonymous_id
-                      WHERE f.app_id = ?1 AND f.session_key IN (
+                .prepare(&format!(
+                    "{FACT_ROWS} WHERE f.app_id = ?1 AND f.session_key IN (
                             SELECT session_key FROM fact_events
                              WHERE app_id = ?1 AND event_type = ?2 AND ts >= ?3 AND ts <= ?4)
-                      ORDER BY f.session_key, f.ts, f.rowid",
-                )
+                      ORDER BY f.session_key, f.ts, f.rowid"
+                ))
                 .map_err(backend)?;
             let rows = stmt
                 .query_map(params![app_id, event_type, from, to], fact_row)
