@@ -9,6 +9,9 @@ set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 export CARGO_TERM_COLOR=never
+# One build per run: incremental caches would only take disk (several GB); a developer's own
+# setting wins.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 log_dir="${TM_TEST_LOG_DIR:-$root/target/test-logs}"
 mkdir -p "$log_dir"
 

@@ -1,12 +1,19 @@
 // Starts the reference server (the binary in $TRAILMARK_SERVER, or target/debug) on a free port.
 import { spawn } from 'node:child_process';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { repo } from './helpers.mjs';
 
 export const ADMIN = 'adm1n';
+
+// Databases made here outlive a server (a test may restart one on the same file); they go
+// when the test process ends.
+const madeDirs = [];
+process.on('exit', () => {
+  for (const dir of madeDirs) rmSync(dir, { recursive: true, force: true });
+});
 
 export function serverBinary() {
   const bin = process.env.TRAILMARK_SERVER ?? join(process.env.CARGO_TARGET_DIR ?? join(repo, 'target'), 'debug', 'trailmark-server');
@@ -16,7 +23,11 @@ export function serverBinary() {
 
 /** `{base, stop, events(query)}`; `listen` fixes the address (to restart on the same port). */
 export async function startServer({ args = [], listen = '127.0.0.1:0', db } = {}) {
-  db ??= join(mkdtempSync(join(tmpdir(), 'tm-js-')), 's.db');
+  if (db === undefined) {
+    const dir = mkdtempSync(join(tmpdir(), 'tm-js-'));
+    madeDirs.push(dir);
+    db = join(dir, 's.db');
+  }
   const child = spawn(serverBinary(), ['--listen', listen, '--db', db, '--admin-key', ADMIN, ...args], {
     stdio: ['ignore', 'pipe', 'inherit'],
     env: { ...process.env, RUST_LOG: 'warn' },

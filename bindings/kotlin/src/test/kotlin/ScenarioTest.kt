@@ -256,6 +256,7 @@ fun runScenario(file: File) = runBlocking {
         }
     } finally {
         tm.close()
+        dir.deleteRecursively()
     }
     val actual = transport.captured.map { (url, headers, body) ->
         mapOf(

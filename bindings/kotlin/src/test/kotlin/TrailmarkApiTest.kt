@@ -64,6 +64,8 @@ class TrailmarkApiTest {
             }
         } finally {
             proc.destroy()
+            proc.waitFor()
+            dir.deleteRecursively()
         }
     }
 }

@@ -4,6 +4,7 @@
 
 import java.io.File
 import java.nio.file.Files
+import kotlin.test.AfterTest
 import kotlin.test.Test
 import kotlin.test.assertEquals
 import kotlin.test.assertFailsWith
@@ -16,6 +17,11 @@ import uniffi.trailmark_ffi.hashEmail
 
 class TrailmarkFfiTest {
     private val dir: File = Files.createTempDirectory("tm-kotlin").toFile()
+
+    @AfterTest
+    fun removeDir() {
+        dir.deleteRecursively()
+    }
 
     /** Starts the reference server on a free port; returns its base URL and the process. */
     private fun server(): Pair<String, Process> {
