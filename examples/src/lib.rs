@@ -325,8 +325,8 @@ impl ServerArgs {
                 Some((app, origin)) if !app.contains("://") => (Some(app.to_owned()), origin),
                 _ => (None, spec.as_str()),
             };
-            let origin =
-                trailmark_server::config::normalize_origin(origin).map_err(|e| format!("--cors-origin: {e}"))?;
+            let origin = trailmark_server::domain::config::normalize_origin(origin)
+                .map_err(|e| format!("--cors-origin: {e}"))?;
             if let Some(app) = app.as_ref().filter(|a| !apps.iter().any(|(id, _)| id == *a)) {
                 return Err(format!("--cors-origin {spec:?}: no app {app:?} (give it with --app)"));
             }

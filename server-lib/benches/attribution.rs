@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng};
-use trailmark_server::attribution::fraud::BurstTracker;
-use trailmark_server::attribution::matching::{Fingerprint, InstallFacts, LinkInfo, attribute};
-use trailmark_server::attribution::{AttributionConfig, DAY, Touch, TouchIndex, TouchKind};
+use trailmark_server::domain::attribution::fraud::BurstTracker;
+use trailmark_server::domain::attribution::matching::{Fingerprint, InstallFacts, LinkInfo, attribute};
+use trailmark_server::domain::attribution::{AttributionConfig, DAY, Touch, TouchIndex, TouchKind};
 
 const OS: [&str; 2] = ["iOS", "Android"];
 const VERSIONS: [&str; 5] = ["17.1", "17.4", "18.0", "14", "15"];

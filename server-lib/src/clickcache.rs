@@ -1,6 +1,6 @@
 //! The shared click index: recent clicks and impressions that every server instance can see.
 //!
-//! One instance keeps its own touches in the in-process [`TouchIndex`](crate::attribution::TouchIndex)
+//! One instance keeps its own touches in the in-process [`TouchIndex`](crate::domain::attribution::TouchIndex)
 //! (the embedded default). Behind a load balancer a click answered by instance A must be found by an
 //! install posted to instance B, so a [`ClickCache`] (Redis: [`redis::RedisClickCache`]) holds
 //! the touches of the attribution windows for all instances. An install asks it for the touches

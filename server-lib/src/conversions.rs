@@ -4,7 +4,7 @@
 use serde_json::Value;
 
 use crate::AppState;
-use crate::attribution::{Model, TouchKind, credit};
+use crate::domain::attribution::{Model, TouchKind, credit};
 use crate::storage::{ConversionCredit, Reengagement, Touchpoint};
 
 /// Event types that mean "the app was opened through a link".

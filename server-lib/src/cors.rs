@@ -1,6 +1,6 @@
 //! CORS for the SDK endpoints (`/v1/event`, `/v1/install`): the web SDK posts cross-origin with
 //! signature headers, so browsers ask first (a preflight). Each app lists the origins its pages
-//! run on ([`crate::config::AppConfig::allowed_origins`]).
+//! run on ([`crate::domain::config::AppConfig::allowed_origins`]).
 //!
 //! * A preflight cannot say which app it is for (it carries header names, not values), so it is
 //!   answered for an origin that any app allows, and refused (403) for every other origin.
@@ -41,7 +41,7 @@ pub(crate) async fn layer(State(state): State<Arc<AppState>>, request: Request, 
     let Some(origin) = origin(request.headers()).map(str::to_owned) else {
         return next.run(request).await;
     };
-    let allowed_by = |app: &crate::config::AppConfig| app.allowed_origins.contains(&origin);
+    let allowed_by = |app: &crate::domain::config::AppConfig| app.allowed_origins.contains(&origin);
     if request.method() == Method::OPTIONS {
         if !state.config.apps.values().any(allowed_by) {
             return refuse(&origin);

@@ -351,7 +351,7 @@ pub async fn login(State(state): State<Arc<AppState>>, request: Request) -> Resp
     let id = random_token();
     // A session opened with a JWT ends when the token does (12 hours at most).
     let ttl = match token_expiry {
-        Some(exp) => SESSION_TTL.min(Duration::from_secs((exp - crate::now_ms() / 1000).max(0) as u64)),
+        Some(exp) => SESSION_TTL.min(Duration::from_secs((exp - crate::domain::config::now_ms() / 1000).max(0) as u64)),
         None => SESSION_TTL,
     };
     {

@@ -15,7 +15,7 @@ use trailmark_core::protocol::{self, DropReport, IngestResponse, Rejection};
 
 use crate::AppState;
 use crate::conversions::{self, Followup};
-use crate::enrich::{self, Geo};
+use crate::domain::enrich::{self, Geo};
 use crate::error::ApiError;
 use crate::sink;
 use crate::storage::{NewEvent, StorageError};

@@ -9,9 +9,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use trailmark_core::protocol::{self, AttributionResult, InstallRequest};
 
-use crate::attribution::matching::{Fingerprint, InstallFacts, attribute};
-use crate::attribution::{DAY, TouchIndex};
 use crate::clickcache::{CandidateQuery, ClickCache};
+use crate::domain::attribution::matching::{Fingerprint, InstallFacts, attribute};
+use crate::domain::attribution::{DAY, TouchIndex};
 use crate::error::ApiError;
 use crate::ingest;
 use crate::links::{parse_as, storage_error};
@@ -245,7 +245,8 @@ async fn install(state: &AppState, request: Request) -> Result<AttributionResult
             link_id: link.link_id.clone(),
             campaign_id: link.campaign_id.clone(),
             network: link.network.clone(),
-            kind: if touch.kind == crate::attribution::TouchKind::Impression { "impression" } else { "click" }.into(),
+            kind: if touch.kind == crate::domain::attribution::TouchKind::Impression { "impression" } else { "click" }
+                .into(),
             source_event_id: event_id.clone(),
         }),
         _ => None,
@@ -272,7 +273,7 @@ async fn shared_decision(
     state: &AppState,
     cache: &dyn ClickCache,
     facts: &InstallFacts<'_>,
-) -> Result<crate::attribution::Decision, ApiError> {
+) -> Result<crate::domain::attribution::Decision, ApiError> {
     let cfg = &state.config.attribution;
     let at = facts.install_ts;
     let query = CandidateQuery {

@@ -20,13 +20,11 @@
 //! inspector `GET /v1/events?anonymous_id=…` (admin), `GET /healthz`,
 //! `GET /metrics` (Prometheus). Attribution is explained in `docs/attribution.md`.
 
-pub mod attribution;
 pub mod clickcache;
-pub mod config;
 pub mod conversions;
 mod cors;
 pub mod dashboard;
-pub mod enrich;
+pub mod domain;
 pub mod error;
 pub mod ingest;
 pub mod inspect;
@@ -38,7 +36,6 @@ pub mod sink;
 pub mod storage;
 pub mod trace;
 pub mod tracking;
-pub mod validate;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -57,19 +54,16 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 use thiserror::Error;
 
-pub use attribution::{AttributionConfig, FraudConfig, FraudPolicy};
-pub use config::{AppConfig, Clock, JwtAlgorithm, JwtConfig, Limits, ManualClock, ReportConfig, ServerConfig};
+pub use domain::attribution::{AttributionConfig, FraudConfig, FraudPolicy};
+pub use domain::config::{
+    AppConfig, Clock, JwtAlgorithm, JwtConfig, Limits, ManualClock, ReportConfig, ServerConfig, now_ms,
+};
 pub use error::ApiError;
 pub use storage::{Durability, SqliteStorage, Storage, StorageError};
 
-use crate::enrich::{GeoIp, IpCipher};
+use crate::domain::enrich::{GeoIp, IpCipher};
+use crate::domain::validate::Validators;
 use crate::storage::{DeletionAudit, Subject};
-use crate::validate::Validators;
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
 
 #[derive(Debug, Error)]
 pub enum BuildError {

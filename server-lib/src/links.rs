@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use trailmark_core::protocol::DeepLink;
 
-use crate::attribution::OsFamily;
-use crate::enrich;
+use crate::domain::attribution::OsFamily;
+use crate::domain::enrich;
 use crate::error::ApiError;
 use crate::ingest::{self, client_ip};
 use crate::storage::{Campaign, ClickRecord, Destinations, LinkAudit, LinkRecord, StorageError, Utm};
@@ -531,7 +531,7 @@ async fn record(
         model: ua.and_then(enrich::device_model),
         os: parsed.os,
         os_version: parsed.os_version,
-        locale: facts.accept_language.as_deref().map(crate::attribution::matching::normalize_locale),
+        locale: facts.accept_language.as_deref().map(crate::domain::attribution::matching::normalize_locale),
         timezone: facts.timezone.or(geo_tz),
         screen: facts.screen,
         device_kind: facts.device.as_ref().map(|(k, _)| k.clone()),

@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::attribution::Model;
-use crate::config::{Clock, ReportConfig};
+use crate::domain::attribution::Model;
+use crate::domain::config::{Clock, ReportConfig};
 use crate::storage::star::{DAY_MS, date_text, day_of};
 use crate::storage::{
     CampaignCost, CampaignDay, FactRow, PurgeReport, ReportQuery, ReportRows, RetentionCutoffs, Storage, StorageError,

@@ -8,10 +8,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::AppState;
-use crate::attribution::HOUR;
-use crate::attribution::fraud::{BurstTracker, HourlyCounter};
-use crate::attribution::index::{FLAG_FLOOD_DEVICE, FLAG_FLOOD_IP, Touch, TouchIndex, TouchKind};
-use crate::attribution::matching::{Fingerprint, LinkInfo};
+use crate::domain::attribution::HOUR;
+use crate::domain::attribution::fraud::{BurstTracker, HourlyCounter};
+use crate::domain::attribution::index::{FLAG_FLOOD_DEVICE, FLAG_FLOOD_IP, Touch, TouchIndex, TouchKind};
+use crate::domain::attribution::matching::{Fingerprint, LinkInfo};
 use crate::error::ApiError;
 use crate::storage::{Campaign, ClickRecord, LinkRecord, StorageError};
 

@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 
 use serde_json::{Value, json};
-use trailmark_server::enrich::GeoIp;
+use trailmark_server::domain::enrich::GeoIp;
 use trailmark_server::{ServerBuilder, ServerConfig};
 
 fn fixtures() -> PathBuf {

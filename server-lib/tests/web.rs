@@ -33,7 +33,7 @@ fn batch() -> Vec<u8> {
 
 #[test]
 fn origins_are_validated_and_normalised() {
-    use trailmark_server::config::normalize_origin;
+    use trailmark_server::domain::config::normalize_origin;
     assert_eq!(normalize_origin("https://Shop.Example:443").unwrap(), SHOP);
     assert_eq!(normalize_origin("http://localhost:8080/").unwrap(), "http://localhost:8080");
     for bad in ["shop.example", "https://shop.example/path", "ftp://x.example", "*"] {

@@ -332,7 +332,7 @@ async fn make_link(client: &reqwest::Client, base: &str) -> (String, String) {
 /// Puts `n` synthetic clicks (each with advertising id `gaid-<i>`, spread over the last six
 /// days) straight into the server's index, as a restart would load them from storage.
 fn fill_index(state: &trailmark_server::AppState, link_id: &str, n: u64) {
-    use trailmark_server::attribution::{DAY, Touch, TouchKind};
+    use trailmark_server::domain::attribution::{DAY, Touch, TouchKind};
     let mut tracking = state.tracking.lock().unwrap();
     let link = tracking.by_id[link_id];
     let now = trailmark_server::now_ms();
@@ -347,8 +347,8 @@ fn fill_index(state: &trailmark_server::AppState, link_id: &str, n: u64) {
 
 /// The same clicks as [`fill_index`], written to the shared click cache (32 writers).
 async fn fill_cache(cache: Arc<dyn trailmark_server::clickcache::ClickCache>, link_id: &str, n: u64) {
-    use trailmark_server::attribution::DAY;
     use trailmark_server::clickcache::CachedTouch;
+    use trailmark_server::domain::attribution::DAY;
     let now = trailmark_server::now_ms();
     let writers: Vec<_> = (0..32u64)
         .map(|w| {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{CacheError, CacheFuture, CachedTouch, CandidateQuery, ClickCache};
-use crate::attribution::index::prefix_of;
+use crate::domain::attribution::index::prefix_of;
 
 /// What one `c:` key holds: the touch and the set keys that name it.
 #[derive(Serialize, Deserialize)]
@@ -207,7 +207,7 @@ impl ClickCache for RedisClickCache {
             // instance that starts.
             let fresh: Option<String> = redis::cmd("SET")
                 .arg(&marker)
-                .arg(crate::now_ms())
+                .arg(crate::domain::config::now_ms())
                 .arg("NX")
                 .arg("EX")
                 .arg(self.ttl_secs())

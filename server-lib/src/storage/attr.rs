@@ -3,8 +3,8 @@
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use serde_json::Value;
 
-use super::records::*;
 use super::{StorageError, Subject, backend};
+use crate::domain::records::*;
 
 pub const SCHEMA_V2: &str = "
 CREATE TABLE campaigns (
@@ -517,7 +517,7 @@ pub fn insert_touchpoint(tx: &Transaction<'_>, t: &Touchpoint) -> Result<bool, S
 }
 
 pub fn install_counts(conn: &Connection, since: i64) -> Result<Vec<(String, i64, u32)>, StorageError> {
-    let hour = crate::attribution::HOUR;
+    let hour = crate::domain::attribution::HOUR;
     let mut stmt = conn
         .prepare(
             "SELECT campaign_id, (install_ts / ?2) * ?2 AS hour, COUNT(*) FROM installs

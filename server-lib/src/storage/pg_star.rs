@@ -19,11 +19,11 @@ use serde_json::Value;
 
 use super::StorageError;
 use super::postgres::backend;
-use super::records::{
+use super::star::{DAY_MS, FACT_ROWS, StoredSession, day_of, money, plan_sessions, utm_key};
+use crate::domain::records::{
     CampaignCost, CampaignDay, FactRow, FraudAlert, PurgeReport, RefreshReport, ReportQuery, ReportRows,
     RetentionCutoffs, UserRow,
 };
-use super::star::{DAY_MS, FACT_ROWS, StoredSession, day_of, money, plan_sessions, utm_key};
 
 /// Advisory lock key of the refresh and the purge (one at a time across instances).
 const REPORT_LOCK: i64 = 1_952_543_340;

@@ -22,7 +22,7 @@ use super::{
     LinkAudit, LinkRecord, NewEvent, PendingPostback, PostbackAttempt, PostbackRecord, Reengagement, Storage,
     StorageError, StorageFuture, Subject, Touchpoint,
 };
-use crate::storage::records::{CampaignCost, PurgeReport, RefreshReport, ReportQuery, ReportRows, RetentionCutoffs};
+use crate::domain::records::{CampaignCost, PurgeReport, RefreshReport, ReportQuery, ReportRows, RetentionCutoffs};
 
 /// Migrations, applied in order inside one transaction under an advisory lock, so instances
 /// starting together do not race.
@@ -323,7 +323,7 @@ impl PostgresStorage {
             tx.batch_execute(sql).await.map_err(backend)?;
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
-                &[version, &crate::now_ms()],
+                &[version, &crate::domain::config::now_ms()],
             )
             .await
             .map_err(backend)?;
@@ -918,7 +918,7 @@ impl Storage for PostgresStorage {
     fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<(String, i64, u32)>> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
-            let hour = crate::attribution::HOUR;
+            let hour = crate::domain::attribution::HOUR;
             let rows = client
                 .query(
                     "SELECT campaign_id, (install_ts / $2) * $2 AS hour, COUNT(*) FROM installs

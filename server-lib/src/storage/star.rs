@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
 
 use super::{StorageError, backend};
-use crate::storage::records::{
+use crate::domain::records::{
     CampaignCost, CampaignDay, FactRow, FraudAlert, PurgeReport, RefreshReport, ReportQuery, ReportRows,
     RetentionCutoffs, UserRow,
 };

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use jsonschema::Validator;
 use serde_json::{Value, json};
 
-use crate::config::AppConfig;
+use crate::domain::config::AppConfig;
 
 /// ISO 4217 alphabetic codes (active, funds and precious-metal codes, plus a few recently
 /// withdrawn ones still sent by old app versions).

@@ -353,6 +353,70 @@ pub enum ReportRows {
     Events(Vec<FactRow>),
     Users(Vec<UserRow>),
     Campaigns(Vec<CampaignDay>),
-    Recent(Vec<super::NewEvent>),
+    Recent(Vec<NewEvent>),
     Alerts(Vec<FraudAlert>),
+}
+
+/// A validated, normalised, enriched event ready to store.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NewEvent {
+    pub app_id: String,
+    pub event_id: String,
+    pub event_type: String,
+    pub anonymous_id: String,
+    pub user_id: Option<String>,
+    pub device_id: Option<String>,
+    pub session_id: Option<String>,
+    /// Client time (Unix ms) as sent.
+    pub client_ts: i64,
+    /// `received_at − (sent_at − timestamp)`: client time corrected for device clock skew.
+    pub corrected_ts: i64,
+    pub received_at: i64,
+    /// JSON object texts.
+    pub properties: String,
+    pub context: String,
+    pub enrichment: String,
+    /// Client IP, AES-256-GCM encrypted (nonce ‖ ciphertext).
+    pub ip_enc: Option<Vec<u8>>,
+}
+
+/// Whose data to delete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subject {
+    UserId(String),
+    AnonymousId(String),
+    DeviceId(String),
+}
+
+impl Subject {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Subject::UserId(_) => "user_id",
+            Subject::AnonymousId(_) => "anonymous_id",
+            Subject::DeviceId(_) => "device_id",
+        }
+    }
+    pub fn value(&self) -> &str {
+        match self {
+            Subject::UserId(v) | Subject::AnonymousId(v) | Subject::DeviceId(v) => v,
+        }
+    }
+}
+
+/// The audit record of a deletion. It holds a keyed hash of the subject, never the id itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletionAudit {
+    pub receipt_id: String,
+    pub subject_kind: &'static str,
+    pub subject_hash: String,
+    pub requested_at: i64,
+    pub requested_by: String,
+}
+
+/// What a deletion removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteReport {
+    pub rows: u64,
+    /// Clicks and impressions deleted, so the in-memory index can forget them too.
+    pub click_ids: Vec<String>,
 }

@@ -421,7 +421,7 @@ pub fn attribute(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attribution::{DAY, HOUR, SECOND};
+    use crate::domain::attribution::{DAY, HOUR, SECOND};
 
     fn links() -> Vec<Arc<LinkInfo>> {
         ["net_a", "net_b"]

@@ -8,6 +8,11 @@ use std::sync::atomic::{AtomicI64, Ordering};
 
 use serde_json::Value;
 
+/// Unix time in milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 /// One app allowed to send events.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
@@ -111,13 +116,13 @@ pub struct ServerConfig {
     pub trust_proxy: bool,
     pub limits: Limits,
     /// Windows, models and fraud rules of install attribution.
-    pub attribution: crate::attribution::AttributionConfig,
+    pub attribution: crate::domain::attribution::AttributionConfig,
     /// Public base URL of tracking links (`{base}/c/<code>`), e.g. `https://t.example.com`.
     /// Default: none, and link URLs are relative (`/c/<code>`).
     pub public_url: Option<String>,
     /// Per-network postbacks, and how they are delivered.
-    pub postbacks: Vec<crate::postbacks::PostbackConfig>,
-    pub postback_policy: crate::postbacks::PostbackPolicy,
+    pub postbacks: Vec<crate::domain::postbacks::PostbackConfig>,
+    pub postback_policy: crate::domain::postbacks::PostbackPolicy,
     /// Sessions, retention and the maintenance schedule of the reports.
     pub reports: ReportConfig,
     /// The server's clock. [`Clock::system`] unless a test drives time.
@@ -172,7 +177,7 @@ pub struct Clock(Arc<dyn Fn() -> i64 + Send + Sync>);
 
 impl Clock {
     pub fn system() -> Self {
-        Clock(Arc::new(crate::now_ms))
+        Clock(Arc::new(now_ms))
     }
 
     /// A clock that only moves when told to, starting at `start` (Unix ms).
