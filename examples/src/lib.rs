@@ -561,7 +561,7 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
     config.postbacks = settings
         .postbacks
         .iter()
-        .map(|p| trailmark_server::postbacks::PostbackConfig {
+        .map(|p| trailmark_server::domain::postbacks::PostbackConfig {
             network: p.network.clone(),
             url: p.url.clone(),
             events: p.events.clone(),
@@ -598,6 +598,9 @@ pub struct Running {
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
     /// The server's shared state (for benchmarks and tools in the same process).
     pub state: std::sync::Arc<trailmark_server::AppState>,
+    /// The background tasks (postback sender, report scheduler, link reloader); shut down
+    /// after the listener stops.
+    pub background: trailmark_server::ServerHandle,
 }
 
 /// Builds the router and serves it on `settings.listen` (HTTPS when TLS files are set).
@@ -632,8 +635,9 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         builder = with_kafka(builder, brokers, settings).await?;
     }
     let state = builder.build_state().map_err(|e| e.to_string())?;
-    // Links, recent clicks and pending postbacks are loaded now rather than on the first request.
-    state.tracking.ready(&state).await.map_err(|e| e.message)?;
+    // Links and recent clicks are loaded before the server listens.
+    state.tracking.ready(&state).await.map_err(|e| e.to_string())?;
+    let background = trailmark_server::start(&state);
     let app = trailmark_server::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let listener = std::net::TcpListener::bind(settings.listen).map_err(|e| format!("{}: {e}", settings.listen))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
@@ -653,5 +657,5 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
             tokio::spawn(async move { server.serve(app).await })
         }
     };
-    Ok(Running { addr, https: settings.tls.is_some(), handle, task, state })
+    Ok(Running { addr, https: settings.tls.is_some(), handle, task, state, background })
 }

@@ -12,7 +12,11 @@ use trailmark_server::{ServerBuilder, ServerConfig};
 
 fn serve(db: &std::path::Path) -> (String, tokio::runtime::Runtime) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-    let router = ServerBuilder::new(ServerConfig::new().with_app("app", "secret")).sqlite(db).unwrap().build().unwrap();
+    // The server's background tasks start on this runtime.
+    let (router, _tasks) = {
+        let _in_runtime = rt.enter();
+        ServerBuilder::new(ServerConfig::new().with_app("app", "secret")).sqlite(db).unwrap().build().unwrap()
+    };
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     rt.spawn(async move {

@@ -30,7 +30,7 @@ fn config(clock: Clock) -> ServerConfig {
 }
 
 async fn serve_config(config: ServerConfig, db: &std::path::Path) -> String {
-    let router = ServerBuilder::new(config).sqlite(db).unwrap().build().unwrap();
+    let (router, _tasks) = ServerBuilder::new(config).sqlite(db).unwrap().build().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -749,14 +749,14 @@ async fn postbacks_are_retried_with_backoff_and_logged() {
 
     let srv = start(|c| {
         c.postbacks = vec![
-            trailmark_server::postbacks::PostbackConfig {
+            trailmark_server::domain::postbacks::PostbackConfig {
                 network: "alpha".into(),
                 url: format!(
                     "{network}/pb?click={{network_click_id}}&ev={{event}}&rev={{revenue}}&cur={{currency}}&s={{sub1}}"
                 ),
                 events: vec!["install".into(), "purchase".into()],
             },
-            trailmark_server::postbacks::PostbackConfig {
+            trailmark_server::domain::postbacks::PostbackConfig {
                 network: "beta".into(),
                 url: format!("{network}/gone?e={{event}}"),
                 events: vec![],

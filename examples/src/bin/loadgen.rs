@@ -272,9 +272,11 @@ async fn main() {
         }
         if run("installs") {
             let started = Instant::now();
-            match &running.state.click_cache {
-                Some(cache) => fill_cache(cache.clone(), &link_id, args.cached).await,
-                None => fill_index(&running.state, &link_id, args.cached),
+            match &running.state.clicks {
+                trailmark_server::service::clicks::Clicks::Shared(cache) => {
+                    fill_cache(cache.clone(), &link_id, args.cached).await
+                }
+                trailmark_server::service::clicks::Clicks::Local => fill_index(&running.state, &link_id, args.cached),
             }
             println!("{} clicks cached in {:.1} s", args.cached, started.elapsed().as_secs_f64());
             let bodies: Vec<Vec<u8>> = (0..(args.seconds * 20_000))

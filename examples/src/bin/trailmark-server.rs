@@ -43,6 +43,7 @@ async fn main() {
         handle.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
     });
     let outcome = running.task.await;
+    running.background.shutdown().await;
     telemetry.shutdown();
     match outcome {
         Ok(Ok(())) => {}

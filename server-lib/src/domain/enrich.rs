@@ -268,6 +268,15 @@ impl IpCipher {
     }
 }
 
+/// HMAC-SHA256 of `text` under `key`: the keyed hashes of the deletion audit and the
+/// constant-time comparisons of admin keys and CSRF tokens.
+pub fn keyed_hash(key: &[u8; 32], text: &str) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(text.as_bytes());
+    mac
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

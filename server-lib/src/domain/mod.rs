@@ -1,13 +1,23 @@
 //! The domain layer: pure decisions and data, no I/O, no HTTP.
 //!
 //! Attribution (touch index, matching waterfall, fraud rules, credit models), enrichment (user
-//! agents, GeoIP lookups, IP encryption), validation (JSON Schemas), the records the stores
-//! keep, postback templates, and the server's configuration. Everything above this layer
-//! (`storage`, `clickcache`, `sink`, `service`, `http`) may import it; it imports none of them.
+//! agents, GeoIP lookups, IP encryption), validation (JSON Schemas), events (normalisation, the
+//! stored event as JSON), links and clicks, install checks and the decision audit, conversion
+//! credit, report computations, the stream's record encoding, postback templates, the records
+//! the stores keep, the server's configuration, and [`error::Refusal`] (a client's mistake).
+//! Everything above this layer (`storage`, `clickcache`, `sink`, `service`, `http`) may import
+//! it; it imports none of them.
 
 pub mod attribution;
 pub mod config;
+pub mod conversions;
 pub mod enrich;
+pub mod error;
+pub mod events;
+pub mod install;
+pub mod links;
 pub mod postbacks;
 pub mod records;
+pub mod reports;
+pub mod stream;
 pub mod validate;

@@ -9,7 +9,7 @@ use trailmark_server::ServerBuilder;
 /// Serves the built router on a free loopback port (with peer addresses, as a host would) and
 /// returns its base URL.
 pub async fn serve(builder: ServerBuilder) -> String {
-    let router = builder.build().unwrap();
+    let (router, _tasks) = builder.build().unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {

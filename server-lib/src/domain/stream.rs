@@ -1,23 +1,18 @@
-//! The event stream: accepted events (after the store committed them), attribution decisions
-//! and deletion requests, published for downstream systems (Flink, Spark, ClickHouse, a
-//! warehouse loader). The server hands records to an [`EventSink`]; [`kafka::KafkaSink`]
-//! (feature `kafka`) publishes them to Kafka. Without a sink nothing is published.
-//!
-//! The encoding is JSON, one object per record, described in `docs/stream.md`. Records are keyed
-//! by the user id when the event has one, else by the anonymous id, so one user's (or one
-//! device's) events land on one partition, in order.
-
-#[cfg(feature = "kafka")]
-pub mod kafka;
+//! The event stream's encoding: one JSON record per accepted event, install decision or
+//! deletion request, keyed and grouped into topic families (`docs/stream.md`). Pure; the
+//! sinks (`crate::sink`) deliver the records.
 
 use serde_json::json;
 use trailmark_core::protocol::format_millis;
 
-use crate::storage::{InstallRecord, NewEvent};
+use crate::domain::events::event_json;
+use crate::domain::records::{InstallRecord, NewEvent};
 
 /// Version of the record encoding (`"schema"` in every record).
 pub const EVENT_SCHEMA: &str = "trailmark.event/1";
+
 pub const INSTALL_SCHEMA: &str = "trailmark.install/1";
+
 pub const DELETION_SCHEMA: &str = "trailmark.deletion/1";
 
 /// The topic families (topic = `<prefix>.<family>`).
@@ -47,7 +42,7 @@ pub struct SinkRecord {
 
 /// The record of a stored event (its client address is never published).
 pub fn event_record(e: &NewEvent) -> SinkRecord {
-    let mut payload = crate::inspect::event_json(e);
+    let mut payload = event_json(e);
     payload["schema"] = json!(EVENT_SCHEMA);
     SinkRecord {
         family: family(&e.event_type, &e.properties),
@@ -92,14 +87,6 @@ pub fn deletion_record(receipt_id: &str, subject_kind: &str, subject: &str, requ
         key: subject.to_owned(),
         payload: serde_json::to_vec(&payload).unwrap_or_default(),
     }
-}
-
-/// Where records go. `publish` must not block: a sink queues and delivers in the background,
-/// counting what it could not deliver.
-pub trait EventSink: Send + Sync + 'static {
-    fn publish(&self, records: Vec<SinkRecord>);
-    /// Records queued and not yet acknowledged (for `/healthz` and metrics).
-    fn backlog(&self) -> usize;
 }
 
 #[cfg(test)]

@@ -7,13 +7,15 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::AppState;
+use super::{ServiceError, ServiceResult, Services};
+use crate::clickcache::CachedTouch;
 use crate::domain::attribution::HOUR;
 use crate::domain::attribution::fraud::{BurstTracker, HourlyCounter};
 use crate::domain::attribution::index::{FLAG_FLOOD_DEVICE, FLAG_FLOOD_IP, Touch, TouchIndex, TouchKind};
 use crate::domain::attribution::matching::{Fingerprint, LinkInfo};
-use crate::error::ApiError;
-use crate::storage::{Campaign, ClickRecord, LinkRecord, StorageError};
+use crate::domain::enrich::IpCipher;
+use crate::domain::records::{Campaign, ClickRecord, LinkRecord};
+use crate::storage::StorageError;
 
 pub struct TrackState {
     pub index: TouchIndex,
@@ -102,6 +104,14 @@ impl TrackState {
         Some(touch)
     }
 
+    /// The compact touch of a touch from the shared click cache: the one way a cached click
+    /// becomes an index entry (its address decrypted with the instances' shared key).
+    pub fn touch_of_cached(&self, cached: &CachedTouch, cipher: &IpCipher) -> Option<Touch> {
+        let record = cached.to_record();
+        let ip = record.ip_enc.as_deref().and_then(|b| cipher.decrypt(b));
+        self.touch_of(&record, ip)
+    }
+
     /// Replaces campaigns and links with what storage holds (another instance may have
     /// created or changed them).
     fn replace_links(&mut self, campaigns: Vec<Campaign>, links: Vec<LinkRecord>) {
@@ -152,14 +162,13 @@ pub const LINK_REFRESH: std::time::Duration = std::time::Duration::from_secs(10)
 impl Tracking {
     /// Loads the state from storage the first time; then [`Tracking::lock`] works.
     /// A failed load is not kept: the next request tries again.
-    pub async fn ready(&self, state: &AppState) -> Result<(), ApiError> {
-        match self.cell.get_or_try_init(|| load(state)).await {
+    pub async fn ready(&self, svc: &Services) -> ServiceResult<()> {
+        match self.cell.get_or_try_init(|| load(svc)).await {
             Ok(_) => Ok(()),
-            Err(e) => Err(ApiError::new(
-                axum::http::StatusCode::NOT_IMPLEMENTED,
-                "attribution_unavailable",
-                format!("attribution is not available: {e}"),
-            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "attribution state not loaded");
+                Err(ServiceError::Unavailable(format!("attribution state is not loaded: {e}")))
+            }
         }
     }
 }
@@ -167,7 +176,7 @@ impl Tracking {
 impl Tracking {
     /// Reloads campaigns and links from storage unless that happened less than `min_age` ago
     /// (with a shared click cache, so links edited through another instance take effect here).
-    pub async fn reload_links(&self, state: &AppState, min_age: std::time::Duration) -> Result<bool, ApiError> {
+    pub async fn reload_links(&self, svc: &Services, min_age: std::time::Duration) -> ServiceResult<bool> {
         {
             let mut last = self.last_reload.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_some_and(|t| t.elapsed() < min_age) {
@@ -175,13 +184,13 @@ impl Tracking {
             }
             *last = Some(std::time::Instant::now());
         }
-        self.load_links_now(state).await?;
+        self.load_links_now(svc).await?;
         Ok(true)
     }
 
-    async fn load_links_now(&self, state: &AppState) -> Result<(), ApiError> {
+    async fn load_links_now(&self, svc: &Services) -> ServiceResult<()> {
         let _changes = self.link_changes.lock().await;
-        let (campaigns, links) = state.storage.load_links().await.map_err(crate::links::storage_error)?;
+        let (campaigns, links) = svc.storage.load_links().await?;
         self.lock()?.replace_links(campaigns, links);
         Ok(())
     }
@@ -189,7 +198,7 @@ impl Tracking {
     /// After a link or campaign miss (another instance may have created it): reloads them,
     /// at most [`MISS_RELOADS_PER_SEC`] times a second so unknown codes cannot hammer
     /// storage. Tells whether it reloaded.
-    pub async fn reload_after_miss(&self, state: &AppState) -> bool {
+    pub async fn reload_after_miss(&self, svc: &Services) -> bool {
         {
             let mut recent = self.miss_reloads.lock().unwrap_or_else(|p| p.into_inner());
             let now = std::time::Instant::now();
@@ -201,7 +210,7 @@ impl Tracking {
             }
             recent.push_back(now);
         }
-        self.load_links_now(state).await.is_ok()
+        self.load_links_now(svc).await.is_ok()
     }
 
     /// The state if it is loaded (callers that ran [`Tracking::ready`] earlier in the request).
@@ -209,61 +218,24 @@ impl Tracking {
         self.cell.get().map(|m| m.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// The loaded state; 503 before [`Tracking::ready`] succeeded.
-    pub fn lock(&self) -> Result<MutexGuard<'_, TrackState>, ApiError> {
-        self.lock_loaded().ok_or_else(|| ApiError::unavailable(1, "attribution state is loading"))
+    /// The loaded state; unavailable before [`Tracking::ready`] succeeded.
+    pub fn lock(&self) -> ServiceResult<MutexGuard<'_, TrackState>> {
+        self.lock_loaded().ok_or_else(|| ServiceError::Unavailable("attribution state is loading".into()))
     }
 }
 
-async fn load(state: &AppState) -> Result<Mutex<TrackState>, String> {
-    let cfg = &state.config.attribution;
-    let now = state.config.clock.now();
+async fn load(svc: &Services) -> Result<Mutex<TrackState>, StorageError> {
+    let cfg = &svc.config.attribution;
+    let now = svc.config.clock.now();
     let started = std::time::Instant::now();
-    let describe = |e: StorageError| e.to_string();
-    let (campaigns, links) = state.storage.load_links().await.map_err(describe)?;
-    let touches = state.storage.load_touches(now - cfg.index_ttl()).await.map_err(describe)?;
+    let (campaigns, links) = svc.storage.load_links().await?;
+    let touches = svc.storage.load_touches(now - cfg.index_ttl()).await?;
     let baseline_from = now - (cfg.fraud.burst_baseline_hours as i64 + 1) * HOUR;
-    let counts = state.storage.install_counts(baseline_from).await.map_err(describe)?;
+    let counts = svc.storage.install_counts(baseline_from).await?;
     let mut s = TrackState::new(cfg.index_ttl());
     s.replace_links(campaigns, links);
-    let mut indexed = 0usize;
-    let mut shared = Vec::new();
-    for t in &touches {
-        let ip = t.ip_enc.as_deref().and_then(|b| state.ip_cipher.decrypt(b));
-        // With a shared click cache the decisions read it: the touches go there, not here.
-        if state.click_cache.is_some() {
-            shared.push((crate::clickcache::CachedTouch::of(t), ip));
-        } else {
-            indexed += s.index_touch(t, ip).is_some() as usize;
-        }
-    }
-    if let Some(cache) = &state.click_cache {
-        // A cache that lost its data (a restarted Redis) gets the stored touches back.
-        match cache.warm(shared).await {
-            Ok(true) => tracing::info!(touches = touches.len(), "click cache warmed from storage"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "click cache not warmed"),
-        }
-    }
+    let indexed = svc.clicks.load(svc, &mut s, &touches).await;
     s.burst.seed(counts);
-    if !state.config.postbacks.is_empty() {
-        let pending = state
-            .storage
-            .pending_postbacks()
-            .await
-            .map_err(describe)?
-            .into_iter()
-            .map(|(id, url, attempts, app_id, anonymous_id)| crate::postbacks::Pending {
-                id,
-                url,
-                attempts,
-                app_id,
-                anonymous_id,
-            })
-            .collect();
-        let sender = crate::postbacks::start(state.storage.clone(), state.config.postback_policy.clone(), pending);
-        let _ = state.postback_sender.set(sender);
-    }
     tracing::info!(
         links = s.links.len(),
         touches = indexed,

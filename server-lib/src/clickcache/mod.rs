@@ -17,7 +17,7 @@ use std::pin::Pin;
 
 use serde::{Deserialize, Serialize};
 
-use crate::storage::ClickRecord;
+use crate::domain::records::ClickRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {

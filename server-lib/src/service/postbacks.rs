@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{Semaphore, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
 
-pub use crate::domain::postbacks::{PostbackConfig, PostbackPolicy, base_values, check_template, fill};
-
-use crate::AppState;
-use crate::conversions::Followup;
-use crate::storage::{ConversionCredit, InstallRecord, PostbackAttempt, PostbackRecord, Reengagement, Storage};
+use super::Services;
+use super::tasks::Stop;
+use crate::domain::conversions::Followup;
+use crate::domain::postbacks::{PostbackConfig, PostbackPolicy, base_values, fill};
+use crate::domain::records::{ConversionCredit, InstallRecord, PostbackAttempt, PostbackRecord, Reengagement};
+use crate::storage::Storage;
 
 /// A postback ready to send.
 #[derive(Debug, Clone)]
@@ -27,13 +29,16 @@ pub struct Pending {
     pub anonymous_id: String,
 }
 
-/// Handle of the sender task.
+/// Handle of the sender task: where decided postbacks are handed to it.
 pub struct Sender {
     tx: mpsc::UnboundedSender<Pending>,
 }
 
-/// Starts the sender task and queues the postbacks left pending by a previous run.
-pub fn start(storage: Arc<dyn Storage>, policy: PostbackPolicy, pending: Vec<Pending>) -> Sender {
+/// Starts the sender task. It first queues the postbacks a previous run left pending, then
+/// delivers what is dispatched until `stop` fires; then it waits up to the policy's request
+/// timeout for deliveries in flight. A postback not delivered by then stays pending in storage
+/// and is sent by the next start.
+pub fn start(storage: Arc<dyn Storage>, policy: PostbackPolicy, mut stop: Stop) -> (Sender, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
     let client = reqwest::Client::builder()
         .timeout(policy.timeout)
@@ -42,20 +47,45 @@ pub fn start(storage: Arc<dyn Storage>, policy: PostbackPolicy, pending: Vec<Pen
         .build()
         .unwrap_or_default();
     let permits = Arc::new(Semaphore::new(policy.concurrency.max(1)));
-    for p in pending {
-        let _ = tx.send(p);
-    }
-    tokio::spawn(async move {
-        while let Some(p) = rx.recv().await {
-            let Ok(permit) = permits.clone().acquire_owned().await else { break };
-            let (storage, client, policy) = (storage.clone(), client.clone(), policy.clone());
-            tokio::spawn(async move {
-                deliver(&*storage, &client, &policy, p).await;
-                drop(permit);
-            });
+    let requeue = tx.clone();
+    let task = tokio::spawn(async move {
+        match storage.pending_postbacks().await {
+            Ok(pending) => {
+                for (id, url, attempts, app_id, anonymous_id) in pending {
+                    let _ = requeue.send(Pending { id, url, attempts, app_id, anonymous_id });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pending postbacks not loaded; they are sent after the next start"),
+        }
+        drop(requeue);
+        let mut inflight = JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = stop.stopped() => break,
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                p = rx.recv() => {
+                    let Some(p) = p else { break };
+                    let permit = tokio::select! {
+                        _ = stop.stopped() => break,
+                        permit = permits.clone().acquire_owned() => permit,
+                    };
+                    let Ok(permit) = permit else { break };
+                    let (storage, client, policy) = (storage.clone(), client.clone(), policy.clone());
+                    inflight.spawn(async move {
+                        deliver(&*storage, &client, &policy, p).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        let drained =
+            tokio::time::timeout(policy.timeout, async { while inflight.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::info!(left = inflight.len(), "postbacks still retrying stay pending until the next start");
+            inflight.abort_all();
         }
     });
-    Sender { tx }
+    (Sender { tx }, task)
 }
 
 /// What an attempt's outcome means.
@@ -121,21 +151,20 @@ async fn deliver(storage: &dyn Storage, client: &reqwest::Client, policy: &Postb
     }
 }
 
-fn configs<'a>(state: &'a AppState, network: &str, event: &str) -> impl Iterator<Item = &'a PostbackConfig> + 'a {
+fn configs<'a>(svc: &'a Services, network: &str, event: &str) -> impl Iterator<Item = &'a PostbackConfig> + 'a {
     let network = network.to_ascii_lowercase();
     let event = event.to_owned();
-    state
-        .config
+    svc.config
         .postbacks
         .iter()
         .filter(move |c| c.network.eq_ignore_ascii_case(&network) && (c.events.is_empty() || c.events.contains(&event)))
 }
 
 /// Macro values of a click (network click id, sub-parameters), read from storage.
-async fn click_values(state: &AppState, click_id: Option<&str>, values: &mut BTreeMap<&'static str, String>) {
+async fn click_values(svc: &Services, click_id: Option<&str>, values: &mut BTreeMap<&'static str, String>) {
     let Some(id) = click_id else { return };
     values.insert("click_id", id.to_owned());
-    if let Ok(Some((ids, subs))) = state.storage.click_params(id.to_owned()).await {
+    if let Ok(Some((ids, subs))) = svc.storage.click_params(id.to_owned()).await {
         const PREFERRED: &[&str] = &["clickid", "click_id", "gclid", "fbclid", "ttclid", "msclkid"];
         if let Some(v) = PREFERRED.iter().find_map(|k| ids.get(*k).and_then(|v| v.as_str())) {
             values.insert("network_click_id", v.to_owned());
@@ -150,13 +179,13 @@ async fn click_values(state: &AppState, click_id: Option<&str>, values: &mut BTr
 
 /// The postback rows `values` produce for the network's templates that want `event`.
 fn records(
-    state: &AppState,
+    svc: &Services,
     network: &str,
     event: &str,
     values: &BTreeMap<&'static str, String>,
     who: (&str, &str),
 ) -> Vec<PostbackRecord> {
-    configs(state, network, event)
+    configs(svc, network, event)
         .map(|config| PostbackRecord {
             app_id: who.0.to_owned(),
             anonymous_id: who.1.to_owned(),
@@ -164,16 +193,16 @@ fn records(
             network: config.network.clone(),
             event: event.to_owned(),
             url: fill(&config.url, values),
-            created_at: state.config.clock.now(),
+            created_at: svc.config.clock.now(),
         })
         .collect()
 }
 
 /// Hands stored postbacks (`ids[i]` is the row of `records[i]`) to the sender task.
-pub fn dispatch(state: &AppState, records: &[PostbackRecord], ids: &[i64]) {
+pub fn dispatch(svc: &Services, records: &[PostbackRecord], ids: &[i64]) {
     for (record, &id) in records.iter().zip(ids) {
         metrics::counter!("trailmark_postbacks_total", "event" => record.event.clone()).increment(1);
-        if let Some(sender) = state.postback_sender.get() {
+        if let Some(sender) = svc.postback_sender.get() {
             let _ = sender.tx.send(Pending {
                 id,
                 url: record.url.clone(),
@@ -186,20 +215,20 @@ pub fn dispatch(state: &AppState, records: &[PostbackRecord], ids: &[i64]) {
 }
 
 /// Stores postbacks in a commit of their own and sends them.
-async fn enqueue(state: &AppState, records: Vec<PostbackRecord>) {
+async fn enqueue(svc: &Services, records: Vec<PostbackRecord>) {
     for record in records {
-        match state.storage.save_postback(record.clone()).await {
-            Ok(id) => dispatch(state, std::slice::from_ref(&record), &[id]),
+        match svc.storage.save_postback(record.clone()).await {
+            Ok(id) => dispatch(svc, std::slice::from_ref(&record), &[id]),
             Err(e) => tracing::warn!(error = %e, "postback not stored"),
         }
     }
 }
 
 /// The postbacks of an attributed install, to store in the install's own commit.
-pub async fn install(state: &AppState, record: &InstallRecord) -> Vec<PostbackRecord> {
+pub async fn install(svc: &Services, record: &InstallRecord) -> Vec<PostbackRecord> {
     let r = &record.result;
     let (Some(network), true, false) = (&r.network, r.attributed, r.reinstall) else { return Vec::new() };
-    if configs(state, network, "install").next().is_none() {
+    if configs(svc, network, "install").next().is_none() {
         return Vec::new();
     }
     let mut values = base_values(&record.app_id, "install", &record.event_id, record.install_ts);
@@ -212,28 +241,28 @@ pub async fn install(state: &AppState, record: &InstallRecord) -> Vec<PostbackRe
             values.insert(k, v.clone());
         }
     }
-    click_values(state, r.click_id.as_deref(), &mut values).await;
-    records(state, network, "install", &values, (&record.app_id, &record.anonymous_id))
+    click_values(svc, r.click_id.as_deref(), &mut values).await;
+    records(svc, network, "install", &values, (&record.app_id, &record.anonymous_id))
 }
 
 /// Postbacks of a re-engagement.
-pub async fn reengagement(state: &AppState, r: &Reengagement) {
-    if configs(state, &r.network, "reengagement").next().is_none() {
+pub async fn reengagement(svc: &Services, r: &Reengagement) {
+    if configs(svc, &r.network, "reengagement").next().is_none() {
         return;
     }
     let mut values = base_values(&r.app_id, "reengagement", &r.event_id, r.open_ts);
     values.insert("network", r.network.clone());
     values.insert("campaign_id", r.campaign_id.clone());
     values.insert("link_id", r.link_id.clone());
-    click_values(state, Some(&r.click_id), &mut values).await;
-    enqueue(state, records(state, &r.network, "reengagement", &values, (&r.app_id, &r.anonymous_id))).await;
+    click_values(svc, Some(&r.click_id), &mut values).await;
+    enqueue(svc, records(svc, &r.network, "reengagement", &values, (&r.app_id, &r.anonymous_id))).await;
 }
 
 /// Postbacks of a conversion, to the network of its last touch.
-pub async fn conversion(state: &AppState, item: &Followup, rows: &[ConversionCredit]) {
+pub async fn conversion(svc: &Services, item: &Followup, rows: &[ConversionCredit]) {
     let Some(last) = rows.iter().find(|r| r.model == "last_touch" && r.network.is_some()) else { return };
     let network = last.network.clone().unwrap_or_default();
-    if configs(state, &network, &item.event_type).next().is_none() {
+    if configs(svc, &network, &item.event_type).next().is_none() {
         return;
     }
     let mut values = base_values(&last.app_id, &item.event_type, &item.event_id, item.ts);
@@ -246,6 +275,6 @@ pub async fn conversion(state: &AppState, item: &Followup, rows: &[ConversionCre
     if let Some(rev) = item.revenue {
         values.insert("revenue", rev.to_string());
     }
-    click_values(state, last.click_id.as_deref(), &mut values).await;
-    enqueue(state, records(state, &network, &item.event_type, &values, (&last.app_id, &item.anonymous_id))).await;
+    click_values(svc, last.click_id.as_deref(), &mut values).await;
+    enqueue(svc, records(svc, &network, &item.event_type, &values, (&last.app_id, &item.anonymous_id))).await;
 }

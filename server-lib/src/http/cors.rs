@@ -16,9 +16,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use trailmark_core::protocol;
 
-use crate::AppState;
-use crate::error::ApiError;
-use crate::ingest::Credentials;
+use super::AppState;
+use super::error::ApiError;
+use super::extract::Credentials;
 
 /// Paths the SDKs post to, the only ones that answer browsers.
 const SDK_PATHS: [&str; 2] = [protocol::EVENT_PATH, protocol::INSTALL_PATH];

@@ -6,24 +6,27 @@
 //! session cookie; every form carries the session's CSRF token and must come from the
 //! dashboard's own origin.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 use serde_json::{Value, json};
 
-use crate::links::{NewCampaign, NewLink};
-use crate::reports::{self, Params};
-use crate::storage::{Destinations, ReportQuery, ReportRows, Utm};
-use crate::{ApiError, AppState, ingest, keyed_hash, verify_admin_token};
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{client_ip, read_body};
+use crate::domain::enrich::keyed_hash;
+use crate::domain::links::{NewCampaign, NewLink};
+use crate::domain::records::{Destinations, LinkRecord, ReportQuery, ReportRows, Utm};
+use crate::domain::reports::{Params, date_text, day_of};
+use crate::service::links::{link_url, new_campaign, new_link};
+use crate::service::reports;
 
 const SESSION_COOKIE: &str = "tm_dash";
 const LOGIN_COOKIE: &str = "tm_login";
@@ -33,83 +36,8 @@ const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 const MAX_SESSIONS: usize = 1000;
 const MAX_FORM: usize = 8192;
 
-const SCRIPT: &str = include_str!("dashboard/app.js");
-const STYLE: &str = include_str!("dashboard/style.css");
-
-// ---------------------------------------------------------------------------------------------
-// Live counters.
-
-/// Counters the ingest and install handlers bump, read by the live view. Since the process
-/// started; the events-per-minute rate over the last 60 seconds of wall time.
-#[derive(Default)]
-pub struct Live {
-    events: AtomicU64,
-    rejected_events: AtomicU64,
-    installs: AtomicU64,
-    attributed: AtomicU64,
-    fraud_rejected: AtomicU64,
-    burst_alerts: AtomicU64,
-    /// (second, events accepted in it), newest last.
-    per_second: Mutex<VecDeque<(u64, u64)>>,
-    epoch: std::sync::OnceLock<Instant>,
-}
-
-impl Live {
-    fn second(&self) -> u64 {
-        self.epoch.get_or_init(Instant::now).elapsed().as_secs()
-    }
-
-    pub fn events(&self, accepted: u64, rejected: u64) {
-        self.events.fetch_add(accepted, Ordering::Relaxed);
-        self.rejected_events.fetch_add(rejected, Ordering::Relaxed);
-        if accepted == 0 {
-            return;
-        }
-        let now = self.second();
-        let mut q = self.per_second.lock().unwrap_or_else(|p| p.into_inner());
-        match q.back_mut() {
-            Some((s, n)) if *s == now => *n += accepted,
-            _ => q.push_back((now, accepted)),
-        }
-        while q.front().is_some_and(|(s, _)| s + 60 <= now) {
-            q.pop_front();
-        }
-    }
-
-    pub fn install(&self, attributed: bool, rejected: bool) {
-        self.installs.fetch_add(1, Ordering::Relaxed);
-        if attributed {
-            self.attributed.fetch_add(1, Ordering::Relaxed);
-        }
-        if rejected {
-            self.fraud_rejected.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn burst_alert(&self) {
-        self.burst_alerts.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn snapshot(&self) -> Value {
-        let now = self.second();
-        let per_min: u64 = {
-            let q = self.per_second.lock().unwrap_or_else(|p| p.into_inner());
-            q.iter().filter(|(s, _)| s + 60 > now).map(|(_, n)| n).sum()
-        };
-        let installs = self.installs.load(Ordering::Relaxed);
-        let attributed = self.attributed.load(Ordering::Relaxed);
-        json!({
-            "events_per_min": per_min,
-            "events": self.events.load(Ordering::Relaxed),
-            "rejected_events": self.rejected_events.load(Ordering::Relaxed),
-            "installs": installs,
-            "attributed": attributed,
-            "match_rate": (installs > 0).then(|| attributed as f64 / installs as f64),
-            "fraud_rejected": self.fraud_rejected.load(Ordering::Relaxed),
-            "burst_alerts": self.burst_alerts.load(Ordering::Relaxed),
-        })
-    }
-}
+const SCRIPT: &str = include_str!("app.js");
+const STYLE: &str = include_str!("style.css");
 
 // ---------------------------------------------------------------------------------------------
 // Sessions.
@@ -122,10 +50,9 @@ struct DashSession {
     flash: Option<(bool, String)>,
 }
 
-/// The dashboard's state: live counters and login sessions (in memory; a restart logs out).
+/// The dashboard's login sessions (in memory; a restart logs out).
 #[derive(Default)]
-pub struct Dashboard {
-    pub live: Live,
+pub(crate) struct Sessions {
     sessions: Mutex<HashMap<String, DashSession>>,
 }
 
@@ -241,7 +168,7 @@ fn same_origin(headers: &HeaderMap, trust_proxy: bool) -> bool {
 }
 
 async fn read_form(body: axum::body::Body) -> Result<HashMap<String, String>, ApiError> {
-    let bytes = ingest::read_body(body, MAX_FORM).await?;
+    let bytes = read_body(body, MAX_FORM).await?;
     Ok(url::form_urlencoded::parse(&bytes).into_owned().collect())
 }
 
@@ -319,11 +246,11 @@ fn login_form(state: &AppState, error: Option<&str>) -> Response {
 
 /// `POST /dashboard/login` (`key`, `csrf`).
 pub async fn login(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let (parts, body) = request.into_parts();
-    let ip = ingest::client_ip(&parts.headers, peer, state.config.trust_proxy);
-    if let Err(e) = state.check_ip_rate(ip) {
-        return error_page(&e);
+    let ip = client_ip(&parts.headers, peer, state.config.trust_proxy);
+    if let Err(e) = state.limits.check_ip(ip) {
+        return error_page(&e.into());
     }
     if !same_origin(&parts.headers, state.config.trust_proxy) {
         return error_page(&ApiError::new(StatusCode::FORBIDDEN, "csrf", "this form came from another site"));
@@ -340,7 +267,7 @@ pub async fn login(State(state): State<Arc<AppState>>, request: Request) -> Resp
         return login_form(&state, Some("The sign-in form expired; try again."));
     }
     let key = form.get("key").map(String::as_str).unwrap_or_default();
-    let (actor, token_expiry) = match verify_admin_token(&state, key) {
+    let (actor, token_expiry) = match state.verify_admin_token(key) {
         Ok(found) if !key.is_empty() => found,
         _ => {
             metrics::counter!("trailmark_dashboard_logins_total", "result" => "refused").increment(1);
@@ -420,7 +347,7 @@ pub async fn live(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Res
         if !alive {
             return None;
         }
-        let event = Event::default().event("counters").data(state.dashboard.live.snapshot().to_string());
+        let event = Event::default().event("counters").data(state.live.snapshot().to_string());
         Some((Ok::<_, Infallible>(event), (state, id, false)))
     });
     protect(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
@@ -434,9 +361,9 @@ pub async fn create_campaign(State(state): State<Arc<AppState>>, request: Reques
     };
     let field = |k: &str| form.get(k).map(|v| v.trim().to_owned()).unwrap_or_default();
     let req = NewCampaign { name: field("name"), network: field("network"), app_id: form.get("app_id").cloned() };
-    match crate::links::new_campaign(&state, req).await {
+    match new_campaign(&state, req).await {
         Ok(campaign) => set_flash(&state, &id, true, format!("Campaign {campaign} created.")),
-        Err(e) => set_flash(&state, &id, false, format!("Campaign not created: {}", e.message)),
+        Err(e) => set_flash(&state, &id, false, format!("Campaign not created: {}", ApiError::from(e).message)),
     }
     redirect("/dashboard#links")
 }
@@ -465,14 +392,14 @@ pub async fn create_link(State(state): State<Arc<AppState>>, request: Request) -
         },
         deep_link: None,
     };
-    match crate::links::new_link(&state, actor, req).await {
+    match new_link(&state, actor, req).await {
         Ok(link) => set_flash(
             &state,
             &id,
             true,
             format!("Link {} created: {}", link["link_id"].as_str().unwrap_or(""), link["url"].as_str().unwrap_or("")),
         ),
-        Err(e) => set_flash(&state, &id, false, format!("Link not created: {}", e.message)),
+        Err(e) => set_flash(&state, &id, false, format!("Link not created: {}", ApiError::from(e).message)),
     }
     redirect("/dashboard#links")
 }
@@ -526,7 +453,7 @@ async fn render(
     csrf: &str,
     actor: &str,
 ) -> Result<Markup, ApiError> {
-    let q = Params::parse(uri, &["app_id", "steps", "from", "to", "within"])?;
+    let q = Params::parse(uri.query(), &["app_id", "steps", "from", "to", "within"])?;
     let mut apps: Vec<String> = state.config.apps.keys().cloned().collect();
     apps.sort();
     let app = match q.get("app_id") {
@@ -542,16 +469,16 @@ async fn render(
             funnel_params.push((k, v.to_owned()));
         }
     }
-    let funnel = reports::funnel_report(state, &Params::of(&funnel_params)).await;
+    let funnel = reports::funnel_report(state, &Params::of(&funnel_params)).await.map_err(ApiError::from);
     let campaigns = reports::campaigns_report(state, &Params::of(&[("app_id", app.clone())])).await?;
-    let from14 = crate::storage::star::date_text(crate::storage::star::day_of(now) - 13);
+    let from14 = date_text(day_of(now) - 13);
     let retention = reports::retention_report(
         state,
         &Params::of(&[("app_id", app.clone()), ("from", from14), ("days", "1,7,30".into())]),
     )
     .await
-    .unwrap_or_else(|e| json!({"error": e.message}));
-    let storage_err = |e: crate::StorageError| ApiError::internal(e);
+    .unwrap_or_else(|e| json!({"error": ApiError::from(e).message}));
+    let storage_err = |e: crate::storage::StorageError| ApiError::internal(e);
     let alerts = match state.storage.report(ReportQuery::Alerts { since: now - 7 * 86_400_000, limit: 20 }).await {
         Ok(ReportRows::Alerts(a)) => a,
         Ok(_) => Vec::new(),
@@ -572,8 +499,7 @@ async fn render(
             .map(|c| (c.campaign_id.clone(), c.name.clone(), c.network.clone()))
             .collect();
         c.sort();
-        let links: Vec<crate::storage::LinkRecord> =
-            t.links.iter().filter(|l| l.app_id == app).map(|l| (**l).clone()).collect();
+        let links: Vec<LinkRecord> = t.links.iter().filter(|l| l.app_id == app).map(|l| (**l).clone()).collect();
         (c, links)
     };
     links.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.link_id.cmp(&b.link_id)));
@@ -583,7 +509,7 @@ async fn render(
         audits.push(state.storage.link_audit(l.link_id.clone()).await.map_err(storage_err)?);
     }
     let flash = take_flash(state, id);
-    let live = state.dashboard.live.snapshot();
+    let live = state.live.snapshot();
     let counters = [
         ("events_per_min", "Events / min"),
         ("events", "Events accepted"),
@@ -733,7 +659,7 @@ async fn render(
                     }
                     @for (l, audit) in links.iter().zip(&audits) {
                         article.link data-link-id=(l.link_id) {
-                            h3 { code { (crate::links::link_url(state, &l.code)) } " → " (l.destinations.web) }
+                            h3 { code { (link_url(state, &l.code)) } " → " (l.destinations.web) }
                             p.muted { (l.link_id) " · campaign " (l.campaign_id) " · " (if l.enabled { "enabled" } else { "disabled" }) }
                             details open {
                                 summary { "Audit log (" (audit.len()) ")" }

@@ -1,9 +1,18 @@
-//! The one error type of the HTTP layer. Every error body follows the protocol's shape:
+//! The one error type of the HTTP layer and the one path to it: every lower layer's error
+//! converts with `From` (a refusal keeps its code and message, a busy store is a 503, a backing
+//! service's failure a logged 500), so handlers use `?` and never build an error response by
+//! hand. Every error body follows the protocol's shape:
 //! `{"error": {"code": "...", "message": "..."}}`.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use trailmark_core::protocol::ErrorResponse;
+
+use crate::clickcache::CacheError;
+use crate::domain::error::{Refusal, RefusalKind};
+use crate::service::ServiceError;
+use crate::service::limits::RateLimited;
+use crate::storage::StorageError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -57,5 +66,55 @@ impl IntoResponse for ApiError {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let status = match r.kind {
+            RefusalKind::Invalid => StatusCode::BAD_REQUEST,
+            RefusalKind::NotFound => StatusCode::NOT_FOUND,
+            RefusalKind::Conflict => StatusCode::CONFLICT,
+            RefusalKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RefusalKind::Unsupported => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        };
+        ApiError::new(status, r.code, r.message)
+    }
+}
+
+impl From<RateLimited> for ApiError {
+    fn from(r: RateLimited) -> Self {
+        ApiError::rate_limited(r.retry_after, r.message)
+    }
+}
+
+/// A store that is behind asks the client to retry (503); any other failure is ours (500,
+/// logged, generic message).
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::Busy => ApiError::unavailable(1, "the server is busy; retry shortly"),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<CacheError> for ApiError {
+    fn from(e: CacheError) -> Self {
+        tracing::warn!(error = %e, "click cache error");
+        ApiError::unavailable(1, "the click cache is unavailable; retry shortly")
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Refused(r) => r.into(),
+            ServiceError::RateLimited(r) => r.into(),
+            ServiceError::Storage(s) => s.into(),
+            ServiceError::Cache(c) => c.into(),
+            ServiceError::Unavailable(why) => ApiError::unavailable(1, why),
+            ServiceError::Internal(why) => ApiError::internal(why),
+        }
     }
 }

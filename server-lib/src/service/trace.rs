@@ -5,15 +5,13 @@
 //! `tracing-opentelemetry` layer (the reference server's `--otlp-endpoint`). Linking to the
 //! caller's trace needs the `otel` feature; without it the spans stay local.
 
-use axum::http::HeaderMap;
 use trailmark_core::protocol;
 
 /// The span of one request to `endpoint` (`ingest` or `install`), parented to the request's
-/// `traceparent` when it has a valid one.
-pub fn request_span(endpoint: &'static str, headers: &HeaderMap) -> tracing::Span {
+/// `traceparent` header when it has a valid one.
+pub fn request_span(endpoint: &'static str, traceparent: Option<&str>) -> tracing::Span {
     let span = tracing::info_span!("request", otel.name = endpoint, otel.kind = "server", endpoint);
-    let parent =
-        headers.get(protocol::HEADER_TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(protocol::parse_traceparent);
+    let parent = traceparent.and_then(protocol::parse_traceparent);
     if let Some((trace, span_id)) = parent {
         link(&span, trace, span_id);
     }

@@ -1,0 +1,89 @@
+//! Follow-ups of stored events: which events need attribution work after they are stored
+//! (a Trailmark click id, a conversion), and the credit a conversion gives its touchpoints under
+//! every model. Pure.
+
+use serde_json::Value;
+
+use crate::domain::attribution::{Model, credit};
+use crate::domain::records::{ConversionCredit, Touchpoint};
+
+/// Event types that mean "the app was opened through a link".
+pub const OPEN_EVENTS: &[&str] = &["deep_link_opened"];
+
+/// What the follow-up needs to know about one stored event.
+#[derive(Debug, Clone)]
+pub struct Followup {
+    pub event_id: String,
+    pub event_type: String,
+    pub anonymous_id: String,
+    pub user_id: Option<String>,
+    /// Clock-corrected event time.
+    pub ts: i64,
+    /// `context.campaign.click_id`, when it is a Trailmark click id.
+    pub click_id: Option<uuid::Uuid>,
+    pub revenue: Option<f64>,
+    pub currency: Option<String>,
+}
+
+impl Followup {
+    /// Extracts the follow-up facts from an event as received; `None` when the event needs no
+    /// follow-up (no click id, not a conversion).
+    pub fn from_event(event: &Value, conversion_events: &[String]) -> Option<(Option<uuid::Uuid>, bool)> {
+        let click_id = event
+            .pointer("/context/campaign/click_id")
+            .and_then(Value::as_str)
+            .and_then(|c| uuid::Uuid::parse_str(c.trim()).ok());
+        let kind = event.get("type").and_then(Value::as_str).unwrap_or_default();
+        let conversion = conversion_events.iter().any(|c| c == kind);
+        (click_id.is_some() || conversion).then_some((click_id, conversion))
+    }
+
+    pub fn is_conversion(&self, conversion_events: &[String]) -> bool {
+        conversion_events.contains(&self.event_type)
+    }
+}
+
+/// The credit rows of one conversion under every model.
+pub fn credit_rows(app_id: &str, item: &Followup, touches: &[Touchpoint], half_life: i64) -> Vec<ConversionCredit> {
+    let times: Vec<i64> = touches.iter().map(|t| t.ts).collect();
+    let mut rows = Vec::new();
+    for model in Model::ALL {
+        let shares = credit(model, &times, item.ts, half_life);
+        let base = ConversionCredit {
+            app_id: app_id.to_owned(),
+            event_id: item.event_id.clone(),
+            model: model.as_str().to_owned(),
+            click_id: None,
+            anonymous_id: item.anonymous_id.clone(),
+            user_id: item.user_id.clone(),
+            event_type: item.event_type.clone(),
+            ts: item.ts,
+            link_id: None,
+            campaign_id: None,
+            network: None,
+            touch_ts: None,
+            credit: 1.0,
+            revenue: item.revenue,
+            currency: item.currency.clone(),
+        };
+        if shares.is_empty() {
+            rows.push(base);
+            continue;
+        }
+        for (t, share) in touches.iter().zip(shares) {
+            if share > 0.0 {
+                rows.push(ConversionCredit {
+                    click_id: Some(t.click_id.clone()),
+                    link_id: Some(t.link_id.clone()),
+                    campaign_id: Some(t.campaign_id.clone()),
+                    network: Some(t.network.clone()),
+                    touch_ts: Some(t.ts),
+                    credit: share,
+                    revenue: item.revenue.map(|r| r * share),
+                    ..base.clone()
+                });
+            }
+        }
+    }
+    rows
+}

@@ -1,0 +1,129 @@
+//! Install requests: field checks and device-id normalisation. Pure.
+
+use serde_json::{Value, json};
+use trailmark_core::protocol::{self, InstallRequest};
+
+use crate::domain::attribution::matching::{Decision, InstallFacts};
+use crate::domain::attribution::{AttributionConfig, DAY};
+use crate::domain::records::InstallRecord;
+
+use crate::domain::error::Refusal;
+
+/// A device field: absent, or 1 to `max` characters without controls.
+fn check_field(name: &str, value: Option<&str>, max: usize) -> Result<(), Refusal> {
+    match value {
+        Some(v) if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) => {
+            Err(Refusal::invalid("invalid_field", format!("{name} must be 1 to {max} characters without controls")))
+        }
+        _ => Ok(()),
+    }
+}
+
+pub fn validate(req: &InstallRequest) -> Result<(), Refusal> {
+    protocol::validate_id("anonymous_id", &req.anonymous_id)
+        .map_err(|e| Refusal::invalid("invalid_field", e.to_string()))?;
+    let d = &req.device;
+    for (name, value) in [
+        ("device.idfa", &d.idfa),
+        ("device.idfv", &d.idfv),
+        ("device.gaid", &d.gaid),
+        ("device.android_id", &d.android_id),
+        ("device.os", &d.os),
+        ("device.os_version", &d.os_version),
+        ("device.model", &d.model),
+        ("device.locale", &d.locale),
+        ("device.timezone", &d.timezone),
+        ("click_id", &req.click_id),
+    ] {
+        check_field(name, value.as_deref(), 256)?;
+    }
+    check_field("install_referrer", req.install_referrer.as_deref(), 2048)
+}
+
+pub fn lower(v: &Option<String>) -> Option<String> {
+    v.as_deref()
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty() && !s.chars().all(|c| c == '0' || c == '-'))
+}
+
+/// A device time (Unix ms) moved onto the server's clock by `skew` (server minus device, from
+/// the signed timestamp; the signature check bounds it to 5 minutes), so click-to-install times
+/// compare server time with server time. Never after `received_at`; refused when implausible.
+pub fn device_time(ms: i64, field: &str, skew: i64, received_at: i64) -> Result<i64, Refusal> {
+    const EARLIEST: i64 = 1_262_304_000_000; // 2010-01-01
+    if !(EARLIEST..=received_at.saturating_add(DAY)).contains(&ms) {
+        return Err(Refusal::invalid("invalid_field", format!("{field} is not a plausible Unix time in ms")));
+    }
+    Ok(ms.saturating_add(skew).min(received_at))
+}
+
+/// The Trailmark click id in a Play install referrer (`tm_click_id=…`).
+pub fn referrer_click_id(referrer: &str) -> Option<uuid::Uuid> {
+    url::form_urlencoded::parse(referrer.trim_start_matches('?').as_bytes())
+        .find(|(k, _)| k == "tm_click_id")
+        .and_then(|(_, v)| uuid::Uuid::parse_str(&v).ok())
+}
+
+/// What the audit of a decided install records.
+pub struct AuditFacts<'a> {
+    pub req: &'a InstallRequest,
+    pub facts: &'a InstallFacts<'a>,
+    pub cfg: &'a AttributionConfig,
+    /// Whether an anonymous-IP database is configured.
+    pub anonymous_db: bool,
+    pub decision: &'a Decision,
+    /// The device's previous counted install, outside the re-attribution window.
+    pub previous: Option<&'a InstallRecord>,
+    pub decided_at: i64,
+}
+
+/// The audit of a decision: signals, windows, rules, candidates and the choice, as stored with
+/// the install and shown by `GET /v1/attribution/{event_id}`.
+pub fn decision_audit(a: &AuditFacts<'_>) -> Value {
+    let AuditFacts { req, facts, cfg, anonymous_db, decision, previous, decided_at } = *a;
+    let f = &cfg.fraud;
+    json!({
+        "decided_at": decided_at,
+        "install_ts": facts.install_ts,
+        "install_begin_ts": req.install_begin_ts,
+        "referrer_click_ts": req.referrer_click_ts,
+        "platform": req.platform.as_str(),
+        "signals": {
+            "click_id": req.click_id,
+            "referrer_click_id": facts.referrer_click_id.map(|u| u.to_string()),
+            "device_ids": facts.device_ids.len(),
+            "ip_known": facts.ip.is_some(),
+            "anonymous_ip": facts.anonymous_ip,
+        },
+        "windows_ms": {
+            "click": cfg.click_window,
+            "fingerprint": cfg.fingerprint_window,
+            "view_through": cfg.view_through_window,
+            "reattribution": cfg.reattribution_window,
+        },
+        "fingerprint_threshold": cfg.fingerprint_threshold,
+        "network_priority": cfg.network_priority,
+        "fraud_rules": {
+            "click_injection": {"policy": f.click_injection, "min_click_to_install_ms": f.min_click_to_install},
+            "click_flooding": {"policy": f.click_flooding, "max_clicks_per_ip_hour": f.max_clicks_per_ip_hour,
+                "max_clicks_per_device_hour": f.max_clicks_per_device_hour},
+            "install_burst": {"policy": f.install_burst, "factor": f.burst_factor, "min_installs": f.burst_min_installs,
+                "baseline_hours": f.burst_baseline_hours},
+            "emulator": {"policy": f.emulator},
+            "anonymous_ip": {"policy": f.anonymous_ip, "database": anonymous_db},
+        },
+        "candidates": decision.candidates(),
+        "omitted_candidates": decision.omitted_candidates,
+        "rules_fired": decision.rules,
+        "previous_install": previous.map(|p| json!({"event_id": p.event_id, "install_ts": p.install_ts,
+            "outside_reattribution_window": true})),
+        "choice": if decision.result.attributed {
+            json!({"match_type": decision.result.match_type, "click_id": decision.result.click_id,
+                "campaign_id": decision.result.campaign_id})
+        } else if decision.result.fraud.rejected {
+            json!("organic: rejected by fraud rules")
+        } else {
+            json!("organic: no eligible touchpoint")
+        },
+    })
+}

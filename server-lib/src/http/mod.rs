@@ -1,0 +1,145 @@
+//! The HTTP layer: the axum [`Router`], its extractors, the one error type and its
+//! `IntoResponse`, middleware (metrics on every route, CORS), and one file per route group. A
+//! handler reads the request through extractors, calls the service layer, and answers; every
+//! error reaches the client through [`ApiError`]'s `From` conversions.
+
+pub mod admin;
+mod cors;
+pub mod dashboard;
+pub mod error;
+pub mod extract;
+pub mod ingest;
+pub mod install;
+pub mod links;
+pub mod metrics;
+pub mod reports;
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, patch, post};
+use hmac::Mac;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+pub use error::ApiError;
+
+use crate::domain::config::{JwtAlgorithm, JwtConfig};
+use crate::domain::enrich::keyed_hash;
+use crate::service::Services;
+
+/// The state of the HTTP layer: the services, plus what only HTTP needs (admin token
+/// verification, the Prometheus handle, dashboard sessions). It dereferences to [`Services`].
+pub struct AppState {
+    pub services: Arc<Services>,
+    jwt: Option<(jsonwebtoken::DecodingKey, jsonwebtoken::Validation)>,
+    metrics: PrometheusHandle,
+    /// Login sessions of `/dashboard`.
+    pub(crate) dashboard: dashboard::Sessions,
+}
+
+impl Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.services
+    }
+}
+
+impl AppState {
+    /// The HTTP state over `services`; fails on an unusable JWT key.
+    pub fn new(services: Arc<Services>) -> Result<Self, String> {
+        let jwt = services.config.jwt.as_ref().map(jwt_verifier).transpose()?;
+        Ok(AppState { services, jwt, metrics: metrics::prometheus(), dashboard: Default::default() })
+    }
+
+    /// Checks an admin key or JWT (constant time for the key); returns who it is, for audit logs.
+    pub fn check_admin_token(&self, token: &str) -> Result<String, ApiError> {
+        self.verify_admin_token(token).map(|(actor, _)| actor)
+    }
+
+    /// [`AppState::check_admin_token`], with the JWT's expiry (Unix seconds) when the token is
+    /// a JWT that has one, so a session opened with it can end when the token does.
+    pub fn verify_admin_token(&self, token: &str) -> Result<(String, Option<i64>), ApiError> {
+        if let Some(key) = &self.config.admin_key {
+            let expected = keyed_hash(&self.config.audit_key, key).finalize().into_bytes();
+            if keyed_hash(&self.config.audit_key, token).verify_slice(&expected).is_ok() {
+                return Ok(("admin-key".into(), None));
+            }
+        }
+        if let Some((key, validation)) = &self.jwt {
+            #[derive(serde::Deserialize)]
+            struct Claims {
+                sub: Option<String>,
+                exp: Option<i64>,
+            }
+            return match jsonwebtoken::decode::<Claims>(token, key, validation) {
+                Ok(data) => Ok((format!("jwt:{}", data.claims.sub.unwrap_or_default()), data.claims.exp)),
+                Err(e) => Err(ApiError::unauthorized("invalid_token", format!("bearer token refused: {e}"))),
+            };
+        }
+        Err(ApiError::unauthorized("invalid_credentials", "bearer token refused"))
+    }
+}
+
+fn jwt_verifier(c: &JwtConfig) -> Result<(jsonwebtoken::DecodingKey, jsonwebtoken::Validation), String> {
+    let (key, alg) = match c.algorithm {
+        JwtAlgorithm::Hs256 => {
+            (jsonwebtoken::DecodingKey::from_secret(c.key.as_bytes()), jsonwebtoken::Algorithm::HS256)
+        }
+        JwtAlgorithm::Rs256 => (
+            jsonwebtoken::DecodingKey::from_rsa_pem(c.key.as_bytes()).map_err(|e| e.to_string())?,
+            jsonwebtoken::Algorithm::RS256,
+        ),
+    };
+    let mut validation = jsonwebtoken::Validation::new(alg);
+    match &c.audience {
+        Some(aud) => validation.set_audience(&[aud]),
+        None => validation.validate_aud = false,
+    }
+    if let Some(iss) = &c.issuer {
+        validation.set_issuer(&[iss]);
+    }
+    Ok((key, validation))
+}
+
+/// The routes over a built state. Starts nothing: the background tasks belong to the
+/// [`ServerHandle`](crate::ServerHandle) that [`crate::start`] returns.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/event", post(ingest::event))
+        .route("/v1/user/delete", post(admin::delete_user))
+        .route("/v1/events", get(admin::events))
+        .route("/v1/install", post(install::install))
+        .route("/v1/attribution/{event_id}", get(install::audit))
+        .route("/v1/campaigns", post(links::create_campaign))
+        .route("/v1/campaigns/{campaign_id}/cost", post(reports::cost))
+        .route("/v1/reports/funnel", get(reports::funnel))
+        .route("/v1/reports/retention", get(reports::retention))
+        .route("/v1/reports/campaigns", get(reports::campaigns))
+        .route("/v1/reports/paths", get(reports::paths))
+        .route("/v1/links", post(links::create_link))
+        .route("/v1/links/{link_id}", get(links::get_link).merge(patch(links::update_link)))
+        .route("/v1/links/{link_id}/audit", get(links::link_audit))
+        .route("/c/{code}", get(links::click_by_code))
+        .route("/v1/click", get(links::click_by_link).merge(post(links::s2s_click)))
+        .route("/v1/impression", get(links::impression))
+        .route("/dashboard", get(dashboard::index))
+        .route("/dashboard/login", get(dashboard::login_page).merge(post(dashboard::login)))
+        .route("/dashboard/logout", post(dashboard::logout))
+        .route("/dashboard/live", get(dashboard::live))
+        .route("/dashboard/campaigns", post(dashboard::create_campaign))
+        .route("/dashboard/links", post(dashboard::create_link))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/style.css", get(dashboard::style))
+        .route("/healthz", get(admin::healthz))
+        .route("/metrics", get(metrics::render))
+        .fallback(admin::not_found)
+        .method_not_allowed_fallback(admin::method_not_allowed)
+        // Bodies are read with our own limit so the 413 has the protocol's error shape.
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cors::layer))
+        // Outermost: every request is counted and timed, CORS refusals included.
+        .layer(axum::middleware::from_fn(metrics::track))
+        .with_state(state)
+}

@@ -1,0 +1,51 @@
+//! A person's deletion (`/v1/user/delete`): every stored row that refers to the subject, the
+//! copies of their clicks in the touch index or the shared click cache, an audit record that
+//! holds only a keyed hash of the subject, and a deletion record on the event stream.
+
+use hmac::Mac;
+
+use super::{ServiceResult, Services};
+use crate::domain::enrich::keyed_hash;
+use crate::domain::records::{DeletionAudit, Subject};
+use crate::domain::stream::deletion_record;
+
+/// What a deletion did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    pub receipt_id: String,
+    pub rows_deleted: u64,
+    /// Parts that could not be cleaned now, for the caller to report.
+    pub warnings: Vec<&'static str>,
+}
+
+/// A keyed hash of the subject for the audit log (no raw identifier is kept).
+fn subject_hash(key: &[u8; 32], subject: &Subject) -> String {
+    hex::encode(keyed_hash(key, &format!("{}:{}", subject.kind(), subject.value())).finalize().into_bytes())
+}
+
+/// Deletes `subject`'s data, audited as requested by `requested_by`.
+pub async fn delete(svc: &Services, subject: Subject, requested_by: String) -> ServiceResult<Deletion> {
+    let receipt_id = uuid::Uuid::new_v4().to_string();
+    let audit = DeletionAudit {
+        receipt_id: receipt_id.clone(),
+        subject_kind: subject.kind(),
+        subject_hash: subject_hash(&svc.config.audit_key, &subject),
+        requested_at: svc.config.clock.now(),
+        requested_by,
+    };
+    let (subject_kind, subject_value) = (subject.kind(), subject.value().to_owned());
+    let report = svc.storage.delete_subject(subject, audit).await?;
+    let mut warnings = Vec::new();
+    if let Err(e) = svc.clicks.forget(svc, &report.click_ids).await {
+        // Storage is clean (a retry would find nothing to forget); the cached touches
+        // expire with the attribution window.
+        tracing::error!(error = %e, receipt = %receipt_id, "deleted touches stay in the click cache until they expire");
+        warnings.push("the click cache could not be reached: its copies of the subject's clicks expire within the attribution window");
+    }
+    metrics::counter!("trailmark_user_deletions_total").increment(1);
+    if let Some(sink) = &svc.event_sink {
+        let at = svc.config.clock.now();
+        sink.publish(vec![deletion_record(&receipt_id, subject_kind, &subject_value, at)]);
+    }
+    Ok(Deletion { receipt_id, rows_deleted: report.rows, warnings })
+}

@@ -1,0 +1,139 @@
+//! Ingest: a signed request's events validated one by one, normalised, enriched, stored
+//! (deduplicated by event id), published to the stream once durable, and followed up
+//! (touchpoints, re-engagements, conversion credit).
+
+use std::net::IpAddr;
+
+use serde_json::Value;
+use trailmark_core::protocol::{self, DropReport, IngestResponse, Rejection};
+
+use super::trace::store_span;
+use super::{ServiceResult, Services, conversions};
+use crate::domain::conversions::Followup;
+use crate::domain::enrich;
+use crate::domain::error::Refusal;
+use crate::domain::events::{normalise, parse_ms};
+use crate::domain::stream::event_record;
+use crate::storage::StorageError;
+
+/// Ingests a parsed body (one event or a batch envelope) from `app_id`: what was accepted,
+/// what was a duplicate, and which events were rejected and why. The request is refused as a
+/// whole only when the body itself is wrong (not an event or envelope, too many events).
+pub async fn ingest(
+    svc: &Services,
+    app_id: String,
+    ip: Option<IpAddr>,
+    user_agent: Option<&str>,
+    value: Value,
+) -> ServiceResult<IngestResponse> {
+    let received_at = svc.config.clock.now();
+    let is_batch = value.get("batch").is_some();
+    if is_batch {
+        svc.validators.envelope(&value).map_err(|e| Refusal::invalid("invalid_envelope", e))?;
+    }
+    let (events, sent_at, dropped) = match value {
+        Value::Object(mut map) if is_batch => {
+            let Some(Value::Array(batch)) = map.remove("batch") else { unreachable!("schema checked") };
+            if batch.len() > protocol::MAX_BATCH_EVENTS {
+                return Err(Refusal::too_large(format!(
+                    "batch holds {} events; the limit is {}",
+                    batch.len(),
+                    protocol::MAX_BATCH_EVENTS
+                ))
+                .into());
+            }
+            let sent_at = map.get("sent_at").and_then(Value::as_str).and_then(parse_ms);
+            let dropped: DropReport =
+                map.remove("dropped").and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default();
+            (batch, sent_at, dropped)
+        }
+        Value::Object(map) => (vec![Value::Object(map)], None, DropReport::default()),
+        _ => return Err(Refusal::invalid("invalid_body", "body must be an event object or a batch envelope").into()),
+    };
+    record_sdk_drops(&app_id, &dropped);
+
+    // Per request, not per event: the same client sent them all.
+    let ua = user_agent.map(enrich::parse_user_agent).unwrap_or_default();
+    let geo = ip.map(|ip| svc.geo.lookup(ip)).unwrap_or_default();
+    let ip_enc = ip.and_then(|ip| svc.ip_cipher.encrypt(ip));
+
+    let mut response = IngestResponse::default();
+    let mut fresh = Vec::with_capacity(events.len());
+    let mut followups = Vec::new();
+    for (index, event) in events.into_iter().enumerate() {
+        let size = protocol::serialized_len(&event);
+        if size > protocol::MAX_EVENT_BYTES {
+            let reason = format!("event is {size} bytes; the limit is {}", protocol::MAX_EVENT_BYTES);
+            response.rejected.push(Rejection { index, reason });
+            continue;
+        }
+        let follow = Followup::from_event(&event, &svc.config.attribution.conversion_events);
+        let revenue = follow.and_then(|_| event.pointer("/properties/revenue").and_then(Value::as_f64));
+        let currency =
+            follow.and_then(|_| event.pointer("/properties/currency").and_then(Value::as_str)).map(str::to_owned);
+        match svc
+            .validators
+            .event(&app_id, &event)
+            .and_then(|_| normalise(&app_id, event, sent_at, received_at, &ua, &geo, ip_enc.clone()))
+        {
+            Ok(e) => {
+                if let Some((click_id, _)) = follow {
+                    followups.push(Followup {
+                        event_id: e.event_id.clone(),
+                        event_type: e.event_type.clone(),
+                        anonymous_id: e.anonymous_id.clone(),
+                        user_id: e.user_id.clone(),
+                        ts: e.corrected_ts,
+                        click_id,
+                        revenue,
+                        currency,
+                    });
+                }
+                fresh.push(e)
+            }
+            Err(reason) => response.rejected.push(Rejection { index, reason }),
+        }
+    }
+    let received = fresh.len() + response.rejected.len();
+    metrics::counter!("trailmark_events_received_total", "app" => app_id.clone()).increment(received as u64);
+    if !response.rejected.is_empty() {
+        metrics::counter!("trailmark_events_rejected_total", "app" => app_id.clone())
+            .increment(response.rejected.len() as u64);
+    }
+    if !fresh.is_empty() {
+        let records: Option<Vec<_>> = svc.event_sink.as_ref().map(|_| fresh.iter().map(event_record).collect());
+        let span = store_span("events", fresh.len());
+        let outcome = tracing::Instrument::instrument(svc.storage.insert(fresh), span).await.inspect_err(|e| {
+            if *e == StorageError::Busy {
+                metrics::counter!("trailmark_writer_busy_total").increment(1);
+            }
+        })?;
+        response.accepted = outcome.iter().filter(|new| **new).count() as u64;
+        response.duplicates = outcome.len() as u64 - response.accepted;
+        // Published once durable, and only the first time (a duplicate was published before).
+        if let (Some(sink), Some(records)) = (&svc.event_sink, records) {
+            sink.publish(records.into_iter().zip(&outcome).filter(|(_, new)| **new).map(|(r, _)| r).collect());
+        }
+        // Duplicates too: a retried request finishes follow-ups a crash interrupted.
+        conversions::process(svc, &app_id, followups).await;
+    }
+    svc.live.events(response.accepted, response.rejected.len() as u64);
+    metrics::counter!("trailmark_events_accepted_total", "app" => app_id.clone()).increment(response.accepted);
+    metrics::counter!("trailmark_events_duplicate_total", "app" => app_id.clone()).increment(response.duplicates);
+    Ok(response)
+}
+
+fn record_sdk_drops(app: &str, d: &DropReport) {
+    for (reason, n) in [
+        ("queue_full", d.queue_full),
+        ("expired", d.expired),
+        ("pre_consent_full", d.pre_consent_full),
+        ("invalid", d.invalid),
+        ("backpressure", d.backpressure),
+    ] {
+        if n > 0 {
+            metrics::counter!("trailmark_sdk_dropped_events_total", "app" => app.to_owned(), "reason" => reason)
+                .increment(n);
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Install attribution: one install decided (retry, reinstall or the waterfall), audited,
+//! stored with its touchpoint, fraud alert and postbacks in one commit, published, counted.
+
+use std::net::IpAddr;
+
+use serde_json::{Value, json};
+use trailmark_core::protocol::{self, AttributionResult, InstallRequest};
+
+use super::trace::store_span;
+use super::{ServiceError, ServiceResult, Services, postbacks};
+use crate::domain::attribution::matching::{Fingerprint, InstallFacts};
+use crate::domain::install::{AuditFacts, decision_audit, device_time, lower, referrer_click_id, validate};
+use crate::domain::records::{DeviceKeys, FraudAlert, InstallRecord, Touchpoint};
+use crate::domain::stream::install_record;
+
+/// Decides an install of `app_id` (signed at `sent_at_secs` on the device's clock, from `ip`):
+/// a retry gets the stored answer, a reinstall inside the re-attribution window keeps the
+/// device's first attribution, anything else runs the waterfall. Stored with its audit,
+/// touchpoint, fraud alert and postbacks in one commit, then published.
+pub async fn install(
+    svc: &Services,
+    app_id: String,
+    ip: Option<IpAddr>,
+    sent_at_secs: i64,
+    req: InstallRequest,
+) -> ServiceResult<AttributionResult> {
+    validate(&req)?;
+    let cfg = &svc.config.attribution;
+    let received_at = svc.config.clock.now();
+    // Device times are moved onto the server's clock by the skew the signed timestamp header
+    // shows (seconds; the signature check bounds it to 5 minutes), so click-to-install times
+    // compare server time with server time. An install is never after its receipt.
+    let skew = received_at - sent_at_secs.saturating_mul(1000);
+    let device_time = |ms: i64, field: &str| device_time(ms, field, skew, received_at);
+    let install_ts = device_time(req.timestamp.timestamp_millis(), "timestamp")?;
+    let install_begin_ts = req.install_begin_ts.map(|t| device_time(t, "install_begin_ts")).transpose()?;
+    if let Some(t) = req.referrer_click_ts {
+        device_time(t, "referrer_click_ts")?;
+    }
+    let event_id = req.event_id.to_string();
+    svc.tracking.ready(svc).await?;
+
+    let keys = DeviceKeys {
+        anonymous_id: req.anonymous_id.clone(),
+        idfa: lower(&req.device.idfa),
+        idfv: lower(&req.device.idfv),
+        gaid: lower(&req.device.gaid),
+        android_id: lower(&req.device.android_id),
+    };
+    let (done, first) = svc.storage.install_lookup(app_id.clone(), event_id.clone(), keys.clone()).await?;
+    // A retry of an install already decided gets the same answer.
+    if let Some(done) = done {
+        return Ok(done.result);
+    }
+    let mut record = InstallRecord {
+        app_id: app_id.clone(),
+        event_id: event_id.clone(),
+        anonymous_id: req.anonymous_id.clone(),
+        platform: req.platform.as_str().to_owned(),
+        idfa: keys.idfa.clone(),
+        idfv: keys.idfv.clone(),
+        gaid: keys.gaid.clone(),
+        android_id: keys.android_id.clone(),
+        install_ts,
+        received_at,
+        kind: "install".into(),
+        result: AttributionResult::organic(Default::default()),
+        audit: Value::Null,
+        ip_enc: ip.and_then(|ip| svc.ip_cipher.encrypt(ip)),
+    };
+
+    if let Some(first) = &first
+        && install_ts.saturating_sub(first.install_ts) <= cfg.reattribution_window
+    {
+        // A reinstall inside the re-attribution window of the device's last new install.
+        record.kind = "reinstall".into();
+        record.result = AttributionResult { reinstall: true, ..first.result.clone() };
+        record.audit = json!({
+            "decided_at": received_at,
+            "install_ts": install_ts,
+            "reinstall_of": first.event_id,
+            "install_counted_ts": first.install_ts,
+            "reattribution_window_ms": cfg.reattribution_window,
+            "choice": "the original attribution of the device's first install",
+        });
+        metrics::counter!("trailmark_installs_total", "app" => app_id.clone(), "match_type" => "reinstall")
+            .increment(1);
+        return save(svc, record, None, None).await;
+    }
+
+    let referrer_click_id = req.install_referrer.as_deref().and_then(referrer_click_id);
+    let click_id = req.click_id.as_deref().and_then(|c| uuid::Uuid::parse_str(c.trim()).ok());
+    let device_ids: Vec<&str> =
+        [&keys.idfa, &keys.gaid, &keys.android_id, &keys.idfv].into_iter().filter_map(|d| d.as_deref()).collect();
+    let screen = req.device.screen.map(|s| format!("{}x{}", s.width, s.height));
+    let anonymous_ip = ip.is_some_and(|ip| svc.geo.is_anonymous(ip));
+    let facts = InstallFacts {
+        app_id: &app_id,
+        install_ts,
+        received_at,
+        install_begin_ts,
+        click_id,
+        referrer_click_id,
+        device_ids,
+        ip,
+        fingerprint: Fingerprint {
+            os: req.device.os.as_deref().or(Some(match req.platform {
+                protocol::Platform::Ios => "iOS",
+                protocol::Platform::Android => "Android",
+                protocol::Platform::Web => "",
+            })),
+            os_version: req.device.os_version.as_deref(),
+            model: req.device.model.as_deref(),
+            locale: req.device.locale.as_deref(),
+            timezone: req.device.timezone.as_deref(),
+            screen: screen.as_deref(),
+        },
+        anonymous_ip,
+    };
+    let decision = svc.clicks.decide(svc, &facts).await?;
+    record.result = decision.result.clone();
+    record.audit = decision_audit(&AuditFacts {
+        req: &req,
+        facts: &facts,
+        cfg,
+        anonymous_db: svc.config.geoip_anonymous.is_some(),
+        decision: &decision,
+        previous: first.as_ref(),
+        decided_at: received_at,
+    });
+    for rule in &decision.rules {
+        metrics::counter!("trailmark_fraud_rules_fired_total", "rule" => rule.rule, "policy" => rule.policy.as_str())
+            .increment(1);
+    }
+    metrics::counter!("trailmark_installs_total", "app" => app_id.clone(), "match_type" => decision.result.match_type.as_str())
+        .increment(1);
+    svc.live.install(decision.result.attributed, decision.result.fraud.rejected);
+    let touchpoint = match (&decision.winner, decision.result.attributed) {
+        (Some((touch, link)), true) => Some(Touchpoint {
+            app_id: app_id.clone(),
+            anonymous_id: req.anonymous_id.clone(),
+            ts: touch.ts,
+            click_id: touch.click_id().to_string(),
+            link_id: link.link_id.clone(),
+            campaign_id: link.campaign_id.clone(),
+            network: link.network.clone(),
+            kind: if touch.kind == crate::domain::attribution::TouchKind::Impression { "impression" } else { "click" }
+                .into(),
+            source_event_id: event_id.clone(),
+        }),
+        _ => None,
+    };
+    let alert = decision.burst_alert.map(|a| {
+        metrics::counter!("trailmark_fraud_alerts_total", "rule" => "install_burst").increment(1);
+        svc.live.burst_alert();
+        tracing::warn!(campaign = %a.campaign_id, installs = a.installs, baseline = a.baseline_per_hour, "install burst");
+        FraudAlert {
+            rule: "install_burst".into(),
+            app_id: app_id.clone(),
+            campaign_id: a.campaign_id.clone(),
+            at: received_at,
+            detail: serde_json::to_value(&a).unwrap_or_default(),
+        }
+    });
+    save(svc, record, touchpoint, alert).await
+}
+
+async fn save(
+    svc: &Services,
+    record: InstallRecord,
+    touchpoint: Option<Touchpoint>,
+    alert: Option<FraudAlert>,
+) -> ServiceResult<AttributionResult> {
+    let (app_id, event_id) = (record.app_id.clone(), record.event_id.clone());
+    let result = record.result.clone();
+    // Postbacks are stored in the install's own commit, so a crash cannot keep one and lose
+    // the other.
+    let postbacks = postbacks::install(svc, &record).await;
+    let published = svc.event_sink.as_ref().map(|_| install_record(&record));
+    if let Some(ids) = tracing::Instrument::instrument(
+        svc.storage.save_install(record, touchpoint, alert, postbacks.clone()),
+        store_span("install", 1),
+    )
+    .await?
+    {
+        postbacks::dispatch(svc, &postbacks, &ids);
+        if let (Some(sink), Some(r)) = (&svc.event_sink, published) {
+            sink.publish(vec![r]);
+        }
+        return Ok(result);
+    }
+    // The same install raced in twice; the first decision stands.
+    match svc.storage.install_by_event(Some(app_id), event_id).await? {
+        Some(done) => Ok(done.result),
+        None => Err(ServiceError::Internal("install vanished after a conflict".into())),
+    }
+}
+
+/// The stored install with this event id (any app when `app_id` is `None`), as the audit shows
+/// it.
+pub async fn audit(svc: &Services, app_id: Option<String>, event_id: &str) -> ServiceResult<Value> {
+    let install = svc
+        .storage
+        .install_by_event(app_id, event_id.to_ascii_lowercase())
+        .await?
+        .ok_or_else(|| crate::domain::error::Refusal::not_found("not_found", "no install with this event id"))?;
+    Ok(json!({
+        "event_id": install.event_id,
+        "app_id": install.app_id,
+        "anonymous_id": install.anonymous_id,
+        "platform": install.platform,
+        "kind": install.kind,
+        "install_ts": install.install_ts,
+        "received_at": install.received_at,
+        "result": install.result,
+        "audit": install.audit,
+    }))
+}
