@@ -73,3 +73,18 @@ pub enum ServiceError {
 }
 
 pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// Fires once when the server shuts down. Dropping the [`ServerHandle`] without calling
+/// `shutdown` never fires it: the tasks then run as long as the runtime does.
+#[derive(Clone)]
+pub struct Stop(pub(crate) tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    /// Resolves when shutdown begins.
+    pub async fn stopped(&mut self) {
+        if self.0.wait_for(|stop| *stop).await.is_err() {
+            // The handle was dropped without a shutdown: run on.
+            std::future::pending::<()>().await;
+        }
+    }
+}

@@ -12,8 +12,7 @@ use std::time::Instant;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::Services;
-use super::tasks::Stop;
+use super::{Services, Stop};
 use crate::domain::conversions::Followup;
 use crate::domain::postbacks::{PostbackConfig, PostbackPolicy, base_values, fill};
 use crate::domain::records::{ConversionCredit, InstallRecord, PostbackAttempt, PostbackRecord, Reengagement};

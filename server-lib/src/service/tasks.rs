@@ -9,24 +9,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::Services;
 use super::tracking::LINK_REFRESH;
+use super::{Services, Stop};
 use crate::storage::StorageError;
-
-/// Fires once when the server shuts down. Dropping the [`ServerHandle`] without calling
-/// `shutdown` never fires it: the tasks then run as long as the runtime does.
-#[derive(Clone)]
-pub struct Stop(watch::Receiver<bool>);
-
-impl Stop {
-    /// Resolves when shutdown begins.
-    pub async fn stopped(&mut self) {
-        if self.0.wait_for(|stop| *stop).await.is_err() {
-            // The handle was dropped without a shutdown: run on.
-            std::future::pending::<()>().await;
-        }
-    }
-}
 
 /// The background tasks of one server. Keep it for as long as the server runs; call
 /// [`ServerHandle::shutdown`] to stop cleanly.
