@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use thiserror::Error;
 
@@ -66,6 +67,78 @@ impl Config {
             sdk: SdkContext { name: "trailmark-rust".into(), version: env!("CARGO_PKG_VERSION").into() },
             policy: Policy::default(),
         }
+    }
+}
+
+/// A host's settings as flat fields: what the SDK bindings fill (the wasm crate straight from the
+/// page's JSON, `trailmark-ffi` from its UniFFI record) and turn into a [`Config`] with
+/// [`HostConfig::into_config`]. `None` (or a missing JSON key) leaves a setting at its default.
+/// The fields follow the FFI record's order; the web-only ones come last.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct HostConfig {
+    pub app_id: String,
+    pub app_secret: String,
+    /// Base URL of the collector, e.g. `https://collect.example.com`.
+    pub endpoint: String,
+    /// Hold events until consent is given ([`Config::require_consent`]).
+    pub require_consent: bool,
+    /// IDFV on Apple platforms, the Android id on Android ([`Config::device_id`]).
+    pub device_id: Option<String>,
+    /// IDFA (with ATT permission) or GAID ([`Config::advertising_id`]).
+    pub advertising_id: Option<String>,
+    /// `context.app.version`.
+    pub app_version: Option<String>,
+    /// `context.device.os`, `os_version`, `model`, `locale` and `timezone`.
+    pub os: Option<String>,
+    pub os_version: Option<String>,
+    pub model: Option<String>,
+    pub locale: Option<String>,
+    pub timezone: Option<String>,
+    /// The SDK's name and version on the wire (`trailmark-swift`, `trailmark-kotlin`,
+    /// `trailmark-web`); when `None`, those of [`Config::new`] (the wasm crate names itself
+    /// `trailmark-web` before converting).
+    pub sdk_name: Option<String>,
+    pub sdk_version: Option<String>,
+    /// [`Policy::flush_at`].
+    pub flush_at: Option<usize>,
+    /// [`Policy::flush_interval`], in milliseconds.
+    pub flush_interval_ms: Option<u64>,
+    /// [`Policy::max_queue_events`].
+    pub max_queue_events: Option<usize>,
+    // The web SDK's options that the FFI record does not have.
+    /// Report engine decisions to the logger ([`Config::debug`]).
+    pub debug: bool,
+    /// [`Policy::max_batch_events`].
+    pub max_batch_events: Option<usize>,
+}
+
+impl HostConfig {
+    /// The engine's configuration: [`Config::new`] with every setting given here applied.
+    pub fn into_config(self) -> Config {
+        let mut c = Config::new(self.app_id, self.app_secret, self.endpoint);
+        c.require_consent = self.require_consent;
+        c.debug = self.debug;
+        c.device_id = self.device_id;
+        c.advertising_id = self.advertising_id;
+        c.app.version = self.app_version;
+        c.device.os = self.os;
+        c.device.os_version = self.os_version;
+        c.device.model = self.model;
+        c.device.locale = self.locale;
+        c.device.timezone = self.timezone;
+        if let Some(name) = self.sdk_name {
+            c.sdk.name = name;
+        }
+        if let Some(version) = self.sdk_version {
+            c.sdk.version = version;
+        }
+        let p = &mut c.policy;
+        p.flush_at = self.flush_at.unwrap_or(p.flush_at);
+        p.flush_interval = self.flush_interval_ms.map(Duration::from_millis).unwrap_or(p.flush_interval);
+        p.max_queue_events = self.max_queue_events.unwrap_or(p.max_queue_events);
+        p.max_batch_events = self.max_batch_events.unwrap_or(p.max_batch_events);
+        c
     }
 }
 
@@ -316,6 +389,25 @@ mod tests {
         assert!(c.validate().is_err());
         let c = Config::new("", "s", "https://x.example");
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "app_id", .. })));
+    }
+
+    #[test]
+    fn host_config_fills_what_it_names() {
+        let json = r#"{"app_id": "app", "app_secret": "s", "endpoint": "https://x.example", "debug": true,
+            "os": "iOS", "sdk_version": "9", "flush_at": 5, "flush_interval_ms": 250, "max_batch_events": 50,
+            "not_a_setting": 1}"#;
+        let c = serde_json::from_str::<HostConfig>(json).unwrap().into_config();
+        assert!(c.debug && !c.require_consent);
+        assert_eq!((c.device.os.as_deref(), c.device.model.as_deref()), (Some("iOS"), None));
+        assert_eq!((c.sdk.name.as_str(), c.sdk.version.as_str()), ("trailmark-rust", "9"));
+        let policy = Policy {
+            flush_at: 5,
+            flush_interval: Duration::from_millis(250),
+            max_batch_events: 50,
+            ..Policy::default()
+        };
+        assert_eq!(c.policy, policy);
+        assert!(c.validate().is_ok());
     }
 
     #[test]

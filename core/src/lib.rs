@@ -19,7 +19,7 @@ pub mod store;
 #[cfg(feature = "native")]
 pub mod native;
 
-pub use config::{Config, ConfigError, Policy, TrackLimits};
+pub use config::{Config, ConfigError, HostConfig, Policy, TrackLimits};
 pub use engine::{Action, ConsentUpdate, Engine, Logger, Millis, OpenError, Stats, UploadOutcome, UploadTask};
 pub use protocol::ValidationError;
 pub use store::{EventStore, MemoryStore, StoreError};

@@ -786,6 +786,15 @@ mod tests {
     }
 
     #[test]
+    fn empty_properties_text_is_an_empty_object() {
+        // The bindings send "{}", but a host calling the FFI or wasm layer directly may send
+        // nothing at all: empty text (or only white space) means no properties, not a refusal.
+        for text in ["", " ", "\n\t \r", "{}", " {} "] {
+            assert_eq!(parse_properties(text.as_bytes()), Ok(Map::new()), "{text:?}");
+        }
+    }
+
+    #[test]
     fn hostile_properties() {
         assert_eq!(parse_properties(b"\xff\xfe"), Err(ValidationError::InvalidUtf8));
         assert!(matches!(parse_properties(br#"{"x": NaN}"#), Err(ValidationError::InvalidJson(_))));

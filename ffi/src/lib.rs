@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use trailmark_core::engine::{UploadOutcome, UploadTask};
 use trailmark_core::native::{self, NativeOptions, Uploader};
-use trailmark_core::{Config, ConsentUpdate};
+use trailmark_core::{ConsentUpdate, HostConfig, protocol};
 
 uniffi::setup_scaffolding!();
 
@@ -89,6 +89,34 @@ pub struct TrailmarkConfig {
     /// Most events kept waiting for upload; past it the oldest are dropped (default 10,000).
     #[uniffi(default = None)]
     pub max_queue_events: Option<u32>,
+}
+
+/// Field by field; what the record does not offer (`debug`, `max_batch_events`) stays at its
+/// default, and `db_path` is the driver's, not the engine's.
+impl From<TrailmarkConfig> for HostConfig {
+    fn from(c: TrailmarkConfig) -> Self {
+        HostConfig {
+            app_id: c.app_id,
+            app_secret: c.app_secret,
+            endpoint: c.endpoint,
+            require_consent: c.require_consent,
+            device_id: c.device_id,
+            advertising_id: c.advertising_id,
+            app_version: c.app_version,
+            os: c.os,
+            os_version: c.os_version,
+            model: c.model,
+            locale: c.locale,
+            timezone: c.timezone,
+            sdk_name: c.sdk_name,
+            sdk_version: c.sdk_version,
+            flush_at: c.flush_at.map(|n| n as usize),
+            flush_interval_ms: c.flush_interval_ms,
+            max_queue_events: c.max_queue_events.map(|n| n as usize),
+            debug: false,
+            max_batch_events: None,
+        }
+    }
 }
 
 /// A consent change; `None` leaves a purpose as it is.
@@ -205,21 +233,11 @@ pub struct TrailmarkSdk {
     inner: native::Trailmark,
 }
 
-fn properties(json: &str) -> Result<Map<String, Value>, TrailmarkError> {
-    if json.trim().is_empty() {
-        return Ok(Map::new());
-    }
-    match serde_json::from_str::<Value>(json) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(TrailmarkError::InvalidInput { reason: "properties must be a JSON object".into() }),
-        Err(e) => Err(TrailmarkError::InvalidInput { reason: format!("properties are not JSON: {e}") }),
-    }
-}
-
 impl TrailmarkSdk {
-    /// Parses properties for a recording call; a bad value is counted as refused.
+    /// Parses properties for a recording call with the core's parser (empty text is an empty
+    /// object); a bad value is counted as refused.
     fn parsed(&self, json: &str) -> Option<Map<String, Value>> {
-        match properties(json) {
+        match protocol::parse_properties(json.as_bytes()) {
             Ok(p) => Some(p),
             Err(_) => {
                 self.inner.count_refusal();
@@ -238,33 +256,9 @@ impl TrailmarkSdk {
         config: TrailmarkConfig,
         transport: Option<Arc<dyn HttpTransport>>,
     ) -> Result<Arc<Self>, TrailmarkError> {
-        let mut c = Config::new(config.app_id, config.app_secret, config.endpoint);
-        c.require_consent = config.require_consent;
-        c.device_id = config.device_id;
-        c.advertising_id = config.advertising_id;
-        c.app.version = config.app_version;
-        c.device.os = config.os;
-        c.device.os_version = config.os_version;
-        c.device.model = config.model;
-        c.device.locale = config.locale;
-        c.device.timezone = config.timezone;
-        if let Some(name) = config.sdk_name {
-            c.sdk.name = name;
-        }
-        if let Some(version) = config.sdk_version {
-            c.sdk.version = version;
-        }
-        if let Some(n) = config.flush_at {
-            c.policy.flush_at = n as usize;
-        }
-        if let Some(ms) = config.flush_interval_ms {
-            c.policy.flush_interval = std::time::Duration::from_millis(ms);
-        }
-        if let Some(n) = config.max_queue_events {
-            c.policy.max_queue_events = n as usize;
-        }
-        let mut options = NativeOptions::new(config.db_path);
+        let mut options = NativeOptions::new(&config.db_path);
         options.uploader = transport.map(|t| Box::new(ForeignUploader(t)) as Box<dyn Uploader>);
+        let c = HostConfig::from(config).into_config();
         Ok(Arc::new(TrailmarkSdk { inner: native::Trailmark::start(c, options)? }))
     }
 

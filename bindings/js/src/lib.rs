@@ -3,65 +3,12 @@
 //! IndexedDB or localStorage). Calls and answers cross the boundary as strings and numbers;
 //! JSON for anything structured. Every decision is the core's; this crate only marshals.
 
-use std::time::Duration;
-
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use trailmark_core::engine::{Action, UploadOutcome};
 use trailmark_core::store::{EventStore, Snapshot, StoreError, StoredEvent, WriteBatch};
-use trailmark_core::{Config, ConsentUpdate, Engine, MemoryStore, Millis, pii, protocol};
+use trailmark_core::{ConsentUpdate, Engine, HostConfig, MemoryStore, Millis, pii, protocol};
 use wasm_bindgen::prelude::*;
-
-/// The page's configuration (the TypeScript layer maps its camelCase options to these).
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct WebConfig {
-    app_id: String,
-    app_secret: String,
-    endpoint: String,
-    require_consent: bool,
-    debug: bool,
-    device_id: Option<String>,
-    advertising_id: Option<String>,
-    app_version: Option<String>,
-    os: Option<String>,
-    os_version: Option<String>,
-    model: Option<String>,
-    locale: Option<String>,
-    timezone: Option<String>,
-    sdk_name: Option<String>,
-    sdk_version: Option<String>,
-    flush_at: Option<usize>,
-    flush_interval_ms: Option<u64>,
-    max_queue_events: Option<usize>,
-    max_batch_events: Option<usize>,
-}
-
-impl WebConfig {
-    fn into_config(self) -> Config {
-        let mut c = Config::new(self.app_id, self.app_secret, self.endpoint);
-        c.require_consent = self.require_consent;
-        c.debug = self.debug;
-        c.device_id = self.device_id;
-        c.advertising_id = self.advertising_id;
-        c.app.version = self.app_version;
-        c.device.os = self.os;
-        c.device.os_version = self.os_version;
-        c.device.model = self.model;
-        c.device.locale = self.locale;
-        c.device.timezone = self.timezone;
-        c.sdk.name = self.sdk_name.unwrap_or_else(|| "trailmark-web".into());
-        if let Some(v) = self.sdk_version {
-            c.sdk.version = v;
-        }
-        let p = &mut c.policy;
-        p.flush_at = self.flush_at.unwrap_or(p.flush_at);
-        p.flush_interval = self.flush_interval_ms.map(Duration::from_millis).unwrap_or(p.flush_interval);
-        p.max_queue_events = self.max_queue_events.unwrap_or(p.max_queue_events);
-        p.max_batch_events = self.max_batch_events.unwrap_or(p.max_batch_events);
-        c
-    }
-}
 
 /// One stored event as the page keeps it: the body is the event's JSON text.
 #[derive(Deserialize)]
@@ -158,8 +105,10 @@ impl Core {
     /// `Storage: ...`.
     #[wasm_bindgen(constructor)]
     pub fn new(config_json: &str, snapshot_json: &str, now: f64, seed: &[u8]) -> Result<Core, JsError> {
-        let config: WebConfig =
+        // The page's configuration: the TypeScript layer maps its camelCase options to these keys.
+        let mut config: HostConfig =
             serde_json::from_str(config_json).map_err(|e| JsError::new(&format!("InvalidConfig: {e}")))?;
+        config.sdk_name.get_or_insert_with(|| "trailmark-web".into());
         let snapshot: PageSnapshot = serde_json::from_str(snapshot_json).unwrap_or_default();
         let seed: [u8; 32] = seed.try_into().map_err(|_| JsError::new("InvalidConfig: the seed must be 32 bytes"))?;
         let mut memory = MemoryStore::new();

@@ -1,0 +1,157 @@
+//! The install-attribution request (`POST /v1/install`): when it goes, what it carries, and what
+//! the engine keeps of the server's answer.
+
+use chrono::DateTime;
+
+use super::consent::Collect;
+use super::record::{MAX_URL_LEN, clean_value};
+use super::state::PendingInstall;
+use super::upload::parse_retry_after;
+use super::{Engine, Millis, UploadOutcome, UploadTask, ms};
+use crate::protocol::{AttributionResult, InstallDevice, InstallRequest, Platform};
+use crate::store::EventStore;
+
+/// What the install request needs from [`Engine::poll`].
+pub(super) enum InstallStep {
+    Upload(UploadTask),
+    WaitUntil(Millis),
+    Nothing,
+}
+
+impl<S: EventStore> Engine<S> {
+    /// The install request goes first, once collection, uploads and attribution are allowed
+    /// (and, on Android, once the Play Install Referrer came or its wait ran out).
+    pub(super) fn poll_install(&mut self, now: Millis) -> InstallStep {
+        let Some((created, referrer_given)) =
+            self.state.install_request.as_ref().map(|p| (p.created, p.referrer_given))
+        else {
+            return InstallStep::Nothing;
+        };
+        let Some(platform) = self.config.install_platform() else { return InstallStep::Nothing };
+        let allowed =
+            self.uploads_allowed() && matches!(self.collection(), Collect::Queue) && self.attribution_allowed();
+        if !allowed || self.inflight.is_some() || self.install_inflight.is_some() {
+            return InstallStep::Nothing;
+        }
+        if let Some(t) = self.not_before.filter(|t| now < *t) {
+            return InstallStep::WaitUntil(t);
+        }
+        if platform == Platform::Android && !referrer_given {
+            let until = created + ms(self.config.policy.install_referrer_wait);
+            if now < until {
+                return InstallStep::WaitUntil(until);
+            }
+        }
+        match self.state.install_request.clone() {
+            Some(pending) => InstallStep::Upload(self.build_install(now, platform, pending)),
+            None => InstallStep::Nothing,
+        }
+    }
+
+    fn build_install(&mut self, now: Millis, platform: Platform, pending: PendingInstall) -> UploadTask {
+        let id = self.config.device_id.clone();
+        let ad = self.config.advertising_id.clone();
+        let (idfa, idfv, gaid, android_id) = match platform {
+            Platform::Ios => (ad, id, None, None),
+            Platform::Android => (None, None, ad, id),
+            Platform::Web => (None, None, None, None),
+        };
+        let d = &self.config.device;
+        let request = InstallRequest {
+            event_id: pending.event_id,
+            anonymous_id: self.state.anonymous_id.clone(),
+            timestamp: DateTime::from_timestamp_millis(pending.created).unwrap_or_default(),
+            platform,
+            device: InstallDevice {
+                idfa,
+                idfv,
+                gaid,
+                android_id,
+                os: d.os.clone(),
+                os_version: d.os_version.clone(),
+                model: d.model.clone(),
+                locale: d.locale.clone(),
+                timezone: d.timezone.clone(),
+                screen: d.screen,
+            },
+            install_referrer: pending.referrer,
+            referrer_click_ts: pending.referrer_click_ts,
+            install_begin_ts: pending.install_begin_ts,
+            click_id: pending.click_id,
+        };
+        // Serialising plain data cannot fail.
+        let body = serde_json::to_vec(&request).unwrap_or_default();
+        let headers = self.signed_headers(now, &body);
+        let batch_id = self.next_batch_id;
+        self.next_batch_id += 1;
+        self.install_inflight = Some(batch_id);
+        self.state.stats.uploads += 1;
+        self.state_dirty = true;
+        self.log(|| format!("install request {batch_id} ({} bytes)", body.len()));
+        UploadTask { batch_id, url: self.install_url.clone(), headers, body, event_count: 0 }
+    }
+
+    /// The server's answer to the install request: kept on success; dropped when the server
+    /// refuses it as invalid; retried with the events' backoff otherwise.
+    pub(super) fn install_reported(&mut self, now: Millis, outcome: UploadOutcome) {
+        let parsed = match &outcome {
+            UploadOutcome::Response { status: 200..=299, body, .. } => {
+                serde_json::from_slice::<AttributionResult>(body).ok()
+            }
+            _ => None,
+        };
+        if let Some(result) = parsed {
+            self.state.attribution = serde_json::to_string(&result).ok();
+            self.state.install_request = None;
+            self.retry = None;
+            self.not_before = None;
+            self.state_dirty = true;
+            self.log(|| format!("install attributed: {}", result.match_type.as_str()));
+            let _ = self.persist();
+            return;
+        }
+        match &outcome {
+            UploadOutcome::Response { status: 401 | 403, .. } => self.pause_for_auth(now, "install request"),
+            UploadOutcome::Response { status: status @ 400..=499, .. } if !matches!(status, 408 | 429) => {
+                let status = *status;
+                self.state.install_request = None;
+                self.state.stats.rejected_by_server += 1;
+                self.state_dirty = true;
+                self.log(|| format!("install request refused with HTTP {status}; not retried"));
+                let _ = self.persist();
+            }
+            UploadOutcome::Response { retry_after, .. } => {
+                let after = retry_after.as_deref().and_then(|v| parse_retry_after(v, now));
+                self.schedule_retry(now, after, &format!("install request failed ({outcome:?})"));
+            }
+            UploadOutcome::NetworkError(e) => self.schedule_retry(now, None, &format!("install request failed: {e}")),
+        }
+    }
+
+    /// The Play Install Referrer (Android) for the install request, or `None` when the
+    /// platform said it is unavailable; the request then goes without waiting.
+    pub fn set_install_referrer(
+        &mut self,
+        _now: Millis,
+        referrer: Option<&str>,
+        click_ts: Option<Millis>,
+        install_begin_ts: Option<Millis>,
+    ) {
+        let Some(pending) = self.state.install_request.as_mut() else { return };
+        pending.referrer = referrer.map(|r| clean_value(r, MAX_URL_LEN)).filter(|r| !r.is_empty());
+        pending.referrer_click_ts = click_ts;
+        pending.install_begin_ts = install_begin_ts;
+        pending.referrer_given = true;
+        self.state_dirty = true;
+    }
+
+    /// The install's attribution, once the server answered the install request.
+    pub fn attribution(&self) -> Option<AttributionResult> {
+        self.state.attribution.as_deref().and_then(|a| serde_json::from_str(a).ok())
+    }
+
+    /// True while the install request waits to be sent or answered.
+    pub fn install_pending(&self) -> bool {
+        self.state.install_request.is_some()
+    }
+}

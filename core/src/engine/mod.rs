@@ -1,0 +1,279 @@
+//! The sans-IO engine: every SDK call goes in with the current time, every upload comes out as a
+//! task, every upload result goes back in. No threads, clocks, sockets or files in here.
+
+mod consent;
+mod install;
+mod queue;
+mod record;
+mod state;
+mod types;
+mod upload;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde_json::Map;
+
+pub use types::{Action, ConsentUpdate, Logger, Millis, OpenError, Stats, UploadOutcome, UploadTask};
+pub use upload::parse_retry_after;
+
+use self::consent::Collect;
+use self::state::{PendingInstall, State};
+use self::upload::InFlight;
+use crate::config::{Config, TrackLimits};
+use crate::protocol::{ConsentContext, Context, DropReport};
+use crate::store::{EventStore, IndexEntry, StoreError, WriteBatch};
+
+/// The SDK engine over a store `S`.
+pub struct Engine<S: EventStore> {
+    config: Config,
+    upload_url: String,
+    install_url: String,
+    limits: TrackLimits,
+    base_context: Context,
+    store: S,
+    rng: ChaCha20Rng,
+    state: State,
+    state_dirty: bool,
+    /// The upload queue, oldest first. While a batch is in flight it is this queue's prefix.
+    queue: VecDeque<IndexEntry>,
+    /// The pre-consent buffer, oldest first.
+    held: VecDeque<IndexEntry>,
+    /// Changes not committed yet; `inserts` stay ordered by `seq`.
+    pending: WriteBatch,
+    inflight: Option<InFlight>,
+    /// The batch id of the install request in flight.
+    install_inflight: Option<u64>,
+    next_batch_id: u64,
+    retry: Option<backon::ExponentialBackoff>,
+    not_before: Option<Millis>,
+    batch_limit: usize,
+    flush_deadline: Option<Millis>,
+    draining: bool,
+    /// The newest event sent in a beacon (beacons never repeat an event).
+    beaconed_through: u64,
+    logger: Option<Logger>,
+}
+
+fn new_uuid(rng: &mut ChaCha20Rng) -> uuid::Uuid {
+    let mut bytes = [0u8; 16];
+    rng.fill_bytes(&mut bytes);
+    uuid::Builder::from_random_bytes(bytes).into_uuid()
+}
+
+fn ms(d: Duration) -> Millis {
+    d.as_millis().min(i64::MAX as u128) as Millis
+}
+
+impl<S: EventStore> Engine<S> {
+    /// Opens the engine on `store`. `seed` must be fresh randomness on every open (ids and retry
+    /// jitter derive from it); tests pass fixed seeds for reproducible runs. Records the
+    /// `install` event on the first open of an installation.
+    pub fn open(config: Config, mut store: S, now: Millis, seed: [u8; 32]) -> Result<Self, OpenError> {
+        let upload_url = config.validate()?.to_string();
+        let limits = TrackLimits::for_config(&config);
+        let snapshot = store.load()?;
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut state_dirty = false;
+        let stored_state = snapshot.state.as_deref().and_then(|b| serde_json::from_slice::<State>(b).ok());
+        let corrupt_state = snapshot.state.is_some() && stored_state.is_none();
+        let mut state = stored_state.unwrap_or_else(|| {
+            state_dirty = true;
+            State {
+                anonymous_id: new_uuid(&mut rng).to_string(),
+                user_id: None,
+                consent: ConsentContext::default(),
+                opted_out: false,
+                installed: false,
+                session: None,
+                unreported: DropReport::default(),
+                next_seq: 1,
+                stats: Stats::default(),
+                install_request: None,
+                attribution: None,
+            }
+        });
+        let max_seq = snapshot.entries.iter().map(|e| e.seq).max().unwrap_or(0);
+        state.next_seq = state.next_seq.max(max_seq + 1);
+        let (held, queue): (Vec<_>, Vec<_>) = snapshot.entries.into_iter().partition(|e| e.held);
+        let base_context = Context {
+            app: Some(config.app.clone()).filter(|a| *a != Default::default()),
+            device: Some(config.device.clone()).filter(|d| *d != Default::default()),
+            campaign: None,
+            consent: None,
+            sdk: Some(config.sdk.clone()),
+        };
+        let install_url = config.install_url();
+        let mut engine = Engine {
+            batch_limit: config.policy.max_batch_events,
+            config,
+            upload_url,
+            install_url,
+            limits,
+            base_context,
+            store,
+            rng,
+            state,
+            state_dirty,
+            queue: queue.into(),
+            held: held.into(),
+            pending: WriteBatch::default(),
+            inflight: None,
+            install_inflight: None,
+            next_batch_id: 1,
+            retry: None,
+            not_before: None,
+            flush_deadline: None,
+            draining: false,
+            beaconed_through: 0,
+            logger: None,
+        };
+        if !engine.queue.is_empty() {
+            // Whatever survived a restart goes out on the first poll.
+            engine.flush_deadline = Some(now);
+        }
+        if corrupt_state {
+            // The queue exists, so this installation did start before: no second install.
+            engine.state.installed = true;
+            engine.state.stats.store_errors += 1;
+        }
+        // A cap lowered in the configuration applies at once.
+        engine.enforce_caps();
+        if !engine.state.installed && !engine.state.opted_out {
+            engine.state.installed = true;
+            engine.state_dirty = true;
+            let _ = engine.record(now, "install", Map::new(), None);
+            if engine.config.install_request && engine.config.install_platform().is_some() {
+                let event_id = new_uuid(&mut engine.rng);
+                engine.state.install_request = Some(PendingInstall {
+                    event_id,
+                    created: now,
+                    referrer: None,
+                    referrer_click_ts: None,
+                    install_begin_ts: None,
+                    referrer_given: false,
+                    click_id: None,
+                });
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Receives a line for every engine decision when `config.debug` is set.
+    pub fn set_logger(&mut self, logger: Option<Logger>) {
+        self.logger = logger;
+    }
+
+    fn log(&mut self, message: impl FnOnce() -> String) {
+        if let Some(logger) = self.logger.as_mut().filter(|_| self.config.debug) {
+            logger(&message());
+        }
+    }
+
+    /// The checks `track` runs, for drivers that want to refuse on the caller's thread.
+    pub fn limits(&self) -> TrackLimits {
+        self.limits
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Uploads everything queued as soon as possible and makes every recorded event durable.
+    pub fn flush(&mut self, _now: Millis) -> Result<(), StoreError> {
+        self.draining = true;
+        self.persist()
+    }
+
+    /// The app came to the foreground: starts a new session if the last one timed out.
+    pub fn on_foreground(&mut self, now: Millis) {
+        if matches!(self.collection(), Collect::Queue | Collect::Hold) {
+            self.ensure_session(now);
+        }
+    }
+
+    /// The app went to the background: marks the session's last activity and flushes.
+    pub fn on_background(&mut self, now: Millis) {
+        if let Some(s) = self.state.session.as_mut() {
+            s.last_activity = s.last_activity.max(now);
+            self.state_dirty = true;
+        }
+        self.draining = true;
+        let _ = self.persist();
+    }
+
+    /// Commits every pending change in one atomic write. Drivers call it after each burst of
+    /// calls; `poll`, `flush` and acknowledgements call it themselves.
+    pub fn persist(&mut self) -> Result<(), StoreError> {
+        if self.state_dirty {
+            self.pending.state = Some(serde_json::to_vec(&self.state).unwrap_or_default());
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        match self.store.commit(&self.pending) {
+            Ok(()) => {
+                self.pending = WriteBatch::default();
+                self.state_dirty = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.state.stats.store_errors += 1;
+                let text = e.to_string();
+                self.log(|| format!("commit failed, will retry: {text}"));
+                Err(e)
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Inspection
+    // ----------------------------------------------------------------------------------------
+
+    pub fn stats(&self) -> Stats {
+        Stats {
+            queued: self.queue.len() as u64,
+            held: self.held.len() as u64,
+            in_flight: self.inflight.as_ref().map_or(0, |f| f.seqs.len() as u64)
+                + self.install_inflight.is_some() as u64,
+            ..self.state.stats
+        }
+    }
+
+    pub fn anonymous_id(&self) -> &str {
+        &self.state.anonymous_id
+    }
+
+    pub fn user_id(&self) -> Option<&str> {
+        self.state.user_id.as_deref()
+    }
+
+    pub fn session_id(&self) -> Option<&str> {
+        self.state.session.as_ref().map(|s| s.id.as_str())
+    }
+
+    pub fn consent(&self) -> ConsentContext {
+        self.state.consent
+    }
+
+    pub fn is_opted_out(&self) -> bool {
+        self.state.opted_out
+    }
+
+    /// Local drops that the next batch will report.
+    pub fn unreported_drops(&self) -> DropReport {
+        self.state.unreported
+    }
+
+    /// The store, for drivers whose store collects side effects (the web store's outbox).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Gives the store back (tests use it to simulate a crash: pending changes are lost).
+    pub fn into_store(self) -> S {
+        self.store
+    }
+}

@@ -1,0 +1,338 @@
+//! Recording calls: `track`, `screen`, `page`, `identify`, `alias`, deep links and web page
+//! views, and how an event that passed validation is built, sessioned and queued.
+
+use chrono::DateTime;
+use serde_json::{Map, Value};
+
+use super::consent::Collect;
+use super::state::Session;
+use super::{Engine, Millis, ms, new_uuid};
+use crate::config::MAX_CAMPAIGN_VALUE_LEN;
+use crate::pii;
+use crate::protocol::{self, CampaignContext, ContextRef, EventRef, MAX_EVENT_BYTES, ValidationError};
+use crate::store::{EventStore, StoredEvent};
+
+/// Longest deep-link URL kept in a `deep_link_opened` event.
+pub(super) const MAX_URL_LEN: usize = 2048;
+
+impl<S: EventStore> Engine<S> {
+    /// Tracks a custom event. The size limit is checked exactly on the built event; drivers
+    /// that refuse early use the (slightly stricter) [`TrackLimits`](crate::config::TrackLimits).
+    pub fn track(
+        &mut self,
+        now: Millis,
+        event_type: &str,
+        properties: Map<String, Value>,
+    ) -> Result<(), ValidationError> {
+        let checked = protocol::validate_event_type(event_type).and_then(|_| protocol::validate_depth(&properties));
+        self.guard(checked)?;
+        let recorded = self.record(now, event_type, properties, None);
+        self.guard(recorded)
+    }
+
+    /// Tracks from untrusted bytes (the FFI and wasm path): the type and properties must be UTF-8,
+    /// the properties a JSON object.
+    pub fn track_bytes(
+        &mut self,
+        now: Millis,
+        event_type: &[u8],
+        properties_json: &[u8],
+    ) -> Result<(), ValidationError> {
+        let parsed = std::str::from_utf8(event_type)
+            .map_err(|_| ValidationError::InvalidUtf8)
+            .and_then(|t| protocol::parse_properties(properties_json).map(|p| (t, p)));
+        let (event_type, properties) = self.guard(parsed)?;
+        self.track(now, event_type, properties)
+    }
+
+    /// Counts a call a driver refused before it reached the engine (same counters as `track`).
+    pub fn record_refusal(&mut self) {
+        self.state.stats.refused_invalid += 1;
+        self.state.unreported.invalid += 1;
+        self.state_dirty = true;
+    }
+
+    /// Counts events a driver had to drop because the engine could not keep up.
+    pub fn record_backpressure(&mut self, count: u64) {
+        self.state.stats.dropped_backpressure += count;
+        self.state.unreported.backpressure += count;
+        self.state_dirty = true;
+    }
+
+    fn guard<T>(&mut self, result: Result<T, ValidationError>) -> Result<T, ValidationError> {
+        if let Err(e) = &result {
+            self.record_refusal();
+            let e = e.to_string();
+            self.log(|| format!("refused call: {e}"));
+        }
+        result
+    }
+
+    /// A `screen_view` with the screen's name in `properties.name`.
+    pub fn screen(&mut self, now: Millis, name: &str, properties: Map<String, Value>) -> Result<(), ValidationError> {
+        self.named_view(now, "screen_view", "screen name", name, properties)
+    }
+
+    /// A `page_view` with the page's name in `properties.name`.
+    pub fn page(&mut self, now: Millis, name: &str, properties: Map<String, Value>) -> Result<(), ValidationError> {
+        self.named_view(now, "page_view", "page name", name, properties)
+    }
+
+    fn named_view(
+        &mut self,
+        now: Millis,
+        event_type: &str,
+        field: &'static str,
+        name: &str,
+        mut properties: Map<String, Value>,
+    ) -> Result<(), ValidationError> {
+        let checked = protocol::validate_id(field, name);
+        self.guard(checked)?;
+        properties.insert("name".into(), Value::String(name.to_owned()));
+        self.track(now, event_type, properties)
+    }
+
+    /// Sets the user id and sends an `identify` event with `traits`. Traits `email` and `phone`
+    /// are replaced by `email_sha256` / `phone_sha256`; one that cannot be normalised is dropped
+    /// (never sent raw) and counted as refused.
+    pub fn identify(
+        &mut self,
+        now: Millis,
+        user_id: &str,
+        mut traits: Map<String, Value>,
+    ) -> Result<(), ValidationError> {
+        let checked = protocol::validate_id("user_id", user_id);
+        self.guard(checked)?;
+        for (key, hash) in [("email", pii::hash_email as fn(&str) -> _), ("phone", pii::hash_phone)] {
+            let Some(raw) = traits.remove(key) else { continue };
+            let hashed = match &raw {
+                Value::String(s) => hash(s).map_err(|e| e.to_string()),
+                _ => Err("not a string".to_owned()),
+            };
+            match hashed {
+                Ok(h) => {
+                    traits.insert(format!("{key}_sha256"), Value::String(h));
+                }
+                Err(reason) => {
+                    self.record_refusal();
+                    self.log(|| format!("identify: dropped trait {key}: {reason}"));
+                }
+            }
+        }
+        let checked = protocol::validate_depth(&traits);
+        self.guard(checked)?;
+        if self.collection() == Collect::Ignore {
+            // Without consent the identity is not even remembered.
+            self.ignore("identify");
+            return Ok(());
+        }
+        let previous = self.state.user_id.replace(user_id.to_owned());
+        self.state_dirty = true;
+        let recorded = self.record(now, "identify", traits, None);
+        if recorded.is_err() {
+            self.state.user_id = previous;
+        }
+        self.guard(recorded)
+    }
+
+    /// Links the current identity to `new_user_id` and sends an `alias` event carrying
+    /// `previous_id` (the former user id, or the anonymous id).
+    pub fn alias(&mut self, now: Millis, new_user_id: &str) -> Result<(), ValidationError> {
+        let checked = protocol::validate_id("user_id", new_user_id);
+        self.guard(checked)?;
+        if self.collection() == Collect::Ignore {
+            self.ignore("alias");
+            return Ok(());
+        }
+        let previous = self.state.user_id.clone().unwrap_or_else(|| self.state.anonymous_id.clone());
+        let mut props = Map::new();
+        props.insert("previous_id".into(), Value::String(previous));
+        self.state.user_id = Some(new_user_id.to_owned());
+        self.state_dirty = true;
+        let _ = self.record(now, "alias", props, None);
+        Ok(())
+    }
+
+    /// Handles a deep link that opened the app: captures `tm_click_id` and `utm_*` and records a
+    /// `deep_link_opened` re-engagement touchpoint carrying them in `context.campaign`.
+    pub fn handle_open_url(&mut self, now: Millis, url: &str) -> Result<(), ValidationError> {
+        let parsed = self.parse_url(url)?;
+        let campaign = campaign_from_url(&parsed);
+        if let (Some(pending), Some(click)) = (self.state.install_request.as_mut(), &campaign.click_id) {
+            // A deep link that opened the app before its install was reported names the click.
+            if pending.click_id.is_none() {
+                pending.click_id = Some(click.clone());
+                self.state_dirty = true;
+            }
+        }
+        let mut props = Map::new();
+        props.insert("url".into(), Value::String(clean_value(url, MAX_URL_LEN)));
+        let campaign = (!campaign.is_empty()).then_some(campaign);
+        let _ = self.record(now, "deep_link_opened", props, campaign);
+        Ok(())
+    }
+
+    /// A web page view read from the page's location: a `page_view` whose properties hold `url`,
+    /// `path`, `search`, `title` and `referrer` (as Segment's `page` does) plus `properties`,
+    /// which win on a clash; `name` is the path. The location's `utm_*` and `tm_click_id` go in
+    /// `context.campaign` (sent only with attribution consent, like a deep link's).
+    pub fn page_view(
+        &mut self,
+        now: Millis,
+        url: &str,
+        title: Option<&str>,
+        referrer: Option<&str>,
+        properties: Map<String, Value>,
+    ) -> Result<(), ValidationError> {
+        let parsed = self.parse_url(url)?;
+        let checked = protocol::validate_depth(&properties);
+        self.guard(checked)?;
+        let campaign = campaign_from_url(&parsed);
+        let path = clean_value(parsed.path(), protocol::MAX_ID_LEN);
+        let mut props = Map::new();
+        props.insert("name".into(), Value::String(path.clone()));
+        props.insert("path".into(), Value::String(path));
+        props.insert("url".into(), Value::String(clean_value(url, MAX_URL_LEN)));
+        let search = parsed.query().map(|q| format!("?{q}")).unwrap_or_default();
+        props.insert("search".into(), Value::String(clean_value(&search, MAX_URL_LEN)));
+        if let Some(title) = title.map(|t| clean_value(t, MAX_URL_LEN)).filter(|t| !t.is_empty()) {
+            props.insert("title".into(), Value::String(title));
+        }
+        if let Some(referrer) = referrer.map(|r| clean_value(r, MAX_URL_LEN)).filter(|r| !r.is_empty()) {
+            props.insert("referrer".into(), Value::String(referrer));
+        }
+        props.extend(properties);
+        let campaign = (!campaign.is_empty()).then_some(campaign);
+        let recorded = self.record(now, "page_view", props, campaign);
+        self.guard(recorded)
+    }
+
+    fn parse_url(&mut self, url: &str) -> Result<url::Url, ValidationError> {
+        let parsed =
+            url::Url::parse(url).map_err(|e| ValidationError::InvalidField { field: "url", reason: e.to_string() });
+        self.guard(parsed)
+    }
+
+    /// Records an event that passed validation, starting a session first when needed. Fails
+    /// only when the built event exceeds the size limit (nothing is recorded then).
+    pub(super) fn record(
+        &mut self,
+        now: Millis,
+        event_type: &str,
+        properties: Map<String, Value>,
+        campaign: Option<CampaignContext>,
+    ) -> Result<(), ValidationError> {
+        let held = match self.collection() {
+            Collect::Queue => false,
+            Collect::Hold => true,
+            Collect::Ignore => {
+                self.ignore(event_type);
+                return Ok(());
+            }
+        };
+        self.ensure_session(now);
+        self.push_event(now, event_type, properties, campaign, held)
+    }
+
+    pub(super) fn ensure_session(&mut self, now: Millis) {
+        let timeout = ms(self.config.policy.session_timeout);
+        match self.state.session.as_mut() {
+            Some(s) if now.saturating_sub(s.last_activity) <= timeout => {
+                s.last_activity = s.last_activity.max(now);
+            }
+            _ => {
+                let id = new_uuid(&mut self.rng).to_string();
+                self.state.session = Some(Session { id, last_activity: now });
+                let held = matches!(self.collection(), Collect::Hold);
+                let _ = self.push_event(now, "session_start", Map::new(), None, held);
+            }
+        }
+        self.state_dirty = true;
+    }
+
+    fn push_event(
+        &mut self,
+        now: Millis,
+        event_type: &str,
+        properties: Map<String, Value>,
+        campaign: Option<CampaignContext>,
+        held: bool,
+    ) -> Result<(), ValidationError> {
+        // Attribution data is always kept on the device; whether it leaves the device is decided
+        // at upload time by the consent in force then (see `build_upload`).
+        let consent = self.state.consent;
+        let event = EventRef {
+            event_id: new_uuid(&mut self.rng),
+            event_type,
+            timestamp: DateTime::from_timestamp_millis(now).unwrap_or_default(),
+            anonymous_id: &self.state.anonymous_id,
+            user_id: self.state.user_id.as_deref(),
+            device_id: self.config.device_id.as_deref(),
+            session_id: self.state.session.as_ref().map(|s| s.id.as_str()),
+            properties: &properties,
+            context: ContextRef {
+                app: self.base_context.app.as_ref(),
+                device: self.base_context.device.as_ref(),
+                campaign: campaign.as_ref(),
+                consent: Some(&consent),
+                sdk: self.base_context.sdk.as_ref(),
+            },
+        };
+        // Serialising a map of JSON values and plain strings cannot fail.
+        let body = serde_json::to_vec(&event).unwrap_or_default();
+        if body.len() > MAX_EVENT_BYTES {
+            return Err(ValidationError::TooLarge { size: body.len(), limit: MAX_EVENT_BYTES });
+        }
+        let seq = self.state.next_seq;
+        self.state.next_seq += 1;
+        let stored = StoredEvent { seq, held, created_at: now, body };
+        let entry = stored.index_entry();
+        self.pending.inserts.push(stored);
+        self.state.stats.recorded += 1;
+        self.state_dirty = true;
+        if held {
+            self.held.push_back(entry);
+        } else {
+            if self.queue.is_empty() {
+                self.flush_deadline = Some(now + ms(self.config.policy.flush_interval));
+            }
+            self.queue.push_back(entry);
+        }
+        self.enforce_caps();
+        Ok(())
+    }
+}
+
+/// The `tm_click_id` and `utm_*` parameters of a URL (cleaned and cut to
+/// [`MAX_CAMPAIGN_VALUE_LEN`]).
+fn campaign_from_url(url: &url::Url) -> CampaignContext {
+    let mut campaign = CampaignContext::default();
+    for (key, value) in url.query_pairs() {
+        let slot = match key.as_ref() {
+            "tm_click_id" => &mut campaign.click_id,
+            "utm_source" => &mut campaign.utm_source,
+            "utm_medium" => &mut campaign.utm_medium,
+            "utm_campaign" => &mut campaign.utm_campaign,
+            "utm_term" => &mut campaign.utm_term,
+            "utm_content" => &mut campaign.utm_content,
+            _ => continue,
+        };
+        let clean = clean_value(&value, MAX_CAMPAIGN_VALUE_LEN);
+        if !clean.is_empty() {
+            *slot = Some(clean);
+        }
+    }
+    campaign
+}
+
+/// Trims to `max` bytes at a character boundary and removes control characters.
+pub(super) fn clean_value(value: &str, max: usize) -> String {
+    let mut out = String::with_capacity(value.len().min(max));
+    for c in value.chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
+}

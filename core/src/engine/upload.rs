@@ -1,0 +1,371 @@
+//! The upload cycle: `poll` hands out batches, `report` takes their results (acknowledge, split,
+//! pause or retry with backoff), `beacon` sends a last batch from a page going away.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use chrono::DateTime;
+use rand_core::RngCore;
+use serde_json::Value;
+
+use super::install::InstallStep;
+use super::{Action, Engine, Millis, UploadOutcome, UploadTask, ms};
+use crate::protocol::{self, DropReport, IngestResponse, MAX_BATCH_BYTES};
+use crate::store::EventStore;
+
+/// Bytes reserved in a batch for everything around the events (`sent_at`, `dropped`).
+const ENVELOPE_RESERVE: usize = 1024;
+/// Wait before retrying after a storage failure.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub(super) struct InFlight {
+    batch_id: u64,
+    pub(super) seqs: Vec<u64>,
+    reported: DropReport,
+}
+
+/// How the engine reads an upload result.
+enum Verdict {
+    /// Acknowledged. `read` is false when the server refused the request without reading it
+    /// (a lone event too large), so the drop report it carried did not arrive.
+    Ack {
+        response: IngestResponse,
+        read: bool,
+    },
+    Split,
+    AuthPause,
+    Retry(Option<Duration>),
+}
+
+impl<S: EventStore> Engine<S> {
+    /// Persists what is pending and says what the driver should do next.
+    pub fn poll(&mut self, now: Millis) -> Action {
+        self.expire(now);
+        if self.persist().is_err() {
+            return Action::Wait(STORE_RETRY);
+        }
+        let wake = match self.poll_install(now) {
+            InstallStep::Upload(task) => return Action::Upload(task),
+            InstallStep::WaitUntil(t) => Some(Duration::from_millis((t - now).max(0) as u64)),
+            InstallStep::Nothing => None,
+        };
+        match (self.poll_events(now), wake) {
+            (Action::Idle, Some(d)) => Action::Wait(d),
+            (Action::Wait(d), Some(w)) => Action::Wait(d.min(w)),
+            (action, _) => action,
+        }
+    }
+
+    fn poll_events(&mut self, now: Millis) -> Action {
+        if self.queue.is_empty() {
+            self.draining = false;
+            self.flush_deadline = None;
+            return Action::Idle;
+        }
+        if self.inflight.is_some() || self.install_inflight.is_some() || !self.uploads_allowed() {
+            return Action::Idle;
+        }
+        if let Some(t) = self.not_before {
+            if now < t {
+                return Action::Wait(Duration::from_millis((t - now) as u64));
+            }
+            self.not_before = None;
+        }
+        let deadline = *self.flush_deadline.get_or_insert(now + ms(self.config.policy.flush_interval));
+        let due = self.draining || self.queue.len() >= self.config.policy.flush_at || now >= deadline;
+        if !due {
+            return Action::Wait(Duration::from_millis((deadline - now) as u64));
+        }
+        self.build_upload(now)
+    }
+
+    fn build_upload(&mut self, now: Millis) -> Action {
+        let limit = self.batch_limit.min(self.config.policy.max_batch_events);
+        let mut bytes = ENVELOPE_RESERVE;
+        let mut seqs = Vec::new();
+        for e in self.queue.iter().take(limit) {
+            if !seqs.is_empty() && bytes + e.size as usize + 1 > MAX_BATCH_BYTES {
+                break;
+            }
+            bytes += e.size as usize + 1;
+            seqs.push(e.seq);
+        }
+        let bodies = match self.store.read(&seqs) {
+            Ok(b) => b,
+            Err(e) => {
+                self.state.stats.store_errors += 1;
+                self.log(|| format!("store read failed: {e}"));
+                return Action::Wait(STORE_RETRY);
+            }
+        };
+        if bodies.len() != seqs.len() {
+            // Rows vanished under us (external tampering): forget them so the queue moves on.
+            let found: BTreeSet<u64> = bodies.iter().map(|(s, _)| *s).collect();
+            let missing = seqs.len() - found.len();
+            self.queue.retain(|e| !seqs.contains(&e.seq) || found.contains(&e.seq));
+            self.state.stats.store_errors += missing as u64;
+            self.state_dirty = true;
+            self.log(|| format!("{missing} queued events missing from the store"));
+            return Action::Wait(Duration::ZERO);
+        }
+        let reported = self.state.unreported;
+        let body = self.batch_body(now, &bodies, bytes, Some(reported));
+        let headers = self.signed_headers(now, &body);
+        let batch_id = self.next_batch_id;
+        self.next_batch_id += 1;
+        let event_count = seqs.len();
+        self.inflight = Some(InFlight { batch_id, seqs, reported });
+        self.state.stats.uploads += 1;
+        self.state_dirty = true;
+        self.log(|| format!("upload batch {batch_id}: {event_count} events, {} bytes", body.len()));
+        Action::Upload(UploadTask { batch_id, url: self.upload_url.clone(), headers, body, event_count })
+    }
+
+    /// The batch envelope: `{"sent_at", "batch": [...], "dropped"?}`. Events leave the device
+    /// without `device_id` and `context.campaign` unless attribution consent allows them.
+    fn batch_body(
+        &self,
+        now: Millis,
+        bodies: &[(u64, Vec<u8>)],
+        capacity: usize,
+        dropped: Option<DropReport>,
+    ) -> Vec<u8> {
+        let strip = !self.attribution_allowed();
+        let sent_at = protocol::format_millis(now);
+        let mut body = Vec::with_capacity(capacity);
+        body.extend_from_slice(b"{\"sent_at\":\"");
+        body.extend_from_slice(sent_at.as_bytes());
+        body.extend_from_slice(b"\",\"batch\":[");
+        for (i, (_, event)) in bodies.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            if strip {
+                body.extend_from_slice(&strip_attribution(event));
+            } else {
+                body.extend_from_slice(event);
+            }
+        }
+        body.push(b']');
+        if let Some(reported) = dropped.filter(|r| !r.is_empty()) {
+            body.extend_from_slice(b",\"dropped\":");
+            body.extend_from_slice(&serde_json::to_vec(&reported).unwrap_or_else(|_| b"{}".to_vec()));
+        }
+        body.push(b'}');
+        body
+    }
+
+    /// A last-chance upload for a page that is going away (`navigator.sendBeacon`): the queued
+    /// events not in flight and not in an earlier beacon, up to `max_bytes` of body, signed in
+    /// the URL's query (`tm_app`, `tm_ts`, `tm_sig`) because a beacon cannot carry headers.
+    /// Its answer is never seen, so the events stay queued: if the page comes back they go
+    /// out again and the server keeps one copy of each (it dedups on `event_id`). Drop counts
+    /// wait for a normal upload. `None` when there is nothing to send or uploads are not allowed.
+    pub fn beacon(&mut self, now: Millis, max_bytes: usize) -> Option<UploadTask> {
+        if !self.uploads_allowed() || self.persist().is_err() {
+            return None;
+        }
+        let skip = self.inflight_len();
+        let limit = max_bytes.min(MAX_BATCH_BYTES);
+        let mut bytes = ENVELOPE_RESERVE;
+        let mut seqs = Vec::new();
+        for e in self.queue.iter().skip(skip).filter(|e| e.seq > self.beaconed_through) {
+            if seqs.len() == self.config.policy.max_batch_events || bytes + e.size as usize + 1 > limit {
+                break;
+            }
+            bytes += e.size as usize + 1;
+            seqs.push(e.seq);
+        }
+        let last = *seqs.last()?;
+        let bodies = match self.store.read(&seqs) {
+            Ok(b) => b,
+            Err(_) => {
+                self.state.stats.store_errors += 1;
+                return None;
+            }
+        };
+        let body = self.batch_body(now, &bodies, bytes, None);
+        let ts = now.div_euclid(1000);
+        let signature = protocol::sign(self.config.app_secret.as_bytes(), ts, &body);
+        let url = url::Url::parse_with_params(
+            &self.upload_url,
+            [
+                (protocol::QUERY_APP, self.config.app_id.as_str()),
+                (protocol::QUERY_TIMESTAMP, ts.to_string().as_str()),
+                (protocol::QUERY_SIGNATURE, signature.as_str()),
+            ],
+        )
+        .ok()?;
+        self.beaconed_through = last;
+        self.state.stats.beacons += 1;
+        self.state_dirty = true;
+        let batch_id = self.next_batch_id;
+        self.next_batch_id += 1;
+        let event_count = bodies.len();
+        self.log(|| format!("beacon {batch_id}: {event_count} events, {} bytes", body.len()));
+        // A string body: sendBeacon sends it as text/plain, which needs no CORS preflight.
+        let headers = vec![("Content-Type".to_owned(), "text/plain;charset=UTF-8".to_owned())];
+        Some(UploadTask { batch_id, url: url.into(), headers, body, event_count })
+    }
+
+    /// Reports the result of the upload `batch_id`. Events leave the queue only when the server
+    /// acknowledged them (accepted, duplicate, or rejected as invalid).
+    pub fn report(&mut self, now: Millis, batch_id: u64, outcome: UploadOutcome) {
+        if self.install_inflight == Some(batch_id) {
+            self.install_inflight = None;
+            self.install_reported(now, outcome);
+            return;
+        }
+        let Some(flight) = self.inflight.take_if(|f| f.batch_id == batch_id) else {
+            self.log(|| format!("report for unknown batch {batch_id} ignored"));
+            return;
+        };
+        let n = flight.seqs.len();
+        match self.verdict(now, &outcome, n) {
+            Verdict::Ack { response, read } => self.acknowledge(now, flight, response, read),
+            Verdict::Split => {
+                self.batch_limit = (n / 2).max(1);
+                self.log(|| {
+                    format!("batch {batch_id} refused as a whole ({outcome:?}); retrying {} at a time", (n / 2).max(1))
+                });
+            }
+            Verdict::AuthPause => self.pause_for_auth(now, &format!("batch {batch_id}")),
+            Verdict::Retry(retry_after) => {
+                self.schedule_retry(now, retry_after, &format!("batch {batch_id} failed ({outcome:?})"))
+            }
+        }
+    }
+
+    fn verdict(&self, now: Millis, outcome: &UploadOutcome, n: usize) -> Verdict {
+        match outcome {
+            UploadOutcome::NetworkError(_) => Verdict::Retry(None),
+            UploadOutcome::Response { status, retry_after, body } => match *status {
+                200..=299 if body.iter().all(u8::is_ascii_whitespace) => {
+                    Verdict::Ack { response: IngestResponse::default(), read: true }
+                }
+                200..=299 => match serde_json::from_slice::<IngestResponse>(body) {
+                    Ok(response) => Verdict::Ack { response, read: true },
+                    // A 2xx that is not our protocol (a captive portal, a misrouted proxy) did
+                    // not store anything: keep the events and retry.
+                    Err(_) => Verdict::Retry(None),
+                },
+                // Too large as a whole: halve until the culprit is alone, then drop it.
+                413 if n > 1 => Verdict::Split,
+                413 => Verdict::Ack {
+                    response: IngestResponse {
+                        accepted: 0,
+                        duplicates: 0,
+                        rejected: vec![protocol::Rejection { index: 0, reason: "HTTP 413".into() }],
+                    },
+                    read: false,
+                },
+                401 | 403 => Verdict::AuthPause,
+                // 400 and every other status: the request may be fine and the server (or a proxy
+                // before it) wrong. Nothing is dropped for it; retry with backoff.
+                _ => Verdict::Retry(retry_after.as_deref().and_then(|v| parse_retry_after(v, now))),
+            },
+        }
+    }
+
+    fn acknowledge(&mut self, now: Millis, flight: InFlight, response: IngestResponse, read: bool) {
+        let n = flight.seqs.len();
+        let rejected: BTreeSet<usize> = response.rejected.iter().map(|r| r.index).filter(|i| *i < n).collect();
+        for seq in &flight.seqs {
+            let front = self.queue.pop_front();
+            debug_assert_eq!(front.map(|e| e.seq), Some(*seq), "in-flight batch must be the queue's prefix");
+            self.pending.deletes.push(*seq);
+        }
+        let stats = &mut self.state.stats;
+        stats.delivered += (n - rejected.len()) as u64;
+        stats.rejected_by_server += rejected.len() as u64;
+        if read {
+            self.state.unreported.subtract(&flight.reported);
+        }
+        self.state_dirty = true;
+        self.retry = None;
+        self.not_before = None;
+        self.batch_limit = (self.batch_limit * 2).min(self.config.policy.max_batch_events);
+        self.flush_deadline = (!self.queue.is_empty()).then(|| now + ms(self.config.policy.flush_interval));
+        let (batch_id, r) = (flight.batch_id, rejected.len());
+        self.log(|| format!("batch {batch_id} acknowledged: {} delivered, {r} rejected", n - r));
+        // An acknowledgement is committed at once so a crash cannot resend it.
+        let _ = self.persist();
+    }
+
+    pub(super) fn signed_headers(&mut self, now: Millis, body: &[u8]) -> Vec<(String, String)> {
+        let ts = now.div_euclid(1000);
+        let (mut trace, mut span) = ([0u8; 16], [0u8; 8]);
+        self.rng.fill_bytes(&mut trace);
+        self.rng.fill_bytes(&mut span);
+        // All-zero ids are invalid; one in 2^64 draws would be.
+        trace[0] |= 1;
+        span[0] |= 1;
+        vec![
+            (protocol::HEADER_TRACEPARENT.to_owned(), protocol::traceparent(trace, span)),
+            ("Content-Type".to_owned(), "application/json".to_owned()),
+            (protocol::HEADER_APP.to_owned(), self.config.app_id.clone()),
+            (protocol::HEADER_TIMESTAMP.to_owned(), ts.to_string()),
+            (protocol::HEADER_SIGNATURE.to_owned(), protocol::sign(self.config.app_secret.as_bytes(), ts, body)),
+        ]
+    }
+
+    pub(super) fn pause_for_auth(&mut self, now: Millis, what: &str) {
+        let pause = ms(self.config.policy.auth_pause);
+        self.not_before = Some(now + pause);
+        self.state.stats.upload_failures += 1;
+        self.state_dirty = true;
+        let what = what.to_owned();
+        self.log(|| format!("{what}: credentials refused; uploads paused {pause} ms, events kept"));
+    }
+
+    pub(super) fn schedule_retry(&mut self, now: Millis, retry_after: Option<Duration>, what: &str) {
+        let policy = &self.config.policy;
+        let schedule = self.retry.get_or_insert_with(|| {
+            backon::ExponentialBuilder::default()
+                .with_min_delay(policy.retry_base)
+                .with_max_delay(policy.retry_cap)
+                .with_factor(2.0)
+                .without_max_times()
+                .build()
+        });
+        let ceiling = ms(schedule.next().unwrap_or(policy.retry_cap));
+        // Full jitter: uniformly random in [0, ceiling].
+        let jittered = (self.rng.next_u64() % (ceiling as u64 + 1)) as Millis;
+        // Retry-After is a floor: the schedule still advances under it.
+        let floor = retry_after.map(|d| ms(d.min(policy.max_retry_after))).unwrap_or(0);
+        let delay = jittered.max(floor);
+        self.not_before = Some(now + delay);
+        self.state.stats.upload_failures += 1;
+        self.state_dirty = true;
+        let what = what.to_owned();
+        self.log(|| format!("{what}; retry in {delay} ms"));
+    }
+}
+
+/// Removes what only attribution consent allows to leave the device: `device_id` and
+/// `context.campaign`.
+fn strip_attribution(event: &[u8]) -> Vec<u8> {
+    match serde_json::from_slice::<Value>(event) {
+        Ok(Value::Object(mut map)) => {
+            map.remove("device_id");
+            if let Some(Value::Object(context)) = map.get_mut("context") {
+                context.remove("campaign");
+            }
+            serde_json::to_vec(&map).unwrap_or_else(|_| event.to_vec())
+        }
+        _ => event.to_vec(),
+    }
+}
+
+/// Parses a `Retry-After` value: delay seconds or an HTTP date.
+pub fn parse_retry_after(value: &str, now: Millis) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let date = DateTime::parse_from_rfc2822(value).ok()?;
+    let delta = date.timestamp_millis() - now;
+    Some(Duration::from_millis(delta.max(0) as u64))
+}
