@@ -1,0 +1,96 @@
+//! The server's lifecycle: `build()` starts the background tasks (nothing waits for a first
+//! request), the handle names them, and `shutdown()` stops them and drains the writer.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use trailmark_server::domain::records::PostbackRecord;
+use trailmark_server::{Durability, ServerBuilder, ServerConfig, SqliteStorage, Storage};
+
+/// A loopback receiver that records the query of every postback it gets.
+async fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
+    let hits = Arc::new(Mutex::new(Vec::new()));
+    let seen = hits.clone();
+    let app = axum::Router::new().route(
+        "/pb",
+        axum::routing::get(move |uri: axum::http::Uri| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(uri.query().unwrap_or_default().to_owned());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, hits)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_start_with_the_server_and_stop_with_its_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let (network, hits) = receiver().await;
+    // A postback a previous run stored and did not send.
+    let store = Arc::new(SqliteStorage::open(dir.path().join("l.db"), Durability::Normal, 1024, 1000).unwrap());
+    store
+        .save_postback(PostbackRecord {
+            app_id: "app".into(),
+            anonymous_id: "anon-1".into(),
+            event_id: "ev-1".into(),
+            network: "alpha".into(),
+            event: "install".into(),
+            url: format!("{network}/pb?left=over"),
+            created_at: trailmark_server::now_ms(),
+        })
+        .await
+        .unwrap();
+
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.postbacks = vec![trailmark_server::domain::postbacks::PostbackConfig {
+        network: "alpha".into(),
+        url: format!("{network}/pb?e={{event}}"),
+        events: vec![],
+    }];
+    let builder = ServerBuilder::new(config).storage(store.clone());
+    let state = builder.build_state().unwrap();
+    let handle = trailmark_server::start(&state);
+    assert_eq!(handle.task_names(), ["attribution state", "postback sender", "report scheduler", "link reloader"]);
+
+    // No request is ever sent: the attribution state loads and the pending postback goes out.
+    for _ in 0..400 {
+        if state.tracking.lock_loaded().is_some() && !hits.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(state.tracking.lock_loaded().is_some(), "the attribution state was not loaded at start");
+    assert_eq!(*hits.lock().unwrap(), ["left=over"]);
+
+    tokio::time::timeout(Duration::from_secs(20), handle.shutdown()).await.expect("shutdown finishes");
+    assert_eq!(store.backlog(), 0, "the writer has nothing left");
+    // After the shutdown the sender takes nothing more: a postback dispatched now stays
+    // pending in storage for the next start.
+    let late = PostbackRecord {
+        app_id: "app".into(),
+        anonymous_id: "anon-2".into(),
+        event_id: "ev-2".into(),
+        network: "alpha".into(),
+        event: "install".into(),
+        url: format!("{network}/pb?too=late"),
+        created_at: trailmark_server::now_ms(),
+    };
+    let id = store.save_postback(late.clone()).await.unwrap();
+    trailmark_server::service::postbacks::dispatch(&state, &[late], &[id]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(*hits.lock().unwrap(), ["left=over"]);
+    assert!(store.postback_pending(id).await.unwrap());
+}
+
+#[test]
+fn build_outside_a_runtime_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let builder = ServerBuilder::new(ServerConfig::new().with_app("app", "secret")).sqlite(dir.path().join("x.db"));
+    let err = builder.unwrap().build().err().expect("no runtime, no server");
+    assert!(err.to_string().contains("Tokio runtime"), "{err}");
+}
