@@ -34,22 +34,16 @@ async fn every_route_is_counted_under_its_template() {
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
     let admin = |r: reqwest::RequestBuilder| r.header("authorization", format!("Bearer {ADMIN}"));
 
-    let campaign: Value = admin(client.post(format!("{base}/v1/campaigns")))
-        .json(&json!({"name": "Spring", "network": "meta"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let link: Value = admin(client.post(format!("{base}/v1/links")))
-        .json(&json!({"campaign_id": campaign["campaign_id"], "destinations": {"web": "https://shop.example/"}}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let create = |path: &str, body: Value| {
+        let request = admin(client.post(format!("{base}{path}"))).json(&body);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let campaign = create("/v1/campaigns", json!({"name": "Spring", "network": "meta"})).await;
+    let link = create(
+        "/v1/links",
+        json!({"campaign_id": campaign["campaign_id"], "destinations": {"web": "https://shop.example/"}}),
+    )
+    .await;
     let code = link["code"].as_str().unwrap();
 
     let click = client.get(format!("{base}/c/{code}")).header("user-agent", "Mozilla/5.0").send().await.unwrap();

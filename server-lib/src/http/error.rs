@@ -118,3 +118,48 @@ impl From<ServiceError> for ApiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_lower_error_has_one_answer() {
+        let cases: Vec<(ApiError, StatusCode, &str, Option<u64>)> = vec![
+            (Refusal::invalid("invalid_field", "x").into(), StatusCode::BAD_REQUEST, "invalid_field", None),
+            (Refusal::not_found("not_found", "x").into(), StatusCode::NOT_FOUND, "not_found", None),
+            (Refusal::conflict("currency_mismatch", "x").into(), StatusCode::CONFLICT, "currency_mismatch", None),
+            (Refusal::too_large("x").into(), StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", None),
+            (StorageError::Busy.into(), StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(1)),
+            (StorageError::Backend("disk".into()).into(), StatusCode::INTERNAL_SERVER_ERROR, "internal", Some(5)),
+            (CacheError::Unavailable("down".into()).into(), StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(1)),
+            (
+                ServiceError::RateLimited(RateLimited { retry_after: 3, message: "slow down" }).into(),
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                Some(3),
+            ),
+            (
+                ServiceError::Unavailable("loading".into()).into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                Some(1),
+            ),
+            (ServiceError::Internal("bug".into()).into(), StatusCode::INTERNAL_SERVER_ERROR, "internal", Some(5)),
+            (
+                ServiceError::Refused(Refusal::invalid("invalid_body", "x")).into(),
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                None,
+            ),
+        ];
+        for (e, status, code, retry_after) in cases {
+            assert_eq!((e.status, e.code, e.retry_after), (status, code, retry_after), "{e:?}");
+        }
+        // A server-side failure's detail stays in the log, never in the answer.
+        let e: ApiError = StorageError::Backend("/var/lib/secret.db is locked".into()).into();
+        assert!(!e.message.contains("secret"), "{e:?}");
+        let response = ApiError::from(StorageError::Busy).into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+}

@@ -42,10 +42,6 @@ impl Clicks {
         }
     }
 
-    pub fn is_shared(&self) -> bool {
-        matches!(self, Clicks::Shared(_))
-    }
-
     /// At start: the stored touches go into this instance's index, or, with a shared cache, into
     /// the cache when it lost its data (a restarted Redis). Returns how many were indexed here.
     pub async fn load(&self, svc: &Services, s: &mut TrackState, touches: &[ClickRecord]) -> usize {
