@@ -332,7 +332,7 @@ pub struct UserRow {
 }
 
 /// A campaign's sums over a report's days.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CampaignDay {
     pub campaign_id: String,
     pub name: String,

@@ -177,30 +177,22 @@ pub fn paths(
     (out, total)
 }
 
-/// A campaign's performance over a report's days.
+/// A campaign's performance over a report's days: its sums, and the ratios between them
+/// (`null` where the divisor is zero or the cost unknown).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CampaignMetrics {
-    pub campaign_id: String,
-    pub name: String,
-    pub network: String,
-    pub impressions: i64,
-    pub clicks: i64,
-    pub installs: i64,
-    pub rejected_installs: i64,
+    /// Impressions, clicks, installs, conversions credited under the report's model (fractional
+    /// under the linear and time-decay models), revenue and cost.
+    #[serde(flatten)]
+    pub sums: CampaignDay,
     /// clicks / impressions.
     pub ctr: Option<f64>,
     /// installs / clicks.
     pub install_rate: Option<f64>,
-    pub cost: Option<f64>,
-    pub currency: Option<String>,
     /// cost / installs.
     pub cpi: Option<f64>,
-    /// Conversions credited to the campaign under the report's model (fractional under the
-    /// linear and time-decay models).
-    pub conversions: f64,
     /// cost / conversions.
     pub cpa: Option<f64>,
-    pub revenue: f64,
     /// revenue / cost.
     pub roas: Option<f64>,
 }
@@ -212,21 +204,11 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
 pub fn campaign_metrics(day: &CampaignDay) -> CampaignMetrics {
     let cost = day.cost;
     CampaignMetrics {
-        campaign_id: day.campaign_id.clone(),
-        name: day.name.clone(),
-        network: day.network.clone(),
-        impressions: day.impressions,
-        clicks: day.clicks,
-        installs: day.installs,
-        rejected_installs: day.rejected_installs,
+        sums: day.clone(),
         ctr: ratio(day.clicks as f64, day.impressions as f64),
         install_rate: ratio(day.installs as f64, day.clicks as f64),
-        cost,
-        currency: day.currency.clone(),
         cpi: cost.and_then(|c| ratio(c, day.installs as f64)),
-        conversions: day.conversions,
         cpa: cost.and_then(|c| ratio(c, day.conversions)),
-        revenue: day.revenue,
         roas: cost.and_then(|c| ratio(day.revenue, c)),
     }
 }
