@@ -637,7 +637,7 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     let state = builder.build_state().map_err(|e| e.to_string())?;
     // Links and recent clicks are loaded before the server listens.
     state.tracking.ready(&state).await.map_err(|e| e.to_string())?;
-    let background = trailmark_server::start(&state);
+    let background = trailmark_server::start_tasks(&state).map_err(|e| e.to_string())?;
     let app = trailmark_server::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let listener = std::net::TcpListener::bind(settings.listen).map_err(|e| format!("{}: {e}", settings.listen))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;

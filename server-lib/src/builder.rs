@@ -38,8 +38,8 @@ pub enum BuildError {
     Limit(&'static str),
     #[error("invalid attribution settings: {0}")]
     Attribution(String),
-    #[error("build() starts the server's background tasks and must run inside a Tokio runtime")]
-    NoRuntime,
+    #[error(transparent)]
+    Start(#[from] tasks::StartError),
 }
 
 /// Builds the server's [`Router`] and the [`ServerHandle`] of its background tasks.
@@ -88,7 +88,7 @@ impl ServerBuilder {
     }
 
     /// The shared state, for hosts that compose their own routes: mount [`router`] over it and
-    /// start its tasks with [`start`]. Starts nothing itself.
+    /// start its tasks with [`start_tasks`]. Starts nothing itself.
     pub fn build_state(self) -> Result<Arc<AppState>, BuildError> {
         let storage = self.storage.ok_or(BuildError::NoStorage)?;
         let config = self.config;
@@ -120,6 +120,7 @@ impl ServerBuilder {
             clicks: Clicks::new(self.click_cache),
             postback_sender: Default::default(),
             event_sink: self.event_sink,
+            tasks_started: Default::default(),
         };
         Ok(Arc::new(AppState::new(Arc::new(services)).map_err(BuildError::Jwt)?))
     }
@@ -128,16 +129,16 @@ impl ServerBuilder {
     /// runtime). Keep the handle while the server runs; `handle.shutdown().await` stops it.
     pub fn build(self) -> Result<(Router, ServerHandle), BuildError> {
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(BuildError::NoRuntime);
+            return Err(tasks::StartError::NoRuntime.into());
         }
         let state = self.build_state()?;
-        let handle = start(&state);
+        let handle = start_tasks(&state)?;
         Ok((router(state), handle))
     }
 }
 
 /// Starts the background tasks of a built state (attribution state load, postback sender,
-/// report scheduler, link reloader); inside a Tokio runtime.
-pub fn start(state: &Arc<AppState>) -> ServerHandle {
-    tasks::start(&state.services)
+/// report scheduler, link reloader), once, inside a Tokio runtime.
+pub fn start_tasks(state: &Arc<AppState>) -> Result<ServerHandle, BuildError> {
+    Ok(tasks::start(&state.services)?)
 }

@@ -37,7 +37,7 @@ pub mod sink;
 pub mod storage;
 
 pub use axum::Router;
-pub use builder::{BuildError, ServerBuilder, start};
+pub use builder::{BuildError, ServerBuilder, start_tasks};
 pub use domain::attribution::{AttributionConfig, FraudConfig, FraudPolicy};
 pub use domain::config::{
     AppConfig, Clock, JwtAlgorithm, JwtConfig, Limits, ManualClock, ReportConfig, ServerConfig, now_ms,

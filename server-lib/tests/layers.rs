@@ -118,6 +118,19 @@ fn ident_byte(b: &[u8], i: usize) -> bool {
     i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_')
 }
 
+/// `code` with the whitespace around `::` removed (`crate :: http` is `crate::http`).
+fn joined_paths(code: &str) -> String {
+    let mut out = String::with_capacity(code.len());
+    let mut rest = code;
+    while let Some(at) = rest.find("::") {
+        out.push_str(rest[..at].trim_end());
+        out.push_str("::");
+        rest = rest[at + 2..].trim_start();
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Every path that starts at `prefix` (`crate` or `super`) in `code`, with grouped `use` trees
 /// expanded: `crate::domain::{records::X, reports}` → `domain::records::X`, `domain::reports`.
 fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
@@ -195,15 +208,17 @@ fn graph(files: &BTreeMap<Module, String>) -> BTreeMap<Module, BTreeSet<Module>>
     let modules: BTreeSet<Module> = files.keys().cloned().collect();
     let mut edges = BTreeMap::new();
     for (module, text) in files {
-        let code = code_only(text);
+        let code = joined_paths(&code_only(text));
         let mut targets = BTreeSet::new();
         for path in paths_after(&code, "crate") {
             targets.insert(resolve(&path, &modules));
         }
         for path in paths_after(&code, "super") {
+            // `super::super::x` climbs once per `super`.
+            let ups = 1 + path.iter().take_while(|p| *p == "super").count();
             let mut base = module.clone();
-            base.pop();
-            base.extend(path);
+            base.truncate(module.len().saturating_sub(ups));
+            base.extend(path.into_iter().skip(ups - 1));
             targets.insert(resolve(&base, &modules));
         }
         targets.remove(module);
@@ -216,11 +231,43 @@ fn top(m: &Module) -> &str {
     m.first().map(String::as_str).unwrap_or("")
 }
 
-/// The rule's violations: upward or sideways imports, unknown top-level modules, circles.
+/// What the pure domain must not name: I/O, HTTP, runtimes, stores, the wall clock (the one
+/// system clock behind `Clock` lives in `domain::config`).
+const IMPURE: &[&str] = &[
+    "tokio::",
+    "axum::",
+    "reqwest::",
+    "rusqlite::",
+    "tokio_postgres",
+    "redis::",
+    "rdkafka",
+    "std::fs",
+    "std::net::Tcp",
+];
+
+/// The rule's violations: upward or sideways imports, unknown top-level modules, aliases of the
+/// crate root (which would hide paths from this check), I/O in the domain, circles.
 fn violations(files: &BTreeMap<Module, String>) -> Vec<String> {
     let edges = graph(files);
     let name = |m: &Module| if m.is_empty() { "crate".to_owned() } else { m.join("::") };
     let mut found = Vec::new();
+    for (module, text) in files {
+        let code = joined_paths(&code_only(text));
+        let words: Vec<&str> = code.split_whitespace().collect();
+        if words.windows(2).any(|w| (w[0] == "crate" || w[0] == "self") && w[1] == "as") {
+            found.push(format!("{}: aliases the crate root; import by crate:: paths", name(module)));
+        }
+        if top(module) == "domain" {
+            for word in IMPURE {
+                if code.contains(word) {
+                    found.push(format!("{}: the domain names {word}", name(module)));
+                }
+            }
+            if code.contains("SystemTime") && module.as_slice() != ["domain", "config"] {
+                found.push(format!("{}: the domain reads the wall clock", name(module)));
+            }
+        }
+    }
     for (from, targets) in &edges {
         let Some(own) = rank(top(from)) else {
             found.push(format!("{}: top-level module {:?} belongs to no layer", name(from), top(from)));
@@ -343,4 +390,21 @@ fn the_check_catches_upward_imports_and_circles() {
     let mut circle = ok.to_vec();
     circle[5] = ("service/b.rs", "pub fn f() { super::a::g() }");
     assert_eq!(violations(&tree(&circle)), vec!["import circle: service::a → service::b → service::a"]);
+
+    // Forms that try to hide a path from the scan.
+    let mut climbing = ok.to_vec();
+    climbing.push(("domain/deep/mod.rs", "fn f() { super::super::http::X::new() }"));
+    assert_eq!(violations(&tree(&climbing)), vec!["domain::deep imports http (a layer that is not below it)"]);
+    let mut spaced = ok.to_vec();
+    spaced.push(("domain/spaced.rs", "use crate ::\n    http :: X;"));
+    assert_eq!(violations(&tree(&spaced)), vec!["domain::spaced imports http (a layer that is not below it)"]);
+    let mut aliased = ok.to_vec();
+    aliased.push(("domain/alias.rs", "use crate as root;\nuse root::http::X;"));
+    assert_eq!(violations(&tree(&aliased)), vec!["domain::alias: aliases the crate root; import by crate:: paths"]);
+    let mut impure = ok.to_vec();
+    impure.push(("domain/io.rs", "fn f() { let _ = std::fs::read(\"x\"); tokio::spawn(async {}); }"));
+    assert_eq!(
+        violations(&tree(&impure)),
+        vec!["domain::io: the domain names tokio::", "domain::io: the domain names std::fs"]
+    );
 }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use trailmark_server::domain::records::PostbackRecord;
+use trailmark_server::domain::records::{NewEvent, PostbackRecord};
 use trailmark_server::{Durability, ServerBuilder, ServerConfig, SqliteStorage, Storage};
 
 /// A loopback receiver that records the query of every postback it gets.
@@ -54,7 +54,7 @@ async fn tasks_start_with_the_server_and_stop_with_its_handle() {
     }];
     let builder = ServerBuilder::new(config).storage(store.clone());
     let state = builder.build_state().unwrap();
-    let handle = trailmark_server::start(&state);
+    let handle = trailmark_server::start_tasks(&state).unwrap();
     assert_eq!(handle.task_names(), ["attribution state", "postback sender", "report scheduler", "link reloader"]);
 
     // No request is ever sent: the attribution state loads and the pending postback goes out.
@@ -85,6 +85,67 @@ async fn tasks_start_with_the_server_and_stop_with_its_handle() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(*hits.lock().unwrap(), ["left=over"]);
     assert!(store.postback_pending(id).await.unwrap());
+}
+
+fn event(n: u32) -> NewEvent {
+    let now = trailmark_server::now_ms();
+    NewEvent {
+        app_id: "app".into(),
+        event_id: format!("00000000-0000-4000-8000-{n:012}"),
+        event_type: "app_open".into(),
+        anonymous_id: format!("anon-{n}"),
+        client_ts: now,
+        corrected_ts: now,
+        received_at: now,
+        properties: "{}".into(),
+        context: "{}".into(),
+        enrichment: "{}".into(),
+        ..Default::default()
+    }
+}
+
+fn facts(db: &std::path::Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    conn.query_row("SELECT COUNT(*) FROM fact_events", [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_scheduler_runs_without_requests_and_stops_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let store = Arc::new(SqliteStorage::open(&db, Durability::Normal, 1024, 1000).unwrap());
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.reports.refresh_interval = 100;
+    let (_router, handle) = ServerBuilder::new(config).storage(store.clone()).build().unwrap();
+    assert!(handle.task_names().contains(&"report scheduler"));
+
+    store.insert(vec![event(1), event(2)]).await.unwrap();
+    for _ in 0..200 {
+        if facts(&db) == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(facts(&db), 2, "the scheduler refreshed the star schema on its own");
+
+    tokio::time::timeout(Duration::from_secs(20), handle.shutdown()).await.expect("shutdown finishes");
+    store.insert(vec![event(3)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(facts(&db), 2, "no refresh after the shutdown");
+}
+
+#[tokio::test]
+async fn tasks_start_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = ServerBuilder::new(ServerConfig::new().with_app("app", "secret"))
+        .sqlite(dir.path().join("o.db"))
+        .unwrap()
+        .build_state()
+        .unwrap();
+    let first = trailmark_server::start_tasks(&state).unwrap();
+    let second = trailmark_server::start_tasks(&state).err().expect("a second start is refused");
+    assert!(second.to_string().contains("started already"), "{second}");
+    first.shutdown().await;
 }
 
 #[test]

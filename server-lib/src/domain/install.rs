@@ -1,4 +1,5 @@
-//! Install requests: field checks and device-id normalisation. Pure.
+//! Install requests: field checks, device-id normalisation, device times on the server's
+//! clock, and the audit of a decision. Pure.
 
 use serde_json::{Value, json};
 use trailmark_core::protocol::{self, InstallRequest};

@@ -216,15 +216,8 @@ impl ClickFacts {
         facts
     }
 
-    /// The facts of a server-to-server click and whether it is a `click` or an `impression`.
-    pub fn of_s2s(req: &S2sClick) -> Result<(&'static str, Self), Refusal> {
-        let kind = match req.kind.as_deref() {
-            None | Some("click") => "click",
-            Some("impression") => "impression",
-            Some(other) => {
-                return Err(Refusal::invalid("invalid_field", format!("kind {other:?}: use click or impression")));
-            }
-        };
+    /// The facts of a server-to-server click.
+    pub fn of_s2s(req: &S2sClick) -> Result<Self, Refusal> {
         let ip = match req.ip.as_deref() {
             Some(text) => Some(
                 text.trim()
@@ -255,7 +248,7 @@ impl ClickFacts {
                 }
             }
         }
-        Ok((kind, facts))
+        Ok(facts)
     }
 
     fn param(&mut self, key: &str, value: &str) {
@@ -377,4 +370,15 @@ pub struct S2sClick {
     pub network_ids: BTreeMap<String, String>,
     #[serde(default)]
     pub sub_params: BTreeMap<String, String>,
+}
+
+impl S2sClick {
+    /// `click` (the default) or `impression`.
+    pub fn kind(&self) -> Result<&'static str, Refusal> {
+        match self.kind.as_deref() {
+            None | Some("click") => Ok("click"),
+            Some("impression") => Ok("impression"),
+            Some(other) => Err(Refusal::invalid("invalid_field", format!("kind {other:?}: use click or impression"))),
+        }
+    }
 }

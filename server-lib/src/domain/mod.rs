@@ -1,4 +1,7 @@
-//! The domain layer: pure decisions and data, no I/O, no HTTP.
+//! The domain layer: pure decisions and data. No network, storage, HTTP or async runtime; time
+//! comes in as an argument (the system clock is only the default [`config::Clock`]); the GeoIP
+//! databases are read once when the server is built; ids are random UUIDs. `tests/layers.rs`
+//! fails if a domain file names an I/O, HTTP, runtime or store crate.
 //!
 //! Attribution (touch index, matching waterfall, fraud rules, credit models), enrichment (user
 //! agents, GeoIP lookups, IP encryption), validation (JSON Schemas), events (normalisation, the

@@ -11,13 +11,14 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use trailmark_core::protocol;
 
 use super::AppState;
 use super::error::ApiError;
+use crate::domain::error::{Refusal, RefusalKind};
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -116,6 +117,13 @@ impl Credentials {
 pub fn parse_as<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let value = parse_json(body, 8)?;
     serde_json::from_value(value).map_err(|e| ApiError::bad_request("invalid_body", e.to_string()))
+}
+
+/// The first value of a query parameter (later repeats are ignored).
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// The client's address (see [`client_ip`]).
@@ -245,11 +253,12 @@ impl<P: SignedPolicy> FromRequest<Arc<AppState>> for SignedBody<P> {
                 None | Some("") | Some("identity") => raw,
                 Some(enc) if enc.eq_ignore_ascii_case("gzip") => gunzip(&raw, limit)?.into(),
                 Some(other) => {
-                    return Err(ApiError::new(
-                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    return Err(Refusal::new(
+                        RefusalKind::Unsupported,
                         "unsupported_encoding",
                         format!("Content-Encoding {other:?} is not supported; use gzip or none"),
-                    ));
+                    )
+                    .into());
                 }
             }
         } else {

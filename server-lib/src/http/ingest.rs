@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::header;
 use tracing::Instrument;
 use trailmark_core::protocol::{self, IngestResponse};
 
@@ -15,17 +15,15 @@ use super::extract::{EventPolicy, SignedBody, parse_json};
 use crate::service::{ingest, trace};
 
 /// `POST /v1/event` → `{"accepted", "duplicates", "rejected": [...]}`.
-pub async fn event(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    signed: SignedBody<EventPolicy>,
-) -> Result<Json<IngestResponse>, ApiError> {
-    let traceparent = headers.get(protocol::HEADER_TRACEPARENT).and_then(|v| v.to_str().ok());
-    let span = trace::request_span("ingest", traceparent);
+pub async fn event(State(state): State<Arc<AppState>>, request: Request) -> Result<Json<IngestResponse>, ApiError> {
+    // The span covers the whole request, authentication and body included.
+    let headers = request.headers();
+    let span = trace::request_span("ingest", headers.get(protocol::HEADER_TRACEPARENT).and_then(|v| v.to_str().ok()));
+    let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned);
     async {
+        let signed = SignedBody::<EventPolicy>::from_request(request, &state).await?;
         let value = parse_json(&signed.body, state.config.limits.max_json_depth)?;
-        let user_agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
-        Ok(Json(ingest::ingest(&state, signed.app_id, signed.ip, user_agent, value).await?))
+        Ok(Json(ingest::ingest(&state, signed.app_id, signed.ip, user_agent.as_deref(), value).await?))
     }
     .instrument(span)
     .await

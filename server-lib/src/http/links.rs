@@ -1,18 +1,17 @@
 //! The campaign manager (admin: campaigns, links, their audit log), tracking-link redirects,
 //! clicks and impressions.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{AdminAuth, ClientIp, Limited, S2sPolicy, SignedBody, parse_as};
+use super::extract::{AdminAuth, ClientIp, Limited, S2sPolicy, SignedBody, parse_as, query_param};
 use crate::domain::links::{ClickFacts, LinkChange, NewCampaign, NewLink, S2sClick, destination};
 use crate::domain::records::LinkRecord;
 use crate::service::links::{self as service, LinkKey, NotRecorded};
@@ -126,13 +125,12 @@ pub async fn click_by_code(
 /// `GET /v1/click?link=<link_id>`.
 pub async fn click_by_link(
     State(state): State<Arc<AppState>>,
-    Query(query): Query<HashMap<String, String>>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Result<Response, ApiError> {
-    let id = query.get("link").map(String::as_str).unwrap_or_default();
-    let link = service::active_link(&state, LinkKey::Id(id)).await?.ok_or_else(no_active_link)?;
+    let id = query_param(uri.query(), "link").unwrap_or_default();
+    let link = service::active_link(&state, LinkKey::Id(&id)).await?.ok_or_else(no_active_link)?;
     follow(&state, link, "api", visit(ip, &headers, uri.query())).await
 }
 
@@ -140,17 +138,15 @@ pub async fn click_by_link(
 /// from `idfa`/`gaid`/… when the ad server fills it in).
 pub async fn impression(
     State(state): State<Arc<AppState>>,
-    Query(query): Query<HashMap<String, String>>,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
     uri: axum::http::Uri,
 ) -> Result<StatusCode, ApiError> {
-    let link_id = query
-        .get("link")
+    let link_id = query_param(uri.query(), "link")
         .ok_or_else(|| ApiError::bad_request("invalid_query", "the link query parameter is required"))?;
-    service::find_link(&state, |t| t.by_id.get(link_id).map(|&i| t.links[i as usize].clone())).await?;
-    let _not_counted =
-        service::record(&state, link_id, "impression", "impression", visit(ip, &headers, uri.query())).await?;
+    service::find_link(&state, |t| t.by_id.get(&link_id).map(|&i| t.links[i as usize].clone())).await?;
+    let facts = visit(ip, &headers, uri.query());
+    let _not_counted = service::record(&state, &link_id, "impression", "impression", facts).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -162,11 +158,12 @@ pub async fn s2s_click(
     signed: SignedBody<S2sPolicy>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: S2sClick = parse_as(&signed.body)?;
-    let (kind, facts) = ClickFacts::of_s2s(&req)?;
+    let kind = req.kind()?;
     let link = service::active_link(&state, LinkKey::Id(&req.link_id)).await?;
     if link.is_none_or(|l| l.app_id != signed.app_id) {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "no link with this id"));
+        return Err(service::link_not_found().into());
     }
+    let facts = ClickFacts::of_s2s(&req)?;
     // The network's server is the client here: rate-limit by the visitor's address only.
     Ok(match service::record(&state, &req.link_id, kind, "s2s", facts).await? {
         Ok((id, _)) => (StatusCode::CREATED, Json(json!({"click_id": id}))),

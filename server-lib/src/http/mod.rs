@@ -104,7 +104,7 @@ fn jwt_verifier(c: &JwtConfig) -> Result<(jsonwebtoken::DecodingKey, jsonwebtoke
 }
 
 /// The routes over a built state. Starts nothing: the background tasks belong to the
-/// [`ServerHandle`](crate::ServerHandle) that [`crate::start`] returns.
+/// [`ServerHandle`](crate::ServerHandle) that [`crate::start_tasks`] returns.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/event", post(ingest::event))

@@ -8,7 +8,7 @@ use serde_json::Value;
 use trailmark_core::protocol::{self, DropReport, IngestResponse, Rejection};
 
 use super::trace::store_span;
-use super::{ServiceResult, Services, conversions};
+use super::{ServiceError, ServiceResult, Services, conversions};
 use crate::domain::conversions::Followup;
 use crate::domain::enrich;
 use crate::domain::error::Refusal;
@@ -103,11 +103,14 @@ pub async fn ingest(
     if !fresh.is_empty() {
         let records: Option<Vec<_>> = svc.event_sink.as_ref().map(|_| fresh.iter().map(event_record).collect());
         let span = store_span("events", fresh.len());
-        let outcome = tracing::Instrument::instrument(svc.storage.insert(fresh), span).await.inspect_err(|e| {
-            if *e == StorageError::Busy {
+        let outcome = match tracing::Instrument::instrument(svc.storage.insert(fresh), span).await {
+            Ok(outcome) => outcome,
+            Err(StorageError::Busy) => {
                 metrics::counter!("trailmark_writer_busy_total").increment(1);
+                return Err(ServiceError::Unavailable("the server is catching up; retry shortly".into()));
             }
-        })?;
+            Err(e) => return Err(e.into()),
+        };
         response.accepted = outcome.iter().filter(|new| **new).count() as u64;
         response.duplicates = outcome.len() as u64 - response.accepted;
         // Published once durable, and only the first time (a duplicate was published before).

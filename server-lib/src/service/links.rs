@@ -97,7 +97,8 @@ pub async fn new_link(svc: &Services, actor: String, req: NewLink) -> ServiceRes
     Ok(body)
 }
 
-fn link_not_found() -> Refusal {
+/// The refusal for a link id nobody knows (or that another app owns).
+pub fn link_not_found() -> Refusal {
     Refusal::not_found("not_found", "no link with this id")
 }
 

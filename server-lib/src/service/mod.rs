@@ -51,6 +51,8 @@ pub struct Services {
     pub live: live::Live,
     /// Where accepted events, installs and deletions are published (Kafka); none: nowhere.
     pub event_sink: Option<Arc<dyn EventSink>>,
+    /// The background tasks were started ([`tasks::start`] runs once).
+    pub tasks_started: std::sync::atomic::AtomicBool,
 }
 
 /// Why a service call failed: the client's mistake, a rate limit, or a backing service.

@@ -5,9 +5,9 @@
 //! install, re-engagement or conversion, then handed to the sender task. Every attempt is
 //! appended to `postback_attempts`. Pending postbacks are picked up again after a restart.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
@@ -33,10 +33,14 @@ pub struct Sender {
     tx: mpsc::UnboundedSender<Pending>,
 }
 
-/// Starts the sender task. It first queues the postbacks a previous run left pending, then
-/// delivers what is dispatched until `stop` fires; then it waits up to the policy's request
-/// timeout for deliveries in flight. A postback not delivered by then stays pending in storage
-/// and is sent by the next start.
+/// Longest wait between two tries to load the postbacks a previous run left pending.
+const RELOAD_MAX: Duration = Duration::from_secs(60);
+
+/// Starts the sender task. It first queues the postbacks a previous run left pending (retrying
+/// the load until it succeeds), then delivers what is dispatched until `stop` fires; then it
+/// waits up to the policy's request timeout for deliveries in flight. A postback not delivered
+/// by then stays pending in storage and is sent after the next start. A postback that reaches
+/// the queue twice (dispatched while the pending ones were loading) is delivered once.
 pub fn start(storage: Arc<dyn Storage>, policy: PostbackPolicy, mut stop: Stop) -> (Sender, JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
     let client = reqwest::Client::builder()
@@ -48,15 +52,32 @@ pub fn start(storage: Arc<dyn Storage>, policy: PostbackPolicy, mut stop: Stop) 
     let permits = Arc::new(Semaphore::new(policy.concurrency.max(1)));
     let requeue = tx.clone();
     let task = tokio::spawn(async move {
-        match storage.pending_postbacks().await {
-            Ok(pending) => {
-                for (id, url, attempts, app_id, anonymous_id) in pending {
-                    let _ = requeue.send(Pending { id, url, attempts, app_id, anonymous_id });
+        let mut wait = Duration::from_millis(500);
+        loop {
+            let loaded = tokio::select! {
+                _ = stop.stopped() => return,
+                loaded = storage.pending_postbacks() => loaded,
+            };
+            match loaded {
+                Ok(pending) => {
+                    for (id, url, attempts, app_id, anonymous_id) in pending {
+                        let _ = requeue.send(Pending { id, url, attempts, app_id, anonymous_id });
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "pending postbacks not loaded");
+                    tokio::select! {
+                        _ = stop.stopped() => return,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                    wait = (wait * 2).min(RELOAD_MAX);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "pending postbacks not loaded; they are sent after the next start"),
         }
         drop(requeue);
+        // Ids queued for delivery or being delivered.
+        let active: Arc<Mutex<HashSet<i64>>> = Default::default();
         let mut inflight = JoinSet::new();
         loop {
             tokio::select! {
@@ -64,14 +85,19 @@ pub fn start(storage: Arc<dyn Storage>, policy: PostbackPolicy, mut stop: Stop) 
                 Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
                 p = rx.recv() => {
                     let Some(p) = p else { break };
+                    if !active.lock().unwrap_or_else(|e| e.into_inner()).insert(p.id) {
+                        continue;
+                    }
                     let permit = tokio::select! {
                         _ = stop.stopped() => break,
                         permit = permits.clone().acquire_owned() => permit,
                     };
                     let Ok(permit) = permit else { break };
-                    let (storage, client, policy) = (storage.clone(), client.clone(), policy.clone());
+                    let (storage, client, policy, active) = (storage.clone(), client.clone(), policy.clone(), active.clone());
                     inflight.spawn(async move {
+                        let id = p.id;
                         deliver(&*storage, &client, &policy, p).await;
+                        active.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
                         drop(permit);
                     });
                 }

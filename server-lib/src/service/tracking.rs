@@ -166,8 +166,10 @@ impl Tracking {
         match self.cell.get_or_try_init(|| load(svc)).await {
             Ok(_) => Ok(()),
             Err(e) => {
+                // The next request tries again; the client sees a busy store's 503 or a
+                // generic 500, never the store's message.
                 tracing::warn!(error = %e, "attribution state not loaded");
-                Err(ServiceError::Unavailable(format!("attribution state is not loaded: {e}")))
+                Err(ServiceError::Storage(e))
             }
         }
     }

@@ -478,7 +478,7 @@ async fn render(
     )
     .await
     .unwrap_or_else(|e| json!({"error": ApiError::from(e).message}));
-    let storage_err = |e: crate::storage::StorageError| ApiError::internal(e);
+    let storage_err = ApiError::from;
     let alerts = match state.storage.report(ReportQuery::Alerts { since: now - 7 * 86_400_000, limit: 20 }).await {
         Ok(ReportRows::Alerts(a)) => a,
         Ok(_) => Vec::new(),
