@@ -118,7 +118,7 @@ async fn run(state: &AppState, app_id: &str, items: Vec<Followup>) -> Result<(),
     }
     let mut reengagements = Vec::new();
     for (open, tp) in opens {
-        let (installed, last) =
+        let crate::storage::ReengagementFacts { installed, last_activity: last } =
             state.storage.reengagement_facts(app_id.to_owned(), open.anonymous_id.clone(), tp.ts).await?;
         let inactive = last.map(|l| tp.ts - l);
         if installed && inactive.is_none_or(|i| i >= cfg.reengagement_inactivity) {

@@ -100,7 +100,7 @@ async fn install(state: &AppState, request: Request) -> Result<AttributionResult
         gaid: lower(&req.device.gaid),
         android_id: lower(&req.device.android_id),
     };
-    let (done, first) =
+    let crate::storage::InstallLookup { existing: done, last_install: first } =
         state.storage.install_lookup(app_id.clone(), event_id.clone(), keys.clone()).await.map_err(storage_error)?;
     // A retry of an install already decided gets the same answer.
     if let Some(done) = done {

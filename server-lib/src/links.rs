@@ -32,11 +32,6 @@ const MAX_CLICK_PARAMS: usize = 64;
 pub(crate) fn storage_error(e: StorageError) -> ApiError {
     match e {
         StorageError::Busy => ApiError::unavailable(1, "the server is busy; retry shortly"),
-        StorageError::Unsupported(what) => ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "unsupported",
-            format!("this server's storage does not support {what}"),
-        ),
         other => ApiError::internal(other),
     }
 }

@@ -135,7 +135,9 @@ fn configs<'a>(state: &'a AppState, network: &str, event: &str) -> impl Iterator
 async fn click_values(state: &AppState, click_id: Option<&str>, values: &mut BTreeMap<&'static str, String>) {
     let Some(id) = click_id else { return };
     values.insert("click_id", id.to_owned());
-    if let Ok(Some((ids, subs))) = state.storage.click_params(id.to_owned()).await {
+    if let Ok(Some(crate::storage::ClickParams { network_ids: ids, sub_params: subs })) =
+        state.storage.click_params(id.to_owned()).await
+    {
         const PREFERRED: &[&str] = &["clickid", "click_id", "gclid", "fbclid", "ttclid", "msclkid"];
         if let Some(v) = PREFERRED.iter().find_map(|k| ids.get(*k).and_then(|v| v.as_str())) {
             values.insert("network_click_id", v.to_owned());

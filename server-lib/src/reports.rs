@@ -490,9 +490,6 @@ fn check_type(name: &str, t: &str) -> Result<String, ApiError> {
 fn storage_error(e: StorageError) -> ApiError {
     match e {
         StorageError::Busy => ApiError::unavailable(1, "the server is busy; retry shortly"),
-        StorageError::Unsupported(what) => {
-            ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", format!("this storage does not support {what}"))
-        }
         other => ApiError::internal(other),
     }
 }

@@ -181,7 +181,8 @@ impl Tracking {
 
     async fn load_links_now(&self, state: &AppState) -> Result<(), ApiError> {
         let _changes = self.link_changes.lock().await;
-        let (campaigns, links) = state.storage.load_links().await.map_err(crate::links::storage_error)?;
+        let crate::storage::LinkCatalog { campaigns, links } =
+            state.storage.load_links().await.map_err(crate::links::storage_error)?;
         self.lock()?.replace_links(campaigns, links);
         Ok(())
     }
@@ -220,7 +221,7 @@ async fn load(state: &AppState) -> Result<Mutex<TrackState>, String> {
     let now = state.config.clock.now();
     let started = std::time::Instant::now();
     let describe = |e: StorageError| e.to_string();
-    let (campaigns, links) = state.storage.load_links().await.map_err(describe)?;
+    let crate::storage::LinkCatalog { campaigns, links } = state.storage.load_links().await.map_err(describe)?;
     let touches = state.storage.load_touches(now - cfg.index_ttl()).await.map_err(describe)?;
     let baseline_from = now - (cfg.fraud.burst_baseline_hours as i64 + 1) * HOUR;
     let counts = state.storage.install_counts(baseline_from).await.map_err(describe)?;
@@ -245,7 +246,7 @@ async fn load(state: &AppState) -> Result<Mutex<TrackState>, String> {
             Err(e) => tracing::warn!(error = %e, "click cache not warmed"),
         }
     }
-    s.burst.seed(counts);
+    s.burst.seed(counts.into_iter().map(|c| (c.campaign_id, c.hour, c.installs)).collect());
     if !state.config.postbacks.is_empty() {
         let pending = state
             .storage
@@ -253,12 +254,8 @@ async fn load(state: &AppState) -> Result<Mutex<TrackState>, String> {
             .await
             .map_err(describe)?
             .into_iter()
-            .map(|(id, url, attempts, app_id, anonymous_id)| crate::postbacks::Pending {
-                id,
-                url,
-                attempts,
-                app_id,
-                anonymous_id,
+            .map(|crate::storage::PendingPostback { id, url, attempts, app_id, anonymous_id }| {
+                crate::postbacks::Pending { id, url, attempts, app_id, anonymous_id }
             })
             .collect();
         let sender = crate::postbacks::start(state.storage.clone(), state.config.postback_policy.clone(), pending);

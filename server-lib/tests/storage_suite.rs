@@ -8,8 +8,9 @@ use serde_json::json;
 use trailmark_core::protocol::{AttributionResult, MatchType};
 use trailmark_server::storage::ConversionCredit;
 use trailmark_server::storage::{
-    Campaign, ClickRecord, DeletionAudit, Destinations, DeviceKeys, FraudAlert, InstallRecord, LinkAudit, LinkRecord,
-    NewEvent, PostbackAttempt, PostbackRecord, Reengagement, Storage, Subject, Touchpoint, Utm,
+    Campaign, ClickParams, ClickRecord, DeletionAudit, Destinations, DeviceKeys, FraudAlert, InstallCount,
+    InstallLookup, InstallRecord, LinkAudit, LinkCatalog, LinkRecord, NewEvent, PostbackAttempt, PostbackRecord,
+    Reengagement, ReengagementFacts, Storage, Subject, Touchpoint, Utm,
 };
 
 fn event(app: &str, id: &str, anon: &str, user: Option<&str>, device: Option<&str>, at: i64) -> NewEvent {
@@ -161,7 +162,7 @@ async fn link_suite(store: Arc<dyn Storage>) {
         .save_link(link("lnk_1", "AbC12345", false, 3), audit("disable", 3, Some(json!({"enabled": true}))))
         .await
         .unwrap();
-    let (campaigns, links) = store.load_links().await.unwrap();
+    let LinkCatalog { campaigns, links } = store.load_links().await.unwrap();
     assert_eq!(campaigns, vec![campaign]);
     assert_eq!(
         links.iter().map(|l| (l.link_id.as_str(), l.enabled)).collect::<Vec<_>>(),
@@ -176,7 +177,10 @@ async fn link_suite(store: Arc<dyn Storage>) {
     store.record_touch(click("c1", Some("dev-1"), 100)).unwrap();
     store.record_touch(click("c2", None, 200)).unwrap();
     store.record_touch(click("c1", Some("dev-1"), 100)).unwrap();
-    assert_eq!(store.click_params("c2".into()).await.unwrap(), Some((json!({"gclid": "G-1"}), json!({"sub1": "x"}))));
+    assert_eq!(
+        store.click_params("c2".into()).await.unwrap(),
+        Some(ClickParams { network_ids: json!({"gclid": "G-1"}), sub_params: json!({"sub1": "x"}) })
+    );
     assert_eq!(store.click_params("nope".into()).await.unwrap(), None);
     let touches = store.load_touches(0).await.unwrap();
     assert_eq!(touches, vec![click("c1", Some("dev-1"), 100), click("c2", None, 200)]);
@@ -264,11 +268,14 @@ async fn install_suite(store: Arc<dyn Storage>) {
     store.save_install(again, None, None, Vec::new()).await.unwrap().expect("new");
     let keys = DeviceKeys { anonymous_id: "anon-new".into(), gaid: Some("gaid-9".into()), ..Default::default() };
     assert_eq!(store.last_install("a".into(), keys.clone()).await.unwrap(), Some(first.clone()));
-    let (done, last) = store.install_lookup("a".into(), "i3".into(), keys).await.unwrap();
-    assert_eq!((done, last), (None, Some(first.clone())));
-    let (done, _) = store.install_lookup("a".into(), "i2".into(), DeviceKeys::default()).await.unwrap();
-    assert_eq!(done.map(|d| d.kind), Some("reinstall".into()));
-    assert_eq!(store.install_counts(0).await.unwrap(), vec![("cmp_1".to_owned(), 5 * HOUR, 1)]);
+    let lookup = store.install_lookup("a".into(), "i3".into(), keys).await.unwrap();
+    assert_eq!(lookup, InstallLookup { existing: None, last_install: Some(first.clone()) });
+    let lookup = store.install_lookup("a".into(), "i2".into(), DeviceKeys::default()).await.unwrap();
+    assert_eq!(lookup.existing.map(|d| d.kind), Some("reinstall".into()));
+    assert_eq!(
+        store.install_counts(0).await.unwrap(),
+        vec![InstallCount { campaign_id: "cmp_1".into(), hour: 5 * HOUR, installs: 1 }]
+    );
     // Deleting the device: its installs, and the click its install was matched to.
     let report = store.delete_subject(Subject::DeviceId("GAID-9".into()), audit("device_id")).await.unwrap();
     assert!(report.click_ids.contains(&"c9".to_owned()), "{report:?}");
@@ -333,8 +340,9 @@ async fn conversion_suite(store: Arc<dyn Storage>) {
     let alone = store.conversion_touchpoints("c".into(), "dev-a".into(), None, 15, 100).await.unwrap();
     assert_eq!(alone.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>(), ["install"], "in the window only");
     // Re-engagement facts: no install here; the last activity before 55 is ev-1 at 50.
-    assert_eq!(store.reengagement_facts("c".into(), "dev-a".into(), 55).await.unwrap(), (false, Some(50)));
-    assert_eq!(store.reengagement_facts("c".into(), "dev-a".into(), 50).await.unwrap(), (false, None));
+    let facts = |installed, last_activity| ReengagementFacts { installed, last_activity };
+    assert_eq!(store.reengagement_facts("c".into(), "dev-a".into(), 55).await.unwrap(), facts(false, Some(50)));
+    assert_eq!(store.reengagement_facts("c".into(), "dev-a".into(), 50).await.unwrap(), facts(false, None));
     // Credit is written once per conversion.
     let credit = |model: &str, click: &str, share: f64| ConversionCredit {
         app_id: "c".into(),
@@ -370,9 +378,9 @@ async fn conversion_suite(store: Arc<dyn Storage>) {
     let p1 = store.save_postback(pb("purchase")).await.unwrap();
     let p2 = store.save_postback(pb("install")).await.unwrap();
     let pending = store.pending_postbacks().await.unwrap();
-    let mine: Vec<_> = pending.iter().filter(|p| p.3 == "c").collect();
+    let mine: Vec<_> = pending.iter().filter(|p| p.app_id == "c").collect();
     assert_eq!(mine.len(), 2);
-    assert_eq!((mine[0].0, mine[0].1.as_str(), mine[0].2), (p1, "https://pb.example/purchase", 0));
+    assert_eq!((mine[0].id, mine[0].url.as_str(), mine[0].attempts), (p1, "https://pb.example/purchase", 0));
     let attempt = |id: i64, n: u32, status: Option<u16>, state: &str| PostbackAttempt {
         postback_id: id,
         app_id: "c".into(),
@@ -394,7 +402,7 @@ async fn conversion_suite(store: Arc<dyn Storage>) {
     assert!(report.rows >= 2 + 3 + 1 + 3 + 2 + 2, "{report:?}");
     assert!(!store.postback_pending(p2).await.unwrap());
     store.log_postback_attempt(attempt(p2, 1, Some(500), "pending")).await.unwrap();
-    assert!(store.pending_postbacks().await.unwrap().iter().all(|p| p.3 != "c"));
+    assert!(store.pending_postbacks().await.unwrap().iter().all(|p| p.app_id != "c"));
     assert!(store.conversion_touchpoints("c".into(), "dev-a".into(), None, 0, 100).await.unwrap().is_empty());
     assert_eq!(store.conversion_touchpoints("c".into(), "dev-z".into(), None, 0, 100).await.unwrap().len(), 1);
     let rows = vec![credit("last_touch", "k2", 1.0)];

@@ -213,7 +213,7 @@ pub fn save_link(tx: &Transaction<'_>, link: &LinkRecord, audit: &LinkAudit) -> 
     Ok(())
 }
 
-pub fn load_links(conn: &Connection) -> Result<(Vec<Campaign>, Vec<LinkRecord>), StorageError> {
+pub fn load_links(conn: &Connection) -> Result<LinkCatalog, StorageError> {
     let mut stmt = conn
         .prepare("SELECT campaign_id, app_id, name, network, created_at FROM campaigns ORDER BY created_at")
         .map_err(backend)?;
@@ -236,7 +236,7 @@ pub fn load_links(conn: &Connection) -> Result<(Vec<Campaign>, Vec<LinkRecord>),
     for text in texts {
         links.push(serde_json::from_str(&text.map_err(backend)?).map_err(json_err)?);
     }
-    Ok((campaigns, links))
+    Ok(LinkCatalog { campaigns, links })
 }
 
 pub fn link_audit(conn: &Connection, link_id: &str) -> Result<Vec<LinkAudit>, StorageError> {
@@ -516,7 +516,7 @@ pub fn insert_touchpoint(tx: &Transaction<'_>, t: &Touchpoint) -> Result<bool, S
     Ok(n == 1)
 }
 
-pub fn install_counts(conn: &Connection, since: i64) -> Result<Vec<(String, i64, u32)>, StorageError> {
+pub fn install_counts(conn: &Connection, since: i64) -> Result<Vec<InstallCount>, StorageError> {
     let hour = crate::domain::attribution::HOUR;
     let mut stmt = conn
         .prepare(
@@ -525,10 +525,12 @@ pub fn install_counts(conn: &Connection, since: i64) -> Result<Vec<(String, i64,
              GROUP BY campaign_id, hour ORDER BY hour",
         )
         .map_err(backend)?;
-    stmt.query_map(params![since, hour], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .map_err(backend)?
-        .collect::<Result<_, _>>()
-        .map_err(backend)
+    stmt.query_map(params![since, hour], |r| {
+        Ok(InstallCount { campaign_id: r.get(0)?, hour: r.get(1)?, installs: r.get(2)? })
+    })
+    .map_err(backend)?
+    .collect::<Result<_, _>>()
+    .map_err(backend)
 }
 
 /// Click ids tied to the subject through its installs and touchpoints.
@@ -595,7 +597,7 @@ pub fn reengagement_facts(
     app_id: &str,
     anonymous_id: &str,
     before: i64,
-) -> Result<(bool, Option<i64>), StorageError> {
+) -> Result<ReengagementFacts, StorageError> {
     let installed: Option<i64> = conn
         .prepare_cached("SELECT MAX(install_ts) FROM installs WHERE app_id = ?1 AND anonymous_id = ?2")
         .map_err(backend)?
@@ -615,7 +617,7 @@ pub fn reengagement_facts(
         .map_err(backend)?
         .query_row(params![app_id, anonymous_id, before], |r| r.get(0))
         .map_err(backend)?;
-    Ok((installed.is_some(), last_install.max(last_event)))
+    Ok(ReengagementFacts { installed: installed.is_some(), last_activity: last_install.max(last_event) })
 }
 
 pub fn save_touchpoints(
@@ -777,19 +779,27 @@ pub fn log_postback_attempt(tx: &Transaction<'_>, a: &PostbackAttempt) -> Result
     Ok(())
 }
 
-/// Pending postbacks: `(id, url, attempts so far, app_id, anonymous_id)`.
+/// Pending postbacks, oldest first.
 pub fn pending_postbacks(conn: &Connection) -> Result<Vec<PendingPostback>, StorageError> {
     let mut stmt = conn
         .prepare("SELECT id, url, attempts, app_id, anonymous_id FROM postbacks WHERE state = 'pending' ORDER BY id")
         .map_err(backend)?;
-    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
-        .map_err(backend)?
-        .collect::<Result<_, _>>()
-        .map_err(backend)
+    stmt.query_map([], |r| {
+        Ok(PendingPostback {
+            id: r.get(0)?,
+            url: r.get(1)?,
+            attempts: r.get(2)?,
+            app_id: r.get(3)?,
+            anonymous_id: r.get(4)?,
+        })
+    })
+    .map_err(backend)?
+    .collect::<Result<_, _>>()
+    .map_err(backend)
 }
 
 /// A click's ad-network ids and sub-parameters (for postback macros).
-pub fn click_params(conn: &Connection, click_id: &str) -> Result<Option<(Value, Value)>, StorageError> {
+pub fn click_params(conn: &Connection, click_id: &str) -> Result<Option<ClickParams>, StorageError> {
     let row: Option<(String, String)> = conn
         .prepare_cached("SELECT network_ids, sub_params FROM clicks WHERE click_id = ?1")
         .map_err(backend)?
@@ -797,9 +807,10 @@ pub fn click_params(conn: &Connection, click_id: &str) -> Result<Option<(Value, 
         .optional()
         .map_err(backend)?;
     match row {
-        Some((ids, subs)) => {
-            Ok(Some((serde_json::from_str(&ids).map_err(json_err)?, serde_json::from_str(&subs).map_err(json_err)?)))
-        }
+        Some((ids, subs)) => Ok(Some(ClickParams {
+            network_ids: serde_json::from_str(&ids).map_err(json_err)?,
+            sub_params: serde_json::from_str(&subs).map_err(json_err)?,
+        })),
         None => Ok(None),
     }
 }

@@ -32,9 +32,6 @@ pub enum StorageError {
     Busy,
     #[error("storage failed: {0}")]
     Backend(String),
-    /// This store does not implement the feature.
-    #[error("this storage does not support {0}")]
-    Unsupported(&'static str),
 }
 
 fn backend(e: rusqlite::Error) -> StorageError {
@@ -43,176 +40,133 @@ fn backend(e: rusqlite::Error) -> StorageError {
 
 pub type StorageFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StorageError>> + Send + 'a>>;
 
-fn unsupported<'a, T: Send + 'a>(what: &'static str) -> StorageFuture<'a, T> {
-    Box::pin(async move { Err(StorageError::Unsupported(what)) })
-}
-
-/// What the server needs from storage. The event methods are required; the attribution
-/// methods have defaults that answer [`StorageError::Unsupported`], for stores that only
-/// ingest events.
-pub trait Storage: Send + Sync + 'static {
+/// The event path: ingest with dedup, the event inspector, the writer's backlog.
+pub trait EventStore: Send + Sync + 'static {
     /// Stores events durably, in order. For each event: `true` if it is new, `false` if
     /// `(app_id, event_id)` was already stored (a duplicate, left unchanged).
     fn insert(&self, events: Vec<NewEvent>) -> StorageFuture<'_, Vec<bool>>;
-    /// Deletes every row that refers to the subject (and the anonymous ids seen with a user id),
-    /// writes the audit record, and reports what was deleted.
-    fn delete_subject(&self, subject: Subject, audit: DeletionAudit) -> StorageFuture<'_, DeleteReport>;
+    /// The newest `limit` stored events of a subject (the event inspector), newest first.
+    fn recent_events(&self, app_id: Option<String>, subject: Subject, limit: usize)
+    -> StorageFuture<'_, Vec<NewEvent>>;
     /// Requests waiting for the writer (for metrics and back-pressure).
     fn backlog(&self) -> usize;
+}
 
+/// Campaigns, links with their audit log, and clicks (and impressions).
+pub trait LinkStore: Send + Sync + 'static {
     /// Stores a new campaign.
-    fn save_campaign(&self, _campaign: Campaign) -> StorageFuture<'_, ()> {
-        unsupported("campaigns")
-    }
+    fn save_campaign(&self, campaign: Campaign) -> StorageFuture<'_, ()>;
     /// Creates or replaces a link and appends the audit entry, atomically.
-    fn save_link(&self, _link: LinkRecord, _audit: LinkAudit) -> StorageFuture<'_, ()> {
-        unsupported("links")
-    }
+    fn save_link(&self, link: LinkRecord, audit: LinkAudit) -> StorageFuture<'_, ()>;
     /// Every campaign and link (loaded once at start).
-    fn load_links(&self) -> StorageFuture<'_, (Vec<Campaign>, Vec<LinkRecord>)> {
-        unsupported("links")
-    }
+    fn load_links(&self) -> StorageFuture<'_, LinkCatalog>;
     /// A link's audit log, oldest first.
-    fn link_audit(&self, _link_id: String) -> StorageFuture<'_, Vec<LinkAudit>> {
-        unsupported("links")
-    }
+    fn link_audit(&self, link_id: String) -> StorageFuture<'_, Vec<LinkAudit>>;
     /// Queues a click or impression for storage without waiting for the commit (clicks are
     /// answered at once; the in-memory index has them already). `Busy` when the queue is full.
-    fn record_touch(&self, _touch: ClickRecord) -> Result<(), StorageError> {
-        Err(StorageError::Unsupported("clicks"))
-    }
+    fn record_touch(&self, touch: ClickRecord) -> Result<(), StorageError>;
     /// Clicks and impressions at or after `since`, oldest first (rebuilds the index).
-    fn load_touches(&self, _since: i64) -> StorageFuture<'_, Vec<ClickRecord>> {
-        unsupported("clicks")
-    }
+    fn load_touches(&self, since: i64) -> StorageFuture<'_, Vec<ClickRecord>>;
+    /// A click's ad-network ids and sub-parameters (JSON objects); `None` for an unknown click.
+    /// Sees every click recorded before the call.
+    fn click_params(&self, click_id: String) -> StorageFuture<'_, Option<ClickParams>>;
+}
+
+/// Installs with their attribution decision, and the lookups a new install needs.
+pub trait InstallStore: Send + Sync + 'static {
     /// The install with this event id (any app when `app_id` is `None`).
-    fn install_by_event(&self, _app_id: Option<String>, _event_id: String) -> StorageFuture<'_, Option<InstallRecord>> {
-        unsupported("installs")
-    }
+    fn install_by_event(&self, app_id: Option<String>, event_id: String) -> StorageFuture<'_, Option<InstallRecord>>;
     /// The latest install that counted as new (not a reinstall) of this app on a device that
     /// shares any key.
-    fn last_install(&self, _app_id: String, _keys: DeviceKeys) -> StorageFuture<'_, Option<InstallRecord>> {
-        unsupported("installs")
-    }
+    fn last_install(&self, app_id: String, keys: DeviceKeys) -> StorageFuture<'_, Option<InstallRecord>>;
     /// Both lookups an install needs, in one round trip where the store can: the install with
-    /// this event id, and the device's latest counted install.
-    fn install_lookup(
-        &self,
-        app_id: String,
-        event_id: String,
-        keys: DeviceKeys,
-    ) -> StorageFuture<'_, (Option<InstallRecord>, Option<InstallRecord>)> {
-        Box::pin(async move {
-            if let Some(done) = self.install_by_event(Some(app_id.clone()), event_id).await? {
-                return Ok((Some(done), None));
-            }
-            Ok((None, self.last_install(app_id, keys).await?))
-        })
-    }
+    /// this event id, and (only when there is none) the device's latest counted install.
+    fn install_lookup(&self, app_id: String, event_id: String, keys: DeviceKeys) -> StorageFuture<'_, InstallLookup>;
     /// Stores an install with its touchpoint, alert and postbacks, atomically; returns the
     /// postbacks' ids. `None` when an install with the same event id exists (nothing is written).
     fn save_install(
         &self,
-        _install: InstallRecord,
-        _touchpoint: Option<Touchpoint>,
-        _alert: Option<FraudAlert>,
-        _postbacks: Vec<PostbackRecord>,
-    ) -> StorageFuture<'_, Option<Vec<i64>>> {
-        unsupported("installs")
-    }
+        install: InstallRecord,
+        touchpoint: Option<Touchpoint>,
+        alert: Option<FraudAlert>,
+        postbacks: Vec<PostbackRecord>,
+    ) -> StorageFuture<'_, Option<Vec<i64>>>;
+    /// Hourly counts of attributed installs per campaign since `since` (the burst baseline),
+    /// oldest hour first.
+    fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<InstallCount>>;
+}
+
+/// Touchpoints, re-engagements, conversion credit and postback delivery.
+pub trait ConversionStore: Send + Sync + 'static {
     /// Whether the device has an install of the app, and its last activity before `before`.
     fn reengagement_facts(
         &self,
-        _app_id: String,
-        _anonymous_id: String,
-        _before: i64,
-    ) -> StorageFuture<'_, (bool, Option<i64>)> {
-        unsupported("re-engagement")
-    }
+        app_id: String,
+        anonymous_id: String,
+        before: i64,
+    ) -> StorageFuture<'_, ReengagementFacts>;
     /// Stores touchpoints and re-engagements (each idempotent); for each re-engagement,
     /// whether it is new.
     fn save_touchpoints(
         &self,
-        _touchpoints: Vec<Touchpoint>,
-        _reengagements: Vec<Reengagement>,
-    ) -> StorageFuture<'_, Vec<bool>> {
-        unsupported("touchpoints")
-    }
+        touchpoints: Vec<Touchpoint>,
+        reengagements: Vec<Reengagement>,
+    ) -> StorageFuture<'_, Vec<bool>>;
     /// Touchpoints of the anonymous id and of every device linked to `user_id`, in
     /// `[since, until]`, oldest first, one per click.
     fn conversion_touchpoints(
         &self,
-        _app_id: String,
-        _anonymous_id: String,
-        _user_id: Option<String>,
-        _since: i64,
-        _until: i64,
-    ) -> StorageFuture<'_, Vec<Touchpoint>> {
-        unsupported("conversions")
-    }
+        app_id: String,
+        anonymous_id: String,
+        user_id: Option<String>,
+        since: i64,
+        until: i64,
+    ) -> StorageFuture<'_, Vec<Touchpoint>>;
     /// Stores one conversion's credit rows unless it was credited before; `true` if written.
-    fn save_conversion(&self, _rows: Vec<ConversionCredit>) -> StorageFuture<'_, bool> {
-        unsupported("conversions")
-    }
+    fn save_conversion(&self, rows: Vec<ConversionCredit>) -> StorageFuture<'_, bool>;
     /// Stores a pending postback; returns its id.
-    fn save_postback(&self, _postback: PostbackRecord) -> StorageFuture<'_, i64> {
-        unsupported("postbacks")
-    }
+    fn save_postback(&self, postback: PostbackRecord) -> StorageFuture<'_, i64>;
     /// Appends a delivery attempt to the log and updates the postback's state.
-    fn log_postback_attempt(&self, _attempt: PostbackAttempt) -> StorageFuture<'_, ()> {
-        unsupported("postbacks")
-    }
+    fn log_postback_attempt(&self, attempt: PostbackAttempt) -> StorageFuture<'_, ()>;
     /// Whether the postback still waits to be sent (not delivered, failed or deleted).
-    fn postback_pending(&self, _id: i64) -> StorageFuture<'_, bool> {
-        unsupported("postbacks")
-    }
-    /// Postbacks still pending: `(id, url, attempts, app_id, anonymous_id)`.
-    fn pending_postbacks(&self) -> StorageFuture<'_, Vec<PendingPostback>> {
-        unsupported("postbacks")
-    }
-    /// A click's ad-network ids and sub-parameters (JSON objects).
-    fn click_params(&self, _click_id: String) -> StorageFuture<'_, Option<(serde_json::Value, serde_json::Value)>> {
-        unsupported("clicks")
-    }
-    /// Hourly counts of attributed installs per campaign since `since` (the burst baseline):
-    /// `(campaign_id, hour start, installs)`.
-    /// The newest `limit` stored events of a subject (the event inspector), newest first.
-    fn recent_events(
-        &self,
-        _app_id: Option<String>,
-        _subject: Subject,
-        _limit: usize,
-    ) -> StorageFuture<'_, Vec<NewEvent>> {
-        unsupported("the event inspector")
-    }
-    fn install_counts(&self, _since: i64) -> StorageFuture<'_, Vec<(String, i64, u32)>> {
-        unsupported("installs")
-    }
+    fn postback_pending(&self, id: i64) -> StorageFuture<'_, bool>;
+    /// Postbacks still pending, oldest first.
+    fn pending_postbacks(&self) -> StorageFuture<'_, Vec<PendingPostback>>;
+}
+
+/// The report tables: star schema, sessions, rollups, costs, retention.
+pub trait ReportStore: Send + Sync + 'static {
     /// One step of the reporting refresh: up to `batch` new events, queued at or before
     /// `horizon` (`None`: the newest now; the answer names it for the next step), into the star
     /// schema (facts, users, sessions split after `session_gap` ms of inactivity); once none is
     /// left, the rollups of every day that changed.
-    fn refresh_step(
-        &self,
-        _batch: usize,
-        _session_gap: i64,
-        _horizon: Option<i64>,
-    ) -> StorageFuture<'_, RefreshReport> {
-        unsupported("reports")
-    }
+    fn refresh_step(&self, batch: usize, session_gap: i64, horizon: Option<i64>) -> StorageFuture<'_, RefreshReport>;
     /// Deletes what the retention policy no longer keeps (after a full refresh).
-    fn purge(&self, _cutoffs: RetentionCutoffs) -> StorageFuture<'_, PurgeReport> {
-        unsupported("reports")
-    }
+    fn purge(&self, cutoffs: RetentionCutoffs) -> StorageFuture<'_, PurgeReport>;
     /// Stores one day's cost of a campaign; `Ok(Err(why))` when the request cannot be applied
     /// (unknown campaign, another currency).
-    fn save_cost(&self, _cost: CampaignCost) -> StorageFuture<'_, Result<(), String>> {
-        unsupported("reports")
-    }
+    fn save_cost(&self, cost: CampaignCost) -> StorageFuture<'_, Result<(), String>>;
     /// Rows for a report.
-    fn report(&self, _query: ReportQuery) -> StorageFuture<'_, ReportRows> {
-        unsupported("reports")
-    }
+    fn report(&self, query: ReportQuery) -> StorageFuture<'_, ReportRows>;
+}
+
+/// Deletion of a data subject (`/v1/user/delete`).
+pub trait DeletionStore: Send + Sync + 'static {
+    /// Deletes every row that refers to the subject (and the anonymous ids seen with a user id),
+    /// writes the audit record, and reports what was deleted.
+    fn delete_subject(&self, subject: Subject, audit: DeletionAudit) -> StorageFuture<'_, DeleteReport>;
+}
+
+/// What the server needs from storage: every concern's trait. Implemented for any type that
+/// implements them all; a store implements each of them fully (there are no defaults).
+pub trait Storage: EventStore + LinkStore + InstallStore + ConversionStore + ReportStore + DeletionStore {}
+
+impl<T> Storage for T where T: EventStore + LinkStore + InstallStore + ConversionStore + ReportStore + DeletionStore {}
+
+/// The storage traits, for calling their methods (on `dyn Storage` too): `use
+/// crate::storage::prelude::*;`.
+pub mod prelude {
+    pub use super::{ConversionStore, DeletionStore, EventStore, InstallStore, LinkStore, ReportStore, Storage};
 }
 
 /// A unit of work for the writer thread: runs inside the group's transaction, then hears
@@ -502,19 +456,32 @@ impl SqliteStorage {
     }
 }
 
-impl Storage for SqliteStorage {
+impl EventStore for SqliteStorage {
     fn insert(&self, events: Vec<NewEvent>) -> StorageFuture<'_, Vec<bool>> {
         self.write(events.len(), move |tx| insert_events(tx, &events))
     }
 
-    fn delete_subject(&self, subject: Subject, audit: DeletionAudit) -> StorageFuture<'_, DeleteReport> {
-        self.write(1, move |tx| delete_in(tx, &subject, &audit))
+    fn recent_events(
+        &self,
+        app_id: Option<String>,
+        subject: Subject,
+        limit: usize,
+    ) -> StorageFuture<'_, Vec<NewEvent>> {
+        self.read(move |conn| recent_events(conn, app_id.as_deref(), &subject, limit))
     }
 
     fn backlog(&self) -> usize {
         self.backlog.load(Ordering::Relaxed)
     }
+}
 
+impl DeletionStore for SqliteStorage {
+    fn delete_subject(&self, subject: Subject, audit: DeletionAudit) -> StorageFuture<'_, DeleteReport> {
+        self.write(1, move |tx| delete_in(tx, &subject, &audit))
+    }
+}
+
+impl LinkStore for SqliteStorage {
     fn save_campaign(&self, campaign: Campaign) -> StorageFuture<'_, ()> {
         self.write(1, move |tx| attr::save_campaign(tx, &campaign))
     }
@@ -523,7 +490,7 @@ impl Storage for SqliteStorage {
         self.write(2, move |tx| attr::save_link(tx, &link, &audit))
     }
 
-    fn load_links(&self) -> StorageFuture<'_, (Vec<Campaign>, Vec<LinkRecord>)> {
+    fn load_links(&self) -> StorageFuture<'_, LinkCatalog> {
         self.read(attr::load_links)
     }
 
@@ -564,6 +531,14 @@ impl Storage for SqliteStorage {
         self.read(move |c| attr::load_touches(c, since))
     }
 
+    fn click_params(&self, click_id: String) -> StorageFuture<'_, Option<ClickParams>> {
+        // Through the writer's queue, not the read pool: clicks are written behind their
+        // redirect, and the queue runs in order, so this sees every click queued before it.
+        self.write(1, move |tx| attr::click_params(tx, &click_id))
+    }
+}
+
+impl InstallStore for SqliteStorage {
     fn install_by_event(&self, app_id: Option<String>, event_id: String) -> StorageFuture<'_, Option<InstallRecord>> {
         self.read(move |c| attr::install_by_event(c, app_id.as_deref(), &event_id))
     }
@@ -572,17 +547,12 @@ impl Storage for SqliteStorage {
         self.read(move |c| attr::last_install(c, &app_id, &keys))
     }
 
-    fn install_lookup(
-        &self,
-        app_id: String,
-        event_id: String,
-        keys: DeviceKeys,
-    ) -> StorageFuture<'_, (Option<InstallRecord>, Option<InstallRecord>)> {
+    fn install_lookup(&self, app_id: String, event_id: String, keys: DeviceKeys) -> StorageFuture<'_, InstallLookup> {
         self.read(move |c| {
             if let Some(done) = attr::install_by_event(c, Some(&app_id), &event_id)? {
-                return Ok((Some(done), None));
+                return Ok(InstallLookup { existing: Some(done), last_install: None });
             }
-            Ok((None, attr::last_install(c, &app_id, &keys)?))
+            Ok(InstallLookup { existing: None, last_install: attr::last_install(c, &app_id, &keys)? })
         })
     }
 
@@ -601,19 +571,12 @@ impl Storage for SqliteStorage {
         })
     }
 
-    fn recent_events(
-        &self,
-        app_id: Option<String>,
-        subject: Subject,
-        limit: usize,
-    ) -> StorageFuture<'_, Vec<NewEvent>> {
-        self.read(move |conn| recent_events(conn, app_id.as_deref(), &subject, limit))
-    }
-
-    fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<(String, i64, u32)>> {
+    fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<InstallCount>> {
         self.read(move |c| attr::install_counts(c, since))
     }
+}
 
+impl ReportStore for SqliteStorage {
     fn refresh_step(&self, batch: usize, session_gap: i64, horizon: Option<i64>) -> StorageFuture<'_, RefreshReport> {
         self.write(batch, move |tx| star::refresh_step(tx, batch, session_gap, horizon))
     }
@@ -644,13 +607,15 @@ impl Storage for SqliteStorage {
     fn report(&self, query: ReportQuery) -> StorageFuture<'_, ReportRows> {
         self.read(move |c| star::report(c, &query))
     }
+}
 
+impl ConversionStore for SqliteStorage {
     fn reengagement_facts(
         &self,
         app_id: String,
         anonymous_id: String,
         before: i64,
-    ) -> StorageFuture<'_, (bool, Option<i64>)> {
+    ) -> StorageFuture<'_, ReengagementFacts> {
         self.read(move |c| attr::reengagement_facts(c, &app_id, &anonymous_id, before))
     }
 
@@ -687,18 +652,12 @@ impl Storage for SqliteStorage {
         self.write(2, move |tx| attr::log_postback_attempt(tx, &attempt))
     }
 
-    fn pending_postbacks(&self) -> StorageFuture<'_, Vec<PendingPostback>> {
-        self.read(attr::pending_postbacks)
-    }
-
     fn postback_pending(&self, id: i64) -> StorageFuture<'_, bool> {
         self.read(move |c| attr::postback_pending(c, id))
     }
 
-    fn click_params(&self, click_id: String) -> StorageFuture<'_, Option<(serde_json::Value, serde_json::Value)>> {
-        // Through the writer's queue, not the read pool: clicks are written behind their
-        // redirect, and the queue runs in order, so this sees every click queued before it.
-        self.write(1, move |tx| attr::click_params(tx, &click_id))
+    fn pending_postbacks(&self) -> StorageFuture<'_, Vec<PendingPostback>> {
+        self.read(attr::pending_postbacks)
     }
 }
 

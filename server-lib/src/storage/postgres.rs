@@ -18,11 +18,9 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Campaign, ClickRecord, ConversionCredit, DeleteReport, DeletionAudit, DeviceKeys, FraudAlert, InstallRecord,
-    LinkAudit, LinkRecord, NewEvent, PendingPostback, PostbackAttempt, PostbackRecord, Reengagement, Storage,
-    StorageError, StorageFuture, Subject, Touchpoint,
+    ConversionStore, DeletionStore, EventStore, InstallStore, LinkStore, ReportStore, StorageError, StorageFuture,
 };
-use crate::domain::records::{CampaignCost, PurgeReport, RefreshReport, ReportQuery, ReportRows, RetentionCutoffs};
+use crate::domain::records::*;
 
 /// Migrations, applied in order inside one transaction under an advisory lock, so instances
 /// starting together do not race.
@@ -561,7 +559,7 @@ pub(super) fn event_row(r: &tokio_postgres::Row) -> NewEvent {
     }
 }
 
-impl Storage for PostgresStorage {
+impl EventStore for PostgresStorage {
     fn insert(&self, events: Vec<NewEvent>) -> StorageFuture<'_, Vec<bool>> {
         Box::pin(async move {
             if events.is_empty() {
@@ -618,6 +616,30 @@ impl Storage for PostgresStorage {
         })
     }
 
+    fn recent_events(
+        &self,
+        app_id: Option<String>,
+        subject: Subject,
+        limit: usize,
+    ) -> StorageFuture<'_, Vec<NewEvent>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let sql = format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE {} = $1 AND ($2::text IS NULL OR app_id = $2)
+                  ORDER BY received_at DESC, client_ts DESC, seq DESC LIMIT $3",
+                subject.kind()
+            );
+            let rows = client.query(&sql, &[&subject.value(), &app_id, &(limit as i64)]).await.map_err(backend)?;
+            Ok(rows.iter().map(event_row).collect())
+        })
+    }
+
+    fn backlog(&self) -> usize {
+        self.pool.status().waiting
+    }
+}
+
+impl DeletionStore for PostgresStorage {
     fn delete_subject(&self, subject: Subject, audit: DeletionAudit) -> StorageFuture<'_, DeleteReport> {
         Box::pin(async move {
             let mut client = self.pool.get().await.map_err(pool_error)?;
@@ -720,11 +742,9 @@ impl Storage for PostgresStorage {
             Ok(report)
         })
     }
+}
 
-    fn backlog(&self) -> usize {
-        self.pool.status().waiting
-    }
-
+impl LinkStore for PostgresStorage {
     fn save_campaign(&self, c: Campaign) -> StorageFuture<'_, ()> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
@@ -769,7 +789,7 @@ impl Storage for PostgresStorage {
         })
     }
 
-    fn load_links(&self) -> StorageFuture<'_, (Vec<Campaign>, Vec<LinkRecord>)> {
+    fn load_links(&self) -> StorageFuture<'_, LinkCatalog> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
             let campaigns = client
@@ -789,7 +809,7 @@ impl Storage for PostgresStorage {
             for r in client.query("SELECT record FROM links ORDER BY seq", &[]).await.map_err(backend)? {
                 links.push(serde_json::from_str(r.get(0)).map_err(backend)?);
             }
-            Ok((campaigns, links))
+            Ok(LinkCatalog { campaigns, links })
         })
     }
 
@@ -818,6 +838,42 @@ impl Storage for PostgresStorage {
         })
     }
 
+    fn record_touch(&self, touch: ClickRecord) -> Result<(), StorageError> {
+        self.clicks.try_send(ClickJob::Click(Box::new(touch))).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StorageError::Busy,
+            mpsc::error::TrySendError::Closed(_) => StorageError::Backend("click writer stopped".into()),
+        })
+    }
+
+    fn load_touches(&self, since: i64) -> StorageFuture<'_, Vec<ClickRecord>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let rows = client
+                .query(&format!("SELECT {CLICK_COLUMNS} FROM clicks WHERE ts >= $1 ORDER BY ts, seq"), &[&since])
+                .await
+                .map_err(backend)?;
+            rows.iter().map(click_row).collect()
+        })
+    }
+
+    fn click_params(&self, click_id: String) -> StorageFuture<'_, Option<ClickParams>> {
+        Box::pin(async move {
+            // Clicks are written behind their redirect: wait for those queued before this call.
+            let (done, wait) = oneshot::channel();
+            if self.clicks.send(ClickJob::Barrier(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let row = client
+                .query_opt("SELECT network_ids, sub_params FROM clicks WHERE click_id = $1", &[&click_id])
+                .await
+                .map_err(backend)?;
+            row.map(|r| Ok(ClickParams { network_ids: json(r.get(0))?, sub_params: json(r.get(1))? })).transpose()
+        })
+    }
+}
+
+impl InstallStore for PostgresStorage {
     fn install_by_event(&self, app_id: Option<String>, event_id: String) -> StorageFuture<'_, Option<InstallRecord>> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
@@ -832,18 +888,13 @@ impl Storage for PostgresStorage {
         })
     }
 
-    fn install_lookup(
-        &self,
-        app_id: String,
-        event_id: String,
-        keys: DeviceKeys,
-    ) -> StorageFuture<'_, (Option<InstallRecord>, Option<InstallRecord>)> {
+    fn install_lookup(&self, app_id: String, event_id: String, keys: DeviceKeys) -> StorageFuture<'_, InstallLookup> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
             if let Some(done) = install_by_event(&client, Some(&app_id), &event_id).await? {
-                return Ok((Some(done), None));
+                return Ok(InstallLookup { existing: Some(done), last_install: None });
             }
-            Ok((None, last_install(&client, &app_id, &keys).await?))
+            Ok(InstallLookup { existing: None, last_install: last_install(&client, &app_id, &keys).await? })
         })
     }
 
@@ -915,7 +966,7 @@ impl Storage for PostgresStorage {
         })
     }
 
-    fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<(String, i64, u32)>> {
+    fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<InstallCount>> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
             let hour = crate::domain::attribution::HOUR;
@@ -928,16 +979,21 @@ impl Storage for PostgresStorage {
                 )
                 .await
                 .map_err(backend)?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, i64>(2) as u32)).collect())
+            Ok(rows
+                .iter()
+                .map(|r| InstallCount { campaign_id: r.get(0), hour: r.get(1), installs: r.get::<_, i64>(2) as u32 })
+                .collect())
         })
     }
+}
 
+impl ConversionStore for PostgresStorage {
     fn reengagement_facts(
         &self,
         app_id: String,
         anonymous_id: String,
         before: i64,
-    ) -> StorageFuture<'_, (bool, Option<i64>)> {
+    ) -> StorageFuture<'_, ReengagementFacts> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
             let row = client
@@ -953,7 +1009,7 @@ impl Storage for PostgresStorage {
                 .map_err(backend)?;
             let (installed, last_install, last_event): (bool, Option<i64>, Option<i64>) =
                 (row.get(0), row.get(1), row.get(2));
-            Ok((installed, last_install.max(last_event)))
+            Ok(ReengagementFacts { installed, last_activity: last_install.max(last_event) })
         })
     }
 
@@ -1148,44 +1204,21 @@ impl Storage for PostgresStorage {
                 )
                 .await
                 .map_err(backend)?;
-            Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get::<_, i32>(2) as u32, r.get(3), r.get(4))).collect())
+            Ok(rows
+                .iter()
+                .map(|r| PendingPostback {
+                    id: r.get(0),
+                    url: r.get(1),
+                    attempts: r.get::<_, i32>(2) as u32,
+                    app_id: r.get(3),
+                    anonymous_id: r.get(4),
+                })
+                .collect())
         })
     }
+}
 
-    fn record_touch(&self, touch: ClickRecord) -> Result<(), StorageError> {
-        self.clicks.try_send(ClickJob::Click(Box::new(touch))).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => StorageError::Busy,
-            mpsc::error::TrySendError::Closed(_) => StorageError::Backend("click writer stopped".into()),
-        })
-    }
-
-    fn load_touches(&self, since: i64) -> StorageFuture<'_, Vec<ClickRecord>> {
-        Box::pin(async move {
-            let client = self.pool.get().await.map_err(pool_error)?;
-            let rows = client
-                .query(&format!("SELECT {CLICK_COLUMNS} FROM clicks WHERE ts >= $1 ORDER BY ts, seq"), &[&since])
-                .await
-                .map_err(backend)?;
-            rows.iter().map(click_row).collect()
-        })
-    }
-
-    fn click_params(&self, click_id: String) -> StorageFuture<'_, Option<(Value, Value)>> {
-        Box::pin(async move {
-            // Clicks are written behind their redirect: wait for those queued before this call.
-            let (done, wait) = oneshot::channel();
-            if self.clicks.send(ClickJob::Barrier(done)).await.is_ok() {
-                let _ = wait.await;
-            }
-            let client = self.pool.get().await.map_err(pool_error)?;
-            let row = client
-                .query_opt("SELECT network_ids, sub_params FROM clicks WHERE click_id = $1", &[&click_id])
-                .await
-                .map_err(backend)?;
-            row.map(|r| Ok((json(r.get(0))?, json(r.get(1))?))).transpose()
-        })
-    }
-
+impl ReportStore for PostgresStorage {
     fn refresh_step(&self, batch: usize, session_gap: i64, horizon: Option<i64>) -> StorageFuture<'_, RefreshReport> {
         Box::pin(async move {
             let mut client = self.pool.get().await.map_err(pool_error)?;
@@ -1236,24 +1269,6 @@ impl Storage for PostgresStorage {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
             super::pg_star::report(&client, &query).await
-        })
-    }
-
-    fn recent_events(
-        &self,
-        app_id: Option<String>,
-        subject: Subject,
-        limit: usize,
-    ) -> StorageFuture<'_, Vec<NewEvent>> {
-        Box::pin(async move {
-            let client = self.pool.get().await.map_err(pool_error)?;
-            let sql = format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE {} = $1 AND ($2::text IS NULL OR app_id = $2)
-                  ORDER BY received_at DESC, client_ts DESC, seq DESC LIMIT $3",
-                subject.kind()
-            );
-            let rows = client.query(&sql, &[&subject.value(), &app_id, &(limit as i64)]).await.map_err(backend)?;
-            Ok(rows.iter().map(event_row).collect())
         })
     }
 }
