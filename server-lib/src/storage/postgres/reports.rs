@@ -1,5 +1,5 @@
 //! The reporting side of the PostgreSQL store: the same star schema, sessions, rollups and
-//! retention as the SQLite store's (`star.rs`), in PostgreSQL's dialect.
+//! retention as the SQLite store's (`sqlite/reports.rs`), in PostgreSQL's dialect.
 //!
 //! Differences that come from several instances sharing the database:
 //! - every refresh and purge takes one transaction-scoped advisory lock, so only one instance
@@ -17,219 +17,71 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use deadpool_postgres::Transaction;
 use serde_json::Value;
 
-use super::StorageError;
-use super::postgres::backend;
-use super::star::{DAY_MS, FACT_ROWS, StoredSession, day_of, money, plan_sessions, utm_key};
-use crate::domain::records::{
-    CampaignCost, CampaignDay, FactRow, FraudAlert, PurgeReport, RefreshReport, ReportQuery, ReportRows,
-    RetentionCutoffs, UserRow,
+use super::events::{EVENT_COLUMNS, event_row};
+use super::{PostgresStorage, pool_error};
+use crate::storage::star::{DAY_MS, FACT_ROWS, StoredSession, day_of, money, plan_sessions, utm_key};
+use crate::storage::{
+    CampaignCost, CampaignDay, FactRow, FraudAlert, PurgeReport, RefreshReport, ReportQuery, ReportRows, ReportStore,
+    RetentionCutoffs, StorageError, StorageFuture, UserRow, backend,
 };
+
+impl ReportStore for PostgresStorage {
+    fn refresh_step(&self, batch: usize, session_gap: i64, horizon: Option<i64>) -> StorageFuture<'_, RefreshReport> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let report = refresh_step(&tx, batch, session_gap, horizon).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(report)
+        })
+    }
+
+    fn purge(&self, cutoffs: RetentionCutoffs) -> StorageFuture<'_, PurgeReport> {
+        // In steps, each its own transaction, so ingest and other instances keep going.
+        const CHUNK: usize = 20_000;
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            purge_begin(&tx, &cutoffs).await?;
+            tx.commit().await.map_err(backend)?;
+            let (mut events, mut facts) = (0, 0);
+            loop {
+                let tx = client.transaction().await.map_err(backend)?;
+                let (e, f) = purge_events(&tx, &cutoffs, CHUNK).await?;
+                tx.commit().await.map_err(backend)?;
+                events += e;
+                facts += f;
+                if f < CHUNK as u64 {
+                    break;
+                }
+            }
+            let tx = client.transaction().await.map_err(backend)?;
+            let rest = purge_rest(&tx, &cutoffs).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(PurgeReport { events, facts, ..rest })
+        })
+    }
+
+    fn save_cost(&self, cost: CampaignCost) -> StorageFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let outcome = save_cost(&tx, &cost).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(outcome)
+        })
+    }
+
+    fn report(&self, query: ReportQuery) -> StorageFuture<'_, ReportRows> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            report(&client, &query).await
+        })
+    }
+}
 
 /// Advisory lock key of the refresh and the purge (one at a time across instances).
 const REPORT_LOCK: i64 = 1_952_543_340;
-
-/// Floor division of a Unix-ms column by a day, in SQL.
-macro_rules! day_sql {
-    ($col:literal) => {
-        concat!("((", $col, " - (((", $col, ") % 86400000) + 86400000) % 86400000) / 86400000)")
-    };
-}
-
-/// A statement-level trigger that marks the days of new `$table` rows (by `$ts`) dirty.
-macro_rules! dirty_trigger {
-    ($table:literal, $ts:literal) => {
-        concat!(
-            "CREATE FUNCTION tm_",
-            $table,
-            "_dirty() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 INSERT INTO rollup_dirty SELECT DISTINCT app_id, ",
-            day_sql!($ts),
-            ", '",
-            $table,
-            "' FROM new_rows
-                     ON CONFLICT DO NOTHING;
-                 RETURN NULL;
-             END $$;
-             CREATE TRIGGER ",
-            $table,
-            "_dirty AFTER INSERT ON ",
-            $table,
-            " REFERENCING NEW TABLE AS new_rows
-                 FOR EACH STATEMENT EXECUTE FUNCTION tm_",
-            $table,
-            "_dirty();\n"
-        )
-    };
-}
-
-/// Schema version 5: the report tables.
-pub const SCHEMA: &str = concat!(
-    "CREATE TABLE etl_pending (
-         seq BIGSERIAL NOT NULL,
-         app_id TEXT NOT NULL,
-         event_id TEXT NOT NULL,
-         PRIMARY KEY (app_id, event_id)
-     );
-     CREATE INDEX etl_pending_seq ON etl_pending (seq);
-     CREATE FUNCTION tm_events_etl() RETURNS trigger LANGUAGE plpgsql AS $$
-     BEGIN
-         INSERT INTO etl_pending (app_id, event_id) SELECT app_id, event_id FROM new_rows ORDER BY seq
-             ON CONFLICT DO NOTHING;
-         RETURN NULL;
-     END $$;
-     CREATE TRIGGER events_etl AFTER INSERT ON events REFERENCING NEW TABLE AS new_rows
-         FOR EACH STATEMENT EXECUTE FUNCTION tm_events_etl();
-     CREATE TABLE etl_state (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
-     CREATE TABLE dim_date (
-         date_key BIGINT PRIMARY KEY,
-         date TEXT NOT NULL,
-         year INTEGER NOT NULL,
-         month INTEGER NOT NULL,
-         day INTEGER NOT NULL,
-         weekday INTEGER NOT NULL,
-         iso_week INTEGER NOT NULL
-     );
-     CREATE TABLE dim_campaigns (
-         campaign_key TEXT PRIMARY KEY,
-         app_id TEXT NOT NULL,
-         campaign_id TEXT,
-         kind TEXT NOT NULL,
-         name TEXT NOT NULL,
-         network TEXT NOT NULL,
-         created_at BIGINT NOT NULL
-     );
-     CREATE FUNCTION tm_campaigns_dim() RETURNS trigger LANGUAGE plpgsql AS $$
-     BEGIN
-         INSERT INTO dim_campaigns (campaign_key, app_id, campaign_id, kind, name, network, created_at)
-         VALUES (NEW.campaign_id, NEW.app_id, NEW.campaign_id, 'link', NEW.name, NEW.network, NEW.created_at)
-         ON CONFLICT (campaign_key) DO UPDATE SET name = excluded.name, network = excluded.network;
-         RETURN NULL;
-     END $$;
-     CREATE TRIGGER campaigns_dim AFTER INSERT ON campaigns FOR EACH ROW EXECUTE FUNCTION tm_campaigns_dim();
-     CREATE TABLE dim_users (
-         app_id TEXT NOT NULL,
-         anonymous_id TEXT NOT NULL,
-         user_id TEXT,
-         first_seen BIGINT NOT NULL,
-         last_seen BIGINT NOT NULL,
-         events BIGINT NOT NULL DEFAULT 0,
-         install_ts BIGINT,
-         install_campaign_id TEXT,
-         utm_campaign_key TEXT,
-         PRIMARY KEY (app_id, anonymous_id)
-     );
-     CREATE INDEX dim_users_user_id ON dim_users (user_id) WHERE user_id IS NOT NULL;
-     CREATE INDEX dim_users_anonymous_id ON dim_users (anonymous_id);
-     CREATE FUNCTION tm_installs_dim_users() RETURNS trigger LANGUAGE plpgsql AS $$
-     BEGIN
-         INSERT INTO dim_users (app_id, anonymous_id, first_seen, last_seen, install_ts, install_campaign_id)
-         VALUES (NEW.app_id, NEW.anonymous_id, NEW.install_ts, NEW.install_ts, NEW.install_ts,
-                 CASE WHEN NOT NEW.rejected THEN NEW.campaign_id END)
-         ON CONFLICT (app_id, anonymous_id) DO UPDATE SET
-             install_ts = LEAST(coalesce(dim_users.install_ts, excluded.install_ts), excluded.install_ts),
-             install_campaign_id = coalesce(dim_users.install_campaign_id, excluded.install_campaign_id),
-             first_seen = LEAST(dim_users.first_seen, excluded.first_seen);
-         RETURN NULL;
-     END $$;
-     CREATE TRIGGER installs_dim_users AFTER INSERT ON installs FOR EACH ROW WHEN (NEW.kind = 'install')
-         EXECUTE FUNCTION tm_installs_dim_users();
-     CREATE TABLE fact_events (
-         seq BIGSERIAL PRIMARY KEY,
-         app_id TEXT NOT NULL,
-         event_id TEXT NOT NULL,
-         date_key BIGINT NOT NULL,
-         ts BIGINT NOT NULL,
-         event_type TEXT NOT NULL,
-         anonymous_id TEXT NOT NULL,
-         user_id TEXT,
-         session_key TEXT NOT NULL,
-         revenue DOUBLE PRECISION,
-         currency TEXT
-     );
-     CREATE INDEX fact_events_user ON fact_events (anonymous_id, ts);
-     CREATE INDEX fact_events_type ON fact_events (app_id, event_type, ts);
-     CREATE INDEX fact_events_date ON fact_events (date_key, app_id);
-     CREATE INDEX fact_events_session ON fact_events (app_id, session_key);
-     CREATE INDEX fact_events_user_id ON fact_events (user_id) WHERE user_id IS NOT NULL;
-     CREATE TABLE sessions (
-         app_id TEXT NOT NULL,
-         session_key TEXT NOT NULL,
-         anonymous_id TEXT NOT NULL,
-         user_id TEXT,
-         start_ts BIGINT NOT NULL,
-         end_ts BIGINT NOT NULL,
-         events BIGINT NOT NULL,
-         PRIMARY KEY (app_id, session_key)
-     );
-     CREATE INDEX sessions_user ON sessions (app_id, anonymous_id, start_ts);
-     CREATE INDEX sessions_user_id ON sessions (user_id) WHERE user_id IS NOT NULL;
-     CREATE TABLE campaign_costs (
-         campaign_id TEXT NOT NULL,
-         app_id TEXT NOT NULL,
-         date_key BIGINT NOT NULL,
-         amount DOUBLE PRECISION NOT NULL,
-         currency TEXT NOT NULL,
-         updated_at BIGINT NOT NULL,
-         PRIMARY KEY (campaign_id, date_key)
-     );
-     CREATE TABLE rollup_dirty (
-         app_id TEXT NOT NULL,
-         date_key BIGINT NOT NULL,
-         source TEXT NOT NULL,
-         PRIMARY KEY (app_id, date_key, source)
-     );",
-    dirty_trigger!("clicks", "ts"),
-    dirty_trigger!("installs", "install_ts"),
-    dirty_trigger!("conversions", "ts"),
-    "
-     CREATE TABLE rollup_daily (
-         app_id TEXT NOT NULL,
-         date_key BIGINT NOT NULL,
-         campaign_key TEXT NOT NULL,
-         event_type TEXT NOT NULL,
-         events BIGINT NOT NULL,
-         users BIGINT NOT NULL,
-         revenue DOUBLE PRECISION NOT NULL,
-         PRIMARY KEY (app_id, date_key, campaign_key, event_type)
-     );
-     CREATE TABLE rollup_campaign_daily (
-         app_id TEXT NOT NULL,
-         date_key BIGINT NOT NULL,
-         campaign_id TEXT NOT NULL,
-         impressions BIGINT NOT NULL DEFAULT 0,
-         clicks BIGINT NOT NULL DEFAULT 0,
-         installs BIGINT NOT NULL DEFAULT 0,
-         rejected_installs BIGINT NOT NULL DEFAULT 0,
-         PRIMARY KEY (app_id, date_key, campaign_id)
-     );
-     CREATE TABLE rollup_conversions_daily (
-         app_id TEXT NOT NULL,
-         date_key BIGINT NOT NULL,
-         campaign_id TEXT NOT NULL,
-         model TEXT NOT NULL,
-         conversions DOUBLE PRECISION NOT NULL,
-         revenue DOUBLE PRECISION NOT NULL,
-         PRIMARY KEY (app_id, date_key, campaign_id, model)
-     );
-     INSERT INTO etl_pending (app_id, event_id) SELECT app_id, event_id FROM events ORDER BY seq;
-     INSERT INTO dim_campaigns (campaign_key, app_id, campaign_id, kind, name, network, created_at)
-         SELECT campaign_id, app_id, campaign_id, 'link', name, network, created_at FROM campaigns
-         ON CONFLICT DO NOTHING;
-     INSERT INTO rollup_dirty SELECT DISTINCT app_id, ",
-    day_sql!("ts"),
-    ", 'clicks' FROM clicks ON CONFLICT DO NOTHING;
-     INSERT INTO rollup_dirty SELECT DISTINCT app_id, ",
-    day_sql!("install_ts"),
-    ", 'installs' FROM installs ON CONFLICT DO NOTHING;
-     INSERT INTO rollup_dirty SELECT DISTINCT app_id, ",
-    day_sql!("ts"),
-    ", 'conversions' FROM conversions ON CONFLICT DO NOTHING;
-     INSERT INTO dim_users (app_id, anonymous_id, first_seen, last_seen, install_ts, install_campaign_id)
-         SELECT app_id, anonymous_id, min(install_ts), min(install_ts), min(install_ts),
-                max(CASE WHEN NOT rejected THEN campaign_id END)
-           FROM installs WHERE kind = 'install' GROUP BY app_id, anonymous_id;"
-);
 
 /// Takes the refresh/purge/deletion lock for the rest of the transaction.
 pub async fn report_lock(tx: &Transaction<'_>) -> Result<(), StorageError> {
@@ -887,9 +739,9 @@ pub async fn report(client: &tokio_postgres::Client, query: &ReportQuery) -> Res
             ))
         }
         ReportQuery::RecentEvents { limit } => {
-            let sql = format!("SELECT {} FROM events ORDER BY seq DESC LIMIT $1", super::postgres::EVENT_COLUMNS);
+            let sql = format!("SELECT {} FROM events ORDER BY seq DESC LIMIT $1", EVENT_COLUMNS);
             let rows = client.query(&sql, &[&(*limit as i64)]).await.map_err(backend)?;
-            Ok(ReportRows::Recent(rows.iter().map(super::postgres::event_row).collect()))
+            Ok(ReportRows::Recent(rows.iter().map(event_row).collect()))
         }
         ReportQuery::Alerts { since, limit } => {
             let rows = client
