@@ -13,8 +13,10 @@ use std::pin::Pin;
 
 use thiserror::Error;
 
+mod ddl;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 pub mod star;
 

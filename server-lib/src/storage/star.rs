@@ -145,9 +145,5 @@ pub fn plan_sessions(stored: Vec<StoredSession>, events: &[(i64, &str, Option<&s
     plan
 }
 
-/// The columns of a [`FactRow`](crate::domain::records::FactRow) (the device's campaign from `dim_users`), the same SQL in both
-/// stores; a query adds its `WHERE` and `ORDER BY`.
-pub const FACT_ROWS: &str = "SELECT f.anonymous_id, u.user_id, f.event_type, f.ts, f.session_key,
-        coalesce(u.install_campaign_id, u.utm_campaign_key)
-   FROM fact_events f
-   LEFT JOIN dim_users u ON u.app_id = f.app_id AND u.anonymous_id = f.anonymous_id";
+/// The fact-row `SELECT` both stores' reports start from (written with the shared SQL).
+pub use super::sql::FACT_ROWS;

@@ -30,6 +30,23 @@ pub enum Place {
 pub struct Fixture {
     pub store: Arc<dyn Storage>,
     pub place: Place,
+    /// Further SQLite instances on the same file ([`Fixture::open_again`]).
+    again: std::sync::Mutex<Vec<Arc<dyn Storage>>>,
+}
+
+impl Drop for Fixture {
+    /// SQLite stores are never closed. The bundled SQLite (3.51.1) can deadlock when two
+    /// connections to one file close at once (the writer thread's and the read pool's, as a
+    /// dropped store closes them; fixed in SQLite 3.51.2, see
+    /// <https://github.com/rusqlite/rusqlite/issues/1860>), and with one test per check the
+    /// suite drops many stores. The test process ends soon after; the files go with the
+    /// temporary directory.
+    fn drop(&mut self) {
+        if let Place::Sqlite(_) = self.place {
+            std::mem::forget(self.store.clone());
+            std::mem::forget(std::mem::take(&mut *self.again.lock().unwrap()));
+        }
+    }
 }
 
 impl Fixture {
@@ -45,9 +62,14 @@ impl Fixture {
     /// Another instance on the same data (it applies no migration twice).
     pub async fn open_again(&self) -> Arc<dyn Storage> {
         match &self.place {
-            Place::Sqlite(dir) => Arc::new(
-                trailmark_server::SqliteStorage::open(dir.path().join("s.db"), Default::default(), 64, 1000).unwrap(),
-            ),
+            Place::Sqlite(dir) => {
+                let store: Arc<dyn Storage> = Arc::new(
+                    trailmark_server::SqliteStorage::open(dir.path().join("s.db"), Default::default(), 64, 1000)
+                        .unwrap(),
+                );
+                self.again.lock().unwrap().push(store.clone());
+                store
+            }
             #[cfg(feature = "postgres")]
             Place::Postgres { url, schema } => Arc::new(
                 trailmark_server::storage::postgres::PostgresStorage::connect(url, 2, Some(schema)).await.unwrap(),
@@ -60,7 +82,7 @@ impl Fixture {
 pub async fn sqlite() -> Option<Fixture> {
     let dir = tempfile::tempdir().unwrap();
     let store = trailmark_server::SqliteStorage::open(dir.path().join("s.db"), Default::default(), 64, 1000).unwrap();
-    Some(Fixture { store: Arc::new(store), place: Place::Sqlite(dir) })
+    Some(Fixture { store: Arc::new(store), place: Place::Sqlite(dir), again: Default::default() })
 }
 
 /// A new PostgreSQL store in a schema of its own; `None` without a server.
@@ -69,5 +91,5 @@ pub async fn postgres() -> Option<Fixture> {
     let url = postgres_url()?;
     let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
     let store = trailmark_server::storage::postgres::PostgresStorage::connect(&url, 8, Some(&schema)).await.unwrap();
-    Some(Fixture { store: Arc::new(store), place: Place::Postgres { url, schema } })
+    Some(Fixture { store: Arc::new(store), place: Place::Postgres { url, schema }, again: Default::default() })
 }

@@ -1,6 +1,7 @@
 //! The PostgreSQL store's touchpoints, re-engagements, conversion credit and postbacks.
 
 use super::{PostgresStorage, pool_error};
+use crate::storage::sql;
 use crate::storage::{
     ConversionCredit, ConversionStore, PendingPostback, PostbackAttempt, PostbackRecord, Reengagement,
     ReengagementFacts, StorageError, StorageFuture, Touchpoint, backend,
@@ -47,9 +48,7 @@ impl ConversionStore for PostgresStorage {
             for r in &reengagements {
                 let n = tx
                     .execute(
-                        "INSERT INTO reengagements (app_id, event_id, anonymous_id, click_id, link_id, campaign_id,
-                             network, click_ts, open_ts, inactive_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (app_id, event_id) DO NOTHING",
+                        sql::INSERT_REENGAGEMENT,
                         &[
                             &r.app_id,
                             &r.event_id,
@@ -83,15 +82,7 @@ impl ConversionStore for PostgresStorage {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
             let rows = client
-                .query(
-                    "SELECT app_id, anonymous_id, ts, click_id, link_id, campaign_id, network, kind, source_event_id
-                       FROM touchpoints
-                      WHERE app_id = $1 AND ts >= $3 AND ts <= $4
-                        AND (anonymous_id = $2 OR anonymous_id IN
-                             (SELECT DISTINCT anonymous_id FROM events WHERE app_id = $1 AND user_id = $5))
-                      ORDER BY ts, id",
-                    &[&app_id, &anonymous_id, &since, &until, &user_id],
-                )
+                .query(sql::CONVERSION_TOUCHPOINTS, &[&app_id, &anonymous_id, &since, &until, &user_id])
                 .await
                 .map_err(backend)?;
             let mut out: Vec<Touchpoint> = Vec::new();
@@ -126,10 +117,7 @@ impl ConversionStore for PostgresStorage {
                 .await
                 .map_err(backend)?;
             let done: bool = tx
-                .query_one(
-                    "SELECT EXISTS (SELECT 1 FROM conversions WHERE app_id = $1 AND event_id = $2)",
-                    &[&first.app_id, &first.event_id],
-                )
+                .query_one(sql::CONVERSION_CREDITED, &[&first.app_id, &first.event_id])
                 .await
                 .map_err(backend)?
                 .get(0);
@@ -138,9 +126,7 @@ impl ConversionStore for PostgresStorage {
             }
             for c in &rows {
                 tx.execute(
-                    "INSERT INTO conversions (app_id, event_id, model, click_id, anonymous_id, user_id, event_type, ts,
-                         link_id, campaign_id, network, touch_ts, credit, revenue, currency)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                    sql::INSERT_CONVERSION,
                     &[
                         &c.app_id,
                         &c.event_id,
@@ -183,21 +169,15 @@ impl ConversionStore for PostgresStorage {
             let tx = client.transaction().await.map_err(backend)?;
             let attempt = a.attempt as i32;
             let status = a.status.map(i32::from);
-            // Only while the postback exists: a deletion in the meantime leaves no new trace.
             tx.execute(
-                "INSERT INTO postback_attempts (postback_id, app_id, anonymous_id, attempt, status, error, duration_ms, at)
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM postbacks WHERE id = $1)",
+                sql::INSERT_POSTBACK_ATTEMPT,
                 &[&a.postback_id, &a.app_id, &a.anonymous_id, &attempt, &status, &a.error, &a.duration_ms, &a.at],
             )
             .await
             .map_err(backend)?;
-            tx.execute(
-                "UPDATE postbacks SET state = $2, attempts = $3, last_status = $4, last_error = $5, updated_at = $6
-                  WHERE id = $1",
-                &[&a.postback_id, &a.state, &attempt, &status, &a.error, &a.at],
-            )
-            .await
-            .map_err(backend)?;
+            tx.execute(sql::UPDATE_POSTBACK, &[&a.postback_id, &a.state, &attempt, &status, &a.error, &a.at])
+                .await
+                .map_err(backend)?;
             tx.commit().await.map_err(backend)
         })
     }
@@ -205,10 +185,7 @@ impl ConversionStore for PostgresStorage {
     fn postback_pending(&self, id: i64) -> StorageFuture<'_, bool> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
-            let row = client
-                .query_one("SELECT EXISTS (SELECT 1 FROM postbacks WHERE id = $1 AND state = 'pending')", &[&id])
-                .await
-                .map_err(backend)?;
+            let row = client.query_one(sql::POSTBACK_PENDING, &[&id]).await.map_err(backend)?;
             Ok(row.get(0))
         })
     }
@@ -216,13 +193,7 @@ impl ConversionStore for PostgresStorage {
     fn pending_postbacks(&self) -> StorageFuture<'_, Vec<PendingPostback>> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
-            let rows = client
-                .query(
-                    "SELECT id, url, attempts, app_id, anonymous_id FROM postbacks WHERE state = 'pending' ORDER BY id",
-                    &[],
-                )
-                .await
-                .map_err(backend)?;
+            let rows = client.query(sql::PENDING_POSTBACKS, &[]).await.map_err(backend)?;
             Ok(rows
                 .iter()
                 .map(|r| PendingPostback {
@@ -243,9 +214,7 @@ pub(super) async fn insert_touchpoint(
 ) -> Result<bool, StorageError> {
     let n = tx
         .execute(
-            "INSERT INTO touchpoints (app_id, anonymous_id, ts, click_id, link_id, campaign_id, network, kind,
-                 source_event_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (app_id, anonymous_id, click_id, kind) DO NOTHING",
+            sql::INSERT_TOUCHPOINT,
             &[
                 &t.app_id,
                 &t.anonymous_id,
@@ -269,8 +238,7 @@ pub(super) async fn insert_postback(
 ) -> Result<i64, StorageError> {
     let row = tx
         .query_one(
-            "INSERT INTO postbacks (app_id, anonymous_id, event_id, network, event, url, state, attempts, created_at,
-                 updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7) RETURNING id",
+            sql::INSERT_POSTBACK,
             &[&p.app_id, &p.anonymous_id, &p.event_id, &p.network, &p.event, &p.url, &p.created_at],
         )
         .await

@@ -2,6 +2,7 @@
 
 use super::reports::report_lock;
 use super::{PostgresStorage, pool_error};
+use crate::storage::sql;
 use crate::storage::{DeleteReport, DeletionAudit, DeletionStore, SUBJECT_TABLES, StorageFuture, Subject, backend};
 
 impl DeletionStore for PostgresStorage {
@@ -14,22 +15,15 @@ impl DeletionStore for PostgresStorage {
             report_lock(&tx).await?;
             let expansion = match subject {
                 // dim_users keeps the pairing after the raw events are purged.
-                Subject::UserId(_) => Some(
-                    "SELECT DISTINCT app_id, anonymous_id FROM events WHERE user_id = $1
-                     UNION SELECT app_id, anonymous_id FROM dim_users WHERE user_id = $1",
-                ),
-                Subject::DeviceId(_) => Some(
-                    "SELECT DISTINCT app_id, anonymous_id FROM events WHERE device_id IN ($1, lower($1))
-                     UNION SELECT app_id, anonymous_id FROM installs
-                      WHERE idfa = lower($1) OR idfv = lower($1) OR gaid = lower($1) OR android_id = lower($1)",
-                ),
+                Subject::UserId(_) => Some(sql::USER_ANONYMOUS_IDS),
+                Subject::DeviceId(_) => Some(sql::DEVICE_ANONYMOUS_IDS),
                 Subject::AnonymousId(_) => None,
             };
             let value = subject.value().to_owned();
             let mut anonymous_ids: Vec<(String, String)> = Vec::new();
-            if let Some(sql) = expansion {
+            if let Some(query) = expansion {
                 anonymous_ids =
-                    tx.query(sql, &[&value]).await.map_err(backend)?.iter().map(|r| (r.get(0), r.get(1))).collect();
+                    tx.query(query, &[&value]).await.map_err(backend)?.iter().map(|r| (r.get(0), r.get(1))).collect();
             }
             let mut report = DeleteReport::default();
             // Clicks tied to the subject through its installs and touchpoints go first.
@@ -72,26 +66,18 @@ impl DeletionStore for PostgresStorage {
                         report.click_ids.extend(gone.iter().map(|r| r.get::<_, String>(0)));
                         continue;
                     }
-                    report.rows += tx
-                        .execute(&format!("DELETE FROM {table} WHERE {column} IN ($1, lower($1))"), &[&value])
-                        .await
-                        .map_err(backend)?;
+                    report.rows +=
+                        tx.execute(&sql::delete_by_subject(table, column), &[&value]).await.map_err(backend)?;
                 }
                 if columns.iter().any(|(kind, _)| *kind == "anonymous_id") {
                     for (app, anon) in &anonymous_ids {
-                        report.rows += tx
-                            .execute(
-                                &format!("DELETE FROM {table} WHERE app_id = $1 AND anonymous_id = $2"),
-                                &[app, anon],
-                            )
-                            .await
-                            .map_err(backend)?;
+                        report.rows +=
+                            tx.execute(&sql::delete_by_anonymous_id(table), &[app, anon]).await.map_err(backend)?;
                     }
                 }
             }
             tx.execute(
-                "INSERT INTO deletion_audit (receipt_id, subject_kind, subject_hash, rows_deleted, requested_at,
-                     requested_by) VALUES ($1, $2, $3, $4, $5, $6)",
+                sql::INSERT_DELETION_AUDIT,
                 &[
                     &audit.receipt_id,
                     &audit.subject_kind,

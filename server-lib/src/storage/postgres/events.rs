@@ -4,7 +4,20 @@
 use std::collections::HashSet;
 
 use super::{PostgresStorage, pool_error};
+use crate::storage::sql::{EVENT_COLUMNS, event_insert_columns};
 use crate::storage::{EventStore, NewEvent, StorageFuture, Subject, backend};
+
+/// A batch of events, one array per column; answers the keys of the new ones (a duplicate
+/// of a stored event changes nothing).
+const INSERT_EVENTS: &str = concat!(
+    "INSERT INTO events (",
+    event_insert_columns!(),
+    ")
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
+         $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::bytea[])
+     ON CONFLICT (app_id, event_id) DO NOTHING
+     RETURNING app_id, event_id"
+);
 
 impl EventStore for PostgresStorage {
     fn insert(&self, events: Vec<NewEvent>) -> StorageFuture<'_, Vec<bool>> {
@@ -31,13 +44,7 @@ impl EventStore for PostgresStorage {
             let ips: Vec<Option<Vec<u8>>> = events.iter().map(|e| e.ip_enc.clone()).collect();
             let rows = client
                 .query(
-                    "INSERT INTO events (app_id, event_id, type, anonymous_id, user_id, device_id, session_id,
-                         client_ts, corrected_ts, received_at, properties, context, enrichment, ip_enc)
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-                         $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[],
-                         $13::text[], $14::bytea[])
-                     ON CONFLICT (app_id, event_id) DO NOTHING
-                     RETURNING app_id, event_id",
+                    INSERT_EVENTS,
                     &[
                         &apps,
                         &ids,
@@ -86,9 +93,7 @@ impl EventStore for PostgresStorage {
     }
 }
 
-pub(super) const EVENT_COLUMNS: &str = "app_id, event_id, type, anonymous_id, user_id, device_id, session_id, client_ts, \
-    corrected_ts, received_at, properties, context, enrichment";
-
+/// The columns of [`EVENT_COLUMNS`] as an event (without its encrypted address).
 pub(super) fn event_row(r: &tokio_postgres::Row) -> NewEvent {
     NewEvent {
         app_id: r.get(0),

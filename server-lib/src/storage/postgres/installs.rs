@@ -3,6 +3,7 @@
 
 use super::conversions::{insert_postback, insert_touchpoint};
 use super::{PostgresStorage, json, pool_error};
+use crate::storage::sql::{self, INSTALL_COLUMNS};
 use crate::storage::{
     DeviceKeys, FraudAlert, InstallCount, InstallLookup, InstallRecord, InstallStore, PostbackRecord, StorageError,
     StorageFuture, Touchpoint, backend,
@@ -47,11 +48,7 @@ impl InstallStore for PostgresStorage {
             let result = serde_json::to_string(r).map_err(backend)?;
             let changed = tx
                 .execute(
-                    "INSERT INTO installs (app_id, event_id, anonymous_id, platform, idfa, idfv, gaid, android_id,
-                         install_ts, received_at, kind, match_type, campaign_id, link_id, click_id, network, rejected,
-                         result, audit, ip_enc)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
-                     ON CONFLICT (app_id, event_id) DO NOTHING",
+                    sql::INSERT_INSTALL,
                     &[
                         &i.app_id,
                         &i.event_id,
@@ -86,7 +83,7 @@ impl InstallStore for PostgresStorage {
             }
             if let Some(a) = &alert {
                 tx.execute(
-                    "INSERT INTO fraud_alerts (rule, app_id, campaign_id, at, detail) VALUES ($1, $2, $3, $4, $5)",
+                    sql::INSERT_FRAUD_ALERT,
                     &[&a.rule, &a.app_id, &a.campaign_id, &a.at, &a.detail.to_string()],
                 )
                 .await
@@ -121,9 +118,6 @@ impl InstallStore for PostgresStorage {
         })
     }
 }
-
-const INSTALL_COLUMNS: &str = "app_id, event_id, anonymous_id, platform, idfa, idfv, gaid, android_id, install_ts, \
-    received_at, kind, result, audit, ip_enc";
 
 fn install_row(r: &tokio_postgres::Row) -> Result<InstallRecord, StorageError> {
     Ok(InstallRecord {

@@ -4,7 +4,8 @@
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{CLICK_COLUMNS, ClickJob, PostgresStorage, json, pool_error};
+use super::{ClickJob, PostgresStorage, json, pool_error};
+use crate::storage::sql::{self, campaign_columns, click_columns};
 use crate::storage::{
     Campaign, ClickParams, ClickRecord, LinkAudit, LinkCatalog, LinkRecord, LinkStore, StorageError, StorageFuture,
     backend,
@@ -15,10 +16,7 @@ impl LinkStore for PostgresStorage {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
             client
-                .execute(
-                    "INSERT INTO campaigns (campaign_id, app_id, name, network, created_at) VALUES ($1, $2, $3, $4, $5)",
-                    &[&c.campaign_id, &c.app_id, &c.name, &c.network, &c.created_at],
-                )
+                .execute(sql::INSERT_CAMPAIGN, &[&c.campaign_id, &c.app_id, &c.name, &c.network, &c.created_at])
                 .await
                 .map_err(backend)?;
             Ok(())
@@ -31,15 +29,13 @@ impl LinkStore for PostgresStorage {
             let mut client = self.pool.get().await.map_err(pool_error)?;
             let tx = client.transaction().await.map_err(backend)?;
             tx.execute(
-                "INSERT INTO links (link_id, code, campaign_id, enabled, record, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (link_id) DO UPDATE SET enabled = excluded.enabled, record = excluded.record,
-                     updated_at = excluded.updated_at",
+                sql::UPSERT_LINK,
                 &[&link.link_id, &link.code, &link.campaign_id, &link.enabled, &record, &link.updated_at],
             )
             .await
             .map_err(backend)?;
             tx.execute(
-                "INSERT INTO link_audit (link_id, at, actor, action, before, after) VALUES ($1, $2, $3, $4, $5, $6)",
+                sql::INSERT_LINK_AUDIT,
                 &[
                     &audit.link_id,
                     &audit.at,
@@ -59,7 +55,7 @@ impl LinkStore for PostgresStorage {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
             let campaigns = client
-                .query("SELECT campaign_id, app_id, name, network, created_at FROM campaigns ORDER BY created_at, campaign_id", &[])
+                .query(concat!("SELECT ", campaign_columns!(), " FROM campaigns ORDER BY created_at, campaign_id"), &[])
                 .await
                 .map_err(backend)?
                 .iter()
@@ -82,13 +78,7 @@ impl LinkStore for PostgresStorage {
     fn link_audit(&self, link_id: String) -> StorageFuture<'_, Vec<LinkAudit>> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
-            let rows = client
-                .query(
-                    "SELECT link_id, at, actor, action, before, after FROM link_audit WHERE link_id = $1 ORDER BY id",
-                    &[&link_id],
-                )
-                .await
-                .map_err(backend)?;
+            let rows = client.query(sql::LINK_AUDIT, &[&link_id]).await.map_err(backend)?;
             rows.iter()
                 .map(|r| {
                     Ok(LinkAudit {
@@ -115,7 +105,7 @@ impl LinkStore for PostgresStorage {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
             let rows = client
-                .query(&format!("SELECT {CLICK_COLUMNS} FROM clicks WHERE ts >= $1 ORDER BY ts, seq"), &[&since])
+                .query(concat!("SELECT ", click_columns!(), " FROM clicks WHERE ts >= $1 ORDER BY ts, seq"), &[&since])
                 .await
                 .map_err(backend)?;
             rows.iter().map(click_row).collect()
@@ -130,10 +120,7 @@ impl LinkStore for PostgresStorage {
                 let _ = wait.await;
             }
             let client = self.pool.get().await.map_err(pool_error)?;
-            let row = client
-                .query_opt("SELECT network_ids, sub_params FROM clicks WHERE click_id = $1", &[&click_id])
-                .await
-                .map_err(backend)?;
+            let row = client.query_opt(sql::CLICK_PARAMS, &[&click_id]).await.map_err(backend)?;
             row.map(|r| Ok(ClickParams { network_ids: json(r.get(0))?, sub_params: json(r.get(1))? })).transpose()
         })
     }

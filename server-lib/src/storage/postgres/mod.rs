@@ -23,7 +23,7 @@ mod links;
 mod reports;
 mod schema;
 
-use crate::storage::{ClickRecord, StorageError, backend, json_err};
+use crate::storage::{ClickRecord, StorageError, backend, json_err, sql};
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StorageError {
     match e {
@@ -81,10 +81,6 @@ impl PostgresStorage {
     }
 }
 
-const CLICK_COLUMNS: &str = "click_id, kind, app_id, link_id, campaign_id, ts, ip_enc, user_agent, referrer, \
-    accept_language, os, os_version, model, locale, timezone, screen, device_id, device_kind, network_ids, sub_params, \
-    flags, source";
-
 /// Takes every queued click, writes them in one transaction, answers barriers; a failed batch
 /// is logged and counted (the clicks stay in the index, as with SQLite's write-behind).
 async fn click_writer(pool: Pool, mut queue: mpsc::Receiver<ClickJob>) {
@@ -120,13 +116,7 @@ async fn click_writer(pool: Pool, mut queue: mpsc::Receiver<ClickJob>) {
 async fn insert_clicks(pool: &Pool, clicks: &[&ClickRecord]) -> Result<(), StorageError> {
     let mut client = pool.get().await.map_err(pool_error)?;
     let tx = client.transaction().await.map_err(backend)?;
-    let stmt = tx
-        .prepare_cached(&format!(
-            "INSERT INTO clicks ({CLICK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
-                 $15, $16, $17, $18, $19, $20, $21, $22) ON CONFLICT (click_id) DO NOTHING"
-        ))
-        .await
-        .map_err(backend)?;
+    let stmt = tx.prepare_cached(sql::INSERT_CLICK).await.map_err(backend)?;
     for c in clicks {
         let flags = i16::from(c.flags);
         tx.execute(

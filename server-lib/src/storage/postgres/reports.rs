@@ -17,9 +17,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use deadpool_postgres::Transaction;
 use serde_json::Value;
 
-use super::events::{EVENT_COLUMNS, event_row};
+use super::events::event_row;
 use super::{PostgresStorage, pool_error};
-use crate::storage::star::{DAY_MS, FACT_ROWS, StoredSession, day_of, money, plan_sessions, utm_key};
+use crate::storage::sql::{self, FACT_ROWS, event_columns};
+use crate::storage::star::{DAY_MS, StoredSession, day_of, money, plan_sessions, utm_key};
 use crate::storage::{
     CampaignCost, CampaignDay, FactRow, FraudAlert, PurgeReport, RefreshReport, ReportQuery, ReportRows, ReportStore,
     RetentionCutoffs, StorageError, StorageFuture, UserRow, backend,
@@ -94,7 +95,7 @@ async fn lock(tx: &Transaction<'_>) -> Result<(), StorageError> {
 }
 
 async fn state_get(tx: &Transaction<'_>, key: &str) -> Result<Option<i64>, StorageError> {
-    Ok(tx.query_opt("SELECT value FROM etl_state WHERE key = $1", &[&key]).await.map_err(backend)?.map(|r| r.get(0)))
+    Ok(tx.query_opt(sql::ETL_STATE, &[&key]).await.map_err(backend)?.map(|r| r.get(0)))
 }
 
 struct Pending {
@@ -154,7 +155,7 @@ pub async fn refresh_step(
     lock(tx).await?;
     let horizon = match horizon {
         Some(h) => h,
-        None => tx.query_one("SELECT coalesce(max(seq), 0) FROM etl_pending", &[]).await.map_err(backend)?.get(0),
+        None => tx.query_one(sql::QUEUE_HORIZON, &[]).await.map_err(backend)?.get(0),
     };
     let events = etl_batch(tx, batch, gap, horizon).await?;
     let done = events < batch;
@@ -163,16 +164,7 @@ pub async fn refresh_step(
 }
 
 async fn etl_batch(tx: &Transaction<'_>, batch: usize, gap: i64, horizon: i64) -> Result<usize, StorageError> {
-    let rows = tx
-        .query(
-            "SELECT p.seq, p.app_id, e.event_id, e.type, e.anonymous_id, e.user_id, e.corrected_ts, e.properties,
-                    e.context
-               FROM etl_pending p LEFT JOIN events e ON e.app_id = p.app_id AND e.event_id = p.event_id
-              WHERE p.seq <= $2 ORDER BY p.seq LIMIT $1",
-            &[&(batch as i64), &horizon],
-        )
-        .await
-        .map_err(backend)?;
+    let rows = tx.query(sql::PENDING_EVENTS, &[&(batch as i64), &horizon]).await.map_err(backend)?;
     let taken = rows.len();
     if taken == 0 {
         return Ok(0);
@@ -280,15 +272,8 @@ async fn etl_batch(tx: &Transaction<'_>, batch: usize, gap: i64, horizon: i64) -
         users.utm.push(utm_key_of);
     }
     for (app, gone, keep) in &merged {
-        tx.execute(
-            "UPDATE fact_events SET session_key = $1 WHERE app_id = $2 AND session_key = $3",
-            &[keep, app, gone],
-        )
-        .await
-        .map_err(backend)?;
-        tx.execute("DELETE FROM sessions WHERE app_id = $1 AND session_key = $2", &[app, gone])
-            .await
-            .map_err(backend)?;
+        tx.execute(sql::MOVE_SESSION_FACTS, &[keep, app, gone]).await.map_err(backend)?;
+        tx.execute(sql::DELETE_SESSION, &[app, gone]).await.map_err(backend)?;
     }
     tx.execute(
         "INSERT INTO sessions (app_id, session_key, anonymous_id, user_id, start_ts, end_ts, events)
@@ -396,9 +381,7 @@ async fn refresh_rollups(tx: &Transaction<'_>) -> Result<usize, StorageError> {
         match source.as_str() {
             // Days already purged keep the rollup they had: recomputing would count nothing.
             "events" if day >= events_cutoff => {
-                tx.execute("DELETE FROM rollup_daily WHERE app_id = $1 AND date_key = $2", &[&app, &day])
-                    .await
-                    .map_err(backend)?;
+                tx.execute(sql::DELETE_ROLLUP_DAILY, &[&app, &day]).await.map_err(backend)?;
                 tx.execute(
                     "INSERT INTO rollup_daily (app_id, date_key, campaign_key, event_type, events, users, revenue)
                      SELECT f.app_id, f.date_key, coalesce(u.install_campaign_id, u.utm_campaign_key, ''),
@@ -441,9 +424,7 @@ async fn refresh_rollups(tx: &Transaction<'_>) -> Result<usize, StorageError> {
                 .await?;
             }
             "conversions" => {
-                tx.execute("DELETE FROM rollup_conversions_daily WHERE app_id = $1 AND date_key = $2", &[&app, &day])
-                    .await
-                    .map_err(backend)?;
+                tx.execute(sql::DELETE_ROLLUP_CONVERSIONS, &[&app, &day]).await.map_err(backend)?;
                 tx.execute(
                     "INSERT INTO rollup_conversions_daily (app_id, date_key, campaign_id, model, conversions, revenue)
                      SELECT app_id, $2, campaign_id, model, sum(credit), coalesce(sum(revenue), 0) FROM conversions
@@ -471,31 +452,22 @@ async fn campaign_columns(
     from: i64,
     to: i64,
 ) -> Result<(), StorageError> {
-    let zero = columns.iter().map(|c| format!("{c} = 0")).collect::<Vec<_>>().join(", ");
-    tx.execute(&format!("UPDATE rollup_campaign_daily SET {zero} WHERE app_id = $1 AND date_key = $2"), &[&app, &day])
-        .await
-        .map_err(backend)?;
+    tx.execute(&sql::zero_campaign_columns(columns), &[&app, &day]).await.map_err(backend)?;
     let names = columns.join(", ");
-    let set = columns.iter().map(|c| format!("{c} = excluded.{c}")).collect::<Vec<_>>().join(", ");
+    let on_conflict = sql::campaign_columns_on_conflict(columns);
     let values = (0..columns.len()).map(|i| format!("s.v{i}")).collect::<Vec<_>>().join(", ");
     let aliases = (0..columns.len()).map(|i| format!("v{i}")).collect::<Vec<_>>().join(", ");
     tx.execute(
         &format!(
             "INSERT INTO rollup_campaign_daily (app_id, date_key, campaign_id, {names})
              SELECT $1, $2, s.campaign_id, {values} FROM ({select}) AS s(campaign_id, {aliases})
-             ON CONFLICT (app_id, date_key, campaign_id) DO UPDATE SET {set}"
+             {on_conflict}"
         ),
         &[&app, &day, &from, &to],
     )
     .await
     .map_err(backend)?;
-    tx.execute(
-        "DELETE FROM rollup_campaign_daily WHERE app_id = $1 AND date_key = $2
-            AND impressions = 0 AND clicks = 0 AND installs = 0 AND rejected_installs = 0",
-        &[&app, &day],
-    )
-    .await
-    .map_err(backend)?;
+    tx.execute(sql::DELETE_EMPTY_CAMPAIGN_DAYS, &[&app, &day]).await.map_err(backend)?;
     Ok(())
 }
 
@@ -551,7 +523,7 @@ pub async fn purge_rest(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Res
         .map_err(backend)
     };
     let mut report = PurgeReport {
-        clicks: run("DELETE FROM clicks WHERE ts < $1", Some(clicks_ms)).await?,
+        clicks: run(sql::PURGE_CLICKS, Some(clicks_ms)).await?,
         sessions: run(
             "DELETE FROM sessions s WHERE NOT EXISTS (SELECT 1 FROM fact_events f
                 WHERE f.app_id = s.app_id AND f.session_key = s.session_key)",
@@ -582,18 +554,12 @@ pub async fn purge_rest(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Res
 
 /// Stores (or replaces) one day's cost of a campaign. Errors name what is wrong.
 pub async fn save_cost(tx: &Transaction<'_>, cost: &CampaignCost) -> Result<Result<(), String>, StorageError> {
-    let app = tx
-        .query_opt("SELECT app_id FROM campaigns WHERE campaign_id = $1", &[&cost.campaign_id])
-        .await
-        .map_err(backend)?;
+    let app = tx.query_opt(sql::CAMPAIGN_APP, &[&cost.campaign_id]).await.map_err(backend)?;
     let Some(app) = app.map(|r| r.get::<_, String>(0)) else { return Ok(Err("no campaign with this id".into())) };
     // One currency per campaign: concurrent first costs in two currencies serialize here.
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&cost.campaign_id]).await.map_err(backend)?;
     let other = tx
-        .query_opt(
-            "SELECT currency FROM campaign_costs WHERE campaign_id = $1 AND currency <> $2 AND date_key <> $3 LIMIT 1",
-            &[&cost.campaign_id, &cost.currency, &cost.date_key],
-        )
+        .query_opt(sql::OTHER_COST_CURRENCY, &[&cost.campaign_id, &cost.currency, &cost.date_key])
         .await
         .map_err(backend)?;
     if let Some(other) = other.map(|r| r.get::<_, String>(0)) {
@@ -654,14 +620,7 @@ pub async fn report(client: &tokio_postgres::Client, query: &ReportQuery) -> Res
             Ok(ReportRows::Events(rows.iter().map(fact_row).collect()))
         }
         ReportQuery::Cohorts { app_id, from_day, to_day, max_offset } => {
-            let users = client
-                .query(
-                    "SELECT anonymous_id, user_id, coalesce(install_ts, first_seen) FROM dim_users
-                      WHERE app_id = $1 AND coalesce(install_ts, first_seen) < $2",
-                    &[app_id, &((to_day + 1) * DAY_MS)],
-                )
-                .await
-                .map_err(backend)?;
+            let users = client.query(sql::COHORT_USERS, &[app_id, &((to_day + 1) * DAY_MS)]).await.map_err(backend)?;
             let mut by_anon: HashMap<String, UserRow> = users
                 .iter()
                 .map(|r| {
@@ -673,11 +632,7 @@ pub async fn report(client: &tokio_postgres::Client, query: &ReportQuery) -> Res
                 })
                 .collect();
             for r in client
-                .query(
-                    "SELECT DISTINCT anonymous_id, date_key FROM fact_events
-                      WHERE app_id = $1 AND date_key >= $2 AND date_key <= $3",
-                    &[app_id, from_day, &(to_day + max_offset)],
-                )
+                .query(sql::COHORT_ACTIVE_DAYS, &[app_id, from_day, &(to_day + max_offset)])
                 .await
                 .map_err(backend)?
             {
@@ -739,19 +694,17 @@ pub async fn report(client: &tokio_postgres::Client, query: &ReportQuery) -> Res
             ))
         }
         ReportQuery::RecentEvents { limit } => {
-            let sql = format!("SELECT {} FROM events ORDER BY seq DESC LIMIT $1", EVENT_COLUMNS);
-            let rows = client.query(&sql, &[&(*limit as i64)]).await.map_err(backend)?;
-            Ok(ReportRows::Recent(rows.iter().map(event_row).collect()))
-        }
-        ReportQuery::Alerts { since, limit } => {
             let rows = client
                 .query(
-                    "SELECT rule, app_id, campaign_id, at, detail FROM fraud_alerts WHERE at >= $1
-                      ORDER BY at DESC, id DESC LIMIT $2",
-                    &[since, &(*limit as i64)],
+                    concat!("SELECT ", event_columns!(), " FROM events ORDER BY seq DESC LIMIT $1"),
+                    &[&(*limit as i64)],
                 )
                 .await
                 .map_err(backend)?;
+            Ok(ReportRows::Recent(rows.iter().map(event_row).collect()))
+        }
+        ReportQuery::Alerts { since, limit } => {
+            let rows = client.query(sql::RECENT_ALERTS, &[since, &(*limit as i64)]).await.map_err(backend)?;
             Ok(ReportRows::Alerts(
                 rows.iter()
                     .map(|r| FraudAlert {

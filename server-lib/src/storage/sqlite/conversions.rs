@@ -3,6 +3,7 @@
 use rusqlite::{Connection, Transaction, params};
 
 use super::SqliteStorage;
+use crate::storage::sql::{self, sqlite};
 use crate::storage::{
     ConversionCredit, ConversionStore, PendingPostback, PostbackAttempt, PostbackRecord, Reengagement,
     ReengagementFacts, StorageError, StorageFuture, Touchpoint, backend,
@@ -62,12 +63,7 @@ impl ConversionStore for SqliteStorage {
 
 pub fn insert_touchpoint(tx: &Transaction<'_>, t: &Touchpoint) -> Result<bool, StorageError> {
     let n = tx
-        .prepare_cached(
-            "INSERT INTO touchpoints (app_id, anonymous_id, ts, click_id, link_id, campaign_id, network, kind,
-                 source_event_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-             ON CONFLICT (app_id, anonymous_id, click_id, kind) DO NOTHING",
-        )
+        .prepare_cached(sqlite!(sql::INSERT_TOUCHPOINT))
         .map_err(backend)?
         .execute(params![
             t.app_id,
@@ -126,9 +122,7 @@ pub fn save_touchpoints(
     for r in reengagements {
         let n = tx
             .execute(
-                "INSERT INTO reengagements (app_id, event_id, anonymous_id, click_id, link_id, campaign_id, network,
-                     click_ts, open_ts, inactive_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (app_id, event_id) DO NOTHING",
+                sqlite!(sql::INSERT_REENGAGEMENT),
                 params![
                     r.app_id,
                     r.event_id,
@@ -158,16 +152,7 @@ pub fn conversion_touchpoints(
     since: i64,
     until: i64,
 ) -> Result<Vec<Touchpoint>, StorageError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT app_id, anonymous_id, ts, click_id, link_id, campaign_id, network, kind, source_event_id
-             FROM touchpoints
-             WHERE app_id = ?1 AND ts >= ?3 AND ts <= ?4
-               AND (anonymous_id = ?2 OR anonymous_id IN
-                    (SELECT DISTINCT anonymous_id FROM events WHERE app_id = ?1 AND user_id = ?5))
-             ORDER BY ts, id",
-        )
-        .map_err(backend)?;
+    let mut stmt = conn.prepare_cached(sqlite!(sql::CONVERSION_TOUCHPOINTS)).map_err(backend)?;
     let rows = stmt
         .query_map(params![app_id, anonymous_id, since, until, user_id], |r| {
             Ok(Touchpoint {
@@ -198,22 +183,12 @@ pub fn conversion_touchpoints(
 pub fn save_conversion(tx: &Transaction<'_>, rows: &[ConversionCredit]) -> Result<bool, StorageError> {
     let Some(first) = rows.first() else { return Ok(false) };
     let done: bool = tx
-        .query_row(
-            "SELECT EXISTS (SELECT 1 FROM conversions WHERE app_id = ?1 AND event_id = ?2)",
-            params![first.app_id, first.event_id],
-            |r| r.get(0),
-        )
+        .query_row(sqlite!(sql::CONVERSION_CREDITED), params![first.app_id, first.event_id], |r| r.get(0))
         .map_err(backend)?;
     if done {
         return Ok(false);
     }
-    let mut stmt = tx
-        .prepare_cached(
-            "INSERT INTO conversions (app_id, event_id, model, click_id, anonymous_id, user_id, event_type, ts,
-                 link_id, campaign_id, network, touch_ts, credit, revenue, currency)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        )
-        .map_err(backend)?;
+    let mut stmt = tx.prepare_cached(sqlite!(sql::INSERT_CONVERSION)).map_err(backend)?;
     for c in rows {
         stmt.execute(params![
             c.app_id,
@@ -238,46 +213,33 @@ pub fn save_conversion(tx: &Transaction<'_>, rows: &[ConversionCredit]) -> Resul
 }
 
 pub fn save_postback(tx: &Transaction<'_>, p: &PostbackRecord) -> Result<i64, StorageError> {
-    tx.execute(
-        "INSERT INTO postbacks (app_id, anonymous_id, event_id, network, event, url, state, attempts, created_at,
-             updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 0, ?7, ?7)",
+    tx.query_row(
+        sqlite!(sql::INSERT_POSTBACK),
         params![p.app_id, p.anonymous_id, p.event_id, p.network, p.event, p.url, p.created_at],
+        |r| r.get(0),
     )
-    .map_err(backend)?;
-    Ok(tx.last_insert_rowid())
+    .map_err(backend)
 }
 
 /// Whether a postback still waits to be sent (a deletion removes it).
 pub fn postback_pending(conn: &Connection, id: i64) -> Result<bool, StorageError> {
-    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM postbacks WHERE id = ?1 AND state = 'pending')")
-        .map_err(backend)?
-        .query_row([id], |r| r.get(0))
-        .map_err(backend)
+    conn.prepare_cached(sqlite!(sql::POSTBACK_PENDING)).map_err(backend)?.query_row([id], |r| r.get(0)).map_err(backend)
 }
 
 pub fn log_postback_attempt(tx: &Transaction<'_>, a: &PostbackAttempt) -> Result<(), StorageError> {
-    // Only while the postback exists: a deletion in the meantime leaves no new trace.
     tx.execute(
-        "INSERT INTO postback_attempts (postback_id, app_id, anonymous_id, attempt, status, error, duration_ms, at)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM postbacks WHERE id = ?1)",
+        sqlite!(sql::INSERT_POSTBACK_ATTEMPT),
         params![a.postback_id, a.app_id, a.anonymous_id, a.attempt, a.status, a.error, a.duration_ms, a.at],
     )
     .map_err(backend)?;
-    tx.execute(
-        "UPDATE postbacks SET state = ?2, attempts = ?3, last_status = ?4, last_error = ?5, updated_at = ?6
-         WHERE id = ?1",
-        params![a.postback_id, a.state, a.attempt, a.status, a.error, a.at],
-    )
-    .map_err(backend)?;
+    tx.execute(sqlite!(sql::UPDATE_POSTBACK), params![a.postback_id, a.state, a.attempt, a.status, a.error, a.at])
+        .map_err(backend)?;
     Ok(())
 }
 
 /// Pending postbacks, oldest first.
 pub fn pending_postbacks(conn: &Connection) -> Result<Vec<PendingPostback>, StorageError> {
-    let mut stmt = conn
-        .prepare("SELECT id, url, attempts, app_id, anonymous_id FROM postbacks WHERE state = 'pending' ORDER BY id")
-        .map_err(backend)?;
+    let mut stmt = conn.prepare(sqlite!(sql::PENDING_POSTBACKS)).map_err(backend)?;
     stmt.query_map([], |r| {
         Ok(PendingPostback {
             id: r.get(0)?,

@@ -3,6 +3,7 @@
 use rusqlite::{Connection, Transaction, params};
 
 use super::SqliteStorage;
+use crate::storage::sql::{self, sqlite, to_sqlite};
 use crate::storage::{
     DeleteReport, DeletionAudit, DeletionStore, SUBJECT_TABLES, StorageError, StorageFuture, Subject, backend,
 };
@@ -19,20 +20,13 @@ fn delete_in(tx: &Transaction<'_>, subject: &Subject, audit: &DeletionAudit) -> 
     // A device's anonymous ids (on its events and installs) are the same device.
     let expansion = match subject {
         // dim_users keeps the pairing after the raw events are purged.
-        Subject::UserId(_) => Some(
-            "SELECT DISTINCT app_id, anonymous_id FROM events WHERE user_id = ?1
-             UNION SELECT app_id, anonymous_id FROM dim_users WHERE user_id = ?1",
-        ),
-        Subject::DeviceId(_) => Some(
-            "SELECT DISTINCT app_id, anonymous_id FROM events WHERE device_id IN (?1, lower(?1))
-             UNION SELECT app_id, anonymous_id FROM installs
-             WHERE idfa = lower(?1) OR idfv = lower(?1) OR gaid = lower(?1) OR android_id = lower(?1)",
-        ),
+        Subject::UserId(_) => Some(sqlite!(sql::USER_ANONYMOUS_IDS)),
+        Subject::DeviceId(_) => Some(sqlite!(sql::DEVICE_ANONYMOUS_IDS)),
         Subject::AnonymousId(_) => None,
     };
     let mut anonymous_ids: Vec<(String, String)> = Vec::new();
-    if let Some(sql) = expansion {
-        let mut stmt = tx.prepare(sql).map_err(backend)?;
+    if let Some(query) = expansion {
+        let mut stmt = tx.prepare(query).map_err(backend)?;
         anonymous_ids = stmt
             .query_map([subject.value()], |r| Ok((r.get(0)?, r.get(1)?)))
             .map_err(backend)?
@@ -73,21 +67,19 @@ fn delete_in(tx: &Transaction<'_>, subject: &Subject, audit: &DeletionAudit) -> 
             if *kind == subject.kind() {
                 // Device ids: as sent, and lower-cased as clicks and installs store them.
                 report.rows += tx
-                    .execute(&format!("DELETE FROM {table} WHERE {column} IN (?1, lower(?1))"), [subject.value()])
+                    .execute(&to_sqlite(&sql::delete_by_subject(table, column)), [subject.value()])
                     .map_err(backend)? as u64;
             }
         }
         if columns.iter().any(|(kind, _)| *kind == "anonymous_id") {
             for (app, anon) in &anonymous_ids {
-                report.rows += tx
-                    .execute(&format!("DELETE FROM {table} WHERE app_id = ?1 AND anonymous_id = ?2"), [app, anon])
-                    .map_err(backend)? as u64;
+                report.rows +=
+                    tx.execute(&to_sqlite(&sql::delete_by_anonymous_id(table)), [app, anon]).map_err(backend)? as u64;
             }
         }
     }
     tx.execute(
-        "INSERT INTO deletion_audit (receipt_id, subject_kind, subject_hash, rows_deleted, requested_at, requested_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        sqlite!(sql::INSERT_DELETION_AUDIT),
         params![
             audit.receipt_id,
             audit.subject_kind,

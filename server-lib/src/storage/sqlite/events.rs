@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStorage;
+use crate::storage::sql::{EVENT_COLUMNS, event_insert_columns};
 use crate::storage::{EventStore, NewEvent, StorageError, StorageFuture, Subject, backend};
 
 impl EventStore for SqliteStorage {
@@ -27,15 +28,16 @@ impl EventStore for SqliteStorage {
     }
 }
 
+/// One event; a duplicate of a stored one changes nothing.
+const INSERT_EVENT: &str = concat!(
+    "INSERT INTO events (",
+    event_insert_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+     ON CONFLICT (app_id, event_id) DO NOTHING"
+);
+
 fn insert_events(tx: &rusqlite::Transaction<'_>, batch: &[NewEvent]) -> Result<Vec<bool>, StorageError> {
-    let mut stmt = tx
-        .prepare_cached(
-            "INSERT INTO events (app_id, event_id, type, anonymous_id, user_id, device_id, session_id,
-                 client_ts, corrected_ts, received_at, properties, context, enrichment, ip_enc)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
-             ON CONFLICT (app_id, event_id) DO NOTHING",
-        )
-        .map_err(backend)?;
+    let mut stmt = tx.prepare_cached(INSERT_EVENT).map_err(backend)?;
     let mut fresh = Vec::with_capacity(batch.len());
     for e in batch {
         let changed = stmt
@@ -97,10 +99,6 @@ pub(super) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NewEvent> {
         ip_enc: None,
     })
 }
-
-/// The columns [`event_row`] reads, in its order.
-pub(super) const EVENT_COLUMNS: &str = "app_id, event_id, type, anonymous_id, user_id, device_id, session_id, \
-    client_ts, corrected_ts, received_at, properties, context, enrichment";
 
 /// Reads one stored event's type by its key (tests and tools).
 pub fn stored_type(conn: &Connection, app_id: &str, event_id: &str) -> Result<Option<String>, StorageError> {

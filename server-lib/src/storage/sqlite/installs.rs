@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::SqliteStorage;
 use super::conversions::{insert_touchpoint, save_postback};
+use crate::storage::sql::{self, INSTALL_COLUMNS, sqlite};
 use crate::storage::{
     DeviceKeys, FraudAlert, InstallCount, InstallLookup, InstallRecord, InstallStore, PostbackRecord, StorageError,
     StorageFuture, Touchpoint, backend, json_err,
@@ -48,9 +49,6 @@ impl InstallStore for SqliteStorage {
         self.read(move |c| install_counts(c, since))
     }
 }
-
-const INSTALL_COLUMNS: &str = "app_id, event_id, anonymous_id, platform, idfa, idfv, gaid, android_id, install_ts,
-    received_at, kind, result, audit, ip_enc";
 
 fn install_row(r: &Row<'_>) -> rusqlite::Result<(InstallRecord, String, String)> {
     Ok((
@@ -138,10 +136,7 @@ pub fn save_install(
     let r = &i.result;
     let changed = tx
         .execute(
-            "INSERT INTO installs (app_id, event_id, anonymous_id, platform, idfa, idfv, gaid, android_id, install_ts,
-                 received_at, kind, match_type, campaign_id, link_id, click_id, network, rejected, result, audit, ip_enc)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)
-             ON CONFLICT (app_id, event_id) DO NOTHING",
+            sqlite!(sql::INSERT_INSTALL),
             params![
                 i.app_id,
                 i.event_id,
@@ -174,7 +169,7 @@ pub fn save_install(
     }
     if let Some(a) = alert {
         tx.execute(
-            "INSERT INTO fraud_alerts (rule, app_id, campaign_id, at, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            sqlite!(sql::INSERT_FRAUD_ALERT),
             params![a.rule, a.app_id, a.campaign_id, a.at, a.detail.to_string()],
         )
         .map_err(backend)?;

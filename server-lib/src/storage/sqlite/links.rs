@@ -5,6 +5,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use serde_json::Value;
 
 use super::{CLICK_BUFFER, Job, SqliteStorage};
+use crate::storage::sql::{self, campaign_columns, click_columns, sqlite};
 use crate::storage::{
     Campaign, ClickParams, ClickRecord, LinkAudit, LinkCatalog, LinkRecord, LinkStore, StorageError, StorageFuture,
     backend, json_err,
@@ -68,25 +69,20 @@ impl LinkStore for SqliteStorage {
 }
 
 pub fn save_campaign(tx: &Transaction<'_>, c: &Campaign) -> Result<(), StorageError> {
-    tx.execute(
-        "INSERT INTO campaigns (campaign_id, app_id, name, network, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![c.campaign_id, c.app_id, c.name, c.network, c.created_at],
-    )
-    .map_err(backend)?;
+    tx.execute(sqlite!(sql::INSERT_CAMPAIGN), params![c.campaign_id, c.app_id, c.name, c.network, c.created_at])
+        .map_err(backend)?;
     Ok(())
 }
 
 pub fn save_link(tx: &Transaction<'_>, link: &LinkRecord, audit: &LinkAudit) -> Result<(), StorageError> {
     let record = serde_json::to_string(link).map_err(json_err)?;
     tx.execute(
-        "INSERT INTO links (link_id, code, campaign_id, enabled, record, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (link_id) DO UPDATE SET enabled = excluded.enabled, record = excluded.record,
-             updated_at = excluded.updated_at",
+        sqlite!(sql::UPSERT_LINK),
         params![link.link_id, link.code, link.campaign_id, link.enabled, record, link.updated_at],
     )
     .map_err(backend)?;
     tx.execute(
-        "INSERT INTO link_audit (link_id, at, actor, action, before, after) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        sqlite!(sql::INSERT_LINK_AUDIT),
         params![
             audit.link_id,
             audit.at,
@@ -102,7 +98,7 @@ pub fn save_link(tx: &Transaction<'_>, link: &LinkRecord, audit: &LinkAudit) -> 
 
 pub fn load_links(conn: &Connection) -> Result<LinkCatalog, StorageError> {
     let mut stmt = conn
-        .prepare("SELECT campaign_id, app_id, name, network, created_at FROM campaigns ORDER BY created_at")
+        .prepare(concat!("SELECT ", campaign_columns!(), " FROM campaigns ORDER BY created_at"))
         .map_err(backend)?;
     let campaigns = stmt
         .query_map([], |r| {
@@ -127,9 +123,7 @@ pub fn load_links(conn: &Connection) -> Result<LinkCatalog, StorageError> {
 }
 
 pub fn link_audit(conn: &Connection, link_id: &str) -> Result<Vec<LinkAudit>, StorageError> {
-    let mut stmt = conn
-        .prepare("SELECT link_id, at, actor, action, before, after FROM link_audit WHERE link_id = ?1 ORDER BY id")
-        .map_err(backend)?;
+    let mut stmt = conn.prepare(sqlite!(sql::LINK_AUDIT)).map_err(backend)?;
     let rows = stmt
         .query_map([link_id], |r| {
             Ok((
@@ -158,15 +152,7 @@ pub fn link_audit(conn: &Connection, link_id: &str) -> Result<Vec<LinkAudit>, St
 }
 
 pub fn insert_touch(tx: &Transaction<'_>, c: &ClickRecord) -> Result<(), StorageError> {
-    let mut stmt = tx
-        .prepare_cached(
-            "INSERT INTO clicks (click_id, kind, app_id, link_id, campaign_id, ts, ip_enc, user_agent, referrer,
-                 accept_language, os, os_version, model, locale, timezone, screen, device_id, device_kind,
-                 network_ids, sub_params, flags, source)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)
-             ON CONFLICT (click_id) DO NOTHING",
-        )
-        .map_err(backend)?;
+    let mut stmt = tx.prepare_cached(sqlite!(sql::INSERT_CLICK)).map_err(backend)?;
     stmt.execute(params![
         c.click_id,
         c.kind,
@@ -228,12 +214,7 @@ fn click_row(r: &Row<'_>) -> rusqlite::Result<(ClickRecord, String, String)> {
 
 pub fn load_touches(conn: &Connection, since: i64) -> Result<Vec<ClickRecord>, StorageError> {
     let mut stmt = conn
-        .prepare(
-            "SELECT click_id, kind, app_id, link_id, campaign_id, ts, ip_enc, user_agent, referrer, accept_language,
-                 os, os_version, model, locale, timezone, screen, device_id, device_kind, network_ids, sub_params,
-                 flags, source
-             FROM clicks WHERE ts >= ?1 ORDER BY ts, rowid",
-        )
+        .prepare(concat!("SELECT ", click_columns!(), " FROM clicks WHERE ts >= ?1 ORDER BY ts, rowid"))
         .map_err(backend)?;
     let rows = stmt.query_map([since], click_row).map_err(backend)?;
     let mut out = Vec::new();
@@ -249,7 +230,7 @@ pub fn load_touches(conn: &Connection, since: i64) -> Result<Vec<ClickRecord>, S
 /// A click's ad-network ids and sub-parameters (for postback macros).
 pub fn click_params(conn: &Connection, click_id: &str) -> Result<Option<ClickParams>, StorageError> {
     let row: Option<(String, String)> = conn
-        .prepare_cached("SELECT network_ids, sub_params FROM clicks WHERE click_id = ?1")
+        .prepare_cached(sqlite!(sql::CLICK_PARAMS))
         .map_err(backend)?
         .query_row([click_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()

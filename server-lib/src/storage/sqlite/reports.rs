@@ -13,8 +13,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::Value;
 
 use super::SqliteStorage;
-use super::events::{EVENT_COLUMNS, event_row};
-use crate::storage::star::{DAY_MS, FACT_ROWS, StoredSession, day_of, money, plan_sessions, utm_key};
+use super::events::event_row;
+use crate::storage::sql::{self, FACT_ROWS, event_columns, sqlite, to_sqlite};
+use crate::storage::star::{DAY_MS, StoredSession, day_of, money, plan_sessions, utm_key};
 use crate::storage::{
     CampaignCost, CampaignDay, FactRow, FraudAlert, PurgeReport, RefreshReport, ReportQuery, ReportRows, ReportStore,
     RetentionCutoffs, StorageError, StorageFuture, UserRow, backend,
@@ -54,7 +55,7 @@ impl ReportStore for SqliteStorage {
 }
 
 fn state_get(tx: &Connection, key: &str) -> Result<Option<i64>, StorageError> {
-    tx.query_row("SELECT value FROM etl_state WHERE key = ?1", [key], |r| r.get(0)).optional().map_err(backend)
+    tx.query_row(sqlite!(sql::ETL_STATE), [key], |r| r.get(0)).optional().map_err(backend)
 }
 
 fn state_set(tx: &Transaction<'_>, key: &str, value: i64) -> Result<(), StorageError> {
@@ -79,14 +80,7 @@ pub fn etl_batch(tx: &Transaction<'_>, batch: usize, session_gap: i64, horizon: 
     let mut last_seq = None;
     let mut taken = 0;
     {
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT p.seq, p.app_id, e.event_id, e.type, e.anonymous_id, e.user_id, e.corrected_ts, e.properties,
-                        e.context
-                   FROM etl_pending p LEFT JOIN events e ON e.app_id = p.app_id AND e.event_id = p.event_id
-                  WHERE p.seq <= ?2 ORDER BY p.seq LIMIT ?1",
-            )
-            .map_err(backend)?;
+        let mut stmt = tx.prepare_cached(sqlite!(sql::PENDING_EVENTS)).map_err(backend)?;
         let mut q = stmt.query(params![batch as i64, horizon]).map_err(backend)?;
         while let Some(r) = q.next().map_err(backend)? {
             taken += 1;
@@ -254,13 +248,8 @@ fn sessionize(
         events.iter().map(|e| (e.ts, e.event_id.as_str(), e.user_id.as_deref())).collect();
     let plan = plan_sessions(stored, &input, gap);
     for (gone, keep) in &plan.merged {
-        tx.execute(
-            "UPDATE fact_events SET session_key = ?1 WHERE app_id = ?2 AND session_key = ?3",
-            params![keep, app_id, gone],
-        )
-        .map_err(backend)?;
-        tx.execute("DELETE FROM sessions WHERE app_id = ?1 AND session_key = ?2", params![app_id, gone])
-            .map_err(backend)?;
+        tx.execute(sqlite!(sql::MOVE_SESSION_FACTS), params![keep, app_id, gone]).map_err(backend)?;
+        tx.execute(sqlite!(sql::DELETE_SESSION), params![app_id, gone]).map_err(backend)?;
     }
     for s in &plan.upserts {
         tx.prepare_cached(
@@ -292,8 +281,7 @@ pub fn refresh_rollups(tx: &Transaction<'_>) -> Result<usize, StorageError> {
         match source.as_str() {
             // Days already purged keep the rollup they had: recomputing would count nothing.
             "events" if *day >= events_cutoff => {
-                tx.execute("DELETE FROM rollup_daily WHERE app_id = ?1 AND date_key = ?2", params![app, day])
-                    .map_err(backend)?;
+                tx.execute(sqlite!(sql::DELETE_ROLLUP_DAILY), params![app, day]).map_err(backend)?;
                 tx.execute(
                     "INSERT INTO rollup_daily (app_id, date_key, campaign_key, event_type, events, users, revenue)
                      SELECT f.app_id, f.date_key, coalesce(u.install_campaign_id, u.utm_campaign_key, ''),
@@ -332,11 +320,7 @@ pub fn refresh_rollups(tx: &Transaction<'_>) -> Result<usize, StorageError> {
                 )?;
             }
             "conversions" => {
-                tx.execute(
-                    "DELETE FROM rollup_conversions_daily WHERE app_id = ?1 AND date_key = ?2",
-                    params![app, day],
-                )
-                .map_err(backend)?;
+                tx.execute(sqlite!(sql::DELETE_ROLLUP_CONVERSIONS), params![app, day]).map_err(backend)?;
                 tx.execute(
                     "INSERT INTO rollup_conversions_daily (app_id, date_key, campaign_id, model, conversions, revenue)
                      SELECT app_id, ?2, campaign_id, model, sum(credit), coalesce(sum(revenue), 0) FROM conversions
@@ -364,15 +348,10 @@ fn upsert_campaign_columns(
     from: i64,
     to: i64,
 ) -> Result<(), StorageError> {
-    let zero = columns.iter().map(|c| format!("{c} = 0")).collect::<Vec<_>>().join(", ");
-    tx.execute(
-        &format!("UPDATE rollup_campaign_daily SET {zero} WHERE app_id = ?1 AND date_key = ?2"),
-        params![app, day],
-    )
-    .map_err(backend)?;
+    tx.execute(&to_sqlite(&sql::zero_campaign_columns(columns)), params![app, day]).map_err(backend)?;
     let names = columns.join(", ");
     let values = (0..columns.len()).map(|i| format!("?{}", i + 4)).collect::<Vec<_>>().join(", ");
-    let set = columns.iter().map(|c| format!("{c} = excluded.{c}")).collect::<Vec<_>>().join(", ");
+    let on_conflict = sql::campaign_columns_on_conflict(columns);
     let mut read = tx.prepare(select).map_err(backend)?;
     let rows: Vec<(String, Vec<i64>)> = read
         .query_map(params![app, from, to], |r| {
@@ -388,7 +367,7 @@ fn upsert_campaign_columns(
     let mut write = tx
         .prepare(&format!(
             "INSERT INTO rollup_campaign_daily (app_id, date_key, campaign_id, {names}) VALUES (?1, ?2, ?3, {values})
-             ON CONFLICT (app_id, date_key, campaign_id) DO UPDATE SET {set}"
+             {on_conflict}"
         ))
         .map_err(backend)?;
     for (campaign, vals) in rows {
@@ -398,12 +377,7 @@ fn upsert_campaign_columns(
         }
         write.execute(args.as_slice()).map_err(backend)?;
     }
-    tx.execute(
-        "DELETE FROM rollup_campaign_daily WHERE app_id = ?1 AND date_key = ?2
-            AND impressions = 0 AND clicks = 0 AND installs = 0 AND rejected_installs = 0",
-        params![app, day],
-    )
-    .map_err(backend)?;
+    tx.execute(sqlite!(sql::DELETE_EMPTY_CAMPAIGN_DAYS), params![app, day]).map_err(backend)?;
     Ok(())
 }
 
@@ -418,7 +392,7 @@ pub fn refresh_step(
 ) -> Result<RefreshReport, StorageError> {
     let horizon = match horizon {
         Some(h) => h,
-        None => tx.query_row("SELECT coalesce(max(seq), 0) FROM etl_pending", [], |r| r.get(0)).map_err(backend)?,
+        None => tx.query_row(sql::QUEUE_HORIZON, [], |r| r.get(0)).map_err(backend)?,
     };
     let events = etl_batch(tx, batch, session_gap, horizon)?;
     let done = events < batch;
@@ -475,7 +449,7 @@ pub fn purge_rest(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Result<Pu
     let ms = day_of(cutoffs.events) * DAY_MS;
     let clicks_ms = day_of(cutoffs.clicks) * DAY_MS;
     let mut report = PurgeReport {
-        clicks: tx.execute("DELETE FROM clicks WHERE ts < ?1", [clicks_ms]).map_err(backend)? as u64,
+        clicks: tx.execute(sqlite!(sql::PURGE_CLICKS), [clicks_ms]).map_err(backend)? as u64,
         // A session goes with its last fact.
         sessions: tx
             .execute(
@@ -515,17 +489,13 @@ pub fn purge_rest(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Result<Pu
 
 /// Stores (or replaces) one day's cost of a campaign. Errors name what is wrong.
 pub fn save_cost(tx: &Transaction<'_>, cost: &CampaignCost) -> Result<Result<(), String>, StorageError> {
-    let app: Option<String> = tx
-        .query_row("SELECT app_id FROM campaigns WHERE campaign_id = ?1", [&cost.campaign_id], |r| r.get(0))
-        .optional()
-        .map_err(backend)?;
+    let app: Option<String> =
+        tx.query_row(sqlite!(sql::CAMPAIGN_APP), [&cost.campaign_id], |r| r.get(0)).optional().map_err(backend)?;
     let Some(app) = app else { return Ok(Err("no campaign with this id".into())) };
     let other: Option<String> = tx
-        .query_row(
-            "SELECT currency FROM campaign_costs WHERE campaign_id = ?1 AND currency <> ?2 AND date_key <> ?3 LIMIT 1",
-            params![cost.campaign_id, cost.currency, cost.date_key],
-            |r| r.get(0),
-        )
+        .query_row(sqlite!(sql::OTHER_COST_CURRENCY), params![cost.campaign_id, cost.currency, cost.date_key], |r| {
+            r.get(0)
+        })
         .optional()
         .map_err(backend)?;
     if let Some(other) = other {
@@ -589,12 +559,7 @@ pub fn report(conn: &Connection, query: &ReportQuery) -> Result<ReportRows, Stor
             Ok(ReportRows::Events(rows))
         }
         ReportQuery::Cohorts { app_id, from_day, to_day, max_offset } => {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT anonymous_id, user_id, coalesce(install_ts, first_seen) FROM dim_users
-                      WHERE app_id = ?1 AND coalesce(install_ts, first_seen) < ?2",
-                )
-                .map_err(backend)?;
+            let mut stmt = conn.prepare(sqlite!(sql::COHORT_USERS)).map_err(backend)?;
             // Devices that started after the last cohort day cannot be in any cohort.
             let users: Vec<UserRow> = stmt
                 .query_map(params![app_id, (to_day + 1) * DAY_MS], |r| {
@@ -605,12 +570,7 @@ pub fn report(conn: &Connection, query: &ReportQuery) -> Result<ReportRows, Stor
                 .map_err(backend)?;
             let mut by_anon: std::collections::HashMap<String, UserRow> =
                 users.into_iter().map(|u| (u.anonymous_id.clone(), u)).collect();
-            let mut stmt = conn
-                .prepare(
-                    "SELECT DISTINCT anonymous_id, date_key FROM fact_events
-                      WHERE app_id = ?1 AND date_key >= ?2 AND date_key <= ?3",
-                )
-                .map_err(backend)?;
+            let mut stmt = conn.prepare(sqlite!(sql::COHORT_ACTIVE_DAYS)).map_err(backend)?;
             let mut q = stmt.query(params![app_id, from_day, to_day + max_offset]).map_err(backend)?;
             while let Some(r) = q.next().map_err(backend)? {
                 let anon: String = r.get(0).map_err(backend)?;
@@ -669,8 +629,9 @@ pub fn report(conn: &Connection, query: &ReportQuery) -> Result<ReportRows, Stor
             Ok(ReportRows::Campaigns(rows))
         }
         ReportQuery::RecentEvents { limit } => {
-            let sql = format!("SELECT {} FROM events ORDER BY rowid DESC LIMIT ?1", EVENT_COLUMNS);
-            let mut stmt = conn.prepare(&sql).map_err(backend)?;
+            let mut stmt = conn
+                .prepare(concat!("SELECT ", event_columns!(), " FROM events ORDER BY rowid DESC LIMIT ?1"))
+                .map_err(backend)?;
             let rows = stmt
                 .query_map([*limit as i64], event_row)
                 .map_err(backend)?
@@ -679,12 +640,7 @@ pub fn report(conn: &Connection, query: &ReportQuery) -> Result<ReportRows, Stor
             Ok(ReportRows::Recent(rows))
         }
         ReportQuery::Alerts { since, limit } => {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT rule, app_id, campaign_id, at, detail FROM fraud_alerts WHERE at >= ?1
-                      ORDER BY at DESC, id DESC LIMIT ?2",
-                )
-                .map_err(backend)?;
+            let mut stmt = conn.prepare(sqlite!(sql::RECENT_ALERTS)).map_err(backend)?;
             let rows = stmt
                 .query_map(params![since, *limit as i64], |r| {
                     let detail: String = r.get(4)?;
