@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use trailmark_server::domain::records::{NewEvent, PostbackRecord};
-use trailmark_server::{Durability, ServerBuilder, ServerConfig, SqliteStorage, Storage};
+use trailmark_server::storage::prelude::*;
+use trailmark_server::{Durability, ServerBuilder, ServerConfig, SqliteStorage};
 
 /// A loopback receiver that records the query of every postback it gets.
 async fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {

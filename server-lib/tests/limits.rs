@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use trailmark_core::protocol;
-use trailmark_server::storage::{DeleteReport, DeletionAudit, NewEvent, StorageFuture, Subject};
-use trailmark_server::{JwtAlgorithm, JwtConfig, ServerBuilder, ServerConfig, Storage, StorageError};
+use trailmark_server::storage::*;
+use trailmark_server::{JwtAlgorithm, JwtConfig, ServerBuilder, ServerConfig};
 
 mod common;
 
@@ -44,15 +44,122 @@ async fn per_ip_rate_limit_answers_429_with_retry_after() {
 /// A store whose writer is always behind.
 struct Behind;
 
-impl Storage for Behind {
+fn busy<'a, T: Send + 'a>() -> StorageFuture<'a, T> {
+    Box::pin(async { Err(StorageError::Busy) })
+}
+
+impl EventStore for Behind {
     fn insert(&self, _events: Vec<NewEvent>) -> StorageFuture<'_, Vec<bool>> {
-        Box::pin(async { Err(StorageError::Busy) })
+        busy()
     }
-    fn delete_subject(&self, _s: Subject, _a: DeletionAudit) -> StorageFuture<'_, DeleteReport> {
-        Box::pin(async { Err(StorageError::Busy) })
+    fn recent_events(&self, _app: Option<String>, _s: Subject, _limit: usize) -> StorageFuture<'_, Vec<NewEvent>> {
+        busy()
     }
     fn backlog(&self) -> usize {
         1_000_000
+    }
+}
+
+impl DeletionStore for Behind {
+    fn delete_subject(&self, _s: Subject, _a: DeletionAudit) -> StorageFuture<'_, DeleteReport> {
+        busy()
+    }
+}
+
+impl LinkStore for Behind {
+    fn save_campaign(&self, _c: Campaign) -> StorageFuture<'_, ()> {
+        busy()
+    }
+    fn save_link(&self, _l: LinkRecord, _a: LinkAudit) -> StorageFuture<'_, ()> {
+        busy()
+    }
+    fn load_links(&self) -> StorageFuture<'_, LinkCatalog> {
+        busy()
+    }
+    fn link_audit(&self, _id: String) -> StorageFuture<'_, Vec<LinkAudit>> {
+        busy()
+    }
+    fn record_touch(&self, _t: ClickRecord) -> Result<(), StorageError> {
+        Err(StorageError::Busy)
+    }
+    fn load_touches(&self, _since: i64) -> StorageFuture<'_, Vec<ClickRecord>> {
+        busy()
+    }
+    fn click_params(&self, _id: String) -> StorageFuture<'_, Option<ClickParams>> {
+        busy()
+    }
+}
+
+impl InstallStore for Behind {
+    fn install_by_event(&self, _app: Option<String>, _id: String) -> StorageFuture<'_, Option<InstallRecord>> {
+        busy()
+    }
+    fn last_install(&self, _app: String, _k: DeviceKeys) -> StorageFuture<'_, Option<InstallRecord>> {
+        busy()
+    }
+    fn install_lookup(&self, _app: String, _id: String, _k: DeviceKeys) -> StorageFuture<'_, InstallLookup> {
+        busy()
+    }
+    fn save_install(
+        &self,
+        _i: InstallRecord,
+        _t: Option<Touchpoint>,
+        _a: Option<FraudAlert>,
+        _p: Vec<PostbackRecord>,
+    ) -> StorageFuture<'_, Option<Vec<i64>>> {
+        busy()
+    }
+    fn install_counts(&self, _since: i64) -> StorageFuture<'_, Vec<InstallCount>> {
+        busy()
+    }
+}
+
+impl ConversionStore for Behind {
+    fn reengagement_facts(&self, _app: String, _anon: String, _before: i64) -> StorageFuture<'_, ReengagementFacts> {
+        busy()
+    }
+    fn save_touchpoints(&self, _t: Vec<Touchpoint>, _r: Vec<Reengagement>) -> StorageFuture<'_, Vec<bool>> {
+        busy()
+    }
+    fn conversion_touchpoints(
+        &self,
+        _app: String,
+        _anon: String,
+        _user: Option<String>,
+        _since: i64,
+        _until: i64,
+    ) -> StorageFuture<'_, Vec<Touchpoint>> {
+        busy()
+    }
+    fn save_conversion(&self, _rows: Vec<ConversionCredit>) -> StorageFuture<'_, bool> {
+        busy()
+    }
+    fn save_postback(&self, _p: PostbackRecord) -> StorageFuture<'_, i64> {
+        busy()
+    }
+    fn log_postback_attempt(&self, _a: PostbackAttempt) -> StorageFuture<'_, ()> {
+        busy()
+    }
+    fn postback_pending(&self, _id: i64) -> StorageFuture<'_, bool> {
+        busy()
+    }
+    fn pending_postbacks(&self) -> StorageFuture<'_, Vec<PendingPostback>> {
+        busy()
+    }
+}
+
+impl ReportStore for Behind {
+    fn refresh_step(&self, _batch: usize, _gap: i64, _horizon: Option<i64>) -> StorageFuture<'_, RefreshReport> {
+        busy()
+    }
+    fn purge(&self, _c: RetentionCutoffs) -> StorageFuture<'_, PurgeReport> {
+        busy()
+    }
+    fn save_cost(&self, _c: CampaignCost) -> StorageFuture<'_, Result<(), String>> {
+        busy()
+    }
+    fn report(&self, _q: ReportQuery) -> StorageFuture<'_, ReportRows> {
+        busy()
     }
 }
 

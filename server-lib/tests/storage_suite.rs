@@ -1,16 +1,64 @@
-//! The storage conformance suite: the same checks against every `Storage` implementation —
-//! the embedded SQLite store always, PostgreSQL when `TM_POSTGRES_URL` names a server
-//! (`./tests/run.sh services` starts one; with `TM_REQUIRE_SERVICES=1` a missing URL fails).
-
-use std::sync::Arc;
+//! The storage conformance suite: the same checks against every `Storage` implementation,
+//! one named test per check and store (`sqlite::dedup_by_event_id`,
+//! `postgres::dedup_by_event_id`, …), each on a fresh store. The PostgreSQL tests need
+//! `TM_POSTGRES_URL` (`./tests/run.sh services` sets it); without it they pass with a note,
+//! unless `TM_REQUIRE_SERVICES` is set.
 
 use serde_json::json;
 use trailmark_core::protocol::{AttributionResult, MatchType};
-use trailmark_server::storage::ConversionCredit;
 use trailmark_server::storage::{
-    Campaign, ClickRecord, DeletionAudit, Destinations, DeviceKeys, FraudAlert, InstallRecord, LinkAudit, LinkRecord,
-    NewEvent, PostbackAttempt, PostbackRecord, Reengagement, Storage, Subject, Touchpoint, Utm,
+    Campaign, ClickParams, ClickRecord, ConversionCredit, DeletionAudit, Destinations, DeviceKeys, FraudAlert,
+    InstallCount, InstallLookup, InstallRecord, LinkAudit, LinkCatalog, LinkRecord, NewEvent, PostbackAttempt,
+    PostbackRecord, Reengagement, ReengagementFacts, Storage, Subject, Touchpoint, Utm,
 };
+
+mod stores;
+
+use stores::Fixture;
+
+/// Expands to a module named `$backend` with one `#[tokio::test]` per check, each running the
+/// check (a function of this file taking a `&Fixture`) on a store from `$open` (an async
+/// function answering `None` when the store is not available: the test passes with a note).
+macro_rules! storage_suite {
+    ($backend:ident, $open:path) => {
+        storage_suite!(@module $backend, $open,
+            dedup_by_event_id,
+            recent_events_newest_first_per_app,
+            deleting_a_user_takes_its_anonymous_ids_in_the_same_app,
+            deleting_a_device_matches_it_as_sent_and_lower_cased,
+            deleting_nothing_is_fine,
+            a_second_instance_starts_on_the_same_data,
+            campaigns_and_links_with_their_audit_log,
+            clicks_are_written_behind_and_read_back_whole,
+            clicks_go_with_their_device,
+            an_install_is_saved_once_with_its_touchpoint_alert_and_postbacks,
+            the_last_counted_install_is_found_by_any_key,
+            install_counts_per_campaign_and_hour,
+            deleting_a_device_takes_its_installs_and_their_clicks,
+            touchpoints_across_a_users_devices,
+            reengagement_facts_before_a_time,
+            a_conversion_is_credited_once,
+            postbacks_stay_pending_until_delivered,
+            deleting_a_user_takes_its_conversion_data,
+        );
+    };
+    (@module $backend:ident, $open:path, $($check:ident),+ $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    if let Some(fixture) = $open().await {
+                        super::$check(&fixture).await;
+                    }
+                }
+            )+
+        }
+    };
+}
+
+storage_suite!(sqlite, crate::stores::sqlite);
+#[cfg(feature = "postgres")]
+storage_suite!(postgres, crate::stores::postgres);
 
 fn event(app: &str, id: &str, anon: &str, user: Option<&str>, device: Option<&str>, at: i64) -> NewEvent {
     NewEvent {
@@ -45,10 +93,9 @@ async fn count(store: &dyn Storage, subject: Subject) -> usize {
     store.recent_events(None, subject, 1000).await.unwrap().len()
 }
 
-/// Everything a store must do for the event path.
-async fn suite(store: Arc<dyn Storage>) {
-    // Dedup: new, duplicate in the same batch, duplicate of a stored event, another app.
-    let fresh = store
+/// Two events of anon-1 in app a (one with user u1), a duplicate in the batch, and app b's e1.
+async fn first_events(store: &dyn Storage) -> Vec<bool> {
+    store
         .insert(vec![
             event("a", "e1", "anon-1", None, None, 10),
             event("a", "e2", "anon-1", Some("u1"), None, 20),
@@ -56,21 +103,33 @@ async fn suite(store: Arc<dyn Storage>) {
             event("b", "e1", "anon-9", None, None, 10),
         ])
         .await
-        .unwrap();
-    assert_eq!(fresh, [true, true, false, true]);
+        .unwrap()
+}
+
+/// Dedup: new, duplicate in the same batch, duplicate of a stored event, another app.
+async fn dedup_by_event_id(f: &Fixture) {
+    let store = &*f.store;
+    assert_eq!(first_events(store).await, [true, true, false, true]);
     let again = store.insert(vec![event("a", "e2", "anon-1", Some("u1"), None, 20)]).await.unwrap();
     assert_eq!(again, [false]);
     assert_eq!(store.insert(Vec::new()).await.unwrap(), Vec::<bool>::new());
+    assert_eq!(store.backlog(), 0);
+}
 
-    // The inspector: newest first, per app when asked.
+/// The inspector: newest first, per app when asked.
+async fn recent_events_newest_first_per_app(f: &Fixture) {
+    let store = &*f.store;
+    first_events(store).await;
     let seen = store.recent_events(None, Subject::AnonymousId("anon-1".into()), 10).await.unwrap();
     assert_eq!(seen.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(), ["e2", "e1"]);
     assert_eq!(seen[0].user_id.as_deref(), Some("u1"));
     assert_eq!(seen[1].properties, r#"{"n":1}"#);
     let in_b = store.recent_events(Some("b".into()), Subject::AnonymousId("anon-9".into()), 10).await.unwrap();
     assert_eq!(in_b.len(), 1);
+}
 
-    // Deleting a user id takes the anonymous ids seen with it in the same app, not elsewhere.
+/// The events after [`first_events`]: anon-2 on device DEV-1, anon-1 in app b, user u2.
+async fn more_events(store: &dyn Storage) {
     store
         .insert(vec![
             event("a", "e3", "anon-2", None, Some("DEV-1"), 30),
@@ -79,18 +138,44 @@ async fn suite(store: Arc<dyn Storage>) {
         ])
         .await
         .unwrap();
+}
+
+/// Deleting a user id takes the anonymous ids seen with it in the same app, not elsewhere.
+async fn deleting_a_user_takes_its_anonymous_ids_in_the_same_app(f: &Fixture) {
+    let store = &*f.store;
+    first_events(store).await;
+    more_events(store).await;
     let report = store.delete_subject(Subject::UserId("u1".into()), audit("user_id")).await.unwrap();
     assert_eq!(report.rows, 2, "e1 and e2 (anon-1 in app a)");
-    assert_eq!(count(&*store, Subject::AnonymousId("anon-1".into())).await, 1, "app b's anon-1 stays");
-    assert_eq!(count(&*store, Subject::UserId("u2".into())).await, 1, "another user stays");
-    // A device id matches as sent (and lower-cased, as clicks and installs store it).
+    assert_eq!(count(store, Subject::AnonymousId("anon-1".into())).await, 1, "app b's anon-1 stays");
+    assert_eq!(count(store, Subject::UserId("u2".into())).await, 1, "another user stays");
+}
+
+/// A device id matches as sent (and lower-cased, as clicks and installs store it).
+async fn deleting_a_device_matches_it_as_sent_and_lower_cased(f: &Fixture) {
+    let store = &*f.store;
+    first_events(store).await;
+    more_events(store).await;
     let report = store.delete_subject(Subject::DeviceId("DEV-1".into()), audit("device_id")).await.unwrap();
     assert_eq!(report.rows, 1);
-    assert_eq!(count(&*store, Subject::AnonymousId("anon-2".into())).await, 0);
-    // Deleting what is not there is fine.
+    assert_eq!(count(store, Subject::AnonymousId("anon-2".into())).await, 0);
+}
+
+/// Deleting what is not there is fine.
+async fn deleting_nothing_is_fine(f: &Fixture) {
+    let store = &*f.store;
+    first_events(store).await;
     let report = store.delete_subject(Subject::AnonymousId("nobody".into()), audit("anonymous_id")).await.unwrap();
     assert_eq!(report.rows, 0);
     assert_eq!(store.backlog(), 0);
+}
+
+/// A second instance on the migrated data applies nothing, starts, and sees the first's rows.
+async fn a_second_instance_starts_on_the_same_data(f: &Fixture) {
+    first_events(&*f.store).await;
+    let again = f.open_again().await;
+    assert_eq!(count(&*again, Subject::AnonymousId("anon-1".into())).await, 2);
+    assert_eq!(again.insert(vec![event("a", "e1", "anon-1", None, None, 10)]).await.unwrap(), [false]);
 }
 
 fn link(id: &str, code: &str, enabled: bool, at: i64) -> LinkRecord {
@@ -130,8 +215,9 @@ fn click(id: &str, device: Option<&str>, ts: i64) -> ClickRecord {
     }
 }
 
-/// Campaigns, links with their audit log, and clicks.
-async fn link_suite(store: Arc<dyn Storage>) {
+/// Campaigns (ids unique), links created and replaced, and the links' audit log.
+async fn campaigns_and_links_with_their_audit_log(f: &Fixture) {
+    let store = &*f.store;
     let campaign = Campaign {
         campaign_id: "cmp_1".into(),
         app_id: "a".into(),
@@ -161,7 +247,7 @@ async fn link_suite(store: Arc<dyn Storage>) {
         .save_link(link("lnk_1", "AbC12345", false, 3), audit("disable", 3, Some(json!({"enabled": true}))))
         .await
         .unwrap();
-    let (campaigns, links) = store.load_links().await.unwrap();
+    let LinkCatalog { campaigns, links } = store.load_links().await.unwrap();
     assert_eq!(campaigns, vec![campaign]);
     assert_eq!(
         links.iter().map(|l| (l.link_id.as_str(), l.enabled)).collect::<Vec<_>>(),
@@ -171,20 +257,41 @@ async fn link_suite(store: Arc<dyn Storage>) {
     let log = store.link_audit("lnk_1".into()).await.unwrap();
     assert_eq!(log.iter().map(|a| a.action.as_str()).collect::<Vec<_>>(), ["create", "disable"]);
     assert_eq!(log[1].before, Some(json!({"enabled": true})));
+}
 
-    // Clicks: written behind, read back whole, found by id, deleted with their device.
+/// Two clicks (c1 twice: stored once), on dev-1 at 100 and on no device at 200.
+fn record_clicks(store: &dyn Storage) {
     store.record_touch(click("c1", Some("dev-1"), 100)).unwrap();
     store.record_touch(click("c2", None, 200)).unwrap();
     store.record_touch(click("c1", Some("dev-1"), 100)).unwrap();
-    assert_eq!(store.click_params("c2".into()).await.unwrap(), Some((json!({"gclid": "G-1"}), json!({"sub1": "x"}))));
+}
+
+/// Clicks: written behind, found by id, read back whole.
+async fn clicks_are_written_behind_and_read_back_whole(f: &Fixture) {
+    let store = &*f.store;
+    record_clicks(store);
+    assert_eq!(
+        store.click_params("c2".into()).await.unwrap(),
+        Some(ClickParams { network_ids: json!({"gclid": "G-1"}), sub_params: json!({"sub1": "x"}) })
+    );
     assert_eq!(store.click_params("nope".into()).await.unwrap(), None);
     let touches = store.load_touches(0).await.unwrap();
     assert_eq!(touches, vec![click("c1", Some("dev-1"), 100), click("c2", None, 200)]);
     assert_eq!(store.load_touches(150).await.unwrap().len(), 1);
-    let report = store.delete_subject(Subject::DeviceId("DEV-1".into()), audit_of("device_id")).await.unwrap();
+}
+
+/// Clicks are deleted with their device (as sent or lower-cased).
+async fn clicks_go_with_their_device(f: &Fixture) {
+    let store = &*f.store;
+    record_clicks(store);
+    // The writes behind are done once a click lookup answers.
+    store.click_params("c1".into()).await.unwrap();
+    let report = store.delete_subject(Subject::DeviceId("DEV-1".into()), audit("device_id")).await.unwrap();
     assert!(report.click_ids.contains(&"c1".to_owned()), "{report:?}");
     assert_eq!(store.load_touches(0).await.unwrap().len(), 1);
 }
+
+const HOUR: i64 = 3_600_000;
 
 fn install(event_id: &str, anon: &str, gaid: Option<&str>, ts: i64, kind: &str, click: Option<&str>) -> InstallRecord {
     let mut result = AttributionResult::organic(Default::default());
@@ -215,22 +322,13 @@ fn install(event_id: &str, anon: &str, gaid: Option<&str>, ts: i64, kind: &str, 
     }
 }
 
-/// Installs with their touchpoint, alert and postbacks; lookups; the burst baseline; deletion.
-async fn install_suite(store: Arc<dyn Storage>) {
-    const HOUR: i64 = 3_600_000;
+/// The install i1 of anon-9 (gaid-9), attributed to click c9, with its touchpoint, an alert and
+/// two postbacks; then the reinstall i2 of anon-10 on the same gaid. Returns i1.
+async fn installs(store: &dyn Storage) -> InstallRecord {
     store.record_touch(click("c9", Some("gaid-9"), 5 * HOUR)).unwrap();
+    // The click is written behind; a click lookup answers once it is stored.
+    store.click_params("c9".into()).await.unwrap().expect("stored");
     let first = install("i1", "anon-9", Some("gaid-9"), 5 * HOUR + 60_000, "install", Some("c9"));
-    let touchpoint = Touchpoint {
-        app_id: "a".into(),
-        anonymous_id: "anon-9".into(),
-        ts: 5 * HOUR,
-        click_id: "c9".into(),
-        link_id: "lnk_1".into(),
-        campaign_id: "cmp_1".into(),
-        network: "meta".into(),
-        kind: "install".into(),
-        source_event_id: "i1".into(),
-    };
     let alert = FraudAlert {
         rule: "install_burst".into(),
         app_id: "a".into(),
@@ -248,28 +346,68 @@ async fn install_suite(store: Arc<dyn Storage>) {
         created_at: 5 * HOUR,
     };
     let ids = store
-        .save_install(first.clone(), Some(touchpoint.clone()), Some(alert), vec![postback.clone(), postback])
+        .save_install(first.clone(), Some(install_touchpoint()), Some(alert), vec![postback.clone(), postback])
         .await
         .unwrap()
         .expect("new");
     assert_eq!(ids.len(), 2);
     assert!(ids[1] > ids[0]);
+    let again = install("i2", "anon-10", Some("gaid-9"), 9 * HOUR, "reinstall", None);
+    store.save_install(again, None, None, Vec::new()).await.unwrap().expect("new");
+    first
+}
+
+fn install_touchpoint() -> Touchpoint {
+    Touchpoint {
+        app_id: "a".into(),
+        anonymous_id: "anon-9".into(),
+        ts: 5 * HOUR,
+        click_id: "c9".into(),
+        link_id: "lnk_1".into(),
+        campaign_id: "cmp_1".into(),
+        network: "meta".into(),
+        kind: "install".into(),
+        source_event_id: "i1".into(),
+    }
+}
+
+/// An install is stored with its touchpoint, alert and postbacks; a retry writes nothing.
+async fn an_install_is_saved_once_with_its_touchpoint_alert_and_postbacks(f: &Fixture) {
+    let store = &*f.store;
+    let first = installs(store).await;
     // The same install again (a retry, or another instance): nothing is written.
-    assert_eq!(store.save_install(first.clone(), Some(touchpoint), None, Vec::new()).await.unwrap(), None);
+    assert_eq!(store.save_install(first.clone(), Some(install_touchpoint()), None, Vec::new()).await.unwrap(), None);
     assert_eq!(store.install_by_event(Some("a".into()), "i1".into()).await.unwrap(), Some(first.clone()));
     assert_eq!(store.install_by_event(None, "i1".into()).await.unwrap(), Some(first.clone()));
     assert_eq!(store.install_by_event(Some("b".into()), "i1".into()).await.unwrap(), None);
-    // A reinstall is not a counted install; the latest counted one is found by any key.
-    let again = install("i2", "anon-10", Some("gaid-9"), 9 * HOUR, "reinstall", None);
-    store.save_install(again, None, None, Vec::new()).await.unwrap().expect("new");
+}
+
+/// A reinstall is not a counted install; the latest counted one is found by any key.
+async fn the_last_counted_install_is_found_by_any_key(f: &Fixture) {
+    let store = &*f.store;
+    let first = installs(store).await;
     let keys = DeviceKeys { anonymous_id: "anon-new".into(), gaid: Some("gaid-9".into()), ..Default::default() };
     assert_eq!(store.last_install("a".into(), keys.clone()).await.unwrap(), Some(first.clone()));
-    let (done, last) = store.install_lookup("a".into(), "i3".into(), keys).await.unwrap();
-    assert_eq!((done, last), (None, Some(first.clone())));
-    let (done, _) = store.install_lookup("a".into(), "i2".into(), DeviceKeys::default()).await.unwrap();
-    assert_eq!(done.map(|d| d.kind), Some("reinstall".into()));
-    assert_eq!(store.install_counts(0).await.unwrap(), vec![("cmp_1".to_owned(), 5 * HOUR, 1)]);
-    // Deleting the device: its installs, and the click its install was matched to.
+    let lookup = store.install_lookup("a".into(), "i3".into(), keys).await.unwrap();
+    assert_eq!(lookup, InstallLookup { existing: None, last_install: Some(first.clone()) });
+    let lookup = store.install_lookup("a".into(), "i2".into(), DeviceKeys::default()).await.unwrap();
+    assert_eq!(lookup.existing.map(|d| d.kind), Some("reinstall".into()));
+}
+
+/// The burst baseline: attributed, counted installs per campaign and hour.
+async fn install_counts_per_campaign_and_hour(f: &Fixture) {
+    let store = &*f.store;
+    installs(store).await;
+    assert_eq!(
+        store.install_counts(0).await.unwrap(),
+        vec![InstallCount { campaign_id: "cmp_1".into(), hour: 5 * HOUR, installs: 1 }]
+    );
+}
+
+/// Deleting the device: its installs, and the click its install was matched to.
+async fn deleting_a_device_takes_its_installs_and_their_clicks(f: &Fixture) {
+    let store = &*f.store;
+    installs(store).await;
     let report = store.delete_subject(Subject::DeviceId("GAID-9".into()), audit("device_id")).await.unwrap();
     assert!(report.click_ids.contains(&"c9".to_owned()), "{report:?}");
     assert_eq!(store.install_by_event(None, "i1".into()).await.unwrap(), None);
@@ -291,9 +429,10 @@ fn touch(anon: &str, click: &str, ts: i64, kind: &str) -> Touchpoint {
     }
 }
 
-/// Touchpoints across a user's devices, re-engagements, conversion credit once, postbacks.
-async fn conversion_suite(store: Arc<dyn Storage>) {
-    // Two devices of user u7 (paired by an event), a third device of someone else.
+/// Two devices of user u7 in app c (paired by events at 50 and 60), their touchpoints (k1 on
+/// dev-a, also as its install touchpoint; k2 on dev-b), a third device's (k3 on dev-z), and a
+/// re-engagement of dev-a through k1.
+async fn user_touchpoints(store: &dyn Storage) {
     store
         .insert(vec![
             event("c", "ev-1", "dev-a", Some("u7"), None, 50),
@@ -326,17 +465,39 @@ async fn conversion_suite(store: Arc<dyn Storage>) {
         .await
         .unwrap();
     assert_eq!(fresh, [true]);
+}
+
+/// Touchpoints of every device of the user, in the window, one per click.
+async fn touchpoints_across_a_users_devices(f: &Fixture) {
+    let store = &*f.store;
+    user_touchpoints(store).await;
     let again = store.save_touchpoints(Vec::new(), vec![]).await.unwrap();
     assert!(again.is_empty());
     let tps = store.conversion_touchpoints("c".into(), "dev-a".into(), Some("u7".into()), 0, 100).await.unwrap();
     assert_eq!(tps.iter().map(|t| (t.click_id.as_str(), t.ts)).collect::<Vec<_>>(), [("k1", 10), ("k2", 20)]);
     let alone = store.conversion_touchpoints("c".into(), "dev-a".into(), None, 15, 100).await.unwrap();
     assert_eq!(alone.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>(), ["install"], "in the window only");
-    // Re-engagement facts: no install here; the last activity before 55 is ev-1 at 50.
-    assert_eq!(store.reengagement_facts("c".into(), "dev-a".into(), 55).await.unwrap(), (false, Some(50)));
-    assert_eq!(store.reengagement_facts("c".into(), "dev-a".into(), 50).await.unwrap(), (false, None));
-    // Credit is written once per conversion.
-    let credit = |model: &str, click: &str, share: f64| ConversionCredit {
+}
+
+/// Whether the device has an install, and its last activity (event or install) before a time.
+async fn reengagement_facts_before_a_time(f: &Fixture) {
+    let store = &*f.store;
+    user_touchpoints(store).await;
+    let facts = |installed, last_activity| ReengagementFacts { installed, last_activity };
+    // No install here; the last activity before 55 is ev-1 at 50.
+    assert_eq!(store.reengagement_facts("c".into(), "dev-a".into(), 55).await.unwrap(), facts(false, Some(50)));
+    assert_eq!(store.reengagement_facts("c".into(), "dev-a".into(), 50).await.unwrap(), facts(false, None));
+    // An install at 45: installed, and the install counts as activity.
+    let mut installed = install("inst-a", "dev-a", None, 45, "install", None);
+    installed.app_id = "c".into();
+    store.save_install(installed, None, None, Vec::new()).await.unwrap().expect("new");
+    assert_eq!(store.reengagement_facts("c".into(), "dev-a".into(), 55).await.unwrap(), facts(true, Some(50)));
+    assert_eq!(store.reengagement_facts("c".into(), "dev-a".into(), 48).await.unwrap(), facts(true, Some(45)));
+    assert_eq!(store.reengagement_facts("c".into(), "dev-b".into(), 55).await.unwrap(), facts(false, None));
+}
+
+fn credit(model: &str, click: &str, share: f64) -> ConversionCredit {
+    ConversionCredit {
         app_id: "c".into(),
         event_id: "buy-1".into(),
         model: model.into(),
@@ -352,13 +513,24 @@ async fn conversion_suite(store: Arc<dyn Storage>) {
         credit: share,
         revenue: Some(10.0 * share),
         currency: Some("EUR".into()),
-    };
-    let rows = vec![credit("last_touch", "k2", 1.0), credit("linear", "k1", 0.5), credit("linear", "k2", 0.5)];
-    assert!(store.save_conversion(rows.clone()).await.unwrap());
-    assert!(!store.save_conversion(rows).await.unwrap(), "credited before");
+    }
+}
+
+fn credits() -> Vec<ConversionCredit> {
+    vec![credit("last_touch", "k2", 1.0), credit("linear", "k1", 0.5), credit("linear", "k2", 0.5)]
+}
+
+/// Credit is written once per conversion.
+async fn a_conversion_is_credited_once(f: &Fixture) {
+    let store = &*f.store;
+    user_touchpoints(store).await;
+    assert!(store.save_conversion(credits()).await.unwrap());
+    assert!(!store.save_conversion(credits()).await.unwrap(), "credited before");
     assert!(!store.save_conversion(Vec::new()).await.unwrap());
-    // Postbacks: pending until delivered; attempts logged; a deleted postback takes no attempt.
-    let pb = |event: &str| PostbackRecord {
+}
+
+fn postback(event: &str) -> PostbackRecord {
+    PostbackRecord {
         app_id: "c".into(),
         anonymous_id: "dev-a".into(),
         event_id: "buy-1".into(),
@@ -366,14 +538,11 @@ async fn conversion_suite(store: Arc<dyn Storage>) {
         event: event.into(),
         url: format!("https://pb.example/{event}"),
         created_at: 70,
-    };
-    let p1 = store.save_postback(pb("purchase")).await.unwrap();
-    let p2 = store.save_postback(pb("install")).await.unwrap();
-    let pending = store.pending_postbacks().await.unwrap();
-    let mine: Vec<_> = pending.iter().filter(|p| p.3 == "c").collect();
-    assert_eq!(mine.len(), 2);
-    assert_eq!((mine[0].0, mine[0].1.as_str(), mine[0].2), (p1, "https://pb.example/purchase", 0));
-    let attempt = |id: i64, n: u32, status: Option<u16>, state: &str| PostbackAttempt {
+    }
+}
+
+fn attempt(id: i64, n: u32, status: Option<u16>, state: &str) -> PostbackAttempt {
+    PostbackAttempt {
         postback_id: id,
         app_id: "c".into(),
         anonymous_id: "dev-a".into(),
@@ -383,56 +552,45 @@ async fn conversion_suite(store: Arc<dyn Storage>) {
         duration_ms: 5,
         at: 80,
         state: state.into(),
-    };
+    }
+}
+
+/// Two postbacks of dev-a; the first failed once, then was delivered. Returns their ids.
+async fn postbacks(store: &dyn Storage) -> (i64, i64) {
+    let p1 = store.save_postback(postback("purchase")).await.unwrap();
+    let p2 = store.save_postback(postback("install")).await.unwrap();
+    let pending = store.pending_postbacks().await.unwrap();
+    let mine: Vec<_> = pending.iter().filter(|p| p.app_id == "c").collect();
+    assert_eq!(mine.len(), 2);
+    assert_eq!((mine[0].id, mine[0].url.as_str(), mine[0].attempts), (p1, "https://pb.example/purchase", 0));
     store.log_postback_attempt(attempt(p1, 1, None, "pending")).await.unwrap();
     assert!(store.postback_pending(p1).await.unwrap());
     store.log_postback_attempt(attempt(p1, 2, Some(200), "delivered")).await.unwrap();
+    (p1, p2)
+}
+
+/// Postbacks: pending until delivered; attempts logged.
+async fn postbacks_stay_pending_until_delivered(f: &Fixture) {
+    let store = &*f.store;
+    let (p1, p2) = postbacks(store).await;
     assert!(!store.postback_pending(p1).await.unwrap());
     assert!(store.postback_pending(p2).await.unwrap());
-    // Deleting the user removes credit, touchpoints, re-engagements, postbacks and attempts.
+}
+
+/// Deleting the user removes credit, touchpoints, re-engagements, postbacks and attempts; a
+/// deleted postback takes no attempt.
+async fn deleting_a_user_takes_its_conversion_data(f: &Fixture) {
+    let store = &*f.store;
+    user_touchpoints(store).await;
+    assert!(store.save_conversion(credits()).await.unwrap());
+    let (_, p2) = postbacks(store).await;
     let report = store.delete_subject(Subject::UserId("u7".into()), audit("user_id")).await.unwrap();
     assert!(report.rows >= 2 + 3 + 1 + 3 + 2 + 2, "{report:?}");
     assert!(!store.postback_pending(p2).await.unwrap());
     store.log_postback_attempt(attempt(p2, 1, Some(500), "pending")).await.unwrap();
-    assert!(store.pending_postbacks().await.unwrap().iter().all(|p| p.3 != "c"));
+    assert!(store.pending_postbacks().await.unwrap().iter().all(|p| p.app_id != "c"));
     assert!(store.conversion_touchpoints("c".into(), "dev-a".into(), None, 0, 100).await.unwrap().is_empty());
     assert_eq!(store.conversion_touchpoints("c".into(), "dev-z".into(), None, 0, 100).await.unwrap().len(), 1);
     let rows = vec![credit("last_touch", "k2", 1.0)];
     assert!(store.save_conversion(rows).await.unwrap(), "the credit is gone with the user");
-}
-
-fn audit_of(kind: &'static str) -> DeletionAudit {
-    audit(kind)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_passes_the_storage_suite() {
-    let dir = tempfile::tempdir().unwrap();
-    let store =
-        Arc::new(trailmark_server::SqliteStorage::open(dir.path().join("s.db"), Default::default(), 64, 1000).unwrap());
-    suite(store.clone()).await;
-    link_suite(store.clone()).await;
-    install_suite(store.clone()).await;
-    conversion_suite(store).await;
-}
-
-#[cfg(feature = "postgres")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_passes_the_storage_suite() {
-    let Ok(url) = std::env::var("TM_POSTGRES_URL") else {
-        assert!(std::env::var("TM_REQUIRE_SERVICES").is_err(), "TM_REQUIRE_SERVICES is set but TM_POSTGRES_URL is not");
-        eprintln!("TM_POSTGRES_URL not set: PostgreSQL part skipped (./tests/run.sh services runs it)");
-        return;
-    };
-    // A schema of its own, so runs never see each other's rows.
-    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let store = trailmark_server::storage::postgres::PostgresStorage::connect(&url, 8, Some(&schema)).await.unwrap();
-    // A second instance on the migrated schema applies nothing and starts.
-    let again = trailmark_server::storage::postgres::PostgresStorage::connect(&url, 2, Some(&schema));
-    again.await.unwrap();
-    let store = Arc::new(store);
-    suite(store.clone()).await;
-    link_suite(store.clone()).await;
-    install_suite(store.clone()).await;
-    conversion_suite(store).await;
 }

@@ -242,8 +242,60 @@ pub struct PostbackAttempt {
     pub state: String,
 }
 
-/// A postback still to send: `(id, url, attempts so far, app_id, anonymous_id)`.
-pub type PendingPostback = (i64, String, u32, String, String);
+/// A postback still to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingPostback {
+    pub id: i64,
+    pub url: String,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    pub app_id: String,
+    pub anonymous_id: String,
+}
+
+/// Every campaign and link, as the server loads them at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkCatalog {
+    pub campaigns: Vec<Campaign>,
+    pub links: Vec<LinkRecord>,
+}
+
+/// The two lookups a new install needs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InstallLookup {
+    /// The install with the request's event id, when one is stored (the request is a retry).
+    pub existing: Option<InstallRecord>,
+    /// The device's latest install that counted as new (not a reinstall); looked up only when
+    /// `existing` is `None`.
+    pub last_install: Option<InstallRecord>,
+}
+
+/// Facts for the re-engagement rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReengagementFacts {
+    /// The device has an install of the app.
+    pub installed: bool,
+    /// Its last activity (event or install) before the time asked about.
+    pub last_activity: Option<i64>,
+}
+
+/// A click's ad-network ids and sub-parameters (for postback macros).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClickParams {
+    /// Ad-network click ids (`gclid`, `fbclid`, `clickid`, …) as a JSON object.
+    pub network_ids: Value,
+    /// Sub-parameters (`sub1`…`sub5`, …) as a JSON object.
+    pub sub_params: Value,
+}
+
+/// Attributed installs of one campaign in one hour (the burst baseline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallCount {
+    pub campaign_id: String,
+    /// The hour's start (Unix ms).
+    pub hour: i64,
+    pub installs: u32,
+}
 
 /// One day's advertising cost of a campaign (`POST /v1/campaigns/{id}/cost`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

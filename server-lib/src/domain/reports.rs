@@ -13,7 +13,7 @@ use crate::domain::records::{CampaignDay, FactRow, UserRow};
 /// Milliseconds in a day; report days are UTC days numbered from the Unix epoch.
 pub const DAY_MS: i64 = 86_400_000;
 
-/// The day key of a time (UTC).
+/// The UTC day (days since 1970-01-01) of a Unix-ms time.
 pub fn day_of(ts: i64) -> i64 {
     ts.div_euclid(DAY_MS)
 }

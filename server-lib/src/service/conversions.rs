@@ -4,7 +4,7 @@
 use super::Services;
 use crate::domain::attribution::TouchKind;
 use crate::domain::conversions::{Followup, OPEN_EVENTS, credit_rows};
-use crate::domain::records::{Reengagement, Touchpoint};
+use crate::domain::records::{Reengagement, ReengagementFacts, Touchpoint};
 use crate::storage::StorageError;
 
 /// Runs the follow-ups of one request's stored events, in order. Failures are logged and
@@ -59,7 +59,7 @@ async fn run(svc: &Services, app_id: &str, items: Vec<Followup>) -> Result<(), S
     }
     let mut reengagements = Vec::new();
     for (open, tp) in opens {
-        let (installed, last) =
+        let ReengagementFacts { installed, last_activity: last } =
             svc.storage.reengagement_facts(app_id.to_owned(), open.anonymous_id.clone(), tp.ts).await?;
         let inactive = last.map(|l| tp.ts - l);
         if installed && inactive.is_none_or(|i| i >= cfg.reengagement_inactivity) {

@@ -10,7 +10,7 @@ use super::trace::store_span;
 use super::{ServiceError, ServiceResult, Services, postbacks};
 use crate::domain::attribution::matching::{Fingerprint, InstallFacts};
 use crate::domain::install::{AuditFacts, decision_audit, device_time, lower, referrer_click_id, validate};
-use crate::domain::records::{DeviceKeys, FraudAlert, InstallRecord, Touchpoint};
+use crate::domain::records::{DeviceKeys, FraudAlert, InstallLookup, InstallRecord, Touchpoint};
 use crate::domain::stream::install_record;
 
 /// Decides an install of `app_id` (signed at `sent_at_secs` on the device's clock, from `ip`):
@@ -47,7 +47,8 @@ pub async fn install(
         gaid: lower(&req.device.gaid),
         android_id: lower(&req.device.android_id),
     };
-    let (done, first) = svc.storage.install_lookup(app_id.clone(), event_id.clone(), keys.clone()).await?;
+    let InstallLookup { existing: done, last_install: first } =
+        svc.storage.install_lookup(app_id.clone(), event_id.clone(), keys.clone()).await?;
     // A retry of an install already decided gets the same answer.
     if let Some(done) = done {
         return Ok(done.result);

@@ -15,7 +15,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::{Services, Stop};
 use crate::domain::conversions::Followup;
 use crate::domain::postbacks::{PostbackConfig, PostbackPolicy, base_values, fill};
-use crate::domain::records::{ConversionCredit, InstallRecord, PostbackAttempt, PostbackRecord, Reengagement};
+use crate::domain::records::{
+    ClickParams, ConversionCredit, InstallRecord, PendingPostback, PostbackAttempt, PostbackRecord, Reengagement,
+};
 use crate::storage::Storage;
 
 /// A postback ready to send.
@@ -60,7 +62,7 @@ pub fn start(storage: Arc<dyn Storage>, policy: PostbackPolicy, mut stop: Stop) 
             };
             match loaded {
                 Ok(pending) => {
-                    for (id, url, attempts, app_id, anonymous_id) in pending {
+                    for PendingPostback { id, url, attempts, app_id, anonymous_id } in pending {
                         let _ = requeue.send(Pending { id, url, attempts, app_id, anonymous_id });
                     }
                     break;
@@ -189,7 +191,8 @@ fn configs<'a>(svc: &'a Services, network: &str, event: &str) -> impl Iterator<I
 async fn click_values(svc: &Services, click_id: Option<&str>, values: &mut BTreeMap<&'static str, String>) {
     let Some(id) = click_id else { return };
     values.insert("click_id", id.to_owned());
-    if let Ok(Some((ids, subs))) = svc.storage.click_params(id.to_owned()).await {
+    if let Ok(Some(ClickParams { network_ids: ids, sub_params: subs })) = svc.storage.click_params(id.to_owned()).await
+    {
         const PREFERRED: &[&str] = &["clickid", "click_id", "gclid", "fbclid", "ttclid", "msclkid"];
         if let Some(v) = PREFERRED.iter().find_map(|k| ids.get(*k).and_then(|v| v.as_str())) {
             values.insert("network_click_id", v.to_owned());

@@ -14,7 +14,7 @@ use crate::domain::attribution::fraud::{BurstTracker, HourlyCounter};
 use crate::domain::attribution::index::{FLAG_FLOOD_DEVICE, FLAG_FLOOD_IP, Touch, TouchIndex, TouchKind};
 use crate::domain::attribution::matching::{Fingerprint, LinkInfo};
 use crate::domain::enrich::IpCipher;
-use crate::domain::records::{Campaign, ClickRecord, LinkRecord};
+use crate::domain::records::{Campaign, ClickRecord, LinkCatalog, LinkRecord};
 use crate::storage::StorageError;
 
 pub struct TrackState {
@@ -192,7 +192,7 @@ impl Tracking {
 
     async fn load_links_now(&self, svc: &Services) -> ServiceResult<()> {
         let _changes = self.link_changes.lock().await;
-        let (campaigns, links) = svc.storage.load_links().await?;
+        let LinkCatalog { campaigns, links } = svc.storage.load_links().await?;
         self.lock()?.replace_links(campaigns, links);
         Ok(())
     }
@@ -230,14 +230,14 @@ async fn load(svc: &Services) -> Result<Mutex<TrackState>, StorageError> {
     let cfg = &svc.config.attribution;
     let now = svc.config.clock.now();
     let started = std::time::Instant::now();
-    let (campaigns, links) = svc.storage.load_links().await?;
+    let LinkCatalog { campaigns, links } = svc.storage.load_links().await?;
     let touches = svc.storage.load_touches(now - cfg.index_ttl()).await?;
     let baseline_from = now - (cfg.fraud.burst_baseline_hours as i64 + 1) * HOUR;
     let counts = svc.storage.install_counts(baseline_from).await?;
     let mut s = TrackState::new(cfg.index_ttl());
     s.replace_links(campaigns, links);
     let indexed = svc.clicks.load(svc, &mut s, &touches).await;
-    s.burst.seed(counts);
+    s.burst.seed(counts.into_iter().map(|c| (c.campaign_id, c.hour, c.installs)).collect());
     tracing::info!(
         links = s.links.len(),
         touches = indexed,

@@ -1,5 +1,5 @@
 //! The reporting side of the PostgreSQL store: the same star schema, sessions, rollups and
-//! retention as the SQLite store's (`star.rs`), in PostgreSQL's dialect.
+//! retention as the SQLite store's (`sqlite/reports.rs`), in PostgreSQL's dialect.
 //!
 //! Differences that come from several instances sharing the database:
 //! - every refresh and purge takes one transaction-scoped advisory lock, so only one instance
@@ -17,219 +17,72 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use deadpool_postgres::Transaction;
 use serde_json::Value;
 
-use super::StorageError;
-use super::postgres::backend;
-use super::star::{DAY_MS, FACT_ROWS, StoredSession, day_of, money, plan_sessions, utm_key};
-use crate::domain::records::{
-    CampaignCost, CampaignDay, FactRow, FraudAlert, PurgeReport, RefreshReport, ReportQuery, ReportRows,
-    RetentionCutoffs, UserRow,
+use super::events::event_row;
+use super::{PostgresStorage, pool_error};
+use crate::storage::sql::{self, FACT_ROWS, event_columns};
+use crate::storage::star::{DAY_MS, StoredSession, day_of, money, plan_sessions, utm_key};
+use crate::storage::{
+    CampaignCost, CampaignDay, FactRow, FraudAlert, PurgeReport, RefreshReport, ReportQuery, ReportRows, ReportStore,
+    RetentionCutoffs, StorageError, StorageFuture, UserRow, backend,
 };
+
+impl ReportStore for PostgresStorage {
+    fn refresh_step(&self, batch: usize, session_gap: i64, horizon: Option<i64>) -> StorageFuture<'_, RefreshReport> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let report = refresh_step(&tx, batch, session_gap, horizon).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(report)
+        })
+    }
+
+    fn purge(&self, cutoffs: RetentionCutoffs) -> StorageFuture<'_, PurgeReport> {
+        // In steps, each its own transaction, so ingest and other instances keep going.
+        const CHUNK: usize = 20_000;
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            purge_begin(&tx, &cutoffs).await?;
+            tx.commit().await.map_err(backend)?;
+            let (mut events, mut facts) = (0, 0);
+            loop {
+                let tx = client.transaction().await.map_err(backend)?;
+                let (e, f) = purge_events(&tx, &cutoffs, CHUNK).await?;
+                tx.commit().await.map_err(backend)?;
+                events += e;
+                facts += f;
+                if f < CHUNK as u64 {
+                    break;
+                }
+            }
+            let tx = client.transaction().await.map_err(backend)?;
+            let rest = purge_rest(&tx, &cutoffs).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(PurgeReport { events, facts, ..rest })
+        })
+    }
+
+    fn save_cost(&self, cost: CampaignCost) -> StorageFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let outcome = save_cost(&tx, &cost).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(outcome)
+        })
+    }
+
+    fn report(&self, query: ReportQuery) -> StorageFuture<'_, ReportRows> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            report(&client, &query).await
+        })
+    }
+}
 
 /// Advisory lock key of the refresh and the purge (one at a time across instances).
 const REPORT_LOCK: i64 = 1_952_543_340;
-
-/// Floor division of a Unix-ms column by a day, in SQL.
-macro_rules! day_sql {
-    ($col:literal) => {
-        concat!("((", $col, " - (((", $col, ") % 86400000) + 86400000) % 86400000) / 86400000)")
-    };
-}
-
-/// A statement-level trigger that marks the days of new `$table` rows (by `$ts`) dirty.
-macro_rules! dirty_trigger {
-    ($table:literal, $ts:literal) => {
-        concat!(
-            "CREATE FUNCTION tm_",
-            $table,
-            "_dirty() RETURNS trigger LANGUAGE plpgsql AS $$
-             BEGIN
-                 INSERT INTO rollup_dirty SELECT DISTINCT app_id, ",
-            day_sql!($ts),
-            ", '",
-            $table,
-            "' FROM new_rows
-                     ON CONFLICT DO NOTHING;
-                 RETURN NULL;
-             END $$;
-             CREATE TRIGGER ",
-            $table,
-            "_dirty AFTER INSERT ON ",
-            $table,
-            " REFERENCING NEW TABLE AS new_rows
-                 FOR EACH STATEMENT EXECUTE FUNCTION tm_",
-            $table,
-            "_dirty();\n"
-        )
-    };
-}
-
-/// Schema version 5: the report tables.
-pub const SCHEMA: &str = concat!(
-    "CREATE TABLE etl_pending (
-         seq BIGSERIAL NOT NULL,
-         app_id TEXT NOT NULL,
-         event_id TEXT NOT NULL,
-         PRIMARY KEY (app_id, event_id)
-     );
-     CREATE INDEX etl_pending_seq ON etl_pending (seq);
-     CREATE FUNCTION tm_events_etl() RETURNS trigger LANGUAGE plpgsql AS $$
-     BEGIN
-         INSERT INTO etl_pending (app_id, event_id) SELECT app_id, event_id FROM new_rows ORDER BY seq
-             ON CONFLICT DO NOTHING;
-         RETURN NULL;
-     END $$;
-     CREATE TRIGGER events_etl AFTER INSERT ON events REFERENCING NEW TABLE AS new_rows
-         FOR EACH STATEMENT EXECUTE FUNCTION tm_events_etl();
-     CREATE TABLE etl_state (key TEXT PRIMARY KEY, value BIGINT NOT NULL);
-     CREATE TABLE dim_date (
-         date_key BIGINT PRIMARY KEY,
-         date TEXT NOT NULL,
-         year INTEGER NOT NULL,
-         month INTEGER NOT NULL,
-         day INTEGER NOT NULL,
-         weekday INTEGER NOT NULL,
-         iso_week INTEGER NOT NULL
-     );
-     CREATE TABLE dim_campaigns (
-         campaign_key TEXT PRIMARY KEY,
-         app_id TEXT NOT NULL,
-         campaign_id TEXT,
-         kind TEXT NOT NULL,
-         name TEXT NOT NULL,
-         network TEXT NOT NULL,
-         created_at BIGINT NOT NULL
-     );
-     CREATE FUNCTION tm_campaigns_dim() RETURNS trigger LANGUAGE plpgsql AS $$
-     BEGIN
-         INSERT INTO dim_campaigns (campaign_key, app_id, campaign_id, kind, name, network, created_at)
-         VALUES (NEW.campaign_id, NEW.app_id, NEW.campaign_id, 'link', NEW.name, NEW.network, NEW.created_at)
-         ON CONFLICT (campaign_key) DO UPDATE SET name = excluded.name, network = excluded.network;
-         RETURN NULL;
-     END $$;
-     CREATE TRIGGER campaigns_dim AFTER INSERT ON campaigns FOR EACH ROW EXECUTE FUNCTION tm_campaigns_dim();
-     CREATE TABLE dim_users (
-         app_id TEXT NOT NULL,
-         anonymous_id TEXT NOT NULL,
-         user_id TEXT,
-         first_seen BIGINT NOT NULL,
-         last_seen BIGINT NOT NULL,
-         events BIGINT NOT NULL DEFAULT 0,
-         install_ts BIGINT,
-         install_campaign_id TEXT,
-         utm_campaign_key TEXT,
-         PRIMARY KEY (app_id, anonymous_id)
-     );
-     CREATE INDEX dim_users_user_id ON dim_users (user_id) WHERE user_id IS NOT NULL;
-     CREATE INDEX dim_users_anonymous_id ON dim_users (anonymous_id);
-     CREATE FUNCTION tm_installs_dim_users() RETURNS trigger LANGUAGE plpgsql AS $$
-     BEGIN
-         INSERT INTO dim_users (app_id, anonymous_id, first_seen, last_seen, install_ts, install_campaign_id)
-         VALUES (NEW.app_id, NEW.anonymous_id, NEW.install_ts, NEW.install_ts, NEW.install_ts,
-                 CASE WHEN NOT NEW.rejected THEN NEW.campaign_id END)
-         ON CONFLICT (app_id, anonymous_id) DO UPDATE SET
-             install_ts = LEAST(coalesce(dim_users.install_ts, excluded.install_ts), excluded.install_ts),
-             install_campaign_id = coalesce(dim_users.install_campaign_id, excluded.install_campaign_id),
-             first_seen = LEAST(dim_users.first_seen, excluded.first_seen);
-         RETURN NULL;
-     END $$;
-     CREATE TRIGGER installs_dim_users AFTER INSERT ON installs FOR EACH ROW WHEN (NEW.kind = 'install')
-         EXECUTE FUNCTION tm_installs_dim_users();
-     CREATE TABLE fact_events (
-         seq BIGSERIAL PRIMARY KEY,
-         app_id TEXT NOT NULL,
-         event_id TEXT NOT NULL,
-         date_key BIGINT NOT NULL,
-         ts BIGINT NOT NULL,
-         event_type TEXT NOT NULL,
-         anonymous_id TEXT NOT NULL,
-         user_id TEXT,
-         session_key TEXT NOT NULL,
-         revenue DOUBLE PRECISION,
-         currency TEXT
-     );
-     CREATE INDEX fact_events_user ON fact_events (anonymous_id, ts);
-     CREATE INDEX fact_events_type ON fact_events (app_id, event_type, ts);
-     CREATE INDEX fact_events_date ON fact_events (date_key, app_id);
-     CREATE INDEX fact_events_session ON fact_events (app_id, session_key);
-     CREATE INDEX fact_events_user_id ON fact_events (user_id) WHERE user_id IS NOT NULL;
-     CREATE TABLE sessions (
-         app_id TEXT NOT NULL,
-         session_key TEXT NOT NULL,
-         anonymous_id TEXT NOT NULL,
-         user_id TEXT,
-         start_ts BIGINT NOT NULL,
-         end_ts BIGINT NOT NULL,
-         events BIGINT NOT NULL,
-         PRIMARY KEY (app_id, session_key)
-     );
-     CREATE INDEX sessions_user ON sessions (app_id, anonymous_id, start_ts);
-     CREATE INDEX sessions_user_id ON sessions (user_id) WHERE user_id IS NOT NULL;
-     CREATE TABLE campaign_costs (
-         campaign_id TEXT NOT NULL,
-         app_id TEXT NOT NULL,
-         date_key BIGINT NOT NULL,
-         amount DOUBLE PRECISION NOT NULL,
-         currency TEXT NOT NULL,
-         updated_at BIGINT NOT NULL,
-         PRIMARY KEY (campaign_id, date_key)
-     );
-     CREATE TABLE rollup_dirty (
-         app_id TEXT NOT NULL,
-         date_key BIGINT NOT NULL,
-         source TEXT NOT NULL,
-         PRIMARY KEY (app_id, date_key, source)
-     );",
-    dirty_trigger!("clicks", "ts"),
-    dirty_trigger!("installs", "install_ts"),
-    dirty_trigger!("conversions", "ts"),
-    "
-     CREATE TABLE rollup_daily (
-         app_id TEXT NOT NULL,
-         date_key BIGINT NOT NULL,
-         campaign_key TEXT NOT NULL,
-         event_type TEXT NOT NULL,
-         events BIGINT NOT NULL,
-         users BIGINT NOT NULL,
-         revenue DOUBLE PRECISION NOT NULL,
-         PRIMARY KEY (app_id, date_key, campaign_key, event_type)
-     );
-     CREATE TABLE rollup_campaign_daily (
-         app_id TEXT NOT NULL,
-         date_key BIGINT NOT NULL,
-         campaign_id TEXT NOT NULL,
-         impressions BIGINT NOT NULL DEFAULT 0,
-         clicks BIGINT NOT NULL DEFAULT 0,
-         installs BIGINT NOT NULL DEFAULT 0,
-         rejected_installs BIGINT NOT NULL DEFAULT 0,
-         PRIMARY KEY (app_id, date_key, campaign_id)
-     );
-     CREATE TABLE rollup_conversions_daily (
-         app_id TEXT NOT NULL,
-         date_key BIGINT NOT NULL,
-         campaign_id TEXT NOT NULL,
-         model TEXT NOT NULL,
-         conversions DOUBLE PRECISION NOT NULL,
-         revenue DOUBLE PRECISION NOT NULL,
-         PRIMARY KEY (app_id, date_key, campaign_id, model)
-     );
-     INSERT INTO etl_pending (app_id, event_id) SELECT app_id, event_id FROM events ORDER BY seq;
-     INSERT INTO dim_campaigns (campaign_key, app_id, campaign_id, kind, name, network, created_at)
-         SELECT campaign_id, app_id, campaign_id, 'link', name, network, created_at FROM campaigns
-         ON CONFLICT DO NOTHING;
-     INSERT INTO rollup_dirty SELECT DISTINCT app_id, ",
-    day_sql!("ts"),
-    ", 'clicks' FROM clicks ON CONFLICT DO NOTHING;
-     INSERT INTO rollup_dirty SELECT DISTINCT app_id, ",
-    day_sql!("install_ts"),
-    ", 'installs' FROM installs ON CONFLICT DO NOTHING;
-     INSERT INTO rollup_dirty SELECT DISTINCT app_id, ",
-    day_sql!("ts"),
-    ", 'conversions' FROM conversions ON CONFLICT DO NOTHING;
-     INSERT INTO dim_users (app_id, anonymous_id, first_seen, last_seen, install_ts, install_campaign_id)
-         SELECT app_id, anonymous_id, min(install_ts), min(install_ts), min(install_ts),
-                max(CASE WHEN NOT rejected THEN campaign_id END)
-           FROM installs WHERE kind = 'install' GROUP BY app_id, anonymous_id;"
-);
 
 /// Takes the refresh/purge/deletion lock for the rest of the transaction.
 pub async fn report_lock(tx: &Transaction<'_>) -> Result<(), StorageError> {
@@ -242,7 +95,7 @@ async fn lock(tx: &Transaction<'_>) -> Result<(), StorageError> {
 }
 
 async fn state_get(tx: &Transaction<'_>, key: &str) -> Result<Option<i64>, StorageError> {
-    Ok(tx.query_opt("SELECT value FROM etl_state WHERE key = $1", &[&key]).await.map_err(backend)?.map(|r| r.get(0)))
+    Ok(tx.query_opt(sql::ETL_STATE, &[&key]).await.map_err(backend)?.map(|r| r.get(0)))
 }
 
 struct Pending {
@@ -302,7 +155,7 @@ pub async fn refresh_step(
     lock(tx).await?;
     let horizon = match horizon {
         Some(h) => h,
-        None => tx.query_one("SELECT coalesce(max(seq), 0) FROM etl_pending", &[]).await.map_err(backend)?.get(0),
+        None => tx.query_one(sql::QUEUE_HORIZON, &[]).await.map_err(backend)?.get(0),
     };
     let events = etl_batch(tx, batch, gap, horizon).await?;
     let done = events < batch;
@@ -311,16 +164,7 @@ pub async fn refresh_step(
 }
 
 async fn etl_batch(tx: &Transaction<'_>, batch: usize, gap: i64, horizon: i64) -> Result<usize, StorageError> {
-    let rows = tx
-        .query(
-            "SELECT p.seq, p.app_id, e.event_id, e.type, e.anonymous_id, e.user_id, e.corrected_ts, e.properties,
-                    e.context
-               FROM etl_pending p LEFT JOIN events e ON e.app_id = p.app_id AND e.event_id = p.event_id
-              WHERE p.seq <= $2 ORDER BY p.seq LIMIT $1",
-            &[&(batch as i64), &horizon],
-        )
-        .await
-        .map_err(backend)?;
+    let rows = tx.query(sql::PENDING_EVENTS, &[&(batch as i64), &horizon]).await.map_err(backend)?;
     let taken = rows.len();
     if taken == 0 {
         return Ok(0);
@@ -428,15 +272,8 @@ async fn etl_batch(tx: &Transaction<'_>, batch: usize, gap: i64, horizon: i64) -
         users.utm.push(utm_key_of);
     }
     for (app, gone, keep) in &merged {
-        tx.execute(
-            "UPDATE fact_events SET session_key = $1 WHERE app_id = $2 AND session_key = $3",
-            &[keep, app, gone],
-        )
-        .await
-        .map_err(backend)?;
-        tx.execute("DELETE FROM sessions WHERE app_id = $1 AND session_key = $2", &[app, gone])
-            .await
-            .map_err(backend)?;
+        tx.execute(sql::MOVE_SESSION_FACTS, &[keep, app, gone]).await.map_err(backend)?;
+        tx.execute(sql::DELETE_SESSION, &[app, gone]).await.map_err(backend)?;
     }
     tx.execute(
         "INSERT INTO sessions (app_id, session_key, anonymous_id, user_id, start_ts, end_ts, events)
@@ -544,9 +381,7 @@ async fn refresh_rollups(tx: &Transaction<'_>) -> Result<usize, StorageError> {
         match source.as_str() {
             // Days already purged keep the rollup they had: recomputing would count nothing.
             "events" if day >= events_cutoff => {
-                tx.execute("DELETE FROM rollup_daily WHERE app_id = $1 AND date_key = $2", &[&app, &day])
-                    .await
-                    .map_err(backend)?;
+                tx.execute(sql::DELETE_ROLLUP_DAILY, &[&app, &day]).await.map_err(backend)?;
                 tx.execute(
                     "INSERT INTO rollup_daily (app_id, date_key, campaign_key, event_type, events, users, revenue)
                      SELECT f.app_id, f.date_key, coalesce(u.install_campaign_id, u.utm_campaign_key, ''),
@@ -589,9 +424,7 @@ async fn refresh_rollups(tx: &Transaction<'_>) -> Result<usize, StorageError> {
                 .await?;
             }
             "conversions" => {
-                tx.execute("DELETE FROM rollup_conversions_daily WHERE app_id = $1 AND date_key = $2", &[&app, &day])
-                    .await
-                    .map_err(backend)?;
+                tx.execute(sql::DELETE_ROLLUP_CONVERSIONS, &[&app, &day]).await.map_err(backend)?;
                 tx.execute(
                     "INSERT INTO rollup_conversions_daily (app_id, date_key, campaign_id, model, conversions, revenue)
                      SELECT app_id, $2, campaign_id, model, sum(credit), coalesce(sum(revenue), 0) FROM conversions
@@ -619,31 +452,22 @@ async fn campaign_columns(
     from: i64,
     to: i64,
 ) -> Result<(), StorageError> {
-    let zero = columns.iter().map(|c| format!("{c} = 0")).collect::<Vec<_>>().join(", ");
-    tx.execute(&format!("UPDATE rollup_campaign_daily SET {zero} WHERE app_id = $1 AND date_key = $2"), &[&app, &day])
-        .await
-        .map_err(backend)?;
+    tx.execute(&sql::zero_campaign_columns(columns), &[&app, &day]).await.map_err(backend)?;
     let names = columns.join(", ");
-    let set = columns.iter().map(|c| format!("{c} = excluded.{c}")).collect::<Vec<_>>().join(", ");
+    let on_conflict = sql::campaign_columns_on_conflict(columns);
     let values = (0..columns.len()).map(|i| format!("s.v{i}")).collect::<Vec<_>>().join(", ");
     let aliases = (0..columns.len()).map(|i| format!("v{i}")).collect::<Vec<_>>().join(", ");
     tx.execute(
         &format!(
             "INSERT INTO rollup_campaign_daily (app_id, date_key, campaign_id, {names})
              SELECT $1, $2, s.campaign_id, {values} FROM ({select}) AS s(campaign_id, {aliases})
-             ON CONFLICT (app_id, date_key, campaign_id) DO UPDATE SET {set}"
+             {on_conflict}"
         ),
         &[&app, &day, &from, &to],
     )
     .await
     .map_err(backend)?;
-    tx.execute(
-        "DELETE FROM rollup_campaign_daily WHERE app_id = $1 AND date_key = $2
-            AND impressions = 0 AND clicks = 0 AND installs = 0 AND rejected_installs = 0",
-        &[&app, &day],
-    )
-    .await
-    .map_err(backend)?;
+    tx.execute(sql::DELETE_EMPTY_CAMPAIGN_DAYS, &[&app, &day]).await.map_err(backend)?;
     Ok(())
 }
 
@@ -699,7 +523,7 @@ pub async fn purge_rest(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Res
         .map_err(backend)
     };
     let mut report = PurgeReport {
-        clicks: run("DELETE FROM clicks WHERE ts < $1", Some(clicks_ms)).await?,
+        clicks: run(sql::PURGE_CLICKS, Some(clicks_ms)).await?,
         sessions: run(
             "DELETE FROM sessions s WHERE NOT EXISTS (SELECT 1 FROM fact_events f
                 WHERE f.app_id = s.app_id AND f.session_key = s.session_key)",
@@ -730,18 +554,12 @@ pub async fn purge_rest(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Res
 
 /// Stores (or replaces) one day's cost of a campaign. Errors name what is wrong.
 pub async fn save_cost(tx: &Transaction<'_>, cost: &CampaignCost) -> Result<Result<(), String>, StorageError> {
-    let app = tx
-        .query_opt("SELECT app_id FROM campaigns WHERE campaign_id = $1", &[&cost.campaign_id])
-        .await
-        .map_err(backend)?;
+    let app = tx.query_opt(sql::CAMPAIGN_APP, &[&cost.campaign_id]).await.map_err(backend)?;
     let Some(app) = app.map(|r| r.get::<_, String>(0)) else { return Ok(Err("no campaign with this id".into())) };
     // One currency per campaign: concurrent first costs in two currencies serialize here.
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&cost.campaign_id]).await.map_err(backend)?;
     let other = tx
-        .query_opt(
-            "SELECT currency FROM campaign_costs WHERE campaign_id = $1 AND currency <> $2 AND date_key <> $3 LIMIT 1",
-            &[&cost.campaign_id, &cost.currency, &cost.date_key],
-        )
+        .query_opt(sql::OTHER_COST_CURRENCY, &[&cost.campaign_id, &cost.currency, &cost.date_key])
         .await
         .map_err(backend)?;
     if let Some(other) = other.map(|r| r.get::<_, String>(0)) {
@@ -802,14 +620,7 @@ pub async fn report(client: &tokio_postgres::Client, query: &ReportQuery) -> Res
             Ok(ReportRows::Events(rows.iter().map(fact_row).collect()))
         }
         ReportQuery::Cohorts { app_id, from_day, to_day, max_offset } => {
-            let users = client
-                .query(
-                    "SELECT anonymous_id, user_id, coalesce(install_ts, first_seen) FROM dim_users
-                      WHERE app_id = $1 AND coalesce(install_ts, first_seen) < $2",
-                    &[app_id, &((to_day + 1) * DAY_MS)],
-                )
-                .await
-                .map_err(backend)?;
+            let users = client.query(sql::COHORT_USERS, &[app_id, &((to_day + 1) * DAY_MS)]).await.map_err(backend)?;
             let mut by_anon: HashMap<String, UserRow> = users
                 .iter()
                 .map(|r| {
@@ -821,11 +632,7 @@ pub async fn report(client: &tokio_postgres::Client, query: &ReportQuery) -> Res
                 })
                 .collect();
             for r in client
-                .query(
-                    "SELECT DISTINCT anonymous_id, date_key FROM fact_events
-                      WHERE app_id = $1 AND date_key >= $2 AND date_key <= $3",
-                    &[app_id, from_day, &(to_day + max_offset)],
-                )
+                .query(sql::COHORT_ACTIVE_DAYS, &[app_id, from_day, &(to_day + max_offset)])
                 .await
                 .map_err(backend)?
             {
@@ -887,19 +694,17 @@ pub async fn report(client: &tokio_postgres::Client, query: &ReportQuery) -> Res
             ))
         }
         ReportQuery::RecentEvents { limit } => {
-            let sql = format!("SELECT {} FROM events ORDER BY seq DESC LIMIT $1", super::postgres::EVENT_COLUMNS);
-            let rows = client.query(&sql, &[&(*limit as i64)]).await.map_err(backend)?;
-            Ok(ReportRows::Recent(rows.iter().map(super::postgres::event_row).collect()))
-        }
-        ReportQuery::Alerts { since, limit } => {
             let rows = client
                 .query(
-                    "SELECT rule, app_id, campaign_id, at, detail FROM fraud_alerts WHERE at >= $1
-                      ORDER BY at DESC, id DESC LIMIT $2",
-                    &[since, &(*limit as i64)],
+                    concat!("SELECT ", event_columns!(), " FROM events ORDER BY seq DESC LIMIT $1"),
+                    &[&(*limit as i64)],
                 )
                 .await
                 .map_err(backend)?;
+            Ok(ReportRows::Recent(rows.iter().map(event_row).collect()))
+        }
+        ReportQuery::Alerts { since, limit } => {
+            let rows = client.query(sql::RECENT_ALERTS, &[since, &(*limit as i64)]).await.map_err(backend)?;
             Ok(ReportRows::Alerts(
                 rows.iter()
                     .map(|r| FraudAlert {

@@ -1,0 +1,177 @@
+//! The PostgreSQL store's installs: the lookups a new install needs, the install with its
+//! touchpoint, fraud alert and postbacks, and the burst baseline.
+
+use super::conversions::{insert_postback, insert_touchpoint};
+use super::{PostgresStorage, json, pool_error};
+use crate::storage::sql::{self, INSTALL_COLUMNS};
+use crate::storage::{
+    DeviceKeys, FraudAlert, InstallCount, InstallLookup, InstallRecord, InstallStore, PostbackRecord, StorageError,
+    StorageFuture, Touchpoint, backend,
+};
+
+impl InstallStore for PostgresStorage {
+    fn install_by_event(&self, app_id: Option<String>, event_id: String) -> StorageFuture<'_, Option<InstallRecord>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            install_by_event(&client, app_id.as_deref(), &event_id).await
+        })
+    }
+
+    fn last_install(&self, app_id: String, keys: DeviceKeys) -> StorageFuture<'_, Option<InstallRecord>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            last_install(&client, &app_id, &keys).await
+        })
+    }
+
+    fn install_lookup(&self, app_id: String, event_id: String, keys: DeviceKeys) -> StorageFuture<'_, InstallLookup> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            if let Some(done) = install_by_event(&client, Some(&app_id), &event_id).await? {
+                return Ok(InstallLookup { existing: Some(done), last_install: None });
+            }
+            Ok(InstallLookup { existing: None, last_install: last_install(&client, &app_id, &keys).await? })
+        })
+    }
+
+    fn save_install(
+        &self,
+        i: InstallRecord,
+        touchpoint: Option<Touchpoint>,
+        alert: Option<FraudAlert>,
+        postbacks: Vec<PostbackRecord>,
+    ) -> StorageFuture<'_, Option<Vec<i64>>> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let r = &i.result;
+            let result = serde_json::to_string(r).map_err(backend)?;
+            let changed = tx
+                .execute(
+                    sql::INSERT_INSTALL,
+                    &[
+                        &i.app_id,
+                        &i.event_id,
+                        &i.anonymous_id,
+                        &i.platform,
+                        &i.idfa,
+                        &i.idfv,
+                        &i.gaid,
+                        &i.android_id,
+                        &i.install_ts,
+                        &i.received_at,
+                        &i.kind,
+                        &r.match_type.as_str(),
+                        &r.campaign_id,
+                        &r.link_id,
+                        &r.click_id,
+                        &r.network,
+                        &r.fraud.rejected,
+                        &result,
+                        &i.audit.to_string(),
+                        &i.ip_enc,
+                    ],
+                )
+                .await
+                .map_err(backend)?;
+            // Another instance stored this install first: nothing is written.
+            if changed == 0 {
+                return Ok(None);
+            }
+            if let Some(t) = &touchpoint {
+                insert_touchpoint(&tx, t).await?;
+            }
+            if let Some(a) = &alert {
+                tx.execute(
+                    sql::INSERT_FRAUD_ALERT,
+                    &[&a.rule, &a.app_id, &a.campaign_id, &a.at, &a.detail.to_string()],
+                )
+                .await
+                .map_err(backend)?;
+            }
+            let mut ids = Vec::with_capacity(postbacks.len());
+            for p in &postbacks {
+                ids.push(insert_postback(&tx, p).await?);
+            }
+            tx.commit().await.map_err(backend)?;
+            Ok(Some(ids))
+        })
+    }
+
+    fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<InstallCount>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let hour = crate::domain::attribution::HOUR;
+            let rows = client
+                .query(
+                    "SELECT campaign_id, (install_ts / $2) * $2 AS hour, COUNT(*) FROM installs
+                      WHERE campaign_id IS NOT NULL AND install_ts >= $1 AND kind = 'install' AND NOT rejected
+                      GROUP BY campaign_id, hour ORDER BY hour",
+                    &[&since, &hour],
+                )
+                .await
+                .map_err(backend)?;
+            Ok(rows
+                .iter()
+                .map(|r| InstallCount { campaign_id: r.get(0), hour: r.get(1), installs: r.get::<_, i64>(2) as u32 })
+                .collect())
+        })
+    }
+}
+
+fn install_row(r: &tokio_postgres::Row) -> Result<InstallRecord, StorageError> {
+    Ok(InstallRecord {
+        app_id: r.get(0),
+        event_id: r.get(1),
+        anonymous_id: r.get(2),
+        platform: r.get(3),
+        idfa: r.get(4),
+        idfv: r.get(5),
+        gaid: r.get(6),
+        android_id: r.get(7),
+        install_ts: r.get(8),
+        received_at: r.get(9),
+        kind: r.get(10),
+        result: serde_json::from_str(r.get(11)).map_err(backend)?,
+        audit: json(r.get(12))?,
+        ip_enc: r.get(13),
+    })
+}
+
+async fn install_by_event(
+    client: &deadpool_postgres::Client,
+    app_id: Option<&str>,
+    event_id: &str,
+) -> Result<Option<InstallRecord>, StorageError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {INSTALL_COLUMNS} FROM installs WHERE event_id = $1 AND ($2::text IS NULL OR app_id = $2)
+                  ORDER BY received_at LIMIT 1"
+            ),
+            &[&event_id, &app_id],
+        )
+        .await
+        .map_err(backend)?;
+    row.as_ref().map(install_row).transpose()
+}
+
+/// The device's latest install that counted as new (`kind = 'install'`), by any of its keys.
+async fn last_install(
+    client: &deadpool_postgres::Client,
+    app_id: &str,
+    keys: &DeviceKeys,
+) -> Result<Option<InstallRecord>, StorageError> {
+    let row = client
+        .query_opt(
+            &format!(
+                "SELECT {INSTALL_COLUMNS} FROM installs WHERE app_id = $1 AND kind = 'install' AND (anonymous_id = $2
+                    OR idfa = $3 OR idfv = $4 OR gaid = $5 OR android_id = $6)
+                  ORDER BY install_ts DESC LIMIT 1"
+            ),
+            &[&app_id, &keys.anonymous_id, &keys.idfa, &keys.idfv, &keys.gaid, &keys.android_id],
+        )
+        .await
+        .map_err(backend)?;
+    row.as_ref().map(install_row).transpose()
+}

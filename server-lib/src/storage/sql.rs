@@ -1,0 +1,380 @@
+//! SQL written once for both stores: the column lists, and every statement that is the same in
+//! both dialects, so the two stores cannot drift apart on them.
+//!
+//! Statements are written with PostgreSQL's placeholders (`$1`). The SQLite store turns them
+//! into SQLite's (`?1`) with [`sqlite!`], at compile time (a `const`, so running a statement
+//! costs nothing more than before), or with [`to_sqlite`] for the few statements built at run
+//! time (the delete path's table and column names, the rollups' column lists). A statement
+//! that truly differs between the dialects stays in its store's file: PostgreSQL's `UNNEST`
+//! batches, `RETURNING` where SQLite counts changes, casts of possibly-`NULL` parameters, `seq`
+//! columns where SQLite orders by `rowid`, `INSERT OR IGNORE` against `ON CONFLICT`, and the
+//! like. The tables both stores create are in [`super::ddl`].
+
+/// `sql` with every placeholder `$n` turned into SQLite's `?n` (the same length, so the bytes
+/// can be rewritten in place). A `$` not followed by a digit (as in `$$`) stays.
+pub const fn sqlite_bytes<const N: usize>(sql: &str) -> [u8; N] {
+    let bytes = sql.as_bytes();
+    assert!(bytes.len() == N, "N is the statement's length");
+    let mut out = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if bytes[i] == b'$' && i + 1 < N && bytes[i + 1].is_ascii_digit() { b'?' } else { bytes[i] };
+        i += 1;
+    }
+    out
+}
+
+/// A statement of this module (any `&'static str` constant expression) in SQLite's
+/// placeholders, as a `&'static str` computed at compile time.
+macro_rules! sqlite {
+    ($sql:expr) => {{
+        const SQL: &str = $sql;
+        const BYTES: [u8; SQL.len()] = $crate::storage::sql::sqlite_bytes::<{ SQL.len() }>(SQL);
+        const SQLITE: &str = match ::std::str::from_utf8(&BYTES) {
+            Ok(s) => s,
+            Err(_) => panic!("placeholders are ASCII"),
+        };
+        SQLITE
+    }};
+}
+pub(crate) use sqlite;
+
+/// [`sqlite!`] for a statement built at run time.
+pub fn to_sqlite(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) { '?' } else { c });
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Column lists (macros, so statements can be put together with `concat!` at compile time).
+
+/// The columns of a stored event that both stores read back, in the order of their
+/// `event_row`.
+macro_rules! event_columns {
+    () => {
+        "app_id, event_id, type, anonymous_id, user_id, device_id, session_id, client_ts, corrected_ts, \
+         received_at, properties, context, enrichment"
+    };
+}
+pub(crate) use event_columns;
+
+/// [`event_columns!`] and the encrypted client address: what ingest writes.
+macro_rules! event_insert_columns {
+    () => {
+        concat!($crate::storage::sql::event_columns!(), ", ip_enc")
+    };
+}
+pub(crate) use event_insert_columns;
+
+/// The columns of a click, as written and as read back by both stores' `click_row`.
+macro_rules! click_columns {
+    () => {
+        "click_id, kind, app_id, link_id, campaign_id, ts, ip_enc, user_agent, referrer, accept_language, os, \
+         os_version, model, locale, timezone, screen, device_id, device_kind, network_ids, sub_params, flags, source"
+    };
+}
+pub(crate) use click_columns;
+
+/// The columns of a campaign, as written and read back.
+macro_rules! campaign_columns {
+    () => {
+        "campaign_id, app_id, name, network, created_at"
+    };
+}
+pub(crate) use campaign_columns;
+
+/// The columns of an install that both stores' `install_row` read, in its order.
+pub const INSTALL_COLUMNS: &str = "app_id, event_id, anonymous_id, platform, idfa, idfv, gaid, android_id, install_ts, received_at, kind, result, \
+     audit, ip_enc";
+
+/// [`event_columns!`] as a constant, for statements built at run time.
+pub const EVENT_COLUMNS: &str = event_columns!();
+
+// ---------------------------------------------------------------------------------------------
+// Campaigns, links, clicks.
+
+pub const INSERT_CAMPAIGN: &str =
+    concat!("INSERT INTO campaigns (", campaign_columns!(), ") VALUES ($1, $2, $3, $4, $5)");
+
+/// Creates a link or replaces its state.
+pub const UPSERT_LINK: &str = "INSERT INTO links (link_id, code, campaign_id, enabled, record, updated_at)
+     VALUES ($1, $2, $3, $4, $5, $6)
+     ON CONFLICT (link_id) DO UPDATE SET enabled = excluded.enabled, record = excluded.record,
+         updated_at = excluded.updated_at";
+
+pub const INSERT_LINK_AUDIT: &str =
+    "INSERT INTO link_audit (link_id, at, actor, action, before, after) VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// A link's audit log, oldest first.
+pub const LINK_AUDIT: &str =
+    "SELECT link_id, at, actor, action, before, after FROM link_audit WHERE link_id = $1 ORDER BY id";
+
+/// A click or impression; one already stored (a retried write) is left as it is.
+pub const INSERT_CLICK: &str = concat!(
+    "INSERT INTO clicks (",
+    click_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
+     ON CONFLICT (click_id) DO NOTHING"
+);
+
+pub const CLICK_PARAMS: &str = "SELECT network_ids, sub_params FROM clicks WHERE click_id = $1";
+
+// ---------------------------------------------------------------------------------------------
+// Installs.
+
+/// An install; nothing when one with the same event id is stored.
+pub const INSERT_INSTALL: &str =
+    "INSERT INTO installs (app_id, event_id, anonymous_id, platform, idfa, idfv, gaid, android_id, install_ts,
+         received_at, kind, match_type, campaign_id, link_id, click_id, network, rejected, result, audit, ip_enc)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+     ON CONFLICT (app_id, event_id) DO NOTHING";
+
+pub const INSERT_FRAUD_ALERT: &str =
+    "INSERT INTO fraud_alerts (rule, app_id, campaign_id, at, detail) VALUES ($1, $2, $3, $4, $5)";
+
+// ---------------------------------------------------------------------------------------------
+// Touchpoints, re-engagements, conversions, postbacks.
+
+/// A touchpoint; nothing when the device has this click of this kind already.
+pub const INSERT_TOUCHPOINT: &str =
+    "INSERT INTO touchpoints (app_id, anonymous_id, ts, click_id, link_id, campaign_id, network, kind,
+         source_event_id)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+     ON CONFLICT (app_id, anonymous_id, click_id, kind) DO NOTHING";
+
+/// A re-engagement; nothing when one with the same event id is stored.
+pub const INSERT_REENGAGEMENT: &str =
+    "INSERT INTO reengagements (app_id, event_id, anonymous_id, click_id, link_id, campaign_id, network,
+         click_ts, open_ts, inactive_ms)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (app_id, event_id) DO NOTHING";
+
+/// Touchpoints of the anonymous id ($2) and of every anonymous id seen with the user id ($5)
+/// in the app ($1), in `[$3, $4]`, oldest first.
+pub const CONVERSION_TOUCHPOINTS: &str =
+    "SELECT app_id, anonymous_id, ts, click_id, link_id, campaign_id, network, kind, source_event_id
+       FROM touchpoints
+      WHERE app_id = $1 AND ts >= $3 AND ts <= $4
+        AND (anonymous_id = $2 OR anonymous_id IN
+             (SELECT DISTINCT anonymous_id FROM events WHERE app_id = $1 AND user_id = $5))
+      ORDER BY ts, id";
+
+/// Whether the conversion (app, event id) was credited before.
+pub const CONVERSION_CREDITED: &str = "SELECT EXISTS (SELECT 1 FROM conversions WHERE app_id = $1 AND event_id = $2)";
+
+pub const INSERT_CONVERSION: &str =
+    "INSERT INTO conversions (app_id, event_id, model, click_id, anonymous_id, user_id, event_type, ts,
+         link_id, campaign_id, network, touch_ts, credit, revenue, currency)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+
+/// A new pending postback; answers its id.
+pub const INSERT_POSTBACK: &str =
+    "INSERT INTO postbacks (app_id, anonymous_id, event_id, network, event, url, state, attempts, created_at,
+         updated_at)
+     VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7) RETURNING id";
+
+pub const POSTBACK_PENDING: &str = "SELECT EXISTS (SELECT 1 FROM postbacks WHERE id = $1 AND state = 'pending')";
+
+/// A delivery attempt, only while the postback exists: a deletion in the meantime leaves no
+/// new trace.
+pub const INSERT_POSTBACK_ATTEMPT: &str =
+    "INSERT INTO postback_attempts (postback_id, app_id, anonymous_id, attempt, status, error, duration_ms, at)
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM postbacks WHERE id = $1)";
+
+/// A postback's state after an attempt.
+pub const UPDATE_POSTBACK: &str =
+    "UPDATE postbacks SET state = $2, attempts = $3, last_status = $4, last_error = $5, updated_at = $6
+      WHERE id = $1";
+
+/// Pending postbacks, oldest first.
+pub const PENDING_POSTBACKS: &str =
+    "SELECT id, url, attempts, app_id, anonymous_id FROM postbacks WHERE state = 'pending' ORDER BY id";
+
+// ---------------------------------------------------------------------------------------------
+// Deletion.
+
+/// A user's anonymous ids, per app: seen on its events, or kept in `dim_users` after the raw
+/// events are purged.
+pub const USER_ANONYMOUS_IDS: &str = "SELECT DISTINCT app_id, anonymous_id FROM events WHERE user_id = $1
+     UNION SELECT app_id, anonymous_id FROM dim_users WHERE user_id = $1";
+
+/// A device's anonymous ids, per app: on its events (device id as sent or lower-cased), and
+/// on its installs (advertising and vendor ids are stored lower-cased).
+pub const DEVICE_ANONYMOUS_IDS: &str =
+    "SELECT DISTINCT app_id, anonymous_id FROM events WHERE device_id IN ($1, lower($1))
+     UNION SELECT app_id, anonymous_id FROM installs
+      WHERE idfa = lower($1) OR idfv = lower($1) OR gaid = lower($1) OR android_id = lower($1)";
+
+pub const INSERT_DELETION_AUDIT: &str =
+    "INSERT INTO deletion_audit (receipt_id, subject_kind, subject_hash, rows_deleted, requested_at, requested_by)
+     VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Deletes the rows of `table` whose `column` holds the subject ($1), as sent or lower-cased
+/// (as clicks and installs store device ids).
+pub fn delete_by_subject(table: &str, column: &str) -> String {
+    format!("DELETE FROM {table} WHERE {column} IN ($1, lower($1))")
+}
+
+/// Deletes the rows of `table` of one anonymous id ($2) in one app ($1).
+pub fn delete_by_anonymous_id(table: &str) -> String {
+    format!("DELETE FROM {table} WHERE app_id = $1 AND anonymous_id = $2")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports.
+
+/// The columns of a [`FactRow`](crate::domain::records::FactRow) (the device's campaign from
+/// `dim_users`); a query adds its `WHERE` and `ORDER BY`.
+pub const FACT_ROWS: &str = "SELECT f.anonymous_id, u.user_id, f.event_type, f.ts, f.session_key,
+        coalesce(u.install_campaign_id, u.utm_campaign_key)
+   FROM fact_events f
+   LEFT JOIN dim_users u ON u.app_id = f.app_id AND u.anonymous_id = f.anonymous_id";
+
+/// Up to $1 queued events at or before queue position $2, oldest first, with the event (its
+/// columns `NULL` when it was deleted before the refresh took it).
+pub const PENDING_EVENTS: &str =
+    "SELECT p.seq, p.app_id, e.event_id, e.type, e.anonymous_id, e.user_id, e.corrected_ts, e.properties,
+            e.context
+       FROM etl_pending p LEFT JOIN events e ON e.app_id = p.app_id AND e.event_id = p.event_id
+      WHERE p.seq <= $2 ORDER BY p.seq LIMIT $1";
+
+/// The newest queue position (0 when the queue is empty).
+pub const QUEUE_HORIZON: &str = "SELECT coalesce(max(seq), 0) FROM etl_pending";
+
+pub const ETL_STATE: &str = "SELECT value FROM etl_state WHERE key = $1";
+
+/// Moves the facts of a merged session ($3) to the session kept ($1).
+pub const MOVE_SESSION_FACTS: &str = "UPDATE fact_events SET session_key = $1 WHERE app_id = $2 AND session_key = $3";
+
+pub const DELETE_SESSION: &str = "DELETE FROM sessions WHERE app_id = $1 AND session_key = $2";
+
+pub const DELETE_ROLLUP_DAILY: &str = "DELETE FROM rollup_daily WHERE app_id = $1 AND date_key = $2";
+
+pub const DELETE_ROLLUP_CONVERSIONS: &str = "DELETE FROM rollup_conversions_daily WHERE app_id = $1 AND date_key = $2";
+
+/// Zeroes `columns` of every campaign of one app ($1) and day ($2) before they are recounted.
+pub fn zero_campaign_columns(columns: &[&str]) -> String {
+    let zero = columns.iter().map(|c| format!("{c} = 0")).collect::<Vec<_>>().join(", ");
+    format!("UPDATE rollup_campaign_daily SET {zero} WHERE app_id = $1 AND date_key = $2")
+}
+
+/// The end of an insert into the campaign rollup: a row already there gets the new row's
+/// `columns`.
+pub fn campaign_columns_on_conflict(columns: &[&str]) -> String {
+    let set = columns.iter().map(|c| format!("{c} = excluded.{c}")).collect::<Vec<_>>().join(", ");
+    format!("ON CONFLICT (app_id, date_key, campaign_id) DO UPDATE SET {set}")
+}
+
+/// Drops the campaign rows of one app ($1) and day ($2) left with nothing to count.
+pub const DELETE_EMPTY_CAMPAIGN_DAYS: &str = "DELETE FROM rollup_campaign_daily WHERE app_id = $1 AND date_key = $2
+    AND impressions = 0 AND clicks = 0 AND installs = 0 AND rejected_installs = 0";
+
+/// Clicks and impressions before $1.
+pub const PURGE_CLICKS: &str = "DELETE FROM clicks WHERE ts < $1";
+
+pub const CAMPAIGN_APP: &str = "SELECT app_id FROM campaigns WHERE campaign_id = $1";
+
+/// A currency of the campaign's ($1) costs other than $2, on a day other than $3.
+pub const OTHER_COST_CURRENCY: &str =
+    "SELECT currency FROM campaign_costs WHERE campaign_id = $1 AND currency <> $2 AND date_key <> $3 LIMIT 1";
+
+/// The app's ($1) devices that started (installed, else were first seen) before $2.
+pub const COHORT_USERS: &str = "SELECT anonymous_id, user_id, coalesce(install_ts, first_seen) FROM dim_users
+      WHERE app_id = $1 AND coalesce(install_ts, first_seen) < $2";
+
+/// The days in `[$2, $3]` each device of the app ($1) had an event on.
+pub const COHORT_ACTIVE_DAYS: &str = "SELECT DISTINCT anonymous_id, date_key FROM fact_events
+      WHERE app_id = $1 AND date_key >= $2 AND date_key <= $3";
+
+/// The newest $2 fraud alerts at or after $1.
+pub const RECENT_ALERTS: &str = "SELECT rule, app_id, campaign_id, at, detail FROM fraud_alerts WHERE at >= $1
+      ORDER BY at DESC, id DESC LIMIT $2";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every statement of this module.
+    const ALL: &[&str] = &[
+        INSERT_CAMPAIGN,
+        UPSERT_LINK,
+        INSERT_LINK_AUDIT,
+        LINK_AUDIT,
+        INSERT_CLICK,
+        CLICK_PARAMS,
+        INSERT_INSTALL,
+        INSERT_FRAUD_ALERT,
+        INSERT_TOUCHPOINT,
+        INSERT_REENGAGEMENT,
+        CONVERSION_TOUCHPOINTS,
+        CONVERSION_CREDITED,
+        INSERT_CONVERSION,
+        INSERT_POSTBACK,
+        POSTBACK_PENDING,
+        INSERT_POSTBACK_ATTEMPT,
+        UPDATE_POSTBACK,
+        PENDING_POSTBACKS,
+        USER_ANONYMOUS_IDS,
+        DEVICE_ANONYMOUS_IDS,
+        INSERT_DELETION_AUDIT,
+        FACT_ROWS,
+        PENDING_EVENTS,
+        QUEUE_HORIZON,
+        ETL_STATE,
+        MOVE_SESSION_FACTS,
+        DELETE_SESSION,
+        DELETE_ROLLUP_DAILY,
+        DELETE_ROLLUP_CONVERSIONS,
+        DELETE_EMPTY_CAMPAIGN_DAYS,
+        PURGE_CLICKS,
+        CAMPAIGN_APP,
+        OTHER_COST_CURRENCY,
+        COHORT_USERS,
+        COHORT_ACTIVE_DAYS,
+        RECENT_ALERTS,
+    ];
+
+    #[test]
+    fn placeholders_become_sqlites() {
+        assert_eq!(to_sqlite("a = $1 AND b IN ($2, lower($2)) LIMIT $10"), "a = ?1 AND b IN (?2, lower(?2)) LIMIT ?10");
+        // Not a placeholder: dollar quoting, a `$` before a letter or at the end, other text.
+        assert_eq!(to_sqlite("AS $$ BEGIN END $$; $x $"), "AS $$ BEGIN END $$; $x $");
+        assert_eq!(to_sqlite("'€' = $1"), "'€' = ?1");
+        assert_eq!(to_sqlite(""), "");
+    }
+
+    #[test]
+    fn the_compile_time_rewrite_is_the_run_time_one() {
+        const INSERT: &str = sqlite!(INSERT_CLICK);
+        assert_eq!(INSERT, to_sqlite(INSERT_CLICK));
+        assert!(INSERT.contains("VALUES (?1, ?2,") && INSERT.contains("?22)"), "{INSERT}");
+        assert_eq!(sqlite!("SELECT $1, '$', $$, $12"), "SELECT ?1, '$', $$, ?12");
+        const BYTES: [u8; 4] = sqlite_bytes::<4>("$1$2");
+        assert_eq!(&BYTES, b"?1?2");
+    }
+
+    #[test]
+    fn every_statement_is_valid_sqlite_once_rewritten() {
+        // Against the SQLite store's real schema: each statement prepares.
+        let dir = tempfile::tempdir().unwrap();
+        let _store = crate::storage::SqliteStorage::open(dir.path().join("s.db"), Default::default(), 4, 10).unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("s.db")).unwrap();
+        let built = [
+            delete_by_subject("events", "user_id"),
+            delete_by_anonymous_id("touchpoints"),
+            zero_campaign_columns(&["installs", "rejected_installs"]),
+            format!(
+                "INSERT INTO rollup_campaign_daily (app_id, date_key, campaign_id, clicks) VALUES ($1, $2, $3, $4) {}",
+                campaign_columns_on_conflict(&["clicks"])
+            ),
+        ];
+        for sql in ALL.iter().copied().chain(built.iter().map(String::as_str)) {
+            let sqlite = to_sqlite(sql);
+            assert!(!sqlite.as_bytes().windows(2).any(|w| w[0] == b'$' && w[1].is_ascii_digit()), "{sqlite}");
+            conn.prepare(&sqlite).unwrap_or_else(|e| panic!("{e}: {sqlite}"));
+        }
+    }
+}
