@@ -133,7 +133,8 @@ fn joined_paths(code: &str) -> String {
 
 /// Every path that starts at `prefix` (`crate` or `super`) in `code`, with grouped `use` trees
 /// expanded: `crate::domain::{records::X, reports}` → `domain::records::X`, `domain::reports`.
-fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
+/// Each path comes with where it stands (a byte offset), for [`inline_modules_at`].
+fn paths_after(code: &str, prefix: &str) -> Vec<(usize, Vec<String>)> {
     let b = code.as_bytes();
     let needle = format!("{prefix}::");
     let mut found = Vec::new();
@@ -145,9 +146,49 @@ fn paths_after(code: &str, prefix: &str) -> Vec<Vec<String>> {
             continue;
         }
         let (trees, _) = parse_tree(b, from);
-        found.extend(trees);
+        found.extend(trees.into_iter().map(|t| (start, t)));
     }
     found
+}
+
+/// The inline modules (`mod tests { … }`) enclosing each byte offset of `code`, outermost first:
+/// `super::` inside one of them starts from that inline module, not from the file's module.
+fn inline_modules_at(code: &str) -> impl Fn(usize) -> Vec<String> {
+    let b = code.as_bytes();
+    // (name, start of its block, end of its block)
+    let mut blocks: Vec<(String, usize, usize)> = Vec::new();
+    let mut from = 0;
+    while let Some(at) = code[from..].find("mod ") {
+        let start = from + at;
+        from = start + 4;
+        if ident_byte(b, start) {
+            continue;
+        }
+        let name_end = start + 4 + code[start + 4..].find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(0);
+        let name = code[start + 4..name_end].to_owned();
+        let rest = code[name_end..].trim_start();
+        if name.is_empty() || !rest.starts_with('{') {
+            continue;
+        }
+        let open = code.len() - rest.len();
+        let mut depth = 0usize;
+        let mut end = code.len();
+        for (i, c) in code[open..].char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = open + i;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        blocks.push((name, open, end));
+    }
+    move |at| blocks.iter().filter(|(_, open, end)| *open < at && at < *end).map(|(n, _, _)| n.clone()).collect()
 }
 
 /// Parses a `use` tree starting at `i` (after a `::`): `a::b::c`, `a::{b, c::d}`, `{a, b}`.
@@ -210,14 +251,16 @@ fn graph(files: &BTreeMap<Module, String>) -> BTreeMap<Module, BTreeSet<Module>>
     for (module, text) in files {
         let code = joined_paths(&code_only(text));
         let mut targets = BTreeSet::new();
-        for path in paths_after(&code, "crate") {
+        for (_, path) in paths_after(&code, "crate") {
             targets.insert(resolve(&path, &modules));
         }
-        for path in paths_after(&code, "super") {
-            // `super::super::x` climbs once per `super`.
+        let inline = inline_modules_at(&code);
+        for (at, path) in paths_after(&code, "super") {
+            // `super::super::x` climbs once per `super`, from the inline module it stands in.
             let ups = 1 + path.iter().take_while(|p| *p == "super").count();
             let mut base = module.clone();
-            base.truncate(module.len().saturating_sub(ups));
+            base.extend(inline(at));
+            base.truncate(base.len().saturating_sub(ups));
             base.extend(path.into_iter().skip(ups - 1));
             targets.insert(resolve(&base, &modules));
         }
@@ -401,6 +444,9 @@ fn the_check_catches_upward_imports_and_circles() {
     let mut aliased = ok.to_vec();
     aliased.push(("domain/alias.rs", "use crate as root;\nuse root::http::X;"));
     assert_eq!(violations(&tree(&aliased)), vec!["domain::alias: aliases the crate root; import by crate:: paths"]);
+    let mut inline = ok.to_vec();
+    inline.push(("sink/mod.rs", "pub mod prelude { pub use super::Sink; }\nmod tests { use super::super::http::X; }"));
+    assert_eq!(violations(&tree(&inline)), vec!["sink imports http (a layer that is not below it)"]);
     let mut impure = ok.to_vec();
     impure.push(("domain/io.rs", "fn f() { let _ = std::fs::read(\"x\"); tokio::spawn(async {}); }"));
     assert_eq!(
