@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value, json};
+use serde_json::json;
 use trailmark_core::engine::{Engine, UploadOutcome, UploadTask};
 use trailmark_core::native::{Error, NativeOptions, Trailmark, Uploader};
 use trailmark_core::store::SqliteStore;
@@ -25,11 +25,12 @@ fn config() -> Config {
     c
 }
 
-fn props(i: u64) -> Map<String, Value> {
+fn props(i: u64) -> trailmark_core::json::Object {
     json!({"sku": format!("SKU-{}", i % 1000), "price": 19.99, "currency": "EUR", "quantity": 1 + i % 3, "category": "shoes"})
         .as_object()
         .unwrap()
         .clone()
+        .into()
 }
 
 fn start(dir: &std::path::Path, name: &str, durability: Durability) -> Trailmark {

@@ -43,7 +43,7 @@ fn main() {
     let tm = Trailmark::start(config, NativeOptions::new(dir.path().join("queue.db"))).expect("start");
     println!("collector on port {port} is DOWN; tracking while offline");
 
-    let props = |v: Value| v.as_object().cloned().unwrap_or_default();
+    let props = |v: Value| trailmark_core::json::Object::from(v.as_object().cloned().unwrap_or_default());
     tm.set_consent(ConsentUpdate { analytics: Some(true), attribution: Some(true), do_not_sell: None }).unwrap();
     tm.handle_open_url("demo://product/42?tm_click_id=clk_demo&utm_source=newsletter&utm_campaign=spring").unwrap();
     tm.identify("user-42", props(json!({"email": "Jane.Doe@Example.com", "plan": "pro"}))).unwrap();

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-use serde_json::{Map, Value};
 use thiserror::Error;
 
+use crate::json::{self, Object, Value};
 use crate::protocol::{
-    self, AppContext, CampaignContext, ConsentContext, Context, DeviceContext, Event, MAX_BATCH_EVENTS,
+    self, AppContext, CampaignContext, ConsentContext, ContextRef, DeviceContext, EventView, MAX_BATCH_EVENTS,
     MAX_EVENT_BYTES, MAX_ID_LEN, SdkContext, ValidationError,
 };
+use crate::urls::Url;
 
 /// Longest value kept from a deep link's utm_* or click id parameter; longer ones are cut.
 pub const MAX_CAMPAIGN_VALUE_LEN: usize = 256;
@@ -74,8 +74,8 @@ impl Config {
 /// page's JSON, `trailmark-ffi` from its UniFFI record) and turn into a [`Config`] with
 /// [`HostConfig::into_config`]. `None` (or a missing JSON key) leaves a setting at its default.
 /// The fields follow the FFI record's order; the web-only ones come last.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize), serde(default))]
 pub struct HostConfig {
     pub app_id: String,
     pub app_secret: String,
@@ -114,6 +114,56 @@ pub struct HostConfig {
 }
 
 impl HostConfig {
+    /// Reads the page's JSON (the web SDK's options, mapped to these keys by its TypeScript
+    /// layer). Unknown keys are ignored; `null` or a missing key leaves a setting at its
+    /// default. The error names the key whose value has the wrong type.
+    pub fn from_json(config_json: &str) -> Result<HostConfig, &'static str> {
+        let value = json::parse(config_json, 8).map_err(|_| "config")?;
+        let o = value.as_object().ok_or("config")?;
+        fn text(o: &Object, key: &'static str) -> Result<Option<String>, &'static str> {
+            match o.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(key),
+            }
+        }
+        fn flag(o: &Object, key: &'static str) -> Result<bool, &'static str> {
+            match o.get(key) {
+                None => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(_) => Err(key),
+            }
+        }
+        fn count(o: &Object, key: &'static str) -> Result<Option<u64>, &'static str> {
+            match o.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v.as_u64().map(Some).ok_or(key),
+            }
+        }
+        let size = |key| count(o, key).and_then(|n| n.map(|n| usize::try_from(n).map_err(|_| key)).transpose());
+        Ok(HostConfig {
+            app_id: text(o, "app_id")?.unwrap_or_default(),
+            app_secret: text(o, "app_secret")?.unwrap_or_default(),
+            endpoint: text(o, "endpoint")?.unwrap_or_default(),
+            require_consent: flag(o, "require_consent")?,
+            device_id: text(o, "device_id")?,
+            advertising_id: text(o, "advertising_id")?,
+            app_version: text(o, "app_version")?,
+            os: text(o, "os")?,
+            os_version: text(o, "os_version")?,
+            model: text(o, "model")?,
+            locale: text(o, "locale")?,
+            timezone: text(o, "timezone")?,
+            sdk_name: text(o, "sdk_name")?,
+            sdk_version: text(o, "sdk_version")?,
+            flush_at: size("flush_at")?,
+            flush_interval_ms: count(o, "flush_interval_ms")?,
+            max_queue_events: size("max_queue_events")?,
+            debug: flag(o, "debug")?,
+            max_batch_events: size("max_batch_events")?,
+        })
+    }
+
     /// The engine's configuration: [`Config::new`] with every setting given here applied.
     pub fn into_config(self) -> Config {
         let mut c = Config::new(self.app_id, self.app_secret, self.endpoint);
@@ -196,15 +246,31 @@ impl Default for Policy {
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ConfigError {
     #[error("invalid {field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid { field: &'static str, reason: &'static str },
+    #[error("invalid {field}: {error}")]
+    InvalidId { field: &'static str, error: ValidationError },
     #[error("endpoint {0:?} is not a valid URL")]
     InvalidEndpoint(String),
     #[error("endpoint {0:?} must use https:// (http:// is allowed only for loopback hosts)")]
     InsecureEndpoint(String),
 }
 
-fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field, reason: reason.into() }
+fn invalid(field: &'static str, reason: &'static str) -> ConfigError {
+    ConfigError::Invalid { field, reason }
+}
+
+impl ConfigError {
+    /// The setting that is wrong (`endpoint` for the endpoint errors).
+    pub fn field(&self) -> &'static str {
+        match self {
+            ConfigError::Invalid { field, .. } | ConfigError::InvalidId { field, .. } => field,
+            ConfigError::InvalidEndpoint(_) | ConfigError::InsecureEndpoint(_) => "endpoint",
+        }
+    }
+}
+
+fn check_id(field: &'static str, id: &str) -> Result<(), ConfigError> {
+    protocol::validate_id(field, id).map_err(|error| ConfigError::InvalidId { field, error })
 }
 
 impl Config {
@@ -219,32 +285,40 @@ impl Config {
 
     /// `endpoint` + [`protocol::INSTALL_PATH`] (call after [`Config::validate`]).
     pub fn install_url(&self) -> String {
-        format!("{}{}", self.endpoint.trim_end_matches('/'), protocol::INSTALL_PATH)
+        let mut url = String::from(self.endpoint.trim_end_matches('/'));
+        url.push_str(protocol::INSTALL_PATH);
+        url
     }
 
     /// Checks the configuration and returns the upload URL.
-    pub fn validate(&self) -> Result<url::Url, ConfigError> {
-        protocol::validate_id("app_id", &self.app_id).map_err(|e| invalid("app_id", e.to_string()))?;
+    /// Checks the configuration; returns the upload URL (the endpoint with `/v1/event`).
+    pub fn validate(&self) -> Result<String, ConfigError> {
+        check_id("app_id", &self.app_id)?;
         if self.app_secret.is_empty() {
             return Err(invalid("app_secret", "is empty"));
         }
         if let Some(id) = &self.device_id {
-            protocol::validate_id("device_id", id).map_err(|e| invalid("device_id", e.to_string()))?;
+            check_id("device_id", id)?;
         }
         if let Some(id) = &self.advertising_id {
-            protocol::validate_id("advertising_id", id).map_err(|e| invalid("advertising_id", e.to_string()))?;
+            check_id("advertising_id", id)?;
         }
-        let base = url::Url::parse(&self.endpoint).map_err(|_| ConfigError::InvalidEndpoint(self.endpoint.clone()))?;
-        match base.scheme() {
-            "https" => {}
-            "http" if is_loopback(&base) => {}
-            _ => return Err(ConfigError::InsecureEndpoint(self.endpoint.clone())),
-        }
-        if base.host().is_none() || base.cannot_be_a_base() {
+        let endpoint = self.endpoint.as_str();
+        if endpoint.bytes().any(|b| b <= b' ') {
             return Err(ConfigError::InvalidEndpoint(self.endpoint.clone()));
         }
-        let upload = format!("{}{}", self.endpoint.trim_end_matches('/'), protocol::EVENT_PATH);
-        let upload = url::Url::parse(&upload).map_err(|_| ConfigError::InvalidEndpoint(self.endpoint.clone()))?;
+        let base = Url::parse(endpoint).map_err(|_| ConfigError::InvalidEndpoint(self.endpoint.clone()))?;
+        let scheme = base.scheme.to_ascii_lowercase();
+        match scheme.as_str() {
+            "https" => {}
+            "http" if base.is_loopback() => {}
+            _ => return Err(ConfigError::InsecureEndpoint(self.endpoint.clone())),
+        }
+        if base.query.is_some() || endpoint.contains('#') {
+            return Err(ConfigError::InvalidEndpoint(self.endpoint.clone()));
+        }
+        let mut upload = String::from(endpoint.trim_end_matches('/'));
+        upload.push_str(protocol::EVENT_PATH);
 
         let strings = [
             &self.app.id,
@@ -258,22 +332,13 @@ impl Config {
             &self.device.timezone,
         ];
         if strings.iter().any(|s| s.as_ref().is_some_and(|s| s.len() > MAX_CONTEXT_VALUE_LEN)) {
-            return Err(invalid("context", format!("values are limited to {MAX_CONTEXT_VALUE_LEN} bytes")));
+            return Err(invalid("context", "values are limited to 256 bytes"));
         }
         if self.sdk.name.len() > MAX_CONTEXT_VALUE_LEN || self.sdk.version.len() > MAX_CONTEXT_VALUE_LEN {
-            return Err(invalid("sdk", format!("values are limited to {MAX_CONTEXT_VALUE_LEN} bytes")));
+            return Err(invalid("sdk", "values are limited to 256 bytes"));
         }
         self.policy.validate()?;
         Ok(upload)
-    }
-}
-
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
     }
 }
 
@@ -286,7 +351,7 @@ impl Policy {
             return Err(invalid("max_pre_consent_events", "must be at least 1"));
         }
         if !(1..=MAX_BATCH_EVENTS).contains(&self.max_batch_events) {
-            return Err(invalid("max_batch_events", format!("must be 1..={MAX_BATCH_EVENTS}")));
+            return Err(invalid("max_batch_events", "must be 1..=500"));
         }
         if self.flush_at == 0 {
             return Err(invalid("flush_at", "must be at least 1"));
@@ -326,36 +391,39 @@ impl TrackLimits {
         // The largest envelope of metadata this configuration can put around properties:
         // every optional id at its longest, the campaign at its longest (each value made of
         // characters JSON escapes), consent fully set.
-        let template = Event {
-            event_id: uuid::Uuid::nil(),
-            event_type: "x".repeat(protocol::MAX_TYPE_LEN),
-            timestamp: chrono::DateTime::from_timestamp_millis(253_402_300_799_999).unwrap_or_default(),
-            anonymous_id: long_id.clone(),
-            user_id: Some(long_id.clone()),
-            device_id: config.device_id.clone(),
-            session_id: Some(long_id),
-            properties: Map::new(),
-            context: Context {
-                app: Some(config.app.clone()),
-                device: Some(config.device.clone()),
-                campaign: Some(CampaignContext {
-                    utm_source: long_value.clone(),
-                    utm_medium: long_value.clone(),
-                    utm_campaign: long_value.clone(),
-                    utm_term: long_value.clone(),
-                    utm_content: long_value.clone(),
-                    click_id: long_value,
-                }),
-                consent: Some(ConsentContext { analytics: Some(false), attribution: Some(false), do_not_sell: false }),
-                sdk: Some(config.sdk.clone()),
+        let campaign = CampaignContext {
+            utm_source: long_value.clone(),
+            utm_medium: long_value.clone(),
+            utm_campaign: long_value.clone(),
+            utm_term: long_value.clone(),
+            utm_content: long_value.clone(),
+            click_id: long_value,
+        };
+        let consent = ConsentContext { analytics: Some(false), attribution: Some(false), do_not_sell: false };
+        let empty = Object::new();
+        let template = EventView {
+            event_id: "00000000-0000-0000-0000-000000000000",
+            event_type: &"x".repeat(protocol::MAX_TYPE_LEN),
+            timestamp_ms: 253_402_300_799_999,
+            anonymous_id: &long_id,
+            user_id: Some(&long_id),
+            device_id: config.device_id.as_deref(),
+            session_id: Some(&long_id),
+            properties: &empty,
+            context: ContextRef {
+                app: Some(&config.app),
+                device: Some(&config.device),
+                campaign: Some(&campaign),
+                consent: Some(&consent),
+                sdk: Some(&config.sdk),
             },
         };
-        let overhead = protocol::serialized_len(&template);
+        let overhead = template.to_json().len();
         TrackLimits { max_properties_bytes: MAX_EVENT_BYTES.saturating_sub(overhead) }
     }
 
     /// Checks a `track` call: event type and properties.
-    pub fn check_track(&self, event_type: &str, properties: &Map<String, Value>) -> Result<(), ValidationError> {
+    pub fn check_track(&self, event_type: &str, properties: &Object) -> Result<(), ValidationError> {
         protocol::validate_event_type(event_type)?;
         protocol::validate_properties(properties, self.max_properties_bytes)
     }
@@ -388,7 +456,7 @@ mod tests {
         c.policy = Policy { retry_base: Duration::from_secs(700), ..Policy::default() };
         assert!(c.validate().is_err());
         let c = Config::new("", "s", "https://x.example");
-        assert!(matches!(c.validate(), Err(ConfigError::Invalid { field: "app_id", .. })));
+        assert!(matches!(c.validate(), Err(ConfigError::InvalidId { field: "app_id", .. })));
     }
 
     #[test]
@@ -396,7 +464,7 @@ mod tests {
         let json = r#"{"app_id": "app", "app_secret": "s", "endpoint": "https://x.example", "debug": true,
             "os": "iOS", "sdk_version": "9", "flush_at": 5, "flush_interval_ms": 250, "max_batch_events": 50,
             "not_a_setting": 1}"#;
-        let c = serde_json::from_str::<HostConfig>(json).unwrap().into_config();
+        let c = HostConfig::from_json(json).unwrap().into_config();
         assert!(c.debug && !c.require_consent);
         assert_eq!((c.device.os.as_deref(), c.device.model.as_deref()), (Some("iOS"), None));
         assert_eq!((c.sdk.name.as_str(), c.sdk.version.as_str()), ("trailmark-rust", "9"));

@@ -12,9 +12,12 @@
 
 pub mod config;
 pub mod engine;
+pub mod json;
 pub mod pii;
 pub mod protocol;
 pub mod store;
+pub mod time;
+pub mod urls;
 
 #[cfg(feature = "native")]
 pub mod native;

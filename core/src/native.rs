@@ -8,8 +8,10 @@
 //!
 //! let config = Config::new("my-app", "app-secret", "https://collect.example.com");
 //! let tm = Trailmark::start(config, NativeOptions::new("/var/lib/my-app/trailmark.db")).unwrap();
-//! let props = serde_json::json!({"sku": "A-1", "price": 9.99});
-//! tm.track("add_to_cart", props.as_object().unwrap().clone()).unwrap();
+//! let mut props = trailmark_core::json::Object::new();
+//! props.insert("sku", "A-1");
+//! props.insert("price", 9.99);
+//! tm.track("add_to_cart", props).unwrap();
 //! tm.flush().unwrap(); // durable now; uploaded as soon as the network allows
 //! ```
 
@@ -20,11 +22,11 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::config::{Config, TrackLimits};
 use crate::engine::{Action, ConsentUpdate, Engine, Logger, Millis, OpenError, Stats, UploadOutcome, UploadTask};
+use crate::json::Object;
 use crate::protocol::ValidationError;
 use crate::store::sqlite::Durability;
 use crate::store::{SqliteStore, StoreError};
@@ -133,7 +135,7 @@ impl NativeOptions {
 type Call = Box<dyn FnOnce(&mut Engine<SqliteStore>, Millis) + Send>;
 
 enum Command {
-    Track { now: Millis, event_type: String, properties: Map<String, Value> },
+    Track { now: Millis, event_type: String, properties: Object },
     Call { now: Millis, call: Call },
     Flush { now: Millis, done: SyncSender<Result<(), StoreError>> },
     Stats { reply: SyncSender<Stats> },
@@ -240,7 +242,7 @@ impl Trailmark {
 
     /// Tracks an event. Checks run here, on the caller's thread, so misuse is reported at once;
     /// the event is durable within milliseconds and at once after [`Trailmark::flush`].
-    pub fn track(&self, event_type: &str, properties: Map<String, Value>) -> Result<(), Error> {
+    pub fn track(&self, event_type: &str, properties: Object) -> Result<(), Error> {
         if let Err(e) = self.limits.check_track(event_type, &properties) {
             return Err(self.refused(e));
         }
@@ -259,7 +261,7 @@ impl Trailmark {
     }
 
     /// A `screen_view` named `name`.
-    pub fn screen(&self, name: &str, properties: Map<String, Value>) -> Result<(), Error> {
+    pub fn screen(&self, name: &str, properties: Object) -> Result<(), Error> {
         self.check_view("screen name", name, &properties)?;
         let name = name.to_owned();
         self.call(move |e, now| {
@@ -268,7 +270,7 @@ impl Trailmark {
     }
 
     /// A `page_view` named `name`.
-    pub fn page(&self, name: &str, properties: Map<String, Value>) -> Result<(), Error> {
+    pub fn page(&self, name: &str, properties: Object) -> Result<(), Error> {
         self.check_view("page name", name, &properties)?;
         let name = name.to_owned();
         self.call(move |e, now| {
@@ -276,13 +278,13 @@ impl Trailmark {
         })
     }
 
-    fn check_view(&self, field: &'static str, name: &str, properties: &Map<String, Value>) -> Result<(), Error> {
+    fn check_view(&self, field: &'static str, name: &str, properties: &Object) -> Result<(), Error> {
         let checked = crate::protocol::validate_id(field, name)
             .and_then(|_| crate::protocol::validate_properties(properties, self.limits.max_properties_bytes));
         checked.map_err(|e| self.refused(e))
     }
 
-    pub fn identify(&self, user_id: &str, traits: Map<String, Value>) -> Result<(), Error> {
+    pub fn identify(&self, user_id: &str, traits: Object) -> Result<(), Error> {
         crate::protocol::validate_id("user_id", user_id).map_err(|e| self.refused(e))?;
         let user_id = user_id.to_owned();
         self.control(move |e, now| {

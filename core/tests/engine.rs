@@ -617,7 +617,7 @@ fn hostile_input_returns_typed_errors() {
     for i in 0..100_000 {
         wide.insert(format!("k{i}"), json!(i));
     }
-    assert!(matches!(e(engine.track(T0, "wide", wide)), ValidationError::TooLarge { .. }));
+    assert!(matches!(e(engine.track(T0, "wide", wide.into())), ValidationError::TooLarge { .. }));
     // Deep nesting built in Rust (no parser limit involved).
     let mut deep = json!(1);
     for _ in 0..200 {

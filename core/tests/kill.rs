@@ -35,7 +35,7 @@ fn kill_child() {
     let mut n: u64 = 0;
     loop {
         let props = serde_json::json!({ "n": n, "payload": "some typical event properties" });
-        if tm.track("tick", props.as_object().unwrap().clone()).is_ok() {
+        if tm.track("tick", props.as_object().unwrap().clone().into()).is_ok() {
             writeln!(out, "t {n}").unwrap();
             out.flush().unwrap();
         }

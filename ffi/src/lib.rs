@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
 use trailmark_core::engine::{UploadOutcome, UploadTask};
+use trailmark_core::json::Object;
 use trailmark_core::native::{self, NativeOptions, Uploader};
 use trailmark_core::{ConsentUpdate, HostConfig, protocol};
 
@@ -236,7 +236,7 @@ pub struct TrailmarkSdk {
 impl TrailmarkSdk {
     /// Parses properties for a recording call with the core's parser (empty text is an empty
     /// object); a bad value is counted as refused.
-    fn parsed(&self, json: &str) -> Option<Map<String, Value>> {
+    fn parsed(&self, json: &str) -> Option<Object> {
         match protocol::parse_properties(json.as_bytes()) {
             Ok(p) => Some(p),
             Err(_) => {

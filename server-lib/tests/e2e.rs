@@ -27,10 +27,10 @@ async fn native_sdk_delivers_to_the_server_exactly_once() {
         tm.handle_open_url("shop://p?tm_click_id=clk_1&utm_source=Newsletter&utm_medium=Email").unwrap();
         for i in 0..120 {
             let props = json!({"sku": format!("A-{i}"), "price": 1.5, "currency": "EUR"});
-            tm.track("add_to_cart", props.as_object().unwrap().clone()).unwrap();
+            tm.track("add_to_cart", props.as_object().unwrap().clone().into()).unwrap();
         }
         // Invalid for the server (purchase without currency): rejected alone, the rest kept.
-        tm.track("purchase", json!({"revenue": 10}).as_object().unwrap().clone()).unwrap();
+        tm.track("purchase", json!({"revenue": 10}).as_object().unwrap().clone().into()).unwrap();
         tm.flush().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {

@@ -3,55 +3,81 @@
 //! IndexedDB or localStorage). Calls and answers cross the boundary as strings and numbers;
 //! JSON for anything structured. Every decision is the core's; this crate only marshals.
 
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
 use trailmark_core::engine::{Action, UploadOutcome};
+use trailmark_core::json::{self, Fields, Object, Value, Writer};
 use trailmark_core::store::{EventStore, Snapshot, StoreError, StoredEvent, WriteBatch};
 use trailmark_core::{ConsentUpdate, Engine, HostConfig, MemoryStore, Millis, pii, protocol};
 use wasm_bindgen::prelude::*;
 
-/// One stored event as the page keeps it: the body is the event's JSON text.
-#[derive(Deserialize)]
-struct PageEvent {
-    seq: u64,
-    held: bool,
-    created_at: i64,
-    body: String,
-}
-
-/// What the page read from its storage at start.
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct PageSnapshot {
-    events: Vec<PageEvent>,
-    state: Option<String>,
-}
-
 /// The queue in memory (reads never wait for the page's asynchronous storage) plus the
-/// committed changes the page has not taken yet.
+/// committed changes the page has not taken yet (JSON objects, written as they happen).
 struct WebStore {
     memory: MemoryStore,
-    outbox: Vec<Value>,
+    outbox: Vec<Vec<u8>>,
 }
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn write_json(batch: &WriteBatch) -> Value {
-    let inserts: Vec<Value> = batch
-        .inserts
+/// One committed change as the page applies it:
+/// `{"delete_all", "delete_held", "release_held", "deletes", "inserts", "state"}`.
+fn write_json(batch: &WriteBatch) -> Vec<u8> {
+    let mut w = Writer::with_capacity(256 + batch.inserts.iter().map(|e| e.body.len() + 64).sum::<usize>());
+    let mut o = w.begin();
+    o.bool("delete_all", batch.delete_all);
+    o.bool("delete_held", batch.delete_held);
+    o.bool("release_held", batch.release_held);
+    o.key("deletes");
+    o.w.byte(b'[');
+    for (i, seq) in batch.deletes.iter().enumerate() {
+        if i > 0 {
+            o.w.byte(b',');
+        }
+        o.w.u64(*seq);
+    }
+    o.w.byte(b']');
+    o.key("inserts");
+    o.w.byte(b'[');
+    for (i, e) in batch.inserts.iter().enumerate() {
+        if i > 0 {
+            o.w.byte(b',');
+        }
+        let mut io = o.w.begin();
+        io.u64("seq", e.seq);
+        io.bool("held", e.held);
+        io.i64("created_at", e.created_at);
+        io.str("body", &json::lossy(&e.body));
+        io.end();
+    }
+    o.w.byte(b']');
+    o.str_or_null("state", batch.state.as_deref().map(json::lossy).as_deref());
+    o.end();
+    w.into_bytes()
+}
+
+/// What the page read from its storage at start: `{"events": [{"seq", "held", "created_at",
+/// "body"}...], "state"}`. Entries that do not read are skipped (the page's storage is
+/// untrusted); an unreadable snapshot is an empty one.
+fn read_snapshot(snapshot_json: &str) -> WriteBatch {
+    let parsed = json::parse(snapshot_json, 8).unwrap_or_default();
+    let o = parsed.as_object().cloned().unwrap_or_default();
+    let inserts = o
+        .get("events")
+        .and_then(Value::as_array)
+        .unwrap_or_default()
         .iter()
-        .map(|e| json!({"seq": e.seq, "held": e.held, "created_at": e.created_at, "body": text(&e.body)}))
+        .filter_map(|e| {
+            let e = e.as_object()?;
+            Some(StoredEvent {
+                seq: e.field_u64("seq")?,
+                held: e.field_bool("held")?,
+                created_at: e.field_i64("created_at")?,
+                body: e.field_str("body")?.into_bytes(),
+            })
+        })
         .collect();
-    json!({
-        "delete_all": batch.delete_all,
-        "delete_held": batch.delete_held,
-        "release_held": batch.release_held,
-        "deletes": batch.deletes,
-        "inserts": inserts,
-        "state": batch.state.as_deref().map(text),
-    })
+    WriteBatch { inserts, state: o.field_str("state").map(String::into_bytes), ..WriteBatch::default() }
 }
 
 impl EventStore for WebStore {
@@ -68,10 +94,21 @@ impl EventStore for WebStore {
     }
 }
 
-/// The answer of a recording call: `undefined` when taken, else why it was refused (the
-/// refusal is already counted in `refused_invalid`).
-fn refusal<E: ToString>(result: Result<(), E>) -> Option<String> {
-    result.err().map(|e| e.to_string())
+/// The answer of a recording call: `undefined` when taken, else the refusal's code
+/// (`invalid_type_char`, `empty_id:user_id`...; the refusal is already counted in
+/// `refused_invalid`). The page words the codes.
+fn refusal(result: Result<(), protocol::ValidationError>) -> Option<String> {
+    result.err().map(|e| e.code_text())
+}
+
+/// `kind` or `kind:detail`, for errors thrown at the page.
+fn js_error(kind: &str, detail: &str) -> JsError {
+    let mut message = String::from(kind);
+    if !detail.is_empty() {
+        message.push(':');
+        message.push_str(detail);
+    }
+    JsError::new(&message)
 }
 
 /// The engine for one page.
@@ -86,13 +123,13 @@ impl Core {
     fn with_properties(
         &mut self,
         json: &str,
-        call: impl FnOnce(&mut Engine<WebStore>, Map<String, Value>) -> Result<(), protocol::ValidationError>,
+        call: impl FnOnce(&mut Engine<WebStore>, Object) -> Result<(), protocol::ValidationError>,
     ) -> Option<String> {
         match protocol::parse_properties(json.as_bytes()) {
             Ok(p) => refusal(call(&mut self.engine, p)),
             Err(e) => {
                 self.engine.record_refusal();
-                Some(e.to_string())
+                refusal(Err(e))
             }
         }
     }
@@ -101,31 +138,20 @@ impl Core {
 #[wasm_bindgen]
 impl Core {
     /// Opens the engine on what the page read from storage (`{"events": [...], "state"}`).
-    /// `seed` is 32 bytes from `crypto.getRandomValues`. Throws `InvalidConfig: ...` or
-    /// `Storage: ...`.
+    /// `seed` is 32 bytes from `crypto.getRandomValues`. Throws `InvalidConfig:<setting>` or
+    /// `Storage`.
     #[wasm_bindgen(constructor)]
     pub fn new(config_json: &str, snapshot_json: &str, now: f64, seed: &[u8]) -> Result<Core, JsError> {
         // The page's configuration: the TypeScript layer maps its camelCase options to these keys.
-        let mut config: HostConfig =
-            serde_json::from_str(config_json).map_err(|e| JsError::new(&format!("InvalidConfig: {e}")))?;
+        let mut config = HostConfig::from_json(config_json).map_err(|field| js_error("InvalidConfig", field))?;
         config.sdk_name.get_or_insert_with(|| "trailmark-web".into());
-        let snapshot: PageSnapshot = serde_json::from_str(snapshot_json).unwrap_or_default();
-        let seed: [u8; 32] = seed.try_into().map_err(|_| JsError::new("InvalidConfig: the seed must be 32 bytes"))?;
+        let seed: [u8; 32] = seed.try_into().map_err(|_| js_error("InvalidConfig", "seed"))?;
         let mut memory = MemoryStore::new();
-        let loaded = WriteBatch {
-            inserts: snapshot
-                .events
-                .into_iter()
-                .map(|e| StoredEvent { seq: e.seq, held: e.held, created_at: e.created_at, body: e.body.into_bytes() })
-                .collect(),
-            state: snapshot.state.map(String::into_bytes),
-            ..WriteBatch::default()
-        };
-        memory.commit(&loaded).map_err(|e| JsError::new(&format!("Storage: {e}")))?;
+        memory.commit(&read_snapshot(snapshot_json)).map_err(|_| js_error("Storage", ""))?;
         let store = WebStore { memory, outbox: Vec::new() };
-        let engine = Engine::open(config.into_config(), store, now as Millis, seed).map_err(|e| {
-            let kind = if matches!(e, trailmark_core::OpenError::Config(_)) { "InvalidConfig" } else { "Storage" };
-            JsError::new(&format!("{kind}: {e}"))
+        let engine = Engine::open(config.into_config(), store, now as Millis, seed).map_err(|e| match e {
+            trailmark_core::OpenError::Config(e) => js_error("InvalidConfig", e.field()),
+            trailmark_core::OpenError::Store(_) => js_error("Storage", ""),
         })?;
         Ok(Core { engine })
     }
@@ -212,14 +238,36 @@ impl Core {
     /// What to do next: `{"upload": {"id", "url", "headers": [[name, value]...], "body",
     /// "events"}}`, `{"wait": ms}` or `{"idle": true}`.
     pub fn poll(&mut self, now: f64) -> String {
-        let action = match self.engine.poll(now as Millis) {
-            Action::Upload(t) => json!({"upload": {
-                "id": t.batch_id, "url": t.url, "headers": t.headers, "body": text(&t.body), "events": t.event_count,
-            }}),
-            Action::Wait(d) => json!({"wait": d.as_millis() as u64}),
-            Action::Idle => json!({"idle": true}),
-        };
-        action.to_string()
+        let mut w = Writer::with_capacity(1024);
+        let mut o = w.begin();
+        match self.engine.poll(now as Millis) {
+            Action::Upload(t) => {
+                o.key("upload");
+                let mut u = o.w.begin();
+                u.u64("id", t.batch_id);
+                u.str("url", &t.url);
+                u.key("headers");
+                u.w.byte(b'[');
+                for (i, (name, value)) in t.headers.iter().enumerate() {
+                    if i > 0 {
+                        u.w.byte(b',');
+                    }
+                    u.w.byte(b'[');
+                    u.w.string(name);
+                    u.w.byte(b',');
+                    u.w.string(value);
+                    u.w.byte(b']');
+                }
+                u.w.byte(b']');
+                u.str("body", &json::lossy(&t.body));
+                u.u64("events", t.event_count as u64);
+                u.end();
+            }
+            Action::Wait(d) => o.u64("wait", u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            Action::Idle => o.bool("idle", true),
+        }
+        o.end();
+        w.into_string()
     }
 
     /// The server's answer to upload `id`.
@@ -237,7 +285,13 @@ impl Core {
     /// to send.
     pub fn beacon(&mut self, now: f64, max_bytes: usize) -> Option<String> {
         let t = self.engine.beacon(now as Millis, max_bytes)?;
-        Some(json!({"url": t.url, "body": text(&t.body), "events": t.event_count}).to_string())
+        let mut w = Writer::with_capacity(t.body.len() + 256);
+        let mut o = w.begin();
+        o.str("url", &t.url);
+        o.str("body", &json::lossy(&t.body));
+        o.u64("events", t.event_count as u64);
+        o.end();
+        Some(w.into_string())
     }
 
     /// The committed changes since the last call, oldest first, as a JSON array of
@@ -245,19 +299,27 @@ impl Core {
     /// applies them to its storage in order. `undefined` when there are none.
     pub fn take_writes(&mut self) -> Option<String> {
         let _ = self.engine.persist();
-        let outbox = &mut self.engine.store_mut().outbox;
+        let outbox = std::mem::take(&mut self.engine.store_mut().outbox);
         if outbox.is_empty() {
             return None;
         }
-        Some(Value::Array(std::mem::take(outbox)).to_string())
+        let mut all = Vec::with_capacity(outbox.iter().map(|w| w.len() + 1).sum::<usize>() + 2);
+        all.push(b'[');
+        for (i, write) in outbox.iter().enumerate() {
+            if i > 0 {
+                all.push(b',');
+            }
+            all.extend_from_slice(write);
+        }
+        all.push(b']');
+        Some(text(&all))
     }
 
     /// The counters, snake_case JSON (with `in_flight`, which is not persisted).
     pub fn stats(&self) -> String {
-        let stats = self.engine.stats();
-        let mut value = serde_json::to_value(stats).unwrap_or_default();
-        value["in_flight"] = json!(stats.in_flight);
-        value.to_string()
+        let mut w = Writer::with_capacity(512);
+        self.engine.stats().write(&mut w, true);
+        w.into_string()
     }
 
     pub fn anonymous_id(&self) -> String {
@@ -270,7 +332,7 @@ impl Core {
 
     /// `{"analytics", "attribution", "do_not_sell"}`.
     pub fn consent(&self) -> String {
-        serde_json::to_string(&self.engine.consent()).unwrap_or_default()
+        self.engine.consent().to_json()
     }
 
     pub fn opted_out(&self) -> bool {
@@ -279,18 +341,18 @@ impl Core {
 
     /// The install's attribution (the server's answer, JSON) once it came.
     pub fn attribution(&self) -> Option<String> {
-        self.engine.attribution().and_then(|a| serde_json::to_string(&a).ok())
+        self.engine.attribution_json().map(str::to_owned)
     }
 }
 
 /// The SHA-256 (hex) of a normalised email address, as `identify` sends it.
 #[wasm_bindgen]
 pub fn hash_email(email: &str) -> Result<String, JsError> {
-    pii::hash_email(email).map_err(|e| JsError::new(&format!("InvalidInput: {e}")))
+    pii::hash_email(email).map_err(|_| js_error("InvalidInput", ""))
 }
 
 /// The SHA-256 (hex) of a phone number's E.164 digits, as `identify` sends it.
 #[wasm_bindgen]
 pub fn hash_phone(phone: &str) -> Result<String, JsError> {
-    pii::hash_phone(phone).map_err(|e| JsError::new(&format!("InvalidInput: {e}")))
+    pii::hash_phone(phone).map_err(|_| js_error("InvalidInput", ""))
 }

@@ -1,6 +1,7 @@
 //! Consent, opt-out and reset, and the rules that follow from them: whether events are
 //! collected, held or ignored, and whether uploads and attribution data may leave the device.
 
+use super::log;
 use super::{ConsentUpdate, Engine, Millis, new_uuid};
 use crate::protocol::DropReport;
 use crate::store::EventStore;
@@ -22,11 +23,11 @@ impl<S: EventStore> Engine<S> {
     /// Forgets the user: a new anonymous id, no user id, and the next event starts a new
     /// session. Queued events keep the ids they were recorded with.
     pub fn reset(&mut self, _now: Millis) {
-        self.state.anonymous_id = new_uuid(&mut self.rng).to_string();
+        self.state.anonymous_id = new_uuid(&mut self.rng);
         self.state.user_id = None;
         self.state.session = None;
         self.state_dirty = true;
-        self.log(|| "reset: new anonymous id".into());
+        log!(self, "reset: new anonymous id");
     }
 
     /// Changes consent. Granting analytics releases the pre-consent buffer into the upload
@@ -52,7 +53,7 @@ impl<S: EventStore> Engine<S> {
                 self.pending.release_held = true;
                 self.flush_deadline.get_or_insert(now);
                 self.enforce_caps();
-                self.log(|| format!("consent granted: {n} held events released"));
+                log!(self, "consent granted: {n} held events released");
             }
             Some(false) if !self.held.is_empty() => {
                 let n = self.held.len() as u64;
@@ -60,7 +61,7 @@ impl<S: EventStore> Engine<S> {
                 self.pending.inserts.retain(|e| !e.held);
                 self.pending.delete_held = true;
                 self.state.stats.dropped_consent_denied += n;
-                self.log(|| format!("consent denied: {n} held events dropped"));
+                log!(self, "consent denied: {n} held events dropped");
             }
             _ => {}
         }
@@ -86,7 +87,7 @@ impl<S: EventStore> Engine<S> {
         self.state.unreported = DropReport::default();
         self.state.stats.dropped_opted_out += n;
         self.state_dirty = true;
-        self.log(|| format!("opted out: {n} queued events purged"));
+        log!(self, "opted out: {n} queued events purged");
         let _ = self.persist();
     }
 
@@ -124,7 +125,6 @@ impl<S: EventStore> Engine<S> {
     pub(super) fn ignore(&mut self, what: &str) {
         self.state.stats.ignored_no_consent += 1;
         self.state_dirty = true;
-        let what = what.to_owned();
-        self.log(|| format!("{what} ignored: collection is off"));
+        log!(self, "{what} ignored: collection is off");
     }
 }

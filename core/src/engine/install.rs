@@ -1,14 +1,14 @@
 //! The install-attribution request (`POST /v1/install`): when it goes, what it carries, and what
 //! the engine keeps of the server's answer.
 
-use chrono::DateTime;
-
 use super::consent::Collect;
+use super::log;
 use super::record::{MAX_URL_LEN, clean_value};
 use super::state::PendingInstall;
-use super::upload::parse_retry_after;
+use super::upload::{Subject, parse_retry_after};
 use super::{Engine, Millis, UploadOutcome, UploadTask, ms};
-use crate::protocol::{AttributionResult, InstallDevice, InstallRequest, Platform};
+use crate::json;
+use crate::protocol::{AttributionResult, InstallDevice, InstallRequestView, Platform};
 use crate::store::EventStore;
 
 /// What the install request needs from [`Engine::poll`].
@@ -57,74 +57,78 @@ impl<S: EventStore> Engine<S> {
             Platform::Web => (None, None, None, None),
         };
         let d = &self.config.device;
-        let request = InstallRequest {
-            event_id: pending.event_id,
-            anonymous_id: self.state.anonymous_id.clone(),
-            timestamp: DateTime::from_timestamp_millis(pending.created).unwrap_or_default(),
+        let device = InstallDevice {
+            idfa,
+            idfv,
+            gaid,
+            android_id,
+            os: d.os.clone(),
+            os_version: d.os_version.clone(),
+            model: d.model.clone(),
+            locale: d.locale.clone(),
+            timezone: d.timezone.clone(),
+            screen: d.screen,
+        };
+        let body = InstallRequestView {
+            event_id: &pending.event_id,
+            anonymous_id: &self.state.anonymous_id,
+            timestamp_ms: pending.created,
             platform,
-            device: InstallDevice {
-                idfa,
-                idfv,
-                gaid,
-                android_id,
-                os: d.os.clone(),
-                os_version: d.os_version.clone(),
-                model: d.model.clone(),
-                locale: d.locale.clone(),
-                timezone: d.timezone.clone(),
-                screen: d.screen,
-            },
-            install_referrer: pending.referrer,
+            device: &device,
+            install_referrer: pending.referrer.as_deref(),
             referrer_click_ts: pending.referrer_click_ts,
             install_begin_ts: pending.install_begin_ts,
-            click_id: pending.click_id,
-        };
-        // Serialising plain data cannot fail.
-        let body = serde_json::to_vec(&request).unwrap_or_default();
+            click_id: pending.click_id.as_deref(),
+        }
+        .to_json();
         let headers = self.signed_headers(now, &body);
         let batch_id = self.next_batch_id;
         self.next_batch_id += 1;
         self.install_inflight = Some(batch_id);
         self.state.stats.uploads += 1;
         self.state_dirty = true;
-        self.log(|| format!("install request {batch_id} ({} bytes)", body.len()));
+        log!(self, "install request {batch_id} ({} bytes)", body.len());
         UploadTask { batch_id, url: self.install_url.clone(), headers, body, event_count: 0 }
     }
 
     /// The server's answer to the install request: kept on success; dropped when the server
     /// refuses it as invalid; retried with the events' backoff otherwise.
     pub(super) fn install_reported(&mut self, now: Millis, outcome: UploadOutcome) {
+        // The answer is kept as the server wrote it (compacted), once it reads as an
+        // attribution result.
         let parsed = match &outcome {
-            UploadOutcome::Response { status: 200..=299, body, .. } => {
-                serde_json::from_slice::<AttributionResult>(body).ok()
-            }
+            UploadOutcome::Response { status: 200..=299, body, .. } => std::str::from_utf8(body)
+                .ok()
+                .and_then(|t| json::parse(t, 16).ok())
+                .filter(|v| v.as_object().is_some_and(AttributionResult::is_valid)),
             _ => None,
         };
         if let Some(result) = parsed {
-            self.state.attribution = serde_json::to_string(&result).ok();
+            let _match_type = result.as_object().and_then(|o| o.str("match_type")).unwrap_or_default().to_owned();
+            self.state.attribution = Some(result.to_json());
             self.state.install_request = None;
             self.retry = None;
             self.not_before = None;
             self.state_dirty = true;
-            self.log(|| format!("install attributed: {}", result.match_type.as_str()));
+            log!(self, "install attributed: {_match_type}");
             let _ = self.persist();
             return;
         }
         match &outcome {
-            UploadOutcome::Response { status: 401 | 403, .. } => self.pause_for_auth(now, "install request"),
+            UploadOutcome::Response { status: 401 | 403, .. } => self.pause_for_auth(now, Subject::Install),
             UploadOutcome::Response { status: status @ 400..=499, .. } if !matches!(status, 408 | 429) => {
                 let status = *status;
                 self.state.install_request = None;
                 self.state.stats.rejected_by_server += 1;
                 self.state_dirty = true;
-                self.log(|| format!("install request refused with HTTP {status}; not retried"));
+                log!(self, "install request refused with HTTP {status}; not retried");
                 let _ = self.persist();
             }
             UploadOutcome::Response { retry_after, .. } => {
                 let after = retry_after.as_deref().and_then(|v| parse_retry_after(v, now));
-                self.schedule_retry(now, after, &format!("install request failed ({outcome:?})"));
+                self.schedule_retry(now, after, Subject::Install, &outcome);
             }
-            UploadOutcome::NetworkError(e) => self.schedule_retry(now, None, &format!("install request failed: {e}")),
+            UploadOutcome::NetworkError(_) => self.schedule_retry(now, None, Subject::Install, &outcome),
         }
     }
 
@@ -147,7 +151,14 @@ impl<S: EventStore> Engine<S> {
 
     /// The install's attribution, once the server answered the install request.
     pub fn attribution(&self) -> Option<AttributionResult> {
-        self.state.attribution.as_deref().and_then(|a| serde_json::from_str(a).ok())
+        let text = self.state.attribution.as_deref()?;
+        let value = json::parse(text, 16).ok()?;
+        AttributionResult::read(value.as_object()?)
+    }
+
+    /// The install's attribution as the server's JSON, once it answered.
+    pub fn attribution_json(&self) -> Option<&str> {
+        self.state.attribution.as_deref()
     }
 
     /// True while the install request waits to be sent or answered.

@@ -5,6 +5,7 @@ mod consent;
 mod install;
 mod queue;
 mod record;
+mod rng;
 mod state;
 mod types;
 mod upload;
@@ -12,17 +13,15 @@ mod upload;
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use rand_chacha::ChaCha20Rng;
-use rand_core::{RngCore, SeedableRng};
-use serde_json::Map;
-
 pub use types::{Action, ConsentUpdate, Logger, Millis, OpenError, Stats, UploadOutcome, UploadTask};
 pub use upload::parse_retry_after;
 
 use self::consent::Collect;
+use self::rng::Rng;
 use self::state::{PendingInstall, State};
 use self::upload::InFlight;
 use crate::config::{Config, TrackLimits};
+use crate::json::Object;
 use crate::protocol::{ConsentContext, Context, DropReport};
 use crate::store::{EventStore, IndexEntry, StoreError, WriteBatch};
 
@@ -34,7 +33,7 @@ pub struct Engine<S: EventStore> {
     limits: TrackLimits,
     base_context: Context,
     store: S,
-    rng: ChaCha20Rng,
+    rng: Rng,
     state: State,
     state_dirty: bool,
     /// The upload queue, oldest first. While a batch is in flight it is this queue's prefix.
@@ -57,11 +56,42 @@ pub struct Engine<S: EventStore> {
     logger: Option<Logger>,
 }
 
-fn new_uuid(rng: &mut ChaCha20Rng) -> uuid::Uuid {
-    let mut bytes = [0u8; 16];
-    rng.fill_bytes(&mut bytes);
-    uuid::Builder::from_random_bytes(bytes).into_uuid()
+/// A random (version 4) UUID, hyphenated lower-case hex.
+fn new_uuid(rng: &mut Rng) -> String {
+    let mut b = [0u8; 16];
+    rng.fill_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex = hex::encode(b);
+    let mut s = String::with_capacity(36);
+    for (i, range) in [0..8, 8..12, 12..16, 16..20, 20..32].into_iter().enumerate() {
+        if i > 0 {
+            s.push('-');
+        }
+        s.push_str(&hex[range]);
+    }
+    s
 }
+
+/// One line per engine decision to the host's logger, when `Config::debug` is set. Without
+/// the `log` feature (the web build) the message is never formatted, so no formatting code is
+/// linked for it.
+macro_rules! log {
+    ($engine:expr, $($arg:tt)*) => {{
+        #[cfg(feature = "log")]
+        {
+            if $engine.logging() {
+                let message = format!($($arg)*);
+                $engine.emit(&message);
+            }
+        }
+        #[cfg(not(feature = "log"))]
+        {
+            let _ = || format!($($arg)*);
+        }
+    }};
+}
+pub(crate) use log;
 
 fn ms(d: Duration) -> Millis {
     d.as_millis().min(i64::MAX as u128) as Millis
@@ -75,14 +105,14 @@ impl<S: EventStore> Engine<S> {
         let upload_url = config.validate()?.to_string();
         let limits = TrackLimits::for_config(&config);
         let snapshot = store.load()?;
-        let mut rng = ChaCha20Rng::from_seed(seed);
+        let mut rng = Rng::new(seed);
         let mut state_dirty = false;
-        let stored_state = snapshot.state.as_deref().and_then(|b| serde_json::from_slice::<State>(b).ok());
+        let stored_state = snapshot.state.as_deref().and_then(State::from_json);
         let corrupt_state = snapshot.state.is_some() && stored_state.is_none();
         let mut state = stored_state.unwrap_or_else(|| {
             state_dirty = true;
             State {
-                anonymous_id: new_uuid(&mut rng).to_string(),
+                anonymous_id: new_uuid(&mut rng),
                 user_id: None,
                 consent: ConsentContext::default(),
                 opted_out: false,
@@ -144,7 +174,7 @@ impl<S: EventStore> Engine<S> {
         if !engine.state.installed && !engine.state.opted_out {
             engine.state.installed = true;
             engine.state_dirty = true;
-            let _ = engine.record(now, "install", Map::new(), None);
+            let _ = engine.record(now, "install", Object::new(), None);
             if engine.config.install_request && engine.config.install_platform().is_some() {
                 let event_id = new_uuid(&mut engine.rng);
                 engine.state.install_request = Some(PendingInstall {
@@ -166,9 +196,15 @@ impl<S: EventStore> Engine<S> {
         self.logger = logger;
     }
 
-    fn log(&mut self, message: impl FnOnce() -> String) {
-        if let Some(logger) = self.logger.as_mut().filter(|_| self.config.debug) {
-            logger(&message());
+    #[cfg(feature = "log")]
+    fn logging(&self) -> bool {
+        self.config.debug && self.logger.is_some()
+    }
+
+    #[cfg(feature = "log")]
+    fn emit(&mut self, message: &str) {
+        if let Some(logger) = self.logger.as_mut() {
+            logger(message);
         }
     }
 
@@ -208,7 +244,7 @@ impl<S: EventStore> Engine<S> {
     /// calls; `poll`, `flush` and acknowledgements call it themselves.
     pub fn persist(&mut self) -> Result<(), StoreError> {
         if self.state_dirty {
-            self.pending.state = Some(serde_json::to_vec(&self.state).unwrap_or_default());
+            self.pending.state = Some(self.state.to_json());
         }
         if self.pending.is_empty() {
             return Ok(());
@@ -221,8 +257,7 @@ impl<S: EventStore> Engine<S> {
             }
             Err(e) => {
                 self.state.stats.store_errors += 1;
-                let text = e.to_string();
-                self.log(|| format!("commit failed, will retry: {text}"));
+                log!(self, "commit failed, will retry: {e}");
                 Err(e)
             }
         }

@@ -1,5 +1,6 @@
 //! The queue's caps: count caps, the age cap, and how a dropped event leaves the pending write.
 
+use super::log;
 use super::{Engine, Millis, ms};
 use crate::store::EventStore;
 
@@ -47,7 +48,7 @@ impl<S: EventStore> Engine<S> {
             self.state.stats.dropped_expired += n;
             self.state.unreported.expired += n;
             self.state_dirty = true;
-            self.log(|| format!("{n} events expired"));
+            log!(self, "{n} events expired");
         }
     }
 

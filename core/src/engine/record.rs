@@ -1,16 +1,16 @@
 //! Recording calls: `track`, `screen`, `page`, `identify`, `alias`, deep links and web page
 //! views, and how an event that passed validation is built, sessioned and queued.
 
-use chrono::DateTime;
-use serde_json::{Map, Value};
-
 use super::consent::Collect;
+use super::log;
 use super::state::Session;
 use super::{Engine, Millis, ms, new_uuid};
 use crate::config::MAX_CAMPAIGN_VALUE_LEN;
+use crate::json::{Object, Value};
 use crate::pii;
-use crate::protocol::{self, CampaignContext, ContextRef, EventRef, MAX_EVENT_BYTES, ValidationError};
+use crate::protocol::{self, CampaignContext, ContextRef, EventView, MAX_EVENT_BYTES, ValidationError};
 use crate::store::{EventStore, StoredEvent};
+use crate::urls::Url;
 
 /// Longest deep-link URL kept in a `deep_link_opened` event.
 pub(super) const MAX_URL_LEN: usize = 2048;
@@ -18,12 +18,7 @@ pub(super) const MAX_URL_LEN: usize = 2048;
 impl<S: EventStore> Engine<S> {
     /// Tracks a custom event. The size limit is checked exactly on the built event; drivers
     /// that refuse early use the (slightly stricter) [`TrackLimits`](crate::config::TrackLimits).
-    pub fn track(
-        &mut self,
-        now: Millis,
-        event_type: &str,
-        properties: Map<String, Value>,
-    ) -> Result<(), ValidationError> {
+    pub fn track(&mut self, now: Millis, event_type: &str, properties: Object) -> Result<(), ValidationError> {
         let checked = protocol::validate_event_type(event_type).and_then(|_| protocol::validate_depth(&properties));
         self.guard(checked)?;
         let recorded = self.record(now, event_type, properties, None);
@@ -60,21 +55,20 @@ impl<S: EventStore> Engine<S> {
     }
 
     fn guard<T>(&mut self, result: Result<T, ValidationError>) -> Result<T, ValidationError> {
-        if let Err(e) = &result {
+        if let Err(_e) = &result {
             self.record_refusal();
-            let e = e.to_string();
-            self.log(|| format!("refused call: {e}"));
+            log!(self, "refused call: {_e}");
         }
         result
     }
 
     /// A `screen_view` with the screen's name in `properties.name`.
-    pub fn screen(&mut self, now: Millis, name: &str, properties: Map<String, Value>) -> Result<(), ValidationError> {
+    pub fn screen(&mut self, now: Millis, name: &str, properties: Object) -> Result<(), ValidationError> {
         self.named_view(now, "screen_view", "screen name", name, properties)
     }
 
     /// A `page_view` with the page's name in `properties.name`.
-    pub fn page(&mut self, now: Millis, name: &str, properties: Map<String, Value>) -> Result<(), ValidationError> {
+    pub fn page(&mut self, now: Millis, name: &str, properties: Object) -> Result<(), ValidationError> {
         self.named_view(now, "page_view", "page name", name, properties)
     }
 
@@ -84,38 +78,37 @@ impl<S: EventStore> Engine<S> {
         event_type: &str,
         field: &'static str,
         name: &str,
-        mut properties: Map<String, Value>,
+        mut properties: Object,
     ) -> Result<(), ValidationError> {
         let checked = protocol::validate_id(field, name);
         self.guard(checked)?;
-        properties.insert("name".into(), Value::String(name.to_owned()));
+        properties.insert("name", name);
         self.track(now, event_type, properties)
     }
 
     /// Sets the user id and sends an `identify` event with `traits`. Traits `email` and `phone`
     /// are replaced by `email_sha256` / `phone_sha256`; one that cannot be normalised is dropped
     /// (never sent raw) and counted as refused.
-    pub fn identify(
-        &mut self,
-        now: Millis,
-        user_id: &str,
-        mut traits: Map<String, Value>,
-    ) -> Result<(), ValidationError> {
+    pub fn identify(&mut self, now: Millis, user_id: &str, mut traits: Object) -> Result<(), ValidationError> {
         let checked = protocol::validate_id("user_id", user_id);
         self.guard(checked)?;
         for (key, hash) in [("email", pii::hash_email as fn(&str) -> _), ("phone", pii::hash_phone)] {
             let Some(raw) = traits.remove(key) else { continue };
-            let hashed = match &raw {
-                Value::String(s) => hash(s).map_err(|e| e.to_string()),
-                _ => Err("not a string".to_owned()),
-            };
-            match hashed {
-                Ok(h) => {
-                    traits.insert(format!("{key}_sha256"), Value::String(h));
-                }
-                Err(reason) => {
+            match &raw {
+                Value::String(s) => match hash(s) {
+                    Ok(h) => {
+                        let mut name = String::from(key);
+                        name.push_str("_sha256");
+                        traits.insert(name, h);
+                    }
+                    Err(_e) => {
+                        self.record_refusal();
+                        log!(self, "identify: dropped trait {key}: {_e}");
+                    }
+                },
+                _ => {
                     self.record_refusal();
-                    self.log(|| format!("identify: dropped trait {key}: {reason}"));
+                    log!(self, "identify: dropped trait {key}: not a string");
                 }
             }
         }
@@ -145,8 +138,8 @@ impl<S: EventStore> Engine<S> {
             return Ok(());
         }
         let previous = self.state.user_id.clone().unwrap_or_else(|| self.state.anonymous_id.clone());
-        let mut props = Map::new();
-        props.insert("previous_id".into(), Value::String(previous));
+        let mut props = Object::new();
+        props.insert("previous_id", previous);
         self.state.user_id = Some(new_user_id.to_owned());
         self.state_dirty = true;
         let _ = self.record(now, "alias", props, None);
@@ -165,8 +158,8 @@ impl<S: EventStore> Engine<S> {
                 self.state_dirty = true;
             }
         }
-        let mut props = Map::new();
-        props.insert("url".into(), Value::String(clean_value(url, MAX_URL_LEN)));
+        let mut props = Object::new();
+        props.insert("url", clean_value(url, MAX_URL_LEN));
         let campaign = (!campaign.is_empty()).then_some(campaign);
         let _ = self.record(now, "deep_link_opened", props, campaign);
         Ok(())
@@ -182,24 +175,28 @@ impl<S: EventStore> Engine<S> {
         url: &str,
         title: Option<&str>,
         referrer: Option<&str>,
-        properties: Map<String, Value>,
+        properties: Object,
     ) -> Result<(), ValidationError> {
         let parsed = self.parse_url(url)?;
         let checked = protocol::validate_depth(&properties);
         self.guard(checked)?;
         let campaign = campaign_from_url(&parsed);
-        let path = clean_value(parsed.path(), protocol::MAX_ID_LEN);
-        let mut props = Map::new();
-        props.insert("name".into(), Value::String(path.clone()));
-        props.insert("path".into(), Value::String(path));
-        props.insert("url".into(), Value::String(clean_value(url, MAX_URL_LEN)));
-        let search = parsed.query().map(|q| format!("?{q}")).unwrap_or_default();
-        props.insert("search".into(), Value::String(clean_value(&search, MAX_URL_LEN)));
+        let path = clean_value(parsed.path, protocol::MAX_ID_LEN);
+        let mut props = Object::new();
+        props.insert("name", path.clone());
+        props.insert("path", path);
+        props.insert("url", clean_value(url, MAX_URL_LEN));
+        let mut search = String::new();
+        if let Some(q) = parsed.query {
+            search.push('?');
+            search.push_str(q);
+        }
+        props.insert("search", clean_value(&search, MAX_URL_LEN));
         if let Some(title) = title.map(|t| clean_value(t, MAX_URL_LEN)).filter(|t| !t.is_empty()) {
-            props.insert("title".into(), Value::String(title));
+            props.insert("title", title);
         }
         if let Some(referrer) = referrer.map(|r| clean_value(r, MAX_URL_LEN)).filter(|r| !r.is_empty()) {
-            props.insert("referrer".into(), Value::String(referrer));
+            props.insert("referrer", referrer);
         }
         props.extend(properties);
         let campaign = (!campaign.is_empty()).then_some(campaign);
@@ -207,9 +204,8 @@ impl<S: EventStore> Engine<S> {
         self.guard(recorded)
     }
 
-    fn parse_url(&mut self, url: &str) -> Result<url::Url, ValidationError> {
-        let parsed =
-            url::Url::parse(url).map_err(|e| ValidationError::InvalidField { field: "url", reason: e.to_string() });
+    fn parse_url<'u>(&mut self, url: &'u str) -> Result<Url<'u>, ValidationError> {
+        let parsed = Url::parse(url).map_err(|e| ValidationError::InvalidField { field: "url", reason: e.into() });
         self.guard(parsed)
     }
 
@@ -219,7 +215,7 @@ impl<S: EventStore> Engine<S> {
         &mut self,
         now: Millis,
         event_type: &str,
-        properties: Map<String, Value>,
+        properties: Object,
         campaign: Option<CampaignContext>,
     ) -> Result<(), ValidationError> {
         let held = match self.collection() {
@@ -241,10 +237,10 @@ impl<S: EventStore> Engine<S> {
                 s.last_activity = s.last_activity.max(now);
             }
             _ => {
-                let id = new_uuid(&mut self.rng).to_string();
+                let id = new_uuid(&mut self.rng);
                 self.state.session = Some(Session { id, last_activity: now });
                 let held = matches!(self.collection(), Collect::Hold);
-                let _ = self.push_event(now, "session_start", Map::new(), None, held);
+                let _ = self.push_event(now, "session_start", Object::new(), None, held);
             }
         }
         self.state_dirty = true;
@@ -254,17 +250,18 @@ impl<S: EventStore> Engine<S> {
         &mut self,
         now: Millis,
         event_type: &str,
-        properties: Map<String, Value>,
+        properties: Object,
         campaign: Option<CampaignContext>,
         held: bool,
     ) -> Result<(), ValidationError> {
         // Attribution data is always kept on the device; whether it leaves the device is decided
         // at upload time by the consent in force then (see `build_upload`).
         let consent = self.state.consent;
-        let event = EventRef {
-            event_id: new_uuid(&mut self.rng),
+        let event_id = new_uuid(&mut self.rng);
+        let event = EventView {
+            event_id: &event_id,
             event_type,
-            timestamp: DateTime::from_timestamp_millis(now).unwrap_or_default(),
+            timestamp_ms: now,
             anonymous_id: &self.state.anonymous_id,
             user_id: self.state.user_id.as_deref(),
             device_id: self.config.device_id.as_deref(),
@@ -278,8 +275,7 @@ impl<S: EventStore> Engine<S> {
                 sdk: self.base_context.sdk.as_ref(),
             },
         };
-        // Serialising a map of JSON values and plain strings cannot fail.
-        let body = serde_json::to_vec(&event).unwrap_or_default();
+        let body = event.to_json();
         if body.len() > MAX_EVENT_BYTES {
             return Err(ValidationError::TooLarge { size: body.len(), limit: MAX_EVENT_BYTES });
         }
@@ -305,10 +301,10 @@ impl<S: EventStore> Engine<S> {
 
 /// The `tm_click_id` and `utm_*` parameters of a URL (cleaned and cut to
 /// [`MAX_CAMPAIGN_VALUE_LEN`]).
-fn campaign_from_url(url: &url::Url) -> CampaignContext {
+fn campaign_from_url(url: &Url<'_>) -> CampaignContext {
     let mut campaign = CampaignContext::default();
     for (key, value) in url.query_pairs() {
-        let slot = match key.as_ref() {
+        let slot = match key.as_str() {
             "tm_click_id" => &mut campaign.click_id,
             "utm_source" => &mut campaign.utm_source,
             "utm_medium" => &mut campaign.utm_medium,

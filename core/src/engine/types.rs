@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::ConfigError;
@@ -47,7 +46,8 @@ pub enum UploadOutcome {
 }
 
 /// A consent change; `None` leaves a purpose as it is.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ConsentUpdate {
     pub analytics: Option<bool>,
     pub attribution: Option<bool>,
@@ -55,8 +55,8 @@ pub struct ConsentUpdate {
 }
 
 /// Counters over the life of the installation (persisted).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(default))]
 pub struct Stats {
     /// Events queued (including `session_start`, `install`...).
     pub recorded: u64,
@@ -91,7 +91,7 @@ pub struct Stats {
     /// Beacons handed out (`Engine::beacon`; their answer is never known).
     pub beacons: u64,
     /// Events in the upload handed out and not yet reported (not persisted).
-    #[serde(skip)]
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub in_flight: u64,
 }
 
@@ -102,4 +102,54 @@ pub enum OpenError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl Stats {
+    /// The persisted counters, in declaration order (`in_flight` is not persisted).
+    fn fields(&mut self) -> [(&'static str, &mut u64); 18] {
+        [
+            ("recorded", &mut self.recorded),
+            ("delivered", &mut self.delivered),
+            ("rejected_by_server", &mut self.rejected_by_server),
+            ("dropped_queue_full", &mut self.dropped_queue_full),
+            ("dropped_expired", &mut self.dropped_expired),
+            ("dropped_pre_consent_full", &mut self.dropped_pre_consent_full),
+            ("dropped_consent_denied", &mut self.dropped_consent_denied),
+            ("dropped_opted_out", &mut self.dropped_opted_out),
+            ("refused_invalid", &mut self.refused_invalid),
+            ("dropped_backpressure", &mut self.dropped_backpressure),
+            ("ignored_no_consent", &mut self.ignored_no_consent),
+            ("uploads", &mut self.uploads),
+            ("upload_failures", &mut self.upload_failures),
+            ("store_errors", &mut self.store_errors),
+            ("queued", &mut self.queued),
+            ("held", &mut self.held),
+            ("beacons", &mut self.beacons),
+            ("in_flight", &mut self.in_flight),
+        ]
+    }
+
+    /// Writes the counters as a JSON object with snake_case keys; `in_flight` only when
+    /// `with_in_flight` (it is not persisted).
+    pub fn write(&self, w: &mut crate::json::Writer, with_in_flight: bool) {
+        let mut copy = *self;
+        let mut o = w.begin();
+        for (key, value) in copy.fields() {
+            if key != "in_flight" || with_in_flight {
+                o.u64(key, *value);
+            }
+        }
+        o.end();
+    }
+
+    /// Reads counters written by [`Stats::write`] (missing ones are zero).
+    pub fn read(o: &crate::json::Object) -> Stats {
+        let mut stats = Stats::default();
+        for (key, value) in stats.fields() {
+            if key != "in_flight" {
+                *value = o.get(key).and_then(crate::json::Value::as_u64).unwrap_or(0);
+            }
+        }
+        stats
+    }
 }

@@ -1,16 +1,14 @@
 //! The upload cycle: `poll` hands out batches, `report` takes their results (acknowledge, split,
 //! pause or retry with backoff), `beacon` sends a last batch from a page going away.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
-use chrono::DateTime;
-use rand_core::RngCore;
-use serde_json::Value;
 
 use super::install::InstallStep;
+use super::log;
 use super::{Action, Engine, Millis, UploadOutcome, UploadTask, ms};
+use crate::json::{self, Value};
 use crate::protocol::{self, DropReport, IngestResponse, MAX_BATCH_BYTES};
 use crate::store::EventStore;
 
@@ -96,18 +94,18 @@ impl<S: EventStore> Engine<S> {
             Ok(b) => b,
             Err(e) => {
                 self.state.stats.store_errors += 1;
-                self.log(|| format!("store read failed: {e}"));
+                log!(self, "store read failed: {e}");
                 return Action::Wait(STORE_RETRY);
             }
         };
         if bodies.len() != seqs.len() {
             // Rows vanished under us (external tampering): forget them so the queue moves on.
-            let found: BTreeSet<u64> = bodies.iter().map(|(s, _)| *s).collect();
+            let found: Vec<u64> = bodies.iter().map(|(s, _)| *s).collect();
             let missing = seqs.len() - found.len();
             self.queue.retain(|e| !seqs.contains(&e.seq) || found.contains(&e.seq));
             self.state.stats.store_errors += missing as u64;
             self.state_dirty = true;
-            self.log(|| format!("{missing} queued events missing from the store"));
+            log!(self, "{missing} queued events missing from the store");
             return Action::Wait(Duration::ZERO);
         }
         let reported = self.state.unreported;
@@ -119,7 +117,7 @@ impl<S: EventStore> Engine<S> {
         self.inflight = Some(InFlight { batch_id, seqs, reported });
         self.state.stats.uploads += 1;
         self.state_dirty = true;
-        self.log(|| format!("upload batch {batch_id}: {event_count} events, {} bytes", body.len()));
+        log!(self, "upload batch {batch_id}: {event_count} events, {} bytes", body.len());
         Action::Upload(UploadTask { batch_id, url: self.upload_url.clone(), headers, body, event_count })
     }
 
@@ -151,7 +149,9 @@ impl<S: EventStore> Engine<S> {
         body.push(b']');
         if let Some(reported) = dropped.filter(|r| !r.is_empty()) {
             body.extend_from_slice(b",\"dropped\":");
-            body.extend_from_slice(&serde_json::to_vec(&reported).unwrap_or_else(|_| b"{}".to_vec()));
+            let mut w = json::Writer::with_capacity(128);
+            reported.write(&mut w);
+            body.extend_from_slice(&w.into_bytes());
         }
         body.push(b'}');
         body
@@ -189,25 +189,24 @@ impl<S: EventStore> Engine<S> {
         let body = self.batch_body(now, &bodies, bytes, None);
         let ts = now.div_euclid(1000);
         let signature = protocol::sign(self.config.app_secret.as_bytes(), ts, &body);
-        let url = url::Url::parse_with_params(
+        let url = crate::urls::with_query(
             &self.upload_url,
-            [
+            &[
                 (protocol::QUERY_APP, self.config.app_id.as_str()),
-                (protocol::QUERY_TIMESTAMP, ts.to_string().as_str()),
+                (protocol::QUERY_TIMESTAMP, json::i64_text(ts).as_str()),
                 (protocol::QUERY_SIGNATURE, signature.as_str()),
             ],
-        )
-        .ok()?;
+        );
         self.beaconed_through = last;
         self.state.stats.beacons += 1;
         self.state_dirty = true;
         let batch_id = self.next_batch_id;
         self.next_batch_id += 1;
         let event_count = bodies.len();
-        self.log(|| format!("beacon {batch_id}: {event_count} events, {} bytes", body.len()));
+        log!(self, "beacon {batch_id}: {event_count} events, {} bytes", body.len());
         // A string body: sendBeacon sends it as text/plain, which needs no CORS preflight.
         let headers = vec![("Content-Type".to_owned(), "text/plain;charset=UTF-8".to_owned())];
-        Some(UploadTask { batch_id, url: url.into(), headers, body, event_count })
+        Some(UploadTask { batch_id, url, headers, body, event_count })
     }
 
     /// Reports the result of the upload `batch_id`. Events leave the queue only when the server
@@ -219,7 +218,7 @@ impl<S: EventStore> Engine<S> {
             return;
         }
         let Some(flight) = self.inflight.take_if(|f| f.batch_id == batch_id) else {
-            self.log(|| format!("report for unknown batch {batch_id} ignored"));
+            log!(self, "report for unknown batch {batch_id} ignored");
             return;
         };
         let n = flight.seqs.len();
@@ -227,14 +226,10 @@ impl<S: EventStore> Engine<S> {
             Verdict::Ack { response, read } => self.acknowledge(now, flight, response, read),
             Verdict::Split => {
                 self.batch_limit = (n / 2).max(1);
-                self.log(|| {
-                    format!("batch {batch_id} refused as a whole ({outcome:?}); retrying {} at a time", (n / 2).max(1))
-                });
+                log!(self, "batch {batch_id} refused as a whole ({outcome:?}); retrying {} at a time", (n / 2).max(1));
             }
-            Verdict::AuthPause => self.pause_for_auth(now, &format!("batch {batch_id}")),
-            Verdict::Retry(retry_after) => {
-                self.schedule_retry(now, retry_after, &format!("batch {batch_id} failed ({outcome:?})"))
-            }
+            Verdict::AuthPause => self.pause_for_auth(now, Subject::Batch(batch_id)),
+            Verdict::Retry(retry_after) => self.schedule_retry(now, retry_after, Subject::Batch(batch_id), &outcome),
         }
     }
 
@@ -245,11 +240,11 @@ impl<S: EventStore> Engine<S> {
                 200..=299 if body.iter().all(u8::is_ascii_whitespace) => {
                     Verdict::Ack { response: IngestResponse::default(), read: true }
                 }
-                200..=299 => match serde_json::from_slice::<IngestResponse>(body) {
-                    Ok(response) => Verdict::Ack { response, read: true },
+                200..=299 => match IngestResponse::from_json(body) {
+                    Some(response) => Verdict::Ack { response, read: true },
                     // A 2xx that is not our protocol (a captive portal, a misrouted proxy) did
                     // not store anything: keep the events and retry.
-                    Err(_) => Verdict::Retry(None),
+                    None => Verdict::Retry(None),
                 },
                 // Too large as a whole: halve until the culprit is alone, then drop it.
                 413 if n > 1 => Verdict::Split,
@@ -271,15 +266,18 @@ impl<S: EventStore> Engine<S> {
 
     fn acknowledge(&mut self, now: Millis, flight: InFlight, response: IngestResponse, read: bool) {
         let n = flight.seqs.len();
-        let rejected: BTreeSet<usize> = response.rejected.iter().map(|r| r.index).filter(|i| *i < n).collect();
+        // Distinct in-range indexes (a server could repeat one).
+        let mut marked = vec![false; n];
+        response.rejected.iter().filter(|r| r.index < n).for_each(|r| marked[r.index] = true);
+        let rejected = marked.iter().filter(|m| **m).count();
         for seq in &flight.seqs {
             let front = self.queue.pop_front();
             debug_assert_eq!(front.map(|e| e.seq), Some(*seq), "in-flight batch must be the queue's prefix");
             self.pending.deletes.push(*seq);
         }
         let stats = &mut self.state.stats;
-        stats.delivered += (n - rejected.len()) as u64;
-        stats.rejected_by_server += rejected.len() as u64;
+        stats.delivered += (n - rejected) as u64;
+        stats.rejected_by_server += rejected as u64;
         if read {
             self.state.unreported.subtract(&flight.reported);
         }
@@ -288,8 +286,8 @@ impl<S: EventStore> Engine<S> {
         self.not_before = None;
         self.batch_limit = (self.batch_limit * 2).min(self.config.policy.max_batch_events);
         self.flush_deadline = (!self.queue.is_empty()).then(|| now + ms(self.config.policy.flush_interval));
-        let (batch_id, r) = (flight.batch_id, rejected.len());
-        self.log(|| format!("batch {batch_id} acknowledged: {} delivered, {r} rejected", n - r));
+        let (batch_id, r) = (flight.batch_id, rejected);
+        log!(self, "batch {batch_id} acknowledged: {} delivered, {r} rejected", n - r);
         // An acknowledgement is committed at once so a crash cannot resend it.
         let _ = self.persist();
     }
@@ -306,21 +304,26 @@ impl<S: EventStore> Engine<S> {
             (protocol::HEADER_TRACEPARENT.to_owned(), protocol::traceparent(trace, span)),
             ("Content-Type".to_owned(), "application/json".to_owned()),
             (protocol::HEADER_APP.to_owned(), self.config.app_id.clone()),
-            (protocol::HEADER_TIMESTAMP.to_owned(), ts.to_string()),
+            (protocol::HEADER_TIMESTAMP.to_owned(), json::i64_text(ts)),
             (protocol::HEADER_SIGNATURE.to_owned(), protocol::sign(self.config.app_secret.as_bytes(), ts, body)),
         ]
     }
 
-    pub(super) fn pause_for_auth(&mut self, now: Millis, what: &str) {
+    pub(super) fn pause_for_auth(&mut self, now: Millis, _what: Subject) {
         let pause = ms(self.config.policy.auth_pause);
         self.not_before = Some(now + pause);
         self.state.stats.upload_failures += 1;
         self.state_dirty = true;
-        let what = what.to_owned();
-        self.log(|| format!("{what}: credentials refused; uploads paused {pause} ms, events kept"));
+        log!(self, "{_what}: credentials refused; uploads paused {pause} ms, events kept");
     }
 
-    pub(super) fn schedule_retry(&mut self, now: Millis, retry_after: Option<Duration>, what: &str) {
+    pub(super) fn schedule_retry(
+        &mut self,
+        now: Millis,
+        retry_after: Option<Duration>,
+        _what: Subject,
+        _outcome: &UploadOutcome,
+    ) {
         let policy = &self.config.policy;
         let schedule = self.retry.get_or_insert_with(|| {
             backon::ExponentialBuilder::default()
@@ -339,33 +342,52 @@ impl<S: EventStore> Engine<S> {
         self.not_before = Some(now + delay);
         self.state.stats.upload_failures += 1;
         self.state_dirty = true;
-        let what = what.to_owned();
-        self.log(|| format!("{what}; retry in {delay} ms"));
+        log!(self, "{_what} failed ({_outcome:?}); retry in {delay} ms");
     }
 }
 
 /// Removes what only attribution consent allows to leave the device: `device_id` and
 /// `context.campaign`.
 fn strip_attribution(event: &[u8]) -> Vec<u8> {
-    match serde_json::from_slice::<Value>(event) {
-        Ok(Value::Object(mut map)) => {
+    let parsed = std::str::from_utf8(event).ok().and_then(|t| json::parse(t, protocol::MAX_PROPERTY_DEPTH + 2).ok());
+    match parsed {
+        Some(Value::Object(mut map)) => {
             map.remove("device_id");
             if let Some(Value::Object(context)) = map.get_mut("context") {
                 context.remove("campaign");
             }
-            serde_json::to_vec(&map).unwrap_or_else(|_| event.to_vec())
+            let mut w = json::Writer::with_capacity(event.len());
+            w.object(&map);
+            w.into_bytes()
         }
         _ => event.to_vec(),
+    }
+}
+
+/// What an upload was, for log lines.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Subject {
+    Batch(u64),
+    Install,
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::Batch(id) => write!(f, "batch {id}"),
+            Subject::Install => f.write_str("install request"),
+        }
     }
 }
 
 /// Parses a `Retry-After` value: delay seconds or an HTTP date.
 pub fn parse_retry_after(value: &str, now: Millis) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = value.bytes().try_fold(0u64, |n, b| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))?;
         return Some(Duration::from_secs(secs));
     }
-    let date = DateTime::parse_from_rfc2822(value).ok()?;
-    let delta = date.timestamp_millis() - now;
+    let date = crate::time::parse_http_date(value)?;
+    let delta = date - now;
     Some(Duration::from_millis(delta.max(0) as u64))
 }

@@ -5,7 +5,6 @@
 //! of it is visible. That single rule is what makes "no event lost, none sent after its
 //! acknowledgement" hold across restarts.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
@@ -121,9 +120,20 @@ pub struct MemoryStore {
     inner: Arc<Mutex<MemoryInner>>,
 }
 
+impl MemoryInner {
+    fn find(&self, seq: u64) -> Result<usize, usize> {
+        // Appends are the common case: check the end first.
+        match self.events.last() {
+            Some(last) if last.seq < seq => Err(self.events.len()),
+            _ => self.events.binary_search_by_key(&seq, |e| e.seq),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct MemoryInner {
-    events: BTreeMap<u64, StoredEvent>,
+    /// Ordered by `seq` (a sorted vector: lighter in the web build than a B-tree).
+    events: Vec<StoredEvent>,
     state: Option<Vec<u8>>,
     /// When set, commits fail (to test storage errors).
     fail_commits: bool,
@@ -142,7 +152,7 @@ impl MemoryStore {
 
     /// Every stored event, in `seq` order (for tests and inspection).
     pub fn events(&self) -> Vec<StoredEvent> {
-        self.lock().events.values().cloned().collect()
+        self.lock().events.clone()
     }
 
     /// Makes every following commit fail until called with `false`.
@@ -155,14 +165,14 @@ impl EventStore for MemoryStore {
     fn load(&mut self) -> Result<Snapshot, StoreError> {
         let inner = self.lock();
         Ok(Snapshot {
-            entries: inner.events.values().map(StoredEvent::index_entry).collect(),
+            entries: inner.events.iter().map(StoredEvent::index_entry).collect(),
             state: inner.state.clone(),
         })
     }
 
     fn read(&mut self, seqs: &[u64]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let inner = self.lock();
-        Ok(seqs.iter().filter_map(|s| inner.events.get(s).map(|e| (*s, e.body.clone()))).collect())
+        Ok(seqs.iter().filter_map(|s| inner.find(*s).ok().map(|i| (*s, inner.events[i].body.clone()))).collect())
     }
 
     fn commit(&mut self, batch: &WriteBatch) -> Result<(), StoreError> {
@@ -174,16 +184,31 @@ impl EventStore for MemoryStore {
             inner.events.clear();
         }
         if batch.delete_held {
-            inner.events.retain(|_, e| !e.held);
+            inner.events.retain(|e| !e.held);
         }
         if batch.release_held {
-            inner.events.values_mut().for_each(|e| e.held = false);
+            inner.events.iter_mut().for_each(|e| e.held = false);
         }
-        for seq in &batch.deletes {
-            inner.events.remove(seq);
+        if !batch.deletes.is_empty() {
+            let deletes = &batch.deletes;
+            if deletes.windows(2).all(|w| w[0] < w[1]) {
+                // Usually ascending (acknowledged prefixes, expired heads): one merge pass.
+                let mut next = 0;
+                inner.events.retain(|e| {
+                    while next < deletes.len() && deletes[next] < e.seq {
+                        next += 1;
+                    }
+                    !(next < deletes.len() && deletes[next] == e.seq)
+                });
+            } else {
+                inner.events.retain(|e| !deletes.contains(&e.seq));
+            }
         }
         for e in &batch.inserts {
-            inner.events.insert(e.seq, e.clone());
+            match inner.find(e.seq) {
+                Ok(i) => inner.events[i] = e.clone(),
+                Err(i) => inner.events.insert(i, e.clone()),
+            }
         }
         if let Some(state) = &batch.state {
             inner.state = Some(state.clone());

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use trailmark_core::engine::{Action, Engine, Millis, UploadOutcome, UploadTask};
 use trailmark_core::protocol::{self, BatchEnvelope, IngestResponse};
 use trailmark_core::{Config, EventStore, MemoryStore};
@@ -16,8 +16,8 @@ pub fn config() -> Config {
     Config::new("test-app", SECRET, "http://127.0.0.1:9")
 }
 
-pub fn props(value: Value) -> Map<String, Value> {
-    value.as_object().cloned().expect("object")
+pub fn props(value: Value) -> trailmark_core::json::Object {
+    value.as_object().cloned().expect("object").into()
 }
 
 pub fn seed(n: u64) -> [u8; 32] {

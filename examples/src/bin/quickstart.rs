@@ -25,7 +25,7 @@ use clap::Parser;
 // than glibc malloc.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use trailmark_core::native::{NativeOptions, Trailmark};
 use trailmark_core::{Config, ConsentUpdate, Stats, protocol};
 use trailmark_examples::{ServerArgs, Settings, start};
@@ -48,8 +48,11 @@ struct Args {
     data: PathBuf,
 }
 
-fn props(v: Value) -> Map<String, Value> {
-    v.as_object().cloned().unwrap_or_default()
+fn props(v: Value) -> trailmark_core::json::Object {
+    match v {
+        Value::Object(map) => map.into(),
+        _ => Default::default(),
+    }
 }
 
 struct Device {
@@ -114,7 +117,7 @@ fn visit(
         tm.track("purchase", props(json!({"revenue": 5}))).unwrap();
     }
     // Misuse the SDK refuses at once, with a typed error.
-    let _ = tm.track("Checkout Started", Map::new());
+    let _ = tm.track("Checkout Started", Default::default());
     tm.on_background().unwrap();
 }
 

@@ -4,12 +4,16 @@
 //! ingest and error responses, the limits and the request signature. `docs/protocol.md`
 //! documents the same contract with JSON examples; keep the two in step.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+#[cfg(feature = "serde")]
+use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 use sha2::Sha256;
 use thiserror::Error;
+
+use crate::json::{self, Object, Value};
+
+mod codec;
+pub use codec::*;
 
 /// Largest serialised event, in bytes.
 pub const MAX_EVENT_BYTES: usize = 32 * 1024;
@@ -37,7 +41,13 @@ pub const HEADER_TRACEPARENT: &str = "traceparent";
 
 /// A `traceparent` value (version 00, sampled).
 pub fn traceparent(trace_id: [u8; 16], span_id: [u8; 8]) -> String {
-    format!("00-{}-{}-01", hex::encode(trace_id), hex::encode(span_id))
+    let mut s = String::with_capacity(55);
+    s.push_str("00-");
+    s.push_str(&hex::encode(trace_id));
+    s.push('-');
+    s.push_str(&hex::encode(span_id));
+    s.push_str("-01");
+    s
 }
 
 /// The trace id and parent span id of a version-00 `traceparent`; `None` when malformed or
@@ -62,145 +72,105 @@ pub const QUERY_TIMESTAMP: &str = "tm_ts";
 pub const QUERY_SIGNATURE: &str = "tm_sig";
 
 /// One tracked event. `event_id` is the idempotency key: the server stores `(app, event_id)` once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The server's typed form (feature `serde`); the SDK writes events with [`EventView`].
+#[cfg(feature = "serde")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Event {
     pub event_id: uuid::Uuid,
-    #[serde(rename = "type")]
+    #[cfg_attr(feature = "serde", serde(rename = "type"))]
     pub event_type: String,
-    #[serde(with = "rfc3339_ms")]
+    #[cfg_attr(feature = "serde", serde(with = "rfc3339_ms"))]
     pub timestamp: DateTime<Utc>,
     pub anonymous_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub user_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub device_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub session_id: Option<String>,
-    #[serde(default)]
-    pub properties: Map<String, Value>,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub properties: serde_json::Map<String, serde_json::Value>,
+    #[cfg_attr(feature = "serde", serde(default))]
     pub context: Context,
 }
 
-/// A borrowed view of an [`Event`] that serialises to exactly the same JSON, so an SDK can
-/// write an event without cloning its identity and context for every call.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct EventRef<'a> {
-    pub event_id: uuid::Uuid,
-    #[serde(rename = "type")]
-    pub event_type: &'a str,
-    #[serde(with = "rfc3339_ms")]
-    pub timestamp: DateTime<Utc>,
-    pub anonymous_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub device_id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<&'a str>,
-    pub properties: &'a Map<String, Value>,
-    pub context: ContextRef<'a>,
-}
-
 /// Borrowed [`Context`].
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ContextRef<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub app: Option<&'a AppContext>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub device: Option<&'a DeviceContext>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub campaign: Option<&'a CampaignContext>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub consent: Option<&'a ConsentContext>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub sdk: Option<&'a SdkContext>,
 }
 
-impl<'a> EventRef<'a> {
-    pub fn of(event: &'a Event) -> Self {
-        let c = &event.context;
-        EventRef {
-            event_id: event.event_id,
-            event_type: &event.event_type,
-            timestamp: event.timestamp,
-            anonymous_id: &event.anonymous_id,
-            user_id: event.user_id.as_deref(),
-            device_id: event.device_id.as_deref(),
-            session_id: event.session_id.as_deref(),
-            properties: &event.properties,
-            context: ContextRef {
-                app: c.app.as_ref(),
-                device: c.device.as_ref(),
-                campaign: c.campaign.as_ref(),
-                consent: c.consent.as_ref(),
-                sdk: c.sdk.as_ref(),
-            },
-        }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Context {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub app: Option<AppContext>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub device: Option<DeviceContext>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub campaign: Option<CampaignContext>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub consent: Option<ConsentContext>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub sdk: Option<SdkContext>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AppContext {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub build: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DeviceContext {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub os: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub os_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub model: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub manufacturer: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub locale: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub timezone: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub screen: Option<Screen>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Screen {
     pub width: u32,
     pub height: u32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct CampaignContext {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub utm_source: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub utm_medium: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub utm_campaign: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub utm_term: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub utm_content: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub click_id: Option<String>,
 }
 
@@ -211,14 +181,16 @@ impl CampaignContext {
 }
 
 /// Consent state at the moment the event was collected. `None` means "not decided yet".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ConsentContext {
     pub analytics: Option<bool>,
     pub attribution: Option<bool>,
     pub do_not_sell: bool,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SdkContext {
     pub name: String,
     pub version: String,
@@ -226,22 +198,23 @@ pub struct SdkContext {
 
 /// Events the SDK had to drop locally since the last acknowledged batch, by reason.
 /// Sent in the envelope so the server can count losses it never saw.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DropReport {
     /// Oldest events dropped because the queue reached its count cap.
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub queue_full: u64,
     /// Events dropped because they outlived the queue's age cap.
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub expired: u64,
     /// Events dropped because the pre-consent buffer was full.
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub pre_consent_full: u64,
     /// Events refused at `track` (invalid type, too large, too deep...).
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub invalid: u64,
     /// Events the host tracked faster than the SDK could queue them.
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub backpressure: u64,
 }
 
@@ -262,27 +235,30 @@ impl DropReport {
     }
 }
 
-/// `{"sent_at": ..., "batch": [Event, ...]}`. `E` is [`Event`] when parsing strictly, or
+/// `{"sent_at": ..., "batch": [Event, ...]}` (the server's typed form, feature `serde`). `E` is [`Event`] when parsing strictly, or
 /// `serde_json::Value` when a server validates events one by one.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg(feature = "serde")]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BatchEnvelope<E> {
-    #[serde(with = "rfc3339_ms")]
+    #[cfg_attr(feature = "serde", serde(with = "rfc3339_ms"))]
     pub sent_at: DateTime<Utc>,
     pub batch: Vec<E>,
-    #[serde(default, skip_serializing_if = "DropReport::is_empty")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "DropReport::is_empty"))]
     pub dropped: DropReport,
 }
 
 /// Body of a successful ingest response.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct IngestResponse {
     pub accepted: u64,
     pub duplicates: u64,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub rejected: Vec<Rejection>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Rejection {
     /// Position of the event in the request's `batch` array.
     pub index: usize,
@@ -290,12 +266,14 @@ pub struct Rejection {
 }
 
 /// Body of every error response: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ErrorResponse {
     pub error: ErrorBody,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
@@ -311,8 +289,9 @@ impl ErrorResponse {
 pub const INSTALL_PATH: &str = "/v1/install";
 
 /// Platforms an install can come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum Platform {
     Ios,
     Android,
@@ -331,64 +310,69 @@ impl Platform {
 
 /// The device facts an install reports. Every field is optional; the more there are, the more
 /// ways the server has to match the install to a click.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct InstallDevice {
     /// Apple advertising id (only with ATT permission).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub idfa: Option<String>,
     /// Apple identifier for vendor.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub idfv: Option<String>,
     /// Google advertising id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub gaid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub android_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub os: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub os_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub model: Option<String>,
     /// BCP 47, e.g. `en-US`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub locale: Option<String>,
     /// IANA name, e.g. `Europe/Berlin`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub timezone: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub screen: Option<Screen>,
 }
 
-/// `POST /v1/install`: the first launch of an app, sent once per install.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `POST /v1/install`: the first launch of an app, sent once per install. The server's typed
+/// form (feature `serde`); the SDK writes it with [`write_install_request`].
+#[cfg(feature = "serde")]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(deny_unknown_fields))]
 pub struct InstallRequest {
     pub event_id: uuid::Uuid,
     pub anonymous_id: String,
-    #[serde(with = "rfc3339_ms")]
+    #[cfg_attr(feature = "serde", serde(with = "rfc3339_ms"))]
     pub timestamp: DateTime<Utc>,
     pub platform: Platform,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub device: InstallDevice,
     /// The Play Install Referrer string (Android), e.g. `tm_click_id=…&utm_source=…`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub install_referrer: Option<String>,
     /// Play Install Referrer's `referrerClickTimestampSeconds`, in Unix ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub referrer_click_ts: Option<i64>,
     /// Play Install Referrer's `installBeginTimestampSeconds`, in Unix ms.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub install_begin_ts: Option<i64>,
     /// A Trailmark click id the app already knows (from a deep link or the web).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub click_id: Option<String>,
 }
 
 /// How an install was matched to a touchpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum MatchType {
     ClickId,
     Referrer,
@@ -412,15 +396,17 @@ impl MatchType {
 }
 
 /// A deferred deep link: where the app should take the user on first launch.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct DeepLink {
     pub path: String,
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub params: std::collections::BTreeMap<String, String>,
 }
 
 /// The fraud rules' verdict on an install.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct FraudVerdict {
     /// Names of the rules that fired (flagged or rejected).
     pub flags: Vec<String>,
@@ -447,7 +433,8 @@ impl AttributionResult {
 }
 
 /// The answer to `POST /v1/install`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AttributionResult {
     pub attributed: bool,
     pub match_type: MatchType,
@@ -461,7 +448,7 @@ pub struct AttributionResult {
     pub fraud: FraudVerdict,
     /// True when this device installed before, inside the re-attribution window: not a new
     /// install; the original attribution is returned.
-    #[serde(default)]
+    #[cfg_attr(feature = "serde", serde(default))]
     pub reinstall: bool,
 }
 
@@ -490,6 +477,46 @@ pub enum ValidationError {
     NotAnObject,
     #[error("invalid {field}: {reason}")]
     InvalidField { field: &'static str, reason: String },
+}
+
+impl ValidationError {
+    /// A stable code for the refusal (`invalid_type_char`...). The web SDK passes codes across
+    /// the wasm boundary and words them in JavaScript, so no formatting code ships in the wasm.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ValidationError::EmptyType => "empty_type",
+            ValidationError::TypeTooLong { .. } => "type_too_long",
+            ValidationError::InvalidTypeChar(_) => "invalid_type_char",
+            ValidationError::EmptyId { .. } => "empty_id",
+            ValidationError::IdTooLong { .. } => "id_too_long",
+            ValidationError::TooDeep => "too_deep",
+            ValidationError::TooLarge { .. } => "too_large",
+            ValidationError::InvalidUtf8 => "invalid_utf8",
+            ValidationError::InvalidJson(_) => "invalid_json",
+            ValidationError::NotAnObject => "not_an_object",
+            ValidationError::InvalidField { .. } => "invalid_field",
+        }
+    }
+
+    /// The field a refusal is about, when it names one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            ValidationError::EmptyId { field }
+            | ValidationError::IdTooLong { field, .. }
+            | ValidationError::InvalidField { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// `code` or `code:field`.
+    pub fn code_text(&self) -> String {
+        let mut s = String::from(self.code());
+        if let Some(field) = self.field() {
+            s.push(':');
+            s.push_str(field);
+        }
+        s
+    }
 }
 
 /// Checks an event type against `[a-z0-9_]{1,64}`.
@@ -523,9 +550,9 @@ pub fn validate_id(field: &'static str, id: &str) -> Result<(), ValidationError>
 
 /// Checks that properties nest at most [`MAX_PROPERTY_DEPTH`] levels and serialise to at most
 /// `max_bytes`. Walks iteratively, so hostile nesting cannot overflow the stack.
-pub fn validate_properties(props: &Map<String, Value>, max_bytes: usize) -> Result<(), ValidationError> {
+pub fn validate_properties(props: &Object, max_bytes: usize) -> Result<(), ValidationError> {
     validate_depth(props)?;
-    let size = serialized_len(props);
+    let size = json_len(props);
     if size > max_bytes {
         return Err(ValidationError::TooLarge { size, limit: max_bytes });
     }
@@ -533,22 +560,37 @@ pub fn validate_properties(props: &Map<String, Value>, max_bytes: usize) -> Resu
 }
 
 /// Checks that properties nest at most [`MAX_PROPERTY_DEPTH`] levels, iteratively.
-pub fn validate_depth(props: &Map<String, Value>) -> Result<(), ValidationError> {
+pub fn validate_depth(props: &Object) -> Result<(), ValidationError> {
     // The properties object itself is level 1, its values level 2.
-    if nesting_exceeds_from(props.values(), 2, MAX_PROPERTY_DEPTH) {
-        return Err(ValidationError::TooDeep);
+    let mut stack: Vec<(&Value, usize)> = props.values().map(|v| (v, 2)).collect();
+    while let Some((value, level)) = stack.pop() {
+        let children: &mut dyn Iterator<Item = &Value> = match value {
+            Value::Array(items) => &mut items.iter(),
+            Value::Object(map) => &mut map.values(),
+            _ => continue,
+        };
+        if level > MAX_PROPERTY_DEPTH {
+            return Err(ValidationError::TooDeep);
+        }
+        stack.extend(children.map(|v| (v, level + 1)));
     }
     Ok(())
 }
 
-/// True when `value` holds an array or object nested deeper than `max` levels (`value` itself
-/// is level 1). Walks iteratively, so hostile nesting cannot overflow the stack.
-pub fn nesting_exceeds(value: &Value, max: usize) -> bool {
-    nesting_exceeds_from(std::iter::once(value), 1, max)
+/// Length of the compact JSON text of `props`.
+pub fn json_len(props: &Object) -> usize {
+    let mut w = json::Writer::new();
+    w.object(props);
+    w.len()
 }
 
-fn nesting_exceeds_from<'a>(start: impl Iterator<Item = &'a Value>, level: usize, max: usize) -> bool {
-    let mut stack: Vec<(&Value, usize)> = start.map(|v| (v, level)).collect();
+/// True when `value` holds an array or object nested deeper than `max` levels (`value` itself
+/// is level 1). Walks iteratively, so hostile nesting cannot overflow the stack. (The server's
+/// check on serde_json values.)
+#[cfg(feature = "serde")]
+pub fn nesting_exceeds(value: &serde_json::Value, max: usize) -> bool {
+    use serde_json::Value;
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 1)];
     while let Some((value, level)) = stack.pop() {
         let children: Box<dyn Iterator<Item = &Value>> = match value {
             Value::Array(items) => Box::new(items.iter()),
@@ -564,22 +606,24 @@ fn nesting_exceeds_from<'a>(start: impl Iterator<Item = &'a Value>, level: usize
 }
 
 /// Parses properties handed over as bytes (the FFI and wasm path): UTF-8, JSON, an object.
-/// JSON has no NaN or Infinity; literals such as `NaN` or `1e999` are refused here.
-pub fn parse_properties(bytes: &[u8]) -> Result<Map<String, Value>, ValidationError> {
+/// JSON has no NaN or Infinity; literals such as `NaN` or `1e999` are refused here. Empty text
+/// (or only white space) means no properties.
+pub fn parse_properties(bytes: &[u8]) -> Result<Object, ValidationError> {
     let text = std::str::from_utf8(bytes).map_err(|_| ValidationError::InvalidUtf8)?;
-    if text.trim().is_empty() {
-        return Ok(Map::new());
+    if text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r')).is_empty() {
+        return Ok(Object::new());
     }
-    match serde_json::from_str::<Value>(text) {
+    match json::parse(text, MAX_PROPERTY_DEPTH) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ValidationError::NotAnObject),
-        Err(e) if e.to_string().contains("recursion limit") => Err(ValidationError::TooDeep),
-        Err(e) => Err(ValidationError::InvalidJson(e.to_string())),
+        Err(json::ParseError::TooDeep) => Err(ValidationError::TooDeep),
+        Err(e) => Err(ValidationError::InvalidJson(e.describe())),
     }
 }
 
-/// Length of the compact JSON serialisation of `value`, without allocating it.
-pub fn serialized_len<T: Serialize + ?Sized>(value: &T) -> usize {
+/// Length of the compact JSON serialisation of `value`, without allocating it (the server's).
+#[cfg(feature = "serde")]
+pub fn serialized_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
     struct Counter(usize);
     impl std::io::Write for Counter {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -598,11 +642,11 @@ pub fn serialized_len<T: Serialize + ?Sized>(value: &T) -> usize {
 
 /// Formats a Unix time in milliseconds as RFC 3339 UTC with millisecond precision.
 pub fn format_millis(unix_ms: i64) -> String {
-    let dt = DateTime::<Utc>::from_timestamp_millis(unix_ms).unwrap_or_default();
-    dt.to_rfc3339_opts(SecondsFormat::Millis, true)
+    crate::time::format_millis(unix_ms)
 }
 
 /// Serde helper: RFC 3339 UTC timestamps written with millisecond precision (`...T12:00:00.000Z`).
+#[cfg(feature = "serde")]
 pub mod rfc3339_ms {
     use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
@@ -623,13 +667,17 @@ type HmacSha256 = Hmac<Sha256>;
 /// `v1=<lowercase hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>`.
 pub fn sign(secret: &[u8], timestamp_secs: i64, body: &[u8]) -> String {
     let tag = signing_mac(secret, timestamp_secs, body).finalize();
-    format!("{SIGNATURE_VERSION}={}", hex::encode(tag.into_bytes()))
+    let mut s = String::with_capacity(3 + 64);
+    s.push_str(SIGNATURE_VERSION);
+    s.push('=');
+    s.push_str(&hex::encode(tag.into_bytes()));
+    s
 }
 
 fn signing_mac(secret: &[u8], timestamp_secs: i64, body: &[u8]) -> HmacSha256 {
     // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(timestamp_secs.to_string().as_bytes());
+    mac.update(json::i64_text(timestamp_secs).as_bytes());
     mac.update(b".");
     mac.update(body);
     mac
@@ -658,7 +706,7 @@ pub fn verify_signature(
 ) -> Result<(), SignatureError> {
     let ts_text = timestamp_header.ok_or(SignatureError::Missing(HEADER_TIMESTAMP))?;
     let sig_text = signature_header.ok_or(SignatureError::Missing(HEADER_SIGNATURE))?;
-    let ts: i64 = ts_text.trim().parse().map_err(|_| SignatureError::Malformed(HEADER_TIMESTAMP))?;
+    let ts = json::parse_i64(ts_text.trim()).ok_or(SignatureError::Malformed(HEADER_TIMESTAMP))?;
     let hex_sig = sig_text.trim().strip_prefix("v1=").ok_or(SignatureError::Malformed(HEADER_SIGNATURE))?;
     let tag = hex::decode(hex_sig).map_err(|_| SignatureError::Malformed(HEADER_SIGNATURE))?;
     if tag.len() != 32 {
@@ -674,7 +722,6 @@ pub fn verify_signature(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn traceparent_round_trip() {
@@ -746,8 +793,10 @@ mod tests {
         assert_eq!(sig, "v1=b8569b78799ff9e3cbff0fc2d63a33a2b57f3282abd07c37ae5e8e7d79a5f163");
     }
 
+    #[cfg(feature = "serde")]
     #[test]
     fn event_serialises_with_millisecond_utc_timestamp() {
+        use serde_json::json;
         let event = Event {
             event_id: uuid::Uuid::nil(),
             event_type: "purchase".into(),
@@ -768,29 +817,11 @@ mod tests {
     }
 
     #[test]
-    fn borrowed_event_serialises_identically() {
-        let text = r#"{"event_id":"6f1c2a8e-3b4d-4f6a-9c1e-2d3f4a5b6c7d","type":"add_to_cart",
-            "timestamp":"2026-01-01T12:00:00.123Z","anonymous_id":"a","user_id":"u","device_id":"d",
-            "session_id":"s","properties":{"sku":"A-1","n":[1,{"x":null}]},
-            "context":{"app":{"id":"com.example","version":"1","build":"2"},
-            "device":{"os":"iOS","os_version":"18","model":"m","manufacturer":"Apple","locale":"de-DE",
-            "timezone":"Europe/Berlin","screen":{"width":1,"height":2}},
-            "campaign":{"utm_source":"s","utm_medium":"m","utm_campaign":"c","utm_term":"t","utm_content":"x","click_id":"k"},
-            "consent":{"analytics":true,"attribution":null,"do_not_sell":false},"sdk":{"name":"n","version":"v"}}}"#;
-        let event: Event = serde_json::from_str(text).unwrap();
-        assert_eq!(serde_json::to_string(&EventRef::of(&event)).unwrap(), serde_json::to_string(&event).unwrap());
-        let mut sparse = event.clone();
-        sparse.user_id = None;
-        sparse.context = Context::default();
-        assert_eq!(serde_json::to_string(&EventRef::of(&sparse)).unwrap(), serde_json::to_string(&sparse).unwrap());
-    }
-
-    #[test]
     fn empty_properties_text_is_an_empty_object() {
         // The bindings send "{}", but a host calling the FFI or wasm layer directly may send
         // nothing at all: empty text (or only white space) means no properties, not a refusal.
         for text in ["", " ", "\n\t \r", "{}", " {} "] {
-            assert_eq!(parse_properties(text.as_bytes()), Ok(Map::new()), "{text:?}");
+            assert_eq!(parse_properties(text.as_bytes()), Ok(Object::new()), "{text:?}");
         }
     }
 
@@ -805,12 +836,20 @@ mod tests {
         assert_eq!(parse_properties(deep.as_bytes()), Err(ValidationError::TooDeep));
         // Within serde's recursion limit but past ours.
         let deep = format!("{{\"a\":{}1{}}}", "[".repeat(40), "]".repeat(40));
-        let map = parse_properties(deep.as_bytes()).unwrap();
-        assert_eq!(validate_properties(&map, MAX_EVENT_BYTES), Err(ValidationError::TooDeep));
-        let big = json!({"blob": "x".repeat(40_000)});
-        assert!(matches!(
-            validate_properties(big.as_object().unwrap(), MAX_EVENT_BYTES),
-            Err(ValidationError::TooLarge { .. })
-        ));
+        assert_eq!(parse_properties(deep.as_bytes()), Err(ValidationError::TooDeep));
+        // Exactly at the limit: the object is level 1, 31 arrays inside it.
+        let edge = format!("{{\"a\":{}1{}}}", "[".repeat(31), "]".repeat(31));
+        let map = parse_properties(edge.as_bytes()).unwrap();
+        assert_eq!(validate_properties(&map, MAX_EVENT_BYTES), Ok(()));
+        let mut big = Object::new();
+        big.insert("blob", "x".repeat(40_000));
+        assert!(matches!(validate_properties(&big, MAX_EVENT_BYTES), Err(ValidationError::TooLarge { .. })));
+        let mut nested = Value::from("leaf");
+        for _ in 0..40 {
+            nested = Value::Array(vec![nested]);
+        }
+        let mut deep = Object::new();
+        deep.insert("a", nested);
+        assert_eq!(validate_depth(&deep), Err(ValidationError::TooDeep));
     }
 }
