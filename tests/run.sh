@@ -114,7 +114,7 @@ suite_kotlin() {
     $(find "$gen" -name '*.kt') $(find "$root/bindings/kotlin/src/main" "$root/bindings/kotlin/src/test" -name '*.kt') || return
   run kotlin-test java -Djna.library.path="$target_dir/debug" -Dtrailmark.server="$target_dir/debug/trailmark-server" \
     -Dtrailmark.scenarios="$root/tests/scenarios" \
-    -cp "$target_dir/kotlin/tests.jar:$kcp" org.junit.runner.JUnitCore TrailmarkFfiTest TrailmarkApiTest ScenarioTest
+    -cp "$target_dir/kotlin/tests.jar:$kcp" org.junit.runner.JUnitCore TrailmarkFfiTest TrailmarkApiTest ScenarioTest FastPathTest
   summary+=("kotlin: $(grep -E '^(OK \(|Tests run:)' "$log_dir/kotlin-test.log" || echo 'no JUnit summary line')")
 }
 
