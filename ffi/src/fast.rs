@@ -137,8 +137,7 @@ mod jvm {
         name_len: jint,
         len: jint,
     ) -> jint {
-        catch_unwind(AssertUnwindSafe(|| record(id as u64, kind, read(&env, &buf, name_len, len))))
-            .unwrap_or(PANICKED)
+        catch_unwind(AssertUnwindSafe(|| record(id as u64, kind, read(&env, &buf, name_len, len)))).unwrap_or(PANICKED)
     }
 
     #[unsafe(no_mangle)]
@@ -172,5 +171,97 @@ mod jvm {
         // SAFETY: u8 and i8 have the same size and alignment and every bit pattern is valid
         // for both; the slice keeps the borrow of `bytes`.
         unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<i8>(), bytes.len()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{HttpResponse, HttpTransport, TrailmarkConfig};
+
+    /// Never answers usefully; these tests only count.
+    struct Offline;
+
+    impl HttpTransport for Offline {
+        fn post(&self, _url: String, _headers: HashMap<String, String>, _body: Vec<u8>) -> HttpResponse {
+            HttpResponse { status: 0, retry_after: None, body: Vec::new(), error: Some("offline".into()) }
+        }
+    }
+
+    fn start(dir: &std::path::Path) -> Arc<TrailmarkSdk> {
+        let config = TrailmarkConfig {
+            app_id: "app".into(),
+            app_secret: "secret".into(),
+            endpoint: "https://collect.example.test".into(),
+            db_path: dir.join("sdk.db").to_string_lossy().into_owned(),
+            require_consent: false,
+            device_id: None,
+            advertising_id: None,
+            app_version: None,
+            os: Some("Android".into()),
+            os_version: None,
+            model: None,
+            locale: None,
+            timezone: None,
+            sdk_name: None,
+            sdk_version: None,
+            flush_at: None,
+            flush_interval_ms: None,
+            max_queue_events: None,
+        };
+        TrailmarkSdk::start(config, Some(Arc::new(Offline))).unwrap()
+    }
+
+    fn call(name: &[u8], properties: &[u8]) -> Option<Call> {
+        Some(Call { name: name.to_vec(), properties: properties.to_vec() })
+    }
+
+    #[test]
+    fn records_like_uniffi_and_counts_misuse() {
+        let dir = tempfile::tempdir().unwrap();
+        let sdk = start(dir.path());
+        let id = sdk.clone().fast_path_id();
+        sdk.flush().unwrap();
+        let before = sdk.stats().unwrap();
+        assert_eq!(record(id, TRACK, call(b"add_to_cart", br#"{"sku":"A-1"}"#)), HANDED_OVER);
+        assert_eq!(record(id, SCREEN, call(b"Home", b"")), HANDED_OVER);
+        assert_eq!(record(id, TRACK, None), REFUSED);
+        assert_eq!(record(id, TRACK, call(b"add\xff", b"{}")), REFUSED);
+        assert_eq!(record(id, TRACK, call(b"add", b"{\"a\":\"\xc3\"}")), REFUSED);
+        assert_eq!(record(id, 99, call(b"add", b"{}")), REFUSED);
+        // Handed over, and refused by the core itself (as through UniFFI).
+        assert_eq!(record(id, TRACK, call(b"Not A Type", b"{}")), HANDED_OVER);
+        assert_eq!(record(id, TRACK, call(b"add", b"[1]")), HANDED_OVER);
+        for bogus in [0, u64::MAX, id + 1_000_000] {
+            assert_eq!(record(bogus, TRACK, call(b"add", b"{}")), UNKNOWN_SDK);
+        }
+        sdk.flush().unwrap();
+        let after = sdk.stats().unwrap();
+        assert_eq!(after.refused_invalid - before.refused_invalid, 6, "{after:?}");
+        assert_eq!(after.recorded - before.recorded, 2, "{after:?}");
+    }
+
+    #[test]
+    fn ids_hold_the_sdk_weakly() {
+        let dir = tempfile::tempdir().unwrap();
+        let sdk = start(dir.path());
+        let (a, b) = (sdk.clone().fast_path_id(), sdk.clone().fast_path_id());
+        assert_ne!(a, b, "ids are never reused");
+        assert!(lookup(a).is_some() && lookup(b).is_some());
+        release(a);
+        release(a);
+        assert!(lookup(a).is_none());
+        assert_eq!(record(a, TRACK, call(b"add", b"{}")), UNKNOWN_SDK);
+        assert_eq!(Arc::strong_count(&sdk), 1, "the registry keeps no strong reference");
+        drop(sdk); // stops the SDK; its id finds nothing
+        assert!(lookup(b).is_none());
+        assert_eq!(record(b, TRACK, call(b"add", b"{}")), UNKNOWN_SDK);
+        let other = start(dir.path());
+        let c = other.clone().fast_path_id();
+        assert!(SDKS.read().unwrap().iter().all(|(i, _)| *i != b), "dead entries go when an SDK registers");
+        release(c);
     }
 }
