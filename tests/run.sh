@@ -116,6 +116,11 @@ suite_kotlin() {
     -Dtrailmark.scenarios="$root/tests/scenarios" \
     -cp "$target_dir/kotlin/tests.jar:$kcp" org.junit.runner.JUnitCore TrailmarkFfiTest TrailmarkApiTest ScenarioTest FastPathTest
   summary+=("kotlin: $(grep -E '^(OK \(|Tests run:)' "$log_dir/kotlin-test.log" || echo 'no JUnit summary line')")
+  # The same API with the JNI fast path switched off: track/screen/identify through UniFFI.
+  run kotlin-test-uniffi java -Dtrailmark.fastpath=false -Djna.library.path="$target_dir/debug" \
+    -Dtrailmark.server="$target_dir/debug/trailmark-server" -Dtrailmark.scenarios="$root/tests/scenarios" \
+    -cp "$target_dir/kotlin/tests.jar:$kcp" org.junit.runner.JUnitCore TrailmarkApiTest ScenarioTest
+  summary+=("kotlin, UniFFI fallback: $(grep -E '^(OK \(|Tests run:)' "$log_dir/kotlin-test-uniffi.log" || echo 'no JUnit summary line')")
 }
 
 # Not part of the test run: start time and track latency through the Kotlin API (release lib).
