@@ -114,8 +114,13 @@ suite_kotlin() {
     $(find "$gen" -name '*.kt') $(find "$root/bindings/kotlin/src/main" "$root/bindings/kotlin/src/test" -name '*.kt') || return
   run kotlin-test java -Djna.library.path="$target_dir/debug" -Dtrailmark.server="$target_dir/debug/trailmark-server" \
     -Dtrailmark.scenarios="$root/tests/scenarios" \
-    -cp "$target_dir/kotlin/tests.jar:$kcp" org.junit.runner.JUnitCore TrailmarkFfiTest TrailmarkApiTest ScenarioTest
+    -cp "$target_dir/kotlin/tests.jar:$kcp" org.junit.runner.JUnitCore TrailmarkFfiTest TrailmarkApiTest ScenarioTest FastPathTest
   summary+=("kotlin: $(grep -E '^(OK \(|Tests run:)' "$log_dir/kotlin-test.log" || echo 'no JUnit summary line')")
+  # The same API with the JNI fast path switched off: track/screen/identify through UniFFI.
+  run kotlin-test-uniffi java -Dtrailmark.fastpath=false -Djna.library.path="$target_dir/debug" \
+    -Dtrailmark.server="$target_dir/debug/trailmark-server" -Dtrailmark.scenarios="$root/tests/scenarios" \
+    -cp "$target_dir/kotlin/tests.jar:$kcp" org.junit.runner.JUnitCore TrailmarkApiTest ScenarioTest
+  summary+=("kotlin, UniFFI fallback: $(grep -E '^(OK \(|Tests run:)' "$log_dir/kotlin-test-uniffi.log" || echo 'no JUnit summary line')")
 }
 
 # Not part of the test run: start time and track latency through the Kotlin API (release lib).
@@ -125,7 +130,7 @@ suite_kotlin_bench() {
   run kotlin-bench-compile "$kc/bin/kotlinc" -nowarn -cp "$kcp" -d "$target_dir/kotlin/bench.jar" \
     $(find "$gen" -name '*.kt') $(find "$root/bindings/kotlin/src/main" "$root/bindings/kotlin/src/bench" -name '*.kt') || return
   run kotlin-bench java -Djna.library.path="$target_dir/release" -cp "$target_dir/kotlin/bench.jar:$kcp" BenchKt
-  summary+=("$(grep -E '^(start|track)' "$log_dir/kotlin-bench.log")")
+  summary+=("$(grep -E '^(start|track|screen)' "$log_dir/kotlin-bench.log")")
 }
 
 # Copies the Swift package, its generated bindings, the library, the server and the scenarios
@@ -172,7 +177,7 @@ suite_swift_bench() {
   swift_prepare release || { failed+=("swift-setup"); swift_unmount; return; }
   run swift-bench in_chroot 'swift run -c release -Xlinker -L/trailmark/lib TrailmarkBench'
   swift_unmount
-  summary+=("$(grep -E '^(start|track)' "$log_dir/swift-bench.log")")
+  summary+=("$(grep -E '^(start|track|screen)' "$log_dir/swift-bench.log")")
 }
 
 # The web SDK: wasm32 target, wasm-bindgen-cli of the crate's exact version, binaryen's

@@ -37,12 +37,15 @@ dependencies {
     implementation("com.android.installreferrer:installreferrer:2.2")
 }
 
-// The Rust library for every ABI (release profile, stripped by the NDK toolchain).
+// The Rust library for every ABI (release profile, stripped by the NDK toolchain): without the
+// built-in HTTP client (the Kotlin API passes HttpURLConnection), with the JNI fast path of
+// track/screen/identify (src/main/kotlin/dev/trailmark/FastPath.kt).
 val cargoNdk by tasks.registering(Exec::class) {
     workingDir = repoRoot
     commandLine(
         "cargo", "ndk", "-t", "arm64-v8a", "-t", "armeabi-v7a", "-t", "x86_64",
         "-o", jniOut.get().asFile.path, "build", "--release", "-p", "trailmark-ffi",
+        "--no-default-features", "--features", "jni",
     )
 }
 

@@ -15,6 +15,8 @@ use trailmark_core::{ConsentUpdate, HostConfig, protocol};
 
 uniffi::setup_scaffolding!();
 
+mod fast;
+
 /// Why a call failed. `track` and the other recording calls never fail for bad input: the
 /// core refuses and counts it (see [`SdkStats::refused_invalid`]).
 #[derive(Debug, thiserror::Error, uniffi::Error)]

@@ -223,44 +223,132 @@ private final class ResponseBox: @unchecked Sendable {
     var value: HttpResponse?
 }
 
-/// Properties to JSON text. Values JSON cannot hold become strings (dates as ISO 8601), and
-/// non-finite numbers null, so a host's unusual value never crashes the app.
-enum JSONText {
-    static func encode(_ object: [String: Any]) -> String {
-        let clean = sanitize(object)
-        guard JSONSerialization.isValidJSONObject(clean),
-              let data = try? JSONSerialization.data(withJSONObject: clean, options: [.fragmentsAllowed])
-        else { return "{}" }
-        return String(decoding: data, as: UTF8.self)
+/// Properties to JSON text, written directly (no `JSONSerialization`, no intermediate objects).
+/// Values JSON cannot hold become strings (dates as ISO 8601, URLs as their absolute string,
+/// anything else as `String(describing:)`), and non-finite numbers null, so a host's unusual
+/// value never crashes the app. Foundation numbers keep their kind: an `NSNumber` boolean (as
+/// `JSONSerialization` returns) is `true`/`false`, never 1/0.
+@_spi(Benchmark)
+public enum JSONText {
+    public static func encode(_ object: [String: Any]) -> String {
+        var w = JSONWriter()
+        w.object(object)
+        return w.text
+    }
+}
+
+/// JSON as UTF-8 bytes. The order of the type checks in `value` is the one the SDK has always
+/// used (Optional first; Foundation numbers before the Swift types they bridge to).
+struct JSONWriter {
+    private(set) var bytes: [UInt8] = []
+
+    init() {
+        bytes.reserveCapacity(256)
     }
 
-    static func sanitize(_ value: Any) -> Any {
+    var text: String { String(decoding: bytes, as: UTF8.self) }
+
+    mutating func object(_ m: [String: Any]) {
+        bytes.append(UInt8(ascii: "{"))
+        var first = true
+        for (k, v) in m {
+            if !first { bytes.append(UInt8(ascii: ",")) }
+            first = false
+            string(k)
+            bytes.append(UInt8(ascii: ":"))
+            value(v)
+        }
+        bytes.append(UInt8(ascii: "}"))
+    }
+
+    mutating func value(_ value: Any) {
         if let optional = value as? OptionalProtocol {
-            guard let wrapped = optional.wrapped else { return NSNull() }
-            return sanitize(wrapped)
+            guard let wrapped = optional.wrapped else { return ascii("null") }
+            return self.value(wrapped)
         }
         switch value {
-        case is NSNull: return value
-        case let s as String: return s
-        case let n as NSNumber where type(of: value) is AnyObject.Type:
-            // Foundation numbers and booleans (say, from JSONSerialization) keep their kind.
-            if let d = n as? Double, !(d.isFinite) { return NSNull() }
-            return n
-        case let b as Bool: return b
-        case let i as Int: return i
-        case let i as Int64: return i
-        case let i as Int32: return Int(i)
-        case let i as UInt: return i
-        case let i as UInt64: return i
-        case let i as UInt32: return Int(i)
-        case let d as Double: return d.isFinite ? d : NSNull()
-        case let f as Float: return f.isFinite ? Double(f) : NSNull()
-        case let d as Date: return ISO8601DateFormatter().string(from: d)
-        case let u as URL: return u.absoluteString
-        case let m as [String: Any]: return m.mapValues(sanitize)
-        case let a as [Any]: return a.map(sanitize)
-        default: return String(describing: value)
+        case is NSNull: ascii("null")
+        case let s as String: string(s)
+        case let n as NSNumber where type(of: value) is AnyObject.Type: number(n)
+        case let b as Bool: ascii(b ? "true" : "false")
+        case let i as Int: ascii(i.description)
+        case let i as Int64: ascii(i.description)
+        case let i as Int32: ascii(i.description)
+        case let i as UInt: ascii(i.description)
+        case let i as UInt64: ascii(i.description)
+        case let i as UInt32: ascii(i.description)
+        case let d as Double: double(d)
+        case let f as Float: double(Double(f))
+        case let d as Date: string(ISO8601DateFormatter().string(from: d))
+        case let u as URL: string(u.absoluteString)
+        case let m as [String: Any]: object(m)
+        case let a as [Any]:
+            bytes.append(UInt8(ascii: "["))
+            for (i, x) in a.enumerated() {
+                if i > 0 { bytes.append(UInt8(ascii: ",")) }
+                self.value(x)
+            }
+            bytes.append(UInt8(ascii: "]"))
+        default: string(String(describing: value))
         }
+    }
+
+    private mutating func ascii(_ s: String) {
+        bytes.append(contentsOf: s.utf8)
+    }
+
+    /// Shortest text that reads back as the same Double (`2.0`, `9.99`, `1e+300`); null when
+    /// not finite.
+    private mutating func double(_ d: Double) {
+        ascii(d.isFinite ? d.description : "null")
+    }
+
+    private static let hex = Array("0123456789abcdef".utf8)
+    private static let booleanClass = ObjectIdentifier(type(of: NSNumber(value: true)))
+
+    /// A Foundation number: a boolean (`__NSCFBoolean`, on Apple platforms and Linux alike),
+    /// a floating-point number, or an integer of any width.
+    private mutating func number(_ n: NSNumber) {
+        if ObjectIdentifier(type(of: n)) == JSONWriter.booleanClass {
+            return ascii(n.boolValue ? "true" : "false")
+        }
+        switch UInt8(truncatingIfNeeded: n.objCType.pointee) {
+        case UInt8(ascii: "d"): double(n.doubleValue)
+        case UInt8(ascii: "f"):
+            let f = n.floatValue
+            ascii(f.isFinite ? f.description : "null")
+        default: ascii(n.stringValue)
+        }
+    }
+
+    /// A JSON string: quote, backslash and control characters escaped, the rest as UTF-8.
+    /// (Swift strings hold no lone surrogates, so the bytes are always valid UTF-8.)
+    mutating func string(_ s: String) {
+        bytes.append(UInt8(ascii: "\""))
+        var s = s
+        s.withUTF8 { utf8 in
+            var start = 0
+            for i in 0..<utf8.count {
+                let b = utf8[i]
+                guard b < 0x20 || b == UInt8(ascii: "\"") || b == UInt8(ascii: "\\") else { continue }
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[start..<i]))
+                start = i + 1
+                bytes.append(UInt8(ascii: "\\"))
+                switch b {
+                case UInt8(ascii: "\""), UInt8(ascii: "\\"): bytes.append(b)
+                case 0x0A: bytes.append(UInt8(ascii: "n"))
+                case 0x0D: bytes.append(UInt8(ascii: "r"))
+                case 0x09: bytes.append(UInt8(ascii: "t"))
+                case 0x08: bytes.append(UInt8(ascii: "b"))
+                case 0x0C: bytes.append(UInt8(ascii: "f"))
+                default:
+                    let hex = JSONWriter.hex
+                    bytes.append(contentsOf: [UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"), hex[Int(b >> 4)], hex[Int(b & 0xF)]])
+                }
+            }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[start..<utf8.count]))
+        }
+        bytes.append(UInt8(ascii: "\""))
     }
 }
 

@@ -1,9 +1,10 @@
-// SDK start time and `track` latency through the Swift API (dictionary → JSON → UniFFI → Rust).
+// SDK start time and `track` latency through the Swift API (dictionary → JSON text by the SDK's
+// own writer → UniFFI → Rust).
 // Run by `./tests/run.sh swift-bench` against the release library; figures in
 // docs/BENCHMARKS.md.
 
 import Foundation
-import Trailmark
+@_spi(Benchmark) import Trailmark
 
 final class Accept: HttpTransport, @unchecked Sendable {
     func post(url: String, headers: [String: String], body: Data) -> HttpResponse {
@@ -54,18 +55,39 @@ for _ in 0..<20 {
 let dropped = try tm.stats().droppedBackpressure
 precondition(dropped == 0, "backpressure drops: \(dropped)")
 report("track (Swift API, 4 properties)", samples)
+var screens: [UInt64] = []
+screens.reserveCapacity(200_000)
+for _ in 0..<20 {
+    for _ in 0..<10_000 {
+        let t = now()
+        tm.screen("Checkout", properties: props)
+        screens.append(now() - t)
+    }
+    try await tm.flush()
+}
+report("screen (Swift API, 4 properties)", screens)
+let refused = try tm.stats().refusedInvalid
+precondition(refused == 0, "refused: \(refused)")
 
-// Where the time goes: JSONSerialization alone, and the generated binding called with the JSON
-// already encoded (UniFFI + the Rust call).
-var encode: [UInt64] = []
+// Where the time goes: the SDK's JSON writer alone, JSONSerialization alone (what the API used
+// before, plus value sanitising), and the generated binding called with the JSON already encoded
+// (UniFFI + the Rust call).
+var writer: [UInt64] = []
 var sink = 0
+for _ in 0..<200_000 {
+    let t = now()
+    sink &+= JSONText.encode(props).utf8.count
+    writer.append(now() - t)
+}
+report("  of which: JSONText.encode (direct writer)", writer)
+var encode: [UInt64] = []
 for _ in 0..<200_000 {
     let t = now()
     let data = try JSONSerialization.data(withJSONObject: props)
     sink &+= data.count
     encode.append(now() - t)
 }
-report("  of which: JSONSerialization", encode)
+report("  (before: JSONSerialization alone)", encode)
 let raw = try TrailmarkSdk.start(config: TrailmarkConfig(
     appId: "bench", appSecret: "secret", endpoint: "https://collect.example.test",
     dbPath: dir.appendingPathComponent("raw.db").path, requireConsent: false, deviceId: "idfv-1",

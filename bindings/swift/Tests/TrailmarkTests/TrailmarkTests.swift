@@ -6,7 +6,7 @@ import Foundation
 import FoundationNetworking
 #endif
 import XCTest
-@testable import Trailmark
+@_spi(Benchmark) @testable import Trailmark
 
 /// The reference server on a free port.
 final class ReferenceServer {

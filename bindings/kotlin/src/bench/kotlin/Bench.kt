@@ -1,4 +1,5 @@
-// SDK start time and `track` latency through the Kotlin API (map → JSON → UniFFI/JNA → Rust).
+// SDK start time and `track` latency through the Kotlin API (map → JSON bytes → JNI → Rust, and
+// the UniFFI/JNA fallback).
 // Run by `./tests/run.sh kotlin-bench` against the release library; figures in
 // docs/BENCHMARKS.md.
 
@@ -53,24 +54,46 @@ fun main() {
     report("start: first launch (new queue)", starts)
 
     val tm = Trailmark.start(config("track.db"), Accept)
+    check(tm.usesFastPath) { "the JNI fast path did not load" }
     val props = mapOf("sku" to "A-1", "price" to 9.99, "currency" to "EUR", "quantity" to 2)
     repeat(50_000) { tm.track("add_to_cart", props) } // JIT warm-up
     kotlinx.coroutines.runBlocking { tm.flush() }
     val samples = timeRounds({ tm.track("add_to_cart", props) }, { kotlinx.coroutines.runBlocking { tm.flush() } })
     check(tm.stats().droppedBackpressure == 0uL) { "${tm.stats()}" }
     report("track (Kotlin API, 4 properties)", samples)
-    tm.close()
+    val screens = timeRounds({ tm.screen("Checkout", props) }, { kotlinx.coroutines.runBlocking { tm.flush() } })
+    report("screen (Kotlin API, 4 properties)", screens)
+    check(tm.stats().refusedInvalid == 0uL) { "${tm.stats()}" }
 
-    // Where the time goes: the map's JSON encoding alone, and the generated binding called
-    // with the JSON already encoded (JNA + UniFFI + the Rust call).
+    // Where the time goes: the JSON encoding alone, and the JNI fast path with the bytes given.
     val encode = LongArray(200_000)
     var sink = 0
     for (i in encode.indices) {
         val t = System.nanoTime()
-        sink += dev.trailmark.Json.encode(props).length
+        val w = dev.trailmark.JsonWriter()
+        w.text("add_to_cart")
+        w.value(props)
+        sink += w.size
         encode[i] = System.nanoTime() - t
     }
-    report("  of which: Json.encode(map)", encode)
+    report("  of which: JsonWriter (name + map -> UTF-8)", encode)
+    val w = dev.trailmark.JsonWriter().apply { text("add_to_cart") }
+    val nameLen = w.size
+    w.value(props)
+    val id = tm.fastPathId
+    val jni = timeRounds({ dev.trailmark.FastPath.record(id, dev.trailmark.FastPath.TRACK, w.bytes, nameLen, w.size) },
+        { kotlinx.coroutines.runBlocking { tm.flush() } })
+    report("  of which: JNI fast path (bytes given)", jni)
+
+    // The same API on the UniFFI calls (the fallback), and the generated binding alone.
+    tm.disableFastPath()
+    repeat(50_000) { tm.track("add_to_cart", props) }
+    kotlinx.coroutines.runBlocking { tm.flush() }
+    val fallback = timeRounds({ tm.track("add_to_cart", props) }, { kotlinx.coroutines.runBlocking { tm.flush() } })
+    report("track (Kotlin API, UniFFI fallback)", fallback)
+    check(tm.stats().droppedBackpressure == 0uL) { "${tm.stats()}" }
+    tm.close()
+
     val raw = uniffi.trailmark_ffi.TrailmarkSdk.start(config("raw.db"), Accept)
     val json = dev.trailmark.Json.encode(props)
     repeat(50_000) { raw.track("add_to_cart", json) }

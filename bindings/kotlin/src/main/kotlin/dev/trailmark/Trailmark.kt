@@ -36,12 +36,66 @@ class Trailmark private constructor(private val sdk: TrailmarkSdk) : AutoCloseab
         fun hashEmail(email: String): String = uniffi.trailmark_ffi.hashEmail(email)
     }
 
-    fun track(event: String, properties: Map<String, Any?> = emptyMap()) = sdk.track(event, Json.encode(properties))
+    /** This SDK's id on the JNI fast path ([FastPath]); 0: the UniFFI calls carry everything. */
+    @Volatile
+    private var fastId: Long = FastPath.register(sdk)
 
-    fun screen(name: String, properties: Map<String, Any?> = emptyMap()) = sdk.screen(name, Json.encode(properties))
+    @Volatile
+    private var closed = false
+
+    /** Whether `track`, `screen` and `identify` take the JNI fast path (for tests). */
+    internal val usesFastPath: Boolean get() = fastId != 0L
+
+    internal val fastPathId: Long get() = fastId
+
+    /** From now on, the UniFFI calls only (for tests and the benchmark). */
+    internal fun disableFastPath() {
+        val id = fastId
+        fastId = 0
+        if (id != 0L) FastPath.release(id)
+    }
+
+    fun track(event: String, properties: Map<String, Any?> = emptyMap()) = record(FastPath.TRACK, event, properties)
+
+    fun screen(name: String, properties: Map<String, Any?> = emptyMap()) = record(FastPath.SCREEN, name, properties)
 
     /** `traits` may carry `email` and `phone`: the core hashes them before they leave the device. */
-    fun identify(userId: String, traits: Map<String, Any?> = emptyMap()) = sdk.identify(userId, Json.encode(traits))
+    fun identify(userId: String, traits: Map<String, Any?> = emptyMap()) = record(FastPath.IDENTIFY, userId, traits)
+
+    /**
+     * One recording call: the name and the properties' JSON in one UTF-8 buffer, through the
+     * fast path when there is one, else through UniFFI. Never throws: the core refuses and
+     * counts bad input, and a call after [close] does nothing.
+     */
+    private fun record(kind: Int, name: String, properties: Map<String, Any?>) {
+        if (closed) return
+        val w = JsonWriter()
+        w.text(name)
+        val nameLen = w.size
+        w.value(properties)
+        val id = fastId
+        if (id != 0L) {
+            val answer = try {
+                FastPath.record(id, kind, w.bytes, nameLen, w.size)
+            } catch (e: LinkageError) { // the library lacks the entry point after all
+                fastId = 0
+                FastPath.UNKNOWN_SDK
+            }
+            // Unknown: closed meanwhile (nothing to do), or not reachable this way (UniFFI).
+            if (answer != FastPath.UNKNOWN_SDK || closed) return
+        }
+        val n = String(w.bytes, 0, nameLen, Charsets.UTF_8)
+        val json = String(w.bytes, nameLen, w.size - nameLen, Charsets.UTF_8)
+        try {
+            when (kind) {
+                FastPath.TRACK -> sdk.track(n, json)
+                FastPath.SCREEN -> sdk.screen(n, json)
+                else -> sdk.identify(n, json)
+            }
+        } catch (e: IllegalStateException) { // destroyed by a concurrent close()
+            if (!closed) throw e
+        }
+    }
 
     fun setConsent(analytics: Boolean? = null, attribution: Boolean? = null, doNotSell: Boolean? = null) =
         sdk.setConsent(Consent(analytics, attribution, doNotSell))
@@ -83,7 +137,12 @@ class Trailmark private constructor(private val sdk: TrailmarkSdk) : AutoCloseab
 
     fun stats(): SdkStats = sdk.stats()
 
-    override fun close() = sdk.destroy()
+    /** Stops the SDK (what is queued stays on disk for the next start). Recording calls after it do nothing. */
+    override fun close() {
+        closed = true
+        disableFastPath()
+        sdk.destroy()
+    }
 }
 
 /** Uploads with `HttpURLConnection` (Android and the JVM). Runs on the SDK's uploader thread. */
@@ -106,51 +165,7 @@ class UrlConnectionTransport(private val timeoutMs: Int = 30_000) : HttpTranspor
         }
 }
 
-/** Just enough JSON for event properties: strings, numbers, booleans, null, maps and lists. */
+/** Just enough JSON for event properties: strings, numbers, booleans, null, maps and lists ([JsonWriter]). */
 internal object Json {
-    fun encode(value: Any?): String = StringBuilder().also { write(it, value) }.toString()
-
-    private fun write(out: StringBuilder, v: Any?) {
-        when (v) {
-            null -> out.append("null")
-            is String -> string(out, v)
-            is Boolean -> out.append(v)
-            is Int, is Long, is Short, is Byte -> out.append(v)
-            is Double -> out.append(if (v.isFinite()) v.toString() else "null")
-            is Float -> out.append(if (v.isFinite()) v.toString() else "null")
-            is Number -> out.append(v.toString())
-            is Map<*, *> -> {
-                out.append('{')
-                v.entries.forEachIndexed { i, (k, value) ->
-                    if (i > 0) out.append(',')
-                    string(out, k.toString())
-                    out.append(':')
-                    write(out, value)
-                }
-                out.append('}')
-            }
-            is Iterable<*> -> {
-                out.append('[')
-                v.forEachIndexed { i, value ->
-                    if (i > 0) out.append(',')
-                    write(out, value)
-                }
-                out.append(']')
-            }
-            else -> string(out, v.toString())
-        }
-    }
-
-    private fun string(out: StringBuilder, s: String) {
-        out.append('"')
-        for (ch in s) {
-            when {
-                ch == '"' -> out.append("\\\"")
-                ch == '\\' -> out.append("\\\\")
-                ch < ' ' -> out.append(String.format("\\u%04x", ch.code))
-                else -> out.append(ch)
-            }
-        }
-        out.append('"')
-    }
+    fun encode(value: Any?): String = JsonWriter().also { it.value(value) }.toString()
 }
