@@ -144,8 +144,8 @@ export type Stats = Record<string, number>;
 
 type Properties = Record<string, unknown>;
 
-/** A recording call as the core takes it: its method, the time of the call, the arguments after
- * the time. `refuse` stands for a call whose properties could not be written as JSON. */
+/** @internal A recording call as the core takes it: its method (the time of the call is its first
+ * argument). `refuse` stands for a call whose properties could not be written as JSON. */
 export type Op =
   | 'track'
   | 'page'
@@ -162,6 +162,7 @@ export type Op =
   | 'on_background'
   | 'flush'
   | 'refuse';
+/** @internal A call kept until the core is up: the method, the time of the call, the other arguments. */
 export type Queued = [op: Op, at: number, args: unknown[]];
 
 // The rest of the SDK. Bundlers split it into its own chunk; on a static server it is dist/core.js.
@@ -188,9 +189,10 @@ export class Trailmark {
   private constructor(options: Options) {
     this.now = options.now ?? Date.now;
     // The wasm is fetched while the driver loads (a bundler sees this URL and ships the file).
+    // (In an async function: a base URL `new URL` refuses becomes a rejection, not a throw.)
     let wasm = options.wasm;
     if (wasm === undefined) {
-      const response = fetch(new URL('./trailmark_wasm_bg.wasm', import.meta.url));
+      const response = (async () => fetch(new URL('./trailmark_wasm_bg.wasm', import.meta.url)))();
       response.catch(() => {});
       wasm = response;
     }
