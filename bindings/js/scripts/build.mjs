@@ -1,5 +1,6 @@
 // npm run build: the wasm (cargo, profile `web`), wasm-opt -Oz when binaryen is installed, its JS
-// glue (wasm-bindgen --target web), the types (tsc), then two minified ES modules (esbuild):
+// glue (wasm-bindgen --target web), the types (tsc), then two minified ES modules
+// (scripts/bundle.mjs: esbuild, then terser):
 //
 //   dist/index.js                  the first script, the package's main entry: the public API;
 //                                  keeps calls until the rest is up
@@ -8,7 +9,7 @@
 //   dist/trailmark_wasm_bg.wasm    the core, fetched by index.js while core.js loads
 //   dist/index.d.ts                the public API's types
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -64,7 +65,9 @@ run('wasm-bindgen', [
   wasm,
 ]);
 
-if (!existsSync(join(root, 'node_modules', '.bin', 'esbuild'))) run('npm', ['install', '--no-audit', '--no-fund']);
+if (!existsSync(join(root, 'node_modules', 'esbuild')) || !existsSync(join(root, 'node_modules', 'terser'))) {
+  run('npm', ['install', '--no-audit', '--no-fund']);
+}
 
 // Types: tsc checks everything and writes the declarations into a scratch directory; only the
 // public API's (index.d.ts, which imports nothing) is shipped.
@@ -76,23 +79,10 @@ const dts = readFileSync(join(types, 'index.d.ts'), 'utf8');
 if (/\bimport\s*\(|\bfrom\s*['"]/.test(dts)) throw new Error('dist/index.d.ts must not import other files');
 copyFileSync(join(types, 'index.d.ts'), join(dist, 'index.d.ts'));
 
-const esbuild = await import('esbuild');
-const common = {
-  absWorkingDir: root,
-  bundle: true,
-  format: 'esm',
-  platform: 'neutral',
-  target: 'es2020',
-  minify: true,
-  legalComments: 'none',
-  // The glue's console warnings (deprecated arguments, a wasm served with the wrong MIME type)
-  // are all the console output there is; what they describe still works.
-  drop: ['console'],
-  logLevel: 'warning',
-};
-// The first script: core.js stays a separate file, loaded with import() (esbuild keeps the
-// specifier as written; it resolves next to index.js).
-await esbuild.build({ ...common, entryPoints: ['ts/index.ts'], outfile: 'dist/index.js', external: ['./core.js'] });
-await esbuild.build({ ...common, entryPoints: ['ts/core.ts'], outfile: 'dist/core.js' });
+const { bundle } = await import('./bundle.mjs');
+// The first script: core.js stays a separate file, loaded with import() (kept as written, it
+// resolves next to index.js).
+writeFileSync(join(dist, 'index.js'), await bundle({ absWorkingDir: root, entryPoints: ['ts/index.ts'], external: ['./core.js'] }));
+writeFileSync(join(dist, 'core.js'), await bundle({ absWorkingDir: root, entryPoints: ['ts/core.ts'] }));
 copyFileSync(join(glue, 'trailmark_wasm_bg.wasm'), join(dist, 'trailmark_wasm_bg.wasm'));
 console.log('dist: index.js, core.js, trailmark_wasm_bg.wasm, index.d.ts (npm run size for their sizes)');

@@ -46,21 +46,9 @@ for (const f of files) {
 }
 
 if (existsSync(join(root, 'ts', 'wasm', 'trailmark_wasm.js'))) {
-  const esbuild = await import('esbuild');
-  const piece = async (contents, external = []) => {
-    const r = await esbuild.build({
-      stdin: { contents, resolveDir: join(root, 'ts'), loader: 'ts' },
-      bundle: true,
-      format: 'esm',
-      platform: 'neutral',
-      target: 'es2020',
-      minify: true,
-      drop: ['console'],
-      write: false,
-      external,
-    });
-    return r.outputFiles[0].contents;
-  };
+  const { bundle } = await import('./bundle.mjs');
+  const piece = async (contents, external = []) =>
+    Buffer.from(await bundle({ stdin: { contents, resolveDir: join(root, 'ts'), loader: 'ts' }, external }));
   const parts = [
     ['driver (ts/core.ts)', await piece("export * from './core.ts'", ['./wasm/*', './storage.js'])],
     ['storage (ts/storage.ts)', await piece("export * from './storage.ts'")],

@@ -168,6 +168,7 @@ export type Queued = [op: Op, at: number, args: unknown[]];
 // The rest of the SDK. Bundlers split it into its own chunk; on a static server it is dist/core.js.
 const rest = () => import('./core.js');
 const browser = typeof window !== 'undefined' && typeof document !== 'undefined';
+let fetched: Promise<Response> | undefined;
 
 /** JSON of a properties object, read at the call; `undefined` when it cannot be written. */
 const json = (properties: Properties | undefined): string | undefined => {
@@ -188,13 +189,14 @@ export class Trailmark {
 
   private constructor(options: Options) {
     this.now = options.now ?? Date.now;
-    // The wasm is fetched while the driver loads (a bundler sees this URL and ships the file).
-    // (In an async function: a base URL `new URL` refuses becomes a rejection, not a throw.)
+    // The wasm is fetched while the rest loads, once per page (the glue keeps the first one it
+    // instantiates). A bundler sees this URL and ships the file; in an async function, a base
+    // `new URL` refuses is a rejection rather than a throw.
     let wasm = options.wasm;
     if (wasm === undefined) {
-      const response = (async () => fetch(new URL('./trailmark_wasm_bg.wasm', import.meta.url)))();
-      response.catch(() => {});
-      wasm = response;
+      wasm = fetched ??= (async () => fetch(new URL('./trailmark_wasm_bg.wasm', import.meta.url)))();
+      const forget = () => (fetched = undefined);
+      fetched.then((r) => r.ok || forget(), forget);
     }
     this.ready = rest().then(
       (m) => m.start(options, wasm, this.q, (d) => (this.d = d), TrailmarkError),

@@ -155,6 +155,26 @@ test('the first script loads alone; calls made before the core is up keep their 
   }
 });
 
+test('when the rest of the SDK cannot load, ready rejects and onError hears it', async () => {
+  const context = await browser.newContext();
+  await context.route('**/trailmark/core.js', (route) => route.abort());
+  try {
+    const page = await context.newPage();
+    await page.goto(`${page_server.url}/nothing-here`);
+    const r = await page.evaluate(async (config) => {
+      const { Trailmark } = await import('/trailmark/index.js');
+      const errors = [];
+      const tm = Trailmark.init({ ...config, onError: (e) => errors.push(e.code) });
+      const kept = tm.track('kept');
+      const ready = await tm.ready.then(() => 'resolved', (e) => [e.name, e.code, e.message.length > 0]);
+      return { kept, ready, errors };
+    }, { ...APP, endpoint: 'https://collect.example.test' });
+    assert.deepEqual(r, { kept: true, ready: ['TrailmarkError', 'InvalidConfig', true], errors: ['InvalidConfig'] });
+  } finally {
+    await context.close();
+  }
+});
+
 test('a pagehide beacon carries what is queued', async () => {
   const server = await tracking();
   Object.assign(page_server.config, { endpoint: server.base, flushAt: 100, flushIntervalMs: 600_000 });
