@@ -44,7 +44,8 @@ let wasm = join(target, 'wasm32-unknown-unknown', 'web', 'trailmark_wasm.wasm');
 if (has('wasm-opt') && !process.env.TM_NO_WASM_OPT) {
   const opt = join(target, 'wasm-opt', 'trailmark_wasm.wasm');
   mkdirSync(dirname(opt), { recursive: true });
-  run('wasm-opt', ['-Oz', '--strip-debug', '--strip-producers', '-o', opt, wasm]);
+  // --converge: -Oz again until nothing changes (a few hundred bytes gzip, a few seconds).
+  run('wasm-opt', ['-Oz', '--converge', '--strip-debug', '--strip-producers', '-o', opt, wasm]);
   wasm = opt;
 } else {
   console.log('wasm-opt not found (Debian: apt-get install binaryen): the wasm is left unoptimised');

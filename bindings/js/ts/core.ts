@@ -129,8 +129,9 @@ export async function start(
   attach: (driver: Driver) => void,
   E: ErrorClass,
 ): Promise<void> {
-  // The driver's state is local to this call (a closure rather than a class: a third smaller
-  // once minified).
+  // The driver's state is local to this call: a closure rather than a class, so the minifier
+  // shortens its names (about 15% less code). `E` is the first script's TrailmarkError, so that
+  // `instanceof` holds for every error.
   const now = o.now ?? Date.now;
   const transport = o.transport ?? fetchTransport;
   let core: Core | undefined;
