@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const repo = join(root, '..', '..');
-export const wasm = readFileSync(join(root, 'dist', 'wasm', 'trailmark_wasm_bg.wasm'));
+export const wasm = readFileSync(join(root, 'dist', 'trailmark_wasm_bg.wasm'));
 export { Trailmark, TrailmarkError, MemoryStorage } from '../dist/index.js';
 
 /** Records every request and answers from `responses` in order, then 200 with an empty body.

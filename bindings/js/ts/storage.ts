@@ -1,39 +1,9 @@
 // Where the queue lives between page loads. The engine keeps the queue in memory and hands out
 // every committed change as a `Write`; an adapter applies them in order, each one atomically
-// where the backend allows (IndexedDB: one transaction per call of `apply`).
+// where the backend allows (IndexedDB: one transaction per call of `apply`). Loaded lazily
+// (in core.js); the first script's adapters of the same names pass their calls here.
 
-/** One queued event as stored: `body` is the event's JSON text. */
-export interface StoredEvent {
-  seq: number;
-  held: boolean;
-  created_at: number;
-  body: string;
-}
-
-/** Everything a store holds, read once at start. */
-export interface Snapshot {
-  events: StoredEvent[];
-  state: string | null;
-}
-
-/** One committed change, applied in this order: delete_all, delete_held, release_held, deletes,
- * inserts, state. */
-export interface Write {
-  delete_all: boolean;
-  delete_held: boolean;
-  release_held: boolean;
-  deletes: number[];
-  inserts: StoredEvent[];
-  state: string | null;
-}
-
-/** A storage backend. `apply` gets the writes in commit order and must keep that order. */
-export interface StorageAdapter {
-  readonly kind: string;
-  load(): Promise<Snapshot>;
-  apply(writes: Write[]): Promise<void>;
-  close?(): void;
-}
+import type { Snapshot, StorageAdapter, StoredEvent, Write } from './index.js';
 
 /** Applies writes to a map of events; shared by the memory and localStorage stores. */
 function applyTo(events: Map<number, StoredEvent>, w: Write, removed: (seq: number) => void): void {

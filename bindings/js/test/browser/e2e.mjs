@@ -1,5 +1,6 @@
 // The web SDK in headless Chromium (Debian's chromium, driven by playwright-core), against the
-// reference server, cross-origin with CORS, on the example page (examples/web).
+// reference server, cross-origin with CORS, on the example page (examples/web) and on a bare page
+// of its origin (the lazily loaded core, calls before it is up).
 //
 //   node --test test/browser/e2e.mjs        (after npm run build and cargo build of the server)
 import { after, before, test } from 'node:test';
@@ -87,6 +88,90 @@ test('offline, reload, server up: every event arrives exactly once', async () =>
   } finally {
     await context.close();
     await server.stop();
+  }
+});
+
+test('the first script loads alone; calls made before the core is up keep their time, survive an offline reload and arrive once', async () => {
+  const port = await freePort();
+  const endpoint = `http://127.0.0.1:${port}`;
+  const context = await browser.newContext();
+  const sdk = [];
+  context.on('request', (r) => r.url().startsWith(`${page_server.url}/trailmark/`) && sdk.push(new URL(r.url()).pathname));
+  // core.js comes late, so that the calls below are surely made before the core is up.
+  await context.route('**/trailmark/core.js', async (route) => {
+    await sleep(400);
+    await route.continue();
+  });
+  const config = { ...APP, endpoint, flushAt: 1, flushIntervalMs: 200, autoPageViews: false };
+  // A page of the example's origin without the SDK on it (the server's 404), then the SDK.
+  const load = async (page, from) => {
+    sdk.length = 0;
+    await page.goto(`${page_server.url}/nothing-here`);
+    await page.evaluate(() => import('/trailmark/index.js'));
+    assert.deepEqual(sdk, ['/trailmark/index.js'], 'importing the SDK loads the first script only');
+    const r = await page.evaluate(
+      async ({ config, from }) => {
+        const { Trailmark } = await import('/trailmark/index.js');
+        const tm = Trailmark.init(config);
+        window.tm = tm;
+        const called = Date.now();
+        const kept = [tm.track('early', { n: from }), tm.identify('u-early'), tm.track('early', { n: from + 1 })];
+        const before = tm.anonymousId();
+        await tm.ready;
+        return { called, ready: Date.now(), kept, before, after: tm.anonymousId() };
+      },
+      { config, from },
+    );
+    assert.deepEqual(r.kept, [true, true, true]);
+    assert.equal(r.before, undefined, 'the core was not up when the calls were made');
+    assert.ok(r.after);
+    assert.ok(r.ready - r.called >= 300, `ready ${r.ready - r.called} ms after the calls`);
+    assert.deepEqual([...new Set(sdk)].sort(), ['/trailmark/core.js', '/trailmark/index.js', '/trailmark/trailmark_wasm_bg.wasm']);
+    return r;
+  };
+  const page = await context.newPage();
+  page.on('console', (m) => m.type() === 'error' && console.log(`[page] ${m.text()}`));
+  const first = await load(page, 0);
+  await page.waitForFunction(() => window.tm.stats().uploadFailures >= 1, null, { timeout: 10_000 });
+  await page.reload();
+  const second = await load(page, 2);
+  assert.equal(second.after, first.after, 'the anonymous id survives the reload');
+  const server = await tracking({ listen: `127.0.0.1:${port}` });
+  try {
+    await page.waitForFunction(() => window.tm.stats().queued === 0, null, { timeout: 60_000 });
+    const events = await server.events(`app_id=shop&anonymous_id=${first.after}`);
+    assert.equal(new Set(events.map((e) => e.event_id)).size, events.length, 'no event twice');
+    const early = events.filter((e) => e.type === 'early').sort((a, b) => a.properties.n - b.properties.n);
+    assert.deepEqual(early.map((e) => e.properties.n), [0, 1, 2, 3], 'every event once');
+    assert.deepEqual(early.map((e) => e.user_id ?? null), [null, 'u-early', 'u-early', 'u-early'], 'identify replayed between the first two tracks');
+    for (const [e, load] of [[early[0], first], [early[1], first], [early[2], second], [early[3], second]]) {
+      const at = Date.parse(e.timestamp);
+      assert.ok(at >= load.called && at < load.ready - 200, `recorded at the call (${at - load.called} ms after it), not at the replay`);
+    }
+    assert.equal(events.filter((e) => e.type === 'identify').length, 2);
+  } finally {
+    await context.close();
+    await server.stop();
+  }
+});
+
+test('when the rest of the SDK cannot load, ready rejects and onError hears it', async () => {
+  const context = await browser.newContext();
+  await context.route('**/trailmark/core.js', (route) => route.abort());
+  try {
+    const page = await context.newPage();
+    await page.goto(`${page_server.url}/nothing-here`);
+    const r = await page.evaluate(async (config) => {
+      const { Trailmark } = await import('/trailmark/index.js');
+      const errors = [];
+      const tm = Trailmark.init({ ...config, onError: (e) => errors.push(e.code) });
+      const kept = tm.track('kept');
+      const ready = await tm.ready.then(() => 'resolved', (e) => [e.name, e.code, e.message.length > 0]);
+      return { kept, ready, errors };
+    }, { ...APP, endpoint: 'https://collect.example.test' });
+    assert.deepEqual(r, { kept: true, ready: ['TrailmarkError', 'InvalidConfig', true], errors: ['InvalidConfig'] });
+  } finally {
+    await context.close();
   }
 });
 
