@@ -9,8 +9,9 @@ root="$(cd "$here/../.." && pwd)"
 cd "$root"
 targets=(aarch64-apple-ios aarch64-apple-ios-sim x86_64-apple-ios aarch64-apple-darwin x86_64-apple-darwin)
 rustup target add "${targets[@]}"
+# Without the built-in reqwest/rustls client: the Swift API always passes URLSession (ADR 0005).
 for t in "${targets[@]}"; do
-  cargo build --release -p trailmark-ffi --target "$t"
+  cargo build --release -p trailmark-ffi --no-default-features --target "$t"
 done
 out="$root/target/xcframework"
 rm -rf "$out" && mkdir -p "$out/ios" "$out/sim" "$out/macos" "$out/headers" "$out/gen"
