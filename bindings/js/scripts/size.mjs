@@ -1,5 +1,7 @@
 // npm run size: what a page loads for the SDK (after npm run build), raw and gzip -9, against
-// the budgets in size-budget.json. Exits 1 when over budget.
+// the budgets in size-budget.json. Exits 1 when the first script is over its budget or the page
+// over its ceiling. While the page's goal (issue 18: 28,000 B) is not met, the ceiling is the
+// size reached so far, so the check fails on any growth; the line says how far the goal is.
 //
 //   first script   dist/index.js and whatever it imports statically (nothing today)
 //   page           every .js in dist (the first script and what it loads with import()) plus
@@ -60,10 +62,12 @@ if (existsSync(join(root, 'ts', 'wasm', 'trailmark_wasm.js'))) {
 
 const over = [];
 if (firstGz > budget.firstScript) over.push(`first script ${n(firstGz)} B > ${n(budget.firstScript)} B`);
-if (pageGz > budget.page) over.push(`page ${n(pageGz)} B > ${n(budget.page)} B`);
+const ceiling = Math.max(budget.page, budget.pageCeiling ?? budget.page);
+if (pageGz > ceiling) over.push(`page ${n(pageGz)} B > ${n(ceiling)} B`);
+const goal = pageGz <= budget.page ? 'goal met' : `GOAL NOT MET: ${n(pageGz - budget.page)} B over ${n(budget.page)} B`;
 console.log(`first script: ${n(firstGz)} B gzip (budget ${n(budget.firstScript)} B): ${firstGz > budget.firstScript ? 'OVER' : 'ok'}`);
 console.log(
-  `web size: ${(pageGz / 1024).toFixed(1)} KiB gzip (${n(pageGz)} B, budget ${n(budget.page)} B; ` +
-    `${(pageRaw / 1024).toFixed(1)} KiB raw) for everything a page loads: ${over.length ? `OVER BUDGET (${over.join('; ')})` : 'within budget'}`,
+  `web size: ${(pageGz / 1024).toFixed(1)} KiB gzip (${n(pageGz)} B, ceiling ${n(ceiling)} B, ${goal}; ` +
+    `${(pageRaw / 1024).toFixed(1)} KiB raw) for everything a page loads: ${over.length ? `OVER BUDGET (${over.join('; ')})` : 'within the ceiling'}`,
 );
 process.exit(over.length ? 1 : 0);
