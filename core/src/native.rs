@@ -137,10 +137,28 @@ type Call = Box<dyn FnOnce(&mut Engine<SqliteStore>, Millis) + Send>;
 enum Command {
     Track { now: Millis, event_type: String, properties: Object },
     Call { now: Millis, call: Call },
-    Flush { now: Millis, done: SyncSender<Result<(), StoreError>> },
-    Stats { reply: SyncSender<Stats> },
+    Flush { now: Millis, done: SyncSender<Reply> },
+    Stats { reply: SyncSender<Reply> },
     Uploaded { batch_id: u64, outcome: UploadOutcome },
     Shutdown,
+}
+
+/// The worker's answers. One type for every question: each distinct payload type of a std
+/// channel adds about 10 KB of channel code to the mobile library.
+enum Reply {
+    Done(Result<(), StoreError>),
+    Id(String),
+    Attribution(Option<crate::protocol::AttributionResult>),
+    Stats(Stats),
+}
+
+/// Waits for the worker's answer.
+fn answer(wait: &Receiver<Reply>) -> Result<Reply, Error> {
+    match wait.recv_timeout(REPLY_TIMEOUT) {
+        Ok(reply) => Ok(reply),
+        Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(REPLY_TIMEOUT)),
+        Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
+    }
 }
 
 /// A running SDK. Cheap to share behind an `Arc`; every method takes `&self`.
@@ -335,10 +353,9 @@ impl Trailmark {
     pub fn flush(&self) -> Result<(), Error> {
         let (done, wait) = mpsc::sync_channel(1);
         self.tx.send(Command::Flush { now: now_ms(), done }).map_err(|_| Error::Closed)?;
-        match wait.recv_timeout(REPLY_TIMEOUT) {
-            Ok(result) => result.map_err(Error::from),
-            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(REPLY_TIMEOUT)),
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
+        match answer(&wait)? {
+            Reply::Done(result) => result.map_err(Error::from),
+            _ => Err(Error::Closed),
         }
     }
 
@@ -347,9 +364,12 @@ impl Trailmark {
     pub fn anonymous_id(&self) -> Result<String, Error> {
         let (reply, wait) = mpsc::sync_channel(1);
         self.call(move |e, _| {
-            let _ = reply.send(e.anonymous_id().to_owned());
+            let _ = reply.send(Reply::Id(e.anonymous_id().to_owned()));
         })?;
-        wait.recv_timeout(REPLY_TIMEOUT).map_err(|_| Error::Timeout(REPLY_TIMEOUT))
+        match answer(&wait)? {
+            Reply::Id(id) => Ok(id),
+            _ => Err(Error::Closed),
+        }
     }
 
     /// The Play Install Referrer for the install request (`None`: the platform has none).
@@ -368,16 +388,22 @@ impl Trailmark {
     pub fn attribution(&self) -> Result<Option<crate::protocol::AttributionResult>, Error> {
         let (reply, wait) = mpsc::sync_channel(1);
         self.call(move |e, _| {
-            let _ = reply.send(e.attribution());
+            let _ = reply.send(Reply::Attribution(e.attribution()));
         })?;
-        wait.recv_timeout(REPLY_TIMEOUT).map_err(|_| Error::Timeout(REPLY_TIMEOUT))
+        match answer(&wait)? {
+            Reply::Attribution(a) => Ok(a),
+            _ => Err(Error::Closed),
+        }
     }
 
     /// The engine's counters, after every earlier call.
     pub fn stats(&self) -> Result<Stats, Error> {
         let (reply, wait) = mpsc::sync_channel(1);
         self.tx.send(Command::Stats { reply }).map_err(|_| Error::Closed)?;
-        wait.recv_timeout(REPLY_TIMEOUT).map_err(|_| Error::Timeout(REPLY_TIMEOUT))
+        match answer(&wait)? {
+            Reply::Stats(stats) => Ok(stats),
+            _ => Err(Error::Closed),
+        }
     }
 
     /// Commits everything and stops the worker. An upload in progress is abandoned; its events
@@ -408,7 +434,7 @@ fn run_worker(
 ) {
     let mut next = Action::Wait(Duration::ZERO);
     let mut flush_waiters = Vec::new();
-    let mut stats_waiters: Vec<SyncSender<Stats>> = Vec::new();
+    let mut stats_waiters: Vec<SyncSender<Reply>> = Vec::new();
     loop {
         let first = match next {
             Action::Idle => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -452,10 +478,10 @@ fn run_worker(
         }
         let persisted = engine.persist();
         for done in flush_waiters.drain(..) {
-            let _ = done.send(persisted.clone());
+            let _ = done.send(Reply::Done(persisted.clone()));
         }
         for reply in stats_waiters.drain(..) {
-            let _ = reply.send(engine.stats());
+            let _ = reply.send(Reply::Stats(engine.stats()));
         }
         if shutdown {
             return;

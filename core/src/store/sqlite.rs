@@ -38,23 +38,33 @@ pub struct SqliteStore {
 /// checkpoint's writes and fsync. A passive checkpoint never blocks the writer. The SDK store
 /// and the server's storage both use it.
 pub struct Checkpointer {
-    stop: std::sync::mpsc::Sender<()>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Checkpointer {
     pub fn start(path: &Path) -> Result<Self, StoreError> {
+        use std::sync::atomic::Ordering;
         let conn = Connection::open(path).map_err(backend)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(backend)?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        // A flag and park/unpark rather than a channel: every channel payload type costs about
+        // 10 KB of std's channel code in the mobile library.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
         let thread = std::thread::Builder::new()
             .name("trailmark-checkpoint".into())
             .spawn(move || {
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                    stopped.recv_timeout(std::time::Duration::from_secs(1))
-                {
+                let mut next = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while !stopped.load(Ordering::Acquire) {
+                    let now = std::time::Instant::now();
+                    if now < next {
+                        // Wakes early on unpark (the stop) or spuriously; the loop rechecks.
+                        std::thread::park_timeout(next - now);
+                        continue;
+                    }
                     // Failures are harmless: the log just grows until the next attempt.
                     let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    next = std::time::Instant::now() + std::time::Duration::from_secs(1);
                 }
             })
             .map_err(|e| StoreError::Backend(e.to_string()))?;
@@ -64,8 +74,9 @@ impl Checkpointer {
 
 impl Drop for Checkpointer {
     fn drop(&mut self) {
-        let _ = self.stop.send(());
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
