@@ -11,8 +11,8 @@ fn value() -> impl Strategy<Value = Serde> {
     let leaf = prop_oneof![
         Just(Serde::Null),
         any::<bool>().prop_map(Serde::Bool),
-        any::<i64>().prop_map(|n| Serde::from(n)),
-        any::<u64>().prop_map(|n| Serde::from(n)),
+        any::<i64>().prop_map(Serde::from),
+        any::<u64>().prop_map(Serde::from),
         "\\PC*".prop_map(Serde::String),
         any::<String>().prop_map(Serde::String),
     ];
