@@ -129,7 +129,7 @@ impl HostConfig {
         }
         fn flag(o: &Object, key: &'static str) -> Result<bool, &'static str> {
             match o.get(key) {
-                None => Ok(false),
+                None | Some(Value::Null) => Ok(false),
                 Some(Value::Bool(b)) => Ok(*b),
                 Some(_) => Err(key),
             }
@@ -304,7 +304,7 @@ impl Config {
             check_id("advertising_id", id)?;
         }
         let endpoint = self.endpoint.as_str();
-        if endpoint.bytes().any(|b| b <= b' ') {
+        if endpoint.bytes().any(|b| b <= b' ' || b == b'\\') {
             return Err(ConfigError::InvalidEndpoint(self.endpoint.clone()));
         }
         let base = Url::parse(endpoint).map_err(|_| ConfigError::InvalidEndpoint(self.endpoint.clone()))?;

@@ -115,7 +115,7 @@ pub fn parse_http_date(value: &str) -> Option<i64> {
         return None;
     }
     let offset_minutes = match zone.as_bytes() {
-        [sign @ (b'+' | b'-'), ..] if zone.len() == 5 => {
+        [sign @ (b'+' | b'-'), ..] if zone.len() == 5 && zone.is_ascii() => {
             let hh = number(&zone[1..3], 2, 2)?;
             let mm = number(&zone[3..5], 2, 2)?;
             if mm > 59 {
@@ -169,6 +169,12 @@ mod tests {
             "Sun, 31 Feb 2026 00:00:00 GMT",
             "Fun, 06 Nov 1994 08:49:37 GMT",
             "06 Nov 1994 25:00:00 GMT",
+            // Non-ASCII where byte offsets are sliced (a Latin-1 header byte arrives as U+00C3).
+            "Sun, 06 Nov 1994 08:49:37 +1\u{c3}1",
+            "Sun, 06 Nov 1994 08:49:37 -\u{e9}\u{e9}",
+            "Sun, \u{e9}6 Nov 1994 08:\u{e9}9:37 GMT",
+            "Sun, 06 Nov 1994 \u{e9}8:49:37 GMT",
+            "\u{e9}\u{e9}\u{e9}, 06 Nov 1994 08:49:37 GMT",
         ] {
             assert_eq!(parse_http_date(bad), None, "{bad}");
         }

@@ -43,7 +43,10 @@ impl<'a> Url<'a> {
         let special = scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https");
         let (host, path) = match rest.strip_prefix("//") {
             Some(after) => {
-                let end = after.find('/').unwrap_or(after.len());
+                // For http(s), WHATWG URL parsers (browsers, reqwest's url, OkHttp) treat `\`
+                // as `/`: the authority ends there too, or `http://evil.com\@127.0.0.1/` would
+                // read as a loopback host here and as evil.com to the HTTP client.
+                let end = after.find(|c| c == '/' || (special && c == '\\')).unwrap_or(after.len());
                 let authority = &after[..end];
                 let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
                 let host = if host_port.starts_with('[') {

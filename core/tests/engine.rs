@@ -618,6 +618,11 @@ fn hostile_input_returns_typed_errors() {
         wide.insert(format!("k{i}"), json!(i));
     }
     assert!(matches!(e(engine.track(T0, "wide", wide.into())), ValidationError::TooLarge { .. }));
+    // Short number text the server re-prints long (1e15 -> 1000000000000000.0): counted as the
+    // server will measure it, so the event is refused here rather than lost there.
+    let floats = format!(r#"{{"a":[{}1e15]}}"#, "1e15,".repeat(5000));
+    let floats = protocol::parse_properties(floats.as_bytes()).unwrap();
+    assert!(matches!(e(engine.track(T0, "floats", floats)), ValidationError::TooLarge { .. }));
     // Deep nesting built in Rust (no parser limit involved).
     let mut deep = json!(1);
     for _ in 0..200 {
@@ -641,7 +646,7 @@ fn hostile_input_returns_typed_errors() {
     // Unicode in values is fine and round-trips.
     engine.track(T0, "ok", props(json!({"name": "Zoë 🚀 \u{0}"}))).unwrap();
     let stats = engine.stats();
-    assert_eq!(stats.refused_invalid, 20);
+    assert_eq!(stats.refused_invalid, 21);
     assert_eq!(stats.queued, 3, "refused calls queue nothing");
     engine.flush(T0).unwrap();
     let mut server = Collector::default();

@@ -68,3 +68,47 @@ proptest! {
         }
     }
 }
+
+/// The SDK must never accept a number the server's serde_json refuses (the event would block
+/// the device's queue): near the top of a double's range serde_json is not correctly rounded.
+#[test]
+fn never_accepts_a_number_serde_json_refuses() {
+    let mut cases = Vec::new();
+    for mantissa in
+        ["1.7976931348623", "1.79769313486231", "1.797693134862315", "1.7976931348623157", "1.79769313486231579"]
+    {
+        for tail in ["", "0", "1", "4", "5", "58", "6", "8", "9", "99999999999", "00000000001"] {
+            for exp in ["e308", "E+308", "e307"] {
+                cases.push(format!("{mantissa}{tail}{exp}"));
+            }
+        }
+    }
+    for digits in ["179769313486231", "1797693134862315", "17976931348623157", "17976931348623158"] {
+        for pad in [291, 292, 293, 294] {
+            cases.push(format!("{digits}{}", "0".repeat(pad)));
+            cases.push(format!("{digits}{}", "9".repeat(pad)));
+        }
+    }
+    for text in &cases {
+        if json::parse(text, 2).is_ok() {
+            assert!(serde_json::from_str::<Serde>(text).is_ok(), "the SDK accepts {text}, serde_json refuses it");
+        }
+    }
+}
+
+/// Size checks must count numbers as the server's serde_json will re-print them.
+#[test]
+fn size_checks_count_numbers_as_the_server_prints_them() {
+    use trailmark_core::protocol::{json_len, reprint_excess};
+    let texts = [
+        r#"{"a":[1e15,1e15,1e15],"b":0.1,"c":-0,"d":1E2,"e":12345678901234567890123,"f":5e-324,"g":42,"h":-7}"#
+            .to_owned(),
+        format!(r#"{{"a":[{}1e15]}}"#, "1e15,".repeat(5000)),
+    ];
+    for text in texts {
+        let ours = json::parse(&text, 8).unwrap();
+        let ours = ours.as_object().unwrap();
+        let server = serde_json::to_string(&serde_json::from_str::<Serde>(&text).unwrap()).unwrap().len();
+        assert!(json_len(ours) + reprint_excess(ours) >= server, "{server} > {} for {}", json_len(ours), &text[..40]);
+    }
+}

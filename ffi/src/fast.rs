@@ -14,7 +14,9 @@
 //! id finds nothing and the call answers [`UNKNOWN_SDK`]; an SDK destroyed by `close()` or by the
 //! garbage collector (UniFFI's cleaner) cannot be upgraded, so it is neither kept alive by the
 //! registry nor reachable through it. A call that did upgrade holds the SDK until it returns, so
-//! a concurrent `close()` only takes effect after it. Dead entries are dropped when an SDK
+//! a concurrent `close()` only takes effect after it: in that rare race the call's thread drops
+//! the last reference and runs the SDK's shutdown (a final commit and the worker's join, bounded
+//! by the driver's reply timeout) before `track` returns. Dead entries are dropped when an SDK
 //! registers and when Kotlin releases its id.
 //!
 //! The JNI entry points are behind the `jni` feature (the JVM/Android builds; the XCFramework

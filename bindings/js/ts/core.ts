@@ -391,6 +391,6 @@ export async function start(
       on(window, 'popstate', changed);
     }
   }
-  if (browser && (o.autoPageViews ?? true)) pageView(document.referrer);
+  // The landing page view was kept by the first script with the time and location of the load.
   schedule(0);
 }

@@ -189,6 +189,11 @@ export class Trailmark {
 
   private constructor(options: Options) {
     this.now = options.now ?? Date.now;
+    // The landing page view is taken now, with this moment's location: a single-page app may
+    // rewrite the URL (dropping utm_* or tm_click_id) before the core has loaded.
+    if (browser && (options.autoPageViews ?? true)) {
+      this.q.push(['page_view', this.now(), [location.href, document.title, document.referrer, '{}']]);
+    }
     // The wasm is fetched while the rest loads, once per page (the glue keeps the first one it
     // instantiates). A bundler sees this URL and ships the file; in an async function, a base
     // `new URL` refuses is a rejection rather than a throw.
@@ -206,7 +211,11 @@ export class Trailmark {
         throw error;
       },
     );
-    this.ready.catch(() => {});
+    // When the SDK cannot start, nothing will take the kept calls: stop keeping them.
+    this.ready.catch(() => {
+      this.closed = true;
+      this.q.length = 0;
+    });
   }
 
   /** Starts the SDK. Calls made before it is ready are kept (with their time) and replayed. */

@@ -7,7 +7,21 @@ use super::record::{MAX_URL_LEN, clean_value};
 use super::state::PendingInstall;
 use super::upload::{Subject, parse_retry_after};
 use super::{Engine, Millis, UploadOutcome, UploadTask, ms};
-use crate::json;
+use crate::json::{self, Value};
+
+/// The members of the server's `AttributionResult`.
+const ATTRIBUTION_MEMBERS: [&str; 10] = [
+    "attributed",
+    "match_type",
+    "confidence",
+    "campaign_id",
+    "link_id",
+    "click_id",
+    "network",
+    "deep_link",
+    "fraud",
+    "reinstall",
+];
 use crate::protocol::{AttributionResult, InstallDevice, InstallRequestView, Platform};
 use crate::store::EventStore;
 
@@ -103,8 +117,16 @@ impl<S: EventStore> Engine<S> {
                 .filter(|v| v.as_object().is_some_and(AttributionResult::is_valid)),
             _ => None,
         };
-        if let Some(result) = parsed {
-            let _match_type = result.as_object().and_then(|o| o.str("match_type")).unwrap_or_default().to_owned();
+        if let Some(Value::Object(mut answer)) = parsed {
+            // Only the members of an attribution result are kept: a proxy or a newer server
+            // adding members must not grow the state document rewritten on every commit.
+            let mut result = json::Object::new();
+            for key in ATTRIBUTION_MEMBERS {
+                if let Some(v) = answer.remove(key) {
+                    result.insert(key, v);
+                }
+            }
+            let _match_type = result.str("match_type").unwrap_or_default().to_owned();
             self.state.attribution = Some(result.to_json());
             self.state.install_request = None;
             self.retry = None;

@@ -276,8 +276,10 @@ impl<S: EventStore> Engine<S> {
             },
         };
         let body = event.to_json();
-        if body.len() > MAX_EVENT_BYTES {
-            return Err(ValidationError::TooLarge { size: body.len(), limit: MAX_EVENT_BYTES });
+        // As the server will measure it (it re-prints numbers: see `reprint_excess`).
+        let size = body.len() + protocol::reprint_excess(&properties);
+        if size > MAX_EVENT_BYTES {
+            return Err(ValidationError::TooLarge { size, limit: MAX_EVENT_BYTES });
         }
         let seq = self.state.next_seq;
         self.state.next_seq += 1;

@@ -349,7 +349,8 @@ impl<S: EventStore> Engine<S> {
 /// Removes what only attribution consent allows to leave the device: `device_id` and
 /// `context.campaign`.
 fn strip_attribution(event: &[u8]) -> Vec<u8> {
-    let parsed = std::str::from_utf8(event).ok().and_then(|t| json::parse(t, protocol::MAX_PROPERTY_DEPTH + 2).ok());
+    // serde_json's own limit (128), as before: events the engine wrote nest at most 34 levels.
+    let parsed = std::str::from_utf8(event).ok().and_then(|t| json::parse(t, 128).ok());
     match parsed {
         Some(Value::Object(mut map)) => {
             map.remove("device_id");

@@ -342,7 +342,7 @@ pub struct InstallDevice {
 }
 
 /// `POST /v1/install`: the first launch of an app, sent once per install. The server's typed
-/// form (feature `serde`); the SDK writes it with [`write_install_request`].
+/// form (feature `serde`); the SDK writes it with [`InstallRequestView`].
 #[cfg(feature = "serde")]
 #[derive(Debug, Clone, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
@@ -552,7 +552,7 @@ pub fn validate_id(field: &'static str, id: &str) -> Result<(), ValidationError>
 /// `max_bytes`. Walks iteratively, so hostile nesting cannot overflow the stack.
 pub fn validate_properties(props: &Object, max_bytes: usize) -> Result<(), ValidationError> {
     validate_depth(props)?;
-    let size = json_len(props);
+    let size = json_len(props) + reprint_excess(props);
     if size > max_bytes {
         return Err(ValidationError::TooLarge { size, limit: max_bytes });
     }
@@ -575,6 +575,31 @@ pub fn validate_depth(props: &Object) -> Result<(), ValidationError> {
         stack.extend(children.map(|v| (v, level + 1)));
     }
     Ok(())
+}
+
+/// How much longer the server's serde_json may write `props` than their text: it re-prints
+/// every number that is not a plain integer (`1e15` becomes `1000000000000000.0`), in at most
+/// 24 characters (the longest shortest-round-trip form of a double). Size checks add this, so
+/// the SDK never accepts an event that the server then measures as too large. Iterative.
+pub fn reprint_excess(props: &Object) -> usize {
+    const LONGEST_DOUBLE: usize = 24;
+    let mut excess = 0;
+    let mut stack: Vec<&Value> = props.values().collect();
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Number(n) => {
+                let text = n.as_str();
+                let plain = !text.starts_with("-0") && (n.as_i64().is_some() || n.as_u64().is_some());
+                if !plain {
+                    excess += LONGEST_DOUBLE.saturating_sub(text.len());
+                }
+            }
+            Value::Array(items) => stack.extend(items.iter()),
+            Value::Object(map) => stack.extend(map.values()),
+            _ => {}
+        }
+    }
+    excess
 }
 
 /// Length of the compact JSON text of `props`.

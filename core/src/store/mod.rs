@@ -190,19 +190,19 @@ impl EventStore for MemoryStore {
             inner.events.iter_mut().for_each(|e| e.held = false);
         }
         if !batch.deletes.is_empty() {
-            let deletes = &batch.deletes;
-            if deletes.windows(2).all(|w| w[0] < w[1]) {
-                // Usually ascending (acknowledged prefixes, expired heads): one merge pass.
-                let mut next = 0;
-                inner.events.retain(|e| {
-                    while next < deletes.len() && deletes[next] < e.seq {
-                        next += 1;
-                    }
-                    !(next < deletes.len() && deletes[next] == e.seq)
-                });
-            } else {
-                inner.events.retain(|e| !deletes.contains(&e.seq));
+            // One merge pass over the (sorted) deletes: usually they are ascending already
+            // (acknowledged prefixes, expired heads).
+            let mut deletes = batch.deletes.clone();
+            if !deletes.windows(2).all(|w| w[0] < w[1]) {
+                crate::json::heap_sort(&mut deletes, |a, b| a < b);
             }
+            let mut next = 0;
+            inner.events.retain(|e| {
+                while next < deletes.len() && deletes[next] < e.seq {
+                    next += 1;
+                }
+                !(next < deletes.len() && deletes[next] == e.seq)
+            });
         }
         for e in &batch.inserts {
             match inner.find(e.seq) {

@@ -82,7 +82,9 @@ class Trailmark private constructor(private val sdk: TrailmarkSdk) : AutoCloseab
                 FastPath.UNKNOWN_SDK
             }
             // Unknown: closed meanwhile (nothing to do), or not reachable this way (UniFFI).
-            if (answer != FastPath.UNKNOWN_SDK || closed) return
+            // Panicked: the Rust side failed before the call was handed on; UniFFI takes it
+            // (where the same failure is counted), so the event is not silently lost.
+            if ((answer != FastPath.UNKNOWN_SDK && answer != FastPath.PANICKED) || closed) return
         }
         val n = String(w.bytes, 0, nameLen, Charsets.UTF_8)
         val json = String(w.bytes, nameLen, w.size - nameLen, Charsets.UTF_8)
