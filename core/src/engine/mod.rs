@@ -46,7 +46,7 @@ pub struct Engine<S: EventStore> {
     /// The batch id of the install request in flight.
     install_inflight: Option<u64>,
     next_batch_id: u64,
-    retry: Option<backon::ExponentialBackoff>,
+    retry: Option<Duration>,
     not_before: Option<Millis>,
     batch_limit: usize,
     flush_deadline: Option<Millis>,

@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use backon::BackoffBuilder;
-
 use super::install::InstallStep;
 use super::log;
 use super::{Action, Engine, Millis, UploadOutcome, UploadTask, ms};
@@ -325,15 +323,13 @@ impl<S: EventStore> Engine<S> {
         _outcome: &UploadOutcome,
     ) {
         let policy = &self.config.policy;
-        let schedule = self.retry.get_or_insert_with(|| {
-            backon::ExponentialBuilder::default()
-                .with_min_delay(policy.retry_base)
-                .with_max_delay(policy.retry_cap)
-                .with_factor(2.0)
-                .without_max_times()
-                .build()
-        });
-        let ceiling = ms(schedule.next().unwrap_or(policy.retry_cap));
+        // Exponential backoff: `retry_base`, then doubling, capped at `retry_cap`.
+        let ceiling = match self.retry {
+            None => policy.retry_base,
+            Some(last) => last.saturating_mul(2).min(policy.retry_cap),
+        };
+        self.retry = Some(ceiling);
+        let ceiling = ms(ceiling);
         // Full jitter: uniformly random in [0, ceiling].
         let jittered = (self.rng.next_u64() % (ceiling as u64 + 1)) as Millis;
         // Retry-After is a floor: the schedule still advances under it.
