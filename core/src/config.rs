@@ -1,6 +1,9 @@
 //! SDK configuration and the one policy struct that holds every limit, with documented defaults.
 
-use std::time::Duration;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use core::time::Duration;
 
 use thiserror::Error;
 

@@ -15,7 +15,10 @@
 //!
 //! The server keeps serde_json; tests in `protocol` check that the two agree.
 
-use std::borrow::Cow;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use alloc::borrow::Cow;
 
 /// A JSON number, kept as its text (valid JSON number syntax, finite as an IEEE double).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,7 +216,7 @@ impl Object {
         let key = key.into();
         let value = value.into();
         match self.find(&key) {
-            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
+            Ok(i) => Some(core::mem::replace(&mut self.0[i].1, value)),
             Err(i) => {
                 self.0.insert(i, (key, value));
                 None
@@ -430,7 +433,7 @@ impl Reader<'_> {
                 let start = self.pos;
                 let end = self.number()?;
                 // The bytes are ASCII digits, signs, dots and exponents: valid UTF-8.
-                let text = std::str::from_utf8(&self.bytes[start..end]).unwrap_or("0");
+                let text = core::str::from_utf8(&self.bytes[start..end]).unwrap_or("0");
                 Ok(Value::Number(Number(text.into())))
             }
             Some(_) => Err(self.err("expected a value")),
@@ -848,7 +851,7 @@ pub fn push_u64(out: &mut String, mut n: u64) {
         }
     }
     // ASCII digits.
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+    out.push_str(core::str::from_utf8(&buf[i..]).unwrap_or("0"));
 }
 
 pub fn push_i64(out: &mut String, n: i64) {

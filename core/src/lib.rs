@@ -10,6 +10,23 @@
 //!
 //! The crate builds for `wasm32-unknown-unknown` with `--no-default-features`.
 
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+/// What std's prelude gives, for the `no_std` build (feature `std` off: the web build).
+mod prelude {
+    #[allow(unused_imports)]
+    pub(crate) use alloc::{
+        borrow::ToOwned,
+        boxed::Box,
+        format,
+        string::{String, ToString},
+        vec,
+        vec::Vec,
+    };
+}
+
 pub mod config;
 pub mod engine;
 pub mod json;

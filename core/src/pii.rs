@@ -5,6 +5,9 @@
 //! The normalisation follows what ad networks expect for hashed matching, so the same person
 //! hashes the same on every platform and on the server.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 

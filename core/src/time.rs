@@ -3,6 +3,9 @@
 //! Civil-date conversion follows the proleptic Gregorian calendar (days from 1970-01-01),
 //! as chrono does; the algorithms are the well-known "days from civil" ones.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 /// Milliseconds of 0000-01-01T00:00:00.000Z and 9999-12-31T23:59:59.999Z: the range an
 /// RFC 3339 timestamp can write with a four-digit year. Times outside are clamped to it.
 const MIN_MS: i64 = -62_167_219_200_000;
@@ -40,7 +43,7 @@ fn push_digits(out: &mut String, n: u64, width: usize) {
         buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    out.push_str(std::str::from_utf8(&buf[..width]).unwrap_or(""));
+    out.push_str(core::str::from_utf8(&buf[..width]).unwrap_or(""));
 }
 
 /// RFC 3339 UTC with millisecond precision, `2026-01-01T12:00:00.123Z` (chrono's

@@ -6,6 +6,9 @@
 //! URLs come from the browser's `location` (already normalised) or from deep links, and the
 //! engine only reads query parameters and the path from them.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 /// The parts of an absolute URL: `scheme:[//authority]path[?query][#fragment]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Url<'a> {

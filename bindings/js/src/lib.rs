@@ -3,6 +3,14 @@
 //! IndexedDB or localStorage). Calls and answers cross the boundary as strings and numbers;
 //! JSON for anything structured. Every decision is the core's; this crate only marshals.
 
+#![cfg_attr(target_arch = "wasm32", no_std)]
+
+extern crate alloc;
+
+use alloc::borrow::ToOwned;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use trailmark_core::engine::{Action, UploadOutcome};
 use trailmark_core::json::{self, Fields, Object, Value, Writer};
 use trailmark_core::store::{EventStore, Snapshot, StoreError, StoredEvent, WriteBatch};
@@ -299,7 +307,7 @@ impl Core {
     /// applies them to its storage in order. `undefined` when there are none.
     pub fn take_writes(&mut self) -> Option<String> {
         let _ = self.engine.persist();
-        let outbox = std::mem::take(&mut self.engine.store_mut().outbox);
+        let outbox = core::mem::take(&mut self.engine.store_mut().outbox);
         if outbox.is_empty() {
             return None;
         }
@@ -356,3 +364,24 @@ pub fn hash_email(email: &str) -> Result<String, JsError> {
 pub fn hash_phone(phone: &str) -> Result<String, JsError> {
     pii::hash_phone(phone).map_err(|_| js_error("InvalidInput", ""))
 }
+
+/// No unwinding and no messages: a panic (a bug) traps.
+#[cfg(all(target_arch = "wasm32", not(test)))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    core::arch::wasm32::unreachable()
+}
+
+#[cfg(all(target_arch = "wasm32", feature = "alloc-dlmalloc"))]
+#[global_allocator]
+static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
+#[cfg(all(target_arch = "wasm32", feature = "alloc-talc"))]
+#[global_allocator]
+static ALLOC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
+#[cfg(all(target_arch = "wasm32", feature = "alloc-lol"))]
+#[global_allocator]
+static ALLOC: lol_alloc::AssumeSingleThreaded<lol_alloc::FreeListAllocator> =
+    // SAFETY: the web build has one thread.
+    unsafe { lol_alloc::AssumeSingleThreaded::new(lol_alloc::FreeListAllocator::new()) };

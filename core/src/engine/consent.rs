@@ -1,6 +1,9 @@
 //! Consent, opt-out and reset, and the rules that follow from them: whether events are
 //! collected, held or ignored, and whether uploads and attribution data may leave the device.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use super::log;
 use super::{ConsentUpdate, Engine, Millis, new_uuid};
 use crate::protocol::DropReport;
@@ -15,7 +18,7 @@ pub(super) enum Collect {
 
 impl PartialEq for Collect {
     fn eq(&self, other: &Self) -> bool {
-        std::mem::discriminant(self) == std::mem::discriminant(other)
+        core::mem::discriminant(self) == core::mem::discriminant(other)
     }
 }
 

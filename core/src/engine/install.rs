@@ -1,6 +1,9 @@
 //! The install-attribution request (`POST /v1/install`): when it goes, what it carries, and what
 //! the engine keeps of the server's answer.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use super::consent::Collect;
 use super::log;
 use super::record::{MAX_URL_LEN, clean_value};
@@ -111,7 +114,7 @@ impl<S: EventStore> Engine<S> {
         // The answer is kept as the server wrote it (compacted), once it reads as an
         // attribution result.
         let parsed = match &outcome {
-            UploadOutcome::Response { status: 200..=299, body, .. } => std::str::from_utf8(body)
+            UploadOutcome::Response { status: 200..=299, body, .. } => core::str::from_utf8(body)
                 .ok()
                 .and_then(|t| json::parse(t, 16).ok())
                 .filter(|v| v.as_object().is_some_and(AttributionResult::is_valid)),

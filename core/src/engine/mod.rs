@@ -1,6 +1,9 @@
 //! The sans-IO engine: every SDK call goes in with the current time, every upload comes out as a
 //! task, every upload result goes back in. No threads, clocks, sockets or files in here.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 mod consent;
 mod install;
 mod queue;
@@ -10,8 +13,8 @@ mod state;
 mod types;
 mod upload;
 
-use std::collections::VecDeque;
-use std::time::Duration;
+use alloc::collections::VecDeque;
+use core::time::Duration;
 
 pub use types::{Action, ConsentUpdate, Logger, Millis, OpenError, Stats, UploadOutcome, UploadTask};
 pub use upload::parse_retry_after;

@@ -1,5 +1,8 @@
 //! The queue's caps: count caps, the age cap, and how a dropped event leaves the pending write.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use super::log;
 use super::{Engine, Millis, ms};
 use crate::store::EventStore;

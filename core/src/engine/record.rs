@@ -1,6 +1,9 @@
 //! Recording calls: `track`, `screen`, `page`, `identify`, `alias`, deep links and web page
 //! views, and how an event that passed validation is built, sessioned and queued.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use super::consent::Collect;
 use super::log;
 use super::state::Session;
@@ -33,7 +36,7 @@ impl<S: EventStore> Engine<S> {
         event_type: &[u8],
         properties_json: &[u8],
     ) -> Result<(), ValidationError> {
-        let parsed = std::str::from_utf8(event_type)
+        let parsed = core::str::from_utf8(event_type)
             .map_err(|_| ValidationError::InvalidUtf8)
             .and_then(|t| protocol::parse_properties(properties_json).map(|p| (t, p)));
         let (event_type, properties) = self.guard(parsed)?;

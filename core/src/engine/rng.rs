@@ -3,6 +3,9 @@
 //! (the construction of NIST's Hash_DRBG without reseeding) and reuses the SHA-256 the SDK
 //! needs anyway, where ChaCha20 added 13 KB to the web SDK's wasm.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use sha2::{Digest, Sha256};
 
 pub(super) struct Rng {

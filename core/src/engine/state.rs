@@ -3,6 +3,9 @@
 //! The document's format is the one earlier versions wrote with serde (field names, `null` for
 //! absent values), so an upgraded SDK reads the state it left; the tests check both ways.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use super::{Millis, Stats};
 use crate::json::{self, Fields, Object, Value, Writer};
 use crate::protocol::{ConsentContext, DropReport};
@@ -115,7 +118,7 @@ impl State {
     /// Reads the document; `None` when it is not one (the engine then counts a store error and
     /// starts a new state).
     pub(super) fn from_json(bytes: &[u8]) -> Option<State> {
-        let text = std::str::from_utf8(bytes).ok()?;
+        let text = core::str::from_utf8(bytes).ok()?;
         let value = json::parse(text, 16).ok()?;
         let o = value.as_object()?;
         let session = optional(o, "session", |v| {

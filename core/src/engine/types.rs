@@ -1,7 +1,10 @@
 //! The engine's public data: what goes in (consent changes, upload outcomes) and what comes out
 //! (actions, upload tasks, counters).
 
-use std::time::Duration;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use core::time::Duration;
 
 use thiserror::Error;
 

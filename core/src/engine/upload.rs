@@ -1,7 +1,10 @@
 //! The upload cycle: `poll` hands out batches, `report` takes their results (acknowledge, split,
 //! pause or retry with backoff), `beacon` sends a last batch from a page going away.
 
-use std::time::Duration;
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+use core::time::Duration;
 
 use super::install::InstallStep;
 use super::log;
@@ -346,7 +349,7 @@ impl<S: EventStore> Engine<S> {
 /// `context.campaign`.
 fn strip_attribution(event: &[u8]) -> Vec<u8> {
     // serde_json's own limit (128), as before: events the engine wrote nest at most 34 levels.
-    let parsed = std::str::from_utf8(event).ok().and_then(|t| json::parse(t, 128).ok());
+    let parsed = core::str::from_utf8(event).ok().and_then(|t| json::parse(t, 128).ok());
     match parsed {
         Some(Value::Object(mut map)) => {
             map.remove("device_id");
@@ -368,8 +371,8 @@ pub(super) enum Subject {
     Install,
 }
 
-impl std::fmt::Display for Subject {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl core::fmt::Display for Subject {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Subject::Batch(id) => write!(f, "batch {id}"),
             Subject::Install => f.write_str("install request"),

@@ -2,6 +2,9 @@
 //! the browser carry no serde code (issue 18). The server keeps the serde derives (feature
 //! `serde`); the tests below check that both produce and accept the same JSON.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 use super::{
     AttributionResult, ConsentContext, ContextRef, DeepLink, DropReport, FraudVerdict, IngestResponse, InstallDevice,
     MatchType, Platform, Rejection, Screen,
@@ -160,7 +163,7 @@ impl IngestResponse {
     /// Reads an ingest response (`accepted` and `duplicates` are required, `rejected` may be
     /// missing); `None` when the text is not one.
     pub fn from_json(body: &[u8]) -> Option<IngestResponse> {
-        let text = std::str::from_utf8(body).ok()?;
+        let text = core::str::from_utf8(body).ok()?;
         let value = crate::json::parse(text, 64).ok()?;
         let o = value.as_object()?;
         let rejected = match o.get("rejected") {

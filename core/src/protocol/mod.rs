@@ -4,6 +4,9 @@
 //! ingest and error responses, the limits and the request signature. `docs/protocol.md`
 //! documents the same contract with JSON examples; keep the two in step.
 
+#[allow(unused_imports)]
+use crate::prelude::*;
+
 #[cfg(feature = "serde")]
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
@@ -401,7 +404,7 @@ impl MatchType {
 pub struct DeepLink {
     pub path: String,
     #[cfg_attr(feature = "serde", serde(default))]
-    pub params: std::collections::BTreeMap<String, String>,
+    pub params: alloc::collections::BTreeMap<String, String>,
 }
 
 /// The fraud rules' verdict on an install.
@@ -634,7 +637,7 @@ pub fn nesting_exceeds(value: &serde_json::Value, max: usize) -> bool {
 /// JSON has no NaN or Infinity; literals such as `NaN` or `1e999` are refused here. Empty text
 /// (or only white space) means no properties.
 pub fn parse_properties(bytes: &[u8]) -> Result<Object, ValidationError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| ValidationError::InvalidUtf8)?;
+    let text = core::str::from_utf8(bytes).map_err(|_| ValidationError::InvalidUtf8)?;
     if text.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r')).is_empty() {
         return Ok(Object::new());
     }

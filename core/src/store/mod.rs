@@ -5,7 +5,14 @@
 //! of it is visible. That single rule is what makes "no event lost, none sent after its
 //! acknowledgement" hold across restarts.
 
-use std::sync::{Arc, Mutex};
+#[allow(unused_imports)]
+use crate::prelude::*;
+
+/// Shared contents: a mutex with std, a `RefCell` in the single-threaded `no_std` (web) build.
+#[cfg(feature = "std")]
+type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
+#[cfg(not(feature = "std"))]
+type Shared<T> = alloc::rc::Rc<core::cell::RefCell<T>>;
 
 use thiserror::Error;
 
@@ -117,7 +124,7 @@ impl<S: EventStore + ?Sized> EventStore for Box<S> {
 /// and open a new one on what it left behind.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
-    inner: Arc<Mutex<MemoryInner>>,
+    inner: Shared<MemoryInner>,
 }
 
 impl MemoryInner {
@@ -144,10 +151,16 @@ impl MemoryStore {
         Self::default()
     }
 
+    #[cfg(feature = "std")]
     fn lock(&self) -> std::sync::MutexGuard<'_, MemoryInner> {
         // A panic while holding the lock cannot leave the map half-written (every update is a
         // single call), so a poisoned lock is still consistent.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[cfg(not(feature = "std"))]
+    fn lock(&self) -> core::cell::RefMut<'_, MemoryInner> {
+        self.inner.borrow_mut()
     }
 
     /// Every stored event, in `seq` order (for tests and inspection).
