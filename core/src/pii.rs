@@ -21,12 +21,41 @@ pub enum PiiError {
 
 /// Trims surrounding white space and lower-cases; requires one `@` with text on both sides.
 pub fn normalize_email(raw: &str) -> Result<String, PiiError> {
-    let email = raw.trim().to_lowercase();
+    let email = lowercase(raw.trim());
     let (local, domain) = email.split_once('@').ok_or(PiiError::InvalidEmail)?;
     if local.is_empty() || domain.is_empty() || domain.contains('@') || email.chars().any(char::is_whitespace) {
         return Err(PiiError::InvalidEmail);
     }
     Ok(email)
+}
+
+/// `str::to_lowercase`. Without feature `unicode-case` (the web build) non-ASCII text goes to the
+/// host's lower-casing (set with [`set_host_lowercase`]; the page's `String.toLowerCase`, the
+/// same Unicode Default Case Conversion), which keeps Unicode's case tables out of the wasm.
+#[cfg(feature = "unicode-case")]
+fn lowercase(s: &str) -> String {
+    s.to_lowercase()
+}
+
+#[cfg(not(feature = "unicode-case"))]
+static HOST_LOWERCASE: core::sync::atomic::AtomicPtr<()> = core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+
+/// The host's Unicode lower-casing, for builds without feature `unicode-case`.
+#[cfg(not(feature = "unicode-case"))]
+pub fn set_host_lowercase(f: fn(&str) -> String) {
+    HOST_LOWERCASE.store(f as *mut (), core::sync::atomic::Ordering::Relaxed);
+}
+
+#[cfg(not(feature = "unicode-case"))]
+fn lowercase(s: &str) -> String {
+    let f = HOST_LOWERCASE.load(core::sync::atomic::Ordering::Relaxed);
+    if s.is_ascii() || f.is_null() {
+        // Without a host function non-ASCII letters keep their case (ASCII is exact).
+        return s.to_ascii_lowercase();
+    }
+    // SAFETY: only `set_host_lowercase` stores into it, always a `fn(&str) -> String`.
+    let f: fn(&str) -> String = unsafe { core::mem::transmute(f) };
+    f(s)
 }
 
 /// Reduces a phone number to its E.164 digits (country code + subscriber number, no `+`):

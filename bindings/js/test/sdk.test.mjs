@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { Trailmark, TrailmarkError, MemoryStorage, repo, root, scripted, until, wasm } from './helpers.mjs';
 import { LocalStorageStorage, openStorage } from '../dist/index.js';
-import { coreError, refusal } from '../dist/core.js';
+import { coreError, refusal, retryAfter } from '../dist/core.js';
 import { startServer } from './server.mjs';
 
 const base = { appId: 'shop', appSecret: 's3cret', endpoint: 'https://collect.example.test', wasm };
@@ -360,4 +360,14 @@ test('delivers to the reference server over HTTP, stored exactly once', async ()
   } finally {
     await server.stop();
   }
+});
+
+test('Retry-After reaches the core as seconds: HTTP-dates are converted by the page', () => {
+  const at = Date.parse('Sun, 06 Nov 1994 08:49:37 GMT');
+  assert.equal(retryAfter(' 120 ', at), '120');
+  assert.equal(retryAfter('Sun, 06 Nov 1994 08:51:37 GMT', at), '120');
+  assert.equal(retryAfter('Sun, 06 Nov 1994 08:49:36 GMT', at), '0', 'a date in the past is no wait');
+  assert.equal(retryAfter('tomorrow', at), undefined);
+  assert.equal(retryAfter(null, at), undefined);
+  assert.equal(retryAfter('', at), undefined);
 });

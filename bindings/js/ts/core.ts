@@ -7,6 +7,16 @@ import init, { Core, hash_email, hash_phone } from './wasm/trailmark_wasm.js';
 import { MemoryStorage, openStorage } from './storage.js';
 import type { Attribution, Consent, Op, Options, Queued, Stats, StorageAdapter, TrailmarkError, UploadRequest, UploadResponse, WasmSource, Write } from './index.js';
 
+/** `Retry-After` as the core reads it, delay seconds: an HTTP-date is turned into seconds here
+ * (the wasm leaves date parsing to the page). */
+export const retryAfter = (value: string | null | undefined, at: number): string | undefined => {
+  const v = value?.trim();
+  if (!v) return undefined;
+  if (/^\d+$/.test(v)) return v;
+  const date = Date.parse(v);
+  return Number.isNaN(date) ? undefined : String(Math.max(0, Math.ceil((date - at) / 1000)));
+};
+
 export { MemoryStorage, LocalStorageStorage, IndexedDbStorage, openStorage } from './storage.js';
 
 type ErrorClass = typeof TrailmarkError;
@@ -234,7 +244,10 @@ export async function start(
       failure = String(e);
     }
     if (!core) return;
-    if (response) core.report(now(), u.id, response.status, response.retryAfter ?? undefined, response.body ?? '');
+    if (response) {
+      const at = now();
+      core.report(at, u.id, response.status, retryAfter(response.retryAfter, at), response.body ?? '');
+    }
     else core.report_network_error(now(), u.id, failure || 'no response');
     persist();
   };

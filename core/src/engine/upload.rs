@@ -387,7 +387,16 @@ pub fn parse_retry_after(value: &str, now: Millis) -> Option<Duration> {
         let secs = value.bytes().try_fold(0u64, |n, b| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))?;
         return Some(Duration::from_secs(secs));
     }
-    let date = crate::time::parse_http_date(value)?;
-    let delta = date - now;
-    Some(Duration::from_millis(delta.max(0) as u64))
+    #[cfg(feature = "http-date")]
+    {
+        let date = crate::time::parse_http_date(value)?;
+        let delta = date - now;
+        Some(Duration::from_millis(delta.max(0) as u64))
+    }
+    // Without `http-date` (the web build) the page turns an HTTP-date into seconds first.
+    #[cfg(not(feature = "http-date"))]
+    {
+        let _ = now;
+        None
+    }
 }
