@@ -89,12 +89,14 @@ impl<S: EventStore> Engine<S> {
         let body = InstallRequestView {
             event_id: &pending.event_id,
             anonymous_id: &self.state.anonymous_id,
-            timestamp_ms: pending.created,
+            // Device times on the server's clock (the server takes the signed timestamp as
+            // this request's device clock, and that is on the server's clock too).
+            timestamp_ms: self.server_now(pending.created),
             platform,
             device: &device,
             install_referrer: pending.referrer.as_deref(),
-            referrer_click_ts: pending.referrer_click_ts,
-            install_begin_ts: pending.install_begin_ts,
+            referrer_click_ts: pending.referrer_click_ts.map(|t| self.server_now(t)),
+            install_begin_ts: pending.install_begin_ts.map(|t| self.server_now(t)),
             click_id: pending.click_id.as_deref(),
         }
         .to_json();
@@ -140,7 +142,11 @@ impl<S: EventStore> Engine<S> {
             return;
         }
         match &outcome {
-            UploadOutcome::Response { status: 401 | 403, .. } => self.pause_for_auth(now, Subject::Install),
+            UploadOutcome::Response { status: 401 | 403, body, .. } => {
+                if !self.learn_clock(now, body) {
+                    self.pause_for_auth(now, Subject::Install);
+                }
+            }
             UploadOutcome::Response { status: status @ 400..=499, .. } if !matches!(status, 408 | 429) => {
                 let status = *status;
                 self.state.install_request = None;

@@ -126,6 +126,7 @@ impl<S: EventStore> Engine<S> {
                 stats: Stats::default(),
                 install_request: None,
                 attribution: None,
+                clock_offset: 0,
             }
         });
         let max_seq = snapshot.entries.iter().map(|e| e.seq).max().unwrap_or(0);

@@ -33,6 +33,9 @@ pub(super) struct State {
     pub(super) install_request: Option<PendingInstall>,
     /// The server's answer to it (`AttributionResult` JSON).
     pub(super) attribution: Option<String>,
+    /// Server clock minus device clock (ms), learned from a `stale_timestamp` refusal; added
+    /// to the times the SDK signs and to the install request's times. 0 until one came.
+    pub(super) clock_offset: i64,
 }
 
 /// What the install request (`POST /v1/install`) will carry.
@@ -111,6 +114,9 @@ impl State {
             None => o.w.null(),
         }
         o.str_or_null("attribution", self.attribution.as_deref());
+        if self.clock_offset != 0 {
+            o.i64("clock_offset", self.clock_offset);
+        }
         o.end();
         w.into_bytes()
     }
@@ -149,6 +155,7 @@ impl State {
             stats: Stats::read(o.get("stats")?.as_object()?),
             install_request,
             attribution: optional(o, "attribution", string)?,
+            clock_offset: optional(o, "clock_offset", Value::as_i64)?.unwrap_or(0),
         })
     }
 }

@@ -188,7 +188,7 @@ impl<S: EventStore> Engine<S> {
             }
         };
         let body = self.batch_body(now, &bodies, bytes, None);
-        let ts = now.div_euclid(1000);
+        let ts = self.server_now(now).div_euclid(1000);
         let signature = protocol::sign(self.config.app_secret.as_bytes(), ts, &body);
         let url = crate::urls::with_query(
             &self.upload_url,
@@ -229,7 +229,12 @@ impl<S: EventStore> Engine<S> {
                 self.batch_limit = (n / 2).max(1);
                 log!(self, "batch {batch_id} refused as a whole ({outcome:?}); retrying {} at a time", (n / 2).max(1));
             }
-            Verdict::AuthPause => self.pause_for_auth(now, Subject::Batch(batch_id)),
+            Verdict::AuthPause => {
+                let fresh = matches!(&outcome, UploadOutcome::Response { body, .. } if self.learn_clock(now, body));
+                if !fresh {
+                    self.pause_for_auth(now, Subject::Batch(batch_id));
+                }
+            }
             Verdict::Retry(retry_after) => self.schedule_retry(now, retry_after, Subject::Batch(batch_id), &outcome),
         }
     }
@@ -293,8 +298,41 @@ impl<S: EventStore> Engine<S> {
         let _ = self.persist();
     }
 
+    /// The server's clock as the engine knows it: the device's plus the learned offset.
+    pub(super) fn server_now(&self, now: Millis) -> Millis {
+        now.saturating_add(self.state.clock_offset)
+    }
+
+    /// Learns the clock offset from a `stale_timestamp` refusal (`{"error": {"code":
+    /// "stale_timestamp", "server_time": ms}}`). True when the offset changed, so signing
+    /// again at once can succeed; false for any other answer, or when the offset was already
+    /// applied (then the refusal is something else and the usual pause applies).
+    pub(super) fn learn_clock(&mut self, now: Millis, body: &[u8]) -> bool {
+        let parsed = core::str::from_utf8(body).ok().and_then(|t| json::parse(t, 4).ok());
+        let Some(error) = parsed.as_ref().and_then(Value::as_object).and_then(|o| o.get("error")?.as_object().cloned())
+        else {
+            return false;
+        };
+        let (Some("stale_timestamp"), Some(server_time)) =
+            (error.str("code"), error.get("server_time").and_then(Value::as_i64))
+        else {
+            return false;
+        };
+        let offset = server_time.saturating_sub(now);
+        // Within a second of what is applied: the clock is not the problem.
+        if offset.abs_diff(self.state.clock_offset) <= 1000 {
+            return false;
+        }
+        self.state.clock_offset = offset;
+        self.state_dirty = true;
+        self.retry = None;
+        self.not_before = None;
+        log!(self, "device clock is {offset} ms off the server's: signing with the server's time");
+        true
+    }
+
     pub(super) fn signed_headers(&mut self, now: Millis, body: &[u8]) -> Vec<(String, String)> {
-        let ts = now.div_euclid(1000);
+        let ts = self.server_now(now).div_euclid(1000);
         let (mut trace, mut span) = ([0u8; 16], [0u8; 8]);
         self.rng.fill_bytes(&mut trace);
         self.rng.fill_bytes(&mut span);

@@ -280,11 +280,15 @@ pub struct ErrorResponse {
 pub struct ErrorBody {
     pub code: String,
     pub message: String,
+    /// The server's clock (Unix ms) when it answered: an SDK whose signature was refused as
+    /// `stale_timestamp` learns its clock's offset from it.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub server_time: Option<i64>,
 }
 
 impl ErrorResponse {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        ErrorResponse { error: ErrorBody { code: code.into(), message: message.into() } }
+        ErrorResponse { error: ErrorBody { code: code.into(), message: message.into(), server_time: None } }
     }
 }
 

@@ -21,17 +21,24 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, sent as `Retry-After` (429, 503).
     pub retry_after: Option<u64>,
+    /// The server's clock (Unix ms), sent as `server_time` in the body (authentication
+    /// failures: an SDK with a wrong clock learns the offset from it).
+    pub server_time: Option<i64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), retry_after: None }
+        ApiError { status, code, message: message.into(), retry_after: None, server_time: None }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
     pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+    /// With the server's clock in the body.
+    pub fn with_server_time(self, now_ms: i64) -> Self {
+        ApiError { server_time: Some(now_ms), ..self }
     }
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
@@ -60,7 +67,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&ErrorResponse::new(self.code, self.message)).unwrap_or_default();
+        let mut error = ErrorResponse::new(self.code, self.message);
+        error.error.server_time = self.server_time;
+        let body = serde_json::to_vec(&error).unwrap_or_default();
         let mut response = (self.status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -233,16 +233,23 @@ impl<P: SignedPolicy> FromRequest<Arc<AppState>> for SignedBody<P> {
         }
         let limit = P::limit(state);
         let raw = read_body(body, limit).await?;
+        let now_ms = state.config.clock.now();
         protocol::verify_signature(
             app.secret.as_bytes(),
             credentials.timestamp.as_deref(),
             credentials.signature.as_deref(),
             &raw,
-            state.config.clock.now() / 1000,
+            now_ms.div_euclid(1000),
         )
         .map_err(|e| {
             metrics::counter!("trailmark_auth_failures_total", "app" => app_id.clone()).increment(1);
-            ApiError::unauthorized("invalid_signature", e.to_string())
+            // A stale timestamp is a wrong device clock, not wrong credentials: its own code,
+            // and the server's time, so the SDK can correct its clock and sign again at once.
+            let code = match e {
+                protocol::SignatureError::Stale { .. } => "stale_timestamp",
+                _ => "invalid_signature",
+            };
+            ApiError::unauthorized(code, e.to_string()).with_server_time(now_ms)
         })?;
         state.limits.check_app(&app_id)?;
         if credentials.in_query {
