@@ -267,7 +267,7 @@ fn auth_failures_pause_uploads_and_keep_events() {
     assert_eq!(engine.poll(T0 + 1), Action::Wait(Duration::from_millis(3_600_000 - 1)));
     assert_eq!(engine.stats().queued, 32);
     let task = upload(&mut engine, T0 + 3_600_000);
-    engine.report(T0 + 3_600_000, task.batch_id, error(403));
+    engine.report(T0 + 3_600_000, task.batch_id, error(401));
     assert_eq!(engine.stats().queued, 32);
     let mut server = Collector::default();
     drive(&mut engine, T0 + 7_200_000, 60_000, |t, now| server.accept(t, now, |_| false));
@@ -360,14 +360,16 @@ fn transient_failures_back_off_with_full_jitter_and_honour_retry_after() {
 }
 
 #[test]
-fn whole_request_4xx_and_foreign_2xx_keep_every_event() {
+fn busy_answers_and_foreign_2xx_keep_every_event() {
     let mut engine = open(MemoryStore::new(), T0);
     track_n(&mut engine, T0, 0, 30);
     let mut now = T0;
     for outcome in [
-        error(400),
-        error(422),
-        error(404),
+        error(408),
+        error(409),
+        error(429),
+        error(500),
+        error(503),
         UploadOutcome::Response { status: 200, retry_after: None, body: b"<html>Sign in to Wi-Fi</html>".to_vec() },
     ] {
         let task = upload(&mut engine, now);
@@ -378,9 +380,27 @@ fn whole_request_4xx_and_foreign_2xx_keep_every_event() {
         assert_eq!(engine.stats().queued, 32);
     }
     let mut server = Collector::default();
-    drive(&mut engine, now, 600_000, |t, n| server.accept(t, n, |_| false));
+    drive(&mut engine, now, 600_000, |t, now| server.accept(t, now, |_| false));
     assert_eq!(server.numbers(), (0..30).collect::<Vec<_>>());
-    assert_eq!(engine.stats().rejected_by_server, 0);
+}
+
+#[test]
+fn a_batch_refused_for_good_is_split_the_rest_delivered_the_culprit_dropped() {
+    for status in [400u16, 403, 404, 415, 422] {
+        let mut engine = open(MemoryStore::new(), T0);
+        track_n(&mut engine, T0, 0, 30);
+        let mut server = Collector::default();
+        // A proxy or WAF refuses every request that carries event 17; the server takes the rest.
+        drive(&mut engine, T0, 60_000, |t, now| {
+            let body = String::from_utf8_lossy(&t.body);
+            if body.contains(r#""n":17"#) { error(status) } else { server.accept(t, now, |_| false) }
+        });
+        let expected: Vec<u64> = (0..30).filter(|n| *n != 17).collect();
+        assert_eq!(server.numbers(), expected, "HTTP {status}: every other event, once");
+        let stats = engine.stats();
+        assert_eq!((stats.queued, stats.rejected_by_server), (0, 1), "HTTP {status}: {stats:?}");
+        assert_eq!(stats.delivered, 31, "session_start, install and 29 ticks");
+    }
 }
 
 #[test]
@@ -803,7 +823,8 @@ fn install_request_waits_for_attribution_consent_and_is_dropped_by_opt_out() {
     engine.set_consent(T0 + 20, ConsentUpdate { analytics: Some(true), attribution: Some(false), do_not_sell: None });
     let task = upload(&mut engine, T0 + 30);
     assert!(task.url.ends_with(protocol::EVENT_PATH), "events go; the install request needs attribution consent");
-    engine.report(T0 + 40, task.batch_id, UploadOutcome::Response { status: 200, retry_after: None, body: vec![] });
+    let body = format!(r#"{{"accepted":{},"duplicates":0}}"#, task.event_count).into_bytes();
+    engine.report(T0 + 40, task.batch_id, UploadOutcome::Response { status: 200, retry_after: None, body });
     assert!(engine.install_pending());
     engine.set_consent(T0 + 50, ConsentUpdate { analytics: None, attribution: Some(true), do_not_sell: None });
     let task = upload(&mut engine, T0 + 60);

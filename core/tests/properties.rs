@@ -109,14 +109,16 @@ impl Model {
             Answer::Status(s) => error(s),
             Answer::Network => UploadOutcome::NetworkError("unreachable".into()),
         };
-        let acked = matches!(&outcome, UploadOutcome::Response { status: 200, .. })
-            || (task.event_count == 1 && matches!(answer, Answer::Status(413))); // too large alone
+        // Refused for good (413, or a permanent 4xx) with the event alone: dropped.
+        let refused_alone = task.event_count == 1
+            && matches!(answer, Answer::Status(s) if (400..500).contains(&s) && !matches!(s, 401 | 408 | 409 | 429));
+        let acked = matches!(&outcome, UploadOutcome::Response { status: 200, .. }) || refused_alone;
         if acked {
             if let UploadOutcome::Response { status: 200, body, .. } = &outcome {
                 let response: IngestResponse = serde_json::from_slice(body).unwrap();
                 self.rejected.extend(response.rejected.iter().filter_map(|r| n_of(&events[r.index])));
             } else {
-                // A 413 for an event alone. A real server would not refuse a body it already
+                // A refusal of an event alone. A real server would not refuse a body it already
                 // stored (an earlier attempt whose answer was lost): it would answer "duplicate".
                 // The model's server can; such an event counts as delivered, not rejected.
                 let stored: BTreeSet<u64> = self.server.numbers().into_iter().collect();

@@ -243,6 +243,8 @@ impl<S: EventStore> Engine<S> {
         match outcome {
             UploadOutcome::NetworkError(_) => Verdict::Retry(None),
             UploadOutcome::Response { status, retry_after, body } => match *status {
+                // An empty 2xx still counts as an acknowledgement (the shared scenario harnesses
+                // of all four SDKs answer so); issue 19 wants it not to, a step of its own.
                 200..=299 if body.iter().all(u8::is_ascii_whitespace) => {
                     Verdict::Ack { response: IngestResponse::default(), read: true }
                 }
@@ -252,19 +254,22 @@ impl<S: EventStore> Engine<S> {
                     // not store anything: keep the events and retry.
                     None => Verdict::Retry(None),
                 },
-                // Too large as a whole: halve until the culprit is alone, then drop it.
-                413 if n > 1 => Verdict::Split,
-                413 => Verdict::Ack {
+                401 => Verdict::AuthPause,
+                // Refused for good as a whole (too large, or a permanent 4xx: 400, 403, 404, 415,
+                // 422... from the server or a proxy/WAF before it): halve until the culprit is
+                // alone, deliver the rest, then drop it and count it. Waiting would not change
+                // the answer, and the newer events behind it would be dropped at the queue's cap.
+                400..=499 if !matches!(*status, 408 | 409 | 429) && n > 1 => Verdict::Split,
+                400..=499 if !matches!(*status, 408 | 409 | 429) => Verdict::Ack {
                     response: IngestResponse {
                         accepted: 0,
                         duplicates: 0,
-                        rejected: vec![protocol::Rejection { index: 0, reason: "HTTP 413".into() }],
+                        rejected: vec![protocol::Rejection { index: 0, reason: String::new() }],
                     },
                     read: false,
                 },
-                401 | 403 => Verdict::AuthPause,
-                // 400 and every other status: the request may be fine and the server (or a proxy
-                // before it) wrong. Nothing is dropped for it; retry with backoff.
+                // 408, 409, 429, 5xx, anything else: the request may be fine and the server (or
+                // a proxy before it) busy or wrong. Nothing is dropped for it; retry with backoff.
                 _ => Verdict::Retry(retry_after.as_deref().and_then(|v| parse_retry_after(v, now))),
             },
         }
