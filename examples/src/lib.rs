@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use clap::Parser;
 use serde::Deserialize;
+use trailmark_server::domain::config::AppKind;
 use trailmark_server::{ServerBuilder, ServerConfig};
+
+pub mod conn;
 
 /// Command line of the reference server. Every option can also be set in the `--config` TOML
 /// file under the same name (with `-` written as `_`, and `apps = ["id:secret", ...]`); the
@@ -20,9 +23,15 @@ pub struct ServerArgs {
     /// SQLite database file [default: trailmark.db].
     #[arg(long)]
     pub db: Option<PathBuf>,
-    /// An app allowed to send events, as ID:SECRET. Repeatable.
-    #[arg(long = "app", value_name = "ID:SECRET")]
+    /// An app allowed to send events, as ID:SECRET or ID:SECRET:KIND, KIND being mobile (iOS
+    /// and Android; the default), web or server (see docs/protocol.md, "Trust model").
+    /// Repeatable.
+    #[arg(long = "app", value_name = "ID:SECRET[:KIND]")]
     pub apps: Vec<String>,
+    /// An ad network allowed to send server-to-server clicks (POST /v1/click) on its own
+    /// links, as NAME:SECRET (NAME is the campaigns' network). Repeatable.
+    #[arg(long = "network", value_name = "NAME:SECRET")]
+    pub networks: Vec<String>,
     /// A web origin whose pages may send events from a browser (CORS), as ORIGIN for every
     /// app or APP_ID=ORIGIN for one, e.g. https://shop.example. Repeatable.
     #[arg(long = "cors-origin", value_name = "[APP_ID=]ORIGIN")]
@@ -39,6 +48,21 @@ pub struct ServerArgs {
     /// Take the client IP from X-Forwarded-For (only behind a proxy you control).
     #[arg(long)]
     pub trust_proxy: bool,
+    /// With --trust-proxy: how many proxies of yours append to X-Forwarded-For [default: 1].
+    #[arg(long)]
+    pub proxy_hops: Option<usize>,
+    /// Seconds a request's headers may take once its first byte arrived [default: 10].
+    #[arg(long)]
+    pub header_timeout: Option<f64>,
+    /// Seconds a request's body may take once its headers arrived (408 after) [default: 30].
+    #[arg(long)]
+    pub body_timeout: Option<f64>,
+    /// Seconds a connection without a request in progress stays open [default: 60].
+    #[arg(long)]
+    pub idle_timeout: Option<f64>,
+    /// Most connections open at once; more are closed at once [default: 10000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// PEM certificate chain; with --tls-key, serve HTTPS (TLS 1.2 and 1.3 only).
     #[arg(long)]
     pub tls_cert: Option<PathBuf>,
@@ -102,6 +126,80 @@ pub struct ServerArgs {
     pub otlp_endpoint: Option<String>,
 }
 
+/// An entry of `apps` in the TOML file: `"id:secret[:kind]"` or a table.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(untagged)]
+enum AppEntry {
+    Spec(String),
+    Table(AppFile),
+}
+
+/// `apps = [{ id = "...", secret = "...", kind = "web", client_revenue_postbacks = false }]`.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct AppFile {
+    id: String,
+    secret: String,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    client_revenue_postbacks: bool,
+}
+
+/// `[[networks]]` in the TOML file.
+#[derive(Deserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+struct NetworkFile {
+    name: String,
+    secret: String,
+}
+
+/// One app of the resolved settings.
+#[derive(Clone)]
+pub struct AppSetting {
+    pub id: String,
+    pub secret: String,
+    pub kind: AppKind,
+    pub client_revenue_postbacks: bool,
+}
+
+impl std::fmt::Debug for AppSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppSetting").field("id", &self.id).field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+impl AppSetting {
+    /// `ID:SECRET` or `ID:SECRET:KIND`.
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let mut parts = spec.splitn(3, ':');
+        let (id, secret) = match (parts.next(), parts.next()) {
+            (Some(id), Some(secret)) => (id, secret),
+            _ => return Err(format!("--app {:?}: expected ID:SECRET[:KIND]", redact(spec))),
+        };
+        let kind = match parts.next() {
+            None => AppKind::Mobile,
+            Some(k) => k.parse().map_err(|e| format!("--app {id}: {e}"))?,
+        };
+        AppSetting::new(id, secret, kind, false)
+    }
+
+    fn new(id: &str, secret: &str, kind: AppKind, client_revenue_postbacks: bool) -> Result<Self, String> {
+        if id.is_empty() || secret.is_empty() {
+            return Err(format!("app {id:?}: id and secret must not be empty"));
+        }
+        Ok(AppSetting { id: id.to_owned(), secret: secret.to_owned(), kind, client_revenue_postbacks })
+    }
+}
+
+/// A credential spec for an error message: the part before the first `:` only.
+fn redact(spec: &str) -> String {
+    match spec.split_once(':') {
+        Some((id, _)) => format!("{id}:…"),
+        None => spec.to_owned(),
+    }
+}
+
 /// `[[postbacks]]` in the TOML file.
 #[derive(Deserialize, Debug, Clone)]
 #[serde(deny_unknown_fields)]
@@ -128,6 +226,7 @@ pub struct AttributionFile {
     pub conversion_events: Option<Vec<String>>,
     pub network_priority: Option<Vec<String>>,
     pub min_click_to_install_secs: Option<f64>,
+    pub max_indexed_touches: Option<usize>,
     pub click_injection: Option<trailmark_server::FraudPolicy>,
     pub max_clicks_per_ip_hour: Option<u32>,
     pub max_clicks_per_device_hour: Option<u32>,
@@ -161,6 +260,9 @@ impl AttributionFile {
         set(&mut c.fraud.min_click_to_install, self.min_click_to_install_secs, 1_000.0);
         if let Some(v) = self.fingerprint_threshold {
             c.fingerprint_threshold = v;
+        }
+        if let Some(v) = self.max_indexed_touches {
+            c.max_indexed_touches = v;
         }
         if let Some(v) = &self.conversion_events {
             c.conversion_events = v.clone();
@@ -231,7 +333,15 @@ impl ReportsFile {
 struct FileConfig {
     listen: Option<SocketAddr>,
     db: Option<PathBuf>,
-    apps: Option<Vec<String>>,
+    apps: Option<Vec<AppEntry>>,
+    networks: Option<Vec<NetworkFile>>,
+    proxy_hops: Option<usize>,
+    header_timeout: Option<f64>,
+    body_timeout: Option<f64>,
+    idle_timeout: Option<f64>,
+    max_connections: Option<usize>,
+    /// Largest |revenue| an event may carry [default: 10000000].
+    max_revenue: Option<f64>,
     cors_origins: Option<Vec<String>>,
     admin_key: Option<String>,
     geoip_city: Option<PathBuf>,
@@ -265,7 +375,14 @@ struct FileConfig {
 pub struct Settings {
     pub listen: SocketAddr,
     pub db: PathBuf,
-    pub apps: Vec<(String, String)>,
+    pub apps: Vec<AppSetting>,
+    /// Ad networks' (name, secret) for server-to-server clicks.
+    pub networks: Vec<(String, String)>,
+    pub proxy_hops: usize,
+    /// Connection limits (header and idle timeouts, the connection cap).
+    pub conn: conn::ConnLimits,
+    pub body_timeout: std::time::Duration,
+    pub max_revenue: Option<f64>,
     /// CORS origins: `(None, origin)` for every app, `(Some(app), origin)` for one.
     pub cors_origins: Vec<(Option<String>, String)>,
     pub admin_key: Option<String>,
@@ -308,16 +425,52 @@ impl ServerArgs {
             }
             None => FileConfig::default(),
         };
-        let mut app_specs = file.apps.unwrap_or_default();
-        app_specs.extend(self.apps.iter().cloned());
         let mut apps = Vec::new();
-        for spec in app_specs {
-            let (id, secret) = spec.split_once(':').ok_or_else(|| format!("--app {spec:?}: expected ID:SECRET"))?;
-            if id.is_empty() || secret.is_empty() {
-                return Err(format!("--app {spec:?}: id and secret must not be empty"));
-            }
-            apps.push((id.to_owned(), secret.to_owned()));
+        for entry in file.apps.unwrap_or_default() {
+            apps.push(match entry {
+                AppEntry::Spec(spec) => AppSetting::parse(&spec)?,
+                AppEntry::Table(t) => {
+                    let kind = match &t.kind {
+                        None => AppKind::Mobile,
+                        Some(k) => k.parse().map_err(|e| format!("app {}: {e}", t.id))?,
+                    };
+                    AppSetting::new(&t.id, &t.secret, kind, t.client_revenue_postbacks)?
+                }
+            });
         }
+        for spec in &self.apps {
+            apps.push(AppSetting::parse(spec)?);
+        }
+        let mut networks: Vec<(String, String)> =
+            file.networks.unwrap_or_default().into_iter().map(|n| (n.name, n.secret)).collect();
+        for spec in &self.networks {
+            let (name, secret) =
+                spec.split_once(':').ok_or_else(|| format!("--network {:?}: expected NAME:SECRET", redact(spec)))?;
+            networks.push((name.to_owned(), secret.to_owned()));
+        }
+        if let Some((name, _)) = networks.iter().find(|(n, s)| n.is_empty() || s.is_empty()) {
+            return Err(format!("--network {name:?}: name and secret must not be empty"));
+        }
+        let secs = |v: Option<f64>, default: u64, name: &str| -> Result<std::time::Duration, String> {
+            match v {
+                None => Ok(std::time::Duration::from_secs(default)),
+                Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Ok(std::time::Duration::from_secs_f64(s)),
+                Some(s) => Err(format!("--{name} {s}: expected seconds between 0 and 86400")),
+            }
+        };
+        let conn = conn::ConnLimits {
+            header: secs(self.header_timeout.or(file.header_timeout), 10, "header-timeout")?,
+            idle: secs(self.idle_timeout.or(file.idle_timeout), 60, "idle-timeout")?,
+            max_connections: match self.max_connections.or(file.max_connections).unwrap_or(10_000) {
+                0 => return Err("--max-connections must be at least 1".into()),
+                n => n,
+            },
+        };
+        let body_timeout = secs(self.body_timeout.or(file.body_timeout), 30, "body-timeout")?;
+        let proxy_hops = match self.proxy_hops.or(file.proxy_hops).unwrap_or(1) {
+            0 => return Err("--proxy-hops must be at least 1".into()),
+            n => n,
+        };
         let mut cors_origins = Vec::new();
         for spec in file.cors_origins.unwrap_or_default().iter().chain(&self.cors_origins) {
             // An origin has "://" and no "="; APP_ID=ORIGIN names the app first.
@@ -327,7 +480,7 @@ impl ServerArgs {
             };
             let origin = trailmark_server::domain::config::normalize_origin(origin)
                 .map_err(|e| format!("--cors-origin: {e}"))?;
-            if let Some(app) = app.as_ref().filter(|a| !apps.iter().any(|(id, _)| id == *a)) {
+            if let Some(app) = app.as_ref().filter(|a| !apps.iter().any(|s| s.id == **a)) {
                 return Err(format!("--cors-origin {spec:?}: no app {app:?} (give it with --app)"));
             }
             cors_origins.push((app, origin));
@@ -357,7 +510,21 @@ impl ServerArgs {
         if postgres_pool == 0 {
             return Err("--postgres-pool must be at least 1".into());
         }
+        let admin_key = self.admin_key.clone().or(file.admin_key);
+        if let Some(key) = &admin_key
+            && key.chars().count() < trailmark_server::domain::config::MIN_ADMIN_KEY_LEN
+        {
+            return Err(format!(
+                "--admin-key: at least {} characters (e.g. `openssl rand -hex 16`)",
+                trailmark_server::domain::config::MIN_ADMIN_KEY_LEN
+            ));
+        }
         Ok(Settings {
+            networks,
+            proxy_hops,
+            conn,
+            body_timeout,
+            max_revenue: file.max_revenue,
             kafka: self.kafka.clone().or(file.kafka),
             kafka_topic_prefix: self
                 .kafka_topic_prefix
@@ -395,7 +562,7 @@ impl ServerArgs {
             db,
             apps,
             cors_origins,
-            admin_key: self.admin_key.clone().or(file.admin_key),
+            admin_key,
             geoip_city: self.geoip_city.clone().or(file.geoip_city),
             geoip_asn: self.geoip_asn.clone().or(file.geoip_asn),
             trust_proxy: self.trust_proxy || file.trust_proxy.unwrap_or(false),
@@ -534,13 +701,24 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
     let db = settings.postgres.is_none().then_some(settings.db.as_path());
     let (ip_key, audit_key) = load_or_create_keys(&settings.keys, db)?;
     let mut config = ServerConfig::new();
-    for (id, secret) in &settings.apps {
-        config = config.with_app(id.clone(), secret.clone());
+    for app in &settings.apps {
+        config = config.with_app_kind(app.id.clone(), app.secret.clone(), app.kind);
+        if let Some(a) = config.apps.get_mut(&app.id) {
+            a.client_revenue_postbacks = app.client_revenue_postbacks;
+        }
+    }
+    for (name, secret) in &settings.networks {
+        config = config.with_network(name.clone(), secret.clone());
+    }
+    config.proxy_hops = settings.proxy_hops;
+    config.limits.body_timeout_ms = settings.body_timeout.as_millis() as u64;
+    if let Some(max) = settings.max_revenue {
+        config.limits.max_revenue = max;
     }
     for (app, origin) in &settings.cors_origins {
         let ids: Vec<String> = match app {
             Some(app) => vec![app.clone()],
-            None => settings.apps.iter().map(|(id, _)| id.clone()).collect(),
+            None => settings.apps.iter().map(|a| a.id.clone()).collect(),
         };
         for id in ids {
             config = config.with_cors_origin(&id, origin)?;
@@ -572,6 +750,7 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
     if config.reports.session_gap <= 0 || config.reports.refresh_interval <= 0 || config.reports.purge_interval <= 0 {
         return Err("[reports] intervals and the session gap must be positive".into());
     }
+    config.check_credentials()?;
     Ok(config)
 }
 
@@ -643,17 +822,19 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let handle = axum_server::Handle::new();
+    let guard = conn::Guard::new(settings.conn);
     let task = match &settings.tls {
         Some((cert, key)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .map_err(|e| format!("TLS certificate or key: {e}"))?;
-            let server = axum_server::from_tcp_rustls(listener, tls).handle(handle.clone());
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls).acceptor(guard);
+            let server = axum_server::from_tcp(listener).acceptor(acceptor).handle(handle.clone());
             tokio::spawn(async move { server.serve(app).await })
         }
         None => {
-            let server = axum_server::from_tcp(listener).handle(handle.clone());
+            let server = axum_server::from_tcp(listener).acceptor(guard).handle(handle.clone());
             tokio::spawn(async move { server.serve(app).await })
         }
     };

@@ -33,7 +33,7 @@ struct Client {
 
 impl Client {
     async fn admin(&self, base: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.http.request(method, format!("{base}{path}")).bearer_auth("admin");
+        let mut req = self.http.request(method, format!("{base}{path}")).bearer_auth("test-admin-key-0123456789");
         if let Some(b) = body {
             req = req.json(&b);
         }

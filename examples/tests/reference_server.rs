@@ -122,11 +122,13 @@ fn toml_config_and_https() {
         &config_path,
         format!(
             concat!(
-                "db = {:?}\napps = [\"app:secret\"]\nadmin_key = \"adm\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+                "db = {:?}\napps = [\"app:secret\", {{ id = \"site\", secret = \"site-secret\", kind = \"web\" }}]\n",
+                "admin_key = \"adm-key-0123456789ab\"\ntls_cert = {:?}\ntls_key = {:?}\n",
                 "log_format = \"json\"\npublic_url = \"https://t.example.com\"\n",
                 "cors_origins = [\"app=https://shop.example\"]\n",
                 "[attribution]\nclick_window_hours = 48\nclick_injection = \"flag\"\nnetwork_priority = [\"meta\"]\n",
                 "[[postbacks]]\nnetwork = \"meta\"\nurl = \"https://pb.example/i?c={{click_id}}\"\nevents = [\"install\"]\n",
+                "[[networks]]\nname = \"meta\"\nsecret = \"meta-secret\"\n",
             ),
             dir.path().join("s.db"),
             cert_path,
@@ -161,14 +163,43 @@ fn toml_config_and_https() {
     // Attribution settings from the file: links under the public URL; the audit shows the
     // 48-hour click window and the click-injection policy.
     let admin = |path: &str, body: Value| -> Value {
-        client.post(format!("{base}{path}")).bearer_auth("adm").json(&body).send().unwrap().json().unwrap()
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth("adm-key-0123456789ab")
+            .json(&body)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
     };
-    let campaign = admin("/v1/campaigns", serde_json::json!({"name": "c", "network": "meta"}));
+    let campaign = admin("/v1/campaigns", serde_json::json!({"name": "c", "network": "meta", "app_id": "app"}));
     let link = admin(
         "/v1/links",
         serde_json::json!({"campaign_id": campaign["campaign_id"], "destinations": {"web": "https://example.com/"}}),
     );
     assert!(link["url"].as_str().unwrap().starts_with("https://t.example.com/c/"), "{link}");
+    // Apps' kinds and networks' keys from the file: the web app posts no iOS install; the
+    // network reports a click on its link with its own key.
+    let signed = |path: &str, header: &str, name: &str, secret: &str, body: &Value| {
+        let ts = trailmark_server::now_ms() / 1000;
+        let body = serde_json::to_vec(body).unwrap();
+        client
+            .post(format!("{base}{path}"))
+            .header(header, name)
+            .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+            .header(protocol::HEADER_SIGNATURE, protocol::sign(secret.as_bytes(), ts, &body))
+            .body(body)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let install = json!({"event_id": uuid::Uuid::new_v4().to_string(), "anonymous_id": "a-1",
+        "timestamp": protocol::format_millis(trailmark_server::now_ms()), "platform": "ios", "device": {}});
+    assert_eq!(signed("/v1/install", protocol::HEADER_APP, "site", "site-secret", &install), 403);
+    let click = json!({"link_id": link["link_id"], "device": {"idfa": "AAAAAAAA-0000-4000-8000-000000000001"}});
+    assert_eq!(signed("/v1/click", protocol::HEADER_NETWORK, "meta", "meta-secret", &click), 201);
+    assert_eq!(signed("/v1/click", protocol::HEADER_APP, "app", "secret", &click), 401);
     // Plain HTTP to the HTTPS port is refused.
     let plain = reqwest::blocking::get(format!("{}/healthz", base.replace("https", "http")));
     assert!(!plain.map(|r| r.status().is_success()).unwrap_or(false));
@@ -222,4 +253,75 @@ fn reports_table_in_the_toml_file() {
     std::fs::write(&path, "apps = [\"app:secret\"]\n[reports]\nsession_gap = 5\n").unwrap();
     let args = trailmark_examples::ServerArgs { config: Some(path), ..Default::default() };
     assert!(args.settings().is_err(), "unknown keys are refused");
+}
+
+/// Reads until the server closes the connection (or `limit` passes); whether it closed.
+fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn slow_and_idle_connections_are_closed_and_connections_are_capped() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let (mut child, base) = spawn(&[
+        "--db",
+        db.to_str().unwrap(),
+        "--app",
+        "app:secret",
+        "--header-timeout",
+        "0.5",
+        "--idle-timeout",
+        "1",
+        "--max-connections",
+        "3",
+    ]);
+    let addr = base.trim_start_matches("http://").to_owned();
+    let connect = || std::net::TcpStream::connect(&addr).unwrap();
+    // A whole request is answered, then the kept-alive connection is closed once idle.
+    let mut ok = connect();
+    ok.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let start = Instant::now();
+    assert!(closed_within(&mut ok, Duration::from_secs(5)), "an idle connection is closed");
+    let idle_for = start.elapsed();
+    assert!(idle_for >= Duration::from_millis(900), "not before the idle timeout: {idle_for:?}");
+    // Headers that trickle in: closed after the header timeout, well before the idle one.
+    let mut slow = connect();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost:").unwrap();
+    let start = Instant::now();
+    assert!(closed_within(&mut slow, Duration::from_secs(5)));
+    assert!(
+        start.elapsed() < Duration::from_millis(950),
+        "the header timeout, not the idle one: {:?}",
+        start.elapsed()
+    );
+    // A connection that never sends a byte: closed after the idle timeout.
+    let mut silent = connect();
+    assert!(closed_within(&mut silent, Duration::from_secs(5)));
+    // Three connections held open: a fourth is closed at once, without an answer.
+    let held: Vec<_> = (0..3).map(|_| connect()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut extra = connect();
+    extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").ok();
+    let start = Instant::now();
+    assert!(closed_within(&mut extra, Duration::from_secs(5)));
+    assert!(start.elapsed() < Duration::from_millis(500), "refused at once: {:?}", start.elapsed());
+    drop(held);
+    // Once they are gone, connections are served again.
+    std::thread::sleep(Duration::from_millis(200));
+    let health: Value = reqwest::blocking::get(format!("{base}/healthz")).unwrap().json().unwrap();
+    assert_eq!(health["status"], "ok");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

@@ -36,6 +36,8 @@ pub enum BuildError {
     Jwt(String),
     #[error("invalid limit: {0}")]
     Limit(&'static str),
+    #[error("invalid credentials: {0}")]
+    Credentials(String),
     #[error("invalid attribution settings: {0}")]
     Attribution(String),
     #[error(transparent)]
@@ -92,6 +94,7 @@ impl ServerBuilder {
     pub fn build_state(self) -> Result<Arc<AppState>, BuildError> {
         let storage = self.storage.ok_or(BuildError::NoStorage)?;
         let config = self.config;
+        config.check_credentials().map_err(BuildError::Credentials)?;
         let limits = Limiters::new(&config.limits).map_err(BuildError::Limit)?;
         let validators = Validators::new(&config.apps).map_err(BuildError::Schema)?;
         let geo = GeoIp::open(config.geoip_city.as_deref(), config.geoip_asn.as_deref())

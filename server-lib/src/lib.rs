@@ -17,12 +17,14 @@
 //! ```
 //!
 //! Endpoints: `POST /v1/event` and `POST /v1/install` (signed), tracking links `GET /c/{code}`,
-//! clicks `GET|POST /v1/click`, `GET /v1/impression`, the campaign manager (`POST /v1/campaigns`,
+//! clicks `GET /v1/click` and `POST /v1/click` (server-to-server, signed by an ad network's own
+//! key), `GET /v1/impression`, the campaign manager (`POST /v1/campaigns`,
 //! `POST /v1/links`, `GET|PATCH /v1/links/{id}`, `GET /v1/links/{id}/audit`,
 //! `GET /v1/attribution/{event_id}`; admin), reports (`GET /v1/reports/*`, admin),
 //! `POST /v1/user/delete` (admin), the event inspector `GET /v1/events?anonymous_id=…` (admin),
 //! the dashboard `/dashboard`, `GET /healthz`, `GET /metrics` (Prometheus). Attribution is
-//! explained in `docs/attribution.md`.
+//! explained in `docs/attribution.md`; who may send what (app kinds, network keys) in
+//! `docs/protocol.md`, "Trust model".
 //!
 //! The crate is layered (`ARCHITECTURE.md`, ADR 0009); imports only flow downward:
 //! [`http`] → [`service`] → [`storage`] | [`clickcache`] | [`sink`] → [`domain`] (pure). The
@@ -40,7 +42,8 @@ pub use axum::Router;
 pub use builder::{BuildError, ServerBuilder, start_tasks};
 pub use domain::attribution::{AttributionConfig, FraudConfig, FraudPolicy};
 pub use domain::config::{
-    AppConfig, Clock, JwtAlgorithm, JwtConfig, Limits, ManualClock, ReportConfig, ServerConfig, now_ms,
+    AppConfig, AppKind, Clock, JwtAlgorithm, JwtConfig, Limits, ManualClock, NetworkConfig, ReportConfig, ServerConfig,
+    now_ms,
 };
 pub use http::{ApiError, AppState, router};
 pub use service::tasks::ServerHandle;

@@ -6,6 +6,8 @@ use serde_json::{Value, json};
 use trailmark_core::protocol;
 use trailmark_server::{Clock, ManualClock, ServerBuilder, ServerConfig};
 
+mod common;
+
 const ANDROID_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A.240205.004) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
 const IPHONE_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
 const DESKTOP_UA: &str =
@@ -23,8 +25,8 @@ struct Srv {
 }
 
 fn config(clock: Clock) -> ServerConfig {
-    let mut c = ServerConfig::new().with_app("app", "secret");
-    c.admin_key = Some("admin".into());
+    let mut c = ServerConfig::new().with_app("app", "secret").with_network("applovin", "applovin-secret");
+    c.admin_key = Some("test-admin-key-0123456789".into());
     c.clock = clock;
     c
 }
@@ -52,7 +54,8 @@ async fn start(tune: impl FnOnce(&mut ServerConfig)) -> Srv {
 
 impl Srv {
     async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.client.request(method, format!("{}{path}", self.base)).bearer_auth("admin");
+        let mut req =
+            self.client.request(method, format!("{}{path}", self.base)).bearer_auth("test-admin-key-0123456789");
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -113,6 +116,19 @@ impl Srv {
             req = req.header(*k, *v);
         }
         req.body(body)
+    }
+
+    /// Signed by ad network `network` with its own secret (`<network>-secret`).
+    fn network_signed(&self, network: &str, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        let ts = self.clock.now() / 1000;
+        let body = serde_json::to_vec(body).unwrap();
+        let secret = format!("{network}-secret");
+        self.client
+            .post(format!("{}{path}", self.base))
+            .header(protocol::HEADER_NETWORK, network)
+            .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+            .header(protocol::HEADER_SIGNATURE, protocol::sign(secret.as_bytes(), ts, &body))
+            .body(body)
     }
 
     async fn install(&self, body: Value, headers: &[(&str, &str)]) -> Value {
@@ -442,14 +458,18 @@ async fn server_to_server_clicks_and_reinstalls() {
     let (_, link, _) = srv.link("applovin").await;
     let click = json!({"link_id": link, "ip": "198.51.100.20", "user_agent": ANDROID_UA,
         "device": {"gaid": "aaaaaaaa-1111-4222-8333-bbbbbbbbbbbb"}, "network_ids": {"clickid": "net-77"}});
-    let resp = srv.signed("/v1/click", &click, &[]).send().await.unwrap();
+    let resp = srv.network_signed("applovin", "/v1/click", &click).send().await.unwrap();
     assert_eq!(resp.status(), 201);
     let click_id = resp.json::<Value>().await.unwrap()["click_id"].as_str().unwrap().to_owned();
     // Unknown link, bad address: 4xx with a message.
-    let resp = srv.signed("/v1/click", &json!({"link_id": "lnk_nope"}), &[]).send().await.unwrap();
+    let resp = srv.network_signed("applovin", "/v1/click", &json!({"link_id": "lnk_nope"})).send().await.unwrap();
     assert_eq!(resp.status(), 404);
-    let resp = srv.signed("/v1/click", &json!({"link_id": link, "ip": "not-an-ip"}), &[]).send().await.unwrap();
+    let resp =
+        srv.network_signed("applovin", "/v1/click", &json!({"link_id": link, "ip": "not-an-ip"})).send().await.unwrap();
     assert_eq!(resp.status(), 400);
+    // The app's secret cannot report clicks.
+    let resp = srv.signed("/v1/click", &click, &[]).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
 
     srv.clock.advance(HOUR);
     let body = srv.install_body("android", json!({"gaid": "AAAAAAAA-1111-4222-8333-BBBBBBBBBBBB"}));
@@ -484,7 +504,11 @@ async fn server_to_server_clicks_and_reinstalls() {
     assert_eq!(fourth["match_type"], "organic", "the attribution of the install it repeats");
 
     // A network's S2S click without a user agent still counts.
-    let resp = srv.signed("/v1/click", &json!({"link_id": link, "device": {"idfa": "X-1"}}), &[]).send().await.unwrap();
+    let resp = srv
+        .network_signed("applovin", "/v1/click", &json!({"link_id": link, "device": {"idfa": "X-1"}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 201);
 }
 
@@ -764,6 +788,8 @@ async fn postbacks_are_retried_with_backoff_and_logged() {
         ];
         c.postback_policy.min_delay = std::time::Duration::from_millis(10);
         c.postback_policy.max_delay = std::time::Duration::from_millis(40);
+        // The app opts in to client revenue in postbacks (tested on its own below).
+        c.apps.get_mut("app").unwrap().client_revenue_postbacks = true;
     })
     .await;
     let (_, _, alpha) = srv.link("alpha").await;
@@ -865,4 +891,186 @@ async fn deleting_an_upper_case_device_id_removes_its_clicks_installs_and_credit
     // The index forgot the device's click too.
     let body = srv.install_body("ios", json!({"idfa": idfa}));
     assert_eq!(srv.install(body, &[]).await["match_type"], "organic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinstall_matched_by_advertising_id_alone_gets_no_one_elses_attribution() {
+    let srv = start(|_| {}).await;
+    let (_, link, _) = srv.link("applovin").await;
+    let gaid = "cccccccc-1111-4222-8333-dddddddddddd";
+    let click = json!({"link_id": link, "user_agent": ANDROID_UA, "device": {"gaid": gaid}});
+    let resp = srv.network_signed("applovin", "/v1/click", &click).send().await.unwrap();
+    assert_eq!(resp.status(), 201);
+    let click_id = resp.json::<Value>().await.unwrap()["click_id"].as_str().unwrap().to_owned();
+    srv.clock.advance(HOUR);
+
+    // Device A installs: attributed, with the link's deep link.
+    let a = srv.install_body("android", json!({"gaid": gaid, "android_id": "a1b2c3d4e5f60708"}));
+    let first = srv.install(a.clone(), &[]).await;
+    assert_eq!(
+        (first["click_id"].as_str(), first["deep_link"]["params"]["coupon"].as_str()),
+        (Some(&*click_id), Some("SPRING"))
+    );
+
+    // Someone else presents A's advertising id: still a reinstall (not a new install to pay
+    // for), but nothing of A's answer.
+    srv.clock.advance(MINUTE);
+    let other = srv.install_body("android", json!({"gaid": gaid}));
+    let answer = srv.install(other.clone(), &[]).await;
+    assert_eq!(answer["reinstall"], true, "{answer}");
+    assert_eq!(answer["attributed"], false, "{answer}");
+    for field in ["click_id", "link_id", "campaign_id", "network", "deep_link"] {
+        assert_eq!(answer[field], Value::Null, "{field}: {answer}");
+    }
+    // Its retry gets the same (empty) answer.
+    assert_eq!(srv.install(other, &[]).await, answer);
+
+    // Device A itself, reinstalled (new anonymous id, same Android id): its own attribution.
+    let mut again = srv.install_body("android", json!({"gaid": gaid, "android_id": "A1B2C3D4E5F60708"}));
+    again["anonymous_id"] = json!("anon-after-reinstall");
+    let own = srv.install(again, &[]).await;
+    assert_eq!((own["reinstall"].as_bool(), own["click_id"].as_str()), (Some(true), Some(&*click_id)), "{own}");
+
+    // A's install retried by A: A's answer. A's event id from another device: refused.
+    assert_eq!(srv.install(a.clone(), &[]).await["click_id"], click_id);
+    let mut stolen = a.clone();
+    stolen["anonymous_id"] = json!("anon-thief");
+    stolen["device"] = json!({"gaid": gaid});
+    let resp = srv.signed("/v1/install", &stolen, &[]).send().await.unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "event_id_conflict", "{body}");
+    assert!(body.to_string().find(&click_id).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_kinds_and_network_keys_decide_who_may_send_what() {
+    let srv = start(|c| {
+        c.apps
+            .insert("site".into(), trailmark_server::AppConfig::of_kind("site-secret", trailmark_server::AppKind::Web));
+        c.networks.insert("other".into(), trailmark_server::NetworkConfig { secret: "other-secret".into() });
+    })
+    .await;
+    let signed_as = |app: &str, secret: &str, path: &str, body: &Value| {
+        let ts = srv.clock.now() / 1000;
+        let body = serde_json::to_vec(body).unwrap();
+        srv.client
+            .post(format!("{}{path}", srv.base))
+            .header(protocol::HEADER_APP, app)
+            .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+            .header(protocol::HEADER_SIGNATURE, protocol::sign(secret.as_bytes(), ts, &body))
+            .body(body)
+    };
+    // A web app posts no iOS or Android install; a web one is fine.
+    for (platform, status) in [("ios", 403), ("android", 403), ("web", 200)] {
+        let body = srv.install_body(platform, json!({}));
+        let resp = signed_as("site", "site-secret", "/v1/install", &body).send().await.unwrap();
+        assert_eq!(resp.status(), status, "{platform}");
+        if status == 403 {
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "not_allowed_for_app_kind", "{body}");
+        }
+    }
+    // The mobile app (no kind given) still posts mobile installs.
+    srv.install(srv.install_body("ios", json!({"idfv": "E1D2C3B4-0000-4000-8000-000000000001"})), &[]).await;
+
+    // Server-to-server clicks: only networks, each on its own links.
+    let (s, c) = srv
+        .admin(
+            reqwest::Method::POST,
+            "/v1/campaigns",
+            Some(json!({"name": "S", "network": "applovin", "app_id": "app"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{c}");
+    let (s, l) = srv
+        .admin(
+            reqwest::Method::POST,
+            "/v1/links",
+            Some(json!({"campaign_id": c["campaign_id"], "destinations": {"web": "https://shop.example.com/"}})),
+        )
+        .await;
+    assert_eq!(s, 201, "{l}");
+    let link = l["link_id"].as_str().unwrap().to_owned();
+    let click = json!({"link_id": link, "device": {"gaid": "eeeeeeee-1111-4222-8333-ffffffffffff"}});
+    let code = |resp: reqwest::Response| async move {
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().await.unwrap()["error"]["code"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(code(srv.network_signed("applovin", "/v1/click", &click).send().await.unwrap()).await.0, 201);
+    assert_eq!(
+        code(srv.network_signed("other", "/v1/click", &click).send().await.unwrap()).await,
+        (404, "not_found".to_owned()),
+        "another network's link"
+    );
+    assert_eq!(
+        code(srv.network_signed("nobody", "/v1/click", &click).send().await.unwrap()).await,
+        (401, "unknown_network".to_owned())
+    );
+    assert_eq!(
+        code(signed_as("site", "site-secret", "/v1/click", &click).send().await.unwrap()).await,
+        (401, "missing_network".to_owned()),
+        "an app's secret signs no click"
+    );
+    // A network's secret signs nothing else.
+    let event = srv.event_body("app_open", "anon-n", None, None, json!({}));
+    assert_eq!(signed_as("applovin", "applovin-secret", "/v1/event", &event).send().await.unwrap().status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revenue_reaches_postbacks_only_from_trusted_senders_and_within_bounds() {
+    let (network, seen) = common::receiver().await;
+
+    // (app kind, opted in, what the network sees)
+    let cases = [
+        (trailmark_server::AppKind::Mobile, false, "o=ORDER&rev=&cur="),
+        (trailmark_server::AppKind::Web, false, "o=ORDER&rev=&cur="),
+        (trailmark_server::AppKind::Mobile, true, "o=ORDER&rev=9.99&cur=USD"),
+        (trailmark_server::AppKind::Server, false, "o=ORDER&rev=9.99&cur=USD"),
+    ];
+    for (n, (kind, opt_in, expected)) in cases.into_iter().enumerate() {
+        let network = network.clone();
+        let srv = start(move |c| {
+            let app = c.apps.get_mut("app").unwrap();
+            app.kind = kind;
+            app.client_revenue_postbacks = opt_in;
+            c.postbacks = vec![trailmark_server::domain::postbacks::PostbackConfig {
+                network: "alpha".into(),
+                url: format!("{network}/pb?o={{event}}{n}&rev={{revenue}}&cur={{currency}}"),
+                events: vec!["purchase".into()],
+            }];
+        })
+        .await;
+        let (_, _, alpha) = srv.link("alpha").await;
+        let click = srv.web_click(&alpha, "").await;
+        let purchase = json!({"revenue": 9.99, "currency": "USD"});
+        srv.event(srv.event_body("purchase", "anon-r", None, Some(&click), purchase)).await;
+        let want = expected.replace("ORDER", &format!("purchase{n}"));
+        let mut found = false;
+        for _ in 0..200 {
+            if seen.lock().unwrap().iter().any(|q| q.starts_with(&format!("o=purchase{n}&"))) {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        assert!(found, "case {n}: no postback: {:?}", seen.lock().unwrap());
+        assert!(seen.lock().unwrap().contains(&want), "case {n}: {want} not in {:?}", seen.lock().unwrap());
+
+        // Revenue beyond the bound is refused, event by event, for every sender.
+        if n == 0 {
+            let too_much = srv.event_body("purchase", "anon-r", None, None, json!({"revenue": 1e8, "currency": "USD"}));
+            let negative = srv.event_body("refund", "anon-r", None, None, json!({"revenue": -2e7}));
+            let fine = srv.event_body("purchase", "anon-r", None, None, json!({"revenue": 1e7, "currency": "USD"}));
+            let resp =
+                srv.signed("/v1/event", &json!({"batch": [too_much, negative, fine]}), &[]).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["accepted"], 1, "{body}");
+            let rejected: Vec<u64> =
+                body["rejected"].as_array().unwrap().iter().map(|r| r["index"].as_u64().unwrap()).collect();
+            assert_eq!(rejected, [0, 1], "{body}");
+            assert!(body["rejected"][1]["reason"].as_str().unwrap().contains("revenue"), "{body}");
+        }
+    }
 }

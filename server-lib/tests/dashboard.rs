@@ -43,7 +43,7 @@ fn field(body: &str, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_csrf_escaping_live_counters_and_the_link_generator() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = ServerConfig::new().with_app("app", "secret").with_admin_key("s3cret-key");
+    let mut config = ServerConfig::new().with_app("app", "secret").with_admin_key("s3cret-key-0123456789");
     config.reports.scheduler = false;
     let base = common::serve(ServerBuilder::new(config).sqlite(dir.path().join("d.db")).unwrap()).await;
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
@@ -70,12 +70,13 @@ async fn login_csrf_escaping_live_counters_and_the_link_generator() {
     let p = send(post_login("wrong", &token, &login_cookie)).await;
     assert_eq!(p.status, 401);
     assert!(p.body.contains("Wrong key"));
-    let p = send(post_login("s3cret-key", "forged", &login_cookie)).await;
+    let p = send(post_login("s3cret-key-0123456789", "forged", &login_cookie)).await;
     assert!(p.body.contains("expired") && cookie_value(&p, "tm_dash").is_none());
-    let p = send(post_login("s3cret-key", &token, &login_cookie).header("origin", "https://evil.example")).await;
+    let p =
+        send(post_login("s3cret-key-0123456789", &token, &login_cookie).header("origin", "https://evil.example")).await;
     assert_eq!(p.status, 403);
     // The right key: a session cookie, HttpOnly and SameSite=Strict.
-    let p = send(post_login("s3cret-key", &token, &login_cookie)).await;
+    let p = send(post_login("s3cret-key-0123456789", &token, &login_cookie)).await;
     assert_eq!((p.status, p.location.as_deref()), (303, Some("/dashboard")));
     let session = cookie_value(&p, "tm_dash").expect("session cookie");
     let set = p.cookies.iter().find(|c| c.starts_with("tm_dash=")).unwrap();

@@ -12,7 +12,7 @@ async fn delete_purges_every_table_and_audits_without_raw_ids() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
     let mut config = ServerConfig::new().with_app("app", "secret");
-    config.admin_key = Some("admin".into());
+    config.admin_key = Some("test-admin-key-0123456789".into());
     let base = common::serve(ServerBuilder::new(config).sqlite(&db).unwrap()).await;
     let client = reqwest::Client::new();
     let event = |anon: &str, user: Option<&str>, device: &str| {
@@ -36,7 +36,7 @@ async fn delete_purges_every_table_and_audits_without_raw_ids() {
 
     let resp = client
         .post(format!("{base}/v1/user/delete"))
-        .header("Authorization", "Bearer admin")
+        .header("Authorization", "Bearer test-admin-key-0123456789")
         .body(r#"{"user_id": "jane"}"#)
         .send()
         .await

@@ -14,7 +14,9 @@ async fn native_sdk_delivers_to_the_server_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("server.db");
     let base = common::serve(
-        ServerBuilder::new(ServerConfig::new().with_app("shop", "s3cret").with_admin_key("adm1n")).sqlite(&db).unwrap(),
+        ServerBuilder::new(ServerConfig::new().with_app("shop", "s3cret").with_admin_key("adm1n-key-0123456789"))
+            .sqlite(&db)
+            .unwrap(),
     )
     .await;
     let inspect_base = base.clone();
@@ -67,7 +69,7 @@ async fn native_sdk_delivers_to_the_server_exactly_once() {
     let url = format!("{inspect_base}/v1/events?anonymous_id={anonymous_id}&limit=1000");
     let r = client.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401, "admin only");
-    let r = client.get(&url).bearer_auth("adm1n").send().await.unwrap();
+    let r = client.get(&url).bearer_auth("adm1n-key-0123456789").send().await.unwrap();
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     let events = body["events"].as_array().unwrap();
@@ -77,13 +79,18 @@ async fn native_sdk_delivers_to_the_server_exactly_once() {
     assert_eq!(carts[0]["properties"]["sku"], "A-119", "newest first");
     assert_eq!(carts[0]["properties"]["currency"], "EUR");
     assert_eq!(carts[0]["anonymous_id"], anonymous_id.as_str());
-    let r = client.get(format!("{inspect_base}/v1/events?limit=5")).bearer_auth("adm1n").send().await.unwrap();
+    let r = client
+        .get(format!("{inspect_base}/v1/events?limit=5"))
+        .bearer_auth("adm1n-key-0123456789")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400, "a subject is required");
-    let r = client.get(format!("{url}&user_id=u")).bearer_auth("adm1n").send().await.unwrap();
+    let r = client.get(format!("{url}&user_id=u")).bearer_auth("adm1n-key-0123456789").send().await.unwrap();
     assert_eq!(r.status(), 400, "only one subject");
     let r = client
         .get(format!("{inspect_base}/v1/events?anonymous_id=x&limit=0"))
-        .bearer_auth("adm1n")
+        .bearer_auth("adm1n-key-0123456789")
         .send()
         .await
         .unwrap();

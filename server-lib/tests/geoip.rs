@@ -98,10 +98,12 @@ async fn installs_from_anonymous_addresses_are_flagged() {
     let mut config = ServerConfig::new().with_app("app", "secret");
     config.geoip_anonymous = Some(fixtures().join("GeoIP2-Anonymous-IP-Test.mmdb"));
     config.trust_proxy = true;
-    config.admin_key = Some("admin".into());
+    config.admin_key = Some("test-admin-key-0123456789".into());
     let base = common::serve(ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap()).await;
     let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let admin = |path: &str, body: Value| client.post(format!("{base}{path}")).bearer_auth("admin").json(&body).send();
+    let admin = |path: &str, body: Value| {
+        client.post(format!("{base}{path}")).bearer_auth("test-admin-key-0123456789").json(&body).send()
+    };
     let campaign: Value =
         admin("/v1/campaigns", json!({"name": "c", "network": "n"})).await.unwrap().json().await.unwrap();
     let link: Value = admin(

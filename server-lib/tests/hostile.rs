@@ -22,7 +22,7 @@ async fn start() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
     let mut config = ServerConfig::new().with_app(APP, SECRET);
-    config.admin_key = Some("admin-key".into());
+    config.admin_key = Some("admin-key-0123456789".into());
     config.limits.ip_rate_per_sec = 100_000;
     config.limits.ip_burst = 100_000;
     let base = common::serve(ServerBuilder::new(config).sqlite(&db).unwrap()).await;
@@ -289,11 +289,11 @@ async fn hostile_requests_get_clear_4xx_and_lose_nothing() {
         (None, r#"{"user_id":"u"}"#, 401),
         (Some("Bearer wrong"), r#"{"user_id":"u"}"#, 401),
         (Some("Basic YWRtaW4="), r#"{"user_id":"u"}"#, 401),
-        (Some("Bearer admin-key"), r#"{}"#, 400),
-        (Some("Bearer admin-key"), r#"{"user_id":"u","device_id":"d"}"#, 400),
-        (Some("Bearer admin-key"), r#"{"email":"a@b.c"}"#, 400),
-        (Some("Bearer admin-key"), r#"{"user_id":42}"#, 400),
-        (Some("Bearer admin-key"), r#"not json"#, 400),
+        (Some("Bearer admin-key-0123456789"), r#"{}"#, 400),
+        (Some("Bearer admin-key-0123456789"), r#"{"user_id":"u","device_id":"d"}"#, 400),
+        (Some("Bearer admin-key-0123456789"), r#"{"email":"a@b.c"}"#, 400),
+        (Some("Bearer admin-key-0123456789"), r#"{"user_id":42}"#, 400),
+        (Some("Bearer admin-key-0123456789"), r#"not json"#, 400),
     ] {
         let resp = del(auth, body).await.unwrap();
         assert_eq!(resp.status().as_u16(), status, "{auth:?} {body}");

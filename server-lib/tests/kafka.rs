@@ -40,7 +40,7 @@ async fn accepted_events_are_published_once_by_family_in_order() {
     KafkaSink::connect(config.clone()).await.expect("existing topics are fine");
 
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerConfig::new().with_app("app", "secret").with_admin_key("admin");
+    let server = ServerConfig::new().with_app("app", "secret").with_admin_key("test-admin-key-0123456789");
     let base =
         common::serve(ServerBuilder::new(server).sqlite(dir.path().join("k.db")).unwrap().event_sink(sink.clone()))
             .await;
@@ -78,7 +78,7 @@ async fn accepted_events_are_published_once_by_family_in_order() {
     assert_eq!(resp.status(), 200);
     let resp = client
         .post(format!("{base}/v1/user/delete"))
-        .bearer_auth("admin")
+        .bearer_auth("test-admin-key-0123456789")
         .json(&json!({"anonymous_id": "a9"}))
         .send()
         .await

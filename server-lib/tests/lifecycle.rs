@@ -1,32 +1,16 @@
 //! The server's lifecycle: `build()` starts the background tasks (nothing waits for a first
 //! request), the handle names them, and `shutdown()` stops them and drains the writer.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use trailmark_server::domain::records::{NewEvent, PostbackRecord};
 use trailmark_server::storage::prelude::*;
 use trailmark_server::{Durability, ServerBuilder, ServerConfig, SqliteStorage};
 
-/// A loopback receiver that records the query of every postback it gets.
-async fn receiver() -> (String, Arc<Mutex<Vec<String>>>) {
-    let hits = Arc::new(Mutex::new(Vec::new()));
-    let seen = hits.clone();
-    let app = axum::Router::new().route(
-        "/pb",
-        axum::routing::get(move |uri: axum::http::Uri| {
-            let seen = seen.clone();
-            async move {
-                seen.lock().unwrap().push(uri.query().unwrap_or_default().to_owned());
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (base, hits)
-}
+mod common;
+
+use common::receiver;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_start_with_the_server_and_stop_with_its_handle() {

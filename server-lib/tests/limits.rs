@@ -207,6 +207,21 @@ async fn admin_accepts_a_valid_hs256_jwt_only() {
     assert_eq!(delete(token("other-key", "https://idp.example", later)).await.unwrap().status(), 401);
     assert_eq!(delete(token("jwt-key", "https://evil.example", later)).await.unwrap().status(), 401);
     assert_eq!(delete(token("jwt-key", "https://idp.example", later - 7200)).await.unwrap().status(), 401);
+    // A configured issuer must be in the token; and a refusal tells nothing about which check
+    // failed.
+    let no_iss = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "ops@example", "exp": later}),
+        &jsonwebtoken::EncodingKey::from_secret(b"jwt-key"),
+    )
+    .unwrap();
+    let resp = delete(no_iss).await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "bearer token refused", "{body}");
+    let resp = delete(token("jwt-key", "https://evil.example", later)).await.unwrap();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "bearer token refused", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,6 +273,14 @@ async fn admin_accepts_an_rs256_jwt_signed_by_the_configured_key() {
     };
     assert_eq!(delete(sign("trailmark", jsonwebtoken::Algorithm::RS256, rsa())).await.unwrap().status(), 200);
     assert_eq!(delete(sign("other", jsonwebtoken::Algorithm::RS256, rsa())).await.unwrap().status(), 401);
+    // A configured audience must be in the token.
+    let no_aud = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &json!({"sub": "ops", "exp": exp}),
+        &rsa(),
+    )
+    .unwrap();
+    assert_eq!(delete(no_aud).await.unwrap().status(), 401);
     // An HS256 token keyed with the public key text (algorithm confusion) is refused.
     let confused = jsonwebtoken::EncodingKey::from_secret(public.as_bytes());
     assert_eq!(delete(sign("trailmark", jsonwebtoken::Algorithm::HS256, confused)).await.unwrap().status(), 401);
@@ -289,7 +312,7 @@ async fn unsigned_requests_do_not_spend_the_apps_quota() {
 async fn admin_bodies_are_read_only_after_auth_and_only_up_to_4_kb() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServerConfig::new().with_app("app", "secret");
-    config.admin_key = Some("adm".into());
+    config.admin_key = Some("adm-key-0123456789ab".into());
     let base = serve(ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap()).await;
     let client = reqwest::Client::new();
     // 8 MB without credentials: refused without reading the body. The server may close the
@@ -301,7 +324,7 @@ async fn admin_bodies_are_read_only_after_auth_and_only_up_to_4_kb() {
     // Each request on a fresh client: the server closes connections whose body it refused.
     let resp = reqwest::Client::new()
         .post(format!("{base}/v1/user/delete"))
-        .header("Authorization", "Bearer adm")
+        .header("Authorization", "Bearer adm-key-0123456789ab")
         .body(vec![b' '; 200 << 10])
         .send()
         .await
@@ -317,7 +340,7 @@ async fn every_id_ingest_accepts_can_be_deleted_and_oversized_events_are_rejecte
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("s.db");
     let mut config = ServerConfig::new().with_app("app", "secret");
-    config.admin_key = Some("adm".into());
+    config.admin_key = Some("adm-key-0123456789ab".into());
     let base = serve(ServerBuilder::new(config).sqlite(&db).unwrap()).await;
     let user = "用".repeat(100); // 100 characters, 300 bytes
     let mut e = event_at(trailmark_server::now_ms());
@@ -329,7 +352,7 @@ async fn every_id_ingest_accepts_can_be_deleted_and_oversized_events_are_rejecte
     assert_eq!(answer["rejected"][0]["index"], 1, "{answer}");
     let resp = reqwest::Client::new()
         .post(format!("{base}/v1/user/delete"))
-        .header("Authorization", "Bearer adm")
+        .header("Authorization", "Bearer adm-key-0123456789ab")
         .body(json!({ "user_id": user }).to_string())
         .send()
         .await
@@ -337,4 +360,201 @@ async fn every_id_ingest_accepts_can_be_deleted_and_oversized_events_are_rejecte
     assert_eq!(resp.status(), 200);
     let receipt: Value = resp.json().await.unwrap();
     assert_eq!(receipt["rows_deleted"], 1);
+}
+
+/// A signed request from `app` (or, with `network`, from that ad network) through a trusted
+/// proxy that saw the client at `client`.
+fn signed_from(
+    base: &str,
+    path: &str,
+    client: &str,
+    signer: (&str, &str, bool),
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    let (name, secret, network) = signer;
+    let ts = trailmark_server::now_ms() / 1000;
+    let body = serde_json::to_vec(body).unwrap();
+    let header = if network { protocol::HEADER_NETWORK } else { protocol::HEADER_APP };
+    reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("X-Forwarded-For", client)
+        .header(header, name)
+        .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+        .header(protocol::HEADER_SIGNATURE, protocol::sign(secret.as_bytes(), ts, &body))
+        .body(body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_to_server_clicks_pay_their_sender_and_their_network_not_the_visitor_or_the_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new().with_app("app", "secret").with_network("net", "net-secret");
+    config.admin_key = Some("adm-key-0123456789ab".into());
+    config.trust_proxy = true;
+    config.limits.ip_rate_per_sec = 1;
+    config.limits.ip_burst = 4;
+    config.limits.network_rate_per_sec = 1;
+    config.limits.network_burst = 3;
+    config.limits.app_rate_per_sec = 1;
+    config.limits.app_burst = 1;
+    let base = serve(ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap()).await;
+    let admin = |path: &str, body: Value| {
+        reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .header("X-Forwarded-For", "192.0.2.200")
+            .bearer_auth("adm-key-0123456789ab")
+            .json(&body)
+            .send()
+    };
+    let campaign: Value =
+        admin("/v1/campaigns", json!({"name": "c", "network": "net"})).await.unwrap().json().await.unwrap();
+    let link: Value = admin(
+        "/v1/links",
+        json!({"campaign_id": campaign["campaign_id"], "destinations": {"web": "https://x.example/"}}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let link = link["link_id"].as_str().unwrap().to_owned();
+    let visitor = "198.51.100.50";
+    // The app spends its only request: its bucket is empty from here on.
+    let event = event_at(trailmark_server::now_ms());
+    assert_eq!(
+        signed_from(&base, "/v1/event", "192.0.2.1", ("app", "secret", false), &event).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        signed_from(&base, "/v1/event", "192.0.2.1", ("app", "secret", false), &event).send().await.unwrap().status(),
+        429
+    );
+    // The network's clicks, from three sender addresses, naming one visitor: its own bucket
+    // of 3, not the app's.
+    let click = json!({"link_id": link, "ip": visitor, "device": {"gaid": "abababab-1111-4222-8333-cdcdcdcdcdcd"}});
+    let mut statuses = Vec::new();
+    for sender in ["192.0.2.10", "192.0.2.11", "192.0.2.12", "192.0.2.13"] {
+        statuses.push(
+            signed_from(&base, "/v1/click", sender, ("net", "net-secret", true), &click)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [201, 201, 201, 429], "the network's bucket");
+    // The visitor's own address still has its whole request bucket (4): its own clicks through
+    // the link are all recorded.
+    for _ in 0..4 {
+        let resp = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .get(format!("{base}/v1/click?link={link}"))
+            .header("X-Forwarded-For", visitor)
+            .header("User-Agent", "Mozilla/5.0 (Linux; Android 14) Mobile")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 302);
+        let to = resp.headers()["location"].to_str().unwrap();
+        assert!(to.contains("tm_click_id="), "the visitor's click is recorded: {to}");
+    }
+    // A sender address pays its own request bucket (4 here) for clicks too.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(
+            signed_from(&base, "/v1/click", "192.0.2.99", ("net", "wrong-secret", true), &click)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 429], "unsigned floods are cut by their address");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_clients_are_limited_by_their_64_and_proxy_hops_pick_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.trust_proxy = true;
+    config.proxy_hops = 2;
+    config.limits.ip_rate_per_sec = 1;
+    config.limits.ip_burst = 2;
+    let base = serve(ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap()).await;
+    let send = |xff: String| {
+        signed_from(&base, "/v1/event", &xff, ("app", "secret", false), &event_at(trailmark_server::now_ms())).send()
+    };
+    // Two proxies: the client is the second entry from the end; what it wrote itself before
+    // that does not count.
+    let mut statuses = Vec::new();
+    for i in 1..=3 {
+        statuses.push(send(format!("10.9.9.{i}, 2001:db8:5:6::{i}, 203.0.113.7")).await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 429], "three addresses of one /64 share a bucket");
+    assert_eq!(send("2001:db8:5:7::1, 203.0.113.7".into()).await.unwrap().status(), 200, "another /64");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_admin_sign_ins_close_the_gate_for_that_address_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.admin_key = Some("adm-key-0123456789ab".into());
+    config.trust_proxy = true;
+    config.limits.admin_failures = 5;
+    let base = serve(ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap()).await;
+    let get = |from: &str, key: &str| {
+        reqwest::Client::new()
+            .get(format!("{base}/v1/events?anonymous_id=a"))
+            .header("X-Forwarded-For", from)
+            .bearer_auth(key)
+            .send()
+    };
+    assert_eq!(get("198.51.100.1", "adm-key-0123456789ab").await.unwrap().status(), 200);
+    for _ in 0..5 {
+        assert_eq!(get("198.51.100.1", "guess").await.unwrap().status(), 401);
+    }
+    // The gate is shut for that address, even for the right key (a guess cannot be confirmed).
+    let resp = get("198.51.100.1", "adm-key-0123456789ab").await.unwrap();
+    assert_eq!(resp.status(), 429);
+    assert!(resp.headers().get("retry-after").is_some());
+    assert_eq!(get("198.51.100.2", "adm-key-0123456789ab").await.unwrap().status(), 200, "another address");
+}
+
+#[test]
+fn short_admin_keys_and_shared_secrets_are_refused_at_build_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let build =
+        |config: ServerConfig| ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap().build_state().err();
+    let short = ServerConfig::new().with_app("app", "secret").with_admin_key("fifteen-chars..");
+    assert!(build(short).unwrap().to_string().contains("at least 16 characters"));
+    let shared = ServerConfig::new().with_app("app", "secret").with_network("net", "secret");
+    assert!(build(shared).unwrap().to_string().contains("app's secret"));
+    let ok = ServerConfig::new().with_app("app", "secret").with_admin_key("sixteen-chars...");
+    assert!(build(ok).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_in_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.limits.body_timeout_ms = 300;
+    let base = serve(ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap()).await;
+    let mut tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://")).await.unwrap();
+    let ts = trailmark_server::now_ms() / 1000;
+    let head = format!(
+        "POST /v1/event HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n{}: app\r\n{}: {ts}\r\n{}: v1=00\r\n\r\n{{\"ev",
+        protocol::HEADER_APP,
+        protocol::HEADER_TIMESTAMP,
+        protocol::HEADER_SIGNATURE
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read_to_string(&mut answer)).await;
+    assert!(read.is_ok(), "the server answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
 }

@@ -7,7 +7,7 @@ use trailmark_server::{ServerBuilder, ServerConfig};
 
 mod common;
 
-const ADMIN: &str = "admin-key";
+const ADMIN: &str = "admin-key-0123456789";
 
 /// The value of the series with exactly these labels (in Prometheus' text format).
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

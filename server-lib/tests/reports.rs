@@ -46,7 +46,11 @@ fn postgres_url() -> Option<String> {
 async fn start_on(postgres: Option<&str>, tune: impl FnOnce(&mut ServerConfig)) -> Srv {
     let dir = tempfile::tempdir().unwrap();
     let (clock, handle) = Clock::manual(T0);
-    let mut c = ServerConfig::new().with_app("app", "secret").with_admin_key("admin");
+    let mut c = ServerConfig::new()
+        .with_app("app", "secret")
+        .with_admin_key("test-admin-key-0123456789")
+        .with_network("meta", "meta-secret")
+        .with_network("tiktok", "tiktok-secret");
     c.clock = clock;
     // The test runs maintenance itself, on its own clock.
     c.reports.scheduler = false;
@@ -79,7 +83,8 @@ async fn start_on(postgres: Option<&str>, tune: impl FnOnce(&mut ServerConfig)) 
 
 impl Srv {
     async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self.client.request(method, format!("{}{path}", self.base)).bearer_auth("admin");
+        let mut req =
+            self.client.request(method, format!("{}{path}", self.base)).bearer_auth("test-admin-key-0123456789");
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -121,9 +126,22 @@ impl Srv {
             .body(body)
     }
 
-    async fn s2s_click(&self, link: &str, gaid: &str) {
+    /// A server-to-server click reported by `network` (signed with its own secret).
+    async fn s2s_click(&self, network: &str, link: &str, gaid: &str) {
         let click = json!({"link_id": link, "user_agent": ANDROID_UA, "device": {"gaid": gaid}});
-        let resp = self.signed("/v1/click", &click).send().await.unwrap();
+        let ts = self.clock.now() / 1000;
+        let body = serde_json::to_vec(&click).unwrap();
+        let secret = format!("{network}-secret");
+        let resp = self
+            .client
+            .post(format!("{}/v1/click", self.base))
+            .header(protocol::HEADER_NETWORK, network)
+            .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+            .header(protocol::HEADER_SIGNATURE, protocol::sign(secret.as_bytes(), ts, &body))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
     }
 
@@ -207,10 +225,10 @@ async fn fixture(srv: &Srv) -> Fixture {
     }
     let gaid = |p: &str, n: u32| format!("{p}0000000-0000-4000-8000-00000000000{n}");
     for n in 1..=4 {
-        srv.s2s_click(&link_a, &gaid("a", n)).await;
+        srv.s2s_click("meta", &link_a, &gaid("a", n)).await;
     }
     for n in 1..=2 {
-        srv.s2s_click(&link_b, &gaid("b", n)).await;
+        srv.s2s_click("tiktok", &link_b, &gaid("b", n)).await;
     }
     srv.clock.advance(3 * MINUTE);
     for n in 1..=3 {

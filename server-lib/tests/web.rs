@@ -15,7 +15,7 @@ async fn server(dir: &tempfile::TempDir) -> String {
     let config = ServerConfig::new()
         .with_app("app", "secret")
         .with_app("other", "other-secret")
-        .with_admin_key("adm1n")
+        .with_admin_key("adm1n-key-0123456789")
         .with_cors_origin("app", "https://SHOP.example:443/")
         .unwrap()
         .with_cors_origin("other", "http://localhost:5173")
@@ -138,7 +138,7 @@ async fn beacons_are_signed_in_the_query() {
     assert!(error["error"]["message"].as_str().unwrap().contains("tm_app"));
 
     let url = format!("{base}/v1/events?app_id=app&anonymous_id={}", engine.anonymous_id());
-    let r = client.get(url).bearer_auth("adm1n").send().await.unwrap();
+    let r = client.get(url).bearer_auth("adm1n-key-0123456789").send().await.unwrap();
     let events: Value = r.json().await.unwrap();
     let types: Vec<&str> = events["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types.iter().filter(|t| **t == "checkout_started").count(), 1, "{types:?}");

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { repo } from './helpers.mjs';
 
-export const ADMIN = 'adm1n';
+export const ADMIN = 'adm1n-key-0123456789';
 
 // Databases made here outlive a server (a test may restart one on the same file); they go
 // when the test process ends.

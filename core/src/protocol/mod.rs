@@ -38,6 +38,9 @@ pub const EVENT_PATH: &str = "/v1/event";
 pub const HEADER_APP: &str = "X-Trailmark-App";
 pub const HEADER_TIMESTAMP: &str = "X-Trailmark-Timestamp";
 pub const HEADER_SIGNATURE: &str = "X-Trailmark-Signature";
+/// Who signs a server-to-server click (`POST /v1/click`): an ad network, with its own secret,
+/// in place of [`HEADER_APP`].
+pub const HEADER_NETWORK: &str = "X-Trailmark-Network";
 /// W3C Trace Context header: every upload carries a fresh trace id, so the server's spans of
 /// that request (ingest, store) share it with the SDK's upload.
 pub const HEADER_TRACEPARENT: &str = "traceparent";

@@ -157,7 +157,7 @@ async fn main() {
         ip_rate: Some(1_000_000),
         app_rate: Some(1_000_000),
         sync: Some(args.sync.clone()),
-        admin_key: Some("bench-admin".into()),
+        admin_key: Some("bench-admin-key-0001".into()),
         postgres: args.postgres.clone(),
         postgres_schema: args.postgres.as_ref().map(|_| format!("bench_{}", uuid::Uuid::new_v4().simple())),
         redis: args.redis.clone(),
@@ -215,7 +215,8 @@ async fn main() {
                 ("retention report (30 cohorts)", "/v1/reports/retention"),
             ] {
                 let t = std::time::Instant::now();
-                let resp = client.get(format!("{base}{path}")).bearer_auth("bench-admin").send().await.unwrap();
+                let resp =
+                    client.get(format!("{base}{path}")).bearer_auth("bench-admin-key-0001").send().await.unwrap();
                 let status = resp.status();
                 let _ = resp.bytes().await;
                 println!("{name:<34} {:>10.2?}  ({status}) over {} stored events", t.elapsed(), r.items);
@@ -309,8 +310,9 @@ const ANDROID_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A.240
 
 /// A campaign and a link through the admin API: `(link_id, code)`.
 async fn make_link(client: &reqwest::Client, base: &str) -> (String, String) {
-    let post =
-        |path: &str, body: Value| client.post(format!("{base}{path}")).bearer_auth("bench-admin").json(&body).send();
+    let post = |path: &str, body: Value| {
+        client.post(format!("{base}{path}")).bearer_auth("bench-admin-key-0001").json(&body).send()
+    };
     let campaign: Value = post("/v1/campaigns", serde_json::json!({"name": "bench", "network": "benchnet"}))
         .await
         .unwrap()

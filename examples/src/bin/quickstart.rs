@@ -32,7 +32,7 @@ use trailmark_examples::{ServerArgs, Settings, start};
 
 const APP: &str = "com.example.shop";
 const SECRET: &str = "quickstart-secret";
-const ADMIN: &str = "quickstart-admin";
+const ADMIN: &str = "quickstart-admin-key";
 
 #[derive(Parser)]
 #[command(about = "Trailmark quickstart: reference server + simulated campaign")]

@@ -26,7 +26,16 @@ impl Drop for Instance {
 /// `args`, and waits until it listens.
 pub fn spawn(args: &[&str]) -> Instance {
     let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--app", "app:secret", "--admin-key", "admin", "--ip-rate", "100000"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--app",
+            "app:secret",
+            "--admin-key",
+            "test-admin-key-0123456789",
+            "--ip-rate",
+            "100000",
+        ])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -13,11 +13,53 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
+/// What kind of client an app's secret lives in, which decides what the server believes from
+/// it (`docs/protocol.md`, "Trust model"). A secret in an app or a web page is public; only a
+/// `server` app's secret stays with its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppKind {
+    /// An iOS or Android app (the default): events and installs for iOS and Android.
+    #[default]
+    Mobile,
+    /// A web site: events only (no installs for iOS or Android).
+    Web,
+    /// The app owner's backend: everything, and its revenue is used in postbacks.
+    Server,
+}
+
+impl AppKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AppKind::Mobile => "mobile",
+            AppKind::Web => "web",
+            AppKind::Server => "server",
+        }
+    }
+}
+
+impl std::str::FromStr for AppKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mobile" => Ok(AppKind::Mobile),
+            "web" => Ok(AppKind::Web),
+            "server" => Ok(AppKind::Server),
+            other => Err(format!("app kind {other:?}: expected mobile, web or server")),
+        }
+    }
+}
+
 /// One app allowed to send events.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AppConfig {
     /// HMAC-SHA256 signing secret shared with the SDK.
     pub secret: String,
+    /// Where the secret lives, and so what the app may send. Default [`AppKind::Mobile`].
+    pub kind: AppKind,
+    /// Use the revenue of this app's (client-sent) conversion events in postbacks to ad
+    /// networks. Off by default for mobile and web apps: their secret is public, so anyone could
+    /// report any revenue for any click id. Always on for `server` apps.
+    pub client_revenue_postbacks: bool,
     /// JSON Schemas for this app's own event types (`type` → schema of the whole event).
     pub schemas: HashMap<String, Value>,
     /// Web origins (`https://shop.example`, scheme://host[:port]) whose pages may send this
@@ -28,9 +70,57 @@ pub struct AppConfig {
 
 impl AppConfig {
     pub fn new(secret: impl Into<String>) -> Self {
-        AppConfig { secret: secret.into(), schemas: HashMap::new(), allowed_origins: Vec::new() }
+        AppConfig {
+            secret: secret.into(),
+            kind: AppKind::Mobile,
+            client_revenue_postbacks: false,
+            schemas: HashMap::new(),
+            allowed_origins: Vec::new(),
+        }
+    }
+
+    /// An app of `kind`.
+    pub fn of_kind(secret: impl Into<String>, kind: AppKind) -> Self {
+        AppConfig { kind, ..AppConfig::new(secret) }
+    }
+
+    /// Whether the revenue of this app's events goes into postbacks.
+    pub fn revenue_in_postbacks(&self) -> bool {
+        self.kind == AppKind::Server || self.client_revenue_postbacks
     }
 }
+
+// Secrets never reach a log through `{:?}`.
+impl std::fmt::Debug for AppConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppConfig")
+            .field("secret", &"<redacted>")
+            .field("kind", &self.kind)
+            .field("client_revenue_postbacks", &self.client_revenue_postbacks)
+            .field("schemas", &self.schemas.keys().collect::<Vec<_>>())
+            .field("allowed_origins", &self.allowed_origins)
+            .finish()
+    }
+}
+
+/// An ad network allowed to report server-to-server clicks and impressions (`POST
+/// /v1/click`), signed with its own secret: an app's secret never can. A network reports
+/// clicks on its own links only (links whose campaign names this network).
+#[derive(Clone)]
+pub struct NetworkConfig {
+    /// HMAC-SHA256 signing secret shared with the network.
+    pub secret: String,
+}
+
+impl std::fmt::Debug for NetworkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkConfig").field("secret", &"<redacted>").finish()
+    }
+}
+
+/// The shortest admin key accepted (a bearer key is guessed online; 16 random characters are
+/// out of reach, and failures are rate-limited per address).
+pub const MIN_ADMIN_KEY_LEN: usize = 16;
 
 /// Reduces a configured origin to the form browsers send in `Origin`: lower-case
 /// `scheme://host[:port]`, without a default port, path or trailing slash.
@@ -52,17 +142,31 @@ pub enum JwtAlgorithm {
 }
 
 /// OAuth2 bearer tokens accepted on admin endpoints besides the admin key.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct JwtConfig {
     pub algorithm: JwtAlgorithm,
     /// The HS256 secret, or the RS256 public key in PEM.
     pub key: String,
+    /// When set, a token must carry exactly this `iss` (a token without one is refused).
     pub issuer: Option<String>,
+    /// When set, a token's `aud` must name this audience (a token without one is refused).
     pub audience: Option<String>,
 }
 
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key = if self.algorithm == JwtAlgorithm::Hs256 { "<redacted>" } else { "<public key>" };
+        f.debug_struct("JwtConfig")
+            .field("algorithm", &self.algorithm)
+            .field("key", &key)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish()
+    }
+}
+
 /// Every limit of the server, with its default.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
     /// Largest request body after decompression. Default 512 KiB (the protocol's batch limit).
     pub max_body_bytes: usize,
@@ -78,6 +182,26 @@ pub struct Limits {
     pub writer_queue: usize,
     /// Most events one group commit takes. Default 20,000.
     pub max_commit_events: usize,
+    /// Server-to-server clicks per second per network, and the burst (their own bucket, apart
+    /// from the apps'). Default 1,000 / 2,000.
+    pub network_rate_per_sec: u32,
+    pub network_burst: u32,
+    /// Server-to-server clicks per second naming one visitor address (a bucket apart from the
+    /// requests' per-address one, so a network cannot lock an address out of ingest). Default
+    /// 100 / 200.
+    pub click_ip_rate_per_sec: u32,
+    pub click_ip_burst: u32,
+    /// Failed admin authentications (bearer tokens, dashboard sign-ins) one client address
+    /// (IPv6: its /64) may make per window; past them it gets 429 without its token being
+    /// checked until the window ends. Default 20 per 10 minutes.
+    pub admin_failures: u32,
+    pub admin_failure_window_ms: i64,
+    /// Largest `revenue` (absolute value) an event may carry; larger is a per-event rejection.
+    /// Default 10,000,000.
+    pub max_revenue: f64,
+    /// Longest time to receive a request body once its headers are in (ms); slower is a 408.
+    /// Default 30 s.
+    pub body_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -91,14 +215,25 @@ impl Default for Limits {
             ip_burst: 200,
             writer_queue: 1_024,
             max_commit_events: 20_000,
+            network_rate_per_sec: 1_000,
+            network_burst: 2_000,
+            click_ip_rate_per_sec: 100,
+            click_ip_burst: 200,
+            admin_failures: 20,
+            admin_failure_window_ms: 600_000,
+            max_revenue: 10_000_000.0,
+            body_timeout_ms: 30_000,
         }
     }
 }
 
 /// Everything the server is built from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerConfig {
     pub apps: HashMap<String, AppConfig>,
+    /// Ad networks that may send server-to-server clicks, by network name (the `network` of
+    /// their campaigns).
+    pub networks: HashMap<String, NetworkConfig>,
     /// `Authorization: Bearer <admin key>` on admin endpoints. No key and no JWT: admin
     /// endpoints answer 401 to everyone.
     pub admin_key: Option<String>,
@@ -114,6 +249,9 @@ pub struct ServerConfig {
     pub geoip_anonymous: Option<PathBuf>,
     /// Take the client IP from `X-Forwarded-For` (only behind a proxy you control).
     pub trust_proxy: bool,
+    /// With `trust_proxy`: how many proxies of yours append to `X-Forwarded-For` (the client
+    /// is that many entries from the end). Default 1.
+    pub proxy_hops: usize,
     pub limits: Limits,
     /// Windows, models and fraud rules of install attribution.
     pub attribution: crate::domain::attribution::AttributionConfig,
@@ -220,6 +358,7 @@ impl ServerConfig {
     pub fn new() -> Self {
         ServerConfig {
             apps: HashMap::new(),
+            networks: HashMap::new(),
             admin_key: None,
             jwt: None,
             ip_key: random_key(),
@@ -228,6 +367,7 @@ impl ServerConfig {
             geoip_asn: None,
             geoip_anonymous: None,
             trust_proxy: false,
+            proxy_hops: 1,
             limits: Limits::default(),
             attribution: Default::default(),
             public_url: None,
@@ -241,6 +381,58 @@ impl ServerConfig {
     pub fn with_app(mut self, id: impl Into<String>, secret: impl Into<String>) -> Self {
         self.apps.insert(id.into(), AppConfig::new(secret));
         self
+    }
+
+    /// Adds an app of `kind` (see [`AppKind`]).
+    pub fn with_app_kind(mut self, id: impl Into<String>, secret: impl Into<String>, kind: AppKind) -> Self {
+        self.apps.insert(id.into(), AppConfig::of_kind(secret, kind));
+        self
+    }
+
+    /// Lets ad network `network` send server-to-server clicks signed with `secret`.
+    pub fn with_network(mut self, network: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.networks.insert(network.into(), NetworkConfig { secret: secret.into() });
+        self
+    }
+
+    /// How many `X-Forwarded-For` entries are trusted: `proxy_hops` behind a trusted proxy,
+    /// else none.
+    pub fn trusted_hops(&self) -> usize {
+        if self.trust_proxy { self.proxy_hops } else { 0 }
+    }
+
+    /// [`Limits::body_timeout_ms`] as a duration.
+    pub fn body_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.limits.body_timeout_ms.max(1))
+    }
+
+    /// What is wrong with the apps, networks and admin credentials, if anything.
+    pub fn check_credentials(&self) -> Result<(), String> {
+        if let Some(key) = &self.admin_key
+            && key.chars().count() < MIN_ADMIN_KEY_LEN
+        {
+            return Err(format!("the admin key must be at least {MIN_ADMIN_KEY_LEN} characters long"));
+        }
+        for (id, app) in &self.apps {
+            if id.is_empty() || app.secret.is_empty() {
+                return Err(format!("app {id:?}: the id and the secret must not be empty"));
+            }
+        }
+        for (name, network) in &self.networks {
+            if name.is_empty() || network.secret.is_empty() {
+                return Err(format!("network {name:?}: the name and the secret must not be empty"));
+            }
+            if self.apps.values().any(|a| a.secret == network.secret) {
+                return Err(format!("network {name:?} uses an app's secret; give it its own"));
+            }
+        }
+        if !(self.limits.max_revenue.is_finite() && self.limits.max_revenue >= 0.0) {
+            return Err("max_revenue must be a finite, non-negative number".into());
+        }
+        if self.proxy_hops == 0 {
+            return Err("proxy_hops must be at least 1".into());
+        }
+        Ok(())
     }
 
     /// Lets pages on `origin` send app `app_id`'s events from a browser (see
@@ -264,6 +456,32 @@ impl ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+// Keys and secrets never reach a log through `{:?}`.
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("apps", &self.apps)
+            .field("networks", &self.networks)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "<redacted>"))
+            .field("jwt", &self.jwt)
+            .field("ip_key", &"<redacted>")
+            .field("audit_key", &"<redacted>")
+            .field("geoip_city", &self.geoip_city)
+            .field("geoip_asn", &self.geoip_asn)
+            .field("geoip_anonymous", &self.geoip_anonymous)
+            .field("trust_proxy", &self.trust_proxy)
+            .field("proxy_hops", &self.proxy_hops)
+            .field("limits", &self.limits)
+            .field("attribution", &self.attribution)
+            .field("public_url", &self.public_url)
+            .field("postbacks", &self.postbacks)
+            .field("postback_policy", &self.postback_policy)
+            .field("reports", &self.reports)
+            .field("clock", &self.clock)
+            .finish()
     }
 }
 

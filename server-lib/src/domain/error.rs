@@ -1,12 +1,14 @@
 //! Why a request is refused, decided below the HTTP layer: the client's mistake, with a stable
-//! code and a message for the developer. The HTTP layer maps each kind to its status (400, 404,
-//! 409, 413, 415); nothing here knows about HTTP.
+//! code and a message for the developer. The HTTP layer maps each kind to its status (400, 403,
+//! 404, 409, 413, 415); nothing here knows about HTTP.
 
 /// What kind of mistake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalKind {
     /// Malformed or out-of-range input (400).
     Invalid,
+    /// The sender may not do this (403): e.g. a web app posting a mobile install.
+    Forbidden,
     /// The thing named does not exist (404).
     NotFound,
     /// The request contradicts what is stored (409).
@@ -32,6 +34,9 @@ impl Refusal {
     }
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(RefusalKind::Invalid, code, message)
+    }
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(RefusalKind::Forbidden, code, message)
     }
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(RefusalKind::NotFound, code, message)

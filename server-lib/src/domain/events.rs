@@ -102,3 +102,15 @@ pub fn event_json(e: &NewEvent) -> Value {
         "enrichment": object(&e.enrichment),
     })
 }
+
+/// The event's `properties.revenue`, if a number, must be finite and at most `max` in absolute
+/// value (revenue feeds reports and network postbacks; an unbounded figure from a client would
+/// poison both).
+pub fn check_revenue(event: &Value, max: f64) -> Result<(), String> {
+    match event.pointer("/properties/revenue").and_then(Value::as_f64) {
+        Some(r) if !r.is_finite() || r.abs() > max => {
+            Err(format!("/properties/revenue: {r} is beyond the server's limit of ±{max}"))
+        }
+        _ => Ok(()),
+    }
+}

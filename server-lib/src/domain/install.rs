@@ -6,9 +6,33 @@ use trailmark_core::protocol::{self, InstallRequest};
 
 use crate::domain::attribution::matching::{Decision, InstallFacts};
 use crate::domain::attribution::{AttributionConfig, DAY};
-use crate::domain::records::InstallRecord;
+use crate::domain::config::AppKind;
+use crate::domain::records::{DeviceKeys, InstallRecord};
 
 use crate::domain::error::Refusal;
+
+/// What an app of `kind` may post to `/v1/install`: a web app's secret is public and it has no
+/// iOS or Android installs to report, so it may not post them (they would take clicks' credit).
+pub fn check_kind(kind: AppKind, platform: protocol::Platform) -> Result<(), Refusal> {
+    match (kind, platform) {
+        (AppKind::Web, protocol::Platform::Ios | protocol::Platform::Android) => Err(Refusal::forbidden(
+            "not_allowed_for_app_kind",
+            "a web app may not post iOS or Android installs; send them with the mobile app's id",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Whether the request with `keys` comes from the device that made `stored`: the same
+/// anonymous id, IDFV or Android id. An advertising id alone does not tell (it is readable by
+/// every app on the device, reset by users, and known to ad networks), so a stored answer —
+/// click id, deep-link parameters — is never handed out on it.
+pub fn same_device(stored: &InstallRecord, keys: &DeviceKeys) -> bool {
+    let same = |a: &Option<String>, b: &Option<String>| a.is_some() && a == b;
+    stored.anonymous_id == keys.anonymous_id
+        || same(&stored.idfv, &keys.idfv)
+        || same(&stored.android_id, &keys.android_id)
+}
 
 /// A device field: absent, or 1 to `max` characters without controls.
 fn check_field(name: &str, value: Option<&str>, max: usize) -> Result<(), Refusal> {

@@ -82,6 +82,7 @@ impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
         let status = match r.kind {
             RefusalKind::Invalid => StatusCode::BAD_REQUEST,
+            RefusalKind::Forbidden => StatusCode::FORBIDDEN,
             RefusalKind::NotFound => StatusCode::NOT_FOUND,
             RefusalKind::Conflict => StatusCode::CONFLICT,
             RefusalKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -24,25 +24,48 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The client address: the socket peer or, behind a trusted proxy, the last `X-Forwarded-For`
-/// entry (the one the proxy appended; earlier entries are whatever the client wrote).
-pub fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trust_proxy: bool) -> Option<IpAddr> {
-    if trust_proxy {
-        let forwarded = header_str(headers, "x-forwarded-for")
-            .and_then(|v| v.rsplit(',').next())
-            .and_then(|last| last.trim().parse().ok());
-        if forwarded.is_some() {
-            return forwarded;
+/// The client address: the socket peer or, behind `trusted_hops` proxies of yours (0: none),
+/// the `X-Forwarded-For` entry that many from the end (each proxy appends the address it was
+/// reached from; entries before those are whatever the client wrote). A shorter header than
+/// the proxies would write is not trusted: the peer is used.
+pub fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trusted_hops: usize) -> Option<IpAddr> {
+    if trusted_hops > 0 {
+        let entries: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        if let Some(ip) = entries.len().checked_sub(trusted_hops).and_then(|i| entries[i].trim().parse().ok()) {
+            return Some(ip);
         }
     }
     peer
 }
 
-/// Reads at most `limit` bytes of body; more is a 413.
-pub async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::too_large(format!("request body exceeds {limit} bytes")))
+/// Reads at most `limit` bytes of body within `timeout`; more is a 413, slower a 408.
+pub async fn read_body(body: Body, limit: usize, timeout: std::time::Duration) -> Result<bytes::Bytes, ApiError> {
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if is_length_limit(&e) => Err(ApiError::too_large(format!("request body exceeds {limit} bytes"))),
+        Ok(Err(_)) => Err(ApiError::bad_request("invalid_body", "the request body could not be read")),
+        Err(_) => Err(ApiError::new(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!("the request body did not arrive within {} s", timeout.as_secs()),
+        )),
+    }
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Inflates a gzip body, refusing to produce more than `limit` bytes (gzip bombs).
@@ -80,6 +103,7 @@ pub fn parse_json(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
 /// set headers (`navigator.sendBeacon`), the `tm_app`, `tm_ts` and `tm_sig` query parameters.
 /// The two are never mixed: with the app header present, the query is not read.
 pub struct Credentials {
+    /// The app id, or for a network-signed request the network's name.
     pub app: Option<String>,
     pub timestamp: Option<String>,
     pub signature: Option<String>,
@@ -88,6 +112,18 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// The credentials of an ad network's request: `X-Trailmark-Network` and the signature
+    /// headers (never the query string).
+    pub fn of_network(parts: &axum::http::request::Parts) -> Self {
+        let headers = &parts.headers;
+        Credentials {
+            app: header_str(headers, protocol::HEADER_NETWORK).map(str::to_owned),
+            timestamp: header_str(headers, protocol::HEADER_TIMESTAMP).map(str::to_owned),
+            signature: header_str(headers, protocol::HEADER_SIGNATURE).map(str::to_owned),
+            in_query: false,
+        }
+    }
+
     pub fn of(parts: &axum::http::request::Parts) -> Self {
         let headers = &parts.headers;
         if let Some(app) = header_str(headers, protocol::HEADER_APP) {
@@ -137,17 +173,22 @@ impl FromRequestParts<Arc<AppState>> for ClientIp {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
-        Ok(ClientIp(client_ip(&parts.headers, peer(parts), state.config.trust_proxy)))
+        Ok(ClientIp(client_ip(&parts.headers, peer(parts), state.config.trusted_hops())))
     }
 }
 
 /// An admin caller: `Authorization: Bearer <admin key or JWT>`; holds who it is, for audit logs.
+/// An address that failed too often in the current window is refused with 429 before its
+/// token is looked at.
 pub struct AdminAuth(pub String);
 
 impl FromRequestParts<Arc<AppState>> for AdminAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let ip = client_ip(&parts.headers, peer(parts), state.config.trusted_hops());
+        let now = state.config.clock.now();
+        state.limits.admin.check(ip, now)?;
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -157,7 +198,7 @@ impl FromRequestParts<Arc<AppState>> for AdminAuth {
             .ok_or_else(|| {
                 ApiError::unauthorized("missing_credentials", "admin endpoints need Authorization: Bearer <token>")
             })?;
-        state.check_admin_token(token).map(AdminAuth)
+        state.check_admin_token(token).map(AdminAuth).inspect_err(|_| state.limits.admin.failed(ip, now))
     }
 }
 
@@ -170,6 +211,9 @@ pub trait SignedPolicy: Send + Sync + 'static {
     const PER_IP: bool = true;
     /// Whether a gzip `Content-Encoding` is inflated (capped at the same limit).
     const GZIP: bool = false;
+    /// Signed by an ad network (`X-Trailmark-Network`, its own secret and rate bucket) rather
+    /// than an app.
+    const NETWORK: bool = false;
 }
 
 /// `POST /v1/event`: the configured body limit, gzip.
@@ -189,19 +233,21 @@ impl SignedPolicy for InstallPolicy {
     }
 }
 
-/// `POST /v1/click` from an ad network's server: 16 KB, no per-address limit.
+/// `POST /v1/click` from an ad network's server, signed with the network's secret: 16 KB.
 pub struct S2sPolicy;
 impl SignedPolicy for S2sPolicy {
     fn limit(_: &AppState) -> usize {
         16 * 1024
     }
-    const PER_IP: bool = false;
+    const NETWORK: bool = true;
 }
 
-/// A request signed with an app's secret, authenticated in order: app id, per-IP rate, body
-/// within the limit, HMAC signature over the raw bytes, per-app rate; then inflated when
-/// gzip. Shared by every SDK and server-to-server endpoint.
+/// A request signed with an app's (or, for [`SignedPolicy::NETWORK`], a network's) secret,
+/// authenticated in order: app id, per-IP rate, body within the limit, HMAC signature over the
+/// raw bytes, per-app (per-network) rate; then inflated when gzip. Shared by every SDK and
+/// server-to-server endpoint.
 pub struct SignedBody<P> {
+    /// The app id, or the network's name for a network-signed request.
     pub app_id: String,
     pub ip: Option<IpAddr>,
     /// The body, inflated when it was gzip.
@@ -217,25 +263,41 @@ impl<P: SignedPolicy> FromRequest<Arc<AppState>> for SignedBody<P> {
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let (parts, body) = request.into_parts();
         let headers = &parts.headers;
-        let ip = client_ip(headers, peer(&parts), state.config.trust_proxy);
-        let credentials = Credentials::of(&parts);
-        let app_id = credentials.app.ok_or_else(|| {
-            ApiError::unauthorized(
-                "missing_app",
-                format!("missing {} header (or {} query parameter)", protocol::HEADER_APP, protocol::QUERY_APP),
-            )
-        })?;
-        let Some(app) = state.config.apps.get(&app_id) else {
-            return Err(ApiError::unauthorized("unknown_app", "unknown app id"));
+        let ip = client_ip(headers, peer(&parts), state.config.trusted_hops());
+        let (credentials, secret) = if P::NETWORK {
+            let credentials = Credentials::of_network(&parts);
+            let name = credentials.app.as_deref().ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing_network",
+                    format!("server-to-server clicks are signed by a network: missing {}", protocol::HEADER_NETWORK),
+                )
+            })?;
+            let Some(network) = state.config.networks.get(name) else {
+                return Err(ApiError::unauthorized("unknown_network", "unknown network"));
+            };
+            (credentials, network.secret.as_bytes())
+        } else {
+            let credentials = Credentials::of(&parts);
+            let app_id = credentials.app.as_deref().ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing_app",
+                    format!("missing {} header (or {} query parameter)", protocol::HEADER_APP, protocol::QUERY_APP),
+                )
+            })?;
+            let Some(app) = state.config.apps.get(app_id) else {
+                return Err(ApiError::unauthorized("unknown_app", "unknown app id"));
+            };
+            (credentials, app.secret.as_bytes())
         };
+        let app_id = credentials.app.clone().unwrap_or_default();
         if P::PER_IP {
             state.limits.check_ip(ip)?;
         }
         let limit = P::limit(state);
-        let raw = read_body(body, limit).await?;
+        let raw = read_body(body, limit, state.config.body_timeout()).await?;
         let now_ms = state.config.clock.now();
         protocol::verify_signature(
-            app.secret.as_bytes(),
+            secret,
             credentials.timestamp.as_deref(),
             credentials.signature.as_deref(),
             &raw,
@@ -251,7 +313,11 @@ impl<P: SignedPolicy> FromRequest<Arc<AppState>> for SignedBody<P> {
             };
             ApiError::unauthorized(code, e.to_string()).with_server_time(now_ms)
         })?;
-        state.limits.check_app(&app_id)?;
+        if P::NETWORK {
+            state.limits.check_network(&app_id)?;
+        } else {
+            state.limits.check_app(&app_id)?;
+        }
         if credentials.in_query {
             metrics::counter!("trailmark_beacon_requests_total", "app" => app_id.clone()).increment(1);
         }
@@ -282,7 +348,7 @@ pub struct Limited<const N: usize>(pub bytes::Bytes);
 impl<const N: usize> FromRequest<Arc<AppState>> for Limited<N> {
     type Rejection = ApiError;
 
-    async fn from_request(request: Request, _: &Arc<AppState>) -> Result<Self, ApiError> {
-        read_body(request.into_body(), N).await.map(Limited)
+    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        read_body(request.into_body(), N, state.config.body_timeout()).await.map(Limited)
     }
 }

@@ -150,9 +150,9 @@ pub async fn impression(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /v1/click` (signed by the app's secret): a server-to-server click or impression
-/// from an ad network. → 201 `{"click_id"}`, or 200 `{"click_id": null, "reason"}` when not
-/// counted.
+/// `POST /v1/click` (signed by an ad network's own secret, `X-Trailmark-Network`): a
+/// server-to-server click or impression on one of that network's links. → 201 `{"click_id"}`,
+/// or 200 `{"click_id": null, "reason"}` when not counted.
 pub async fn s2s_click(
     State(state): State<Arc<AppState>>,
     signed: SignedBody<S2sPolicy>,
@@ -160,11 +160,13 @@ pub async fn s2s_click(
     let req: S2sClick = parse_as(&signed.body)?;
     let kind = req.kind()?;
     let link = service::active_link(&state, LinkKey::Id(&req.link_id)).await?;
-    if link.is_none_or(|l| l.app_id != signed.app_id) {
+    // A network reports clicks on its own links only; another network's link is as unknown.
+    if link.is_none_or(|l| l.network != signed.app_id) {
         return Err(service::link_not_found().into());
     }
     let facts = ClickFacts::of_s2s(&req)?;
-    // The network's server is the client here: rate-limit by the visitor's address only.
+    // The sender paid its address's and its network's request buckets; the visitor's address
+    // named in the body is counted in a bucket of its own.
     Ok(match service::record(&state, &req.link_id, kind, "s2s", facts).await? {
         Ok((id, _)) => (StatusCode::CREATED, Json(json!({"click_id": id}))),
         Err((NotRecorded::Bot, _)) => (StatusCode::OK, Json(json!({"click_id": null, "reason": "bot user agent"}))),

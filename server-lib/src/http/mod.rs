@@ -75,7 +75,12 @@ impl AppState {
             }
             return match jsonwebtoken::decode::<Claims>(token, key, validation) {
                 Ok(data) => Ok((format!("jwt:{}", data.claims.sub.unwrap_or_default()), data.claims.exp)),
-                Err(e) => Err(ApiError::unauthorized("invalid_token", format!("bearer token refused: {e}"))),
+                Err(e) => {
+                    // The reason stays in the server's log: a caller learns nothing about which
+                    // check its token failed.
+                    tracing::info!(reason = %e, "admin bearer token refused");
+                    Err(ApiError::unauthorized("invalid_credentials", "bearer token refused"))
+                }
             };
         }
         Err(ApiError::unauthorized("invalid_credentials", "bearer token refused"))
@@ -93,13 +98,21 @@ fn jwt_verifier(c: &JwtConfig) -> Result<(jsonwebtoken::DecodingKey, jsonwebtoke
         ),
     };
     let mut validation = jsonwebtoken::Validation::new(alg);
+    // A configured audience or issuer must be present in the token, not merely unequal when
+    // present.
+    let mut required = vec!["exp"];
     match &c.audience {
-        Some(aud) => validation.set_audience(&[aud]),
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            required.push("aud");
+        }
         None => validation.validate_aud = false,
     }
     if let Some(iss) = &c.issuer {
         validation.set_issuer(&[iss]);
+        required.push("iss");
     }
+    validation.set_required_spec_claims(&required);
     Ok((key, validation))
 }
 

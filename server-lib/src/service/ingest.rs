@@ -12,7 +12,7 @@ use super::{ServiceError, ServiceResult, Services, conversions};
 use crate::domain::conversions::Followup;
 use crate::domain::enrich;
 use crate::domain::error::Refusal;
-use crate::domain::events::{normalise, parse_ms};
+use crate::domain::events::{check_revenue, normalise, parse_ms};
 use crate::domain::stream::event_record;
 use crate::storage::StorageError;
 
@@ -74,6 +74,7 @@ pub async fn ingest(
         match svc
             .validators
             .event(&app_id, &event)
+            .and_then(|_| check_revenue(&event, svc.config.limits.max_revenue))
             .and_then(|_| normalise(&app_id, event, sent_at, received_at, &ua, &geo, ip_enc.clone()))
         {
             Ok(e) => {

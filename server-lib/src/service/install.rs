@@ -9,7 +9,10 @@ use trailmark_core::protocol::{self, AttributionResult, InstallRequest};
 use super::trace::store_span;
 use super::{ServiceError, ServiceResult, Services, postbacks};
 use crate::domain::attribution::matching::{Fingerprint, InstallFacts};
-use crate::domain::install::{AuditFacts, decision_audit, device_time, lower, referrer_click_id, validate};
+use crate::domain::error::Refusal;
+use crate::domain::install::{
+    AuditFacts, check_kind, decision_audit, device_time, lower, referrer_click_id, same_device, validate,
+};
 use crate::domain::records::{DeviceKeys, FraudAlert, InstallLookup, InstallRecord, Touchpoint};
 use crate::domain::stream::install_record;
 
@@ -25,6 +28,9 @@ pub async fn install(
     req: InstallRequest,
 ) -> ServiceResult<AttributionResult> {
     validate(&req)?;
+    if let Some(app) = svc.config.apps.get(&app_id) {
+        check_kind(app.kind, req.platform)?;
+    }
     let cfg = &svc.config.attribution;
     let received_at = svc.config.clock.now();
     // Device times are moved onto the server's clock by the skew the signed timestamp header
@@ -49,8 +55,12 @@ pub async fn install(
     };
     let InstallLookup { existing: done, last_install: first } =
         svc.storage.install_lookup(app_id.clone(), event_id.clone(), keys.clone()).await?;
-    // A retry of an install already decided gets the same answer.
+    // A retry of an install already decided gets the same answer, if it comes from the same
+    // device (an event id seen in a postback or log is no key to another device's answer).
     if let Some(done) = done {
+        if !same_device(&done, &keys) {
+            return Err(Refusal::conflict("event_id_conflict", "another device's install has this event id").into());
+        }
         return Ok(done.result);
     }
     let mut record = InstallRecord {
@@ -73,16 +83,27 @@ pub async fn install(
     if let Some(first) = &first
         && install_ts.saturating_sub(first.install_ts) <= cfg.reattribution_window
     {
-        // A reinstall inside the re-attribution window of the device's last new install.
+        // A reinstall inside the re-attribution window of the device's last new install. Matched
+        // by an advertising id alone, it is still not a new install, but the original answer
+        // (click id, deep link) stays with the device that got it.
         record.kind = "reinstall".into();
-        record.result = AttributionResult { reinstall: true, ..first.result.clone() };
+        let same = same_device(first, &keys);
+        record.result = if same {
+            AttributionResult { reinstall: true, ..first.result.clone() }
+        } else {
+            AttributionResult { reinstall: true, ..AttributionResult::organic(Default::default()) }
+        };
         record.audit = json!({
             "decided_at": received_at,
             "install_ts": install_ts,
             "reinstall_of": first.event_id,
             "install_counted_ts": first.install_ts,
             "reattribution_window_ms": cfg.reattribution_window,
-            "choice": "the original attribution of the device's first install",
+            "choice": if same {
+                "the original attribution of the device's first install"
+            } else {
+                "a reinstall seen by advertising id only: the original attribution is not answered"
+            },
         });
         metrics::counter!("trailmark_installs_total", "app" => app_id.clone(), "match_type" => "reinstall")
             .increment(1);

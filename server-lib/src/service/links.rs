@@ -131,7 +131,10 @@ pub async fn record(
         metrics::counter!("trailmark_bot_clicks_total", "kind" => kind.to_owned()).increment(1);
         return Ok(Err((NotRecorded::Bot, os)));
     }
-    if svc.limits.check_ip(facts.ip).is_err() {
+    // A visitor's own click pays its address's request bucket; a network's report of a click
+    // pays the visitor address's click bucket (a network cannot lock an address out of ingest).
+    let limited = if source == "s2s" { svc.limits.check_click_ip(facts.ip) } else { svc.limits.check_ip(facts.ip) };
+    if limited.is_err() {
         metrics::counter!("trailmark_clicks_rate_limited_total").increment(1);
         return Ok(Err((NotRecorded::RateLimited, os)));
     }

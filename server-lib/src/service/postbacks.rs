@@ -300,8 +300,13 @@ pub async fn conversion(svc: &Services, item: &Followup, rows: &[ConversionCredi
             values.insert(k, v.clone());
         }
     }
-    if let Some(rev) = item.revenue {
+    // Revenue only from senders whose secret is not public (server apps) or apps that opted in:
+    // otherwise anyone could report any revenue for any click id to the network.
+    let revenue_trusted = svc.config.apps.get(&last.app_id).is_some_and(|a| a.revenue_in_postbacks());
+    if let Some(rev) = item.revenue.filter(|_| revenue_trusted) {
         values.insert("revenue", rev.to_string());
+    } else {
+        values.remove("currency");
     }
     click_values(svc, last.click_id.as_deref(), &mut values).await;
     enqueue(svc, records(svc, &network, &item.event_type, &values, (&last.app_id, &item.anonymous_id))).await;

@@ -40,9 +40,9 @@ pub fn link_info(link: &LinkRecord) -> LinkInfo {
 }
 
 impl TrackState {
-    fn new(ttl: i64) -> Self {
+    fn new(ttl: i64, cap: usize) -> Self {
         TrackState {
-            index: TouchIndex::new(ttl),
+            index: TouchIndex::new(ttl).with_cap(cap),
             links: Vec::new(),
             infos: Vec::new(),
             by_code: HashMap::new(),
@@ -77,7 +77,11 @@ impl TrackState {
     pub fn index_touch(&mut self, click: &ClickRecord, ip: Option<IpAddr>) -> Option<Touch> {
         let touch = self.touch_of(click, ip)?;
         self.index.expire(click.ts);
-        self.index.push(touch);
+        let evicted = self.index.push(touch);
+        if evicted > 0 {
+            metrics::counter!("trailmark_touch_index_evicted_total").increment(evicted as u64);
+            tracing::warn!(evicted, "touch index full: the oldest touches were evicted");
+        }
         Some(touch)
     }
 
@@ -127,7 +131,8 @@ impl TrackState {
     pub fn flood_flags(&mut self, ip: Option<IpAddr>, device: Option<&str>, now: i64, max_ip: u32, max_dev: u32) -> u8 {
         let mut flags = 0;
         if let Some(ip) = ip {
-            let key = self.index.hasher.h64(ip);
+            // IPv6 by its /64: a subscriber's network hands out endless addresses inside it.
+            let key = self.index.hasher.h64(super::limits::limit_key(ip));
             if self.ip_clicks.hit(key, now) > max_ip {
                 flags |= FLAG_FLOOD_IP;
             }
@@ -234,7 +239,7 @@ async fn load(svc: &Services) -> Result<Mutex<TrackState>, StorageError> {
     let touches = svc.storage.load_touches(now - cfg.index_ttl()).await?;
     let baseline_from = now - (cfg.fraud.burst_baseline_hours as i64 + 1) * HOUR;
     let counts = svc.storage.install_counts(baseline_from).await?;
-    let mut s = TrackState::new(cfg.index_ttl());
+    let mut s = TrackState::new(cfg.index_ttl(), cfg.max_indexed_touches);
     s.replace_links(campaigns, links);
     let indexed = svc.clicks.load(svc, &mut s, &touches).await;
     s.burst.seed(counts.into_iter().map(|c| (c.campaign_id, c.hour, c.installs)).collect());

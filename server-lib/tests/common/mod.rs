@@ -28,3 +28,23 @@ pub fn signed(client: &reqwest::Client, base: &str, body: Vec<u8>) -> reqwest::R
         .header(protocol::HEADER_SIGNATURE, protocol::sign(b"secret", ts, &body))
         .body(body)
 }
+
+/// A loopback receiver that records the query of every postback it gets.
+pub async fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let hits = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = hits.clone();
+    let app = axum::Router::new().route(
+        "/pb",
+        axum::routing::get(move |uri: axum::http::Uri| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(uri.query().unwrap_or_default().to_owned());
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, hits)
+}

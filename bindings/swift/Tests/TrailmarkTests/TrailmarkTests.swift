@@ -19,7 +19,7 @@ final class ReferenceServer {
         }
         process = Process()
         process.executableURL = URL(fileURLWithPath: bin)
-        process.arguments = ["--app", "app:secret", "--admin-key", "adm1n",
+        process.arguments = ["--app", "app:secret", "--admin-key", "adm1n-key-0123456789",
                              "--db", dir.appendingPathComponent("server.db").path, "--listen", "127.0.0.1:0"]
         let out = Pipe()
         process.standardOutput = out
@@ -41,7 +41,7 @@ final class ReferenceServer {
     /// What the server stored for an anonymous id, through the admin event inspector.
     func events(anonymousId: String) throws -> [[String: Any]] {
         var request = URLRequest(url: URL(string: "\(base)/v1/events?anonymous_id=\(anonymousId)")!)
-        request.setValue("Bearer adm1n", forHTTPHeaderField: "Authorization")
+        request.setValue("Bearer adm1n-key-0123456789", forHTTPHeaderField: "Authorization")
         let done = DispatchSemaphore(value: 0)
         final class Box: @unchecked Sendable { var data = Data() }
         let box = Box()

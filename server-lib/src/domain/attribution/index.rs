@@ -170,6 +170,10 @@ pub struct TouchIndex {
     ttl: i64,
     /// Capacity a new chunk starts with (chunks still hold up to [`CHUNK`] touches).
     reserve: usize,
+    /// Most touches held; past it the oldest chunk goes.
+    cap: usize,
+    /// Touches evicted by the cap so far.
+    evicted: u64,
 }
 
 fn id_key(id: &[u8; 16]) -> u64 {
@@ -196,7 +200,21 @@ impl TouchIndex {
             hasher,
             ttl,
             reserve: reserve.clamp(1, CHUNK),
+            cap: usize::MAX,
+            evicted: 0,
         }
+    }
+
+    /// Holds at most `cap` touches: a push into a full index first evicts the oldest touches,
+    /// a whole chunk (up to [`CHUNK`]) at a time.
+    pub fn with_cap(mut self, cap: usize) -> Self {
+        self.cap = cap.max(1);
+        self
+    }
+
+    /// Touches evicted by the cap so far (expiry not counted).
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     pub fn ttl(&self) -> i64 {
@@ -231,8 +249,17 @@ impl TouchIndex {
         self.chunks.get_mut(i / CHUNK).and_then(|c| c.get_mut(i % CHUNK))
     }
 
-    /// Adds a touch (times should arrive in order; they come from one server clock).
-    pub fn push(&mut self, mut touch: Touch) {
+    /// Adds a touch (times should arrive in order; they come from one server clock). Returns
+    /// how many touches the cap evicted to make room.
+    pub fn push(&mut self, mut touch: Touch) -> usize {
+        let mut evicted = 0;
+        while self.len() >= self.cap && !self.chunks.is_empty() {
+            evicted += self.drop_front();
+        }
+        if evicted > 0 {
+            self.shrink_maps();
+            self.evicted += evicted as u64;
+        }
         let seq = self.next;
         let link = |map: &mut FxHashMap<u64, u64>, key: u64| -> u32 {
             if key == 0 {
@@ -255,6 +282,33 @@ impl TouchIndex {
         *newest = (*newest).max(touch.ts);
         self.chunks.back_mut().expect("a chunk exists").push(touch);
         self.next += 1;
+        evicted
+    }
+
+    /// Drops the oldest chunk and its map entries; returns its touch count.
+    fn drop_front(&mut self) -> usize {
+        let Some(chunk) = self.chunks.pop_front() else { return 0 };
+        self.chunk_newest.pop_front();
+        for (i, touch) in chunk.iter().enumerate() {
+            let seq = self.base + i as u64;
+            let forget = |map: &mut FxHashMap<u64, u64>, key: u64| {
+                if key != 0 && map.get(&key) == Some(&seq) {
+                    map.remove(&key);
+                }
+            };
+            forget(&mut self.by_id, id_key(&touch.id));
+            forget(&mut self.by_device, touch.device);
+            let prefix = self.prefix_key(&touch.ip);
+            forget(&mut self.by_prefix, prefix);
+        }
+        self.base += chunk.len() as u64;
+        chunk.len()
+    }
+
+    fn shrink_maps(&mut self) {
+        self.by_id.shrink_to_fit();
+        self.by_device.shrink_to_fit();
+        self.by_prefix.shrink_to_fit();
     }
 
     /// Drops every chunk whose newest touch is older than `now − ttl`.
@@ -262,27 +316,10 @@ impl TouchIndex {
         let horizon = now.saturating_sub(self.ttl);
         let mut dropped = 0;
         while self.chunk_newest.front().is_some_and(|&t| t < horizon) {
-            let chunk = self.chunks.pop_front().expect("chunks and times go together");
-            self.chunk_newest.pop_front();
-            for (i, touch) in chunk.iter().enumerate() {
-                let seq = self.base + i as u64;
-                let forget = |map: &mut FxHashMap<u64, u64>, key: u64| {
-                    if key != 0 && map.get(&key) == Some(&seq) {
-                        map.remove(&key);
-                    }
-                };
-                forget(&mut self.by_id, id_key(&touch.id));
-                forget(&mut self.by_device, touch.device);
-                let prefix = self.prefix_key(&touch.ip);
-                forget(&mut self.by_prefix, prefix);
-            }
-            self.base += chunk.len() as u64;
-            dropped += chunk.len();
+            dropped += self.drop_front();
         }
         if dropped > 0 {
-            self.by_id.shrink_to_fit();
-            self.by_device.shrink_to_fit();
-            self.by_prefix.shrink_to_fit();
+            self.shrink_maps();
         }
         dropped
     }
@@ -402,6 +439,33 @@ mod tests {
         assert_eq!(index.by_device(5, i64::MIN).count(), 0);
         index.push(touch(u128::MAX, 200_000, 5, "192.168.1.1"));
         assert_eq!(index.by_device(5, i64::MIN).count(), 1, "old links do not reach dropped chunks");
+    }
+
+    #[test]
+    fn the_cap_evicts_the_oldest_chunk_first() {
+        let cap = 2 * CHUNK;
+        let mut index = TouchIndex::new(i64::MAX).with_cap(cap);
+        let mut evicted = 0;
+        for i in 0..(cap as u128) {
+            evicted += index.push(touch(i + 1, 1, (i % 7) as u64 + 1, "192.168.1.1"));
+        }
+        assert_eq!((index.len(), evicted), (cap, 0), "full, nothing evicted yet");
+        evicted += index.push(touch(cap as u128 + 1, 2, 9, "192.168.1.1"));
+        assert_eq!(evicted, CHUNK, "the oldest chunk went at once");
+        assert_eq!(index.len(), CHUNK + 1);
+        assert_eq!(index.evicted(), CHUNK as u64);
+        assert!(index.by_click_id(&uuid::Uuid::from_u128(1)).is_none(), "the oldest touch is gone");
+        assert!(index.by_click_id(&uuid::Uuid::from_u128(CHUNK as u128 + 1)).is_some(), "the next one stays");
+        assert!(index.by_click_id(&uuid::Uuid::from_u128(cap as u128 + 1)).is_some());
+        // Device chains stop at the evicted chunk instead of reaching into it.
+        assert_eq!(index.by_device(1, i64::MIN).count(), (CHUNK..cap).filter(|i| i % 7 == 0).count());
+        // A tiny cap: never more than the cap.
+        let mut small = TouchIndex::new(i64::MAX).with_cap(3);
+        for i in 0..10u128 {
+            small.push(touch(i + 1, 1, 1, "10.0.0.1"));
+            assert!(small.len() <= 3);
+        }
+        assert!(small.by_click_id(&uuid::Uuid::from_u128(10)).is_some());
     }
 
     #[test]

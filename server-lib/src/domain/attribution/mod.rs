@@ -50,6 +50,10 @@ pub struct AttributionConfig {
     /// come after, in name order.
     pub network_priority: Vec<String>,
     pub fraud: FraudConfig,
+    /// Most touches the in-memory index holds (about 125 bytes each); past it the oldest are
+    /// evicted first, a chunk of up to 65,536 at a time, and counted in
+    /// `trailmark_touch_index_evicted_total`. Default 10,000,000 (about 1.2 GB).
+    pub max_indexed_touches: usize,
 }
 
 impl Default for AttributionConfig {
@@ -67,6 +71,7 @@ impl Default for AttributionConfig {
             conversion_events: ["purchase", "order_completed", "subscribe", "start_trial"].map(String::from).to_vec(),
             network_priority: Vec::new(),
             fraud: FraudConfig::default(),
+            max_indexed_touches: 10_000_000,
         }
     }
 }
@@ -94,6 +99,9 @@ impl AttributionConfig {
         }
         if !(self.fingerprint_threshold.is_finite() && self.fingerprint_threshold >= 0.0) {
             return Err("fingerprint_threshold must be 0 or more (above 1 turns fingerprinting off)".into());
+        }
+        if self.max_indexed_touches == 0 {
+            return Err("max_indexed_touches must be at least 1".into());
         }
         if self.fingerprint_max_candidates == 0 {
             return Err("fingerprint_max_candidates must be at least 1".into());

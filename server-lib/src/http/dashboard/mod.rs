@@ -167,8 +167,8 @@ fn same_origin(headers: &HeaderMap, trust_proxy: bool) -> bool {
     claimed.iter().all(|o| o.is_some() && o.as_deref() == host)
 }
 
-async fn read_form(body: axum::body::Body) -> Result<HashMap<String, String>, ApiError> {
-    let bytes = read_body(body, MAX_FORM).await?;
+async fn read_form(state: &AppState, body: axum::body::Body) -> Result<HashMap<String, String>, ApiError> {
+    let bytes = read_body(body, MAX_FORM, state.config.body_timeout()).await?;
     Ok(url::form_urlencoded::parse(&bytes).into_owned().collect())
 }
 
@@ -184,7 +184,7 @@ async fn checked_form(
     if !same_origin(&parts.headers, state.config.trust_proxy) {
         return Err(error_page(&ApiError::new(StatusCode::FORBIDDEN, "csrf", "this form came from another site")));
     }
-    let form = read_form(body).await.map_err(|e| error_page(&e))?;
+    let form = read_form(state, body).await.map_err(|e| error_page(&e))?;
     if !form.get("csrf").is_some_and(|t| same(state, t, &csrf)) {
         metrics::counter!("trailmark_dashboard_csrf_refused_total").increment(1);
         return Err(error_page(&ApiError::new(
@@ -248,14 +248,15 @@ fn login_form(state: &AppState, error: Option<&str>) -> Response {
 pub async fn login(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let peer = request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let (parts, body) = request.into_parts();
-    let ip = client_ip(&parts.headers, peer, state.config.trust_proxy);
-    if let Err(e) = state.limits.check_ip(ip) {
+    let ip = client_ip(&parts.headers, peer, state.config.trusted_hops());
+    let now = state.config.clock.now();
+    if let Err(e) = state.limits.check_ip(ip).and_then(|_| state.limits.admin.check(ip, now)) {
         return error_page(&e.into());
     }
     if !same_origin(&parts.headers, state.config.trust_proxy) {
         return error_page(&ApiError::new(StatusCode::FORBIDDEN, "csrf", "this form came from another site"));
     }
-    let form = match read_form(body).await {
+    let form = match read_form(&state, body).await {
         Ok(f) => f,
         Err(e) => return error_page(&e),
     };
@@ -270,6 +271,7 @@ pub async fn login(State(state): State<Arc<AppState>>, request: Request) -> Resp
     let (actor, token_expiry) = match state.verify_admin_token(key) {
         Ok(found) if !key.is_empty() => found,
         _ => {
+            state.limits.admin.failed(ip, now);
             metrics::counter!("trailmark_dashboard_logins_total", "result" => "refused").increment(1);
             return login_form(&state, Some("Wrong key."));
         }

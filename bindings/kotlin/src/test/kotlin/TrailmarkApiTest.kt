@@ -15,7 +15,7 @@ class TrailmarkApiTest {
     fun trackThroughHttpUrlConnectionArrives() = runBlocking {
         val dir = Files.createTempDirectory("tm-kotlin-api").toFile()
         val bin = System.getProperty("trailmark.server") ?: error("set -Dtrailmark.server")
-        val proc = ProcessBuilder(bin, "--app", "app:secret", "--admin-key", "adm1n", "--db", File(dir, "server.db").path, "--listen", "127.0.0.1:0")
+        val proc = ProcessBuilder(bin, "--app", "app:secret", "--admin-key", "adm1n-key-0123456789", "--db", File(dir, "server.db").path, "--listen", "127.0.0.1:0")
             .redirectError(ProcessBuilder.Redirect.DISCARD)
             .start()
         try {
@@ -47,7 +47,7 @@ class TrailmarkApiTest {
                 // What arrived, read back through the server's event inspector.
                 val anon = tm.anonymousId()
                 val c = java.net.URL("$base/v1/events?anonymous_id=$anon").openConnection() as java.net.HttpURLConnection
-                c.setRequestProperty("Authorization", "Bearer adm1n")
+                c.setRequestProperty("Authorization", "Bearer adm1n-key-0123456789")
                 assertEquals(200, c.responseCode)
                 val events = (JsonReader(c.inputStream.readBytes().toString(Charsets.UTF_8)).read() as Map<*, *>)["events"] as List<*>
                 val byType = events.associateBy { (it as Map<*, *>)["type"] as String }
