@@ -158,8 +158,8 @@ pub struct Tracking {
     miss_reloads: Mutex<std::collections::VecDeque<std::time::Instant>>,
 }
 
-/// Most link reloads a second after misses.
-pub const MISS_RELOADS_PER_SEC: usize = 5;
+/// Most link reloads a second after misses (shared stores only).
+pub const MISS_RELOADS_PER_SEC: usize = 2;
 /// Links are reloaded this often on the click path, so a link edited through another instance
 /// sharing the store (disabled, say) takes effect here too.
 pub const LINK_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
@@ -202,10 +202,14 @@ impl Tracking {
         Ok(())
     }
 
-    /// After a link or campaign miss (another instance may have created it): reloads them,
-    /// at most [`MISS_RELOADS_PER_SEC`] times a second so unknown codes cannot hammer
-    /// storage. Tells whether it reloaded.
+    /// After a link or campaign miss on a shared store (another instance may have created
+    /// it): reloads them, at most [`MISS_RELOADS_PER_SEC`] times a second so unknown codes
+    /// cannot hammer storage. On a store of its own a miss is definitive: no reload. Tells
+    /// whether it reloaded.
     pub async fn reload_after_miss(&self, svc: &Services) -> bool {
+        if !svc.storage.shared() {
+            return false;
+        }
         {
             let mut recent = self.miss_reloads.lock().unwrap_or_else(|p| p.into_inner());
             let now = std::time::Instant::now();

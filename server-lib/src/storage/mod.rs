@@ -57,6 +57,11 @@ pub trait EventStore: Send + Sync + 'static {
 
 /// Campaigns, links with their audit log, and clicks (and impressions).
 pub trait LinkStore: Send + Sync + 'static {
+    /// Whether other instances may write links to this store too (so a link unknown here may
+    /// exist there). False for the embedded SQLite store: a miss is definitive.
+    fn shared(&self) -> bool {
+        false
+    }
     /// Stores a new campaign.
     fn save_campaign(&self, campaign: Campaign) -> StorageFuture<'_, ()>;
     /// Creates or replaces a link and appends the audit entry, atomically.

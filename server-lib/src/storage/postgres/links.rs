@@ -12,6 +12,10 @@ use crate::storage::{
 };
 
 impl LinkStore for PostgresStorage {
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn save_campaign(&self, c: Campaign) -> StorageFuture<'_, ()> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
