@@ -1,23 +1,35 @@
 //! Connection limits of the reference server (slowloris and connection floods), in the model of
-//! Go's `http.Server`: a connection may hold at most `max_connections` slots; a connection with
-//! no request in progress is closed after `idle` without a byte; once the first byte of a
-//! request arrives its headers must be complete within `header`. The request body has its own
-//! timeout in the server library (`Limits::body_timeout_ms`, answered with 408).
+//! Go's `http.Server`:
+//! - a new connection must deliver its first request's headers within `header` (TLS handshake
+//!   included), or it is closed;
+//! - once a response has been sent in full, the next request's headers must arrive within
+//!   `idle`, or the connection is closed (a request in progress — its body or a streamed
+//!   response, such as the dashboard's live events — is never cut by these timers; the request
+//!   body has its own timeout in the server library, `Limits::body_timeout_ms`, answered 408);
+//! - at most `max_connections` are open at once, and at most `max_per_address` from one client
+//!   address (IPv6: its /64); more are closed at once.
 //!
-//! Wired into axum-server as an acceptor: it wraps the connection's stream (which watches the
-//! clock) and its service (which tells the stream when a request is in progress).
+//! Wired into axum-server as an acceptor (under TLS, the inner one): it wraps the connection's
+//! stream, which watches the clock, and its service, which tells the stream when requests start
+//! and when their responses have been sent.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::http::Response;
+use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
+use trailmark_server::service::limits::limit_key;
 
 /// The limits; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,11 +37,18 @@ pub struct ConnLimits {
     pub header: Duration,
     pub idle: Duration,
     pub max_connections: usize,
+    /// 0: no per-address cap (behind a proxy every connection comes from the proxy).
+    pub max_per_address: usize,
 }
 
 impl Default for ConnLimits {
     fn default() -> Self {
-        ConnLimits { header: Duration::from_secs(10), idle: Duration::from_secs(60), max_connections: 10_000 }
+        ConnLimits {
+            header: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_per_address: 256,
+        }
     }
 }
 
@@ -38,137 +57,142 @@ impl Default for ConnLimits {
 pub struct Guard {
     limits: ConnLimits,
     slots: Arc<Semaphore>,
+    per_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
 impl Guard {
     pub fn new(limits: ConnLimits) -> Self {
-        Guard { limits, slots: Arc::new(Semaphore::new(limits.max_connections.max(1))) }
+        Guard { limits, slots: Arc::new(Semaphore::new(limits.max_connections.max(1))), per_address: Arc::default() }
     }
 
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.limits.max_connections.max(1) - self.slots.available_permits()
+    fn refuse<S>(why: &'static str) -> std::future::Ready<io::Result<(Guarded, Tracked<S>)>> {
+        metrics::counter!("trailmark_connections_refused_total", "reason" => why).increment(1);
+        std::future::ready(Err(io::Error::other(why)))
+    }
+}
+
+/// One connection's place in the per-address count, given back when the connection ends.
+struct AddressSlot {
+    counts: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    key: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
     }
 }
 
 /// What the service half tells the stream half of one connection.
-#[derive(Default)]
 struct Shared {
+    /// When the connection was accepted.
+    born: Instant,
+    /// Requests whose response has not been sent in full.
     in_flight: AtomicUsize,
     /// Requests that reached the service so far.
     started: AtomicU64,
+    /// When the last response was sent in full (ms after `born`).
+    idle_since: AtomicU64,
 }
 
-impl<I, S> axum_server::accept::Accept<I, S> for Guard
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: Send + 'static,
-{
-    type Stream = Guarded<I>;
+impl<S: Send + 'static> axum_server::accept::Accept<TcpStream, S> for Guard {
+    type Stream = Guarded;
     type Service = Tracked<S>;
     type Future = std::future::Ready<io::Result<(Self::Stream, Self::Service)>>;
 
-    fn accept(&self, stream: I, service: S) -> Self::Future {
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            metrics::counter!("trailmark_connections_refused_total").increment(1);
-            return std::future::ready(Err(io::Error::other("connection limit reached")));
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let address = match (self.limits.max_per_address, stream.peer_addr()) {
+            (0, _) | (_, Err(_)) => None,
+            (max, Ok(peer)) => {
+                let key = limit_key(peer.ip());
+                let mut counts = self.per_address.lock().unwrap_or_else(|e| e.into_inner());
+                let n = counts.entry(key).or_insert(0);
+                if *n >= max {
+                    drop(counts);
+                    return Guard::refuse("per_address");
+                }
+                *n += 1;
+                Some(AddressSlot { counts: self.per_address.clone(), key })
+            }
         };
-        let shared = Arc::new(Shared::default());
-        let deadline = Instant::now() + self.limits.idle;
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            return Guard::refuse("max_connections");
+        };
+        let born = Instant::now();
+        let shared = Arc::new(Shared {
+            born,
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            idle_since: AtomicU64::new(0),
+        });
+        let deadline = born + self.limits.header;
         let stream = Guarded {
             inner: stream,
             shared: shared.clone(),
             limits: self.limits,
-            seen_started: 0,
-            awaiting_headers: false,
-            deadline,
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
             _slot: permit,
+            _address: address,
         };
         std::future::ready(Ok((stream, Tracked { inner: service, shared })))
     }
 }
 
-/// A connection's stream: closes it (an I/O error) when its idle or header time runs out.
-pub struct Guarded<I> {
-    inner: I,
+/// A connection's stream: closes it (an I/O error) when its header or idle time runs out.
+pub struct Guarded {
+    inner: TcpStream,
     shared: Arc<Shared>,
     limits: ConnLimits,
-    seen_started: u64,
-    /// Bytes of a request arrived and its headers are not complete yet.
-    awaiting_headers: bool,
-    deadline: Instant,
     sleep: Pin<Box<Sleep>>,
     _slot: OwnedSemaphorePermit,
+    _address: Option<AddressSlot>,
 }
 
-impl<I> Guarded<I> {
-    /// Notes requests that reached the service since the last look (their headers are in).
-    fn catch_up(&mut self) {
-        let started = self.shared.started.load(Ordering::Acquire);
-        if started != self.seen_started {
-            self.seen_started = started;
-            self.awaiting_headers = false;
-        }
-    }
-
-    fn idle_from_now(&mut self) {
-        if !self.awaiting_headers {
-            self.deadline = Instant::now() + self.limits.idle;
-        }
-    }
-
-    /// With nothing to read: an error once the deadline passed and no request is in progress
-    /// (a running request is bounded by the body timeout and the handler, not here).
+impl Guarded {
+    /// With nothing to read and no request in progress: an error once the connection's
+    /// deadline passed (the first request's headers, or the next request after the last
+    /// response).
     fn check_deadline(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.catch_up();
-        if self.shared.in_flight.load(Ordering::Acquire) > 0 {
+        let s = &self.shared;
+        if s.in_flight.load(Ordering::Acquire) > 0 {
             return Poll::Pending;
         }
-        let deadline = self.deadline;
+        let (deadline, phase) = if s.started.load(Ordering::Acquire) == 0 {
+            (s.born + self.limits.header, "header")
+        } else {
+            (s.born + Duration::from_millis(s.idle_since.load(Ordering::Acquire)) + self.limits.idle, "idle")
+        };
         if self.sleep.deadline() != deadline {
             self.sleep.as_mut().reset(deadline);
         }
         match self.sleep.as_mut().poll(cx) {
             Poll::Ready(()) => {
-                let which = if self.awaiting_headers { "header" } else { "idle" };
-                metrics::counter!("trailmark_connections_timed_out_total", "phase" => which).increment(1);
-                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, format!("{which} timeout"))))
+                metrics::counter!("trailmark_connections_timed_out_total", "phase" => phase).increment(1);
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, format!("{phase} timeout"))))
             }
             Poll::Pending => Poll::Pending,
         }
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
+impl AsyncRead for Guarded {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    self.catch_up();
-                    if self.shared.in_flight.load(Ordering::Acquire) == 0 && !self.awaiting_headers {
-                        // The first bytes of a request: its headers have `header` from now.
-                        self.awaiting_headers = true;
-                        self.deadline = Instant::now() + self.limits.header;
-                    }
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => self.check_deadline(cx),
+            ready => ready,
         }
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
+impl AsyncWrite for Guarded {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            self.catch_up();
-            self.idle_from_now();
-        }
-        written
+        Pin::new(&mut self.inner).poll_write(cx, data)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -184,12 +208,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            self.catch_up();
-            self.idle_from_now();
-        }
-        written
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -197,30 +216,61 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
     }
 }
 
-/// A connection's service: counts the requests in progress for its stream.
+/// A connection's service: counts requests from their start until their response body has
+/// been sent (or dropped).
 #[derive(Clone)]
 pub struct Tracked<S> {
     inner: S,
     shared: Arc<Shared>,
 }
 
-/// Ends a request's "in progress" when its response is ready (or the request is dropped).
+/// One request in progress; when dropped, the connection's idle time starts if it was the last.
 struct InFlight(Arc<Shared>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let s = &self.0;
+        s.idle_since.store(s.born.elapsed().as_millis() as u64, Ordering::Release);
+        s.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
-impl<S, R> tower::Service<R> for Tracked<S>
+/// A response body that ends its request's [`InFlight`] when it is done or dropped.
+pub struct TrackedBody<B> {
+    inner: B,
+    guard: Option<InFlight>,
+}
+
+impl<B: Body + Unpin> Body for TrackedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            self.guard = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<S, R, B> tower::Service<R> for Tracked<S>
 where
-    S: tower::Service<R>,
+    S: tower::Service<R, Response = Response<B>>,
     S::Future: Send + 'static,
+    B: Body + Unpin,
 {
-    type Response = S::Response;
+    type Response = Response<TrackedBody<B>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -232,9 +282,9 @@ where
         let guard = InFlight(self.shared.clone());
         let future = self.inner.call(request);
         Box::pin(async move {
-            let response = future.await;
-            drop(guard);
-            response
+            // An error drops the guard here; a response hands it to its body.
+            let response = future.await?;
+            Ok(response.map(|inner| TrackedBody { inner, guard: Some(guard) }))
         })
     }
 }

@@ -51,18 +51,22 @@ pub struct ServerArgs {
     /// With --trust-proxy: how many proxies of yours append to X-Forwarded-For [default: 1].
     #[arg(long)]
     pub proxy_hops: Option<usize>,
-    /// Seconds a request's headers may take once its first byte arrived [default: 10].
+    /// Seconds a new connection has to deliver its first request's headers [default: 10].
     #[arg(long)]
     pub header_timeout: Option<f64>,
     /// Seconds a request's body may take once its headers arrived (408 after) [default: 30].
     #[arg(long)]
     pub body_timeout: Option<f64>,
-    /// Seconds a connection without a request in progress stays open [default: 60].
+    /// Seconds a connection waits for its next request after a response [default: 60].
     #[arg(long)]
     pub idle_timeout: Option<f64>,
     /// Most connections open at once; more are closed at once [default: 10000].
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Most connections open at once from one client address (IPv6: its /64); 0 for no cap.
+    /// Off behind --trust-proxy (every connection comes from the proxy) [default: 256].
+    #[arg(long)]
+    pub max_connections_per_ip: Option<usize>,
     /// PEM certificate chain; with --tls-key, serve HTTPS (TLS 1.2 and 1.3 only).
     #[arg(long)]
     pub tls_cert: Option<PathBuf>,
@@ -144,6 +148,9 @@ struct AppFile {
     kind: Option<String>,
     #[serde(default)]
     client_revenue_postbacks: bool,
+    /// A second secret for the app owner's backend (its revenue goes into postbacks).
+    #[serde(default)]
+    server_secret: Option<String>,
 }
 
 /// `[[networks]]` in the TOML file.
@@ -161,6 +168,7 @@ pub struct AppSetting {
     pub secret: String,
     pub kind: AppKind,
     pub client_revenue_postbacks: bool,
+    pub server_secret: Option<String>,
 }
 
 impl std::fmt::Debug for AppSetting {
@@ -170,25 +178,29 @@ impl std::fmt::Debug for AppSetting {
 }
 
 impl AppSetting {
-    /// `ID:SECRET` or `ID:SECRET:KIND`.
+    /// `ID:SECRET` or `ID:SECRET:KIND`. A secret may itself contain `:`; only a last part that
+    /// names a kind (`mobile`, `web`, `server`) is read as one.
     pub fn parse(spec: &str) -> Result<Self, String> {
-        let mut parts = spec.splitn(3, ':');
-        let (id, secret) = match (parts.next(), parts.next()) {
-            (Some(id), Some(secret)) => (id, secret),
-            _ => return Err(format!("--app {:?}: expected ID:SECRET[:KIND]", redact(spec))),
-        };
-        let kind = match parts.next() {
-            None => AppKind::Mobile,
-            Some(k) => k.parse().map_err(|e| format!("--app {id}: {e}"))?,
+        let (id, rest) =
+            spec.split_once(':').ok_or_else(|| format!("--app {:?}: expected ID:SECRET[:KIND]", redact(spec)))?;
+        let (secret, kind) = match rest.rsplit_once(':').map(|(s, k)| (s, k.parse::<AppKind>())) {
+            Some((secret, Ok(kind))) => (secret, kind),
+            _ => (rest, AppKind::Mobile),
         };
         AppSetting::new(id, secret, kind, false)
     }
 
     fn new(id: &str, secret: &str, kind: AppKind, client_revenue_postbacks: bool) -> Result<Self, String> {
         if id.is_empty() || secret.is_empty() {
-            return Err(format!("app {id:?}: id and secret must not be empty"));
+            return Err(format!("app {id:?}: the id and the secret must not be empty"));
         }
-        Ok(AppSetting { id: id.to_owned(), secret: secret.to_owned(), kind, client_revenue_postbacks })
+        Ok(AppSetting {
+            id: id.to_owned(),
+            secret: secret.to_owned(),
+            kind,
+            client_revenue_postbacks,
+            server_secret: None,
+        })
     }
 }
 
@@ -340,6 +352,7 @@ struct FileConfig {
     body_timeout: Option<f64>,
     idle_timeout: Option<f64>,
     max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
     /// Largest |revenue| an event may carry [default: 10000000].
     max_revenue: Option<f64>,
     cors_origins: Option<Vec<String>>,
@@ -434,7 +447,10 @@ impl ServerArgs {
                         None => AppKind::Mobile,
                         Some(k) => k.parse().map_err(|e| format!("app {}: {e}", t.id))?,
                     };
-                    AppSetting::new(&t.id, &t.secret, kind, t.client_revenue_postbacks)?
+                    AppSetting {
+                        server_secret: t.server_secret,
+                        ..AppSetting::new(&t.id, &t.secret, kind, t.client_revenue_postbacks)?
+                    }
                 }
             });
         }
@@ -464,6 +480,11 @@ impl ServerArgs {
             max_connections: match self.max_connections.or(file.max_connections).unwrap_or(10_000) {
                 0 => return Err("--max-connections must be at least 1".into()),
                 n => n,
+            },
+            max_per_address: if self.trust_proxy || file.trust_proxy.unwrap_or(false) {
+                0
+            } else {
+                self.max_connections_per_ip.or(file.max_connections_per_ip).unwrap_or(256)
             },
         };
         let body_timeout = secs(self.body_timeout.or(file.body_timeout), 30, "body-timeout")?;
@@ -705,6 +726,7 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
         config = config.with_app_kind(app.id.clone(), app.secret.clone(), app.kind);
         if let Some(a) = config.apps.get_mut(&app.id) {
             a.client_revenue_postbacks = app.client_revenue_postbacks;
+            a.server_secret = app.server_secret.clone();
         }
     }
     for (name, secret) in &settings.networks {
@@ -839,4 +861,27 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         }
     };
     Ok(Running { addr, https: settings.tls.is_some(), handle, task, state, background })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_specs_read_a_kind_only_when_the_last_part_names_one() {
+        let a = AppSetting::parse("shop:s3cret").unwrap();
+        assert_eq!((a.id.as_str(), a.secret.as_str(), a.kind), ("shop", "s3cret", AppKind::Mobile));
+        let a = AppSetting::parse("site:pub:lic:web").unwrap();
+        assert_eq!((a.secret.as_str(), a.kind), ("pub:lic", AppKind::Web));
+        let a = AppSetting::parse("api:s3cret:server").unwrap();
+        assert_eq!((a.secret.as_str(), a.kind), ("s3cret", AppKind::Server));
+        // A secret with a colon (older configurations) stays whole.
+        let a = AppSetting::parse("old:abc:def").unwrap();
+        assert_eq!((a.secret.as_str(), a.kind), ("abc:def", AppKind::Mobile));
+        let e = AppSetting::parse("nocolon").unwrap_err();
+        assert!(e.contains("ID:SECRET"));
+        assert!(AppSetting::parse("x::web").is_err(), "an empty secret");
+        let e = AppSetting::parse(":topsecret").unwrap_err();
+        assert!(!e.contains("topsecret"), "no secret in messages: {e}");
+    }
 }

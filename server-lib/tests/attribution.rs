@@ -1021,19 +1021,21 @@ async fn app_kinds_and_network_keys_decide_who_may_send_what() {
 async fn revenue_reaches_postbacks_only_from_trusted_senders_and_within_bounds() {
     let (network, seen) = common::receiver().await;
 
-    // (app kind, opted in, what the network sees)
+    // (app kind, opted in, sent with the app's server secret, what the network sees)
     let cases = [
-        (trailmark_server::AppKind::Mobile, false, "o=ORDER&rev=&cur="),
-        (trailmark_server::AppKind::Web, false, "o=ORDER&rev=&cur="),
-        (trailmark_server::AppKind::Mobile, true, "o=ORDER&rev=9.99&cur=USD"),
-        (trailmark_server::AppKind::Server, false, "o=ORDER&rev=9.99&cur=USD"),
+        (trailmark_server::AppKind::Mobile, false, false, "o=ORDER&rev=&cur="),
+        (trailmark_server::AppKind::Web, false, false, "o=ORDER&rev=&cur="),
+        (trailmark_server::AppKind::Mobile, true, false, "o=ORDER&rev=9.99&cur=USD"),
+        (trailmark_server::AppKind::Server, false, false, "o=ORDER&rev=9.99&cur=USD"),
+        (trailmark_server::AppKind::Mobile, false, true, "o=ORDER&rev=9.99&cur=USD"),
     ];
-    for (n, (kind, opt_in, expected)) in cases.into_iter().enumerate() {
+    for (n, (kind, opt_in, server_signed, expected)) in cases.into_iter().enumerate() {
         let network = network.clone();
         let srv = start(move |c| {
             let app = c.apps.get_mut("app").unwrap();
             app.kind = kind;
             app.client_revenue_postbacks = opt_in;
+            app.server_secret = Some("server-secret".into());
             c.postbacks = vec![trailmark_server::domain::postbacks::PostbackConfig {
                 network: "alpha".into(),
                 url: format!("{network}/pb?o={{event}}{n}&rev={{revenue}}&cur={{currency}}"),
@@ -1044,7 +1046,25 @@ async fn revenue_reaches_postbacks_only_from_trusted_senders_and_within_bounds()
         let (_, _, alpha) = srv.link("alpha").await;
         let click = srv.web_click(&alpha, "").await;
         let purchase = json!({"revenue": 9.99, "currency": "USD"});
-        srv.event(srv.event_body("purchase", "anon-r", None, Some(&click), purchase)).await;
+        let event = srv.event_body("purchase", "anon-r", None, Some(&click), purchase);
+        if server_signed {
+            // The app owner's backend, with the app's second secret.
+            let ts = srv.clock.now() / 1000;
+            let body = serde_json::to_vec(&event).unwrap();
+            let resp = srv
+                .client
+                .post(format!("{}/v1/event", srv.base))
+                .header(protocol::HEADER_APP, "app")
+                .header(protocol::HEADER_TIMESTAMP, ts.to_string())
+                .header(protocol::HEADER_SIGNATURE, protocol::sign(b"server-secret", ts, &body))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        } else {
+            srv.event(event).await;
+        }
         let want = expected.replace("ORDER", &format!("purchase{n}"));
         let mut found = false;
         for _ in 0..200 {

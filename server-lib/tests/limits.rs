@@ -531,7 +531,11 @@ fn short_admin_keys_and_shared_secrets_are_refused_at_build_time() {
     let short = ServerConfig::new().with_app("app", "secret").with_admin_key("fifteen-chars..");
     assert!(build(short).unwrap().to_string().contains("at least 16 characters"));
     let shared = ServerConfig::new().with_app("app", "secret").with_network("net", "secret");
-    assert!(build(shared).unwrap().to_string().contains("app's secret"));
+    assert!(build(shared).unwrap().to_string().contains("same secret"));
+    // Two apps with one secret: a public web secret would sign as the other app.
+    let twins =
+        ServerConfig::new().with_app("web", "one").with_app_kind("api", "one", trailmark_server::AppKind::Server);
+    assert!(build(twins).unwrap().to_string().contains("same secret"));
     let ok = ServerConfig::new().with_app("app", "secret").with_admin_key("sixteen-chars...");
     assert!(build(ok).is_none());
 }

@@ -60,6 +60,11 @@ pub struct AppConfig {
     /// networks. Off by default for mobile and web apps: their secret is public, so anyone could
     /// report any revenue for any click id. Always on for `server` apps.
     pub client_revenue_postbacks: bool,
+    /// A second secret, kept by the app owner's backend: requests signed with it are trusted
+    /// like a `server` app's (their revenue goes into postbacks) while the app's own `secret`
+    /// stays in the client. This is how a mobile or web app reports store-validated purchases
+    /// for its own users, touchpoints and links.
+    pub server_secret: Option<String>,
     /// JSON Schemas for this app's own event types (`type` → schema of the whole event).
     pub schemas: HashMap<String, Value>,
     /// Web origins (`https://shop.example`, scheme://host[:port]) whose pages may send this
@@ -74,6 +79,7 @@ impl AppConfig {
             secret: secret.into(),
             kind: AppKind::Mobile,
             client_revenue_postbacks: false,
+            server_secret: None,
             schemas: HashMap::new(),
             allowed_origins: Vec::new(),
         }
@@ -97,6 +103,7 @@ impl std::fmt::Debug for AppConfig {
             .field("secret", &"<redacted>")
             .field("kind", &self.kind)
             .field("client_revenue_postbacks", &self.client_revenue_postbacks)
+            .field("server_secret", &self.server_secret.as_ref().map(|_| "<redacted>"))
             .field("schemas", &self.schemas.keys().collect::<Vec<_>>())
             .field("allowed_origins", &self.allowed_origins)
             .finish()
@@ -413,18 +420,28 @@ impl ServerConfig {
         {
             return Err(format!("the admin key must be at least {MIN_ADMIN_KEY_LEN} characters long"));
         }
+        // A signature says which secret made it, not which app id was claimed: every secret
+        // must be one sender's only.
+        let mut secrets: HashMap<String, String> = HashMap::new();
+        let mut claim = |secret: &str, owner: String| match secrets.insert(secret.to_owned(), owner.clone()) {
+            _ if secret.is_empty() => Err(format!("{owner}: the secret must not be empty")),
+            Some(other) => Err(format!("{owner} uses the same secret as {other}; give each its own")),
+            None => Ok(()),
+        };
         for (id, app) in &self.apps {
-            if id.is_empty() || app.secret.is_empty() {
-                return Err(format!("app {id:?}: the id and the secret must not be empty"));
+            if id.is_empty() {
+                return Err("an app id must not be empty".into());
+            }
+            claim(&app.secret, format!("app {id:?}"))?;
+            if let Some(server) = &app.server_secret {
+                claim(server, format!("app {id:?} (server secret)"))?;
             }
         }
         for (name, network) in &self.networks {
-            if name.is_empty() || network.secret.is_empty() {
-                return Err(format!("network {name:?}: the name and the secret must not be empty"));
+            if name.is_empty() {
+                return Err("a network name must not be empty".into());
             }
-            if self.apps.values().any(|a| a.secret == network.secret) {
-                return Err(format!("network {name:?} uses an app's secret; give it its own"));
-            }
+            claim(&network.secret, format!("network {name:?}"))?;
         }
         if !(self.limits.max_revenue.is_finite() && self.limits.max_revenue >= 0.0) {
             return Err("max_revenue must be a finite, non-negative number".into());

@@ -23,6 +23,9 @@ pub struct Followup {
     pub click_id: Option<uuid::Uuid>,
     pub revenue: Option<f64>,
     pub currency: Option<String>,
+    /// The sender may put revenue into network postbacks (a server app, the app's server
+    /// secret, or an app that opted in).
+    pub revenue_trusted: bool,
 }
 
 impl Followup {

@@ -36,11 +36,18 @@ pub fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trusted_hops: usize)
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .collect();
-        if let Some(ip) = entries.len().checked_sub(trusted_hops).and_then(|i| entries[i].trim().parse().ok()) {
+        if let Some(ip) = entries.len().checked_sub(trusted_hops).and_then(|i| forwarded_ip(entries[i])) {
             return Some(ip);
         }
     }
     peer
+}
+
+/// An `X-Forwarded-For` entry's address: `198.51.100.7`, `2001:db8::1`, or with a port as some
+/// load balancers write it (`198.51.100.7:4711`, `[2001:db8::1]:443`).
+fn forwarded_ip(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry.parse().ok().or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
 }
 
 /// Reads at most `limit` bytes of body within `timeout`; more is a 413, slower a 408.
@@ -206,8 +213,7 @@ impl FromRequestParts<Arc<AppState>> for AdminAuth {
 pub trait SignedPolicy: Send + Sync + 'static {
     /// Largest body, as sent.
     fn limit(state: &AppState) -> usize;
-    /// Whether the sender's address is rate-limited. Off for server-to-server endpoints, whose
-    /// one address speaks for many users.
+    /// Whether the sender's address is rate-limited (before the signature check).
     const PER_IP: bool = true;
     /// Whether a gzip `Content-Encoding` is inflated (capped at the same limit).
     const GZIP: bool = false;
@@ -249,6 +255,8 @@ impl SignedPolicy for S2sPolicy {
 pub struct SignedBody<P> {
     /// The app id, or the network's name for a network-signed request.
     pub app_id: String,
+    /// Signed with the app's server secret (its owner's backend), not the client secret.
+    pub server_signed: bool,
     pub ip: Option<IpAddr>,
     /// The body, inflated when it was gzip.
     pub body: bytes::Bytes,
@@ -264,7 +272,7 @@ impl<P: SignedPolicy> FromRequest<Arc<AppState>> for SignedBody<P> {
         let (parts, body) = request.into_parts();
         let headers = &parts.headers;
         let ip = client_ip(headers, peer(&parts), state.config.trusted_hops());
-        let (credentials, secret) = if P::NETWORK {
+        let (credentials, secret, server_secret) = if P::NETWORK {
             let credentials = Credentials::of_network(&parts);
             let name = credentials.app.as_deref().ok_or_else(|| {
                 ApiError::unauthorized(
@@ -275,7 +283,7 @@ impl<P: SignedPolicy> FromRequest<Arc<AppState>> for SignedBody<P> {
             let Some(network) = state.config.networks.get(name) else {
                 return Err(ApiError::unauthorized("unknown_network", "unknown network"));
             };
-            (credentials, network.secret.as_bytes())
+            (credentials, network.secret.as_bytes(), None)
         } else {
             let credentials = Credentials::of(&parts);
             let app_id = credentials.app.as_deref().ok_or_else(|| {
@@ -287,7 +295,7 @@ impl<P: SignedPolicy> FromRequest<Arc<AppState>> for SignedBody<P> {
             let Some(app) = state.config.apps.get(app_id) else {
                 return Err(ApiError::unauthorized("unknown_app", "unknown app id"));
             };
-            (credentials, app.secret.as_bytes())
+            (credentials, app.secret.as_bytes(), app.server_secret.as_deref().map(str::as_bytes))
         };
         let app_id = credentials.app.clone().unwrap_or_default();
         if P::PER_IP {
@@ -296,23 +304,34 @@ impl<P: SignedPolicy> FromRequest<Arc<AppState>> for SignedBody<P> {
         let limit = P::limit(state);
         let raw = read_body(body, limit, state.config.body_timeout()).await?;
         let now_ms = state.config.clock.now();
-        protocol::verify_signature(
-            secret,
-            credentials.timestamp.as_deref(),
-            credentials.signature.as_deref(),
-            &raw,
-            now_ms.div_euclid(1000),
-        )
-        .map_err(|e| {
-            metrics::counter!("trailmark_auth_failures_total", "app" => app_id.clone()).increment(1);
-            // A stale timestamp is a wrong device clock, not wrong credentials: its own code,
-            // and the server's time, so the SDK can correct its clock and sign again at once.
-            let code = match e {
-                protocol::SignatureError::Stale { .. } => "stale_timestamp",
-                _ => "invalid_signature",
-            };
-            ApiError::unauthorized(code, e.to_string()).with_server_time(now_ms)
-        })?;
+        let verify = |secret: &[u8]| {
+            protocol::verify_signature(
+                secret,
+                credentials.timestamp.as_deref(),
+                credentials.signature.as_deref(),
+                &raw,
+                now_ms.div_euclid(1000),
+            )
+        };
+        let mut server_signed = false;
+        verify(secret)
+            .or_else(|e| match (e, server_secret) {
+                (protocol::SignatureError::Mismatch, Some(server)) => {
+                    server_signed = true;
+                    verify(server)
+                }
+                (e, _) => Err(e),
+            })
+            .map_err(|e| {
+                metrics::counter!("trailmark_auth_failures_total", "app" => app_id.clone()).increment(1);
+                // A stale timestamp is a wrong device clock, not wrong credentials: its own code,
+                // and the server's time, so the SDK can correct its clock and sign again at once.
+                let code = match e {
+                    protocol::SignatureError::Stale { .. } => "stale_timestamp",
+                    _ => "invalid_signature",
+                };
+                ApiError::unauthorized(code, e.to_string()).with_server_time(now_ms)
+            })?;
         if P::NETWORK {
             state.limits.check_network(&app_id)?;
         } else {
@@ -338,7 +357,7 @@ impl<P: SignedPolicy> FromRequest<Arc<AppState>> for SignedBody<P> {
             raw
         };
         let sent_at_secs = credentials.timestamp.and_then(|t| t.trim().parse().ok()).unwrap_or(0);
-        Ok(SignedBody { app_id, ip, body, sent_at_secs, _policy: PhantomData })
+        Ok(SignedBody { app_id, server_signed, ip, body, sent_at_secs, _policy: PhantomData })
     }
 }
 
@@ -350,5 +369,26 @@ impl<const N: usize> FromRequest<Arc<AppState>> for Limited<N> {
 
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         read_body(request.into_body(), N, state.config.body_timeout()).await.map(Limited)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_the_entry_the_trusted_proxies_wrote() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-forwarded-for", "6.6.6.6, 198.51.100.7:4711, 10.0.0.1".parse().unwrap());
+        headers.append("x-forwarded-for", "[2001:db8::1]:443".parse().unwrap());
+        let peer = Some("192.0.2.1".parse().unwrap());
+        assert_eq!(client_ip(&headers, peer, 0), peer, "no proxy trusted");
+        assert_eq!(client_ip(&headers, peer, 1), Some("2001:db8::1".parse().unwrap()));
+        assert_eq!(client_ip(&headers, peer, 2), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(client_ip(&headers, peer, 3), Some("198.51.100.7".parse().unwrap()));
+        assert_eq!(client_ip(&headers, peer, 9), peer, "a shorter chain than the proxies write");
+        let mut junk = HeaderMap::new();
+        junk.insert("x-forwarded-for", "unknown".parse().unwrap());
+        assert_eq!(client_ip(&junk, peer, 1), peer);
     }
 }

@@ -23,7 +23,10 @@ pub async fn event(State(state): State<Arc<AppState>>, request: Request) -> Resu
     async {
         let signed = SignedBody::<EventPolicy>::from_request(request, &state).await?;
         let value = parse_json(&signed.body, state.config.limits.max_json_depth)?;
-        Ok(Json(ingest::ingest(&state, signed.app_id, signed.ip, user_agent.as_deref(), value).await?))
+        Ok(Json(
+            ingest::ingest(&state, signed.app_id, signed.server_signed, signed.ip, user_agent.as_deref(), value)
+                .await?,
+        ))
     }
     .instrument(span)
     .await

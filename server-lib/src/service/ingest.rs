@@ -16,17 +16,22 @@ use crate::domain::events::{check_revenue, normalise, parse_ms};
 use crate::domain::stream::event_record;
 use crate::storage::StorageError;
 
-/// Ingests a parsed body (one event or a batch envelope) from `app_id`: what was accepted,
-/// what was a duplicate, and which events were rejected and why. The request is refused as a
+/// Ingests a parsed body (one event or a batch envelope) from `app_id` (`server_signed`: with
+/// the app's server secret): what was accepted, what was a duplicate, and which events were
+/// rejected and why. The request is refused as a
 /// whole only when the body itself is wrong (not an event or envelope, too many events).
 pub async fn ingest(
     svc: &Services,
     app_id: String,
+    server_signed: bool,
     ip: Option<IpAddr>,
     user_agent: Option<&str>,
     value: Value,
 ) -> ServiceResult<IngestResponse> {
     let received_at = svc.config.clock.now();
+    // Whether this request's revenue may go into network postbacks (docs/protocol.md, "Trust
+    // model").
+    let revenue_trusted = server_signed || svc.config.apps.get(&app_id).is_some_and(|a| a.revenue_in_postbacks());
     let is_batch = value.get("batch").is_some();
     if is_batch {
         svc.validators.envelope(&value).map_err(|e| Refusal::invalid("invalid_envelope", e))?;
@@ -88,6 +93,7 @@ pub async fn ingest(
                         click_id,
                         revenue,
                         currency,
+                        revenue_trusted,
                     });
                 }
                 fresh.push(e)

@@ -194,6 +194,13 @@ async fn save(
     alert: Option<FraudAlert>,
 ) -> ServiceResult<AttributionResult> {
     let (app_id, event_id) = (record.app_id.clone(), record.event_id.clone());
+    let keys = DeviceKeys {
+        anonymous_id: record.anonymous_id.clone(),
+        idfa: record.idfa.clone(),
+        idfv: record.idfv.clone(),
+        gaid: record.gaid.clone(),
+        android_id: record.android_id.clone(),
+    };
     let result = record.result.clone();
     // Postbacks are stored in the install's own commit, so a crash cannot keep one and lose
     // the other.
@@ -211,9 +218,10 @@ async fn save(
         }
         return Ok(result);
     }
-    // The same install raced in twice; the first decision stands.
+    // The same install raced in twice; the first decision stands (for the same device only).
     match svc.storage.install_by_event(Some(app_id), event_id).await? {
-        Some(done) => Ok(done.result),
+        Some(done) if same_device(&done, &keys) => Ok(done.result),
+        Some(_) => Err(Refusal::conflict("event_id_conflict", "another device's install has this event id").into()),
         None => Err(ServiceError::Internal("install vanished after a conflict".into())),
     }
 }

@@ -44,7 +44,7 @@ pub struct Limiters {
     app: DefaultKeyedRateLimiter<String>,
     network: DefaultKeyedRateLimiter<String>,
     ip: DefaultKeyedRateLimiter<IpAddr>,
-    click_ip: DefaultKeyedRateLimiter<IpAddr>,
+    click_ip: DefaultKeyedRateLimiter<(String, IpAddr)>,
     /// The limiters' clock, built once (building one per request costs CPU-feature probing).
     clock: governor::clock::DefaultClock,
     checks: AtomicU64,
@@ -80,10 +80,10 @@ impl Limiters {
 
     fn prune(&self) {
         if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            for limiter in [&self.ip, &self.click_ip] {
-                limiter.retain_recent();
-                limiter.shrink_to_fit();
-            }
+            self.ip.retain_recent();
+            self.ip.shrink_to_fit();
+            self.click_ip.retain_recent();
+            self.click_ip.shrink_to_fit();
             for limiter in [&self.app, &self.network] {
                 limiter.retain_recent();
                 limiter.shrink_to_fit();
@@ -110,10 +110,11 @@ impl Limiters {
         }
     }
 
-    /// Server-to-server clicks naming visitor address `ip` (their own bucket: a network cannot
-    /// spend a visitor's request quota).
-    pub fn check_click_ip(&self, ip: Option<IpAddr>) -> Result<(), RateLimited> {
-        match ip.map(|ip| self.click_ip.check_key(&limit_key(ip))) {
+    /// Server-to-server clicks of `network` naming visitor address `ip` (a bucket per network
+    /// and address: a network can neither spend a visitor's request quota nor another
+    /// network's clicks from that address).
+    pub fn check_click_ip(&self, network: &str, ip: Option<IpAddr>) -> Result<(), RateLimited> {
+        match ip.map(|ip| self.click_ip.check_key(&(network.to_owned(), limit_key(ip)))) {
             Some(Err(n)) => Err(self.refuse("click_ip", n, "too many clicks naming this address")),
             _ => Ok(()),
         }
@@ -137,7 +138,8 @@ impl Limiters {
     }
 }
 
-/// Most addresses the admin failure gate remembers; past it, the oldest windows are dropped.
+/// Most addresses the admin failure gate remembers; past it, expired windows and then addresses
+/// that are not shut out are forgotten (never a shut-out one).
 const GATE_KEYS: usize = 100_000;
 
 /// Failed admin authentications per client address in fixed windows: at `max` failures an
@@ -176,11 +178,11 @@ impl FailureGate {
     pub fn failed(&self, ip: Option<IpAddr>, now: i64) {
         let Some(ip) = ip else { return };
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.len() >= GATE_KEYS {
-            let window = self.window;
+        if seen.len() >= GATE_KEYS && !seen.contains_key(&limit_key(ip)) {
+            let (window, max) = (self.window, self.max);
             seen.retain(|_, (start, _)| now - *start < window);
             if seen.len() >= GATE_KEYS {
-                seen.clear();
+                seen.retain(|_, (_, n)| *n >= max);
             }
         }
         let entry = seen.entry(limit_key(ip)).or_insert((now, 0));
@@ -221,7 +223,7 @@ mod tests {
         let l = Limiters::new(&limits).unwrap();
         let ip: IpAddr = "198.51.100.9".parse().unwrap();
         for _ in 0..200 {
-            let _ = l.check_click_ip(Some(ip));
+            let _ = l.check_click_ip("net", Some(ip));
         }
         assert!(l.check_ip(Some(ip)).is_ok());
     }

@@ -133,7 +133,15 @@ pub async fn record(
     }
     // A visitor's own click pays its address's request bucket; a network's report of a click
     // pays the visitor address's click bucket (a network cannot lock an address out of ingest).
-    let limited = if source == "s2s" { svc.limits.check_click_ip(facts.ip) } else { svc.limits.check_ip(facts.ip) };
+    let limited = if source == "s2s" {
+        let network = {
+            let t = svc.tracking.lock()?;
+            t.by_id.get(link_id).map(|&i| t.links[i as usize].network.clone()).unwrap_or_default()
+        };
+        svc.limits.check_click_ip(&network, facts.ip)
+    } else {
+        svc.limits.check_ip(facts.ip)
+    };
     if limited.is_err() {
         metrics::counter!("trailmark_clicks_rate_limited_total").increment(1);
         return Ok(Err((NotRecorded::RateLimited, os)));

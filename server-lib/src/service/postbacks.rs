@@ -300,10 +300,10 @@ pub async fn conversion(svc: &Services, item: &Followup, rows: &[ConversionCredi
             values.insert(k, v.clone());
         }
     }
-    // Revenue only from senders whose secret is not public (server apps) or apps that opted in:
-    // otherwise anyone could report any revenue for any click id to the network.
-    let revenue_trusted = svc.config.apps.get(&last.app_id).is_some_and(|a| a.revenue_in_postbacks());
-    if let Some(rev) = item.revenue.filter(|_| revenue_trusted) {
+    // Revenue only from senders whose secret is not public (server apps, an app's server
+    // secret) or apps that opted in: otherwise anyone could report any revenue for any click id
+    // to the network.
+    if let Some(rev) = item.revenue.filter(|_| item.revenue_trusted) {
         values.insert("revenue", rev.to_string());
     } else {
         values.remove("currency");
