@@ -14,7 +14,8 @@ pub mod conn;
 /// Command line of the reference server. Every option can also be set in the `--config` TOML
 /// file under the same name (with `-` written as `_`, and `apps = ["id:secret", ...]`); the
 /// command line wins.
-#[derive(Parser, Debug, Clone, Default)]
+// No Debug: secrets (apps, networks, the admin key) are fields; nothing prints them.
+#[derive(Parser, Clone, Default)]
 #[command(name = "trailmark-server", about = "Trailmark reference ingestion server")]
 pub struct ServerArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
@@ -131,7 +132,7 @@ pub struct ServerArgs {
 }
 
 /// An entry of `apps` in the TOML file: `"id:secret[:kind]"` or a table.
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Clone)]
 #[serde(untagged)]
 enum AppEntry {
     Spec(String),
@@ -139,7 +140,7 @@ enum AppEntry {
 }
 
 /// `apps = [{ id = "...", secret = "...", kind = "web", client_revenue_postbacks = false }]`.
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct AppFile {
     id: String,
@@ -154,7 +155,7 @@ struct AppFile {
 }
 
 /// `[[networks]]` in the TOML file.
-#[derive(Deserialize, Debug, Clone)]
+#[derive(Deserialize, Clone)]
 #[serde(deny_unknown_fields)]
 struct NetworkFile {
     name: String,
@@ -340,7 +341,7 @@ impl ReportsFile {
     }
 }
 
-#[derive(Deserialize, Default, Debug)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
@@ -383,8 +384,8 @@ struct FileConfig {
     otlp_endpoint: Option<String>,
 }
 
-/// Resolved settings.
-#[derive(Debug, Clone)]
+/// Resolved settings (`{:?}` shows no secret).
+#[derive(Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
     pub db: PathBuf,
@@ -592,6 +593,18 @@ impl ServerArgs {
             ip_rate: self.ip_rate.or(file.ip_rate).unwrap_or(100),
             app_rate: self.app_rate.or(file.app_rate).unwrap_or(5_000),
         })
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("db", &self.db)
+            .field("apps", &self.apps)
+            .field("networks", &self.networks.iter().map(|(name, _)| name).collect::<Vec<_>>())
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
     }
 }
 
