@@ -129,6 +129,57 @@ pub struct ServerArgs {
     /// http://otel-collector:4318 (spans go to <url>/v1/traces).
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
+    #[command(flatten)]
+    pub postback_delivery: PostbackDelivery,
+}
+
+/// How postbacks are delivered (`--postback-timeout-secs`, `--postback-concurrency`,
+/// `--postback-queue`; the same names in the TOML file). Each network has its own queue and
+/// requests in flight, so one that is down only delays its own postbacks.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq)]
+pub struct PostbackDelivery {
+    /// Seconds one postback request may take: connecting, sending and the answer [default: 10].
+    #[arg(long)]
+    pub postback_timeout_secs: Option<f64>,
+    /// Postback requests in flight at once, per network [default: 8].
+    #[arg(long)]
+    pub postback_concurrency: Option<usize>,
+    /// Postbacks one network may hold in memory; past it they stay pending in storage until its
+    /// queue drains [default: 10000].
+    #[arg(long)]
+    pub postback_queue: Option<usize>,
+}
+
+impl PostbackDelivery {
+    /// These values over `file`'s.
+    fn or(&self, file: &PostbackDelivery) -> PostbackDelivery {
+        PostbackDelivery {
+            postback_timeout_secs: self.postback_timeout_secs.or(file.postback_timeout_secs),
+            postback_concurrency: self.postback_concurrency.or(file.postback_concurrency),
+            postback_queue: self.postback_queue.or(file.postback_queue),
+        }
+    }
+
+    /// Applies the values that are set over `policy`; refuses a zero or negative one.
+    pub fn apply(&self, policy: &mut trailmark_server::domain::postbacks::PostbackPolicy) -> Result<(), String> {
+        if let Some(secs) = self.postback_timeout_secs {
+            if !(secs.is_finite() && secs > 0.0 && secs <= 3600.0) {
+                return Err(format!("--postback-timeout-secs {secs}: expected more than 0 and at most 3600"));
+            }
+            policy.timeout = std::time::Duration::from_secs_f64(secs);
+        }
+        for (name, value, slot) in [
+            ("--postback-concurrency", self.postback_concurrency, &mut policy.concurrency),
+            ("--postback-queue", self.postback_queue, &mut policy.queue),
+        ] {
+            match value {
+                Some(0) => return Err(format!("{name} must be at least 1")),
+                Some(n) => *slot = n,
+                None => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// An entry of `apps` in the TOML file: `"id:secret[:kind]"` or a table.
@@ -382,6 +433,9 @@ struct FileConfig {
     /// Extra librdkafka producer properties, e.g. { "compression.type" = "lz4" }.
     kafka_properties: Option<std::collections::BTreeMap<String, String>>,
     otlp_endpoint: Option<String>,
+    postback_timeout_secs: Option<f64>,
+    postback_concurrency: Option<usize>,
+    postback_queue: Option<usize>,
 }
 
 /// Resolved settings (`{:?}` shows no secret).
@@ -427,6 +481,8 @@ pub struct Settings {
     pub kafka_properties: Vec<(String, String)>,
     /// OTLP/HTTP collector base URL.
     pub otlp_endpoint: Option<String>,
+    /// Postback timeout, requests in flight and queue size per network.
+    pub postback_delivery: PostbackDelivery,
 }
 
 impl ServerArgs {
@@ -532,6 +588,11 @@ impl ServerArgs {
         if postgres_pool == 0 {
             return Err("--postgres-pool must be at least 1".into());
         }
+        let postback_delivery = self.postback_delivery.or(&PostbackDelivery {
+            postback_timeout_secs: file.postback_timeout_secs,
+            postback_concurrency: file.postback_concurrency,
+            postback_queue: file.postback_queue,
+        });
         let admin_key = self.admin_key.clone().or(file.admin_key);
         if let Some(key) = &admin_key
             && key.chars().count() < trailmark_server::domain::config::MIN_ADMIN_KEY_LEN
@@ -542,6 +603,7 @@ impl ServerArgs {
             ));
         }
         Ok(Settings {
+            postback_delivery,
             networks,
             proxy_hops,
             conn,
@@ -780,6 +842,7 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
             events: p.events.clone(),
         })
         .collect();
+    settings.postback_delivery.apply(&mut config.postback_policy)?;
     settings.attribution.apply(&mut config.attribution);
     settings.reports.apply(&mut config.reports);
     if config.reports.session_gap <= 0 || config.reports.refresh_interval <= 0 || config.reports.purge_interval <= 0 {

@@ -348,3 +348,40 @@ fn slow_and_idle_connections_are_closed_and_connections_are_capped() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn postback_delivery_settings_from_flags_and_the_toml_file() {
+    use clap::Parser;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.toml");
+    std::fs::write(
+        &path,
+        "apps = [\"app:secret\"]\npostback_timeout_secs = 2.5\npostback_concurrency = 3\npostback_queue = 500\n",
+    )
+    .unwrap();
+    let (file, db) = (path.to_str().unwrap(), dir.path().join("s.db"));
+    let db = db.to_str().unwrap();
+    let args = trailmark_examples::ServerArgs::try_parse_from([
+        "x",
+        "--config",
+        file,
+        "--db",
+        db,
+        "--postback-concurrency",
+        "4",
+    ])
+    .unwrap();
+    let config = trailmark_examples::server_config(&args.settings().unwrap()).unwrap();
+    let p = &config.postback_policy;
+    assert_eq!((p.timeout, p.concurrency, p.queue), (std::time::Duration::from_millis(2_500), 4, 500));
+    // Unset: the defaults.
+    let args = trailmark_examples::ServerArgs::try_parse_from(["x", "--app", "a:b", "--db", db]).unwrap();
+    let config = trailmark_examples::server_config(&args.settings().unwrap()).unwrap();
+    assert_eq!(config.postback_policy, trailmark_server::domain::postbacks::PostbackPolicy::default());
+    for bad in [["--postback-queue", "0"], ["--postback-concurrency", "0"], ["--postback-timeout-secs", "0"]] {
+        let args =
+            trailmark_examples::ServerArgs::try_parse_from(["x", "--app", "a:b", "--db", db, bad[0], bad[1]]).unwrap();
+        let err = trailmark_examples::server_config(&args.settings().unwrap()).unwrap_err();
+        assert!(err.contains(bad[0]), "{err}");
+    }
+}

@@ -11,7 +11,7 @@ use thiserror::Error;
 use crate::clickcache::ClickCache;
 use crate::domain::config::ServerConfig;
 use crate::domain::enrich::{GeoIp, IpCipher};
-use crate::domain::postbacks::check_template;
+use crate::domain::postbacks::{TemplateError, check_template};
 use crate::domain::validate::Validators;
 use crate::http::{AppState, router};
 use crate::service::clicks::Clicks;
@@ -40,6 +40,12 @@ pub enum BuildError {
     Credentials(String),
     #[error("invalid attribution settings: {0}")]
     Attribution(String),
+    #[error("postback template of network {network:?}: {source}")]
+    Postback {
+        network: String,
+        #[source]
+        source: TemplateError,
+    },
     #[error(transparent)]
     Start(#[from] tasks::StartError),
 }
@@ -102,7 +108,7 @@ impl ServerBuilder {
             .map_err(BuildError::GeoIp)?;
         config.attribution.validate().map_err(BuildError::Attribution)?;
         for p in &config.postbacks {
-            check_template(&p.url).map_err(BuildError::Attribution)?;
+            check_template(&p.url).map_err(|source| BuildError::Postback { network: p.network.clone(), source })?;
         }
         let maintenance = Arc::new(Maintenance::new(
             storage.clone(),

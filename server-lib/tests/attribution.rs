@@ -1094,3 +1094,235 @@ async fn revenue_reaches_postbacks_only_from_trusted_senders_and_within_bounds()
         }
     }
 }
+
+/// A stored postback: (network, state, attempts, last status, last error).
+type PostbackRow = (String, String, i64, Option<i64>, Option<String>);
+/// What a network endpoint received: (path, query pairs).
+type Hit = (String, Vec<(String, String)>);
+
+/// Serves `app` on a free loopback port, as a network's postback endpoint: its base URL.
+async fn network_endpoint(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+/// An endpoint that counts the requests it gets and answers each with `answer()`: its base URL
+/// and the count.
+async fn counting_endpoint<F>(answer: fn() -> F) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: std::future::Future<Output = axum::http::StatusCode> + Send + 'static,
+{
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    let app = axum::Router::new().fallback(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        answer()
+    });
+    (network_endpoint(app).await, count)
+}
+
+impl Srv {
+    /// An install attributed to a fresh web click on `code` (with `query_string` on the click).
+    async fn attributed_install(&self, code: &str, query_string: &str) {
+        let click = self.web_click(code, query_string).await;
+        self.clock.advance(MINUTE);
+        let mut install = self.install_body("web", json!({}));
+        install["click_id"] = json!(click);
+        assert_eq!(self.install(install, &[]).await["match_type"], "click_id");
+    }
+
+    /// Every postback as (network, state, attempts, last status, last error), oldest first.
+    fn postbacks(&self) -> Vec<PostbackRow> {
+        let conn = rusqlite::Connection::open(&self.db).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT network, state, attempts, last_status, last_error FROM postbacks ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Waits (up to 20 s) until `done` holds for the postbacks; returns them.
+    async fn postbacks_until(&self, done: impl Fn(&[PostbackRow]) -> bool) -> Vec<PostbackRow> {
+        for _ in 0..800 {
+            let rows = self.postbacks();
+            if done(&rows) {
+                return rows;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        self.postbacks()
+    }
+}
+
+fn postback(network: &str, url: String) -> trailmark_server::domain::postbacks::PostbackConfig {
+    trailmark_server::domain::postbacks::PostbackConfig { network: network.into(), url, events: vec![] }
+}
+
+#[tokio::test]
+async fn a_template_with_a_macro_in_its_host_is_refused_at_start_naming_the_network() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in ["https://{sub1}.net.example/pb", "https://net.example:{sub2}/pb", "https://{click_id}/pb"] {
+        let mut c = ServerConfig::new().with_app("app", "secret");
+        c.postbacks = vec![postback("good", "https://ok.example/pb?c={click_id}".into()), postback("meta", url.into())];
+        let err = ServerBuilder::new(c).sqlite(dir.path().join("t.db")).unwrap().build_state().err().unwrap();
+        let message = err.to_string();
+        assert!(message.contains("network \"meta\""), "{message}");
+        assert!(message.contains("scheme, host or port"), "{message}");
+        assert!(matches!(err, trailmark_server::BuildError::Postback { .. }), "{err:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_click_parameter_cannot_move_a_postback_to_another_host() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<Hit>>> = Arc::default();
+    let hits = seen.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let hits = hits.clone();
+        async move {
+            let query = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect();
+            hits.lock().unwrap().push((uri.path().to_owned(), query));
+            axum::http::StatusCode::OK
+        }
+    });
+    let network = network_endpoint(app).await;
+    let srv = start(|c| {
+        c.postbacks =
+            vec![postback("alpha", format!("{network}/pb/{{network_click_id}}/end?c={{network_click_id}}&s={{sub1}}"))];
+    })
+    .await;
+    let (_, _, code) = srv.link("alpha").await;
+    // The click's own parameters, as an attacker would write them into a tracking link.
+    let evil =
+        [("@evil.example/", "//evil.example:1/x?y=1#z"), ("..", "\\\\evil.example"), ("evil.example%2F", "a&s=b")];
+    for (clickid, sub1) in evil {
+        let q: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("clickid", clickid)
+            .append_pair("sub1", sub1)
+            .finish();
+        srv.attributed_install(&code, &format!("?{q}")).await;
+    }
+    let rows = srv.postbacks_until(|r| r.len() == 3 && r.iter().all(|p| p.1 != "pending")).await;
+    assert!(rows.iter().all(|p| p.1 == "delivered"), "{rows:?}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "every postback reached the template's host: {seen:?}");
+    for (clickid, sub1) in evil {
+        let hit = seen.iter().find(|(_, q)| q.first().is_some_and(|(_, v)| v == clickid)).expect(clickid);
+        // The value stays one path segment (a dot segment is left out), and whole in the query.
+        let expected_path = match clickid {
+            ".." => "/pb//end".to_owned(),
+            _ => format!("/pb/{}/end", url::form_urlencoded::byte_serialize(clickid.as_bytes()).collect::<String>()),
+        };
+        assert_eq!(hit.0, expected_path);
+        assert_eq!(hit.1, [("c".to_owned(), clickid.to_owned()), ("s".to_owned(), sub1.to_owned())]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postbacks_do_not_follow_redirects() {
+    use std::sync::atomic::Ordering;
+    // Where a redirect would lead: it counts every request it gets.
+    let (elsewhere, landed) = counting_endpoint(|| async { axum::http::StatusCode::OK }).await;
+    let target = format!("{elsewhere}/hit");
+    let redirecting = network_endpoint(axum::Router::new().fallback(move || {
+        let target = target.clone();
+        async move { (axum::http::StatusCode::FOUND, [(axum::http::header::LOCATION, target)]) }
+    }))
+    .await;
+    let srv = start(|c| {
+        c.postbacks = vec![postback("alpha", format!("{redirecting}/pb?e={{event}}"))];
+        c.postback_policy.min_delay = std::time::Duration::from_millis(10);
+        c.postback_policy.max_delay = std::time::Duration::from_millis(40);
+    })
+    .await;
+    let (_, _, code) = srv.link("alpha").await;
+    srv.attributed_install(&code, "").await;
+    let rows = srv.postbacks_until(|r| r.len() == 1 && r[0].1 != "pending").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (_, state, attempts, status, error) = &rows[0];
+    assert_eq!((state.as_str(), *attempts, *status), ("failed", 1, Some(302)), "a 3xx is final: {rows:?}");
+    assert_eq!(error.as_deref(), Some("redirect not followed"));
+    assert_eq!(landed.load(Ordering::SeqCst), 0, "the redirect was not followed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_that_never_answers_does_not_hold_up_the_others() {
+    use std::sync::atomic::Ordering;
+    // "dead" takes every request and never answers; "alive" answers at once.
+    let (dead, dead_requests) = counting_endpoint(std::future::pending::<axum::http::StatusCode>).await;
+    let (alive, _) = counting_endpoint(|| async { axum::http::StatusCode::OK }).await;
+    let srv = start(|c| {
+        c.postbacks = vec![
+            postback("dead", format!("{dead}/pb?c={{click_id}}")),
+            postback("alive", format!("{alive}/pb?c={{click_id}}")),
+        ];
+        // Far longer than the test: every request to "dead" is still hanging at its end.
+        c.postback_policy.timeout = std::time::Duration::from_secs(600);
+        c.postback_policy.concurrency = 2;
+    })
+    .await;
+    let (_, _, dead_code) = srv.link("dead").await;
+    let (_, _, alive_code) = srv.link("alive").await;
+    // The dead network's postbacks are decided first, more of them than it may have in flight.
+    for _ in 0..6 {
+        srv.attributed_install(&dead_code, "").await;
+    }
+    for _ in 0..6 {
+        srv.attributed_install(&alive_code, "").await;
+    }
+    let rows = srv.postbacks_until(|r| r.iter().filter(|p| p.0 == "alive" && p.1 == "delivered").count() == 6).await;
+    let alive_delivered = rows.iter().filter(|p| p.0 == "alive" && p.1 == "delivered").count();
+    assert_eq!(alive_delivered, 6, "{rows:?}");
+    // Meanwhile not one request to "dead" has ended, and it never had more than its own two.
+    assert!(rows.iter().filter(|p| p.0 == "dead").all(|p| p.1 == "pending" && p.2 == 0), "{rows:?}");
+    let conn = rusqlite::Connection::open(&srv.db).unwrap();
+    let logged: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM postback_attempts a JOIN postbacks p ON p.id = a.postback_id WHERE p.network = 'dead'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(logged, 0);
+    assert!(dead_requests.load(Ordering::SeqCst) <= 2, "{}", dead_requests.load(Ordering::SeqCst));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_network_queue_leaves_postbacks_pending_and_sends_them_once_it_drains() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // The network answers 503 until `up` is set.
+    let up = Arc::new(AtomicBool::new(false));
+    let state = up.clone();
+    let network = network_endpoint(axum::Router::new().fallback(move || {
+        let up = state.load(Ordering::SeqCst);
+        async move { if up { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE } }
+    }))
+    .await;
+    let srv = start(|c| {
+        c.postbacks = vec![postback("alpha", format!("{network}/pb?c={{click_id}}"))];
+        c.postback_policy.queue = 2;
+        c.postback_policy.concurrency = 1;
+        c.postback_policy.max_attempts = 10_000;
+        c.postback_policy.min_delay = std::time::Duration::from_millis(5);
+        c.postback_policy.max_delay = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let (_, _, code) = srv.link("alpha").await;
+    for _ in 0..5 {
+        srv.attributed_install(&code, "").await;
+    }
+    // The two the queue holds are retried; the other three wait in storage, untried.
+    let rows = srv.postbacks_until(|r| r.len() == 5 && r.iter().filter(|p| p.2 >= 3).count() == 2).await;
+    assert_eq!(rows.iter().filter(|p| p.2 >= 3).count(), 2, "{rows:?}");
+    assert_eq!(rows.iter().filter(|p| p.2 == 0).count(), 3, "{rows:?}");
+    assert!(rows.iter().all(|p| p.1 == "pending"), "{rows:?}");
+    // Once the network answers, the queue drains and the stored ones are read and sent too.
+    up.store(true, Ordering::SeqCst);
+    let rows = srv.postbacks_until(|r| r.iter().all(|p| p.1 == "delivered")).await;
+    assert!(rows.len() == 5 && rows.iter().all(|p| p.1 == "delivered"), "{rows:?}");
+}

@@ -246,6 +246,8 @@ pub struct PostbackAttempt {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingPostback {
     pub id: i64,
+    /// The network it is for (its delivery queue).
+    pub network: String,
     pub url: String,
     /// Delivery attempts so far.
     pub attempts: u32,

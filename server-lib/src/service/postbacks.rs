@@ -1,20 +1,30 @@
 //! Postbacks: per-network URL templates filled with macros and sent asynchronously, with
-//! retries on backon's exponential schedule (full jitter) and a delivery log.
+//! retries on backon's exponential schedule (with jitter) and a delivery log.
 //!
 //! A postback is stored (`postbacks`, status `pending`) in the same request that decided the
-//! install, re-engagement or conversion, then handed to the sender task. Every attempt is
+//! install, re-engagement or conversion, then handed to its network's queue. Every attempt is
 //! appended to `postback_attempts`. Pending postbacks are picked up again after a restart.
+//!
+//! Each configured network has its own queue and worker: at most `PostbackPolicy::concurrency`
+//! requests in flight and `PostbackPolicy::queue` postbacks held in memory. A retry waits in
+//! its network's timer list, not in a request slot, so a network that is down (or answers
+//! after the timeout) only delays its own postbacks. Past the cap a postback stays `pending` in
+//! storage, is counted and logged, and is read again once the network's queue has drained.
+//! Postbacks of networks no longer configured (left pending by an earlier run) share one more
+//! queue. Redirects are never followed: a 3xx is a final failure. Logs show URLs without their
+//! query values ([`redact_url`]).
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{Services, Stop};
 use crate::domain::conversions::Followup;
-use crate::domain::postbacks::{PostbackConfig, PostbackPolicy, base_values, fill};
+use crate::domain::postbacks::{PostbackConfig, PostbackPolicy, base_values, fill, redact_url};
 use crate::domain::records::{
     ClickParams, ConversionCredit, InstallRecord, PendingPostback, PostbackAttempt, PostbackRecord, Reengagement,
 };
@@ -24,157 +34,388 @@ use crate::storage::Storage;
 #[derive(Debug, Clone)]
 pub struct Pending {
     pub id: i64,
+    /// The network it is for: which queue it waits in.
+    pub network: String,
     pub url: String,
     pub attempts: u32,
     pub app_id: String,
     pub anonymous_id: String,
 }
 
-/// Handle of the sender task: where decided postbacks are handed to it.
-pub struct Sender {
-    tx: mpsc::UnboundedSender<Pending>,
+impl From<PendingPostback> for Pending {
+    fn from(p: PendingPostback) -> Self {
+        Pending {
+            id: p.id,
+            network: p.network,
+            url: p.url,
+            attempts: p.attempts,
+            app_id: p.app_id,
+            anonymous_id: p.anonymous_id,
+        }
+    }
 }
 
-/// Longest wait between two tries to load the postbacks a previous run left pending.
-const RELOAD_MAX: Duration = Duration::from_secs(60);
+/// The name of the queue shared by networks that are not configured.
+const OTHER: &str = "(other)";
 
-/// Starts the sender task. It first queues the postbacks a previous run left pending (retrying
-/// the load until it succeeds), then delivers what is dispatched until `stop` fires; then it
-/// waits up to the policy's request timeout for deliveries in flight. A postback not delivered
-/// by then stays pending in storage and is sent after the next start. A postback that reaches
-/// the queue twice (dispatched while the pending ones were loading) is delivered once.
-pub fn start(storage: Arc<dyn Storage>, policy: PostbackPolicy, mut stop: Stop) -> (Sender, JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
-    let client = reqwest::Client::builder()
-        .timeout(policy.timeout)
-        .redirect(reqwest::redirect::Policy::limited(3))
-        .user_agent(concat!("trailmark-postbacks/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_default();
-    let permits = Arc::new(Semaphore::new(policy.concurrency.max(1)));
-    let requeue = tx.clone();
-    let task = tokio::spawn(async move {
-        let mut wait = Duration::from_millis(500);
-        loop {
-            let loaded = tokio::select! {
-                _ = stop.stopped() => return,
-                loaded = storage.pending_postbacks() => loaded,
-            };
-            match loaded {
-                Ok(pending) => {
-                    for PendingPostback { id, url, attempts, app_id, anonymous_id } in pending {
-                        let _ = requeue.send(Pending { id, url, attempts, app_id, anonymous_id });
-                    }
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "pending postbacks not loaded");
-                    tokio::select! {
-                        _ = stop.stopped() => return,
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                    wait = (wait * 2).min(RELOAD_MAX);
-                }
+/// The state one network's queue shares between the sender and its worker.
+struct Queue {
+    /// The network (lower case), or [`OTHER`].
+    name: String,
+    /// Postbacks this network holds: handed to the worker and not finished yet.
+    held: AtomicUsize,
+    cap: usize,
+    /// A postback was turned away (or the stored ones were never read): the worker reads
+    /// storage again once it has room.
+    overflowed: AtomicBool,
+}
+
+impl Queue {
+    /// Holds one more postback if there is room.
+    fn reserve(&self) -> bool {
+        let ok =
+            self.held.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < self.cap).then_some(n + 1)).is_ok();
+        if ok {
+            self.gauge();
+        } else {
+            metrics::counter!("trailmark_postbacks_overflow_total", "network" => self.name.clone()).increment(1);
+            if !self.overflowed.swap(true, Ordering::SeqCst) {
+                tracing::warn!(
+                    network = %self.name,
+                    cap = self.cap,
+                    "postback queue full: new postbacks stay pending in storage until it drains"
+                );
             }
         }
-        drop(requeue);
-        // Ids queued for delivery or being delivered.
-        let active: Arc<Mutex<HashSet<i64>>> = Default::default();
-        let mut inflight = JoinSet::new();
+        ok
+    }
+
+    fn release(&self) {
+        self.held.fetch_sub(1, Ordering::SeqCst);
+        self.gauge();
+    }
+
+    fn gauge(&self) {
+        metrics::gauge!("trailmark_postback_queue", "network" => self.name.clone())
+            .set(self.held.load(Ordering::SeqCst) as f64);
+    }
+
+    /// Room for a read of the stored postbacks to be worth it.
+    fn has_room(&self) -> bool {
+        self.held.load(Ordering::SeqCst) <= self.cap / 2
+    }
+}
+
+/// One network's way in: its channel to the worker (only the sender holds it, so the worker
+/// ends when the server's state is dropped) and the shared counters.
+struct Lane {
+    tx: mpsc::UnboundedSender<Pending>,
+    queue: Arc<Queue>,
+}
+
+impl Lane {
+    /// Hands `p` to the worker if there is room; false when it stays pending in storage only.
+    fn push(&self, p: Pending) -> bool {
+        if !self.queue.reserve() {
+            return false;
+        }
+        if self.tx.send(p).is_err() {
+            // The sender has stopped: the postback stays pending for the next start.
+            self.queue.release();
+            return false;
+        }
+        true
+    }
+}
+
+/// Handle of the sender: where decided postbacks are handed to their network's queue.
+pub struct Sender {
+    lanes: HashMap<String, Lane>,
+    other: Lane,
+}
+
+impl Sender {
+    /// Queues a stored postback for delivery. False when its network's queue is full (it stays
+    /// pending in storage and is read again once the queue drains) or the sender has stopped.
+    pub fn send(&self, p: Pending) -> bool {
+        self.lanes.get(&p.network.to_ascii_lowercase()).unwrap_or(&self.other).push(p)
+    }
+}
+
+/// Why the sender could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("postback HTTP client: {0}")]
+pub struct ClientError(#[from] reqwest::Error);
+
+/// The HTTP client of postbacks: the policy's timeout on every request, no redirects followed
+/// (the template alone decides where a postback goes).
+pub fn client(policy: &PostbackPolicy) -> Result<reqwest::Client, ClientError> {
+    Ok(reqwest::Client::builder()
+        .timeout(policy.timeout)
+        .connect_timeout(policy.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("trailmark-postbacks/", env!("CARGO_PKG_VERSION")))
+        .build()?)
+}
+
+/// Longest wait between two tries to read the pending postbacks from storage.
+const RELOAD_MAX: Duration = Duration::from_secs(60);
+
+/// Starts the sender (with a [`client`]): one worker per configured network and one for the
+/// others. Each worker first reads its network's pending postbacks (a previous run left them;
+/// the read is retried until it succeeds), then delivers what is queued until `stop` fires;
+/// then it gives the requests in flight up to the policy's timeout. A postback not delivered by then stays
+/// pending in storage and is sent after the next start. A postback that reaches a queue twice
+/// (dispatched while the pending ones were being read) is delivered once.
+pub fn start(
+    storage: Arc<dyn Storage>,
+    client: reqwest::Client,
+    policy: PostbackPolicy,
+    networks: &[PostbackConfig],
+    stop: Stop,
+) -> (Sender, JoinHandle<()>) {
+    let mut names: Vec<String> = networks.iter().map(|c| c.network.to_ascii_lowercase()).collect();
+    names.sort();
+    names.dedup();
+    let configured: Arc<HashSet<String>> = Arc::new(names.iter().cloned().collect());
+    let mut workers = JoinSet::new();
+    let mut open = |name: String| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queue = Arc::new(Queue {
+            name,
+            held: AtomicUsize::new(0),
+            cap: policy.queue.max(1),
+            overflowed: AtomicBool::new(true),
+        });
+        let worker = Worker {
+            queue: queue.clone(),
+            storage: storage.clone(),
+            client: client.clone(),
+            policy: policy.clone(),
+            configured: configured.clone(),
+        };
+        workers.spawn(worker.run(rx, stop.clone()));
+        Lane { tx, queue }
+    };
+    let lanes = names.iter().map(|n| (n.clone(), open(n.clone()))).collect();
+    let other = open(OTHER.to_owned());
+    let task = tokio::spawn(async move { while workers.join_next().await.is_some() {} });
+    (Sender { lanes, other }, task)
+}
+
+/// A postback in a worker's hands.
+struct Item {
+    p: Pending,
+    schedule: backon::ExponentialBackoff,
+}
+
+/// What one attempt came to.
+enum Outcome {
+    /// Delivered, failed for good, or no longer pending (deleted with its user, sent by another
+    /// instance): it leaves the queue.
+    Done,
+    /// Try again after the next delay of its schedule.
+    Retry,
+}
+
+struct Worker {
+    queue: Arc<Queue>,
+    storage: Arc<dyn Storage>,
+    client: reqwest::Client,
+    policy: PostbackPolicy,
+    /// Lower-case names of the configured networks (the [`OTHER`] worker takes the rest).
+    configured: Arc<HashSet<String>>,
+}
+
+impl Worker {
+    fn item(&self, p: Pending) -> Item {
+        use backon::BackoffBuilder;
+        let schedule = backon::ExponentialBuilder::default()
+            .with_min_delay(self.policy.min_delay)
+            .with_max_delay(self.policy.max_delay)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times()
+            .build();
+        Item { p, schedule }
+    }
+
+    fn mine(&self, network: &str) -> bool {
+        let network = network.to_ascii_lowercase();
+        if self.queue.name == OTHER { !self.configured.contains(&network) } else { network == self.queue.name }
+    }
+
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Pending>, mut stop: Stop) {
+        let mut ready: VecDeque<Item> = VecDeque::new();
+        // Retries by due time (and a sequence number, so equal times do not collide).
+        let mut waiting: BTreeMap<(tokio::time::Instant, u64), Item> = BTreeMap::new();
+        let mut seq = 0u64;
+        let mut inflight: JoinSet<(Item, Outcome)> = JoinSet::new();
+        // Ids queued, waiting or in flight here.
+        let mut active: HashSet<i64> = HashSet::new();
+        let mut reload_wait = Duration::from_millis(500);
         loop {
+            while inflight.len() < self.policy.concurrency.max(1) {
+                let Some(item) = ready.pop_front() else { break };
+                let (storage, client, policy) = (self.storage.clone(), self.client.clone(), self.policy.clone());
+                inflight.spawn(async move {
+                    let mut item = item;
+                    let outcome = attempt(&*storage, &client, &policy, &mut item.p).await;
+                    (item, outcome)
+                });
+            }
+            // Stored postbacks that never made it into the queue (left by an earlier run, or
+            // turned away when it was full) are read once the queue has caught up and has room.
+            if ready.is_empty() && self.queue.has_room() && self.queue.overflowed.swap(false, Ordering::SeqCst) {
+                let loaded = tokio::select! {
+                    _ = stop.stopped() => break,
+                    loaded = self.storage.pending_postbacks() => loaded,
+                };
+                match loaded {
+                    Ok(pending) => {
+                        reload_wait = Duration::from_millis(500);
+                        for p in pending.into_iter().filter(|p| self.mine(&p.network)) {
+                            if active.contains(&p.id) {
+                                continue;
+                            }
+                            if !self.queue.reserve() {
+                                break;
+                            }
+                            active.insert(p.id);
+                            ready.push_back(self.item(p.into()));
+                        }
+                    }
+                    Err(e) => {
+                        let retry_in_ms = reload_wait.as_millis() as u64;
+                        let network = &self.queue.name;
+                        tracing::warn!(%network, error = %e, retry_in_ms, "pending postbacks not loaded");
+                        self.queue.overflowed.store(true, Ordering::SeqCst);
+                        tokio::select! {
+                            _ = stop.stopped() => break,
+                            _ = tokio::time::sleep(reload_wait) => {}
+                        }
+                        reload_wait = (reload_wait * 2).min(RELOAD_MAX);
+                    }
+                }
+                continue;
+            }
+            let next_due = waiting.first_key_value().map(|(k, _)| k.0);
+            let due = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now));
             tokio::select! {
                 _ = stop.stopped() => break,
-                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                Some(joined) = inflight.join_next(), if !inflight.is_empty() => match joined {
+                    Ok((mut item, Outcome::Retry)) => {
+                        let delay = item.schedule.next().unwrap_or(self.policy.max_delay);
+                        seq += 1;
+                        waiting.insert((tokio::time::Instant::now() + delay, seq), item);
+                    }
+                    Ok((item, Outcome::Done)) => {
+                        active.remove(&item.p.id);
+                        self.queue.release();
+                    }
+                    Err(e) => {
+                        // Not expected (an attempt does not panic); the postback stays pending
+                        // in storage for the next start.
+                        tracing::error!(network = %self.queue.name, error = %e, "postback delivery task failed");
+                        self.queue.release();
+                    }
+                },
                 p = rx.recv() => {
                     let Some(p) = p else { break };
-                    if !active.lock().unwrap_or_else(|e| e.into_inner()).insert(p.id) {
-                        continue;
+                    if active.insert(p.id) {
+                        ready.push_back(self.item(p));
+                    } else {
+                        self.queue.release();
                     }
-                    let permit = tokio::select! {
-                        _ = stop.stopped() => break,
-                        permit = permits.clone().acquire_owned() => permit,
-                    };
-                    let Ok(permit) = permit else { break };
-                    let (storage, client, policy, active) = (storage.clone(), client.clone(), policy.clone(), active.clone());
-                    inflight.spawn(async move {
-                        let id = p.id;
-                        deliver(&*storage, &client, &policy, p).await;
-                        active.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                        drop(permit);
-                    });
+                }
+                _ = due, if next_due.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    while let Some(entry) = waiting.first_entry() {
+                        if entry.key().0 > now {
+                            break;
+                        }
+                        ready.push_back(entry.remove());
+                    }
                 }
             }
         }
         let drained =
-            tokio::time::timeout(policy.timeout, async { while inflight.join_next().await.is_some() {} }).await;
+            tokio::time::timeout(self.policy.timeout, async { while inflight.join_next().await.is_some() {} }).await;
         if drained.is_err() {
-            tracing::info!(left = inflight.len(), "postbacks still retrying stay pending until the next start");
+            let left = inflight.len();
+            tracing::info!(network = %self.queue.name, left, "postbacks in flight stay pending until the next start");
             inflight.abort_all();
         }
-    });
-    (Sender { tx }, task)
-}
-
-/// What an attempt's outcome means.
-fn retryable(status: Option<u16>) -> bool {
-    match status {
-        None => true,
-        Some(s) => s == 408 || s == 429 || s >= 500,
     }
 }
 
-async fn deliver(storage: &dyn Storage, client: &reqwest::Client, policy: &PostbackPolicy, p: Pending) {
-    use backon::BackoffBuilder;
-    let mut schedule = backon::ExponentialBuilder::default()
-        .with_min_delay(policy.min_delay)
-        .with_max_delay(policy.max_delay)
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build();
-    let mut attempts = p.attempts;
-    loop {
-        // Delivered elsewhere, failed, or deleted with its user in the meantime: stop.
-        if !matches!(storage.postback_pending(p.id).await, Ok(true)) {
-            return;
+/// What an answer means: `Ok(true)` delivered, `Ok(false)` retry, `Err(why)` failed for good.
+fn verdict(status: Option<u16>) -> Result<bool, &'static str> {
+    match status {
+        Some(200..=299) => Ok(true),
+        // Not followed: where a postback goes is the template's, never the network's answer's.
+        Some(300..=399) => Err("redirect not followed"),
+        None | Some(408) | Some(429) | Some(500..) => Ok(false),
+        Some(_) => Err("refused"),
+    }
+}
+
+/// One delivery attempt of `p` (counted in `p.attempts`), logged.
+async fn attempt(storage: &dyn Storage, client: &reqwest::Client, policy: &PostbackPolicy, p: &mut Pending) -> Outcome {
+    // Delivered elsewhere, failed, or deleted with its user in the meantime: stop. A store
+    // that cannot answer now is asked again later.
+    match storage.postback_pending(p.id).await {
+        Ok(true) => {}
+        Ok(false) => return Outcome::Done,
+        Err(e) => {
+            tracing::warn!(id = p.id, error = %e, "postback state not read; retrying later");
+            return Outcome::Retry;
         }
-        attempts += 1;
-        let started = Instant::now();
-        let (status, error) = match client.get(&p.url).send().await {
-            Ok(r) => (Some(r.status().as_u16()), None),
-            Err(e) => (None, Some(e.to_string())),
-        };
-        let ok = status.is_some_and(|s| (200..300).contains(&s));
-        let done = ok || !retryable(status) || attempts >= policy.max_attempts;
-        let state = if ok {
-            "delivered"
-        } else if done {
-            "failed"
-        } else {
-            "pending"
-        };
-        let attempt = PostbackAttempt {
-            postback_id: p.id,
-            app_id: p.app_id.clone(),
-            anonymous_id: p.anonymous_id.clone(),
-            attempt: attempts,
-            status,
-            error: error.clone(),
-            duration_ms: started.elapsed().as_millis() as i64,
-            at: crate::domain::config::now_ms(),
-            state: state.into(),
-        };
-        if let Err(e) = storage.log_postback_attempt(attempt).await {
-            tracing::warn!(error = %e, "postback log not written");
+    }
+    p.attempts += 1;
+    let attempts = p.attempts;
+    let started = Instant::now();
+    let (status, mut error) = match client.get(&p.url).send().await {
+        Ok(r) => (Some(r.status().as_u16()), None),
+        // Without the URL: errors are stored and logged, and the URL's query holds identifiers.
+        Err(e) => (None, Some(e.without_url().to_string())),
+    };
+    let verdict = verdict(status);
+    if let Err(why) = verdict {
+        error.get_or_insert_with(|| why.to_owned());
+    }
+    let ok = verdict == Ok(true);
+    let done = verdict.is_err() || ok || attempts >= policy.max_attempts;
+    let state = if ok {
+        "delivered"
+    } else if done {
+        "failed"
+    } else {
+        "pending"
+    };
+    let record = PostbackAttempt {
+        postback_id: p.id,
+        app_id: p.app_id.clone(),
+        anonymous_id: p.anonymous_id.clone(),
+        attempt: attempts,
+        status,
+        error: error.clone(),
+        duration_ms: started.elapsed().as_millis() as i64,
+        at: crate::domain::config::now_ms(),
+        state: state.into(),
+    };
+    if let Err(e) = storage.log_postback_attempt(record).await {
+        tracing::warn!(error = %e, "postback log not written");
+    }
+    metrics::counter!("trailmark_postback_attempts_total", "outcome" => state).increment(1);
+    if done {
+        if !ok {
+            let url = redact_url(&p.url);
+            tracing::warn!(id = p.id, network = %p.network, %url, ?status, ?error, attempts, "postback failed");
         }
-        metrics::counter!("trailmark_postback_attempts_total", "outcome" => state).increment(1);
-        if done {
-            if !ok {
-                tracing::warn!(id = p.id, ?status, ?error, attempts, "postback failed");
-            }
-            return;
-        }
-        tokio::time::sleep(schedule.next().unwrap_or(policy.max_delay)).await;
+        Outcome::Done
+    } else {
+        Outcome::Retry
     }
 }
 
@@ -231,8 +472,9 @@ pub fn dispatch(svc: &Services, records: &[PostbackRecord], ids: &[i64]) {
     for (record, &id) in records.iter().zip(ids) {
         metrics::counter!("trailmark_postbacks_total", "event" => record.event.clone()).increment(1);
         if let Some(sender) = svc.postback_sender.get() {
-            let _ = sender.tx.send(Pending {
+            sender.send(Pending {
                 id,
+                network: record.network.clone(),
                 url: record.url.clone(),
                 attempts: 0,
                 app_id: record.app_id.clone(),

@@ -26,6 +26,9 @@ pub enum StartError {
     NoRuntime,
     #[error("the server's background tasks were started already")]
     AlreadyStarted,
+    /// The TLS backend of the postback client could not be set up.
+    #[error("the postback HTTP client could not be built")]
+    PostbackClient,
 }
 
 /// The background tasks of one server. Keep it for as long as the server runs; call
@@ -69,6 +72,10 @@ pub fn start(services: &Arc<Services>) -> Result<ServerHandle, StartError> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(StartError::NoRuntime);
     }
+    let postback_client = super::postbacks::client(&services.config.postback_policy).map_err(|e| {
+        tracing::error!(error = %e, "postbacks cannot be sent");
+        StartError::PostbackClient
+    })?;
     if services.tasks_started.swap(true, Ordering::SeqCst) {
         return Err(StartError::AlreadyStarted);
     }
@@ -92,8 +99,13 @@ pub fn start(services: &Arc<Services>) -> Result<ServerHandle, StartError> {
     ));
 
     if !services.config.postbacks.is_empty() {
-        let (sender, task) =
-            super::postbacks::start(services.storage.clone(), services.config.postback_policy.clone(), stop.clone());
+        let (sender, task) = super::postbacks::start(
+            services.storage.clone(),
+            postback_client.clone(),
+            services.config.postback_policy.clone(),
+            &services.config.postbacks,
+            stop.clone(),
+        );
         let _ = services.postback_sender.set(sender);
         tasks.push(("postback sender", task));
     }

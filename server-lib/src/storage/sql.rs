@@ -191,7 +191,7 @@ pub const UPDATE_POSTBACK: &str =
 
 /// Pending postbacks, oldest first.
 pub const PENDING_POSTBACKS: &str =
-    "SELECT id, url, attempts, app_id, anonymous_id FROM postbacks WHERE state = 'pending' ORDER BY id";
+    "SELECT id, url, attempts, app_id, anonymous_id, network FROM postbacks WHERE state = 'pending' ORDER BY id";
 
 // ---------------------------------------------------------------------------------------------
 // Deletion.

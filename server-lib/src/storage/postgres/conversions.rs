@@ -202,6 +202,7 @@ impl ConversionStore for PostgresStorage {
                     attempts: r.get::<_, i32>(2) as u32,
                     app_id: r.get(3),
                     anonymous_id: r.get(4),
+                    network: r.get(5),
                 })
                 .collect())
         })

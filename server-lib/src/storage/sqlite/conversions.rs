@@ -247,6 +247,7 @@ pub fn pending_postbacks(conn: &Connection) -> Result<Vec<PendingPostback>, Stor
             attempts: r.get(2)?,
             app_id: r.get(3)?,
             anonymous_id: r.get(4)?,
+            network: r.get(5)?,
         })
     })
     .map_err(backend)?
