@@ -256,6 +256,8 @@ fn per_event_rejections_drop_only_those_events() {
     assert_eq!(stats.rejected_by_server, 4);
     assert_eq!(stats.delivered, 8);
     assert_eq!(stats.queued, 0);
+    // Why: the answer's status and the last rejected event's reason.
+    assert_eq!((stats.last_rejection_status, stats.last_rejection_reason.as_str()), (200, "rejected by test"));
 }
 
 #[test]
@@ -287,7 +289,9 @@ fn payload_too_large_splits_the_batch_until_the_culprit_is_alone() {
         if t.event_count > 10 || body.contains(r#""n":17"#) { error(413) } else { server.accept(t, now, |_| false) }
     });
     assert_eq!(server.numbers(), (0..40).filter(|n| *n != 17).collect::<Vec<_>>());
-    assert_eq!(engine.stats().rejected_by_server, 1);
+    let stats = engine.stats();
+    assert_eq!(stats.rejected_by_server, 1);
+    assert_eq!((stats.last_rejection_status, stats.last_rejection_reason.as_str()), (413, "x"), "the error's code");
     assert_eq!(sizes[..3], [42, 21, 10]);
 }
 
@@ -359,29 +363,44 @@ fn transient_failures_back_off_with_full_jitter_and_honour_retry_after() {
     let Action::Wait(_) = engine.poll(now + 2000) else { panic!("still backing off") };
 }
 
+/// 2xx answers that are not the protocol's ingest response: a captive portal's or a proxy's
+/// page, an empty body, JSON of another shape.
+fn foreign_2xx() -> Vec<UploadOutcome> {
+    let answer = |status: u16, body: &[u8]| UploadOutcome::Response { status, retry_after: None, body: body.to_vec() };
+    vec![
+        answer(200, b"<html>Sign in to Wi-Fi</html>"),
+        answer(200, b""),
+        answer(200, b" \n"),
+        answer(204, b""),
+        answer(200, b"{}"),
+        answer(200, br#"{"ok":true}"#),
+        answer(202, br#"{"accepted":"all","duplicates":0}"#),
+    ]
+}
+
 #[test]
 fn busy_answers_and_foreign_2xx_keep_every_event() {
     let mut engine = open(MemoryStore::new(), T0);
     track_n(&mut engine, T0, 0, 30);
     let mut now = T0;
-    for outcome in [
-        error(408),
-        error(409),
-        error(429),
-        error(500),
-        error(503),
-        UploadOutcome::Response { status: 200, retry_after: None, body: b"<html>Sign in to Wi-Fi</html>".to_vec() },
-    ] {
+    let busy = [error(408), error(409), error(429), error(500), error(503)];
+    let foreign = foreign_2xx();
+    for outcome in busy.iter().chain(&foreign) {
         let task = upload(&mut engine, now);
         assert_eq!(task.event_count, 32, "no splitting for these");
-        engine.report(now, task.batch_id, outcome);
-        let Action::Wait(d) = engine.poll(now) else { panic!("expected a backoff") };
+        engine.report(now, task.batch_id, outcome.clone());
+        let Action::Wait(d) = engine.poll(now) else { panic!("expected a backoff after {outcome:?}") };
         now += d.as_millis() as i64;
-        assert_eq!(engine.stats().queued, 32);
+        assert_eq!(engine.stats().queued, 32, "kept after {outcome:?}");
     }
+    let stats = engine.stats();
+    assert_eq!(stats.bad_answers, foreign.len() as u64, "{stats:?}");
+    assert_eq!(stats.upload_failures, (busy.len() + foreign.len()) as u64, "every one is retried");
+    assert_eq!((stats.delivered, stats.rejected_by_server), (0, 0));
     let mut server = Collector::default();
     drive(&mut engine, now, 600_000, |t, now| server.accept(t, now, |_| false));
     assert_eq!(server.numbers(), (0..30).collect::<Vec<_>>());
+    assert_eq!(engine.stats().delivered, 32, "acknowledged by the protocol's answer");
 }
 
 #[test]
@@ -400,7 +419,43 @@ fn a_batch_refused_for_good_is_split_the_rest_delivered_the_culprit_dropped() {
         let stats = engine.stats();
         assert_eq!((stats.queued, stats.rejected_by_server), (0, 1), "HTTP {status}: {stats:?}");
         assert_eq!(stats.delivered, 31, "session_start, install and 29 ticks");
+        assert_eq!((stats.last_rejection_status, stats.last_rejection_reason.as_str()), (u64::from(status), "x"));
     }
+}
+
+#[test]
+fn a_refusal_that_is_not_the_protocols_is_counted_without_a_reason_and_reasons_are_capped() {
+    let mut engine = open(MemoryStore::new(), T0);
+    track_n(&mut engine, T0, 0, 5);
+    let mut server = Collector::default();
+    // A WAF's page refuses event 3: dropped alone, with the status and no code.
+    drive(&mut engine, T0, 60_000, |t, now| {
+        if String::from_utf8_lossy(&t.body).contains(r#""n":3"#) {
+            UploadOutcome::Response { status: 403, retry_after: None, body: b"<html>Forbidden</html>".to_vec() }
+        } else {
+            server.accept(t, now, |_| false)
+        }
+    });
+    let stats = engine.stats();
+    assert_eq!((stats.rejected_by_server, stats.last_rejection_status), (1, 403));
+    assert_eq!(stats.last_rejection_reason, "");
+    // A long reason is cut to MAX_REASON_BYTES on a character boundary; kept across restarts.
+    let store = MemoryStore::new();
+    let mut engine = open(store.clone(), T0);
+    engine.flush(T0).unwrap();
+    let task = upload(&mut engine, T0);
+    let reason = "é".repeat(200);
+    let body = json!({"accepted": task.event_count - 1, "duplicates": 0, "rejected": [{"index": 0, "reason": reason}]});
+    engine.report(
+        T0,
+        task.batch_id,
+        UploadOutcome::Response { status: 200, retry_after: None, body: body.to_string().into_bytes() },
+    );
+    let kept = engine.stats().last_rejection_reason;
+    assert_eq!(kept.as_str(), "é".repeat(trailmark_core::engine::MAX_REASON_BYTES / 2));
+    drop(engine);
+    let engine = open(store, T0 + 1000);
+    assert_eq!((engine.stats().last_rejection_status, engine.stats().last_rejection_reason), (200, kept));
 }
 
 #[test]
@@ -546,6 +601,11 @@ fn beacon_signs_in_the_query_and_never_repeats_an_event() {
     let outcome = server.accept(&task, T0 + 30_000, |_| false);
     engine.report(T0 + 30_000, task.batch_id, outcome);
     engine.flush(T0 + 30_000).unwrap();
+    // Only a read answer acknowledges them: not a page that is not the protocol's.
+    let resend = upload(&mut engine, T0 + 30_000);
+    let portal = UploadOutcome::Response { status: 200, retry_after: None, body: b"<html>Wi-Fi</html>".to_vec() };
+    engine.report(T0 + 30_000, resend.batch_id, portal);
+    assert_eq!(engine.stats().queued, 7, "the beaconed events and the rest are kept");
     drive(&mut engine, T0 + 30_000, 60_000, |t, now| server.accept(t, now, |_| false));
     assert_eq!(server.duplicates, 4);
     assert_eq!(server.numbers(), [0, 1, 2, 7, 8, 9]);
@@ -753,8 +813,18 @@ fn ios_install_request_goes_first_and_its_answer_is_kept_across_restarts() {
     assert_eq!(engine.stats().in_flight, 1);
     engine.report(T0 + 30, task.batch_id, error(503));
     assert!(engine.attribution().is_none());
-    let retry = loop_until_upload(&mut engine, T0 + 30);
-    assert_eq!(retry.1.url, task.url, "retried after a 503");
+    let mut now = T0 + 30;
+    // A 2xx that is not an attribution result is not one: nothing kept, retried, counted.
+    for foreign in foreign_2xx() {
+        let retry = loop_until_upload(&mut engine, now);
+        assert_eq!(retry.1.url, task.url, "retried");
+        engine.report(retry.0, retry.1.batch_id, foreign);
+        assert!(engine.attribution().is_none() && engine.install_pending());
+        now = retry.0;
+    }
+    assert_eq!(engine.stats().bad_answers, foreign_2xx().len() as u64);
+    let retry = loop_until_upload(&mut engine, now);
+    assert_eq!(retry.1.url, task.url, "retried after a 503 and the foreign answers");
     engine.report(retry.0, retry.1.batch_id, attribution_answer());
     let result = engine.attribution().unwrap();
     assert_eq!(result.network.as_deref(), Some("meta"));
@@ -811,7 +881,9 @@ fn android_install_request_waits_for_the_play_referrer_then_goes_without_it() {
     // A 400 is not retried: the request is dropped and counted.
     other.report(at, task.batch_id, error(400));
     assert!(!other.install_pending());
-    assert_eq!(other.stats().rejected_by_server, 1);
+    let stats = other.stats();
+    assert_eq!((stats.rejected_by_server, stats.last_rejection_status), (1, 400));
+    assert_eq!(stats.last_rejection_reason, "x");
 }
 
 #[test]

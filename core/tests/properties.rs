@@ -22,6 +22,8 @@ enum Answer {
     /// The server stores the batch but the response is lost.
     Lost,
     Status(u16),
+    /// 200 with a body that is not the protocol's (a captive portal's page, or empty).
+    Foreign(bool),
     Network,
 }
 
@@ -41,6 +43,7 @@ fn answer() -> impl Strategy<Value = Answer> {
         1 => (0u8..5).prop_map(Answer::Reject),
         1 => Just(Answer::Lost),
         1 => prop::sample::select(vec![500u16, 503, 429, 408, 413, 400, 401, 404]).prop_map(Answer::Status),
+        1 => any::<bool>().prop_map(Answer::Foreign),
         1 => Just(Answer::Network),
     ]
 }
@@ -107,12 +110,16 @@ impl Model {
                 UploadOutcome::NetworkError("response lost".into())
             }
             Answer::Status(s) => error(s),
+            Answer::Foreign(html) => {
+                let body = if html { b"<html>Sign in</html>".to_vec() } else { Vec::new() };
+                UploadOutcome::Response { status: 200, retry_after: None, body }
+            }
             Answer::Network => UploadOutcome::NetworkError("unreachable".into()),
         };
         // Refused for good (413, or a permanent 4xx) with the event alone: dropped.
         let refused_alone = task.event_count == 1
             && matches!(answer, Answer::Status(s) if (400..500).contains(&s) && !matches!(s, 401 | 408 | 409 | 429));
-        let acked = matches!(&outcome, UploadOutcome::Response { status: 200, .. }) || refused_alone;
+        let acked = matches!(answer, Answer::Ok | Answer::Reject(_)) || refused_alone;
         if acked {
             if let UploadOutcome::Response { status: 200, body, .. } = &outcome {
                 let response: IngestResponse = serde_json::from_slice(body).unwrap();

@@ -8,12 +8,21 @@ use std::time::{Duration, Instant};
 
 use trailmark_ffi::{HttpResponse, HttpTransport, TrailmarkConfig, TrailmarkSdk};
 
-/// Answers every upload with 200 at once, so the benchmark measures the SDK, not a network.
+/// Answers every upload at once as the server does when it takes everything (an organic
+/// attribution for the install request), so the benchmark measures the SDK, not a network.
 struct Accept;
 
 impl HttpTransport for Accept {
-    fn post(&self, _url: String, _headers: HashMap<String, String>, _body: Vec<u8>) -> HttpResponse {
-        HttpResponse { status: 200, retry_after: None, body: Vec::new(), error: None }
+    fn post(&self, url: String, _headers: HashMap<String, String>, body: Vec<u8>) -> HttpResponse {
+        let answer = if url.ends_with("/v1/install") {
+            serde_json::json!({"attributed": false, "match_type": "organic", "confidence": 0.0,
+                "fraud": {"flags": [], "rejected": false}, "reinstall": false})
+        } else {
+            let sent: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let n = sent["batch"].as_array().map_or(0, Vec::len);
+            serde_json::json!({"accepted": n, "duplicates": 0, "rejected": []})
+        };
+        HttpResponse { status: 200, retry_after: None, body: serde_json::to_vec(&answer).unwrap(), error: None }
     }
 }
 

@@ -148,6 +148,16 @@ pub struct SdkStats {
     pub dropped_backpressure: u64,
     pub uploads: u64,
     pub upload_failures: u64,
+    /// 2xx answers that were not the protocol's (a captive portal's or a proxy's page, an empty
+    /// body): not an acknowledgement, retried.
+    pub bad_answers: u64,
+    /// Why the server last refused something counted in `rejected_by_server`: the answer's HTTP
+    /// status (200 for events rejected in a batch it took, the 4xx of a request refused for
+    /// good; 0 before any refusal)...
+    pub last_rejection_status: u16,
+    /// ...and its reason: the rejected event's `reason`, or the refusal's error `code`
+    /// (`payload_too_large`, `invalid_field`...); empty when the answer was not the protocol's.
+    pub last_rejection_reason: String,
     /// Events in the upload under way (sent, answer not yet handled).
     pub in_flight: u64,
 }
@@ -360,6 +370,9 @@ impl TrailmarkSdk {
             dropped_backpressure: s.dropped_backpressure,
             uploads: s.uploads,
             upload_failures: s.upload_failures,
+            bad_answers: s.bad_answers,
+            last_rejection_status: u16::try_from(s.last_rejection_status).unwrap_or(0),
+            last_rejection_reason: s.last_rejection_reason.as_str().to_owned(),
             in_flight: s.in_flight,
         })
     }

@@ -20,7 +20,7 @@ struct Captured {
     body: Vec<u8>,
 }
 
-/// Answers from the scenario's script, then 200 with an empty body (everything accepted).
+/// Answers from the scenario's script, then as the server does when it takes everything.
 struct Scripted {
     responses: Mutex<Vec<Value>>,
     captured: Mutex<Vec<Captured>>,
@@ -32,10 +32,13 @@ impl HttpTransport for Scripted {
             let mut r = self.responses.lock().unwrap();
             if r.is_empty() { Value::Null } else { r.remove(0) }
         };
+        let default = next.is_null().then(|| default_answer(&url, &body));
         self.captured.lock().unwrap().push(Captured { url, headers, body });
         let status = next.get("status").and_then(Value::as_u64).unwrap_or(200) as u16;
         let body = match next.get("body") {
-            None | Some(Value::Null) => Vec::new(),
+            None | Some(Value::Null) => default.unwrap_or_default(),
+            // A string is the body's raw text (a proxy's page).
+            Some(Value::String(text)) => text.clone().into_bytes(),
             Some(v) => serde_json::to_vec(v).unwrap(),
         };
         HttpResponse {
@@ -45,6 +48,21 @@ impl HttpTransport for Scripted {
             error: next.get("error").and_then(Value::as_str).map(str::to_owned),
         }
     }
+}
+
+/// The server's answer when the script has none left: an organic attribution for the install
+/// request, every event of a batch accepted.
+fn default_answer(url: &str, body: &[u8]) -> Vec<u8> {
+    let answer = if url.ends_with("/v1/install") {
+        serde_json::json!({"attributed": false, "match_type": "organic", "confidence": 0.0, "campaign_id": null,
+            "link_id": null, "click_id": null, "network": null, "deep_link": null,
+            "fraud": {"flags": [], "rejected": false}, "reinstall": false})
+    } else {
+        let sent: Value = serde_json::from_slice(body).unwrap_or_default();
+        let n = sent["batch"].as_array().map_or(0, Vec::len);
+        serde_json::json!({"accepted": n, "duplicates": 0, "rejected": []})
+    };
+    serde_json::to_vec(&answer).unwrap()
 }
 
 fn text(v: &Value, key: &str) -> Option<String> {
@@ -74,22 +92,25 @@ fn config(c: &Value, db: &Path) -> TrailmarkConfig {
     }
 }
 
-fn stats_map(s: &SdkStats) -> BTreeMap<&'static str, u64> {
+fn stats_map(s: &SdkStats) -> BTreeMap<&'static str, Value> {
     BTreeMap::from([
-        ("recorded", s.recorded),
-        ("delivered", s.delivered),
-        ("queued", s.queued),
-        ("held", s.held),
-        ("rejected_by_server", s.rejected_by_server),
-        ("refused_invalid", s.refused_invalid),
-        ("dropped_queue_full", s.dropped_queue_full),
-        ("dropped_expired", s.dropped_expired),
-        ("dropped_consent_denied", s.dropped_consent_denied),
-        ("dropped_opted_out", s.dropped_opted_out),
-        ("dropped_backpressure", s.dropped_backpressure),
-        ("uploads", s.uploads),
-        ("upload_failures", s.upload_failures),
-        ("in_flight", s.in_flight),
+        ("recorded", s.recorded.into()),
+        ("delivered", s.delivered.into()),
+        ("queued", s.queued.into()),
+        ("held", s.held.into()),
+        ("rejected_by_server", s.rejected_by_server.into()),
+        ("refused_invalid", s.refused_invalid.into()),
+        ("dropped_queue_full", s.dropped_queue_full.into()),
+        ("dropped_expired", s.dropped_expired.into()),
+        ("dropped_consent_denied", s.dropped_consent_denied.into()),
+        ("dropped_opted_out", s.dropped_opted_out.into()),
+        ("dropped_backpressure", s.dropped_backpressure.into()),
+        ("uploads", s.uploads.into()),
+        ("upload_failures", s.upload_failures.into()),
+        ("bad_answers", s.bad_answers.into()),
+        ("last_rejection_status", s.last_rejection_status.into()),
+        ("last_rejection_reason", s.last_rejection_reason.clone().into()),
+        ("in_flight", s.in_flight.into()),
     ])
 }
 
@@ -265,7 +286,7 @@ fn run(file: &Path) -> Result<(), String> {
                 let actual = stats_map(&s.stats().map_err(|e| e.to_string())?);
                 for (k, v) in step["stats"].as_object().into_iter().flatten() {
                     let a = actual.get(k.as_str()).ok_or_else(|| format!("{at}: unknown stat {k}"))?;
-                    if Some(*a) != v.as_u64() {
+                    if a != v {
                         return Err(format!("{at}: stat {k} is {a}, expected {v}; all: {actual:?}"));
                     }
                 }

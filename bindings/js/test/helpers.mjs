@@ -8,16 +8,28 @@ export const repo = join(root, '..', '..');
 export const wasm = readFileSync(join(root, 'dist', 'trailmark_wasm_bg.wasm'));
 export { Trailmark, TrailmarkError, MemoryStorage } from '../dist/index.js';
 
-/** Records every request and answers from `responses` in order, then 200 with an empty body.
- * A response `{status: 0, error}` is a network failure (the promise rejects). */
+/** The server's answer when the script has none left: an organic attribution for the install
+ * request, every event of a batch accepted. */
+export function defaultAnswer(request) {
+  if (request.url.endsWith('/v1/install')) {
+    return { attributed: false, match_type: 'organic', confidence: 0, campaign_id: null, link_id: null, click_id: null,
+      network: null, deep_link: null, fraud: { flags: [], rejected: false }, reinstall: false };
+  }
+  return { accepted: JSON.parse(request.body).batch.length, duplicates: 0, rejected: [] };
+}
+
+/** Records every request and answers from `responses` in order, then as the server does when it
+ * takes everything. A response `{status: 0, error}` is a network failure (the promise rejects);
+ * a string `body` is sent as it is (a proxy's page). */
 export function scripted(responses = []) {
   const queue = [...responses];
   const captured = [];
   const transport = async (request) => {
     captured.push(request);
-    const next = queue.shift() ?? { status: 200 };
+    const next = queue.shift() ?? { status: 200, body: defaultAnswer(request) };
     if (!next.status) throw new Error(next.error ?? 'offline');
-    const body = next.body === undefined || next.body === null ? '' : JSON.stringify(next.body);
+    const b = next.body;
+    const body = b === undefined || b === null ? '' : typeof b === 'string' ? b : JSON.stringify(b);
     return { status: next.status, retryAfter: next.retry_after ?? null, body };
   };
   return { transport, captured };

@@ -192,7 +192,10 @@ test('the package ships types for its public API (dist/index.d.ts, on its own)',
       const tm: Trailmark = Trailmark.init(options);
       const ok: boolean = tm.track('t', { a: 1 }) && tm.page() && tm.identify('u') && tm.handleOpenUrl('https://x.example');
       tm.setConsent({ analytics: true } satisfies Consent);
-      const s: Stats = tm.stats();
+      const s: Partial<Stats> = tm.stats();
+      const why: [number | undefined, string | undefined, number | undefined] = [s.lastRejectionStatus, s.lastRejectionReason, s.badAnswers];
+      // @ts-expect-error the reason is text
+      const notANumber: number | undefined = s.lastRejectionReason;
       const a: Attribution | null = tm.attribution();
       const hash: string = tm.hashEmail('a@b.example');
       const later: Promise<void> = tm.ready.then(() => tm.flush()).then(() => tm.shutdown());
@@ -202,7 +205,7 @@ test('the package ships types for its public API (dist/index.d.ts, on its own)',
       const r: UploadRequest | undefined = undefined;
       // @ts-expect-error the constructor is private: Trailmark.init
       new Trailmark(options);
-      export { ok, s, a, hash, later, opened, any, w, r };\n`,
+      export { ok, s, why, notANumber, a, hash, later, opened, any, w, r };\n`,
     );
     execFileSync(join(root, 'node_modules', '.bin', 'tsc'), ['--noEmit', '--strict', '--target', 'ES2020', '--module', 'ES2020', '--moduleResolution', 'bundler', '--lib', 'ES2020,DOM', consumer], {
       encoding: 'utf8',
@@ -350,6 +353,9 @@ test('delivers to the reference server over HTTP, stored exactly once', async ()
     await until(() => tm.stats().queued === 0, 'delivery');
     const stats = tm.stats();
     assert.equal(stats.rejectedByServer, 1, 'a purchase without currency is invalid: rejected alone');
+    assert.equal(stats.lastRejectionStatus, 200, 'rejected in a batch the server took');
+    assert.match(stats.lastRejectionReason, /currency/, 'the server\'s reason');
+    assert.equal(stats.badAnswers, 0);
     assert.equal(stats.delivered, stats.recorded - 1);
     const events = await server.events(`app_id=shop&anonymous_id=${tm.anonymousId()}`);
     assert.equal(events.length, stats.delivered);

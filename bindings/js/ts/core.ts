@@ -97,7 +97,7 @@ export interface Driver {
   anonymousId(): string | undefined;
   userId(): string | undefined;
   consent(): Consent & { optedOut: boolean };
-  stats(): Stats;
+  stats(): Partial<Stats>;
   attribution(): Attribution | null;
   /** `hash_email` (0) or `hash_phone` (1); throws a `TrailmarkError`. */
   hash(which: 0 | 1, input: string): string;
@@ -341,8 +341,8 @@ export async function start(
       return { analytics: c.analytics ?? undefined, attribution: c.attribution ?? undefined, doNotSell: c.do_not_sell, optedOut: core?.opted_out() ?? false };
     },
     stats() {
-      const raw = JSON.parse(core?.stats() ?? '{}') as Record<string, number>;
-      return Object.fromEntries(Object.entries(raw).map(([k, v]) => [camel(k), v]));
+      const raw = JSON.parse(core?.stats() ?? '{}') as Record<string, number | string>;
+      return Object.fromEntries(Object.entries(raw).map(([k, v]) => [camel(k), v])) as Partial<Stats>;
     },
     attribution() {
       const json = core?.attribution();

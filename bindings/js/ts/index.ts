@@ -139,8 +139,38 @@ export interface Attribution {
   reinstall: boolean;
 }
 
-/** The SDK's counters (camelCase of the core's). */
-export type Stats = Record<string, number>;
+/** The SDK's counters over the life of the installation (camelCase of the core's), and why the
+ * server last refused something. */
+export interface Stats {
+  recorded: number;
+  delivered: number;
+  /** Events the server rejected as invalid or refused for good (dropped); why: `lastRejection*`. */
+  rejectedByServer: number;
+  droppedQueueFull: number;
+  droppedExpired: number;
+  droppedPreConsentFull: number;
+  droppedConsentDenied: number;
+  droppedOptedOut: number;
+  refusedInvalid: number;
+  droppedBackpressure: number;
+  ignoredNoConsent: number;
+  uploads: number;
+  uploadFailures: number;
+  storeErrors: number;
+  queued: number;
+  held: number;
+  beacons: number;
+  /** 2xx answers that were not the protocol's (a captive portal's or a proxy's page, an empty
+   * body): not an acknowledgement, retried. */
+  badAnswers: number;
+  /** The HTTP status of the last refusal: 200 for events rejected in a batch the server took, the
+   * 4xx of a request refused for good; 0 before any. */
+  lastRejectionStatus: number;
+  /** Its reason: the rejected event's `reason`, or the refusal's error `code`
+   * (`payload_too_large`...); empty when the answer was not the protocol's. */
+  lastRejectionReason: string;
+  inFlight: number;
+}
 
 type Properties = Record<string, unknown>;
 
@@ -318,7 +348,8 @@ export class Trailmark {
     return this.d?.consent() ?? { optedOut: false };
   }
 
-  stats(): Stats {
+  /** The counters; empty before `ready`. */
+  stats(): Partial<Stats> {
     return this.d?.stats() ?? {};
   }
 

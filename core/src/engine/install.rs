@@ -8,7 +8,7 @@ use super::consent::Collect;
 use super::log;
 use super::record::{MAX_URL_LEN, clean_value};
 use super::state::PendingInstall;
-use super::upload::{Subject, parse_retry_after};
+use super::upload::{Subject, error_code, parse_retry_after};
 use super::{Engine, Millis, UploadOutcome, UploadTask, ms};
 use crate::json::{self, Value};
 
@@ -110,8 +110,9 @@ impl<S: EventStore> Engine<S> {
         UploadTask { batch_id, url: self.install_url.clone(), headers, body, event_count: 0 }
     }
 
-    /// The server's answer to the install request: kept on success; dropped when the server
-    /// refuses it as invalid; retried with the events' backoff otherwise.
+    /// The server's answer to the install request: kept when it is an attribution result;
+    /// dropped when the server refuses it as invalid; retried with the events' backoff
+    /// otherwise (a 2xx that is not an attribution result is also counted in `bad_answers`).
     pub(super) fn install_reported(&mut self, now: Millis, outcome: UploadOutcome) {
         // The answer is kept as the server wrote it (compacted), once it reads as an
         // attribution result.
@@ -147,15 +148,18 @@ impl<S: EventStore> Engine<S> {
                     self.pause_for_auth(now, Subject::Install);
                 }
             }
-            UploadOutcome::Response { status: status @ 400..=499, .. } if !matches!(status, 408 | 429) => {
+            UploadOutcome::Response { status: status @ 400..=499, body, .. } if !matches!(status, 408 | 429) => {
                 let status = *status;
                 self.state.install_request = None;
                 self.state.stats.rejected_by_server += 1;
+                self.state.stats.note_rejection(status, &error_code(body).0);
                 self.state_dirty = true;
                 log!(self, "install request refused with HTTP {status}; not retried");
                 let _ = self.persist();
             }
-            UploadOutcome::Response { retry_after, .. } => {
+            UploadOutcome::Response { status, retry_after, .. } => {
+                // A 2xx here did not read as an attribution result: not the protocol's answer.
+                self.state.stats.bad_answers += u64::from((200..300).contains(status));
                 let after = retry_after.as_deref().and_then(|v| parse_retry_after(v, now));
                 self.schedule_retry(now, after, Subject::Install, &outcome);
             }

@@ -16,7 +16,9 @@ mod upload;
 use alloc::collections::VecDeque;
 use core::time::Duration;
 
-pub use types::{Action, ConsentUpdate, Logger, Millis, OpenError, Stats, UploadOutcome, UploadTask};
+pub use types::{
+    Action, ConsentUpdate, Logger, MAX_REASON_BYTES, Millis, OpenError, Reason, Stats, UploadOutcome, UploadTask,
+};
 pub use upload::parse_retry_after;
 
 use self::consent::Collect;

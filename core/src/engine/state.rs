@@ -168,14 +168,48 @@ mod tests {
     const WRITTEN_BY_SERDE: &str = r#"{"anonymous_id":"0b9a7c64-1d2e-4f3a-8b5c-6d7e8f9a0b1c","user_id":"u1","consent":{"analytics":true,"attribution":null,"do_not_sell":false},"opted_out":false,"installed":true,"session":{"id":"s-1","last_activity":1767225600123},"unreported":{"queue_full":1,"expired":0,"pre_consent_full":0,"invalid":2,"backpressure":0},"next_seq":42,"stats":{"recorded":41,"delivered":30,"rejected_by_server":0,"dropped_queue_full":1,"dropped_expired":0,"dropped_pre_consent_full":0,"dropped_consent_denied":0,"dropped_opted_out":0,"refused_invalid":2,"dropped_backpressure":0,"ignored_no_consent":0,"uploads":3,"upload_failures":1,"store_errors":0,"queued":10,"held":0,"beacons":0},"install_request":{"event_id":"6f1c2a8e-3b4d-4f6a-9c1e-2d3f4a5b6c7d","created":1767225600000,"referrer":null,"referrer_click_ts":null,"install_begin_ts":null,"referrer_given":false,"click_id":"k"},"attribution":null}"#;
 
     #[test]
-    fn reads_what_the_serde_sdk_wrote_and_writes_it_back_identically() {
+    fn reads_what_the_serde_sdk_wrote_and_writes_it_back_with_the_later_stats() {
         let state = State::from_json(WRITTEN_BY_SERDE.as_bytes()).expect("old state reads");
         assert_eq!(state.next_seq, 42);
         assert_eq!(state.user_id.as_deref(), Some("u1"));
         assert_eq!(state.consent.analytics, Some(true));
         assert_eq!(state.stats.delivered, 30);
         assert_eq!(state.install_request.as_ref().and_then(|p| p.click_id.as_deref()), Some("k"));
-        assert_eq!(String::from_utf8(state.to_json()).unwrap(), WRITTEN_BY_SERDE);
+        // The same document, with the stats added since (issue 19) at their zero values.
+        let later = r#""beacons":0,"bad_answers":0,"last_rejection_status":0,"last_rejection_reason":""}"#;
+        let expected = WRITTEN_BY_SERDE.replace(r#""beacons":0}"#, later);
+        assert_eq!(String::from_utf8(state.to_json()).unwrap(), expected);
+    }
+
+    #[test]
+    fn the_later_stats_are_kept_and_read_back() {
+        let mut state = State::from_json(WRITTEN_BY_SERDE.as_bytes()).unwrap();
+        state.stats.bad_answers = 2;
+        state.stats.in_flight = 9;
+        state.stats.note_rejection(422, "invalid_field \"x\"");
+        let text = String::from_utf8(state.to_json()).unwrap();
+        let kept = r#""bad_answers":2,"last_rejection_status":422,"last_rejection_reason":"invalid_field \"x\""}"#;
+        assert!(text.contains(kept), "{text}");
+        assert!(!text.contains("in_flight"), "not persisted");
+        let back = State::from_json(text.as_bytes()).unwrap();
+        assert_eq!(back.stats, Stats { in_flight: 0, ..state.stats });
+        // What a host reads has every field, in_flight included.
+        let mut w = Writer::with_capacity(512);
+        state.stats.write(&mut w, true);
+        assert!(w.into_string().ends_with(r#""invalid_field \"x\"","in_flight":9}"#));
+    }
+
+    #[test]
+    fn a_reason_keeps_whole_characters_up_to_its_limit() {
+        use super::super::types::{MAX_REASON_BYTES, Reason};
+        assert_eq!(Reason::default().as_str(), "");
+        assert_eq!(Reason::new("payload_too_large").as_str(), "payload_too_large");
+        let long = "é".repeat(MAX_REASON_BYTES);
+        assert_eq!(Reason::new(&long).as_str(), "é".repeat(MAX_REASON_BYTES / 2));
+        // A cut inside a character keeps the characters before it.
+        let odd = format!("a{long}");
+        assert_eq!(Reason::new(&odd).as_str(), format!("a{}", "é".repeat(MAX_REASON_BYTES / 2 - 1)));
+        assert_eq!(Reason::new(&"€".repeat(100)).as_str(), "€".repeat(MAX_REASON_BYTES / 3));
     }
 
     #[test]

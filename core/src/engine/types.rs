@@ -57,7 +57,8 @@ pub struct ConsentUpdate {
     pub do_not_sell: Option<bool>,
 }
 
-/// Counters over the life of the installation (persisted).
+/// Counters over the life of the installation (persisted), and why the server last refused
+/// something.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize), serde(default))]
 pub struct Stats {
@@ -65,7 +66,8 @@ pub struct Stats {
     pub recorded: u64,
     /// Events the server acknowledged as accepted or duplicate.
     pub delivered: u64,
-    /// Events the server rejected as invalid (dropped).
+    /// Events the server rejected as invalid, or refused for good alone (dropped), and install
+    /// requests it refused. Why: `last_rejection_status` and `last_rejection_reason`.
     pub rejected_by_server: u64,
     /// Oldest events dropped at the queue's count cap.
     pub dropped_queue_full: u64,
@@ -93,6 +95,16 @@ pub struct Stats {
     pub held: u64,
     /// Beacons handed out (`Engine::beacon`; their answer is never known).
     pub beacons: u64,
+    /// 2xx answers that were not the protocol's (an empty body, a captive portal's or a proxy's
+    /// page): not an acknowledgement; the request is retried (and counted in `upload_failures`).
+    pub bad_answers: u64,
+    /// The HTTP status of the answer behind the last `rejected_by_server`: 200 when the server
+    /// rejected events of a batch it took, the 4xx of a request refused for good; 0 until then.
+    pub last_rejection_status: u64,
+    /// The server's reason for it: the `reason` of a rejected event, or the error `code` of a
+    /// refused request (`payload_too_large`, `invalid_field`...); empty when the answer was not
+    /// the protocol's (a proxy's 403 page).
+    pub last_rejection_reason: Reason,
     /// Events in the upload handed out and not yet reported (not persisted).
     #[cfg_attr(feature = "serde", serde(skip))]
     pub in_flight: u64,
@@ -107,9 +119,86 @@ pub enum OpenError {
     Store(#[from] StoreError),
 }
 
+/// The longest `last_rejection_reason` kept, in bytes.
+pub const MAX_REASON_BYTES: usize = 128;
+
+/// A server's reason for a refusal, kept inline (no allocation) so that [`Stats`] stays `Copy`:
+/// at most [`MAX_REASON_BYTES`] of the text, cut on a character boundary.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Reason {
+    len: u8,
+    bytes: [u8; MAX_REASON_BYTES],
+}
+
+impl Reason {
+    pub fn new(text: &str) -> Reason {
+        let mut len = text.len().min(MAX_REASON_BYTES);
+        while !text.is_char_boundary(len) {
+            len -= 1;
+        }
+        let mut bytes = [0; MAX_REASON_BYTES];
+        for (to, from) in bytes.iter_mut().zip(text.as_bytes()).take(len) {
+            *to = *from;
+        }
+        Reason { len: len as u8, bytes }
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: `new`, the only constructor, keeps `len` <= MAX_REASON_BYTES and copies a prefix
+        // of a `&str` that ends on a character boundary, so these bytes are in range and UTF-8
+        // (checking again would cost the web build about 100 bytes).
+        unsafe { core::str::from_utf8_unchecked(self.bytes.get_unchecked(..usize::from(self.len))) }
+    }
+}
+
+impl Default for Reason {
+    fn default() -> Self {
+        Reason::new("")
+    }
+}
+
+impl core::fmt::Debug for Reason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl core::fmt::Display for Reason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Reason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+#[cfg(feature = "serde")]
+impl serde::Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+#[cfg(feature = "serde")]
+impl<'de> serde::Deserialize<'de> for Reason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        Ok(Reason::new(&text))
+    }
+}
+
 impl Stats {
-    /// The persisted counters, in declaration order (`in_flight` is not persisted).
-    fn fields(&mut self) -> [(&'static str, &mut u64); 18] {
+    /// Notes why the server refused what was just counted in `rejected_by_server`.
+    pub(super) fn note_rejection(&mut self, status: u16, reason: &str) {
+        self.last_rejection_status = status.into();
+        self.last_rejection_reason = Reason::new(reason);
+    }
+
+    /// The persisted counters, in declaration order.
+    fn fields(&mut self) -> [(&'static str, &mut u64); 19] {
         [
             ("recorded", &mut self.recorded),
             ("delivered", &mut self.delivered),
@@ -128,31 +217,34 @@ impl Stats {
             ("queued", &mut self.queued),
             ("held", &mut self.held),
             ("beacons", &mut self.beacons),
-            ("in_flight", &mut self.in_flight),
+            ("bad_answers", &mut self.bad_answers),
+            ("last_rejection_status", &mut self.last_rejection_status),
         ]
     }
 
-    /// Writes the counters as a JSON object with snake_case keys; `in_flight` only when
+    /// Writes the stats as a JSON object with snake_case keys; `in_flight` only when
     /// `with_in_flight` (it is not persisted).
     pub fn write(&self, w: &mut crate::json::Writer, with_in_flight: bool) {
         let mut copy = *self;
         let mut o = w.begin();
         for (key, value) in copy.fields() {
-            if key != "in_flight" || with_in_flight {
-                o.u64(key, *value);
-            }
+            o.u64(key, *value);
+        }
+        o.str("last_rejection_reason", self.last_rejection_reason.as_str());
+        if with_in_flight {
+            o.u64("in_flight", self.in_flight);
         }
         o.end();
     }
 
-    /// Reads counters written by [`Stats::write`] (missing ones are zero).
+    /// Reads stats written by [`Stats::write`] (missing ones are zero or empty).
     pub fn read(o: &crate::json::Object) -> Stats {
+        use crate::json::Value;
         let mut stats = Stats::default();
         for (key, value) in stats.fields() {
-            if key != "in_flight" {
-                *value = o.get(key).and_then(crate::json::Value::as_u64).unwrap_or(0);
-            }
+            *value = o.get(key).and_then(Value::as_u64).unwrap_or(0);
         }
+        stats.last_rejection_reason = Reason::new(o.str("last_rejection_reason").unwrap_or_default());
         stats
     }
 }

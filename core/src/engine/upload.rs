@@ -9,7 +9,7 @@ use core::time::Duration;
 use super::install::InstallStep;
 use super::log;
 use super::{Action, Engine, Millis, UploadOutcome, UploadTask, ms};
-use crate::json::{self, Value};
+use crate::json::{self, Fields, Value};
 use crate::protocol::{self, DropReport, IngestResponse, MAX_BATCH_BYTES};
 use crate::store::EventStore;
 
@@ -27,14 +27,16 @@ pub(super) struct InFlight {
 
 /// How the engine reads an upload result.
 enum Verdict {
-    /// Acknowledged. `read` is false when the server refused the request without reading it
-    /// (a lone event too large), so the drop report it carried did not arrive.
+    /// Acknowledged with the answer's `status`: a 2xx read as an ingest response, or the 4xx
+    /// refusing a lone event for good (then the drop report the request carried did not arrive).
     Ack {
         response: IngestResponse,
-        read: bool,
+        status: u16,
     },
     Split,
     AuthPause,
+    /// A 2xx that is not an ingest response: nothing is known to be stored.
+    BadAnswer,
     Retry(Option<Duration>),
 }
 
@@ -224,7 +226,7 @@ impl<S: EventStore> Engine<S> {
         };
         let n = flight.seqs.len();
         match self.verdict(now, &outcome, n) {
-            Verdict::Ack { response, read } => self.acknowledge(now, flight, response, read),
+            Verdict::Ack { response, status } => self.acknowledge(now, flight, response, status),
             Verdict::Split => {
                 self.batch_limit = (n / 2).max(1);
                 log!(self, "batch {batch_id} refused as a whole ({outcome:?}); retrying {} at a time", (n / 2).max(1));
@@ -235,6 +237,10 @@ impl<S: EventStore> Engine<S> {
                     self.pause_for_auth(now, Subject::Batch(batch_id));
                 }
             }
+            Verdict::BadAnswer => {
+                self.state.stats.bad_answers += 1;
+                self.schedule_retry(now, None, Subject::Batch(batch_id), &outcome);
+            }
             Verdict::Retry(retry_after) => self.schedule_retry(now, retry_after, Subject::Batch(batch_id), &outcome),
         }
     }
@@ -243,16 +249,12 @@ impl<S: EventStore> Engine<S> {
         match outcome {
             UploadOutcome::NetworkError(_) => Verdict::Retry(None),
             UploadOutcome::Response { status, retry_after, body } => match *status {
-                // An empty 2xx still counts as an acknowledgement (the shared scenario harnesses
-                // of all four SDKs answer so); issue 19 wants it not to, a step of its own.
-                200..=299 if body.iter().all(u8::is_ascii_whitespace) => {
-                    Verdict::Ack { response: IngestResponse::default(), read: true }
-                }
+                // Only the protocol's answer acknowledges. Any other 2xx (an empty body, a
+                // captive portal's or a misrouted proxy's page) says nothing was stored: keep
+                // the events and retry.
                 200..=299 => match IngestResponse::from_json(body) {
-                    Some(response) => Verdict::Ack { response, read: true },
-                    // A 2xx that is not our protocol (a captive portal, a misrouted proxy) did
-                    // not store anything: keep the events and retry.
-                    None => Verdict::Retry(None),
+                    Some(response) => Verdict::Ack { response, status: *status },
+                    None => Verdict::BadAnswer,
                 },
                 401 => Verdict::AuthPause,
                 // Refused for good as a whole (too large, or a permanent 4xx: 400, 403, 404, 415,
@@ -264,9 +266,9 @@ impl<S: EventStore> Engine<S> {
                     response: IngestResponse {
                         accepted: 0,
                         duplicates: 0,
-                        rejected: vec![protocol::Rejection { index: 0, reason: String::new() }],
+                        rejected: vec![protocol::Rejection { index: 0, reason: error_code(body).0 }],
                     },
-                    read: false,
+                    status: *status,
                 },
                 // 408, 409, 429, 5xx, anything else: the request may be fine and the server (or
                 // a proxy before it) busy or wrong. Nothing is dropped for it; retry with backoff.
@@ -275,11 +277,15 @@ impl<S: EventStore> Engine<S> {
         }
     }
 
-    fn acknowledge(&mut self, now: Millis, flight: InFlight, response: IngestResponse, read: bool) {
+    fn acknowledge(&mut self, now: Millis, flight: InFlight, response: IngestResponse, status: u16) {
         let n = flight.seqs.len();
         // Distinct in-range indexes (a server could repeat one).
         let mut marked = vec![false; n];
-        response.rejected.iter().filter(|r| r.index < n).for_each(|r| marked[r.index] = true);
+        for r in response.rejected.iter().filter(|r| r.index < n) {
+            marked[r.index] = true;
+            // Why, for stats(): the last one's reason.
+            self.state.stats.note_rejection(status, &r.reason);
+        }
         let rejected = marked.iter().filter(|m| **m).count();
         for seq in &flight.seqs {
             let front = self.queue.pop_front();
@@ -289,7 +295,7 @@ impl<S: EventStore> Engine<S> {
         let stats = &mut self.state.stats;
         stats.delivered += (n - rejected) as u64;
         stats.rejected_by_server += rejected as u64;
-        if read {
+        if (200..300).contains(&status) {
             self.state.unreported.subtract(&flight.reported);
         }
         self.state_dirty = true;
@@ -313,16 +319,10 @@ impl<S: EventStore> Engine<S> {
     /// again at once can succeed; false for any other answer, or when the offset was already
     /// applied (then the refusal is something else and the usual pause applies).
     pub(super) fn learn_clock(&mut self, now: Millis, body: &[u8]) -> bool {
-        let parsed = core::str::from_utf8(body).ok().and_then(|t| json::parse(t, 4).ok());
-        let Some(error) = parsed.as_ref().and_then(Value::as_object).and_then(|o| o.get("error")?.as_object().cloned())
-        else {
+        let (code, Some(server_time)) = error_code(body) else { return false };
+        if code != "stale_timestamp" {
             return false;
-        };
-        let (Some("stale_timestamp"), Some(server_time)) =
-            (error.str("code"), error.get("server_time").and_then(Value::as_i64))
-        else {
-            return false;
-        };
+        }
         let offset = server_time.saturating_sub(now);
         // Within a second of what is applied: the clock is not the problem.
         if offset.abs_diff(self.state.clock_offset) <= 1000 {
@@ -386,6 +386,15 @@ impl<S: EventStore> Engine<S> {
         self.state_dirty = true;
         log!(self, "{_what} failed ({_outcome:?}); retry in {delay} ms");
     }
+}
+
+/// The `code` and `server_time` of an answer in the protocol's error shape (`{"error":
+/// {"code", "message", "server_time"?}}`); empty and `None` for any other answer (a proxy's or
+/// a WAF's page).
+pub(super) fn error_code(body: &[u8]) -> (String, Option<i64>) {
+    let parsed = core::str::from_utf8(body).ok().and_then(|t| json::parse(t, 4).ok());
+    let error = parsed.as_ref().and_then(Value::as_object).and_then(|o| o.get("error")?.as_object());
+    (error.and_then(|e| e.field_str("code")).unwrap_or_default(), error.and_then(|e| e.get("server_time")?.as_i64()))
 }
 
 /// Removes what only attribution consent allows to leave the device: `device_id` and

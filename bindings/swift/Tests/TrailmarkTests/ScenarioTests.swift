@@ -9,7 +9,20 @@ struct ScenarioFailure: Error, CustomStringConvertible {
     let description: String
 }
 
-/// Records every request and answers from the script, then 200 with an empty body.
+/// The server's answer when the script has none left: an organic attribution for the install
+/// request, every event of a batch accepted.
+func defaultAnswer(_ url: String, _ body: Data) -> [String: Any] {
+    if url.hasSuffix("/v1/install") {
+        return ["attributed": false, "match_type": "organic", "confidence": 0.0, "campaign_id": NSNull(),
+                "link_id": NSNull(), "click_id": NSNull(), "network": NSNull(), "deep_link": NSNull(),
+                "fraud": ["flags": [Any](), "rejected": false] as [String: Any], "reinstall": false]
+    }
+    let sent = (try? JSONSerialization.jsonObject(with: body)) as? [String: Any]
+    return ["accepted": (sent?["batch"] as? [Any])?.count ?? 0, "duplicates": 0, "rejected": [Any]()]
+}
+
+/// Records every request and answers from the script, then as the server does when it takes
+/// everything. A string `body` is sent as it is (a proxy's page).
 final class ScriptedTransport: HttpTransport, @unchecked Sendable {
     private let lock = NSLock()
     private var script: [[String: Any]]
@@ -24,10 +37,15 @@ final class ScriptedTransport: HttpTransport, @unchecked Sendable {
 
     func post(url: String, headers: [String: String], body: Data) -> HttpResponse {
         lock.lock()
-        let next = script.isEmpty ? [:] : script.removeFirst()
+        let next = script.isEmpty ? ["body": defaultAnswer(url, body)] : script.removeFirst()
         requests.append((url, headers, body))
         lock.unlock()
-        let answer = next["body"].flatMap { try? JSONSerialization.data(withJSONObject: $0) } ?? Data()
+        let answer: Data
+        switch next["body"] {
+        case let text as String: answer = Data(text.utf8)
+        case let json?: answer = (try? JSONSerialization.data(withJSONObject: json)) ?? Data()
+        case nil: answer = Data()
+        }
         return HttpResponse(status: UInt16((next["status"] as? NSNumber)?.intValue ?? 200),
                             retryAfter: next["retry_after"] as? String, body: answer, error: next["error"] as? String)
     }
@@ -45,8 +63,8 @@ final class Matcher {
         "<traceparent>": "00-[0-9a-f]{32}-[0-9a-f]{16}-01",
     ]
 
-    /// Variables hold strings (ids) or numbers.
-    private func same(_ a: Any, _ b: Any) -> Bool {
+    /// Variables (and stats) hold strings or numbers.
+    static func same(_ a: Any, _ b: Any) -> Bool {
         if let x = a as? String, let y = b as? String { return x == y }
         if let x = a as? NSNumber, let y = b as? NSNumber { return x.isEqual(to: y) }
         return false
@@ -56,9 +74,9 @@ final class Matcher {
         func bad() -> ScenarioFailure { ScenarioFailure(description: "\(path): expected \(expected), got \(actual)") }
         if let p = expected as? String, p.hasPrefix("$") {
             if let bound = vars[p] {
-                guard same(bound, actual) else { throw ScenarioFailure(description: "\(path): \(p) was \(bound), now \(actual)") }
+                guard Matcher.same(bound, actual) else { throw ScenarioFailure(description: "\(path): \(p) was \(bound), now \(actual)") }
             } else {
-                if let other = vars.first(where: { same($0.value, actual) }) {
+                if let other = vars.first(where: { Matcher.same($0.value, actual) }) {
                     throw ScenarioFailure(description: "\(path): \(p) would equal \(other.key)")
                 }
                 vars[p] = actual
@@ -98,13 +116,18 @@ func expand(_ v: Any, _ defs: [String: Any]) throws -> Any {
     return v
 }
 
-func statsMap(_ s: SdkStats) -> [String: UInt64] {
-    ["recorded": s.recorded, "delivered": s.delivered, "queued": s.queued, "held": s.held,
-     "rejected_by_server": s.rejectedByServer, "refused_invalid": s.refusedInvalid,
-     "dropped_queue_full": s.droppedQueueFull, "dropped_expired": s.droppedExpired,
-     "dropped_consent_denied": s.droppedConsentDenied, "dropped_opted_out": s.droppedOptedOut,
-     "dropped_backpressure": s.droppedBackpressure, "uploads": s.uploads,
-     "upload_failures": s.uploadFailures, "in_flight": s.inFlight]
+func statsMap(_ s: SdkStats) -> [String: Any] {
+    let counters: [String: UInt64] = [
+        "recorded": s.recorded, "delivered": s.delivered, "queued": s.queued, "held": s.held,
+        "rejected_by_server": s.rejectedByServer, "refused_invalid": s.refusedInvalid,
+        "dropped_queue_full": s.droppedQueueFull, "dropped_expired": s.droppedExpired,
+        "dropped_consent_denied": s.droppedConsentDenied, "dropped_opted_out": s.droppedOptedOut,
+        "dropped_backpressure": s.droppedBackpressure, "uploads": s.uploads,
+        "upload_failures": s.uploadFailures, "bad_answers": s.badAnswers, "in_flight": s.inFlight]
+    var all: [String: Any] = counters.mapValues { NSNumber(value: $0) }
+    all["last_rejection_status"] = NSNumber(value: s.lastRejectionStatus)
+    all["last_rejection_reason"] = s.lastRejectionReason
+    return all
 }
 
 func configuration(_ c: [String: Any], _ db: URL) -> Trailmark.Configuration {
@@ -186,7 +209,7 @@ func runScenario(_ file: URL) async throws {
             let actual = statsMap(try s.stats())
             for (k, v) in step["stats"] as? [String: Any] ?? [:] {
                 guard let a = actual[k] else { throw ScenarioFailure(description: "\(at): unknown stat \(k)") }
-                guard a == (v as! NSNumber).uint64Value else {
+                guard Matcher.same(a, v) else {
                     throw ScenarioFailure(description: "\(at): stat \(k) is \(a), expected \(v); all: \(actual)")
                 }
             }

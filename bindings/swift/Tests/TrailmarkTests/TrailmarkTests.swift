@@ -97,11 +97,17 @@ final class TrailmarkTests: XCTestCase {
         tm.track("add_to_cart", properties: ["sku": "A \"1\"", "price": 9.5, "quantity": 2, "currency": "EUR",
                                              "gift": false, "tags": ["x", 1, NSNull()], "at": when])
         tm.track("Not A Type") // refused and counted, never thrown
+        // Invalid for the server (no currency): rejected alone, and stats() says why.
+        tm.track("purchase", properties: ["revenue": 10])
         try await tm.flush()
         try waitUntil("delivery") { try tm.stats().queued == 0 && tm.stats().inFlight == 0 }
         let stats = try tm.stats()
         XCTAssertEqual(stats.delivered, 4, "\(stats)")
         XCTAssertEqual(stats.refusedInvalid, 1)
+        XCTAssertEqual(stats.rejectedByServer, 1, "\(stats)")
+        XCTAssertEqual(stats.lastRejectionStatus, 200, "rejected in a batch the server took")
+        XCTAssertTrue(stats.lastRejectionReason.contains("currency"), "the server's reason: \(stats)")
+        XCTAssertEqual(stats.badAnswers, 0)
 
         let events = try server.events(anonymousId: try await tm.anonymousId())
         let byType = Dictionary(events.map { ($0["type"] as! String, $0) }, uniquingKeysWith: { a, _ in a })

@@ -92,15 +92,35 @@ private fun obj(v: Any?): Map<String, Any?> {
     return (v as? Map<String, Any?>) ?: emptyMap()
 }
 
-/** Records every request and answers from the script, then 200 with an empty body. */
+/** The server's answer when the script has none left: an organic attribution for the install
+ *  request, every event of a batch accepted. */
+fun defaultAnswer(url: String, body: ByteArray): Any =
+    if (url.endsWith("/v1/install")) {
+        mapOf(
+            "attributed" to false, "match_type" to "organic", "confidence" to 0.0, "campaign_id" to null,
+            "link_id" to null, "click_id" to null, "network" to null, "deep_link" to null,
+            "fraud" to mapOf("flags" to emptyList<Any>(), "rejected" to false), "reinstall" to false,
+        )
+    } else {
+        val batch = obj(JsonReader(String(body, Charsets.UTF_8)).read())["batch"] as List<*>
+        mapOf("accepted" to batch.size, "duplicates" to 0, "rejected" to emptyList<Any>())
+    }
+
+/** Records every request and answers from the script, then as the server does when it takes
+ *  everything. A string `body` is sent as it is (a proxy's page). */
 class ScriptedTransport(responses: List<Any?>) : HttpTransport {
     private val script = ArrayDeque(responses)
     val captured = java.util.Collections.synchronizedList(ArrayList<Triple<String, Map<String, String>, ByteArray>>())
 
     override fun post(url: String, headers: Map<String, String>, body: ByteArray): HttpResponse {
-        val next = synchronized(script) { obj(script.removeFirstOrNull()) }
+        val scripted = synchronized(script) { script.removeFirstOrNull() }
         captured.add(Triple(url, headers, body))
-        val answer = next["body"]?.let { dev.trailmark.Json.encode(it).toByteArray() } ?: ByteArray(0)
+        val next = if (scripted == null) mapOf("body" to defaultAnswer(url, body)) else obj(scripted)
+        val answer = when (val b = next["body"]) {
+            null -> ByteArray(0)
+            is String -> b.toByteArray()
+            else -> dev.trailmark.Json.encode(b).toByteArray()
+        }
         return HttpResponse(((next["status"] as? Long) ?: 200L).toInt().toUShort(), next["retry_after"] as String?, answer, next["error"] as String?)
     }
 }
@@ -157,14 +177,16 @@ fun expand(v: Any?, defs: Map<String, Any?>): Any? = when {
     else -> v
 }
 
-fun statsMap(s: SdkStats) = mapOf(
+fun statsMap(s: SdkStats): Map<String, Any> = mapOf(
     "recorded" to s.recorded, "delivered" to s.delivered, "queued" to s.queued, "held" to s.held,
     "rejected_by_server" to s.rejectedByServer, "refused_invalid" to s.refusedInvalid,
     "dropped_queue_full" to s.droppedQueueFull, "dropped_expired" to s.droppedExpired,
     "dropped_consent_denied" to s.droppedConsentDenied, "dropped_opted_out" to s.droppedOptedOut,
     "dropped_backpressure" to s.droppedBackpressure, "uploads" to s.uploads,
-    "upload_failures" to s.uploadFailures, "in_flight" to s.inFlight,
-).mapValues { it.value.toLong() }
+    "upload_failures" to s.uploadFailures, "bad_answers" to s.badAnswers, "in_flight" to s.inFlight,
+).mapValues { it.value.toLong() } + mapOf(
+    "last_rejection_status" to s.lastRejectionStatus.toLong(), "last_rejection_reason" to s.lastRejectionReason,
+)
 
 fun config(c: Map<String, Any?>, db: File) = TrailmarkConfig(
     appId = c["app_id"] as String? ?: "", appSecret = c["app_secret"] as String? ?: "",

@@ -34,6 +34,8 @@ class TrailmarkApiTest {
                 assertEquals(false, attribution?.attributed)
                 tm.identify("user-7", mapOf("email" to "Kim@Example.com", "plan" to "pro"))
                 tm.track("add_to_cart", mapOf("sku" to "A \"1\"", "price" to 9.5, "currency" to "EUR", "tags" to listOf("x", 1, null)))
+                // Invalid for the server (no currency): rejected alone, and stats() says why.
+                tm.track("purchase", mapOf("revenue" to 10))
                 tm.flush()
                 var stats = tm.stats()
                 val deadline = System.currentTimeMillis() + 20_000
@@ -43,7 +45,10 @@ class TrailmarkApiTest {
                 }
                 assertEquals(0uL, stats.queued, "$stats")
                 assertTrue(stats.delivered >= 4uL, "install, session_start, identify, add_to_cart: $stats")
-                assertEquals(0uL, stats.rejectedByServer, "$stats")
+                assertEquals(1uL, stats.rejectedByServer, "$stats")
+                assertEquals(200.toUShort(), stats.lastRejectionStatus, "rejected in a batch the server took: $stats")
+                assertTrue("currency" in stats.lastRejectionReason, "the server's reason: $stats")
+                assertEquals(0uL, stats.badAnswers, "$stats")
                 // What arrived, read back through the server's event inspector.
                 val anon = tm.anonymousId()
                 val c = java.net.URL("$base/v1/events?anonymous_id=$anon").openConnection() as java.net.HttpURLConnection
