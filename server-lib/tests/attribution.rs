@@ -1326,3 +1326,24 @@ async fn a_full_network_queue_leaves_postbacks_pending_and_sends_them_once_it_dr
     let rows = srv.postbacks_until(|r| r.iter().all(|p| p.1 == "delivered")).await;
     assert!(rows.len() == 5 && rows.iter().all(|p| p.1 == "delivered"), "{rows:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postback_request_without_an_answer_ends_at_the_timeout_and_is_retried() {
+    let (silent, requests) = counting_endpoint(std::future::pending::<axum::http::StatusCode>).await;
+    let srv = start(|c| {
+        c.postbacks = vec![postback("alpha", format!("{silent}/pb?c={{click_id}}"))];
+        c.postback_policy.timeout = std::time::Duration::from_millis(200);
+        c.postback_policy.max_attempts = 2;
+        c.postback_policy.min_delay = std::time::Duration::from_millis(10);
+        c.postback_policy.max_delay = std::time::Duration::from_millis(20);
+    })
+    .await;
+    let (_, _, code) = srv.link("alpha").await;
+    srv.attributed_install(&code, "").await;
+    let rows = srv.postbacks_until(|r| r.len() == 1 && r[0].1 == "failed").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let (_, state, attempts, status, error) = &rows[0];
+    assert_eq!((state.as_str(), *attempts, *status), ("failed", 2, None), "{rows:?}");
+    assert_eq!(error.as_deref(), Some("no answer within 200ms"));
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+}

@@ -169,8 +169,13 @@ impl Srv {
         resp.json().await.unwrap()
     }
 
-    /// One event at `at` (client time, no clock skew).
+    /// One event at `at` (client time, no clock skew), sent when it happens: the server's clock
+    /// is moved to `at` first if it is behind (the server sets times more than 24 h ahead of its
+    /// own back to its own).
     async fn event_at(&self, at: i64, kind: &str, anon: &str, props: Value) {
+        if self.clock.now() < at {
+            self.clock.set(at);
+        }
         let e = json!({
             "event_id": uuid::Uuid::new_v4().to_string(),
             "type": kind,
@@ -545,4 +550,104 @@ async fn retention_on(postgres: Option<&str>) {
     srv.state.maintenance.refresh().await.unwrap();
     assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759").await, 13);
     let _ = f.b;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_times_far_ahead_are_set_to_the_server_time_and_old_ones_go_with_retention() {
+    time_bounds_on(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_times_far_ahead_are_set_to_the_server_time_and_old_ones_go_with_retention_postgres() {
+    if let Some(url) = postgres_url() {
+        time_bounds_on(Some(&url)).await;
+    }
+}
+
+async fn time_bounds_on(postgres: Option<&str>) {
+    let srv = start_on(postgres, |c| c.reports.raw_retention_days = 30).await;
+    // Sent now (the clock stays at T0): one dated 30 days ahead, one from 2001, one an hour ago.
+    let old = 978_307_200_000; // 2001-01-01T00:00:00Z
+    for (anon, at) in [("future", T0 + 30 * DAY), ("ancient", old), ("recent", T0 - HOUR)] {
+        let e = json!({
+            "event_id": uuid::Uuid::new_v4().to_string(),
+            "type": "app_open",
+            "timestamp": protocol::format_millis(at),
+            "anonymous_id": anon,
+        });
+        let resp = srv.signed("/v1/event", &e).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.json::<Value>().await.unwrap()["accepted"], 1, "{anon}");
+    }
+    // The future one is stored at the server's time, flagged with the time it claimed.
+    let inspected = srv.get("/v1/events?anonymous_id=future").await;
+    let event = &inspected["events"][0];
+    assert_eq!(event["timestamp"], protocol::format_millis(T0 + 30 * DAY), "the device's time is kept");
+    assert_eq!(event["corrected_timestamp"], protocol::format_millis(T0));
+    assert_eq!(event["enrichment"]["time"], json!({"clamped_from": T0 + 30 * DAY, "reason": "future"}));
+    assert_eq!(srv.get("/v1/events?anonymous_id=recent").await["events"][0]["enrichment"]["time"], Value::Null);
+
+    // The first maintenance run: every event becomes a fact; the one from 2001 is older than
+    // the retention and goes at once, with its fact.
+    let m = &srv.state.maintenance;
+    let r = m.run_due().await.unwrap();
+    assert_eq!(r.refreshed_events, 3);
+    assert_eq!(r.purged.map(|p| (p.events, p.facts)), Some((1, 1)));
+    assert_eq!(srv.count("SELECT count(*) FROM events WHERE anonymous_id = 'ancient'").await, 0);
+    let today = T0.div_euclid(DAY);
+    assert_eq!(srv.count(&format!("SELECT count(*) FROM fact_events WHERE date_key = {today}")).await, 2);
+    // 31 days on, retention reaches the clamped event like any other of its day.
+    srv.clock.set(T0 + 31 * DAY);
+    let purged = m.run_due().await.unwrap().purged.unwrap();
+    assert_eq!((purged.events, purged.facts), (2, 2));
+    assert_eq!(srv.count("SELECT count(*) FROM events").await, 0);
+    assert_eq!(srv.count("SELECT count(*) FROM sessions").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_the_same_whatever_order_the_events_arrive_in() {
+    sessions_on(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_the_same_whatever_order_the_events_arrive_in_postgres() {
+    if let Some(url) = postgres_url() {
+        sessions_on(Some(&url)).await;
+    }
+}
+
+async fn sessions_on(postgres: Option<&str>) {
+    use rand::SeedableRng;
+    use rand::seq::SliceRandom;
+    // Small refresh batches: the events reach the star schema in many steps, each meeting the
+    // sessions the earlier ones stored.
+    let srv = start_on(postgres, |c| c.reports.refresh_batch = 7).await;
+    // 12 sessions of 5 events (0, 10, 20, 25, 28 minutes in), 90 minutes apart, two days ago.
+    let base = T0 - 2 * DAY;
+    let times: Vec<i64> =
+        (0..12).flat_map(|k| [0, 10, 20, 25, 28].map(|m| base + k * 90 * MINUTE + m * MINUTE)).collect();
+    let mut shuffled = times.clone();
+    shuffled.shuffle(&mut rand::rngs::StdRng::seed_from_u64(7));
+    for (n, (a, b)) in times.iter().zip(&shuffled).enumerate() {
+        srv.event_at(*a, "tick", "in-order", json!({})).await;
+        srv.event_at(*b, "tick", "shuffled", json!({})).await;
+        if n % 10 == 9 {
+            srv.state.maintenance.refresh().await.unwrap();
+        }
+    }
+    srv.state.maintenance.refresh().await.unwrap();
+    for anon in ["in-order", "shuffled"] {
+        let of = |sql: &str| sql.replace("$ANON", anon);
+        assert_eq!(srv.count(&of("SELECT count(*) FROM sessions WHERE anonymous_id = '$ANON'")).await, 12, "{anon}");
+        let q =
+            "SELECT count(*) FROM sessions WHERE anonymous_id = '$ANON' AND events = 5 AND end_ts - start_ts = 1680000";
+        assert_eq!(srv.count(&of(q)).await, 12, "{anon}: every session has its 5 events over 28 minutes");
+        let q = format!("SELECT min(start_ts) - {base} FROM sessions WHERE anonymous_id = '$ANON'");
+        assert_eq!(srv.count(&of(&q)).await, 0, "{anon}");
+        let q = "SELECT count(DISTINCT session_key) FROM fact_events WHERE anonymous_id = '$ANON'";
+        assert_eq!(srv.count(&of(q)).await, 12, "{anon}: the facts moved with their sessions' merges");
+        let q = "SELECT count(*) FROM fact_events f WHERE anonymous_id = '$ANON' AND NOT EXISTS
+                 (SELECT 1 FROM sessions s WHERE s.app_id = f.app_id AND s.session_key = f.session_key)";
+        assert_eq!(srv.count(&of(q)).await, 0, "{anon}: no fact points at a merged session");
+    }
 }

@@ -28,7 +28,8 @@ struct Args {
     /// Requests in flight.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Run only this workload: batched (with the report timings), single, hello, clicks or installs.
+    /// Run only this workload: batched (with the report timings), single, hello, clicks, installs
+    /// or refresh (not part of the default run).
     #[arg(long)]
     only: Option<String>,
     /// Clicks put in the attribution index before the installs workload.
@@ -43,6 +44,12 @@ struct Args {
     /// Match installs against a Redis click cache (filled with `--cached` clicks).
     #[arg(long)]
     redis: Option<String>,
+    /// `--only refresh`: events per run, spread over `--refresh-devices` devices (each run of
+    /// the refresh workload is done once with 1 device and once with this many).
+    #[arg(long, default_value_t = 100_000)]
+    refresh_events: usize,
+    #[arg(long, default_value_t = 100)]
+    refresh_devices: usize,
 }
 
 const APP: &str = "bench";
@@ -149,6 +156,10 @@ async fn signed_post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Opti
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    if args.only.as_deref() == Some("refresh") {
+        refresh_bench(&args).await;
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let server_args = ServerArgs {
         listen: Some("127.0.0.1:0".parse().unwrap()),
@@ -394,4 +405,114 @@ async fn signed_request(client: &reqwest::Client, url: &str, body: Vec<u8>) -> O
         return None;
     }
     resp.json().await.ok()
+}
+
+/// The times of `n` events of one device, in time order: sessions of 1–8 events 1–3 minutes
+/// apart, starting 31–180 minutes after the previous one ended, the last one ending about now.
+fn device_times(rng: &mut u64, n: usize, now: i64) -> Vec<i64> {
+    let mut next = |below: u64| {
+        // xorshift64*: reproducible without another dependency.
+        *rng ^= *rng >> 12;
+        *rng ^= *rng << 25;
+        *rng ^= *rng >> 27;
+        (rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) % below
+    };
+    let mut times = Vec::with_capacity(n);
+    let mut t = 0i64;
+    while times.len() < n {
+        for _ in 0..(1 + next(8)) {
+            if times.len() == n {
+                break;
+            }
+            times.push(t);
+            t += (1 + next(3) as i64) * 60_000;
+        }
+        t += (31 + next(150) as i64) * 60_000;
+    }
+    times.iter().map(|x| now - t + x).collect()
+}
+
+/// Stores `args.refresh_events` events for 1 and for `args.refresh_devices` devices, once in
+/// time order and once shuffled, each time in a fresh store, and times the refresh that takes
+/// them all into the star schema (facts, users, sessions, rollups).
+async fn refresh_bench(args: &Args) {
+    use trailmark_server::storage::NewEvent;
+    let n = args.refresh_events;
+    println!(
+        "machine: {} logical CPUs; refresh of {n} events stored directly (no HTTP), store: {}, refresh batches of {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        if args.postgres.is_some() { "PostgreSQL" } else { "SQLite (synchronous=FULL)" },
+        trailmark_server::ReportConfig::default().refresh_batch,
+    );
+    let now = trailmark_server::now_ms();
+    let mut layouts = vec![1, args.refresh_devices.max(1)];
+    layouts.dedup();
+    for devices in layouts {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut events: Vec<NewEvent> = Vec::with_capacity(n);
+        for d in 0..devices {
+            let count = n / devices + usize::from(d < n % devices);
+            for (i, ts) in device_times(&mut seed, count, now).into_iter().enumerate() {
+                events.push(NewEvent {
+                    app_id: APP.into(),
+                    event_id: format!("{d:08x}-0000-4000-8000-{i:012x}"),
+                    event_type: if i % 10 == 0 { "app_open" } else { "screen_view" }.into(),
+                    anonymous_id: format!("device-{d}"),
+                    client_ts: ts,
+                    corrected_ts: ts,
+                    received_at: now,
+                    properties: "{}".into(),
+                    context: "{}".into(),
+                    enrichment: "{}".into(),
+                    ..Default::default()
+                });
+            }
+        }
+        // Time order across every device, as a steady stream of live traffic arrives.
+        events.sort_by_key(|e| e.corrected_ts);
+        for order in ["ordered", "shuffled"] {
+            if order == "shuffled" {
+                // Fisher–Yates with the same generator.
+                for i in (1..events.len()).rev() {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    events.swap(i, (seed % (i as u64 + 1)) as usize);
+                }
+            }
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = trailmark_server::ServerConfig::new().with_app(APP, SECRET);
+            config.reports.scheduler = false;
+            let builder = trailmark_server::ServerBuilder::new(config);
+            let builder = match &args.postgres {
+                Some(url) => {
+                    let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
+                    let store = trailmark_server::storage::postgres::PostgresStorage::connect(url, 16, Some(&schema))
+                        .await
+                        .unwrap();
+                    builder.storage(Arc::new(store))
+                }
+                None => builder.sqlite(dir.path().join("refresh.db")).unwrap(),
+            };
+            let state = builder.build_state().unwrap();
+            for chunk in events.chunks(5_000) {
+                state.storage.insert(chunk.to_vec()).await.unwrap();
+            }
+            let started = Instant::now();
+            let (refreshed, rollups) = state.maintenance.refresh().await.unwrap();
+            let took = started.elapsed();
+            // The same sessions either way (counted in the SQLite file).
+            let sessions = match &args.postgres {
+                Some(_) => "-".to_owned(),
+                None => rusqlite::Connection::open(dir.path().join("refresh.db"))
+                    .and_then(|c| c.query_row("SELECT count(*) FROM sessions", [], |r| r.get::<_, i64>(0)))
+                    .map_or_else(|e| e.to_string(), |n| n.to_string()),
+            };
+            println!(
+                "refresh, {devices:>3} device(s), {order:<8}: {refreshed} events, {sessions} sessions, {rollups} rollups in {:>7.2?} ({:.0} events/s)",
+                took,
+                refreshed as f64 / took.as_secs_f64()
+            );
+        }
+    }
 }

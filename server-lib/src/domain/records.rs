@@ -423,7 +423,9 @@ pub struct NewEvent {
     pub session_id: Option<String>,
     /// Client time (Unix ms) as sent.
     pub client_ts: i64,
-    /// `received_at − (sent_at − timestamp)`: client time corrected for device clock skew.
+    /// `received_at − (sent_at − timestamp)`: client time corrected for device clock skew; at
+    /// most 24 h after `received_at` (a later time is set to `received_at` and flagged in
+    /// `enrichment.time`).
     pub corrected_ts: i64,
     pub received_at: i64,
     /// JSON object texts.

@@ -12,7 +12,7 @@ use super::{ServiceError, ServiceResult, Services, conversions};
 use crate::domain::conversions::Followup;
 use crate::domain::enrich;
 use crate::domain::error::Refusal;
-use crate::domain::events::{check_revenue, normalise, parse_ms};
+use crate::domain::events::{check_revenue, normalise, parse_ms, time_clamped};
 use crate::domain::stream::event_record;
 use crate::storage::StorageError;
 
@@ -83,6 +83,9 @@ pub async fn ingest(
             .and_then(|_| normalise(&app_id, event, sent_at, received_at, &ua, &geo, ip_enc.clone()))
         {
             Ok(e) => {
+                if time_clamped(&e) {
+                    metrics::counter!("trailmark_events_time_clamped_total", "app" => app_id.clone()).increment(1);
+                }
                 if let Some((click_id, _)) = follow {
                     followups.push(Followup {
                         event_id: e.event_id.clone(),

@@ -360,6 +360,20 @@ fn verdict(status: Option<u16>) -> Result<bool, &'static str> {
     }
 }
 
+/// A request's error with its causes, without the URL (errors are stored and logged, and a
+/// postback URL's query holds identifiers).
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 /// One delivery attempt of `p` (counted in `p.attempts`), logged.
 async fn attempt(storage: &dyn Storage, client: &reqwest::Client, policy: &PostbackPolicy, p: &mut Pending) -> Outcome {
     // Delivered elsewhere, failed, or deleted with its user in the meantime: stop. A store
@@ -377,8 +391,8 @@ async fn attempt(storage: &dyn Storage, client: &reqwest::Client, policy: &Postb
     let started = Instant::now();
     let (status, mut error) = match client.get(&p.url).send().await {
         Ok(r) => (Some(r.status().as_u16()), None),
-        // Without the URL: errors are stored and logged, and the URL's query holds identifiers.
-        Err(e) => (None, Some(e.without_url().to_string())),
+        Err(e) if e.is_timeout() => (None, Some(format!("no answer within {:?}", policy.timeout))),
+        Err(e) => (None, Some(describe(e))),
     };
     let verdict = verdict(status);
     if let Err(why) = verdict {

@@ -247,6 +247,15 @@ pub const QUEUE_HORIZON: &str = "SELECT coalesce(max(seq), 0) FROM etl_pending";
 pub const ETL_STATE: &str = "SELECT value FROM etl_state WHERE key = $1";
 
 /// Moves the facts of a merged session ($3) to the session kept ($1).
+/// A device's sessions that start in a window `[$3, $4]` (`star::session_windows`).
+pub const SESSIONS_STARTING_IN: &str = "SELECT session_key, start_ts, end_ts, events, user_id FROM sessions
+     WHERE app_id = $1 AND anonymous_id = $2 AND start_ts BETWEEN $3 AND $4";
+
+/// A device's last session that starts before `$3` (it overlaps the window if it ends at or
+/// after `$3`).
+pub const SESSION_BEFORE: &str = "SELECT session_key, start_ts, end_ts, events, user_id FROM sessions
+     WHERE app_id = $1 AND anonymous_id = $2 AND start_ts < $3 ORDER BY start_ts DESC LIMIT 1";
+
 pub const MOVE_SESSION_FACTS: &str = "UPDATE fact_events SET session_key = $1 WHERE app_id = $2 AND session_key = $3";
 
 pub const DELETE_SESSION: &str = "DELETE FROM sessions WHERE app_id = $1 AND session_key = $2";
@@ -324,6 +333,8 @@ mod tests {
         PENDING_EVENTS,
         QUEUE_HORIZON,
         ETL_STATE,
+        SESSIONS_STARTING_IN,
+        SESSION_BEFORE,
         MOVE_SESSION_FACTS,
         DELETE_SESSION,
         DELETE_ROLLUP_DAILY,

@@ -20,7 +20,7 @@ use serde_json::Value;
 use super::events::event_row;
 use super::{PostgresStorage, pool_error};
 use crate::storage::sql::{self, FACT_ROWS, event_columns};
-use crate::storage::star::{DAY_MS, StoredSession, day_of, money, plan_sessions, utm_key};
+use crate::storage::star::{DAY_MS, StoredSession, day_of, money, plan_sessions, session_windows, utm_key};
 use crate::storage::{
     CampaignCost, CampaignDay, FactRow, FraudAlert, PurgeReport, RefreshReport, ReportQuery, ReportRows, ReportStore,
     RetentionCutoffs, StorageError, StorageFuture, UserRow, backend,
@@ -186,23 +186,34 @@ async fn etl_batch(tx: &Transaction<'_>, batch: usize, gap: i64, horizon: i64) -
             context: r.get(8),
         });
     }
-    // Every device's nearby sessions in one query.
+    // The sessions every device's events can reach, in one query: per window
+    // (`session_windows`), the sessions starting in it and the last one starting before it if
+    // it reaches into it.
     let (mut d_app, mut d_anon, mut d_lo, mut d_hi) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for ((app, anon), events) in devices.iter_mut() {
         events.sort_by_key(|e| (e.ts, e.seq));
-        d_app.push(app.clone());
-        d_anon.push(anon.clone());
-        d_lo.push(events[0].ts - gap);
-        d_hi.push(events[events.len() - 1].ts + gap);
+        let times: Vec<i64> = events.iter().map(|e| e.ts).collect();
+        for (lo, hi) in session_windows(&times, gap) {
+            d_app.push(app.clone());
+            d_anon.push(anon.clone());
+            d_lo.push(lo);
+            d_hi.push(hi);
+        }
     }
     let mut stored: HashMap<(String, String), Vec<StoredSession>> = HashMap::new();
     for r in tx
         .query(
-            "SELECT s.app_id, s.anonymous_id, s.session_key, s.start_ts, s.end_ts, s.events, s.user_id
-               FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS d(app_id, anonymous_id, lo, hi)
-               JOIN sessions s ON s.app_id = d.app_id AND s.anonymous_id = d.anonymous_id
-                AND s.end_ts >= d.lo AND s.start_ts <= d.hi
-              ORDER BY s.start_ts, s.session_key",
+            "WITH d AS (SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::bigint[])
+                          AS d(app_id, anonymous_id, lo, hi))
+             SELECT s.app_id, s.anonymous_id, s.session_key, s.start_ts, s.end_ts, s.events, s.user_id
+               FROM d JOIN sessions s ON s.app_id = d.app_id AND s.anonymous_id = d.anonymous_id
+                AND s.start_ts BETWEEN d.lo AND d.hi
+             UNION
+             SELECT p.app_id, p.anonymous_id, p.session_key, p.start_ts, p.end_ts, p.events, p.user_id
+               FROM d CROSS JOIN LATERAL (
+                    SELECT * FROM sessions s WHERE s.app_id = d.app_id AND s.anonymous_id = d.anonymous_id
+                       AND s.start_ts < d.lo ORDER BY s.start_ts DESC LIMIT 1) p
+              WHERE p.end_ts >= d.lo",
             &[&d_app, &d_anon, &d_lo, &d_hi],
         )
         .await

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::SqliteStorage;
 use super::events::event_row;
 use crate::storage::sql::{self, FACT_ROWS, event_columns, sqlite, to_sqlite};
-use crate::storage::star::{DAY_MS, StoredSession, day_of, money, plan_sessions, utm_key};
+use crate::storage::star::{DAY_MS, StoredSession, day_of, money, plan_sessions, session_windows, utm_key};
 use crate::storage::{
     CampaignCost, CampaignDay, FactRow, FraudAlert, PurgeReport, RefreshReport, ReportQuery, ReportRows, ReportStore,
     RetentionCutoffs, StorageError, StorageFuture, UserRow, backend,
@@ -213,8 +213,8 @@ fn ensure_date(tx: &Transaction<'_>, day: i64) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Reads one device's nearby sessions, plans the batch's events into them and writes the plan;
-/// returns each event's session key.
+/// Reads the device's sessions the batch's events can reach ([`session_windows`]), plans the
+/// events into them and writes the plan; returns each event's session key.
 fn sessionize(
     tx: &Transaction<'_>,
     app_id: &str,
@@ -222,16 +222,13 @@ fn sessionize(
     events: &[Pending],
     gap: i64,
 ) -> Result<Vec<String>, StorageError> {
-    let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(Vec::new()) };
-    let stored: Vec<StoredSession> = {
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT session_key, start_ts, end_ts, events, user_id FROM sessions
-                  WHERE app_id = ?1 AND anonymous_id = ?2 AND end_ts >= ?3 AND start_ts <= ?4
-                  ORDER BY start_ts, session_key",
-            )
-            .map_err(backend)?;
-        stmt.query_map(params![app_id, anonymous_id, first.ts - gap, last.ts + gap], |r| {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let times: Vec<i64> = events.iter().map(|e| e.ts).collect();
+    let mut stored: Vec<StoredSession> = Vec::new();
+    {
+        let session = |r: &rusqlite::Row<'_>| {
             Ok(StoredSession {
                 key: r.get(0)?,
                 start: r.get(1)?,
@@ -239,11 +236,18 @@ fn sessionize(
                 events: r.get(3)?,
                 user_id: r.get(4)?,
             })
-        })
-        .map_err(backend)?
-        .collect::<Result<_, _>>()
-        .map_err(backend)?
-    };
+        };
+        let mut starting = tx.prepare_cached(sqlite!(sql::SESSIONS_STARTING_IN)).map_err(backend)?;
+        let mut before = tx.prepare_cached(sqlite!(sql::SESSION_BEFORE)).map_err(backend)?;
+        for (lo, hi) in session_windows(&times, gap) {
+            let rows = starting.query_map(params![app_id, anonymous_id, lo, hi], session).map_err(backend)?;
+            for s in rows {
+                stored.push(s.map_err(backend)?);
+            }
+            let last = before.query_row(params![app_id, anonymous_id, lo], session).optional().map_err(backend)?;
+            stored.extend(last.filter(|s| s.end >= lo));
+        }
+    }
     let input: Vec<(i64, &str, Option<&str>)> =
         events.iter().map(|e| (e.ts, e.event_id.as_str(), e.user_id.as_deref())).collect();
     let plan = plan_sessions(stored, &input, gap);
