@@ -38,8 +38,7 @@ bin="$CARGO_TARGET_DIR/$host/release"
 # Longest input per target (bytes) and its dictionary.
 max_len() {
     case "$1" in
-        body) echo 65536 ;;
-        validate | answer) echo 16384 ;;
+        body | validate | answer) echo 16384 ;;
         *) echo 4096 ;;
     esac
 }

@@ -4,7 +4,8 @@
 //! request's headers, then the pure part of `service::links::record`: user agent, OS family,
 //! bot check, device model, locale), a server-to-server click body (`S2sClick`,
 //! `ClickFacts::of_s2s`), and a link's redirect (`NewLink` checked by `check_link_parts`, then
-//! `destination` for each platform).
+//! `destination` for each platform). Bodies are raw bytes or the JSON of fuzzed fields (URLs
+//! from fuzzed parts), so the checks behind the JSON parser are reached.
 //!
 //! SDK: the URL splitter and form codec (`urls`), the endpoint check (`Config::validate`),
 //! and a deep link or page location read into an event's campaign (`handle_open_url`,
@@ -19,13 +20,14 @@
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use serde_json::{Map, Value, json};
 use trailmark_core::urls::{Url, form_decode, form_encode, with_query};
 use trailmark_core::{Config, Engine, MemoryStore};
 use trailmark_server::domain::attribution::OsFamily;
 use trailmark_server::domain::attribution::matching::normalize_locale;
 use trailmark_server::domain::enrich;
 use trailmark_server::domain::links::{
-    ClickFacts, MAX_CLICK_PARAMS, MAX_TEXT, NewLink, S2sClick, check_link_parts, destination,
+    ClickFacts, DEVICE_PARAMS, MAX_CLICK_PARAMS, MAX_TEXT, NewLink, S2sClick, check_link_parts, destination,
 };
 use trailmark_server::domain::records::LinkRecord;
 use trailmark_server::http::extract::{parse_as, query_param};
@@ -35,15 +37,147 @@ enum Input<'a> {
     /// `GET /c/{code}?{query}` with these headers.
     Visit { target: &'a str, user_agent: Option<&'a str>, referrer: Option<&'a str>, language: Option<&'a str> },
     /// `POST /v1/click` body.
-    S2s(&'a [u8]),
+    S2s(Body<'a, S2sFields<'a>>),
     /// `POST /v1/links` body, then a visitor on each platform.
-    Link { body: &'a [u8], click: Option<u128> },
+    Link { body: Body<'a, LinkFields<'a>>, click: Option<u128> },
     /// A deep link or a page location handed to the SDK.
     Sdk { url: &'a str, title: Option<&'a str>, referrer: Option<&'a str>, page: bool },
     /// An SDK endpoint.
     Endpoint(&'a str),
     /// The SDK's form codec.
     Form { base: &'a str, pairs: Vec<(&'a str, &'a str)> },
+}
+
+/// A JSON request body: any bytes, or the JSON of fields the fuzzer chose.
+#[derive(Arbitrary, Debug)]
+enum Body<'a, F> {
+    Raw(&'a [u8]),
+    Fields(F),
+}
+
+impl<F: ToJson> Body<'_, F> {
+    fn bytes(&self) -> Vec<u8> {
+        match self {
+            Body::Raw(raw) => raw.to_vec(),
+            Body::Fields(fields) => fields.to_json().to_string().into_bytes(),
+        }
+    }
+}
+
+trait ToJson {
+    fn to_json(&self) -> Value;
+}
+
+#[derive(Arbitrary, Debug)]
+struct S2sFields<'a> {
+    link_id: &'a str,
+    kind: Option<&'a str>,
+    ip: Option<&'a str>,
+    user_agent: Option<&'a str>,
+    accept_language: Option<&'a str>,
+    referrer: Option<&'a str>,
+    /// Keys: an index into `DEVICE_PARAMS`, past it the text.
+    device: Vec<(u8, &'a str, &'a str)>,
+    network_ids: Vec<(&'a str, &'a str)>,
+    sub_params: Vec<(&'a str, &'a str)>,
+}
+
+impl ToJson for S2sFields<'_> {
+    fn to_json(&self) -> Value {
+        let device: Map<String, Value> = self
+            .device
+            .iter()
+            .map(|(i, k, v)| (DEVICE_PARAMS.get(usize::from(*i)).map_or(*k, |(p, _)| *p).to_owned(), json!(v)))
+            .collect();
+        let pairs = |p: &[(&str, &str)]| p.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect::<Map<_, _>>();
+        let mut body = json!({"link_id": self.link_id, "device": device,
+            "network_ids": pairs(&self.network_ids), "sub_params": pairs(&self.sub_params)});
+        for (key, value) in [
+            ("kind", self.kind),
+            ("ip", self.ip),
+            ("user_agent", self.user_agent),
+            ("accept_language", self.accept_language),
+            ("referrer", self.referrer),
+        ] {
+            if let Some(v) = value {
+                body[key] = json!(v);
+            }
+        }
+        body
+    }
+}
+
+/// A URL from parts (a scheme from a list, or any text), or any text.
+#[derive(Arbitrary, Debug)]
+enum UrlText<'a> {
+    Parts {
+        scheme: u8,
+        host: &'a str,
+        port: Option<u16>,
+        path: &'a str,
+        query: Option<&'a str>,
+        fragment: Option<&'a str>,
+    },
+    Text(&'a str),
+}
+
+const SCHEMES: &[&str] = &["https", "http", "myapp", "intent", "market", "javascript", "data", "HTTPS"];
+
+impl UrlText<'_> {
+    fn text(&self) -> String {
+        match self {
+            UrlText::Text(t) => (*t).to_owned(),
+            UrlText::Parts { scheme, host, port, path, query, fragment } => {
+                let mut url = format!("{}://{host}", SCHEMES[usize::from(*scheme) % SCHEMES.len()]);
+                if let Some(p) = port {
+                    url.push_str(&format!(":{p}"));
+                }
+                url.push('/');
+                url.push_str(path);
+                if let Some(q) = query {
+                    url.push('?');
+                    url.push_str(q);
+                }
+                if let Some(f) = fragment {
+                    url.push('#');
+                    url.push_str(f);
+                }
+                url
+            }
+        }
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+struct LinkFields<'a> {
+    web: UrlText<'a>,
+    ios: Option<UrlText<'a>>,
+    android: Option<UrlText<'a>>,
+    utm: [Option<&'a str>; 5],
+    deep_link: Option<(&'a str, Vec<(&'a str, &'a str)>)>,
+}
+
+impl ToJson for LinkFields<'_> {
+    fn to_json(&self) -> Value {
+        let mut destinations = json!({"web": self.web.text()});
+        if let Some(ios) = &self.ios {
+            destinations["ios"] = json!(ios.text());
+        }
+        if let Some(android) = &self.android {
+            destinations["android"] = json!(android.text());
+        }
+        let utm: Map<String, Value> = ["source", "medium", "campaign", "term", "content"]
+            .iter()
+            .zip(&self.utm)
+            .filter_map(|(k, v)| v.map(|v| ((*k).to_owned(), json!(v))))
+            .collect();
+        let mut body = json!({"campaign_id": "cmp_1", "destinations": destinations, "utm": utm});
+        if let Some((path, params)) = &self.deep_link {
+            let params: Map<String, Value> = params.iter().map(|(k, v)| ((*k).to_owned(), json!(v))).collect();
+            body["deep_link"] = json!({"path": path, "params": params});
+        }
+        body
+    }
 }
 
 const T0: i64 = 1_767_225_600_000;
@@ -191,8 +325,8 @@ fn form(base: &str, pairs: &[(&str, &str)]) {
 fuzz_target!(|input: Input| {
     match input {
         Input::Visit { target, user_agent, referrer, language } => visit(target, user_agent, referrer, language),
-        Input::S2s(body) => s2s(body),
-        Input::Link { body, click } => link(body, click),
+        Input::S2s(body) => s2s(&body.bytes()),
+        Input::Link { body, click } => link(&body.bytes(), click),
         Input::Sdk { url, title, referrer, page } => sdk(url, title, referrer, page),
         Input::Endpoint(text) => endpoint(text),
         Input::Form { base, pairs } => form(base, &pairs),
