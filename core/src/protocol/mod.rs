@@ -748,7 +748,8 @@ pub fn verify_signature(
         return Err(SignatureError::Malformed(HEADER_SIGNATURE));
     }
     let skew = now_secs.saturating_sub(ts);
-    if skew.abs() > SIGNATURE_TOLERANCE_SECS {
+    // `unsigned_abs`: the skew can be i64::MIN (a clock before 1970 against i64::MAX).
+    if skew.unsigned_abs() > SIGNATURE_TOLERANCE_SECS as u64 {
         return Err(SignatureError::Stale { skew_secs: skew });
     }
     signing_mac(secret, ts, body).verify_slice(&tag).map_err(|_| SignatureError::Mismatch)

@@ -311,12 +311,11 @@ pub fn append_query(base: &str, pairs: &[(&str, &str)]) -> String {
     };
     let mut out = String::with_capacity(base.len() + 64);
     out.push_str(head);
-    let mut sep = if !head.contains('?') {
-        '?'
-    } else if head.ends_with('?') || head.ends_with('&') {
-        '\0'
-    } else {
-        '&'
+    // The query starts at the first `?`; a later `?` is a character of it (`?ref=a?`).
+    let mut sep = match head.split_once('?') {
+        None => '?',
+        Some((_, query)) if query.is_empty() || query.ends_with('&') => '\0',
+        Some(_) => '&',
     };
     for (k, v) in pairs {
         if sep != '\0' {

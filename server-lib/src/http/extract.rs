@@ -76,7 +76,7 @@ fn is_length_limit(e: &axum::Error) -> bool {
 }
 
 /// Inflates a gzip body, refusing to produce more than `limit` bytes (gzip bombs).
-fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
+pub fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
     let mut out = Vec::with_capacity((body.len() * 4).min(limit + 1));
     let mut decoder = flate2::read::GzDecoder::new(body).take(limit as u64 + 1);
     decoder

@@ -5,14 +5,12 @@
 use std::net::IpAddr;
 
 use serde_json::Value;
-use trailmark_core::protocol::{self, DropReport, IngestResponse, Rejection};
+use trailmark_core::protocol::{DropReport, IngestResponse};
 
 use super::trace::store_span;
 use super::{ServiceError, ServiceResult, Services, conversions};
-use crate::domain::conversions::Followup;
 use crate::domain::enrich;
-use crate::domain::error::Refusal;
-use crate::domain::events::{check_revenue, normalise, parse_ms, time_clamped};
+use crate::domain::ingest::{IngestRules, Prepared, Sender, prepare};
 use crate::domain::stream::event_record;
 use crate::storage::StorageError;
 
@@ -32,78 +30,28 @@ pub async fn ingest(
     // Whether this request's revenue may go into network postbacks (docs/protocol.md, "Trust
     // model").
     let revenue_trusted = server_signed || svc.config.apps.get(&app_id).is_some_and(|a| a.revenue_in_postbacks());
-    let is_batch = value.get("batch").is_some();
-    if is_batch {
-        svc.validators.envelope(&value).map_err(|e| Refusal::invalid("invalid_envelope", e))?;
-    }
-    let (events, sent_at, dropped) = match value {
-        Value::Object(mut map) if is_batch => {
-            let Some(Value::Array(batch)) = map.remove("batch") else { unreachable!("schema checked") };
-            if batch.len() > protocol::MAX_BATCH_EVENTS {
-                return Err(Refusal::too_large(format!(
-                    "batch holds {} events; the limit is {}",
-                    batch.len(),
-                    protocol::MAX_BATCH_EVENTS
-                ))
-                .into());
-            }
-            let sent_at = map.get("sent_at").and_then(Value::as_str).and_then(parse_ms);
-            let dropped: DropReport =
-                map.remove("dropped").and_then(|d| serde_json::from_value(d).ok()).unwrap_or_default();
-            (batch, sent_at, dropped)
-        }
-        Value::Object(map) => (vec![Value::Object(map)], None, DropReport::default()),
-        _ => return Err(Refusal::invalid("invalid_body", "body must be an event object or a batch envelope").into()),
-    };
-    record_sdk_drops(&app_id, &dropped);
-
     // Per request, not per event: the same client sent them all.
     let ua = user_agent.map(enrich::parse_user_agent).unwrap_or_default();
     let geo = ip.map(|ip| svc.geo.lookup(ip)).unwrap_or_default();
-    let ip_enc = ip.and_then(|ip| svc.ip_cipher.encrypt(ip));
-
-    let mut response = IngestResponse::default();
-    let mut fresh = Vec::with_capacity(events.len());
-    let mut followups = Vec::new();
-    for (index, event) in events.into_iter().enumerate() {
-        let size = protocol::serialized_len(&event);
-        if size > protocol::MAX_EVENT_BYTES {
-            let reason = format!("event is {size} bytes; the limit is {}", protocol::MAX_EVENT_BYTES);
-            response.rejected.push(Rejection { index, reason });
-            continue;
-        }
-        let follow = Followup::from_event(&event, &svc.config.attribution.conversion_events);
-        let revenue = follow.and_then(|_| event.pointer("/properties/revenue").and_then(Value::as_f64));
-        let currency =
-            follow.and_then(|_| event.pointer("/properties/currency").and_then(Value::as_str)).map(str::to_owned);
-        match svc
-            .validators
-            .event(&app_id, &event)
-            .and_then(|_| check_revenue(&event, svc.config.limits.max_revenue))
-            .and_then(|_| normalise(&app_id, event, sent_at, received_at, &ua, &geo, ip_enc.clone()))
-        {
-            Ok(e) => {
-                if time_clamped(&e) {
-                    metrics::counter!("trailmark_events_time_clamped_total", "app" => app_id.clone()).increment(1);
-                }
-                if let Some((click_id, _)) = follow {
-                    followups.push(Followup {
-                        event_id: e.event_id.clone(),
-                        event_type: e.event_type.clone(),
-                        anonymous_id: e.anonymous_id.clone(),
-                        user_id: e.user_id.clone(),
-                        ts: e.corrected_ts,
-                        click_id,
-                        revenue,
-                        currency,
-                        revenue_trusted,
-                    });
-                }
-                fresh.push(e)
-            }
-            Err(reason) => response.rejected.push(Rejection { index, reason }),
-        }
+    let rules = IngestRules {
+        validators: &svc.validators,
+        conversion_events: &svc.config.attribution.conversion_events,
+        max_revenue: svc.config.limits.max_revenue,
+    };
+    let sender = Sender {
+        app_id: &app_id,
+        revenue_trusted,
+        received_at,
+        ua: &ua,
+        geo: &geo,
+        ip_enc: ip.and_then(|ip| svc.ip_cipher.encrypt(ip)),
+    };
+    let Prepared { fresh, followups, rejected, dropped, clamped } = prepare(&rules, &sender, value)?;
+    record_sdk_drops(&app_id, &dropped);
+    if clamped > 0 {
+        metrics::counter!("trailmark_events_time_clamped_total", "app" => app_id.clone()).increment(clamped as u64);
     }
+    let mut response = IngestResponse { rejected, ..IngestResponse::default() };
     let received = fresh.len() + response.rejected.len();
     metrics::counter!("trailmark_events_received_total", "app" => app_id.clone()).increment(received as u64);
     if !response.rejected.is_empty() {
