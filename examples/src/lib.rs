@@ -673,26 +673,73 @@ impl std::fmt::Debug for Settings {
 /// The keys for IP encryption and the audit hashes live in a key file (by default next to the
 /// database, `<db>.keys`, mode 0600), created on first start, so stored IPs stay readable across
 /// restarts. `db` is the SQLite file whose existence means keys should exist already.
+///
+/// A key file that others may read (any group or other permission bit) is refused: the keys
+/// protect every stored IP and audit hash. A new file is written whole under a private
+/// temporary name and linked into place only if no file is there yet (create-exclusive), then
+/// read back: instances that start at once on a shared file all end up with the first one's
+/// keys, and a crash never leaves half a key.
 pub fn load_or_create_keys(path: &Path, db: Option<&Path>) -> Result<([u8; 32], [u8; 32]), String> {
-    let decode = |text: &str| -> Option<([u8; 32], [u8; 32])> {
-        let bytes = hex::decode(text.trim()).ok()?;
-        let (a, b) = bytes.split_at_checked(32)?;
-        Some((a.try_into().ok()?, b.try_into().ok()?))
-    };
-    if let Ok(text) = std::fs::read_to_string(path) {
-        return decode(&text).ok_or_else(|| format!("{}: not 64 hex-encoded bytes", path.display()));
+    match read_keys(path) {
+        Ok(keys) => return Ok(keys),
+        Err(KeyFileError::Missing) => {}
+        Err(KeyFileError::Refused(message)) => return Err(message),
     }
     if db.is_some_and(Path::exists) {
         tracing::warn!(keys = %path.display(), "key file missing for an existing database: new keys are made; IPs and audit hashes stored before cannot be read or matched");
     }
     let mut bytes = [0u8; 64];
     getrandom::fill(&mut bytes).map_err(|e| e.to_string())?;
-    // Written whole to a temporary file, fsynced, then renamed: a crash never leaves half a key.
-    let tmp = PathBuf::from(format!("{}.tmp", path.display()));
-    let _ = std::fs::remove_file(&tmp);
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+    let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), hex::encode(nonce)));
     write_private(&tmp, hex::encode(bytes).as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(decode(&hex::encode(bytes)).expect("just encoded"))
+    // A hard link fails when the name exists: only one instance's keys take the name.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    match read_keys(path) {
+        Ok(keys) => Ok(keys),
+        Err(KeyFileError::Missing) => Err(format!("{}: vanished right after it was created", path.display())),
+        Err(KeyFileError::Refused(message)) => Err(message),
+    }
+}
+
+enum KeyFileError {
+    Missing,
+    Refused(String),
+}
+
+fn read_keys(path: &Path) -> Result<([u8; 32], [u8; 32]), KeyFileError> {
+    let refused = |why: String| KeyFileError::Refused(format!("{}: {why}", path.display()));
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(KeyFileError::Missing),
+        Err(e) => return Err(refused(e.to_string())),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(refused(format!(
+                "the key file is readable or writable by others (mode {mode:o}); it holds the keys \
+                 that protect stored IPs and audit hashes: `chmod 600` it, then start again"
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = meta;
+    let text = std::fs::read_to_string(path).map_err(|e| refused(e.to_string()))?;
+    let bytes = hex::decode(text.trim()).map_err(|_| refused("not 64 hex-encoded bytes".into()))?;
+    match bytes.split_at_checked(32) {
+        Some((a, b)) if b.len() == 32 => Ok((a.try_into().expect("32 bytes"), b.try_into().expect("32 bytes"))),
+        _ => Err(refused("not 64 hex-encoded bytes".into())),
+    }
 }
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
