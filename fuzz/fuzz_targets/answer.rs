@@ -58,13 +58,19 @@ const MATCH_TYPES: [MatchType; 6] = [
 ];
 
 impl Attribution<'_> {
-    /// The result as the server builds it (a finite confidence).
+    /// The result as the server builds it: a confidence from 0 to 1 (1 for deterministic
+    /// matches, a fingerprint score otherwise; `matching::score` sums weights that add up to 1).
+    /// Any value outside is folded into that range, keeping its digits varied.
     fn result(&self) -> AttributionResult {
         let s = |v: Option<&str>| v.map(str::to_owned);
         AttributionResult {
             attributed: self.attributed,
             match_type: MATCH_TYPES[usize::from(self.match_type) % MATCH_TYPES.len()],
-            confidence: if self.confidence.is_finite() { self.confidence } else { 0.0 },
+            confidence: match self.confidence {
+                c if (0.0..=1.0).contains(&c) => c,
+                c if c.is_finite() => c.abs().fract(),
+                _ => 0.0,
+            },
             campaign_id: s(self.campaign_id),
             link_id: s(self.link_id),
             click_id: s(self.click_id),

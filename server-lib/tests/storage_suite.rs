@@ -25,7 +25,8 @@ macro_rules! storage_suite {
             dedup_by_event_id,
             recent_events_newest_first_per_app,
             deleting_a_user_takes_its_anonymous_ids_in_the_same_app,
-            deleting_a_device_matches_it_as_sent_and_lower_cased,
+            deleting_a_device_compares_its_stored_form,
+            deleting_a_user_compares_exactly,
             deleting_nothing_is_fine,
             a_second_instance_starts_on_the_same_data,
             campaigns_and_links_with_their_audit_log,
@@ -132,7 +133,7 @@ async fn recent_events_newest_first_per_app(f: &Fixture) {
 async fn more_events(store: &dyn Storage) {
     store
         .insert(vec![
-            event("a", "e3", "anon-2", None, Some("DEV-1"), 30),
+            event("a", "e3", "anon-2", None, Some("dev-1"), 30),
             event("b", "e4", "anon-1", None, None, 40),
             event("a", "e5", "anon-3", Some("u2"), None, 50),
         ])
@@ -151,14 +152,37 @@ async fn deleting_a_user_takes_its_anonymous_ids_in_the_same_app(f: &Fixture) {
     assert_eq!(count(store, Subject::UserId("u2".into())).await, 1, "another user stays");
 }
 
-/// A device id matches as sent (and lower-cased, as clicks and installs store it).
-async fn deleting_a_device_matches_it_as_sent_and_lower_cased(f: &Fixture) {
+/// Device ids are stored in one form (the domain writes them so) and compared exactly: a
+/// subject built with `Subject::device` from any case finds them; an id not in that form
+/// finds nothing.
+async fn deleting_a_device_compares_its_stored_form(f: &Fixture) {
     let store = &*f.store;
     first_events(store).await;
     more_events(store).await;
-    let report = store.delete_subject(Subject::DeviceId("DEV-1".into()), audit("device_id")).await.unwrap();
+    let raw = store.delete_subject(Subject::DeviceId("DEV-1".into()), audit("device_id")).await.unwrap();
+    assert_eq!(raw.rows, 0, "compared exactly: {raw:?}");
+    let report = store.delete_subject(Subject::device(" DEV-1\n"), audit("device_id")).await.unwrap();
     assert_eq!(report.rows, 1);
     assert_eq!(count(store, Subject::AnonymousId("anon-2".into())).await, 0);
+}
+
+/// User ids are compared exactly: deleting "Alice" leaves "alice" (another person).
+async fn deleting_a_user_compares_exactly(f: &Fixture) {
+    let store = &*f.store;
+    store
+        .insert(vec![
+            event("a", "e1", "anon-1", Some("Alice"), None, 10),
+            event("a", "e2", "anon-2", Some("alice"), None, 20),
+            event("a", "e3", "anon-3", Some("ALICE"), None, 30),
+        ])
+        .await
+        .unwrap();
+    let report = store.delete_subject(Subject::UserId("Alice".into()), audit("user_id")).await.unwrap();
+    assert_eq!(report.rows, 1, "{report:?}");
+    assert_eq!(count(store, Subject::UserId("Alice".into())).await, 0);
+    assert_eq!(count(store, Subject::UserId("alice".into())).await, 1);
+    assert_eq!(count(store, Subject::UserId("ALICE".into())).await, 1);
+    assert_eq!(count(store, Subject::AnonymousId("anon-2".into())).await, 1);
 }
 
 /// Deleting what is not there is fine.
@@ -280,13 +304,12 @@ async fn clicks_are_written_behind_and_read_back_whole(f: &Fixture) {
     assert_eq!(store.load_touches(150).await.unwrap().len(), 1);
 }
 
-/// Clicks are deleted with their device (as sent or lower-cased).
+/// Clicks are deleted with their device, including clicks still being written behind their
+/// redirect when the deletion arrives.
 async fn clicks_go_with_their_device(f: &Fixture) {
     let store = &*f.store;
     record_clicks(store);
-    // The writes behind are done once a click lookup answers.
-    store.click_params("c1".into()).await.unwrap();
-    let report = store.delete_subject(Subject::DeviceId("DEV-1".into()), audit("device_id")).await.unwrap();
+    let report = store.delete_subject(Subject::device("DEV-1"), audit("device_id")).await.unwrap();
     assert!(report.click_ids.contains(&"c1".to_owned()), "{report:?}");
     assert_eq!(store.load_touches(0).await.unwrap().len(), 1);
 }
@@ -408,7 +431,7 @@ async fn install_counts_per_campaign_and_hour(f: &Fixture) {
 async fn deleting_a_device_takes_its_installs_and_their_clicks(f: &Fixture) {
     let store = &*f.store;
     installs(store).await;
-    let report = store.delete_subject(Subject::DeviceId("GAID-9".into()), audit("device_id")).await.unwrap();
+    let report = store.delete_subject(Subject::device("GAID-9"), audit("device_id")).await.unwrap();
     assert!(report.click_ids.contains(&"c9".to_owned()), "{report:?}");
     assert_eq!(store.install_by_event(None, "i1".into()).await.unwrap(), None);
     assert_eq!(store.install_by_event(None, "i2".into()).await.unwrap(), None);

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 use trailmark_core::protocol::format_millis;
 
 use crate::domain::enrich::{self, Geo};
-use crate::domain::records::NewEvent;
+use crate::domain::records::{NewEvent, device_id_form};
 
 /// How far ahead of the server's clock an event's (clock-corrected) time may be: 24 hours.
 /// A later time is set to the time the server received the event, and the event is flagged
@@ -98,7 +98,7 @@ pub fn normalise(
         event_type: take_str(&mut map, "type").unwrap_or_default(),
         anonymous_id: take_str(&mut map, "anonymous_id").unwrap_or_default(),
         user_id: take_str(&mut map, "user_id"),
-        device_id: take_str(&mut map, "device_id"),
+        device_id: take_str(&mut map, "device_id").map(|d| device_id_form(&d)).filter(|d| !d.is_empty()),
         session_id: take_str(&mut map, "session_id"),
         client_ts,
         corrected_ts,

@@ -7,7 +7,7 @@ use trailmark_core::protocol::{self, InstallRequest};
 use crate::domain::attribution::matching::{Decision, InstallFacts};
 use crate::domain::attribution::{AttributionConfig, DAY};
 use crate::domain::config::AppKind;
-use crate::domain::records::{DeviceKeys, InstallRecord};
+use crate::domain::records::{DeviceKeys, InstallRecord, device_id_form};
 
 use crate::domain::error::Refusal;
 
@@ -66,9 +66,7 @@ pub fn validate(req: &InstallRequest) -> Result<(), Refusal> {
 }
 
 pub fn lower(v: &Option<String>) -> Option<String> {
-    v.as_deref()
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty() && !s.chars().all(|c| c == '0' || c == '-'))
+    v.as_deref().map(device_id_form).filter(|s| !s.is_empty() && !s.chars().all(|c| c == '0' || c == '-'))
 }
 
 /// A device time (Unix ms) moved onto the server's clock by `skew` (server minus device, from

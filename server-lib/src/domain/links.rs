@@ -9,7 +9,7 @@ use trailmark_core::protocol::DeepLink;
 
 use crate::domain::attribution::OsFamily;
 use crate::domain::error::Refusal;
-use crate::domain::records::{Destinations, LinkRecord, Utm};
+use crate::domain::records::{Destinations, LinkRecord, Utm, device_id_form};
 
 /// Longest destination URL.
 pub const MAX_URL: usize = 2048;
@@ -256,7 +256,7 @@ impl ClickFacts {
         if let Some((_, kind)) = DEVICE_PARAMS.iter().find(|(k, _)| *k == key) {
             let rank = |kind: &str| DEVICE_PARAMS.iter().position(|(_, k)| *k == kind);
             if self.device.as_ref().is_none_or(|(have, _)| rank(kind) < rank(have)) {
-                self.device = Some(((*kind).to_owned(), v.to_ascii_lowercase()));
+                self.device = Some(((*kind).to_owned(), device_id_form(&v)));
             }
         } else if NETWORK_CLICK_IDS.contains(&key) {
             self.network_ids.insert(key.to_owned(), v);

@@ -436,7 +436,15 @@ pub struct NewEvent {
     pub ip_enc: Option<Vec<u8>>,
 }
 
-/// Whose data to delete.
+/// The one form in which device ids (advertising ids, IDFV, Android id, an event's `device_id`,
+/// a click's device parameter) are stored, hashed and compared: ASCII whitespace trimmed,
+/// ASCII letters lower-cased (SDKs and networks send the same hexadecimal id in either case).
+pub fn device_id_form(raw: &str) -> String {
+    raw.trim_matches(|c: char| c.is_ascii_whitespace()).to_ascii_lowercase()
+}
+
+/// Whose data to delete. Identifiers are compared exactly; build a device subject with
+/// [`Subject::device`], which puts the id in its stored form.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Subject {
     UserId(String),
@@ -445,6 +453,10 @@ pub enum Subject {
 }
 
 impl Subject {
+    /// A device id subject, in the form device ids are stored in ([`device_id_form`]).
+    pub fn device(raw: &str) -> Subject {
+        Subject::DeviceId(device_id_form(raw))
+    }
     pub fn kind(&self) -> &'static str {
         match self {
             Subject::UserId(_) => "user_id",

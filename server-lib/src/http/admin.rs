@@ -31,7 +31,7 @@ fn subject(query: &HashMap<String, String>) -> Result<Subject, ApiError> {
     let given: Vec<Subject> = [
         query.get("anonymous_id").map(|v| Subject::AnonymousId(v.clone())),
         query.get("user_id").map(|v| Subject::UserId(v.clone())),
-        query.get("device_id").map(|v| Subject::DeviceId(v.clone())),
+        query.get("device_id").map(|v| Subject::device(v)),
     ]
     .into_iter()
     .flatten()
@@ -90,7 +90,7 @@ pub async fn delete_user(
         subjects.push(match key.as_str() {
             "user_id" => Subject::UserId(id.clone()),
             "anonymous_id" => Subject::AnonymousId(id.clone()),
-            "device_id" => Subject::DeviceId(id.clone()),
+            "device_id" => Subject::device(id),
             other => return Err(ApiError::bad_request("invalid_body", format!("unknown field {other:?}"))),
         });
     }

@@ -201,21 +201,39 @@ pub const PENDING_POSTBACKS: &str =
 pub const USER_ANONYMOUS_IDS: &str = "SELECT DISTINCT app_id, anonymous_id FROM events WHERE user_id = $1
      UNION SELECT app_id, anonymous_id FROM dim_users WHERE user_id = $1";
 
-/// A device's anonymous ids, per app: on its events (device id as sent or lower-cased), and
-/// on its installs (advertising and vendor ids are stored lower-cased).
-pub const DEVICE_ANONYMOUS_IDS: &str =
-    "SELECT DISTINCT app_id, anonymous_id FROM events WHERE device_id IN ($1, lower($1))
-     UNION SELECT app_id, anonymous_id FROM installs
-      WHERE idfa = lower($1) OR idfv = lower($1) OR gaid = lower($1) OR android_id = lower($1)";
+/// A device's anonymous ids, per app: on its events and on its installs. Device ids are
+/// stored in one form (`domain::records::device_id_form`), and $1 is in it.
+pub const DEVICE_ANONYMOUS_IDS: &str = "SELECT DISTINCT app_id, anonymous_id FROM events WHERE device_id = $1
+     UNION SELECT app_id, anonymous_id FROM installs WHERE idfa = $1 OR idfv = $1 OR gaid = $1 OR android_id = $1";
+
+/// Click ids tied to a device ($1): the installs it was attributed with and its own clicks.
+pub const DEVICE_CLICK_IDS: &str = "SELECT click_id FROM installs WHERE click_id IS NOT NULL
+        AND (idfa = $1 OR idfv = $1 OR gaid = $1 OR android_id = $1)
+     UNION SELECT click_id FROM clicks WHERE device_id = $1";
+
+/// Click ids tied to one anonymous id ($2) in one app ($1): its installs' click, its
+/// touchpoints, and the clicks that carry one of its installs' device ids.
+pub const ANONYMOUS_CLICK_IDS: &str =
+    "SELECT click_id FROM installs WHERE app_id = $1 AND anonymous_id = $2 AND click_id IS NOT NULL
+     UNION SELECT click_id FROM touchpoints WHERE app_id = $1 AND anonymous_id = $2
+     UNION SELECT c.click_id FROM clicks c JOIN installs i ON c.app_id = i.app_id
+        AND c.device_id IN (i.idfa, i.idfv, i.gaid, i.android_id) WHERE i.app_id = $1 AND i.anonymous_id = $2";
+
+/// Click ids tied to an anonymous id ($1) in any app (a deletion by anonymous id).
+pub const ANONYMOUS_CLICK_IDS_ANY_APP: &str =
+    "SELECT click_id FROM installs WHERE anonymous_id = $1 AND click_id IS NOT NULL
+     UNION SELECT click_id FROM touchpoints WHERE anonymous_id = $1
+     UNION SELECT c.click_id FROM clicks c JOIN installs i ON c.app_id = i.app_id
+        AND c.device_id IN (i.idfa, i.idfv, i.gaid, i.android_id) WHERE i.anonymous_id = $1";
 
 pub const INSERT_DELETION_AUDIT: &str =
     "INSERT INTO deletion_audit (receipt_id, subject_kind, subject_hash, rows_deleted, requested_at, requested_by)
      VALUES ($1, $2, $3, $4, $5, $6)";
 
-/// Deletes the rows of `table` whose `column` holds the subject ($1), as sent or lower-cased
-/// (as clicks and installs store device ids).
+/// Deletes the rows of `table` whose `column` holds the subject ($1), compared exactly (user
+/// "Alice" is not user "alice"; device ids are stored and asked for in one form).
 pub fn delete_by_subject(table: &str, column: &str) -> String {
-    format!("DELETE FROM {table} WHERE {column} IN ($1, lower($1))")
+    format!("DELETE FROM {table} WHERE {column} = $1")
 }
 
 /// Deletes the rows of `table` of one anonymous id ($2) in one app ($1).

@@ -20,9 +20,14 @@ pub async fn serve(builder: ServerBuilder) -> String {
 
 /// A `POST /v1/event` of `body`, signed now as the tests' app `app` with secret `secret`.
 pub fn signed(client: &reqwest::Client, base: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
+    signed_to(client, base, "/v1/event", body)
+}
+
+/// A `POST` of `body` to `path`, signed now as the tests' app `app` with secret `secret`.
+pub fn signed_to(client: &reqwest::Client, base: &str, path: &str, body: Vec<u8>) -> reqwest::RequestBuilder {
     let ts = trailmark_server::now_ms() / 1000;
     client
-        .post(format!("{base}/v1/event"))
+        .post(format!("{base}{path}"))
         .header(protocol::HEADER_APP, "app")
         .header(protocol::HEADER_TIMESTAMP, ts.to_string())
         .header(protocol::HEADER_SIGNATURE, protocol::sign(b"secret", ts, &body))

@@ -1,13 +1,22 @@
 //! The PostgreSQL store's deletion of a data subject (`/v1/user/delete`).
 
 use super::reports::report_lock;
-use super::{PostgresStorage, pool_error};
+use tokio::sync::oneshot;
+use tokio_postgres::types::ToSql;
+
+use super::{ClickJob, PostgresStorage, pool_error};
 use crate::storage::sql;
 use crate::storage::{DeleteReport, DeletionAudit, DeletionStore, SUBJECT_TABLES, StorageFuture, Subject, backend};
 
 impl DeletionStore for PostgresStorage {
     fn delete_subject(&self, subject: Subject, audit: DeletionAudit) -> StorageFuture<'_, DeleteReport> {
         Box::pin(async move {
+            // Clicks are written behind their redirect: wait for those queued before this call,
+            // so the deletion sees them.
+            let (done, wait) = oneshot::channel();
+            if self.clicks.send(ClickJob::Barrier(done)).await.is_ok() {
+                let _ = wait.await;
+            }
             let mut client = self.pool.get().await.map_err(pool_error)?;
             let tx = client.transaction().await.map_err(backend)?;
             // Not while a report refresh runs: it could write back facts, sessions and users
@@ -25,45 +34,31 @@ impl DeletionStore for PostgresStorage {
                 anonymous_ids =
                     tx.query(query, &[&value]).await.map_err(backend)?.iter().map(|r| (r.get(0), r.get(1))).collect();
             }
+            // Clicks tied to the subject (its own, its installs' and touchpoints', and those that
+            // carry its installs' device ids) go first, the same set as SQLite's.
+            let mut click_ids: Vec<String> = Vec::new();
+            match &subject {
+                Subject::AnonymousId(a) => {
+                    click_ids.extend(rows_of(&tx, sql::ANONYMOUS_CLICK_IDS_ANY_APP, &[a]).await?);
+                }
+                Subject::DeviceId(d) => click_ids.extend(rows_of(&tx, sql::DEVICE_CLICK_IDS, &[d]).await?),
+                Subject::UserId(_) => {}
+            }
+            for (app, anon) in &anonymous_ids {
+                click_ids.extend(rows_of(&tx, sql::ANONYMOUS_CLICK_IDS, &[app, anon]).await?);
+            }
+            click_ids.sort();
+            click_ids.dedup();
             let mut report = DeleteReport::default();
-            // Clicks tied to the subject through its installs and touchpoints go first.
-            let mut linked: Vec<(Option<String>, String)> =
-                anonymous_ids.iter().map(|(app, anon)| (Some(app.clone()), anon.clone())).collect();
-            if let Subject::AnonymousId(anon) = &subject {
-                linked.push((None, anon.clone()));
-            }
-            for (app, anon) in &linked {
-                let gone = tx
-                    .query(
-                        "DELETE FROM clicks WHERE click_id IN (
-                             SELECT click_id FROM installs
-                              WHERE anonymous_id = $1 AND ($2::text IS NULL OR app_id = $2) AND click_id IS NOT NULL
-                             UNION SELECT click_id FROM touchpoints
-                              WHERE anonymous_id = $1 AND ($2::text IS NULL OR app_id = $2))
-                         RETURNING click_id",
-                        &[anon, app],
-                    )
-                    .await
-                    .map_err(backend)?;
-                report.rows += gone.len() as u64;
-                report.click_ids.extend(gone.iter().map(|r| r.get::<_, String>(0)));
-            }
+            let gone = tx
+                .query("DELETE FROM clicks WHERE click_id = ANY($1) RETURNING click_id", &[&click_ids])
+                .await
+                .map_err(backend)?;
+            report.rows += gone.len() as u64;
+            report.click_ids = click_ids;
             for (table, columns) in SUBJECT_TABLES {
                 for (kind, column) in *columns {
                     if *kind != subject.kind() {
-                        continue;
-                    }
-                    if *table == "clicks" {
-                        // The index forgets deleted clicks too.
-                        let gone = tx
-                            .query(
-                                "DELETE FROM clicks WHERE device_id IN ($1, lower($1)) RETURNING click_id",
-                                &[&value],
-                            )
-                            .await
-                            .map_err(backend)?;
-                        report.rows += gone.len() as u64;
-                        report.click_ids.extend(gone.iter().map(|r| r.get::<_, String>(0)));
                         continue;
                     }
                     report.rows +=
@@ -93,4 +88,13 @@ impl DeletionStore for PostgresStorage {
             Ok(report)
         })
     }
+}
+
+/// The first column of every row of `query`, as text.
+async fn rows_of(
+    tx: &tokio_postgres::Transaction<'_>,
+    query: &str,
+    args: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<String>, crate::storage::StorageError> {
+    Ok(tx.query(query, args).await.map_err(backend)?.iter().map(|r| r.get::<_, String>(0)).collect())
 }

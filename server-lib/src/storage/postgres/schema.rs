@@ -10,7 +10,7 @@ use crate::storage::{StorageError, backend};
 
 /// Migrations, applied in order inside one transaction under an advisory lock, so instances
 /// starting together do not race.
-fn migrations() -> [(i32, String); 5] {
+fn migrations() -> [(i32, String); 6] {
     let shared = |tables: &[&str]| ddl::render(tables, Dialect::Postgres);
     [
         (1, shared(&[ddl::EVENTS, ddl::DELETION_AUDIT])),
@@ -18,8 +18,16 @@ fn migrations() -> [(i32, String); 5] {
         (3, shared(&[ddl::INSTALLS, ddl::TOUCHPOINTS, ddl::FRAUD_ALERTS, ddl::POSTBACKS])),
         (4, shared(&[ddl::REENGAGEMENTS, ddl::CONVERSIONS, ddl::POSTBACK_ATTEMPTS])),
         (5, report_tables()),
+        (6, DEVICE_ID_FORM.to_owned()),
     ]
 }
+
+/// Schema version 6: events' device ids in the form every device id is stored in
+/// (`domain::records::device_id_form`: ASCII whitespace trimmed, ASCII letters lower-cased;
+/// `translate`, not `lower`, which would also fold non-ASCII letters).
+const DEVICE_ID_FORM: &str = "UPDATE events
+    SET device_id = nullif(translate(btrim(device_id, E' \\t\\n\\f\\r'), 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'), '')
+    WHERE device_id IS DISTINCT FROM nullif(translate(btrim(device_id, E' \\t\\n\\f\\r'), 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz'), '');";
 
 /// Schema version 5: the report tables, filled from the rows stored before.
 fn report_tables() -> String {

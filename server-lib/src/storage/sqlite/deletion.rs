@@ -3,6 +3,7 @@
 use rusqlite::{Connection, Transaction, params};
 
 use super::SqliteStorage;
+use super::links::flush_clicks;
 use crate::storage::sql::{self, sqlite, to_sqlite};
 use crate::storage::{
     DeleteReport, DeletionAudit, DeletionStore, SUBJECT_TABLES, StorageError, StorageFuture, Subject, backend,
@@ -10,7 +11,12 @@ use crate::storage::{
 
 impl DeletionStore for SqliteStorage {
     fn delete_subject(&self, subject: Subject, audit: DeletionAudit) -> StorageFuture<'_, DeleteReport> {
-        self.write(1, move |tx| delete_in(tx, &subject, &audit))
+        // Clicks still buffered for the writer go in first, so the deletion sees them.
+        let clicks = self.clicks.clone();
+        self.write(1, move |tx| {
+            flush_clicks(&clicks, tx)?;
+            delete_in(tx, &subject, &audit)
+        })
     }
 }
 
@@ -47,7 +53,7 @@ fn delete_in(tx: &Transaction<'_>, subject: &Subject, audit: &DeletionAudit) -> 
             tx.execute(
                 &format!(
                     "DELETE FROM etl_pending WHERE rowid IN (SELECT p.rowid FROM etl_pending p JOIN events e
-                        ON e.app_id = p.app_id AND e.event_id = p.event_id WHERE e.{column} IN (?1, lower(?1)))"
+                        ON e.app_id = p.app_id AND e.event_id = p.event_id WHERE e.{column} = ?1)"
                 ),
                 [subject.value()],
             )
@@ -65,7 +71,6 @@ fn delete_in(tx: &Transaction<'_>, subject: &Subject, audit: &DeletionAudit) -> 
     for (table, columns) in SUBJECT_TABLES {
         for (kind, column) in *columns {
             if *kind == subject.kind() {
-                // Device ids: as sent, and lower-cased as clicks and installs store them.
                 report.rows += tx
                     .execute(&to_sqlite(&sql::delete_by_subject(table, column)), [subject.value()])
                     .map_err(backend)? as u64;
@@ -100,50 +105,21 @@ fn subject_click_ids(
     anonymous_ids: &[(String, String)],
 ) -> Result<Vec<String>, StorageError> {
     let mut ids = Vec::new();
-    let mut collect = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> Result<(), StorageError> {
-        let mut stmt = tx.prepare(sql).map_err(backend)?;
+    let mut collect = |query: &str, args: &[&dyn rusqlite::ToSql]| -> Result<(), StorageError> {
+        let mut stmt = tx.prepare(&to_sqlite(query)).map_err(backend)?;
         let rows = stmt.query_map(args, |r| r.get::<_, String>(0)).map_err(backend)?;
         for row in rows {
             ids.push(row.map_err(backend)?);
         }
         Ok(())
     };
-    // Device ids are stored lower-cased on clicks and installs.
-    const INSTALL_DEVICES: &str =
-        "SELECT idfa FROM installs WHERE app_id = ?1 AND anonymous_id = ?2 AND idfa IS NOT NULL
-         UNION SELECT idfv FROM installs WHERE app_id = ?1 AND anonymous_id = ?2 AND idfv IS NOT NULL
-         UNION SELECT gaid FROM installs WHERE app_id = ?1 AND anonymous_id = ?2 AND gaid IS NOT NULL
-         UNION SELECT android_id FROM installs WHERE app_id = ?1 AND anonymous_id = ?2 AND android_id IS NOT NULL";
     match subject {
-        Subject::AnonymousId(a) => {
-            collect("SELECT click_id FROM installs WHERE anonymous_id = ?1 AND click_id IS NOT NULL", &[a])?;
-            collect("SELECT click_id FROM touchpoints WHERE anonymous_id = ?1", &[a])?;
-            collect(
-                "SELECT c.click_id FROM clicks c JOIN installs i ON c.app_id = i.app_id
-                 AND c.device_id IN (i.idfa, i.idfv, i.gaid, i.android_id) WHERE i.anonymous_id = ?1",
-                &[a],
-            )?;
-        }
-        Subject::DeviceId(d) => {
-            collect(
-                "SELECT click_id FROM installs WHERE click_id IS NOT NULL
-                 AND (idfa = lower(?1) OR idfv = lower(?1) OR gaid = lower(?1) OR android_id = lower(?1))",
-                &[d],
-            )?;
-            collect("SELECT click_id FROM clicks WHERE device_id = lower(?1)", &[d])?;
-        }
+        Subject::AnonymousId(a) => collect(sql::ANONYMOUS_CLICK_IDS_ANY_APP, &[a])?,
+        Subject::DeviceId(d) => collect(sql::DEVICE_CLICK_IDS, &[d])?,
         Subject::UserId(_) => {}
     }
     for (app, anon) in anonymous_ids {
-        collect(
-            "SELECT click_id FROM installs WHERE app_id = ?1 AND anonymous_id = ?2 AND click_id IS NOT NULL",
-            &[app, anon],
-        )?;
-        collect("SELECT click_id FROM touchpoints WHERE app_id = ?1 AND anonymous_id = ?2", &[app, anon])?;
-        collect(
-            &format!("SELECT click_id FROM clicks WHERE app_id = ?1 AND device_id IN ({INSTALL_DEVICES})"),
-            &[app, anon],
-        )?;
+        collect(sql::ANONYMOUS_CLICK_IDS, &[app, anon])?;
     }
     ids.sort();
     ids.dedup();
@@ -159,11 +135,9 @@ pub fn count_subject_rows(conn: &Connection, subject: &Subject) -> Result<u64, S
                 continue;
             }
             let n: i64 = conn
-                .query_row(
-                    &format!("SELECT COUNT(*) FROM {table} WHERE {column} IN (?1, lower(?1))"),
-                    [subject.value()],
-                    |r| r.get(0),
-                )
+                .query_row(&format!("SELECT COUNT(*) FROM {table} WHERE {column} = ?1"), [subject.value()], |r| {
+                    r.get(0)
+                })
                 .map_err(backend)?;
             total += n as u64;
         }

@@ -4,7 +4,9 @@
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use serde_json::Value;
 
-use super::{CLICK_BUFFER, Job, SqliteStorage};
+use std::sync::Mutex;
+
+use super::{CLICK_BUFFER, ClickBuffer, Job, SqliteStorage};
 use crate::storage::sql::{self, campaign_columns, click_columns, sqlite};
 use crate::storage::{
     Campaign, ClickParams, ClickRecord, LinkAudit, LinkCatalog, LinkRecord, LinkStore, StorageError, StorageFuture,
@@ -39,15 +41,8 @@ impl LinkStore for SqliteStorage {
         };
         if schedule {
             let clicks = self.clicks.clone();
-            let f = move |tx: &rusqlite::Transaction<'_>| {
-                // Taken when the job runs, not when it was queued: every click buffered by then.
-                let rows = {
-                    let mut buffer = clicks.lock().unwrap_or_else(|p| p.into_inner());
-                    buffer.scheduled = false;
-                    std::mem::take(&mut buffer.rows)
-                };
-                rows.iter().try_for_each(|c| insert_touch(tx, c))
-            };
+            // Taken when the job runs, not when it was queued: every click buffered by then.
+            let f = move |tx: &rusqlite::Transaction<'_>| flush_clicks(&clicks, tx);
             if let Err(e) = self.submit(Box::new(Job { weight: 1, f: Some(f), out: None, reply: None })) {
                 // The click stays buffered; the next click schedules the flush again.
                 self.clicks.lock().unwrap_or_else(|p| p.into_inner()).scheduled = false;
@@ -66,6 +61,16 @@ impl LinkStore for SqliteStorage {
         // redirect, and the queue runs in order, so this sees every click queued before it.
         self.write(1, move |tx| click_params(tx, &click_id))
     }
+}
+
+/// Writes every click buffered for the writer (on the writer's transaction).
+pub(super) fn flush_clicks(clicks: &Mutex<ClickBuffer>, tx: &Transaction<'_>) -> Result<(), StorageError> {
+    let rows = {
+        let mut buffer = clicks.lock().unwrap_or_else(|p| p.into_inner());
+        buffer.scheduled = false;
+        std::mem::take(&mut buffer.rows)
+    };
+    rows.iter().try_for_each(|c| insert_touch(tx, c))
 }
 
 pub fn save_campaign(tx: &Transaction<'_>, c: &Campaign) -> Result<(), StorageError> {

@@ -96,7 +96,7 @@ pub struct SqliteStorage {
 const CLICK_BUFFER: usize = 100_000;
 
 #[derive(Default)]
-struct ClickBuffer {
+pub(super) struct ClickBuffer {
     rows: Vec<ClickRecord>,
     /// A flush job is in the writer's queue.
     scheduled: bool,

@@ -1,4 +1,4 @@
-//! The SQLite store's tables: the migrations up to schema version 3 (`PRAGMA user_version`).
+//! The SQLite store's tables: the migrations up to schema version 4 (`PRAGMA user_version`).
 //! The tables both stores share are in [`ddl`]; what is SQLite's own is here: the report
 //! queue numbered by `rowid`, the row triggers, one index, and the backfill of the report
 //! tables.
@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use crate::storage::ddl::{self, Dialect, day_key};
 use crate::storage::{StorageError, backend};
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
@@ -24,6 +24,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     }
     if version < 3 {
         tx.execute_batch(&schema_v3()).map_err(backend)?;
+    }
+    if version < 4 {
+        tx.execute_batch(DEVICE_ID_FORM).map_err(backend)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION};")).map_err(backend)?;
     tx.commit().map_err(backend)
@@ -67,6 +70,13 @@ fn schema_v3() -> String {
     ]
     .join("\n")
 }
+
+/// Schema version 4: events' device ids in the form every device id is stored in
+/// (`domain::records::device_id_form`: ASCII whitespace trimmed, ASCII letters lower-cased;
+/// SQLite's `lower` is ASCII-only), so a deletion compares them exactly.
+const DEVICE_ID_FORM: &str = "UPDATE events
+    SET device_id = nullif(lower(trim(device_id, ' ' || char(9, 10, 12, 13))), '')
+    WHERE device_id IS NOT NULL AND device_id IS NOT nullif(lower(trim(device_id, ' ' || char(9, 10, 12, 13))), '');";
 
 /// The report queue: every new event, numbered by `rowid`.
 const ETL_QUEUE: &str = "CREATE TABLE etl_pending (
