@@ -111,6 +111,7 @@ impl Answer<'_> {
                 let body = IngestResponse {
                     accepted: *accepted,
                     duplicates: *duplicates,
+                    suppressed: 0,
                     rejected: rejected
                         .iter()
                         .map(|(i, r)| Rejection { index: usize::from(*i), reason: (*r).to_owned() })
@@ -206,6 +207,7 @@ fn server_writes(ingest: &(u64, u64, Vec<(u64, &str)>), attribution: &Attributio
     let response = IngestResponse {
         accepted: ingest.0,
         duplicates: ingest.1,
+        suppressed: ingest.0 / 3,
         rejected: ingest.2.iter().map(|(i, r)| Rejection { index: *i as usize, reason: (*r).to_owned() }).collect(),
     };
     let text = serde_json::to_vec(&response).expect("serialises");

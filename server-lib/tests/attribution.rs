@@ -1347,3 +1347,106 @@ async fn a_postback_request_without_an_answer_ends_at_the_timeout_and_is_retried
     assert_eq!(error.as_deref(), Some("no answer within 200ms"));
     assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+/// After a deletion, a replay of the person's batch (an SDK retry, a replayed request) stores
+/// nothing and posts nothing back: the deleted events are tombstoned and the person's
+/// identifiers suppressed; the answer counts them as `suppressed`. `"suppress": false` keeps
+/// only the tombstones; a lifted suppression lets the person's new events in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_persons_replayed_batch_is_stored_nowhere_and_posted_back_nowhere() {
+    let (network, seen) = common::receiver().await;
+    let srv = start(move |c| {
+        c.postbacks = vec![trailmark_server::domain::postbacks::PostbackConfig {
+            network: "alpha".into(),
+            url: format!("{network}/pb?o={{event}}"),
+            events: vec!["purchase".into()],
+        }];
+    })
+    .await;
+    let (_, _, alpha) = srv.link("alpha").await;
+    let click = srv.web_click(&alpha, "").await;
+    let purchase =
+        srv.event_body("purchase", "anon-jane", Some("jane"), Some(&click), json!({"revenue": 5, "currency": "USD"}));
+    let view = srv.event_body("screen_view", "anon-jane", Some("jane"), None, json!({}));
+    let batch = json!({"batch": [purchase, view]});
+    let answer = |batch: Value| {
+        let srv = &srv;
+        async move {
+            let resp = srv.signed("/v1/event", &batch, &[]).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let first = answer(batch.clone()).await;
+    assert_eq!(first["accepted"], 2, "{first}");
+    for _ in 0..200 {
+        if !seen.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(seen.lock().unwrap().len(), 1, "the purchase's postback");
+
+    let (status, receipt) = srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"user_id": "jane"}))).await;
+    assert_eq!(status, 200, "{receipt}");
+    let conn = rusqlite::Connection::open(&srv.db).unwrap();
+    let rows = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    assert_eq!(rows("SELECT COUNT(*) FROM events"), 0);
+    assert_eq!(rows("SELECT COUNT(*) FROM postbacks"), 0);
+
+    // The replay, and a new event from her anonymous id: accepted, suppressed, stored nowhere.
+    let again = answer(batch.clone()).await;
+    assert_eq!((again["accepted"].as_u64(), again["suppressed"].as_u64()), (Some(0), Some(2)), "{again}");
+    let new = srv.event_body("screen_view", "anon-jane", None, None, json!({}));
+    assert_eq!(answer(new).await["suppressed"], 1);
+    let mut purchase_again = srv.event_body("purchase", "anon-other", Some("jane"), Some(&click), json!({}));
+    purchase_again["properties"] = json!({"revenue": 7, "currency": "USD"});
+    assert_eq!(answer(purchase_again).await["suppressed"], 1, "her user id on a new device");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(rows("SELECT COUNT(*) FROM events"), 0);
+    assert_eq!(rows("SELECT COUNT(*) FROM postbacks") + rows("SELECT COUNT(*) FROM conversions"), 0);
+    assert_eq!(seen.lock().unwrap().len(), 1, "no postback after the deletion: {:?}", seen.lock().unwrap());
+
+    // An install from her anonymous id: answered as organic, stored nowhere, not matched to
+    // her click.
+    let mut install = srv.install_body("web", json!({}));
+    install["anonymous_id"] = json!("anon-jane");
+    install["click_id"] = json!(click);
+    assert_eq!(srv.install(install, &[]).await["match_type"], "organic");
+    assert_eq!(rows("SELECT COUNT(*) FROM installs"), 0);
+
+    // The suppressions are listed by keyed hash only, and lifted by identifier or receipt.
+    let (status, listed) = srv.admin(reqwest::Method::GET, "/v1/suppressions", None).await;
+    assert_eq!(status, 200);
+    let listed = listed["suppressions"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 2, "jane and anon-jane: {listed:?}");
+    assert!(listed.iter().all(|s| s["receipt_id"] == receipt["receipt_id"]), "{listed:?}");
+    assert!(!format!("{listed:?}").contains("jane"), "{listed:?}");
+    let (status, lifted) =
+        srv.admin(reqwest::Method::POST, "/v1/suppressions/lift", Some(json!({"user_id": "jane"}))).await;
+    assert_eq!((status, lifted["lifted"].as_u64()), (200, Some(1)));
+    let back = srv.event_body("screen_view", "anon-new", Some("jane"), None, json!({}));
+    assert_eq!(answer(back).await["accepted"], 1, "a lifted suppression lets new events in");
+    assert_eq!(answer(batch).await["suppressed"], 2, "the deleted events stay deleted");
+    let (status, lifted) = srv
+        .admin(reqwest::Method::POST, "/v1/suppressions/lift", Some(json!({"receipt_id": receipt["receipt_id"]})))
+        .await;
+    assert_eq!((status, lifted["lifted"].as_u64()), (200, Some(1)), "anon-jane's");
+    for bad in [json!({}), json!({"receipt_id": "r", "user_id": "u"}), json!({"user_id": 5}), json!({"x": "y"})] {
+        let (status, body) = srv.admin(reqwest::Method::POST, "/v1/suppressions/lift", Some(bad.clone())).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+
+    // Without suppression: the deleted event stays deleted, the person may come back.
+    let joe = srv.event_body("screen_view", "anon-joe", Some("joe"), None, json!({}));
+    assert_eq!(answer(joe.clone()).await["accepted"], 1);
+    let (status, _) =
+        srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"user_id": "joe", "suppress": false}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer(joe).await["suppressed"], 1);
+    let later = srv.event_body("screen_view", "anon-joe", Some("joe"), None, json!({}));
+    assert_eq!(answer(later).await["accepted"], 1);
+    let (status, body) =
+        srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"user_id": "x", "suppress": "no"}))).await;
+    assert_eq!(status, 400, "{body}");
+}

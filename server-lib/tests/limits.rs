@@ -61,7 +61,17 @@ impl EventStore for Behind {
 }
 
 impl DeletionStore for Behind {
-    fn delete_subject(&self, _s: Subject, _a: DeletionAudit) -> StorageFuture<'_, DeleteReport> {
+    fn delete_subject(&self, _s: Subject, _a: DeletionAudit, _t: Tombstones) -> StorageFuture<'_, DeleteReport> {
+        busy()
+    }
+    /// Reads answer (nothing is tombstoned): only the writer is behind.
+    fn screen(&self, _app: String, _events: Vec<String>, _ids: Vec<String>) -> StorageFuture<'_, Screened> {
+        Box::pin(async { Ok(Screened::default()) })
+    }
+    fn suppressions(&self, _limit: usize) -> StorageFuture<'_, Vec<Suppression>> {
+        busy()
+    }
+    fn lift_suppressions(&self, _r: Option<String>, _h: Option<String>) -> StorageFuture<'_, u64> {
         busy()
     }
 }

@@ -9,7 +9,7 @@ use trailmark_core::protocol::{AttributionResult, MatchType};
 use trailmark_server::storage::{
     Campaign, ClickParams, ClickRecord, ConversionCredit, DeletionAudit, Destinations, DeviceKeys, FraudAlert,
     InstallCount, InstallLookup, InstallRecord, LinkAudit, LinkCatalog, LinkRecord, NewEvent, PostbackAttempt,
-    PostbackRecord, Reengagement, ReengagementFacts, Storage, Subject, Touchpoint, Utm,
+    PostbackRecord, Reengagement, ReengagementFacts, Screened, Storage, Subject, Tombstones, Touchpoint, Utm,
 };
 
 mod stores;
@@ -28,6 +28,7 @@ macro_rules! storage_suite {
             deleting_a_device_compares_its_stored_form,
             deleting_a_user_compares_exactly,
             deleting_nothing_is_fine,
+            a_deletion_leaves_tombstones_and_suppressions,
             a_second_instance_starts_on_the_same_data,
             campaigns_and_links_with_their_audit_log,
             clicks_are_written_behind_and_read_back_whole,
@@ -90,6 +91,13 @@ fn audit(kind: &'static str) -> DeletionAudit {
     }
 }
 
+/// The key the suite's tombstones and suppressions are hashed with.
+const TOMB_KEY: [u8; 32] = [7; 32];
+
+fn tomb(suppress: bool) -> Tombstones {
+    Tombstones { key: TOMB_KEY, suppress }
+}
+
 async fn count(store: &dyn Storage, subject: Subject) -> usize {
     store.recent_events(None, subject, 1000).await.unwrap().len()
 }
@@ -146,7 +154,7 @@ async fn deleting_a_user_takes_its_anonymous_ids_in_the_same_app(f: &Fixture) {
     let store = &*f.store;
     first_events(store).await;
     more_events(store).await;
-    let report = store.delete_subject(Subject::UserId("u1".into()), audit("user_id")).await.unwrap();
+    let report = store.delete_subject(Subject::UserId("u1".into()), audit("user_id"), tomb(true)).await.unwrap();
     assert_eq!(report.rows, 2, "e1 and e2 (anon-1 in app a)");
     assert_eq!(count(store, Subject::AnonymousId("anon-1".into())).await, 1, "app b's anon-1 stays");
     assert_eq!(count(store, Subject::UserId("u2".into())).await, 1, "another user stays");
@@ -159,9 +167,9 @@ async fn deleting_a_device_compares_its_stored_form(f: &Fixture) {
     let store = &*f.store;
     first_events(store).await;
     more_events(store).await;
-    let raw = store.delete_subject(Subject::DeviceId("DEV-1".into()), audit("device_id")).await.unwrap();
+    let raw = store.delete_subject(Subject::DeviceId("DEV-1".into()), audit("device_id"), tomb(true)).await.unwrap();
     assert_eq!(raw.rows, 0, "compared exactly: {raw:?}");
-    let report = store.delete_subject(Subject::device(" DEV-1\n"), audit("device_id")).await.unwrap();
+    let report = store.delete_subject(Subject::device(" DEV-1\n"), audit("device_id"), tomb(true)).await.unwrap();
     assert_eq!(report.rows, 1);
     assert_eq!(count(store, Subject::AnonymousId("anon-2".into())).await, 0);
 }
@@ -177,7 +185,7 @@ async fn deleting_a_user_compares_exactly(f: &Fixture) {
         ])
         .await
         .unwrap();
-    let report = store.delete_subject(Subject::UserId("Alice".into()), audit("user_id")).await.unwrap();
+    let report = store.delete_subject(Subject::UserId("Alice".into()), audit("user_id"), tomb(true)).await.unwrap();
     assert_eq!(report.rows, 1, "{report:?}");
     assert_eq!(count(store, Subject::UserId("Alice".into())).await, 0);
     assert_eq!(count(store, Subject::UserId("alice".into())).await, 1);
@@ -185,11 +193,52 @@ async fn deleting_a_user_compares_exactly(f: &Fixture) {
     assert_eq!(count(store, Subject::AnonymousId("anon-2".into())).await, 1);
 }
 
+/// A deletion tombstones the deleted events (keyed hashes) and suppresses the subject and the
+/// anonymous ids found with it; suppressions are listed and lifted (by receipt or identifier),
+/// tombstones stay; `suppress: false` leaves tombstones only.
+async fn a_deletion_leaves_tombstones_and_suppressions(f: &Fixture) {
+    let store = &*f.store;
+    first_events(store).await;
+    more_events(store).await;
+    let audit_u1 = audit("user_id");
+    let receipt = audit_u1.receipt_id.clone();
+    store.delete_subject(Subject::UserId("u1".into()), audit_u1, tomb(true)).await.unwrap();
+    let t = tomb(true);
+    let events = vec![t.event("a", "e1"), t.event("a", "E2"), t.event("a", "e3"), t.event("b", "e1")];
+    let ids = vec![t.id("user_id", "u1"), t.id("anonymous_id", "anon-1"), t.id("user_id", "u2"), t.id("user_id", "U1")];
+    let screened = store.screen("a".into(), events.clone(), ids.clone()).await.unwrap();
+    let mut tombstoned = screened.events.clone();
+    tombstoned.sort();
+    let mut expected = vec![events[0].clone(), events[1].clone()];
+    expected.sort();
+    assert_eq!(tombstoned, expected, "e1 and e2 of app a, not e3, not app b's e1");
+    let mut suppressed = screened.ids.clone();
+    suppressed.sort();
+    let mut expected = vec![ids[0].clone(), ids[1].clone()];
+    expected.sort();
+    assert_eq!(suppressed, expected, "u1 and anon-1, not u2, not U1");
+    let listed = store.suppressions(10).await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().all(|s| s.receipt_id == receipt && s.created_at == 1));
+    assert_eq!(store.lift_suppressions(None, Some(ids[1].clone())).await.unwrap(), 1);
+    assert_eq!(store.lift_suppressions(Some(receipt), None).await.unwrap(), 1);
+    assert_eq!(store.lift_suppressions(Some("nope".into()), None).await.unwrap(), 0);
+    let screened = store.screen("a".into(), events.clone(), ids.clone()).await.unwrap();
+    assert!(screened.ids.is_empty(), "{screened:?}");
+    assert_eq!(screened.events.len(), 2, "tombstones stay: {screened:?}");
+    // Without suppression: the events are tombstoned, the identifiers free.
+    store.delete_subject(Subject::UserId("u2".into()), audit("user_id"), tomb(false)).await.unwrap();
+    let screened = store.screen("a".into(), vec![t.event("a", "e5")], vec![t.id("user_id", "u2")]).await.unwrap();
+    assert_eq!(screened, Screened { events: vec![t.event("a", "e5")], ids: vec![] });
+    assert!(store.suppressions(10).await.unwrap().is_empty());
+}
+
 /// Deleting what is not there is fine.
 async fn deleting_nothing_is_fine(f: &Fixture) {
     let store = &*f.store;
     first_events(store).await;
-    let report = store.delete_subject(Subject::AnonymousId("nobody".into()), audit("anonymous_id")).await.unwrap();
+    let report =
+        store.delete_subject(Subject::AnonymousId("nobody".into()), audit("anonymous_id"), tomb(true)).await.unwrap();
     assert_eq!(report.rows, 0);
     assert_eq!(store.backlog(), 0);
 }
@@ -309,7 +358,7 @@ async fn clicks_are_written_behind_and_read_back_whole(f: &Fixture) {
 async fn clicks_go_with_their_device(f: &Fixture) {
     let store = &*f.store;
     record_clicks(store);
-    let report = store.delete_subject(Subject::device("DEV-1"), audit("device_id")).await.unwrap();
+    let report = store.delete_subject(Subject::device("DEV-1"), audit("device_id"), tomb(true)).await.unwrap();
     assert!(report.click_ids.contains(&"c1".to_owned()), "{report:?}");
     assert_eq!(store.load_touches(0).await.unwrap().len(), 1);
 }
@@ -431,7 +480,7 @@ async fn install_counts_per_campaign_and_hour(f: &Fixture) {
 async fn deleting_a_device_takes_its_installs_and_their_clicks(f: &Fixture) {
     let store = &*f.store;
     installs(store).await;
-    let report = store.delete_subject(Subject::device("GAID-9"), audit("device_id")).await.unwrap();
+    let report = store.delete_subject(Subject::device("GAID-9"), audit("device_id"), tomb(true)).await.unwrap();
     assert!(report.click_ids.contains(&"c9".to_owned()), "{report:?}");
     assert_eq!(store.install_by_event(None, "i1".into()).await.unwrap(), None);
     assert_eq!(store.install_by_event(None, "i2".into()).await.unwrap(), None);
@@ -607,7 +656,7 @@ async fn deleting_a_user_takes_its_conversion_data(f: &Fixture) {
     user_touchpoints(store).await;
     assert!(store.save_conversion(credits()).await.unwrap());
     let (_, p2) = postbacks(store).await;
-    let report = store.delete_subject(Subject::UserId("u7".into()), audit("user_id")).await.unwrap();
+    let report = store.delete_subject(Subject::UserId("u7".into()), audit("user_id"), tomb(true)).await.unwrap();
     assert!(report.rows >= 2 + 3 + 1 + 3 + 2 + 2, "{report:?}");
     assert!(!store.postback_pending(p2).await.unwrap());
     store.log_postback_attempt(attempt(p2, 1, Some(500), "pending")).await.unwrap();

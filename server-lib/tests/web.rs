@@ -111,7 +111,7 @@ async fn beacons_are_signed_in_the_query() {
     let r = send(task.url.clone(), task.body.clone()).await.unwrap();
     assert_eq!(r.status(), 200);
     let answer: Value = r.json().await.unwrap();
-    assert_eq!(answer, json!({"accepted": 3, "duplicates": 0, "rejected": []}));
+    assert_eq!(answer, json!({"accepted": 3, "duplicates": 0, "suppressed": 0, "rejected": []}));
     // The same beacon again is a duplicate, stored once.
     let answer: Value = send(task.url.clone(), task.body.clone()).await.unwrap().json().await.unwrap();
     assert_eq!(answer["duplicates"], 3);

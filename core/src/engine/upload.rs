@@ -266,6 +266,7 @@ impl<S: EventStore> Engine<S> {
                     response: IngestResponse {
                         accepted: 0,
                         duplicates: 0,
+                        suppressed: 0,
                         rejected: vec![protocol::Rejection { index: 0, reason: error_code(body).0 }],
                     },
                     status: *status,

@@ -160,8 +160,8 @@ impl DropReport {
 }
 
 impl IngestResponse {
-    /// Reads an ingest response (`accepted` and `duplicates` are required, `rejected` may be
-    /// missing); `None` when the text is not one.
+    /// Reads an ingest response (`accepted` and `duplicates` are required, `suppressed` and
+    /// `rejected` may be missing); `None` when the text is not one.
     pub fn from_json(body: &[u8]) -> Option<IngestResponse> {
         let text = core::str::from_utf8(body).ok()?;
         let value = crate::json::parse(text, 64).ok()?;
@@ -180,7 +180,16 @@ impl IngestResponse {
                 .collect::<Option<Vec<_>>>()?,
             Some(_) => return None,
         };
-        Some(IngestResponse { accepted: o.field_u64("accepted")?, duplicates: o.field_u64("duplicates")?, rejected })
+        let suppressed = match o.get("suppressed") {
+            None => 0,
+            Some(_) => o.field_u64("suppressed")?,
+        };
+        Some(IngestResponse {
+            accepted: o.field_u64("accepted")?,
+            duplicates: o.field_u64("duplicates")?,
+            suppressed,
+            rejected,
+        })
     }
 }
 
@@ -441,19 +450,21 @@ mod serde_agreement {
         let ingest = IngestResponse {
             accepted: 3,
             duplicates: 1,
+            suppressed: 2,
             rejected: vec![Rejection { index: 2, reason: "bad \"x\"".into() }],
         };
         let text = serde_json::to_vec(&ingest).unwrap();
         assert_eq!(IngestResponse::from_json(&text), Some(ingest));
         assert_eq!(
             IngestResponse::from_json(br#"{"accepted":1,"duplicates":0}"#),
-            Some(IngestResponse { accepted: 1, duplicates: 0, rejected: vec![] })
+            Some(IngestResponse { accepted: 1, duplicates: 0, suppressed: 0, rejected: vec![] })
         );
         for bad in [
             &b"<html>"[..],
             b"{}",
             br#"{"accepted":-1,"duplicates":0}"#,
             br#"{"accepted":1,"duplicates":0,"rejected":{}}"#,
+            br#"{"accepted":1,"duplicates":0,"suppressed":-1}"#,
         ] {
             assert_eq!(IngestResponse::from_json(bad), None);
             assert!(serde_json::from_slice::<IngestResponse>(bad).is_err());

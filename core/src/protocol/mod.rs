@@ -259,6 +259,10 @@ pub struct BatchEnvelope<E> {
 pub struct IngestResponse {
     pub accepted: u64,
     pub duplicates: u64,
+    /// Events accepted but not stored: from a deleted person (or a deleted event sent again),
+    /// see docs/privacy.md. An SDK treats them as delivered.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub suppressed: u64,
     #[cfg_attr(feature = "serde", serde(default))]
     pub rejected: Vec<Rejection>,
 }

@@ -21,6 +21,7 @@ pub mod ingest;
 pub mod install;
 pub mod links;
 pub mod postbacks;
+pub mod privacy;
 pub mod records;
 pub mod reports;
 pub mod stream;

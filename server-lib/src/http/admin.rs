@@ -1,8 +1,9 @@
 //! Admin and operations routes: the event inspector (`GET /v1/events?anonymous_id=…`, or
 //! `user_id`, `device_id`; optional `app_id`, `limit`: what the server stored for one device or
 //! user, newest first — what an SDK integrator checks while wiring up an app, like Adjust's
-//! testing console or Segment's debugger), a person's deletion (`POST /v1/user/delete`), the
-//! health check, and the answers for unknown paths and methods.
+//! testing console or Segment's debugger), a person's deletion (`POST /v1/user/delete`) and the
+//! suppressions it leaves (`GET /v1/suppressions`, `POST /v1/suppressions/lift`), the health
+//! check, and the answers for unknown paths and methods.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,6 +16,8 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{AdminAuth, Limited, parse_json};
+use trailmark_core::protocol::format_millis;
+
 use crate::domain::events::event_json;
 use crate::domain::records::Subject;
 use crate::service::deletion;
@@ -66,19 +69,95 @@ pub async fn events(
     Ok(Json(json!({ "events": events })))
 }
 
-/// `POST /v1/user/delete` `{"user_id" | "anonymous_id" | "device_id": "…"}` → `{"receipt_id",
-/// "rows_deleted", "warnings"?}`.
+/// `POST /v1/user/delete` `{"user_id" | "anonymous_id" | "device_id": "…", "suppress"?: bool}`
+/// → `{"receipt_id", "rows_deleted", "warnings"?}`. The deleted events are tombstoned; unless
+/// `"suppress": false`, later events from the subject's identifiers are answered as accepted
+/// but suppressed (not stored).
 pub async fn delete_user(
     State(state): State<Arc<AppState>>,
     AdminAuth(requested_by): AdminAuth,
     Limited(body): Limited<MAX_ADMIN_BODY>,
 ) -> Result<Json<Value>, ApiError> {
-    let value = parse_json(&body, 4)?;
-    let Value::Object(map) = value else {
-        return Err(ApiError::bad_request("invalid_body", "expected a JSON object"));
+    let map = object_body(&body)?;
+    let suppress = match map.get("suppress") {
+        None => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::bad_request("invalid_body", "suppress must be true or false")),
     };
+    let subject = body_subject(&map, &["suppress"])?
+        .ok_or_else(|| ApiError::bad_request("invalid_body", "give exactly one of user_id, anonymous_id, device_id"))?;
+    let done = deletion::delete(&state, subject, requested_by, suppress).await?;
+    let mut body = json!({"receipt_id": done.receipt_id, "rows_deleted": done.rows_deleted});
+    if !done.warnings.is_empty() {
+        body["warnings"] = json!(done.warnings);
+    }
+    Ok(Json(body))
+}
+
+/// `GET /v1/suppressions?limit=` → `{"suppressions": [{"id_hash", "kind", "receipt_id",
+/// "created_at"}]}`, newest first (identifiers as keyed hashes only).
+pub async fn suppressions(
+    State(state): State<Arc<AppState>>,
+    _admin: AdminAuth,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = match query.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(v) => v.parse::<usize>().ok().filter(|n| (1..=MAX_LIMIT).contains(n)).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", format!("limit must be a number from 1 to {MAX_LIMIT}"))
+        })?,
+    };
+    let rows = deletion::suppressions(&state, limit).await?;
+    let rows: Vec<Value> = rows
+        .into_iter()
+        .map(|s| {
+            json!({"id_hash": s.id_hash, "kind": s.kind, "receipt_id": s.receipt_id,
+            "created_at": format_millis(s.created_at)})
+        })
+        .collect();
+    Ok(Json(json!({"suppressions": rows})))
+}
+
+/// `POST /v1/suppressions/lift` `{"receipt_id": "…"}` (every suppression of that deletion) or
+/// `{"user_id" | "anonymous_id" | "device_id": "…"}` (that identifier) → `{"lifted": n}`.
+/// Tombstones of deleted events stay.
+pub async fn lift_suppressions(
+    State(state): State<Arc<AppState>>,
+    _admin: AdminAuth,
+    Limited(body): Limited<MAX_ADMIN_BODY>,
+) -> Result<Json<Value>, ApiError> {
+    let map = object_body(&body)?;
+    let receipt = match map.get("receipt_id") {
+        None => None,
+        Some(Value::String(r)) if !r.is_empty() && r.len() <= 64 => Some(r.clone()),
+        Some(_) => return Err(ApiError::bad_request("invalid_body", "receipt_id must be a deletion's receipt id")),
+    };
+    let subject = body_subject(&map, &["receipt_id"])?;
+    if receipt.is_some() == subject.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "give exactly one of receipt_id, user_id, anonymous_id, device_id",
+        ));
+    }
+    let lifted = deletion::lift(&state, receipt, subject).await?;
+    Ok(Json(json!({"lifted": lifted})))
+}
+
+fn object_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
+    match parse_json(body, 4)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::bad_request("invalid_body", "expected a JSON object")),
+    }
+}
+
+/// The subject a body names with `user_id`, `anonymous_id` or `device_id` (at most one);
+/// `allowed` names the body's other fields.
+fn body_subject(map: &serde_json::Map<String, Value>, allowed: &[&str]) -> Result<Option<Subject>, ApiError> {
     let mut subjects = Vec::new();
-    for (key, value) in &map {
+    for (key, value) in map {
+        if allowed.contains(&key.as_str()) {
+            continue;
+        }
         let Value::String(id) = value else {
             return Err(ApiError::bad_request("invalid_body", format!("{key} must be a string")));
         };
@@ -94,14 +173,11 @@ pub async fn delete_user(
             other => return Err(ApiError::bad_request("invalid_body", format!("unknown field {other:?}"))),
         });
     }
-    let [subject] = <[Subject; 1]>::try_from(subjects)
-        .map_err(|_| ApiError::bad_request("invalid_body", "give exactly one of user_id, anonymous_id, device_id"))?;
-    let done = deletion::delete(&state, subject, requested_by).await?;
-    let mut body = json!({"receipt_id": done.receipt_id, "rows_deleted": done.rows_deleted});
-    if !done.warnings.is_empty() {
-        body["warnings"] = json!(done.warnings);
+    match <[Subject; 1]>::try_from(subjects) {
+        Ok([s]) => Ok(Some(s)),
+        Err(v) if v.is_empty() => Ok(None),
+        Err(_) => Err(ApiError::bad_request("invalid_body", "give only one of user_id, anonymous_id, device_id")),
     }
-    Ok(Json(body))
 }
 
 /// `GET /healthz`.

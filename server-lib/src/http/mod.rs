@@ -122,6 +122,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/event", post(ingest::event))
         .route("/v1/user/delete", post(admin::delete_user))
+        .route("/v1/suppressions", get(admin::suppressions))
+        .route("/v1/suppressions/lift", post(admin::lift_suppressions))
         .route("/v1/events", get(admin::events))
         .route("/v1/install", post(install::install))
         .route("/v1/attribution/{event_id}", get(install::audit))

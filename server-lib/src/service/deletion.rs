@@ -2,10 +2,8 @@
 //! copies of their clicks in the touch index or the shared click cache, an audit record that
 //! holds only a keyed hash of the subject, and a deletion record on the event stream.
 
-use hmac::Mac;
-
 use super::{ServiceResult, Services};
-use crate::domain::enrich::keyed_hash;
+use crate::domain::privacy::{Suppression, Tombstones, id_hash, subject_hash};
 use crate::domain::records::{DeletionAudit, Subject};
 use crate::domain::stream::deletion_record;
 
@@ -18,13 +16,9 @@ pub struct Deletion {
     pub warnings: Vec<&'static str>,
 }
 
-/// A keyed hash of the subject for the audit log (no raw identifier is kept).
-fn subject_hash(key: &[u8; 32], subject: &Subject) -> String {
-    hex::encode(keyed_hash(key, &format!("{}:{}", subject.kind(), subject.value())).finalize().into_bytes())
-}
-
-/// Deletes `subject`'s data, audited as requested by `requested_by`.
-pub async fn delete(svc: &Services, subject: Subject, requested_by: String) -> ServiceResult<Deletion> {
+/// Deletes `subject`'s data, audited as requested by `requested_by`; tombstones keep the
+/// deleted events from coming back, and with `suppress` the subject's identifiers too.
+pub async fn delete(svc: &Services, subject: Subject, requested_by: String, suppress: bool) -> ServiceResult<Deletion> {
     let receipt_id = uuid::Uuid::new_v4().to_string();
     let audit = DeletionAudit {
         receipt_id: receipt_id.clone(),
@@ -34,7 +28,8 @@ pub async fn delete(svc: &Services, subject: Subject, requested_by: String) -> S
         requested_by,
     };
     let (subject_kind, subject_value) = (subject.kind(), subject.value().to_owned());
-    let report = svc.storage.delete_subject(subject, audit).await?;
+    let tombstones = Tombstones { key: svc.config.audit_key, suppress };
+    let report = svc.storage.delete_subject(subject, audit, tombstones).await?;
     let mut warnings = Vec::new();
     if let Err(e) = svc.clicks.forget(svc, &report.click_ids).await {
         // Storage is clean (a retry would find nothing to forget); the cached touches
@@ -48,4 +43,17 @@ pub async fn delete(svc: &Services, subject: Subject, requested_by: String) -> S
         sink.publish(vec![deletion_record(&receipt_id, subject_kind, &subject_value, at)]);
     }
     Ok(Deletion { receipt_id, rows_deleted: report.rows, warnings })
+}
+
+/// Suppressions, newest first.
+pub async fn suppressions(svc: &Services, limit: usize) -> ServiceResult<Vec<Suppression>> {
+    Ok(svc.storage.suppressions(limit).await?)
+}
+
+/// Lifts the suppressions of a deletion (by receipt id) or of one identifier.
+pub async fn lift(svc: &Services, receipt_id: Option<String>, subject: Option<Subject>) -> ServiceResult<u64> {
+    let hash = subject.map(|s| id_hash(&svc.config.audit_key, s.kind(), s.value()));
+    let lifted = svc.storage.lift_suppressions(receipt_id, hash).await?;
+    metrics::counter!("trailmark_suppressions_lifted_total").increment(lifted);
+    Ok(lifted)
 }

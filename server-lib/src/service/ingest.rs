@@ -2,6 +2,7 @@
 //! (deduplicated by event id), published to the stream once durable, and followed up
 //! (touchpoints, re-engagements, conversion credit).
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use serde_json::Value;
@@ -9,8 +10,11 @@ use trailmark_core::protocol::{DropReport, IngestResponse};
 
 use super::trace::store_span;
 use super::{ServiceError, ServiceResult, Services, conversions};
+use crate::domain::conversions::Followup;
 use crate::domain::enrich;
 use crate::domain::ingest::{IngestRules, Prepared, Sender, prepare};
+use crate::domain::privacy::{event_hash, id_hash};
+use crate::domain::records::NewEvent;
 use crate::domain::stream::event_record;
 use crate::storage::StorageError;
 
@@ -46,13 +50,17 @@ pub async fn ingest(
         geo: &geo,
         ip_enc: ip.and_then(|ip| svc.ip_cipher.encrypt(ip)),
     };
-    let Prepared { fresh, followups, rejected, dropped, clamped } = prepare(&rules, &sender, value)?;
+    let Prepared { mut fresh, mut followups, rejected, dropped, clamped } = prepare(&rules, &sender, value)?;
+    let suppressed = screen(svc, &app_id, &mut fresh, &mut followups).await?;
     record_sdk_drops(&app_id, &dropped);
     if clamped > 0 {
         metrics::counter!("trailmark_events_time_clamped_total", "app" => app_id.clone()).increment(clamped as u64);
     }
-    let mut response = IngestResponse { rejected, ..IngestResponse::default() };
-    let received = fresh.len() + response.rejected.len();
+    let mut response = IngestResponse { rejected, suppressed, ..IngestResponse::default() };
+    if suppressed > 0 {
+        metrics::counter!("trailmark_events_suppressed_total", "app" => app_id.clone()).increment(suppressed);
+    }
+    let received = fresh.len() + response.rejected.len() + suppressed as usize;
     metrics::counter!("trailmark_events_received_total", "app" => app_id.clone()).increment(received as u64);
     if !response.rejected.is_empty() {
         metrics::counter!("trailmark_events_rejected_total", "app" => app_id.clone())
@@ -97,4 +105,63 @@ fn record_sdk_drops(app: &str, d: &DropReport) {
                 .increment(n);
         }
     }
+}
+
+/// Takes out the events a deletion keeps out (docs/privacy.md): those whose id is tombstoned
+/// and those that carry a suppressed identifier, with their follow-ups. Returns how many.
+async fn screen(
+    svc: &Services,
+    app_id: &str,
+    fresh: &mut Vec<NewEvent>,
+    followups: &mut Vec<Followup>,
+) -> ServiceResult<u64> {
+    if fresh.is_empty() {
+        return Ok(0);
+    }
+    let key = &svc.config.audit_key;
+    let event_hashes: Vec<String> = fresh.iter().map(|e| event_hash(key, app_id, &e.event_id)).collect();
+    // A request's events usually share their identifiers: each is hashed once.
+    let mut id_hashes: HashMap<(&str, &str), String> = HashMap::new();
+    for e in fresh.iter() {
+        for (kind, value) in event_ids(e) {
+            id_hashes.entry((kind, value)).or_insert_with(|| id_hash(key, kind, value));
+        }
+    }
+    let found =
+        svc.storage.screen(app_id.to_owned(), event_hashes.clone(), id_hashes.values().cloned().collect()).await?;
+    if found.events.is_empty() && found.ids.is_empty() {
+        return Ok(0);
+    }
+    let tombstoned: HashSet<&str> = found.events.iter().map(String::as_str).collect();
+    let suppressed: HashSet<&str> = found.ids.iter().map(String::as_str).collect();
+    let keep: Vec<bool> = fresh
+        .iter()
+        .zip(&event_hashes)
+        .map(|(e, h)| {
+            !tombstoned.contains(h.as_str())
+                && !event_ids(e).any(|id| id_hashes.get(&id).is_some_and(|h| suppressed.contains(h.as_str())))
+        })
+        .collect();
+    let mut gone = HashSet::new();
+    let mut keep = keep.into_iter();
+    fresh.retain(|e| {
+        let kept = keep.next().unwrap_or(true);
+        if !kept {
+            gone.insert(e.event_id.clone());
+        }
+        kept
+    });
+    followups.retain(|f| !gone.contains(&f.event_id));
+    Ok(gone.len() as u64)
+}
+
+/// The identifiers of a stored event, by kind.
+fn event_ids(e: &NewEvent) -> impl Iterator<Item = (&'static str, &str)> {
+    [
+        ("anonymous_id", Some(e.anonymous_id.as_str())),
+        ("user_id", e.user_id.as_deref()),
+        ("device_id", e.device_id.as_deref()),
+    ]
+    .into_iter()
+    .filter_map(|(kind, v)| v.map(|v| (kind, v)))
 }

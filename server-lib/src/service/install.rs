@@ -13,6 +13,7 @@ use crate::domain::error::Refusal;
 use crate::domain::install::{
     AuditFacts, check_kind, decision_audit, device_time, lower, referrer_click_id, same_device, validate,
 };
+use crate::domain::privacy::{event_hash, id_hash};
 use crate::domain::records::{DeviceKeys, FraudAlert, InstallLookup, InstallRecord, Touchpoint};
 use crate::domain::stream::install_record;
 
@@ -53,6 +54,12 @@ pub async fn install(
         gaid: lower(&req.device.gaid),
         android_id: lower(&req.device.android_id),
     };
+    // A deleted person's device (or a deleted install sent again) is answered as organic and
+    // stored nowhere, attributed to nothing, posted back nowhere (docs/privacy.md).
+    if suppressed(svc, &app_id, &event_id, &keys).await? {
+        metrics::counter!("trailmark_installs_suppressed_total", "app" => app_id.clone()).increment(1);
+        return Ok(AttributionResult::organic(Default::default()));
+    }
     let InstallLookup { existing: done, last_install: first } =
         svc.storage.install_lookup(app_id.clone(), event_id.clone(), keys.clone()).await?;
     // A retry of an install already decided gets the same answer, if it comes from the same
@@ -245,4 +252,15 @@ pub async fn audit(svc: &Services, app_id: Option<String>, event_id: &str) -> Se
         "result": install.result,
         "audit": install.audit,
     }))
+}
+
+/// Whether the install's event id is tombstoned or one of its identifiers suppressed.
+async fn suppressed(svc: &Services, app_id: &str, event_id: &str, keys: &DeviceKeys) -> ServiceResult<bool> {
+    let key = &svc.config.audit_key;
+    let mut ids = vec![id_hash(key, "anonymous_id", &keys.anonymous_id)];
+    for device in [&keys.idfa, &keys.idfv, &keys.gaid, &keys.android_id].into_iter().flatten() {
+        ids.push(id_hash(key, "device_id", device));
+    }
+    let found = svc.storage.screen(app_id.to_owned(), vec![event_hash(key, app_id, event_id)], ids).await?;
+    Ok(!found.events.is_empty() || !found.ids.is_empty())
 }

@@ -107,6 +107,22 @@ pub const DELETION_AUDIT: &str = "CREATE TABLE deletion_audit (
     requested_by TEXT NOT NULL
 );";
 
+/// What keeps deleted data deleted (`domain::privacy`): keyed hashes of deleted events, and
+/// of deleted people's identifiers with the deletion that suppressed them.
+pub const TOMBSTONES: &str = "CREATE TABLE tombstones (
+    app_id TEXT NOT NULL,
+    event_hash TEXT NOT NULL,
+    deleted_at {i64} NOT NULL,
+    PRIMARY KEY (app_id, event_hash)
+){without_rowid};
+CREATE TABLE suppressions (
+    id_hash TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    receipt_id TEXT NOT NULL,
+    created_at {i64} NOT NULL
+);
+CREATE INDEX suppressions_receipt ON suppressions (receipt_id);";
+
 // ---------------------------------------------------------------------------------------------
 // Attribution.
 

@@ -20,6 +20,7 @@ mod sql;
 pub mod sqlite;
 pub mod star;
 
+pub use crate::domain::privacy::{Screened, Suppression, Tombstones};
 pub use crate::domain::records::*;
 pub use sqlite::{Durability, SqliteStorage, count_subject_rows, open_connection, stored_type};
 
@@ -158,11 +159,39 @@ pub trait ReportStore: Send + Sync + 'static {
     fn report(&self, query: ReportQuery) -> StorageFuture<'_, ReportRows>;
 }
 
-/// Deletion of a data subject (`/v1/user/delete`).
+/// Deletion of a data subject (`/v1/user/delete`), and what keeps it deleted.
 pub trait DeletionStore: Send + Sync + 'static {
     /// Deletes every row that refers to the subject (and the anonymous ids seen with a user id),
-    /// writes the audit record, and reports what was deleted.
-    fn delete_subject(&self, subject: Subject, audit: DeletionAudit) -> StorageFuture<'_, DeleteReport>;
+    /// writes the audit record, leaves a tombstone for every deleted event and (when
+    /// `tombstones.suppress`) a suppression for the subject and each anonymous id found with
+    /// it, all in one transaction, and reports what was deleted.
+    fn delete_subject(
+        &self,
+        subject: Subject,
+        audit: DeletionAudit,
+        tombstones: Tombstones,
+    ) -> StorageFuture<'_, DeleteReport>;
+    /// Which of `event_hashes` (of app `app_id`) are tombstoned and which of `id_hashes` are
+    /// suppressed.
+    fn screen(&self, app_id: String, event_hashes: Vec<String>, id_hashes: Vec<String>) -> StorageFuture<'_, Screened>;
+    /// Suppressions, newest first, at most `limit`.
+    fn suppressions(&self, limit: usize) -> StorageFuture<'_, Vec<Suppression>>;
+    /// Lifts the suppressions a deletion made (by its receipt id) or one identifier's (by its
+    /// hash); returns how many were lifted. Tombstones of deleted events stay.
+    fn lift_suppressions(&self, receipt_id: Option<String>, id_hash: Option<String>) -> StorageFuture<'_, u64>;
+}
+
+/// The identifiers a deletion suppresses: the subject's own, and each anonymous id found with
+/// it (as `(kind, value)`).
+pub(crate) fn suppressed_ids<'a>(
+    subject: &'a Subject,
+    anonymous_ids: &'a [(String, String)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut ids = vec![(subject.kind(), subject.value())];
+    ids.extend(anonymous_ids.iter().map(|(_, anon)| ("anonymous_id", anon.as_str())));
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// What the server needs from storage: every concern's trait. Implemented for any type that
@@ -208,6 +237,8 @@ pub const SUBJECT_TABLES: &[(&str, &[(&str, &str)])] = &[
 /// holds event keys only (a deleted event's entry is skipped, then purged).
 pub const NON_SUBJECT_TABLES: &[&str] = &[
     "deletion_audit",
+    "tombstones",
+    "suppressions",
     "campaigns",
     "links",
     "link_audit",

@@ -226,6 +226,32 @@ pub const ANONYMOUS_CLICK_IDS_ANY_APP: &str =
      UNION SELECT c.click_id FROM clicks c JOIN installs i ON c.app_id = i.app_id
         AND c.device_id IN (i.idfa, i.idfv, i.gaid, i.android_id) WHERE i.anonymous_id = $1";
 
+/// Tables whose rows are events a deletion tombstones (by `(app_id, event_id)`).
+pub const TOMBSTONED_TABLES: [&str; 2] = ["events", "installs"];
+
+/// The keys of `table`'s rows of an anonymous id ($2) in one app ($1), for tombstones.
+pub fn anonymous_events(table: &str) -> String {
+    format!("SELECT app_id, event_id FROM {table} WHERE app_id = $1 AND anonymous_id = $2")
+}
+
+/// The keys of `table`'s rows whose `column` holds the subject ($1), for tombstones.
+pub fn subject_events(table: &str, column: &str) -> String {
+    format!("SELECT app_id, event_id FROM {table} WHERE {column} = $1")
+}
+
+pub const INSERT_TOMBSTONE: &str =
+    "INSERT INTO tombstones (app_id, event_hash, deleted_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
+
+/// A suppression; an identifier suppressed again keeps its first deletion's receipt.
+pub const INSERT_SUPPRESSION: &str =
+    "INSERT INTO suppressions (id_hash, kind, receipt_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING";
+
+pub const SUPPRESSIONS: &str =
+    "SELECT id_hash, kind, receipt_id, created_at FROM suppressions ORDER BY created_at DESC, id_hash LIMIT $1";
+
+/// Lifts suppressions by receipt ($1) or identifier hash ($2), whichever is given.
+pub const LIFT_SUPPRESSIONS: &str = "DELETE FROM suppressions WHERE receipt_id = $1 OR id_hash = $2";
+
 pub const INSERT_DELETION_AUDIT: &str =
     "INSERT INTO deletion_audit (receipt_id, subject_kind, subject_hash, rows_deleted, requested_at, requested_by)
      VALUES ($1, $2, $3, $4, $5, $6)";

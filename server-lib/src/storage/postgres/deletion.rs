@@ -6,10 +6,18 @@ use tokio_postgres::types::ToSql;
 
 use super::{ClickJob, PostgresStorage, pool_error};
 use crate::storage::sql;
-use crate::storage::{DeleteReport, DeletionAudit, DeletionStore, SUBJECT_TABLES, StorageFuture, Subject, backend};
+use crate::storage::{
+    DeleteReport, DeletionAudit, DeletionStore, SUBJECT_TABLES, Screened, StorageFuture, Subject, Suppression,
+    Tombstones, backend, suppressed_ids,
+};
 
 impl DeletionStore for PostgresStorage {
-    fn delete_subject(&self, subject: Subject, audit: DeletionAudit) -> StorageFuture<'_, DeleteReport> {
+    fn delete_subject(
+        &self,
+        subject: Subject,
+        audit: DeletionAudit,
+        tombstones: Tombstones,
+    ) -> StorageFuture<'_, DeleteReport> {
         Box::pin(async move {
             // Clicks are written behind their redirect: wait for those queued before this call,
             // so the deletion sees them.
@@ -33,6 +41,32 @@ impl DeletionStore for PostgresStorage {
             if let Some(query) = expansion {
                 anonymous_ids =
                     tx.query(query, &[&value]).await.map_err(backend)?.iter().map(|r| (r.get(0), r.get(1))).collect();
+            }
+            // Tombstones of the events about to go, and the suppressions.
+            let mut keys: Vec<(String, String)> = Vec::new();
+            for (table, columns) in SUBJECT_TABLES.iter().filter(|(t, _)| sql::TOMBSTONED_TABLES.contains(t)) {
+                for (kind, column) in *columns {
+                    if *kind == subject.kind() {
+                        keys.extend(pairs_of(&tx, &sql::subject_events(table, column), &[&value]).await?);
+                    }
+                }
+                for (app, anon) in &anonymous_ids {
+                    keys.extend(pairs_of(&tx, &sql::anonymous_events(table), &[app, anon]).await?);
+                }
+            }
+            let insert = tx.prepare_cached(sql::INSERT_TOMBSTONE).await.map_err(backend)?;
+            for (app, event_id) in &keys {
+                tx.execute(&insert, &[app, &tombstones.event(app, event_id), &audit.requested_at])
+                    .await
+                    .map_err(backend)?;
+            }
+            if tombstones.suppress {
+                let insert = tx.prepare_cached(sql::INSERT_SUPPRESSION).await.map_err(backend)?;
+                for (kind, id) in suppressed_ids(&subject, &anonymous_ids) {
+                    tx.execute(&insert, &[&tombstones.id(kind, id), &kind, &audit.receipt_id, &audit.requested_at])
+                        .await
+                        .map_err(backend)?;
+                }
             }
             // Clicks tied to the subject (its own, its installs' and touchpoints', and those that
             // carry its installs' device ids) go first, the same set as SQLite's.
@@ -88,6 +122,54 @@ impl DeletionStore for PostgresStorage {
             Ok(report)
         })
     }
+
+    fn screen(&self, app_id: String, event_hashes: Vec<String>, id_hashes: Vec<String>) -> StorageFuture<'_, Screened> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let events = client
+                .query(
+                    "SELECT event_hash FROM tombstones WHERE app_id = $1 AND event_hash = ANY($2)",
+                    &[&app_id, &event_hashes],
+                )
+                .await
+                .map_err(backend)?;
+            let ids = client
+                .query("SELECT id_hash FROM suppressions WHERE id_hash = ANY($1)", &[&id_hashes])
+                .await
+                .map_err(backend)?;
+            Ok(Screened {
+                events: events.iter().map(|r| r.get(0)).collect(),
+                ids: ids.iter().map(|r| r.get(0)).collect(),
+            })
+        })
+    }
+
+    fn suppressions(&self, limit: usize) -> StorageFuture<'_, Vec<Suppression>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let rows = client.query(sql::SUPPRESSIONS, &[&(limit as i64)]).await.map_err(backend)?;
+            Ok(rows
+                .iter()
+                .map(|r| Suppression { id_hash: r.get(0), kind: r.get(1), receipt_id: r.get(2), created_at: r.get(3) })
+                .collect())
+        })
+    }
+
+    fn lift_suppressions(&self, receipt_id: Option<String>, id_hash: Option<String>) -> StorageFuture<'_, u64> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            client.execute(sql::LIFT_SUPPRESSIONS, &[&receipt_id, &id_hash]).await.map_err(backend)
+        })
+    }
+}
+
+/// The first two columns of every row of `query`, as text.
+async fn pairs_of(
+    tx: &tokio_postgres::Transaction<'_>,
+    query: &str,
+    args: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<(String, String)>, crate::storage::StorageError> {
+    Ok(tx.query(query, args).await.map_err(backend)?.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
 /// The first column of every row of `query`, as text.

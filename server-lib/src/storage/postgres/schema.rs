@@ -10,7 +10,7 @@ use crate::storage::{StorageError, backend};
 
 /// Migrations, applied in order inside one transaction under an advisory lock, so instances
 /// starting together do not race.
-fn migrations() -> [(i32, String); 6] {
+fn migrations() -> [(i32, String); 7] {
     let shared = |tables: &[&str]| ddl::render(tables, Dialect::Postgres);
     [
         (1, shared(&[ddl::EVENTS, ddl::DELETION_AUDIT])),
@@ -19,6 +19,7 @@ fn migrations() -> [(i32, String); 6] {
         (4, shared(&[ddl::REENGAGEMENTS, ddl::CONVERSIONS, ddl::POSTBACK_ATTEMPTS])),
         (5, report_tables()),
         (6, DEVICE_ID_FORM.to_owned()),
+        (7, shared(&[ddl::TOMBSTONES])),
     ]
 }
 

@@ -6,21 +6,72 @@ use super::SqliteStorage;
 use super::links::flush_clicks;
 use crate::storage::sql::{self, sqlite, to_sqlite};
 use crate::storage::{
-    DeleteReport, DeletionAudit, DeletionStore, SUBJECT_TABLES, StorageError, StorageFuture, Subject, backend,
+    DeleteReport, DeletionAudit, DeletionStore, SUBJECT_TABLES, Screened, StorageError, StorageFuture, Subject,
+    Suppression, Tombstones, backend, suppressed_ids,
 };
 
 impl DeletionStore for SqliteStorage {
-    fn delete_subject(&self, subject: Subject, audit: DeletionAudit) -> StorageFuture<'_, DeleteReport> {
+    fn delete_subject(
+        &self,
+        subject: Subject,
+        audit: DeletionAudit,
+        tombstones: Tombstones,
+    ) -> StorageFuture<'_, DeleteReport> {
         // Clicks still buffered for the writer go in first, so the deletion sees them.
         let clicks = self.clicks.clone();
         self.write(1, move |tx| {
             flush_clicks(&clicks, tx)?;
-            delete_in(tx, &subject, &audit)
+            delete_in(tx, &subject, &audit, &tombstones)
+        })
+    }
+
+    fn screen(&self, app_id: String, event_hashes: Vec<String>, id_hashes: Vec<String>) -> StorageFuture<'_, Screened> {
+        self.read(move |conn| {
+            let mut found = Screened::default();
+            let mut tombstoned = conn
+                .prepare_cached("SELECT 1 FROM tombstones WHERE app_id = ?1 AND event_hash = ?2")
+                .map_err(backend)?;
+            for h in event_hashes {
+                if tombstoned.exists(params![app_id, h]).map_err(backend)? {
+                    found.events.push(h);
+                }
+            }
+            let mut suppressed =
+                conn.prepare_cached("SELECT 1 FROM suppressions WHERE id_hash = ?1").map_err(backend)?;
+            for h in id_hashes {
+                if suppressed.exists([&h]).map_err(backend)? {
+                    found.ids.push(h);
+                }
+            }
+            Ok(found)
+        })
+    }
+
+    fn suppressions(&self, limit: usize) -> StorageFuture<'_, Vec<Suppression>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(sqlite!(sql::SUPPRESSIONS)).map_err(backend)?;
+            stmt.query_map([limit as i64], |r| {
+                Ok(Suppression { id_hash: r.get(0)?, kind: r.get(1)?, receipt_id: r.get(2)?, created_at: r.get(3)? })
+            })
+            .map_err(backend)?
+            .collect::<Result<_, _>>()
+            .map_err(backend)
+        })
+    }
+
+    fn lift_suppressions(&self, receipt_id: Option<String>, id_hash: Option<String>) -> StorageFuture<'_, u64> {
+        self.write(1, move |tx| {
+            Ok(tx.execute(sqlite!(sql::LIFT_SUPPRESSIONS), params![receipt_id, id_hash]).map_err(backend)? as u64)
         })
     }
 }
 
-fn delete_in(tx: &Transaction<'_>, subject: &Subject, audit: &DeletionAudit) -> Result<DeleteReport, StorageError> {
+fn delete_in(
+    tx: &Transaction<'_>,
+    subject: &Subject,
+    audit: &DeletionAudit,
+    tombstones: &Tombstones,
+) -> Result<DeleteReport, StorageError> {
     // A user's anonymous ids, seen on events of the same app together with the user id, are the
     // same person. The pairing is per app: an anonymous id means nothing across apps.
     // A device's anonymous ids (on its events and installs) are the same device.
@@ -39,6 +90,7 @@ fn delete_in(tx: &Transaction<'_>, subject: &Subject, audit: &DeletionAudit) -> 
             .collect::<Result<_, _>>()
             .map_err(backend)?;
     }
+    leave_tombstones(tx, subject, &anonymous_ids, audit, tombstones)?;
     // Clicks tied to the subject through its installs and touchpoints go too.
     let mut report = DeleteReport { rows: 0, click_ids: subject_click_ids(tx, subject, &anonymous_ids)? };
     for id in &report.click_ids {
@@ -96,6 +148,49 @@ fn delete_in(tx: &Transaction<'_>, subject: &Subject, audit: &DeletionAudit) -> 
     )
     .map_err(backend)?;
     Ok(report)
+}
+
+/// Tombstones for the events about to be deleted and, when asked, suppressions of the
+/// subject's identifiers.
+fn leave_tombstones(
+    tx: &Transaction<'_>,
+    subject: &Subject,
+    anonymous_ids: &[(String, String)],
+    audit: &DeletionAudit,
+    tombstones: &Tombstones,
+) -> Result<(), StorageError> {
+    let mut keys: Vec<(String, String)> = Vec::new();
+    let mut collect = |query: &str, args: &[&dyn rusqlite::ToSql]| -> Result<(), StorageError> {
+        let mut stmt = tx.prepare_cached(&to_sqlite(query)).map_err(backend)?;
+        let rows = stmt.query_map(args, |r| Ok((r.get(0)?, r.get(1)?))).map_err(backend)?;
+        for row in rows {
+            keys.push(row.map_err(backend)?);
+        }
+        Ok(())
+    };
+    for (table, columns) in SUBJECT_TABLES.iter().filter(|(t, _)| sql::TOMBSTONED_TABLES.contains(t)) {
+        for (kind, column) in *columns {
+            if *kind == subject.kind() {
+                collect(&sql::subject_events(table, column), &[&subject.value()])?;
+            }
+        }
+        for (app, anon) in anonymous_ids {
+            collect(&sql::anonymous_events(table), &[app, anon])?;
+        }
+    }
+    let mut insert = tx.prepare_cached(sqlite!(sql::INSERT_TOMBSTONE)).map_err(backend)?;
+    for (app, event_id) in &keys {
+        insert.execute(params![app, tombstones.event(app, event_id), audit.requested_at]).map_err(backend)?;
+    }
+    if tombstones.suppress {
+        let mut insert = tx.prepare_cached(sqlite!(sql::INSERT_SUPPRESSION)).map_err(backend)?;
+        for (kind, value) in suppressed_ids(subject, anonymous_ids) {
+            insert
+                .execute(params![tombstones.id(kind, value), kind, audit.receipt_id, audit.requested_at])
+                .map_err(backend)?;
+        }
+    }
+    Ok(())
 }
 
 /// Click ids tied to the subject through its installs and touchpoints.
