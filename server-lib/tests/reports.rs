@@ -387,8 +387,9 @@ async fn reports_on(postgres: Option<&str>) {
         1
     );
 
-    // An event deleted before the refresh took it, then sent again: its queue entry went with
-    // it, and the resend is suppressed (tombstoned), so the refresh makes no fact of it.
+    // An event deleted before the refresh took it, then sent again: the resend is suppressed
+    // (tombstoned), and the refresh makes no fact of its queue entry (SQLite deletes the entry
+    // with the event; PostgreSQL's is skipped, then purged).
     let e = json!({
         "event_id": "7d1f0a52-6a4e-4d4e-9c3e-2f1b0c9d8e71", "type": "app_open", "timestamp": protocol::format_millis(T0), "anonymous_id": "z1",
         "properties": {},
@@ -400,7 +401,6 @@ async fn reports_on(postgres: Option<&str>) {
     assert_eq!(s, 200);
     let resent: Value = srv.signed("/v1/event", &e).send().await.unwrap().json().await.unwrap();
     assert_eq!((resent["accepted"].as_u64(), resent["suppressed"].as_u64()), (Some(0), Some(1)), "{resent}");
-    assert_eq!(srv.count("SELECT count(*) FROM etl_pending").await, 0);
     let r = srv.state.maintenance.refresh().await.unwrap();
     assert_eq!(srv.count("SELECT count(*) FROM events WHERE anonymous_id = 'z1'").await, 0, "{r:?}");
     assert_eq!(srv.count("SELECT count(*) FROM fact_events WHERE anonymous_id = 'z1'").await, 0, "{r:?}");
