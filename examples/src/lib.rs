@@ -125,6 +125,10 @@ pub struct ServerArgs {
     /// Kafka topic prefix [default: trailmark].
     #[arg(long)]
     pub kafka_topic_prefix: Option<String>,
+    /// How deletion records on the stream name people: clear, or hashed (keyed hashes, for a
+    /// shared topic) [default: clear].
+    #[arg(long)]
+    pub stream_deletion_ids: Option<String>,
     /// Export trace spans to an OpenTelemetry collector over OTLP/HTTP (JSON), e.g.
     /// http://otel-collector:4318 (spans go to <url>/v1/traces).
     #[arg(long)]
@@ -430,6 +434,7 @@ struct FileConfig {
     keys: Option<PathBuf>,
     kafka: Option<String>,
     kafka_topic_prefix: Option<String>,
+    stream_deletion_ids: Option<String>,
     /// Extra librdkafka producer properties, e.g. { "compression.type" = "lz4" }.
     kafka_properties: Option<std::collections::BTreeMap<String, String>>,
     otlp_endpoint: Option<String>,
@@ -479,6 +484,8 @@ pub struct Settings {
     pub kafka: Option<String>,
     pub kafka_topic_prefix: String,
     pub kafka_properties: Vec<(String, String)>,
+    /// How deletion records on the stream name people.
+    pub stream_deletion_ids: trailmark_server::domain::config::StreamIds,
     /// OTLP/HTTP collector base URL.
     pub otlp_endpoint: Option<String>,
     /// Postback timeout, requests in flight and queue size per network.
@@ -616,6 +623,11 @@ impl ServerArgs {
                 .or(file.kafka_topic_prefix)
                 .unwrap_or_else(|| "trailmark".into()),
             kafka_properties: file.kafka_properties.unwrap_or_default().into_iter().collect(),
+            stream_deletion_ids: match self.stream_deletion_ids.clone().or(file.stream_deletion_ids) {
+                None => Default::default(),
+                Some(v) => trailmark_server::domain::config::StreamIds::parse(&v)
+                    .ok_or_else(|| format!("--stream-deletion-ids: {v:?} is not clear or hashed"))?,
+            },
             otlp_endpoint: self.otlp_endpoint.clone().or(file.otlp_endpoint),
             keys: match self.keys.clone().or(file.keys) {
                 Some(k) => k,
@@ -855,6 +867,7 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
         config = config.with_network(name.clone(), secret.clone());
     }
     config.proxy_hops = settings.proxy_hops;
+    config.stream.deletion_ids = settings.stream_deletion_ids;
     config.limits.body_timeout_ms = settings.body_timeout.as_millis() as u64;
     if let Some(max) = settings.max_revenue {
         config.limits.max_revenue = max;

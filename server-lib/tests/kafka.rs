@@ -79,7 +79,7 @@ async fn accepted_events_are_published_once_by_family_in_order() {
     let resp = client
         .post(format!("{base}/v1/user/delete"))
         .bearer_auth("test-admin-key-0123456789")
-        .json(&json!({"anonymous_id": "a9"}))
+        .json(&json!({"user_id": "user-7"}))
         .send()
         .await
         .unwrap();
@@ -125,6 +125,9 @@ async fn accepted_events_are_published_once_by_family_in_order() {
     assert_eq!(got["views"][0].1["type"], "screen_view");
     assert_eq!(got["installs"][0].1["schema"], "trailmark.install/1");
     assert_eq!(got["installs"][0].1["result"]["match_type"], "organic");
-    assert_eq!(got["deletions"][0].0, "a9");
-    assert_eq!(got["deletions"][0].1["subject_kind"], "anonymous_id");
+    // The deletion names the subject and every anonymous id it expanded to (in clear: the
+    // default; `StreamIds::Hashed` is unit-tested in domain::stream).
+    assert_eq!(got["deletions"][0].0, "user-7");
+    assert_eq!(got["deletions"][0].1["subject_kind"], "user_id");
+    assert_eq!(got["deletions"][0].1["identifiers"], json!([{"kind": "anonymous_id", "app_id": "app", "value": "a2"}]));
 }

@@ -270,8 +270,38 @@ pub struct ServerConfig {
     pub postback_policy: crate::domain::postbacks::PostbackPolicy,
     /// Sessions, retention and the maintenance schedule of the reports.
     pub reports: ReportConfig,
+    /// What the event stream (Kafka) carries about people.
+    pub stream: StreamPolicy,
     /// The server's clock. [`Clock::system`] unless a test drives time.
     pub clock: Clock,
+}
+
+/// How the deletion records of the event stream name people (docs/stream.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StreamIds {
+    /// In clear, so any consumer can find its copies (keep the topic's readers few).
+    #[default]
+    Clear,
+    /// As keyed hashes (HMAC-SHA256 under the audit key, `<kind>:<value>`), for a topic that
+    /// is shared: consumers that keep the same hashes find their copies, others learn nothing.
+    Hashed,
+}
+
+impl StreamIds {
+    pub fn parse(text: &str) -> Option<StreamIds> {
+        match text {
+            "clear" => Some(StreamIds::Clear),
+            "hashed" => Some(StreamIds::Hashed),
+            _ => None,
+        }
+    }
+}
+
+/// What the event stream carries about people.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamPolicy {
+    /// How deletion records name the subject and the identifiers it expanded to.
+    pub deletion_ids: StreamIds,
 }
 
 /// Settings of the reporting side (`docs/reports.md`).
@@ -381,6 +411,7 @@ impl ServerConfig {
             postbacks: Vec::new(),
             postback_policy: Default::default(),
             reports: ReportConfig::default(),
+            stream: StreamPolicy::default(),
             clock: Clock::system(),
         }
     }
@@ -497,6 +528,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("postbacks", &self.postbacks)
             .field("postback_policy", &self.postback_policy)
             .field("reports", &self.reports)
+            .field("stream", &self.stream)
             .field("clock", &self.clock)
             .finish()
     }

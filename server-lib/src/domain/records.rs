@@ -487,4 +487,7 @@ pub struct DeleteReport {
     pub rows: u64,
     /// Clicks and impressions deleted, so the in-memory index can forget them too.
     pub click_ids: Vec<String>,
+    /// The anonymous ids the subject expanded to, as `(app_id, anonymous_id)`, for the
+    /// deletion record downstream consumers act on.
+    pub anonymous_ids: Vec<(String, String)>,
 }

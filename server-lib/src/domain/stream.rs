@@ -2,11 +2,13 @@
 //! deletion request, keyed and grouped into topic families (`docs/stream.md`). Pure; the
 //! sinks (`crate::sink`) deliver the records.
 
-use serde_json::json;
+use serde_json::{Value, json};
 use trailmark_core::protocol::format_millis;
 
+use crate::domain::config::StreamIds;
 use crate::domain::events::event_json;
-use crate::domain::records::{InstallRecord, NewEvent};
+use crate::domain::privacy::id_hash;
+use crate::domain::records::{InstallRecord, NewEvent, Subject};
 
 /// Version of the record encoding (`"schema"` in every record).
 pub const EVENT_SCHEMA: &str = "trailmark.event/1";
@@ -71,28 +73,63 @@ pub fn install_record(i: &InstallRecord) -> SinkRecord {
     }
 }
 
-/// The record of a `/v1/user/delete` request, so downstream copies can be deleted too. It
-/// carries the subject in clear (a consumer must find its rows): keep the topic's retention
-/// short and its access narrow.
-pub fn deletion_record(receipt_id: &str, subject_kind: &str, subject: &str, requested_at: i64) -> SinkRecord {
+/// The record of a `/v1/user/delete` request, so downstream copies can be deleted too: the
+/// subject and every anonymous id it expanded to (per app). With [`StreamIds::Clear`] they are
+/// in clear (a consumer must find its rows: keep the topic's retention short and its access
+/// narrow); with [`StreamIds::Hashed`] as keyed hashes (`<kind>:<value>` under `key`).
+pub fn deletion_record(
+    receipt_id: &str,
+    subject: &Subject,
+    anonymous_ids: &[(String, String)],
+    requested_at: i64,
+    ids: StreamIds,
+    key: &[u8; 32],
+) -> SinkRecord {
+    let shown = |kind: &str, value: &str| match ids {
+        StreamIds::Clear => value.to_owned(),
+        StreamIds::Hashed => id_hash(key, kind, value),
+    };
+    let subject_shown = shown(subject.kind(), subject.value());
+    let identifiers: Vec<Value> = anonymous_ids
+        .iter()
+        .map(|(app, anon)| json!({"kind": "anonymous_id", "app_id": app, "value": shown("anonymous_id", anon)}))
+        .collect();
     let payload = json!({
         "schema": DELETION_SCHEMA,
         "receipt_id": receipt_id,
-        "subject_kind": subject_kind,
-        "subject": subject,
+        "subject_kind": subject.kind(),
+        "subject": subject_shown,
+        "identifiers": identifiers,
+        "hashed": ids == StreamIds::Hashed,
         "requested_at": format_millis(requested_at),
     });
-    SinkRecord {
-        family: "deletions",
-        key: subject.to_owned(),
-        payload: serde_json::to_vec(&payload).unwrap_or_default(),
-    }
+    SinkRecord { family: "deletions", key: subject_shown, payload: serde_json::to_vec(&payload).unwrap_or_default() }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn deletion_records_name_every_expanded_identifier_in_clear_or_hashed() {
+        let anons = vec![("app".to_owned(), "anon-1".to_owned()), ("web".to_owned(), "anon-2".to_owned())];
+        let subject = Subject::UserId("jane".into());
+        let clear = deletion_record("r1", &subject, &anons, 0, StreamIds::Clear, &[3; 32]);
+        let body: Value = serde_json::from_slice(&clear.payload).unwrap();
+        assert_eq!((clear.family, clear.key.as_str()), ("deletions", "jane"));
+        assert_eq!(body["subject"], "jane");
+        assert_eq!(body["hashed"], false);
+        assert_eq!(body["identifiers"][1], json!({"kind": "anonymous_id", "app_id": "web", "value": "anon-2"}));
+        let hashed = deletion_record("r1", &subject, &anons, 0, StreamIds::Hashed, &[3; 32]);
+        let text = String::from_utf8(hashed.payload.clone()).unwrap();
+        assert!(!text.contains("jane") && !text.contains("anon-"), "{text}");
+        let body: Value = serde_json::from_slice(&hashed.payload).unwrap();
+        assert_eq!(body["subject"], id_hash(&[3; 32], "user_id", "jane"));
+        assert_eq!(hashed.key, id_hash(&[3; 32], "user_id", "jane"));
+        assert_eq!(body["identifiers"][0]["value"], id_hash(&[3; 32], "anonymous_id", "anon-1"));
+        assert_eq!(body["hashed"], true);
+    }
 
     #[test]
     fn families_and_keys() {

@@ -27,9 +27,8 @@ pub async fn delete(svc: &Services, subject: Subject, requested_by: String, supp
         requested_at: svc.config.clock.now(),
         requested_by,
     };
-    let (subject_kind, subject_value) = (subject.kind(), subject.value().to_owned());
     let tombstones = Tombstones { key: svc.config.audit_key, suppress };
-    let report = svc.storage.delete_subject(subject, audit, tombstones).await?;
+    let report = svc.storage.delete_subject(subject.clone(), audit, tombstones).await?;
     let mut warnings = Vec::new();
     if let Err(e) = svc.clicks.forget(svc, &report.click_ids).await {
         // Storage is clean (a retry would find nothing to forget); the cached touches
@@ -40,7 +39,9 @@ pub async fn delete(svc: &Services, subject: Subject, requested_by: String, supp
     metrics::counter!("trailmark_user_deletions_total").increment(1);
     if let Some(sink) = &svc.event_sink {
         let at = svc.config.clock.now();
-        sink.publish(vec![deletion_record(&receipt_id, subject_kind, &subject_value, at)]);
+        let ids = svc.config.stream.deletion_ids;
+        let record = deletion_record(&receipt_id, &subject, &report.anonymous_ids, at, ids, &svc.config.audit_key);
+        sink.publish(vec![record]);
     }
     Ok(Deletion { receipt_id, rows_deleted: report.rows, warnings })
 }

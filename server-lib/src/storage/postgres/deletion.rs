@@ -119,6 +119,7 @@ impl DeletionStore for PostgresStorage {
             .await
             .map_err(backend)?;
             tx.commit().await.map_err(backend)?;
+            report.anonymous_ids = anonymous_ids;
             Ok(report)
         })
     }

@@ -92,7 +92,8 @@ fn delete_in(
     }
     leave_tombstones(tx, subject, &anonymous_ids, audit, tombstones)?;
     // Clicks tied to the subject through its installs and touchpoints go too.
-    let mut report = DeleteReport { rows: 0, click_ids: subject_click_ids(tx, subject, &anonymous_ids)? };
+    let click_ids = subject_click_ids(tx, subject, &anonymous_ids)?;
+    let mut report = DeleteReport { rows: 0, click_ids, anonymous_ids: Vec::new() };
     for id in &report.click_ids {
         report.rows += tx.execute("DELETE FROM clicks WHERE click_id = ?1", [id]).map_err(backend)? as u64;
     }
@@ -147,6 +148,7 @@ fn delete_in(
         ],
     )
     .map_err(backend)?;
+    report.anonymous_ids = anonymous_ids;
     Ok(report)
 }
 
