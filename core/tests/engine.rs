@@ -127,6 +127,32 @@ fn consent_denied_drops_the_buffer_and_stops_collection() {
 }
 
 #[test]
+fn withdrawing_analytics_consent_drops_everything_undelivered() {
+    let store = MemoryStore::new();
+    let mut engine = open(store.clone(), T0);
+    track_n(&mut engine, T0, 0, 5);
+    engine.flush(T0).unwrap();
+    let queued = store.events().len() as u64;
+    assert!(queued >= 5, "{queued}");
+    let task = upload(&mut engine, T0);
+    engine.set_consent(T0, ConsentUpdate { analytics: Some(false), ..Default::default() });
+    assert!(store.events().is_empty(), "the queue is gone, in flight or not");
+    assert_eq!(engine.stats().dropped_consent_denied, queued);
+    assert_eq!(engine.stats().queued, 0);
+    // The answer to the batch that was in flight is ignored; nothing new is collected.
+    engine.report(T0, task.batch_id, error(500));
+    track_n(&mut engine, T0, 10, 3);
+    assert_eq!(engine.poll(T0 + 100_000), Action::Idle);
+    assert!(!engine.is_opted_out(), "consent, not opt-out");
+    // Granted again: new events flow, the dropped ones never come back.
+    engine.set_consent(T0 + 1, ConsentUpdate { analytics: Some(true), ..Default::default() });
+    track_n(&mut engine, T0 + 1, 30, 1);
+    let mut server = Collector::default();
+    drive(&mut engine, T0 + 1, 60_000, |t, now| server.accept(t, now, |_| false));
+    assert_eq!(server.numbers(), [30]);
+}
+
+#[test]
 fn opt_out_purges_and_persists_until_opt_in() {
     let store = MemoryStore::new();
     let mut engine = open(store.clone(), T0);

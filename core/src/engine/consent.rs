@@ -34,7 +34,8 @@ impl<S: EventStore> Engine<S> {
     }
 
     /// Changes consent. Granting analytics releases the pre-consent buffer into the upload
-    /// queue; denying it drops the buffer and stops collection.
+    /// queue; denying or withdrawing it drops everything not yet delivered (the buffer and the
+    /// upload queue, as `opt_out` does) and stops collection.
     pub fn set_consent(&mut self, now: Millis, update: ConsentUpdate) {
         let consent = &mut self.state.consent;
         if let Some(a) = update.attribution {
@@ -58,13 +59,19 @@ impl<S: EventStore> Engine<S> {
                 self.enforce_caps();
                 log!(self, "consent granted: {n} held events released");
             }
-            Some(false) if !self.held.is_empty() => {
-                let n = self.held.len() as u64;
+            Some(false) if !self.held.is_empty() || !self.queue.is_empty() => {
+                let n = (self.held.len() + self.queue.len()) as u64;
                 self.held.clear();
-                self.pending.inserts.retain(|e| !e.held);
-                self.pending.delete_held = true;
+                self.queue.clear();
+                self.pending.inserts.clear();
+                self.pending.deletes.clear();
+                self.pending.delete_all = true;
+                // A batch on its way may already have arrived; its answer changes nothing now.
+                self.inflight = None;
+                self.flush_deadline = None;
+                self.draining = false;
                 self.state.stats.dropped_consent_denied += n;
-                log!(self, "consent denied: {n} held events dropped");
+                log!(self, "consent denied: {n} undelivered events dropped");
             }
             _ => {}
         }

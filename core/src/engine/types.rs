@@ -75,7 +75,8 @@ pub struct Stats {
     pub dropped_expired: u64,
     /// Oldest events dropped at the pre-consent buffer's cap.
     pub dropped_pre_consent_full: u64,
-    /// Held events dropped because analytics consent was denied.
+    /// Events not yet delivered (held or queued) dropped because analytics consent was denied
+    /// or withdrawn.
     pub dropped_consent_denied: u64,
     /// Queued events purged by `opt_out`.
     pub dropped_opted_out: u64,
