@@ -60,16 +60,7 @@ impl<S: EventStore> Engine<S> {
                 log!(self, "consent granted: {n} held events released");
             }
             Some(false) if !self.held.is_empty() || !self.queue.is_empty() => {
-                let n = (self.held.len() + self.queue.len()) as u64;
-                self.held.clear();
-                self.queue.clear();
-                self.pending.inserts.clear();
-                self.pending.deletes.clear();
-                self.pending.delete_all = true;
-                // A batch on its way may already have arrived; its answer changes nothing now.
-                self.inflight = None;
-                self.flush_deadline = None;
-                self.draining = false;
+                let n = self.drop_undelivered();
                 self.state.stats.dropped_consent_denied += n;
                 log!(self, "consent denied: {n} undelivered events dropped");
             }
@@ -81,17 +72,9 @@ impl<S: EventStore> Engine<S> {
     /// Stops collection and purges everything queued (CCPA "do not sell", GDPR withdrawal).
     /// Persists across restarts until [`Engine::opt_in`].
     pub fn opt_out(&mut self, _now: Millis) {
-        let n = (self.queue.len() + self.held.len()) as u64;
-        self.queue.clear();
-        self.held.clear();
-        self.pending.inserts.clear();
-        self.pending.deletes.clear();
-        self.pending.delete_all = true;
-        self.inflight = None;
+        let n = self.drop_undelivered();
         self.install_inflight = None;
         self.state.install_request = None;
-        self.flush_deadline = None;
-        self.draining = false;
         self.state.opted_out = true;
         self.state.session = None;
         self.state.unreported = DropReport::default();
@@ -99,6 +82,21 @@ impl<S: EventStore> Engine<S> {
         self.state_dirty = true;
         log!(self, "opted out: {n} queued events purged");
         let _ = self.persist();
+    }
+
+    /// Drops every event not yet delivered (queued, held, in flight: the answer to a batch on
+    /// its way changes nothing now); returns how many.
+    fn drop_undelivered(&mut self) -> u64 {
+        let n = (self.queue.len() + self.held.len()) as u64;
+        self.queue.clear();
+        self.held.clear();
+        self.pending.inserts.clear();
+        self.pending.deletes.clear();
+        self.pending.delete_all = true;
+        self.inflight = None;
+        self.flush_deadline = None;
+        self.draining = false;
+        n
     }
 
     /// Resumes collection after [`Engine::opt_out`].
