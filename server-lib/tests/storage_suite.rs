@@ -231,6 +231,10 @@ async fn a_deletion_leaves_tombstones_and_suppressions(f: &Fixture) {
     let screened = store.screen("a".into(), vec![t.event("a", "e5")], vec![t.id("user_id", "u2")]).await.unwrap();
     assert_eq!(screened, Screened { events: vec![t.event("a", "e5")], ids: vec![] });
     assert!(store.suppressions(10).await.unwrap().is_empty());
+    // A store opened later on the same data screens against them too.
+    let again = f.open_again().await;
+    let screened = again.screen("a".into(), vec![t.event("a", "e5")], vec![]).await.unwrap();
+    assert_eq!(screened.events, vec![t.event("a", "e5")]);
 }
 
 /// Deleting what is not there is fine.

@@ -1,5 +1,7 @@
 //! The SQLite store's deletion of a data subject (`/v1/user/delete`).
 
+use std::sync::atomic::Ordering;
+
 use rusqlite::{Connection, Transaction, params};
 
 use super::SqliteStorage;
@@ -17,6 +19,9 @@ impl DeletionStore for SqliteStorage {
         audit: DeletionAudit,
         tombstones: Tombstones,
     ) -> StorageFuture<'_, DeleteReport> {
+        // From now on ingest screens against the store (set before the deletion commits, so
+        // no request stored after it goes unscreened).
+        self.screening.store(true, Ordering::SeqCst);
         // Clicks still buffered for the writer go in first, so the deletion sees them.
         let clicks = self.clicks.clone();
         self.write(1, move |tx| {
@@ -26,6 +31,9 @@ impl DeletionStore for SqliteStorage {
     }
 
     fn screen(&self, app_id: String, event_hashes: Vec<String>, id_hashes: Vec<String>) -> StorageFuture<'_, Screened> {
+        if !self.screening.load(Ordering::SeqCst) {
+            return Box::pin(async { Ok(Screened::default()) });
+        }
         self.read(move |conn| {
             let mut found = Screened::default();
             let mut tombstoned = conn

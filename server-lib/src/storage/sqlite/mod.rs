@@ -6,7 +6,7 @@
 //! after its events are durable, and many requests share one fsync.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -90,6 +90,9 @@ pub struct SqliteStorage {
     /// Clicks waiting for the writer. One flush job at a time sits in the writer's queue and
     /// takes every click buffered when it runs, so a burst of clicks costs one queue slot.
     clicks: Arc<Mutex<ClickBuffer>>,
+    /// Whether any deletion has left tombstones or suppressions in this file. Until one has,
+    /// screening an ingest request reads nothing (this store is the file's only writer).
+    pub(super) screening: Arc<AtomicBool>,
 }
 
 /// Most clicks buffered for the writer; past it a click stays in the index only.
@@ -131,6 +134,11 @@ impl SqliteStorage {
     ) -> Result<Self, StorageError> {
         let mut conn = open_connection(path.as_ref(), durability)?;
         schema::migrate(&mut conn)?;
+        let screening: bool = conn
+            .query_row("SELECT EXISTS (SELECT 1 FROM tombstones) OR EXISTS (SELECT 1 FROM suppressions)", [], |r| {
+                r.get(0)
+            })
+            .map_err(backend)?;
         conn.execute_batch("PRAGMA wal_autocheckpoint=0;").map_err(backend)?;
         let checkpointer = trailmark_core::store::sqlite::Checkpointer::start(path.as_ref())
             .map_err(|e| StorageError::Backend(e.to_string()))?;
@@ -149,6 +157,7 @@ impl SqliteStorage {
             durability,
             readers: Arc::new(Mutex::new(Vec::new())),
             clicks: Arc::new(Mutex::new(ClickBuffer::default())),
+            screening: Arc::new(AtomicBool::new(screening)),
         })
     }
 
