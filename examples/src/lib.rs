@@ -710,7 +710,12 @@ pub fn load_or_create_keys(path: &Path, db: Option<&Path>) -> Result<([u8; 32], 
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
     match linked {
-        Ok(()) => {}
+        Ok(()) => {
+            // The new name is durable before the keys are used.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            }
+        }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(format!("{}: {e}", path.display())),
     }
@@ -728,11 +733,13 @@ enum KeyFileError {
 
 fn read_keys(path: &Path) -> Result<([u8; 32], [u8; 32]), KeyFileError> {
     let refused = |why: String| KeyFileError::Refused(format!("{}: {why}", path.display()));
-    let meta = match std::fs::metadata(path) {
-        Ok(meta) => meta,
+    // The mode is checked on the file that is then read (not on the path again).
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(KeyFileError::Missing),
         Err(e) => return Err(refused(e.to_string())),
     };
+    let meta = file.metadata().map_err(|e| refused(e.to_string()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -746,7 +753,8 @@ fn read_keys(path: &Path) -> Result<([u8; 32], [u8; 32]), KeyFileError> {
     }
     #[cfg(not(unix))]
     let _ = meta;
-    let text = std::fs::read_to_string(path).map_err(|e| refused(e.to_string()))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text).map_err(|e| refused(e.to_string()))?;
     let bytes = hex::decode(text.trim()).map_err(|_| refused("not 64 hex-encoded bytes".into()))?;
     match bytes.split_at_checked(32) {
         Some((a, b)) if b.len() == 32 => Ok((a.try_into().expect("32 bytes"), b.try_into().expect("32 bytes"))),

@@ -1432,7 +1432,14 @@ async fn a_deleted_persons_replayed_batch_is_stored_nowhere_and_posted_back_nowh
         .admin(reqwest::Method::POST, "/v1/suppressions/lift", Some(json!({"receipt_id": receipt["receipt_id"]})))
         .await;
     assert_eq!((status, lifted["lifted"].as_u64()), (200, Some(1)), "anon-jane's");
-    for bad in [json!({}), json!({"receipt_id": "r", "user_id": "u"}), json!({"user_id": 5}), json!({"x": "y"})] {
+    for bad in [
+        json!({}),
+        json!({"receipt_id": "r", "user_id": "u"}),
+        json!({"user_id": 5}),
+        json!({"x": "y"}),
+        json!({"device_id": "00000000-0000-0000-0000-000000000000"}),
+        json!({"device_id": "  "}),
+    ] {
         let (status, body) = srv.admin(reqwest::Method::POST, "/v1/suppressions/lift", Some(bad.clone())).await;
         assert_eq!(status, 400, "{bad}: {body}");
     }

@@ -71,7 +71,7 @@ impl DeletionStore for Behind {
     fn suppressions(&self, _limit: usize) -> StorageFuture<'_, Vec<Suppression>> {
         busy()
     }
-    fn lift_suppressions(&self, _r: Option<String>, _h: Option<String>) -> StorageFuture<'_, u64> {
+    fn lift_suppressions(&self, _r: Option<String>, _h: Vec<String>) -> StorageFuture<'_, u64> {
         busy()
     }
 }

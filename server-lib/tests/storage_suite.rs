@@ -205,7 +205,13 @@ async fn a_deletion_leaves_tombstones_and_suppressions(f: &Fixture) {
     store.delete_subject(Subject::UserId("u1".into()), audit_u1, tomb(true)).await.unwrap();
     let t = tomb(true);
     let events = vec![t.event("a", "e1"), t.event("a", "E2"), t.event("a", "e3"), t.event("b", "e1")];
-    let ids = vec![t.id("user_id", "u1"), t.id("anonymous_id", "anon-1"), t.id("user_id", "u2"), t.id("user_id", "U1")];
+    let ids = vec![
+        t.suppression("user_id", "a", "u1"),
+        t.suppression("anonymous_id", "a", "anon-1"),
+        t.suppression("user_id", "a", "u2"),
+        t.suppression("user_id", "a", "U1"),
+        t.suppression("user_id", "b", "u1"),
+    ];
     let screened = store.screen("a".into(), events.clone(), ids.clone()).await.unwrap();
     let mut tombstoned = screened.events.clone();
     tombstoned.sort();
@@ -216,19 +222,20 @@ async fn a_deletion_leaves_tombstones_and_suppressions(f: &Fixture) {
     suppressed.sort();
     let mut expected = vec![ids[0].clone(), ids[1].clone()];
     expected.sort();
-    assert_eq!(suppressed, expected, "u1 and anon-1, not u2, not U1");
+    assert_eq!(suppressed, expected, "u1 and anon-1 in app a; not u2, not U1, not u1 in app b");
     let listed = store.suppressions(10).await.unwrap();
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(listed.iter().all(|s| s.receipt_id == receipt && s.created_at == 1));
-    assert_eq!(store.lift_suppressions(None, Some(ids[1].clone())).await.unwrap(), 1);
-    assert_eq!(store.lift_suppressions(Some(receipt), None).await.unwrap(), 1);
-    assert_eq!(store.lift_suppressions(Some("nope".into()), None).await.unwrap(), 0);
+    assert_eq!(store.lift_suppressions(None, vec![ids[1].clone(), ids[2].clone()]).await.unwrap(), 1);
+    assert_eq!(store.lift_suppressions(Some(receipt), vec![]).await.unwrap(), 1);
+    assert_eq!(store.lift_suppressions(Some("nope".into()), vec![]).await.unwrap(), 0);
     let screened = store.screen("a".into(), events.clone(), ids.clone()).await.unwrap();
     assert!(screened.ids.is_empty(), "{screened:?}");
     assert_eq!(screened.events.len(), 2, "tombstones stay: {screened:?}");
     // Without suppression: the events are tombstoned, the identifiers free.
     store.delete_subject(Subject::UserId("u2".into()), audit("user_id"), tomb(false)).await.unwrap();
-    let screened = store.screen("a".into(), vec![t.event("a", "e5")], vec![t.id("user_id", "u2")]).await.unwrap();
+    let screened =
+        store.screen("a".into(), vec![t.event("a", "e5")], vec![t.suppression("user_id", "a", "u2")]).await.unwrap();
     assert_eq!(screened, Screened { events: vec![t.event("a", "e5")], ids: vec![] });
     assert!(store.suppressions(10).await.unwrap().is_empty());
     // A store opened later on the same data screens against them too.

@@ -28,10 +28,39 @@ impl Tombstones {
     pub fn event(&self, app_id: &str, event_id: &str) -> String {
         event_hash(&self.key, app_id, event_id)
     }
-    /// The suppression of an identifier of kind `kind` (`user_id`, `anonymous_id`, `device_id`).
-    pub fn id(&self, kind: &str, value: &str) -> String {
-        id_hash(&self.key, kind, value)
+    /// The suppression of an identifier of kind `kind` in app `app_id` ([`suppression_hash`]).
+    pub fn suppression(&self, kind: &str, app_id: &str, value: &str) -> String {
+        suppression_hash(&self.key, kind, app_id, value)
     }
+}
+
+/// How suppressions key an identifier: user ids and anonymous ids per app (an app chooses its
+/// user ids, so user "1" of one app is not user "1" of another), device ids across apps (an
+/// advertising or vendor id names one device). Hex HMAC of `<kind>:<app>\x1f<value>`, or of
+/// `device_id:<value>`.
+pub fn suppression_hash(key: &[u8; 32], kind: &str, app_id: &str, value: &str) -> String {
+    match kind {
+        "device_id" => id_hash(key, kind, value),
+        _ => id_hash(key, kind, &format!("{app_id}\u{1f}{value}")),
+    }
+}
+
+/// The identifiers a deletion suppresses, as `(kind, app, value)`: the subject's own (a user id
+/// in each app it was seen in, a device id once) and every anonymous id found with it. An
+/// identifier never seen in any app has nothing to suppress.
+pub fn suppressed_ids<'a>(
+    subject: &'a Subject,
+    anonymous_ids: &'a [(String, String)],
+) -> Vec<(&'a str, &'a str, &'a str)> {
+    let mut ids: Vec<(&str, &str, &str)> = match subject {
+        Subject::DeviceId(d) => vec![("device_id", "", d.as_str())],
+        Subject::UserId(u) => anonymous_ids.iter().map(|(app, _)| ("user_id", app.as_str(), u.as_str())).collect(),
+        Subject::AnonymousId(_) => Vec::new(),
+    };
+    ids.extend(anonymous_ids.iter().map(|(app, anon)| ("anonymous_id", app.as_str(), anon.as_str())));
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Hex HMAC of `event:<app>:<event id>` (event ids are stored lower-cased).
@@ -82,5 +111,21 @@ mod tests {
         assert_eq!(event_hash(&a, "app1", "ABC"), event_hash(&a, "app1", "abc"));
         assert_eq!(id_hash(&a, "user_id", "alice").len(), 64);
         assert!(!format!("{:?}", Tombstones { key: a, suppress: true }).contains("1, 1"));
+        assert_ne!(suppression_hash(&a, "user_id", "app1", "1"), suppression_hash(&a, "user_id", "app2", "1"));
+        assert_eq!(suppression_hash(&a, "device_id", "app1", "d"), suppression_hash(&a, "device_id", "app2", "d"));
+        assert_ne!(suppression_hash(&a, "user_id", "a:b", "c"), suppression_hash(&a, "user_id", "a", "b:c"));
+    }
+
+    #[test]
+    fn a_deletion_suppresses_user_ids_per_app_and_device_ids_once() {
+        let anons = vec![("a".to_owned(), "x".to_owned()), ("b".to_owned(), "y".to_owned())];
+        let user = Subject::UserId("u".into());
+        assert_eq!(
+            suppressed_ids(&user, &anons),
+            [("anonymous_id", "a", "x"), ("anonymous_id", "b", "y"), ("user_id", "a", "u"), ("user_id", "b", "u")]
+        );
+        let device = Subject::DeviceId("d".into());
+        assert_eq!(suppressed_ids(&device, &anons[..1]), [("anonymous_id", "a", "x"), ("device_id", "", "d")]);
+        assert!(suppressed_ids(&user, &[]).is_empty(), "never seen: nothing to suppress");
     }
 }

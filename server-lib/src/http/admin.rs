@@ -166,12 +166,18 @@ fn body_subject(map: &serde_json::Map<String, Value>, allowed: &[&str]) -> Resul
         if id.is_empty() || id.chars().count() > 256 {
             return Err(ApiError::bad_request("invalid_body", format!("{key} must be 1 to 256 characters")));
         }
-        subjects.push(match key.as_str() {
+        let subject = match key.as_str() {
             "user_id" => Subject::UserId(id.clone()),
             "anonymous_id" => Subject::AnonymousId(id.clone()),
             "device_id" => Subject::device(id),
             other => return Err(ApiError::bad_request("invalid_body", format!("unknown field {other:?}"))),
-        });
+        };
+        // A device id of blanks, zeros and dashes is a placeholder (limit-ad-tracking), not one
+        // device: it would match every such row.
+        if subject.value().is_empty() || (key == "device_id" && subject.value().chars().all(|c| c == '0' || c == '-')) {
+            return Err(ApiError::bad_request("invalid_body", format!("{key} is a placeholder, not an identifier")));
+        }
+        subjects.push(subject);
     }
     match <[Subject; 1]>::try_from(subjects) {
         Ok([s]) => Ok(Some(s)),

@@ -3,7 +3,7 @@
 //! holds only a keyed hash of the subject, and a deletion record on the event stream.
 
 use super::{ServiceResult, Services};
-use crate::domain::privacy::{Suppression, Tombstones, id_hash, subject_hash};
+use crate::domain::privacy::{Suppression, Tombstones, subject_hash, suppression_hash};
 use crate::domain::records::{DeletionAudit, Subject};
 use crate::domain::stream::deletion_record;
 
@@ -51,10 +51,16 @@ pub async fn suppressions(svc: &Services, limit: usize) -> ServiceResult<Vec<Sup
     Ok(svc.storage.suppressions(limit).await?)
 }
 
-/// Lifts the suppressions of a deletion (by receipt id) or of one identifier.
+/// Lifts the suppressions of a deletion (by receipt id) or of one identifier (a user or
+/// anonymous id in every app of the server).
 pub async fn lift(svc: &Services, receipt_id: Option<String>, subject: Option<Subject>) -> ServiceResult<u64> {
-    let hash = subject.map(|s| id_hash(&svc.config.audit_key, s.kind(), s.value()));
-    let lifted = svc.storage.lift_suppressions(receipt_id, hash).await?;
+    let key = &svc.config.audit_key;
+    let hashes: Vec<String> = match &subject {
+        None => Vec::new(),
+        Some(s @ Subject::DeviceId(_)) => vec![suppression_hash(key, s.kind(), "", s.value())],
+        Some(s) => svc.config.apps.keys().map(|app| suppression_hash(key, s.kind(), app, s.value())).collect(),
+    };
+    let lifted = svc.storage.lift_suppressions(receipt_id, hashes).await?;
     metrics::counter!("trailmark_suppressions_lifted_total").increment(lifted);
     Ok(lifted)
 }

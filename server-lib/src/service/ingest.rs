@@ -13,7 +13,7 @@ use super::{ServiceError, ServiceResult, Services, conversions};
 use crate::domain::conversions::Followup;
 use crate::domain::enrich;
 use crate::domain::ingest::{IngestRules, Prepared, Sender, prepare};
-use crate::domain::privacy::{event_hash, id_hash};
+use crate::domain::privacy::{event_hash, suppression_hash};
 use crate::domain::records::NewEvent;
 use crate::domain::stream::event_record;
 use crate::storage::StorageError;
@@ -124,7 +124,7 @@ async fn screen(
     let mut id_hashes: HashMap<(&str, &str), String> = HashMap::new();
     for e in fresh.iter() {
         for (kind, value) in event_ids(e) {
-            id_hashes.entry((kind, value)).or_insert_with(|| id_hash(key, kind, value));
+            id_hashes.entry((kind, value)).or_insert_with(|| suppression_hash(key, kind, app_id, value));
         }
     }
     let found =
@@ -142,6 +142,7 @@ async fn screen(
                 && !event_ids(e).any(|id| id_hashes.get(&id).is_some_and(|h| suppressed.contains(h.as_str())))
         })
         .collect();
+    let dropped = keep.iter().filter(|k| !**k).count() as u64;
     let mut gone = HashSet::new();
     let mut keep = keep.into_iter();
     fresh.retain(|e| {
@@ -152,7 +153,7 @@ async fn screen(
         kept
     });
     followups.retain(|f| !gone.contains(&f.event_id));
-    Ok(gone.len() as u64)
+    Ok(dropped)
 }
 
 /// The identifiers of a stored event, by kind.

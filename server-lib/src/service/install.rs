@@ -13,7 +13,7 @@ use crate::domain::error::Refusal;
 use crate::domain::install::{
     AuditFacts, check_kind, decision_audit, device_time, lower, referrer_click_id, same_device, validate,
 };
-use crate::domain::privacy::{event_hash, id_hash};
+use crate::domain::privacy::{event_hash, suppression_hash};
 use crate::domain::records::{DeviceKeys, FraudAlert, InstallLookup, InstallRecord, Touchpoint};
 use crate::domain::stream::install_record;
 
@@ -257,9 +257,9 @@ pub async fn audit(svc: &Services, app_id: Option<String>, event_id: &str) -> Se
 /// Whether the install's event id is tombstoned or one of its identifiers suppressed.
 async fn suppressed(svc: &Services, app_id: &str, event_id: &str, keys: &DeviceKeys) -> ServiceResult<bool> {
     let key = &svc.config.audit_key;
-    let mut ids = vec![id_hash(key, "anonymous_id", &keys.anonymous_id)];
+    let mut ids = vec![suppression_hash(key, "anonymous_id", app_id, &keys.anonymous_id)];
     for device in [&keys.idfa, &keys.idfv, &keys.gaid, &keys.android_id].into_iter().flatten() {
-        ids.push(id_hash(key, "device_id", device));
+        ids.push(suppression_hash(key, "device_id", app_id, device));
     }
     let found = svc.storage.screen(app_id.to_owned(), vec![event_hash(key, app_id, event_id)], ids).await?;
     Ok(!found.events.is_empty() || !found.ids.is_empty())

@@ -20,7 +20,7 @@ mod sql;
 pub mod sqlite;
 pub mod star;
 
-pub use crate::domain::privacy::{Screened, Suppression, Tombstones};
+pub use crate::domain::privacy::{Screened, Suppression, Tombstones, suppressed_ids};
 pub use crate::domain::records::*;
 pub use sqlite::{Durability, SqliteStorage, count_subject_rows, open_connection, stored_type};
 
@@ -176,22 +176,9 @@ pub trait DeletionStore: Send + Sync + 'static {
     fn screen(&self, app_id: String, event_hashes: Vec<String>, id_hashes: Vec<String>) -> StorageFuture<'_, Screened>;
     /// Suppressions, newest first, at most `limit`.
     fn suppressions(&self, limit: usize) -> StorageFuture<'_, Vec<Suppression>>;
-    /// Lifts the suppressions a deletion made (by its receipt id) or one identifier's (by its
-    /// hash); returns how many were lifted. Tombstones of deleted events stay.
-    fn lift_suppressions(&self, receipt_id: Option<String>, id_hash: Option<String>) -> StorageFuture<'_, u64>;
-}
-
-/// The identifiers a deletion suppresses: the subject's own, and each anonymous id found with
-/// it (as `(kind, value)`).
-pub(crate) fn suppressed_ids<'a>(
-    subject: &'a Subject,
-    anonymous_ids: &'a [(String, String)],
-) -> Vec<(&'a str, &'a str)> {
-    let mut ids = vec![(subject.kind(), subject.value())];
-    ids.extend(anonymous_ids.iter().map(|(_, anon)| ("anonymous_id", anon.as_str())));
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+    /// Lifts the suppressions a deletion made (by its receipt id) and those with these hashes;
+    /// returns how many were lifted. Tombstones of deleted events stay.
+    fn lift_suppressions(&self, receipt_id: Option<String>, id_hashes: Vec<String>) -> StorageFuture<'_, u64>;
 }
 
 /// What the server needs from storage: every concern's trait. Implemented for any type that

@@ -201,6 +201,12 @@ pub const PENDING_POSTBACKS: &str =
 pub const USER_ANONYMOUS_IDS: &str = "SELECT DISTINCT app_id, anonymous_id FROM events WHERE user_id = $1
      UNION SELECT app_id, anonymous_id FROM dim_users WHERE user_id = $1";
 
+/// The apps an anonymous id ($1) was seen in (as `(app_id, anonymous_id)` pairs), so its
+/// suppressions are per app like every other.
+pub const ANONYMOUS_ID_APPS: &str = "SELECT DISTINCT app_id, anonymous_id FROM events WHERE anonymous_id = $1
+     UNION SELECT app_id, anonymous_id FROM installs WHERE anonymous_id = $1
+     UNION SELECT app_id, anonymous_id FROM dim_users WHERE anonymous_id = $1";
+
 /// A device's anonymous ids, per app: on its events and on its installs. Device ids are
 /// stored in one form (`domain::records::device_id_form`), and $1 is in it.
 pub const DEVICE_ANONYMOUS_IDS: &str = "SELECT DISTINCT app_id, anonymous_id FROM events WHERE device_id = $1
@@ -249,8 +255,9 @@ pub const INSERT_SUPPRESSION: &str =
 pub const SUPPRESSIONS: &str =
     "SELECT id_hash, kind, receipt_id, created_at FROM suppressions ORDER BY created_at DESC, id_hash LIMIT $1";
 
-/// Lifts suppressions by receipt ($1) or identifier hash ($2), whichever is given.
-pub const LIFT_SUPPRESSIONS: &str = "DELETE FROM suppressions WHERE receipt_id = $1 OR id_hash = $2";
+pub const LIFT_BY_RECEIPT: &str = "DELETE FROM suppressions WHERE receipt_id = $1";
+
+pub const LIFT_BY_HASH: &str = "DELETE FROM suppressions WHERE id_hash = $1";
 
 pub const INSERT_DELETION_AUDIT: &str =
     "INSERT INTO deletion_audit (receipt_id, subject_kind, subject_hash, rows_deleted, requested_at, requested_by)

@@ -34,7 +34,7 @@ impl DeletionStore for PostgresStorage {
                 // dim_users keeps the pairing after the raw events are purged.
                 Subject::UserId(_) => Some(sql::USER_ANONYMOUS_IDS),
                 Subject::DeviceId(_) => Some(sql::DEVICE_ANONYMOUS_IDS),
-                Subject::AnonymousId(_) => None,
+                Subject::AnonymousId(_) => Some(sql::ANONYMOUS_ID_APPS),
             };
             let value = subject.value().to_owned();
             let mut anonymous_ids: Vec<(String, String)> = Vec::new();
@@ -54,6 +54,8 @@ impl DeletionStore for PostgresStorage {
                     keys.extend(pairs_of(&tx, &sql::anonymous_events(table), &[app, anon]).await?);
                 }
             }
+            keys.sort_unstable();
+            keys.dedup();
             let insert = tx.prepare_cached(sql::INSERT_TOMBSTONE).await.map_err(backend)?;
             for (app, event_id) in &keys {
                 tx.execute(&insert, &[app, &tombstones.event(app, event_id), &audit.requested_at])
@@ -62,8 +64,9 @@ impl DeletionStore for PostgresStorage {
             }
             if tombstones.suppress {
                 let insert = tx.prepare_cached(sql::INSERT_SUPPRESSION).await.map_err(backend)?;
-                for (kind, id) in suppressed_ids(&subject, &anonymous_ids) {
-                    tx.execute(&insert, &[&tombstones.id(kind, id), &kind, &audit.receipt_id, &audit.requested_at])
+                for (kind, app, id) in suppressed_ids(&subject, &anonymous_ids) {
+                    let hash = tombstones.suppression(kind, app, id);
+                    tx.execute(&insert, &[&hash, &kind, &audit.receipt_id, &audit.requested_at])
                         .await
                         .map_err(backend)?;
                 }
@@ -156,10 +159,20 @@ impl DeletionStore for PostgresStorage {
         })
     }
 
-    fn lift_suppressions(&self, receipt_id: Option<String>, id_hash: Option<String>) -> StorageFuture<'_, u64> {
+    fn lift_suppressions(&self, receipt_id: Option<String>, id_hashes: Vec<String>) -> StorageFuture<'_, u64> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
-            client.execute(sql::LIFT_SUPPRESSIONS, &[&receipt_id, &id_hash]).await.map_err(backend)
+            let mut lifted = 0;
+            if let Some(r) = receipt_id {
+                lifted += client.execute(sql::LIFT_BY_RECEIPT, &[&r]).await.map_err(backend)?;
+            }
+            if !id_hashes.is_empty() {
+                lifted += client
+                    .execute("DELETE FROM suppressions WHERE id_hash = ANY($1)", &[&id_hashes])
+                    .await
+                    .map_err(backend)?;
+            }
+            Ok(lifted)
         })
     }
 }

@@ -67,9 +67,17 @@ impl DeletionStore for SqliteStorage {
         })
     }
 
-    fn lift_suppressions(&self, receipt_id: Option<String>, id_hash: Option<String>) -> StorageFuture<'_, u64> {
+    fn lift_suppressions(&self, receipt_id: Option<String>, id_hashes: Vec<String>) -> StorageFuture<'_, u64> {
         self.write(1, move |tx| {
-            Ok(tx.execute(sqlite!(sql::LIFT_SUPPRESSIONS), params![receipt_id, id_hash]).map_err(backend)? as u64)
+            let mut lifted = 0;
+            if let Some(r) = receipt_id {
+                lifted += tx.execute(sqlite!(sql::LIFT_BY_RECEIPT), [r]).map_err(backend)? as u64;
+            }
+            let mut by_hash = tx.prepare_cached(sqlite!(sql::LIFT_BY_HASH)).map_err(backend)?;
+            for h in id_hashes {
+                lifted += by_hash.execute([h]).map_err(backend)? as u64;
+            }
+            Ok(lifted)
         })
     }
 }
@@ -87,7 +95,7 @@ fn delete_in(
         // dim_users keeps the pairing after the raw events are purged.
         Subject::UserId(_) => Some(sqlite!(sql::USER_ANONYMOUS_IDS)),
         Subject::DeviceId(_) => Some(sqlite!(sql::DEVICE_ANONYMOUS_IDS)),
-        Subject::AnonymousId(_) => None,
+        Subject::AnonymousId(_) => Some(sqlite!(sql::ANONYMOUS_ID_APPS)),
     };
     let mut anonymous_ids: Vec<(String, String)> = Vec::new();
     if let Some(query) = expansion {
@@ -188,15 +196,17 @@ fn leave_tombstones(
             collect(&sql::anonymous_events(table), &[app, anon])?;
         }
     }
+    keys.sort_unstable();
+    keys.dedup();
     let mut insert = tx.prepare_cached(sqlite!(sql::INSERT_TOMBSTONE)).map_err(backend)?;
     for (app, event_id) in &keys {
         insert.execute(params![app, tombstones.event(app, event_id), audit.requested_at]).map_err(backend)?;
     }
     if tombstones.suppress {
         let mut insert = tx.prepare_cached(sqlite!(sql::INSERT_SUPPRESSION)).map_err(backend)?;
-        for (kind, value) in suppressed_ids(subject, anonymous_ids) {
+        for (kind, app, value) in suppressed_ids(subject, anonymous_ids) {
             insert
-                .execute(params![tombstones.id(kind, value), kind, audit.receipt_id, audit.requested_at])
+                .execute(params![tombstones.suppression(kind, app, value), kind, audit.receipt_id, audit.requested_at])
                 .map_err(backend)?;
         }
     }
