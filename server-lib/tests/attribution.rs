@@ -1457,3 +1457,44 @@ async fn a_deleted_persons_replayed_batch_is_stored_nowhere_and_posted_back_nowh
         srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"user_id": "x", "suppress": "no"}))).await;
     assert_eq!(status, 400, "{body}");
 }
+
+/// An event's recorded consent decides whether an ad network hears of it: a purchase made
+/// under do-not-sell, or with attribution denied, is credited to its campaign but sent to no
+/// network; one with consent is posted back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_do_not_sell_or_attribution_denied_purchase_is_credited_but_posted_back_nowhere() {
+    let (network, seen) = common::receiver().await;
+    let srv = start(move |c| {
+        c.apps.get_mut("app").unwrap().client_revenue_postbacks = true;
+        c.postbacks = vec![trailmark_server::domain::postbacks::PostbackConfig {
+            network: "alpha".into(),
+            url: format!("{network}/pb?rev={{revenue}}"),
+            events: vec!["purchase".into()],
+        }];
+    })
+    .await;
+    let (_, _, alpha) = srv.link("alpha").await;
+    let click = srv.web_click(&alpha, "").await;
+    let consents = [
+        json!({"analytics": true, "attribution": true, "do_not_sell": true}),
+        json!({"analytics": true, "attribution": false, "do_not_sell": false}),
+        json!({"analytics": true, "attribution": true, "do_not_sell": false}),
+    ];
+    for (n, consent) in consents.into_iter().enumerate() {
+        let props = json!({"revenue": n + 1, "currency": "USD"});
+        let mut purchase = srv.event_body("purchase", "anon-c", None, Some(&click), props);
+        purchase["context"]["consent"] = consent;
+        srv.event(purchase).await;
+    }
+    for _ in 0..200 {
+        if !seen.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(*seen.lock().unwrap(), ["rev=3"], "only the purchase with consent is posted back");
+    let conn = rusqlite::Connection::open(&srv.db).unwrap();
+    let credited: i64 = conn.query_row("SELECT COUNT(DISTINCT event_id) FROM conversions", [], |r| r.get(0)).unwrap();
+    assert_eq!(credited, 3, "all three are credited to the campaign");
+}

@@ -26,6 +26,19 @@ pub struct Followup {
     /// The sender may put revenue into network postbacks (a server app, the app's server
     /// secret, or an app that opted in).
     pub revenue_trusted: bool,
+    /// The event's consent state allows postbacks to ad networks: not `do_not_sell`, and
+    /// attribution not denied ([`postbacks_allowed`]). Credit is kept either way.
+    pub postbacks_allowed: bool,
+}
+
+/// Whether an event's recorded consent (`context.consent`, the state the SDK had when it
+/// recorded the event) lets the server tell an ad network about it: no when the person chose
+/// do-not-sell (CCPA) or denied attribution; undecided attribution is not a denial.
+pub fn postbacks_allowed(event: &Value) -> bool {
+    let consent = event.pointer("/context/consent");
+    let do_not_sell = consent.and_then(|c| c.get("do_not_sell")).and_then(Value::as_bool) == Some(true);
+    let attribution_denied = consent.and_then(|c| c.get("attribution")).and_then(Value::as_bool) == Some(false);
+    !do_not_sell && !attribution_denied
 }
 
 impl Followup {

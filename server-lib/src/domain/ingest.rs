@@ -5,7 +5,7 @@
 use serde_json::Value;
 use trailmark_core::protocol::{self, DropReport, Rejection};
 
-use super::conversions::Followup;
+use super::conversions::{Followup, postbacks_allowed};
 use super::enrich::{Geo, UserAgent};
 use super::error::Refusal;
 use super::events::{check_revenue, normalise, parse_ms, time_clamped};
@@ -86,6 +86,7 @@ pub fn prepare(rules: &IngestRules<'_>, sender: &Sender<'_>, value: Value) -> Re
             continue;
         }
         let follow = Followup::from_event(&event, rules.conversion_events);
+        let postbacks = postbacks_allowed(&event);
         let revenue = follow.and_then(|_| event.pointer("/properties/revenue").and_then(Value::as_f64));
         let currency =
             follow.and_then(|_| event.pointer("/properties/currency").and_then(Value::as_str)).map(str::to_owned);
@@ -118,6 +119,7 @@ pub fn prepare(rules: &IngestRules<'_>, sender: &Sender<'_>, value: Value) -> Re
                         revenue,
                         currency,
                         revenue_trusted: sender.revenue_trusted,
+                        postbacks_allowed: postbacks,
                     });
                 }
                 out.fresh.push(e)

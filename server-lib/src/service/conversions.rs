@@ -82,7 +82,12 @@ async fn run(svc: &Services, app_id: &str, items: Vec<Followup>) -> Result<(), S
         let fresh = svc.storage.save_touchpoints(touchpoints, reengagements.clone()).await?;
         for (r, _) in reengagements.iter().zip(fresh).filter(|(_, new)| *new) {
             metrics::counter!("trailmark_reengagements_total").increment(1);
-            super::postbacks::reengagement(svc, r).await;
+            let allowed = items.iter().find(|i| i.event_id == r.event_id).is_none_or(|i| i.postbacks_allowed);
+            if allowed {
+                super::postbacks::reengagement(svc, r).await;
+            } else {
+                metrics::counter!("trailmark_postbacks_withheld_total", "reason" => "consent").increment(1);
+            }
         }
     }
     for item in items.iter().filter(|i| i.is_conversion(&cfg.conversion_events)) {
@@ -100,7 +105,11 @@ async fn run(svc: &Services, app_id: &str, items: Vec<Followup>) -> Result<(), S
         if svc.storage.save_conversion(rows.clone()).await? {
             metrics::counter!("trailmark_conversions_total", "attributed" => (!touches.is_empty()).to_string())
                 .increment(1);
-            super::postbacks::conversion(svc, item, &rows).await;
+            if item.postbacks_allowed {
+                super::postbacks::conversion(svc, item, &rows).await;
+            } else {
+                metrics::counter!("trailmark_postbacks_withheld_total", "reason" => "consent").increment(1);
+            }
         }
     }
     Ok(())
