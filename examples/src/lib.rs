@@ -129,6 +129,10 @@ pub struct ServerArgs {
     /// shared topic) [default: clear].
     #[arg(long)]
     pub stream_deletion_ids: Option<String>,
+    /// Records of people who opted out of sharing (do-not-sell, attribution denied) on the
+    /// event stream: tagged ("restricted": true) or strict (left out) [default: tagged].
+    #[arg(long)]
+    pub stream_consent: Option<String>,
     /// Export trace spans to an OpenTelemetry collector over OTLP/HTTP (JSON), e.g.
     /// http://otel-collector:4318 (spans go to <url>/v1/traces).
     #[arg(long)]
@@ -435,6 +439,7 @@ struct FileConfig {
     kafka: Option<String>,
     kafka_topic_prefix: Option<String>,
     stream_deletion_ids: Option<String>,
+    stream_consent: Option<String>,
     /// Extra librdkafka producer properties, e.g. { "compression.type" = "lz4" }.
     kafka_properties: Option<std::collections::BTreeMap<String, String>>,
     otlp_endpoint: Option<String>,
@@ -486,6 +491,8 @@ pub struct Settings {
     pub kafka_properties: Vec<(String, String)>,
     /// How deletion records on the stream name people.
     pub stream_deletion_ids: trailmark_server::domain::config::StreamIds,
+    /// Opted-out people's records on the stream: tagged or left out.
+    pub stream_consent: trailmark_server::domain::config::StreamConsent,
     /// OTLP/HTTP collector base URL.
     pub otlp_endpoint: Option<String>,
     /// Postback timeout, requests in flight and queue size per network.
@@ -627,6 +634,11 @@ impl ServerArgs {
                 None => Default::default(),
                 Some(v) => trailmark_server::domain::config::StreamIds::parse(&v)
                     .ok_or_else(|| format!("--stream-deletion-ids: {v:?} is not clear or hashed"))?,
+            },
+            stream_consent: match self.stream_consent.clone().or(file.stream_consent) {
+                None => Default::default(),
+                Some(v) => trailmark_server::domain::config::StreamConsent::parse(&v)
+                    .ok_or_else(|| format!("--stream-consent: {v:?} is not strict or tagged"))?,
             },
             otlp_endpoint: self.otlp_endpoint.clone().or(file.otlp_endpoint),
             keys: match self.keys.clone().or(file.keys) {
@@ -876,6 +888,7 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
     }
     config.proxy_hops = settings.proxy_hops;
     config.stream.deletion_ids = settings.stream_deletion_ids;
+    config.stream.consent = settings.stream_consent;
     config.limits.body_timeout_ms = settings.body_timeout.as_millis() as u64;
     if let Some(max) = settings.max_revenue {
         config.limits.max_revenue = max;

@@ -1485,6 +1485,7 @@ async fn a_do_not_sell_or_attribution_denied_purchase_is_credited_but_posted_bac
         let mut purchase = srv.event_body("purchase", "anon-c", None, Some(&click), props);
         purchase["context"]["consent"] = consent;
         srv.event(purchase).await;
+        srv.clock.advance(MINUTE);
     }
     for _ in 0..200 {
         if !seen.lock().unwrap().is_empty() {
@@ -1497,4 +1498,115 @@ async fn a_do_not_sell_or_attribution_denied_purchase_is_credited_but_posted_bac
     let conn = rusqlite::Connection::open(&srv.db).unwrap();
     let credited: i64 = conn.query_row("SELECT COUNT(DISTINCT event_id) FROM conversions", [], |r| r.get(0)).unwrap();
     assert_eq!(credited, 3, "all three are credited to the campaign");
+}
+
+/// An install's consent (sent with the request, as events carry it): under do-not-sell it is
+/// attributed but posted back to no network (receiver on loopback); with attribution denied it
+/// is not fingerprinted, though its click id still matches; with consent it is posted back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_do_not_sell_install_sends_no_postback_and_attribution_denied_is_not_fingerprinted() {
+    let (network, seen) = common::receiver().await;
+    let srv = start(move |c| {
+        c.trust_proxy = true;
+        c.postbacks = vec![trailmark_server::domain::postbacks::PostbackConfig {
+            network: "alpha".into(),
+            url: format!("{network}/pb?ev={{event}}&c={{click_id}}"),
+            events: vec!["install".into()],
+        }];
+    })
+    .await;
+    let (_, _, alpha) = srv.link("alpha").await;
+    let dns = json!({"analytics": true, "attribution": true, "do_not_sell": true});
+    let denied = json!({"analytics": true, "attribution": false, "do_not_sell": false});
+    let granted = json!({"analytics": true, "attribution": true, "do_not_sell": false});
+    let mut clicks = Vec::new();
+    for (consent, n) in [(&dns, 1), (&denied, 2), (&granted, 3)] {
+        let click = srv.web_click(&alpha, "").await;
+        srv.clock.advance(MINUTE);
+        let mut install = srv.install_body("web", json!({}));
+        install["click_id"] = json!(click);
+        install["consent"] = consent.clone();
+        let result = srv.install(install, &[]).await;
+        assert_eq!(
+            (result["match_type"].as_str(), result["attributed"].as_bool()),
+            (Some("click_id"), Some(true)),
+            "{n}"
+        );
+        clicks.push(click);
+    }
+    for _ in 0..200 {
+        if !seen.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(*seen.lock().unwrap(), [format!("ev=install&c={}", clicks[2])], "only the install with consent");
+    let conn = rusqlite::Connection::open(&srv.db).unwrap();
+    let postbacks: i64 = conn.query_row("SELECT COUNT(*) FROM postbacks", [], |r| r.get(0)).unwrap();
+    assert_eq!(postbacks, 1, "withheld postbacks are not stored either");
+
+    // Fingerprinting: the same iPhone on the same address matches with consent, not without.
+    let (_, _, code) = srv.link("alpha").await;
+    let device = json!({"os": "iOS", "os_version": "17.1.1", "locale": "en_US"});
+    for (consent, expected) in [(&denied, "organic"), (&granted, "fingerprint")] {
+        let xff = [("X-Forwarded-For", "203.0.113.90"), ("Accept-Language", "en-US,en;q=0.9")];
+        srv.click(&format!("/c/{code}"), IPHONE_UA, &xff).await;
+        srv.clock.advance(MINUTE);
+        let mut install = srv.install_body("ios", device.clone());
+        install["consent"] = consent.clone();
+        let result = srv.install(install.clone(), &[("X-Forwarded-For", "203.0.113.90")]).await;
+        assert_eq!(result["match_type"], expected, "{consent}: {result}");
+        if expected == "organic" {
+            let path = format!("/v1/attribution/{}", install["event_id"].as_str().unwrap());
+            let (_, audit) = srv.admin(reqwest::Method::GET, &path, None).await;
+            assert_eq!(audit["audit"]["signals"]["fingerprinting"], "not used: attribution consent denied", "{audit}");
+        }
+    }
+}
+
+/// The latest consent state decides: a purchase recorded (offline) before the person chose
+/// do-not-sell, arriving after, is credited but not posted back; once a newer event says the
+/// person allows sharing again, the next purchase is posted back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_latest_consent_state_decides_postbacks() {
+    let (network, seen) = common::receiver().await;
+    let srv = start(move |c| {
+        c.postbacks = vec![trailmark_server::domain::postbacks::PostbackConfig {
+            network: "alpha".into(),
+            url: format!("{network}/pb?e={{event_id}}"),
+            events: vec!["purchase".into()],
+        }];
+    })
+    .await;
+    let (_, _, alpha) = srv.link("alpha").await;
+    let click = srv.web_click(&alpha, "").await;
+    let granted = json!({"analytics": true, "attribution": true, "do_not_sell": false});
+    let dns = json!({"analytics": true, "attribution": true, "do_not_sell": true});
+    let event = |kind: &str, consent: &Value, at: i64| {
+        let props = if kind == "purchase" { json!({"revenue": 1, "currency": "USD"}) } else { json!({}) };
+        let mut e = srv.event_body(kind, "anon-l", None, Some(&click), props);
+        e["context"]["consent"] = consent.clone();
+        e["timestamp"] = json!(protocol::format_millis(at));
+        e
+    };
+    let t0 = srv.clock.now();
+    srv.clock.advance(10 * MINUTE);
+    srv.event(event("screen_view", &dns, t0 + 5 * MINUTE)).await;
+    let early = event("purchase", &granted, t0 + MINUTE);
+    srv.event(early.clone()).await;
+    srv.event(event("screen_view", &granted, t0 + 8 * MINUTE)).await;
+    let late = event("purchase", &granted, t0 + 9 * MINUTE);
+    srv.event(late.clone()).await;
+    for _ in 0..200 {
+        if !seen.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(*seen.lock().unwrap(), [format!("e={}", late["event_id"].as_str().unwrap())]);
+    let conn = rusqlite::Connection::open(&srv.db).unwrap();
+    let credited: i64 = conn.query_row("SELECT COUNT(DISTINCT event_id) FROM conversions", [], |r| r.get(0)).unwrap();
+    assert_eq!(credited, 2, "both purchases are credited");
 }

@@ -40,7 +40,9 @@ async fn accepted_events_are_published_once_by_family_in_order() {
     KafkaSink::connect(config.clone()).await.expect("existing topics are fine");
 
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerConfig::new().with_app("app", "secret").with_admin_key("test-admin-key-0123456789");
+    let mut server = ServerConfig::new().with_app("app", "secret").with_admin_key("test-admin-key-0123456789");
+    // Opted-out people's records are left out of the stream.
+    server.stream.consent = trailmark_server::domain::config::StreamConsent::Strict;
     let base =
         common::serve(ServerBuilder::new(server).sqlite(dir.path().join("k.db")).unwrap().event_sink(sink.clone()))
             .await;
@@ -53,10 +55,16 @@ async fn accepted_events_are_published_once_by_family_in_order() {
     let mut identified = event("level_up", "a2", json!({}));
     identified["user_id"] = json!("user-7");
     batch.push(identified);
+    // One event under do-not-sell (stored, not published) and one with consent (published).
+    for (anon, do_not_sell) in [("a3", true), ("a4", false)] {
+        let mut e = event("level_up", anon, json!({}));
+        e["context"] = json!({"consent": {"analytics": true, "attribution": true, "do_not_sell": do_not_sell}});
+        batch.push(e);
+    }
     let body =
         serde_json::to_vec(&json!({"sent_at": protocol::format_millis(trailmark_server::now_ms()), "batch": batch}))
             .unwrap();
-    for expected in [13, 0] {
+    for expected in [15, 0] {
         // The second time everything is a duplicate: stored once, published once.
         let resp: Value = common::signed(&client, &base, body.clone()).send().await.unwrap().json().await.unwrap();
         assert_eq!(resp["accepted"], expected, "{resp}");
@@ -98,10 +106,10 @@ async fn accepted_events_are_published_once_by_family_in_order() {
     consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
     let mut got: HashMap<String, Vec<(String, Value)>> = HashMap::new();
     let total = |g: &HashMap<String, Vec<(String, Value)>>| g.values().map(Vec::len).sum::<usize>();
-    while total(&got) < 15 {
+    while total(&got) < 16 {
         let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await
-            .unwrap_or_else(|_| panic!("only {} of 15 records arrived: {got:?}", total(&got)))
+            .unwrap_or_else(|_| panic!("only {} of 16 records arrived: {got:?}", total(&got)))
             .unwrap();
         let family = m.topic().rsplit('.').next().unwrap().to_owned();
         let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
@@ -120,6 +128,11 @@ async fn accepted_events_are_published_once_by_family_in_order() {
     let user: Vec<&(String, Value)> = track.iter().filter(|(k, _)| k == "user-7").collect();
     assert_eq!(user.len(), 1, "keyed by the user id when there is one");
     assert_eq!(user[0].1["user_id"], "user-7");
+    assert!(track.iter().all(|(k, _)| k != "a3"), "the do-not-sell event is not published (strict)");
+    let a4: Vec<&Value> = track.iter().filter(|(k, _)| k == "a4").map(|(_, v)| v).collect();
+    assert_eq!((a4.len(), &a4[0]["restricted"]), (1, &json!(false)));
+    assert_eq!(a4[0]["consent"], json!({"analytics": true, "attribution": true, "do_not_sell": false}));
+    assert_eq!((&a1[0]["consent"], &a1[0]["restricted"]), (&Value::Null, &json!(false)), "a sender that said nothing");
     assert_eq!(got["revenue"].len(), 1);
     assert_eq!(got["revenue"][0].1["properties"]["revenue"], 9.5);
     assert_eq!(got["views"][0].1["type"], "screen_view");

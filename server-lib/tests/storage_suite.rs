@@ -41,6 +41,7 @@ macro_rules! storage_suite {
             reengagement_facts_before_a_time,
             a_conversion_is_credited_once,
             postbacks_stay_pending_until_delivered,
+            the_latest_context_is_the_newest_event_of_the_device_or_user,
             deleting_a_user_takes_its_conversion_data,
         );
     };
@@ -658,6 +659,31 @@ async fn postbacks_stay_pending_until_delivered(f: &Fixture) {
     let (p1, p2) = postbacks(store).await;
     assert!(!store.postback_pending(p1).await.unwrap());
     assert!(store.postback_pending(p2).await.unwrap());
+}
+
+/// Where the latest consent state is read: the newest event (by corrected time, not by
+/// arrival) of the device or of the user, in that app only.
+async fn the_latest_context_is_the_newest_event_of_the_device_or_user(f: &Fixture) {
+    let store = &*f.store;
+    let with = |id: &str, anon: &str, user: Option<&str>, at: i64, context: &str| NewEvent {
+        context: context.into(),
+        ..event("lc", id, anon, user, None, at)
+    };
+    let latest = |anon: &str, user: Option<&str>| store.latest_context("lc".into(), anon.into(), user.map(Into::into));
+    assert_eq!(latest("phone", None).await.unwrap(), None);
+    store
+        .insert(vec![
+            with("e1", "phone", None, 30, r#"{"n":30}"#),
+            with("e2", "phone", None, 10, r#"{"n":10}"#),
+            with("e3", "tablet", Some("kim"), 40, r#"{"n":40}"#),
+            NewEvent { app_id: "other".into(), ..with("e4", "phone", None, 99, r#"{"n":99}"#) },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(latest("phone", None).await.unwrap().as_deref(), Some(r#"{"n":30}"#), "newest, not last arrived");
+    assert_eq!(latest("phone", Some("kim")).await.unwrap().as_deref(), Some(r#"{"n":40}"#), "her other device");
+    assert_eq!(latest("laptop", Some("kim")).await.unwrap().as_deref(), Some(r#"{"n":40}"#));
+    assert_eq!(latest("laptop", None).await.unwrap(), None);
 }
 
 /// Deleting the user removes credit, touchpoints, re-engagements, postbacks and attempts; a

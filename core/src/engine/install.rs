@@ -98,6 +98,7 @@ impl<S: EventStore> Engine<S> {
             referrer_click_ts: pending.referrer_click_ts.map(|t| self.server_now(t)),
             install_begin_ts: pending.install_begin_ts.map(|t| self.server_now(t)),
             click_id: pending.click_id.as_deref(),
+            consent: Some(&self.state.consent),
         }
         .to_json();
         let headers = self.signed_headers(now, &body);

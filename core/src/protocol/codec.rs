@@ -310,6 +310,7 @@ pub struct InstallRequestView<'a> {
     pub referrer_click_ts: Option<i64>,
     pub install_begin_ts: Option<i64>,
     pub click_id: Option<&'a str>,
+    pub consent: Option<&'a ConsentContext>,
 }
 
 impl InstallRequestView<'_> {
@@ -345,6 +346,10 @@ impl InstallRequestView<'_> {
         o.opt_i64("referrer_click_ts", self.referrer_click_ts);
         o.opt_i64("install_begin_ts", self.install_begin_ts);
         o.opt_str("click_id", self.click_id);
+        if let Some(c) = self.consent {
+            o.key("consent");
+            c.write(o.w);
+        }
         o.end();
         w.into_bytes()
     }
@@ -438,6 +443,11 @@ mod serde_agreement {
                 referrer_click_ts: ts,
                 install_begin_ts: ts.map(|t| t + 5),
                 click_id: referrer.map(|_| "k"),
+                consent: referrer.map(|_| &ConsentContext {
+                    analytics: None,
+                    attribution: Some(true),
+                    do_not_sell: true,
+                }),
             };
             let ours = view.to_json();
             let theirs: InstallRequest = serde_json::from_slice(&ours).unwrap();

@@ -381,6 +381,11 @@ pub struct InstallRequest {
     /// A Trailmark click id the app already knows (from a deep link or the web).
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub click_id: Option<String>,
+    /// The consent state the SDK had when it sent the request (as events carry it in
+    /// `context.consent`). Absent from SDKs before 0.x and from server-side senders: the server
+    /// then applies no consent restriction of its own.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub consent: Option<ConsentContext>,
 }
 
 /// How an install was matched to a touchpoint.

@@ -297,11 +297,34 @@ impl StreamIds {
     }
 }
 
+/// What the event stream does with records of people who opted out of sharing (do-not-sell,
+/// or attribution consent denied) (docs/stream.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StreamConsent {
+    /// Published, with `"restricted": true` next to the consent state every record carries.
+    #[default]
+    Tagged,
+    /// Not published at all.
+    Strict,
+}
+
+impl StreamConsent {
+    pub fn parse(text: &str) -> Option<StreamConsent> {
+        match text {
+            "tagged" => Some(StreamConsent::Tagged),
+            "strict" => Some(StreamConsent::Strict),
+            _ => None,
+        }
+    }
+}
+
 /// What the event stream carries about people.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamPolicy {
     /// How deletion records name the subject and the identifiers it expanded to.
     pub deletion_ids: StreamIds,
+    /// Records of people who opted out: tagged or left out.
+    pub consent: StreamConsent,
 }
 
 /// Settings of the reporting side (`docs/reports.md`).

@@ -3,6 +3,7 @@
 //! every model. Pure.
 
 use serde_json::Value;
+use trailmark_core::protocol::ConsentContext;
 
 use crate::domain::attribution::{Model, credit};
 use crate::domain::records::{ConversionCredit, Touchpoint};
@@ -35,10 +36,33 @@ pub struct Followup {
 /// recorded the event) lets the server tell an ad network about it: no when the person chose
 /// do-not-sell (CCPA) or denied attribution; undecided attribution is not a denial.
 pub fn postbacks_allowed(event: &Value) -> bool {
-    let consent = event.pointer("/context/consent");
-    let do_not_sell = consent.and_then(|c| c.get("do_not_sell")).and_then(Value::as_bool) == Some(true);
-    let attribution_denied = consent.and_then(|c| c.get("attribution")).and_then(Value::as_bool) == Some(false);
-    !do_not_sell && !attribution_denied
+    event.get("context").and_then(recorded_consent).is_none_or(|c| consent_allows_postbacks(&c))
+}
+
+/// The same rule for a typed consent state (an install's `consent`).
+pub fn consent_allows_postbacks(c: &ConsentContext) -> bool {
+    !c.do_not_sell && c.attribution != Some(false)
+}
+
+/// The consent an event's `context` records (`context.consent`), if it says; missing members
+/// are undecided (and `do_not_sell` false).
+pub fn recorded_consent(context: &Value) -> Option<ConsentContext> {
+    let c = context.get("consent")?.as_object()?;
+    Some(ConsentContext {
+        analytics: c.get("analytics").and_then(Value::as_bool),
+        attribution: c.get("attribution").and_then(Value::as_bool),
+        do_not_sell: c.get("do_not_sell").and_then(Value::as_bool).unwrap_or(false),
+    })
+}
+
+/// Whether the latest state the server knows for a person (the consent of their newest stored
+/// event, as [`crate::storage::ConversionStore::latest_context`] reads it) lets postbacks go:
+/// yes when nothing is known.
+pub fn latest_allows_postbacks(context: Option<&str>) -> bool {
+    context
+        .and_then(|t| serde_json::from_str::<Value>(t).ok())
+        .and_then(|v| recorded_consent(&v))
+        .is_none_or(|c| consent_allows_postbacks(&c))
 }
 
 impl Followup {

@@ -117,6 +117,8 @@ pub fn decision_audit(a: &AuditFacts<'_>) -> Value {
             "device_ids": facts.device_ids.len(),
             "ip_known": facts.ip.is_some(),
             "anonymous_ip": facts.anonymous_ip,
+            "consent": req.consent.map(|c| json!({"attribution": c.attribution, "do_not_sell": c.do_not_sell})),
+            "fingerprinting": if facts.attribution_denied { "not used: attribution consent denied" } else { "allowed" },
         },
         "windows_ms": {
             "click": cfg.click_window,

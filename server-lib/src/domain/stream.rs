@@ -5,7 +5,10 @@
 use serde_json::{Value, json};
 use trailmark_core::protocol::format_millis;
 
-use crate::domain::config::StreamIds;
+use trailmark_core::protocol::ConsentContext;
+
+use crate::domain::config::{StreamConsent, StreamIds};
+use crate::domain::conversions::{consent_allows_postbacks, recorded_consent};
 use crate::domain::events::event_json;
 use crate::domain::privacy::id_hash;
 use crate::domain::records::{InstallRecord, NewEvent, Subject};
@@ -42,19 +45,43 @@ pub struct SinkRecord {
     pub payload: Vec<u8>,
 }
 
-/// The record of a stored event (its client address is never published).
-pub fn event_record(e: &NewEvent) -> SinkRecord {
+/// The consent members every record carries: the state the SDK had (`null` when the sender
+/// said nothing) and whether the person opted out of sharing (do-not-sell or attribution
+/// denied, the rule postbacks follow).
+fn consent_members(consent: Option<ConsentContext>) -> (Value, bool) {
+    let restricted = consent.as_ref().is_some_and(|c| !consent_allows_postbacks(c));
+    let shown = consent.map_or(
+        Value::Null,
+        |c| json!({"analytics": c.analytics, "attribution": c.attribution, "do_not_sell": c.do_not_sell}),
+    );
+    (shown, restricted)
+}
+
+/// The record of a stored event (its client address is never published); `None` when the
+/// person opted out and the stream is [`StreamConsent::Strict`].
+pub fn event_record(e: &NewEvent, policy: StreamConsent) -> Option<SinkRecord> {
     let mut payload = event_json(e);
+    let (consent, restricted) = consent_members(recorded_consent(&payload["context"]));
+    if restricted && policy == StreamConsent::Strict {
+        return None;
+    }
     payload["schema"] = json!(EVENT_SCHEMA);
-    SinkRecord {
+    payload["consent"] = consent;
+    payload["restricted"] = json!(restricted);
+    Some(SinkRecord {
         family: family(&e.event_type, &e.properties),
         key: e.user_id.clone().unwrap_or_else(|| e.anonymous_id.clone()),
         payload: serde_json::to_vec(&payload).unwrap_or_default(),
-    }
+    })
 }
 
-/// The record of an install's attribution decision.
-pub fn install_record(i: &InstallRecord) -> SinkRecord {
+/// The record of an install's attribution decision, under the consent its request carried;
+/// `None` when the person opted out and the stream is [`StreamConsent::Strict`].
+pub fn install_record(i: &InstallRecord, consent: Option<ConsentContext>, policy: StreamConsent) -> Option<SinkRecord> {
+    let (consent, restricted) = consent_members(consent);
+    if restricted && policy == StreamConsent::Strict {
+        return None;
+    }
     let payload = json!({
         "schema": INSTALL_SCHEMA,
         "app_id": i.app_id,
@@ -65,12 +92,14 @@ pub fn install_record(i: &InstallRecord) -> SinkRecord {
         "install_ts": format_millis(i.install_ts),
         "received_at": format_millis(i.received_at),
         "result": i.result,
+        "consent": consent,
+        "restricted": restricted,
     });
-    SinkRecord {
+    Some(SinkRecord {
         family: "installs",
         key: i.anonymous_id.clone(),
         payload: serde_json::to_vec(&payload).unwrap_or_default(),
-    }
+    })
 }
 
 /// The record of a `/v1/user/delete` request, so downstream copies can be deleted too: the
@@ -156,7 +185,7 @@ mod tests {
             ip_enc: Some(vec![1, 2, 3]),
             ..Default::default()
         };
-        let r = event_record(&e);
+        let r = event_record(&e, StreamConsent::Strict).unwrap();
         assert_eq!((r.family, r.key.as_str()), ("revenue", "anon"));
         let v: Value = serde_json::from_slice(&r.payload).unwrap();
         assert_eq!(v["schema"], EVENT_SCHEMA);
@@ -164,7 +193,60 @@ mod tests {
         assert_eq!(v["properties"]["revenue"], 9.5);
         assert_eq!(v["enrichment"]["geo"]["country"], "DE");
         assert!(v.get("ip_enc").is_none() && v.get("ip").is_none(), "no client address");
+        assert_eq!((&v["consent"], &v["restricted"]), (&Value::Null, &json!(false)), "a sender that did not say");
         e.user_id = Some("u1".into());
-        assert_eq!(event_record(&e).key, "u1", "a user's events share a key across devices");
+        assert_eq!(
+            event_record(&e, StreamConsent::Tagged).unwrap().key,
+            "u1",
+            "a user's events share a key across devices"
+        );
+    }
+
+    #[test]
+    fn opted_out_people_are_tagged_or_left_out() {
+        let mut e = NewEvent {
+            app_id: "app".into(),
+            event_id: "e1".into(),
+            event_type: "level_up".into(),
+            anonymous_id: "anon".into(),
+            properties: "{}".into(),
+            enrichment: "{}".into(),
+            ..Default::default()
+        };
+        for (consent, restricted) in [
+            (r#"{"analytics":true,"attribution":true,"do_not_sell":false}"#, false),
+            (r#"{"analytics":true,"attribution":null,"do_not_sell":false}"#, false),
+            (r#"{"analytics":true,"attribution":true,"do_not_sell":true}"#, true),
+            (r#"{"analytics":true,"attribution":false,"do_not_sell":false}"#, true),
+        ] {
+            e.context = format!(r#"{{"consent":{consent}}}"#);
+            let tagged = event_record(&e, StreamConsent::Tagged).unwrap();
+            let v: Value = serde_json::from_slice(&tagged.payload).unwrap();
+            assert_eq!(v["restricted"], restricted, "{consent}");
+            assert_eq!(v["consent"], serde_json::from_str::<Value>(consent).unwrap());
+            assert_eq!(event_record(&e, StreamConsent::Strict).is_none(), restricted, "{consent}");
+        }
+        let install = InstallRecord {
+            app_id: "app".into(),
+            event_id: "i1".into(),
+            anonymous_id: "anon".into(),
+            platform: "ios".into(),
+            idfa: None,
+            idfv: None,
+            gaid: None,
+            android_id: None,
+            install_ts: 0,
+            received_at: 0,
+            kind: "install".into(),
+            result: trailmark_core::protocol::AttributionResult::organic(Default::default()),
+            audit: Value::Null,
+            ip_enc: None,
+        };
+        let dns = ConsentContext { analytics: Some(true), attribution: None, do_not_sell: true };
+        assert!(install_record(&install, Some(dns), StreamConsent::Strict).is_none());
+        let r = install_record(&install, Some(dns), StreamConsent::Tagged).unwrap();
+        let v: Value = serde_json::from_slice(&r.payload).unwrap();
+        assert_eq!((v["restricted"].as_bool(), v["consent"]["do_not_sell"].as_bool()), (Some(true), Some(true)));
+        assert!(install_record(&install, None, StreamConsent::Strict).is_some());
     }
 }

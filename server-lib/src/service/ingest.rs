@@ -67,7 +67,9 @@ pub async fn ingest(
             .increment(response.rejected.len() as u64);
     }
     if !fresh.is_empty() {
-        let records: Option<Vec<_>> = svc.event_sink.as_ref().map(|_| fresh.iter().map(event_record).collect());
+        let policy = svc.config.stream.consent;
+        let records: Option<Vec<_>> =
+            svc.event_sink.as_ref().map(|_| fresh.iter().map(|e| event_record(e, policy)).collect());
         let span = store_span("events", fresh.len());
         let outcome = match tracing::Instrument::instrument(svc.storage.insert(fresh), span).await {
             Ok(outcome) => outcome,
@@ -81,7 +83,7 @@ pub async fn ingest(
         response.duplicates = outcome.len() as u64 - response.accepted;
         // Published once durable, and only the first time (a duplicate was published before).
         if let (Some(sink), Some(records)) = (&svc.event_sink, records) {
-            sink.publish(records.into_iter().zip(&outcome).filter(|(_, new)| **new).map(|(r, _)| r).collect());
+            sink.publish(records.into_iter().zip(&outcome).filter(|(_, new)| **new).filter_map(|(r, _)| r).collect());
         }
         // Duplicates too: a retried request finishes follow-ups a crash interrupted.
         conversions::process(svc, &app_id, followups).await;

@@ -4,11 +4,12 @@
 use std::net::IpAddr;
 
 use serde_json::{Value, json};
-use trailmark_core::protocol::{self, AttributionResult, InstallRequest};
+use trailmark_core::protocol::{self, AttributionResult, ConsentContext, InstallRequest};
 
 use super::trace::store_span;
 use super::{ServiceError, ServiceResult, Services, postbacks};
 use crate::domain::attribution::matching::{Fingerprint, InstallFacts};
+use crate::domain::conversions::consent_allows_postbacks;
 use crate::domain::error::Refusal;
 use crate::domain::install::{
     AuditFacts, check_kind, decision_audit, device_time, lower, referrer_click_id, same_device, validate,
@@ -45,6 +46,9 @@ pub async fn install(
         device_time(t, "referrer_click_ts")?;
     }
     let event_id = req.event_id.to_string();
+    // The consent the SDK had when it sent the request; none from senders that do not say.
+    let sent_consent = req.consent;
+    let consent = sent_consent.unwrap_or_default();
     svc.tracking.ready(svc).await?;
 
     let keys = DeviceKeys {
@@ -114,7 +118,7 @@ pub async fn install(
         });
         metrics::counter!("trailmark_installs_total", "app" => app_id.clone(), "match_type" => "reinstall")
             .increment(1);
-        return save(svc, record, None, None).await;
+        return save(svc, record, None, None, sent_consent).await;
     }
 
     let referrer_click_id = req.install_referrer.as_deref().and_then(referrer_click_id);
@@ -145,6 +149,7 @@ pub async fn install(
             screen: screen.as_deref(),
         },
         anonymous_ip,
+        attribution_denied: consent.attribution == Some(false),
     };
     let decision = svc.clicks.decide(svc, &facts).await?;
     record.result = decision.result.clone();
@@ -191,7 +196,7 @@ pub async fn install(
             detail: serde_json::to_value(&a).unwrap_or_default(),
         }
     });
-    save(svc, record, touchpoint, alert).await
+    save(svc, record, touchpoint, alert, sent_consent).await
 }
 
 async fn save(
@@ -199,6 +204,7 @@ async fn save(
     record: InstallRecord,
     touchpoint: Option<Touchpoint>,
     alert: Option<FraudAlert>,
+    sent_consent: Option<ConsentContext>,
 ) -> ServiceResult<AttributionResult> {
     let (app_id, event_id) = (record.app_id.clone(), record.event_id.clone());
     let keys = DeviceKeys {
@@ -211,8 +217,17 @@ async fn save(
     let result = record.result.clone();
     // Postbacks are stored in the install's own commit, so a crash cannot keep one and lose
     // the other.
-    let postbacks = postbacks::install(svc, &record).await;
-    let published = svc.event_sink.as_ref().map(|_| install_record(&record));
+    // Do-not-sell or attribution denied: attributed all the same, told to no ad network.
+    let postbacks = if consent_allows_postbacks(&sent_consent.unwrap_or_default()) {
+        postbacks::install(svc, &record).await
+    } else {
+        if record.result.attributed && record.result.network.is_some() {
+            metrics::counter!("trailmark_postbacks_withheld_total", "reason" => "consent").increment(1);
+        }
+        Vec::new()
+    };
+    let published =
+        svc.event_sink.as_ref().and_then(|_| install_record(&record, sent_consent, svc.config.stream.consent));
     if let Some(ids) = tracing::Instrument::instrument(
         svc.storage.save_install(record, touchpoint, alert, postbacks.clone()),
         store_span("install", 1),

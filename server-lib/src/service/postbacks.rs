@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{Services, Stop};
-use crate::domain::conversions::Followup;
+use crate::domain::conversions::{Followup, latest_allows_postbacks};
 use crate::domain::postbacks::{PostbackConfig, PostbackPolicy, base_values, fill, redact_url};
 use crate::domain::records::{
     ClickParams, ConversionCredit, InstallRecord, PendingPostback, PostbackAttempt, PostbackRecord, Reengagement,
@@ -386,6 +386,33 @@ async fn attempt(storage: &dyn Storage, client: &reqwest::Client, policy: &Postb
             return Outcome::Retry;
         }
     }
+    // The person opted out (do-not-sell, attribution denied) after the postback was made:
+    // it is not sent (the latest state the server knows decides).
+    match storage.latest_context(p.app_id.clone(), p.anonymous_id.clone(), None).await {
+        Ok(context) if !latest_allows_postbacks(context.as_deref()) => {
+            let record = PostbackAttempt {
+                postback_id: p.id,
+                app_id: p.app_id.clone(),
+                anonymous_id: p.anonymous_id.clone(),
+                attempt: p.attempts,
+                status: None,
+                error: Some("withheld: the person's latest consent is do-not-sell or attribution denied".into()),
+                duration_ms: 0,
+                at: crate::domain::config::now_ms(),
+                state: "withheld".into(),
+            };
+            if let Err(e) = storage.log_postback_attempt(record).await {
+                tracing::warn!(error = %e, "postback log not written");
+            }
+            metrics::counter!("trailmark_postbacks_withheld_total", "reason" => "consent").increment(1);
+            return Outcome::Done;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(id = p.id, error = %e, "consent state not read; retrying later");
+            return Outcome::Retry;
+        }
+    }
     p.attempts += 1;
     let attempts = p.attempts;
     let started = Instant::now();
@@ -508,11 +535,32 @@ async fn enqueue(svc: &Services, records: Vec<PostbackRecord>) {
     }
 }
 
+/// Whether the latest consent the server knows for the device (or user) lets a postback be
+/// made. A store that cannot answer now does not stop it: the sender asks again before
+/// every attempt.
+async fn latest_allows(svc: &Services, app_id: &str, anonymous_id: &str, user_id: Option<&str>) -> bool {
+    let context =
+        svc.storage.latest_context(app_id.to_owned(), anonymous_id.to_owned(), user_id.map(str::to_owned)).await;
+    match context {
+        Ok(context) if !latest_allows_postbacks(context.as_deref()) => {
+            metrics::counter!("trailmark_postbacks_withheld_total", "reason" => "consent").increment(1);
+            false
+        }
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "consent state not read; the sender checks it again");
+            true
+        }
+    }
+}
+
 /// The postbacks of an attributed install, to store in the install's own commit.
 pub async fn install(svc: &Services, record: &InstallRecord) -> Vec<PostbackRecord> {
     let r = &record.result;
     let (Some(network), true, false) = (&r.network, r.attributed, r.reinstall) else { return Vec::new() };
-    if configs(svc, network, "install").next().is_none() {
+    if configs(svc, network, "install").next().is_none()
+        || !latest_allows(svc, &record.app_id, &record.anonymous_id, None).await
+    {
         return Vec::new();
     }
     let mut values = base_values(&record.app_id, "install", &record.event_id, record.install_ts);
@@ -531,7 +579,9 @@ pub async fn install(svc: &Services, record: &InstallRecord) -> Vec<PostbackReco
 
 /// Postbacks of a re-engagement.
 pub async fn reengagement(svc: &Services, r: &Reengagement) {
-    if configs(svc, &r.network, "reengagement").next().is_none() {
+    if configs(svc, &r.network, "reengagement").next().is_none()
+        || !latest_allows(svc, &r.app_id, &r.anonymous_id, None).await
+    {
         return;
     }
     let mut values = base_values(&r.app_id, "reengagement", &r.event_id, r.open_ts);
@@ -546,7 +596,9 @@ pub async fn reengagement(svc: &Services, r: &Reengagement) {
 pub async fn conversion(svc: &Services, item: &Followup, rows: &[ConversionCredit]) {
     let Some(last) = rows.iter().find(|r| r.model == "last_touch" && r.network.is_some()) else { return };
     let network = last.network.clone().unwrap_or_default();
-    if configs(svc, &network, &item.event_type).next().is_none() {
+    if configs(svc, &network, &item.event_type).next().is_none()
+        || !latest_allows(svc, &last.app_id, &item.anonymous_id, item.user_id.as_deref()).await
+    {
         return;
     }
     let mut values = base_values(&last.app_id, &item.event_type, &item.event_id, item.ts);

@@ -139,6 +139,14 @@ pub trait ConversionStore: Send + Sync + 'static {
     fn log_postback_attempt(&self, attempt: PostbackAttempt) -> StorageFuture<'_, ()>;
     /// Whether the postback still waits to be sent (not delivered, failed or deleted).
     fn postback_pending(&self, id: i64) -> StorageFuture<'_, bool>;
+    /// The `context` (JSON text) of the newest stored event, by corrected time, of the device
+    /// `anonymous_id` or of `user_id` in the app: where the latest consent state is read.
+    fn latest_context(
+        &self,
+        app_id: String,
+        anonymous_id: String,
+        user_id: Option<String>,
+    ) -> StorageFuture<'_, Option<String>>;
     /// Postbacks still pending, oldest first.
     fn pending_postbacks(&self) -> StorageFuture<'_, Vec<PendingPostback>>;
 }

@@ -178,6 +178,11 @@ pub const INSERT_POSTBACK: &str =
 
 pub const POSTBACK_PENDING: &str = "SELECT EXISTS (SELECT 1 FROM postbacks WHERE id = $1 AND state = 'pending')";
 
+/// The context of the newest stored event (by corrected time) of a device or of a user: the
+/// latest consent state the server knows for them.
+pub const LATEST_CONTEXT: &str = "SELECT context FROM events WHERE app_id = $1 AND (anonymous_id = $2 OR user_id = $3)
+     ORDER BY corrected_ts DESC LIMIT 1";
+
 /// A delivery attempt, only while the postback exists: a deletion in the meantime leaves no
 /// new trace.
 pub const INSERT_POSTBACK_ATTEMPT: &str =
@@ -374,6 +379,7 @@ mod tests {
         INSERT_CONVERSION,
         INSERT_POSTBACK,
         POSTBACK_PENDING,
+        LATEST_CONTEXT,
         INSERT_POSTBACK_ATTEMPT,
         UPDATE_POSTBACK,
         PENDING_POSTBACKS,

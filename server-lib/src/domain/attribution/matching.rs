@@ -138,6 +138,9 @@ pub struct InstallFacts<'a> {
     pub fingerprint: Fingerprint<'a>,
     /// The install's address is in the GeoIP2 Anonymous IP database.
     pub anonymous_ip: bool,
+    /// The person denied attribution consent: no fingerprint matching (click ids, the install
+    /// referrer and device ids the app was allowed to send still match).
+    pub attribution_denied: bool,
 }
 
 /// One touch the engine looked at.
@@ -277,7 +280,7 @@ pub fn attribute(
         }
     }
     // 3. Probabilistic fingerprint over clicks from the same network.
-    if hits.is_empty() && facts.ip.is_some() && cfg.fingerprint_threshold <= 1.0 {
+    if hits.is_empty() && facts.ip.is_some() && !facts.attribution_denied && cfg.fingerprint_threshold <= 1.0 {
         let fp = facts.fingerprint.hash(&index.hasher);
         let mut probe = Touch::new(uuid::Uuid::nil(), TouchKind::Click, 0, 0);
         probe.set_ip(facts.ip);
@@ -493,6 +496,19 @@ mod tests {
         assert!((d.result.confidence - 0.70).abs() < 1e-9, "{}", d.result.confidence);
         assert_eq!(d.candidates().len(), 2);
         assert!(d.candidates().iter().all(|c| c.eligible));
+        // Attribution consent denied: the same install is not fingerprinted, its device id
+        // still matches.
+        let denied = InstallFacts {
+            ip: Some("198.51.100.7".parse().unwrap()),
+            fingerprint: install_fp,
+            attribution_denied: true,
+            ..base.clone()
+        };
+        let d = run(&index, &denied);
+        assert_eq!(d.result.match_type, MatchType::Organic);
+        assert!(d.candidates().is_empty());
+        let d = run(&index, &InstallFacts { device_ids: vec!["AD-1"], ..denied });
+        assert_eq!(d.result.match_type, MatchType::DeviceId);
 
         // An Android install never matches an iOS click by fingerprint.
         let android = Fingerprint { os: Some("Android"), ..install_fp };

@@ -182,6 +182,20 @@ impl ConversionStore for PostgresStorage {
         })
     }
 
+    fn latest_context(
+        &self,
+        app_id: String,
+        anonymous_id: String,
+        user_id: Option<String>,
+    ) -> StorageFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let row =
+                client.query_opt(sql::LATEST_CONTEXT, &[&app_id, &anonymous_id, &user_id]).await.map_err(backend)?;
+            Ok(row.map(|r| r.get(0)))
+        })
+    }
+
     fn postback_pending(&self, id: i64) -> StorageFuture<'_, bool> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;

@@ -56,6 +56,22 @@ impl ConversionStore for SqliteStorage {
         self.read(move |c| postback_pending(c, id))
     }
 
+    fn latest_context(
+        &self,
+        app_id: String,
+        anonymous_id: String,
+        user_id: Option<String>,
+    ) -> StorageFuture<'_, Option<String>> {
+        self.read(move |c| {
+            use rusqlite::OptionalExtension;
+            c.prepare_cached(sqlite!(sql::LATEST_CONTEXT))
+                .map_err(backend)?
+                .query_row(params![app_id, anonymous_id, user_id], |r| r.get(0))
+                .optional()
+                .map_err(backend)
+        })
+    }
+
     fn pending_postbacks(&self) -> StorageFuture<'_, Vec<PendingPostback>> {
         self.read(pending_postbacks)
     }
