@@ -254,8 +254,8 @@ suite_services() {
   # shellcheck disable=SC1090
   . "$env_file"
   echo "PostgreSQL $TM_POSTGRES_URL, Redis $TM_REDIS_URL, Kafka ${TM_KAFKA_BROKERS:-none}"
-  run services-test env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --test storage_suite --test reports --test schema_parity
-  summary+=("$(awk '/^test result:/{print "services storage suite + reports + schema parity (SQLite + PostgreSQL): " $0}' "$log_dir/services-test.log")")
+  run services-test env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --test storage_suite --test reports --test schema_parity --test tls
+  summary+=("$(awk '/^test result:/{print "services storage suite + reports + schema parity + TLS (SQLite + PostgreSQL, Redis): " $0}' "$log_dir/services-test.log")")
   run services-multi env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-examples --test multi_instance
   summary+=("$(awk '/^test result:/{print "services two instances (PostgreSQL + Redis): " $0}' "$log_dir/services-multi.log")")
   run services-kafka env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --features kafka --test kafka
@@ -269,6 +269,10 @@ suite_services() {
     failed+=("ops-setup")
   fi
 }
+
+# The reference server's bundled librdkafka links the system OpenSSL (SSL and SASL for Kafka);
+# the services suite makes its test certificates with the openssl tool.
+need_debs libssl-dev pkg-config openssl || failed+=("openssl-setup")
 
 for suite in "${suites[@]}"; do
   case "$suite" in

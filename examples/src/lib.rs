@@ -102,18 +102,28 @@ pub struct ServerArgs {
     #[arg(long = "postback", value_name = "NETWORK=URL")]
     pub postbacks: Vec<String>,
     /// Store everything in PostgreSQL instead of SQLite, e.g.
-    /// postgres://trailmark@db.internal/trailmark (several instances may share it).
+    /// postgres://trailmark@db.internal/trailmark (several instances may share it). TLS with
+    /// ?sslmode=require (or verify-full; the certificate is always verified).
     #[arg(long)]
     pub postgres: Option<String>,
+    /// CA certificates (PEM) that sign the PostgreSQL server's certificate [default: the
+    /// URL's sslrootcert, else the Mozilla roots].
+    #[arg(long)]
+    pub postgres_ca_file: Option<PathBuf>,
     /// Connections in the PostgreSQL pool [default: 16].
     #[arg(long)]
     pub postgres_pool: Option<usize>,
     /// PostgreSQL schema to use (created when missing) [default: the user's search_path].
     #[arg(long)]
     pub postgres_schema: Option<String>,
-    /// Share recent clicks with other instances through Redis, e.g. redis://cache.internal:6379/0.
+    /// Share recent clicks with other instances through Redis, e.g. redis://cache.internal:6379/0
+    /// (rediss:// for TLS).
     #[arg(long)]
     pub redis: Option<String>,
+    /// CA certificates (PEM) that sign the Redis server's certificate (rediss://) [default:
+    /// the system's trust store].
+    #[arg(long)]
+    pub redis_ca_file: Option<PathBuf>,
     /// Key file (IP encryption and audit hashes) [default: <db>.keys]. Instances that share a
     /// PostgreSQL database must share this file.
     #[arg(long)]
@@ -434,7 +444,9 @@ struct FileConfig {
     postgres: Option<String>,
     postgres_pool: Option<usize>,
     postgres_schema: Option<String>,
+    postgres_ca_file: Option<PathBuf>,
     redis: Option<String>,
+    redis_ca_file: Option<PathBuf>,
     keys: Option<PathBuf>,
     kafka: Option<String>,
     kafka_topic_prefix: Option<String>,
@@ -481,8 +493,12 @@ pub struct Settings {
     pub postgres: Option<String>,
     pub postgres_pool: usize,
     pub postgres_schema: Option<String>,
+    /// CA file for PostgreSQL's TLS.
+    pub postgres_ca_file: Option<PathBuf>,
     /// Redis URL of the shared click cache.
     pub redis: Option<String>,
+    /// CA file for Redis's TLS.
+    pub redis_ca_file: Option<PathBuf>,
     /// The key file.
     pub keys: PathBuf,
     /// Kafka brokers, topic prefix and producer properties.
@@ -659,7 +675,9 @@ impl ServerArgs {
             postgres: self.postgres.clone().or(file.postgres),
             postgres_pool,
             postgres_schema: self.postgres_schema.clone().or(file.postgres_schema),
+            postgres_ca_file: self.postgres_ca_file.clone().or(file.postgres_ca_file),
             redis: self.redis.clone().or(file.redis),
+            redis_ca_file: self.redis_ca_file.clone().or(file.redis_ca_file),
             durability,
             public_url: self.public_url.clone().or(file.public_url),
             geoip_anonymous: self.geoip_anonymous.clone().or(file.geoip_anonymous),
@@ -972,10 +990,11 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
     let mut builder = ServerBuilder::new(config);
     builder = match &settings.postgres {
         Some(url) => {
-            let store = trailmark_server::storage::postgres::PostgresStorage::connect(
+            let store = trailmark_server::storage::postgres::PostgresStorage::connect_with(
                 url,
                 settings.postgres_pool,
                 settings.postgres_schema.as_deref(),
+                settings.postgres_ca_file.as_deref(),
             )
             .await
             .map_err(|e| format!("PostgreSQL: {e}"))?;
@@ -984,7 +1003,8 @@ pub async fn start(settings: &Settings) -> Result<Running, String> {
         None => builder.sqlite_with(&settings.db, settings.durability).map_err(|e| e.to_string())?,
     };
     if let Some(url) = &settings.redis {
-        let cache = trailmark_server::clickcache::redis::RedisClickCache::connect(url, &secret, ttl, "tm:")
+        let ca = settings.redis_ca_file.as_deref();
+        let cache = trailmark_server::clickcache::redis::RedisClickCache::connect_with(url, &secret, ttl, "tm:", ca)
             .await
             .map_err(|e| format!("Redis: {e}"))?;
         builder = builder.click_cache(std::sync::Arc::new(cache));

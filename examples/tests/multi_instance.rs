@@ -2,6 +2,10 @@
 //! by instance A attributes an install posted to instance B, the same event sent to both is
 //! stored once, and a deletion through one leaves nothing of the subject in either store.
 //!
+//! Instance B reaches both over TLS when `TM_POSTGRES_TLS_URL`, `TM_REDIS_TLS_URL` and
+//! `TM_SERVICES_CA` name them (as a PostgreSQL user that is refused without TLS, and a
+//! TLS-only Redis port, so B works only if TLS does).
+//!
 //! Needs `TM_POSTGRES_URL` and `TM_REDIS_URL` (`./tests/run.sh services` starts both); skipped
 //! without them unless `TM_REQUIRE_SERVICES=1`.
 
@@ -123,7 +127,22 @@ async fn two_instances_share_postgres_and_redis() {
     };
     let args_a = prefix_args("a.db");
     let a = spawn(&args_a.iter().map(String::as_str).collect::<Vec<_>>());
-    let args_b = prefix_args("b.db");
+    let mut args_b = prefix_args("b.db");
+    match (std::env::var("TM_POSTGRES_TLS_URL"), std::env::var("TM_REDIS_TLS_URL"), std::env::var("TM_SERVICES_CA")) {
+        (Ok(pg_tls), Ok(redis_tls), Ok(ca)) => {
+            let swap = |args: &mut Vec<String>, flag: &str, value: &str| {
+                let i = args.iter().position(|a| a == flag).unwrap();
+                args[i + 1] = value.to_owned();
+            };
+            swap(&mut args_b, "--postgres", &pg_tls);
+            swap(&mut args_b, "--redis", &redis_tls);
+            args_b.extend(["--postgres-ca-file".into(), ca.clone(), "--redis-ca-file".into(), ca]);
+        }
+        _ => assert!(
+            std::env::var("TM_REQUIRE_SERVICES").is_err(),
+            "TM_REQUIRE_SERVICES is set but the TLS services are not"
+        ),
+    }
     let b = spawn(&args_b.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!dir.path().join("a.db").exists(), "with --postgres no SQLite file is made");
     let client =

@@ -28,7 +28,8 @@
 //!
 //! The crate is layered (`ARCHITECTURE.md`, ADR 0009); imports only flow downward:
 //! [`http`] → [`service`] → [`storage`] | [`clickcache`] | [`sink`] → [`domain`] (pure). The
-//! builder at the top composes them.
+//! builder at the top composes them. [`tls`] (features `postgres`/`redis`) is the TLS client
+//! setup the PostgreSQL store and the Redis cache share.
 
 mod builder;
 pub mod clickcache;
@@ -37,6 +38,8 @@ pub mod http;
 pub mod service;
 pub mod sink;
 pub mod storage;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use axum::Router;
 pub use builder::{BuildError, ServerBuilder, start_tasks};

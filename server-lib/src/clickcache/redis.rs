@@ -52,7 +52,34 @@ impl RedisClickCache {
     /// instance must use the same); `ttl_ms` is the longest attribution window; `prefix`
     /// namespaces the keys.
     pub async fn connect(url: &str, secret: &[u8], ttl_ms: i64, prefix: &str) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        Self::connect_with(url, secret, ttl_ms, prefix, None).await
+    }
+
+    /// [`RedisClickCache::connect`]; a `rediss://` URL connects over TLS, verifying the
+    /// server's certificate and host name against `ca_file` (PEM) when given, else the system's
+    /// trust store. A CA file with a `redis://` URL is refused (it would not be used).
+    pub async fn connect_with(
+        url: &str,
+        secret: &[u8],
+        ttl_ms: i64,
+        prefix: &str,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, CacheError> {
+        crate::tls::install_provider();
+        let client = match ca_file {
+            None => redis::Client::open(url).map_err(unavailable)?,
+            Some(_) if !url.starts_with("rediss://") => {
+                return Err(CacheError::Unavailable("a CA file is given but the URL is not rediss://".into()));
+            }
+            Some(path) => {
+                // Checked here so that a bad file gets a clear error.
+                crate::tls::read_ca_file(path).map_err(|e| CacheError::Unavailable(e.to_string()))?;
+                let pem =
+                    std::fs::read(path).map_err(|e| CacheError::Unavailable(format!("{}: {e}", path.display())))?;
+                let certs = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                redis::Client::build_with_tls(url, certs).map_err(unavailable)?
+            }
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(5)))
             .set_response_timeout(Some(Duration::from_secs(2)))

@@ -82,8 +82,14 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// Connects, creates missing topics and starts the producer.
     pub async fn connect(config: KafkaConfig) -> Result<Self, KafkaSinkError> {
+        // The admin client (topic creation) connects like the producer: the same security
+        // properties (`security.protocol`, `ssl.*`, `sasl.*`), or it could not reach a broker
+        // that requires them.
         let mut client = ClientConfig::new();
         client.set("bootstrap.servers", &config.brokers);
+        for (k, v) in &config.properties {
+            client.set(k, v);
+        }
         let admin: AdminClient<DefaultClientContext> = client.create()?;
         let topics: Vec<(&'static str, String)> = FAMILIES.iter().map(|f| (*f, config.topic(f))).collect();
         let new: Vec<NewTopic<'_>> = topics

@@ -48,25 +48,143 @@ pub struct PostgresStorage {
     clicks: mpsc::Sender<ClickJob>,
 }
 
+/// A connection error with its causes (tokio-postgres says "error performing TLS handshake";
+/// the cause says which certificate was refused and why).
+fn connect_error(e: &(dyn std::error::Error + 'static)) -> StorageError {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    StorageError::Backend(text)
+}
+
+/// How a PostgreSQL URL asks for TLS (`sslmode`, libpq's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SslMode {
+    /// `disable`, `allow`, or no `sslmode`: a plain connection.
+    Off,
+    /// `prefer`: TLS when the server offers it (verified), plain otherwise.
+    Prefer,
+    /// `require`, `verify-ca`, `verify-full`: TLS, certificate and host name verified.
+    Require,
+}
+
+/// The URL without its `sslmode` and `sslrootcert` parameters (tokio-postgres knows neither
+/// `verify-ca`/`verify-full` nor `sslrootcert`), and what they said. A key=value connection
+/// string is passed on as it is (its `sslmode` is tokio-postgres's: `disable`, `prefer`,
+/// `require`).
+fn split_tls(url: &str) -> Result<(String, SslMode, Option<String>), StorageError> {
+    let bad = |m: String| StorageError::Backend(format!("PostgreSQL URL: {m}"));
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| bad(e.to_string()))?;
+        let mode = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Require => SslMode::Require,
+            // tokio-postgres's default is `prefer`: a string that does not ask stays plain.
+            _ if !url.contains("sslmode") => SslMode::Off,
+            tokio_postgres::config::SslMode::Prefer => SslMode::Prefer,
+            _ => SslMode::Off,
+        };
+        return Ok((url.to_owned(), mode, None));
+    }
+    let mut parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    let (mut mode, mut root) = (SslMode::Off, None);
+    let mut kept = Vec::new();
+    for (k, v) in parsed.query_pairs() {
+        match &*k {
+            "sslmode" => {
+                mode = match &*v {
+                    "disable" | "allow" => SslMode::Off,
+                    "prefer" => SslMode::Prefer,
+                    "require" | "verify-ca" | "verify-full" => SslMode::Require,
+                    other => {
+                        return Err(bad(format!(
+                            "sslmode {other:?} is not disable, allow, prefer, require, verify-ca or verify-full"
+                        )));
+                    }
+                }
+            }
+            "sslrootcert" => root = Some(v.into_owned()),
+            _ => kept.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    Ok((parsed.into(), mode, root))
+}
+
 impl PostgresStorage {
     /// Connects to `url` (`postgres://user@host:port/db`), with at most `max_connections`
     /// pooled connections, in `schema` (created if missing; `public` when `None`), and applies
-    /// the migrations.
+    /// the migrations. TLS as the URL's `sslmode` asks, trusting the Mozilla roots or the URL's
+    /// `sslrootcert`; see [`PostgresStorage::connect_with`].
     pub async fn connect(url: &str, max_connections: usize, schema: Option<&str>) -> Result<Self, StorageError> {
-        let mut config = tokio_postgres::Config::from_str(url).map_err(|e| backend(format!("PostgreSQL URL: {e}")))?;
+        Self::connect_with(url, max_connections, schema, None).await
+    }
+
+    /// [`PostgresStorage::connect`], trusting the certificates of `ca_file` for TLS (else the
+    /// URL's `sslrootcert`, else the Mozilla roots). With `sslmode=require`, `verify-ca` or
+    /// `verify-full` the connection is TLS and the server's certificate and host name are
+    /// verified (stricter than libpq's `require`, which checks nothing without a root
+    /// certificate); `prefer` uses TLS when the server offers it; no `sslmode` or `disable`:
+    /// plain.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: usize,
+        schema: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> Result<Self, StorageError> {
+        let (url, mode, root) = split_tls(url)?;
+        let mut config = tokio_postgres::Config::from_str(&url).map_err(|e| backend(format!("PostgreSQL URL: {e}")))?;
+        let tls = match mode {
+            SslMode::Off => None,
+            SslMode::Prefer | SslMode::Require => {
+                config.ssl_mode(if mode == SslMode::Require {
+                    tokio_postgres::config::SslMode::Require
+                } else {
+                    tokio_postgres::config::SslMode::Prefer
+                });
+                let root = root.filter(|r| r != "system").map(std::path::PathBuf::from);
+                let ca = ca_file.map(std::path::Path::to_path_buf).or(root);
+                let client =
+                    crate::tls::client_config(ca.as_deref()).map_err(|e| backend(format!("PostgreSQL {e}")))?;
+                Some(tokio_postgres_rustls::MakeRustlsConnect::new(client))
+            }
+        };
         if let Some(schema) = schema {
             if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') || schema.is_empty() {
                 return Err(StorageError::Backend(format!("schema name {schema:?}: letters, digits and _ only")));
             }
             // Create it with a plain connection first, then let every pooled one use it.
-            let (client, connection) = config.connect(NoTls).await.map_err(backend)?;
-            let task = tokio::spawn(connection);
+            let client = match &tls {
+                Some(tls) => {
+                    let (client, connection) = config.connect(tls.clone()).await.map_err(|e| connect_error(&e))?;
+                    tokio::spawn(connection);
+                    client
+                }
+                None => {
+                    let (client, connection) = config.connect(NoTls).await.map_err(|e| connect_error(&e))?;
+                    tokio::spawn(connection);
+                    client
+                }
+            };
             client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).await.map_err(backend)?;
             drop(client);
-            let _ = task.await;
             config.options(format!("-c search_path={schema}"));
         }
-        let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        let manager = match tls {
+            Some(tls) => Manager::from_config(config, tls, manager_config),
+            None => Manager::from_config(config, NoTls, manager_config),
+        };
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
             .wait_timeout(Some(std::time::Duration::from_secs(5)))
@@ -75,7 +193,12 @@ impl PostgresStorage {
             .map_err(backend)?;
         let (clicks, queue) = mpsc::channel(CLICK_QUEUE);
         let store = PostgresStorage { pool: pool.clone(), clicks };
-        schema::migrate(&mut pool.get().await.map_err(pool_error)?).await?;
+        let mut first = pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(e) => connect_error(&e),
+            other => pool_error(other),
+        })?;
+        schema::migrate(&mut first).await?;
+        drop(first);
         tokio::spawn(click_writer(pool, queue));
         Ok(store)
     }
@@ -155,4 +278,26 @@ async fn insert_clicks(pool: &Pool, clicks: &[&ClickRecord]) -> Result<(), Stora
 /// A stored JSON text, parsed.
 fn json(text: &str) -> Result<Value, StorageError> {
     serde_json::from_str(text).map_err(json_err)
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_and_sslrootcert_are_read_from_the_url() {
+        let (url, mode, root) =
+            split_tls("postgres://u:p@db:5432/x?sslmode=verify-full&application_name=tm&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(
+            (url.as_str(), mode, root.as_deref()),
+            ("postgres://u:p@db:5432/x?application_name=tm", SslMode::Require, Some("/ca.pem"))
+        );
+        assert_eq!(split_tls("postgres://db/x").unwrap(), ("postgres://db/x".into(), SslMode::Off, None));
+        assert_eq!(split_tls("postgres://db/x?sslmode=require").unwrap().0, "postgres://db/x");
+        assert_eq!(split_tls("postgresql://db/x?sslmode=prefer").unwrap().1, SslMode::Prefer);
+        assert_eq!(split_tls("postgres://db/x?sslmode=disable").unwrap().1, SslMode::Off);
+        assert!(split_tls("postgres://db/x?sslmode=sometimes").unwrap_err().to_string().contains("sometimes"));
+        assert_eq!(split_tls("host=db user=u sslmode=require").unwrap().1, SslMode::Require);
+        assert_eq!(split_tls("host=db user=u").unwrap().1, SslMode::Off);
+    }
 }
