@@ -128,6 +128,10 @@ pub struct ServerArgs {
     /// PostgreSQL database must share this file.
     #[arg(long)]
     pub keys: Option<PathBuf>,
+    /// Add a new identifier-encryption key to the key file and exit. Restart every instance
+    /// with the new file: new rows are sealed under it, stored ones again in the background.
+    #[arg(long)]
+    pub rotate_id_key: bool,
     /// Publish accepted events, installs and deletions to Kafka, e.g. kafka1:9092,kafka2:9092
     /// (topics <prefix>.<family>; see docs/stream.md).
     #[arg(long)]
@@ -722,6 +726,27 @@ impl std::fmt::Debug for Settings {
 /// read back: instances that start at once on a shared file all end up with the first one's
 /// keys, and a crash never leaves half a key.
 pub fn load_or_create_keys(path: &Path, db: Option<&Path>) -> Result<([u8; 32], [u8; 32]), String> {
+    load_or_create_key_file(path, db).map(|k| (k.ip, k.audit))
+}
+
+/// What a key file holds: the first line, 64 hex-encoded bytes (the IP key, then the audit
+/// key); then optionally `id <version> <64 hex digits>` lines, the identifier-encryption keys
+/// added by [`rotate_id_key`] (version 1 is derived from the IP key and needs no line).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyFile {
+    pub ip: [u8; 32],
+    pub audit: [u8; 32],
+    pub id: Vec<trailmark_server::domain::identifiers::IdKey>,
+}
+
+impl std::fmt::Debug for KeyFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyFile").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// [`load_or_create_keys`], with the identifier keys.
+pub fn load_or_create_key_file(path: &Path, db: Option<&Path>) -> Result<KeyFile, String> {
     match read_keys(path) {
         Ok(keys) => return Ok(keys),
         Err(KeyFileError::Missing) => {}
@@ -756,12 +781,44 @@ pub fn load_or_create_keys(path: &Path, db: Option<&Path>) -> Result<([u8; 32], 
     }
 }
 
+/// Adds a new identifier-encryption key to the key file (`id <next version> <hex>`), written
+/// whole to a private temporary file and renamed over the old one. Returns the new version.
+/// Every instance must be restarted with the new file; each then seals new rows under the new
+/// key and the identifier pass seals the stored ones again in the background.
+pub fn rotate_id_key(path: &Path) -> Result<u8, String> {
+    let keys = match read_keys(path) {
+        Ok(keys) => keys,
+        Err(KeyFileError::Missing) => return Err(format!("{}: no key file to rotate", path.display())),
+        Err(KeyFileError::Refused(message)) => return Err(message),
+    };
+    let version = keys.id.iter().map(|k| k.version).max().unwrap_or(1).checked_add(1).ok_or("255 key versions used")?;
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| e.to_string())?;
+    let mut text = format!("{}{}\n", hex::encode(keys.ip), hex::encode(keys.audit));
+    for k in &keys.id {
+        text.push_str(&format!("id {} {}\n", k.version, hex::encode(k.key)));
+    }
+    text.push_str(&format!("id {version} {}\n", hex::encode(key)));
+    let mut nonce = [0u8; 8];
+    getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+    let tmp = PathBuf::from(format!("{}.{}.tmp", path.display(), hex::encode(nonce)));
+    write_private(&tmp, text.as_bytes()).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("{}: {e}", path.display())
+    })?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(version)
+}
+
 enum KeyFileError {
     Missing,
     Refused(String),
 }
 
-fn read_keys(path: &Path) -> Result<([u8; 32], [u8; 32]), KeyFileError> {
+fn read_keys(path: &Path) -> Result<KeyFile, KeyFileError> {
     let refused = |why: String| KeyFileError::Refused(format!("{}: {why}", path.display()));
     // The mode is checked on the file that is then read (not on the path again).
     let mut file = match std::fs::File::open(path) {
@@ -785,11 +842,29 @@ fn read_keys(path: &Path) -> Result<([u8; 32], [u8; 32]), KeyFileError> {
     let _ = meta;
     let mut text = String::new();
     std::io::Read::read_to_string(&mut file, &mut text).map_err(|e| refused(e.to_string()))?;
-    let bytes = hex::decode(text.trim()).map_err(|_| refused("not 64 hex-encoded bytes".into()))?;
-    match bytes.split_at_checked(32) {
-        Some((a, b)) if b.len() == 32 => Ok((a.try_into().expect("32 bytes"), b.try_into().expect("32 bytes"))),
-        _ => Err(refused("not 64 hex-encoded bytes".into())),
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or_default();
+    let bytes = hex::decode(first).map_err(|_| refused("not 64 hex-encoded bytes".into()))?;
+    let (ip, audit) = match bytes.split_at_checked(32) {
+        Some((a, b)) if b.len() == 32 => (a.try_into().expect("32 bytes"), b.try_into().expect("32 bytes")),
+        _ => return Err(refused("not 64 hex-encoded bytes".into())),
+    };
+    let mut id = Vec::new();
+    for line in lines {
+        let bad = || refused(format!("{line:?} is not `id <version 1-255> <64 hex digits>`"));
+        let mut parts = line.split_ascii_whitespace();
+        let (Some("id"), Some(version), Some(key), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad());
+        };
+        let version: u8 = version.parse().ok().filter(|v| *v >= 1).ok_or_else(bad)?;
+        let key: [u8; 32] = hex::decode(key).ok().and_then(|k| k.try_into().ok()).ok_or_else(bad)?;
+        if id.iter().any(|k: &trailmark_server::domain::identifiers::IdKey| k.version == version) {
+            return Err(refused(format!("identifier key version {version} is listed twice")));
+        }
+        id.push(trailmark_server::domain::identifiers::IdKey { version, key });
     }
+    Ok(KeyFile { ip, audit, id })
 }
 
 fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
@@ -892,8 +967,10 @@ where
 /// The server's configuration from settings.
 pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
     let db = settings.postgres.is_none().then_some(settings.db.as_path());
-    let (ip_key, audit_key) = load_or_create_keys(&settings.keys, db)?;
+    let keys = load_or_create_key_file(&settings.keys, db)?;
     let mut config = ServerConfig::new();
+    let (ip_key, audit_key) = (keys.ip, keys.audit);
+    config.id_keys = keys.id;
     for app in &settings.apps {
         config = config.with_app_kind(app.id.clone(), app.secret.clone(), app.kind);
         if let Some(a) = config.apps.get_mut(&app.id) {

@@ -211,7 +211,15 @@ async fn two_instances_share_postgres_and_redis() {
     assert_eq!(web, 1, "a click answered by B is found by A for a touchpoint");
     let needles = [gaid.as_str(), anon.as_str(), click_a.as_str()];
     assert!(!pg_rows_with(&pg, &schema, &needles).await.is_empty(), "the subject is stored");
+    // …but its advertising id only as a keyed hash and a ciphertext: not in a dump of the
+    // database, in any case, nor in Redis.
+    let dump = pg_dump(&pg_url, &schema);
+    for form in [gaid.to_lowercase(), gaid.to_uppercase()] {
+        assert!(!dump.contains(&form), "the raw GAID is in the PostgreSQL dump");
+    }
+    assert!(dump.contains("COPY") && dump.contains(&anon), "the dump holds the data");
     let mut redis = redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    assert_eq!(redis_entries_with(&mut redis, &[gaid.as_str()]).await, Vec::<String>::new(), "the raw GAID in Redis");
     assert!(!redis_entries_with(&mut redis, &needles).await.is_empty(), "the click is cached");
 
     // …and in neither after `/v1/user/delete` through B.
@@ -229,6 +237,17 @@ async fn two_instances_share_postgres_and_redis() {
 
     drop((a, b));
     pg.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).await.unwrap();
+}
+
+/// `pg_dump` of one schema (data and definitions) as text.
+fn pg_dump(url: &str, schema: &str) -> String {
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()
+        .and_then(|d| d.filter_map(Result::ok).map(|e| e.path().join("bin/pg_dump")).filter(|p| p.exists()).max())
+        .unwrap_or_else(|| "pg_dump".into());
+    let out = std::process::Command::new(bin).args(["--schema", schema, "--dbname", url]).output().unwrap();
+    assert!(out.status.success(), "pg_dump: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Every row of every table in `schema` whose text holds one of `needles` (as `table: row`).

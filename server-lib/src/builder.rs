@@ -120,6 +120,7 @@ impl ServerBuilder {
             maintenance,
             live: Default::default(),
             ip_cipher: IpCipher::new(&config.ip_key),
+            ids: crate::domain::identifiers::IdProtector::new(&config.audit_key, &config.ip_key, &config.id_keys),
             limits,
             config,
             storage,
@@ -146,8 +147,8 @@ impl ServerBuilder {
     }
 }
 
-/// Starts the background tasks of a built state (attribution state load, postback sender,
-/// report scheduler, link reloader), once, inside a Tokio runtime.
+/// Starts the background tasks of a built state (attribution state load, identifier pass,
+/// postback sender, report scheduler, link reloader), once, inside a Tokio runtime.
 pub fn start_tasks(state: &Arc<AppState>) -> Result<ServerHandle, BuildError> {
     Ok(tasks::start(&state.services)?)
 }

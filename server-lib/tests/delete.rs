@@ -4,21 +4,24 @@
 mod common;
 
 use serde_json::{Value, json};
+use trailmark_server::domain::identifiers::IdProtector;
 use trailmark_server::storage::{NON_SUBJECT_TABLES, SUBJECT_TABLES, Subject, count_subject_rows};
 use trailmark_server::{ServerBuilder, ServerConfig};
 
-/// A server with app `app` and an admin key, on a SQLite file in `dir`: its URL and the file.
-async fn server(dir: &std::path::Path) -> (String, std::path::PathBuf) {
+/// A server with app `app` and an admin key, on a SQLite file in `dir`: its URL, the file, and
+/// the stored form of its identifiers (user and device ids are stored as keyed hashes).
+async fn server(dir: &std::path::Path) -> (String, std::path::PathBuf, IdProtector) {
     let db = dir.join("s.db");
     let mut config = ServerConfig::new().with_app("app", "secret");
     config.admin_key = Some("test-admin-key-0123456789".into());
-    (common::serve(ServerBuilder::new(config).sqlite(&db).unwrap()).await, db)
+    let ids = IdProtector::new(&config.audit_key, &config.ip_key, &config.id_keys);
+    (common::serve(ServerBuilder::new(config).sqlite(&db).unwrap()).await, db, ids)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_purges_every_table_and_audits_without_raw_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let (base, db) = server(dir.path()).await;
+    let (base, db, ids) = server(dir.path()).await;
     let client = reqwest::Client::new();
     let event = |anon: &str, user: Option<&str>, device: &str| {
         let mut e = json!({"event_id": uuid::Uuid::new_v4().to_string(), "type": "x",
@@ -58,9 +61,10 @@ async fn delete_purges_every_table_and_audits_without_raw_ids() {
         Subject::AnonymousId("anon-jane-2".into()),
         Subject::DeviceId("dev-jane".into()),
     ] {
-        assert_eq!(count_subject_rows(&conn, &subject).unwrap(), 0, "{subject:?} left behind");
+        assert_eq!(count_subject_rows(&conn, &ids.subject(&subject)).unwrap(), 0, "{subject:?} left behind");
     }
-    assert_eq!(count_subject_rows(&conn, &Subject::UserId("bob".into())).unwrap(), 1, "others untouched");
+    let bob = ids.subject(&Subject::UserId("bob".into()));
+    assert_eq!(count_subject_rows(&conn, &bob).unwrap(), 1, "others untouched");
     // Every table of the schema is either listed as a subject table or holds no identifiers.
     let tables = table_names(&conn);
     for table in &tables {
@@ -132,7 +136,7 @@ fn rows_holding(conn: &rusqlite::Connection, needle: &str, any_case: bool) -> Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_compares_user_ids_exactly_and_device_ids_in_any_case() {
     let dir = tempfile::tempdir().unwrap();
-    let (base, db) = server(dir.path()).await;
+    let (base, db, ids) = server(dir.path()).await;
     let client = reqwest::Client::new();
     const IDFA: &str = "6D92078A-8246-4BA4-AE5B-76104861E7DC";
     let now = trailmark_server::now_ms();
@@ -164,8 +168,14 @@ async fn deletion_compares_user_ids_exactly_and_device_ids_in_any_case() {
     assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
 
     let conn = rusqlite::Connection::open(&db).unwrap();
-    assert!(!rows_holding(&conn, IDFA, true).is_empty(), "the IDFA is stored");
-    assert!(rows_holding(&conn, IDFA, false).is_empty(), "in one form (lower case)");
+    // Stored as a keyed hash of its one form (lower case), never raw.
+    let stored_idfa = ids.device(IDFA).unwrap();
+    assert_eq!(Some(stored_idfa.clone()), ids.device(&IDFA.to_lowercase()));
+    assert!(!rows_holding(&conn, &stored_idfa, false).is_empty(), "the IDFA is stored (hashed)");
+    assert_eq!(rows_holding(&conn, IDFA, true), Vec::<String>::new(), "and nowhere raw, in any case");
+    let (upper, lower) = (ids.user("Alice"), ids.user("alice"));
+    assert_ne!(upper, lower, "user ids are not folded");
+    assert!(!rows_holding(&conn, &upper, false).is_empty());
     let delete = |body: Value| {
         client
             .post(format!("{base}/v1/user/delete"))
@@ -176,16 +186,16 @@ async fn deletion_compares_user_ids_exactly_and_device_ids_in_any_case() {
 
     let resp = delete(json!({"user_id": "Alice"})).await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(rows_holding(&conn, "Alice", false), Vec::<String>::new(), "Alice is gone");
+    assert_eq!(rows_holding(&conn, &upper, false), Vec::<String>::new(), "Alice is gone");
     assert_eq!(rows_holding(&conn, "anon-upper", false), Vec::<String>::new(), "with her anonymous id");
-    let alice: i64 = conn.query_row("SELECT COUNT(*) FROM events WHERE user_id = 'alice'", [], |r| r.get(0)).unwrap();
+    let alice: i64 = conn.query_row("SELECT COUNT(*) FROM events WHERE user_id = ?1", [&lower], |r| r.get(0)).unwrap();
     assert_eq!(alice, 1, "alice is someone else and stays");
     assert!(!rows_holding(&conn, "anon-lower", false).is_empty());
 
     let resp = delete(json!({"device_id": IDFA.to_lowercase()})).await.unwrap();
     assert_eq!(resp.status(), 200);
     let receipt: Value = resp.json().await.unwrap();
-    assert_eq!(rows_holding(&conn, IDFA, true), Vec::<String>::new(), "no trace of the IDFA in any case: {receipt}");
+    assert_eq!(rows_holding(&conn, &stored_idfa, false), Vec::<String>::new(), "no trace of the IDFA: {receipt}");
     assert_eq!(rows_holding(&conn, "anon-phone", false), Vec::<String>::new(), "nor of its anonymous id");
     assert!(receipt["rows_deleted"].as_u64().unwrap() >= 3, "2 events and the install: {receipt}");
     assert!(!rows_holding(&conn, "anon-lower", false).is_empty(), "others untouched");

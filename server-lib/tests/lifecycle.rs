@@ -40,7 +40,10 @@ async fn tasks_start_with_the_server_and_stop_with_its_handle() {
     let builder = ServerBuilder::new(config).storage(store.clone());
     let state = builder.build_state().unwrap();
     let handle = trailmark_server::start_tasks(&state).unwrap();
-    assert_eq!(handle.task_names(), ["attribution state", "postback sender", "report scheduler", "link reloader"]);
+    assert_eq!(
+        handle.task_names(),
+        ["attribution state", "identifier pass", "postback sender", "report scheduler", "link reloader"]
+    );
 
     // No request is ever sent: the attribution state loads and the pending postback goes out.
     for _ in 0..400 {

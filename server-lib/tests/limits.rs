@@ -161,6 +161,32 @@ impl ConversionStore for Behind {
     }
 }
 
+impl IdentifierStore for Behind {
+    fn identifier_rows(
+        &self,
+        _t: &'static IdTable,
+        _a: Option<Vec<String>>,
+        _l: usize,
+    ) -> StorageFuture<'_, Vec<IdRow>> {
+        busy()
+    }
+    fn rewrite_identifiers(&self, _t: &'static IdTable, _rows: Vec<IdRow>) -> StorageFuture<'_, ()> {
+        busy()
+    }
+    fn raw_user_ids(&self, _limit: usize) -> StorageFuture<'_, Vec<String>> {
+        busy()
+    }
+    fn replace_user_ids(&self, _pairs: Vec<(String, String)>) -> StorageFuture<'_, ()> {
+        busy()
+    }
+    fn identifiers_version(&self) -> StorageFuture<'_, Option<i64>> {
+        busy()
+    }
+    fn set_identifiers_version(&self, _v: i64) -> StorageFuture<'_, ()> {
+        busy()
+    }
+}
+
 impl ReportStore for Behind {
     fn refresh_step(&self, _batch: usize, _gap: i64, _horizon: Option<i64>) -> StorageFuture<'_, RefreshReport> {
         busy()

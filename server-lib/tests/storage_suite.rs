@@ -8,8 +8,9 @@ use serde_json::json;
 use trailmark_core::protocol::{AttributionResult, MatchType};
 use trailmark_server::storage::{
     Campaign, ClickParams, ClickRecord, ConversionCredit, DeletionAudit, Destinations, DeviceKeys, FraudAlert,
-    InstallCount, InstallLookup, InstallRecord, LinkAudit, LinkCatalog, LinkRecord, NewEvent, PostbackAttempt,
-    PostbackRecord, Reengagement, ReengagementFacts, Screened, Storage, Subject, Tombstones, Touchpoint, Utm,
+    ID_TABLES, InstallCount, InstallLookup, InstallRecord, LinkAudit, LinkCatalog, LinkRecord, NewEvent,
+    PostbackAttempt, PostbackRecord, Reengagement, ReengagementFacts, Screened, Storage, Subject, Tombstones,
+    Touchpoint, Utm,
 };
 
 mod stores;
@@ -42,6 +43,7 @@ macro_rules! storage_suite {
             a_conversion_is_credited_once,
             postbacks_stay_pending_until_delivered,
             the_latest_context_is_the_newest_event_of_the_device_or_user,
+            identifier_rows_are_read_in_key_order_and_rewritten,
             deleting_a_user_takes_its_conversion_data,
         );
     };
@@ -78,6 +80,7 @@ fn event(app: &str, id: &str, anon: &str, user: Option<&str>, device: Option<&st
         properties: r#"{"n":1}"#.into(),
         context: "{}".into(),
         enrichment: "{}".into(),
+        ids_enc: None,
         ip_enc: Some(vec![1, 2, 3]),
     }
 }
@@ -296,6 +299,7 @@ fn click(id: &str, device: Option<&str>, ts: i64) -> ClickRecord {
         sub_params: json!({"sub1": "x"}),
         flags: 2,
         source: "redirect".into(),
+        device_enc: device.map(|_| vec![4, 2]),
         ..Default::default()
     }
 }
@@ -403,6 +407,7 @@ fn install(event_id: &str, anon: &str, gaid: Option<&str>, ts: i64, kind: &str, 
         result,
         audit: json!({"candidates": []}),
         ip_enc: None,
+        ids_enc: Some(vec![1, 9, 9]),
     }
 }
 
@@ -684,6 +689,55 @@ async fn the_latest_context_is_the_newest_event_of_the_device_or_user(f: &Fixtur
     assert_eq!(latest("phone", Some("kim")).await.unwrap().as_deref(), Some(r#"{"n":40}"#), "her other device");
     assert_eq!(latest("laptop", Some("kim")).await.unwrap().as_deref(), Some(r#"{"n":40}"#));
     assert_eq!(latest("laptop", None).await.unwrap(), None);
+}
+
+/// The identifier pass's storage side: rows that hold identifiers in key order, batch by
+/// batch; their rewrite; raw user ids of derived tables found and replaced; the version mark.
+async fn identifier_rows_are_read_in_key_order_and_rewritten(f: &Fixture) {
+    let store = &*f.store;
+    let events = &ID_TABLES[0];
+    assert_eq!(events.table, "events");
+    store
+        .insert(vec![
+            event("a", "e2", "anon-1", Some("u-2"), Some("dev-2"), 20),
+            event("a", "e1", "anon-1", Some("u-1"), None, 10),
+            event("a", "e3", "anon-1", None, None, 30),
+            event("b", "e1", "anon-9", None, Some("dev-9"), 40),
+        ])
+        .await
+        .unwrap();
+    let first = store.identifier_rows(events, None, 2).await.unwrap();
+    let keys: Vec<Vec<String>> = first.iter().map(|r| r.key.clone()).collect();
+    assert_eq!(keys, vec![vec!["a".to_owned(), "e1".to_owned()], vec!["a".into(), "e2".into()]]);
+    assert_eq!(first[1].ids, vec![Some("u-2".into()), Some("dev-2".into())]);
+    let rest = store.identifier_rows(events, Some(first[1].key.clone()), 2).await.unwrap();
+    assert_eq!(rest.len(), 1, "e3 holds no identifier: {rest:?}");
+    assert_eq!(
+        (rest[0].key.clone(), rest[0].ids.clone()),
+        (vec!["b".into(), "e1".into()], vec![None, Some("dev-9".into())])
+    );
+    assert!(store.identifier_rows(events, Some(rest[0].key.clone()), 2).await.unwrap().is_empty());
+    let mut row = first[1].clone();
+    row.ids = vec![Some("h:u2".into()), None];
+    row.sealed = Some(vec![2, 7]);
+    store.rewrite_identifiers(events, vec![row.clone()]).await.unwrap();
+    let again = store.identifier_rows(events, Some(first[0].key.clone()), 1).await.unwrap();
+    assert_eq!(again, vec![row]);
+
+    store.save_conversion(credits()).await.unwrap();
+    let mut raw = store.raw_user_ids(10).await.unwrap();
+    raw.dedup();
+    assert_eq!(raw, vec!["u7".to_owned()]);
+    let stored = format!("h:{}", "7".repeat(32));
+    store.replace_user_ids(vec![("u7".into(), stored.clone())]).await.unwrap();
+    assert!(store.raw_user_ids(10).await.unwrap().is_empty());
+    let touches = store.conversion_touchpoints("c".into(), "dev-z".into(), Some(stored), 0, 100).await;
+    assert!(touches.is_ok());
+
+    assert_eq!(store.identifiers_version().await.unwrap(), None);
+    store.set_identifiers_version(3).await.unwrap();
+    store.set_identifiers_version(4).await.unwrap();
+    assert_eq!(store.identifiers_version().await.unwrap(), Some(4));
 }
 
 /// Deleting the user removes credit, touchpoints, re-engagements, postbacks and attempts; a

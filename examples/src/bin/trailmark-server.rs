@@ -18,6 +18,22 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    if args.rotate_id_key {
+        match trailmark_examples::rotate_id_key(&settings.keys) {
+            Ok(version) => {
+                println!(
+                    "identifier key version {version} added to {}; restart every instance with this file: \
+                     new rows are sealed under it, stored ones again in the background",
+                    settings.keys.display()
+                );
+                return;
+            }
+            Err(e) => {
+                eprintln!("trailmark-server: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
     let telemetry = match init_logging(settings.json_logs, settings.otlp_endpoint.as_deref()) {
         Ok(t) => t,
         Err(e) => {

@@ -247,8 +247,12 @@ pub struct ServerConfig {
     pub jwt: Option<JwtConfig>,
     /// AES-256-GCM key for IP addresses at rest.
     pub ip_key: [u8; 32],
-    /// Key for the keyed hashes in the deletion audit log (so it holds no raw identifier).
+    /// Key for the keyed hashes in the deletion audit log (so it holds no raw identifier), and
+    /// (derived from it) for the stored form of user and device ids.
     pub audit_key: [u8; 32],
+    /// AES-256-GCM keys for user and device ids at rest, by version: the highest seals, all
+    /// open (`domain::identifiers`). Empty: one derived from `ip_key`.
+    pub id_keys: Vec<crate::domain::identifiers::IdKey>,
     pub geoip_city: Option<PathBuf>,
     pub geoip_asn: Option<PathBuf>,
     /// MaxMind GeoIP2 Anonymous IP database: installs from anonymous, VPN, hosting or Tor
@@ -423,6 +427,7 @@ impl ServerConfig {
             jwt: None,
             ip_key: random_key(),
             audit_key: random_key(),
+            id_keys: Vec::new(),
             geoip_city: None,
             geoip_asn: None,
             geoip_anonymous: None,
@@ -540,6 +545,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("jwt", &self.jwt)
             .field("ip_key", &"<redacted>")
             .field("audit_key", &"<redacted>")
+            .field("id_keys", &self.id_keys)
             .field("geoip_city", &self.geoip_city)
             .field("geoip_asn", &self.geoip_asn)
             .field("geoip_anonymous", &self.geoip_anonymous)

@@ -106,6 +106,7 @@ pub fn normalise(
         properties: Value::Object(properties).to_string(),
         context: Value::Object(context).to_string(),
         enrichment: enrichment.to_string(),
+        ids_enc: None,
         ip_enc,
     })
 }

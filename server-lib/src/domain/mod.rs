@@ -17,6 +17,7 @@ pub mod conversions;
 pub mod enrich;
 pub mod error;
 pub mod events;
+pub mod identifiers;
 pub mod ingest;
 pub mod install;
 pub mod links;

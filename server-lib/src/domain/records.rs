@@ -112,6 +112,9 @@ pub struct ClickRecord {
     pub sub_params: Value,
     /// Index flags (click flooding).
     pub flags: u8,
+    /// The raw device id sealed ([`crate::domain::identifiers`]); `device_id` holds its keyed hash.
+    #[serde(skip)]
+    pub device_enc: Option<Vec<u8>>,
     /// `redirect` (`/c/<code>`), `api` (`GET /v1/click`), `impression` or `s2s` (`POST /v1/click`).
     pub source: String,
 }
@@ -136,6 +139,10 @@ pub struct InstallRecord {
     pub audit: Value,
     #[serde(skip)]
     pub ip_enc: Option<Vec<u8>>,
+    /// The raw advertising and vendor ids sealed ([`crate::domain::identifiers`]); the id
+    /// fields above hold their keyed hashes.
+    #[serde(skip)]
+    pub ids_enc: Option<Vec<u8>>,
 }
 
 /// The ids that identify a device across installs of one app.
@@ -432,6 +439,9 @@ pub struct NewEvent {
     pub properties: String,
     pub context: String,
     pub enrichment: String,
+    /// The raw `user_id` and `device_id` sealed ([`crate::domain::identifiers`]); the columns
+    /// above hold their keyed hashes.
+    pub ids_enc: Option<Vec<u8>>,
     /// Client IP, AES-256-GCM encrypted (nonce ‖ ciphertext).
     pub ip_enc: Option<Vec<u8>>,
 }

@@ -10,6 +10,7 @@ use trailmark_core::protocol::ConsentContext;
 use crate::domain::config::{StreamConsent, StreamIds};
 use crate::domain::conversions::{consent_allows_postbacks, recorded_consent};
 use crate::domain::events::event_json;
+use crate::domain::identifiers::IdProtector;
 use crate::domain::privacy::id_hash;
 use crate::domain::records::{InstallRecord, NewEvent, Subject};
 
@@ -59,7 +60,11 @@ fn consent_members(consent: Option<ConsentContext>) -> (Value, bool) {
 
 /// The record of a stored event (its client address is never published); `None` when the
 /// person opted out and the stream is [`StreamConsent::Strict`].
-pub fn event_record(e: &NewEvent, policy: StreamConsent) -> Option<SinkRecord> {
+pub fn event_record(e: &NewEvent, policy: StreamConsent, ids: &IdProtector) -> Option<SinkRecord> {
+    // Consumers get the ids as sent, not their stored form.
+    let mut raw = e.clone();
+    ids.reveal_event(&mut raw);
+    let e = &raw;
     let mut payload = event_json(e);
     let (consent, restricted) = consent_members(recorded_consent(&payload["context"]));
     if restricted && policy == StreamConsent::Strict {
@@ -140,6 +145,10 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
+    fn ids() -> IdProtector {
+        IdProtector::new(&[1; 32], &[2; 32], &[])
+    }
+
     #[test]
     fn deletion_records_name_every_expanded_identifier_in_clear_or_hashed() {
         let anons = vec![("app".to_owned(), "anon-1".to_owned()), ("web".to_owned(), "anon-2".to_owned())];
@@ -185,7 +194,7 @@ mod tests {
             ip_enc: Some(vec![1, 2, 3]),
             ..Default::default()
         };
-        let r = event_record(&e, StreamConsent::Strict).unwrap();
+        let r = event_record(&e, StreamConsent::Strict, &ids()).unwrap();
         assert_eq!((r.family, r.key.as_str()), ("revenue", "anon"));
         let v: Value = serde_json::from_slice(&r.payload).unwrap();
         assert_eq!(v["schema"], EVENT_SCHEMA);
@@ -196,7 +205,7 @@ mod tests {
         assert_eq!((&v["consent"], &v["restricted"]), (&Value::Null, &json!(false)), "a sender that did not say");
         e.user_id = Some("u1".into());
         assert_eq!(
-            event_record(&e, StreamConsent::Tagged).unwrap().key,
+            event_record(&e, StreamConsent::Tagged, &ids()).unwrap().key,
             "u1",
             "a user's events share a key across devices"
         );
@@ -220,11 +229,11 @@ mod tests {
             (r#"{"analytics":true,"attribution":false,"do_not_sell":false}"#, true),
         ] {
             e.context = format!(r#"{{"consent":{consent}}}"#);
-            let tagged = event_record(&e, StreamConsent::Tagged).unwrap();
+            let tagged = event_record(&e, StreamConsent::Tagged, &ids()).unwrap();
             let v: Value = serde_json::from_slice(&tagged.payload).unwrap();
             assert_eq!(v["restricted"], restricted, "{consent}");
             assert_eq!(v["consent"], serde_json::from_str::<Value>(consent).unwrap());
-            assert_eq!(event_record(&e, StreamConsent::Strict).is_none(), restricted, "{consent}");
+            assert_eq!(event_record(&e, StreamConsent::Strict, &ids()).is_none(), restricted, "{consent}");
         }
         let install = InstallRecord {
             app_id: "app".into(),
@@ -241,6 +250,7 @@ mod tests {
             result: trailmark_core::protocol::AttributionResult::organic(Default::default()),
             audit: Value::Null,
             ip_enc: None,
+            ids_enc: None,
         };
         let dns = ConsentContext { analytics: Some(true), attribution: None, do_not_sell: true };
         assert!(install_record(&install, Some(dns), StreamConsent::Strict).is_none());

@@ -62,9 +62,13 @@ pub async fn events(
     _admin: AdminAuth,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let subject = subject(&query)?;
+    let subject = state.ids.subject(&subject(&query)?);
     let limit = limit(&query)?;
-    let rows = state.storage.recent_events(query.get("app_id").cloned(), subject, limit).await?;
+    let mut rows = state.storage.recent_events(query.get("app_id").cloned(), subject, limit).await?;
+    // The inspector shows user and device ids as sent (stored hashed, with the raw values sealed).
+    for e in &mut rows {
+        state.ids.reveal_event(e);
+    }
     let events: Vec<Value> = rows.iter().map(event_json).collect();
     Ok(Json(json!({ "events": events })))
 }

@@ -28,7 +28,9 @@ pub async fn delete(svc: &Services, subject: Subject, requested_by: String, supp
         requested_by,
     };
     let tombstones = Tombstones { key: svc.config.audit_key, suppress };
-    let report = svc.storage.delete_subject(subject.clone(), audit, tombstones).await?;
+    // Rows hold user and device ids in their stored form.
+    let stored = svc.ids.subject(&subject);
+    let report = svc.storage.delete_subject(stored, audit, tombstones).await?;
     let mut warnings = Vec::new();
     if let Err(e) = svc.clicks.forget(svc, &report.click_ids).await {
         // Storage is clean (a retry would find nothing to forget); the cached touches
@@ -55,6 +57,7 @@ pub async fn suppressions(svc: &Services, limit: usize) -> ServiceResult<Vec<Sup
 /// anonymous id in every app of the server).
 pub async fn lift(svc: &Services, receipt_id: Option<String>, subject: Option<Subject>) -> ServiceResult<u64> {
     let key = &svc.config.audit_key;
+    let subject = subject.map(|s| svc.ids.subject(&s));
     let hashes: Vec<String> = match &subject {
         None => Vec::new(),
         Some(s @ Subject::DeviceId(_)) => vec![suppression_hash(key, s.kind(), "", s.value())],

@@ -51,6 +51,14 @@ pub async fn ingest(
         ip_enc: ip.and_then(|ip| svc.ip_cipher.encrypt(ip)),
     };
     let Prepared { mut fresh, mut followups, rejected, dropped, clamped } = prepare(&rules, &sender, value)?;
+    // From here on user and device ids are in their stored (hashed) form, the raw values
+    // sealed with the event (docs/privacy.md, "Identifiers at rest").
+    for e in &mut fresh {
+        svc.ids.protect_event(e);
+    }
+    for f in &mut followups {
+        f.user_id = f.user_id.as_deref().map(|u| svc.ids.user(u));
+    }
     let suppressed = screen(svc, &app_id, &mut fresh, &mut followups).await?;
     record_sdk_drops(&app_id, &dropped);
     if clamped > 0 {
@@ -69,7 +77,7 @@ pub async fn ingest(
     if !fresh.is_empty() {
         let policy = svc.config.stream.consent;
         let records: Option<Vec<_>> =
-            svc.event_sink.as_ref().map(|_| fresh.iter().map(|e| event_record(e, policy)).collect());
+            svc.event_sink.as_ref().map(|_| fresh.iter().map(|e| event_record(e, policy, &svc.ids)).collect());
         let span = store_span("events", fresh.len());
         let outcome = match tracing::Instrument::instrument(svc.storage.insert(fresh), span).await {
             Ok(outcome) => outcome,

@@ -51,13 +51,22 @@ pub async fn install(
     let consent = sent_consent.unwrap_or_default();
     svc.tracking.ready(svc).await?;
 
+    // Advertising and vendor ids in their stored form (keyed hashes, docs/privacy.md): what
+    // lookups, matching and suppressions compare. The raw ids are sealed with the record.
+    let stored = |id: &Option<String>| lower(id).and_then(|d| svc.ids.device(&d));
     let keys = DeviceKeys {
         anonymous_id: req.anonymous_id.clone(),
-        idfa: lower(&req.device.idfa),
-        idfv: lower(&req.device.idfv),
-        gaid: lower(&req.device.gaid),
-        android_id: lower(&req.device.android_id),
+        idfa: stored(&req.device.idfa),
+        idfv: stored(&req.device.idfv),
+        gaid: stored(&req.device.gaid),
+        android_id: stored(&req.device.android_id),
     };
+    let ids_enc = svc.ids.seal_ids(&[
+        ("idfa", lower(&req.device.idfa).as_deref()),
+        ("idfv", lower(&req.device.idfv).as_deref()),
+        ("gaid", lower(&req.device.gaid).as_deref()),
+        ("android_id", lower(&req.device.android_id).as_deref()),
+    ]);
     // A deleted person's device (or a deleted install sent again) is answered as organic and
     // stored nowhere, attributed to nothing, posted back nowhere (docs/privacy.md).
     if suppressed(svc, &app_id, &event_id, &keys).await? {
@@ -89,6 +98,7 @@ pub async fn install(
         result: AttributionResult::organic(Default::default()),
         audit: Value::Null,
         ip_enc: ip.and_then(|ip| svc.ip_cipher.encrypt(ip)),
+        ids_enc,
     };
 
     if let Some(first) = &first
@@ -261,6 +271,8 @@ pub async fn audit(svc: &Services, app_id: Option<String>, event_id: &str) -> Se
         "app_id": install.app_id,
         "anonymous_id": install.anonymous_id,
         "platform": install.platform,
+        // The advertising and vendor ids as sent (stored hashed, the raw values sealed).
+        "device": svc.ids.open_ids(install.ids_enc.as_deref()),
         "kind": install.kind,
         "install_ts": install.install_ts,
         "received_at": install.received_at,

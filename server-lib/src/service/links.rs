@@ -170,6 +170,8 @@ pub async fn record(
         source: source.to_owned(),
         ..Default::default()
     };
+    // The device id in its stored form from here on (index, cache, store), the raw id sealed.
+    svc.ids.protect_click(&mut click);
     {
         let mut tracking = svc.tracking.lock()?;
         let i = tracking.by_id.get(link_id).copied().ok_or_else(link_not_found)?;

@@ -8,6 +8,7 @@
 pub mod clicks;
 pub mod conversions;
 pub mod deletion;
+pub mod identifiers;
 pub mod ingest;
 pub mod install;
 pub mod limits;
@@ -37,6 +38,8 @@ pub struct Services {
     pub validators: Validators,
     pub geo: GeoIp,
     pub ip_cipher: IpCipher,
+    /// User and device ids: their stored (hashed) form and sealed raw values.
+    pub ids: crate::domain::identifiers::IdProtector,
     /// Per-app and per-address request rates.
     pub limits: limits::Limiters,
     /// Links, the touch index and the fraud counters (loaded from storage at start).

@@ -98,6 +98,24 @@ pub fn start(services: &Arc<Services>) -> Result<ServerHandle, StartError> {
         }),
     ));
 
+    // Stored identifiers brought to the current key (after a rotation or an upgrade).
+    let weak = Arc::downgrade(services);
+    let mut pass_stop = stop.clone();
+    tasks.push((
+        "identifier pass",
+        tokio::spawn(async move {
+            let Some(svc) = weak.upgrade() else { return };
+            tokio::select! {
+                _ = pass_stop.stopped() => {}
+                done = super::identifiers::renew(&svc) => match done {
+                    Ok(Some(report)) => tracing::info!(?report, key_version = svc.ids.current(), "identifier pass done"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "identifier pass stopped; it runs again at the next start"),
+                },
+            }
+        }),
+    ));
+
     if !services.config.postbacks.is_empty() {
         let (sender, task) = super::postbacks::start(
             services.storage.clone(),

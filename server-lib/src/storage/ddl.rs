@@ -181,6 +181,13 @@ pub const CLICKS: &str = "CREATE TABLE clicks (
 CREATE INDEX clicks_ts ON clicks (ts);
 CREATE INDEX clicks_device ON clicks (device_id) WHERE device_id IS NOT NULL;";
 
+/// Schema change of issue 20: the sealed raw identifiers next to their keyed hashes
+/// (`domain::identifiers`). Added by migration (SQLite 6, PostgreSQL 8) to every database,
+/// new ones included.
+pub const SEALED_IDS: &str = "ALTER TABLE events ADD COLUMN ids_enc {bytes};
+ALTER TABLE installs ADD COLUMN ids_enc {bytes};
+ALTER TABLE clicks ADD COLUMN device_enc {bytes};";
+
 pub const INSTALLS: &str = "CREATE TABLE installs (
     app_id TEXT NOT NULL,
     event_id TEXT NOT NULL,

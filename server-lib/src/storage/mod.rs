@@ -22,6 +22,7 @@ pub mod star;
 
 pub use crate::domain::privacy::{Screened, Suppression, Tombstones, suppressed_ids};
 pub use crate::domain::records::*;
+pub use sql::ID_TABLES;
 pub use sqlite::{Durability, SqliteStorage, count_subject_rows, open_connection, stored_type};
 
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -189,16 +190,66 @@ pub trait DeletionStore: Send + Sync + 'static {
     fn lift_suppressions(&self, receipt_id: Option<String>, id_hashes: Vec<String>) -> StorageFuture<'_, u64>;
 }
 
+/// Identifiers at rest (`domain::identifiers`): the pass that brings rows written before
+/// identifiers were hashed, or sealed under an older key, to the current form.
+pub trait IdentifierStore: Send + Sync + 'static {
+    /// Up to `limit` rows of `table` that hold identifiers, after `after` (the key of the last
+    /// row of the previous batch; `None`: from the start), in key order.
+    fn identifier_rows(
+        &self,
+        table: &'static IdTable,
+        after: Option<Vec<String>>,
+        limit: usize,
+    ) -> StorageFuture<'_, Vec<IdRow>>;
+    /// Writes rows' new identifier columns and ciphertexts, in one transaction.
+    fn rewrite_identifiers(&self, table: &'static IdTable, rows: Vec<IdRow>) -> StorageFuture<'_, ()>;
+    /// User ids not in hashed form in the tables derived from events ([`sql::USER_ID_TABLES`]):
+    /// up to `limit` distinct ones per table (the same id may come from several tables).
+    fn raw_user_ids(&self, limit: usize) -> StorageFuture<'_, Vec<String>>;
+    /// Replaces each `(raw, stored)` user id in those tables.
+    fn replace_user_ids(&self, pairs: Vec<(String, String)>) -> StorageFuture<'_, ()>;
+    /// The key version the last complete pass left every row under (`None`: never ran).
+    fn identifiers_version(&self) -> StorageFuture<'_, Option<i64>>;
+    fn set_identifiers_version(&self, version: i64) -> StorageFuture<'_, ()>;
+}
+
+/// A table whose rows hold identifiers: its key columns, its identifier columns (as the
+/// sealed JSON names them) and the column of their ciphertext.
+#[derive(Debug)]
+pub struct IdTable {
+    pub table: &'static str,
+    pub key: &'static [&'static str],
+    pub ids: &'static [&'static str],
+    pub sealed: &'static str,
+}
+
+/// One row of an [`IdTable`]: key values, identifier values (in `IdTable::ids` order), the
+/// ciphertext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdRow {
+    pub key: Vec<String>,
+    pub ids: Vec<Option<String>>,
+    pub sealed: Option<Vec<u8>>,
+}
+
 /// What the server needs from storage: every concern's trait. Implemented for any type that
 /// implements them all; a store implements each of them fully (there are no defaults).
-pub trait Storage: EventStore + LinkStore + InstallStore + ConversionStore + ReportStore + DeletionStore {}
+pub trait Storage:
+    EventStore + LinkStore + InstallStore + ConversionStore + ReportStore + DeletionStore + IdentifierStore
+{
+}
 
-impl<T> Storage for T where T: EventStore + LinkStore + InstallStore + ConversionStore + ReportStore + DeletionStore {}
+impl<T> Storage for T where
+    T: EventStore + LinkStore + InstallStore + ConversionStore + ReportStore + DeletionStore + IdentifierStore
+{
+}
 
 /// The storage traits, for calling their methods (on `dyn Storage` too): `use
 /// crate::storage::prelude::*;`.
 pub mod prelude {
-    pub use super::{ConversionStore, DeletionStore, EventStore, InstallStore, LinkStore, ReportStore, Storage};
+    pub use super::{
+        ConversionStore, DeletionStore, EventStore, IdentifierStore, InstallStore, LinkStore, ReportStore, Storage,
+    };
 }
 
 /// Every table that holds per-subject rows, with `(subject kind, column)` pairs naming a

@@ -57,7 +57,7 @@ pub fn to_sqlite(sql: &str) -> String {
 macro_rules! event_columns {
     () => {
         "app_id, event_id, type, anonymous_id, user_id, device_id, session_id, client_ts, corrected_ts, \
-         received_at, properties, context, enrichment"
+         received_at, properties, context, enrichment, ids_enc"
     };
 }
 pub(crate) use event_columns;
@@ -74,7 +74,8 @@ pub(crate) use event_insert_columns;
 macro_rules! click_columns {
     () => {
         "click_id, kind, app_id, link_id, campaign_id, ts, ip_enc, user_agent, referrer, accept_language, os, \
-         os_version, model, locale, timezone, screen, device_id, device_kind, network_ids, sub_params, flags, source"
+         os_version, model, locale, timezone, screen, device_id, device_kind, network_ids, sub_params, flags, source, \
+         device_enc"
     };
 }
 pub(crate) use click_columns;
@@ -89,7 +90,7 @@ pub(crate) use campaign_columns;
 
 /// The columns of an install that both stores' `install_row` read, in its order.
 pub const INSTALL_COLUMNS: &str = "app_id, event_id, anonymous_id, platform, idfa, idfv, gaid, android_id, install_ts, received_at, kind, result, \
-     audit, ip_enc";
+     audit, ip_enc, ids_enc";
 
 /// [`event_columns!`] as a constant, for statements built at run time.
 pub const EVENT_COLUMNS: &str = event_columns!();
@@ -117,7 +118,7 @@ pub const LINK_AUDIT: &str =
 pub const INSERT_CLICK: &str = concat!(
     "INSERT INTO clicks (",
     click_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)
      ON CONFLICT (click_id) DO NOTHING"
 );
 
@@ -129,8 +130,8 @@ pub const CLICK_PARAMS: &str = "SELECT network_ids, sub_params FROM clicks WHERE
 /// An install; nothing when one with the same event id is stored.
 pub const INSERT_INSTALL: &str =
     "INSERT INTO installs (app_id, event_id, anonymous_id, platform, idfa, idfv, gaid, android_id, install_ts,
-         received_at, kind, match_type, campaign_id, link_id, click_id, network, rejected, result, audit, ip_enc)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+         received_at, kind, match_type, campaign_id, link_id, click_id, network, rejected, result, audit, ip_enc, ids_enc)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
      ON CONFLICT (app_id, event_id) DO NOTHING";
 
 pub const INSERT_FRAUD_ALERT: &str =
@@ -177,6 +178,88 @@ pub const INSERT_POSTBACK: &str =
      VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7) RETURNING id";
 
 pub const POSTBACK_PENDING: &str = "SELECT EXISTS (SELECT 1 FROM postbacks WHERE id = $1 AND state = 'pending')";
+
+/// The tables whose rows hold user, device and advertising ids with their ciphertext.
+pub static ID_TABLES: [crate::storage::IdTable; 3] = [
+    crate::storage::IdTable {
+        table: "events",
+        key: &["app_id", "event_id"],
+        ids: &["user_id", "device_id"],
+        sealed: "ids_enc",
+    },
+    crate::storage::IdTable {
+        table: "installs",
+        key: &["app_id", "event_id"],
+        ids: &["idfa", "idfv", "gaid", "android_id"],
+        sealed: "ids_enc",
+    },
+    crate::storage::IdTable { table: "clicks", key: &["click_id"], ids: &["device_id"], sealed: "device_enc" },
+];
+
+/// Tables derived from events that copy their (stored) user id.
+pub const USER_ID_TABLES: [&str; 4] = ["conversions", "fact_events", "sessions", "dim_users"];
+
+/// A batch of an [`crate::storage::IdTable`]'s rows that hold identifiers, after a key.
+pub fn identifier_rows(t: &crate::storage::IdTable) -> String {
+    let n = t.key.len();
+    let after: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
+    format!(
+        "SELECT {key}, {ids}, {sealed} FROM {table}
+          WHERE ({key}) > ({after}) AND ({any})
+          ORDER BY {key} LIMIT ${limit}",
+        key = t.key.join(", "),
+        ids = t.ids.join(", "),
+        sealed = t.sealed,
+        table = t.table,
+        after = after.join(", "),
+        any = t.ids.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" OR "),
+        limit = n + 1,
+    )
+}
+
+/// The first batch (no key before it).
+pub fn identifier_rows_first(t: &crate::storage::IdTable) -> String {
+    format!(
+        "SELECT {key}, {ids}, {sealed} FROM {table} WHERE {any} ORDER BY {key} LIMIT $1",
+        key = t.key.join(", "),
+        ids = t.ids.join(", "),
+        sealed = t.sealed,
+        table = t.table,
+        any = t.ids.iter().map(|c| format!("{c} IS NOT NULL")).collect::<Vec<_>>().join(" OR "),
+    )
+}
+
+/// One row's identifier columns and ciphertext: `$1…` the ids, then the ciphertext, then the key.
+pub fn rewrite_identifiers(t: &crate::storage::IdTable) -> String {
+    let ids = t.ids.len();
+    let sets: Vec<String> = t.ids.iter().enumerate().map(|(i, c)| format!("{c} = ${}", i + 1)).collect();
+    let keys: Vec<String> = t.key.iter().enumerate().map(|(i, c)| format!("{c} = ${}", ids + 2 + i)).collect();
+    format!(
+        "UPDATE {table} SET {sets}, {sealed} = ${s} WHERE {keys}",
+        table = t.table,
+        sets = sets.join(", "),
+        sealed = t.sealed,
+        s = ids + 1,
+        keys = keys.join(" AND "),
+    )
+}
+
+/// Distinct user ids of a derived table not in hashed form (`h:` and 32 hex digits).
+pub fn raw_user_ids(table: &str) -> String {
+    format!(
+        "SELECT DISTINCT user_id FROM {table}
+          WHERE user_id IS NOT NULL AND NOT (length(user_id) = 34 AND user_id LIKE 'h:%') LIMIT $1"
+    )
+}
+
+pub fn replace_user_id(table: &str) -> String {
+    format!("UPDATE {table} SET user_id = $1 WHERE user_id = $2")
+}
+
+pub const IDENTIFIERS_VERSION: &str = "SELECT value FROM etl_state WHERE key = 'identifiers_version'";
+
+pub const SET_IDENTIFIERS_VERSION: &str = "INSERT INTO etl_state (key, value) VALUES ('identifiers_version', $1)
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
 /// The context of the newest stored event (by corrected time) of a device or of a user: the
 /// latest consent state the server knows for them.
@@ -418,7 +501,7 @@ mod tests {
     fn the_compile_time_rewrite_is_the_run_time_one() {
         const INSERT: &str = sqlite!(INSERT_CLICK);
         assert_eq!(INSERT, to_sqlite(INSERT_CLICK));
-        assert!(INSERT.contains("VALUES (?1, ?2,") && INSERT.contains("?22)"), "{INSERT}");
+        assert!(INSERT.contains("VALUES (?1, ?2,") && INSERT.contains("?23)"), "{INSERT}");
         assert_eq!(sqlite!("SELECT $1, '$', $$, $12"), "SELECT ?1, '$', $$, ?12");
         const BYTES: [u8; 4] = sqlite_bytes::<4>("$1$2");
         assert_eq!(&BYTES, b"?1?2");
@@ -439,7 +522,17 @@ mod tests {
                 campaign_columns_on_conflict(&["clicks"])
             ),
         ];
-        for sql in ALL.iter().copied().chain(built.iter().map(String::as_str)) {
+        let identifiers = ID_TABLES
+            .iter()
+            .flat_map(|t| [identifier_rows(t), identifier_rows_first(t), rewrite_identifiers(t)])
+            .chain(USER_ID_TABLES.iter().flat_map(|t| [raw_user_ids(t), replace_user_id(t)]));
+        let built: Vec<String> = built.into_iter().chain(identifiers).collect();
+        for sql in ALL
+            .iter()
+            .copied()
+            .chain([IDENTIFIERS_VERSION, SET_IDENTIFIERS_VERSION])
+            .chain(built.iter().map(String::as_str))
+        {
             let sqlite = to_sqlite(sql);
             assert!(!sqlite.as_bytes().windows(2).any(|w| w[0] == b'$' && w[1].is_ascii_digit()), "{sqlite}");
             conn.prepare(&sqlite).unwrap_or_else(|e| panic!("{e}: {sqlite}"));

@@ -487,7 +487,13 @@ async fn render(
         Err(e) => return Err(storage_err(e)),
     };
     let recent = match state.storage.report(ReportQuery::RecentEvents { limit: 25 }).await {
-        Ok(ReportRows::Recent(r)) => r,
+        Ok(ReportRows::Recent(mut r)) => {
+            // User ids as the app sent them (stored hashed, the raw value sealed).
+            for e in &mut r {
+                state.ids.reveal_event(e);
+            }
+            r
+        }
         Ok(_) => Vec::new(),
         Err(e) => return Err(storage_err(e)),
     };

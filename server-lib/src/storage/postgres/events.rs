@@ -14,7 +14,7 @@ const INSERT_EVENTS: &str = concat!(
     event_insert_columns!(),
     ")
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],
-         $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::bytea[])
+         $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::bytea[], $15::bytea[])
      ON CONFLICT (app_id, event_id) DO NOTHING
      RETURNING app_id, event_id"
 );
@@ -42,6 +42,7 @@ impl EventStore for PostgresStorage {
             let corrected: Vec<i64> = events.iter().map(|e| e.corrected_ts).collect();
             let received: Vec<i64> = events.iter().map(|e| e.received_at).collect();
             let ips: Vec<Option<Vec<u8>>> = events.iter().map(|e| e.ip_enc.clone()).collect();
+            let sealed: Vec<Option<Vec<u8>>> = events.iter().map(|e| e.ids_enc.clone()).collect();
             let rows = client
                 .query(
                     INSERT_EVENTS,
@@ -59,6 +60,7 @@ impl EventStore for PostgresStorage {
                         &props,
                         &contexts,
                         &enrichments,
+                        &sealed,
                         &ips,
                     ],
                 )
@@ -109,6 +111,7 @@ pub(super) fn event_row(r: &tokio_postgres::Row) -> NewEvent {
         properties: r.get(10),
         context: r.get(11),
         enrichment: r.get(12),
+        ids_enc: r.get(13),
         ip_enc: None,
     }
 }

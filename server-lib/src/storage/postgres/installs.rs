@@ -70,6 +70,7 @@ impl InstallStore for PostgresStorage {
                         &result,
                         &i.audit.to_string(),
                         &i.ip_enc,
+                        &i.ids_enc,
                     ],
                 )
                 .await
@@ -135,6 +136,7 @@ fn install_row(r: &tokio_postgres::Row) -> Result<InstallRecord, StorageError> {
         result: serde_json::from_str(r.get(11)).map_err(backend)?,
         audit: json(r.get(12))?,
         ip_enc: r.get(13),
+        ids_enc: r.get(14),
     })
 }
 

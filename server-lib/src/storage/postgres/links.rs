@@ -154,5 +154,6 @@ fn click_row(r: &tokio_postgres::Row) -> Result<ClickRecord, StorageError> {
         sub_params: json(r.get(19))?,
         flags: r.get::<_, i16>(20) as u8,
         source: r.get(21),
+        device_enc: r.get(22),
     })
 }

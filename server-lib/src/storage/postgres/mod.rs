@@ -18,6 +18,7 @@ use tokio_postgres::NoTls;
 mod conversions;
 mod deletion;
 mod events;
+mod identifiers;
 mod installs;
 mod links;
 mod reports;
@@ -267,6 +268,7 @@ async fn insert_clicks(pool: &Pool, clicks: &[&ClickRecord]) -> Result<(), Stora
                 &c.sub_params.to_string(),
                 &flags,
                 &c.source,
+                &c.device_enc,
             ],
         )
         .await

@@ -32,7 +32,7 @@ impl EventStore for SqliteStorage {
 const INSERT_EVENT: &str = concat!(
     "INSERT INTO events (",
     event_insert_columns!(),
-    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
      ON CONFLICT (app_id, event_id) DO NOTHING"
 );
 
@@ -55,6 +55,7 @@ fn insert_events(tx: &rusqlite::Transaction<'_>, batch: &[NewEvent]) -> Result<V
                 e.properties,
                 e.context,
                 e.enrichment,
+                e.ids_enc,
                 e.ip_enc,
             ])
             .map_err(backend)?;
@@ -96,6 +97,7 @@ pub(super) fn event_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<NewEvent> {
         properties: r.get(10)?,
         context: r.get(11)?,
         enrichment: r.get(12)?,
+        ids_enc: r.get(13)?,
         ip_enc: None,
     })
 }

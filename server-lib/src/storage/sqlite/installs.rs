@@ -67,6 +67,7 @@ fn install_row(r: &Row<'_>) -> rusqlite::Result<(InstallRecord, String, String)>
             result: trailmark_core::protocol::AttributionResult::organic(Default::default()),
             audit: Value::Null,
             ip_enc: r.get(13)?,
+            ids_enc: r.get(14)?,
         },
         r.get(11)?,
         r.get(12)?,
@@ -158,6 +159,7 @@ pub fn save_install(
                 serde_json::to_string(r).map_err(json_err)?,
                 i.audit.to_string(),
                 i.ip_enc,
+                i.ids_enc,
             ],
         )
         .map_err(backend)?;

@@ -181,6 +181,7 @@ pub fn insert_touch(tx: &Transaction<'_>, c: &ClickRecord) -> Result<(), Storage
         c.sub_params.to_string(),
         c.flags,
         c.source,
+        c.device_enc,
     ])
     .map_err(backend)?;
     Ok(())
@@ -211,6 +212,7 @@ fn click_row(r: &Row<'_>) -> rusqlite::Result<(ClickRecord, String, String)> {
             sub_params: Value::Null,
             flags: r.get(20)?,
             source: r.get(21)?,
+            device_enc: r.get(22)?,
         },
         r.get(18)?,
         r.get(19)?,
