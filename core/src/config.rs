@@ -50,6 +50,9 @@ pub struct Config {
     pub device: DeviceContext,
     pub sdk: SdkContext,
     pub policy: Policy,
+    /// `identify` traits replaced by their SHA-256 (`<name>_sha256`) before they are queued
+    /// ([`crate::pii::hash_trait`]); `None`: [`crate::pii::DEFAULT_HASHED_TRAITS`].
+    pub hashed_traits: Option<Vec<String>>,
 }
 
 impl Config {
@@ -69,6 +72,7 @@ impl Config {
             device: DeviceContext::default(),
             sdk: SdkContext { name: "trailmark-rust".into(), version: env!("CARGO_PKG_VERSION").into() },
             policy: Policy::default(),
+            hashed_traits: None,
         }
     }
 }
@@ -114,6 +118,9 @@ pub struct HostConfig {
     pub debug: bool,
     /// [`Policy::max_batch_events`].
     pub max_batch_events: Option<usize>,
+    /// [`Config::hashed_traits`] (replaces the default list; names of e-mail and phone traits
+    /// must be listed again to keep them hashed).
+    pub hashed_traits: Option<Vec<String>>,
 }
 
 impl HostConfig {
@@ -144,6 +151,19 @@ impl HostConfig {
             }
         }
         let size = |key| count(o, key).and_then(|n| n.map(|n| usize::try_from(n).map_err(|_| key)).transpose());
+        let names = |key: &'static str| -> Result<Option<Vec<String>>, &'static str> {
+            match o.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Array(items)) => {
+                    let mut names = Vec::with_capacity(items.len());
+                    for item in items {
+                        names.push(String::from(item.as_str().ok_or(key)?));
+                    }
+                    Ok(Some(names))
+                }
+                Some(_) => Err(key),
+            }
+        };
         Ok(HostConfig {
             app_id: text(o, "app_id")?.unwrap_or_default(),
             app_secret: text(o, "app_secret")?.unwrap_or_default(),
@@ -164,6 +184,7 @@ impl HostConfig {
             max_queue_events: size("max_queue_events")?,
             debug: flag(o, "debug")?,
             max_batch_events: size("max_batch_events")?,
+            hashed_traits: names("hashed_traits")?,
         })
     }
 
@@ -191,6 +212,7 @@ impl HostConfig {
         p.flush_interval = self.flush_interval_ms.map(Duration::from_millis).unwrap_or(p.flush_interval);
         p.max_queue_events = self.max_queue_events.unwrap_or(p.max_queue_events);
         p.max_batch_events = self.max_batch_events.unwrap_or(p.max_batch_events);
+        c.hashed_traits = self.hashed_traits;
         c
     }
 }

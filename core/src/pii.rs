@@ -17,6 +17,8 @@ pub enum PiiError {
     InvalidEmail,
     #[error("a phone number needs 8 to 15 digits including the country code, got {0}")]
     InvalidPhone(usize),
+    #[error("an empty value")]
+    Empty,
 }
 
 /// Trims surrounding white space and lower-cases; requires one `@` with text on both sides.
@@ -71,6 +73,82 @@ pub fn normalize_phone(raw: &str) -> Result<String, PiiError> {
     Ok(digits)
 }
 
+/// `identify` traits hashed when the host does not say otherwise: e-mail addresses and phone
+/// numbers under their common names. Names compare ignoring ASCII case and `_`, `-`, `.` and
+/// spaces, so `emailAddress`, `Email-Address` and `email_address` are one name.
+pub const DEFAULT_HASHED_TRAITS: &[&str] = &[
+    "email",
+    "email_address",
+    "e_mail",
+    "user_email",
+    "phone",
+    "phone_number",
+    "mobile",
+    "mobile_number",
+    "mobile_phone",
+    "telephone",
+];
+
+/// A trait name as names are compared: ASCII lower case, without `_`, `-`, `.` and spaces.
+/// (Plain loops: iterator adapters cost the web build more code.)
+fn name_form(name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    for &b in name.as_bytes() {
+        if !matches!(b, b'_' | b'-' | b'.' | b' ') {
+            out.push(b.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+/// Whether `hay` holds `needle` (a byte scan: `str::contains` brings a string searcher the web
+/// build does not need).
+fn holds(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether trait `key` is one of `hashed` (`None`: [`DEFAULT_HASHED_TRAITS`]), names compared
+/// as that list says.
+pub fn is_hashed_trait(key: &str, hashed: Option<&[String]>) -> bool {
+    let key = name_form(key);
+    match hashed {
+        Some(list) => {
+            for h in list {
+                if name_form(h) == key {
+                    return true;
+                }
+            }
+            false
+        }
+        None => {
+            for h in DEFAULT_HASHED_TRAITS {
+                if name_form(h) == key {
+                    return true;
+                }
+            }
+            false
+        }
+    }
+}
+
+/// The hash of a trait's value by its name: e-mail rules for names with `mail` in them, phone
+/// rules for names with `phone`, `mobile` or `tel`, else trimmed and lower-cased (the
+/// normalisation ad networks use for names, cities and the like; empty is refused).
+pub fn hash_trait(key: &str, raw: &str) -> Result<String, PiiError> {
+    let name = name_form(key);
+    if holds(&name, b"mail") {
+        hash_email(raw)
+    } else if holds(&name, b"phone") || holds(&name, b"mobile") || holds(&name, b"tel") {
+        hash_phone(raw)
+    } else {
+        let text = lowercase(raw.trim());
+        if text.is_empty() {
+            return Err(PiiError::Empty);
+        }
+        Ok(sha256_hex(&text))
+    }
+}
+
 /// Lowercase hex SHA-256 of `value`.
 pub fn sha256_hex(value: &str) -> String {
     hex::encode(Sha256::digest(value.as_bytes()))
@@ -103,6 +181,27 @@ mod tests {
         assert_eq!(normalize_phone("+1 (650) 555-1234").unwrap(), "16505551234");
         assert_eq!(normalize_phone("0044 20 7946 0958").unwrap(), "442079460958");
         assert_eq!(normalize_phone("12"), Err(PiiError::InvalidPhone(2)));
+    }
+
+    #[test]
+    fn trait_names_and_their_rules() {
+        for key in ["email", "Email", "emailAddress", "E-Mail", "phone_number", "phoneNumber", "Mobile"] {
+            assert!(is_hashed_trait(key, None), "{key}");
+        }
+        for key in ["plan", "name", "emails_sent"] {
+            assert!(!is_hashed_trait(key, None), "{key}");
+        }
+        let own = ["First Name".to_owned()];
+        assert!(is_hashed_trait("first_name", Some(&own)) && !is_hashed_trait("email", Some(&own)));
+        assert_eq!(hash_trait("emailAddress", " Jane.Doe@Example.com"), hash_email("jane.doe@example.com"));
+        assert_eq!(hash_trait("mobile", "+1 650-555-1234"), hash_phone("16505551234"));
+        // echo -n 'jane' | sha256sum
+        assert_eq!(
+            hash_trait("first_name", "  Jane ").unwrap(),
+            "81f8f6dde88365f3928796ec7aa53f72820b06db8664f5fe76a7eb13e24546a2"
+        );
+        assert_eq!(hash_trait("first_name", "  "), Err(PiiError::Empty));
+        assert_eq!(hash_trait("email", "nope"), Err(PiiError::InvalidEmail));
     }
 
     #[test]

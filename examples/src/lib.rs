@@ -103,7 +103,7 @@ pub struct ServerArgs {
     pub postbacks: Vec<String>,
     /// Store everything in PostgreSQL instead of SQLite, e.g.
     /// postgres://trailmark@db.internal/trailmark (several instances may share it). TLS with
-    /// ?sslmode=require (or verify-full; the certificate is always verified).
+    /// ?sslmode=require (or verify-ca, verify-full: the certificate and host name are verified).
     #[arg(long)]
     pub postgres: Option<String>,
     /// CA certificates (PEM) that sign the PostgreSQL server's certificate [default: the

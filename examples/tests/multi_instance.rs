@@ -183,9 +183,12 @@ async fn two_instances_share_postgres_and_redis() {
 
     // The same event sent to both instances is stored once.
     let event_id = uuid::Uuid::new_v4().to_string();
+    let user = format!("mi-user-{}", uuid::Uuid::new_v4());
+    let event_device = format!("{}", uuid::Uuid::new_v4()).to_uppercase();
     let batch = json!({"sent_at": protocol::format_millis(trailmark_server::now_ms()), "batch": [{
         "event_id": event_id, "type": "purchase", "timestamp": protocol::format_millis(trailmark_server::now_ms()),
-        "anonymous_id": anon, "properties": {"revenue": 9.5, "currency": "EUR"}}]});
+        "anonymous_id": anon, "user_id": user, "device_id": event_device,
+        "properties": {"revenue": 9.5, "currency": "EUR"}}]});
     for base in [&a.base, &b.base] {
         let (s, body) = client.signed(base, "/v1/event", &batch).await;
         assert_eq!(s, 200, "{body}");
@@ -214,8 +217,10 @@ async fn two_instances_share_postgres_and_redis() {
     // …but its advertising id only as a keyed hash and a ciphertext: not in a dump of the
     // database, in any case, nor in Redis.
     let dump = pg_dump(&pg_url, &schema);
-    for form in [gaid.to_lowercase(), gaid.to_uppercase()] {
-        assert!(!dump.contains(&form), "the raw GAID is in the PostgreSQL dump");
+    for id in [&gaid, &user, &event_device] {
+        for form in [id.to_lowercase(), id.to_uppercase(), id.to_string()] {
+            assert!(!dump.contains(&form), "a raw identifier ({id}) is in the PostgreSQL dump");
+        }
     }
     assert!(dump.contains("COPY") && dump.contains(&anon), "the dump holds the data");
     let mut redis = redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();

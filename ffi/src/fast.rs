@@ -213,6 +213,7 @@ mod tests {
             flush_at: None,
             flush_interval_ms: None,
             max_queue_events: None,
+            hashed_traits: None,
         };
         TrailmarkSdk::start(config, Some(Arc::new(Offline))).unwrap()
     }

@@ -91,6 +91,11 @@ pub struct TrailmarkConfig {
     /// Most events kept waiting for upload; past it the oldest are dropped (default 10,000).
     #[uniffi(default = None)]
     pub max_queue_events: Option<u32>,
+    /// `identify` traits sent only as SHA-256 (`<name>_sha256`); replaces the default list
+    /// (e-mail and phone under their common names). E-mail rules for names with `mail`, phone
+    /// rules for `phone`/`mobile`/`tel`, trimmed and lower-cased otherwise.
+    #[uniffi(default = None)]
+    pub hashed_traits: Option<Vec<String>>,
 }
 
 /// Field by field; what the record does not offer (`debug`, `max_batch_events`) stays at its
@@ -117,6 +122,7 @@ impl From<TrailmarkConfig> for HostConfig {
             max_queue_events: c.max_queue_events.map(|n| n as usize),
             debug: false,
             max_batch_events: None,
+            hashed_traits: c.hashed_traits,
         }
     }
 }

@@ -45,6 +45,7 @@ fn config(endpoint: &str, db: &std::path::Path) -> TrailmarkConfig {
         flush_at: None,
         flush_interval_ms: None,
         max_queue_events: None,
+        hashed_traits: None,
     }
 }
 

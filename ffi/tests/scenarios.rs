@@ -89,6 +89,10 @@ fn config(c: &Value, db: &Path) -> TrailmarkConfig {
         flush_at: c.get("flush_at").and_then(Value::as_u64).map(|n| n as u32),
         flush_interval_ms: c.get("flush_interval_ms").and_then(Value::as_u64),
         max_queue_events: c.get("max_queue_events").and_then(Value::as_u64).map(|n| n as u32),
+        hashed_traits: c
+            .get("hashed_traits")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(Into::into)).collect()),
     }
 }
 

@@ -1566,8 +1566,9 @@ async fn a_do_not_sell_install_sends_no_postback_and_attribution_denied_is_not_f
 }
 
 /// The latest consent state decides: a purchase recorded (offline) before the person chose
-/// do-not-sell, arriving after, is credited but not posted back; once a newer event says the
-/// person allows sharing again, the next purchase is posted back.
+/// do-not-sell, arriving after, is credited but not posted back, and so is a newer purchase
+/// that says nothing about consent; once a newer event says the person allows sharing again,
+/// the next purchase is posted back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_latest_consent_state_decides_postbacks() {
     let (network, seen) = common::receiver().await;
@@ -1593,6 +1594,11 @@ async fn the_latest_consent_state_decides_postbacks() {
     let t0 = srv.clock.now();
     srv.clock.advance(10 * MINUTE);
     srv.event(event("screen_view", &dns, t0 + 5 * MINUTE)).await;
+    // A purchase that says nothing about consent (as a server reports one), newer than the
+    // do-not-sell: it does not count as the latest state, so it is not posted back either.
+    let mut silent = srv.event_body("purchase", "anon-l", None, Some(&click), json!({"revenue": 2, "currency": "USD"}));
+    silent["timestamp"] = json!(protocol::format_millis(t0 + 6 * MINUTE));
+    srv.event(silent).await;
     let early = event("purchase", &granted, t0 + MINUTE);
     srv.event(early.clone()).await;
     srv.event(event("screen_view", &granted, t0 + 8 * MINUTE)).await;
@@ -1608,5 +1614,5 @@ async fn the_latest_consent_state_decides_postbacks() {
     assert_eq!(*seen.lock().unwrap(), [format!("e={}", late["event_id"].as_str().unwrap())]);
     let conn = rusqlite::Connection::open(&srv.db).unwrap();
     let credited: i64 = conn.query_row("SELECT COUNT(DISTINCT event_id) FROM conversions", [], |r| r.get(0)).unwrap();
-    assert_eq!(credited, 2, "both purchases are credited");
+    assert_eq!(credited, 3, "every purchase is credited");
 }

@@ -279,3 +279,26 @@ async fn the_pass_hashes_old_rows_and_a_rotation_seals_them_again() {
     let events = admin(&client, &base, &format!("/v1/events?user_id={USER}&limit=1")).await;
     assert_eq!(events["events"][0]["user_id"], USER, "opened with key 2");
 }
+
+/// A deletion right after the upgrade finds the old rows: the first pass runs before the
+/// attribution state loads, and a deletion waits for that load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_right_after_the_upgrade_reaches_the_old_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("old.db");
+    legacy_rows(&db).await;
+    let base = common::serve(ServerBuilder::new(config(Vec::new())).sqlite(&db).unwrap()).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/user/delete"))
+        .bearer_auth("test-admin-key-0123456789")
+        .json(&json!({"user_id": USER}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let receipt: Value = resp.json().await.unwrap();
+    assert!(receipt["rows_deleted"].as_u64().unwrap() >= 1201, "1200 events and the conversion: {receipt}");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM events"), 0);
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM conversions"), 0);
+}

@@ -143,3 +143,63 @@ fn build_outside_a_runtime_is_refused() {
     let err = builder.unwrap().build().err().expect("no runtime, no server");
     assert!(err.to_string().contains("Tokio runtime"), "{err}");
 }
+
+/// A postback made while the person allowed sharing, still pending when their newer event says
+/// do-not-sell, is not sent: the sender reads the latest consent before every attempt and marks
+/// it withheld (logged as an attempt with the reason). Another person's pending postback goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_postback_of_someone_who_opted_out_since_is_withheld() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("w.db");
+    let (network, hits) = receiver().await;
+    let store = Arc::new(SqliteStorage::open(&db, Durability::Normal, 1024, 1000).unwrap());
+    for anon in ["anon-out", "anon-in"] {
+        store
+            .save_postback(PostbackRecord {
+                app_id: "app".into(),
+                anonymous_id: anon.into(),
+                event_id: format!("ev-{anon}"),
+                network: "alpha".into(),
+                event: "purchase".into(),
+                url: format!("{network}/pb?who={anon}"),
+                created_at: trailmark_server::now_ms(),
+            })
+            .await
+            .unwrap();
+    }
+    let said = |dns: bool| format!(r#"{{"consent":{{"analytics":true,"attribution":true,"do_not_sell":{dns}}}}}"#);
+    store
+        .insert(vec![
+            NewEvent { context: said(true), ..event(1) },
+            NewEvent { anonymous_id: "anon-in".into(), context: said(false), ..event(2) },
+        ])
+        .await
+        .unwrap();
+    store.insert(vec![NewEvent { anonymous_id: "anon-out".into(), context: said(true), ..event(3) }]).await.unwrap();
+
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.postbacks = vec![trailmark_server::domain::postbacks::PostbackConfig {
+        network: "alpha".into(),
+        url: format!("{network}/pb?e={{event}}"),
+        events: vec![],
+    }];
+    let (_router, handle) = ServerBuilder::new(config).storage(store.clone()).build().unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let states = || -> Vec<(String, String)> {
+        let mut stmt = conn.prepare("SELECT anonymous_id, state FROM postbacks ORDER BY anonymous_id").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    };
+    for _ in 0..400 {
+        if states().iter().all(|(_, s)| s != "pending") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(states(), [("anon-in".to_owned(), "delivered".to_owned()), ("anon-out".into(), "withheld".into())]);
+    assert_eq!(*hits.lock().unwrap(), ["who=anon-in"]);
+    let why: String = conn
+        .query_row("SELECT error FROM postback_attempts WHERE anonymous_id = 'anon-out'", [], |r| r.get(0))
+        .unwrap();
+    assert!(why.contains("do-not-sell"), "{why}");
+    handle.shutdown().await;
+}

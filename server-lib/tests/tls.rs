@@ -71,6 +71,8 @@ async fn redis_over_tls_verified_against_the_ca() {
     let plain = url.replace("rediss://", "redis://");
     let err = RedisClickCache::connect_with(&plain, &[7; 32], 60_000, "tls:", Some(&ca)).await.err().expect("refused");
     assert!(err.to_string().contains("not rediss://"), "{err}");
+    // The port speaks TLS only: a plain connection to it gets nowhere.
+    assert!(RedisClickCache::connect(&plain, &[7; 32], 60_000, "tls:").await.is_err(), "plain to the TLS port");
     let bad = std::env::temp_dir().join(format!("tm-not-a-ca-{}.pem", std::process::id()));
     std::fs::write(&bad, "nothing").unwrap();
     let err = RedisClickCache::connect_with(&url, &[7; 32], 60_000, "tls:", Some(&bad)).await.err().expect("bad CA");

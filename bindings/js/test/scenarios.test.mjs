@@ -19,6 +19,7 @@ function options(c, transport, storage) {
     flushAt: c.flush_at,
     flushIntervalMs: c.flush_interval_ms,
     maxQueueEvents: c.max_queue_events,
+    hashedTraits: c.hashed_traits,
     context: {
       deviceId: c.device_id,
       advertisingId: c.advertising_id,

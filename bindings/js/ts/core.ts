@@ -301,6 +301,7 @@ export async function start(
     flush_at: o.flushAt,
     flush_interval_ms: o.flushIntervalMs,
     max_queue_events: o.maxQueueEvents,
+    hashed_traits: o.hashedTraits,
   };
   const seed = new Uint8Array(32);
   crypto.getRandomValues(seed);

@@ -9,7 +9,7 @@ use super::log;
 use super::state::Session;
 use super::{Engine, Millis, ms, new_uuid};
 use crate::config::MAX_CAMPAIGN_VALUE_LEN;
-use crate::json::{Object, Value};
+use crate::json::Object;
 use crate::pii;
 use crate::protocol::{self, CampaignContext, ContextRef, EventView, MAX_EVENT_BYTES, ValidationError};
 use crate::store::{EventStore, StoredEvent};
@@ -89,27 +89,32 @@ impl<S: EventStore> Engine<S> {
         self.track(now, event_type, properties)
     }
 
-    /// Sets the user id and sends an `identify` event with `traits`. Traits `email` and `phone`
-    /// are replaced by `email_sha256` / `phone_sha256`; one that cannot be normalised is dropped
-    /// (never sent raw) and counted as refused.
+    /// Sets the user id and sends an `identify` event with `traits`. Traits named in
+    /// [`crate::config::Config::hashed_traits`] (e-mail and phone by default) are replaced by
+    /// `<name>_sha256`; one that cannot be normalised is dropped (never sent raw) and counted
+    /// as refused.
     pub fn identify(&mut self, now: Millis, user_id: &str, mut traits: Object) -> Result<(), ValidationError> {
         let checked = protocol::validate_id("user_id", user_id);
         self.guard(checked)?;
-        for (key, hash) in [("email", pii::hash_email as fn(&str) -> _), ("phone", pii::hash_phone)] {
-            let Some(raw) = traits.remove(key) else { continue };
-            match &raw {
-                Value::String(s) => match hash(s) {
-                    Ok(h) => {
-                        let mut name = String::from(key);
-                        name.push_str("_sha256");
-                        traits.insert(name, h);
-                    }
-                    Err(_e) => {
-                        self.record_refusal();
-                        log!(self, "identify: dropped trait {key}: {_e}");
-                    }
-                },
-                _ => {
+        let mut keys: Vec<String> = Vec::new();
+        for (k, _) in traits.iter() {
+            if pii::is_hashed_trait(k, self.config.hashed_traits.as_deref()) {
+                keys.push(k.into());
+            }
+        }
+        for key in keys {
+            let Some(raw) = traits.remove(&key) else { continue };
+            match raw.as_str().map(|s| pii::hash_trait(&key, s)) {
+                Some(Ok(h)) => {
+                    let mut name = key;
+                    name.push_str("_sha256");
+                    traits.insert(name, h);
+                }
+                Some(Err(_e)) => {
+                    self.record_refusal();
+                    log!(self, "identify: dropped trait {key}: {_e}");
+                }
+                None => {
                     self.record_refusal();
                     log!(self, "identify: dropped trait {key}: not a string");
                 }

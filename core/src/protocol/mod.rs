@@ -192,6 +192,8 @@ impl CampaignContext {
 pub struct ConsentContext {
     pub analytics: Option<bool>,
     pub attribution: Option<bool>,
+    /// Missing: false (a sender that only says `attribution`).
+    #[cfg_attr(feature = "serde", serde(default))]
     pub do_not_sell: bool,
 }
 
@@ -382,8 +384,9 @@ pub struct InstallRequest {
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub click_id: Option<String>,
     /// The consent state the SDK had when it sent the request (as events carry it in
-    /// `context.consent`). Absent from SDKs before 0.x and from server-side senders: the server
-    /// then applies no consent restriction of its own.
+    /// `context.consent`). Absent from older SDKs and from server-side senders: the server then
+    /// applies no consent restriction of its own. A server older than this field refuses it
+    /// (unknown fields are refused): upgrade servers before SDKs.
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub consent: Option<ConsentContext>,
 }

@@ -84,23 +84,21 @@ impl IdProtector {
     }
 
     /// The stored form of a device or advertising id: [`device_id_form`], then hashed; `None`
-    /// for an id that is empty or all zeros once normalised (limited ad tracking). An id
-    /// already in hashed form is kept (the stored form of a stored form is itself).
+    /// for an id that is empty or all zeros once normalised (limited ad tracking). Whatever a
+    /// client sends is hashed, a value shaped like a stored form too (else anyone who saw a
+    /// stored hash could act as that device).
     pub fn device(&self, raw: &str) -> Option<String> {
         let id = device_id_form(raw);
         if id.is_empty() || id.bytes().all(|b| b == b'0' || b == b'-') {
             return None;
         }
-        if is_hashed(&id) {
-            return Some(id);
-        }
         Some(self.hash("device", &id))
     }
 
-    /// The stored form of a user id: hashed as given (user ids are compared exactly). A value
-    /// already in hashed form is kept.
+    /// The stored form of a user id: hashed as given (user ids are compared exactly), whatever
+    /// its shape.
     pub fn user(&self, raw: &str) -> String {
-        if is_hashed(raw) { raw.to_owned() } else { self.hash("user", raw) }
+        self.hash("user", raw)
     }
 
     /// A deletion subject in stored form: user and device ids hashed (anonymous ids are stored
@@ -160,7 +158,7 @@ impl IdProtector {
     }
 
     /// Brings one stored row to the current form: raw identifiers (rows written before
-    /// identifiers were hashed) hashed and sealed, a ciphertext under an older key sealed again
+    /// identifiers were hashed; told apart by [`is_hashed`]) hashed and sealed, a ciphertext under an older key sealed again
     /// under the newest. `names` are the JSON names of `ids` in the ciphertext (`user_id` is a
     /// user id; any other name a device or advertising id). Returns whether the row changed;
     /// a ciphertext that no listed key opens is left as it is.
@@ -263,7 +261,8 @@ mod tests {
         let a = p.device(" 6D92078A-8246-4BA4-AE5B-76104861E7DC ").unwrap();
         assert_eq!(Some(a.clone()), p.device("6d92078a-8246-4ba4-ae5b-76104861e7dc"), "one case, trimmed");
         assert!(is_hashed(&a) && !a.contains("6d92"), "{a}");
-        assert_eq!(p.device(&a), Some(a.clone()), "a stored form stays as it is");
+        assert_ne!(p.device(&a), Some(a.clone()), "a value shaped like a stored form is hashed too");
+        assert_ne!(p.user(&p.user("jane")), p.user("jane"));
         assert_eq!(p.device("00000000-0000-0000-0000-000000000000"), None, "limited ad tracking");
         assert_eq!(p.device("  "), None);
         // Another audit key: another hash; another encryption key: the same hash.

@@ -28,7 +28,9 @@ pub async fn delete(svc: &Services, subject: Subject, requested_by: String, supp
         requested_by,
     };
     let tombstones = Tombstones { key: svc.config.audit_key, suppress };
-    // Rows hold user and device ids in their stored form.
+    // Rows hold user and device ids in their stored form (the attribution state load first
+    // brings the rows of earlier versions to it).
+    svc.tracking.ready(svc).await?;
     let stored = svc.ids.subject(&subject);
     let report = svc.storage.delete_subject(stored, audit, tombstones).await?;
     let mut warnings = Vec::new();

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use super::{ServiceResult, Services};
+use super::Services;
+use crate::domain::identifiers::is_hashed;
 use crate::storage::{ID_TABLES, StorageError};
 
 /// Rows read per batch.
@@ -25,8 +26,11 @@ pub struct PassReport {
 }
 
 /// Runs the pass if the store's rows are not all under the current key version; `None` when
-/// there was nothing to do.
-pub async fn renew(svc: &Services) -> ServiceResult<Option<PassReport>> {
+/// there was nothing to do. The first pass on a store (after the upgrade that brought hashed
+/// identifiers) runs before the attribution state loads, so no request matches or deletes
+/// against raw rows (`service::tracking`); later passes (after a key rotation) only re-seal and
+/// run in the background.
+pub async fn renew(svc: &Services) -> Result<Option<PassReport>, StorageError> {
     let current = i64::from(svc.ids.current());
     if retry(|| svc.storage.identifiers_version()).await? == Some(current) {
         return Ok(None);
@@ -39,7 +43,15 @@ pub async fn renew(svc: &Services) -> ServiceResult<Option<PassReport>> {
             let Some(last) = rows.last() else { break };
             after = Some(last.key.clone());
             let mut changed = Vec::new();
+            // Raw user ids of events: replaced in the tables derived from events as well (by
+            // their user_id indexes), batch by batch.
+            let mut users: Vec<(String, String)> = Vec::new();
             for mut row in rows {
+                if table.ids.first() == Some(&"user_id")
+                    && let Some(raw) = row.ids[0].as_deref().filter(|u| !is_hashed(u))
+                {
+                    users.push((raw.to_owned(), svc.ids.user(raw)));
+                }
                 if row.sealed.as_deref().is_some_and(|b| svc.ids.open(b).is_none()) {
                     report.unreadable += 1;
                 } else if svc.ids.renew(table.ids, &mut row.ids, &mut row.sealed) {
@@ -52,8 +64,15 @@ pub async fn renew(svc: &Services) -> ServiceResult<Option<PassReport>> {
                     .increment(changed.len() as u64);
                 retry(|| svc.storage.rewrite_identifiers(table, changed.clone())).await?;
             }
+            users.sort();
+            users.dedup();
+            if !users.is_empty() {
+                report.user_ids += users.len() as u64;
+                retry(|| svc.storage.replace_user_ids(users.clone())).await?;
+            }
         }
     }
+    // What is left: derived rows whose events are gone (retention).
     loop {
         let mut raw = retry(|| svc.storage.raw_user_ids(BATCH)).await?;
         raw.sort();

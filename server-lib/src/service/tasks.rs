@@ -105,6 +105,11 @@ pub fn start(services: &Arc<Services>) -> Result<ServerHandle, StartError> {
         "identifier pass",
         tokio::spawn(async move {
             let Some(svc) = weak.upgrade() else { return };
+            // After the attribution state load, which runs a never-passed store's first pass.
+            tokio::select! {
+                _ = pass_stop.stopped() => return,
+                _ = svc.tracking.ready(&svc) => {}
+            }
             tokio::select! {
                 _ = pass_stop.stopped() => {}
                 done = super::identifiers::renew(&svc) => match done {

@@ -239,6 +239,12 @@ async fn load(svc: &Services) -> Result<Mutex<TrackState>, StorageError> {
     let cfg = &svc.config.attribution;
     let now = svc.config.clock.now();
     let started = std::time::Instant::now();
+    // A store never passed (rows of a version before identifiers were hashed) is brought to
+    // the hashed form first: the touches loaded next, and every request that waits for this
+    // load, then only meet hashed identifiers.
+    if svc.storage.identifiers_version().await?.is_none() {
+        super::identifiers::renew(svc).await?;
+    }
     let LinkCatalog { campaigns, links } = svc.storage.load_links().await?;
     let touches = svc.storage.load_touches(now - cfg.index_ttl()).await?;
     let baseline_from = now - (cfg.fraud.burst_baseline_hours as i64 + 1) * HOUR;

@@ -141,7 +141,8 @@ pub trait ConversionStore: Send + Sync + 'static {
     /// Whether the postback still waits to be sent (not delivered, failed or deleted).
     fn postback_pending(&self, id: i64) -> StorageFuture<'_, bool>;
     /// The `context` (JSON text) of the newest stored event, by corrected time, of the device
-    /// `anonymous_id` or of `user_id` in the app: where the latest consent state is read.
+    /// `anonymous_id` or of `user_id` in the app, among those whose context holds `consent`:
+    /// where the latest consent state is read.
     fn latest_context(
         &self,
         app_id: String,

@@ -261,9 +261,13 @@ pub const IDENTIFIERS_VERSION: &str = "SELECT value FROM etl_state WHERE key = '
 pub const SET_IDENTIFIERS_VERSION: &str = "INSERT INTO etl_state (key, value) VALUES ('identifiers_version', $1)
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
-/// The context of the newest stored event (by corrected time) of a device or of a user: the
-/// latest consent state the server knows for them.
+/// The context of the newest stored event (by corrected time) of a device or of a user that
+/// says what the person's consent was: the latest consent state the server knows for them.
+/// Events without `context.consent` (a server's own events) say nothing and do not count.
+/// `context` is stored as compact JSON, where `"consent":{` can only be a key (a quote inside
+/// a string value is escaped).
 pub const LATEST_CONTEXT: &str = "SELECT context FROM events WHERE app_id = $1 AND (anonymous_id = $2 OR user_id = $3)
+       AND context LIKE '%\"consent\":{%'
      ORDER BY corrected_ts DESC LIMIT 1";
 
 /// A delivery attempt, only while the postback exists: a deletion in the meantime leaves no

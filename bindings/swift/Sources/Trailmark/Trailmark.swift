@@ -34,6 +34,9 @@ public final class Trailmark: @unchecked Sendable {
         public var flushAt: Int?
         public var flushInterval: TimeInterval?
         public var maxQueueEvents: Int?
+        /// `identify` traits sent only as SHA-256 (`<name>_sha256`), replacing the default list
+        /// (e-mail and phone under their common names).
+        public var hashedTraits: [String]?
         /// Overrides for the device context (filled from the platform when nil).
         public var os: String?
         public var osVersion: String?
@@ -69,7 +72,8 @@ public final class Trailmark: @unchecked Sendable {
                 sdkName: sdkName, sdkVersion: sdkVersion,
                 flushAt: flushAt.map { UInt32(clamping: $0) },
                 flushIntervalMs: flushInterval.map { UInt64(max(0, $0) * 1000) },
-                maxQueueEvents: maxQueueEvents.map { UInt32(clamping: $0) })
+                maxQueueEvents: maxQueueEvents.map { UInt32(clamping: $0) },
+                hashedTraits: hashedTraits)
         }
 
         static func defaultDatabasePath() throws -> String {

@@ -148,6 +148,7 @@ func configuration(_ c: [String: Any], _ db: URL) -> Trailmark.Configuration {
     t.flushAt = (c["flush_at"] as? NSNumber)?.intValue
     t.flushInterval = (c["flush_interval_ms"] as? NSNumber).map { $0.doubleValue / 1000 }
     t.maxQueueEvents = (c["max_queue_events"] as? NSNumber)?.intValue
+    t.hashedTraits = c["hashed_traits"] as? [String]
     return t
 }
 

@@ -84,11 +84,11 @@ fn split_tls(url: &str) -> Result<(String, SslMode, Option<String>), StorageErro
     let bad = |m: String| StorageError::Backend(format!("PostgreSQL URL: {m}"));
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
         let config = tokio_postgres::Config::from_str(url).map_err(|e| bad(e.to_string()))?;
+        // tokio-postgres's default is `prefer`: a string that does not ask stays plain.
+        let asked = url.split_ascii_whitespace().any(|kv| kv.trim_start().starts_with("sslmode"));
         let mode = match config.get_ssl_mode() {
             tokio_postgres::config::SslMode::Require => SslMode::Require,
-            // tokio-postgres's default is `prefer`: a string that does not ask stays plain.
-            _ if !url.contains("sslmode") => SslMode::Off,
-            tokio_postgres::config::SslMode::Prefer => SslMode::Prefer,
+            tokio_postgres::config::SslMode::Prefer if asked => SslMode::Prefer,
             _ => SslMode::Off,
         };
         return Ok((url.to_owned(), mode, None));
@@ -301,5 +301,7 @@ mod tls_tests {
         assert!(split_tls("postgres://db/x?sslmode=sometimes").unwrap_err().to_string().contains("sometimes"));
         assert_eq!(split_tls("host=db user=u sslmode=require").unwrap().1, SslMode::Require);
         assert_eq!(split_tls("host=db user=u").unwrap().1, SslMode::Off);
+        assert_eq!(split_tls("host=db application_name=sslmode_fan").unwrap().1, SslMode::Off);
+        assert_eq!(split_tls("host=db sslmode=prefer").unwrap().1, SslMode::Prefer);
     }
 }

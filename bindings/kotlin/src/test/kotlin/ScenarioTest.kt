@@ -197,6 +197,7 @@ fun config(c: Map<String, Any?>, db: File) = TrailmarkConfig(
     timezone = c["timezone"] as String?, sdkName = c["sdk_name"] as String?, sdkVersion = c["sdk_version"] as String?,
     flushAt = (c["flush_at"] as Long?)?.toUInt(), flushIntervalMs = (c["flush_interval_ms"] as Long?)?.toULong(),
     maxQueueEvents = (c["max_queue_events"] as Long?)?.toUInt(),
+    hashedTraits = (c["hashed_traits"] as List<*>?)?.map { it as String },
 )
 
 fun runScenario(file: File) = runBlocking {
