@@ -50,14 +50,19 @@ struct Args {
     refresh_events: usize,
     #[arg(long, default_value_t = 100)]
     refresh_devices: usize,
+    /// Events of the batched and single workloads carry a `user_id` and a `device_id` (as a
+    /// signed-in app's events with attribution consent do).
+    #[arg(long)]
+    ids: bool,
 }
 
 const APP: &str = "bench";
 const SECRET: &str = "bench-secret";
 
-/// One event as JSON text (built with `format!`, so preparing the bodies stays cheap).
-fn event(i: u64, ts: &str) -> String {
-    format!(
+/// One event as JSON text (built with `format!`, so preparing the bodies stays cheap); with
+/// `ids`, a user id and a device id as well.
+fn event(i: u64, ts: &str, ids: bool) -> String {
+    let text = format!(
         concat!(
             r#"{{"event_id":"{}","type":"add_to_cart","timestamp":"{}","anonymous_id":"anon-{}","session_id":"s-1","#,
             r#""properties":{{"sku":"SKU-{}","price":19.99,"currency":"EUR","quantity":1}},"#,
@@ -68,7 +73,12 @@ fn event(i: u64, ts: &str) -> String {
         ts,
         i % 5000,
         i % 1000
-    )
+    );
+    if !ids {
+        return text;
+    }
+    let n = i % 5000;
+    format!(r#"{{"user_id":"user-{n}","device_id":"5D1E0C{n:06X}-8246-4BA4-AE5B-76104861E7DC",{}"#, &text[1..])
 }
 
 struct Result {
@@ -203,7 +213,7 @@ async fn main() {
         let batches: Vec<Vec<u8>> = (0..(args.seconds * 200))
             .map(|b| {
                 let ts = protocol::format_millis(trailmark_server::now_ms());
-                let events: Vec<String> = (0..500).map(|i| event(b * 500 + i, &ts)).collect();
+                let events: Vec<String> = (0..500).map(|i| event(b * 500 + i, &ts, args.ids)).collect();
                 format!(r#"{{"sent_at":"{ts}","batch":[{}]}}"#, events.join(",")).into_bytes()
             })
             .collect();
@@ -236,7 +246,8 @@ async fn main() {
     }
     if run("single") {
         let ts = protocol::format_millis(trailmark_server::now_ms());
-        let singles: Vec<Vec<u8>> = (0..(args.seconds * 15_000)).map(|i| event(i, &ts).into_bytes()).collect();
+        let singles: Vec<Vec<u8>> =
+            (0..(args.seconds * 15_000)).map(|i| event(i, &ts, args.ids).into_bytes()).collect();
         let (c, u) = (client.clone(), ingest.clone());
         let r = drive(&args, Arc::new(singles), move |body| {
             let (c, u) = (c.clone(), u.clone());
