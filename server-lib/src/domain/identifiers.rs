@@ -42,9 +42,14 @@ impl std::fmt::Debug for IdKey {
 
 /// Hashes and seals identifiers.
 pub struct IdProtector {
-    hash_key: [u8; 32],
+    /// HMAC-SHA256 keyed with the hash key, ready to be cloned (the key schedule once).
+    hasher: hmac::Hmac<sha2::Sha256>,
     /// Newest first.
     keys: Vec<(u8, Aes256Gcm)>,
+    /// Nonces: 4 random bytes for this process, then a counter from a random start (no system
+    /// call per seal; unique per key while fewer than 2^64 values are sealed by one process).
+    nonce_field: [u8; 4],
+    nonce_counter: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for IdProtector {
@@ -67,9 +72,15 @@ impl IdProtector {
         }
         keys.sort_by_key(|k| std::cmp::Reverse(k.version));
         keys.dedup_by_key(|k| k.version);
+        let seed = Aes256Gcm::generate_nonce(&mut OsRng);
+        let hash_key = derive(audit_key, "trailmark identifier hash v1");
         IdProtector {
-            hash_key: derive(audit_key, "trailmark identifier hash v1"),
+            hasher: <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(&hash_key).expect("HMAC takes any key length"),
             keys: keys.iter().map(|k| (k.version, Aes256Gcm::new(&Key::<Aes256Gcm>::from(k.key)))).collect(),
+            nonce_field: seed[..4].try_into().expect("4 bytes"),
+            nonce_counter: std::sync::atomic::AtomicU64::new(u64::from_le_bytes(
+                seed[4..].try_into().expect("8 bytes"),
+            )),
         }
     }
 
@@ -192,7 +203,8 @@ impl IdProtector {
     }
 
     fn hash(&self, kind: &str, value: &str) -> String {
-        let mut mac = keyed_hash(&self.hash_key, kind);
+        let mut mac = self.hasher.clone();
+        mac.update(kind.as_bytes());
         mac.update(b"\x1f");
         mac.update(value.as_bytes());
         let bytes = mac.finalize().into_bytes();
@@ -202,7 +214,11 @@ impl IdProtector {
     /// `version ‖ nonce ‖ AES-256-GCM(plain)` under the newest key.
     pub fn seal(&self, plain: &str) -> Option<Vec<u8>> {
         let (version, cipher) = &self.keys[0];
-        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+        let mut nonce = [0u8; 12];
+        nonce[..4].copy_from_slice(&self.nonce_field);
+        let n = self.nonce_counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        nonce[4..].copy_from_slice(&n.to_le_bytes());
+        let nonce = Nonce::from(nonce);
         let sealed = cipher.encrypt(&nonce, plain.as_bytes()).ok()?;
         let mut out = Vec::with_capacity(1 + 12 + sealed.len());
         out.push(*version);

@@ -53,8 +53,22 @@ pub async fn ingest(
     let Prepared { mut fresh, mut followups, rejected, dropped, clamped } = prepare(&rules, &sender, value)?;
     // From here on user and device ids are in their stored (hashed) form, the raw values
     // sealed with the event (docs/privacy.md, "Identifiers at rest").
+    // A batch is usually one device's: its ids are hashed and sealed once (the same sealed
+    // value in each row is as safe as one each; each seal has its own nonce).
+    let mut done: HashMap<(Option<String>, Option<String>), NewEvent> = HashMap::new();
     for e in &mut fresh {
-        svc.ids.protect_event(e);
+        if e.user_id.is_none() && e.device_id.is_none() {
+            continue;
+        }
+        let key = (e.user_id.take(), e.device_id.take());
+        let protected = done.entry(key.clone()).or_insert_with(|| {
+            let mut p = NewEvent { user_id: key.0, device_id: key.1, ..NewEvent::default() };
+            svc.ids.protect_event(&mut p);
+            p
+        });
+        e.user_id.clone_from(&protected.user_id);
+        e.device_id.clone_from(&protected.device_id);
+        e.ids_enc.clone_from(&protected.ids_enc);
     }
     for f in &mut followups {
         f.user_id = f.user_id.as_deref().map(|u| svc.ids.user(u));
