@@ -37,6 +37,14 @@ pub struct ServerArgs {
     /// app or APP_ID=ORIGIN for one, e.g. https://shop.example. Repeatable.
     #[arg(long = "cors-origin", value_name = "[APP_ID=]ORIGIN")]
     pub cors_origins: Vec<String>,
+    /// An iOS app the link domain opens by universal link, as TEAM_ID.BUNDLE_ID (served in
+    /// /.well-known/apple-app-site-association). Repeatable.
+    #[arg(long = "apple-app", value_name = "TEAM_ID.BUNDLE_ID")]
+    pub apple_apps: Vec<String>,
+    /// An Android app the link domain opens by App Link, as PACKAGE=SHA256_FINGERPRINT[,…]
+    /// (served in /.well-known/assetlinks.json). Repeatable.
+    #[arg(long = "android-app", value_name = "PACKAGE=FINGERPRINT")]
+    pub android_apps: Vec<String>,
     /// Bearer key for admin endpoints.
     #[arg(long)]
     pub admin_key: Option<String>,
@@ -430,6 +438,8 @@ struct FileConfig {
     /// Largest |revenue| an event may carry [default: 10000000].
     max_revenue: Option<f64>,
     cors_origins: Option<Vec<String>>,
+    apple_apps: Option<Vec<String>>,
+    android_apps: Option<Vec<String>>,
     admin_key: Option<String>,
     geoip_city: Option<PathBuf>,
     geoip_asn: Option<PathBuf>,
@@ -479,6 +489,8 @@ pub struct Settings {
     pub max_revenue: Option<f64>,
     /// CORS origins: `(None, origin)` for every app, `(Some(app), origin)` for one.
     pub cors_origins: Vec<(Option<String>, String)>,
+    /// Apps opened by universal links / App Links (the well-known files).
+    pub deep_link_apps: trailmark_server::domain::wellknown::DeepLinkApps,
     pub admin_key: Option<String>,
     pub geoip_city: Option<PathBuf>,
     pub geoip_asn: Option<PathBuf>,
@@ -597,6 +609,19 @@ impl ServerArgs {
             }
             cors_origins.push((app, origin));
         }
+        let mut deep_link_apps = trailmark_server::domain::wellknown::DeepLinkApps {
+            apple: file.apple_apps.unwrap_or_default().into_iter().chain(self.apple_apps.iter().cloned()).collect(),
+            android: Vec::new(),
+        };
+        for spec in file.android_apps.unwrap_or_default().iter().chain(&self.android_apps) {
+            let (package, fingerprints) =
+                spec.split_once('=').ok_or_else(|| format!("--android-app {spec:?}: expected PACKAGE=FINGERPRINT"))?;
+            deep_link_apps.android.push(trailmark_server::domain::wellknown::AndroidApp {
+                package: package.trim().to_owned(),
+                fingerprints: fingerprints.split(',').map(|f| f.trim().to_owned()).collect(),
+            });
+        }
+        deep_link_apps.check().map_err(|e| format!("--apple-app/--android-app: {e}"))?;
         let tls = match (self.tls_cert.clone().or(file.tls_cert), self.tls_key.clone().or(file.tls_key)) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -692,6 +717,7 @@ impl ServerArgs {
             db,
             apps,
             cors_origins,
+            deep_link_apps,
             admin_key,
             geoip_city: self.geoip_city.clone().or(file.geoip_city),
             geoip_asn: self.geoip_asn.clone().or(file.geoip_asn),
@@ -998,6 +1024,7 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
         }
     }
     config.admin_key = settings.admin_key.clone();
+    config.deep_link_apps = settings.deep_link_apps.clone();
     config.ip_key = ip_key;
     config.audit_key = audit_key;
     config.geoip_city = settings.geoip_city.clone();

@@ -188,6 +188,9 @@ pub struct Attribution {
     pub fraud_rejected: bool,
     /// This device installed before, inside the re-attribution window.
     pub reinstall: bool,
+    /// Why the install is not attributed (`no_click_in_window`, `outside_window`,
+    /// `below_threshold`, `consent_denied`, `rejected_fraud`, `reinstall`, `not_eligible`).
+    pub reason: Option<String>,
 }
 
 impl From<trailmark_core::protocol::AttributionResult> for Attribution {
@@ -209,6 +212,7 @@ impl From<trailmark_core::protocol::AttributionResult> for Attribution {
             fraud_flags: a.fraud.flags,
             fraud_rejected: a.fraud.rejected,
             reinstall: a.reinstall,
+            reason: a.reason,
         }
     }
 }

@@ -303,7 +303,7 @@ fn run(file: &Path) -> Result<(), String> {
                         "campaign_id": a.campaign_id, "link_id": a.link_id, "click_id": a.click_id,
                         "network": a.network, "deep_link_path": a.deep_link_path,
                         "deep_link_params": a.deep_link_params, "fraud_flags": a.fraud_flags,
-                        "fraud_rejected": a.fraud_rejected, "reinstall": a.reinstall,
+                        "fraud_rejected": a.fraud_rejected, "reinstall": a.reinstall, "reason": a.reason,
                     }),
                 };
                 matches(&step["expect"], &got, &mut vars, &at)?;

@@ -40,6 +40,8 @@ pub enum BuildError {
     Credentials(String),
     #[error("invalid attribution settings: {0}")]
     Attribution(String),
+    #[error("deep-link app: {0}")]
+    DeepLinkApp(#[from] crate::domain::wellknown::DeepLinkAppError),
     #[error("postback template of network {network:?}: {source}")]
     Postback {
         network: String,
@@ -99,7 +101,7 @@ impl ServerBuilder {
     /// start its tasks with [`start_tasks`]. Starts nothing itself.
     pub fn build_state(self) -> Result<Arc<AppState>, BuildError> {
         let storage = self.storage.ok_or(BuildError::NoStorage)?;
-        let config = self.config;
+        let mut config = self.config;
         config.check_credentials().map_err(BuildError::Credentials)?;
         let limits = Limiters::new(&config.limits).map_err(BuildError::Limit)?;
         let validators = Validators::new(&config.apps).map_err(BuildError::Schema)?;
@@ -107,6 +109,7 @@ impl ServerBuilder {
             .and_then(|g| g.with_anonymous(config.geoip_anonymous.as_deref()))
             .map_err(BuildError::GeoIp)?;
         config.attribution.validate().map_err(BuildError::Attribution)?;
+        config.deep_link_apps.check()?;
         for p in &config.postbacks {
             check_template(&p.url).map_err(|source| BuildError::Postback { network: p.network.clone(), source })?;
         }

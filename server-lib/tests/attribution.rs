@@ -1558,6 +1558,7 @@ async fn a_do_not_sell_install_sends_no_postback_and_attribution_denied_is_not_f
         let result = srv.install(install.clone(), &[("X-Forwarded-For", "203.0.113.90")]).await;
         assert_eq!(result["match_type"], expected, "{consent}: {result}");
         if expected == "organic" {
+            assert_eq!(result["reason"], "consent_denied", "{result}");
             let path = format!("/v1/attribution/{}", install["event_id"].as_str().unwrap());
             let (_, audit) = srv.admin(reqwest::Method::GET, &path, None).await;
             assert_eq!(audit["audit"]["signals"]["fingerprinting"], "not used: attribution consent denied", "{audit}");

@@ -362,6 +362,7 @@ export async function start(
         fraudFlags: a.fraud?.flags ?? [],
         fraudRejected: a.fraud?.rejected ?? false,
         reinstall: a.reinstall ?? false,
+        reason: a.reason ?? null,
       };
     },
     hash(which, input) {

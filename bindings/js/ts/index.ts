@@ -142,6 +142,8 @@ export interface Attribution {
   fraudFlags: string[];
   fraudRejected: boolean;
   reinstall: boolean;
+  /** Why the install is not attributed (`no_click_in_window`, `below_threshold`, `consent_denied`, …). */
+  reason: string | null;
 }
 
 /** The SDK's counters over the life of the installation (camelCase of the core's), and why the

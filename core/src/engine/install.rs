@@ -13,7 +13,7 @@ use super::{Engine, Millis, UploadOutcome, UploadTask, ms};
 use crate::json::{self, Value};
 
 /// The members of the server's `AttributionResult`.
-const ATTRIBUTION_MEMBERS: [&str; 10] = [
+const ATTRIBUTION_MEMBERS: [&str; 11] = [
     "attributed",
     "match_type",
     "confidence",
@@ -24,6 +24,7 @@ const ATTRIBUTION_MEMBERS: [&str; 10] = [
     "deep_link",
     "fraud",
     "reinstall",
+    "reason",
 ];
 use crate::protocol::{AttributionResult, InstallDevice, InstallRequestView, Platform};
 use crate::store::EventStore;

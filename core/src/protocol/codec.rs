@@ -227,7 +227,7 @@ fn opt_string(o: &Object, key: &str) -> Result<Option<String>, ()> {
     }
 }
 
-const OPTIONAL_STRINGS: [&str; 4] = ["campaign_id", "link_id", "click_id", "network"];
+const OPTIONAL_STRINGS: [&str; 5] = ["campaign_id", "link_id", "click_id", "network", "reason"];
 
 impl AttributionResult {
     /// True when `o` is an attribution result as the server's serde types require it (checked
@@ -293,6 +293,7 @@ impl AttributionResult {
                 rejected: fraud.field_bool("rejected")?,
             },
             reinstall: o.field_bool("reinstall").unwrap_or(false),
+            reason: opt_string(o, "reason").ok()?,
         })
     }
 }
@@ -490,6 +491,7 @@ mod serde_agreement {
             deep_link: Some(DeepLink { path: "/p".into(), params: [("a".to_owned(), "b".to_owned())].into() }),
             fraud: FraudVerdict { flags: vec!["ctit".into()], rejected: false },
             reinstall: true,
+            reason: None,
         };
         let text = serde_json::to_string(&result).unwrap();
         let parsed = crate::json::parse(&text, 64).unwrap();

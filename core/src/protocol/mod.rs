@@ -450,6 +450,7 @@ impl AttributionResult {
             deep_link: None,
             fraud,
             reinstall: false,
+            reason: None,
         }
     }
 }
@@ -472,6 +473,11 @@ pub struct AttributionResult {
     /// install; the original attribution is returned.
     #[cfg_attr(feature = "serde", serde(default))]
     pub reinstall: bool,
+    /// Why an install is not attributed (`no_click_in_window`, `outside_window`,
+    /// `below_threshold`, `consent_denied`, `rejected_fraud`, `reinstall`, `not_eligible`);
+    /// `None` when attributed.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub reason: Option<String>,
 }
 
 /// Why an event (or a call that would produce one) is not acceptable.

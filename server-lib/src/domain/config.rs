@@ -253,6 +253,9 @@ pub struct ServerConfig {
     /// AES-256-GCM keys for user and device ids at rest, by version: the highest seals, all
     /// open (`domain::identifiers`). Empty: one derived from `ip_key`.
     pub id_keys: Vec<crate::domain::identifiers::IdKey>,
+    /// Apps the link domain opens by universal link / App Link: served as
+    /// `/.well-known/apple-app-site-association` and `/.well-known/assetlinks.json`.
+    pub deep_link_apps: crate::domain::wellknown::DeepLinkApps,
     pub geoip_city: Option<PathBuf>,
     pub geoip_asn: Option<PathBuf>,
     /// MaxMind GeoIP2 Anonymous IP database: installs from anonymous, VPN, hosting or Tor
@@ -428,6 +431,7 @@ impl ServerConfig {
             ip_key: random_key(),
             audit_key: random_key(),
             id_keys: Vec::new(),
+            deep_link_apps: Default::default(),
             geoip_city: None,
             geoip_asn: None,
             geoip_anonymous: None,
@@ -546,6 +550,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("ip_key", &"<redacted>")
             .field("audit_key", &"<redacted>")
             .field("id_keys", &self.id_keys)
+            .field("deep_link_apps", &self.deep_link_apps)
             .field("geoip_city", &self.geoip_city)
             .field("geoip_asn", &self.geoip_asn)
             .field("geoip_anonymous", &self.geoip_anonymous)

@@ -27,3 +27,4 @@ pub mod records;
 pub mod reports;
 pub mod stream;
 pub mod validate;
+pub mod wellknown;

@@ -13,6 +13,7 @@ pub mod install;
 pub mod links;
 pub mod metrics;
 pub mod reports;
+pub mod wellknown;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -147,6 +148,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dashboard/links", post(dashboard::create_link))
         .route("/dashboard/app.js", get(dashboard::script))
         .route("/dashboard/style.css", get(dashboard::style))
+        .route("/.well-known/apple-app-site-association", get(wellknown::apple_app_site_association))
+        .route("/.well-known/assetlinks.json", get(wellknown::asset_links))
         .route("/healthz", get(admin::healthz))
         .route("/metrics", get(metrics::render))
         .fallback(admin::not_found)

@@ -71,7 +71,10 @@ pub async fn install(
     // stored nowhere, attributed to nothing, posted back nowhere (docs/privacy.md).
     if suppressed(svc, &app_id, &event_id, &keys).await? {
         metrics::counter!("trailmark_installs_suppressed_total", "app" => app_id.clone()).increment(1);
-        return Ok(AttributionResult::organic(Default::default()));
+        return Ok(AttributionResult {
+            reason: Some("not_eligible".into()),
+            ..AttributionResult::organic(Default::default())
+        });
     }
     let InstallLookup { existing: done, last_install: first } =
         svc.storage.install_lookup(app_id.clone(), event_id.clone(), keys.clone()).await?;
@@ -112,7 +115,11 @@ pub async fn install(
         record.result = if same {
             AttributionResult { reinstall: true, ..first.result.clone() }
         } else {
-            AttributionResult { reinstall: true, ..AttributionResult::organic(Default::default()) }
+            AttributionResult {
+                reinstall: true,
+                reason: Some("reinstall".into()),
+                ..AttributionResult::organic(Default::default())
+            }
         };
         record.audit = json!({
             "decided_at": received_at,

@@ -221,7 +221,8 @@ func runScenario(_ file: URL) async throws {
                  "campaign_id": a.campaignId as Any? ?? NSNull(), "link_id": a.linkId as Any? ?? NSNull(),
                  "click_id": a.clickId as Any? ?? NSNull(), "network": a.network as Any? ?? NSNull(),
                  "deep_link_path": a.deepLinkPath as Any? ?? NSNull(), "deep_link_params": a.deepLinkParams,
-                 "fraud_flags": a.fraudFlags, "fraud_rejected": a.fraudRejected, "reinstall": a.reinstall]
+                 "fraud_flags": a.fraudFlags, "fraud_rejected": a.fraudRejected, "reinstall": a.reinstall,
+                 "reason": a.reason as Any? ?? NSNull()]
             } ?? NSNull()
             try matcher.match(step["expect"] ?? NSNull(), got, at)
         case "hash_email":

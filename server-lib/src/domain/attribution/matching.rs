@@ -415,8 +415,22 @@ pub fn attribute(
             deep_link: link.deep_link.clone(),
             fraud,
             reinstall: false,
+            reason: None,
         },
-        _ => AttributionResult::organic(fraud),
+        _ => {
+            let reason = if rejected {
+                "rejected_fraud"
+            } else if seen.iter().any(|s| s.reason == Some("score below the threshold")) {
+                "below_threshold"
+            } else if !seen.is_empty() {
+                "outside_window"
+            } else if facts.attribution_denied {
+                "consent_denied"
+            } else {
+                "no_click_in_window"
+            };
+            AttributionResult { reason: Some(reason.into()), ..AttributionResult::organic(fraud) }
+        }
     };
     Decision { result, seen, omitted_candidates: omitted, rules, winner: winner.map(|(t, l, ..)| (t, l)), burst_alert }
 }
@@ -496,6 +510,13 @@ mod tests {
         assert!((d.result.confidence - 0.70).abs() < 1e-9, "{}", d.result.confidence);
         assert_eq!(d.candidates().len(), 2);
         assert!(d.candidates().iter().all(|c| c.eligible));
+        assert_eq!(d.result.reason, None, "attributed: no reason");
+        // The same install under a threshold above its score.
+        let strict = AttributionConfig { fingerprint_threshold: 0.9, ..AttributionConfig::default() };
+        let fp_facts =
+            InstallFacts { ip: Some("198.51.100.7".parse().unwrap()), fingerprint: install_fp, ..base.clone() };
+        let d = attribute(&fp_facts, &index, &links(), &strict, &mut BurstTracker::default());
+        assert_eq!(d.result.reason.as_deref(), Some("below_threshold"));
         // Attribution consent denied: the same install is not fingerprinted, its device id
         // still matches.
         let denied = InstallFacts {
@@ -506,6 +527,7 @@ mod tests {
         };
         let d = run(&index, &denied);
         assert_eq!(d.result.match_type, MatchType::Organic);
+        assert_eq!(d.result.reason.as_deref(), Some("consent_denied"));
         assert!(d.candidates().is_empty());
         let d = run(&index, &InstallFacts { device_ids: vec!["AD-1"], ..denied });
         assert_eq!(d.result.match_type, MatchType::DeviceId);
@@ -527,12 +549,14 @@ mod tests {
         };
         let d = run(&index, &late);
         assert_eq!(d.result.match_type, MatchType::Organic);
+        assert_eq!(d.result.reason.as_deref(), Some("no_click_in_window"), "the index is walked by window");
         assert!(d.candidates().iter().all(|c| !c.eligible));
         let d = run(&index, &InstallFacts { device_ids: vec!["AD-1"], ..late.clone() });
         assert_eq!(d.result.match_type, MatchType::DeviceId);
         // Past 7 days: organic.
         let d = run(&index, &InstallFacts { install_ts: 8 * DAY, device_ids: vec!["AD-1"], ..base.clone() });
         assert_eq!(d.result.match_type, MatchType::Organic);
+        assert_eq!(d.result.reason.as_deref(), Some("no_click_in_window"));
         assert!(d.seen.is_empty(), "the walk stops at the window: {:?}", d.candidates());
     }
 
@@ -562,6 +586,7 @@ mod tests {
         assert!(!d.result.attributed);
         assert_eq!(d.result.match_type, MatchType::Organic);
         assert!(d.result.fraud.rejected);
+        assert_eq!(d.result.reason.as_deref(), Some("rejected_fraud"));
         assert_eq!(d.result.fraud.flags, vec!["click_injection"]);
         assert!(d.winner.is_some(), "the audit keeps what it would have been");
         let begun_before = InstallFacts { install_ts: 200 * SECOND, install_begin_ts: Some(90 * SECOND), ..facts };

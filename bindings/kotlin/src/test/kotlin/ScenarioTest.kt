@@ -250,7 +250,7 @@ fun runScenario(file: File) = runBlocking {
                             "campaign_id" to it.campaignId, "link_id" to it.linkId, "click_id" to it.clickId,
                             "network" to it.network, "deep_link_path" to it.deepLinkPath,
                             "deep_link_params" to it.deepLinkParams, "fraud_flags" to it.fraudFlags,
-                            "fraud_rejected" to it.fraudRejected, "reinstall" to it.reinstall,
+                            "fraud_rejected" to it.fraudRejected, "reinstall" to it.reinstall, "reason" to it.reason,
                         )
                     }
                     matcher.match(step["expect"], got, at)
