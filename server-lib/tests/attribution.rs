@@ -1617,3 +1617,57 @@ async fn the_latest_consent_state_decides_postbacks() {
     let credited: i64 = conn.query_row("SELECT COUNT(DISTINCT event_id) FROM conversions", [], |r| r.get(0)).unwrap();
     assert_eq!(credited, 3, "every purchase is credited");
 }
+
+/// A test device (admin API) is attributed afresh on every install: a QA phone reinstalling
+/// the app after a new click gets the new click, where any other device's reinstall keeps its
+/// first attribution. Listed with its id and label; removed, it is an ordinary device again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_device_is_attributed_afresh_on_every_install() {
+    let srv = start(|_| {}).await;
+    let (_, _, code) = srv.link("google").await;
+    const QA: &str = "38400000-8CF0-11BD-B23E-10B96E40AAAA";
+    let install = |n: u32| {
+        let mut body = srv.install_body("android", json!({"gaid": QA}));
+        body["anonymous_id"] = json!(format!("anon-qa-{n}"));
+        body
+    };
+    // Bad requests first.
+    for bad in [
+        json!({}),
+        json!({"device_id": ""}),
+        json!({"device_id": 5}),
+        json!({"device_id": QA, "x": 1}),
+        json!({"device_id": "00000000-0000-0000-0000-000000000000"}),
+        json!({"device_id": QA, "label": "x".repeat(101)}),
+    ] {
+        let (status, body) = srv.admin(reqwest::Method::POST, "/v1/test-devices", Some(bad.clone())).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, body) =
+        srv.admin(reqwest::Method::POST, "/v1/test-devices", Some(json!({"device_id": QA, "label": "QA Pixel"}))).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, listed) = srv.admin(reqwest::Method::GET, "/v1/test-devices", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["test_devices"][0]["device_id"], QA.to_lowercase(), "{listed}");
+    assert_eq!(listed["test_devices"][0]["label"], "QA Pixel");
+
+    let mut clicks = Vec::new();
+    for n in 0..2 {
+        let to = location(&srv.click(&format!("/c/{code}?gaid={QA}"), ANDROID_UA, &[]).await);
+        clicks.push(query(&to, "referrer").unwrap());
+        srv.clock.advance(HOUR);
+        let result = srv.install(install(n), &[]).await;
+        assert_eq!(
+            (result["match_type"].as_str(), result["reinstall"].as_bool()),
+            (Some("device_id"), Some(false)),
+            "{n}: {result}"
+        );
+        assert!(clicks[n as usize].contains(result["click_id"].as_str().unwrap()), "the newest click: {result}");
+    }
+    let (_, removed) =
+        srv.admin(reqwest::Method::POST, "/v1/test-devices/remove", Some(json!({"device_id": QA}))).await;
+    assert_eq!(removed["removed"], true);
+    srv.clock.advance(HOUR);
+    let result = srv.install(install(2), &[]).await;
+    assert_eq!(result["reinstall"], true, "an ordinary device again: {result}");
+}

@@ -122,6 +122,15 @@ impl InstallStore for Behind {
     fn install_counts(&self, _since: i64) -> StorageFuture<'_, Vec<InstallCount>> {
         busy()
     }
+    fn save_test_device(&self, _d: TestDevice) -> StorageFuture<'_, bool> {
+        busy()
+    }
+    fn remove_test_device(&self, _id: String) -> StorageFuture<'_, bool> {
+        busy()
+    }
+    fn test_devices(&self) -> StorageFuture<'_, Vec<TestDevice>> {
+        busy()
+    }
 }
 
 impl ConversionStore for Behind {

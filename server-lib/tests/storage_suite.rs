@@ -9,8 +9,8 @@ use trailmark_core::protocol::{AttributionResult, MatchType};
 use trailmark_server::storage::{
     Campaign, ClickParams, ClickRecord, ConversionCredit, DeletionAudit, Destinations, DeviceKeys, FraudAlert,
     ID_TABLES, InstallCount, InstallLookup, InstallRecord, LinkAudit, LinkCatalog, LinkRecord, NewEvent,
-    PostbackAttempt, PostbackRecord, Reengagement, ReengagementFacts, Screened, Storage, Subject, Tombstones,
-    Touchpoint, Utm,
+    PostbackAttempt, PostbackRecord, Reengagement, ReengagementFacts, Screened, Storage, Subject, TestDevice,
+    Tombstones, Touchpoint, Utm,
 };
 
 mod stores;
@@ -44,6 +44,7 @@ macro_rules! storage_suite {
             postbacks_stay_pending_until_delivered,
             the_latest_context_is_the_newest_event_of_the_device_or_user,
             identifier_rows_are_read_in_key_order_and_rewritten,
+            test_devices_are_added_renamed_listed_and_removed,
             deleting_a_user_takes_its_conversion_data,
         );
     };
@@ -739,6 +740,26 @@ async fn identifier_rows_are_read_in_key_order_and_rewritten(f: &Fixture) {
     store.set_identifiers_version(3).await.unwrap();
     store.set_identifiers_version(4).await.unwrap();
     assert_eq!(store.identifiers_version().await.unwrap(), Some(4));
+}
+
+/// Test devices: added once (a second save renames), listed oldest first, removed.
+async fn test_devices_are_added_renamed_listed_and_removed(f: &Fixture) {
+    let store = &*f.store;
+    let device = |id: &str, label: &str, at: i64| TestDevice {
+        device_id: id.into(),
+        label: label.into(),
+        device_enc: Some(vec![1, 2]),
+        created_at: at,
+    };
+    assert!(store.test_devices().await.unwrap().is_empty());
+    assert!(store.save_test_device(device("h:b", "Pixel", 20)).await.unwrap());
+    assert!(store.save_test_device(device("h:a", "iPhone", 10)).await.unwrap());
+    assert!(!store.save_test_device(device("h:b", "Pixel 8", 30)).await.unwrap(), "renamed, not new");
+    let all = store.test_devices().await.unwrap();
+    assert_eq!(all, vec![device("h:a", "iPhone", 10), device("h:b", "Pixel 8", 20)]);
+    assert!(store.remove_test_device("h:a".into()).await.unwrap());
+    assert!(!store.remove_test_device("h:a".into()).await.unwrap());
+    assert_eq!(store.test_devices().await.unwrap().len(), 1);
 }
 
 /// Deleting the user removes credit, touchpoints, re-engagements, postbacks and attempts; a

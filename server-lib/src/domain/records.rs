@@ -145,6 +145,17 @@ pub struct InstallRecord {
     pub ids_enc: Option<Vec<u8>>,
 }
 
+/// A device whose installs are attributed afresh every time (a QA phone), by the stored form
+/// of its advertising or vendor id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestDevice {
+    pub device_id: String,
+    pub label: String,
+    /// The raw id sealed (`domain::identifiers`), for the admin list.
+    pub device_enc: Option<Vec<u8>>,
+    pub created_at: i64,
+}
+
 /// The ids that identify a device across installs of one app.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceKeys {

@@ -147,6 +147,59 @@ pub async fn lift_suppressions(
     Ok(Json(json!({"lifted": lifted})))
 }
 
+/// `GET /v1/test-devices` → `{"test_devices": [{"device_id", "label", "created_at"}]}`.
+pub async fn test_devices(State(state): State<Arc<AppState>>, _admin: AdminAuth) -> Result<Json<Value>, ApiError> {
+    let devices = crate::service::install::test_devices(&state).await?;
+    Ok(Json(json!({ "test_devices": devices })))
+}
+
+/// The device id (an advertising or vendor id, 1 to 256 characters) of a test-device body.
+fn test_device_id(map: &serde_json::Map<String, Value>) -> Result<String, ApiError> {
+    match map.get("device_id") {
+        Some(Value::String(id)) if !id.trim().is_empty() && id.chars().count() <= 256 => Ok(id.clone()),
+        _ => Err(ApiError::bad_request(
+            "invalid_body",
+            "device_id must be an advertising or vendor id (1 to 256 characters)",
+        )),
+    }
+}
+
+/// `POST /v1/test-devices` `{"device_id": "…", "label": "…"}` → 201 (new) or 200 (renamed):
+/// installs from that device are attributed afresh every time.
+pub async fn add_test_device(
+    State(state): State<Arc<AppState>>,
+    _admin: AdminAuth,
+    Limited(body): Limited<MAX_ADMIN_BODY>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let map = object_body(&body)?;
+    if let Some(key) = map.keys().find(|k| !matches!(k.as_str(), "device_id" | "label")) {
+        return Err(ApiError::bad_request("invalid_body", format!("unknown field {key:?}")));
+    }
+    let id = test_device_id(&map)?;
+    let label = match map.get("label") {
+        None => String::new(),
+        Some(Value::String(l)) if l.chars().count() <= 100 => l.clone(),
+        Some(_) => {
+            return Err(ApiError::bad_request("invalid_body", "label must be a string of at most 100 characters"));
+        }
+    };
+    let new = crate::service::install::add_test_device(&state, &id, label.clone()).await?;
+    let status = if new { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(json!({"device_id": id, "label": label}))))
+}
+
+/// `POST /v1/test-devices/remove` `{"device_id": "…"}` → `{"removed": true|false}`.
+pub async fn remove_test_device(
+    State(state): State<Arc<AppState>>,
+    _admin: AdminAuth,
+    Limited(body): Limited<MAX_ADMIN_BODY>,
+) -> Result<Json<Value>, ApiError> {
+    let map = object_body(&body)?;
+    let id = test_device_id(&map)?;
+    let removed = crate::service::install::remove_test_device(&state, &id).await?;
+    Ok(Json(json!({"removed": removed})))
+}
+
 fn object_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, ApiError> {
     match parse_json(body, 4)? {
         Value::Object(map) => Ok(map),

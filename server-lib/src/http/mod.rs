@@ -125,6 +125,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/user/delete", post(admin::delete_user))
         .route("/v1/suppressions", get(admin::suppressions))
         .route("/v1/suppressions/lift", post(admin::lift_suppressions))
+        .route("/v1/test-devices", get(admin::test_devices).merge(post(admin::add_test_device)))
+        .route("/v1/test-devices/remove", post(admin::remove_test_device))
         .route("/v1/events", get(admin::events))
         .route("/v1/install", post(install::install))
         .route("/v1/attribution/{event_id}", get(install::audit))

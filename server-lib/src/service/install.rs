@@ -78,6 +78,13 @@ pub async fn install(
     }
     let InstallLookup { existing: done, last_install: first } =
         svc.storage.install_lookup(app_id.clone(), event_id.clone(), keys.clone()).await?;
+    // A test device (admin API) is attributed afresh on every install: its earlier installs
+    // do not make this one a reinstall.
+    let test_device = {
+        let t = svc.tracking.lock()?;
+        [&keys.idfa, &keys.idfv, &keys.gaid, &keys.android_id].into_iter().flatten().any(|d| t.test_devices.contains(d))
+    };
+    let first = first.filter(|_| !test_device);
     // A retry of an install already decided gets the same answer, if it comes from the same
     // device (an event id seen in a postback or log is no key to another device's answer).
     if let Some(done) = done {
@@ -179,6 +186,9 @@ pub async fn install(
         previous: first.as_ref(),
         decided_at: received_at,
     });
+    if test_device {
+        record.audit["test_device"] = json!(true);
+    }
     for rule in &decision.rules {
         metrics::counter!("trailmark_fraud_rules_fired_total", "rule" => rule.rule, "policy" => rule.policy.as_str())
             .increment(1);
@@ -297,4 +307,57 @@ async fn suppressed(svc: &Services, app_id: &str, event_id: &str, keys: &DeviceK
     }
     let found = svc.storage.screen(app_id.to_owned(), vec![event_hash(key, app_id, event_id)], ids).await?;
     Ok(!found.events.is_empty() || !found.ids.is_empty())
+}
+
+/// A test device as the admin API lists it: its id as given (or its stored form when it does
+/// not open), its label, when it was added.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TestDeviceView {
+    pub device_id: String,
+    pub label: String,
+    pub created_at: i64,
+}
+
+/// Adds (or renames) a test device by its advertising or vendor id; `true` when it is new.
+/// Installs from it are attributed afresh on this instance at once, on the others within the
+/// link reload interval.
+pub async fn add_test_device(svc: &Services, raw: &str, label: String) -> ServiceResult<bool> {
+    let stored = svc
+        .ids
+        .device(raw)
+        .ok_or_else(|| Refusal::invalid("invalid_body", "device_id is a placeholder, not an identifier"))?;
+    svc.tracking.ready(svc).await?;
+    let device = crate::domain::records::TestDevice {
+        device_id: stored.clone(),
+        label,
+        device_enc: svc.ids.seal(&crate::domain::records::device_id_form(raw)),
+        created_at: svc.config.clock.now(),
+    };
+    let new = svc.storage.save_test_device(device).await?;
+    svc.tracking.lock()?.test_devices.insert(stored);
+    Ok(new)
+}
+
+/// Removes a test device; `true` when there was one.
+pub async fn remove_test_device(svc: &Services, raw: &str) -> ServiceResult<bool> {
+    let Some(stored) = svc.ids.device(raw) else { return Ok(false) };
+    svc.tracking.ready(svc).await?;
+    let removed = svc.storage.remove_test_device(stored.clone()).await?;
+    svc.tracking.lock()?.test_devices.remove(&stored);
+    Ok(removed)
+}
+
+/// Every test device, oldest first.
+pub async fn test_devices(svc: &Services) -> ServiceResult<Vec<TestDeviceView>> {
+    Ok(svc
+        .storage
+        .test_devices()
+        .await?
+        .into_iter()
+        .map(|d| TestDeviceView {
+            device_id: d.device_enc.as_deref().and_then(|b| svc.ids.open(b)).unwrap_or(d.device_id),
+            label: d.label,
+            created_at: d.created_at,
+        })
+        .collect())
 }

@@ -27,6 +27,8 @@ pub struct TrackState {
     pub ip_clicks: HourlyCounter,
     pub device_clicks: HourlyCounter,
     pub burst: BurstTracker,
+    /// Stored forms of the test devices' ids (reloaded with the links).
+    pub test_devices: std::collections::HashSet<String>,
 }
 
 pub fn link_info(link: &LinkRecord) -> LinkInfo {
@@ -51,6 +53,7 @@ impl TrackState {
             ip_clicks: HourlyCounter::default(),
             device_clicks: HourlyCounter::default(),
             burst: BurstTracker::default(),
+            test_devices: Default::default(),
         }
     }
 
@@ -198,7 +201,10 @@ impl Tracking {
     async fn load_links_now(&self, svc: &Services) -> ServiceResult<()> {
         let _changes = self.link_changes.lock().await;
         let LinkCatalog { campaigns, links } = svc.storage.load_links().await?;
-        self.lock()?.replace_links(campaigns, links);
+        let test_devices = svc.storage.test_devices().await?;
+        let mut state = self.lock()?;
+        state.replace_links(campaigns, links);
+        state.test_devices = test_devices.into_iter().map(|d| d.device_id).collect();
         Ok(())
     }
 
@@ -251,6 +257,7 @@ async fn load(svc: &Services) -> Result<Mutex<TrackState>, StorageError> {
     let counts = svc.storage.install_counts(baseline_from).await?;
     let mut s = TrackState::new(cfg.index_ttl(), cfg.max_indexed_touches);
     s.replace_links(campaigns, links);
+    s.test_devices = svc.storage.test_devices().await?.into_iter().map(|d| d.device_id).collect();
     let indexed = svc.clicks.load(svc, &mut s, &touches).await;
     s.burst.seed(counts.into_iter().map(|c| (c.campaign_id, c.hour, c.installs)).collect());
     tracing::info!(

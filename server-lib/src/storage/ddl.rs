@@ -188,6 +188,15 @@ pub const SEALED_IDS: &str = "ALTER TABLE events ADD COLUMN ids_enc {bytes};
 ALTER TABLE installs ADD COLUMN ids_enc {bytes};
 ALTER TABLE clicks ADD COLUMN device_enc {bytes};";
 
+/// Test devices (issue 21): installs from them are attributed afresh every time. The device id
+/// in its stored form (a keyed hash), the raw id sealed for the admin list.
+pub const TEST_DEVICES: &str = "CREATE TABLE test_devices (
+    device_id TEXT PRIMARY KEY,
+    label TEXT NOT NULL,
+    device_enc {bytes},
+    created_at {i64} NOT NULL
+);";
+
 pub const INSTALLS: &str = "CREATE TABLE installs (
     app_id TEXT NOT NULL,
     event_id TEXT NOT NULL,

@@ -104,6 +104,12 @@ pub trait InstallStore: Send + Sync + 'static {
     /// Hourly counts of attributed installs per campaign since `since` (the burst baseline),
     /// oldest hour first.
     fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<InstallCount>>;
+    /// Adds a test device (or renames it); `true` when it is new.
+    fn save_test_device(&self, device: TestDevice) -> StorageFuture<'_, bool>;
+    /// Removes a test device by its stored device id; `true` when there was one.
+    fn remove_test_device(&self, device_id: String) -> StorageFuture<'_, bool>;
+    /// Every test device, oldest first.
+    fn test_devices(&self) -> StorageFuture<'_, Vec<TestDevice>>;
 }
 
 /// Touchpoints, re-engagements, conversion credit and postback delivery.
@@ -277,6 +283,7 @@ pub const SUBJECT_TABLES: &[(&str, &[(&str, &str)])] = &[
     ("fact_events", &[("user_id", "user_id"), ("anonymous_id", "anonymous_id")]),
     ("dim_users", &[("user_id", "user_id"), ("anonymous_id", "anonymous_id")]),
     ("sessions", &[("user_id", "user_id"), ("anonymous_id", "anonymous_id")]),
+    ("test_devices", &[("device_id", "device_id")]),
 ];
 
 /// Tables that hold no per-subject data (configuration, audit logs keyed by hashes).

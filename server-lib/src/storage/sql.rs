@@ -134,6 +134,14 @@ pub const INSERT_INSTALL: &str =
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
      ON CONFLICT (app_id, event_id) DO NOTHING";
 
+pub const SAVE_TEST_DEVICE: &str = "INSERT INTO test_devices (device_id, label, device_enc, created_at)
+     VALUES ($1, $2, $3, $4) ON CONFLICT (device_id) DO UPDATE SET label = excluded.label";
+
+pub const REMOVE_TEST_DEVICE: &str = "DELETE FROM test_devices WHERE device_id = $1";
+
+pub const TEST_DEVICES: &str =
+    "SELECT device_id, label, device_enc, created_at FROM test_devices ORDER BY created_at, device_id";
+
 pub const INSERT_FRAUD_ALERT: &str =
     "INSERT INTO fraud_alerts (rule, app_id, campaign_id, at, detail) VALUES ($1, $2, $3, $4, $5)";
 
@@ -458,6 +466,9 @@ mod tests {
         INSERT_CLICK,
         CLICK_PARAMS,
         INSERT_INSTALL,
+        SAVE_TEST_DEVICE,
+        REMOVE_TEST_DEVICE,
+        TEST_DEVICES,
         INSERT_FRAUD_ALERT,
         INSERT_TOUCHPOINT,
         INSERT_REENGAGEMENT,

@@ -6,7 +6,7 @@ use super::{PostgresStorage, json, pool_error};
 use crate::storage::sql::{self, INSTALL_COLUMNS};
 use crate::storage::{
     DeviceKeys, FraudAlert, InstallCount, InstallLookup, InstallRecord, InstallStore, PostbackRecord, StorageError,
-    StorageFuture, Touchpoint, backend,
+    StorageFuture, TestDevice, Touchpoint, backend,
 };
 
 impl InstallStore for PostgresStorage {
@@ -96,6 +96,45 @@ impl InstallStore for PostgresStorage {
             }
             tx.commit().await.map_err(backend)?;
             Ok(Some(ids))
+        })
+    }
+
+    fn save_test_device(&self, d: TestDevice) -> StorageFuture<'_, bool> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let existed: bool = client
+                .query_one("SELECT EXISTS (SELECT 1 FROM test_devices WHERE device_id = $1)", &[&d.device_id])
+                .await
+                .map_err(backend)?
+                .get(0);
+            client
+                .execute(sql::SAVE_TEST_DEVICE, &[&d.device_id, &d.label, &d.device_enc, &d.created_at])
+                .await
+                .map_err(backend)?;
+            Ok(!existed)
+        })
+    }
+
+    fn remove_test_device(&self, device_id: String) -> StorageFuture<'_, bool> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            Ok(client.execute(sql::REMOVE_TEST_DEVICE, &[&device_id]).await.map_err(backend)? == 1)
+        })
+    }
+
+    fn test_devices(&self) -> StorageFuture<'_, Vec<TestDevice>> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let rows = client.query(sql::TEST_DEVICES, &[]).await.map_err(backend)?;
+            Ok(rows
+                .iter()
+                .map(|r| TestDevice {
+                    device_id: r.get(0),
+                    label: r.get(1),
+                    device_enc: r.get(2),
+                    created_at: r.get(3),
+                })
+                .collect())
         })
     }
 

@@ -10,7 +10,7 @@ use crate::storage::{StorageError, backend};
 
 /// Migrations, applied in order inside one transaction under an advisory lock, so instances
 /// starting together do not race.
-fn migrations() -> [(i32, String); 8] {
+fn migrations() -> [(i32, String); 9] {
     let shared = |tables: &[&str]| ddl::render(tables, Dialect::Postgres);
     [
         (1, shared(&[ddl::EVENTS, ddl::DELETION_AUDIT])),
@@ -21,6 +21,7 @@ fn migrations() -> [(i32, String); 8] {
         (6, DEVICE_ID_FORM.to_owned()),
         (7, shared(&[ddl::TOMBSTONES])),
         (8, shared(&[ddl::SEALED_IDS])),
+        (9, shared(&[ddl::TEST_DEVICES])),
     ]
 }
 

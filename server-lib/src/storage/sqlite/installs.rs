@@ -9,7 +9,7 @@ use super::conversions::{insert_touchpoint, save_postback};
 use crate::storage::sql::{self, INSTALL_COLUMNS, sqlite};
 use crate::storage::{
     DeviceKeys, FraudAlert, InstallCount, InstallLookup, InstallRecord, InstallStore, PostbackRecord, StorageError,
-    StorageFuture, Touchpoint, backend, json_err,
+    StorageFuture, TestDevice, Touchpoint, backend, json_err,
 };
 
 impl InstallStore for SqliteStorage {
@@ -47,6 +47,40 @@ impl InstallStore for SqliteStorage {
 
     fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<InstallCount>> {
         self.read(move |c| install_counts(c, since))
+    }
+
+    fn save_test_device(&self, d: TestDevice) -> StorageFuture<'_, bool> {
+        self.write(1, move |tx| {
+            let existed: bool = tx
+                .query_row("SELECT EXISTS (SELECT 1 FROM test_devices WHERE device_id = ?1)", [&d.device_id], |r| {
+                    r.get(0)
+                })
+                .map_err(backend)?;
+            tx.execute(sqlite!(sql::SAVE_TEST_DEVICE), params![d.device_id, d.label, d.device_enc, d.created_at])
+                .map_err(backend)?;
+            Ok(!existed)
+        })
+    }
+
+    fn remove_test_device(&self, device_id: String) -> StorageFuture<'_, bool> {
+        self.write(1, move |tx| Ok(tx.execute(sqlite!(sql::REMOVE_TEST_DEVICE), [device_id]).map_err(backend)? == 1))
+    }
+
+    fn test_devices(&self) -> StorageFuture<'_, Vec<TestDevice>> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(sql::TEST_DEVICES).map_err(backend)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(TestDevice {
+                        device_id: r.get(0)?,
+                        label: r.get(1)?,
+                        device_enc: r.get(2)?,
+                        created_at: r.get(3)?,
+                    })
+                })
+                .map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
+        })
     }
 }
 
