@@ -150,6 +150,7 @@ enum Reply {
     Id(String),
     Attribution(Option<crate::protocol::AttributionResult>),
     Stats(Stats),
+    Registered(Object),
 }
 
 /// Waits for the worker's answer.
@@ -316,6 +317,34 @@ impl Trailmark {
         self.control(move |e, now| {
             let _ = e.alias(now, &id);
         })
+    }
+
+    /// Registers super properties, merged into every later event (the event's own values
+    /// win); persisted, cleared by [`Trailmark::reset`].
+    pub fn register(&self, properties: Object) -> Result<(), Error> {
+        crate::protocol::validate_properties(&properties, crate::engine::MAX_REGISTERED_BYTES)
+            .map_err(|e| self.refused(e))?;
+        self.control(move |e, _| {
+            let _ = e.register(properties);
+        })
+    }
+
+    /// Removes one super property.
+    pub fn unregister(&self, key: &str) -> Result<(), Error> {
+        let key = key.to_owned();
+        self.control(move |e, _| e.unregister(&key))
+    }
+
+    /// The super properties registered, after every earlier call.
+    pub fn registered_properties(&self) -> Result<Object, Error> {
+        let (reply, wait) = mpsc::sync_channel(1);
+        self.control(move |e, _| {
+            let _ = reply.send(Reply::Registered(e.registered_properties()));
+        })?;
+        match answer(&wait)? {
+            Reply::Registered(p) => Ok(p),
+            _ => Err(Error::Closed),
+        }
     }
 
     pub fn reset(&self) -> Result<(), Error> {

@@ -959,3 +959,41 @@ fn every_upload_carries_a_fresh_traceparent() {
     let (trace2, span2) = protocol::parse_traceparent(&header(&retry)).unwrap();
     assert!(trace != trace2 && span != span2);
 }
+
+/// Super properties: registered once, on every later event under the event's own values,
+/// kept across a restart, removed one by one, cleared by reset; a registration past the size
+/// limit changes nothing and is counted.
+#[test]
+fn registered_properties_ride_on_every_event_until_removed() {
+    let store = MemoryStore::new();
+    let mut engine = open(store.clone(), T0);
+    engine.register(props(json!({"plan": "pro", "n": 1, "ab": {"variant": "b"}}))).unwrap();
+    engine.track(T0, "x", props(json!({"n": 2}))).unwrap();
+    engine.flush(T0).unwrap();
+    drop(engine);
+
+    let mut engine = open(store.clone(), T0 + 1000);
+    let kept: Value = serde_json::from_str(&engine.registered_properties().to_json()).unwrap();
+    assert_eq!(kept, json!({"plan": "pro", "n": 1, "ab": {"variant": "b"}}), "persisted");
+    engine.unregister("n");
+    engine.track(T0 + 1000, "y", Default::default()).unwrap();
+    let big = "x".repeat(trailmark_core::engine::MAX_REGISTERED_BYTES);
+    let refused = engine.register(props(json!({"blob": big})));
+    assert!(refused.is_err());
+    assert_eq!(engine.stats().refused_invalid, 1);
+    assert!(engine.registered_properties().get("blob").is_none(), "nothing of a refused call is kept");
+    engine.reset(T0 + 2000);
+    assert!(engine.registered_properties().is_empty(), "reset clears them");
+    engine.track(T0 + 2000, "z", Default::default()).unwrap();
+    let mut server = Collector::default();
+    drive(&mut engine, T0 + 2000, 60_000, |t, now| server.accept(t, now, |_| false));
+    let by_type = |t: &str| server.stored.iter().find(|e| e["type"] == t).unwrap().clone();
+    assert_eq!(
+        by_type("x")["properties"],
+        json!({"n": 2, "plan": "pro", "ab": {"variant": "b"}}),
+        "the event's n wins"
+    );
+    assert_eq!(by_type("y")["properties"], json!({"plan": "pro", "ab": {"variant": "b"}}));
+    assert_eq!(by_type("z")["properties"], json!({}));
+    assert_eq!(server.stored[0]["properties"], json!({}), "the session_start recorded before registering");
+}

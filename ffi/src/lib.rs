@@ -305,6 +305,23 @@ impl TrailmarkSdk {
         }
     }
 
+    /// Super properties (a JSON object), merged into every later event; the event's own values
+    /// win. Persisted; `reset` clears them.
+    pub fn register(&self, properties_json: String) {
+        if let Some(p) = self.parsed(&properties_json) {
+            let _ = self.inner.register(p);
+        }
+    }
+
+    pub fn unregister(&self, key: String) {
+        let _ = self.inner.unregister(&key);
+    }
+
+    /// The super properties registered, as a JSON object.
+    pub fn registered_properties(&self) -> Result<String, TrailmarkError> {
+        Ok(self.inner.registered_properties()?.to_json())
+    }
+
     pub fn reset(&self) {
         let _ = self.inner.reset();
     }

@@ -72,6 +72,10 @@ fn built_in_uploader_delivers_and_pii_is_hashed() {
     // Android without a Play referrer: the install request goes at once to the real engine.
     sdk.set_install_referrer(None, None, None);
     sdk.identify("user-1".into(), r#"{"email": " Jane@Example.com "}"#.into());
+    // A super property rides on the events after it.
+    sdk.register(r#"{"plan": "pro", "gone": 1}"#.into());
+    sdk.unregister("gone".into());
+    assert_eq!(sdk.registered_properties().unwrap(), r#"{"plan":"pro"}"#);
     sdk.track("add_to_cart".into(), r#"{"sku": "A-1", "price": 9.5, "currency": "EUR"}"#.into());
     // Misuse never throws: refused and counted.
     sdk.track("Not A Type".into(), "{}".into());
@@ -89,11 +93,14 @@ fn built_in_uploader_delivers_and_pii_is_hashed() {
     };
     assert_eq!(attribution.match_type, "organic");
     assert!(!attribution.attributed);
+    assert_eq!(attribution.reason.as_deref(), Some("no_click_in_window"), "the server's reason reaches the app");
     let installs = stored(&dir.path().join("server.db"), "SELECT COUNT(*) FROM installs WHERE platform = 'android'");
     assert_eq!(installs, 1, "the install request reached the attribution engine");
     assert_eq!(stats.refused_invalid, 2, "a bad type and non-object properties: {stats:?}");
     let server = dir.path().join("server.db");
     assert_eq!(stored(&server, "SELECT COUNT(*) FROM events WHERE type = 'add_to_cart'"), 1);
+    let with_plan = "SELECT COUNT(*) FROM events WHERE type = 'add_to_cart' AND properties LIKE '%\"plan\":\"pro\"%'";
+    assert_eq!(stored(&server, with_plan), 1, "the super property arrived with the event");
     let hash = trailmark_ffi::hash_email("jane@example.com".into()).unwrap();
     let with_hash: i64 = rusqlite::Connection::open(&server)
         .unwrap()

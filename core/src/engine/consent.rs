@@ -29,6 +29,7 @@ impl<S: EventStore> Engine<S> {
         self.state.anonymous_id = new_uuid(&mut self.rng);
         self.state.user_id = None;
         self.state.session = None;
+        self.state.registered = crate::json::Object::new();
         self.state_dirty = true;
         log!(self, "reset: new anonymous id");
     }

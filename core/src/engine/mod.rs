@@ -16,6 +16,7 @@ mod upload;
 use alloc::collections::VecDeque;
 use core::time::Duration;
 
+pub use record::MAX_REGISTERED_BYTES;
 pub use types::{
     Action, ConsentUpdate, Logger, MAX_REASON_BYTES, Millis, OpenError, Reason, Stats, UploadOutcome, UploadTask,
 };
@@ -129,6 +130,7 @@ impl<S: EventStore> Engine<S> {
                 install_request: None,
                 attribution: None,
                 clock_offset: 0,
+                registered: Object::new(),
             }
         });
         let max_seq = snapshot.entries.iter().map(|e| e.seq).max().unwrap_or(0);

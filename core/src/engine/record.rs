@@ -18,6 +18,9 @@ use crate::urls::Url;
 /// Longest deep-link URL kept in a `deep_link_opened` event.
 pub(super) const MAX_URL_LEN: usize = 2048;
 
+/// Most bytes the super properties may take, serialised (they ride on every event).
+pub const MAX_REGISTERED_BYTES: usize = 4096;
+
 impl<S: EventStore> Engine<S> {
     /// Tracks a custom event. The size limit is checked exactly on the built event; drivers
     /// that refuse early use the (slightly stricter) [`TrackLimits`](crate::config::TrackLimits).
@@ -134,6 +137,34 @@ impl<S: EventStore> Engine<S> {
             self.state.user_id = previous;
         }
         self.guard(recorded)
+    }
+
+    /// Registers super properties: merged into every later event's properties (the event's own
+    /// values win), persisted with the state, cleared by `reset`. At most
+    /// [`MAX_REGISTERED_BYTES`] serialised, every value at most as deep as event properties;
+    /// a call beyond that changes nothing and is refused (counted, never thrown).
+    pub fn register(&mut self, properties: Object) -> Result<(), ValidationError> {
+        let mut merged = self.state.registered.clone();
+        for (key, value) in properties.iter() {
+            merged.insert(key, value.clone());
+        }
+        let checked = protocol::validate_properties(&merged, MAX_REGISTERED_BYTES);
+        self.guard(checked)?;
+        self.state.registered = merged;
+        self.state_dirty = true;
+        Ok(())
+    }
+
+    /// Removes one super property.
+    pub fn unregister(&mut self, key: &str) {
+        if self.state.registered.remove(key).is_some() {
+            self.state_dirty = true;
+        }
+    }
+
+    /// The super properties now registered.
+    pub fn registered_properties(&self) -> Object {
+        self.state.registered.clone()
     }
 
     /// Links the current identity to `new_user_id` and sends an `alias` event carrying
@@ -258,10 +289,16 @@ impl<S: EventStore> Engine<S> {
         &mut self,
         now: Millis,
         event_type: &str,
-        properties: Object,
+        mut properties: Object,
         campaign: Option<CampaignContext>,
         held: bool,
     ) -> Result<(), ValidationError> {
+        // Super properties, under the event's own.
+        for (key, value) in self.state.registered.iter() {
+            if !properties.contains_key(key) {
+                properties.insert(key, value.clone());
+            }
+        }
         // Attribution data is always kept on the device; whether it leaves the device is decided
         // at upload time by the consent in force then (see `build_upload`).
         let consent = self.state.consent;

@@ -36,6 +36,9 @@ pub(super) struct State {
     /// Server clock minus device clock (ms), learned from a `stale_timestamp` refusal; added
     /// to the times the SDK signs and to the install request's times. 0 until one came.
     pub(super) clock_offset: i64,
+    /// Super properties (`register`): merged into every event's properties, the event's own
+    /// values winning. Written only when there are some (older documents have none).
+    pub(super) registered: Object,
 }
 
 /// What the install request (`POST /v1/install`) will carry.
@@ -117,6 +120,10 @@ impl State {
         if self.clock_offset != 0 {
             o.i64("clock_offset", self.clock_offset);
         }
+        if !self.registered.is_empty() {
+            o.key("registered");
+            o.w.object(&self.registered);
+        }
         o.end();
         w.into_bytes()
     }
@@ -156,6 +163,7 @@ impl State {
             install_request,
             attribution: optional(o, "attribution", string)?,
             clock_offset: optional(o, "clock_offset", Value::as_i64)?.unwrap_or(0),
+            registered: optional(o, "registered", |v| v.as_object().cloned())?.unwrap_or_default(),
         })
     }
 }
