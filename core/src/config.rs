@@ -51,7 +51,8 @@ pub struct Config {
     pub sdk: SdkContext,
     pub policy: Policy,
     /// `identify` traits replaced by their SHA-256 (`<name>_sha256`) before they are queued
-    /// ([`crate::pii::hash_trait`]); `None`: [`crate::pii::DEFAULT_HASHED_TRAITS`].
+    /// ([`crate::pii::hash_trait`]) besides [`crate::pii::DEFAULT_HASHED_TRAITS`], which are
+    /// always hashed.
     pub hashed_traits: Option<Vec<String>>,
 }
 
@@ -118,8 +119,7 @@ pub struct HostConfig {
     pub debug: bool,
     /// [`Policy::max_batch_events`].
     pub max_batch_events: Option<usize>,
-    /// [`Config::hashed_traits`] (replaces the default list; names of e-mail and phone traits
-    /// must be listed again to keep them hashed).
+    /// [`Config::hashed_traits`]: names hashed besides the defaults (e-mail and phone names).
     pub hashed_traits: Option<Vec<String>>,
 }
 

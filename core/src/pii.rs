@@ -107,38 +107,32 @@ fn holds(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Whether trait `key` is one of `hashed` (`None`: [`DEFAULT_HASHED_TRAITS`]), names compared
-/// as that list says.
-pub fn is_hashed_trait(key: &str, hashed: Option<&[String]>) -> bool {
+/// Whether trait `key` is hashed: one of [`DEFAULT_HASHED_TRAITS`] (always) or of the host's
+/// `extra` names, compared as that list says.
+pub fn is_hashed_trait(key: &str, extra: Option<&[String]>) -> bool {
     let key = name_form(key);
-    match hashed {
-        Some(list) => {
-            for h in list {
-                if name_form(h) == key {
-                    return true;
-                }
-            }
-            false
-        }
-        None => {
-            for h in DEFAULT_HASHED_TRAITS {
-                if name_form(h) == key {
-                    return true;
-                }
-            }
-            false
+    for h in DEFAULT_HASHED_TRAITS {
+        if name_form(h) == key {
+            return true;
         }
     }
+    for h in extra.unwrap_or_default() {
+        if name_form(h) == key {
+            return true;
+        }
+    }
+    false
 }
 
-/// The hash of a trait's value by its name: e-mail rules for names with `mail` in them, phone
-/// rules for names with `phone`, `mobile` or `tel`, else trimmed and lower-cased (the
-/// normalisation ad networks use for names, cities and the like; empty is refused).
+/// The hash of a trait's value by its name: e-mail rules for names with `email` in them (or
+/// `mail`), phone rules for names with `phone` or `mobile` in them (or `tel`, `telephone`),
+/// else trimmed and lower-cased (the normalisation ad networks use for names, cities and the
+/// like; empty is refused).
 pub fn hash_trait(key: &str, raw: &str) -> Result<String, PiiError> {
     let name = name_form(key);
-    if holds(&name, b"mail") {
+    if holds(&name, b"email") || name == b"mail" {
         hash_email(raw)
-    } else if holds(&name, b"phone") || holds(&name, b"mobile") || holds(&name, b"tel") {
+    } else if holds(&name, b"phone") || holds(&name, b"mobile") || name == b"tel" || name == b"telephone" {
         hash_phone(raw)
     } else {
         let text = lowercase(raw.trim());
@@ -192,7 +186,14 @@ mod tests {
             assert!(!is_hashed_trait(key, None), "{key}");
         }
         let own = ["First Name".to_owned()];
-        assert!(is_hashed_trait("first_name", Some(&own)) && !is_hashed_trait("email", Some(&own)));
+        assert!(
+            is_hashed_trait("first_name", Some(&own)) && is_hashed_trait("email", Some(&own)),
+            "added to the defaults"
+        );
+        assert!(is_hashed_trait("email", Some(&[])), "an empty list turns nothing off");
+        // Names are routed by whole words, not any substring.
+        assert_eq!(hash_trait("hotel", "Ritz"), Ok(sha256_hex("ritz")));
+        assert_eq!(hash_trait("mailing_address", "1 Main St"), Ok(sha256_hex("1 main st")));
         assert_eq!(hash_trait("emailAddress", " Jane.Doe@Example.com"), hash_email("jane.doe@example.com"));
         assert_eq!(hash_trait("mobile", "+1 650-555-1234"), hash_phone("16505551234"));
         // echo -n 'jane' | sha256sum

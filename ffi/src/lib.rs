@@ -91,9 +91,9 @@ pub struct TrailmarkConfig {
     /// Most events kept waiting for upload; past it the oldest are dropped (default 10,000).
     #[uniffi(default = None)]
     pub max_queue_events: Option<u32>,
-    /// `identify` traits sent only as SHA-256 (`<name>_sha256`); replaces the default list
-    /// (e-mail and phone under their common names). E-mail rules for names with `mail`, phone
-    /// rules for `phone`/`mobile`/`tel`, trimmed and lower-cased otherwise.
+    /// More `identify` traits sent only as SHA-256 (`<name>_sha256`), besides the e-mail and
+    /// phone names always hashed. E-mail rules for names with `email`, phone rules for
+    /// `phone`/`mobile`, trimmed and lower-cased otherwise.
     #[uniffi(default = None)]
     pub hashed_traits: Option<Vec<String>>,
 }
@@ -189,7 +189,7 @@ pub struct Attribution {
     /// This device installed before, inside the re-attribution window.
     pub reinstall: bool,
     /// Why the install is not attributed (`no_click_in_window`, `outside_window`,
-    /// `below_threshold`, `consent_denied`, `rejected_fraud`, `reinstall`, `not_eligible`).
+    /// `below_threshold`, `consent_denied`, `rejected_fraud`, `reinstall`).
     pub reason: Option<String>,
 }
 

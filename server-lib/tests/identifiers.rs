@@ -255,6 +255,14 @@ async fn the_pass_hashes_old_rows_and_a_rotation_seals_them_again() {
     assert_eq!(events["events"][0]["user_id"], USER);
     let ids = IdProtector::new(&[2; 32], &[1; 32], &[]);
     let stored_user = ids.user(USER);
+    let resp = client
+        .post(format!("{base}/v1/test-devices"))
+        .bearer_auth("test-admin-key-0123456789")
+        .json(&json!({"device_id": GAID, "label": "QA"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
 
     // A new key (version 2): the next start seals every row again under it; hashes stay.
     let rotated = vec![IdKey { version: 2, key: [9; 32] }];
@@ -270,9 +278,14 @@ async fn the_pass_hashes_old_rows_and_a_rotation_seals_them_again() {
         );
         assert_eq!(old, 0, "{table}: every row under key 2");
     }
-    let old =
-        count(&conn, "SELECT COUNT(*) FROM clicks WHERE device_enc IS NOT NULL AND substr(device_enc, 1, 1) <> X'02'");
-    assert_eq!(old, 0);
+    for table in ["clicks", "test_devices"] {
+        let sql =
+            format!("SELECT COUNT(*) FROM {table} WHERE device_enc IS NOT NULL AND substr(device_enc, 1, 1) <> X'02'");
+        assert_eq!(count(&conn, &sql), 0, "{table}: every row under key 2");
+    }
+    assert_eq!(count(&conn, "SELECT COUNT(*) FROM test_devices"), 1);
+    let listed = admin(&client, &base, "/v1/test-devices").await;
+    assert_eq!(listed["test_devices"][0]["device_id"], GAID.to_lowercase(), "opened with key 2: {listed}");
     let same: i64 =
         conn.query_row("SELECT COUNT(*) FROM events WHERE user_id = ?1", [&stored_user], |r| r.get(0)).unwrap();
     assert_eq!(same, 1200, "hashes do not change with the encryption key");

@@ -162,7 +162,7 @@ impl ConversionStore for Behind {
     fn postback_pending(&self, _id: i64) -> StorageFuture<'_, bool> {
         busy()
     }
-    fn latest_context(&self, _app: String, _anon: String, _user: Option<String>) -> StorageFuture<'_, Option<String>> {
+    fn latest_context(&self, _app: String, _anon: String, _user: Option<String>) -> StorageFuture<'_, Vec<String>> {
         busy()
     }
     fn pending_postbacks(&self) -> StorageFuture<'_, Vec<PendingPostback>> {

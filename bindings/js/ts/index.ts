@@ -92,8 +92,8 @@ export interface Options {
   /** Most events kept waiting; past it the oldest are dropped and counted (default 10,000). */
   maxQueueEvents?: number;
   /**
-   * `identify` traits sent only as SHA-256 (`<name>_sha256`); replaces the default list (e-mail
-   * and phone under their common names). Names match ignoring case and `_`, `-`, `.`, spaces.
+   * More `identify` traits sent only as SHA-256 (`<name>_sha256`), besides the e-mail and phone
+   * names always hashed. Names match ignoring case and `_`, `-`, `.`, spaces.
    */
   hashedTraits?: string[];
   /** Where the queue lives: `auto` (IndexedDB, else localStorage, else memory) or an adapter. */

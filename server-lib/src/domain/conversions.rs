@@ -55,13 +55,14 @@ pub fn recorded_consent(context: &Value) -> Option<ConsentContext> {
     })
 }
 
-/// Whether the latest state the server knows for a person (the consent of their newest stored
-/// event, as [`crate::storage::ConversionStore::latest_context`] reads it) lets postbacks go:
-/// yes when nothing is known.
-pub fn latest_allows_postbacks(context: Option<&str>) -> bool {
-    context
-        .and_then(|t| serde_json::from_str::<Value>(t).ok())
-        .and_then(|v| recorded_consent(&v))
+/// Whether the latest state the server knows for a person lets postbacks go: the consent of
+/// the first of `contexts` (their newest stored events, newest first, as
+/// [`crate::storage::ConversionStore::latest_context`] reads them) that carries a top-level
+/// `consent`; yes when none does.
+pub fn latest_allows_postbacks(contexts: &[String]) -> bool {
+    contexts
+        .iter()
+        .find_map(|t| serde_json::from_str::<Value>(t).ok().and_then(|v| recorded_consent(&v)))
         .is_none_or(|c| consent_allows_postbacks(&c))
 }
 
@@ -126,4 +127,23 @@ pub fn credit_rows(app_id: &str, item: &Followup, touches: &[Touchpoint], half_l
         }
     }
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_state_is_the_first_top_level_consent() {
+        let nested = r#"{"x":{"consent":{"do_not_sell":false}}}"#.to_owned();
+        let dns = r#"{"consent":{"attribution":true,"do_not_sell":true}}"#.to_owned();
+        let granted = r#"{"consent":{"attribution":true,"do_not_sell":false}}"#.to_owned();
+        assert!(
+            !latest_allows_postbacks(&[nested.clone(), dns.clone(), granted.clone()]),
+            "a nested consent is no state"
+        );
+        assert!(latest_allows_postbacks(&[granted, dns]));
+        assert!(latest_allows_postbacks(&[nested]), "nothing known");
+        assert!(latest_allows_postbacks(&[]));
+    }
 }

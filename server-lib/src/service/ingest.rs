@@ -53,8 +53,8 @@ pub async fn ingest(
     let Prepared { mut fresh, mut followups, rejected, dropped, clamped } = prepare(&rules, &sender, value)?;
     // From here on user and device ids are in their stored (hashed) form, the raw values
     // sealed with the event (docs/privacy.md, "Identifiers at rest").
-    // A batch is usually one device's: its ids are hashed and sealed once (the same sealed
-    // value in each row is as safe as one each; each seal has its own nonce).
+    // A batch is usually one device's: its ids are hashed and sealed once, and the rows share
+    // that ciphertext (it tells no more than their equal hashes already do).
     let mut done: HashMap<(Option<String>, Option<String>), NewEvent> = HashMap::new();
     for e in &mut fresh {
         if e.user_id.is_none() && e.device_id.is_none() {

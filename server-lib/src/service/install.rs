@@ -71,8 +71,9 @@ pub async fn install(
     // stored nowhere, attributed to nothing, posted back nowhere (docs/privacy.md).
     if suppressed(svc, &app_id, &event_id, &keys).await? {
         metrics::counter!("trailmark_installs_suppressed_total", "app" => app_id.clone()).increment(1);
+        // The same answer as any organic install: it must not tell who asked for deletion.
         return Ok(AttributionResult {
-            reason: Some("not_eligible".into()),
+            reason: Some("no_click_in_window".into()),
             ..AttributionResult::organic(Default::default())
         });
     }
@@ -330,7 +331,7 @@ pub async fn add_test_device(svc: &Services, raw: &str, label: String) -> Servic
     let device = crate::domain::records::TestDevice {
         device_id: stored.clone(),
         label,
-        device_enc: svc.ids.seal(&crate::domain::records::device_id_form(raw)),
+        device_enc: svc.ids.seal_ids(&[("device_id", Some(&crate::domain::records::device_id_form(raw)))]),
         created_at: svc.config.clock.now(),
     };
     let new = svc.storage.save_test_device(device).await?;
@@ -355,7 +356,12 @@ pub async fn test_devices(svc: &Services) -> ServiceResult<Vec<TestDeviceView>> 
         .await?
         .into_iter()
         .map(|d| TestDeviceView {
-            device_id: d.device_enc.as_deref().and_then(|b| svc.ids.open(b)).unwrap_or(d.device_id),
+            device_id: svc
+                .ids
+                .open_ids(d.device_enc.as_deref())
+                .get("device_id")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or(d.device_id),
             label: d.label,
             created_at: d.created_at,
         })

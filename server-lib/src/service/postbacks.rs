@@ -389,7 +389,7 @@ async fn attempt(storage: &dyn Storage, client: &reqwest::Client, policy: &Postb
     // The person opted out (do-not-sell, attribution denied) after the postback was made:
     // it is not sent (the latest state the server knows decides).
     match storage.latest_context(p.app_id.clone(), p.anonymous_id.clone(), None).await {
-        Ok(context) if !latest_allows_postbacks(context.as_deref()) => {
+        Ok(contexts) if !latest_allows_postbacks(&contexts) => {
             let record = PostbackAttempt {
                 postback_id: p.id,
                 app_id: p.app_id.clone(),
@@ -542,7 +542,7 @@ async fn latest_allows(svc: &Services, app_id: &str, anonymous_id: &str, user_id
     let context =
         svc.storage.latest_context(app_id.to_owned(), anonymous_id.to_owned(), user_id.map(str::to_owned)).await;
     match context {
-        Ok(context) if !latest_allows_postbacks(context.as_deref()) => {
+        Ok(contexts) if !latest_allows_postbacks(&contexts) => {
             metrics::counter!("trailmark_postbacks_withheld_total", "reason" => "consent").increment(1);
             false
         }

@@ -146,15 +146,16 @@ pub trait ConversionStore: Send + Sync + 'static {
     fn log_postback_attempt(&self, attempt: PostbackAttempt) -> StorageFuture<'_, ()>;
     /// Whether the postback still waits to be sent (not delivered, failed or deleted).
     fn postback_pending(&self, id: i64) -> StorageFuture<'_, bool>;
-    /// The `context` (JSON text) of the newest stored event, by corrected time, of the device
-    /// `anonymous_id` or of `user_id` in the app, among those whose context holds `consent`:
-    /// where the latest consent state is read.
+    /// The `context`s (JSON text) of the newest stored events, by corrected time, newest first
+    /// (at most 20), of the device `anonymous_id` or of `user_id` in the app, among those whose
+    /// context mentions `consent`: where the latest consent state is read
+    /// (`domain::conversions::latest_allows_postbacks`).
     fn latest_context(
         &self,
         app_id: String,
         anonymous_id: String,
         user_id: Option<String>,
-    ) -> StorageFuture<'_, Option<String>>;
+    ) -> StorageFuture<'_, Vec<String>>;
     /// Postbacks still pending, oldest first.
     fn pending_postbacks(&self) -> StorageFuture<'_, Vec<PendingPostback>>;
 }
@@ -260,8 +261,9 @@ pub mod prelude {
 }
 
 /// Every table that holds per-subject rows, with `(subject kind, column)` pairs naming a
-/// subject. Every such table has an `app_id` column. The delete path and its test both read
-/// this list, so a new table cannot be forgotten.
+/// subject. Every such table has an `app_id` column but `test_devices` (device ids only,
+/// across apps). The delete path and its test both read this list, so a new table cannot be
+/// forgotten.
 pub const SUBJECT_TABLES: &[(&str, &[(&str, &str)])] = &[
     ("events", &[("user_id", "user_id"), ("anonymous_id", "anonymous_id"), ("device_id", "device_id")]),
     ("clicks", &[("device_id", "device_id")]),

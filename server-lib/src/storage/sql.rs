@@ -188,7 +188,7 @@ pub const INSERT_POSTBACK: &str =
 pub const POSTBACK_PENDING: &str = "SELECT EXISTS (SELECT 1 FROM postbacks WHERE id = $1 AND state = 'pending')";
 
 /// The tables whose rows hold user, device and advertising ids with their ciphertext.
-pub static ID_TABLES: [crate::storage::IdTable; 3] = [
+pub static ID_TABLES: [crate::storage::IdTable; 4] = [
     crate::storage::IdTable {
         table: "events",
         key: &["app_id", "event_id"],
@@ -202,6 +202,7 @@ pub static ID_TABLES: [crate::storage::IdTable; 3] = [
         sealed: "ids_enc",
     },
     crate::storage::IdTable { table: "clicks", key: &["click_id"], ids: &["device_id"], sealed: "device_enc" },
+    crate::storage::IdTable { table: "test_devices", key: &["device_id"], ids: &["device_id"], sealed: "device_enc" },
 ];
 
 /// Tables derived from events that copy their (stored) user id.
@@ -256,7 +257,7 @@ pub fn rewrite_identifiers(t: &crate::storage::IdTable) -> String {
 pub fn raw_user_ids(table: &str) -> String {
     format!(
         "SELECT DISTINCT user_id FROM {table}
-          WHERE user_id IS NOT NULL AND NOT (length(user_id) = 34 AND user_id LIKE 'h:%') LIMIT $1"
+          WHERE user_id IS NOT NULL AND NOT (length(user_id) = 34 AND substr(user_id, 1, 2) = 'h:') LIMIT $1"
     )
 }
 
@@ -269,14 +270,14 @@ pub const IDENTIFIERS_VERSION: &str = "SELECT value FROM etl_state WHERE key = '
 pub const SET_IDENTIFIERS_VERSION: &str = "INSERT INTO etl_state (key, value) VALUES ('identifiers_version', $1)
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
-/// The context of the newest stored event (by corrected time) of a device or of a user that
-/// says what the person's consent was: the latest consent state the server knows for them.
-/// Events without `context.consent` (a server's own events) say nothing and do not count.
-/// `context` is stored as compact JSON, where `"consent":{` can only be a key (a quote inside
-/// a string value is escaped).
+/// The contexts of the newest stored events (by corrected time) of a device or of a user that
+/// may say what the person's consent was, newest first: where the latest consent state is
+/// read. `"consent":{` in the compact JSON is a key (a quote inside a string value is
+/// escaped), though perhaps a nested one: the caller takes the first with a top-level
+/// `consent`. Events without one (a server's own events) do not count.
 pub const LATEST_CONTEXT: &str = "SELECT context FROM events WHERE app_id = $1 AND (anonymous_id = $2 OR user_id = $3)
        AND context LIKE '%\"consent\":{%'
-     ORDER BY corrected_ts DESC LIMIT 1";
+     ORDER BY corrected_ts DESC LIMIT 20";
 
 /// A delivery attempt, only while the postback exists: a deletion in the meantime leaves no
 /// new trace.

@@ -34,8 +34,8 @@ public final class Trailmark: @unchecked Sendable {
         public var flushAt: Int?
         public var flushInterval: TimeInterval?
         public var maxQueueEvents: Int?
-        /// `identify` traits sent only as SHA-256 (`<name>_sha256`), replacing the default list
-        /// (e-mail and phone under their common names).
+        /// More `identify` traits sent only as SHA-256 (`<name>_sha256`), besides the e-mail and
+        /// phone names always hashed.
         public var hashedTraits: [String]?
         /// Overrides for the device context (filled from the platform when nil).
         public var os: String?

@@ -187,12 +187,11 @@ impl ConversionStore for PostgresStorage {
         app_id: String,
         anonymous_id: String,
         user_id: Option<String>,
-    ) -> StorageFuture<'_, Option<String>> {
+    ) -> StorageFuture<'_, Vec<String>> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
-            let row =
-                client.query_opt(sql::LATEST_CONTEXT, &[&app_id, &anonymous_id, &user_id]).await.map_err(backend)?;
-            Ok(row.map(|r| r.get(0)))
+            let rows = client.query(sql::LATEST_CONTEXT, &[&app_id, &anonymous_id, &user_id]).await.map_err(backend)?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
         })
     }
 

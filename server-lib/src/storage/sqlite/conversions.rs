@@ -61,14 +61,11 @@ impl ConversionStore for SqliteStorage {
         app_id: String,
         anonymous_id: String,
         user_id: Option<String>,
-    ) -> StorageFuture<'_, Option<String>> {
+    ) -> StorageFuture<'_, Vec<String>> {
         self.read(move |c| {
-            use rusqlite::OptionalExtension;
-            c.prepare_cached(sqlite!(sql::LATEST_CONTEXT))
-                .map_err(backend)?
-                .query_row(params![app_id, anonymous_id, user_id], |r| r.get(0))
-                .optional()
-                .map_err(backend)
+            let mut stmt = c.prepare_cached(sqlite!(sql::LATEST_CONTEXT)).map_err(backend)?;
+            let rows = stmt.query_map(params![app_id, anonymous_id, user_id], |r| r.get(0)).map_err(backend)?;
+            rows.collect::<Result<_, _>>().map_err(backend)
         })
     }
 
