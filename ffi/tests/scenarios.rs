@@ -256,6 +256,8 @@ fn run(file: &Path) -> Result<(), String> {
             "track" => s.track(text(step, "type").unwrap_or_default(), props(step, "properties")),
             "screen" => s.screen(text(step, "name").unwrap_or_default(), props(step, "properties")),
             "identify" => s.identify(text(step, "user_id").unwrap_or_default(), props(step, "traits")),
+            "register" => s.register(props(step, "properties")),
+            "unregister" => s.unregister(text(step, "key").unwrap_or_default()),
             "set_consent" => s.set_consent(Consent {
                 analytics: step["analytics"].as_bool(),
                 attribution: step["attribution"].as_bool(),

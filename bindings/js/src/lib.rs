@@ -215,6 +215,20 @@ impl Core {
         self.with_properties(traits_json, |e, p| e.identify(now as Millis, user_id, p))
     }
 
+    /// Super properties (`register`), merged into every later event.
+    pub fn register(&mut self, _now: f64, properties_json: &str) -> Option<String> {
+        self.with_properties(properties_json, |e, p| e.register(p))
+    }
+
+    pub fn unregister(&mut self, _now: f64, key: &str) {
+        self.engine.unregister(key);
+    }
+
+    /// The super properties registered, as a JSON object.
+    pub fn registered_properties(&self) -> String {
+        self.engine.registered_properties().to_json()
+    }
+
     pub fn alias(&mut self, now: f64, new_user_id: &str) -> Option<String> {
         refusal(self.engine.alias(now as Millis, new_user_id))
     }

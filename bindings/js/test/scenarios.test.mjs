@@ -130,6 +130,12 @@ async function run(file) {
       case 'identify':
         tm.identify(step.user_id ?? '', step.traits);
         break;
+      case 'register':
+        tm.register(step.properties);
+        break;
+      case 'unregister':
+        tm.unregister(step.key);
+        break;
       case 'set_consent':
         tm.setConsent({ analytics: step.analytics, attribution: step.attribution, doNotSell: step.do_not_sell });
         break;

@@ -99,6 +99,8 @@ export interface Driver {
   consent(): Consent & { optedOut: boolean };
   stats(): Partial<Stats>;
   attribution(): Attribution | null;
+  /** The super properties registered. */
+  registered(): Record<string, unknown>;
   /** `hash_email` (0) or `hash_phone` (1); throws a `TrailmarkError`. */
   hash(which: 0 | 1, input: string): string;
 }
@@ -344,6 +346,9 @@ export async function start(
     stats() {
       const raw = JSON.parse(core?.stats() ?? '{}') as Record<string, number | string>;
       return Object.fromEntries(Object.entries(raw).map(([k, v]) => [camel(k), v])) as Partial<Stats>;
+    },
+    registered() {
+      return JSON.parse(core?.registered_properties() ?? '{}');
     },
     attribution() {
       const json = core?.attribution();

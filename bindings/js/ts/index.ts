@@ -190,6 +190,8 @@ export type Op =
   | 'screen'
   | 'identify'
   | 'alias'
+  | 'register'
+  | 'unregister'
   | 'handle_open_url'
   | 'reset'
   | 'set_consent'
@@ -300,6 +302,22 @@ export class Trailmark {
 
   alias(newUserId: string): boolean {
     return this.c('alias', newUserId);
+  }
+
+  /** Super properties: merged into every later event (the event's own values win), kept across
+   * page loads, cleared by `reset`. At most 4,096 bytes of JSON. */
+  register(properties: Properties): boolean {
+    return this.p('register', properties);
+  }
+
+  /** Removes one super property. */
+  unregister(key: string): boolean {
+    return this.c('unregister', key);
+  }
+
+  /** The super properties registered (once `ready` has resolved; `{}` before). */
+  registeredProperties(): Properties {
+    return this.d?.registered() ?? {};
   }
 
   /** A deep link or landing URL: records `deep_link_opened` with its utm_* and tm_click_id. */

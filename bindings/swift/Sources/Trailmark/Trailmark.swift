@@ -117,6 +117,21 @@ public final class Trailmark: @unchecked Sendable {
         sdk.identify(userId: userId, traitsJson: JSONText.encode(traits))
     }
 
+    /// Super properties: merged into every later event (the event's own values win), kept
+    /// across launches, cleared by `reset`. At most 4,096 bytes of JSON.
+    public func register(_ properties: [String: Any]) {
+        sdk.register(propertiesJson: JSONText.encode(properties))
+    }
+
+    /// Removes one super property.
+    public func unregister(_ key: String) { sdk.unregister(key: key) }
+
+    /// The super properties registered, after every earlier call.
+    public func registeredProperties() throws -> [String: Any] {
+        let text = try sdk.registeredProperties()
+        return (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] ?? [:]
+    }
+
     /// Changes consent; nil leaves a purpose as it is.
     public func setConsent(analytics: Bool? = nil, attribution: Bool? = nil, doNotSell: Bool? = nil) {
         sdk.setConsent(consent: Consent(analytics: analytics, attribution: attribution, doNotSell: doNotSell))

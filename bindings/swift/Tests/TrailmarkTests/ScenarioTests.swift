@@ -184,6 +184,8 @@ func runScenario(_ file: URL) async throws {
         case "track": s.track(step["type"] as! String, properties: props)
         case "screen": s.screen(step["name"] as! String, properties: props)
         case "identify": s.identify(step["user_id"] as! String, traits: step["traits"] as? [String: Any] ?? [:])
+        case "register": s.register(step["properties"] as? [String: Any] ?? [:])
+        case "unregister": s.unregister(step["key"] as! String)
         case "set_consent":
             s.setConsent(analytics: step["analytics"] as? Bool, attribution: step["attribution"] as? Bool,
                          doNotSell: step["do_not_sell"] as? Bool)

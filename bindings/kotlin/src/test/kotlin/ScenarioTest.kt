@@ -217,6 +217,8 @@ fun runScenario(file: File) = runBlocking {
                 "track" -> tm.track(step["type"] as String, obj(step["properties"]))
                 "screen" -> tm.screen(step["name"] as String, obj(step["properties"]))
                 "identify" -> tm.identify(step["user_id"] as String, obj(step["traits"]))
+                "register" -> tm.register(obj(step["properties"]))
+                "unregister" -> tm.unregister(step["key"] as String)
                 "set_consent" -> tm.setConsent(step["analytics"] as Boolean?, step["attribution"] as Boolean?, step["do_not_sell"] as Boolean?)
                 "opt_out" -> tm.optOut()
                 "opt_in" -> tm.optIn()

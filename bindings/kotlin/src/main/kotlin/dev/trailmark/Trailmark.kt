@@ -106,6 +106,22 @@ class Trailmark private constructor(private val sdk: TrailmarkSdk) : AutoCloseab
 
     fun optIn() = sdk.optIn()
 
+    /**
+     * Super properties: merged into every later event (the event's own values win), kept across
+     * launches, cleared by [reset]. At most 4,096 bytes of JSON.
+     */
+    fun register(properties: Map<String, Any?>) {
+        if (!closed) sdk.register(Json.encode(properties))
+    }
+
+    /** Removes one super property. */
+    fun unregister(key: String) {
+        if (!closed) sdk.unregister(key)
+    }
+
+    /** The super properties registered, as a JSON object's text, after every earlier call. */
+    suspend fun registeredPropertiesJson(): String = withContext(Dispatchers.IO) { sdk.registeredProperties() }
+
     fun reset() = sdk.reset()
 
     fun handleOpenUrl(url: String) = sdk.handleOpenUrl(url)
