@@ -337,14 +337,20 @@ impl Trailmark {
 
     /// The super properties registered, after every earlier call.
     pub fn registered_properties(&self) -> Result<Object, Error> {
-        let (reply, wait) = mpsc::sync_channel(1);
-        self.control(move |e, _| {
-            let _ = reply.send(Reply::Registered(e.registered_properties()));
-        })?;
-        match answer(&wait)? {
+        match self.ask(|e| Reply::Registered(e.registered_properties()))? {
             Reply::Registered(p) => Ok(p),
             _ => Err(Error::Closed),
         }
+    }
+
+    /// A question for the worker, answered after every earlier call: `make` builds the answer
+    /// there.
+    fn ask(&self, make: impl FnOnce(&mut Engine<SqliteStore>) -> Reply + Send + 'static) -> Result<Reply, Error> {
+        let (reply, wait) = mpsc::sync_channel(1);
+        self.call(move |e, _| {
+            let _ = reply.send(make(e));
+        })?;
+        answer(&wait)
     }
 
     pub fn reset(&self) -> Result<(), Error> {
@@ -391,11 +397,7 @@ impl Trailmark {
     /// The anonymous id the SDK's events carry now (a new one after `reset`). Send it with the
     /// install (`POST /v1/install`) so install attribution and later events meet.
     pub fn anonymous_id(&self) -> Result<String, Error> {
-        let (reply, wait) = mpsc::sync_channel(1);
-        self.call(move |e, _| {
-            let _ = reply.send(Reply::Id(e.anonymous_id().to_owned()));
-        })?;
-        match answer(&wait)? {
+        match self.ask(|e| Reply::Id(e.anonymous_id().to_owned()))? {
             Reply::Id(id) => Ok(id),
             _ => Err(Error::Closed),
         }
@@ -415,11 +417,7 @@ impl Trailmark {
     /// The install's attribution once the server answered the install request; `None` before
     /// (or when the platform sends no install request).
     pub fn attribution(&self) -> Result<Option<crate::protocol::AttributionResult>, Error> {
-        let (reply, wait) = mpsc::sync_channel(1);
-        self.call(move |e, _| {
-            let _ = reply.send(Reply::Attribution(e.attribution()));
-        })?;
-        match answer(&wait)? {
+        match self.ask(|e| Reply::Attribution(e.attribution()))? {
             Reply::Attribution(a) => Ok(a),
             _ => Err(Error::Closed),
         }

@@ -1379,12 +1379,7 @@ async fn a_deleted_persons_replayed_batch_is_stored_nowhere_and_posted_back_nowh
     };
     let first = answer(batch.clone()).await;
     assert_eq!(first["accepted"], 2, "{first}");
-    for _ in 0..200 {
-        if !seen.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    first_postback(&seen).await;
     assert_eq!(seen.lock().unwrap().len(), 1, "the purchase's postback");
 
     let (status, receipt) = srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"user_id": "jane"}))).await;
@@ -1487,13 +1482,7 @@ async fn a_do_not_sell_or_attribution_denied_purchase_is_credited_but_posted_bac
         srv.event(purchase).await;
         srv.clock.advance(MINUTE);
     }
-    for _ in 0..200 {
-        if !seen.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    settle(&seen).await;
     assert_eq!(*seen.lock().unwrap(), ["rev=3"], "only the purchase with consent is posted back");
     let conn = rusqlite::Connection::open(&srv.db).unwrap();
     let credited: i64 = conn.query_row("SELECT COUNT(DISTINCT event_id) FROM conversions", [], |r| r.get(0)).unwrap();
@@ -1534,13 +1523,7 @@ async fn a_do_not_sell_install_sends_no_postback_and_attribution_denied_is_not_f
         );
         clicks.push(click);
     }
-    for _ in 0..200 {
-        if !seen.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    settle(&seen).await;
     assert_eq!(*seen.lock().unwrap(), [format!("ev=install&c={}", clicks[2])], "only the install with consent");
     let conn = rusqlite::Connection::open(&srv.db).unwrap();
     let postbacks: i64 = conn.query_row("SELECT COUNT(*) FROM postbacks", [], |r| r.get(0)).unwrap();
@@ -1605,13 +1588,7 @@ async fn the_latest_consent_state_decides_postbacks() {
     srv.event(event("screen_view", &granted, t0 + 8 * MINUTE)).await;
     let late = event("purchase", &granted, t0 + 9 * MINUTE);
     srv.event(late.clone()).await;
-    for _ in 0..200 {
-        if !seen.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    settle(&seen).await;
     assert_eq!(*seen.lock().unwrap(), [format!("e={}", late["event_id"].as_str().unwrap())]);
     let conn = rusqlite::Connection::open(&srv.db).unwrap();
     let credited: i64 = conn.query_row("SELECT COUNT(DISTINCT event_id) FROM conversions", [], |r| r.get(0)).unwrap();
@@ -1670,4 +1647,21 @@ async fn a_test_device_is_attributed_afresh_on_every_install() {
     srv.clock.advance(HOUR);
     let result = srv.install(install(2), &[]).await;
     assert_eq!(result["reinstall"], true, "an ordinary device again: {result}");
+}
+
+/// Waits (up to 5 s) until the loopback receiver got a postback.
+async fn first_postback(seen: &std::sync::Mutex<Vec<String>>) {
+    for _ in 0..200 {
+        if !seen.lock().unwrap().is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits for the first postback, then a while longer, so any postback that should not come
+/// would have come.
+async fn settle(seen: &std::sync::Mutex<Vec<String>>) {
+    first_postback(seen).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 }
