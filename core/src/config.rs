@@ -441,6 +441,7 @@ impl TrackLimits {
                 campaign: Some(&campaign),
                 consent: Some(&consent),
                 sdk: Some(&config.sdk),
+                group_id: Some(&long_id),
             },
         };
         let overhead = template.to_json().len();

@@ -311,6 +311,15 @@ impl Trailmark {
         })
     }
 
+    /// Puts the user in a group: a `group` event, and the group id on every later event.
+    pub fn group(&self, group_id: &str, traits: Object) -> Result<(), Error> {
+        crate::protocol::validate_id("group_id", group_id).map_err(|e| self.refused(e))?;
+        let id = group_id.to_owned();
+        self.control(move |e, now| {
+            let _ = e.group(now, &id, traits);
+        })
+    }
+
     pub fn alias(&self, new_user_id: &str) -> Result<(), Error> {
         crate::protocol::validate_id("user_id", new_user_id).map_err(|e| self.refused(e))?;
         let id = new_user_id.to_owned();

@@ -305,6 +305,20 @@ impl TrailmarkSdk {
         }
     }
 
+    /// Puts the user in a group: a `group` event with `traits` (JSON object) and the group id,
+    /// which rides on every later event's `context.group_id`.
+    pub fn group(&self, group_id: String, traits_json: String) {
+        if let Some(t) = self.parsed(&traits_json) {
+            let _ = self.inner.group(&group_id, t);
+        }
+    }
+
+    /// Links the current identity (user id, or the anonymous id) to `new_user_id` with an
+    /// `alias` event; later events carry `new_user_id`.
+    pub fn alias(&self, new_user_id: String) {
+        let _ = self.inner.alias(&new_user_id);
+    }
+
     /// Super properties (a JSON object), merged into every later event; the event's own values
     /// win. Persisted; `reset` clears them.
     pub fn register(&self, properties_json: String) {

@@ -258,6 +258,8 @@ fn run(file: &Path) -> Result<(), String> {
             "identify" => s.identify(text(step, "user_id").unwrap_or_default(), props(step, "traits")),
             "register" => s.register(props(step, "properties")),
             "unregister" => s.unregister(text(step, "key").unwrap_or_default()),
+            "group" => s.group(text(step, "group_id").unwrap_or_default(), props(step, "traits")),
+            "alias" => s.alias(text(step, "user_id").unwrap_or_default()),
             "set_consent" => s.set_consent(Consent {
                 analytics: step["analytics"].as_bool(),
                 attribution: step["attribution"].as_bool(),

@@ -196,6 +196,15 @@ impl IdentifierStore for Behind {
     }
 }
 
+impl IdentityStore for Behind {
+    fn link_users(&self, _links: Vec<UserLink>) -> StorageFuture<'_, u64> {
+        busy()
+    }
+    fn identity_links(&self, _app: String) -> StorageFuture<'_, Vec<(String, String)>> {
+        busy()
+    }
+}
+
 impl ReportStore for Behind {
     fn refresh_step(&self, _batch: usize, _gap: i64, _horizon: Option<i64>) -> StorageFuture<'_, RefreshReport> {
         busy()

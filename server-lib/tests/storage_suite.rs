@@ -10,7 +10,7 @@ use trailmark_server::storage::{
     Campaign, ClickParams, ClickRecord, ConversionCredit, DeletionAudit, Destinations, DeviceKeys, FraudAlert,
     ID_TABLES, InstallCount, InstallLookup, InstallRecord, LinkAudit, LinkCatalog, LinkRecord, NewEvent,
     PostbackAttempt, PostbackRecord, Reengagement, ReengagementFacts, Screened, Storage, Subject, TestDevice,
-    Tombstones, Touchpoint, Utm,
+    Tombstones, Touchpoint, UserLink, Utm,
 };
 
 mod stores;
@@ -46,6 +46,9 @@ macro_rules! storage_suite {
             identifier_rows_are_read_in_key_order_and_rewritten,
             test_devices_are_added_renamed_listed_and_removed,
             deleting_a_user_takes_its_conversion_data,
+            the_identity_map_stays_flat_and_first_links_win,
+            conversion_touchpoints_cross_aliased_user_ids,
+            deleting_a_user_takes_its_identity_links,
         );
     };
     (@module $backend:ident, $open:path, $($check:ident),+ $(,)?) => {
@@ -778,4 +781,67 @@ async fn deleting_a_user_takes_its_conversion_data(f: &Fixture) {
     assert_eq!(store.conversion_touchpoints("c".into(), "dev-z".into(), None, 0, 100).await.unwrap().len(), 1);
     let rows = vec![credit("last_touch", "k2", 1.0)];
     assert!(store.save_conversion(rows).await.unwrap(), "the credit is gone with the user");
+}
+
+fn user_link(app: &str, alias: &str, user: &str) -> UserLink {
+    UserLink { app_id: app.into(), alias_user_id: alias.into(), user_id: user.into(), created_at: 1 }
+}
+
+async fn sorted_links(store: &dyn Storage, app: &str) -> Vec<(String, String)> {
+    let mut links = store.identity_links(app.into()).await.unwrap();
+    links.sort();
+    links
+}
+
+fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+    p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+}
+
+/// Links name the final user id: u1 → u2, then u2 → u3 makes u1 → u3; a link to an alias
+/// names its user id; a cycle and a second link of the same alias change nothing; per app.
+async fn the_identity_map_stays_flat_and_first_links_win(f: &Fixture) {
+    let store = &*f.store;
+    assert_eq!(store.link_users(vec![user_link("c", "u1", "u2")]).await.unwrap(), 1);
+    assert_eq!(store.link_users(vec![user_link("c", "u2", "u3")]).await.unwrap(), 1);
+    assert_eq!(sorted_links(store, "c").await, pairs(&[("u1", "u3"), ("u2", "u3")]));
+    // u4 → u1 (an alias): names u1's user id.
+    assert_eq!(store.link_users(vec![user_link("c", "u4", "u1")]).await.unwrap(), 1);
+    // A cycle (u3 → u1, whose user id is u3) and a second link of u1 change nothing.
+    let again = vec![user_link("c", "u3", "u1"), user_link("c", "u1", "u9"), user_link("c", "u2", "u3")];
+    assert_eq!(store.link_users(again).await.unwrap(), 0);
+    assert_eq!(sorted_links(store, "c").await, pairs(&[("u1", "u3"), ("u2", "u3"), ("u4", "u3")]));
+    assert!(store.identity_links("other".into()).await.unwrap().is_empty(), "per app");
+    // In one call, in order.
+    let chain = vec![user_link("d", "x1", "x2"), user_link("d", "x2", "x3")];
+    assert_eq!(store.link_users(chain).await.unwrap(), 2);
+    assert_eq!(sorted_links(store, "d").await, pairs(&[("x1", "x3"), ("x2", "x3")]));
+}
+
+/// A conversion of u8, which u7 became, is credited with the touchpoints of u7's devices; one
+/// of u7 with those of u8's (the person is the user id, its final one and that one's aliases).
+async fn conversion_touchpoints_cross_aliased_user_ids(f: &Fixture) {
+    let store = &*f.store;
+    user_touchpoints(store).await;
+    store.insert(vec![event("c", "ev-3", "dev-z", Some("u8"), None, 70)]).await.unwrap();
+    let clicks = |tps: Vec<Touchpoint>| tps.into_iter().map(|t| t.click_id).collect::<Vec<_>>();
+    let before = store.conversion_touchpoints("c".into(), "dev-q".into(), Some("u8".into()), 0, 100).await.unwrap();
+    assert_eq!(clicks(before), ["k3"]);
+    store.link_users(vec![user_link("c", "u7", "u8")]).await.unwrap();
+    let of_u8 = store.conversion_touchpoints("c".into(), "dev-q".into(), Some("u8".into()), 0, 100).await.unwrap();
+    assert_eq!(clicks(of_u8), ["k1", "k2", "k3"]);
+    let of_u7 = store.conversion_touchpoints("c".into(), "dev-q".into(), Some("u7".into()), 0, 100).await.unwrap();
+    assert_eq!(clicks(of_u7), ["k1", "k2", "k3"]);
+    let other_app = store.conversion_touchpoints("d".into(), "dev-q".into(), Some("u8".into()), 0, 100).await.unwrap();
+    assert!(other_app.is_empty());
+}
+
+/// A deleted user leaves no link naming it, as alias or as user id; other links stay.
+async fn deleting_a_user_takes_its_identity_links(f: &Fixture) {
+    let store = &*f.store;
+    let links = vec![user_link("c", "u1", "u2"), user_link("c", "u3", "u2"), user_link("c", "u5", "u6")];
+    store.link_users(links).await.unwrap();
+    store.delete_subject(Subject::UserId("u1".into()), audit("user_id"), tomb(false)).await.unwrap();
+    assert_eq!(sorted_links(store, "c").await, pairs(&[("u3", "u2"), ("u5", "u6")]));
+    store.delete_subject(Subject::UserId("u2".into()), audit("user_id"), tomb(false)).await.unwrap();
+    assert_eq!(sorted_links(store, "c").await, pairs(&[("u5", "u6")]));
 }

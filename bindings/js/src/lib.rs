@@ -229,6 +229,11 @@ impl Core {
         self.engine.registered_properties().to_json()
     }
 
+    /// A `group` event; the group id rides on later events' context.
+    pub fn group(&mut self, now: f64, group_id: &str, traits_json: &str) -> Option<String> {
+        self.with_properties(traits_json, |e, p| e.group(now as Millis, group_id, p))
+    }
+
     pub fn alias(&mut self, now: f64, new_user_id: &str) -> Option<String> {
         refusal(self.engine.alias(now as Millis, new_user_id))
     }

@@ -136,6 +136,12 @@ async function run(file) {
       case 'unregister':
         tm.unregister(step.key);
         break;
+      case 'group':
+        tm.group(step.group_id, step.traits);
+        break;
+      case 'alias':
+        tm.alias(step.user_id);
+        break;
       case 'set_consent':
         tm.setConsent({ analytics: step.analytics, attribution: step.attribution, doNotSell: step.do_not_sell });
         break;

@@ -190,6 +190,7 @@ export type Op =
   | 'screen'
   | 'identify'
   | 'alias'
+  | 'group'
   | 'register'
   | 'unregister'
   | 'handle_open_url'
@@ -300,8 +301,18 @@ export class Trailmark {
     return this.p('identify', traits, userId);
   }
 
+  /** Links the current identity (the user id, or the anonymous id before `identify`) to
+   * `newUserId` with an `alias` event; later events carry `newUserId`. The server's identity map
+   * then counts both ids as one person in reports. */
   alias(newUserId: string): boolean {
     return this.c('alias', newUserId);
+  }
+
+  /** Puts the user in a group (an account, a company): a `group` event whose properties are
+   * `traits` plus `group_id`; the group id rides on every later event's `context.group_id`
+   * (kept across page loads, cleared by `reset`). */
+  group(groupId: string, traits?: Properties): boolean {
+    return this.p('group', traits, groupId);
   }
 
   /** Super properties: merged into every later event (the event's own values win), kept across

@@ -30,6 +30,7 @@ impl<S: EventStore> Engine<S> {
         self.state.user_id = None;
         self.state.session = None;
         self.state.registered = crate::json::Object::new();
+        self.state.group_id = None;
         self.state_dirty = true;
         log!(self, "reset: new anonymous id");
     }

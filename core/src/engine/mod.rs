@@ -131,6 +131,7 @@ impl<S: EventStore> Engine<S> {
                 attribution: None,
                 clock_offset: 0,
                 registered: Object::new(),
+                group_id: None,
             }
         });
         let max_seq = snapshot.entries.iter().map(|e| e.seq).max().unwrap_or(0);
@@ -142,6 +143,7 @@ impl<S: EventStore> Engine<S> {
             campaign: None,
             consent: None,
             sdk: Some(config.sdk.clone()),
+            group_id: None,
         };
         let install_url = config.install_url();
         let mut engine = Engine {

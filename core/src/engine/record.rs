@@ -167,6 +167,28 @@ impl<S: EventStore> Engine<S> {
         self.state.registered.clone()
     }
 
+    /// Puts the user in a group (an account, a company): sends a `group` event whose properties
+    /// are `traits` plus `group_id`, and the group id rides on every later event's
+    /// `context.group_id` (persisted; cleared by `reset`).
+    pub fn group(&mut self, now: Millis, group_id: &str, mut traits: Object) -> Result<(), ValidationError> {
+        let checked = protocol::validate_id("group_id", group_id);
+        self.guard(checked)?;
+        let checked = protocol::validate_depth(&traits);
+        self.guard(checked)?;
+        if self.collection() == Collect::Ignore {
+            self.ignore("group");
+            return Ok(());
+        }
+        traits.insert("group_id", group_id);
+        let previous = self.state.group_id.replace(group_id.to_owned());
+        self.state_dirty = true;
+        let recorded = self.record(now, "group", traits, None);
+        if recorded.is_err() {
+            self.state.group_id = previous;
+        }
+        self.guard(recorded)
+    }
+
     /// Links the current identity to `new_user_id` and sends an `alias` event carrying
     /// `previous_id` (the former user id, or the anonymous id).
     pub fn alias(&mut self, now: Millis, new_user_id: &str) -> Result<(), ValidationError> {
@@ -318,6 +340,7 @@ impl<S: EventStore> Engine<S> {
                 campaign: campaign.as_ref(),
                 consent: Some(&consent),
                 sdk: self.base_context.sdk.as_ref(),
+                group_id: self.state.group_id.as_deref(),
             },
         };
         let body = event.to_json();

@@ -39,6 +39,8 @@ pub(super) struct State {
     /// Super properties (`register`): merged into every event's properties, the event's own
     /// values winning. Written only when there are some (older documents have none).
     pub(super) registered: Object,
+    /// The group joined last (`group`): on every later event's `context.group_id`.
+    pub(super) group_id: Option<String>,
 }
 
 /// What the install request (`POST /v1/install`) will carry.
@@ -124,6 +126,9 @@ impl State {
             o.key("registered");
             o.w.object(&self.registered);
         }
+        if let Some(g) = &self.group_id {
+            o.str("group_id", g);
+        }
         o.end();
         w.into_bytes()
     }
@@ -164,6 +169,7 @@ impl State {
             attribution: optional(o, "attribution", string)?,
             clock_offset: optional(o, "clock_offset", Value::as_i64)?.unwrap_or(0),
             registered: optional(o, "registered", |v| v.as_object().cloned())?.unwrap_or_default(),
+            group_id: optional(o, "group_id", string)?,
         })
     }
 }

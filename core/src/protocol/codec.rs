@@ -98,6 +98,7 @@ impl ContextRef<'_> {
             a.str("version", &s.version);
             a.end();
         }
+        o.opt_str("group_id", self.group_id);
         o.end();
     }
 }
@@ -396,6 +397,7 @@ mod serde_agreement {
                 campaign: c.campaign.as_ref(),
                 consent: c.consent.as_ref(),
                 sdk: c.sdk.as_ref(),
+                group_id: c.group_id.as_deref(),
             },
         };
         String::from_utf8(view.to_json()).unwrap()

@@ -109,6 +109,7 @@ pub struct ContextRef<'a> {
     pub campaign: Option<&'a CampaignContext>,
     pub consent: Option<&'a ConsentContext>,
     pub sdk: Option<&'a SdkContext>,
+    pub group_id: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -124,6 +125,9 @@ pub struct Context {
     pub consent: Option<ConsentContext>,
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub sdk: Option<SdkContext>,
+    /// The group (account, organisation) the user joined last with `group()`.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub group_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -18,6 +18,7 @@ pub mod enrich;
 pub mod error;
 pub mod events;
 pub mod identifiers;
+pub mod identity;
 pub mod ingest;
 pub mod install;
 pub mod links;

@@ -512,3 +512,13 @@ pub struct DeleteReport {
     /// deletion record downstream consumers act on.
     pub anonymous_ids: Vec<(String, String)>,
 }
+
+/// One link of the identity map: the stored user id `alias_user_id` became `user_id` (an
+/// `alias` event's `previous_id` and `user_id`, both in stored form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserLink {
+    pub app_id: String,
+    pub alias_user_id: String,
+    pub user_id: String,
+    pub created_at: i64,
+}

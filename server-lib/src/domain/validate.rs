@@ -74,7 +74,8 @@ pub fn event_schema() -> Value {
                         "attribution": {"type": ["boolean", "null"]},
                         "do_not_sell": {"type": "boolean"}
                     }},
-                    "sdk": {"type": "object", "properties": strings(&["name", "version"])}
+                    "sdk": {"type": "object", "properties": strings(&["name", "version"])},
+                    "group_id": id()
                 }
             }
         }

@@ -12,6 +12,7 @@ use super::trace::store_span;
 use super::{ServiceError, ServiceResult, Services, conversions};
 use crate::domain::conversions::Followup;
 use crate::domain::enrich;
+use crate::domain::identity::alias_link;
 use crate::domain::ingest::{IngestRules, Prepared, Sender, prepare};
 use crate::domain::privacy::{event_hash, suppression_hash};
 use crate::domain::records::NewEvent;
@@ -74,6 +75,9 @@ pub async fn ingest(
         f.user_id = f.user_id.as_deref().map(|u| svc.ids.user(u));
     }
     let suppressed = screen(svc, &app_id, &mut fresh, &mut followups).await?;
+    // `alias` events link their previous user id to the new one (the identity map); the
+    // previous id is stored in its hashed form like every user id.
+    let links: Vec<_> = fresh.iter_mut().filter_map(|e| alias_link(e, |raw| svc.ids.user(raw))).collect();
     record_sdk_drops(&app_id, &dropped);
     if clamped > 0 {
         metrics::counter!("trailmark_events_time_clamped_total", "app" => app_id.clone()).increment(clamped as u64);
@@ -107,7 +111,12 @@ pub async fn ingest(
         if let (Some(sink), Some(records)) = (&svc.event_sink, records) {
             sink.publish(records.into_iter().zip(&outcome).filter(|(_, new)| **new).filter_map(|(r, _)| r).collect());
         }
-        // Duplicates too: a retried request finishes follow-ups a crash interrupted.
+        // Duplicates too: a retried request finishes what a crash interrupted (both are
+        // idempotent).
+        if !links.is_empty() {
+            let added = svc.storage.link_users(links).await?;
+            metrics::counter!("trailmark_identity_links_total", "app" => app_id.clone()).increment(added);
+        }
         conversions::process(svc, &app_id, followups).await;
     }
     svc.live.events(response.accepted, response.rejected.len() as u64);

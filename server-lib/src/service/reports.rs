@@ -2,6 +2,7 @@
 //! server's clock, so a test runs a year of retention in a moment), and the report queries —
 //! refresh, read the rows, compute with the pure `domain::reports` functions.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -11,6 +12,7 @@ use super::{ServiceError, ServiceResult, Services};
 use crate::domain::attribution::Model;
 use crate::domain::config::{Clock, ReportConfig};
 use crate::domain::error::Refusal;
+use crate::domain::identity::resolve_people;
 use crate::domain::records::{CampaignCost, PurgeReport, ReportQuery, ReportRows, RetentionCutoffs};
 use crate::domain::reports::{
     CampaignMetrics, CostBody, DAY_MS, DEFAULT_WITHIN, MAX_STEPS, Params, campaign_metrics, check_type, date_text,
@@ -127,6 +129,11 @@ async fn read(svc: &Services, query: ReportQuery) -> ServiceResult<ReportRows> {
     Ok(svc.storage.report(query).await?)
 }
 
+/// The app's identity map (`alias → user id`), for counting people.
+async fn identity_links(svc: &Services, app_id: &str) -> ServiceResult<HashMap<String, String>> {
+    Ok(svc.storage.identity_links(app_id.to_owned()).await?.into_iter().collect())
+}
+
 fn too_many(svc: &Services, n: usize) -> Result<(), Refusal> {
     if n > svc.config.reports.max_report_rows {
         return Err(Refusal::invalid("range_too_large", "the report would read too many events; shorten the range"));
@@ -159,6 +166,7 @@ pub async fn funnel_report(svc: &Services, p: &Params) -> ServiceResult<Value> {
     if let Some(c) = campaign {
         rows.retain(|r| r.campaign_key.as_deref() == Some(c));
     }
+    resolve_people(rows.iter_mut().map(|r| &mut r.user_id), &identity_links(svc, &app_id).await?);
     let counts = funnel(&rows, &steps, from, to, within);
     let first = counts.first().copied().unwrap_or(0);
     let steps: Vec<Value> = steps
@@ -188,12 +196,13 @@ pub async fn retention_report(svc: &Services, p: &Params) -> ServiceResult<Value
     }
     let (from_day, to_day) = (day_of(from), day_of(to));
     let max_offset = days.iter().copied().max().unwrap_or(0);
-    let ReportRows::Users(users) =
+    let ReportRows::Users(mut users) =
         read(svc, ReportQuery::Cohorts { app_id: app_id.clone(), from_day, to_day, max_offset }).await?
     else {
         return Err(unexpected());
     };
     too_many(svc, users.len())?;
+    resolve_people(users.iter_mut().map(|u| &mut u.user_id), &identity_links(svc, &app_id).await?);
     let cohorts = retention(&users, from_day, to_day, &days, day_of(now));
     Ok(
         json!({"app_id": app_id, "from": date_text(from_day), "to": date_text(to_day), "days": days, "cohorts": cohorts}),

@@ -197,6 +197,18 @@ pub const TEST_DEVICES: &str = "CREATE TABLE test_devices (
     created_at {i64} NOT NULL
 );";
 
+/// The identity map (issue 21): `alias` events link a previous user id to the user id it
+/// became. Kept flat (every alias names the final user id, never another alias), so one lookup
+/// resolves a person. Both ids in their stored form (keyed hashes).
+pub const IDENTITY_LINKS: &str = "CREATE TABLE identity_links (
+    app_id TEXT NOT NULL,
+    alias_user_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    created_at {i64} NOT NULL,
+    PRIMARY KEY (app_id, alias_user_id)
+);
+CREATE INDEX identity_links_user ON identity_links (app_id, user_id);";
+
 pub const INSTALLS: &str = "CREATE TABLE installs (
     app_id TEXT NOT NULL,
     event_id TEXT NOT NULL,

@@ -198,6 +198,18 @@ pub trait DeletionStore: Send + Sync + 'static {
     fn lift_suppressions(&self, receipt_id: Option<String>, id_hashes: Vec<String>) -> StorageFuture<'_, u64>;
 }
 
+/// The identity map (`alias`): which stored user ids are one person.
+pub trait IdentityStore: Send + Sync + 'static {
+    /// Records that each link's `alias_user_id` became its `user_id`, keeping the map flat:
+    /// the link names the final user id of `user_id`, and links that named `alias_user_id`
+    /// as their user id now name that one. A link that would close a cycle, or whose alias
+    /// is linked already (the first link of an id wins), changes nothing. Returns how many
+    /// links were new.
+    fn link_users(&self, links: Vec<UserLink>) -> StorageFuture<'_, u64>;
+    /// Every link of the app, as `(alias_user_id, user_id)`.
+    fn identity_links(&self, app_id: String) -> StorageFuture<'_, Vec<(String, String)>>;
+}
+
 /// Identifiers at rest (`domain::identifiers`): the pass that brings rows written before
 /// identifiers were hashed, or sealed under an older key, to the current form.
 pub trait IdentifierStore: Send + Sync + 'static {
@@ -243,12 +255,19 @@ pub struct IdRow {
 /// What the server needs from storage: every concern's trait. Implemented for any type that
 /// implements them all; a store implements each of them fully (there are no defaults).
 pub trait Storage:
-    EventStore + LinkStore + InstallStore + ConversionStore + ReportStore + DeletionStore + IdentifierStore
+    EventStore + LinkStore + InstallStore + ConversionStore + ReportStore + DeletionStore + IdentifierStore + IdentityStore
 {
 }
 
 impl<T> Storage for T where
-    T: EventStore + LinkStore + InstallStore + ConversionStore + ReportStore + DeletionStore + IdentifierStore
+    T: EventStore
+        + LinkStore
+        + InstallStore
+        + ConversionStore
+        + ReportStore
+        + DeletionStore
+        + IdentifierStore
+        + IdentityStore
 {
 }
 
@@ -256,7 +275,8 @@ impl<T> Storage for T where
 /// crate::storage::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        ConversionStore, DeletionStore, EventStore, IdentifierStore, InstallStore, LinkStore, ReportStore, Storage,
+        ConversionStore, DeletionStore, EventStore, IdentifierStore, IdentityStore, InstallStore, LinkStore,
+        ReportStore, Storage,
     };
 }
 
@@ -286,6 +306,7 @@ pub const SUBJECT_TABLES: &[(&str, &[(&str, &str)])] = &[
     ("dim_users", &[("user_id", "user_id"), ("anonymous_id", "anonymous_id")]),
     ("sessions", &[("user_id", "user_id"), ("anonymous_id", "anonymous_id")]),
     ("test_devices", &[("device_id", "device_id")]),
+    ("identity_links", &[("user_id", "alias_user_id"), ("user_id", "user_id")]),
 ];
 
 /// Tables that hold no per-subject data (configuration, audit logs keyed by hashes).

@@ -161,15 +161,36 @@ pub const INSERT_REENGAGEMENT: &str =
          click_ts, open_ts, inactive_ms)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (app_id, event_id) DO NOTHING";
 
-/// Touchpoints of the anonymous id ($2) and of every anonymous id seen with the user id ($5)
-/// in the app ($1), in `[$3, $4]`, oldest first.
+/// Touchpoints of the anonymous id ($2) and of every anonymous id seen with the person of the
+/// user id ($5) in the app ($1), in `[$3, $4]`, oldest first. The person is the user id, the
+/// user id it became (`identity_links`) and that one's other aliases.
 pub const CONVERSION_TOUCHPOINTS: &str =
     "SELECT app_id, anonymous_id, ts, click_id, link_id, campaign_id, network, kind, source_event_id
        FROM touchpoints
       WHERE app_id = $1 AND ts >= $3 AND ts <= $4
         AND (anonymous_id = $2 OR anonymous_id IN
-             (SELECT DISTINCT anonymous_id FROM events WHERE app_id = $1 AND user_id = $5))
+             (SELECT DISTINCT anonymous_id FROM events WHERE app_id = $1 AND user_id IN
+                 (SELECT p.id FROM (SELECT coalesce(
+                          (SELECT l.user_id FROM identity_links l WHERE l.app_id = $1 AND l.alias_user_id = $5),
+                          $5) AS id) p
+                  UNION
+                  SELECT l.alias_user_id FROM identity_links l WHERE l.app_id = $1 AND l.user_id =
+                      coalesce((SELECT l2.user_id FROM identity_links l2
+                                 WHERE l2.app_id = $1 AND l2.alias_user_id = $5), $5))))
       ORDER BY ts, id";
+
+/// The user id a user id ($2) of the app ($1) became, when it is an alias.
+pub const LINKED_USER: &str = "SELECT user_id FROM identity_links WHERE app_id = $1 AND alias_user_id = $2";
+
+/// A new link ($2 became $3); nothing when $2 is linked already.
+pub const INSERT_USER_LINK: &str = "INSERT INTO identity_links (app_id, alias_user_id, user_id, created_at)
+     VALUES ($1, $2, $3, $4) ON CONFLICT (app_id, alias_user_id) DO NOTHING";
+
+/// Links that named $2 as their user id name $3 instead (keeps the map flat).
+pub const REPOINT_USER_LINKS: &str = "UPDATE identity_links SET user_id = $3 WHERE app_id = $1 AND user_id = $2";
+
+/// Every link of the app ($1).
+pub const IDENTITY_LINKS: &str = "SELECT alias_user_id, user_id FROM identity_links WHERE app_id = $1";
 
 /// Whether the conversion (app, event id) was credited before.
 pub const CONVERSION_CREDITED: &str = "SELECT EXISTS (SELECT 1 FROM conversions WHERE app_id = $1 AND event_id = $2)";
@@ -502,6 +523,10 @@ mod tests {
         COHORT_USERS,
         COHORT_ACTIVE_DAYS,
         RECENT_ALERTS,
+        LINKED_USER,
+        INSERT_USER_LINK,
+        REPOINT_USER_LINKS,
+        IDENTITY_LINKS,
     ];
 
     #[test]

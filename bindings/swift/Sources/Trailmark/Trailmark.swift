@@ -117,6 +117,17 @@ public final class Trailmark: @unchecked Sendable {
         sdk.identify(userId: userId, traitsJson: JSONText.encode(traits))
     }
 
+    /// Puts the user in a group (an account, a company): a `group` event whose properties are
+    /// `traits` plus `group_id`; the group id rides on every later event's `context.group_id`
+    /// (kept across launches, cleared by `reset`).
+    public func group(_ groupId: String, traits: [String: Any] = [:]) {
+        sdk.group(groupId: groupId, traitsJson: JSONText.encode(traits))
+    }
+
+    /// Links the current identity (the user id, or the anonymous id before `identify`) to
+    /// `newUserId` with an `alias` event; the server then counts both ids as one person.
+    public func alias(_ newUserId: String) { sdk.alias(newUserId: newUserId) }
+
     /// Super properties: merged into every later event (the event's own values win), kept
     /// across launches, cleared by `reset`. At most 4,096 bytes of JSON.
     public func register(_ properties: [String: Any]) {

@@ -186,6 +186,8 @@ func runScenario(_ file: URL) async throws {
         case "identify": s.identify(step["user_id"] as! String, traits: step["traits"] as? [String: Any] ?? [:])
         case "register": s.register(step["properties"] as? [String: Any] ?? [:])
         case "unregister": s.unregister(step["key"] as! String)
+        case "group": s.group(step["group_id"] as! String, traits: step["traits"] as? [String: Any] ?? [:])
+        case "alias": s.alias(step["user_id"] as! String)
         case "set_consent":
             s.setConsent(analytics: step["analytics"] as? Bool, attribution: step["attribution"] as? Bool,
                          doNotSell: step["do_not_sell"] as? Bool)

@@ -19,6 +19,7 @@ mod conversions;
 mod deletion;
 mod events;
 mod identifiers;
+mod identity;
 mod installs;
 mod links;
 mod reports;

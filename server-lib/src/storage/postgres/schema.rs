@@ -10,7 +10,7 @@ use crate::storage::{StorageError, backend};
 
 /// Migrations, applied in order inside one transaction under an advisory lock, so instances
 /// starting together do not race.
-fn migrations() -> [(i32, String); 9] {
+fn migrations() -> [(i32, String); 10] {
     let shared = |tables: &[&str]| ddl::render(tables, Dialect::Postgres);
     [
         (1, shared(&[ddl::EVENTS, ddl::DELETION_AUDIT])),
@@ -22,6 +22,7 @@ fn migrations() -> [(i32, String); 9] {
         (7, shared(&[ddl::TOMBSTONES])),
         (8, shared(&[ddl::SEALED_IDS])),
         (9, shared(&[ddl::TEST_DEVICES])),
+        (10, shared(&[ddl::IDENTITY_LINKS])),
     ]
 }
 

@@ -17,6 +17,7 @@ mod conversions;
 mod deletion;
 mod events;
 mod identifiers;
+mod identity;
 mod installs;
 mod links;
 mod reports;

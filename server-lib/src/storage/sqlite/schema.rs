@@ -1,4 +1,4 @@
-//! The SQLite store's tables: the migrations up to schema version 7 (`PRAGMA user_version`).
+//! The SQLite store's tables: the migrations up to schema version 8 (`PRAGMA user_version`).
 //! The tables both stores share are in [`ddl`]; what is SQLite's own is here: the report
 //! queue numbered by `rowid`, the row triggers, one index, and the backfill of the report
 //! tables.
@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use crate::storage::ddl::{self, Dialect, day_key};
 use crate::storage::{StorageError, backend};
 
-const SCHEMA_VERSION: i64 = 7;
+const SCHEMA_VERSION: i64 = 8;
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
@@ -36,6 +36,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     }
     if version < 7 {
         tx.execute_batch(&ddl::render(&[ddl::TEST_DEVICES], Dialect::Sqlite)).map_err(backend)?;
+    }
+    if version < 8 {
+        tx.execute_batch(&ddl::render(&[ddl::IDENTITY_LINKS], Dialect::Sqlite)).map_err(backend)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION};")).map_err(backend)?;
     tx.commit().map_err(backend)

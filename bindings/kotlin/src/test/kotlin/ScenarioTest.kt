@@ -219,6 +219,8 @@ fun runScenario(file: File) = runBlocking {
                 "identify" -> tm.identify(step["user_id"] as String, obj(step["traits"]))
                 "register" -> tm.register(obj(step["properties"]))
                 "unregister" -> tm.unregister(step["key"] as String)
+                "group" -> tm.group(step["group_id"] as String, obj(step["traits"]))
+                "alias" -> tm.alias(step["user_id"] as String)
                 "set_consent" -> tm.setConsent(step["analytics"] as Boolean?, step["attribution"] as Boolean?, step["do_not_sell"] as Boolean?)
                 "opt_out" -> tm.optOut()
                 "opt_in" -> tm.optIn()

@@ -107,6 +107,23 @@ class Trailmark private constructor(private val sdk: TrailmarkSdk) : AutoCloseab
     fun optIn() = sdk.optIn()
 
     /**
+     * Puts the user in a group (an account, a company): a `group` event whose properties are
+     * [traits] plus `group_id`; the group id rides on every later event's `context.group_id`
+     * (kept across launches, cleared by [reset]).
+     */
+    fun group(groupId: String, traits: Map<String, Any?> = emptyMap()) {
+        if (!closed) sdk.group(groupId, Json.encode(traits))
+    }
+
+    /**
+     * Links the current identity (the user id, or the anonymous id before [identify]) to
+     * [newUserId] with an `alias` event; the server then counts both ids as one person.
+     */
+    fun alias(newUserId: String) {
+        if (!closed) sdk.alias(newUserId)
+    }
+
+    /**
      * Super properties: merged into every later event (the event's own values win), kept across
      * launches, cleared by [reset]. At most 4,096 bytes of JSON.
      */
