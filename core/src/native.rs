@@ -151,6 +151,7 @@ enum Reply {
     Attribution(Option<crate::protocol::AttributionResult>),
     Stats(Stats),
     Registered(Object),
+    Context(String),
 }
 
 /// Waits for the worker's answer.
@@ -163,8 +164,24 @@ fn answer(wait: &Receiver<Reply>) -> Result<Reply, Error> {
 }
 
 /// A running SDK. Cheap to share behind an `Arc`; every method takes `&self`.
+/// An event as a middleware sees it (see [`Trailmark::add_middleware`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MiddlewareEvent {
+    pub event_type: String,
+    pub properties: Object,
+    /// The context the event will carry (app, device, SDK, consent, group id); read-only:
+    /// changes to it are not recorded.
+    pub context: Object,
+}
+
+/// A host's middleware: gets each event of `track`, `screen` and `page` before it is queued
+/// and returns it (changed or not), `Ok(None)` to drop it, or an error (a failure: the event
+/// is dropped, never sent unfiltered).
+pub type Middleware = Arc<dyn Fn(MiddlewareEvent) -> Result<Option<MiddlewareEvent>, String> + Send + Sync>;
+
 pub struct Trailmark {
     tx: SyncSender<Command>,
+    middleware: std::sync::RwLock<Vec<Middleware>>,
     limits: TrackLimits,
     /// Calls dropped because the channel was full, not yet handed to the engine.
     overflow: Arc<AtomicU64>,
@@ -223,7 +240,7 @@ impl Trailmark {
             .name("trailmark-worker".into())
             .spawn(move || run_worker(engine, rx, task_tx, worker_overflow))
             .map_err(|e| Error::Start(e.to_string()))?;
-        Ok(Trailmark { tx, limits, overflow, worker: Some(worker) })
+        Ok(Trailmark { tx, middleware: Default::default(), limits, overflow, worker: Some(worker) })
     }
 
     fn send(&self, command: Command) -> Result<(), Error> {
@@ -262,10 +279,48 @@ impl Trailmark {
     /// Tracks an event. Checks run here, on the caller's thread, so misuse is reported at once;
     /// the event is durable within milliseconds and at once after [`Trailmark::flush`].
     pub fn track(&self, event_type: &str, properties: Object) -> Result<(), Error> {
-        if let Err(e) = self.limits.check_track(event_type, &properties) {
+        let Some((event_type, properties)) = self.through_middleware(event_type, properties)? else {
+            return Ok(());
+        };
+        if let Err(e) = self.limits.check_track(&event_type, &properties) {
             return Err(self.refused(e));
         }
-        self.send(Command::Track { now: now_ms(), event_type: event_type.to_owned(), properties })
+        self.send(Command::Track { now: now_ms(), event_type, properties })
+    }
+
+    /// Adds a middleware, run after those added before on every later `track`, `screen` and
+    /// `page`, on the caller's thread. A middleware that panics or fails drops the event and
+    /// is counted in `middleware_errors`; one that drops it, in `dropped_by_middleware`.
+    pub fn add_middleware(&self, middleware: Middleware) {
+        self.middleware.write().unwrap_or_else(|p| p.into_inner()).push(middleware);
+    }
+
+    /// Runs the middleware on an event: what to record, or `None` when it was dropped
+    /// (counted). Without middleware, the event as it is (no context is read).
+    fn through_middleware(&self, event_type: &str, properties: Object) -> Result<Option<(String, Object)>, Error> {
+        let chain = self.middleware.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if chain.is_empty() {
+            return Ok(Some((event_type.to_owned(), properties)));
+        }
+        let context = match self.ask(|e| Reply::Context(e.context_json()))? {
+            Reply::Context(text) => crate::json::parse(&text, 8).ok().and_then(|v| v.as_object().cloned()),
+            _ => None,
+        };
+        let mut event =
+            MiddlewareEvent { event_type: event_type.to_owned(), properties, context: context.unwrap_or_default() };
+        for m in chain {
+            let failed = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m(event))) {
+                Ok(Ok(Some(next))) => {
+                    event = next;
+                    continue;
+                }
+                Ok(Ok(None)) => false,
+                Ok(Err(_)) | Err(_) => true,
+            };
+            self.call(move |e, _| e.note_middleware_drop(failed))?;
+            return Ok(None);
+        }
+        Ok(Some((event.event_type, event.properties)))
     }
 
     /// Tracks from untrusted bytes (UTF-8 type, JSON object properties).
@@ -281,20 +336,19 @@ impl Trailmark {
 
     /// A `screen_view` named `name`.
     pub fn screen(&self, name: &str, properties: Object) -> Result<(), Error> {
-        self.check_view("screen name", name, &properties)?;
-        let name = name.to_owned();
-        self.call(move |e, now| {
-            let _ = e.screen(now, &name, properties);
-        })
+        self.view("screen_view", "screen name", name, properties)
     }
 
     /// A `page_view` named `name`.
     pub fn page(&self, name: &str, properties: Object) -> Result<(), Error> {
-        self.check_view("page name", name, &properties)?;
-        let name = name.to_owned();
-        self.call(move |e, now| {
-            let _ = e.page(now, &name, properties);
-        })
+        self.view("page_view", "page name", name, properties)
+    }
+
+    /// A view event: `name` in `properties.name`, through the middleware.
+    fn view(&self, event_type: &str, field: &'static str, name: &str, mut properties: Object) -> Result<(), Error> {
+        self.check_view(field, name, &properties)?;
+        properties.insert("name", name);
+        self.track(event_type, properties)
     }
 
     fn check_view(&self, field: &'static str, name: &str, properties: &Object) -> Result<(), Error> {

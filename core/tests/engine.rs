@@ -997,3 +997,32 @@ fn registered_properties_ride_on_every_event_until_removed() {
     assert_eq!(by_type("z")["properties"], json!({}));
     assert_eq!(server.stored[0]["properties"], json!({}), "the session_start recorded before registering");
 }
+
+/// `group`: a `group` event with the traits and the group id, the group id on every later
+/// event's context across a restart, a bad group id refused (nothing changes), reset clears it.
+#[test]
+fn the_group_id_rides_on_later_events_until_reset() {
+    let store = MemoryStore::new();
+    let mut engine = open(store.clone(), T0);
+    engine.group(T0, "acme", props(json!({"seats": 40, "group_id": "spoofed"}))).unwrap();
+    engine.flush(T0).unwrap();
+    drop(engine);
+
+    let mut engine = open(store.clone(), T0 + 1000);
+    engine.track(T0 + 1000, "x", Default::default()).unwrap();
+    assert!(engine.group(T0 + 1000, "", Default::default()).is_err());
+    assert_eq!(engine.stats().refused_invalid, 1);
+    engine.track(T0 + 1000, "y", Default::default()).unwrap();
+    let context: Value = serde_json::from_str(&engine.context_json()).unwrap();
+    assert_eq!(context["group_id"], "acme");
+    engine.reset(T0 + 2000);
+    engine.track(T0 + 2000, "z", Default::default()).unwrap();
+    let mut server = Collector::default();
+    drive(&mut engine, T0 + 2000, 60_000, |t, now| server.accept(t, now, |_| false));
+    let by_type = |t: &str| server.stored.iter().find(|e| e["type"] == t).unwrap().clone();
+    assert_eq!(by_type("group")["properties"], json!({"seats": 40, "group_id": "acme"}), "the argument wins");
+    assert_eq!(by_type("group")["context"]["group_id"], "acme");
+    assert_eq!(by_type("x")["context"]["group_id"], "acme", "persisted");
+    assert_eq!(by_type("y")["context"]["group_id"], "acme", "a refused call changes nothing");
+    assert!(by_type("z")["context"].get("group_id").is_none(), "reset clears it");
+}

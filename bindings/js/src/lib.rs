@@ -234,6 +234,16 @@ impl Core {
         self.with_properties(traits_json, |e, p| e.group(now as Millis, group_id, p))
     }
 
+    /// Counts an event the page's middleware dropped (`failed`: it threw).
+    pub fn note_middleware(&mut self, _now: f64, failed: bool) {
+        self.engine.note_middleware_drop(failed);
+    }
+
+    /// The context the next event will carry, as JSON (for middleware).
+    pub fn context_json(&self) -> String {
+        self.engine.context_json()
+    }
+
     pub fn alias(&mut self, now: f64, new_user_id: &str) -> Option<String> {
         refusal(self.engine.alias(now as Millis, new_user_id))
     }

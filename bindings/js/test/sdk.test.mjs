@@ -11,7 +11,7 @@ import { execFileSync } from 'node:child_process';
 import { Trailmark, TrailmarkError, MemoryStorage, repo, root, scripted, until, wasm } from './helpers.mjs';
 import { LocalStorageStorage, openStorage } from '../dist/index.js';
 import { coreError, refusal, retryAfter } from '../dist/core.js';
-import { startServer } from './server.mjs';
+import { ADMIN, startServer } from './server.mjs';
 
 const base = { appId: 'shop', appSecret: 's3cret', endpoint: 'https://collect.example.test', wasm };
 const sent = (captured) => captured.flatMap((r) => JSON.parse(r.body).batch ?? []);
@@ -363,6 +363,72 @@ test('delivers to the reference server over HTTP, stored exactly once', async ()
     const link = events.find((e) => e.type === 'deep_link_opened');
     assert.equal(link.context.campaign.click_id, 'clk_1');
     await tm.shutdown();
+  } finally {
+    await server.stop();
+  }
+});
+
+test('register, middleware, group and alias against the reference server (issue 21)', async () => {
+  const server = await startServer({ args: ['--app', 'shop:s3cret'] });
+  const init = () => Trailmark.init({ appId: 'shop', appSecret: 's3cret', endpoint: server.base, wasm, storage: 'memory' });
+  const delivered = async (tm) => {
+    await tm.flush();
+    await until(() => tm.stats().queued === 0 && tm.stats().delivered > 0, 'delivery');
+  };
+  try {
+    // Device B: u1 opens the app.
+    const b = init();
+    await b.ready;
+    b.identify('u1');
+    b.track('app_open');
+    await delivered(b);
+    // Device A: u1 becomes u2, joins a group, and buys; a middleware drops type `secret`.
+    const a = init();
+    await a.ready;
+    a.register({ plan: 'pro' });
+    const seen = [];
+    a.addMiddleware((e) => {
+      seen.push(e.type);
+      return e.type === 'secret' ? null : e;
+    });
+    a.addMiddleware((e) => {
+      if (e.type === 'boom') throw new Error('middleware bug');
+      delete e.properties.password;
+      return { ...e, properties: { ...e.properties, group_seen: e.context.group_id ?? 'none' } };
+    });
+    a.identify('u1');
+    a.alias('u2');
+    a.group('acme', { seats: 5 });
+    assert.equal(a.track('x', { password: 'hunter2' }), true);
+    assert.equal(a.track('secret', { token: 't' }), true, 'a dropped event is not a refused call');
+    assert.equal(a.track('boom'), true);
+    a.screen('Home');
+    a.track('purchase', { revenue: 12, currency: 'EUR' });
+    await delivered(a);
+    const stats = a.stats();
+    assert.equal(stats.droppedByMiddleware, 1);
+    assert.equal(stats.middlewareErrors, 1);
+    assert.deepEqual(seen, ['x', 'secret', 'boom', 'screen_view', 'purchase'], 'identify, alias and group do not go through middleware');
+    const events = await server.events(`app_id=shop&anonymous_id=${a.anonymousId()}`);
+    const byType = (t) => events.filter((e) => e.type === t);
+    assert.equal(byType('secret').length + byType('boom').length, 0, 'never stored');
+    const [x] = byType('x');
+    assert.deepEqual(x.properties, { plan: 'pro', group_seen: 'acme' }, 'super property in, password out');
+    assert.equal(x.context.group_id, 'acme');
+    const [group] = byType('group');
+    assert.deepEqual(group.properties, { group_id: 'acme', seats: 5, plan: 'pro' });
+    assert.equal(byType('screen_view')[0].properties.name, 'Home');
+    const [alias] = byType('alias');
+    assert.equal(alias.user_id, 'u2');
+    // The funnel counts u1's app_open (device B) and u2's purchase (device A) as one person.
+    const r = await fetch(`${server.base}/v1/reports/funnel?app_id=shop&steps=app_open,purchase`, {
+      headers: { Authorization: `Bearer ${ADMIN}` },
+    });
+    const funnel = await r.json();
+    assert.equal(r.status, 200, JSON.stringify(funnel));
+    assert.deepEqual(funnel.steps.map((s) => s.users), [1, 1], JSON.stringify(funnel));
+    await a.shutdown();
+    await b.shutdown();
   } finally {
     await server.stop();
   }

@@ -101,6 +101,8 @@ export interface Driver {
   attribution(): Attribution | null;
   /** The super properties registered. */
   registered(): Record<string, unknown>;
+  /** The context the next event will carry. */
+  context(): Record<string, unknown>;
   /** `hash_email` (0) or `hash_phone` (1); throws a `TrailmarkError`. */
   hash(which: 0 | 1, input: string): string;
 }
@@ -349,6 +351,9 @@ export async function start(
     },
     registered() {
       return JSON.parse(core?.registered_properties() ?? '{}');
+    },
+    context() {
+      return JSON.parse(core?.context_json() ?? '{}');
     },
     attribution() {
       const json = core?.attribution();

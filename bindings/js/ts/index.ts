@@ -181,6 +181,20 @@ export interface Stats {
 
 type Properties = Record<string, unknown>;
 
+/** An event as middleware sees it: its type, its properties and the context it will carry (app,
+ * device, SDK, consent, group id; empty before `ready`). `context` is read-only. */
+export interface TrailmarkEvent {
+  type: string;
+  properties: Properties;
+  context: Properties;
+}
+
+/** Gets each `track`, `screen` and `page` event before it is queued, on the caller's turn, and
+ * returns it (changed or not) or `null`/`undefined` to drop it (counted in `droppedByMiddleware`).
+ * One that throws drops the event (counted in `middlewareErrors`); the SDK never throws it at the
+ * caller. A changed `type` is recorded as a custom event (the automatic page view keeps its own). */
+export type Middleware = (event: TrailmarkEvent) => TrailmarkEvent | null | undefined | void;
+
 /** @internal A recording call as the core takes it: its method (the time of the call is its first
  * argument). `refuse` stands for a call whose properties could not be written as JSON. */
 export type Op =
@@ -191,6 +205,7 @@ export type Op =
   | 'identify'
   | 'alias'
   | 'group'
+  | 'note_middleware'
   | 'register'
   | 'unregister'
   | 'handle_open_url'
@@ -226,6 +241,7 @@ export class Trailmark {
   private readonly q: Queued[] = [];
   private closed = false;
   private readonly now: () => number;
+  private readonly mw: Middleware[] = [];
 
   private constructor(options: Options) {
     this.now = options.now ?? Date.now;
@@ -278,22 +294,44 @@ export class Trailmark {
     return j === undefined ? this.c('refuse') : this.c(op, ...args, j);
   }
 
+  /** Adds a middleware, run after those added before on every later `track`, `screen` and
+   * `page` (see {@link Middleware}). */
+  addMiddleware(fn: Middleware): void {
+    this.mw.push(fn);
+  }
+
+  /** An event through the middleware, then the core's `op` with `args(event)` before its
+   * properties; a dropped event returns true (not refused). */
+  private e(op: Op, type: string, properties: Properties | undefined, args: (e: TrailmarkEvent) => unknown[]): boolean {
+    let e: TrailmarkEvent | null | undefined | void = { type, properties: { ...properties }, context: {} };
+    if (this.mw.length) e.context = this.d?.context() ?? {};
+    for (const f of this.mw) {
+      try {
+        e = f(e);
+      } catch {
+        return this.c('note_middleware', true);
+      }
+      if (!e) return this.c('note_middleware', false);
+    }
+    return e.type === type ? this.p(op, e.properties, ...args(e)) : this.p('track', e.properties, e.type);
+  }
+
   /** Records an event. Never throws: an invalid call returns false and goes to `onError`. */
   track(type: string, properties?: Properties): boolean {
-    return this.p('track', properties, type);
+    return this.e('track', type, properties, () => [type]);
   }
 
   /** A page view: with no name, read from the location at the call (url, path, search, title,
    * referrer, utm_* and tm_click_id); with a name, that name. */
   page(name?: string, properties?: Properties): boolean {
     return name === undefined && browser
-      ? this.p('page_view', properties, location.href, document.title, document.referrer)
-      : this.p('page', properties, name ?? '');
+      ? this.e('page_view', 'page_view', properties, () => [location.href, document.title, document.referrer])
+      : this.e('page', 'page_view', { ...properties, name }, (e) => [String(e.properties.name ?? '')]);
   }
 
   /** A screen view (hybrid apps). */
   screen(name: string, properties?: Properties): boolean {
-    return this.p('screen', properties, name);
+    return this.e('screen', 'screen_view', { ...properties, name }, (e) => [String(e.properties.name ?? '')]);
   }
 
   /** Sets the user id. Traits `email` and `phone` are hashed (SHA-256) and never sent raw. */

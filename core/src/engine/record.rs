@@ -189,6 +189,35 @@ impl<S: EventStore> Engine<S> {
         self.guard(recorded)
     }
 
+    /// Counts an event a host's middleware dropped: it returned nothing, or failed (`failed`;
+    /// the event is dropped then too, never sent unfiltered).
+    pub fn note_middleware_drop(&mut self, failed: bool) {
+        if failed {
+            self.state.stats.middleware_errors += 1;
+            log!(self, "middleware failed: event dropped");
+        } else {
+            self.state.stats.dropped_by_middleware += 1;
+            log!(self, "middleware dropped an event");
+        }
+        self.state_dirty = true;
+    }
+
+    /// The context the next event will carry, as JSON (for middleware to read): app, device,
+    /// SDK, consent and group id.
+    pub fn context_json(&self) -> String {
+        let mut w = crate::json::Writer::with_capacity(256);
+        ContextRef {
+            app: self.base_context.app.as_ref(),
+            device: self.base_context.device.as_ref(),
+            campaign: None,
+            consent: Some(&self.state.consent),
+            sdk: self.base_context.sdk.as_ref(),
+            group_id: self.state.group_id.as_deref(),
+        }
+        .write(&mut w);
+        w.into_string()
+    }
+
     /// Links the current identity to `new_user_id` and sends an `alias` event carrying
     /// `previous_id` (the former user id, or the anonymous id).
     pub fn alias(&mut self, now: Millis, new_user_id: &str) -> Result<(), ValidationError> {

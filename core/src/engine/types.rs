@@ -96,6 +96,11 @@ pub struct Stats {
     pub held: u64,
     /// Beacons handed out (`Engine::beacon`; their answer is never known).
     pub beacons: u64,
+    /// Events a host's middleware dropped (returned nothing for).
+    pub dropped_by_middleware: u64,
+    /// Events dropped because a middleware failed (threw, panicked) on them: never sent
+    /// unfiltered.
+    pub middleware_errors: u64,
     /// 2xx answers that were not the protocol's (an empty body, a captive portal's or a proxy's
     /// page): not an acknowledgement; the request is retried (and counted in `upload_failures`).
     pub bad_answers: u64,
@@ -199,7 +204,7 @@ impl Stats {
     }
 
     /// The persisted counters, in declaration order.
-    fn fields(&mut self) -> [(&'static str, &mut u64); 19] {
+    fn fields(&mut self) -> [(&'static str, &mut u64); 21] {
         [
             ("recorded", &mut self.recorded),
             ("delivered", &mut self.delivered),
@@ -220,6 +225,8 @@ impl Stats {
             ("beacons", &mut self.beacons),
             ("bad_answers", &mut self.bad_answers),
             ("last_rejection_status", &mut self.last_rejection_status),
+            ("dropped_by_middleware", &mut self.dropped_by_middleware),
+            ("middleware_errors", &mut self.middleware_errors),
         ]
     }
 
