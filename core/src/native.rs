@@ -151,7 +151,6 @@ enum Reply {
     Attribution(Option<crate::protocol::AttributionResult>),
     Stats(Stats),
     Registered(Object),
-    Context(String),
 }
 
 /// Waits for the worker's answer.
@@ -163,7 +162,6 @@ fn answer(wait: &Receiver<Reply>) -> Result<Reply, Error> {
     }
 }
 
-/// A running SDK. Cheap to share behind an `Arc`; every method takes `&self`.
 /// An event as a middleware sees it (see [`Trailmark::add_middleware`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MiddlewareEvent {
@@ -179,9 +177,26 @@ pub struct MiddlewareEvent {
 /// is dropped, never sent unfiltered).
 pub type Middleware = Arc<dyn Fn(MiddlewareEvent) -> Result<Option<MiddlewareEvent>, String> + Send + Sync>;
 
+/// The context for middleware, kept by the worker (after each burst that made a call, once a
+/// middleware is installed) so the caller's thread never waits for it.
+#[derive(Default)]
+struct ContextShare {
+    wanted: std::sync::atomic::AtomicBool,
+    current: std::sync::RwLock<Object>,
+}
+
+impl ContextShare {
+    fn set(&self, engine: &Engine<SqliteStore>) {
+        let parsed = crate::json::parse(&engine.context_json(), 8).ok().and_then(|v| v.as_object().cloned());
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = parsed.unwrap_or_default();
+    }
+}
+
+/// A running SDK. Cheap to share behind an `Arc`; every method takes `&self`.
 pub struct Trailmark {
     tx: SyncSender<Command>,
     middleware: std::sync::RwLock<Vec<Middleware>>,
+    context: Arc<ContextShare>,
     limits: TrackLimits,
     /// Calls dropped because the channel was full, not yet handed to the engine.
     overflow: Arc<AtomicU64>,
@@ -236,11 +251,14 @@ impl Trailmark {
             .map_err(|e| Error::Start(e.to_string()))?;
 
         let worker_overflow = overflow.clone();
+        let context = Arc::new(ContextShare::default());
+        context.set(&engine);
+        let worker_context = context.clone();
         let worker = std::thread::Builder::new()
             .name("trailmark-worker".into())
-            .spawn(move || run_worker(engine, rx, task_tx, worker_overflow))
+            .spawn(move || run_worker(engine, rx, task_tx, worker_overflow, &worker_context))
             .map_err(|e| Error::Start(e.to_string()))?;
-        Ok(Trailmark { tx, middleware: Default::default(), limits, overflow, worker: Some(worker) })
+        Ok(Trailmark { tx, middleware: Default::default(), context, limits, overflow, worker: Some(worker) })
     }
 
     fn send(&self, command: Command) -> Result<(), Error> {
@@ -291,8 +309,14 @@ impl Trailmark {
     /// Adds a middleware, run after those added before on every later `track`, `screen` and
     /// `page`, on the caller's thread. A middleware that panics or fails drops the event and
     /// is counted in `middleware_errors`; one that drops it, in `dropped_by_middleware`.
+    /// The context a middleware sees is the worker's snapshot: calls that change it (consent,
+    /// `group`, `reset`) show in it once the worker has taken them (at once after any call that
+    /// waits for the worker, such as [`Trailmark::stats`] or [`Trailmark::flush`]).
     pub fn add_middleware(&self, middleware: Middleware) {
         self.middleware.write().unwrap_or_else(|p| p.into_inner()).push(middleware);
+        self.context.wanted.store(true, Ordering::Relaxed);
+        // Calls sent before this one may have changed it since the start.
+        let _ = self.call(|_, _| {});
     }
 
     /// Runs the middleware on an event: what to record, or `None` when it was dropped
@@ -302,12 +326,8 @@ impl Trailmark {
         if chain.is_empty() {
             return Ok(Some((event_type.to_owned(), properties)));
         }
-        let context = match self.ask(|e| Reply::Context(e.context_json()))? {
-            Reply::Context(text) => crate::json::parse(&text, 8).ok().and_then(|v| v.as_object().cloned()),
-            _ => None,
-        };
-        let mut event =
-            MiddlewareEvent { event_type: event_type.to_owned(), properties, context: context.unwrap_or_default() };
+        let context = self.context.current.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut event = MiddlewareEvent { event_type: event_type.to_owned(), properties, context };
         for m in chain {
             let failed = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m(event))) {
                 Ok(Ok(Some(next))) => {
@@ -521,6 +541,7 @@ fn run_worker(
     rx: Receiver<Command>,
     uploads: mpsc::Sender<UploadTask>,
     overflow: Arc<AtomicU64>,
+    context: &ContextShare,
 ) {
     let mut next = Action::Wait(Duration::ZERO);
     let mut flush_waiters = Vec::new();
@@ -532,6 +553,7 @@ fn run_worker(
             Action::Upload(_) => unreachable!("uploads are dispatched below"),
         };
         let mut shutdown = false;
+        let mut called = false;
         let mut burst = 0;
         let burst_started = std::time::Instant::now();
         let mut command = match first {
@@ -547,7 +569,10 @@ fn run_worker(
                 Command::Track { now, event_type, properties } => {
                     let _ = engine.track(now, &event_type, properties);
                 }
-                Command::Call { now, call } => call(&mut engine, now),
+                Command::Call { now, call } => {
+                    call(&mut engine, now);
+                    called = true;
+                }
                 Command::Flush { now, done } => {
                     let _ = engine.flush(now);
                     flush_waiters.push(done);
@@ -565,6 +590,9 @@ fn run_worker(
         let dropped = overflow.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             engine.record_backpressure(dropped);
+        }
+        if called && context.wanted.load(Ordering::Relaxed) {
+            context.set(&engine);
         }
         let persisted = engine.persist();
         for done in flush_waiters.drain(..) {

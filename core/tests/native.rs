@@ -100,6 +100,8 @@ fn middleware_changes_or_drops_events_before_they_are_queued() {
         }
         Ok(Some(e))
     }));
+    // The middleware's context is the worker's snapshot: current after a call that waits.
+    tm.stats().unwrap();
     tm.track("secret", props(json!({"x": 1}))).unwrap();
     tm.track("boom", Default::default()).unwrap();
     tm.track("bang", Default::default()).unwrap();

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use trailmark_core::engine::{UploadOutcome, UploadTask};
-use trailmark_core::json::Object;
+use trailmark_core::json::{Object, Writer};
 use trailmark_core::native::{self, NativeOptions, Uploader};
 use trailmark_core::{ConsentUpdate, HostConfig, protocol};
 
@@ -157,6 +157,9 @@ pub struct SdkStats {
     /// 2xx answers that were not the protocol's (a captive portal's or a proxy's page, an empty
     /// body): not an acknowledgement, retried.
     pub bad_answers: u64,
+    /// Events a middleware dropped, and events dropped because a middleware failed.
+    pub dropped_by_middleware: u64,
+    pub middleware_errors: u64,
     /// Why the server last refused something counted in `rejected_by_server`: the answer's HTTP
     /// status (200 for events rejected in a batch it took, the 4xx of a request refused for
     /// good; 0 before any refusal)...
@@ -234,6 +237,53 @@ pub struct HttpResponse {
 #[uniffi::export(with_foreign)]
 pub trait HttpTransport: Send + Sync {
     fn post(&self, url: String, headers: HashMap<String, String>, body: Vec<u8>) -> HttpResponse;
+}
+
+/// A host's middleware (see [`TrailmarkSdk::add_middleware`]): `process` gets each `track`,
+/// `screen` and `page` event as JSON `{"type": …, "properties": {…}, "context": {…}}` before it
+/// is queued, on the caller's thread, and returns it (changed or not) as JSON of that shape
+/// (`context` may be left out: it is read-only), or nothing to drop it. An error (a thrown
+/// exception), or an answer that is not an event, drops the event: counted in
+/// `middleware_errors`, never thrown at the app.
+#[uniffi::export(with_foreign)]
+pub trait EventMiddleware: Send + Sync {
+    fn process(&self, event_json: String) -> Result<Option<String>, MiddlewareError>;
+}
+
+/// A middleware's failure (whatever it threw).
+#[derive(Debug, thiserror::Error, uniffi::Error)]
+pub enum MiddlewareError {
+    #[error("middleware failed: {reason}")]
+    Failed { reason: String },
+}
+
+impl From<uniffi::UnexpectedUniFFICallbackError> for MiddlewareError {
+    fn from(e: uniffi::UnexpectedUniFFICallbackError) -> Self {
+        MiddlewareError::Failed { reason: e.reason }
+    }
+}
+
+/// The event as the host's middleware reads it.
+fn middleware_json(e: &native::MiddlewareEvent) -> String {
+    let mut w = Writer::with_capacity(256);
+    let mut o = w.begin();
+    o.str("type", &e.event_type);
+    o.key("properties");
+    o.w.object(&e.properties);
+    o.key("context");
+    o.w.object(&e.context);
+    o.end();
+    w.into_string()
+}
+
+/// The host middleware's answer back as an event (its type and properties; the context stays
+/// the SDK's); `None` when it is not one.
+fn middleware_answer(text: &str, context: Object) -> Option<native::MiddlewareEvent> {
+    let value = trailmark_core::json::parse(text, protocol::MAX_PROPERTY_DEPTH + 2).ok()?;
+    let o = value.as_object()?;
+    let event_type = o.str("type")?.to_owned();
+    let properties = o.get("properties")?.as_object()?.clone();
+    Some(native::MiddlewareEvent { event_type, properties, context })
 }
 
 struct ForeignUploader(Arc<dyn HttpTransport>);
@@ -317,6 +367,21 @@ impl TrailmarkSdk {
     /// `alias` event; later events carry `new_user_id`.
     pub fn alias(&self, new_user_id: String) {
         let _ = self.inner.alias(&new_user_id);
+    }
+
+    /// Adds a middleware, run after those added before on every later `track`, `screen` and
+    /// `page` (see [`EventMiddleware`]).
+    pub fn add_middleware(&self, middleware: Arc<dyn EventMiddleware>) {
+        self.inner.add_middleware(Arc::new(move |e: native::MiddlewareEvent| {
+            match middleware.process(middleware_json(&e)) {
+                Ok(None) => Ok(None),
+                Ok(Some(text)) => match middleware_answer(&text, e.context) {
+                    Some(event) => Ok(Some(event)),
+                    None => Err("the middleware's answer is not an event".into()),
+                },
+                Err(err) => Err(err.to_string()),
+            }
+        }));
     }
 
     /// Super properties (a JSON object), merged into every later event; the event's own values
@@ -412,6 +477,8 @@ impl TrailmarkSdk {
             uploads: s.uploads,
             upload_failures: s.upload_failures,
             bad_answers: s.bad_answers,
+            dropped_by_middleware: s.dropped_by_middleware,
+            middleware_errors: s.middleware_errors,
             last_rejection_status: u16::try_from(s.last_rejection_status).unwrap_or(0),
             last_rejection_reason: s.last_rejection_reason.as_str().to_owned(),
             in_flight: s.in_flight,

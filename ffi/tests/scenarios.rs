@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
-use trailmark_ffi::{Consent, HttpResponse, HttpTransport, SdkStats, TrailmarkConfig, TrailmarkError, TrailmarkSdk};
+use trailmark_ffi::{
+    Consent, EventMiddleware, HttpResponse, HttpTransport, MiddlewareError, SdkStats, TrailmarkConfig, TrailmarkError,
+    TrailmarkSdk,
+};
 
 /// One request the SDK sent, as the platform transport saw it.
 #[derive(Debug, Clone)]
@@ -96,6 +99,38 @@ fn config(c: &Value, db: &Path) -> TrailmarkConfig {
     }
 }
 
+/// A middleware doing what an `add_middleware` step says (see tests/scenarios/README.md).
+struct ScriptedMiddleware(Value);
+
+impl EventMiddleware for ScriptedMiddleware {
+    fn process(&self, event_json: String) -> Result<Option<String>, MiddlewareError> {
+        let rule = &self.0;
+        let mut e: Value = serde_json::from_str(&event_json).expect("the SDK sends JSON");
+        let kind = e["type"].as_str().unwrap_or_default().to_owned();
+        if rule["drop_type"].as_str() == Some(kind.as_str()) {
+            return Ok(None);
+        }
+        if rule["fail_type"].as_str() == Some(kind.as_str()) {
+            return Err(MiddlewareError::Failed { reason: "scripted failure".into() });
+        }
+        if rule["rename"]["from"].as_str() == Some(kind.as_str()) {
+            e["type"] = rule["rename"]["to"].clone();
+        }
+        let context = e["context"].clone();
+        let props = e["properties"].as_object_mut().expect("properties");
+        for key in rule["remove"].as_array().into_iter().flatten() {
+            props.remove(key.as_str().unwrap_or_default());
+        }
+        for (k, v) in rule["set"].as_object().into_iter().flatten() {
+            props.insert(k.clone(), v.clone());
+        }
+        for (k, from) in rule["copy_context"].as_object().into_iter().flatten() {
+            props.insert(k.clone(), context[from.as_str().unwrap_or_default()].clone());
+        }
+        Ok(Some(e.to_string()))
+    }
+}
+
 fn stats_map(s: &SdkStats) -> BTreeMap<&'static str, Value> {
     BTreeMap::from([
         ("recorded", s.recorded.into()),
@@ -112,6 +147,8 @@ fn stats_map(s: &SdkStats) -> BTreeMap<&'static str, Value> {
         ("uploads", s.uploads.into()),
         ("upload_failures", s.upload_failures.into()),
         ("bad_answers", s.bad_answers.into()),
+        ("dropped_by_middleware", s.dropped_by_middleware.into()),
+        ("middleware_errors", s.middleware_errors.into()),
         ("last_rejection_status", s.last_rejection_status.into()),
         ("last_rejection_reason", s.last_rejection_reason.clone().into()),
         ("in_flight", s.in_flight.into()),
@@ -260,6 +297,7 @@ fn run(file: &Path) -> Result<(), String> {
             "unregister" => s.unregister(text(step, "key").unwrap_or_default()),
             "group" => s.group(text(step, "group_id").unwrap_or_default(), props(step, "traits")),
             "alias" => s.alias(text(step, "user_id").unwrap_or_default()),
+            "add_middleware" => s.add_middleware(Arc::new(ScriptedMiddleware(step.clone()))),
             "set_consent" => s.set_consent(Consent {
                 analytics: step["analytics"].as_bool(),
                 attribution: step["attribution"].as_bool(),

@@ -107,6 +107,20 @@ function requestJson(r) {
   return { path: url.pathname, headers, body };
 }
 
+/** A middleware doing what an `add_middleware` step says (tests/scenarios/README.md). */
+function scriptedMiddleware(rule) {
+  return (e) => {
+    if (rule.drop_type === e.type) return null;
+    if (rule.fail_type === e.type) throw new Error('scripted failure');
+    const out = { ...e, properties: { ...e.properties } };
+    if (rule.rename?.from === e.type) out.type = rule.rename.to;
+    for (const k of rule.remove ?? []) delete out.properties[k];
+    Object.assign(out.properties, rule.set ?? {});
+    for (const [k, from] of Object.entries(rule.copy_context ?? {})) out.properties[k] = e.context[from] ?? null;
+    return out;
+  };
+}
+
 async function run(file) {
   const scenario = JSON.parse(readFileSync(join(dir, file), 'utf8'));
   const { transport, captured } = scripted(scenario.responses ?? []);
@@ -141,6 +155,9 @@ async function run(file) {
         break;
       case 'alias':
         tm.alias(step.user_id);
+        break;
+      case 'add_middleware':
+        tm.addMiddleware(scriptedMiddleware(step));
         break;
       case 'set_consent':
         tm.setConsent({ analytics: step.analytics, attribution: step.attribution, doNotSell: step.do_not_sell });

@@ -396,19 +396,22 @@ test('register, middleware, group and alias against the reference server (issue 
       delete e.properties.password;
       return { ...e, properties: { ...e.properties, group_seen: e.context.group_id ?? 'none' } };
     });
+    a.addMiddleware((e) => (e.type === 'malformed' ? { type: 7, properties: null } : e));
     a.identify('u1');
     a.alias('u2');
     a.group('acme', { seats: 5 });
     assert.equal(a.track('x', { password: 'hunter2' }), true);
     assert.equal(a.track('secret', { token: 't' }), true, 'a dropped event is not a refused call');
     assert.equal(a.track('boom'), true);
+    assert.equal(a.screen('malformed_screen', { x: 1 }), true);
+    a.track('malformed');
     a.screen('Home');
     a.track('purchase', { revenue: 12, currency: 'EUR' });
     await delivered(a);
     const stats = a.stats();
     assert.equal(stats.droppedByMiddleware, 1);
-    assert.equal(stats.middlewareErrors, 1);
-    assert.deepEqual(seen, ['x', 'secret', 'boom', 'screen_view', 'purchase'], 'identify, alias and group do not go through middleware');
+    assert.equal(stats.middlewareErrors, 2, 'a throw and something that is not an event');
+    assert.deepEqual(seen, ['x', 'secret', 'boom', 'screen_view', 'malformed', 'screen_view', 'purchase'], 'identify, alias and group do not go through middleware');
     const events = await server.events(`app_id=shop&anonymous_id=${a.anonymousId()}`);
     const byType = (t) => events.filter((e) => e.type === t);
     assert.equal(byType('secret').length + byType('boom').length, 0, 'never stored');
@@ -417,7 +420,8 @@ test('register, middleware, group and alias against the reference server (issue 
     assert.equal(x.context.group_id, 'acme');
     const [group] = byType('group');
     assert.deepEqual(group.properties, { group_id: 'acme', seats: 5, plan: 'pro' });
-    assert.equal(byType('screen_view')[0].properties.name, 'Home');
+    assert.deepEqual(byType('screen_view').map((e) => e.properties.name).sort(), ['Home', 'malformed_screen']);
+    assert.equal(byType('malformed').length, 0);
     const [alias] = byType('alias');
     assert.equal(alias.user_id, 'u2');
     // The funnel counts u1's app_open (device B) and u2's purchase (device A) as one person.

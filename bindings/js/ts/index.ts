@@ -170,6 +170,9 @@ export interface Stats {
   /** 2xx answers that were not the protocol's (a captive portal's or a proxy's page, an empty
    * body): not an acknowledgement, retried. */
   badAnswers: number;
+  /** Events a middleware dropped, and events dropped because a middleware threw. */
+  droppedByMiddleware: number;
+  middlewareErrors: number;
   /** The HTTP status of the last refusal: 200 for events rejected in a batch the server took, the
    * 4xx of a request refused for good; 0 before any. */
   lastRejectionStatus: number;
@@ -303,17 +306,21 @@ export class Trailmark {
   /** An event through the middleware, then the core's `op` with `args(event)` before its
    * properties; a dropped event returns true (not refused). */
   private e(op: Op, type: string, properties: Properties | undefined, args: (e: TrailmarkEvent) => unknown[]): boolean {
-    let e: TrailmarkEvent | null | undefined | void = { type, properties: { ...properties }, context: {} };
-    if (this.mw.length) e.context = this.d?.context() ?? {};
-    for (const f of this.mw) {
-      try {
+    if (!this.mw.length) return this.p(op, properties, ...args({ type, properties: properties ?? {}, context: {} }));
+    let e: TrailmarkEvent | null | undefined | void = { type, properties: { ...properties }, context: this.d?.context() ?? {} };
+    let a: unknown[];
+    try {
+      for (const f of [...this.mw]) {
         e = f(e);
-      } catch {
-        return this.c('note_middleware', true);
+        if (!e) return this.c('note_middleware', false);
       }
-      if (!e) return this.c('note_middleware', false);
+      // What came back must be an event: a string type and an object of properties.
+      if (typeof e.type !== 'string' || typeof e.properties !== 'object' || !e.properties) throw 0;
+      a = args(e);
+    } catch {
+      return this.c('note_middleware', true);
     }
-    return e.type === type ? this.p(op, e.properties, ...args(e)) : this.p('track', e.properties, e.type);
+    return e.type === type ? this.p(op, e.properties, ...a) : this.p('track', e.properties, e.type);
   }
 
   /** Records an event. Never throws: an invalid call returns false and goes to `onError`. */

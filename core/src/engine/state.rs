@@ -189,8 +189,8 @@ mod tests {
         assert_eq!(state.consent.analytics, Some(true));
         assert_eq!(state.stats.delivered, 30);
         assert_eq!(state.install_request.as_ref().and_then(|p| p.click_id.as_deref()), Some("k"));
-        // The same document, with the stats added since (issue 19) at their zero values.
-        let later = r#""beacons":0,"bad_answers":0,"last_rejection_status":0,"last_rejection_reason":""}"#;
+        // The same document, with the stats added since (issues 19 and 21) at their zero values.
+        let later = r#""beacons":0,"bad_answers":0,"last_rejection_status":0,"dropped_by_middleware":0,"middleware_errors":0,"last_rejection_reason":""}"#;
         let expected = WRITTEN_BY_SERDE.replace(r#""beacons":0}"#, later);
         assert_eq!(String::from_utf8(state.to_json()).unwrap(), expected);
     }
@@ -201,8 +201,9 @@ mod tests {
         state.stats.bad_answers = 2;
         state.stats.in_flight = 9;
         state.stats.note_rejection(422, "invalid_field \"x\"");
+        state.stats.middleware_errors = 3;
         let text = String::from_utf8(state.to_json()).unwrap();
-        let kept = r#""bad_answers":2,"last_rejection_status":422,"last_rejection_reason":"invalid_field \"x\""}"#;
+        let kept = r#""bad_answers":2,"last_rejection_status":422,"dropped_by_middleware":0,"middleware_errors":3,"last_rejection_reason":"invalid_field \"x\""}"#;
         assert!(text.contains(kept), "{text}");
         assert!(!text.contains("in_flight"), "not persisted");
         let back = State::from_json(text.as_bytes()).unwrap();

@@ -9,22 +9,24 @@ use serde_json::{Map, Value};
 use crate::domain::records::{NewEvent, UserLink};
 
 /// The link an `alias` event makes, with `previous_id` in the event's properties replaced by
-/// its stored form (`stored_id`: the keyed hash, as user ids are stored). `None` for other
-/// events, for an alias without a user id or a string `previous_id`, and when `previous_id`
-/// is the event's own anonymous id (the device's events name their user already: reports join
-/// them through the device).
+/// its stored form (`stored_id`: the keyed hash, as user ids are stored) whenever it is a
+/// string or a number that is not the event's own anonymous id — also when no link is made,
+/// so no raw user id is stored. `None` for other events, for an alias without a user id, and
+/// when `previous_id` is the event's own anonymous id (the device's events name their user
+/// already: reports join them through the device).
 pub fn alias_link(e: &mut NewEvent, stored_id: impl Fn(&str) -> String) -> Option<UserLink> {
     if e.event_type != "alias" {
         return None;
     }
-    let user_id = e.user_id.clone()?;
     let mut properties: Map<String, Value> = serde_json::from_str(&e.properties).ok()?;
     let previous = match properties.get("previous_id") {
         Some(Value::String(p)) if !p.is_empty() && *p != e.anonymous_id => stored_id(p),
+        Some(Value::Number(n)) => stored_id(&n.to_string()),
         _ => return None,
     };
     properties.insert("previous_id".into(), Value::String(previous.clone()));
     e.properties = Value::Object(properties).to_string();
+    let user_id = e.user_id.clone()?;
     (previous != user_id).then(|| UserLink {
         app_id: e.app_id.clone(),
         alias_user_id: previous,
@@ -51,6 +53,7 @@ pub fn resolve_people<'a>(user_ids: impl IntoIterator<Item = &'a mut Option<Stri
 mod tests {
     use super::*;
     use crate::domain::records::FactRow;
+    use serde_json::json;
 
     fn alias(previous: Value, user: Option<&str>) -> NewEvent {
         NewEvent {
@@ -82,9 +85,13 @@ mod tests {
 
     #[test]
     fn no_link_without_a_user_id_or_from_the_devices_own_anonymous_id() {
-        assert_eq!(alias_link(&mut alias("u1".into(), None), h), None);
+        let mut no_user = alias("u1".into(), None);
+        assert_eq!(alias_link(&mut no_user, h), None);
+        assert!(no_user.properties.contains("\"h:u1\""), "hashed all the same: {}", no_user.properties);
+        let mut numeric = alias(42.into(), Some("h:u2"));
+        assert_eq!(alias_link(&mut numeric, h).map(|l| l.alias_user_id), Some("h:42".into()));
         assert_eq!(alias_link(&mut alias("anon-1".into(), Some("h:u2")), h), None);
-        assert_eq!(alias_link(&mut alias(5.into(), Some("h:u2")), h), None);
+        assert_eq!(alias_link(&mut alias(json!([1]), Some("h:u2")), h), None);
         assert_eq!(alias_link(&mut alias("".into(), Some("h:u2")), h), None);
         assert_eq!(alias_link(&mut alias("u2".into(), Some("h:u2")), h), None, "an alias to itself");
         let mut track = alias("u1".into(), Some("h:u2"));

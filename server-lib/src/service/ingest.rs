@@ -113,9 +113,18 @@ pub async fn ingest(
         }
         // Duplicates too: a retried request finishes what a crash interrupted (both are
         // idempotent).
+        // The events are stored: a failure here must not fail the request (nor skip the
+        // follow-ups below); the link is lost then, logged and counted.
         if !links.is_empty() {
-            let added = svc.storage.link_users(links).await?;
-            metrics::counter!("trailmark_identity_links_total", "app" => app_id.clone()).increment(added);
+            match svc.storage.link_users(links).await {
+                Ok(added) => {
+                    metrics::counter!("trailmark_identity_links_total", "app" => app_id.clone()).increment(added);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "identity links not stored");
+                    metrics::counter!("trailmark_identity_link_errors_total").increment(1);
+                }
+            }
         }
         conversions::process(svc, &app_id, followups).await;
     }

@@ -12,6 +12,29 @@ import UIKit
 
 /// A running SDK. Recording calls return at once and never throw; misuse is counted in
 /// `stats().refusedInvalid`.
+/// An event as a middleware sees it (see `Trailmark.addMiddleware`): its type, its properties
+/// and the context it will carry (app, device, SDK, consent, group id; read-only).
+public struct TrailmarkEvent {
+    public var type: String
+    public var properties: [String: Any]
+    public let context: [String: Any]
+}
+
+/// Carries a Swift middleware closure across the FFI (marshalling only).
+final class MiddlewareBox: EventMiddleware, @unchecked Sendable {
+    let run: (TrailmarkEvent) throws -> TrailmarkEvent?
+
+    init(_ run: @escaping (TrailmarkEvent) throws -> TrailmarkEvent?) { self.run = run }
+
+    func process(eventJson: String) throws -> String? {
+        let m = (try JSONSerialization.jsonObject(with: Data(eventJson.utf8))) as? [String: Any] ?? [:]
+        let event = TrailmarkEvent(type: m["type"] as? String ?? "", properties: m["properties"] as? [String: Any] ?? [:],
+                                   context: m["context"] as? [String: Any] ?? [:])
+        guard let out = try run(event) else { return nil }
+        return JSONText.encode(["type": out.type, "properties": out.properties])
+    }
+}
+
 public final class Trailmark: @unchecked Sendable {
     public static let sdkName = "trailmark-swift"
     public static let sdkVersion = "0.1.0"
@@ -115,6 +138,14 @@ public final class Trailmark: @unchecked Sendable {
     /// `traits` may carry `email` and `phone`: the core hashes them before they leave the device.
     public func identify(_ userId: String, traits: [String: Any] = [:]) {
         sdk.identify(userId: userId, traitsJson: JSONText.encode(traits))
+    }
+
+    /// Adds a middleware, run after those added before on every later `track`, `screen` and
+    /// `page`, on the caller's thread: it returns the event (changed or not; a changed type is
+    /// recorded) or nil to drop it (counted in `droppedByMiddleware`). One that throws drops the
+    /// event (counted in `middlewareErrors`); nothing is thrown at the caller.
+    public func addMiddleware(_ middleware: @escaping (TrailmarkEvent) throws -> TrailmarkEvent?) {
+        sdk.addMiddleware(middleware: MiddlewareBox(middleware))
     }
 
     /// Puts the user in a group (an account, a company): a `group` event whose properties are

@@ -123,7 +123,8 @@ func statsMap(_ s: SdkStats) -> [String: Any] {
         "dropped_queue_full": s.droppedQueueFull, "dropped_expired": s.droppedExpired,
         "dropped_consent_denied": s.droppedConsentDenied, "dropped_opted_out": s.droppedOptedOut,
         "dropped_backpressure": s.droppedBackpressure, "uploads": s.uploads,
-        "upload_failures": s.uploadFailures, "bad_answers": s.badAnswers, "in_flight": s.inFlight]
+        "upload_failures": s.uploadFailures, "bad_answers": s.badAnswers, "in_flight": s.inFlight,
+        "dropped_by_middleware": s.droppedByMiddleware, "middleware_errors": s.middlewareErrors]
     var all: [String: Any] = counters.mapValues { NSNumber(value: $0) }
     all["last_rejection_status"] = NSNumber(value: s.lastRejectionStatus)
     all["last_rejection_reason"] = s.lastRejectionReason
@@ -188,6 +189,7 @@ func runScenario(_ file: URL) async throws {
         case "unregister": s.unregister(step["key"] as! String)
         case "group": s.group(step["group_id"] as! String, traits: step["traits"] as? [String: Any] ?? [:])
         case "alias": s.alias(step["user_id"] as! String)
+        case "add_middleware": s.addMiddleware { e in try scripted(step, e) }
         case "set_consent":
             s.setConsent(analytics: step["analytics"] as? Bool, attribution: step["attribution"] as? Bool,
                          doNotSell: step["do_not_sell"] as? Bool)
@@ -280,4 +282,18 @@ final class ScenarioTests: XCTestCase {
         }
         XCTAssertTrue(failures.isEmpty, "\(failures.count) of \(files.count) scenarios failed:\n" + failures.joined(separator: "\n"))
     }
+}
+
+/// A middleware doing what an `add_middleware` step says (tests/scenarios/README.md).
+func scripted(_ rule: [String: Any], _ e: TrailmarkEvent) throws -> TrailmarkEvent? {
+    if rule["drop_type"] as? String == e.type { return nil }
+    if rule["fail_type"] as? String == e.type { throw ScenarioFailure(description: "scripted failure") }
+    var out = e
+    if let r = rule["rename"] as? [String: Any], r["from"] as? String == e.type, let to = r["to"] as? String {
+        out.type = to
+    }
+    for k in rule["remove"] as? [String] ?? [] { out.properties.removeValue(forKey: k) }
+    for (k, v) in rule["set"] as? [String: Any] ?? [:] { out.properties[k] = v }
+    for (k, from) in rule["copy_context"] as? [String: String] ?? [:] { out.properties[k] = e.context[from] ?? NSNull() }
+    return out
 }

@@ -9,9 +9,13 @@ impl IdentityStore for PostgresStorage {
         Box::pin(async move {
             let mut client = self.pool.get().await.map_err(pool_error)?;
             let tx = client.transaction().await.map_err(backend)?;
-            // One writer of the map at a time across instances, so two links cannot both
-            // read a root the other is changing (which could leave a link naming an alias).
-            tx.execute("SELECT pg_advisory_xact_lock(1952543340)", &[]).await.map_err(backend)?;
+            // One writer of an app's map at a time across instances, so two links cannot both
+            // read a root the other is changing (which could leave a link naming an alias). A
+            // lock of its own: the two-key form (class 21, the app) never meets the one-key
+            // locks of reports, deletions and migrations.
+            for app in links.iter().map(|l| l.app_id.as_str()).collect::<std::collections::BTreeSet<_>>() {
+                tx.execute("SELECT pg_advisory_xact_lock(21, hashtext($1))", &[&app]).await.map_err(backend)?;
+            }
             let mut added = 0;
             for link in &links {
                 let root: Option<String> = tx

@@ -4,6 +4,7 @@
 
 import dev.trailmark.FastPath
 import dev.trailmark.Json
+import dev.trailmark.JsonReader
 import dev.trailmark.Trailmark
 import java.io.File
 import java.nio.file.Files

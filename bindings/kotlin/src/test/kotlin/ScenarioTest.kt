@@ -1,7 +1,9 @@
 // The shared scenarios (tests/scenarios/*.json, format in its README) through the idiomatic
 // Kotlin API. The folder comes in the system property `trailmark.scenarios`.
 
+import dev.trailmark.JsonReader
 import dev.trailmark.Trailmark
+import dev.trailmark.TrailmarkEvent
 import java.io.File
 import java.nio.file.Files
 import kotlin.test.Test
@@ -14,77 +16,17 @@ import uniffi.trailmark_ffi.SdkStats
 import uniffi.trailmark_ffi.TrailmarkConfig
 import uniffi.trailmark_ffi.TrailmarkException
 
-/** A JSON reader for the scenario files: objects become maps, integers Long, others Double. */
-class JsonReader(private val s: String) {
-    private var i = 0
-
-    fun read(): Any? = value().also { ws(); require(i == s.length) { "trailing text at $i" } }
-
-    private fun ws() { while (i < s.length && s[i].isWhitespace()) i++ }
-
-    private fun value(): Any? {
-        ws()
-        return when (s[i]) {
-            '{' -> {
-                i++
-                val m = LinkedHashMap<String, Any?>()
-                ws()
-                if (s[i] == '}') { i++; return m }
-                while (true) {
-                    ws()
-                    val k = string()
-                    ws(); require(s[i++] == ':')
-                    m[k] = value()
-                    ws()
-                    if (s[i++] == '}') return m
-                }
-                @Suppress("UNREACHABLE_CODE") m
-            }
-            '[' -> {
-                i++
-                val l = ArrayList<Any?>()
-                ws()
-                if (s[i] == ']') { i++; return l }
-                while (true) {
-                    l.add(value())
-                    ws()
-                    if (s[i++] == ']') return l
-                }
-                @Suppress("UNREACHABLE_CODE") l
-            }
-            '"' -> string()
-            't' -> { i += 4; true }
-            'f' -> { i += 5; false }
-            'n' -> { i += 4; null }
-            else -> {
-                val start = i
-                while (i < s.length && (s[i].isDigit() || s[i] in "+-.eE")) i++
-                val t = s.substring(start, i)
-                if (t.any { it in ".eE" }) t.toDouble() else t.toLong()
-            }
-        }
-    }
-
-    private fun string(): String {
-        require(s[i++] == '"') { "string expected at $i" }
-        val b = StringBuilder()
-        while (true) {
-            val c = s[i++]
-            when (c) {
-                '"' -> return b.toString()
-                '\\' -> when (val e = s[i++]) {
-                    'n' -> b.append('\n')
-                    't' -> b.append('\t')
-                    'r' -> b.append('\r')
-                    'b' -> b.append('\b')
-                    'f' -> b.append('\u000c')
-                    'u' -> { b.append(s.substring(i, i + 4).toInt(16).toChar()); i += 4 }
-                    else -> b.append(e)
-                }
-                else -> b.append(c)
-            }
-        }
-    }
+/** A middleware doing what an `add_middleware` step says (tests/scenarios/README.md). */
+private fun scripted(rule: Map<String, Any?>, e: TrailmarkEvent): TrailmarkEvent? {
+    if (rule["drop_type"] == e.type) return null
+    if (rule["fail_type"] == e.type) throw IllegalStateException("scripted failure")
+    val rename = obj(rule["rename"])
+    val type = if (rename["from"] == e.type) rename["to"] as String else e.type
+    val props = LinkedHashMap(e.properties)
+    (rule["remove"] as? List<*>)?.forEach { props.remove(it as String) }
+    obj(rule["set"]).forEach { (k, v) -> props[k] = v }
+    obj(rule["copy_context"]).forEach { (k, from) -> props[k] = e.context[from as String] }
+    return TrailmarkEvent(type, props, e.context)
 }
 
 private fun obj(v: Any?): Map<String, Any?> {
@@ -184,6 +126,7 @@ fun statsMap(s: SdkStats): Map<String, Any> = mapOf(
     "dropped_consent_denied" to s.droppedConsentDenied, "dropped_opted_out" to s.droppedOptedOut,
     "dropped_backpressure" to s.droppedBackpressure, "uploads" to s.uploads,
     "upload_failures" to s.uploadFailures, "bad_answers" to s.badAnswers, "in_flight" to s.inFlight,
+    "dropped_by_middleware" to s.droppedByMiddleware, "middleware_errors" to s.middlewareErrors,
 ).mapValues { it.value.toLong() } + mapOf(
     "last_rejection_status" to s.lastRejectionStatus.toLong(), "last_rejection_reason" to s.lastRejectionReason,
 )
@@ -221,6 +164,7 @@ fun runScenario(file: File) = runBlocking {
                 "unregister" -> tm.unregister(step["key"] as String)
                 "group" -> tm.group(step["group_id"] as String, obj(step["traits"]))
                 "alias" -> tm.alias(step["user_id"] as String)
+                "add_middleware" -> tm.addMiddleware { e -> scripted(step, e) }
                 "set_consent" -> tm.setConsent(step["analytics"] as Boolean?, step["attribution"] as Boolean?, step["do_not_sell"] as Boolean?)
                 "opt_out" -> tm.optOut()
                 "opt_in" -> tm.optIn()

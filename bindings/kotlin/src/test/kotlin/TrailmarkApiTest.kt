@@ -1,6 +1,7 @@
 // The idiomatic `dev.trailmark.Trailmark` API, with the HttpURLConnection transport, against
 // the real reference server.
 
+import dev.trailmark.JsonReader
 import dev.trailmark.Trailmark
 import java.io.File
 import java.nio.file.Files

@@ -9,11 +9,18 @@ import kotlinx.coroutines.delay
 import kotlinx.coroutines.withContext
 import uniffi.trailmark_ffi.Attribution
 import uniffi.trailmark_ffi.Consent
+import uniffi.trailmark_ffi.EventMiddleware
 import uniffi.trailmark_ffi.HttpResponse
 import uniffi.trailmark_ffi.HttpTransport
 import uniffi.trailmark_ffi.SdkStats
 import uniffi.trailmark_ffi.TrailmarkConfig
 import uniffi.trailmark_ffi.TrailmarkSdk
+
+/**
+ * An event as a middleware sees it (see [Trailmark.addMiddleware]): its type, its properties and
+ * the context it will carry (app, device, SDK, consent, group id; read-only).
+ */
+data class TrailmarkEvent(val type: String, val properties: Map<String, Any?>, val context: Map<String, Any?>)
 
 /** A running SDK. Recording calls return at once and never throw; `flush` suspends. */
 class Trailmark private constructor(private val sdk: TrailmarkSdk) : AutoCloseable {
@@ -124,6 +131,30 @@ class Trailmark private constructor(private val sdk: TrailmarkSdk) : AutoCloseab
     }
 
     /**
+     * Adds a middleware, run after those added before on every later `track`, `screen` and
+     * `page`, on the caller's thread: it returns the event (changed or not; a changed type is
+     * recorded) or null to drop it (counted in `droppedByMiddleware`). One that throws drops
+     * the event (counted in `middlewareErrors`); nothing is thrown at the caller.
+     */
+    fun addMiddleware(middleware: (TrailmarkEvent) -> TrailmarkEvent?) {
+        if (closed) return
+        sdk.addMiddleware(object : EventMiddleware {
+            override fun process(eventJson: String): String? {
+                @Suppress("UNCHECKED_CAST")
+                val m = JsonReader(eventJson).read() as Map<String, Any?>
+                @Suppress("UNCHECKED_CAST")
+                val event = TrailmarkEvent(
+                    m["type"] as String,
+                    m["properties"] as Map<String, Any?>,
+                    m["context"] as Map<String, Any?>,
+                )
+                val out = middleware(event) ?: return null
+                return Json.encode(mapOf("type" to out.type, "properties" to out.properties))
+            }
+        })
+    }
+
+    /**
      * Super properties: merged into every later event (the event's own values win), kept across
      * launches, cleared by [reset]. At most 4,096 bytes of JSON.
      */
@@ -198,6 +229,82 @@ class UrlConnectionTransport(private val timeoutMs: Int = 30_000) : HttpTranspor
         } catch (e: Exception) {
             HttpResponse(0u, null, ByteArray(0), e.toString())
         }
+}
+
+/**
+ * Just enough of a JSON reader for text the core wrote (middleware events) and the scenario
+ * files: objects become maps, integers Long, other numbers Double.
+ */
+internal class JsonReader(private val s: String) {
+    private var i = 0
+
+    fun read(): Any? = value().also { ws(); require(i == s.length) { "trailing text at $i" } }
+
+    private fun ws() { while (i < s.length && s[i].isWhitespace()) i++ }
+
+    private fun value(): Any? {
+        ws()
+        return when (s[i]) {
+            '{' -> {
+                i++
+                val m = LinkedHashMap<String, Any?>()
+                ws()
+                if (s[i] == '}') { i++; return m }
+                while (true) {
+                    ws()
+                    val k = string()
+                    ws(); require(s[i++] == ':')
+                    m[k] = value()
+                    ws()
+                    if (s[i++] == '}') return m
+                }
+                @Suppress("UNREACHABLE_CODE") m
+            }
+            '[' -> {
+                i++
+                val l = ArrayList<Any?>()
+                ws()
+                if (s[i] == ']') { i++; return l }
+                while (true) {
+                    l.add(value())
+                    ws()
+                    if (s[i++] == ']') return l
+                }
+                @Suppress("UNREACHABLE_CODE") l
+            }
+            '"' -> string()
+            't' -> { i += 4; true }
+            'f' -> { i += 5; false }
+            'n' -> { i += 4; null }
+            else -> {
+                val start = i
+                while (i < s.length && (s[i].isDigit() || s[i] in "+-.eE")) i++
+                val t = s.substring(start, i)
+                if (t.any { it in ".eE" }) t.toDouble() else t.toLong()
+            }
+        }
+    }
+
+    private fun string(): String {
+        require(s[i++] == '"') { "string expected at $i" }
+        val b = StringBuilder()
+        while (true) {
+            val c = s[i++]
+            when (c) {
+                '"' -> return b.toString()
+                '\\' -> when (val e = s[i++]) {
+                    'n' -> b.append('\n')
+                    't' -> b.append('\t')
+                    'r' -> b.append('\r')
+                    'b' -> b.append('\b')
+                    'f' -> b.append('\u000c')
+                    'u' -> { b.append(s.substring(i, i + 4).toInt(16).toChar()); i += 4 }
+                    else -> b.append(e)
+                }
+                else -> b.append(c)
+            }
+        }
+    }
 }
 
 /** Just enough JSON for event properties: strings, numbers, booleans, null, maps and lists ([JsonWriter]). */
