@@ -274,7 +274,14 @@ impl Trailmark {
 
     /// Counts a call refused on the caller's thread (best effort) and returns its error.
     fn refused(&self, e: ValidationError) -> Error {
-        self.count_refusal();
+        let why = e.to_string();
+        let _ = self.tx.try_send(Command::Call {
+            now: now_ms(),
+            call: Box::new(move |engine, _| {
+                engine.record_refusal();
+                engine.debug_line(&format!("refused call: {why}"));
+            }),
+        });
         e.into()
     }
 
@@ -304,6 +311,13 @@ impl Trailmark {
             return Err(self.refused(e));
         }
         self.send(Command::Track { now: now_ms(), event_type, properties })
+    }
+
+    /// Sends the engine's debug lines (one per decision: queued or held, dropped and why, batch
+    /// sent, answer, retry, consent changes) to `logger`, on the worker thread, when the
+    /// configuration has `debug` set; replaces the logger given at start.
+    pub fn set_logger(&self, logger: crate::engine::Logger) -> Result<(), Error> {
+        self.control(move |e, _| e.set_logger(Some(logger)))
     }
 
     /// Adds a middleware, run after those added before on every later `track`, `screen` and

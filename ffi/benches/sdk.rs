@@ -47,6 +47,7 @@ fn config(db: &std::path::Path) -> TrailmarkConfig {
         flush_interval_ms: None,
         max_queue_events: None,
         hashed_traits: None,
+        debug: false,
     }
 }
 

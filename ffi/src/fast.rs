@@ -214,6 +214,7 @@ mod tests {
             flush_interval_ms: None,
             max_queue_events: None,
             hashed_traits: None,
+            debug: false,
         };
         TrailmarkSdk::start(config, Some(Arc::new(Offline))).unwrap()
     }

@@ -96,10 +96,14 @@ pub struct TrailmarkConfig {
     /// `phone`/`mobile`, trimmed and lower-cased otherwise.
     #[uniffi(default = None)]
     pub hashed_traits: Option<Vec<String>>,
+    /// Debug lines from the core (one per decision) to the logger given with
+    /// `set_debug_logger`; the Swift and Kotlin APIs send them to the platform log.
+    #[uniffi(default = false)]
+    pub debug: bool,
 }
 
-/// Field by field; what the record does not offer (`debug`, `max_batch_events`) stays at its
-/// default, and `db_path` is the driver's, not the engine's.
+/// Field by field; what the record does not offer (`max_batch_events`) stays at its default,
+/// and `db_path` is the driver's, not the engine's.
 impl From<TrailmarkConfig> for HostConfig {
     fn from(c: TrailmarkConfig) -> Self {
         HostConfig {
@@ -120,7 +124,7 @@ impl From<TrailmarkConfig> for HostConfig {
             flush_at: c.flush_at.map(|n| n as usize),
             flush_interval_ms: c.flush_interval_ms,
             max_queue_events: c.max_queue_events.map(|n| n as usize),
-            debug: false,
+            debug: c.debug,
             max_batch_events: None,
             hashed_traits: c.hashed_traits,
         }
@@ -237,6 +241,13 @@ pub struct HttpResponse {
 #[uniffi::export(with_foreign)]
 pub trait HttpTransport: Send + Sync {
     fn post(&self, url: String, headers: HashMap<String, String>, body: Vec<u8>) -> HttpResponse;
+}
+
+/// Where the core's debug lines go (`os_log`, `android.util.Log`, stderr): called on the
+/// SDK's worker thread, one line per decision, only when the configuration has `debug` set.
+#[uniffi::export(with_foreign)]
+pub trait DebugLogger: Send + Sync {
+    fn log(&self, line: String);
 }
 
 /// A host's middleware (see [`TrailmarkSdk::add_middleware`]): `process` gets each `track`,
@@ -367,6 +378,11 @@ impl TrailmarkSdk {
     /// `alias` event; later events carry `new_user_id`.
     pub fn alias(&self, new_user_id: String) {
         let _ = self.inner.alias(&new_user_id);
+    }
+
+    /// Sends the core's debug lines to `logger` (with `debug` set in the configuration).
+    pub fn set_debug_logger(&self, logger: Arc<dyn DebugLogger>) {
+        let _ = self.inner.set_logger(Box::new(move |line: &str| logger.log(line.to_owned())));
     }
 
     /// Adds a middleware, run after those added before on every later `track`, `screen` and

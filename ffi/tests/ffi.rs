@@ -46,6 +46,17 @@ fn config(endpoint: &str, db: &std::path::Path) -> TrailmarkConfig {
         flush_interval_ms: None,
         max_queue_events: None,
         hashed_traits: None,
+        debug: false,
+    }
+}
+
+/// A host logger that keeps the lines.
+#[derive(Default)]
+struct Lines(std::sync::Mutex<Vec<String>>);
+
+impl trailmark_ffi::DebugLogger for Lines {
+    fn log(&self, line: String) {
+        self.0.lock().unwrap().push(line);
     }
 }
 
@@ -68,7 +79,10 @@ fn stored(db: &std::path::Path, sql: &str) -> i64 {
 fn built_in_uploader_delivers_and_pii_is_hashed() {
     let dir = tempfile::tempdir().unwrap();
     let (base, _rt) = serve(&dir.path().join("server.db"));
-    let sdk = TrailmarkSdk::start(config(&base, &dir.path().join("sdk.db")), None).unwrap();
+    let sdk = TrailmarkSdk::start(TrailmarkConfig { debug: true, ..config(&base, &dir.path().join("sdk.db")) }, None)
+        .unwrap();
+    let lines = Arc::new(Lines::default());
+    sdk.set_debug_logger(lines.clone());
     // Android without a Play referrer: the install request goes at once to the real engine.
     sdk.set_install_referrer(None, None, None);
     sdk.identify("user-1".into(), r#"{"email": " Jane@Example.com "}"#.into());
@@ -83,6 +97,11 @@ fn built_in_uploader_delivers_and_pii_is_hashed() {
     sdk.flush().unwrap();
     let stats = wait_delivered(&sdk, 2);
     assert!(stats.delivered >= 2, "{stats:?}");
+    // debug: the core's decisions reached the host's logger, on the worker thread.
+    let log = lines.0.lock().unwrap().clone();
+    assert!(log.iter().any(|l| l == "add_to_cart queued"), "{log:?}");
+    assert!(log.iter().any(|l| l.starts_with("refused call: ")), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("acknowledged")), "{log:?}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let attribution = loop {
         match sdk.attribution().unwrap() {

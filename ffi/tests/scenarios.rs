@@ -96,6 +96,7 @@ fn config(c: &Value, db: &Path) -> TrailmarkConfig {
             .get("hashed_traits")
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(|v| v.as_str().map(Into::into)).collect()),
+        debug: false,
     }
 }
 

@@ -344,7 +344,8 @@ test('the localStorage adapter keeps the queue and state across restarts', async
 test('delivers to the reference server over HTTP, stored exactly once', async () => {
   const server = await startServer({ args: ['--app', 'shop:s3cret'] });
   try {
-    const tm = Trailmark.init({ appId: 'shop', appSecret: 's3cret', endpoint: server.base, wasm, storage: 'memory' });
+    const lines = [];
+    const tm = Trailmark.init({ appId: 'shop', appSecret: 's3cret', endpoint: server.base, wasm, storage: 'memory', debug: true, logger: (l) => lines.push(l) });
     await tm.ready;
     tm.handleOpenUrl('https://shop.example/landing?utm_source=News&tm_click_id=clk_1');
     for (let n = 0; n < 30; n++) tm.track('add_to_cart', { sku: `A-${n}`, price: 1.5, currency: 'EUR' });
@@ -362,6 +363,10 @@ test('delivers to the reference server over HTTP, stored exactly once', async ()
     assert.equal(new Set(events.map((e) => e.event_id)).size, events.length);
     const link = events.find((e) => e.type === 'deep_link_opened');
     assert.equal(link.context.campaign.click_id, 'clk_1');
+    // debug: each decision in the log, as what it changed.
+    assert.ok(lines.some((l) => /^add_to_cart: recorded \d+, queued \d+/.test(l)), lines.join('\n'));
+    assert.ok(lines.some((l) => l.startsWith(`upload ${server.base}/v1/event: `) && l.endsWith('answer HTTP 200')), lines.join('\n'));
+    assert.ok(lines.some((l) => l.startsWith('answer: ') && l.includes('delivered') && l.includes('rejected_by_server 1')), lines.join('\n'));
     await tm.shutdown();
   } finally {
     await server.stop();

@@ -148,6 +148,14 @@ export async function start(
   // `instanceof` holds for every error.
   const now = o.now ?? Date.now;
   const transport = o.transport ?? fetchTransport;
+  // Debug lines: what a call or an answer changed in the core's counters (its decisions).
+  const log = o.debug ? (o.logger ?? ((line: string) => console.debug('[trailmark] ' + line))) : undefined;
+  const counters = (): Record<string, number> => JSON.parse(core!.stats());
+  const changes = (what: string, before: Record<string, number>): void => {
+    const after = counters();
+    const moved = Object.keys(after).filter((k) => typeof after[k] === 'number' && after[k] !== before[k]);
+    log!(what + ': ' + (moved.map((k) => `${k} ${after[k]}`).join(', ') || 'no change'));
+  };
   let core: Core | undefined;
   let storage: StorageAdapter;
   let writes = Promise.resolve();
@@ -168,6 +176,7 @@ export async function start(
 
   /** Calls the core and reports a refusal to `onError`; false when refused. */
   const exec = (op: Op, at: number, args: unknown[]): boolean => {
+    const before = log && counters();
     let refused: string | undefined | void;
     if (op === 'refuse') {
       core!.refuse();
@@ -175,6 +184,7 @@ export async function start(
     } else {
       refused = (core![op] as (now: number, ...args: unknown[]) => string | undefined | void).call(core, at, ...args);
     }
+    if (before) changes(op === 'track' ? `${args[0]}` : op, before);
     if (typeof refused !== 'string') return true;
     fail(new E('InvalidInput', refusal(refused)));
     return false;
@@ -248,11 +258,14 @@ export async function start(
       failure = String(e);
     }
     if (!core) return;
+    const before = log && counters();
+    log?.(`upload ${u.url}: ${u.body.length} bytes; answer ${response ? 'HTTP ' + response.status : failure}`);
     if (response) {
       const at = now();
       core.report(at, u.id, response.status, retryAfter(response.retryAfter, at), response.body ?? '');
     }
     else core.report_network_error(now(), u.id, failure || 'no response');
+    if (before) changes('answer', before);
     persist();
   };
 

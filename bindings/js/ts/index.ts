@@ -106,7 +106,10 @@ export interface Options {
   onError?: (error: TrailmarkError) => void;
   /** The clock (Unix ms); default `Date.now`. */
   now?: () => number;
+  /** Logs each decision (a call queued, held or dropped and why, a batch sent, the answer, a
+   * retry) to `logger`, by default `console.debug`. */
   debug?: boolean;
+  logger?: (line: string) => void;
   /** Context sent with every event; locale and time zone default to the browser's. */
   context?: {
     appVersion?: string;

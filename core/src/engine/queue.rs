@@ -19,6 +19,7 @@ impl<S: EventStore> Engine<S> {
                 self.discard(e.seq);
                 self.state.stats.dropped_queue_full += 1;
                 self.state.unreported.queue_full += 1;
+                log!(self, "queue full: oldest event dropped");
             }
         }
         while self.held.len() > self.config.policy.max_pre_consent_events {
@@ -26,6 +27,7 @@ impl<S: EventStore> Engine<S> {
                 self.discard(e.seq);
                 self.state.stats.dropped_pre_consent_full += 1;
                 self.state.unreported.pre_consent_full += 1;
+                log!(self, "pre-consent buffer full: oldest held event dropped");
             }
         }
     }

@@ -53,6 +53,12 @@ impl<S: EventStore> Engine<S> {
         self.state_dirty = true;
     }
 
+    /// A debug line from a driver (about a call it refused, say), to the host's logger when
+    /// debugging is on.
+    pub fn debug_line(&mut self, _line: &str) {
+        log!(self, "{_line}");
+    }
+
     /// Counts events a driver had to drop because the engine could not keep up.
     pub fn record_backpressure(&mut self, count: u64) {
         self.state.stats.dropped_backpressure += count;
@@ -385,6 +391,7 @@ impl<S: EventStore> Engine<S> {
         self.pending.inserts.push(stored);
         self.state.stats.recorded += 1;
         self.state_dirty = true;
+        log!(self, "{event_type} {}", if held { "held until analytics consent" } else { "queued" });
         if held {
             self.held.push_back(entry);
         } else {

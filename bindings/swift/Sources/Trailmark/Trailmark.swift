@@ -9,6 +9,9 @@ import FoundationNetworking
 #if canImport(UIKit)
 import UIKit
 #endif
+#if canImport(os)
+import os
+#endif
 
 /// A running SDK. Recording calls return at once and never throw; misuse is counted in
 /// `stats().refusedInvalid`.
@@ -18,6 +21,15 @@ public struct TrailmarkEvent {
     public var type: String
     public var properties: [String: Any]
     public let context: [String: Any]
+}
+
+/// Carries a log sink across the FFI.
+final class LineLogger: DebugLogger, @unchecked Sendable {
+    let sink: (String) -> Void
+
+    init(_ sink: @escaping (String) -> Void) { self.sink = sink }
+
+    func log(line: String) { sink(line) }
 }
 
 /// Carries a Swift middleware closure across the FFI (marshalling only).
@@ -66,6 +78,9 @@ public final class Trailmark: @unchecked Sendable {
         public var model: String?
         public var locale: String? = Locale.current.identifier
         public var timezone: String? = TimeZone.current.identifier
+        /// The core's debug lines (one per decision) to the platform log (`os_log`, subsystem
+        /// `dev.trailmark`; stderr where there is none) or to the `logger` given to `start`.
+        public var debug = false
         public var sdkName: String = Trailmark.sdkName
         public var sdkVersion: String = Trailmark.sdkVersion
 
@@ -96,7 +111,7 @@ public final class Trailmark: @unchecked Sendable {
                 flushAt: flushAt.map { UInt32(clamping: $0) },
                 flushIntervalMs: flushInterval.map { UInt64(max(0, $0) * 1000) },
                 maxQueueEvents: maxQueueEvents.map { UInt32(clamping: $0) },
-                hashedTraits: hashedTraits)
+                hashedTraits: hashedTraits, debug: debug)
         }
 
         static func defaultDatabasePath() throws -> String {
@@ -115,16 +130,32 @@ public final class Trailmark: @unchecked Sendable {
 
     /// Opens the queue and starts the SDK. Throws `TrailmarkError` for a bad configuration.
     /// `transport` is the HTTP stack (URLSession by default; nil uses the Rust client).
+    /// With `config.debug`, the core's debug lines go to `logger` (the platform log by default),
+    /// called on the SDK's worker thread.
     public static func start(
-        config: Configuration, transport: HttpTransport? = URLSessionTransport()
+        config: Configuration, transport: HttpTransport? = URLSessionTransport(),
+        logger: (@Sendable (String) -> Void)? = nil
     ) throws -> Trailmark {
         let tm = Trailmark(sdk: try TrailmarkSdk.start(config: try config.record(), transport: transport))
+        if config.debug {
+            tm.sdk.setDebugLogger(logger: LineLogger(logger ?? Trailmark.platformLog))
+        }
         tm.observeLifecycle()
         return tm
     }
 
     deinit {
         observers.forEach(NotificationCenter.default.removeObserver)
+    }
+
+    /// The platform log: `os_log` (subsystem `dev.trailmark`, category `sdk`) on Apple
+    /// platforms, stderr elsewhere.
+    @Sendable static func platformLog(_ line: String) {
+        #if canImport(os)
+        os_log("%{public}@", log: OSLog(subsystem: "dev.trailmark", category: "sdk"), type: .debug, line)
+        #else
+        FileHandle.standardError.write(Data("[trailmark] \(line)\n".utf8))
+        #endif
     }
 
     public func track(_ event: String, properties: [String: Any] = [:]) {

@@ -87,7 +87,9 @@ final class TrailmarkTests: XCTestCase {
         let server = try ReferenceServer(dir: dir)
         var c = config(server.base, dir)
         c.os = "iOS"
-        let tm = try Trailmark.start(config: c)
+        c.debug = true
+        let lines = LineBox()
+        let tm = try Trailmark.start(config: c, logger: { lines.add($0) })
         // The install request reaches the real attribution engine: organic, no campaign.
         let attribution = try await tm.attribution(timeout: 20)
         XCTAssertEqual(attribution?.matchType, "organic")
@@ -127,6 +129,11 @@ final class TrailmarkTests: XCTestCase {
         XCTAssertEqual(traits["email_sha256"] as? String, try Trailmark.hashEmail("kim@example.com"))
         XCTAssertNil(traits["email"], "the raw email never leaves the device")
         XCTAssertEqual(traits["plan"] as? String, "pro")
+        // debug = true: the core's decisions reached the logger.
+        let log = lines.all
+        XCTAssertTrue(log.contains("add_to_cart queued"), "\(log)")
+        XCTAssertTrue(log.contains { $0.hasPrefix("upload batch") }, "\(log)")
+        XCTAssertTrue(log.contains { $0.contains("acknowledged") && $0.contains("1 rejected") }, "\(log)")
     }
 
     func testConsentHoldsAndPersistsAcrossRecreation() async throws {
@@ -179,5 +186,23 @@ final class TrailmarkTests: XCTestCase {
         XCTAssertTrue(back?["nan"] is NSNull, text)
         XCTAssertTrue(back?["opt"] is NSNull, text)
         XCTAssertEqual(back?["url"] as? String, "https://x.test/a")
+    }
+}
+
+/// Lines from the SDK's worker thread, read by the test.
+final class LineBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var lines: [String] = []
+
+    func add(_ line: String) {
+        lock.lock()
+        lines.append(line)
+        lock.unlock()
+    }
+
+    var all: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return lines
     }
 }

@@ -24,9 +24,10 @@ class TrailmarkApiTest {
                 .removePrefix("listening ").trim()
             val config = TrailmarkConfig(
                 appId = "app", appSecret = "secret", endpoint = base, dbPath = File(dir, "sdk.db").path,
-                os = "Android", deviceId = "android-id-1",
+                os = "Android", deviceId = "android-id-1", debug = true,
             )
-            Trailmark.start(config).use { tm ->
+            val lines = java.util.Collections.synchronizedList(mutableListOf<String>())
+            Trailmark.start(config, logger = { lines.add(it) }).use { tm ->
                 // No Play referrer on this device: the install request goes at once, and the real
                 // attribution engine answers (organic: no click).
                 tm.setInstallReferrer(null)
@@ -67,6 +68,11 @@ class TrailmarkApiTest {
                 assertEquals("pro", traits["plan"])
                 assertEquals(Trailmark.hashEmail("kim@example.com"), traits["email_sha256"])
                 assertTrue("email" !in traits, "the raw email never leaves the device")
+                // debug = true: the core's decisions reached the logger.
+                val log = synchronized(lines) { lines.toList() }
+                assertTrue(log.any { it == "add_to_cart queued" }, "$log")
+                assertTrue(log.any { it.startsWith("upload batch") }, "$log")
+                assertTrue(log.any { "acknowledged" in it && "1 rejected" in it }, "$log")
             }
         } finally {
             proc.destroy()

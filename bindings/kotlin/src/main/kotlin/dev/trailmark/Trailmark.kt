@@ -9,6 +9,7 @@ import kotlinx.coroutines.delay
 import kotlinx.coroutines.withContext
 import uniffi.trailmark_ffi.Attribution
 import uniffi.trailmark_ffi.Consent
+import uniffi.trailmark_ffi.DebugLogger
 import uniffi.trailmark_ffi.EventMiddleware
 import uniffi.trailmark_ffi.HttpResponse
 import uniffi.trailmark_ffi.HttpTransport
@@ -29,14 +30,45 @@ class Trailmark private constructor(private val sdk: TrailmarkSdk) : AutoCloseab
         const val SDK_NAME = "trailmark-kotlin"
         const val SDK_VERSION = "0.1.0"
 
-        /** Opens the queue and starts the SDK. Throws `TrailmarkException` for a bad config. */
+        /**
+         * Opens the queue and starts the SDK. Throws `TrailmarkException` for a bad config. With
+         * `debug` in the config, the core's debug lines (one per decision) go to [logger], by
+         * default the platform log: `android.util.Log` (tag `Trailmark`) on Android, stderr on
+         * the JVM; called on the SDK's worker thread.
+         */
         @JvmStatic
         @JvmOverloads
-        fun start(config: TrailmarkConfig, transport: HttpTransport? = UrlConnectionTransport()): Trailmark =
-            Trailmark(TrailmarkSdk.start(
+        fun start(
+            config: TrailmarkConfig,
+            transport: HttpTransport? = UrlConnectionTransport(),
+            logger: ((String) -> Unit)? = null,
+        ): Trailmark {
+            val sdk = TrailmarkSdk.start(
                 config.copy(sdkName = config.sdkName ?: SDK_NAME, sdkVersion = config.sdkVersion ?: SDK_VERSION),
                 transport,
-            ))
+            )
+            if (config.debug) {
+                val sink = logger ?: ::platformLog
+                sdk.setDebugLogger(object : DebugLogger {
+                    override fun log(line: String) = sink(line)
+                })
+            }
+            return Trailmark(sdk)
+        }
+
+        /** `android.util.Log.d("Trailmark", line)` where it exists (looked up once), else stderr. */
+        private val androidLog: java.lang.reflect.Method? by lazy {
+            try {
+                Class.forName("android.util.Log").getMethod("d", String::class.java, String::class.java)
+            } catch (e: Exception) {
+                null
+            }
+        }
+
+        private fun platformLog(line: String) {
+            val log = androidLog
+            if (log != null) log.invoke(null, "Trailmark", line) else System.err.println("[trailmark] $line")
+        }
 
         /** SHA-256 of a normalised email, as the SDK sends it. Throws `TrailmarkException.InvalidInput`. */
         @JvmStatic
