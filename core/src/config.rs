@@ -46,6 +46,14 @@ pub struct Config {
     /// Send the install request (`POST /v1/install`) on the first open. Default true; turn it
     /// off when the app's backend reports installs itself (server to server).
     pub install_request: bool,
+    /// Lifecycle events (default true): `app_updated` when the app's version or build changed
+    /// since the last start (with the previous ones), `app_opened` on every `on_foreground`
+    /// (`from_background`: false on the first one of the process), `app_backgrounded` on
+    /// every `on_background`. The first start's event is `install`.
+    pub lifecycle_events: bool,
+    /// The App Tracking Transparency status at the start (iOS), when the host knows it; later
+    /// changes go through `Engine::set_tracking_authorization`.
+    pub tracking_authorization: Option<crate::engine::TrackingAuthorization>,
     pub app: AppContext,
     pub device: DeviceContext,
     pub sdk: SdkContext,
@@ -69,6 +77,8 @@ impl Config {
             advertising_id: None,
             platform: None,
             install_request: true,
+            lifecycle_events: true,
+            tracking_authorization: None,
             app: AppContext::default(),
             device: DeviceContext::default(),
             sdk: SdkContext { name: "trailmark-rust".into(), version: env!("CARGO_PKG_VERSION").into() },
@@ -121,6 +131,19 @@ pub struct HostConfig {
     pub max_batch_events: Option<usize>,
     /// [`Config::hashed_traits`]: names hashed besides the defaults (e-mail and phone names).
     pub hashed_traits: Option<Vec<String>>,
+    /// `context.app.build`, `context.device.manufacturer` and `context.device.screen`
+    /// (both sides needed).
+    pub app_build: Option<String>,
+    pub manufacturer: Option<String>,
+    pub screen_width: Option<u32>,
+    pub screen_height: Option<u32>,
+    /// [`Config::lifecycle_events`]; `None` is the default, on.
+    pub lifecycle_events: Option<bool>,
+    /// [`Policy::tracking_authorization_wait`], in milliseconds.
+    pub tracking_authorization_wait_ms: Option<u64>,
+    /// [`Config::tracking_authorization`]: `not_determined`, `restricted`, `denied` or
+    /// `authorized`.
+    pub tracking_authorization: Option<String>,
 }
 
 impl HostConfig {
@@ -150,6 +173,9 @@ impl HostConfig {
                 Some(v) => v.as_u64().map(Some).ok_or(key),
             }
         }
+        let dimension = |o: &Object, key: &'static str| -> Result<Option<u32>, &'static str> {
+            count(o, key)?.map(|n| u32::try_from(n).map_err(|_| key)).transpose()
+        };
         let size = |key| count(o, key).and_then(|n| n.map(|n| usize::try_from(n).map_err(|_| key)).transpose());
         let names = |key: &'static str| -> Result<Option<Vec<String>>, &'static str> {
             match o.get(key) {
@@ -185,6 +211,17 @@ impl HostConfig {
             debug: flag(o, "debug")?,
             max_batch_events: size("max_batch_events")?,
             hashed_traits: names("hashed_traits")?,
+            app_build: text(o, "app_build")?,
+            manufacturer: text(o, "manufacturer")?,
+            screen_width: dimension(o, "screen_width")?,
+            screen_height: dimension(o, "screen_height")?,
+            tracking_authorization_wait_ms: count(o, "tracking_authorization_wait_ms")?,
+            tracking_authorization: text(o, "tracking_authorization")?,
+            lifecycle_events: match o.get("lifecycle_events") {
+                None | Some(Value::Null) => None,
+                Some(Value::Bool(b)) => Some(*b),
+                Some(_) => return Err("lifecycle_events"),
+            },
         })
     }
 
@@ -201,6 +238,14 @@ impl HostConfig {
         c.device.model = self.model;
         c.device.locale = self.locale;
         c.device.timezone = self.timezone;
+        c.app.build = self.app_build;
+        c.device.manufacturer = self.manufacturer;
+        if let (Some(width), Some(height)) = (self.screen_width, self.screen_height) {
+            c.device.screen = Some(protocol::Screen { width, height });
+        }
+        c.lifecycle_events = self.lifecycle_events.unwrap_or(true);
+        c.tracking_authorization =
+            self.tracking_authorization.as_deref().and_then(crate::engine::TrackingAuthorization::parse);
         if let Some(name) = self.sdk_name {
             c.sdk.name = name;
         }
@@ -212,6 +257,8 @@ impl HostConfig {
         p.flush_interval = self.flush_interval_ms.map(Duration::from_millis).unwrap_or(p.flush_interval);
         p.max_queue_events = self.max_queue_events.unwrap_or(p.max_queue_events);
         p.max_batch_events = self.max_batch_events.unwrap_or(p.max_batch_events);
+        p.tracking_authorization_wait =
+            self.tracking_authorization_wait_ms.map(Duration::from_millis).unwrap_or(p.tracking_authorization_wait);
         c.hashed_traits = self.hashed_traits;
         c
     }
@@ -247,6 +294,10 @@ pub struct Policy {
     /// On Android, how long the install request waits for the Play Install Referrer
     /// (`set_install_referrer`) before it goes without one. Default 10 s.
     pub install_referrer_wait: Duration,
+    /// On iOS, how long after the start the install request waits for a pending App Tracking
+    /// Transparency decision (`set_tracking_authorization(NotDetermined)`) before it goes with
+    /// what is known. Default 5 s.
+    pub tracking_authorization_wait: Duration,
 }
 
 impl Default for Policy {
@@ -264,6 +315,7 @@ impl Default for Policy {
             max_retry_after: Duration::from_secs(24 * 3600),
             auth_pause: Duration::from_secs(3600),
             install_referrer_wait: Duration::from_secs(10),
+            tracking_authorization_wait: Duration::from_secs(5),
         }
     }
 }

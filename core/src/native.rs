@@ -313,6 +313,23 @@ impl Trailmark {
         self.send(Command::Track { now: now_ms(), event_type, properties })
     }
 
+    /// The advertising id known after the start (IDFA after an ATT grant, GAID), or `None`
+    /// when it is gone: see [`Engine::set_advertising_id`].
+    pub fn set_advertising_id(&self, id: Option<&str>) -> Result<(), Error> {
+        if let Some(id) = id {
+            crate::protocol::validate_id("advertising_id", id).map_err(|e| self.refused(e))?;
+        }
+        let id = id.map(str::to_owned);
+        self.control(move |e, now| {
+            let _ = e.set_advertising_id(now, id.as_deref());
+        })
+    }
+
+    /// The App Tracking Transparency status: see [`Engine::set_tracking_authorization`].
+    pub fn set_tracking_authorization(&self, status: crate::engine::TrackingAuthorization) -> Result<(), Error> {
+        self.control(move |e, now| e.set_tracking_authorization(now, status))
+    }
+
     /// Sends the engine's debug lines (one per decision: queued or held, dropped and why, batch
     /// sent, answer, retry, consent changes) to `logger`, on the worker thread, when the
     /// configuration has `debug` set; replaces the logger given at start.

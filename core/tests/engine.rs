@@ -64,7 +64,9 @@ fn sessions_time_out_after_inactivity() {
 
     let mut server = Collector::default();
     drive(&mut engine, T0 + 200 * 60_000, 60_000, |t, now| server.accept(t, now, |_| false));
-    assert_eq!(server.types(), ["session_start", "install", "a", "b", "session_start", "c", "session_start"]);
+    let types =
+        ["session_start", "install", "a", "b", "session_start", "c", "app_backgrounded", "session_start", "app_opened"];
+    assert_eq!(server.types(), types);
     let session_of = |i: usize| server.stored[i]["session_id"].as_str().unwrap().to_owned();
     assert_eq!(session_of(3), first);
     assert_eq!(session_of(5), second);
@@ -1025,4 +1027,67 @@ fn the_group_id_rides_on_later_events_until_reset() {
     assert_eq!(by_type("x")["context"]["group_id"], "acme", "persisted");
     assert_eq!(by_type("y")["context"]["group_id"], "acme", "a refused call changes nothing");
     assert!(by_type("z")["context"].get("group_id").is_none(), "reset clears it");
+}
+
+/// Lifecycle events: `app_opened` on every foreground (`from_background` false on the first of
+/// the process), `app_backgrounded`, and `app_updated` with the previous version and build
+/// when a later start runs a different one; none of them with `lifecycle_events` off, and
+/// none while collection is off.
+#[test]
+fn lifecycle_events_follow_the_app() {
+    let store = MemoryStore::new();
+    let versioned = |version: &str, build: &str, lifecycle: bool| {
+        let mut c = config();
+        c.app.version = Some(version.into());
+        c.app.build = Some(build.into());
+        c.lifecycle_events = lifecycle;
+        c
+    };
+    let mut server = Collector::default();
+    let mut engine = Engine::open(versioned("1.0", "10", true), store.clone(), T0, seed(1)).unwrap();
+    engine.on_foreground(T0);
+    engine.on_background(T0 + 1000);
+    engine.on_foreground(T0 + 2000);
+    drive(&mut engine, T0 + 2000, 60_000, |t, now| server.accept(t, now, |_| false));
+    drop(engine);
+    // The same version again: no update; then 1.1 (build 11): one.
+    let engine = Engine::open(versioned("1.0", "10", true), store.clone(), T0 + 3000, seed(2)).unwrap();
+    drop(engine);
+    let mut engine = Engine::open(versioned("1.1", "11", true), store.clone(), T0 + 4000, seed(3)).unwrap();
+    drive(&mut engine, T0 + 4000, 60_000, |t, now| server.accept(t, now, |_| false));
+    // Nothing while collection is off.
+    engine.opt_out(T0 + 5000);
+    engine.on_foreground(T0 + 5000);
+    engine.on_background(T0 + 5000);
+    engine.opt_in(T0 + 6000);
+    drop(engine);
+    // Nothing with lifecycle events off (1.2 is remembered all the same).
+    let mut engine = Engine::open(versioned("1.2", "12", false), store.clone(), T0 + 7000, seed(4)).unwrap();
+    engine.on_foreground(T0 + 7000);
+    engine.on_background(T0 + 8000);
+    drive(&mut engine, T0 + 8000, 60_000, |t, now| server.accept(t, now, |_| false));
+    let lifecycle: Vec<_> = server
+        .stored
+        .iter()
+        .filter(|e| e["type"].as_str().unwrap().starts_with("app_"))
+        .map(|e| (e["type"].as_str().unwrap().to_owned(), e["properties"].clone()))
+        .collect();
+    assert_eq!(
+        lifecycle,
+        [
+            ("app_opened".to_owned(), json!({"from_background": false})),
+            ("app_backgrounded".to_owned(), json!({})),
+            ("app_opened".to_owned(), json!({"from_background": true})),
+            (
+                "app_updated".to_owned(),
+                json!({"version": "1.1", "previous_version": "1.0", "build": "11", "previous_build": "10"})
+            ),
+        ]
+    );
+    assert_eq!(server.types().iter().filter(|t| *t == "install").count(), 1);
+    let mut engine = Engine::open(versioned("1.3", "13", true), store.clone(), T0 + 9000, seed(5)).unwrap();
+    let mut server = Collector::default();
+    drive(&mut engine, T0 + 9000, 60_000, |t, now| server.accept(t, now, |_| false));
+    let updated = server.stored.iter().find(|e| e["type"] == "app_updated").expect("an update from 1.2");
+    assert_eq!(updated["properties"]["previous_version"], "1.2");
 }

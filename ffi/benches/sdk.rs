@@ -28,26 +28,14 @@ impl HttpTransport for Accept {
 
 fn config(db: &std::path::Path) -> TrailmarkConfig {
     TrailmarkConfig {
-        app_id: "bench".into(),
-        app_secret: "secret".into(),
-        endpoint: "https://collect.example.test".into(),
-        db_path: db.to_string_lossy().into_owned(),
-        require_consent: false,
         device_id: Some("vendor-1".into()),
-        advertising_id: None,
         app_version: Some("1.0".into()),
         os: Some("iOS".into()),
         os_version: Some("17.4".into()),
         model: Some("iPhone15,2".into()),
         locale: Some("en-GB".into()),
         timezone: Some("Europe/London".into()),
-        sdk_name: None,
-        sdk_version: None,
-        flush_at: None,
-        flush_interval_ms: None,
-        max_queue_events: None,
-        hashed_traits: None,
-        debug: false,
+        ..TrailmarkConfig::new("bench", "secret", "https://collect.example.test", &db.to_string_lossy())
     }
 }
 

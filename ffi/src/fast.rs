@@ -194,27 +194,10 @@ mod tests {
     }
 
     fn start(dir: &std::path::Path) -> Arc<TrailmarkSdk> {
+        let db = dir.join("sdk.db").to_string_lossy().into_owned();
         let config = TrailmarkConfig {
-            app_id: "app".into(),
-            app_secret: "secret".into(),
-            endpoint: "https://collect.example.test".into(),
-            db_path: dir.join("sdk.db").to_string_lossy().into_owned(),
-            require_consent: false,
-            device_id: None,
-            advertising_id: None,
-            app_version: None,
             os: Some("Android".into()),
-            os_version: None,
-            model: None,
-            locale: None,
-            timezone: None,
-            sdk_name: None,
-            sdk_version: None,
-            flush_at: None,
-            flush_interval_ms: None,
-            max_queue_events: None,
-            hashed_traits: None,
-            debug: false,
+            ..TrailmarkConfig::new("app", "secret", "https://collect.example.test", &db)
         };
         TrailmarkSdk::start(config, Some(Arc::new(Offline))).unwrap()
     }

@@ -100,6 +100,84 @@ pub struct TrailmarkConfig {
     /// `set_debug_logger`; the Swift and Kotlin APIs send them to the platform log.
     #[uniffi(default = false)]
     pub debug: bool,
+    /// `context.app.build` (CFBundleVersion, versionCode).
+    #[uniffi(default = None)]
+    pub app_build: Option<String>,
+    /// `context.device.manufacturer` and `context.device.screen` (pixels; both sides needed).
+    #[uniffi(default = None)]
+    pub manufacturer: Option<String>,
+    #[uniffi(default = None)]
+    pub screen_width: Option<u32>,
+    #[uniffi(default = None)]
+    pub screen_height: Option<u32>,
+    /// `app_opened`, `app_backgrounded` and `app_updated` events (default on).
+    #[uniffi(default = true)]
+    pub lifecycle_events: bool,
+    /// How long after the start a pending ATT decision holds the install request (default
+    /// 5,000 ms).
+    #[uniffi(default = None)]
+    pub tracking_authorization_wait_ms: Option<u64>,
+    /// The ATT status at the start (iOS), so a pending decision holds the install request from
+    /// the first moment; later changes go through `set_tracking_authorization`.
+    #[uniffi(default = None)]
+    pub tracking_authorization: Option<TrackingAuthorization>,
+}
+
+impl TrailmarkConfig {
+    /// The required fields, every other one at its default (for Rust hosts and tests:
+    /// `TrailmarkConfig { os: Some("iOS".into()), ..TrailmarkConfig::new(…) }`).
+    pub fn new(app_id: &str, app_secret: &str, endpoint: &str, db_path: &str) -> Self {
+        TrailmarkConfig {
+            app_id: app_id.into(),
+            app_secret: app_secret.into(),
+            endpoint: endpoint.into(),
+            db_path: db_path.into(),
+            require_consent: false,
+            device_id: None,
+            advertising_id: None,
+            app_version: None,
+            os: None,
+            os_version: None,
+            model: None,
+            locale: None,
+            timezone: None,
+            sdk_name: None,
+            sdk_version: None,
+            flush_at: None,
+            flush_interval_ms: None,
+            max_queue_events: None,
+            hashed_traits: None,
+            debug: false,
+            app_build: None,
+            manufacturer: None,
+            screen_width: None,
+            screen_height: None,
+            lifecycle_events: true,
+            tracking_authorization_wait_ms: None,
+            tracking_authorization: None,
+        }
+    }
+}
+
+/// The App Tracking Transparency status (iOS), as `ATTrackingManager` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum TrackingAuthorization {
+    NotDetermined,
+    Restricted,
+    Denied,
+    Authorized,
+}
+
+impl From<TrackingAuthorization> for trailmark_core::engine::TrackingAuthorization {
+    fn from(t: TrackingAuthorization) -> Self {
+        use trailmark_core::engine::TrackingAuthorization as Core;
+        match t {
+            TrackingAuthorization::NotDetermined => Core::NotDetermined,
+            TrackingAuthorization::Restricted => Core::Restricted,
+            TrackingAuthorization::Denied => Core::Denied,
+            TrackingAuthorization::Authorized => Core::Authorized,
+        }
+    }
 }
 
 /// Field by field; what the record does not offer (`max_batch_events`) stays at its default,
@@ -127,6 +205,15 @@ impl From<TrailmarkConfig> for HostConfig {
             debug: c.debug,
             max_batch_events: None,
             hashed_traits: c.hashed_traits,
+            app_build: c.app_build,
+            manufacturer: c.manufacturer,
+            screen_width: c.screen_width,
+            screen_height: c.screen_height,
+            lifecycle_events: Some(c.lifecycle_events),
+            tracking_authorization_wait_ms: c.tracking_authorization_wait_ms,
+            tracking_authorization: c
+                .tracking_authorization
+                .map(|t| trailmark_core::engine::TrackingAuthorization::from(t).as_str().to_owned()),
         }
     }
 }
@@ -378,6 +465,21 @@ impl TrailmarkSdk {
     /// `alias` event; later events carry `new_user_id`.
     pub fn alias(&self, new_user_id: String) {
         let _ = self.inner.alias(&new_user_id);
+    }
+
+    /// The advertising id known after the start (the IDFA after an ATT grant, the GAID once
+    /// fetched), or nothing when it is gone (ATT revoked, limit ad tracking). A pending install
+    /// request carries the latest; after the install, a new id is sent as an update the server
+    /// attaches to the device.
+    pub fn set_advertising_id(&self, id: Option<String>) {
+        let _ = self.inner.set_advertising_id(id.as_deref());
+    }
+
+    /// The App Tracking Transparency status. `NotDetermined` holds a pending install request
+    /// (at most `tracking_authorization_wait_ms` after the start) for the answer; `Denied` and
+    /// `Restricted` keep the advertising id off the wire.
+    pub fn set_tracking_authorization(&self, status: TrackingAuthorization) {
+        let _ = self.inner.set_tracking_authorization(status.into());
     }
 
     /// Sends the core's debug lines to `logger` (with `debug` set in the configuration).

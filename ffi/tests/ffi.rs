@@ -27,26 +27,12 @@ fn serve(db: &std::path::Path) -> (String, tokio::runtime::Runtime) {
 
 fn config(endpoint: &str, db: &std::path::Path) -> TrailmarkConfig {
     TrailmarkConfig {
-        app_id: "app".into(),
-        app_secret: "secret".into(),
-        endpoint: endpoint.into(),
-        db_path: db.to_string_lossy().into_owned(),
-        require_consent: false,
-        device_id: None,
-        advertising_id: None,
         app_version: Some("1.0".into()),
         os: Some("Android".into()),
         os_version: Some("14".into()),
-        model: None,
-        locale: None,
-        timezone: None,
         sdk_name: Some("trailmark-test".into()),
         sdk_version: Some("0.0.1".into()),
-        flush_at: None,
-        flush_interval_ms: None,
-        max_queue_events: None,
-        hashed_traits: None,
-        debug: false,
+        ..TrailmarkConfig::new("app", "secret", endpoint, &db.to_string_lossy())
     }
 }
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 use trailmark_ffi::{
-    Consent, EventMiddleware, HttpResponse, HttpTransport, MiddlewareError, SdkStats, TrailmarkConfig, TrailmarkError,
-    TrailmarkSdk,
+    Consent, EventMiddleware, HttpResponse, HttpTransport, MiddlewareError, SdkStats, TrackingAuthorization,
+    TrailmarkConfig, TrailmarkError, TrailmarkSdk,
 };
 
 /// One request the SDK sent, as the platform transport saw it.
@@ -97,6 +97,13 @@ fn config(c: &Value, db: &Path) -> TrailmarkConfig {
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(|v| v.as_str().map(Into::into)).collect()),
         debug: false,
+        app_build: None,
+        manufacturer: None,
+        screen_width: None,
+        screen_height: None,
+        lifecycle_events: true,
+        tracking_authorization_wait_ms: c.get("tracking_authorization_wait_ms").and_then(Value::as_u64),
+        tracking_authorization: c.get("tracking_authorization").and_then(Value::as_str).map(tracking),
     }
 }
 
@@ -129,6 +136,15 @@ impl EventMiddleware for ScriptedMiddleware {
             props.insert(k.clone(), context[from.as_str().unwrap_or_default()].clone());
         }
         Ok(Some(e.to_string()))
+    }
+}
+
+fn tracking(status: &str) -> TrackingAuthorization {
+    match status {
+        "not_determined" => TrackingAuthorization::NotDetermined,
+        "restricted" => TrackingAuthorization::Restricted,
+        "denied" => TrackingAuthorization::Denied,
+        _ => TrackingAuthorization::Authorized,
     }
 }
 
@@ -298,6 +314,10 @@ fn run(file: &Path) -> Result<(), String> {
             "unregister" => s.unregister(text(step, "key").unwrap_or_default()),
             "group" => s.group(text(step, "group_id").unwrap_or_default(), props(step, "traits")),
             "alias" => s.alias(text(step, "user_id").unwrap_or_default()),
+            "set_advertising_id" => s.set_advertising_id(text(step, "id")),
+            "set_tracking_authorization" => {
+                s.set_tracking_authorization(tracking(step["status"].as_str().unwrap_or("")))
+            }
             "add_middleware" => s.add_middleware(Arc::new(ScriptedMiddleware(step.clone()))),
             "set_consent" => s.set_consent(Consent {
                 analytics: step["analytics"].as_bool(),

@@ -86,7 +86,7 @@ async fn login_csrf_escaping_live_counters_and_the_link_generator() {
     // Hostile strings in an event and a campaign name.
     let body = serde_json::to_vec(&json!({
         "event_id": uuid::Uuid::new_v4().to_string(),
-        "type": "app_open",
+        "type": "app_opened",
         "timestamp": trailmark_core::protocol::format_millis(trailmark_server::now_ms()),
         "anonymous_id": "x<img src=x onerror=alert(1)>",
         "properties": {"note": "<script>window.__xss = 1</script>"},

@@ -315,3 +315,56 @@ async fn a_deletion_right_after_the_upgrade_reaches_the_old_rows() {
     assert_eq!(count(&conn, "SELECT COUNT(*) FROM events"), 0);
     assert_eq!(count(&conn, "SELECT COUNT(*) FROM conversions"), 0);
 }
+
+/// An IDFA learned after the install (the SDK's `advertising_id` event after an ATT grant) is
+/// attached to the device's install in its hashed form, never stored raw, and a deletion by
+/// that IDFA then finds the install; with attribution denied in the event, nothing is attached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_advertising_id_is_attached_to_the_install_hashed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("late.db");
+    let base = common::serve(ServerBuilder::new(config(Vec::new())).sqlite(&db).unwrap()).await;
+    let client = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let (client, base, path) = (client.clone(), base.clone(), path.to_owned());
+        async move {
+            let resp =
+                common::signed_to(&client, &base, &path, serde_json::to_vec(&body).unwrap()).send().await.unwrap();
+            assert_eq!(resp.status(), 200, "{path}");
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let now = protocol::format_millis(trailmark_server::now_ms());
+    for anon in ["anon-late", "anon-denied"] {
+        let install = json!({"event_id": uuid::Uuid::new_v4().to_string(), "anonymous_id": anon, "timestamp": now,
+            "platform": "ios", "device": {"idfv": IDFV}});
+        assert_eq!(post("/v1/install", install).await["match_type"], "organic");
+    }
+    let late = |anon: &str, idfa: &str, attribution: Value| {
+        json!({"event_id": uuid::Uuid::new_v4().to_string(), "type": "advertising_id", "timestamp": now,
+            "anonymous_id": anon, "properties": {"idfa": idfa},
+            "context": {"consent": {"analytics": true, "attribution": attribution, "do_not_sell": false}}})
+    };
+    assert_eq!(post("/v1/event", late("anon-late", IDFA, Value::Null)).await["accepted"], 1);
+    assert_eq!(post("/v1/event", late("anon-denied", GAID, Value::Bool(false))).await["accepted"], 1);
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let idfa_of = |anon: &str| -> Option<String> {
+        conn.query_row("SELECT idfa FROM installs WHERE anonymous_id = ?1", [anon], |r| r.get(0)).unwrap()
+    };
+    let attached = idfa_of("anon-late").expect("attached");
+    assert!(attached.starts_with("h:"), "{attached}");
+    assert_eq!(idfa_of("anon-denied"), None, "attribution denied: not attached");
+    assert_eq!(raw_ids_in(&db, &[IDFA, GAID]), Vec::<String>::new(), "no raw advertising id stored");
+    // The IDFA now reaches the install through a deletion by device id.
+    let resp = client
+        .post(format!("{base}/v1/user/delete"))
+        .bearer_auth("test-admin-key-0123456789")
+        .json(&json!({"device_id": IDFA}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let left: i64 =
+        conn.query_row("SELECT count(*) FROM installs WHERE anonymous_id = 'anon-late'", [], |r| r.get(0)).unwrap();
+    assert_eq!(left, 0, "deleted by the late IDFA");
+}

@@ -122,6 +122,9 @@ impl InstallStore for Behind {
     fn install_counts(&self, _since: i64) -> StorageFuture<'_, Vec<InstallCount>> {
         busy()
     }
+    fn attach_advertising_id(&self, _u: AdIdUpdate) -> StorageFuture<'_, u64> {
+        busy()
+    }
     fn save_test_device(&self, _d: TestDevice) -> StorageFuture<'_, bool> {
         busy()
     }

@@ -6,6 +6,7 @@
 
 use serde_json::json;
 use trailmark_core::protocol::{AttributionResult, MatchType};
+use trailmark_server::storage::AdIdUpdate;
 use trailmark_server::storage::{
     Campaign, ClickParams, ClickRecord, ConversionCredit, DeletionAudit, Destinations, DeviceKeys, FraudAlert,
     ID_TABLES, InstallCount, InstallLookup, InstallRecord, LinkAudit, LinkCatalog, LinkRecord, NewEvent,
@@ -49,6 +50,7 @@ macro_rules! storage_suite {
             the_identity_map_stays_flat_and_first_links_win,
             conversion_touchpoints_cross_aliased_user_ids,
             deleting_a_user_takes_its_identity_links,
+            a_late_advertising_id_is_attached_where_there_is_none,
         );
     };
     (@module $backend:ident, $open:path, $($check:ident),+ $(,)?) => {
@@ -844,4 +846,24 @@ async fn deleting_a_user_takes_its_identity_links(f: &Fixture) {
     assert_eq!(sorted_links(store, "c").await, pairs(&[("u3", "u2"), ("u5", "u6")]));
     store.delete_subject(Subject::UserId("u2".into()), audit("user_id"), tomb(false)).await.unwrap();
     assert_eq!(sorted_links(store, "c").await, pairs(&[("u5", "u6")]));
+}
+
+/// An advertising id learned after the install goes to the device's install rows that have
+/// none in that column (per app), and the install is then found by it.
+async fn a_late_advertising_id_is_attached_where_there_is_none(f: &Fixture) {
+    let store = &*f.store;
+    installs(store).await;
+    let update = |app: &str, anon: &str, column: &'static str, value: &str| AdIdUpdate {
+        app_id: app.into(),
+        anonymous_id: anon.into(),
+        column,
+        value: value.into(),
+    };
+    assert_eq!(store.attach_advertising_id(update("a", "anon-9", "idfa", "idfa-9")).await.unwrap(), 1);
+    assert_eq!(store.attach_advertising_id(update("a", "anon-9", "idfa", "idfa-other")).await.unwrap(), 0, "kept");
+    assert_eq!(store.attach_advertising_id(update("a", "anon-9", "gaid", "gaid-other")).await.unwrap(), 0, "had one");
+    assert_eq!(store.attach_advertising_id(update("b", "anon-9", "idfa", "idfa-9")).await.unwrap(), 0, "per app");
+    let keys = DeviceKeys { anonymous_id: "anon-x".into(), idfa: Some("idfa-9".into()), ..Default::default() };
+    let found = store.last_install("a".into(), keys).await.unwrap().expect("found by the late IDFA");
+    assert_eq!(found.event_id, "i1");
 }

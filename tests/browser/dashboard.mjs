@@ -85,10 +85,10 @@ test('the dashboard: login, live counters, link generator, funnel chart, inert h
   await page.waitForFunction(() => document.body.dataset.live === 'on', null, { timeout: 10_000 });
   const before = Number(await page.textContent('#c-events'));
   await ingest([
-    event('app_open', 'u1'),
-    event('app_open', 'u2'),
+    event('app_opened', 'u1'),
+    event('app_opened', 'u2'),
     event('purchase', 'u1', { revenue: 9.5, currency: 'EUR' }),
-    event('app_open', 'x"><img src=x onerror=alert(1)>', { note: '<script>window.__xss = 1; alert(2)</script>' }),
+    event('app_opened', 'x"><img src=x onerror=alert(1)>', { note: '<script>window.__xss = 1; alert(2)</script>' }),
   ]);
   await page.waitForFunction((n) => Number(document.getElementById('c-events').textContent) >= n + 4, before, {
     timeout: 10_000,
@@ -113,12 +113,12 @@ test('the dashboard: login, live counters, link generator, funnel chart, inert h
   assert.match(audit[0], /dashboard:admin-key\s*create/);
 
   // The funnel chart.
-  await page.fill('#steps', 'app_open,purchase');
+  await page.fill('#steps', 'app_opened,purchase');
   await Promise.all([page.waitForNavigation(), page.click('#funnel-go')]);
   const rows = await page.locator('#funnel-table tbody tr').allInnerTexts();
   assert.deepEqual(
     rows.map((r) => r.replace(/\s+/g, ' ').trim()),
-    ['app_open 3 100.0%', 'purchase 1 33.3%'],
+    ['app_opened 3 100.0%', 'purchase 1 33.3%'],
   );
   assert.equal(await page.locator('#funnel-chart rect').count(), 2);
   const bars = await page.locator('#funnel-chart rect').evaluateAll((rs) => rs.map((r) => Number(r.getAttribute('height'))));

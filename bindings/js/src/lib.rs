@@ -11,7 +11,7 @@ use alloc::borrow::ToOwned;
 use alloc::string::String;
 use alloc::vec::Vec;
 
-use trailmark_core::engine::{Action, UploadOutcome};
+use trailmark_core::engine::{Action, TrackingAuthorization, UploadOutcome};
 use trailmark_core::json::{self, Fields, Object, Value, Writer};
 use trailmark_core::store::{EventStore, Snapshot, StoreError, StoredEvent, WriteBatch};
 use trailmark_core::{ConsentUpdate, Engine, HostConfig, MemoryStore, Millis, pii, protocol};
@@ -232,6 +232,26 @@ impl Core {
     /// A `group` event; the group id rides on later events' context.
     pub fn group(&mut self, now: f64, group_id: &str, traits_json: &str) -> Option<String> {
         self.with_properties(traits_json, |e, p| e.group(now as Millis, group_id, p))
+    }
+
+    /// The advertising id known after the start (hybrid apps), or none when it is gone.
+    pub fn set_advertising_id(&mut self, now: f64, id: Option<String>) -> Option<String> {
+        refusal(self.engine.set_advertising_id(now as Millis, id.as_deref()))
+    }
+
+    /// The App Tracking Transparency status (`not_determined`, `restricted`, `denied`,
+    /// `authorized`); anything else is refused.
+    pub fn set_tracking_authorization(&mut self, now: f64, status: &str) -> Option<String> {
+        match TrackingAuthorization::parse(status) {
+            Some(s) => {
+                self.engine.set_tracking_authorization(now as Millis, s);
+                None
+            }
+            None => {
+                self.engine.record_refusal();
+                Some("tracking_authorization".into())
+            }
+        }
     }
 
     /// Counts an event the page's middleware dropped (`failed`: it threw).

@@ -20,6 +20,10 @@ function options(c, transport, storage) {
     flushIntervalMs: c.flush_interval_ms,
     maxQueueEvents: c.max_queue_events,
     hashedTraits: c.hashed_traits,
+    trackingAuthorizationWaitMs: c.tracking_authorization_wait_ms,
+    trackingAuthorization: c.tracking_authorization,
+    // The scenarios hold the mobile default (the web SDK's is off: a tab switch is no app open).
+    lifecycleEvents: c.lifecycle_events ?? true,
     context: {
       deviceId: c.device_id,
       advertisingId: c.advertising_id,
@@ -155,6 +159,12 @@ async function run(file) {
         break;
       case 'alias':
         tm.alias(step.user_id);
+        break;
+      case 'set_advertising_id':
+        tm.setAdvertisingId(step.id);
+        break;
+      case 'set_tracking_authorization':
+        tm.setTrackingAuthorization(step.status);
         break;
       case 'add_middleware':
         tm.addMiddleware(scriptedMiddleware(step));

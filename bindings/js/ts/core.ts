@@ -319,6 +319,13 @@ export async function start(
     flush_interval_ms: o.flushIntervalMs,
     max_queue_events: o.maxQueueEvents,
     hashed_traits: o.hashedTraits,
+    app_build: c.appBuild,
+    manufacturer: c.manufacturer,
+    screen_width: c.screenWidth ?? (browser ? screen.width : undefined),
+    screen_height: c.screenHeight ?? (browser ? screen.height : undefined),
+    lifecycle_events: o.lifecycleEvents ?? false,
+    tracking_authorization_wait_ms: o.trackingAuthorizationWaitMs,
+    tracking_authorization: o.trackingAuthorization,
   };
   const seed = new Uint8Array(32);
   crypto.getRandomValues(seed);

@@ -110,9 +110,22 @@ export interface Options {
    * retry) to `logger`, by default `console.debug`. */
   debug?: boolean;
   logger?: (line: string) => void;
-  /** Context sent with every event; locale and time zone default to the browser's. */
+  /** `app_opened` and `app_backgrounded` events on the page's visibility changes (with
+   * `autoLifecycle`). Default false on the web: a tab switch is not an app open (the mobile SDKs
+   * default to true); hybrid apps turn it on. */
+  lifecycleEvents?: boolean;
+  /** How long after the start a pending ATT decision holds the install request (default 5000). */
+  trackingAuthorizationWaitMs?: number;
+  /** The ATT status at the start (hybrid iOS apps); later changes: `setTrackingAuthorization`. */
+  trackingAuthorization?: 'not_determined' | 'restricted' | 'denied' | 'authorized';
+  /** Context sent with every event; locale, time zone and screen (CSS pixels) default to the
+   * browser's. */
   context?: {
     appVersion?: string;
+    appBuild?: string;
+    manufacturer?: string;
+    screenWidth?: number;
+    screenHeight?: number;
     locale?: string;
     timezone?: string;
     os?: string;
@@ -212,6 +225,8 @@ export type Op =
   | 'alias'
   | 'group'
   | 'note_middleware'
+  | 'set_advertising_id'
+  | 'set_tracking_authorization'
   | 'register'
   | 'unregister'
   | 'handle_open_url'
@@ -354,6 +369,21 @@ export class Trailmark {
    * then counts both ids as one person in reports. */
   alias(newUserId: string): boolean {
     return this.c('alias', newUserId);
+  }
+
+  /** The advertising id known after the start (hybrid apps: the IDFA once App Tracking
+   * Transparency allows it, the GAID), or `null` when it is gone. A pending install request
+   * carries the latest; after the install, a new id goes as an update the server attaches to the
+   * device. */
+  setAdvertisingId(id: string | null): boolean {
+    return this.c('set_advertising_id', id ?? undefined);
+  }
+
+  /** The ATT status (hybrid iOS apps): `not_determined` holds the install request (at most
+   * `trackingAuthorizationWaitMs` after the start) for the answer; `denied` and `restricted` keep
+   * the advertising id off the wire. */
+  setTrackingAuthorization(status: 'not_determined' | 'restricted' | 'denied' | 'authorized'): boolean {
+    return this.c('set_tracking_authorization', status);
   }
 
   /** Puts the user in a group (an account, a company): a `group` event whose properties are

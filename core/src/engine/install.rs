@@ -9,7 +9,7 @@ use super::log;
 use super::record::{MAX_URL_LEN, clean_value};
 use super::state::PendingInstall;
 use super::upload::{Subject, error_code, parse_retry_after};
-use super::{Engine, Millis, UploadOutcome, UploadTask, ms};
+use super::{Engine, Millis, TrackingAuthorization, UploadOutcome, UploadTask, ms};
 use crate::json::{self, Value};
 
 /// The members of the server's `AttributionResult`.
@@ -26,7 +26,7 @@ const ATTRIBUTION_MEMBERS: [&str; 11] = [
     "reinstall",
     "reason",
 ];
-use crate::protocol::{AttributionResult, InstallDevice, InstallRequestView, Platform};
+use crate::protocol::{self, AttributionResult, InstallDevice, InstallRequestView, Platform, ValidationError};
 use crate::store::EventStore;
 
 /// What the install request needs from [`Engine::poll`].
@@ -37,6 +37,65 @@ pub(super) enum InstallStep {
 }
 
 impl<S: EventStore> Engine<S> {
+    /// The advertising id the install request and updates carry: the host's latest
+    /// (`set_advertising_id`), else the configuration's; none while tracking is denied or
+    /// restricted.
+    pub fn advertising_id(&self) -> Option<&str> {
+        if matches!(self.state.tracking, Some(TrackingAuthorization::Denied | TrackingAuthorization::Restricted)) {
+            return None;
+        }
+        match &self.state.advertising_id {
+            Some(set) => set.as_deref(),
+            None => self.config.advertising_id.as_deref(),
+        }
+    }
+
+    /// The App Tracking Transparency status (iOS). `NotDetermined` makes a pending install
+    /// request wait (at most [`crate::config::Policy::tracking_authorization_wait`] after the
+    /// start) for the answer; `Denied` and `Restricted` keep the advertising id off the wire.
+    pub fn set_tracking_authorization(&mut self, now: Millis, status: TrackingAuthorization) {
+        if self.state.tracking == Some(status) {
+            return;
+        }
+        let before = self.advertising_id().map(str::to_owned);
+        self.state.tracking = Some(status);
+        self.state_dirty = true;
+        log!(self, "tracking authorization: {}", status.as_str());
+        self.advertising_id_changed(now, before);
+    }
+
+    /// The advertising id (IDFA, GAID) known after the start, or `None` when it is gone (ATT
+    /// revoked, limit ad tracking). A pending install request carries the latest; after the
+    /// install was reported, a new id goes to the server as an `advertising_id` event (with
+    /// attribution consent), which attaches it to the device's install.
+    pub fn set_advertising_id(&mut self, now: Millis, id: Option<&str>) -> Result<(), ValidationError> {
+        if let Some(id) = id {
+            let checked = protocol::validate_id("advertising_id", id);
+            self.guard(checked)?;
+        }
+        let before = self.advertising_id().map(str::to_owned);
+        self.state.advertising_id = Some(id.map(str::to_owned));
+        self.state_dirty = true;
+        self.advertising_id_changed(now, before);
+        Ok(())
+    }
+
+    fn advertising_id_changed(&mut self, now: Millis, before: Option<String>) {
+        let Some(after) = self.advertising_id().map(str::to_owned) else { return };
+        let reported = self.state.installed && self.state.install_request.is_none() && self.config.install_request;
+        let key = match self.config.install_platform() {
+            Some(Platform::Ios) => "idfa",
+            Some(Platform::Android) => "gaid",
+            _ => return,
+        };
+        if Some(&after) == before.as_ref() || !reported || !self.attribution_allowed() {
+            return;
+        }
+        let mut props = crate::json::Object::new();
+        props.insert(key, after.as_str());
+        let _ = self.record(now, "advertising_id", props, None);
+    }
+
     /// The install request goes first, once collection, uploads and attribution are allowed
     /// (and, on Android, once the Play Install Referrer came or its wait ran out).
     pub(super) fn poll_install(&mut self, now: Millis) -> InstallStep {
@@ -60,6 +119,12 @@ impl<S: EventStore> Engine<S> {
                 return InstallStep::WaitUntil(until);
             }
         }
+        if platform == Platform::Ios && self.state.tracking == Some(TrackingAuthorization::NotDetermined) {
+            let until = self.started_at + ms(self.config.policy.tracking_authorization_wait);
+            if now < until {
+                return InstallStep::WaitUntil(until);
+            }
+        }
         match self.state.install_request.clone() {
             Some(pending) => InstallStep::Upload(self.build_install(now, platform, pending)),
             None => InstallStep::Nothing,
@@ -68,7 +133,7 @@ impl<S: EventStore> Engine<S> {
 
     fn build_install(&mut self, now: Millis, platform: Platform, pending: PendingInstall) -> UploadTask {
         let id = self.config.device_id.clone();
-        let ad = self.config.advertising_id.clone();
+        let ad = self.advertising_id().map(str::to_owned);
         let (idfa, idfv, gaid, android_id) = match platform {
             Platform::Ios => (ad, id, None, None),
             Platform::Android => (None, None, ad, id),

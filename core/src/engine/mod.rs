@@ -18,7 +18,8 @@ use core::time::Duration;
 
 pub use record::MAX_REGISTERED_BYTES;
 pub use types::{
-    Action, ConsentUpdate, Logger, MAX_REASON_BYTES, Millis, OpenError, Reason, Stats, UploadOutcome, UploadTask,
+    Action, ConsentUpdate, Logger, MAX_REASON_BYTES, Millis, OpenError, Reason, Stats, TrackingAuthorization,
+    UploadOutcome, UploadTask,
 };
 pub use upload::parse_retry_after;
 
@@ -60,6 +61,10 @@ pub struct Engine<S: EventStore> {
     /// The newest event sent in a beacon (beacons never repeat an event).
     beaconed_through: u64,
     logger: Option<Logger>,
+    /// `on_background` came since the last `on_foreground` (`app_opened.from_background`).
+    backgrounded: bool,
+    /// When this engine opened (the start the ATT wait counts from).
+    started_at: Millis,
 }
 
 /// A random (version 4) UUID, hyphenated lower-case hex.
@@ -132,6 +137,10 @@ impl<S: EventStore> Engine<S> {
                 clock_offset: 0,
                 registered: Object::new(),
                 group_id: None,
+                app_version: None,
+                app_build: None,
+                advertising_id: None,
+                tracking: None,
             }
         });
         let max_seq = snapshot.entries.iter().map(|e| e.seq).max().unwrap_or(0);
@@ -169,6 +178,8 @@ impl<S: EventStore> Engine<S> {
             draining: false,
             beaconed_through: 0,
             logger: None,
+            backgrounded: false,
+            started_at: now,
         };
         if !engine.queue.is_empty() {
             // Whatever survived a restart goes out on the first poll.
@@ -181,6 +192,10 @@ impl<S: EventStore> Engine<S> {
         }
         // A cap lowered in the configuration applies at once.
         engine.enforce_caps();
+        if let Some(t) = engine.config.tracking_authorization {
+            engine.state.tracking = Some(t);
+        }
+        let installed_before = engine.state.installed;
         if !engine.state.installed && !engine.state.opted_out {
             engine.state.installed = true;
             engine.state_dirty = true;
@@ -198,6 +213,7 @@ impl<S: EventStore> Engine<S> {
                 });
             }
         }
+        engine.note_app_version(now, installed_before);
         Ok(engine)
     }
 
@@ -237,11 +253,54 @@ impl<S: EventStore> Engine<S> {
     pub fn on_foreground(&mut self, now: Millis) {
         if matches!(self.collection(), Collect::Queue | Collect::Hold) {
             self.ensure_session(now);
+            if self.config.lifecycle_events {
+                let mut props = Object::new();
+                props.insert("from_background", self.backgrounded);
+                let _ = self.record(now, "app_opened", props, None);
+            }
         }
+        self.backgrounded = false;
+    }
+
+    /// At start: `app_updated` when the configured version or build differs from the last
+    /// start's (only for an installation that started before, and only once both are known),
+    /// then remembers them.
+    fn note_app_version(&mut self, now: Millis, installed_before: bool) {
+        let (version, build) = (self.config.app.version.clone(), self.config.app.build.clone());
+        if self.state.app_version == version && self.state.app_build == build {
+            return;
+        }
+        let changed =
+            |before: &Option<String>, now: &Option<String>| before.is_some() && now.is_some() && before != now;
+        if installed_before
+            && self.config.lifecycle_events
+            && (changed(&self.state.app_version, &version) || changed(&self.state.app_build, &build))
+            && matches!(self.collection(), Collect::Queue | Collect::Hold)
+        {
+            let mut props = Object::new();
+            for (key, value) in [
+                ("version", &version),
+                ("previous_version", &self.state.app_version),
+                ("build", &build),
+                ("previous_build", &self.state.app_build),
+            ] {
+                if let Some(v) = value {
+                    props.insert(key, v.as_str());
+                }
+            }
+            let _ = self.record(now, "app_updated", props, None);
+        }
+        self.state.app_version = version;
+        self.state.app_build = build;
+        self.state_dirty = true;
     }
 
     /// The app went to the background: marks the session's last activity and flushes.
     pub fn on_background(&mut self, now: Millis) {
+        if self.config.lifecycle_events && matches!(self.collection(), Collect::Queue | Collect::Hold) {
+            let _ = self.record(now, "app_backgrounded", Object::new(), None);
+        }
+        self.backgrounded = true;
         if let Some(s) = self.state.session.as_mut() {
             s.last_activity = s.last_activity.max(now);
             self.state_dirty = true;

@@ -66,7 +66,7 @@ impl<S: EventStore> Engine<S> {
         self.state_dirty = true;
     }
 
-    fn guard<T>(&mut self, result: Result<T, ValidationError>) -> Result<T, ValidationError> {
+    pub(super) fn guard<T>(&mut self, result: Result<T, ValidationError>) -> Result<T, ValidationError> {
         if let Err(_e) = &result {
             self.record_refusal();
             log!(self, "refused call: {_e}");

@@ -41,6 +41,14 @@ pub(super) struct State {
     pub(super) registered: Object,
     /// The group joined last (`group`): on every later event's `context.group_id`.
     pub(super) group_id: Option<String>,
+    /// The app's version and build at the last start (`app_updated` when they change).
+    pub(super) app_version: Option<String>,
+    pub(super) app_build: Option<String>,
+    /// The advertising id the host set after the start (`set_advertising_id`): `None` when it
+    /// never did (the configuration's counts), `Some(None)` when it cleared it.
+    pub(super) advertising_id: Option<Option<String>>,
+    /// The App Tracking Transparency status the host reported.
+    pub(super) tracking: Option<super::TrackingAuthorization>,
 }
 
 /// What the install request (`POST /v1/install`) will carry.
@@ -129,6 +137,12 @@ impl State {
         if let Some(g) = &self.group_id {
             o.str("group_id", g);
         }
+        o.opt_str("app_version", self.app_version.as_deref());
+        o.opt_str("app_build", self.app_build.as_deref());
+        if let Some(ad) = &self.advertising_id {
+            o.str_or_null("advertising_id", ad.as_deref());
+        }
+        o.opt_str("tracking", self.tracking.map(super::TrackingAuthorization::as_str));
         o.end();
         w.into_bytes()
     }
@@ -170,6 +184,14 @@ impl State {
             clock_offset: optional(o, "clock_offset", Value::as_i64)?.unwrap_or(0),
             registered: optional(o, "registered", |v| v.as_object().cloned())?.unwrap_or_default(),
             group_id: optional(o, "group_id", string)?,
+            app_version: optional(o, "app_version", string)?,
+            app_build: optional(o, "app_build", string)?,
+            advertising_id: match o.get("advertising_id") {
+                None => None,
+                Some(Value::Null) => Some(None),
+                Some(v) => Some(Some(string(v)?)),
+            },
+            tracking: optional(o, "tracking", |v| v.as_str().and_then(super::TrackingAuthorization::parse))?,
         })
     }
 }

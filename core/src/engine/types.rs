@@ -116,6 +116,37 @@ pub struct Stats {
     pub in_flight: u64,
 }
 
+/// The App Tracking Transparency status (iOS), as the host reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackingAuthorization {
+    /// The prompt has not been answered yet: the install request waits for it (bounded).
+    NotDetermined,
+    Restricted,
+    Denied,
+    Authorized,
+}
+
+impl TrackingAuthorization {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackingAuthorization::NotDetermined => "not_determined",
+            TrackingAuthorization::Restricted => "restricted",
+            TrackingAuthorization::Denied => "denied",
+            TrackingAuthorization::Authorized => "authorized",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TrackingAuthorization> {
+        Some(match text {
+            "not_determined" => TrackingAuthorization::NotDetermined,
+            "restricted" => TrackingAuthorization::Restricted,
+            "denied" => TrackingAuthorization::Denied,
+            "authorized" => TrackingAuthorization::Authorized,
+            _ => return None,
+        })
+    }
+}
+
 /// Why the engine could not open.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum OpenError {

@@ -85,6 +85,8 @@ fn visit(
     bad_purchase: bool,
 ) {
     let tm = &d.tm;
+    // The app comes to the foreground (the platform glue reports it): `app_opened`.
+    tm.on_foreground().unwrap();
     if let Some((source, medium, name)) = campaign {
         let click = click.map(str::to_owned).unwrap_or_else(|| format!("clk_{}", d.name));
         let url = format!(
@@ -526,7 +528,7 @@ async fn main() {
     println!("Still serving. Try:");
     println!("  open {endpoint}/dashboard  (admin key: {ADMIN})");
     println!("  curl -H 'Authorization: Bearer {ADMIN}' '{endpoint}/v1/reports/campaigns'");
-    println!("  curl -H 'Authorization: Bearer {ADMIN}' '{endpoint}/v1/reports/funnel?steps=app_open,purchase'");
+    println!("  curl -H 'Authorization: Bearer {ADMIN}' '{endpoint}/v1/reports/funnel?steps=app_opened,purchase'");
     println!("  curl {endpoint}/healthz");
     println!("  curl {endpoint}/metrics | grep trailmark_");
     println!("  curl -H 'Authorization: Bearer {ADMIN}' {endpoint}/v1/attribution/<install event id>");

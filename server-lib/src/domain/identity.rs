@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use crate::domain::records::{NewEvent, UserLink};
+use crate::domain::records::{AdIdUpdate, NewEvent, UserLink};
 
 /// The link an `alias` event makes, with `previous_id` in the event's properties replaced by
 /// its stored form (`stored_id`: the keyed hash, as user ids are stored) whenever it is a
@@ -33,6 +33,41 @@ pub fn alias_link(e: &mut NewEvent, stored_id: impl Fn(&str) -> String) -> Optio
         user_id,
         created_at: e.received_at,
     })
+}
+
+/// What an `advertising_id` event (an IDFA after an ATT grant, a GAID fetched late: the SDK
+/// sends one when the id arrives after the install was reported) attaches to the device's
+/// install, with the id in its properties replaced by its stored form (`stored_id`: the keyed
+/// hash of device ids; `None` for an all-zero id, which is dropped). Nothing is attached when
+/// the event says attribution consent was denied, or for other events.
+pub fn advertising_id_update(e: &mut NewEvent, stored_id: impl Fn(&str) -> Option<String>) -> Option<AdIdUpdate> {
+    if e.event_type != "advertising_id" {
+        return None;
+    }
+    let mut properties: Map<String, Value> = serde_json::from_str(&e.properties).ok()?;
+    let mut update = None;
+    for column in ["idfa", "gaid"] {
+        let Some(raw) = properties.get(column) else { continue };
+        let stored = raw.as_str().and_then(&stored_id);
+        match &stored {
+            Some(value) => {
+                properties.insert(column.into(), Value::String(value.clone()));
+                update.get_or_insert(AdIdUpdate {
+                    app_id: e.app_id.clone(),
+                    anonymous_id: e.anonymous_id.clone(),
+                    column,
+                    value: value.clone(),
+                });
+            }
+            None => {
+                properties.remove(column);
+            }
+        }
+    }
+    e.properties = Value::Object(properties).to_string();
+    let context: Value = serde_json::from_str(&e.context).unwrap_or(Value::Null);
+    let denied = context["consent"]["attribution"] == Value::Bool(false);
+    update.filter(|_| !denied)
 }
 
 /// Puts every row under its person's final user id: a user id that is an alias in `links`
@@ -97,6 +132,29 @@ mod tests {
         let mut track = alias("u1".into(), Some("h:u2"));
         track.event_type = "track".into();
         assert_eq!(alias_link(&mut track, h), None);
+    }
+
+    #[test]
+    fn a_late_advertising_id_is_stored_hashed_and_attached_unless_attribution_was_denied() {
+        let event = |props: Value, context: Value| NewEvent {
+            app_id: "app".into(),
+            event_type: "advertising_id".into(),
+            anonymous_id: "anon-1".into(),
+            properties: props.to_string(),
+            context: context.to_string(),
+            ..NewEvent::default()
+        };
+        let stored = |raw: &str| (!raw.starts_with("0000")).then(|| format!("h:{raw}"));
+        let mut e = event(json!({"idfa": "ABC"}), json!({}));
+        let u = advertising_id_update(&mut e, stored).expect("an update");
+        assert_eq!((u.column, u.value.as_str(), u.anonymous_id.as_str()), ("idfa", "h:ABC", "anon-1"));
+        assert_eq!(e.properties, r#"{"idfa":"h:ABC"}"#);
+        let mut denied = event(json!({"gaid": "G"}), json!({"consent": {"attribution": false}}));
+        assert_eq!(advertising_id_update(&mut denied, stored), None);
+        assert_eq!(denied.properties, r#"{"gaid":"h:G"}"#, "hashed all the same");
+        let mut zeros = event(json!({"idfa": "00000000-0000"}), json!({}));
+        assert_eq!(advertising_id_update(&mut zeros, stored), None);
+        assert_eq!(zeros.properties, "{}");
     }
 
     #[test]

@@ -522,3 +522,14 @@ pub struct UserLink {
     pub user_id: String,
     pub created_at: i64,
 }
+
+/// An advertising id a device learned after its install (an `advertising_id` event), in stored
+/// form, for that device's install rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdIdUpdate {
+    pub app_id: String,
+    pub anonymous_id: String,
+    /// `idfa` or `gaid`.
+    pub column: &'static str,
+    pub value: String,
+}

@@ -27,10 +27,10 @@ pub const FAMILIES: &[&str] = &["track", "lifecycle", "views", "identity", "reve
 /// The family of an event type: what a consumer usually subscribes to together.
 pub fn family(event_type: &str, properties: &str) -> &'static str {
     match event_type {
-        "identify" | "alias" | "group" => "identity",
+        "identify" | "alias" | "group" | "advertising_id" => "identity",
         "page_view" | "screen_view" | "page" | "screen" => "views",
-        "app_open" | "app_background" | "app_install" | "app_update" | "session_start" | "session_end"
-        | "deep_link_opened" => "lifecycle",
+        "app_open" | "app_opened" | "app_background" | "app_backgrounded" | "app_install" | "app_installed"
+        | "app_update" | "app_updated" | "session_start" | "session_end" | "deep_link_opened" => "lifecycle",
         _ if event_type == "purchase" || properties.contains("\"revenue\"") => "revenue",
         _ => "track",
     }

@@ -12,7 +12,7 @@ use super::trace::store_span;
 use super::{ServiceError, ServiceResult, Services, conversions};
 use crate::domain::conversions::Followup;
 use crate::domain::enrich;
-use crate::domain::identity::alias_link;
+use crate::domain::identity::{advertising_id_update, alias_link};
 use crate::domain::ingest::{IngestRules, Prepared, Sender, prepare};
 use crate::domain::privacy::{event_hash, suppression_hash};
 use crate::domain::records::NewEvent;
@@ -78,6 +78,8 @@ pub async fn ingest(
     // `alias` events link their previous user id to the new one (the identity map); the
     // previous id is stored in its hashed form like every user id.
     let links: Vec<_> = fresh.iter_mut().filter_map(|e| alias_link(e, |raw| svc.ids.user(raw))).collect();
+    // A late advertising id (after an ATT grant) goes to the device's install, hashed.
+    let ad_ids: Vec<_> = fresh.iter_mut().filter_map(|e| advertising_id_update(e, |raw| svc.ids.device(raw))).collect();
     record_sdk_drops(&app_id, &dropped);
     if clamped > 0 {
         metrics::counter!("trailmark_events_time_clamped_total", "app" => app_id.clone()).increment(clamped as u64);
@@ -124,6 +126,12 @@ pub async fn ingest(
                     tracing::warn!(error = %e, "identity links not stored");
                     metrics::counter!("trailmark_identity_link_errors_total").increment(1);
                 }
+            }
+        }
+        for update in ad_ids {
+            if let Err(e) = svc.storage.attach_advertising_id(update).await {
+                tracing::warn!(error = %e, "advertising id not attached to the install");
+                metrics::counter!("trailmark_advertising_id_errors_total").increment(1);
             }
         }
         conversions::process(svc, &app_id, followups).await;

@@ -146,7 +146,7 @@ pub async fn funnel_report(svc: &Services, p: &Params) -> ServiceResult<Value> {
     let app_id = p.app(&svc.config.apps)?;
     let steps: Vec<String> = p
         .get("steps")
-        .ok_or_else(|| Refusal::invalid("invalid_parameter", "steps is required, e.g. steps=app_open,purchase"))?
+        .ok_or_else(|| Refusal::invalid("invalid_parameter", "steps is required, e.g. steps=app_opened,purchase"))?
         .split(',')
         .map(|s| check_type("steps", s))
         .collect::<Result<_, _>>()?;

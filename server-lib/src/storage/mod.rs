@@ -104,6 +104,10 @@ pub trait InstallStore: Send + Sync + 'static {
     /// Hourly counts of attributed installs per campaign since `since` (the burst baseline),
     /// oldest hour first.
     fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<InstallCount>>;
+    /// Attaches an advertising id learned after the install (stored form) to the device's
+    /// install rows that have none in that column (`update.column`: `idfa` or `gaid`);
+    /// how many rows took it.
+    fn attach_advertising_id(&self, update: AdIdUpdate) -> StorageFuture<'_, u64>;
     /// Adds a test device (or renames it); `true` when it is new.
     fn save_test_device(&self, device: TestDevice) -> StorageFuture<'_, bool>;
     /// Removes a test device by its stored device id; `true` when there was one.

@@ -189,6 +189,13 @@ pub const INSERT_USER_LINK: &str = "INSERT INTO identity_links (app_id, alias_us
 /// Links that named $2 as their user id name $3 instead (keeps the map flat).
 pub const REPOINT_USER_LINKS: &str = "UPDATE identity_links SET user_id = $3 WHERE app_id = $1 AND user_id = $2";
 
+/// Sets an advertising id column (`idfa` or `gaid`, never anything else) of the device's ($2)
+/// install rows in the app ($1) that have none to $3.
+pub fn attach_advertising_id(column: &'static str) -> String {
+    assert!(matches!(column, "idfa" | "gaid"), "an advertising id column");
+    format!("UPDATE installs SET {column} = $3 WHERE app_id = $1 AND anonymous_id = $2 AND {column} IS NULL")
+}
+
 /// Every link of the app ($1).
 pub const IDENTITY_LINKS: &str = "SELECT alias_user_id, user_id FROM identity_links WHERE app_id = $1";
 

@@ -12,6 +12,9 @@ import UIKit
 #if canImport(os)
 import os
 #endif
+#if canImport(AppTrackingTransparency)
+import AppTrackingTransparency
+#endif
 
 /// A running SDK. Recording calls return at once and never throw; misuse is counted in
 /// `stats().refusedInvalid`.
@@ -66,6 +69,18 @@ public final class Trailmark: @unchecked Sendable {
         /// The IDFA, when App Tracking Transparency allows it; sent only in the install request.
         public var advertisingId: String?
         public var appVersion: String?
+        /// CFBundleVersion by default.
+        public var appBuild: String?
+        /// `app_opened`, `app_backgrounded` and `app_updated` events (default on).
+        public var lifecycleEvents = true
+        /// A `screen_view` named after each view controller's class when it appears (UIKit;
+        /// UIKit's own containers are skipped). Default off.
+        public var autoScreenViews = false
+        /// How long after the start a pending ATT decision holds the install request (5 s).
+        public var trackingAuthorizationWait: TimeInterval?
+        /// The ATT status at the start (read from `ATTrackingManager` on iOS 14+); later
+        /// changes go through `setTrackingAuthorization`.
+        public var trackingAuthorization: TrackingAuthorization?
         public var flushAt: Int?
         public var flushInterval: TimeInterval?
         public var maxQueueEvents: Int?
@@ -76,6 +91,10 @@ public final class Trailmark: @unchecked Sendable {
         public var os: String?
         public var osVersion: String?
         public var model: String?
+        public var manufacturer: String?
+        /// The screen in pixels (filled on iOS when the configuration is made on the main thread).
+        public var screenWidth: Int?
+        public var screenHeight: Int?
         public var locale: String? = Locale.current.identifier
         public var timezone: String? = TimeZone.current.identifier
         /// The core's debug lines (one per decision) to the platform log (`os_log`, subsystem
@@ -98,6 +117,46 @@ public final class Trailmark: @unchecked Sendable {
             let v = ProcessInfo.processInfo.operatingSystemVersion
             osVersion = "\(v.majorVersion).\(v.minorVersion).\(v.patchVersion)"
             appVersion = Bundle.main.infoDictionary?["CFBundleShortVersionString"] as? String
+            appBuild = Bundle.main.infoDictionary?["CFBundleVersion"] as? String
+            #if os(iOS) || os(tvOS) || os(macOS) || os(watchOS) || os(visionOS)
+            manufacturer = "Apple"
+            model = Configuration.machine()
+            #endif
+            #if canImport(AppTrackingTransparency)
+            if #available(iOS 14, tvOS 14, macOS 11, *) {
+                trackingAuthorization = Configuration.tracking(ATTrackingManager.trackingAuthorizationStatus)
+            }
+            #endif
+            #if canImport(UIKit) && !os(watchOS)
+            if Thread.isMainThread {
+                let bounds = MainActor.assumeIsolated { UIScreen.main.nativeBounds }
+                screenWidth = Int(bounds.width)
+                screenHeight = Int(bounds.height)
+            }
+            #endif
+        }
+
+        #if canImport(AppTrackingTransparency)
+        @available(iOS 14, tvOS 14, macOS 11, *)
+        static func tracking(_ s: ATTrackingManager.AuthorizationStatus) -> TrackingAuthorization {
+            switch s {
+            case .notDetermined: return .notDetermined
+            case .restricted: return .restricted
+            case .denied: return .denied
+            case .authorized: return .authorized
+            @unknown default: return .denied
+            }
+        }
+        #endif
+
+        /// The hardware model (`iPhone15,2`), from `uname`.
+        static func machine() -> String? {
+            var info = utsname()
+            guard uname(&info) == 0 else { return nil }
+            let name = withUnsafeBytes(of: &info.machine) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            return name.isEmpty ? nil : name
         }
 
         func record() throws -> TrailmarkConfig {
@@ -111,7 +170,11 @@ public final class Trailmark: @unchecked Sendable {
                 flushAt: flushAt.map { UInt32(clamping: $0) },
                 flushIntervalMs: flushInterval.map { UInt64(max(0, $0) * 1000) },
                 maxQueueEvents: maxQueueEvents.map { UInt32(clamping: $0) },
-                hashedTraits: hashedTraits, debug: debug)
+                hashedTraits: hashedTraits, debug: debug, appBuild: appBuild, manufacturer: manufacturer,
+                screenWidth: screenWidth.map { UInt32(clamping: $0) }, screenHeight: screenHeight.map { UInt32(clamping: $0) },
+                lifecycleEvents: lifecycleEvents,
+                trackingAuthorizationWaitMs: trackingAuthorizationWait.map { UInt64(max(0, $0) * 1000) },
+                trackingAuthorization: trackingAuthorization)
         }
 
         static func defaultDatabasePath() throws -> String {
@@ -137,6 +200,12 @@ public final class Trailmark: @unchecked Sendable {
         logger: (@Sendable (String) -> Void)? = nil
     ) throws -> Trailmark {
         let tm = Trailmark(sdk: try TrailmarkSdk.start(config: try config.record(), transport: transport))
+        #if canImport(UIKit) && !os(watchOS)
+        if config.autoScreenViews {
+            ScreenViews.shared.sdk = tm.sdk
+            ScreenViews.install()
+        }
+        #endif
         if config.debug {
             tm.sdk.setDebugLogger(logger: LineLogger(logger ?? Trailmark.platformLog))
         }
@@ -169,6 +238,18 @@ public final class Trailmark: @unchecked Sendable {
     /// `traits` may carry `email` and `phone`: the core hashes them before they leave the device.
     public func identify(_ userId: String, traits: [String: Any] = [:]) {
         sdk.identify(userId: userId, traitsJson: JSONText.encode(traits))
+    }
+
+    /// The advertising id known after the start: the IDFA once App Tracking Transparency
+    /// allows it (`ASIdentifierManager.shared().advertisingIdentifier`), or nil when it is gone.
+    /// A pending install request carries the latest; after the install, a new id is sent as an
+    /// update the server attaches to the device.
+    public func setAdvertisingId(_ id: String?) { sdk.setAdvertisingId(id: id) }
+
+    /// The ATT status. Report `.notDetermined` before showing the prompt: the install request
+    /// then waits (at most `trackingAuthorizationWait`, 5 s after the start) for the answer.
+    public func setTrackingAuthorization(_ status: TrackingAuthorization) {
+        sdk.setTrackingAuthorization(status: status)
     }
 
     /// Adds a middleware, run after those added before on every later `track`, `screen` and
@@ -451,3 +532,33 @@ private protocol OptionalProtocol {
 extension Optional: OptionalProtocol {
     var wrapped: Any? { self.map { $0 as Any } }
 }
+
+#if canImport(UIKit) && !os(watchOS)
+/// Automatic screen views: `viewDidAppear` of every view controller reports its class name
+/// (one exchange of implementations, made once; UIKit's own containers are skipped).
+final class ScreenViews: @unchecked Sendable {
+    static let shared = ScreenViews()
+    weak var sdk: TrailmarkSdk?
+    private static let exchanged: Void = {
+        guard let original = class_getInstanceMethod(UIViewController.self, #selector(UIViewController.viewDidAppear(_:))),
+              let replacement = class_getInstanceMethod(
+                  UIViewController.self, #selector(UIViewController.trailmarkViewDidAppear(_:)))
+        else { return }
+        method_exchangeImplementations(original, replacement)
+    }()
+
+    static func install() { _ = exchanged }
+
+    func appeared(_ name: String) {
+        guard !name.hasPrefix("UI") else { return }
+        sdk?.screen(name: name, propertiesJson: "{}")
+    }
+}
+
+extension UIViewController {
+    @objc func trailmarkViewDidAppear(_ animated: Bool) {
+        trailmarkViewDidAppear(animated) // the original, after the exchange
+        ScreenViews.shared.appeared(String(describing: type(of: self)))
+    }
+}
+#endif

@@ -131,6 +131,9 @@ func statsMap(_ s: SdkStats) -> [String: Any] {
     return all
 }
 
+let trackingStatuses: [String: TrackingAuthorization] = [
+    "not_determined": .notDetermined, "restricted": .restricted, "denied": .denied, "authorized": .authorized]
+
 func configuration(_ c: [String: Any], _ db: URL) -> Trailmark.Configuration {
     var t = Trailmark.Configuration(appId: c["app_id"] as? String ?? "", appSecret: c["app_secret"] as? String ?? "",
                                     endpoint: c["endpoint"] as? String ?? "")
@@ -150,6 +153,8 @@ func configuration(_ c: [String: Any], _ db: URL) -> Trailmark.Configuration {
     t.flushInterval = (c["flush_interval_ms"] as? NSNumber).map { $0.doubleValue / 1000 }
     t.maxQueueEvents = (c["max_queue_events"] as? NSNumber)?.intValue
     t.hashedTraits = c["hashed_traits"] as? [String]
+    t.trackingAuthorizationWait = (c["tracking_authorization_wait_ms"] as? NSNumber).map { $0.doubleValue / 1000 }
+    t.trackingAuthorization = (c["tracking_authorization"] as? String).flatMap { trackingStatuses[$0] }
     return t
 }
 
@@ -190,6 +195,8 @@ func runScenario(_ file: URL) async throws {
         case "group": s.group(step["group_id"] as! String, traits: step["traits"] as? [String: Any] ?? [:])
         case "alias": s.alias(step["user_id"] as! String)
         case "add_middleware": s.addMiddleware { e in try scripted(step, e) }
+        case "set_advertising_id": s.setAdvertisingId(step["id"] as? String)
+        case "set_tracking_authorization": s.setTrackingAuthorization(trackingStatuses[step["status"] as! String]!)
         case "set_consent":
             s.setConsent(analytics: step["analytics"] as? Bool, attribution: step["attribution"] as? Bool,
                          doNotSell: step["do_not_sell"] as? Bool)

@@ -464,7 +464,7 @@ async fn render(
         None => apps.first().cloned().unwrap_or_default(),
     };
     let now = state.config.clock.now();
-    let steps = q.get("steps").unwrap_or("app_open,purchase").to_owned();
+    let steps = q.get("steps").unwrap_or("app_opened,purchase").to_owned();
     let mut funnel_params = vec![("app_id", app.clone()), ("steps", steps.clone())];
     for k in ["from", "to", "within"] {
         if let Some(v) = q.get(k) {

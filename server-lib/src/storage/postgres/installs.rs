@@ -5,8 +5,8 @@ use super::conversions::{insert_postback, insert_touchpoint};
 use super::{PostgresStorage, json, pool_error};
 use crate::storage::sql::{self, INSTALL_COLUMNS};
 use crate::storage::{
-    DeviceKeys, FraudAlert, InstallCount, InstallLookup, InstallRecord, InstallStore, PostbackRecord, StorageError,
-    StorageFuture, TestDevice, Touchpoint, backend,
+    AdIdUpdate, DeviceKeys, FraudAlert, InstallCount, InstallLookup, InstallRecord, InstallStore, PostbackRecord,
+    StorageError, StorageFuture, TestDevice, Touchpoint, backend,
 };
 
 impl InstallStore for PostgresStorage {
@@ -135,6 +135,14 @@ impl InstallStore for PostgresStorage {
                     created_at: r.get(3),
                 })
                 .collect())
+        })
+    }
+
+    fn attach_advertising_id(&self, u: AdIdUpdate) -> StorageFuture<'_, u64> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let sql = sql::attach_advertising_id(u.column);
+            client.execute(&sql, &[&u.app_id, &u.anonymous_id, &u.value]).await.map_err(backend)
         })
     }
 

@@ -8,8 +8,8 @@ use super::SqliteStorage;
 use super::conversions::{insert_touchpoint, save_postback};
 use crate::storage::sql::{self, INSTALL_COLUMNS, sqlite};
 use crate::storage::{
-    DeviceKeys, FraudAlert, InstallCount, InstallLookup, InstallRecord, InstallStore, PostbackRecord, StorageError,
-    StorageFuture, TestDevice, Touchpoint, backend, json_err,
+    AdIdUpdate, DeviceKeys, FraudAlert, InstallCount, InstallLookup, InstallRecord, InstallStore, PostbackRecord,
+    StorageError, StorageFuture, TestDevice, Touchpoint, backend, json_err,
 };
 
 impl InstallStore for SqliteStorage {
@@ -47,6 +47,14 @@ impl InstallStore for SqliteStorage {
 
     fn install_counts(&self, since: i64) -> StorageFuture<'_, Vec<InstallCount>> {
         self.read(move |c| install_counts(c, since))
+    }
+
+    fn attach_advertising_id(&self, u: AdIdUpdate) -> StorageFuture<'_, u64> {
+        self.write(1, move |tx| {
+            let sql = sql::to_sqlite(&sql::attach_advertising_id(u.column));
+            let n = tx.execute(&sql, params![u.app_id, u.anonymous_id, u.value]).map_err(backend)?;
+            Ok(n as u64)
+        })
     }
 
     fn save_test_device(&self, d: TestDevice) -> StorageFuture<'_, bool> {

@@ -13,6 +13,7 @@ import kotlinx.coroutines.runBlocking
 import uniffi.trailmark_ffi.HttpResponse
 import uniffi.trailmark_ffi.HttpTransport
 import uniffi.trailmark_ffi.SdkStats
+import uniffi.trailmark_ffi.TrackingAuthorization
 import uniffi.trailmark_ffi.TrailmarkConfig
 import uniffi.trailmark_ffi.TrailmarkException
 
@@ -28,6 +29,9 @@ private fun scripted(rule: Map<String, Any?>, e: TrailmarkEvent): TrailmarkEvent
     obj(rule["copy_context"]).forEach { (k, from) -> props[k] = e.context[from as String] }
     return TrailmarkEvent(type, props, e.context)
 }
+
+/** `not_determined` → `NOT_DETERMINED` (the generated enum's names). */
+private fun enumName(s: String) = s.uppercase()
 
 private fun obj(v: Any?): Map<String, Any?> {
     @Suppress("UNCHECKED_CAST")
@@ -141,6 +145,8 @@ fun config(c: Map<String, Any?>, db: File) = TrailmarkConfig(
     flushAt = (c["flush_at"] as Long?)?.toUInt(), flushIntervalMs = (c["flush_interval_ms"] as Long?)?.toULong(),
     maxQueueEvents = (c["max_queue_events"] as Long?)?.toUInt(),
     hashedTraits = (c["hashed_traits"] as List<*>?)?.map { it as String },
+    trackingAuthorizationWaitMs = (c["tracking_authorization_wait_ms"] as Long?)?.toULong(),
+    trackingAuthorization = (c["tracking_authorization"] as String?)?.let { TrackingAuthorization.valueOf(enumName(it)) },
 )
 
 fun runScenario(file: File) = runBlocking {
@@ -165,6 +171,10 @@ fun runScenario(file: File) = runBlocking {
                 "group" -> tm.group(step["group_id"] as String, obj(step["traits"]))
                 "alias" -> tm.alias(step["user_id"] as String)
                 "add_middleware" -> tm.addMiddleware { e -> scripted(step, e) }
+                "set_advertising_id" -> tm.setAdvertisingId(step["id"] as String?)
+                "set_tracking_authorization" -> tm.setTrackingAuthorization(
+                    TrackingAuthorization.valueOf(enumName(step["status"] as String)),
+                )
                 "set_consent" -> tm.setConsent(step["analytics"] as Boolean?, step["attribution"] as Boolean?, step["do_not_sell"] as Boolean?)
                 "opt_out" -> tm.optOut()
                 "opt_in" -> tm.optIn()

@@ -14,6 +14,7 @@ import uniffi.trailmark_ffi.EventMiddleware
 import uniffi.trailmark_ffi.HttpResponse
 import uniffi.trailmark_ffi.HttpTransport
 import uniffi.trailmark_ffi.SdkStats
+import uniffi.trailmark_ffi.TrackingAuthorization
 import uniffi.trailmark_ffi.TrailmarkConfig
 import uniffi.trailmark_ffi.TrailmarkSdk
 
@@ -160,6 +161,20 @@ class Trailmark private constructor(private val sdk: TrailmarkSdk) : AutoCloseab
      */
     fun alias(newUserId: String) {
         if (!closed) sdk.alias(newUserId)
+    }
+
+    /**
+     * The advertising id known after the start (the GAID once fetched; the Android glue does
+     * that), or null when it is gone (limit ad tracking). A pending install request carries the
+     * latest; after the install, a new id is sent as an update the server attaches to the device.
+     */
+    fun setAdvertisingId(id: String?) {
+        if (!closed) sdk.setAdvertisingId(id)
+    }
+
+    /** The App Tracking Transparency status (iOS apps built with Kotlin Multiplatform). */
+    fun setTrackingAuthorization(status: TrackingAuthorization) {
+        if (!closed) sdk.setTrackingAuthorization(status)
     }
 
     /**

@@ -21,7 +21,9 @@ import uniffi.trailmark_ffi.TrailmarkConfig
 object TrailmarkAndroid {
     /**
      * Starts the SDK for this app. Call once, on the main thread (Application.onCreate).
-     * [configure] may change the config (consent, GAID once the host obtained it, ...).
+     * [configure] may change the config (consent, `lifecycleEvents = false`, ...). The GAID is
+     * fetched here (off the main thread, honouring limit ad tracking); [autoScreenViews] sends a
+     * `screen_view` for every resumed Activity.
      */
     @SuppressLint("HardwareIds")
     @JvmStatic
@@ -32,23 +34,64 @@ object TrailmarkAndroid {
         appSecret: String,
         endpoint: String,
         configure: (TrailmarkConfig) -> TrailmarkConfig = { it },
+        autoScreenViews: Boolean = false,
     ): Trailmark {
         val app = context.applicationContext
-        val version = runCatching { app.packageManager.getPackageInfo(app.packageName, 0).versionName }.getOrNull()
+        val info = runCatching { app.packageManager.getPackageInfo(app.packageName, 0) }.getOrNull()
+        val build = info?.let { if (Build.VERSION.SDK_INT >= 28) it.longVersionCode else @Suppress("DEPRECATION") it.versionCode.toLong() }
+        val metrics = app.resources.displayMetrics
         val config = TrailmarkConfig(
             appId = appId, appSecret = appSecret, endpoint = endpoint,
             dbPath = File(app.noBackupFilesDir, "trailmark.db").path,
             deviceId = Settings.Secure.getString(app.contentResolver, Settings.Secure.ANDROID_ID),
-            appVersion = version, os = "Android", osVersion = Build.VERSION.RELEASE, model = Build.MODEL,
+            appVersion = info?.versionName, os = "Android", osVersion = Build.VERSION.RELEASE, model = Build.MODEL,
             locale = Locale.getDefault().toLanguageTag(), timezone = TimeZone.getDefault().id,
+            appBuild = build?.toString(), manufacturer = Build.MANUFACTURER,
+            screenWidth = metrics.widthPixels.toUInt(), screenHeight = metrics.heightPixels.toUInt(),
         )
         val tm = Trailmark.start(configure(config))
         ProcessLifecycleOwner.get().lifecycle.addObserver(object : DefaultLifecycleObserver {
             override fun onStart(owner: LifecycleOwner) = tm.onForeground()
             override fun onStop(owner: LifecycleOwner) = tm.onBackground()
         })
+        if (autoScreenViews) trackActivities(app, tm)
+        fetchAdvertisingId(app, tm)
         readInstallReferrer(app, tm)
         return tm
+    }
+
+    /** Automatic screen views: a `screen_view` named after each Activity when it resumes. */
+    private fun trackActivities(app: Context, tm: Trailmark) {
+        (app as? android.app.Application)?.registerActivityLifecycleCallbacks(
+            object : android.app.Application.ActivityLifecycleCallbacks {
+                override fun onActivityResumed(activity: android.app.Activity) = tm.screen(activity.javaClass.simpleName)
+                override fun onActivityCreated(activity: android.app.Activity, state: android.os.Bundle?) = Unit
+                override fun onActivityStarted(activity: android.app.Activity) = Unit
+                override fun onActivityPaused(activity: android.app.Activity) = Unit
+                override fun onActivityStopped(activity: android.app.Activity) = Unit
+                override fun onActivitySaveInstanceState(activity: android.app.Activity, state: android.os.Bundle) = Unit
+                override fun onActivityDestroyed(activity: android.app.Activity) = Unit
+            },
+        )
+    }
+
+    /**
+     * Fetches the GAID off the main thread (Play services' `AdvertisingIdClient`, looked up by
+     * reflection so apps without Play services need nothing) and hands it to the core, or null
+     * when the user limited ad tracking. A pending install request carries it; a later one is
+     * sent as an update.
+     */
+    private fun fetchAdvertisingId(app: Context, tm: Trailmark) {
+        Thread({
+            val id = runCatching {
+                val client = Class.forName("com.google.android.gms.ads.identifier.AdvertisingIdClient")
+                val info = client.getMethod("getAdvertisingIdInfo", Context::class.java).invoke(null, app)
+                val limited = info.javaClass.getMethod("isLimitAdTrackingEnabled").invoke(info) as Boolean
+                if (limited) null else info.javaClass.getMethod("getId").invoke(info) as String?
+            }
+            // No Play services (or it failed): leave whatever the configuration said.
+            id.onSuccess { tm.setAdvertisingId(it) }
+        }, "trailmark-gaid").start()
     }
 
     /** Hands the Play Install Referrer to the core (which ignores it after the first install). */
