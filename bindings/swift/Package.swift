@@ -1,4 +1,4 @@
-// swift-tools-version:5.9
+// swift-tools-version:5.10
 // The Trailmark SDK for Apple platforms (and Linux, where its tests run).
 //
 // `Sources/Trailmark/Generated/trailmark_ffi.swift` and the C header are generated from the

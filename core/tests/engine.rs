@@ -1091,3 +1091,38 @@ fn lifecycle_events_follow_the_app() {
     let updated = server.stored.iter().find(|e| e["type"] == "app_updated").expect("an update from 1.2");
     assert_eq!(updated["properties"]["previous_version"], "1.2");
 }
+
+/// Late advertising ids: an id set while the install request is out goes as an
+/// `advertising_id` event once the install is answered; one recorded while tracking was allowed
+/// leaves without its id if tracking is denied before the upload; `app_opened` is once per
+/// open (a second foreground without a background records none).
+#[test]
+fn late_advertising_ids_follow_consent_at_upload_and_the_install_answer() {
+    let store = MemoryStore::new();
+    let mut c = config();
+    c.device.os = Some("iOS".into());
+    c.advertising_id = Some("IDFA-0".into());
+    let mut engine = Engine::open(c, store, T0, seed(7)).unwrap();
+    engine.on_foreground(T0);
+    engine.on_foreground(T0 + 10);
+    // The install request goes out with IDFA-0; IDFA-1 comes while it is out.
+    let Action::Upload(install) = engine.poll(T0 + 20) else { panic!("the install request first") };
+    assert!(install.url.ends_with("/v1/install"));
+    assert!(String::from_utf8_lossy(&install.body).contains("IDFA-0"));
+    engine.set_advertising_id(T0 + 30, Some("IDFA-1")).unwrap();
+    let organic = serde_json::to_vec(&json!({"attributed": false, "match_type": "organic", "confidence": 0.0,
+        "campaign_id": null, "link_id": null, "click_id": null, "network": null, "deep_link": null,
+        "fraud": {"flags": [], "rejected": false}, "reinstall": false}))
+    .unwrap();
+    engine.report(T0 + 40, install.batch_id, UploadOutcome::Response { status: 200, retry_after: None, body: organic });
+    let mut server = Collector::default();
+    drive(&mut engine, T0 + 45, 60_000, |t, now| server.accept(t, now, |_| false));
+    // IDFA-2 recorded while allowed, then tracking denied before the upload.
+    engine.set_advertising_id(T0 + 70_000, Some("IDFA-2")).unwrap();
+    engine.set_tracking_authorization(T0 + 70_010, trailmark_core::engine::TrackingAuthorization::Denied);
+    drive(&mut engine, T0 + 70_020, 60_000, |t, now| server.accept(t, now, |_| false));
+    let late: Vec<_> =
+        server.stored.iter().filter(|e| e["type"] == "advertising_id").map(|e| e["properties"].clone()).collect();
+    assert_eq!(late, [json!({"idfa": "IDFA-1"}), json!({})], "IDFA-2 left without its id");
+    assert_eq!(server.types().iter().filter(|t| *t == "app_opened").count(), 1);
+}

@@ -484,7 +484,10 @@ impl TrailmarkSdk {
 
     /// Sends the core's debug lines to `logger` (with `debug` set in the configuration).
     pub fn set_debug_logger(&self, logger: Arc<dyn DebugLogger>) {
-        let _ = self.inner.set_logger(Box::new(move |line: &str| logger.log(line.to_owned())));
+        // A host logger that fails must not take the worker with it: its line is lost.
+        let _ = self.inner.set_logger(Box::new(move |line: &str| {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| logger.log(line.to_owned())));
+        }));
     }
 
     /// Adds a middleware, run after those added before on every later `track`, `screen` and

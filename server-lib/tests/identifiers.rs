@@ -367,4 +367,10 @@ async fn a_late_advertising_id_is_attached_to_the_install_hashed() {
     let left: i64 =
         conn.query_row("SELECT count(*) FROM installs WHERE anonymous_id = 'anon-late'", [], |r| r.get(0)).unwrap();
     assert_eq!(left, 0, "deleted by the late IDFA");
+    // The deletion suppressed that IDFA: a new install cannot take it back through a late id.
+    let install = json!({"event_id": uuid::Uuid::new_v4().to_string(), "anonymous_id": "anon-again", "timestamp": now,
+        "platform": "ios", "device": {"idfv": "C1C2C3C4-0000-4000-8000-00000000000F"}});
+    post("/v1/install", install).await;
+    assert_eq!(post("/v1/event", late("anon-again", IDFA, Value::Null)).await["accepted"], 1);
+    assert_eq!(idfa_of("anon-again"), None, "a suppressed IDFA is not attached");
 }

@@ -25,6 +25,9 @@ const BEACON_BYTES = 60_000;
 const KEEPALIVE_BYTES = 60_000;
 const camel = (s: string) => s.replace(/_([a-z])/g, (_, c: string) => c.toUpperCase());
 const browser = typeof window !== 'undefined' && typeof document !== 'undefined';
+
+/** A non-negative whole number for the core's integer settings (screen sizes may be fractional). */
+const whole = (n: number | undefined): number | undefined => (n === undefined || !(n >= 0) ? undefined : Math.round(n));
 const text = (e: unknown) => (e instanceof Error ? e.message : String(e));
 
 // ---------------------------------------------------------------------------------------------
@@ -149,7 +152,15 @@ export async function start(
   const now = o.now ?? Date.now;
   const transport = o.transport ?? fetchTransport;
   // Debug lines: what a call or an answer changed in the core's counters (its decisions).
-  const log = o.debug ? (o.logger ?? ((line: string) => console.debug('[trailmark] ' + line))) : undefined;
+  const sink = o.logger ?? ((line: string) => console.debug('[trailmark] ' + line));
+  // A logger that throws loses its line, never a call of the page.
+  const log = o.debug
+    ? (line: string) => {
+        try {
+          sink(line);
+        } catch {}
+      }
+    : undefined;
   const counters = (): Record<string, number> => JSON.parse(core!.stats());
   const changes = (what: string, before: Record<string, number>): void => {
     const after = counters();
@@ -259,12 +270,12 @@ export async function start(
     }
     if (!core) return;
     const before = log && counters();
-    log?.(`upload ${u.url}: ${u.body.length} bytes; answer ${response ? 'HTTP ' + response.status : failure}`);
     if (response) {
       const at = now();
       core.report(at, u.id, response.status, retryAfter(response.retryAfter, at), response.body ?? '');
     }
     else core.report_network_error(now(), u.id, failure || 'no response');
+    log?.(`upload ${u.url}: ${u.body.length} bytes; answer ${response ? 'HTTP ' + response.status : failure}`);
     if (before) changes('answer', before);
     persist();
   };
@@ -321,10 +332,10 @@ export async function start(
     hashed_traits: o.hashedTraits,
     app_build: c.appBuild,
     manufacturer: c.manufacturer,
-    screen_width: c.screenWidth ?? (browser ? screen.width : undefined),
-    screen_height: c.screenHeight ?? (browser ? screen.height : undefined),
+    screen_width: whole(c.screenWidth ?? (browser ? screen.width : undefined)),
+    screen_height: whole(c.screenHeight ?? (browser ? screen.height : undefined)),
     lifecycle_events: o.lifecycleEvents ?? false,
-    tracking_authorization_wait_ms: o.trackingAuthorizationWaitMs,
+    tracking_authorization_wait_ms: whole(o.trackingAuthorizationWaitMs),
     tracking_authorization: o.trackingAuthorization,
   };
   const seed = new Uint8Array(32);
@@ -407,6 +418,8 @@ export async function start(
 
   if (browser && (o.autoLifecycle ?? true)) {
     on(document, 'visibilitychange', () => run(document.visibilityState === 'hidden' ? 'on_background' : 'on_foreground', now(), []));
+    // With lifecycle events, a page that opened visible has its first foreground (`app_opened`).
+    if (o.lifecycleEvents && document.visibilityState === 'visible') run('on_foreground', now(), []);
     // The page is going away: what is not already in flight leaves in a beacon (signed in the
     // URL; see docs/protocol.md). The events stay queued: if the page lives on, or on the next
     // visit, they are sent again and the server keeps one copy of each.

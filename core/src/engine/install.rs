@@ -41,7 +41,7 @@ impl<S: EventStore> Engine<S> {
     /// (`set_advertising_id`), else the configuration's; none while tracking is denied or
     /// restricted.
     pub fn advertising_id(&self) -> Option<&str> {
-        if matches!(self.state.tracking, Some(TrackingAuthorization::Denied | TrackingAuthorization::Restricted)) {
+        if self.tracking_denied() {
             return None;
         }
         match &self.state.advertising_id {
@@ -57,43 +57,61 @@ impl<S: EventStore> Engine<S> {
         if self.state.tracking == Some(status) {
             return;
         }
-        let before = self.advertising_id().map(str::to_owned);
         self.state.tracking = Some(status);
         self.state_dirty = true;
         log!(self, "tracking authorization: {}", status.as_str());
-        self.advertising_id_changed(now, before);
+        self.sync_advertising_id(now);
     }
 
     /// The advertising id (IDFA, GAID) known after the start, or `None` when it is gone (ATT
-    /// revoked, limit ad tracking). A pending install request carries the latest; after the
-    /// install was reported, a new id goes to the server as an `advertising_id` event (with
-    /// attribution consent), which attaches it to the device's install.
+    /// revoked, limit ad tracking). A pending install request carries the latest; once the
+    /// install was reported, an id the server does not have goes to it as an `advertising_id`
+    /// event (with attribution consent), which attaches it to the device's install.
     pub fn set_advertising_id(&mut self, now: Millis, id: Option<&str>) -> Result<(), ValidationError> {
         if let Some(id) = id {
             let checked = protocol::validate_id("advertising_id", id);
             self.guard(checked)?;
         }
-        let before = self.advertising_id().map(str::to_owned);
         self.state.advertising_id = Some(id.map(str::to_owned));
         self.state_dirty = true;
-        self.advertising_id_changed(now, before);
+        self.sync_advertising_id(now);
         Ok(())
     }
 
-    fn advertising_id_changed(&mut self, now: Millis, before: Option<String>) {
-        let Some(after) = self.advertising_id().map(str::to_owned) else { return };
+    pub(super) fn tracking_denied(&self) -> bool {
+        matches!(self.state.tracking, Some(TrackingAuthorization::Denied | TrackingAuthorization::Restricted))
+    }
+
+    /// Sends the current advertising id as an `advertising_id` event when the install was
+    /// reported and the server does not have this id yet (the install went without it, or with
+    /// another; checked on every change, when the install is answered and at each start).
+    pub(super) fn sync_advertising_id(&mut self, now: Millis) {
         let reported = self.state.installed && self.state.install_request.is_none() && self.config.install_request;
+        let Some(current) = self.advertising_id().map(str::to_owned) else { return };
+        if !reported || self.state.ad_id_reported.as_ref().is_some_and(|r| r.as_deref() == Some(current.as_str())) {
+            return;
+        }
+        if self.state.ad_id_reported.is_none() {
+            // An installation from before the server learned late ids: its install carried the
+            // configured id.
+            self.state.ad_id_reported = Some(Some(current));
+            self.state_dirty = true;
+            return;
+        }
         let key = match self.config.install_platform() {
             Some(Platform::Ios) => "idfa",
             Some(Platform::Android) => "gaid",
             _ => return,
         };
-        if Some(&after) == before.as_ref() || !reported || !self.attribution_allowed() {
+        if !self.attribution_allowed() || !matches!(self.collection(), Collect::Queue | Collect::Hold) {
             return;
         }
         let mut props = crate::json::Object::new();
-        props.insert(key, after.as_str());
-        let _ = self.record(now, "advertising_id", props, None);
+        props.insert(key, current.as_str());
+        if self.record(now, "advertising_id", props, None).is_ok() {
+            self.state.ad_id_reported = Some(Some(current));
+            self.state_dirty = true;
+        }
     }
 
     /// The install request goes first, once collection, uploads and attribution are allowed
@@ -134,6 +152,7 @@ impl<S: EventStore> Engine<S> {
     fn build_install(&mut self, now: Millis, platform: Platform, pending: PendingInstall) -> UploadTask {
         let id = self.config.device_id.clone();
         let ad = self.advertising_id().map(str::to_owned);
+        self.install_sent_ad.clone_from(&ad);
         let (idfa, idfv, gaid, android_id) = match platform {
             Platform::Ios => (ad, id, None, None),
             Platform::Android => (None, None, ad, id),
@@ -202,6 +221,9 @@ impl<S: EventStore> Engine<S> {
             let _match_type = result.str("match_type").unwrap_or_default().to_owned();
             self.state.attribution = Some(result.to_json());
             self.state.install_request = None;
+            // What the server has now; a newer id (set while the request was out) goes next.
+            self.state.ad_id_reported = Some(self.install_sent_ad.take());
+            self.sync_advertising_id(now);
             self.retry = None;
             self.not_before = None;
             self.state_dirty = true;

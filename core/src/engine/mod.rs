@@ -65,6 +65,11 @@ pub struct Engine<S: EventStore> {
     backgrounded: bool,
     /// When this engine opened (the start the ATT wait counts from).
     started_at: Millis,
+    /// The advertising id of the install request out (what the server has once it answers).
+    install_sent_ad: Option<String>,
+    /// `on_foreground` came before in this process (`app_opened` once per open, not on every
+    /// return from an inactive state).
+    opened: bool,
 }
 
 /// A random (version 4) UUID, hyphenated lower-case hex.
@@ -141,6 +146,7 @@ impl<S: EventStore> Engine<S> {
                 app_build: None,
                 advertising_id: None,
                 tracking: None,
+                ad_id_reported: Some(None),
             }
         });
         let max_seq = snapshot.entries.iter().map(|e| e.seq).max().unwrap_or(0);
@@ -180,6 +186,8 @@ impl<S: EventStore> Engine<S> {
             logger: None,
             backgrounded: false,
             started_at: now,
+            install_sent_ad: None,
+            opened: false,
         };
         if !engine.queue.is_empty() {
             // Whatever survived a restart goes out on the first poll.
@@ -214,6 +222,7 @@ impl<S: EventStore> Engine<S> {
             }
         }
         engine.note_app_version(now, installed_before);
+        engine.sync_advertising_id(now);
         Ok(engine)
     }
 
@@ -253,12 +262,15 @@ impl<S: EventStore> Engine<S> {
     pub fn on_foreground(&mut self, now: Millis) {
         if matches!(self.collection(), Collect::Queue | Collect::Hold) {
             self.ensure_session(now);
-            if self.config.lifecycle_events {
+            // Once per open: the first foreground of the process, or after a background (iOS
+            // also reports the return from an alert, the ATT prompt or Control Center).
+            if self.config.lifecycle_events && (!self.opened || self.backgrounded) {
                 let mut props = Object::new();
                 props.insert("from_background", self.backgrounded);
                 let _ = self.record(now, "app_opened", props, None);
             }
         }
+        self.opened = true;
         self.backgrounded = false;
     }
 

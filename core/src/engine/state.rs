@@ -49,6 +49,9 @@ pub(super) struct State {
     pub(super) advertising_id: Option<Option<String>>,
     /// The App Tracking Transparency status the host reported.
     pub(super) tracking: Option<super::TrackingAuthorization>,
+    /// The advertising id the server has for the install (sent in the install request or an
+    /// `advertising_id` event); `None` in states from before late ids were sent.
+    pub(super) ad_id_reported: Option<Option<String>>,
 }
 
 /// What the install request (`POST /v1/install`) will carry.
@@ -143,6 +146,9 @@ impl State {
             o.str_or_null("advertising_id", ad.as_deref());
         }
         o.opt_str("tracking", self.tracking.map(super::TrackingAuthorization::as_str));
+        if let Some(reported) = &self.ad_id_reported {
+            o.str_or_null("ad_id_reported", reported.as_deref());
+        }
         o.end();
         w.into_bytes()
     }
@@ -186,12 +192,10 @@ impl State {
             group_id: optional(o, "group_id", string)?,
             app_version: optional(o, "app_version", string)?,
             app_build: optional(o, "app_build", string)?,
-            advertising_id: match o.get("advertising_id") {
-                None => None,
-                Some(Value::Null) => Some(None),
-                Some(v) => Some(Some(string(v)?)),
-            },
-            tracking: optional(o, "tracking", |v| v.as_str().and_then(super::TrackingAuthorization::parse))?,
+            // Values this version cannot read are ignored (never a reason to start afresh).
+            advertising_id: o.get("advertising_id").map(string),
+            tracking: o.get("tracking").and_then(Value::as_str).and_then(super::TrackingAuthorization::parse),
+            ad_id_reported: o.get("ad_id_reported").map(string),
         })
     }
 }

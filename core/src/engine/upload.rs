@@ -134,6 +134,9 @@ impl<S: EventStore> Engine<S> {
         dropped: Option<DropReport>,
     ) -> Vec<u8> {
         let strip = !self.attribution_allowed();
+        // A late advertising id leaves only while tracking is allowed now (ATT can be revoked
+        // after the event was recorded).
+        let strip_ids = strip || self.tracking_denied();
         let sent_at = protocol::format_millis(now);
         let mut body = Vec::with_capacity(capacity);
         body.extend_from_slice(b"{\"sent_at\":\"");
@@ -143,7 +146,7 @@ impl<S: EventStore> Engine<S> {
             if i > 0 {
                 body.push(b',');
             }
-            if strip {
+            if strip || (strip_ids && is_advertising_id(event)) {
                 body.extend_from_slice(&strip_attribution(event));
             } else {
                 body.extend_from_slice(event);
@@ -229,7 +232,12 @@ impl<S: EventStore> Engine<S> {
             Verdict::Ack { response, status } => self.acknowledge(now, flight, response, status),
             Verdict::Split => {
                 self.batch_limit = (n / 2).max(1);
-                log!(self, "batch {batch_id} refused as a whole ({outcome:?}); retrying {} at a time", (n / 2).max(1));
+                log!(
+                    self,
+                    "batch {batch_id} refused as a whole ({}); retrying {} at a time",
+                    Brief(&outcome),
+                    (n / 2).max(1)
+                );
             }
             Verdict::AuthPause => {
                 let fresh = matches!(&outcome, UploadOutcome::Response { body, .. } if self.learn_clock(now, body));
@@ -385,7 +393,7 @@ impl<S: EventStore> Engine<S> {
         self.not_before = Some(now + delay);
         self.state.stats.upload_failures += 1;
         self.state_dirty = true;
-        log!(self, "{_what} failed ({_outcome:?}); retry in {delay} ms");
+        log!(self, "{_what} failed ({}); retry in {delay} ms", Brief(_outcome));
     }
 }
 
@@ -398,8 +406,21 @@ pub(super) fn error_code(body: &[u8]) -> (String, Option<i64>) {
     (error.and_then(|e| e.field_str("code")).unwrap_or_default(), error.and_then(|e| e.get("server_time")?.as_i64()))
 }
 
-/// Removes what only attribution consent allows to leave the device: `device_id` and
-/// `context.campaign`.
+/// Whether a stored event is a late advertising id (`advertising_id`).
+fn is_advertising_id(event: &[u8]) -> bool {
+    const TYPE: &[u8] = b"\"type\":\"advertising_id\"";
+    let mut i = 0;
+    while i + TYPE.len() <= event.len() {
+        if &event[i..i + TYPE.len()] == TYPE {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Removes what only attribution consent allows to leave the device: `device_id`,
+/// `context.campaign`, and the id of a late advertising id event.
 fn strip_attribution(event: &[u8]) -> Vec<u8> {
     // serde_json's own limit (128), as before: events the engine wrote nest at most 34 levels.
     let parsed = core::str::from_utf8(event).ok().and_then(|t| json::parse(t, 128).ok());
@@ -409,11 +430,29 @@ fn strip_attribution(event: &[u8]) -> Vec<u8> {
             if let Some(Value::Object(context)) = map.get_mut("context") {
                 context.remove("campaign");
             }
+            if map.str("type") == Some("advertising_id")
+                && let Some(Value::Object(properties)) = map.get_mut("properties")
+            {
+                properties.remove("idfa");
+                properties.remove("gaid");
+            }
             let mut w = json::Writer::with_capacity(event.len());
             w.object(&map);
             w.into_bytes()
         }
         _ => event.to_vec(),
+    }
+}
+
+/// An upload's outcome in a log line: the status, or the network error (not the body).
+struct Brief<'a>(&'a UploadOutcome);
+
+impl core::fmt::Display for Brief<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            UploadOutcome::Response { status, .. } => write!(f, "HTTP {status}"),
+            UploadOutcome::NetworkError(e) => write!(f, "network error: {e}"),
+        }
     }
 }
 

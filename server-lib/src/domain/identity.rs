@@ -37,9 +37,10 @@ pub fn alias_link(e: &mut NewEvent, stored_id: impl Fn(&str) -> String) -> Optio
 
 /// What an `advertising_id` event (an IDFA after an ATT grant, a GAID fetched late: the SDK
 /// sends one when the id arrives after the install was reported) attaches to the device's
-/// install, with the id in its properties replaced by its stored form (`stored_id`: the keyed
-/// hash of device ids; `None` for an all-zero id, which is dropped). Nothing is attached when
-/// the event says attribution consent was denied, or for other events.
+/// install: the id in its stored form (`stored_id`: the keyed hash of device ids; `None` for an
+/// all-zero id). The id is taken out of the event's properties: it is kept with the install
+/// only, where a deletion by that id finds it. Nothing is attached when the event says
+/// attribution consent was denied, or for other events.
 pub fn advertising_id_update(e: &mut NewEvent, stored_id: impl Fn(&str) -> Option<String>) -> Option<AdIdUpdate> {
     if e.event_type != "advertising_id" {
         return None;
@@ -47,21 +48,14 @@ pub fn advertising_id_update(e: &mut NewEvent, stored_id: impl Fn(&str) -> Optio
     let mut properties: Map<String, Value> = serde_json::from_str(&e.properties).ok()?;
     let mut update = None;
     for column in ["idfa", "gaid"] {
-        let Some(raw) = properties.get(column) else { continue };
-        let stored = raw.as_str().and_then(&stored_id);
-        match &stored {
-            Some(value) => {
-                properties.insert(column.into(), Value::String(value.clone()));
-                update.get_or_insert(AdIdUpdate {
-                    app_id: e.app_id.clone(),
-                    anonymous_id: e.anonymous_id.clone(),
-                    column,
-                    value: value.clone(),
-                });
-            }
-            None => {
-                properties.remove(column);
-            }
+        let Some(raw) = properties.remove(column) else { continue };
+        if let Some(value) = raw.as_str().and_then(&stored_id) {
+            update.get_or_insert(AdIdUpdate {
+                app_id: e.app_id.clone(),
+                anonymous_id: e.anonymous_id.clone(),
+                column,
+                value,
+            });
         }
     }
     e.properties = Value::Object(properties).to_string();
@@ -135,7 +129,7 @@ mod tests {
     }
 
     #[test]
-    fn a_late_advertising_id_is_stored_hashed_and_attached_unless_attribution_was_denied() {
+    fn a_late_advertising_id_is_attached_hashed_and_never_kept_in_the_event() {
         let event = |props: Value, context: Value| NewEvent {
             app_id: "app".into(),
             event_type: "advertising_id".into(),
@@ -148,10 +142,10 @@ mod tests {
         let mut e = event(json!({"idfa": "ABC"}), json!({}));
         let u = advertising_id_update(&mut e, stored).expect("an update");
         assert_eq!((u.column, u.value.as_str(), u.anonymous_id.as_str()), ("idfa", "h:ABC", "anon-1"));
-        assert_eq!(e.properties, r#"{"idfa":"h:ABC"}"#);
-        let mut denied = event(json!({"gaid": "G"}), json!({"consent": {"attribution": false}}));
+        assert_eq!(e.properties, "{}", "the id is kept with the install only");
+        let mut denied = event(json!({"gaid": "G", "n": 1}), json!({"consent": {"attribution": false}}));
         assert_eq!(advertising_id_update(&mut denied, stored), None);
-        assert_eq!(denied.properties, r#"{"gaid":"h:G"}"#, "hashed all the same");
+        assert_eq!(denied.properties, r#"{"n":1}"#, "not stored at all");
         let mut zeros = event(json!({"idfa": "00000000-0000"}), json!({}));
         assert_eq!(advertising_id_update(&mut zeros, stored), None);
         assert_eq!(zeros.properties, "{}");

@@ -15,7 +15,7 @@ use crate::domain::enrich;
 use crate::domain::identity::{advertising_id_update, alias_link};
 use crate::domain::ingest::{IngestRules, Prepared, Sender, prepare};
 use crate::domain::privacy::{event_hash, suppression_hash};
-use crate::domain::records::NewEvent;
+use crate::domain::records::{AdIdUpdate, NewEvent};
 use crate::domain::stream::event_record;
 use crate::storage::StorageError;
 
@@ -128,18 +128,47 @@ pub async fn ingest(
                 }
             }
         }
-        for update in ad_ids {
-            if let Err(e) = svc.storage.attach_advertising_id(update).await {
-                tracing::warn!(error = %e, "advertising id not attached to the install");
-                metrics::counter!("trailmark_advertising_id_errors_total").increment(1);
-            }
-        }
+        attach_advertising_ids(svc, &app_id, ad_ids).await;
         conversions::process(svc, &app_id, followups).await;
     }
     svc.live.events(response.accepted, response.rejected.len() as u64);
     metrics::counter!("trailmark_events_accepted_total", "app" => app_id.clone()).increment(response.accepted);
     metrics::counter!("trailmark_events_duplicate_total", "app" => app_id.clone()).increment(response.duplicates);
     Ok(response)
+}
+
+/// Attaches late advertising ids to their devices' installs: the last per device and kind, and
+/// none that a deletion suppressed (as an install carrying it would be refused). A failure is
+/// logged and counted; the events are stored already.
+async fn attach_advertising_ids(svc: &Services, app_id: &str, updates: Vec<AdIdUpdate>) {
+    if updates.is_empty() {
+        return;
+    }
+    let mut last: HashMap<(String, &'static str), AdIdUpdate> = HashMap::new();
+    for u in updates {
+        last.insert((u.anonymous_id.clone(), u.column), u);
+    }
+    let updates: Vec<AdIdUpdate> = last.into_values().collect();
+    let key = &svc.config.audit_key;
+    let hashes: Vec<String> = updates.iter().map(|u| suppression_hash(key, "device_id", app_id, &u.value)).collect();
+    let suppressed = match svc.storage.screen(app_id.to_owned(), Vec::new(), hashes.clone()).await {
+        Ok(found) => found.ids,
+        Err(e) => {
+            tracing::warn!(error = %e, "advertising ids not screened; not attached");
+            metrics::counter!("trailmark_advertising_id_errors_total").increment(1);
+            return;
+        }
+    };
+    for (u, hash) in updates.into_iter().zip(hashes) {
+        if suppressed.contains(&hash) {
+            metrics::counter!("trailmark_advertising_ids_suppressed_total").increment(1);
+            continue;
+        }
+        if let Err(e) = svc.storage.attach_advertising_id(u).await {
+            tracing::warn!(error = %e, "advertising id not attached to the install");
+            metrics::counter!("trailmark_advertising_id_errors_total").increment(1);
+        }
+    }
 }
 
 fn record_sdk_drops(app: &str, d: &DropReport) {

@@ -16,8 +16,6 @@ import os
 import AppTrackingTransparency
 #endif
 
-/// A running SDK. Recording calls return at once and never throw; misuse is counted in
-/// `stats().refusedInvalid`.
 /// An event as a middleware sees it (see `Trailmark.addMiddleware`): its type, its properties
 /// and the context it will carry (app, device, SDK, consent, group id; read-only).
 public struct TrailmarkEvent {
@@ -50,6 +48,8 @@ final class MiddlewareBox: EventMiddleware, @unchecked Sendable {
     }
 }
 
+/// A running SDK. Recording calls return at once and never throw; misuse is counted in
+/// `stats().refusedInvalid`.
 public final class Trailmark: @unchecked Sendable {
     public static let sdkName = "trailmark-swift"
     public static let sdkVersion = "0.1.0"
@@ -550,7 +550,9 @@ final class ScreenViews: @unchecked Sendable {
     static func install() { _ = exchanged }
 
     func appeared(_ name: String) {
-        guard !name.hasPrefix("UI") else { return }
+        // UIKit's and SwiftUI's own controllers (UINavigationController, _UIHostingView...).
+        guard !name.hasPrefix("UI"), !name.hasPrefix("_"), !name.hasPrefix("UIHosting"), !name.contains("HostingController")
+        else { return }
         sdk?.screen(name: name, propertiesJson: "{}")
     }
 }

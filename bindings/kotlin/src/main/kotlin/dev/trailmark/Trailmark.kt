@@ -51,7 +51,13 @@ class Trailmark private constructor(private val sdk: TrailmarkSdk) : AutoCloseab
             if (config.debug) {
                 val sink = logger ?: ::platformLog
                 sdk.setDebugLogger(object : DebugLogger {
-                    override fun log(line: String) = sink(line)
+                    // A logger that throws loses its line, never the SDK.
+                    override fun log(line: String) {
+                        try {
+                            sink(line)
+                        } catch (e: Throwable) {
+                        }
+                    }
                 })
             }
             return Trailmark(sdk)

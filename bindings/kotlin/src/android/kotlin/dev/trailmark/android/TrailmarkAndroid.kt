@@ -60,7 +60,11 @@ object TrailmarkAndroid {
         return tm
     }
 
-    /** Automatic screen views: a `screen_view` named after each Activity when it resumes. */
+    /**
+     * Automatic screen views: a `screen_view` named after each Activity when it resumes (the
+     * class's simple name: keep Activity names in R8 rules, or track screens by hand, for
+     * readable names in release builds).
+     */
     private fun trackActivities(app: Context, tm: Trailmark) {
         (app as? android.app.Application)?.registerActivityLifecycleCallbacks(
             object : android.app.Application.ActivityLifecycleCallbacks {
@@ -87,10 +91,13 @@ object TrailmarkAndroid {
                 val client = Class.forName("com.google.android.gms.ads.identifier.AdvertisingIdClient")
                 val info = client.getMethod("getAdvertisingIdInfo", Context::class.java).invoke(null, app)
                 val limited = info.javaClass.getMethod("isLimitAdTrackingEnabled").invoke(info) as Boolean
-                if (limited) null else info.javaClass.getMethod("getId").invoke(info) as String?
+                val gaid = if (limited) null else info.javaClass.getMethod("getId").invoke(info) as String?
+                // Android 13+ without the AD_ID permission answers zeros: no id.
+                gaid?.takeUnless { g -> g.all { it == '0' || it == '-' } }
             }
-            // No Play services (or it failed): leave whatever the configuration said.
-            id.onSuccess { tm.setAdvertisingId(it) }
+            // No Play services (or it failed): leave whatever the configuration said. The SDK
+            // may be closed meanwhile: nothing to tell then.
+            id.onSuccess { runCatching { tm.setAdvertisingId(it) } }
         }, "trailmark-gaid").start()
     }
 
