@@ -1047,8 +1047,14 @@ fn lifecycle_events_follow_the_app() {
     let mut engine = Engine::open(versioned("1.0", "10", true), store.clone(), T0, seed(1)).unwrap();
     engine.on_foreground(T0);
     engine.on_background(T0 + 1000);
+    // Opened again by a deep link: app_opened carries it (a link while in the foreground does
+    // not ride on a later open).
+    engine.handle_open_url(T0 + 1500, "shop://product/7").unwrap();
     engine.on_foreground(T0 + 2000);
-    drive(&mut engine, T0 + 2000, 60_000, |t, now| server.accept(t, now, |_| false));
+    engine.handle_open_url(T0 + 2500, "shop://product/8").unwrap();
+    engine.on_background(T0 + 2600);
+    engine.on_foreground(T0 + 2700);
+    drive(&mut engine, T0 + 2700, 60_000, |t, now| server.accept(t, now, |_| false));
     drop(engine);
     // The same version again: no update; then 1.1 (build 11): one.
     let engine = Engine::open(versioned("1.0", "10", true), store.clone(), T0 + 3000, seed(2)).unwrap();
@@ -1076,6 +1082,8 @@ fn lifecycle_events_follow_the_app() {
         lifecycle,
         [
             ("app_opened".to_owned(), json!({"from_background": false})),
+            ("app_backgrounded".to_owned(), json!({})),
+            ("app_opened".to_owned(), json!({"from_background": true, "url": "shop://product/7"})),
             ("app_backgrounded".to_owned(), json!({})),
             ("app_opened".to_owned(), json!({"from_background": true})),
             (

@@ -70,6 +70,9 @@ pub struct Engine<S: EventStore> {
     /// `on_foreground` came before in this process (`app_opened` once per open, not on every
     /// return from an inactive state).
     opened: bool,
+    /// The deep link that is opening the app (`handle_open_url` before the foreground), for
+    /// the next `app_opened`.
+    open_url: Option<String>,
 }
 
 /// A random (version 4) UUID, hyphenated lower-case hex.
@@ -188,6 +191,7 @@ impl<S: EventStore> Engine<S> {
             started_at: now,
             install_sent_ad: None,
             opened: false,
+            open_url: None,
         };
         if !engine.queue.is_empty() {
             // Whatever survived a restart goes out on the first poll.
@@ -267,11 +271,15 @@ impl<S: EventStore> Engine<S> {
             if self.config.lifecycle_events && (!self.opened || self.backgrounded) {
                 let mut props = Object::new();
                 props.insert("from_background", self.backgrounded);
+                if let Some(url) = self.open_url.take() {
+                    props.insert("url", url);
+                }
                 let _ = self.record(now, "app_opened", props, None);
             }
         }
         self.opened = true;
         self.backgrounded = false;
+        self.open_url = None;
     }
 
     /// At start: `app_updated` when the configured version or build differs from the last
@@ -313,6 +321,7 @@ impl<S: EventStore> Engine<S> {
             let _ = self.record(now, "app_backgrounded", Object::new(), None);
         }
         self.backgrounded = true;
+        self.open_url = None;
         if let Some(s) = self.state.session.as_mut() {
             s.last_activity = s.last_activity.max(now);
             self.state_dirty = true;

@@ -255,7 +255,10 @@ impl<S: EventStore> Engine<S> {
             }
         }
         let mut props = Object::new();
-        props.insert("url", clean_value(url, MAX_URL_LEN));
+        let url = clean_value(url, MAX_URL_LEN);
+        // The app is being opened by this link: the next `app_opened` carries it.
+        self.open_url = Some(url.clone());
+        props.insert("url", url);
         let campaign = (!campaign.is_empty()).then_some(campaign);
         let _ = self.record(now, "deep_link_opened", props, campaign);
         Ok(())
