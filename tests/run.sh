@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one test command: ./tests/run.sh [suite ...]
-# Suites: rust, kotlin, swift, js, browser, services. No suite = all of them.
+# Suites: rust, kotlin, swift, js, compat, browser, services. No suite = all of them.
 # Benchmarks, not part of the test run: kotlin-bench, swift-bench (docs/BENCHMARKS.md).
 # Installs what it needs itself; exits non-zero when any test fails; ends with the test
 # runners' own summary lines.
@@ -15,7 +15,7 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 log_dir="${TM_TEST_LOG_DIR:-$root/target/test-logs}"
 mkdir -p "$log_dir"
 
-all_suites=(rust kotlin swift js browser services)
+all_suites=(rust kotlin swift js compat browser services)
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 tool_cache="${TM_TOOL_CACHE:-$HOME/.cache/trailmark}"
 suites=("$@")
@@ -217,6 +217,16 @@ suite_js() {
   summary+=("$(grep -E '^(first script|web size)' "$log_dir/js-size.log")")
 }
 
+# Segment's and RudderStack's own Node SDKs (npm, pinned in tests/compat/package-lock.json)
+# against the reference server's Segment-compatible API (docs/segment.md).
+suite_compat() {
+  step "compat: npm ci in tests/compat (@segment/analytics-node, @rudderstack/rudder-sdk-node)"
+  (cd "$root/tests/compat" && npm ci --no-audit --no-fund --ignore-scripts) || { failed+=("compat-setup"); return; }
+  run compat-server cargo build -p trailmark-examples --bin trailmark-server || return
+  run compat-test env TRAILMARK_SERVER="$target_dir/debug/trailmark-server" npm --prefix "$root/tests/compat" test
+  summary+=("compat: $(node_summary compat-test)")
+}
+
 suite_browser() {
   js_build || { failed+=("browser-setup"); return; }
   need_debs chromium || { failed+=("browser-setup"); return; }
@@ -280,6 +290,7 @@ for suite in "${suites[@]}"; do
     kotlin) suite_kotlin ;;
     swift) suite_swift ;;
     js) suite_js ;;
+    compat) suite_compat ;;
     browser) suite_browser ;;
     services) suite_services ;;
     kotlin-bench) suite_kotlin_bench ;;

@@ -37,6 +37,13 @@ pub struct ServerArgs {
     /// app or APP_ID=ORIGIN for one, e.g. https://shop.example. Repeatable.
     #[arg(long = "cors-origin", value_name = "[APP_ID=]ORIGIN")]
     pub cors_origins: Vec<String>,
+    /// A write key of the Segment-compatible API (docs/segment.md), as APP_ID=KEY: Segment's
+    /// and RudderStack's SDKs send with it. Repeatable (several keys per app: rotation).
+    #[arg(long = "write-key", value_name = "APP_ID=KEY")]
+    pub write_keys: Vec<String>,
+    /// A revoked write key, as APP_ID=KEY: answered 401 revoked_write_key. Repeatable.
+    #[arg(long = "revoked-write-key", value_name = "APP_ID=KEY")]
+    pub revoked_write_keys: Vec<String>,
     /// An iOS app the link domain opens by universal link, as TEAM_ID.BUNDLE_ID (served in
     /// /.well-known/apple-app-site-association). Repeatable.
     #[arg(long = "apple-app", value_name = "TEAM_ID.BUNDLE_ID")]
@@ -286,6 +293,14 @@ impl AppSetting {
     }
 }
 
+/// A write key spec for an error message: the part before the first `=` only.
+fn redact_key(spec: &str) -> String {
+    match spec.split_once('=') {
+        Some((app, _)) => format!("{app}=…"),
+        None => "…".to_owned(),
+    }
+}
+
 /// A credential spec for an error message: the part before the first `:` only.
 fn redact(spec: &str) -> String {
     match spec.split_once(':') {
@@ -438,6 +453,8 @@ struct FileConfig {
     /// Largest |revenue| an event may carry [default: 10000000].
     max_revenue: Option<f64>,
     cors_origins: Option<Vec<String>>,
+    write_keys: Option<Vec<String>>,
+    revoked_write_keys: Option<Vec<String>>,
     apple_apps: Option<Vec<String>>,
     android_apps: Option<Vec<String>>,
     admin_key: Option<String>,
@@ -489,6 +506,8 @@ pub struct Settings {
     pub max_revenue: Option<f64>,
     /// CORS origins: `(None, origin)` for every app, `(Some(app), origin)` for one.
     pub cors_origins: Vec<(Option<String>, String)>,
+    /// Write keys: (app, key, revoked).
+    pub write_keys: Vec<(String, String, bool)>,
     /// Apps opened by universal links / App Links (the well-known files).
     pub deep_link_apps: trailmark_server::domain::wellknown::DeepLinkApps,
     pub admin_key: Option<String>,
@@ -609,6 +628,19 @@ impl ServerArgs {
             }
             cors_origins.push((app, origin));
         }
+        let mut write_keys = Vec::new();
+        let revoked = file.revoked_write_keys.unwrap_or_default().into_iter().chain(self.revoked_write_keys.clone());
+        let keys = file.write_keys.unwrap_or_default().into_iter().chain(self.write_keys.clone()).map(|k| (k, false));
+        for (spec, is_revoked) in keys.chain(revoked.map(|k| (k, true))) {
+            let (app, key) = spec
+                .split_once('=')
+                .filter(|(a, k)| !a.is_empty() && !k.is_empty())
+                .ok_or_else(|| format!("--write-key {:?}: expected APP_ID=KEY", redact_key(&spec)))?;
+            if !apps.iter().any(|s| s.id == app) {
+                return Err(format!("--write-key {app}=…: no app {app:?} (give it with --app)"));
+            }
+            write_keys.push((app.to_owned(), key.to_owned(), is_revoked));
+        }
         let mut deep_link_apps = trailmark_server::domain::wellknown::DeepLinkApps {
             apple: file.apple_apps.unwrap_or_default().into_iter().chain(self.apple_apps.iter().cloned()).collect(),
             android: Vec::new(),
@@ -717,6 +749,7 @@ impl ServerArgs {
             db,
             apps,
             cors_origins,
+            write_keys,
             deep_link_apps,
             admin_key,
             geoip_city: self.geoip_city.clone().or(file.geoip_city),
@@ -1023,6 +1056,11 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
             config = config.with_cors_origin(&id, origin)?;
         }
     }
+    for (app, key, revoked) in &settings.write_keys {
+        if let Some(a) = config.apps.get_mut(app) {
+            a.write_keys.push(trailmark_server::domain::config::WriteKey { key: key.clone(), revoked: *revoked });
+        }
+    }
     config.admin_key = settings.admin_key.clone();
     config.deep_link_apps = settings.deep_link_apps.clone();
     config.ip_key = ip_key;
@@ -1164,5 +1202,40 @@ mod tests {
         assert!(AppSetting::parse("x::web").is_err(), "an empty secret");
         let e = AppSetting::parse(":topsecret").unwrap_err();
         assert!(!e.contains("topsecret"), "no secret in messages: {e}");
+    }
+
+    #[test]
+    fn write_keys_come_from_the_command_line_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "apps = [\"shop:s3cret\"]\nwrite_keys = [\"shop=wk_file\"]\nrevoked_write_keys = [\"shop=wk_old\"]\n",
+        )
+        .unwrap();
+        let args = ServerArgs::parse_from([
+            "trailmark-server",
+            "--config",
+            file.to_str().unwrap(),
+            "--write-key",
+            "shop=wk_cli",
+        ]);
+        let settings = args.settings().unwrap();
+        let mut keys = settings.write_keys.clone();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                ("shop".to_owned(), "wk_cli".to_owned(), false),
+                ("shop".to_owned(), "wk_file".to_owned(), false),
+                ("shop".to_owned(), "wk_old".to_owned(), true)
+            ]
+        );
+        for (spec, part) in [("nokey", "APP_ID=KEY"), ("shop=", "APP_ID=KEY"), ("blog=wk_x", "no app \"blog\"")] {
+            let args = ServerArgs::parse_from(["trailmark-server", "--app", "shop:s", "--write-key", spec]);
+            let e = args.settings().expect_err("refused");
+            assert!(e.contains(part), "{spec}: {e}");
+            assert!(!e.contains("wk_x"), "no key in messages: {e}");
+        }
     }
 }

@@ -1665,3 +1665,46 @@ async fn settle(seen: &std::sync::Mutex<Vec<String>>) {
     first_postback(seen).await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_purchase_carrying_a_click_id_is_credited_like_an_sdks() {
+    // A web shop on Segment's analytics.js forwards the Trailmark click id in its campaign
+    // context (docs/segment.md): the purchase is credited under every model.
+    let srv = start(|c| {
+        c.apps.get_mut("app").unwrap().write_keys = vec![trailmark_server::domain::config::WriteKey::new("wk_shop")];
+    })
+    .await;
+    let (_, _, code) = srv.link("alpha").await;
+    let click = srv.web_click(&code, "").await;
+    srv.clock.advance(MINUTE);
+    let message = json!({"type": "track", "event": "Order Completed", "messageId": "order-1", "anonymousId": "anon-s",
+                         "timestamp": protocol::format_millis(srv.clock.now()),
+                         "context": {"campaign": {"click_id": click}},
+                         "properties": {"total": 30, "currency": "eur"}});
+    for _ in 0..2 {
+        let resp = srv
+            .client
+            .post(format!("{}/v1/batch", srv.base))
+            .basic_auth("wk_shop", Some(""))
+            .json(&json!({"batch": [message]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let conn = rusqlite::Connection::open(&srv.db).unwrap();
+    let rows: Vec<(String, String, f64)> = conn
+        .prepare("SELECT model, click_id, revenue FROM conversions ORDER BY model")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let models: Vec<&str> = rows.iter().map(|(m, _, _)| m.as_str()).collect();
+    assert_eq!(
+        models,
+        ["first_touch", "last_touch", "linear", "time_decay"],
+        "credited once (the retry is a duplicate)"
+    );
+    assert!(rows.iter().all(|(_, c, revenue)| *c == click && (*revenue - 30.0).abs() < 1e-9), "{rows:?}");
+}

@@ -2,9 +2,12 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { repo } from './helpers.mjs';
+import { fileURLToPath } from 'node:url';
+
+// Not from helpers.mjs, which loads the built SDK: tests/compat starts servers without it.
+const repo = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 export const ADMIN = 'adm1n-key-0123456789';
 

@@ -71,6 +71,30 @@ pub struct AppConfig {
     /// app's events from a browser (CORS). Requests with another `Origin` are refused; requests
     /// without one (mobile SDKs, servers) are not affected. Empty: no browser origin at all.
     pub allowed_origins: Vec<String>,
+    /// Write keys of the Segment-compatible API (docs/segment.md): HTTP Basic user name of
+    /// Segment's and RudderStack's SDKs. Separate from the signing secrets; events sent with
+    /// one are unsigned and are never installs. A revoked key stays listed so it is answered
+    /// as revoked.
+    pub write_keys: Vec<WriteKey>,
+}
+
+/// A write key of an app ([`AppConfig::write_keys`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct WriteKey {
+    pub key: String,
+    pub revoked: bool,
+}
+
+impl WriteKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        WriteKey { key: key.into(), revoked: false }
+    }
+}
+
+impl std::fmt::Debug for WriteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteKey").field("key", &"<redacted>").field("revoked", &self.revoked).finish()
+    }
 }
 
 impl AppConfig {
@@ -82,6 +106,7 @@ impl AppConfig {
             server_secret: None,
             schemas: HashMap::new(),
             allowed_origins: Vec::new(),
+            write_keys: Vec::new(),
         }
     }
 
@@ -106,6 +131,7 @@ impl std::fmt::Debug for AppConfig {
             .field("server_secret", &self.server_secret.as_ref().map(|_| "<redacted>"))
             .field("schemas", &self.schemas.keys().collect::<Vec<_>>())
             .field("allowed_origins", &self.allowed_origins)
+            .field("write_keys", &self.write_keys)
             .finish()
     }
 }
@@ -198,6 +224,10 @@ pub struct Limits {
     /// 100 / 200.
     pub click_ip_rate_per_sec: u32,
     pub click_ip_burst: u32,
+    /// Requests per second per app through the Segment-compatible API (write keys; a bucket
+    /// apart from the signed SDKs'), and the burst. Default 1,000 / 2,000.
+    pub write_key_rate_per_sec: u32,
+    pub write_key_burst: u32,
     /// Failed admin authentications (bearer tokens, dashboard sign-ins) one client address
     /// (IPv6: its /64) may make per window; past them it gets 429 without its token being
     /// checked until the window ends. Default 20 per 10 minutes.
@@ -226,6 +256,8 @@ impl Default for Limits {
             network_burst: 2_000,
             click_ip_rate_per_sec: 100,
             click_ip_burst: 200,
+            write_key_rate_per_sec: 1_000,
+            write_key_burst: 2_000,
             admin_failures: 20,
             admin_failure_window_ms: 600_000,
             max_revenue: 10_000_000.0,

@@ -30,6 +30,9 @@ pub struct Sender<'a> {
     pub ua: &'a UserAgent,
     pub geo: &'a Geo,
     pub ip_enc: Option<Vec<u8>>,
+    /// Sent with a write key (the Segment-compatible API), not signed: marked so in the
+    /// stored enrichment (`"auth": "write_key"`).
+    pub unsigned: bool,
 }
 
 /// A body made ready to store.
@@ -106,7 +109,10 @@ pub fn prepare(rules: &IngestRules<'_>, sender: &Sender<'_>, value: Value) -> Re
                 )
             });
         match checked {
-            Ok(e) => {
+            Ok(mut e) => {
+                if sender.unsigned {
+                    mark_unsigned(&mut e);
+                }
                 out.clamped += usize::from(time_clamped(&e));
                 if let Some((click_id, _)) = follow {
                     out.followups.push(Followup {
@@ -128,4 +134,12 @@ pub fn prepare(rules: &IngestRules<'_>, sender: &Sender<'_>, value: Value) -> Re
         }
     }
     Ok(out)
+}
+
+/// Notes in the stored enrichment that the event came with a write key, unsigned.
+fn mark_unsigned(e: &mut NewEvent) {
+    if let Ok(Value::Object(mut enrichment)) = serde_json::from_str::<Value>(&e.enrichment) {
+        enrichment.insert("auth".into(), Value::String("write_key".into()));
+        e.enrichment = Value::Object(enrichment).to_string();
+    }
 }

@@ -26,6 +26,7 @@ pub mod postbacks;
 pub mod privacy;
 pub mod records;
 pub mod reports;
+pub mod segment;
 pub mod stream;
 pub mod validate;
 pub mod wellknown;

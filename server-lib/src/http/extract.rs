@@ -88,6 +88,21 @@ pub fn gunzip(body: &[u8], limit: usize) -> Result<Vec<u8>, ApiError> {
     Ok(out)
 }
 
+/// The body as sent (`Content-Encoding` none or `identity`) or inflated (`gzip`, at most
+/// `limit` bytes); another encoding is a 415.
+pub fn decode_body(headers: &HeaderMap, raw: bytes::Bytes, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    match header_str(headers, header::CONTENT_ENCODING.as_str()).map(str::trim) {
+        None | Some("") | Some("identity") => Ok(raw),
+        Some(enc) if enc.eq_ignore_ascii_case("gzip") => Ok(gunzip(&raw, limit)?.into()),
+        Some(other) => Err(Refusal::new(
+            RefusalKind::Unsupported,
+            "unsupported_encoding",
+            format!("Content-Encoding {other:?} is not supported; use gzip or none"),
+        )
+        .into()),
+    }
+}
+
 /// Parses the body into JSON with the protocol's error codes.
 pub fn parse_json(body: &[u8], max_depth: usize) -> Result<Value, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
@@ -172,7 +187,8 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 /// The client's address (see [`client_ip`]).
 pub struct ClientIp(pub Option<IpAddr>);
 
-fn peer(parts: &Parts) -> Option<IpAddr> {
+/// The socket peer's address.
+pub(crate) fn peer(parts: &Parts) -> Option<IpAddr> {
     parts.extensions.get::<ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
 }
 
@@ -340,22 +356,7 @@ impl<P: SignedPolicy> FromRequest<Arc<AppState>> for SignedBody<P> {
         if credentials.in_query {
             metrics::counter!("trailmark_beacon_requests_total", "app" => app_id.clone()).increment(1);
         }
-        let body = if P::GZIP {
-            match header_str(headers, header::CONTENT_ENCODING.as_str()).map(str::trim) {
-                None | Some("") | Some("identity") => raw,
-                Some(enc) if enc.eq_ignore_ascii_case("gzip") => gunzip(&raw, limit)?.into(),
-                Some(other) => {
-                    return Err(Refusal::new(
-                        RefusalKind::Unsupported,
-                        "unsupported_encoding",
-                        format!("Content-Encoding {other:?} is not supported; use gzip or none"),
-                    )
-                    .into());
-                }
-            }
-        } else {
-            raw
-        };
+        let body = if P::GZIP { decode_body(headers, raw, limit)? } else { raw };
         let sent_at_secs = credentials.timestamp.and_then(|t| t.trim().parse().ok()).unwrap_or(0);
         Ok(SignedBody { app_id, server_signed, ip, body, sent_at_secs, _policy: PhantomData })
     }

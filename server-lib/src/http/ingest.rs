@@ -23,10 +23,8 @@ pub async fn event(State(state): State<Arc<AppState>>, request: Request) -> Resu
     async {
         let signed = SignedBody::<EventPolicy>::from_request(request, &state).await?;
         let value = parse_json(&signed.body, state.config.limits.max_json_depth)?;
-        Ok(Json(
-            ingest::ingest(&state, signed.app_id, signed.server_signed, signed.ip, user_agent.as_deref(), value)
-                .await?,
-        ))
+        let auth = if signed.server_signed { ingest::Auth::ServerSigned } else { ingest::Auth::Signed };
+        Ok(Json(ingest::ingest(&state, signed.app_id, auth, signed.ip, user_agent.as_deref(), value).await?))
     }
     .instrument(span)
     .await

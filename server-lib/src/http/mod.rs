@@ -13,6 +13,7 @@ pub mod install;
 pub mod links;
 pub mod metrics;
 pub mod reports;
+pub mod segment;
 pub mod wellknown;
 
 use std::ops::Deref;
@@ -38,6 +39,8 @@ pub struct AppState {
     metrics: PrometheusHandle,
     /// Login sessions of `/dashboard`.
     pub(crate) dashboard: dashboard::Sessions,
+    /// Write keys of the Segment-compatible API: key → (app, revoked).
+    pub(crate) write_keys: std::collections::HashMap<String, (String, bool)>,
 }
 
 impl Deref for AppState {
@@ -51,7 +54,21 @@ impl AppState {
     /// The HTTP state over `services`; fails on an unusable JWT key.
     pub fn new(services: Arc<Services>) -> Result<Self, String> {
         let jwt = services.config.jwt.as_ref().map(jwt_verifier).transpose()?;
-        Ok(AppState { services, jwt, metrics: metrics::prometheus(), dashboard: Default::default() })
+        let mut write_keys = std::collections::HashMap::new();
+        for (app, config) in &services.config.apps {
+            for k in &config.write_keys {
+                if k.key.trim().is_empty() {
+                    return Err(format!("app {app}: a write key must not be empty"));
+                }
+                if let Some((other, _)) = write_keys.insert(k.key.clone(), (app.clone(), k.revoked)) {
+                    return Err(format!("apps {other} and {app} share a write key; each app needs its own"));
+                }
+                if k.key == config.secret || config.server_secret.as_ref() == Some(&k.key) {
+                    return Err(format!("app {app}: a write key must not be one of the app's signing secrets"));
+                }
+            }
+        }
+        Ok(AppState { services, jwt, metrics: metrics::prometheus(), dashboard: Default::default(), write_keys })
     }
 
     /// Checks an admin key or JWT (constant time for the key); returns who it is, for audit logs.
@@ -86,6 +103,35 @@ impl AppState {
         }
         Err(ApiError::unauthorized("invalid_credentials", "bearer token refused"))
     }
+}
+
+/// The Segment-compatible API's routes (docs/segment.md).
+fn segment_routes() -> Router<Arc<AppState>> {
+    use crate::domain::segment::{Call, Route};
+    use axum::extract::{Request, State};
+    let messages = |route: Route| {
+        post(move |State(state): State<Arc<AppState>>, request: Request| segment::receive(state, route, request))
+    };
+    let mut router = Router::new();
+    for path in ["/v1/batch", "/v1/b", "/v1/import", "/beacon/v1/batch"] {
+        router = router.route(path, messages(Route::Batch));
+    }
+    for (call, paths) in [
+        (Call::Track, ["/v1/track", "/v1/t"]),
+        (Call::Identify, ["/v1/identify", "/v1/i"]),
+        (Call::Page, ["/v1/page", "/v1/p"]),
+        (Call::Screen, ["/v1/screen", "/v1/s"]),
+        (Call::Group, ["/v1/group", "/v1/g"]),
+        (Call::Alias, ["/v1/alias", "/v1/a"]),
+    ] {
+        for path in paths {
+            router = router.route(path, messages(Route::Call(call)));
+        }
+    }
+    router
+        .route("/v1/projects/{write_key}/settings", get(segment::settings))
+        .route("/sourceConfig", get(segment::source_config))
+        .route("/sourceConfig/", get(segment::source_config))
 }
 
 fn jwt_verifier(c: &JwtConfig) -> Result<(jsonwebtoken::DecodingKey, jsonwebtoken::Validation), String> {
@@ -142,6 +188,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/c/{code}", get(links::click_by_code))
         .route("/v1/click", get(links::click_by_link).merge(post(links::s2s_click)))
         .route("/v1/impression", get(links::impression))
+        .merge(segment_routes())
         .route("/dashboard", get(dashboard::index))
         .route("/dashboard/login", get(dashboard::login_page).merge(post(dashboard::login)))
         .route("/dashboard/logout", post(dashboard::logout))

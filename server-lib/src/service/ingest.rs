@@ -19,22 +19,33 @@ use crate::domain::records::{AdIdUpdate, NewEvent};
 use crate::domain::stream::event_record;
 use crate::storage::StorageError;
 
-/// Ingests a parsed body (one event or a batch envelope) from `app_id` (`server_signed`: with
-/// the app's server secret): what was accepted, what was a duplicate, and which events were
-/// rejected and why. The request is refused as a
+/// How a request was authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// Signed with the app's secret (an SDK).
+    Signed,
+    /// Signed with the app's server secret (its owner's backend).
+    ServerSigned,
+    /// A write key of the Segment-compatible API: not signed at all.
+    WriteKey,
+}
+
+/// Ingests a parsed body (one event or a batch envelope) from `app_id`: what was accepted,
+/// what was a duplicate, and which events were rejected and why. The request is refused as a
 /// whole only when the body itself is wrong (not an event or envelope, too many events).
 pub async fn ingest(
     svc: &Services,
     app_id: String,
-    server_signed: bool,
+    auth: Auth,
     ip: Option<IpAddr>,
     user_agent: Option<&str>,
     value: Value,
 ) -> ServiceResult<IngestResponse> {
     let received_at = svc.config.clock.now();
     // Whether this request's revenue may go into network postbacks (docs/protocol.md, "Trust
-    // model").
-    let revenue_trusted = server_signed || svc.config.apps.get(&app_id).is_some_and(|a| a.revenue_in_postbacks());
+    // model"): a server secret's, or as the app's kind says.
+    let revenue_trusted =
+        auth == Auth::ServerSigned || svc.config.apps.get(&app_id).is_some_and(|a| a.revenue_in_postbacks());
     // Per request, not per event: the same client sent them all.
     let ua = user_agent.map(enrich::parse_user_agent).unwrap_or_default();
     let geo = ip.map(|ip| svc.geo.lookup(ip)).unwrap_or_default();
@@ -50,6 +61,7 @@ pub async fn ingest(
         ua: &ua,
         geo: &geo,
         ip_enc: ip.and_then(|ip| svc.ip_cipher.encrypt(ip)),
+        unsigned: auth == Auth::WriteKey,
     };
     let Prepared { mut fresh, mut followups, rejected, dropped, clamped } = prepare(&rules, &sender, value)?;
     // From here on user and device ids are in their stored (hashed) form, the raw values

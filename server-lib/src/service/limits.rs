@@ -43,6 +43,7 @@ pub fn limit_key(ip: IpAddr) -> IpAddr {
 pub struct Limiters {
     app: DefaultKeyedRateLimiter<String>,
     network: DefaultKeyedRateLimiter<String>,
+    write_key: DefaultKeyedRateLimiter<String>,
     ip: DefaultKeyedRateLimiter<IpAddr>,
     click_ip: DefaultKeyedRateLimiter<(String, IpAddr)>,
     /// The limiters' clock, built once (building one per request costs CPU-feature probing).
@@ -65,6 +66,11 @@ impl Limiters {
         Ok(Limiters {
             app: RateLimiter::keyed(quota(limits.app_rate_per_sec, limits.app_burst, "app rate")?),
             network: RateLimiter::keyed(quota(limits.network_rate_per_sec, limits.network_burst, "network rate")?),
+            write_key: RateLimiter::keyed(quota(
+                limits.write_key_rate_per_sec,
+                limits.write_key_burst,
+                "write key rate",
+            )?),
             ip: RateLimiter::keyed(quota(limits.ip_rate_per_sec, limits.ip_burst, "ip rate")?),
             click_ip: RateLimiter::keyed(quota(limits.click_ip_rate_per_sec, limits.click_ip_burst, "click ip rate")?),
             clock: governor::clock::DefaultClock::default(),
@@ -84,7 +90,7 @@ impl Limiters {
             self.ip.shrink_to_fit();
             self.click_ip.retain_recent();
             self.click_ip.shrink_to_fit();
-            for limiter in [&self.app, &self.network] {
+            for limiter in [&self.app, &self.network, &self.write_key] {
                 limiter.retain_recent();
                 limiter.shrink_to_fit();
             }
@@ -125,6 +131,15 @@ impl Limiters {
     pub fn check_app(&self, app: &str) -> Result<(), RateLimited> {
         match self.app.check_key(&app.to_owned()) {
             Err(n) => Err(self.refuse("app", n, "too many requests for this app")),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Per app, for requests with one of its write keys (the Segment-compatible API): a bucket
+    /// apart from the signed SDKs', so a public write key cannot spend the SDKs' quota.
+    pub fn check_write_key(&self, app: &str) -> Result<(), RateLimited> {
+        match self.write_key.check_key(&app.to_owned()) {
+            Err(n) => Err(self.refuse("write_key", n, "too many requests with this app's write keys")),
             Ok(()) => Ok(()),
         }
     }

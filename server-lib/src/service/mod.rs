@@ -16,6 +16,7 @@ pub mod links;
 pub mod live;
 pub mod postbacks;
 pub mod reports;
+pub mod segment;
 pub mod tasks;
 pub mod trace;
 pub mod tracking;

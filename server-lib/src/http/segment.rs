@@ -1,0 +1,167 @@
+//! The Segment-compatible API (docs/segment.md): Segment's tracking routes (`/v1/batch`,
+//! `/v1/track`, … and analytics.js's short `/v1/t`, …, the mobile SDKs' `/v1/b`), the settings
+//! document Segment's SDKs fetch at start, RudderStack's `/sourceConfig` and beacon route.
+//! Authenticated by an app's write key: the HTTP Basic user name (Segment's and RudderStack's
+//! SDKs), else a `writeKey` query parameter or body field (beacons, analytics.js).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{client_ip, decode_body, parse_json, peer, query_param, read_body};
+use crate::domain::segment::Route;
+use crate::service::segment;
+
+/// The app of a write key, or 401.
+fn app_of(state: &AppState, key: &str) -> Result<String, ApiError> {
+    match state.write_keys.get(key) {
+        Some((app, false)) => Ok(app.clone()),
+        Some((app, true)) => {
+            metrics::counter!("trailmark_auth_failures_total", "app" => app.clone()).increment(1);
+            Err(ApiError::unauthorized("revoked_write_key", "this write key was revoked"))
+        }
+        None => Err(ApiError::unauthorized("invalid_write_key", "unknown write key")),
+    }
+}
+
+/// The write key of `Authorization: Basic base64(key:)`, else of the `writeKey` query parameter.
+fn key_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("Basic "))
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .map(|user_pass| user_pass.split_once(':').map_or(user_pass.clone(), |(user, _)| user.to_owned()));
+    basic.filter(|k| !k.is_empty()).or_else(|| query_param(query, "writeKey").filter(|k| !k.is_empty()))
+}
+
+/// `Access-Control-Allow-Origin` for a browser page the app allows; 403 for one it does not.
+/// Requests without an `Origin` (servers, mobile SDKs) are not CORS.
+fn cors(state: &AppState, app: &str, headers: &HeaderMap) -> Result<Option<HeaderValue>, ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return Ok(None) };
+    if state.config.apps.get(app).is_some_and(|a| a.allowed_origins.iter().any(|o| o == origin)) {
+        Ok(HeaderValue::from_str(origin).ok())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            format!("origin {origin:?} is not allowed for this app"),
+        ))
+    }
+}
+
+fn with_cors(mut response: Response, origin: Option<HeaderValue>) -> Response {
+    if let Some(origin) = origin {
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    response
+}
+
+/// `POST` of messages on `route`: 200 `{"success": true, "accepted", "duplicates",
+/// "suppressed", "rejected": [{index, messageId, reason}]}` when any message was kept (Segment's
+/// SDKs read only the status, and a 400 would make them drop the whole batch); 400 with the
+/// same list when every message was refused.
+pub async fn receive(state: Arc<AppState>, route: Route, request: Request) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let ip = client_ip(&parts.headers, peer(&parts), state.config.trusted_hops());
+    state.limits.check_ip(ip)?;
+    // A key in the header or query is checked before the body is read.
+    let early = key_of(&parts.headers, parts.uri.query()).map(|k| app_of(&state, &k)).transpose()?;
+    let limit = state.config.limits.max_body_bytes;
+    let raw = read_body(body, limit, state.config.body_timeout()).await?;
+    let raw = decode_body(&parts.headers, raw, limit)?;
+    let value = parse_json(&raw, state.config.limits.max_json_depth)?;
+    let app = match early {
+        Some(app) => app,
+        None => match value.get("writeKey").and_then(Value::as_str) {
+            Some(key) if !key.is_empty() => app_of(&state, key)?,
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "missing_write_key",
+                    "send the write key as the HTTP Basic user name (or writeKey in the query or body)",
+                ));
+            }
+        },
+    };
+    let origin = cors(&state, &app, &parts.headers)?;
+    state.limits.check_write_key(&app)?;
+    let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let answer = segment::receive(&state, &app, route, ip, user_agent, value).await?;
+    let all_refused = answer.messages > 0 && answer.rejected.len() == answer.messages;
+    let response = if all_refused {
+        let first = answer.rejected.first().map(|r| r.reason.as_str()).unwrap_or_default();
+        let body = json!({
+            "success": false,
+            "error": {"code": "invalid_messages", "message": format!("every message was refused; the first: {first}")},
+            "rejected": answer.rejected,
+        });
+        (StatusCode::BAD_REQUEST, Json(body)).into_response()
+    } else {
+        let mut body = serde_json::to_value(&answer).unwrap_or_default();
+        body["success"] = Value::Bool(true);
+        (StatusCode::OK, Json(body)).into_response()
+    };
+    Ok(with_cors(response, origin))
+}
+
+/// `GET /v1/projects/{writeKey}/settings`: the settings document Segment's SDKs fetch at start
+/// (from Segment's CDN; point the SDK's CDN host here), minimal: the Segment.io destination
+/// with this server as its API host, no device-mode integrations, every event enabled.
+pub async fn settings(
+    State(state): State<Arc<AppState>>,
+    Path(key): Path<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let headers = request.headers();
+    state.limits.check_ip(client_ip(headers, peer_of(&request), state.config.trusted_hops()))?;
+    let app = app_of(&state, &key)?;
+    let origin = cors(&state, &app, headers)?;
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let body = json!({
+        "integrations": {"Segment.io": {"apiKey": key, "apiHost": format!("{host}/v1"), "unbundledIntegrations": [],
+                                         "addBundledMetadata": false, "maybeBundledConfigIds": {}}},
+        "plan": {"track": {"__default": {"enabled": true, "integrations": {}}},
+                 "identify": {"__default": {"enabled": true}}, "group": {"__default": {"enabled": true}}},
+        "edgeFunction": {},
+        "analyticsNextEnabled": true,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        "metrics": {"sampleRate": 0},
+        "legacyVideoPluginsEnabled": false,
+        "remotePlugins": []
+    });
+    Ok(with_cors(Json(body).into_response(), origin))
+}
+
+/// `GET /sourceConfig`: RudderStack's source configuration (its SDKs fetch it at start, with the
+/// write key as the Basic user name or `writeKey` in the query): the source enabled, no
+/// destinations.
+pub async fn source_config(State(state): State<Arc<AppState>>, request: Request) -> Result<Response, ApiError> {
+    let headers = request.headers();
+    state.limits.check_ip(client_ip(headers, peer_of(&request), state.config.trusted_hops()))?;
+    let key = key_of(headers, request.uri().query())
+        .ok_or_else(|| ApiError::unauthorized("missing_write_key", "send the write key as the HTTP Basic user name"))?;
+    let app = app_of(&state, &key)?;
+    let origin = cors(&state, &app, headers)?;
+    let body = json!({
+        "isHosted": false,
+        "source": {"id": app, "name": app, "writeKey": key, "enabled": true, "config": {},
+                   "workspaceId": "trailmark", "destinations": [],
+                   "sourceDefinition": {"name": "Trailmark", "category": null}}
+    });
+    Ok(with_cors(Json(body).into_response(), origin))
+}
+
+fn peer_of(request: &Request) -> Option<std::net::IpAddr> {
+    request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+}
