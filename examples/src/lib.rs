@@ -101,6 +101,10 @@ pub struct ServerArgs {
     /// Requests per second allowed per app [default: 5000].
     #[arg(long)]
     pub app_rate: Option<u32>,
+    /// Requests per second allowed per app with its write keys (the Segment-compatible API;
+    /// a bucket apart from the signed SDKs') [default: 1000].
+    #[arg(long)]
+    pub write_key_rate: Option<u32>,
     /// SQLite durability: full (fsync every group commit; survives power loss) or normal
     /// (survives a killed process) [default: full].
     #[arg(long)]
@@ -466,6 +470,7 @@ struct FileConfig {
     log_format: Option<String>,
     ip_rate: Option<u32>,
     app_rate: Option<u32>,
+    write_key_rate: Option<u32>,
     sync: Option<String>,
     public_url: Option<String>,
     geoip_anonymous: Option<PathBuf>,
@@ -518,6 +523,7 @@ pub struct Settings {
     pub json_logs: bool,
     pub ip_rate: u32,
     pub app_rate: u32,
+    pub write_key_rate: u32,
     pub durability: trailmark_server::Durability,
     pub public_url: Option<String>,
     pub geoip_anonymous: Option<PathBuf>,
@@ -759,6 +765,7 @@ impl ServerArgs {
             json_logs: log_format == "json",
             ip_rate: self.ip_rate.or(file.ip_rate).unwrap_or(100),
             app_rate: self.app_rate.or(file.app_rate).unwrap_or(5_000),
+            write_key_rate: self.write_key_rate.or(file.write_key_rate).unwrap_or(1_000),
         })
     }
 }
@@ -1072,6 +1079,8 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
     config.limits.ip_burst = settings.ip_rate.saturating_mul(2);
     config.limits.app_rate_per_sec = settings.app_rate;
     config.limits.app_burst = settings.app_rate.saturating_mul(2);
+    config.limits.write_key_rate_per_sec = settings.write_key_rate;
+    config.limits.write_key_burst = settings.write_key_rate.saturating_mul(2);
     config.public_url = settings.public_url.clone();
     config.geoip_anonymous = settings.geoip_anonymous.clone();
     config.postbacks = settings

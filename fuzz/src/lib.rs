@@ -71,7 +71,7 @@ pub fn ingest_steps(value: Value, user_agent: Option<&str>, received_at: i64) ->
     let conversions: Vec<String> = CONVERSIONS.iter().map(|c| (*c).to_owned()).collect();
     let max_revenue = Limits::default().max_revenue;
     let rules = IngestRules { validators, conversion_events: &conversions, max_revenue };
-    let sender = Sender { app_id: APP, revenue_trusted: false, received_at, ua: &ua, geo: &geo, ip_enc: None, unsigned: false };
+    let sender = Sender { app_id: APP, revenue_trusted: false, received_at, ua: &ua, geo: &geo, ip_enc: None, unsigned: false, clients: &[] };
     let prepared = match prepare(&rules, &sender, value) {
         Ok(p) => p,
         Err(refusal) => {

@@ -1021,21 +1021,25 @@ async fn app_kinds_and_network_keys_decide_who_may_send_what() {
 async fn revenue_reaches_postbacks_only_from_trusted_senders_and_within_bounds() {
     let (network, seen) = common::receiver().await;
 
-    // (app kind, opted in, sent with the app's server secret, what the network sees)
+    // (app kind, opted in, sent with: 0 the app's secret, 1 its server secret, 2 a write key of
+    // the Segment-compatible API; what the network sees)
     let cases = [
-        (trailmark_server::AppKind::Mobile, false, false, "o=ORDER&rev=&cur="),
-        (trailmark_server::AppKind::Web, false, false, "o=ORDER&rev=&cur="),
-        (trailmark_server::AppKind::Mobile, true, false, "o=ORDER&rev=9.99&cur=USD"),
-        (trailmark_server::AppKind::Server, false, false, "o=ORDER&rev=9.99&cur=USD"),
-        (trailmark_server::AppKind::Mobile, false, true, "o=ORDER&rev=9.99&cur=USD"),
+        (trailmark_server::AppKind::Mobile, false, 0, "o=ORDER&rev=&cur="),
+        (trailmark_server::AppKind::Web, false, 0, "o=ORDER&rev=&cur="),
+        (trailmark_server::AppKind::Mobile, true, 0, "o=ORDER&rev=9.99&cur=USD"),
+        (trailmark_server::AppKind::Server, false, 0, "o=ORDER&rev=9.99&cur=USD"),
+        (trailmark_server::AppKind::Mobile, false, 1, "o=ORDER&rev=9.99&cur=USD"),
+        (trailmark_server::AppKind::Web, false, 2, "o=ORDER&rev=&cur="),
+        (trailmark_server::AppKind::Server, false, 2, "o=ORDER&rev=9.99&cur=USD"),
     ];
-    for (n, (kind, opt_in, server_signed, expected)) in cases.into_iter().enumerate() {
+    for (n, (kind, opt_in, sender, expected)) in cases.into_iter().enumerate() {
         let network = network.clone();
         let srv = start(move |c| {
             let app = c.apps.get_mut("app").unwrap();
             app.kind = kind;
             app.client_revenue_postbacks = opt_in;
             app.server_secret = Some("server-secret".into());
+            app.write_keys = vec![trailmark_server::domain::config::WriteKey::new("wk_revenue_0123456789")];
             c.postbacks = vec![trailmark_server::domain::postbacks::PostbackConfig {
                 network: "alpha".into(),
                 url: format!("{network}/pb?o={{event}}{n}&rev={{revenue}}&cur={{currency}}"),
@@ -1047,7 +1051,21 @@ async fn revenue_reaches_postbacks_only_from_trusted_senders_and_within_bounds()
         let click = srv.web_click(&alpha, "").await;
         let purchase = json!({"revenue": 9.99, "currency": "USD"});
         let event = srv.event_body("purchase", "anon-r", None, Some(&click), purchase);
-        if server_signed {
+        if sender == 2 {
+            // A Segment SDK, with the app's write key.
+            let message = json!({"type": "track", "event": "Order Completed", "anonymousId": "anon-r",
+                                 "context": {"campaign": {"click_id": click}},
+                                 "properties": {"revenue": 9.99, "currency": "USD"}});
+            let resp = srv
+                .client
+                .post(format!("{}/v1/track", srv.base))
+                .basic_auth("wk_revenue_0123456789", Some(""))
+                .json(&message)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+        } else if sender == 1 {
             // The app owner's backend, with the app's second secret.
             let ts = srv.clock.now() / 1000;
             let body = serde_json::to_vec(&event).unwrap();
@@ -1671,7 +1689,8 @@ async fn a_segment_purchase_carrying_a_click_id_is_credited_like_an_sdks() {
     // A web shop on Segment's analytics.js forwards the Trailmark click id in its campaign
     // context (docs/segment.md): the purchase is credited under every model.
     let srv = start(|c| {
-        c.apps.get_mut("app").unwrap().write_keys = vec![trailmark_server::domain::config::WriteKey::new("wk_shop")];
+        c.apps.get_mut("app").unwrap().write_keys =
+            vec![trailmark_server::domain::config::WriteKey::new("wk_shop_0123456789")];
     })
     .await;
     let (_, _, code) = srv.link("alpha").await;
@@ -1685,7 +1704,7 @@ async fn a_segment_purchase_carrying_a_click_id_is_credited_like_an_sdks() {
         let resp = srv
             .client
             .post(format!("{}/v1/batch", srv.base))
-            .basic_auth("wk_shop", Some(""))
+            .basic_auth("wk_shop_0123456789", Some(""))
             .json(&json!({"batch": [message]}))
             .send()
             .await

@@ -43,6 +43,9 @@ async fn accepted_events_are_published_once_by_family_in_order() {
     let mut server = ServerConfig::new().with_app("app", "secret").with_admin_key("test-admin-key-0123456789");
     // Opted-out people's records are left out of the stream.
     server.stream.consent = trailmark_server::domain::config::StreamConsent::Strict;
+    // A write key of the Segment-compatible API: its events reach the stream like an SDK's.
+    server.apps.get_mut("app").unwrap().write_keys =
+        vec![trailmark_server::domain::config::WriteKey::new("wk_kafka_0123456789")];
     let base =
         common::serve(ServerBuilder::new(server).sqlite(dir.path().join("k.db")).unwrap().event_sink(sink.clone()))
             .await;
@@ -69,6 +72,17 @@ async fn accepted_events_are_published_once_by_family_in_order() {
         let resp: Value = common::signed(&client, &base, body.clone()).send().await.unwrap().json().await.unwrap();
         assert_eq!(resp["accepted"], expected, "{resp}");
     }
+    // A Segment message, sent with the app's write key.
+    let segment =
+        json!({"batch": [{"type": "track", "event": "Video Played", "anonymousId": "seg-1", "messageId": "s-1"}]});
+    let resp = client
+        .post(format!("{base}/v1/batch"))
+        .basic_auth("wk_kafka_0123456789", Some(""))
+        .json(&segment)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
     // An install and a deletion request.
     let install = serde_json::to_vec(&json!({"event_id": uuid::Uuid::new_v4().to_string(), "anonymous_id": "a1",
         "timestamp": protocol::format_millis(trailmark_server::now_ms()), "platform": "android", "device": {}}))
@@ -106,10 +120,10 @@ async fn accepted_events_are_published_once_by_family_in_order() {
     consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
     let mut got: HashMap<String, Vec<(String, Value)>> = HashMap::new();
     let total = |g: &HashMap<String, Vec<(String, Value)>>| g.values().map(Vec::len).sum::<usize>();
-    while total(&got) < 16 {
+    while total(&got) < 17 {
         let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
             .await
-            .unwrap_or_else(|_| panic!("only {} of 16 records arrived: {got:?}", total(&got)))
+            .unwrap_or_else(|_| panic!("only {} of 17 records arrived: {got:?}", total(&got)))
             .unwrap();
         let family = m.topic().rsplit('.').next().unwrap().to_owned();
         let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
@@ -133,6 +147,9 @@ async fn accepted_events_are_published_once_by_family_in_order() {
     assert_eq!((a4.len(), &a4[0]["restricted"]), (1, &json!(false)));
     assert_eq!(a4[0]["consent"], json!({"analytics": true, "attribution": true, "do_not_sell": false}));
     assert_eq!((&a1[0]["consent"], &a1[0]["restricted"]), (&Value::Null, &json!(false)), "a sender that said nothing");
+    let seg: Vec<&Value> = track.iter().filter(|(k, _)| k == "seg-1").map(|(_, v)| v).collect();
+    assert_eq!((seg.len(), &seg[0]["type"]), (1, &json!("video_played")), "the Segment message is streamed");
+    assert_eq!(seg[0]["enrichment"]["auth"], "write_key");
     assert_eq!(got["revenue"].len(), 1);
     assert_eq!(got["revenue"][0].1["properties"]["revenue"], 9.5);
     assert_eq!(got["views"][0].1["type"], "screen_view");

@@ -29,8 +29,9 @@ impl Srv {
             ServerConfig::new().with_app("app", "secret").with_app_kind("api", "api-secret", AppKind::Server);
         config.admin_key = Some(ADMIN.into());
         let app = config.apps.get_mut("app").unwrap();
-        app.write_keys = vec![WriteKey::new("wk_live"), WriteKey { key: "wk_old".into(), revoked: true }];
-        config.apps.get_mut("api").unwrap().write_keys = vec![WriteKey::new("wk_backend")];
+        app.write_keys =
+            vec![WriteKey::new("wk_live_0123456789"), WriteKey { key: "wk_old_0123456789a".into(), revoked: true }];
+        config.apps.get_mut("api").unwrap().write_keys = vec![WriteKey::new("wk_backend_0123456")];
         tune(&mut config);
         let base = common::serve(ServerBuilder::new(config).sqlite(dir.path().join("s.db")).unwrap()).await;
         Srv { base, http: reqwest::Client::new(), _dir: dir }
@@ -101,7 +102,7 @@ async fn every_call_arrives_as_a_trailmark_event_and_a_retry_counts_once() {
              "properties": {"revenue": -1, "currency": "EUR"}}
         ]
     });
-    let (status, answer) = srv.post("/v1/batch", Some("wk_live"), &batch).await;
+    let (status, answer) = srv.post("/v1/batch", Some("wk_live_0123456789"), &batch).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!((answer["success"].as_bool(), answer["accepted"].as_u64()), (Some(true), Some(7)), "{answer}");
     let rejected = answer["rejected"].as_array().unwrap();
@@ -134,7 +135,7 @@ async fn every_call_arrives_as_a_trailmark_event_and_a_retry_counts_once() {
     // The SDK retries the same batch (a timeout on its side): nothing is stored twice.
     let mut retry = batch.clone();
     retry["sentAt"] = json!(now_iso(5_000));
-    let (status, answer) = srv.post("/v1/batch", Some("wk_live"), &retry).await;
+    let (status, answer) = srv.post("/v1/batch", Some("wk_live_0123456789"), &retry).await;
     assert_eq!(
         (status, answer["accepted"].as_u64(), answer["duplicates"].as_u64()),
         (200, Some(0), Some(7)),
@@ -142,6 +143,12 @@ async fn every_call_arrives_as_a_trailmark_event_and_a_retry_counts_once() {
     );
     assert_eq!(srv.events("app_id=app&anonymous_id=anon-1").await.len(), 7);
 
+    // The mobile SDKs' and the import route take batches too.
+    for path in ["/v1/b", "/v1/import"] {
+        let batch = json!({"batch": [{"type": "track", "event": format!("Via {path}"), "anonymousId": "anon-2"}]});
+        let (status, answer) = srv.post(path, Some("wk_live_0123456789"), &batch).await;
+        assert_eq!((status, answer["accepted"].as_u64()), (200, Some(1)), "{path}: {answer}");
+    }
     // One call per route, and analytics.js's short routes.
     for (path, msg) in [
         ("/v1/track", json!({"event": "Clicked", "anonymousId": "anon-2"})),
@@ -151,12 +158,19 @@ async fn every_call_arrives_as_a_trailmark_event_and_a_retry_counts_once() {
         ("/v1/screen", json!({"anonymousId": "anon-2", "name": "Cart"})),
         ("/v1/group", json!({"anonymousId": "anon-2", "groupId": "g-2"})),
         ("/v1/alias", json!({"userId": "u-4", "previousId": "u-3"})),
+        ("/v1/i", json!({"userId": "u-5", "traits": {"plan": "free"}})),
+        ("/v1/p", json!({"anonymousId": "anon-2", "name": "Short Page"})),
+        ("/v1/s", json!({"anonymousId": "anon-2", "name": "Short Screen"})),
+        ("/v1/g", json!({"anonymousId": "anon-2", "groupId": "g-3"})),
+        ("/v1/a", json!({"userId": "u-6", "previousId": "u-5"})),
     ] {
-        let (status, answer) = srv.post(path, Some("wk_live"), &msg).await;
+        let (status, answer) = srv.post(path, Some("wk_live_0123456789"), &msg).await;
         assert_eq!((status, answer["accepted"].as_u64()), (200, Some(1)), "{path}: {answer}");
     }
     let events = srv.events("app_id=app&anonymous_id=anon-2").await;
-    assert!(events.iter().any(|e| e["type"] == "clicked_short"));
+    for t in ["clicked_short", "via_v1_b", "via_v1_import"] {
+        assert!(events.iter().any(|e| e["type"] == t), "{t}");
+    }
     let phone = srv.events("user_id=u-3").await;
     let phone = phone.iter().find(|e| e["type"] == "identify").unwrap();
     assert!(phone["properties"]["phone_sha256"].is_string() && phone["properties"].get("phone").is_none());
@@ -164,11 +178,11 @@ async fn every_call_arrives_as_a_trailmark_event_and_a_retry_counts_once() {
     assert!(anon.starts_with("user:") && !anon.contains("u-3"), "a pseudonym, not the user id: {anon}");
 
     // A call whose only message is refused: 400, with the reason.
-    let (status, answer) = srv.post("/v1/track", Some("wk_live"), &json!({"anonymousId": "a"})).await;
+    let (status, answer) = srv.post("/v1/track", Some("wk_live_0123456789"), &json!({"anonymousId": "a"})).await;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["error"]["code"], "invalid_messages");
     assert!(answer["rejected"][0]["reason"].as_str().unwrap().contains("/event"), "{answer}");
-    let (status, answer) = srv.post("/v1/batch", Some("wk_live"), &json!({"batch": "no"})).await;
+    let (status, answer) = srv.post("/v1/batch", Some("wk_live_0123456789"), &json!({"batch": "no"})).await;
     assert_eq!((status, answer["error"]["code"].as_str()), (400, Some("invalid_batch")), "{answer}");
 
     // A gzip body (RudderStack's SDK sends one), and the write key in the body (beacons).
@@ -178,18 +192,17 @@ async fn every_call_arrives_as_a_trailmark_event_and_a_retry_counts_once() {
     let resp = srv
         .http
         .post(format!("{}/v1/batch", srv.base))
-        .basic_auth("wk_live", Some(""))
+        .basic_auth("wk_live_0123456789", Some(""))
         .header("content-encoding", "gzip")
         .body(gz.finish().unwrap())
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let beacon =
-        json!({"writeKey": "wk_live", "batch": [{"type": "track", "event": "Beacon", "anonymousId": "anon-3"}]});
+    let beacon = json!({"writeKey": "wk_live_0123456789", "batch": [{"type": "track", "event": "Beacon", "anonymousId": "anon-3"}]});
     let (status, answer) = srv.post("/beacon/v1/batch", None, &beacon).await;
     assert_eq!((status, answer["accepted"].as_u64()), (200, Some(1)), "{answer}");
-    let (status, _) = srv.post("/beacon/v1/batch?writeKey=wk_live", None, &json!({"batch": []})).await;
+    let (status, _) = srv.post("/beacon/v1/batch?writeKey=wk_live_0123456789", None, &json!({"batch": []})).await;
     assert_eq!(status, 200, "an empty batch is fine");
     let events = srv.events("app_id=app&anonymous_id=anon-3").await;
     assert!(events.iter().any(|e| e["type"] == "zipped") && events.iter().any(|e| e["type"] == "beacon"));
@@ -201,29 +214,34 @@ async fn write_keys_authenticate_this_api_only() {
     let msg = json!({"batch": [{"type": "track", "event": "x", "anonymousId": "a"}]});
     for (key, code) in [
         (Some("wk_nope"), "invalid_write_key"),
-        (Some("wk_old"), "revoked_write_key"),
+        (Some("wk_old_0123456789a"), "revoked_write_key"),
         (Some("secret"), "invalid_write_key"),
         (None, "missing_write_key"),
     ] {
         let (status, answer) = srv.post("/v1/batch", key, &msg).await;
         assert_eq!((status, answer["error"]["code"].as_str()), (401, Some(code)), "{key:?}: {answer}");
     }
-    let (status, _) = srv.post("/v1/batch", None, &json!({"writeKey": "wk_old", "batch": []})).await;
+    let (status, _) = srv.post("/v1/batch", None, &json!({"writeKey": "wk_old_0123456789a", "batch": []})).await;
     assert_eq!(status, 401, "revoked in the body too");
     // A write key is not a signature: the SDK-only routes refuse it.
     let install = json!({"event_id": "4d7c9d35-2f1e-4d9f-8a0c-3b2e1f000001", "platform": "ios",
                          "anonymous_id": "a", "timestamp": now_iso(0), "idfa": "00000000-0000-0000-0000-000000000001"});
     for path in ["/v1/install", "/v1/click", "/v1/event"] {
-        let (status, answer) = srv.post(path, Some("wk_live"), &install).await;
+        let (status, answer) = srv.post(path, Some("wk_live_0123456789"), &install).await;
         assert_eq!(status, 401, "{path}: {answer}");
     }
     // The documents SDKs fetch at start.
-    let (status, settings) = srv.get("/v1/projects/wk_live/settings", None).await;
+    let (status, settings) = srv.get("/v1/projects/wk_live_0123456789/settings", None).await;
     assert_eq!(status, 200);
-    assert_eq!(settings["integrations"]["Segment.io"]["apiKey"], "wk_live");
-    let (status, _) = srv.get("/v1/projects/wk_old/settings", None).await;
+    assert_eq!(settings["integrations"]["Segment.io"]["apiKey"], "wk_live_0123456789");
+    let host = srv.base.trim_start_matches("http://");
+    assert_eq!(settings["integrations"]["Segment.io"]["apiHost"], format!("{host}/v1"), "the Host asked");
+    let behind_proxy = Srv::start(|c| c.public_url = Some("https://t.shop.example/".into())).await;
+    let (_, settings) = behind_proxy.get("/v1/projects/wk_live_0123456789/settings", None).await;
+    assert_eq!(settings["integrations"]["Segment.io"]["apiHost"], "t.shop.example/v1", "the public address");
+    let (status, _) = srv.get("/v1/projects/wk_old_0123456789a/settings", None).await;
     assert_eq!(status, 401);
-    let (status, config) = srv.get("/sourceConfig/?p=npm&v=3.0.0", Some("wk_live")).await;
+    let (status, config) = srv.get("/sourceConfig/?p=npm&v=3.0.0", Some("wk_live_0123456789")).await;
     assert_eq!((status, config["source"]["enabled"].as_bool()), (200, Some(true)), "{config}");
     let (status, _) = srv.get("/sourceConfig", Some("wk_nope")).await;
     assert_eq!(status, 401);
@@ -238,8 +256,8 @@ async fn write_keys_have_their_own_rate_and_browsers_their_origins() {
     })
     .await;
     let msg = json!({"batch": []});
-    assert_eq!(srv.post("/v1/batch", Some("wk_live"), &msg).await.0, 200);
-    let (status, answer) = srv.post("/v1/batch", Some("wk_live"), &msg).await;
+    assert_eq!(srv.post("/v1/batch", Some("wk_live_0123456789"), &msg).await.0, 200);
+    let (status, answer) = srv.post("/v1/batch", Some("wk_live_0123456789"), &msg).await;
     assert_eq!((status, answer["error"]["code"].as_str()), (429, Some("rate_limited")), "{answer}");
     // The signed SDK path of the same app is not held up by it.
     let event = json!({"event_id": "4d7c9d35-2f1e-4d9f-8a0c-3b2e1f000002", "type": "x", "anonymous_id": "a",
@@ -254,13 +272,64 @@ async fn write_keys_have_their_own_rate_and_browsers_their_origins() {
             .post(format!("{}/v1/t", srv.base))
             .header("origin", origin)
             .header("content-type", "text/plain")
-            .body(json!({"writeKey": "wk_live", "event": "x", "anonymousId": "a"}).to_string())
+            .body(json!({"writeKey": "wk_live_0123456789", "event": "x", "anonymousId": "a"}).to_string())
             .send()
     };
     let ok = send("https://shop.example").await.unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.headers()["access-control-allow-origin"], "https://shop.example");
     assert_eq!(send("https://evil.example").await.unwrap().status(), 403);
+    // A preflight (RudderStack's browser SDK sends Authorization) for an allowed origin; none
+    // for another; an error answer still readable by the allowed page.
+    let preflight = |origin: &'static str| {
+        srv.http
+            .request(reqwest::Method::OPTIONS, format!("{}/v1/batch", srv.base))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type")
+            .send()
+    };
+    let ok = preflight("https://shop.example").await.unwrap();
+    assert_eq!(ok.status(), 204);
+    assert!(ok.headers()["access-control-allow-headers"].to_str().unwrap().contains("authorization"));
+    assert_eq!(preflight("https://evil.example").await.unwrap().status(), 403);
+    let refused = srv
+        .http
+        .post(format!("{}/v1/batch", srv.base))
+        .header("origin", "https://shop.example")
+        .basic_auth("wk_nope", Some(""))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["access-control-allow-origin"], "https://shop.example");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_keys_are_checked_when_the_server_is_built() {
+    for (key, part) in [
+        ("short", "at least 16"),
+        ("secret", "at least 16"),
+        (" wk_padded_0123456789", "spaces"),
+        ("api-secret-0123456789", "secrets"),
+    ] {
+        let mut config = ServerConfig::new().with_app("app", "secret").with_app_kind(
+            "api",
+            "api-secret-0123456789",
+            AppKind::Server,
+        );
+        config.apps.get_mut("app").unwrap().write_keys = vec![WriteKey::new(key)];
+        let dir = tempfile::tempdir().unwrap();
+        let err = ServerBuilder::new(config).sqlite(dir.path().join("x.db")).unwrap().build().err().expect("refused");
+        assert!(err.to_string().contains(part), "{key}: {err}");
+    }
+    let mut config = ServerConfig::new().with_app("app", "secret");
+    config.apps.get_mut("app").unwrap().write_keys =
+        vec![WriteKey::new("wk_twice_0123456789"), WriteKey { key: "wk_twice_0123456789".into(), revoked: true }];
+    let dir = tempfile::tempdir().unwrap();
+    let err = ServerBuilder::new(config).sqlite(dir.path().join("y.db")).unwrap().build().err().expect("refused");
+    assert!(err.to_string().contains("listed twice"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,28 +350,34 @@ async fn segment_events_reach_reports_and_deletion() {
     let opened = json!({"batch": [
         {"type": "track", "event": "Application Opened", "userId": "u1", "anonymousId": "d1", "timestamp": ts},
     ]});
-    assert_eq!(srv.post("/v1/batch", Some("wk_live"), &opened).await.0, 200);
+    assert_eq!(srv.post("/v1/batch", Some("wk_live_0123456789"), &opened).await.0, 200);
     let bought = json!({"batch": [
         {"type": "track", "event": "Order Completed", "userId": "u2", "anonymousId": "d2", "timestamp": now_iso(-60_000),
          "properties": {"total": 10, "currency": "USD"}},
     ]});
-    assert_eq!(srv.post("/v1/batch", Some("wk_live"), &bought).await.0, 200);
+    assert_eq!(srv.post("/v1/batch", Some("wk_live_0123456789"), &bought).await.0, 200);
     assert_eq!(funnel().await, [1, 0], "two people");
     let alias = json!({"userId": "u2", "previousId": "u1", "anonymousId": "d2"});
-    assert_eq!(srv.post("/v1/alias", Some("wk_live"), &alias).await.0, 200);
+    assert_eq!(srv.post("/v1/alias", Some("wk_live_0123456789"), &alias).await.0, 200);
     assert_eq!(funnel().await, [1, 1], "one person after the alias");
 
     // A server app's messages: its events are stored like the others'.
     // A server app's messages are enriched with the client their context names; another app's
     // with the request's own (a public write key's context could say anything).
     const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1";
+    const WINDOWS: &str =
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36";
     let renewed = |who: &str| {
         json!({"batch": [{"type": "track", "event": "Subscription Renewed", "userId": who,
-                          "context": {"ip": "203.0.113.7", "userAgent": IPHONE}}]})
+                          "context": {"ip": "203.0.113.7", "userAgent": IPHONE}},
+                         {"type": "track", "event": "Subscription Renewed", "userId": format!("{who}-other"),
+                          "context": {"ip": "198.51.100.4", "userAgent": WINDOWS}}]})
     };
-    let (status, answer) = srv.post("/v1/batch", Some("wk_backend"), &renewed("u2")).await;
-    assert_eq!((status, answer["accepted"].as_u64()), (200, Some(1)), "{answer}");
-    assert_eq!(srv.post("/v1/batch", Some("wk_live"), &renewed("u9")).await.0, 200);
+    let (status, answer) = srv.post("/v1/batch", Some("wk_backend_0123456"), &renewed("u2")).await;
+    assert_eq!((status, answer["accepted"].as_u64()), (200, Some(2)), "{answer}");
+    let other = &srv.events("user_id=u2-other").await[0];
+    assert_eq!(other["enrichment"]["ua"]["os"], "Windows", "each message its own client: {other}");
+    assert_eq!(srv.post("/v1/batch", Some("wk_live_0123456789"), &renewed("u9")).await.0, 200);
     let renewals = srv.events("user_id=u2").await;
     let backend = renewals.iter().find(|e| e["type"] == "subscription_renewed").unwrap();
     assert_eq!(backend["enrichment"]["ua"]["os"], "iOS", "{backend}");
@@ -313,7 +388,7 @@ async fn segment_events_reach_reports_and_deletion() {
     assert!(deleted["rows_deleted"].as_u64().unwrap() >= 2, "{deleted}");
     assert!(srv.events("user_id=u2").await.is_empty());
     // And a replay of the deleted person's batch is kept out.
-    let (status, answer) = srv.post("/v1/batch", Some("wk_live"), &bought).await;
+    let (status, answer) = srv.post("/v1/batch", Some("wk_live_0123456789"), &bought).await;
     assert_eq!((status, answer["suppressed"].as_u64()), (200, Some(1)), "{answer}");
 }
 
@@ -324,7 +399,7 @@ async fn a_wrong_device_clock_is_corrected_from_sent_at() {
     let skew = -2 * 3_600_000;
     let msg = json!({"batch": [{"type": "track", "event": "Late Clock", "anonymousId": "a", "timestamp": now_iso(skew - 60_000)}],
                      "sentAt": now_iso(skew)});
-    assert_eq!(srv.post("/v1/batch", Some("wk_live"), &msg).await.0, 200);
+    assert_eq!(srv.post("/v1/batch", Some("wk_live_0123456789"), &msg).await.0, 200);
     let e = &srv.events("anonymous_id=a").await[0];
     let corrected = chrono::DateTime::parse_from_rfc3339(e["corrected_timestamp"].as_str().unwrap()).unwrap();
     let off = trailmark_server::now_ms() - 60_000 - corrected.timestamp_millis();

@@ -12,7 +12,7 @@ import { startServer } from '../../bindings/js/test/server.mjs';
 const sha256 = (s) => createHash('sha256').update(s).digest('hex');
 const args = [
   '--app', 'seg:seg-secret', '--app', 'rud:rud-secret',
-  '--write-key', 'seg=wk_segment', '--write-key', 'rud=wk_rudder', '--revoked-write-key', 'seg=wk_revoked',
+  '--write-key', 'seg=wk_segment_0123456789', '--write-key', 'rud=wk_rudder_0123456789', '--revoked-write-key', 'seg=wk_revoked_0123456789',
 ];
 
 /** The calls both SDKs make, with the ids and e-mail of `who`. */
@@ -63,7 +63,7 @@ test('Segment and RudderStack Node SDKs deliver every call', async () => {
   const server = await startServer({ args });
   try {
     // Segment's analytics-node, its write key as the Basic user name, /v1/batch.
-    const segment = new SegmentAnalytics({ writeKey: 'wk_segment', host: server.base, flushInterval: 100, maxRetries: 2 });
+    const segment = new SegmentAnalytics({ writeKey: 'wk_segment_0123456789', host: server.base, flushInterval: 100, maxRetries: 2 });
     const errors = [];
     const requests = [];
     segment.on('error', (e) => errors.push(e));
@@ -84,7 +84,7 @@ test('Segment and RudderStack Node SDKs deliver every call', async () => {
     assert.equal((await arrived(server, 'seg', 'seg')).length, stored);
 
     // RudderStack's rudder-sdk-node: gzip bodies, /v1/batch.
-    const rudder = new RudderAnalytics('wk_rudder', { dataPlaneUrl: server.base, flushInterval: 100, retryCount: 1 });
+    const rudder = new RudderAnalytics('wk_rudder_0123456789', { dataPlaneUrl: server.base, flushInterval: 100, retryCount: 1 });
     calls(rudder, 'rud');
     await rudder.flush();
     await checkArrived(server, 'rud', 'rud');
@@ -98,13 +98,13 @@ test('a wrong or revoked write key gets 401, and a write key is not an SDK secre
   try {
     const batch = JSON.stringify({ batch: [{ type: 'track', event: 'x', anonymousId: 'a' }] });
     const basic = (key) => `Basic ${Buffer.from(`${key}:`).toString('base64')}`;
-    for (const [key, code] of [['wk_nope', 'invalid_write_key'], ['wk_revoked', 'revoked_write_key']]) {
+    for (const [key, code] of [['wk_nope', 'invalid_write_key'], ['wk_revoked_0123456789', 'revoked_write_key']]) {
       const resp = await fetch(`${server.base}/v1/batch`, { method: 'POST', headers: { authorization: basic(key), 'content-type': 'application/json' }, body: batch });
       assert.equal(resp.status, 401);
       assert.equal((await resp.json()).error.code, code);
     }
     // Segment's SDK with a revoked key reports the failure (and stores nothing).
-    const segment = new SegmentAnalytics({ writeKey: 'wk_revoked', host: server.base, flushInterval: 50, maxRetries: 0 });
+    const segment = new SegmentAnalytics({ writeKey: 'wk_revoked_0123456789', host: server.base, flushInterval: 50, maxRetries: 0 });
     const errors = [];
     segment.on('error', (e) => errors.push(e));
     segment.track({ anonymousId: 'a', event: 'Never' });
@@ -112,12 +112,12 @@ test('a wrong or revoked write key gets 401, and a write key is not an SDK secre
     assert.equal(errors.length, 1);
     assert.deepEqual(await server.events('app_id=seg&anonymous_id=a'), []);
     for (const path of ['/v1/install', '/v1/click', '/v1/event']) {
-      const resp = await fetch(`${server.base}${path}`, { method: 'POST', headers: { authorization: basic('wk_segment') }, body: '{}' });
+      const resp = await fetch(`${server.base}${path}`, { method: 'POST', headers: { authorization: basic('wk_segment_0123456789') }, body: '{}' });
       assert.equal(resp.status, 401, path);
     }
-    const settings = await fetch(`${server.base}/v1/projects/wk_segment/settings`);
+    const settings = await fetch(`${server.base}/v1/projects/wk_segment_0123456789/settings`);
     assert.equal(settings.status, 200);
-    assert.equal((await settings.json()).integrations['Segment.io'].apiKey, 'wk_segment');
+    assert.equal((await settings.json()).integrations['Segment.io'].apiKey, 'wk_segment_0123456789');
   } finally {
     await server.stop();
   }

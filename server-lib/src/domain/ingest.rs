@@ -33,6 +33,17 @@ pub struct Sender<'a> {
     /// Sent with a write key (the Segment-compatible API), not signed: marked so in the
     /// stored enrichment (`"auth": "write_key"`).
     pub unsigned: bool,
+    /// Each event's own client, by index, when a backend reports for several people in one
+    /// request (a `server` app's Segment messages); empty: every event is the request's.
+    pub clients: &'a [Client],
+}
+
+/// The client an event describes: its user agent, location and sealed address.
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    pub ua: UserAgent,
+    pub geo: Geo,
+    pub ip_enc: Option<Vec<u8>>,
 }
 
 /// A body made ready to store.
@@ -93,21 +104,15 @@ pub fn prepare(rules: &IngestRules<'_>, sender: &Sender<'_>, value: Value) -> Re
         let revenue = follow.and_then(|_| event.pointer("/properties/revenue").and_then(Value::as_f64));
         let currency =
             follow.and_then(|_| event.pointer("/properties/currency").and_then(Value::as_str)).map(str::to_owned);
+        let (ua, geo, ip_enc) = match sender.clients.get(index) {
+            Some(c) => (&c.ua, &c.geo, &c.ip_enc),
+            None => (sender.ua, sender.geo, &sender.ip_enc),
+        };
         let checked = rules
             .validators
             .event(sender.app_id, &event)
             .and_then(|_| check_revenue(&event, rules.max_revenue))
-            .and_then(|_| {
-                normalise(
-                    sender.app_id,
-                    event,
-                    sent_at,
-                    sender.received_at,
-                    sender.ua,
-                    sender.geo,
-                    sender.ip_enc.clone(),
-                )
-            });
+            .and_then(|_| normalise(sender.app_id, event, sent_at, sender.received_at, ua, geo, ip_enc.clone()));
         match checked {
             Ok(mut e) => {
                 if sender.unsigned {

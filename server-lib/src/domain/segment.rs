@@ -95,10 +95,9 @@ pub struct Origin {
 /// A message as a Trailmark event.
 #[derive(Debug)]
 pub struct Translated {
-    /// The event in the protocol's shape (`event_id`, `type`, `timestamp`, …).
+    /// The event in the protocol's shape (`event_id`, `type`, `timestamp`, …). Its
+    /// `timestamp` is already corrected for the device clock's skew, as Segment's is.
     pub event: Value,
-    /// When the client sent it (the message's `sentAt`, else the batch's): the clock skew.
-    pub sent_at: Option<String>,
     pub origin: Origin,
     /// `identify`/`group` traits that should have been hashed but could not be read as their
     /// kind (an e-mail without `@`): left out, never stored raw.
@@ -108,7 +107,10 @@ pub struct Translated {
 /// Turns one message of `app_id` into a Trailmark event, or says why it cannot be.
 /// `pseudonym` gives the anonymous id of a message that names only its user (server-side SDKs
 /// often do): the user id's stored (keyed-hash) form, so no raw user id is kept in the clear.
-/// `received_at` (Unix ms) dates a message without a time.
+/// `received_at` (Unix ms) dates a message without a time. A message's time is corrected for
+/// the sender's clock as Segment does: `received_at − (sentAt − timestamp)`, with the
+/// message's `sentAt`, else the batch's. `random_id` names a message that has neither a
+/// `messageId` nor a time.
 pub fn translate(
     app_id: &str,
     route: Route,
@@ -116,6 +118,7 @@ pub fn translate(
     batch_sent_at: Option<&str>,
     received_at: i64,
     pseudonym: impl Fn(&str) -> String,
+    random_id: impl FnOnce() -> Uuid,
 ) -> Result<Translated, String> {
     let Value::Object(mut m) = message else { return Err("a message must be a JSON object".into()) };
     let call = match route {
@@ -128,7 +131,7 @@ pub fn translate(
         },
     };
     // Before anything is taken out of the message: an id made from its content covers all of it.
-    let event_id = event_id(app_id, &m);
+    let event_id = event_id(app_id, &m, random_id);
     let id = |v: Option<Value>, field: &str| -> Result<Option<String>, String> {
         match v {
             None | Some(Value::Null) => Ok(None),
@@ -145,15 +148,22 @@ pub fn translate(
         (None, Some(u)) => format!("user:{}", pseudonym(u)),
         (None, None) => return Err("a message needs a userId or an anonymousId".into()),
     };
-    let timestamp = match m.get("timestamp").or_else(|| m.get("originalTimestamp")) {
-        None | Some(Value::Null) => format_millis(received_at),
+    let client_ts = match m.get("timestamp").or_else(|| m.get("originalTimestamp")) {
+        None | Some(Value::Null) => None,
         Some(Value::String(t)) => match parse_ms(t) {
-            Some(ms) => format_millis(ms),
+            Some(ms) => Some(ms),
             None => return Err(format!("/timestamp: {t:?} is not an ISO 8601 time with a time zone")),
         },
         Some(_) => return Err("/timestamp: must be a string".into()),
     };
-    let sent_at = m.get("sentAt").and_then(Value::as_str).or(batch_sent_at).map(str::to_owned);
+    // A send time that is not a time only means no correction.
+    let sent_at = m.get("sentAt").and_then(Value::as_str).or(batch_sent_at).and_then(parse_ms);
+    let timestamp = format_millis(match (client_ts, sent_at) {
+        (Some(ts), Some(sent)) => received_at.saturating_sub(sent.saturating_sub(ts)),
+        (Some(ts), None) => ts,
+        // No time: the message happened when it arrived (no correction to make).
+        (None, _) => received_at,
+    });
     let context = match m.remove("context") {
         Some(Value::Object(c)) => c,
         _ => Map::new(),
@@ -170,15 +180,18 @@ pub fn translate(
                 Some(Value::String(name)) => name,
                 _ => return Err("/event: a track call needs the event's name".into()),
             };
-            track(&name, object(m.remove("properties")))?
+            let (props, dropped) = hashed(object(m.remove("properties")));
+            traits_dropped = dropped;
+            track(&name, props)?
         }
         Call::Identify => {
-            let (traits, dropped) = hashed(object(m.remove("traits")));
+            let (traits, dropped) = hashed(traits(m.remove("traits")));
             traits_dropped = dropped;
             ("identify".to_owned(), traits)
         }
         Call::Page | Call::Screen => {
-            let mut props = object(m.remove("properties"));
+            let (mut props, dropped) = hashed(object(m.remove("properties")));
+            traits_dropped = dropped;
             let name = match (m.remove("category"), m.remove("name")) {
                 (Some(Value::String(c)), Some(Value::String(n))) => Some(format!("{c} {n}")),
                 (_, Some(Value::String(n))) => Some(n),
@@ -199,7 +212,7 @@ pub fn translate(
         }
         Call::Group => {
             let group_id = id(m.remove("groupId"), "groupId")?.ok_or("/groupId: a group call needs one")?;
-            let (mut traits, dropped) = hashed(object(m.remove("traits")));
+            let (mut traits, dropped) = hashed(traits(m.remove("traits")));
             traits_dropped = dropped;
             traits.insert("group_id".into(), Value::String(group_id.clone()));
             out_context.insert("group_id".into(), Value::String(group_id));
@@ -229,15 +242,19 @@ pub fn translate(
     if let Some(d) = context.get("device").and_then(|d| d.get("id")).and_then(Value::as_str).filter(|d| !d.is_empty()) {
         event["device_id"] = Value::String(d.to_owned());
     }
-    Ok(Translated { event, sent_at, origin, traits_dropped })
+    Ok(Translated { event, origin, traits_dropped })
 }
 
 /// UUIDv5 of the app and the message's `messageId`, so a retried batch is deduplicated; for a
-/// message without one, of its content (everything but `sentAt`, which a retry changes).
-fn event_id(app_id: &str, m: &Map<String, Value>) -> String {
+/// message without one, of its content (everything but `sentAt`, which a retry changes) when
+/// it has a time; else `random_id` (two identical messages without a time are two events, and
+/// a retry of one cannot be told from a second one).
+fn event_id(app_id: &str, m: &Map<String, Value>, random_id: impl FnOnce() -> Uuid) -> String {
+    let timed = ["timestamp", "originalTimestamp"].iter().any(|k| m.get(*k).is_some_and(|v| !v.is_null()));
     let name = match m.get("messageId") {
         Some(Value::String(id)) if !id.is_empty() => format!("{app_id}\nmessageId\n{id}"),
         Some(Value::Number(n)) => format!("{app_id}\nmessageId\n{n}"),
+        _ if !timed => return random_id().to_string(),
         _ => {
             let mut content = m.clone();
             content.remove("sentAt");
@@ -256,9 +273,18 @@ fn object(v: Option<Value>) -> Map<String, Value> {
     }
 }
 
-/// Traits with e-mail, phone and their common variants replaced by `<name>_sha256` (the SDKs'
-/// rules: `trailmark_core::pii`); one that cannot be normalised is left out. Returns how many
-/// were left out.
+/// `identify`/`group` traits without `id`, Segment's reserved trait for the user's (or group's)
+/// own id: the message's `userId`/`groupId` carry it, and a raw user id is never stored.
+fn traits(v: Option<Value>) -> Map<String, Value> {
+    let mut traits = object(v);
+    traits.remove("id");
+    traits
+}
+
+/// Traits (or an event's properties: Segment's spec puts `email` in some events' properties)
+/// with e-mail, phone and their common variants replaced by `<name>_sha256` (the SDKs' rules:
+/// `trailmark_core::pii`); one that cannot be normalised is left out. Returns how many were
+/// left out. Only top-level names are looked at.
 fn hashed(traits: Map<String, Value>) -> (Map<String, Value>, u32) {
     let mut out = Map::new();
     let mut dropped = 0;
@@ -292,8 +318,17 @@ fn track(name: &str, mut props: Map<String, Value>) -> Result<(String, Map<Strin
             match revenue {
                 Some(revenue) => {
                     props.insert("revenue".into(), json!(revenue));
-                    let currency = props.get("currency").and_then(Value::as_str).unwrap_or("USD").to_ascii_uppercase();
-                    props.insert("currency".into(), Value::String(currency));
+                    // Absent: Segment's default. Not text: left for validation to refuse.
+                    match props.get("currency") {
+                        None | Some(Value::Null) => {
+                            props.insert("currency".into(), Value::String("USD".into()));
+                        }
+                        Some(Value::String(c)) => {
+                            let c = c.to_ascii_uppercase();
+                            props.insert("currency".into(), Value::String(c));
+                        }
+                        Some(_) => {}
+                    }
                     "purchase".to_owned()
                 }
                 None => "order_completed".to_owned(),
@@ -303,6 +338,9 @@ fn track(name: &str, mut props: Map<String, Value>) -> Result<(String, Map<Strin
             if let Some(c) = props.get("currency").and_then(Value::as_str).map(str::to_ascii_uppercase) {
                 props.insert("currency".into(), Value::String(c));
             }
+            if let Some(price) = props.get("price").filter(|p| p.is_string()).and_then(number) {
+                props.insert("price".into(), json!(price));
+            }
             "add_to_cart".to_owned()
         }
         "Application Installed" => "app_installed".to_owned(),
@@ -310,9 +348,14 @@ fn track(name: &str, mut props: Map<String, Value>) -> Result<(String, Map<Strin
         "Application Backgrounded" => "app_backgrounded".to_owned(),
         "Application Updated" => "app_updated".to_owned(),
         other => {
+            if other.chars().any(|c| c.is_alphanumeric() && !c.is_ascii()) {
+                return Err(format!(
+                    "/event: {other:?} has letters outside ASCII; event names are ASCII letters, digits and _"
+                ));
+            }
             let t = snake_case(other);
             if t.is_empty() {
-                return Err(format!("/event: {other:?} has no letters or digits in ASCII to make an event name of"));
+                return Err(format!("/event: {other:?} has no letters or digits to make an event name of"));
             }
             if t.len() > MAX_TYPE_LEN {
                 return Err(format!("/event: {other:?} is longer than {MAX_TYPE_LEN} characters as {t:?}"));
@@ -335,15 +378,18 @@ fn number(v: &Value) -> Option<f64> {
     }
 }
 
-/// `Order Completed` → `order_completed`, `signedUp` → `signed_up`, `API Call` → `api_call`:
-/// ASCII letters lower-cased, a word break before an upper-case letter that follows a
-/// lower-case letter or a digit, every run of other characters one `_`, none at the ends.
+/// `Order Completed` → `order_completed`, `iOS App Opened` → `ios_app_opened`, `signedUp` →
+/// `signed_up`: ASCII letters lower-cased, every run of other characters one `_`, none at the
+/// ends; a name written as one camel-case word (no separators: `signedUp`, `OrderCompleted`)
+/// also breaks before an upper-case letter that follows a lower-case letter or a digit.
 pub fn snake_case(name: &str) -> String {
+    let camel = name.trim().chars().all(|c| c.is_ascii_alphanumeric());
     let mut out = String::with_capacity(name.len() + 4);
     let mut prev: Option<char> = None;
     for c in name.chars() {
         if c.is_ascii_alphanumeric() {
-            let boundary = c.is_ascii_uppercase() && prev.is_some_and(|p| p.is_ascii_lowercase() || p.is_ascii_digit());
+            let boundary =
+                camel && c.is_ascii_uppercase() && prev.is_some_and(|p| p.is_ascii_lowercase() || p.is_ascii_digit());
             if boundary && !out.is_empty() && !out.ends_with('_') {
                 out.push('_');
             }
@@ -421,8 +467,19 @@ fn map_context(c: &Map<String, Value>) -> Map<String, Value> {
 mod tests {
     use super::*;
 
+    /// 2026-12-07T10:00:10Z: five seconds after the batches' `sentAt`.
+    const T_RECEIVED: i64 = 1_796_637_610_000;
+
     fn one(route: Route, message: Value) -> Result<Translated, String> {
-        translate("shop", route, message, Some("2026-12-07T10:00:05Z"), 1_000, |u| format!("h({u})"))
+        translate(
+            "shop",
+            route,
+            message,
+            Some("2026-12-07T10:00:05Z"),
+            T_RECEIVED,
+            |u| format!("h({u})"),
+            || Uuid::from_u128(7),
+        )
     }
 
     #[test]
@@ -435,8 +492,8 @@ mod tests {
             ("  Video -- Played!  ", "video_played"),
             ("level2Complete", "level2_complete"),
             ("already_snake", "already_snake"),
-            ("Überraschung", "berraschung"),
-            ("購入", ""),
+            ("iOS App Opened", "ios_app_opened"),
+            ("!!", ""),
         ] {
             assert_eq!(snake_case(name), want, "{name}");
         }
@@ -455,8 +512,8 @@ mod tests {
         assert_eq!(t.event["properties"]["revenue"], 19.9);
         assert_eq!(t.event["properties"]["currency"], "EUR");
         assert_eq!(t.event["properties"]["order_id"], "o-1");
-        assert_eq!(t.event["timestamp"], "2026-12-07T10:00:00.000Z");
-        assert_eq!(t.sent_at.as_deref(), Some("2026-12-07T10:00:05Z"));
+        // Sent 5 s after it happened, received 5 s after that: the clock is right.
+        assert_eq!(t.event["timestamp"], "2026-12-07T10:00:05.000Z");
         let free = one(Route::Batch, json!({"type": "track", "event": "Order Completed", "anonymousId": "a"})).unwrap();
         assert_eq!(free.event["type"], "order_completed", "no figure: not a purchase");
         let usd = one(
@@ -487,6 +544,10 @@ mod tests {
             assert!(r.unwrap_err().contains("track cannot send"), "{name}");
         }
         let r = one(Route::Batch, json!({"type": "track", "event": "購入", "anonymousId": "a"}));
+        assert!(r.unwrap_err().contains("outside ASCII"));
+        let r = one(Route::Batch, json!({"type": "track", "event": "Überraschung", "anonymousId": "a"}));
+        assert!(r.unwrap_err().contains("outside ASCII"), "no letter silently lost");
+        let r = one(Route::Batch, json!({"type": "track", "event": "--", "anonymousId": "a"}));
         assert!(r.unwrap_err().contains("no letters or digits"));
         let long = "x".repeat(65);
         assert!(one(Route::Batch, json!({"type": "track", "event": long, "anonymousId": "a"})).is_err());
@@ -510,6 +571,48 @@ mod tests {
         assert_eq!(t.event["user_id"], "u1");
         let text = t.event.to_string();
         assert!(!text.contains("xample.com"), "no raw e-mail anywhere: {text}");
+    }
+
+    #[test]
+    fn pii_in_properties_and_the_id_trait_are_not_stored_raw() {
+        let t = one(
+            Route::Batch,
+            json!({"type": "track", "event": "Signed Up", "anonymousId": "a",
+                   "properties": {"email": "ada@example.com", "plan": "pro"}}),
+        )
+        .unwrap();
+        assert_eq!(t.event["properties"]["email_sha256"], pii::hash_email("ada@example.com").unwrap().as_str());
+        assert!(!t.event.to_string().contains("ada@"));
+        let i = one(Route::Batch, json!({"type": "identify", "userId": "u-1", "traits": {"id": "u-1", "name": "Ada"}}))
+            .unwrap();
+        assert_eq!(i.event["properties"], json!({"name": "Ada"}), "the id trait is the user id: not kept");
+        let cart = one(
+            Route::Batch,
+            json!({"type": "track", "event": "Product Added", "anonymousId": "a",
+                                            "properties": {"price": "3.50"}}),
+        )
+        .unwrap();
+        assert_eq!(cart.event["properties"]["price"], 3.5);
+        let odd = one(
+            Route::Batch,
+            json!({"type": "track", "event": "Order Completed", "anonymousId": "a",
+                                           "properties": {"revenue": 1, "currency": 978}}),
+        )
+        .unwrap();
+        assert_eq!(odd.event["properties"]["currency"], 978, "left for validation to refuse, not turned into USD");
+    }
+
+    #[test]
+    fn a_wrong_clock_is_corrected_by_sent_at() {
+        // The device is two hours behind: it dated the event a minute before it sent it.
+        let msg = json!({"type": "track", "event": "x", "anonymousId": "a",
+                         "timestamp": "2026-12-07T07:59:10Z", "sentAt": "2026-12-07T08:00:10Z"});
+        assert_eq!(one(Route::Batch, msg).unwrap().event["timestamp"], "2026-12-07T09:59:10.000Z");
+        // RudderStack's originalTimestamp counts as the time; a sentAt that is no time, none.
+        let msg = json!({"type": "track", "event": "x", "anonymousId": "a",
+                         "originalTimestamp": "2026-12-07T07:59:10Z", "sentAt": "soon"});
+        let t = translate("shop", Route::Batch, msg, None, T_RECEIVED, |u| u.into(), || Uuid::from_u128(1)).unwrap();
+        assert_eq!(t.event["timestamp"], "2026-12-07T07:59:10.000Z");
     }
 
     #[test]
@@ -579,8 +682,11 @@ mod tests {
         again["sentAt"] = json!("2026-12-07T11:00:00Z");
         again["properties"] = json!({"changed": true});
         assert_eq!(a.event["event_id"], one(Route::Batch, again).unwrap().event["event_id"], "same messageId");
-        let other_app = translate("blog", Route::Batch, msg, None, 0, |u| u.into()).unwrap();
+        let other_app = translate("blog", Route::Batch, msg, None, 0, |u| u.into(), || Uuid::from_u128(7)).unwrap();
         assert_ne!(a.event["event_id"], other_app.event["event_id"], "ids are per app");
+        let untimed = one(Route::Batch, json!({"type": "track", "event": "x", "anonymousId": "a"})).unwrap();
+        assert_eq!(untimed.event["event_id"], Uuid::from_u128(7).to_string(), "no messageId, no time: a fresh id");
+        assert_eq!(untimed.event["timestamp"], "2026-12-07T10:00:10.000Z", "no time: its arrival, uncorrected");
         let bare = json!({"type": "track", "event": "x", "anonymousId": "a", "timestamp": "2026-12-07T10:00:00Z"});
         let first = one(Route::Batch, bare.clone()).unwrap();
         let mut retried = bare.clone();

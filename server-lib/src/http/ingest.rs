@@ -24,7 +24,7 @@ pub async fn event(State(state): State<Arc<AppState>>, request: Request) -> Resu
         let signed = SignedBody::<EventPolicy>::from_request(request, &state).await?;
         let value = parse_json(&signed.body, state.config.limits.max_json_depth)?;
         let auth = if signed.server_signed { ingest::Auth::ServerSigned } else { ingest::Auth::Signed };
-        Ok(Json(ingest::ingest(&state, signed.app_id, auth, signed.ip, user_agent.as_deref(), value).await?))
+        Ok(Json(ingest::ingest(&state, signed.app_id, auth, signed.ip, user_agent.as_deref(), value, &[]).await?))
     }
     .instrument(span)
     .await

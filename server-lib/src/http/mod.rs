@@ -54,20 +54,7 @@ impl AppState {
     /// The HTTP state over `services`; fails on an unusable JWT key.
     pub fn new(services: Arc<Services>) -> Result<Self, String> {
         let jwt = services.config.jwt.as_ref().map(jwt_verifier).transpose()?;
-        let mut write_keys = std::collections::HashMap::new();
-        for (app, config) in &services.config.apps {
-            for k in &config.write_keys {
-                if k.key.trim().is_empty() {
-                    return Err(format!("app {app}: a write key must not be empty"));
-                }
-                if let Some((other, _)) = write_keys.insert(k.key.clone(), (app.clone(), k.revoked)) {
-                    return Err(format!("apps {other} and {app} share a write key; each app needs its own"));
-                }
-                if k.key == config.secret || config.server_secret.as_ref() == Some(&k.key) {
-                    return Err(format!("app {app}: a write key must not be one of the app's signing secrets"));
-                }
-            }
-        }
+        let write_keys = write_keys(&services.config)?;
         Ok(AppState { services, jwt, metrics: metrics::prometheus(), dashboard: Default::default(), write_keys })
     }
 
@@ -105,12 +92,54 @@ impl AppState {
     }
 }
 
+/// The write keys of every app (key → app, revoked), checked: at least
+/// [`MIN_WRITE_KEY_LEN`] characters, each listed once (active or revoked), none shared by two
+/// apps or equal to any secret of the server (apps', networks', the admin key).
+fn write_keys(
+    config: &crate::domain::config::ServerConfig,
+) -> Result<std::collections::HashMap<String, (String, bool)>, String> {
+    let secrets: Vec<&str> = config
+        .apps
+        .values()
+        .flat_map(|a| std::iter::once(a.secret.as_str()).chain(a.server_secret.as_deref()))
+        .chain(config.networks.values().map(|n| n.secret.as_str()))
+        .chain(config.admin_key.as_deref())
+        .collect();
+    let mut keys = std::collections::HashMap::new();
+    for (app, c) in &config.apps {
+        for k in &c.write_keys {
+            if k.key.chars().count() < MIN_WRITE_KEY_LEN || k.key.trim() != k.key {
+                return Err(format!(
+                    "app {app}: a write key needs at least {MIN_WRITE_KEY_LEN} characters, without spaces at its ends"
+                ));
+            }
+            if secrets.contains(&k.key.as_str()) {
+                return Err(format!("app {app}: a write key must not be one of the server's secrets"));
+            }
+            if let Some((other, _)) = keys.insert(k.key.clone(), (app.clone(), k.revoked)) {
+                return Err(if other == *app {
+                    format!("app {app}: a write key is listed twice (to revoke one, list it as revoked only)")
+                } else {
+                    format!("apps {other} and {app} share a write key; each app needs its own")
+                });
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// The shortest write key accepted (Segment's are 32 characters).
+pub const MIN_WRITE_KEY_LEN: usize = 16;
+
 /// The Segment-compatible API's routes (docs/segment.md).
-fn segment_routes() -> Router<Arc<AppState>> {
+fn segment_routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
     use crate::domain::segment::{Call, Route};
     use axum::extract::{Request, State};
+    // OPTIONS is routed so that `segment::cors_layer` sees preflights (it answers them).
+    let preflight = || async { axum::http::StatusCode::NO_CONTENT };
     let messages = |route: Route| {
         post(move |State(state): State<Arc<AppState>>, request: Request| segment::receive(state, route, request))
+            .options(preflight)
     };
     let mut router = Router::new();
     for path in ["/v1/batch", "/v1/b", "/v1/import", "/beacon/v1/batch"] {
@@ -129,9 +158,10 @@ fn segment_routes() -> Router<Arc<AppState>> {
         }
     }
     router
-        .route("/v1/projects/{write_key}/settings", get(segment::settings))
-        .route("/sourceConfig", get(segment::source_config))
-        .route("/sourceConfig/", get(segment::source_config))
+        .route("/v1/projects/{write_key}/settings", get(segment::settings).options(preflight))
+        .route("/sourceConfig", get(segment::source_config).options(preflight))
+        .route("/sourceConfig/", get(segment::source_config).options(preflight))
+        .layer(axum::middleware::from_fn_with_state(state, segment::cors_layer))
 }
 
 fn jwt_verifier(c: &JwtConfig) -> Result<(jsonwebtoken::DecodingKey, jsonwebtoken::Validation), String> {
@@ -188,7 +218,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/c/{code}", get(links::click_by_code))
         .route("/v1/click", get(links::click_by_link).merge(post(links::s2s_click)))
         .route("/v1/impression", get(links::impression))
-        .merge(segment_routes())
+        .merge(segment_routes(state.clone()))
         .route("/dashboard", get(dashboard::index))
         .route("/dashboard/login", get(dashboard::login_page).merge(post(dashboard::login)))
         .route("/dashboard/logout", post(dashboard::logout))

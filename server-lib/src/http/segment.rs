@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Value, json};
@@ -43,12 +44,12 @@ fn key_of(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     basic.filter(|k| !k.is_empty()).or_else(|| query_param(query, "writeKey").filter(|k| !k.is_empty()))
 }
 
-/// `Access-Control-Allow-Origin` for a browser page the app allows; 403 for one it does not.
-/// Requests without an `Origin` (servers, mobile SDKs) are not CORS.
-fn cors(state: &AppState, app: &str, headers: &HeaderMap) -> Result<Option<HeaderValue>, ApiError> {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return Ok(None) };
+/// 403 for a browser page (`Origin`) the write key's app does not allow. Requests without an
+/// `Origin` (servers, mobile SDKs) are not CORS. The headers themselves come from [`cors_layer`].
+fn check_origin(state: &AppState, app: &str, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return Ok(()) };
     if state.config.apps.get(app).is_some_and(|a| a.allowed_origins.iter().any(|o| o == origin)) {
-        Ok(HeaderValue::from_str(origin).ok())
+        Ok(())
     } else {
         Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -58,11 +59,41 @@ fn cors(state: &AppState, app: &str, headers: &HeaderMap) -> Result<Option<Heade
     }
 }
 
-fn with_cors(mut response: Response, origin: Option<HeaderValue>) -> Response {
-    if let Some(origin) = origin {
+/// CORS for the Segment routes. A preflight cannot say which app it is for, so it is answered
+/// for an origin any app allows (403 otherwise); every answer to such an origin, errors
+/// included, carries `Access-Control-Allow-Origin` so a browser SDK can read its status; the
+/// handlers refuse an origin the write key's own app does not allow.
+pub(crate) async fn cors_layer(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let Some(origin) = request.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+        return next.run(request).await;
+    };
+    let allowed = state.config.apps.values().any(|a| a.allowed_origins.contains(&origin));
+    let value = HeaderValue::from_str(&origin).ok().filter(|_| allowed);
+    if request.method() == Method::OPTIONS {
+        let Some(value) = value else {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                format!("origin {origin:?} is not allowed for any app"),
+            )
+            .into_response();
+        };
+        let mut response = StatusCode::NO_CONTENT.into_response();
         let h = response.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
         h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type, content-encoding, anonymousid"),
+        );
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("7200"));
+        return response;
+    }
+    let mut response = next.run(request).await;
+    if let Some(value) = value {
+        response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        response.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
     }
     response
 }
@@ -75,30 +106,37 @@ pub async fn receive(state: Arc<AppState>, route: Route, request: Request) -> Re
     let (parts, body) = request.into_parts();
     let ip = client_ip(&parts.headers, peer(&parts), state.config.trusted_hops());
     state.limits.check_ip(ip)?;
-    // A key in the header or query is checked before the body is read.
+    // A key in the header or query is checked, with its origin and rate, before the body is read.
     let early = key_of(&parts.headers, parts.uri.query()).map(|k| app_of(&state, &k)).transpose()?;
+    if let Some(app) = &early {
+        check_origin(&state, app, &parts.headers)?;
+        state.limits.check_write_key(app)?;
+    }
     let limit = state.config.limits.max_body_bytes;
     let raw = read_body(body, limit, state.config.body_timeout()).await?;
     let raw = decode_body(&parts.headers, raw, limit)?;
     let value = parse_json(&raw, state.config.limits.max_json_depth)?;
     let app = match early {
         Some(app) => app,
-        None => match value.get("writeKey").and_then(Value::as_str) {
-            Some(key) if !key.is_empty() => app_of(&state, key)?,
-            _ => {
-                return Err(ApiError::unauthorized(
-                    "missing_write_key",
-                    "send the write key as the HTTP Basic user name (or writeKey in the query or body)",
-                ));
-            }
-        },
+        None => {
+            let app = match value.get("writeKey").and_then(Value::as_str) {
+                Some(key) if !key.is_empty() => app_of(&state, key)?,
+                _ => {
+                    return Err(ApiError::unauthorized(
+                        "missing_write_key",
+                        "send the write key as the HTTP Basic user name (or writeKey in the query or body)",
+                    ));
+                }
+            };
+            check_origin(&state, &app, &parts.headers)?;
+            state.limits.check_write_key(&app)?;
+            app
+        }
     };
-    let origin = cors(&state, &app, &parts.headers)?;
-    state.limits.check_write_key(&app)?;
     let user_agent = parts.headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
     let answer = segment::receive(&state, &app, route, ip, user_agent, value).await?;
     let all_refused = answer.messages > 0 && answer.rejected.len() == answer.messages;
-    let response = if all_refused {
+    Ok(if all_refused {
         let first = answer.rejected.first().map(|r| r.reason.as_str()).unwrap_or_default();
         let body = json!({
             "success": false,
@@ -110,8 +148,7 @@ pub async fn receive(state: Arc<AppState>, route: Route, request: Request) -> Re
         let mut body = serde_json::to_value(&answer).unwrap_or_default();
         body["success"] = Value::Bool(true);
         (StatusCode::OK, Json(body)).into_response()
-    };
-    Ok(with_cors(response, origin))
+    })
 }
 
 /// `GET /v1/projects/{writeKey}/settings`: the settings document Segment's SDKs fetch at start
@@ -122,11 +159,16 @@ pub async fn settings(
     Path(key): Path<String>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let headers = request.headers();
-    state.limits.check_ip(client_ip(headers, peer_of(&request), state.config.trusted_hops()))?;
+    let (parts, _) = request.into_parts();
+    let headers = &parts.headers;
+    state.limits.check_ip(client_ip(headers, peer(&parts), state.config.trusted_hops()))?;
     let app = app_of(&state, &key)?;
-    let origin = cors(&state, &app, headers)?;
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    check_origin(&state, &app, headers)?;
+    // The configured public address (what clients reach behind proxies), else the Host asked.
+    let host = match &state.config.public_url {
+        Some(url) => url.split_once("://").map_or(url.as_str(), |(_, rest)| rest).trim_end_matches('/').to_owned(),
+        None => headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned(),
+    };
     let body = json!({
         "integrations": {"Segment.io": {"apiKey": key, "apiHost": format!("{host}/v1"), "unbundledIntegrations": [],
                                          "addBundledMetadata": false, "maybeBundledConfigIds": {}}},
@@ -140,28 +182,25 @@ pub async fn settings(
         "legacyVideoPluginsEnabled": false,
         "remotePlugins": []
     });
-    Ok(with_cors(Json(body).into_response(), origin))
+    Ok(Json(body).into_response())
 }
 
 /// `GET /sourceConfig`: RudderStack's source configuration (its SDKs fetch it at start, with the
 /// write key as the Basic user name or `writeKey` in the query): the source enabled, no
 /// destinations.
 pub async fn source_config(State(state): State<Arc<AppState>>, request: Request) -> Result<Response, ApiError> {
-    let headers = request.headers();
-    state.limits.check_ip(client_ip(headers, peer_of(&request), state.config.trusted_hops()))?;
-    let key = key_of(headers, request.uri().query())
+    let (parts, _) = request.into_parts();
+    let headers = &parts.headers;
+    state.limits.check_ip(client_ip(headers, peer(&parts), state.config.trusted_hops()))?;
+    let key = key_of(headers, parts.uri.query())
         .ok_or_else(|| ApiError::unauthorized("missing_write_key", "send the write key as the HTTP Basic user name"))?;
     let app = app_of(&state, &key)?;
-    let origin = cors(&state, &app, headers)?;
+    check_origin(&state, &app, headers)?;
     let body = json!({
         "isHosted": false,
         "source": {"id": app, "name": app, "writeKey": key, "enabled": true, "config": {},
                    "workspaceId": "trailmark", "destinations": [],
                    "sourceDefinition": {"name": "Trailmark", "category": null}}
     });
-    Ok(with_cors(Json(body).into_response(), origin))
-}
-
-fn peer_of(request: &Request) -> Option<std::net::IpAddr> {
-    request.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip())
+    Ok(Json(body).into_response())
 }

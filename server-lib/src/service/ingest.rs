@@ -13,7 +13,7 @@ use super::{ServiceError, ServiceResult, Services, conversions};
 use crate::domain::conversions::Followup;
 use crate::domain::enrich;
 use crate::domain::identity::{advertising_id_update, alias_link};
-use crate::domain::ingest::{IngestRules, Prepared, Sender, prepare};
+use crate::domain::ingest::{Client, IngestRules, Prepared, Sender, prepare};
 use crate::domain::privacy::{event_hash, suppression_hash};
 use crate::domain::records::{AdIdUpdate, NewEvent};
 use crate::domain::stream::event_record;
@@ -32,7 +32,9 @@ pub enum Auth {
 
 /// Ingests a parsed body (one event or a batch envelope) from `app_id`: what was accepted,
 /// what was a duplicate, and which events were rejected and why. The request is refused as a
-/// whole only when the body itself is wrong (not an event or envelope, too many events).
+/// whole only when the body itself is wrong (not an event or envelope, too many events). Each
+/// event is enriched with the request's client (`ip`, `user_agent`), or with its own by index
+/// when `clients` has one: a backend's request about several people.
 pub async fn ingest(
     svc: &Services,
     app_id: String,
@@ -40,8 +42,23 @@ pub async fn ingest(
     ip: Option<IpAddr>,
     user_agent: Option<&str>,
     value: Value,
+    clients: &[(Option<IpAddr>, Option<String>)],
 ) -> ServiceResult<IngestResponse> {
     let received_at = svc.config.clock.now();
+    // Each distinct client is parsed, located and sealed once.
+    let mut seen: HashMap<&(Option<IpAddr>, Option<String>), Client> = HashMap::new();
+    let clients: Vec<Client> = clients
+        .iter()
+        .map(|key| {
+            seen.entry(key)
+                .or_insert_with(|| Client {
+                    ua: key.1.as_deref().map(enrich::parse_user_agent).unwrap_or_default(),
+                    geo: key.0.map(|ip| svc.geo.lookup(ip)).unwrap_or_default(),
+                    ip_enc: key.0.and_then(|ip| svc.ip_cipher.encrypt(ip)),
+                })
+                .clone()
+        })
+        .collect();
     // Whether this request's revenue may go into network postbacks (docs/protocol.md, "Trust
     // model"): a server secret's, or as the app's kind says.
     let revenue_trusted =
@@ -62,6 +79,7 @@ pub async fn ingest(
         geo: &geo,
         ip_enc: ip.and_then(|ip| svc.ip_cipher.encrypt(ip)),
         unsigned: auth == Auth::WriteKey,
+        clients: &clients,
     };
     let Prepared { mut fresh, mut followups, rejected, dropped, clamped } = prepare(&rules, &sender, value)?;
     // From here on user and device ids are in their stored (hashed) form, the raw values

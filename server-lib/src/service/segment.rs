@@ -10,12 +10,7 @@ use serde_json::{Value, json};
 use super::ingest::{Auth, ingest};
 use super::{ServiceResult, Services};
 use crate::domain::config::AppKind;
-use crate::domain::events::parse_ms;
-use crate::domain::segment::{Origin, Route, messages, translate};
-
-/// What a group of messages sent to ingest together shares: the client (for a `server` app)
-/// and the send time.
-type GroupKey = (Origin, Option<String>);
+use crate::domain::segment::{Route, messages, translate};
 
 /// A message refused, by its place in the request.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -39,9 +34,9 @@ pub struct Answer {
 }
 
 /// Ingests a body that arrived on `route` with a write key of `app_id`, from `ip` with
-/// `user_agent`. A `server` app's messages are enriched with the address and user agent their
-/// `context` names (a backend reports on other people's behalf); other apps' with the
-/// request's own, as an SDK's.
+/// `user_agent`, in one ingest call. A `server` app's messages are enriched with the address
+/// and user agent their `context` names (a backend reports on other people's behalf; none
+/// named: none used, not the backend's own); other apps' with the request's own, as an SDK's.
 pub async fn receive(
     svc: &Services,
     app_id: &str,
@@ -54,25 +49,33 @@ pub async fn receive(
     let batch = messages(route, body)?;
     let trusted = svc.config.apps.get(app_id).is_some_and(|a| a.kind == AppKind::Server);
     let mut answer = Answer { messages: batch.messages.len(), ..Answer::default() };
-    // Messages go to ingest in groups that share their client and send time (usually one).
-    let mut groups: Vec<(GroupKey, Vec<(usize, Value)>)> = Vec::new();
+    let message_ids: Vec<Option<String>> = batch.messages.iter().map(message_id).collect();
+    let mut indices = Vec::with_capacity(batch.messages.len());
+    let mut events = Vec::with_capacity(batch.messages.len());
+    let mut clients = Vec::new();
     let mut traits_dropped = 0;
-    let message_ids: Vec<Option<String>> =
-        batch.messages.iter().map(|m| m.get("messageId").and_then(Value::as_str).map(str::to_owned)).collect();
     for (index, message) in batch.messages.into_iter().enumerate() {
-        let message_id = message_ids[index].clone();
-        match translate(app_id, route, message, batch.sent_at.as_deref(), received_at, |u| svc.ids.user(u)) {
+        let translated = translate(
+            app_id,
+            route,
+            message,
+            batch.sent_at.as_deref(),
+            received_at,
+            |u| svc.ids.user(u),
+            uuid::Uuid::new_v4,
+        );
+        match translated {
             Ok(t) => {
                 traits_dropped += t.traits_dropped;
-                let origin = if trusted { t.origin } else { Origin::default() };
-                // A send time that is not a time does not refuse the group: no skew correction.
-                let key = (origin, t.sent_at.filter(|s| parse_ms(s).is_some()));
-                match groups.iter_mut().find(|(k, _)| *k == key) {
-                    Some((_, events)) => events.push((index, t.event)),
-                    None => groups.push((key, vec![(index, t.event)])),
+                if trusted {
+                    clients.push((t.origin.ip.as_deref().and_then(|i| i.trim().parse().ok()), t.origin.user_agent));
                 }
+                indices.push(index);
+                events.push(t.event);
             }
-            Err(reason) => answer.rejected.push(MessageRejection { index, message_id, reason }),
+            Err(reason) => {
+                answer.rejected.push(MessageRejection { index, message_id: message_ids[index].clone(), reason })
+            }
         }
     }
     if traits_dropped > 0 {
@@ -83,25 +86,29 @@ pub async fn receive(
         metrics::counter!("trailmark_events_rejected_total", "app" => app_id.to_owned())
             .increment(answer.rejected.len() as u64);
     }
-    for ((origin, sent_at), events) in groups {
-        let (indices, events): (Vec<usize>, Vec<Value>) = events.into_iter().unzip();
-        let mut envelope = json!({ "batch": events });
-        if let Some(s) = sent_at {
-            envelope["sent_at"] = Value::String(s);
-        }
-        let group_ip = origin.ip.as_deref().and_then(|i| i.trim().parse().ok()).or(ip);
-        let group_ua = origin.user_agent.as_deref().or(user_agent);
-        let r = ingest(svc, app_id.to_owned(), Auth::WriteKey, group_ip, group_ua, envelope).await?;
-        answer.accepted += r.accepted;
-        answer.duplicates += r.duplicates;
-        answer.suppressed += r.suppressed;
-        for rejection in r.rejected {
-            let index = indices.get(rejection.index).copied().unwrap_or(rejection.index);
-            let message_id = message_ids.get(index).cloned().flatten();
-            answer.rejected.push(MessageRejection { index, message_id, reason: rejection.reason });
-        }
+    metrics::counter!("trailmark_segment_messages_total", "app" => app_id.to_owned()).increment(answer.messages as u64);
+    if events.is_empty() {
+        return Ok(answer);
+    }
+    let envelope = json!({ "batch": events });
+    let r = ingest(svc, app_id.to_owned(), Auth::WriteKey, ip, user_agent, envelope, &clients).await?;
+    answer.accepted = r.accepted;
+    answer.duplicates = r.duplicates;
+    answer.suppressed = r.suppressed;
+    for rejection in r.rejected {
+        let index = indices.get(rejection.index).copied().unwrap_or(rejection.index);
+        let message_id = message_ids.get(index).cloned().flatten();
+        answer.rejected.push(MessageRejection { index, message_id, reason: rejection.reason });
     }
     answer.rejected.sort_by_key(|r| r.index);
-    metrics::counter!("trailmark_segment_messages_total", "app" => app_id.to_owned()).increment(answer.messages as u64);
     Ok(answer)
+}
+
+/// A message's `messageId` as text (a string, or a number as some clients send it).
+fn message_id(m: &Value) -> Option<String> {
+    match m.get("messageId")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
