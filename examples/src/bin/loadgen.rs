@@ -28,8 +28,9 @@ struct Args {
     /// Requests in flight.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Run only this workload: batched (with the report timings), single, hello, clicks, installs
-    /// or refresh (not part of the default run).
+    /// Run only this workload: batched (with the report timings), single, segment (Segment
+    /// batches with a write key), hello, clicks, installs or refresh (not part of the default
+    /// run).
     #[arg(long)]
     only: Option<String>,
     /// Clicks put in the attribution index before the installs workload.
@@ -58,6 +59,8 @@ struct Args {
 
 const APP: &str = "bench";
 const SECRET: &str = "bench-secret";
+/// The app's write key for the Segment-compatible API (`--only segment`).
+const WRITE_KEY: &str = "bench-write-key-0001";
 
 /// One event as JSON text (built with `format!`, so preparing the bodies stays cheap); with
 /// `ids`, a user id and a device id as well.
@@ -79,6 +82,22 @@ fn event(i: u64, ts: &str, ids: bool) -> String {
     }
     let n = i % 5000;
     format!(r#"{{"user_id":"user-{n}","device_id":"5D1E0C{n:06X}-8246-4BA4-AE5B-76104861E7DC",{}"#, &text[1..])
+}
+
+/// One Segment `track` message carrying what [`event`] does.
+fn segment_message(i: u64, ts: &str) -> String {
+    format!(
+        concat!(
+            r#"{{"type":"track","messageId":"{}","event":"Product Added","timestamp":"{}","anonymousId":"anon-{}","#,
+            r#""properties":{{"sku":"SKU-{}","price":19.99,"currency":"EUR","quantity":1}},"#,
+            r#""context":{{"app":{{"namespace":"com.example","version":"1.0"}},"os":{{"name":"iOS","version":"18.1"}},"#,
+            r#""device":{{"model":"iPhone15,2"}},"library":{{"name":"analytics-swift","version":"1.5.0"}}}}}}"#
+        ),
+        uuid::Uuid::new_v4(),
+        ts,
+        i % 5000,
+        i % 1000
+    )
 }
 
 struct Result {
@@ -177,6 +196,8 @@ async fn main() {
         apps: vec![format!("{APP}:{SECRET}")],
         ip_rate: Some(1_000_000),
         app_rate: Some(1_000_000),
+        write_keys: vec![format!("{APP}={WRITE_KEY}")],
+        write_key_rate: Some(1_000_000),
         sync: Some(args.sync.clone()),
         admin_key: Some("bench-admin-key-0001".into()),
         postgres: args.postgres.clone(),
@@ -256,6 +277,28 @@ async fn main() {
         .await;
         report("single-event ingest", "events", &r);
         single_rps = r.requests as f64 / r.elapsed.as_secs_f64();
+    }
+    if run("segment") {
+        // The batched workload's events as Segment messages (500 per batch, the same properties
+        // and context), posted with the write key to /v1/batch.
+        let batches: Vec<Vec<u8>> = (0..(args.seconds * 200))
+            .map(|b| {
+                let ts = protocol::format_millis(trailmark_server::now_ms());
+                let messages: Vec<String> = (0..500).map(|i| segment_message(b * 500 + i, &ts)).collect();
+                format!(r#"{{"sentAt":"{ts}","batch":[{}]}}"#, messages.join(",")).into_bytes()
+            })
+            .collect();
+        let size = batches[0].len();
+        let (c, u) = (client.clone(), format!("http://{}/v1/batch", running.addr));
+        let r = drive(&args, Arc::new(batches), move |body| {
+            let (c, u) = (c.clone(), u.clone());
+            async move {
+                let resp = c.post(&u).basic_auth(WRITE_KEY, Some("")).body(body.unwrap()).send().await.ok()?;
+                resp.json::<Value>().await.ok()?["accepted"].as_u64()
+            }
+        })
+        .await;
+        report(&format!("segment batches (500 msg, {} KB)", size / 1024), "events", &r);
     }
     if run("hello") {
         let (c, u) = (client.clone(), hello_url.clone());
