@@ -279,6 +279,17 @@ async fn write_keys_have_their_own_rate_and_browsers_their_origins() {
     assert_eq!(ok.status(), 200);
     assert_eq!(ok.headers()["access-control-allow-origin"], "https://shop.example");
     assert_eq!(send("https://evil.example").await.unwrap().status(), 403);
+    // With the key in the header, the origin is refused before the body is read or judged.
+    let early = srv
+        .http
+        .post(format!("{}/v1/batch", srv.base))
+        .header("origin", "https://evil.example")
+        .basic_auth("wk_live_0123456789", Some(""))
+        .body("this is not JSON")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(early.status(), 403);
     // A preflight (RudderStack's browser SDK sends Authorization) for an allowed origin; none
     // for another; an error answer still readable by the allowed page.
     let preflight = |origin: &'static str| {
@@ -308,12 +319,9 @@ async fn write_keys_have_their_own_rate_and_browsers_their_origins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_keys_are_checked_when_the_server_is_built() {
-    for (key, part) in [
-        ("short", "at least 16"),
-        ("secret", "at least 16"),
-        (" wk_padded_0123456789", "spaces"),
-        ("api-secret-0123456789", "secrets"),
-    ] {
+    for (key, part) in
+        [("short", "at least 16"), (" wk_padded_0123456789", "spaces"), ("api-secret-0123456789", "secrets")]
+    {
         let mut config = ServerConfig::new().with_app("app", "secret").with_app_kind(
             "api",
             "api-secret-0123456789",
@@ -377,6 +385,20 @@ async fn segment_events_reach_reports_and_deletion() {
     assert_eq!((status, answer["accepted"].as_u64()), (200, Some(2)), "{answer}");
     let other = &srv.events("user_id=u2-other").await[0];
     assert_eq!(other["enrichment"]["ua"]["os"], "Windows", "each message its own client: {other}");
+    // A server app's message that names no client gets none: not the backend's own.
+    let bare = json!({"type": "track", "event": "Nightly Sync", "userId": "u8"});
+    let resp = srv
+        .http
+        .post(format!("{}/v1/track", srv.base))
+        .basic_auth("wk_backend_0123456", Some(""))
+        .header("user-agent", IPHONE)
+        .json(&bare)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let synced = &srv.events("user_id=u8").await[0];
+    assert!(synced["enrichment"]["ua"].get("os").is_none_or(Value::is_null), "{synced}");
     assert_eq!(srv.post("/v1/batch", Some("wk_live_0123456789"), &renewed("u9")).await.0, 200);
     let renewals = srv.events("user_id=u2").await;
     let backend = renewals.iter().find(|e| e["type"] == "subscription_renewed").unwrap();

@@ -104,9 +104,13 @@ pub fn prepare(rules: &IngestRules<'_>, sender: &Sender<'_>, value: Value) -> Re
         let revenue = follow.and_then(|_| event.pointer("/properties/revenue").and_then(Value::as_f64));
         let currency =
             follow.and_then(|_| event.pointer("/properties/currency").and_then(Value::as_str)).map(str::to_owned);
-        let (ua, geo, ip_enc) = match sender.clients.get(index) {
-            Some(c) => (&c.ua, &c.geo, &c.ip_enc),
-            None => (sender.ua, sender.geo, &sender.ip_enc),
+        // Given per event, an event without one has no client (never the request's: that is a
+        // backend reporting for others).
+        let no_client = Client::default();
+        let (ua, geo, ip_enc) = match (sender.clients.is_empty(), sender.clients.get(index)) {
+            (true, _) => (sender.ua, sender.geo, &sender.ip_enc),
+            (false, Some(c)) => (&c.ua, &c.geo, &c.ip_enc),
+            (false, None) => (&no_client.ua, &no_client.geo, &no_client.ip_enc),
         };
         let checked = rules
             .validators

@@ -180,17 +180,17 @@ pub fn translate(
                 Some(Value::String(name)) => name,
                 _ => return Err("/event: a track call needs the event's name".into()),
             };
-            let (props, dropped) = hashed(object(m.remove("properties")));
+            let (props, dropped) = hashed(object(m.remove("properties")), true);
             traits_dropped = dropped;
             track(&name, props)?
         }
         Call::Identify => {
-            let (traits, dropped) = hashed(traits(m.remove("traits")));
+            let (traits, dropped) = hashed(traits(m.remove("traits")), false);
             traits_dropped = dropped;
             ("identify".to_owned(), traits)
         }
         Call::Page | Call::Screen => {
-            let (mut props, dropped) = hashed(object(m.remove("properties")));
+            let (mut props, dropped) = hashed(object(m.remove("properties")), true);
             traits_dropped = dropped;
             let name = match (m.remove("category"), m.remove("name")) {
                 (Some(Value::String(c)), Some(Value::String(n))) => Some(format!("{c} {n}")),
@@ -212,7 +212,7 @@ pub fn translate(
         }
         Call::Group => {
             let group_id = id(m.remove("groupId"), "groupId")?.ok_or("/groupId: a group call needs one")?;
-            let (mut traits, dropped) = hashed(traits(m.remove("traits")));
+            let (mut traits, dropped) = hashed(traits(m.remove("traits")), false);
             traits_dropped = dropped;
             traits.insert("group_id".into(), Value::String(group_id.clone()));
             out_context.insert("group_id".into(), Value::String(group_id));
@@ -283,22 +283,35 @@ fn traits(v: Option<Value>) -> Map<String, Value> {
 
 /// Traits (or an event's properties: Segment's spec puts `email` in some events' properties)
 /// with e-mail, phone and their common variants replaced by `<name>_sha256` (the SDKs' rules:
-/// `trailmark_core::pii`); one that cannot be normalised is left out. Returns how many were
-/// left out. Only top-level names are looked at.
-fn hashed(traits: Map<String, Value>) -> (Map<String, Value>, u32) {
+/// `trailmark_core::pii`); a text (or number) that cannot be normalised is left out, and so is
+/// any other value unless `keep_non_text` (properties: `"email": true` is a setting, not an
+/// address). Returns how many were left out. Only top-level names are looked at.
+fn hashed(traits: Map<String, Value>, keep_non_text: bool) -> (Map<String, Value>, u32) {
     let mut out = Map::new();
+    let mut hashes = Vec::new();
     let mut dropped = 0;
     for (key, value) in traits {
         if !pii::is_hashed_trait(&key, None) {
             out.insert(key, value);
             continue;
         }
-        match value.as_str().map(|raw| pii::hash_trait(&key, raw)) {
-            Some(Ok(hash)) => {
-                out.insert(format!("{key}_sha256"), Value::String(hash));
+        let raw = match &value {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        match raw.map(|raw| pii::hash_trait(&key, &raw)) {
+            Some(Ok(hash)) => hashes.push((format!("{key}_sha256"), Value::String(hash))),
+            // A flag such as `"email": true` in an event's properties is no address.
+            None if keep_non_text => {
+                out.insert(key, value);
             }
             _ => dropped += 1,
         }
+    }
+    // The hashes made here win over a sender's own `<name>_sha256` (which could hold anything).
+    for (key, hash) in hashes {
+        out.insert(key, hash);
     }
     (out, dropped)
 }
@@ -348,9 +361,9 @@ fn track(name: &str, mut props: Map<String, Value>) -> Result<(String, Map<Strin
         "Application Backgrounded" => "app_backgrounded".to_owned(),
         "Application Updated" => "app_updated".to_owned(),
         other => {
-            if other.chars().any(|c| c.is_alphanumeric() && !c.is_ascii()) {
+            if other.chars().any(|c| !c.is_ascii() && !c.is_whitespace() && !is_punctuation(c)) {
                 return Err(format!(
-                    "/event: {other:?} has letters outside ASCII; event names are ASCII letters, digits and _"
+                    "/event: {other:?} has characters outside ASCII; event names are ASCII letters, digits and _"
                 ));
             }
             let t = snake_case(other);
@@ -367,6 +380,13 @@ fn track(name: &str, mut props: Map<String, Value>) -> Result<(String, Map<Strin
         }
     };
     Ok((event_type, props))
+}
+
+/// Punctuation outside ASCII that a name may hold as a separator (Latin-1 signs such as `·`,
+/// General Punctuation such as `–` and `…`): it becomes `_` like ASCII punctuation. Letters,
+/// marks, digits and symbols outside ASCII refuse the name, so none is silently lost.
+fn is_punctuation(c: char) -> bool {
+    matches!(c, '\u{a0}'..='\u{bf}' | '\u{d7}' | '\u{f7}' | '\u{2000}'..='\u{206f}')
 }
 
 /// A number, or a number written as text (`"19.99"`, as some clients send prices).
@@ -547,6 +567,12 @@ mod tests {
         assert!(r.unwrap_err().contains("outside ASCII"));
         let r = one(Route::Batch, json!({"type": "track", "event": "Überraschung", "anonymousId": "a"}));
         assert!(r.unwrap_err().contains("outside ASCII"), "no letter silently lost");
+        for name in ["Cafe\u{301}", "Played \u{1f3ae}"] {
+            let r = one(Route::Batch, json!({"type": "track", "event": name, "anonymousId": "a"}));
+            assert!(r.unwrap_err().contains("outside ASCII"), "{name}: a mark or an emoji is not dropped");
+        }
+        let dash = one(Route::Batch, json!({"type": "track", "event": "Page \u{2013} Viewed", "anonymousId": "a"}));
+        assert_eq!(dash.unwrap().event["type"], "page_viewed", "punctuation is a separator");
         let r = one(Route::Batch, json!({"type": "track", "event": "--", "anonymousId": "a"}));
         assert!(r.unwrap_err().contains("no letters or digits"));
         let long = "x".repeat(65);
@@ -600,6 +626,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(odd.event["properties"]["currency"], 978, "left for validation to refuse, not turned into USD");
+        let settings = one(
+            Route::Batch,
+            json!({"type": "track", "event": "Settings Changed", "anonymousId": "a",
+                                                "properties": {"email": true, "mobile": false, "phone": null}}),
+        )
+        .unwrap();
+        assert_eq!(settings.event["properties"], json!({"email": true, "mobile": false, "phone": null}), "flags kept");
+        let forged = one(
+            Route::Batch,
+            json!({"type": "identify", "userId": "u", "traits": {"email": "a@b.co",
+                                              "email_sha256": "raw@example.com"}}),
+        )
+        .unwrap();
+        assert_eq!(forged.event["properties"]["email_sha256"], pii::hash_email("a@b.co").unwrap().as_str());
     }
 
     #[test]

@@ -104,6 +104,7 @@ fn write_keys(
         .flat_map(|a| std::iter::once(a.secret.as_str()).chain(a.server_secret.as_deref()))
         .chain(config.networks.values().map(|n| n.secret.as_str()))
         .chain(config.admin_key.as_deref())
+        .chain(config.jwt.as_ref().filter(|j| j.algorithm == JwtAlgorithm::Hs256).map(|j| j.key.as_str()))
         .collect();
     let mut keys = std::collections::HashMap::new();
     for (app, c) in &config.apps {

@@ -92,8 +92,10 @@ pub(crate) async fn cors_layer(State(state): State<Arc<AppState>>, request: Requ
     }
     let mut response = next.run(request).await;
     if let Some(value) = value {
-        response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
-        response.headers_mut().insert(header::VARY, HeaderValue::from_static("Origin"));
+        let h = response.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value);
+        h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("retry-after"));
     }
     response
 }
@@ -167,7 +169,12 @@ pub async fn settings(
     // The configured public address (what clients reach behind proxies), else the Host asked.
     let host = match &state.config.public_url {
         Some(url) => url.split_once("://").map_or(url.as_str(), |(_, rest)| rest).trim_end_matches('/').to_owned(),
-        None => headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned(),
+        None => headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+            .unwrap_or_default(),
     };
     let body = json!({
         "integrations": {"Segment.io": {"apiKey": key, "apiHost": format!("{host}/v1"), "unbundledIntegrations": [],
