@@ -252,10 +252,10 @@ tansu_bin() {
 }
 
 suite_services() {
-  need_debs postgresql redis-server || { failed+=("services-setup"); return; }
+  need_debs postgresql redis-server clickhouse-server curl || { failed+=("services-setup"); return; }
   local tansu
   if tansu="$(tansu_bin)"; then export TM_TANSU="$tansu"; else failed+=("kafka-setup"); fi
-  step "starting private PostgreSQL, Redis and a Kafka-protocol broker"
+  step "starting private PostgreSQL, Redis, ClickHouse and a Kafka-protocol broker"
   local env_file="$log_dir/services.env"
   if ! "$root/tests/services.sh" start >"$env_file"; then
     failed+=("services-setup")
@@ -263,9 +263,9 @@ suite_services() {
   fi
   # shellcheck disable=SC1090
   . "$env_file"
-  echo "PostgreSQL $TM_POSTGRES_URL, Redis $TM_REDIS_URL, Kafka ${TM_KAFKA_BROKERS:-none}"
-  run services-test env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --test storage_suite --test reports --test schema_parity --test tls
-  summary+=("$(awk '/^test result:/{print "services storage suite + reports + schema parity + TLS (SQLite + PostgreSQL, Redis): " $0}' "$log_dir/services-test.log")")
+  echo "PostgreSQL $TM_POSTGRES_URL, Redis $TM_REDIS_URL, ClickHouse $TM_CLICKHOUSE_URL, Kafka ${TM_KAFKA_BROKERS:-none}"
+  run services-test env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --test storage_suite --test reports --test schema_parity --test tls --test clickhouse
+  summary+=("$(awk '/^test result:/{print "services storage suite + reports + schema parity + TLS + ClickHouse client (SQLite + PostgreSQL, Redis, ClickHouse): " $0}' "$log_dir/services-test.log")")
   run services-multi env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-examples --test multi_instance
   summary+=("$(awk '/^test result:/{print "services two instances (PostgreSQL + Redis): " $0}' "$log_dir/services-multi.log")")
   run services-kafka env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --features kafka --test kafka

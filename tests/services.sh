@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Starts a private PostgreSQL, a private Redis and (when TM_TANSU names the tansu binary) a
-# Kafka-protocol broker for the tests, on loopback ports of their own, with their data in a
+# Starts a private PostgreSQL, a private Redis, a private ClickHouse and (when TM_TANSU names
+# the tansu binary) a Kafka-protocol broker for the tests, on loopback ports of their own, with their data in a
 # temporary directory; prints the addresses as shell assignments:
 #   eval "$(tests/services.sh start)"   → TM_POSTGRES_URL, TM_REDIS_URL, TM_KAFKA_BROKERS, TM_SERVICES_DIR,
 #     and for TLS: TM_SERVICES_CA (a test CA made here), TM_POSTGRES_TLS_URL (user trailmark_tls,
-#     refused without TLS), TM_REDIS_TLS_URL (a TLS-only port)
+#     refused without TLS), TM_REDIS_TLS_URL (a TLS-only port), TM_CLICKHOUSE_URL (HTTP interface)
 #   tests/services.sh stop "$TM_SERVICES_DIR"
-# Needs Debian's postgresql and redis-server packages and tansu 0.6.0 from crates.io
+# Needs Debian's postgresql, redis-server and clickhouse-server packages and tansu 0.6.0 from crates.io
 # (./tests/run.sh services installs them).
 set -euo pipefail
 
@@ -79,6 +79,7 @@ start() {
   echo "TM_POSTGRES_TLS_URL='postgres://trailmark_tls@127.0.0.1:$pg_port/trailmark?sslmode=verify-full'"
   echo "TM_REDIS_TLS_URL=rediss://127.0.0.1:$redis_tls_port"
   echo "export TM_SERVICES_DIR TM_POSTGRES_URL TM_REDIS_URL TM_SERVICES_CA TM_POSTGRES_TLS_URL TM_REDIS_TLS_URL"
+  start_clickhouse "$dir"
   if [ -n "${TM_TANSU:-}" ]; then
     local kafka_port
     kafka_port="$(free_port)"
@@ -97,12 +98,49 @@ start() {
   fi
 }
 
+# ClickHouse (Debian's 18.16) with a config of its own: loopback ports, data under $dir/ch.
+start_clickhouse() {
+  local dir="$1" http_port tcp_port
+  http_port="$(free_port)"
+  tcp_port="$(free_port)"
+  mkdir -p "$dir/ch/data" "$dir/ch/tmp"
+  cat >"$dir/ch/config.xml" <<EOF
+<yandex>
+  <logger><level>warning</level><log>$dir/ch/server.log</log><errorlog>$dir/ch/error.log</errorlog></logger>
+  <http_port>$http_port</http_port>
+  <tcp_port>$tcp_port</tcp_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>$dir/ch/data/</path>
+  <tmp_path>$dir/ch/tmp/</tmp_path>
+  <users_config>/etc/clickhouse-server/users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <mark_cache_size>536870912</mark_cache_size>
+</yandex>
+EOF
+  setsid clickhouse-server --config-file="$dir/ch/config.xml" >"$dir/ch/stdout.log" 2>&1 </dev/null &
+  echo $! >"$dir/clickhouse.pid"
+  for _ in $(seq 100); do
+    [ "$(curl -s "http://127.0.0.1:$http_port/ping" 2>/dev/null)" = "Ok." ] && break
+    sleep 0.1
+  done
+  [ "$(curl -s "http://127.0.0.1:$http_port/ping" 2>/dev/null)" = "Ok." ] \
+    || { cat "$dir/ch/stdout.log" "$dir/ch/error.log" >&2 2>/dev/null; exit 1; }
+  echo "TM_CLICKHOUSE_URL=http://127.0.0.1:$http_port"
+  echo "export TM_CLICKHOUSE_URL"
+}
+
 stop() {
   local dir="$1" bin as_pg=()
   bin="$(pg_bin)"
   [ "$(id -u)" -eq 0 ] && as_pg=(runuser -u postgres --)
   [ -f "$dir/redis.pid" ] && kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
   [ -f "$dir/tansu.pid" ] && kill "$(cat "$dir/tansu.pid")" 2>/dev/null || true
+  if [ -f "$dir/clickhouse.pid" ]; then
+    kill "$(cat "$dir/clickhouse.pid")" 2>/dev/null || true
+    # ClickHouse takes a moment to stop; its data directory goes with $dir.
+    for _ in $(seq 50); do kill -0 "$(cat "$dir/clickhouse.pid")" 2>/dev/null || break; sleep 0.1; done
+  fi
   [ -d "$dir/pg/data" ] && "${as_pg[@]}" "$bin/pg_ctl" -D "$dir/pg/data" -m fast stop >/dev/null 2>&1 || true
   rm -rf "$dir"
 }

@@ -24,7 +24,9 @@
 //! `POST /v1/user/delete` (admin), the event inspector `GET /v1/events?anonymous_id=…` (admin),
 //! the dashboard `/dashboard`, `GET /healthz`, `GET /metrics` (Prometheus). Attribution is
 //! explained in `docs/attribution.md`; who may send what (app kinds, network keys) in
-//! `docs/protocol.md`, "Trust model".
+//! `docs/protocol.md`, "Trust model". Segment's and RudderStack's SDKs send to the
+//! Segment-compatible routes (`POST /v1/batch`, `/v1/track`, …) with an app's write key
+//! (`docs/segment.md`).
 //!
 //! The crate is layered (`ARCHITECTURE.md`, ADR 0009); imports only flow downward:
 //! [`http`] → [`service`] → [`storage`] | [`clickcache`] | [`sink`] → [`domain`] (pure). The
@@ -35,6 +37,7 @@ mod builder;
 pub mod clickcache;
 pub mod domain;
 pub mod http;
+pub mod olap;
 pub mod service;
 pub mod sink;
 pub mod storage;
