@@ -122,6 +122,7 @@ impl ServerBuilder {
         let services = Services {
             maintenance,
             live: Default::default(),
+            agents: Default::default(),
             ip_cipher: IpCipher::new(&config.ip_key),
             ids: crate::domain::identifiers::IdProtector::new(&config.audit_key, &config.ip_key, &config.id_keys),
             limits,

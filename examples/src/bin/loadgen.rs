@@ -166,16 +166,22 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 
-fn report(name: &str, unit: &str, r: &Result) {
+/// Prints a workload's figures for people, then one line for scripts comparing runs:
+/// `loadgen: workload=<name> rate=<items per second> p50_ms=<x> p99_ms=<y>` (issue 24).
+fn report(name: &str, workload: &str, unit: &str, r: &Result) {
     let secs = r.elapsed.as_secs_f64();
+    let (rate, p50, p99) = (r.items as f64 / secs, pct(&r.latencies, 0.5), pct(&r.latencies, 0.99));
     println!(
-        "{name:<34} {:>10.0} {unit}/s  {:>8.0} req/s  p50 {:>8.2?}  p99 {:>8.2?}  errors {}",
-        r.items as f64 / secs,
+        "{name:<34} {rate:>10.0} {unit}/s  {:>8.0} req/s  p50 {p50:>8.2?}  p99 {p99:>8.2?}  errors {}",
         r.requests as f64 / secs,
-        pct(&r.latencies, 0.5),
-        pct(&r.latencies, 0.99),
         r.errors
     );
+    println!("{}", summary_line(workload, rate, p50, p99));
+}
+
+fn summary_line(workload: &str, rate: f64, p50: Duration, p99: Duration) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    format!("loadgen: workload={workload} rate={rate:.0} p50_ms={:.3} p99_ms={:.3}", ms(p50), ms(p99))
 }
 
 async fn signed_post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Option<u64> {
@@ -245,7 +251,7 @@ async fn main() {
             async move { signed_post(&c, &u, body.unwrap()).await }
         })
         .await;
-        report(&format!("batched ingest (500 ev, {} KB)", size / 1024), "events", &r);
+        report(&format!("batched ingest (500 ev, {} KB)", size / 1024), "batched", "events", &r);
         {
             // The star schema is refreshed by the scheduler every 10 s while ingest runs; a
             // report first takes whatever is still pending, then queries.
@@ -275,7 +281,7 @@ async fn main() {
             async move { signed_post(&c, &u, body.unwrap()).await }
         })
         .await;
-        report("single-event ingest", "events", &r);
+        report("single-event ingest", "single", "events", &r);
         single_rps = r.requests as f64 / r.elapsed.as_secs_f64();
     }
     if args.only.as_deref() == Some("segment") {
@@ -298,7 +304,7 @@ async fn main() {
             }
         })
         .await;
-        report(&format!("segment batches (500 msg, {} KB)", size / 1024), "events", &r);
+        report(&format!("segment batches (500 msg, {} KB)", size / 1024), "segment", "events", &r);
     }
     if run("hello") {
         let (c, u) = (client.clone(), hello_url.clone());
@@ -310,7 +316,7 @@ async fn main() {
             }
         })
         .await;
-        report("axum hello-world GET", "resp", &r);
+        report("axum hello-world GET", "hello", "resp", &r);
         let hello_rps = r.requests as f64 / r.elapsed.as_secs_f64();
         if single_rps > 0.0 {
             println!("single-event ingest = {:.0} % of hello-world requests/s", 100.0 * single_rps / hello_rps);
@@ -334,7 +340,7 @@ async fn main() {
                 }
             })
             .await;
-            report("click redirects /c/<code>", "clicks", &r);
+            report("click redirects /c/<code>", "clicks", "clicks", &r);
         }
         if run("installs") {
             let started = Instant::now();
@@ -365,7 +371,7 @@ async fn main() {
                 }
             })
             .await;
-            report(&format!("installs, {} clicks cached", args.cached), "installs", &r);
+            report(&format!("installs, {} clicks cached", args.cached), "installs", "installs", &r);
         }
     }
     running.handle.shutdown();
@@ -568,5 +574,16 @@ async fn refresh_bench(args: &Args) {
                 refreshed as f64 / took.as_secs_f64()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_line_has_the_form_scripts_read() {
+        let line = summary_line("batched", 56_140.4, Duration::from_micros(283_650), Duration::from_micros(466_990));
+        assert_eq!(line, "loadgen: workload=batched rate=56140 p50_ms=283.650 p99_ms=466.990");
     }
 }

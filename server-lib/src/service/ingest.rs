@@ -11,7 +11,6 @@ use trailmark_core::protocol::{DropReport, IngestResponse};
 use super::trace::store_span;
 use super::{ServiceError, ServiceResult, Services, conversions};
 use crate::domain::conversions::Followup;
-use crate::domain::enrich;
 use crate::domain::identity::{advertising_id_update, alias_link};
 use crate::domain::ingest::{Client, IngestRules, Prepared, Sender, prepare};
 use crate::domain::privacy::{event_hash, suppression_hash};
@@ -52,7 +51,7 @@ pub async fn ingest(
         .map(|key| {
             seen.entry(key)
                 .or_insert_with(|| Client {
-                    ua: key.1.as_deref().map(enrich::parse_user_agent).unwrap_or_default(),
+                    ua: key.1.as_deref().map(|ua| svc.agents.parse(ua)).unwrap_or_default(),
                     geo: key.0.map(|ip| svc.geo.lookup(ip)).unwrap_or_default(),
                     ip_enc: key.0.and_then(|ip| svc.ip_cipher.encrypt(ip)),
                 })
@@ -64,7 +63,7 @@ pub async fn ingest(
     let revenue_trusted =
         auth == Auth::ServerSigned || svc.config.apps.get(&app_id).is_some_and(|a| a.revenue_in_postbacks());
     // Per request, not per event: the same client sent them all.
-    let ua = user_agent.map(enrich::parse_user_agent).unwrap_or_default();
+    let ua = user_agent.map(|ua| svc.agents.parse(ua)).unwrap_or_default();
     let geo = ip.map(|ip| svc.geo.lookup(ip)).unwrap_or_default();
     let rules = IngestRules {
         validators: &svc.validators,

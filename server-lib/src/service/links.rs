@@ -123,7 +123,7 @@ pub async fn record(
 ) -> ServiceResult<Recorded> {
     let ip = facts.ip;
     let ua = facts.user_agent.as_deref();
-    let parsed = ua.map(enrich::parse_user_agent).unwrap_or_default();
+    let parsed = ua.map(|ua| svc.agents.parse(ua)).unwrap_or_default();
     let os = OsFamily::of(parsed.os.as_deref());
     // A network's server-to-server click often has no user agent; that alone is not a bot.
     let bot = !(ua.is_none() && source == "s2s") && enrich::is_bot(ua, &parsed);

@@ -5,6 +5,7 @@
 //! and decides with the pure `domain`; the `http` layer above it only translates requests and
 //! answers.
 
+pub mod agents;
 pub mod clicks;
 pub mod conversions;
 pub mod deletion;
@@ -53,6 +54,8 @@ pub struct Services {
     pub maintenance: Arc<reports::Maintenance>,
     /// Live counters of the dashboard.
     pub live: live::Live,
+    /// Parsed user agents of recent clients.
+    pub agents: agents::UserAgents,
     /// Where accepted events, installs and deletions are published (Kafka); none: nowhere.
     pub event_sink: Option<Arc<dyn EventSink>>,
     /// The background tasks were started ([`tasks::start`] runs once).
