@@ -73,11 +73,13 @@ fn text(v: &Value, key: &str) -> Option<String> {
 }
 
 fn config(c: &Value, db: &Path) -> TrailmarkConfig {
+    let defaults = TrailmarkConfig::new(
+        &text(c, "app_id").unwrap_or_default(),
+        &text(c, "app_secret").unwrap_or_default(),
+        &text(c, "endpoint").unwrap_or_default(),
+        &db.to_string_lossy(),
+    );
     TrailmarkConfig {
-        app_id: text(c, "app_id").unwrap_or_default(),
-        app_secret: text(c, "app_secret").unwrap_or_default(),
-        endpoint: text(c, "endpoint").unwrap_or_default(),
-        db_path: db.to_string_lossy().into_owned(),
         require_consent: c.get("require_consent").and_then(Value::as_bool).unwrap_or(false),
         device_id: text(c, "device_id"),
         advertising_id: text(c, "advertising_id"),
@@ -96,14 +98,9 @@ fn config(c: &Value, db: &Path) -> TrailmarkConfig {
             .get("hashed_traits")
             .and_then(Value::as_array)
             .map(|a| a.iter().filter_map(|v| v.as_str().map(Into::into)).collect()),
-        debug: false,
-        app_build: None,
-        manufacturer: None,
-        screen_width: None,
-        screen_height: None,
-        lifecycle_events: true,
         tracking_authorization_wait_ms: c.get("tracking_authorization_wait_ms").and_then(Value::as_u64),
         tracking_authorization: c.get("tracking_authorization").and_then(Value::as_str).map(tracking),
+        ..defaults
     }
 }
 
