@@ -158,6 +158,12 @@ pub struct ServerArgs {
     /// Kafka topic prefix [default: trailmark].
     #[arg(long)]
     pub kafka_topic_prefix: Option<String>,
+    /// Serve funnels, retention and paths from ClickHouse, loaded from this store's outbox:
+    /// its HTTP interface, e.g. http://reporter:secret@olap.internal:8123 (https verifies
+    /// the certificate). The TOML file's [clickhouse] table has the other settings
+    /// (docs/clickhouse.md).
+    #[arg(long)]
+    pub clickhouse: Option<String>,
     /// How deletion records on the stream name people: clear, or hashed (keyed hashes, for a
     /// shared topic) [default: clear].
     #[arg(long)]
@@ -423,6 +429,53 @@ pub struct ReportsFile {
     pub purge_interval_minutes: Option<f64>,
 }
 
+/// The TOML file's `[clickhouse]` table (docs/clickhouse.md).
+#[derive(Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseFile {
+    pub url: Option<String>,
+    pub database: Option<String>,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub batch_size: Option<usize>,
+    pub interval_secs: Option<f64>,
+}
+
+impl ClickHouseFile {
+    /// The settings, with `url` (the command line's) over the file's.
+    fn resolve(
+        self,
+        url: Option<String>,
+    ) -> Result<Option<trailmark_server::domain::config::ClickHouseConfig>, String> {
+        let Some(url) = url.or(self.url) else {
+            return if self.database.is_some() || self.user.is_some() || self.password.is_some() {
+                Err("[clickhouse] needs a url (or --clickhouse)".into())
+            } else {
+                Ok(None)
+            };
+        };
+        let mut c = trailmark_server::domain::config::ClickHouseConfig::new(url);
+        if let Some(d) = self.database {
+            c.database = d;
+        }
+        c.user = self.user;
+        c.password = self.password;
+        if let Some(b) = self.batch_size {
+            if b == 0 || b > 1_000_000 {
+                return Err("[clickhouse] batch_size is 1 to 1000000".into());
+            }
+            c.batch_size = b;
+        }
+        if let Some(s) = self.interval_secs {
+            if !(s.is_finite() && (0.05..=60.0).contains(&s)) {
+                return Err("[clickhouse] interval_secs is 0.05 to 60".into());
+            }
+            c.interval = (s * 1000.0) as i64;
+        }
+        Ok(Some(c))
+    }
+}
+
 impl ReportsFile {
     /// Applies the values that are set over `c`.
     pub fn apply(&self, c: &mut trailmark_server::ReportConfig) {
@@ -477,6 +530,7 @@ struct FileConfig {
     postbacks: Option<Vec<PostbackFile>>,
     attribution: Option<AttributionFile>,
     reports: Option<ReportsFile>,
+    clickhouse: Option<ClickHouseFile>,
     postgres: Option<String>,
     postgres_pool: Option<usize>,
     postgres_schema: Option<String>,
@@ -530,6 +584,8 @@ pub struct Settings {
     pub postbacks: Vec<PostbackFile>,
     pub attribution: AttributionFile,
     pub reports: ReportsFile,
+    /// Reports from ClickHouse.
+    pub clickhouse: Option<trailmark_server::domain::config::ClickHouseConfig>,
     /// PostgreSQL URL (instead of the SQLite file `db`).
     pub postgres: Option<String>,
     pub postgres_pool: usize,
@@ -706,6 +762,7 @@ impl ServerArgs {
             conn,
             body_timeout,
             max_revenue: file.max_revenue,
+            clickhouse: file.clickhouse.unwrap_or_default().resolve(self.clickhouse.clone())?,
             kafka: self.kafka.clone().or(file.kafka),
             kafka_topic_prefix: self
                 .kafka_topic_prefix
@@ -1095,6 +1152,7 @@ pub fn server_config(settings: &Settings) -> Result<ServerConfig, String> {
     settings.postback_delivery.apply(&mut config.postback_policy)?;
     settings.attribution.apply(&mut config.attribution);
     settings.reports.apply(&mut config.reports);
+    config.clickhouse = settings.clickhouse.clone();
     if config.reports.session_gap <= 0 || config.reports.refresh_interval <= 0 || config.reports.purge_interval <= 0 {
         return Err("[reports] intervals and the session gap must be positive".into());
     }
@@ -1245,6 +1303,48 @@ mod tests {
             let e = args.settings().expect_err("refused");
             assert!(e.contains(part), "{spec}: {e}");
             assert!(!e.contains("wk_x"), "no key in messages: {e}");
+        }
+    }
+
+    #[test]
+    fn clickhouse_comes_from_the_command_line_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("server.toml");
+        std::fs::write(
+            &file,
+            "apps = [\"shop:s3cret\"]\n[clickhouse]\nurl = \"http://olap:8123\"\ndatabase = \"reports\"\n\
+             user = \"reporter\"\npassword = \"pw-secret\"\nbatch_size = 5000\ninterval_secs = 0.5\n",
+        )
+        .unwrap();
+        let args = ServerArgs::parse_from(["trailmark-server", "--config", file.to_str().unwrap()]);
+        let c = args.settings().unwrap().clickhouse.expect("from the file");
+        assert_eq!(
+            (c.url.as_str(), c.database.as_str(), c.batch_size, c.interval),
+            ("http://olap:8123", "reports", 5000, 500)
+        );
+        assert_eq!((c.user.as_deref(), c.password.as_deref()), (Some("reporter"), Some("pw-secret")));
+        assert!(!format!("{c:?}").contains("pw-secret"), "no password in Debug");
+        let args = ServerArgs::parse_from([
+            "trailmark-server",
+            "--config",
+            file.to_str().unwrap(),
+            "--clickhouse",
+            "http://u:url-secret@other:8123",
+        ]);
+        let c = args.settings().unwrap().clickhouse.unwrap();
+        assert_eq!((c.url.as_str(), c.database.as_str()), ("http://u:url-secret@other:8123", "reports"));
+        assert!(!format!("{c:?}").contains("url-secret"), "no password in Debug");
+        let none = ServerArgs::parse_from(["trailmark-server", "--app", "shop:s"]);
+        assert!(none.settings().unwrap().clickhouse.is_none(), "reports stay in the primary store");
+        for (toml, part) in [
+            ("[clickhouse]\ndatabase = \"x\"\n", "needs a url"),
+            ("[clickhouse]\nurl = \"http://h:1\"\nbatch_size = 0\n", "batch_size"),
+            ("[clickhouse]\nurl = \"http://h:1\"\ninterval_secs = 0\n", "interval_secs"),
+        ] {
+            std::fs::write(&file, format!("apps = [\"shop:s3cret\"]\n{toml}")).unwrap();
+            let args = ServerArgs::parse_from(["trailmark-server", "--config", file.to_str().unwrap()]);
+            let e = args.settings().expect_err("refused");
+            assert!(e.contains(part), "{toml}: {e}");
         }
     }
 }

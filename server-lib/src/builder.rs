@@ -16,6 +16,7 @@ use crate::domain::validate::Validators;
 use crate::http::{AppState, router};
 use crate::service::clicks::Clicks;
 use crate::service::limits::Limiters;
+use crate::service::olap::OlapLoader;
 use crate::service::reports::Maintenance;
 use crate::service::tasks::{self, ServerHandle};
 use crate::service::{Services, tracking};
@@ -50,6 +51,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Start(#[from] tasks::StartError),
+    #[error(transparent)]
+    ClickHouse(#[from] crate::olap::OlapError),
 }
 
 /// Builds the server's [`Router`] and the [`ServerHandle`] of its background tasks.
@@ -119,8 +122,13 @@ impl ServerBuilder {
             config.clock.clone(),
             config.attribution.index_ttl(),
         ));
+        let olap = match &config.clickhouse {
+            Some(c) => Some(Arc::new(OlapLoader::new(c, storage.clone(), config.clock.clone())?)),
+            None => None,
+        };
         let services = Services {
             maintenance,
+            olap,
             live: Default::default(),
             agents: Default::default(),
             ip_cipher: IpCipher::new(&config.ip_key),

@@ -208,6 +208,21 @@ impl IdentityStore for Behind {
     }
 }
 
+impl OlapOutboxStore for Behind {
+    fn olap_switch(&self, _on: bool) -> StorageFuture<'_, ()> {
+        busy()
+    }
+    fn olap_page(&self, _lease: OlapLease, _limit: usize) -> StorageFuture<'_, Option<OlapPage>> {
+        busy()
+    }
+    fn olap_done(&self, _seqs: Vec<i64>) -> StorageFuture<'_, ()> {
+        busy()
+    }
+    fn olap_pending(&self) -> StorageFuture<'_, u64> {
+        busy()
+    }
+}
+
 impl ReportStore for Behind {
     fn refresh_step(&self, _batch: usize, _gap: i64, _horizon: Option<i64>) -> StorageFuture<'_, RefreshReport> {
         busy()

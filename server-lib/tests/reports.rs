@@ -42,8 +42,31 @@ fn postgres_url() -> Option<String> {
     url
 }
 
-/// A server on SQLite, or on PostgreSQL at `postgres` (a fresh schema).
-async fn start_on(postgres: Option<&str>, tune: impl FnOnce(&mut ServerConfig)) -> Srv {
+/// The ClickHouse URL of `./tests/run.sh services`; `None` (the test is skipped) without one,
+/// unless `TM_REQUIRE_SERVICES` is set.
+fn clickhouse_url() -> Option<String> {
+    let url = std::env::var("TM_CLICKHOUSE_URL").ok();
+    if url.is_none() {
+        assert!(
+            std::env::var("TM_REQUIRE_SERVICES").is_err(),
+            "TM_REQUIRE_SERVICES is set but TM_CLICKHOUSE_URL is not"
+        );
+        eprintln!("TM_CLICKHOUSE_URL not set: the ClickHouse run is skipped (./tests/run.sh services runs it)");
+    }
+    url
+}
+
+/// Where a test's server keeps its data: SQLite, PostgreSQL (a fresh schema), or SQLite with
+/// the reports in ClickHouse (a fresh database).
+#[derive(Clone, Copy)]
+enum On<'a> {
+    Sqlite,
+    Postgres(&'a str),
+    ClickHouse(&'a str),
+}
+
+/// A server on `on`.
+async fn start_on(on: On<'_>, tune: impl FnOnce(&mut ServerConfig)) -> Srv {
     let dir = tempfile::tempdir().unwrap();
     let (clock, handle) = Clock::manual(T0);
     let mut c = ServerConfig::new()
@@ -54,7 +77,18 @@ async fn start_on(postgres: Option<&str>, tune: impl FnOnce(&mut ServerConfig)) 
     c.clock = clock;
     // The test runs maintenance itself, on its own clock.
     c.reports.scheduler = false;
+    if let On::ClickHouse(url) = on {
+        let mut ch = trailmark_server::domain::config::ClickHouseConfig::new(url);
+        ch.database = format!("r_{}", uuid::Uuid::new_v4().simple());
+        // Small pages, so a test crosses page boundaries.
+        ch.batch_size = 13;
+        c.clickhouse = Some(ch);
+    }
     tune(&mut c);
+    let postgres = match on {
+        On::Postgres(url) => Some(url),
+        _ => None,
+    };
     let (builder, db) = match postgres {
         None => {
             let db = dir.path().join("r.db");
@@ -216,6 +250,22 @@ impl Srv {
         .await
     }
 
+    /// One integer from ClickHouse once the loader has loaded what is pending and ClickHouse
+    /// has applied its erasures; `None` when the reports are not in ClickHouse.
+    async fn olap_count(&self, sql: &str) -> Option<i64> {
+        let olap = self.state.olap.as_ref()?;
+        olap.catch_up().await.unwrap();
+        let ch = olap.clickhouse();
+        for _ in 0..600 {
+            if ch.pending_mutations().await.unwrap() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let rows = ch.select(&format!("SELECT toInt64(({sql})) AS n")).await.unwrap();
+        Some(rows[0]["n"].as_i64().unwrap())
+    }
+
     /// One integer from the store (the same SQL on both).
     async fn count(&self, sql: &str) -> i64 {
         let sql = format!("SELECT CAST(({sql}) AS BIGINT)");
@@ -294,18 +344,25 @@ fn find<'a>(list: &'a Value, key: &str, value: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_on_a_fixed_fixture() {
-    reports_on(None).await;
+    reports_on(On::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_on_a_fixed_fixture_postgres() {
     if let Some(url) = postgres_url() {
-        reports_on(Some(&url)).await;
+        reports_on(On::Postgres(&url)).await;
     }
 }
 
-async fn reports_on(postgres: Option<&str>) {
-    let srv = start_on(postgres, |_| {}).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_on_a_fixed_fixture_clickhouse() {
+    if let Some(url) = clickhouse_url() {
+        reports_on(On::ClickHouse(&url)).await;
+    }
+}
+
+async fn reports_on(on: On<'_>) {
+    let srv = start_on(on, |_| {}).await;
     let f = fixture(&srv).await;
 
     // Campaign performance.
@@ -433,18 +490,25 @@ async fn reports_on(postgres: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_report_requests_get_clear_errors() {
-    bad_requests_on(None).await;
+    bad_requests_on(On::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_report_requests_get_clear_errors_postgres() {
     if let Some(url) = postgres_url() {
-        bad_requests_on(Some(&url)).await;
+        bad_requests_on(On::Postgres(&url)).await;
     }
 }
 
-async fn bad_requests_on(postgres: Option<&str>) {
-    let srv = start_on(postgres, |_| {}).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_report_requests_get_clear_errors_clickhouse() {
+    if let Some(url) = clickhouse_url() {
+        bad_requests_on(On::ClickHouse(&url)).await;
+    }
+}
+
+async fn bad_requests_on(on: On<'_>) {
+    let srv = start_on(on, |_| {}).await;
     let (a, _) = srv.campaign("A", "meta").await;
     for (path, needle) in [
         ("/v1/reports/funnel?from=2026-11-01", "steps is required"),
@@ -491,18 +555,25 @@ async fn bad_requests_on(postgres: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_and_purge_on_a_simulated_clock() {
-    retention_on(None).await;
+    retention_on(On::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_and_purge_on_a_simulated_clock_postgres() {
     if let Some(url) = postgres_url() {
-        retention_on(Some(&url)).await;
+        retention_on(On::Postgres(&url)).await;
     }
 }
 
-async fn retention_on(postgres: Option<&str>) {
-    let srv = start_on(postgres, |c| {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_and_purge_on_a_simulated_clock_clickhouse() {
+    if let Some(url) = clickhouse_url() {
+        retention_on(On::ClickHouse(&url)).await;
+    }
+}
+
+async fn retention_on(on: On<'_>) {
+    let srv = start_on(on, |c| {
         c.reports.raw_retention_days = 30;
         c.reports.refresh_interval = 10 * SECOND;
         c.reports.purge_interval = DAY;
@@ -554,6 +625,17 @@ async fn retention_on(postgres: Option<&str>) {
     // The web visitor had nothing else: an orphan, deleted. Installed users stay.
     assert_eq!(srv.count("SELECT count(*) FROM dim_users WHERE anonymous_id = 'w1'").await, 0);
     assert_eq!(srv.count("SELECT count(*) FROM dim_users").await, 5);
+    if let On::ClickHouse(_) = on {
+        // The ClickHouse copy lost the same rows.
+        assert_eq!(srv.olap_count("SELECT count() FROM fact_events").await, Some(0));
+        let live =
+            |t: &str, w: &str| format!("SELECT count() FROM (SELECT deleted {w} FROM {t} FINAL) WHERE deleted = 0");
+        assert_eq!(srv.olap_count(&live("sessions", "")).await, Some(0));
+        assert_eq!(srv.olap_count(&live("dim_users", "")).await, Some(5));
+        let w1 =
+            "SELECT count() FROM (SELECT deleted FROM dim_users FINAL WHERE anonymous_id = 'w1') WHERE deleted = 0";
+        assert_eq!(srv.olap_count(w1).await, Some(0));
+    }
     // The rollups keep the numbers: the campaign report is unchanged.
     let after = srv.get("/v1/reports/campaigns?from=2026-11-02&to=2026-11-02").await;
     assert_eq!(after["campaigns"], before["campaigns"]);
@@ -575,18 +657,25 @@ async fn retention_on(postgres: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_times_far_ahead_are_set_to_the_server_time_and_old_ones_go_with_retention() {
-    time_bounds_on(None).await;
+    time_bounds_on(On::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_times_far_ahead_are_set_to_the_server_time_and_old_ones_go_with_retention_postgres() {
     if let Some(url) = postgres_url() {
-        time_bounds_on(Some(&url)).await;
+        time_bounds_on(On::Postgres(&url)).await;
     }
 }
 
-async fn time_bounds_on(postgres: Option<&str>) {
-    let srv = start_on(postgres, |c| c.reports.raw_retention_days = 30).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_times_far_ahead_are_set_to_the_server_time_and_old_ones_go_with_retention_clickhouse() {
+    if let Some(url) = clickhouse_url() {
+        time_bounds_on(On::ClickHouse(&url)).await;
+    }
+}
+
+async fn time_bounds_on(on: On<'_>) {
+    let srv = start_on(on, |c| c.reports.raw_retention_days = 30).await;
     // Sent now (the clock stays at T0): one dated 30 days ahead, one from 2001, one an hour ago.
     let old = 978_307_200_000; // 2001-01-01T00:00:00Z
     for (anon, at) in [("future", T0 + 30 * DAY), ("ancient", old), ("recent", T0 - HOUR)] {
@@ -627,22 +716,29 @@ async fn time_bounds_on(postgres: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_the_same_whatever_order_the_events_arrive_in() {
-    sessions_on(None).await;
+    sessions_on(On::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_are_the_same_whatever_order_the_events_arrive_in_postgres() {
     if let Some(url) = postgres_url() {
-        sessions_on(Some(&url)).await;
+        sessions_on(On::Postgres(&url)).await;
     }
 }
 
-async fn sessions_on(postgres: Option<&str>) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_the_same_whatever_order_the_events_arrive_in_clickhouse() {
+    if let Some(url) = clickhouse_url() {
+        sessions_on(On::ClickHouse(&url)).await;
+    }
+}
+
+async fn sessions_on(on: On<'_>) {
     use rand::SeedableRng;
     use rand::seq::SliceRandom;
     // Small refresh batches: the events reach the star schema in many steps, each meeting the
     // sessions the earlier ones stored.
-    let srv = start_on(postgres, |c| c.reports.refresh_batch = 7).await;
+    let srv = start_on(on, |c| c.reports.refresh_batch = 7).await;
     // 12 sessions of 5 events (0, 10, 20, 25, 28 minutes in), 90 minutes apart, two days ago.
     let base = T0 - 2 * DAY;
     let times: Vec<i64> =
@@ -670,26 +766,41 @@ async fn sessions_on(postgres: Option<&str>) {
         let q = "SELECT count(*) FROM fact_events f WHERE anonymous_id = '$ANON' AND NOT EXISTS
                  (SELECT 1 FROM sessions s WHERE s.app_id = f.app_id AND s.session_key = f.session_key)";
         assert_eq!(srv.count(&of(q)).await, 0, "{anon}: no fact points at a merged session");
+        if let On::ClickHouse(_) = on {
+            // The ClickHouse copy followed every merge.
+            let q = "SELECT count(DISTINCT session_key) FROM fact_events FINAL WHERE anonymous_id = '$ANON'";
+            assert_eq!(srv.olap_count(&of(q)).await, Some(12), "{anon}");
+            let q = "SELECT count() FROM (SELECT events, start_ts, end_ts, deleted FROM sessions FINAL
+                      WHERE anonymous_id = '$ANON') WHERE deleted = 0 AND events = 5 AND end_ts - start_ts = 1680000";
+            assert_eq!(srv.olap_count(&of(q)).await, Some(12), "{anon}");
+        }
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alias_makes_one_person_of_two_user_ids() {
-    aliases_on(None).await;
+    aliases_on(On::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alias_makes_one_person_of_two_user_ids_postgres() {
     if let Some(url) = postgres_url() {
-        aliases_on(Some(&url)).await;
+        aliases_on(On::Postgres(&url)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_makes_one_person_of_two_user_ids_clickhouse() {
+    if let Some(url) = clickhouse_url() {
+        aliases_on(On::ClickHouse(&url)).await;
     }
 }
 
 /// u1 opens the app on one device; on another, u1 becomes u2 (`alias`) and buys. The funnel
 /// counts one person who did both once the alias arrived, and retention one cohort member; no
 /// raw user id is stored in the map or in the alias event; deleting u2 takes the link.
-async fn aliases_on(postgres: Option<&str>) {
-    let srv = start_on(postgres, |_| {}).await;
+async fn aliases_on(on: On<'_>) {
+    let srv = start_on(on, |_| {}).await;
     async fn funnel(srv: &Srv) -> Vec<i64> {
         let r = srv.get("/v1/reports/funnel?steps=app_open,purchase&from=2026-11-02&to=2026-11-02").await;
         r["steps"].as_array().unwrap().iter().map(|s| s["users"].as_i64().unwrap()).collect()
@@ -714,4 +825,252 @@ async fn aliases_on(postgres: Option<&str>) {
     assert_eq!(s, 200, "{v}");
     assert_eq!(srv.count("SELECT count(*) FROM identity_links").await, 0);
     assert_eq!(funnel(&srv).await, [1, 0]);
+}
+
+/// A loopback TCP proxy to ClickHouse that can be cut: while cut, open connections are closed
+/// and new ones closed at once (what the loader meets when ClickHouse is down).
+struct Cuttable {
+    url: String,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Cuttable {
+    async fn to(url: &str) -> Cuttable {
+        let target = url.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (up, watch) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*watch.borrow() {
+                    continue;
+                }
+                let target = target.clone();
+                let mut cut = watch.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&target).await {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                            _ = cut.wait_for(|up| !*up) => {}
+                        }
+                    }
+                });
+            }
+        });
+        Cuttable { url, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+/// ClickHouse down for a while under ingest: reports answer 503 meanwhile, nothing is lost
+/// (the outbox keeps what changed), and once it is back every event is there once — also
+/// those sent twice — and the funnel is the embedded store's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clickhouse_loader_resumes_after_an_outage_and_loads_every_event_once() {
+    let Some(url) = clickhouse_url() else { return };
+    let proxy = Cuttable::to(&url).await;
+    let srv = start_on(On::ClickHouse(&proxy.url), |_| {}).await;
+    let olap = srv.state.olap.clone().unwrap();
+    let mut sent = Vec::new();
+    let event = |n: usize| {
+        json!({"event_id": uuid::Uuid::new_v4().to_string(), "type": if n.is_multiple_of(3) { "purchase" } else { "app_open" },
+               "timestamp": protocol::format_millis(T0 + n as i64 * SECOND), "anonymous_id": format!("d{}", n % 40)})
+    };
+    for n in 0..60 {
+        let e = event(n);
+        srv.accepted(&e).await;
+        sent.push(e);
+    }
+    srv.state.maintenance.refresh().await.unwrap();
+    olap.catch_up().await.unwrap();
+
+    proxy.set(false);
+    for n in 60..150 {
+        let e = event(n);
+        srv.accepted(&e).await;
+        sent.push(e);
+        if n % 20 == 0 {
+            srv.state.maintenance.refresh().await.unwrap();
+        }
+    }
+    // Re-sent (a client retrying): stored once.
+    for e in &sent[50..70] {
+        let resp = srv.signed("/v1/event", e).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    srv.state.maintenance.refresh().await.unwrap();
+    let down = olap.catch_up().await.unwrap_err();
+    assert!(down.to_string().contains("unreachable"), "{down}");
+    let (status, body) = srv
+        .admin(reqwest::Method::GET, "/v1/reports/funnel?steps=app_open,purchase&from=2026-11-02&to=2026-11-02", None)
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("ClickHouse"), "{body}");
+    assert!(srv.state.storage.olap_pending().await.unwrap() > 0, "the changes wait in the outbox");
+
+    proxy.set(true);
+    assert_eq!(srv.olap_count("SELECT count() FROM fact_events FINAL").await, Some(150));
+    assert_eq!(srv.olap_count("SELECT uniqExact(event_id) FROM fact_events").await, Some(150));
+    assert_eq!(srv.state.storage.olap_pending().await.unwrap(), 0);
+    let users = "SELECT count() FROM (SELECT deleted FROM dim_users FINAL) WHERE deleted = 0";
+    assert_eq!(srv.olap_count(users).await, Some(40));
+    let from_clickhouse = srv.get("/v1/reports/funnel?steps=app_open,purchase&from=2026-11-02&to=2026-11-02").await;
+    // The same funnel from the embedded store's rows, by the domain's function.
+    let (from, to, within) = (
+        from_clickhouse["from"].as_i64().unwrap(),
+        from_clickhouse["to"].as_i64().unwrap(),
+        from_clickhouse["within"].as_i64().unwrap(),
+    );
+    let rows = srv
+        .state
+        .storage
+        .report(trailmark_server::storage::ReportQuery::Events {
+            app_id: "app".into(),
+            types: vec!["app_open".into(), "purchase".into()],
+            from,
+            to: to + within,
+        })
+        .await
+        .unwrap();
+    let trailmark_server::storage::ReportRows::Events(rows) = rows else { panic!("fact rows") };
+    assert_eq!(rows.len(), 150);
+    let steps = ["app_open".to_owned(), "purchase".to_owned()];
+    let want = trailmark_server::domain::reports::funnel(&rows, &steps, from, to, within);
+    let got: Vec<u64> =
+        from_clickhouse["steps"].as_array().unwrap().iter().map(|s| s["users"].as_u64().unwrap()).collect();
+    assert_eq!(got, want, "the embedded store's answer");
+    assert_eq!(got, [40, 36], "{from_clickhouse}");
+}
+
+/// A deletion reaches ClickHouse: its receipt says so, and no table there holds anything of
+/// the subject (its anonymous ids, its stored user id) once ClickHouse applied the erasure;
+/// another person's rows stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deletion_reaches_clickhouse() {
+    let Some(url) = clickhouse_url() else { return };
+    let srv = start_on(On::ClickHouse(&url), |_| {}).await;
+    srv.clock.set(T0);
+    for anon in ["jane-phone", "jane-laptop"] {
+        srv.user_event("app_open", anon, "jane", json!({})).await;
+        srv.event_at(T0 + MINUTE, "purchase", anon, json!({"revenue": 5, "currency": "EUR"})).await;
+    }
+    srv.user_event("app_open", "joe-phone", "joe", json!({})).await;
+    let funnel = srv.get("/v1/reports/funnel?steps=app_open,purchase&from=2026-11-02&to=2026-11-02").await;
+    assert_eq!(funnel["steps"][0]["users"], 2, "{funnel}");
+    let ch = srv.state.olap.as_ref().unwrap().clickhouse();
+    let stored = ch
+        .select("SELECT DISTINCT assumeNotNull(user_id) AS u FROM dim_users FINAL WHERE anonymous_id = 'jane-phone'")
+        .await
+        .unwrap();
+    let jane = stored[0]["u"].as_str().unwrap().to_owned();
+    assert_ne!(jane, "jane", "stored as a keyed hash");
+
+    let (s, receipt) = srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"user_id": "jane"}))).await;
+    assert_eq!(s, 200, "{receipt}");
+    assert_eq!(receipt["clickhouse"], "erasing", "{receipt}");
+    // Every text column of every table, for every value of the subject.
+    let columns = ch
+        .select(
+            "SELECT table, name FROM system.columns WHERE database = currentDatabase()
+              AND (type = 'String' OR type = 'Nullable(String)')",
+        )
+        .await
+        .unwrap();
+    assert!(columns.len() >= 10, "{columns:?}");
+    for value in ["jane-phone", "jane-laptop", jane.as_str()] {
+        for c in &columns {
+            let (table, column) = (c["table"].as_str().unwrap(), c["name"].as_str().unwrap());
+            let n = srv.olap_count(&format!("SELECT count() FROM {table} WHERE {column} = '{value}'")).await;
+            assert_eq!(n, Some(0), "{table}.{column} still holds {value}");
+        }
+    }
+    assert_eq!(srv.olap_count("SELECT count() FROM fact_events WHERE anonymous_id = 'joe-phone'").await, Some(1));
+    let funnel = srv.get("/v1/reports/funnel?steps=app_open,purchase&from=2026-11-02&to=2026-11-02").await;
+    assert_eq!(funnel["steps"][0]["users"], 1, "{funnel}");
+}
+
+/// The funnel and retention computed in ClickHouse are the domain's (the oracle) over the
+/// embedded store's rows, on random data: ties in time (ordered as stored), repeated steps,
+/// several devices of one user, an alias, steps outside the range, windows from minutes to
+/// weeks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn funnels_and_retention_in_clickhouse_are_the_domains_on_random_data() {
+    use rand::{Rng, SeedableRng};
+    use trailmark_server::domain::identity::resolve_people;
+    use trailmark_server::domain::reports::{day_of, funnel, retention};
+    use trailmark_server::storage::{ReportQuery, ReportRows};
+    let Some(url) = clickhouse_url() else { return };
+    let srv = start_on(On::ClickHouse(&url), |c| {
+        c.reports.refresh_batch = 50;
+        c.limits.ip_burst = 10_000;
+    })
+    .await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let end = T0 + 12 * DAY;
+    srv.clock.set(end);
+    let kinds = ["a", "b", "c", "x"];
+    for n in 0..600 {
+        let device = rng.random_range(0..40);
+        // A coarse grid of times: many ties.
+        let at = T0 - 3 * DAY + rng.random_range(0..(14 * 24 * 6)) * 10 * MINUTE;
+        let mut e = json!({"event_id": uuid::Uuid::new_v4().to_string(), "type": kinds[rng.random_range(0..4)],
+                           "timestamp": protocol::format_millis(at.min(end)), "anonymous_id": format!("d{device}")});
+        if device < 12 {
+            e["user_id"] = json!(format!("u{}", device / 3));
+        }
+        srv.accepted(&e).await;
+        if n % 150 == 149 {
+            srv.state.maintenance.refresh().await.unwrap();
+        }
+    }
+    srv.user_event("alias", "d0", "u1", json!({"previous_id": "u0"})).await;
+    let links: std::collections::HashMap<String, String> =
+        srv.state.storage.identity_links("app".into()).await.unwrap().into_iter().collect();
+    assert_eq!(links.len(), 1);
+
+    let cases = [
+        ("a,b", "1h", "2026-11-02", "2026-11-05"),
+        ("a,b,c", "1d", "2026-10-30", "2026-11-12"),
+        ("a,a", "30m", "2026-11-01", "2026-11-10"),
+        ("a,b,a,c", "7d", "2026-11-03", "2026-11-03"),
+        ("c", "1h", "2026-11-02", "2026-11-08"),
+        ("x,b,x", "90m", "2026-10-30", "2026-11-14"),
+    ];
+    for (steps, within, from, to) in cases {
+        let path = format!("/v1/reports/funnel?steps={steps}&within={within}&from={from}&to={to}");
+        let r = srv.get(&path).await;
+        let got: Vec<u64> = r["steps"].as_array().unwrap().iter().map(|s| s["users"].as_u64().unwrap()).collect();
+        let (from, to, within) =
+            (r["from"].as_i64().unwrap(), r["to"].as_i64().unwrap(), r["within"].as_i64().unwrap());
+        let steps: Vec<String> = steps.split(',').map(str::to_owned).collect();
+        let mut types = steps.clone();
+        types.sort();
+        types.dedup();
+        let query = ReportQuery::Events { app_id: "app".into(), types, from, to: to + within };
+        let ReportRows::Events(mut rows) = srv.state.storage.report(query).await.unwrap() else { panic!() };
+        resolve_people(rows.iter_mut().map(|r| &mut r.user_id), &links);
+        assert_eq!(got, funnel(&rows, &steps, from, to, within), "{path}");
+        assert!(got[0] > 0, "{path}: the case counts someone");
+    }
+    // (days, from, to, and the same as day keys: T0's day is 2026-11-02)
+    let t0 = day_of(T0);
+    for (days, from, to, range) in [
+        ("0,1,2,7", "2026-10-30", "2026-11-12", (t0 - 3, t0 + 10)),
+        ("1,3", "2026-10-30", "2026-11-01", (t0 - 3, t0 - 1)),
+    ] {
+        let path = format!("/v1/reports/retention?days={days}&from={from}&to={to}");
+        let r = srv.get(&path).await;
+        let days: Vec<i64> = days.split(',').map(|d| d.parse().unwrap()).collect();
+        let (from_day, to_day) = range;
+        let max_offset = *days.iter().max().unwrap();
+        let query = ReportQuery::Cohorts { app_id: "app".into(), from_day, to_day, max_offset };
+        let ReportRows::Users(mut users) = srv.state.storage.report(query).await.unwrap() else { panic!() };
+        resolve_people(users.iter_mut().map(|u| &mut u.user_id), &links);
+        let want = serde_json::to_value(retention(&users, from_day, to_day, &days, day_of(end))).unwrap();
+        assert_eq!(r["cohorts"], want, "{path}");
+        assert!(r["cohorts"].as_array().unwrap().iter().any(|c| c["users"].as_u64().unwrap() > 1), "{path}");
+    }
 }

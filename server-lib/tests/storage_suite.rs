@@ -6,7 +6,7 @@
 
 use serde_json::json;
 use trailmark_core::protocol::{AttributionResult, MatchType};
-use trailmark_server::storage::AdIdUpdate;
+use trailmark_server::storage::{AdIdUpdate, OlapLease, OlapPage, RetentionCutoffs};
 use trailmark_server::storage::{
     Campaign, ClickParams, ClickRecord, ConversionCredit, DeletionAudit, Destinations, DeviceKeys, FraudAlert,
     ID_TABLES, InstallCount, InstallLookup, InstallRecord, LinkAudit, LinkCatalog, LinkRecord, NewEvent,
@@ -51,6 +51,7 @@ macro_rules! storage_suite {
             conversion_touchpoints_cross_aliased_user_ids,
             deleting_a_user_takes_its_identity_links,
             a_late_advertising_id_is_attached_where_there_is_none,
+            the_olap_outbox_notes_changes_while_on,
         );
     };
     (@module $backend:ident, $open:path, $($check:ident),+ $(,)?) => {
@@ -866,4 +867,79 @@ async fn a_late_advertising_id_is_attached_where_there_is_none(f: &Fixture) {
     let keys = DeviceKeys { anonymous_id: "anon-x".into(), idfa: Some("idfa-9".into()), ..Default::default() };
     let found = store.last_install("a".into(), keys).await.unwrap().expect("found by the late IDFA");
     assert_eq!(found.event_id, "i1");
+}
+
+/// The OLAP outbox (ADR 0018): nothing is noted while off; turning it on notes a reset and
+/// every current fact, user and session; later facts, user changes and merged or deleted rows
+/// are noted by the store itself, a deletion notes its erasures and the retention purge its
+/// cut; one lease holder at a time; pages carry growing versions; turning it off empties it.
+async fn the_olap_outbox_notes_changes_while_on(f: &Fixture) {
+    let store = &*f.store;
+    first_events(store).await;
+    store.refresh_step(100, 30 * 60_000, None).await.unwrap();
+    assert_eq!(store.olap_pending().await.unwrap(), 0, "off: nothing noted");
+
+    store.olap_switch(true).await.unwrap();
+    store.olap_switch(true).await.unwrap();
+    let lease = |holder: i64, now: i64| OlapLease { holder, now, ttl: 1_000 };
+    let page: OlapPage = store.olap_page(lease(1, 0), 1_000).await.unwrap().unwrap();
+    assert!(page.reset, "turning on starts with a reset");
+    let mut facts: Vec<(&str, &str, &str)> =
+        page.facts.iter().map(|f| (f.app_id.as_str(), f.event_id.as_str(), f.anonymous_id.as_str())).collect();
+    facts.sort_unstable();
+    assert_eq!(facts, [("a", "e1", "anon-1"), ("a", "e2", "anon-1"), ("b", "e1", "anon-9")], "each fact once");
+    let e2 = page.facts.iter().find(|f| f.event_id == "e2").unwrap();
+    assert_eq!((e2.ts, e2.date_key, e2.event_type.as_str()), (20, 0, "screen"));
+    let anon1 = page.users.iter().find(|u| u.anonymous_id == "anon-1").expect("the user");
+    assert_eq!(anon1.row.as_ref().unwrap().user_id.as_deref(), Some("u1"));
+    assert_eq!(anon1.row.as_ref().unwrap().events, 2);
+    assert_eq!(page.sessions.len(), 2);
+    assert!(page.sessions.iter().all(|s| s.row.is_some()));
+    assert_eq!(store.olap_pending().await.unwrap(), page.seqs.len() as u64);
+
+    // Another loader waits for the lease to run out; its page carries a newer version.
+    assert_eq!(store.olap_page(lease(2, 500), 1_000).await.unwrap(), None, "the lease is held");
+    let again = store.olap_page(lease(2, 1_001), 1_000).await.unwrap().expect("the lease ran out");
+    assert!(again.version > page.version);
+    assert_eq!(again.seqs, page.seqs, "nothing was taken yet");
+    store.olap_done(again.seqs).await.unwrap();
+    assert_eq!(store.olap_pending().await.unwrap(), 0);
+
+    // A new fact of a known user: the fact, its user and its session.
+    store.insert(vec![event("a", "e3", "anon-1", None, None, 30)]).await.unwrap();
+    store.refresh_step(100, 30 * 60_000, None).await.unwrap();
+    let page = store.olap_page(lease(2, 1_002), 1_000).await.unwrap().unwrap();
+    assert!(!page.reset);
+    assert_eq!(page.facts.iter().map(|f| f.event_id.as_str()).collect::<Vec<_>>(), ["e3"]);
+    assert_eq!(page.users.len(), 1);
+    assert_eq!(page.users[0].row.as_ref().unwrap().events, 3);
+    assert_eq!(page.sessions.len(), 1);
+    store.olap_done(page.seqs).await.unwrap();
+
+    // A deletion: its erasures, and the user and session rows gone.
+    store.delete_subject(Subject::UserId("u1".into()), audit("user_id"), tomb(true)).await.unwrap();
+    let page = store.olap_page(lease(2, 1_003), 1_000).await.unwrap().unwrap();
+    assert_eq!(page.erase_anonymous, [("a".to_owned(), "anon-1".to_owned())]);
+    assert_eq!(page.erase_users, ["u1"]);
+    assert!(page.users.iter().any(|u| u.anonymous_id == "anon-1" && u.row.is_none()), "{page:?}");
+    assert!(page.sessions.iter().all(|s| s.row.is_none()), "{page:?}");
+    assert!(page.facts.is_empty());
+    store.olap_done(page.seqs).await.unwrap();
+
+    // The retention purge: its cut.
+    let day = 86_400_000;
+    store.purge(RetentionCutoffs { events: 3 * day, clicks: 3 * day }).await.unwrap();
+    let page = store.olap_page(lease(2, 1_004), 1_000).await.unwrap().unwrap();
+    assert_eq!(page.purge_before_day, Some(3));
+    store.olap_done(page.seqs).await.unwrap();
+
+    // Off: emptied, and nothing more is noted.
+    store.insert(vec![event("b", "e9", "anon-9", None, None, 4 * day)]).await.unwrap();
+    store.refresh_step(100, 30 * 60_000, None).await.unwrap();
+    assert!(store.olap_pending().await.unwrap() > 0);
+    store.olap_switch(false).await.unwrap();
+    assert_eq!(store.olap_pending().await.unwrap(), 0);
+    store.insert(vec![event("b", "e10", "anon-9", None, None, 4 * day + 1)]).await.unwrap();
+    store.refresh_step(100, 30 * 60_000, None).await.unwrap();
+    assert_eq!(store.olap_pending().await.unwrap(), 0);
 }

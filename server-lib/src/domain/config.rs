@@ -309,6 +309,9 @@ pub struct ServerConfig {
     pub postback_policy: crate::domain::postbacks::PostbackPolicy,
     /// Sessions, retention and the maintenance schedule of the reports.
     pub reports: ReportConfig,
+    /// Reports from ClickHouse, loaded from the primary store's outbox (ADR 0018); `None`:
+    /// reports run in the primary store.
+    pub clickhouse: Option<ClickHouseConfig>,
     /// What the event stream (Kafka) carries about people.
     pub stream: StreamPolicy,
     /// The server's clock. [`Clock::system`] unless a test drives time.
@@ -390,6 +393,58 @@ pub struct ReportConfig {
     /// Most fact rows one report reads; larger ranges answer 400 asking for a shorter one.
     /// Default 2 000 000.
     pub max_report_rows: usize,
+}
+
+/// Where reports run when they run in ClickHouse (`--clickhouse`, `[clickhouse]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClickHouseConfig {
+    /// The HTTP interface: `http(s)://[user[:password]@]host:port` (https verifies the
+    /// server's certificate against the Mozilla roots).
+    pub url: String,
+    /// Created when missing. Default `trailmark`.
+    pub database: String,
+    /// Override the URL's user and password.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Outbox entries per load (one insert per table). Default 10 000.
+    pub batch_size: usize,
+    /// How often the background loader looks for new entries (ms). Default 1 s.
+    pub interval: i64,
+}
+
+impl ClickHouseConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        ClickHouseConfig {
+            url: url.into(),
+            database: "trailmark".into(),
+            user: None,
+            password: None,
+            batch_size: 10_000,
+            interval: 1_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        let url = match url::Url::parse(&self.url) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                u.to_string()
+            }
+            Err(_) => "(unparsable)".into(),
+        };
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("batch_size", &self.batch_size)
+            .field("interval", &self.interval)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ReportConfig {
@@ -475,6 +530,7 @@ impl ServerConfig {
             postbacks: Vec::new(),
             postback_policy: Default::default(),
             reports: ReportConfig::default(),
+            clickhouse: None,
             stream: StreamPolicy::default(),
             clock: Clock::system(),
         }

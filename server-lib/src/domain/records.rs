@@ -533,3 +533,86 @@ pub struct AdIdUpdate {
     pub column: &'static str,
     pub value: String,
 }
+
+/// Who holds the OLAP loader's lease, and until when: one loader at a time across instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OlapLease {
+    /// This loader's random id.
+    pub holder: i64,
+    /// The server's clock (Unix ms).
+    pub now: i64,
+    /// How long the lease lasts unless renewed (ms).
+    pub ttl: i64,
+}
+
+/// A page of the OLAP outbox with the current state of the rows it names (ADR 0018).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OlapPage {
+    /// Larger than every earlier page's: the version the loaded rows carry.
+    pub version: i64,
+    /// The entries taken (removed by [`crate::storage::OlapOutboxStore::olap_done`] once loaded).
+    pub seqs: Vec<i64>,
+    /// The ClickHouse tables are to be emptied before anything else of this page is loaded.
+    pub reset: bool,
+    pub facts: Vec<OlapFact>,
+    pub users: Vec<OlapUser>,
+    pub sessions: Vec<OlapSession>,
+    /// (app, anonymous id) pairs to erase (a deletion).
+    pub erase_anonymous: Vec<(String, String)>,
+    /// User ids to erase in every app (a deletion).
+    pub erase_users: Vec<String>,
+    /// Facts of days before this go (the retention purge).
+    pub purge_before_day: Option<i64>,
+}
+
+/// A fact as the loader copies it (its store's insertion order in `ord`, for ties in time).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OlapFact {
+    pub app_id: String,
+    pub event_id: String,
+    pub ord: i64,
+    pub date_key: i64,
+    pub ts: i64,
+    pub event_type: String,
+    pub anonymous_id: String,
+    pub user_id: Option<String>,
+    pub session_key: String,
+    pub revenue: Option<f64>,
+    pub currency: Option<String>,
+}
+
+/// A user row, or (`row: None`) a user no longer in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OlapUser {
+    pub app_id: String,
+    pub anonymous_id: String,
+    pub row: Option<OlapUserRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OlapUserRow {
+    pub user_id: Option<String>,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub events: i64,
+    pub install_ts: Option<i64>,
+    pub install_campaign_id: Option<String>,
+    pub utm_campaign_key: Option<String>,
+}
+
+/// A session row, or (`row: None`) a session no longer in the store (merged or purged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OlapSession {
+    pub app_id: String,
+    pub session_key: String,
+    pub row: Option<OlapSessionRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OlapSessionRow {
+    pub anonymous_id: String,
+    pub user_id: Option<String>,
+    pub start_ts: i64,
+    pub end_ts: i64,
+    pub events: i64,
+}

@@ -101,23 +101,50 @@ pub fn retention(users: &[UserRow], from_day: i64, to_day: i64, days: &[i64], to
         entry.0 = entry.0.min(u.start);
         entry.1.extend(u.active_days.iter().copied());
     }
-    let mut cohorts: BTreeMap<i64, Vec<&HashSet<i64>>> = (from_day..=to_day).map(|d| (d, Vec::new())).collect();
+    let mut counts: BTreeMap<i64, CohortCount> = BTreeMap::new();
     for (start, active) in people.values() {
-        if let Some(c) = cohorts.get_mut(&day_of(*start)) {
-            c.push(active);
+        let day = day_of(*start);
+        if day < from_day || day > to_day {
+            continue;
+        }
+        let c = counts.entry(day).or_insert_with(|| CohortCount { users: 0, active: vec![0; days.len()] });
+        c.users += 1;
+        for (k, d) in c.active.iter_mut().zip(days) {
+            *k += u64::from(active.contains(&(day + d)));
         }
     }
-    cohorts
-        .into_iter()
-        .map(|(day, members)| {
-            let n = members.len() as u64;
+    cohorts(&counts, from_day, to_day, days, today)
+}
+
+/// A cohort's size and, per asked day offset, how many of it were active that day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CohortCount {
+    pub users: u64,
+    pub active: Vec<u64>,
+}
+
+/// The retention report's cohorts, one per day in `[from_day, to_day]` (empty ones too), from
+/// the counts of each cohort that has people (`active` in the order of `days`); cells after
+/// `today` are `None`.
+pub fn cohorts(
+    counts: &BTreeMap<i64, CohortCount>,
+    from_day: i64,
+    to_day: i64,
+    days: &[i64],
+    today: i64,
+) -> Vec<Cohort> {
+    (from_day..=to_day)
+        .map(|day| {
+            let c = counts.get(&day);
+            let n = c.map_or(0, |c| c.users);
             let retention = days
                 .iter()
-                .map(|&d| {
+                .enumerate()
+                .map(|(i, &d)| {
                     if day + d > today {
                         return RetentionCell { day: d, users: None, share: None };
                     }
-                    let k = members.iter().filter(|a| a.contains(&(day + d))).count() as u64;
+                    let k = c.and_then(|c| c.active.get(i).copied()).unwrap_or(0);
                     RetentionCell { day: d, users: Some(k), share: (n > 0).then(|| k as f64 / n as f64) }
                 })
                 .collect();

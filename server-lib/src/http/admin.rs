@@ -74,7 +74,8 @@ pub async fn events(
 }
 
 /// `POST /v1/user/delete` `{"user_id" | "anonymous_id" | "device_id": "…", "suppress"?: bool}`
-/// → `{"receipt_id", "rows_deleted", "warnings"?}`. The deleted events are tombstoned; unless
+/// → `{"receipt_id", "rows_deleted", "clickhouse"?, "warnings"?}` (`clickhouse`: `erasing` or
+/// `queued`, with reports in ClickHouse). The deleted events are tombstoned; unless
 /// `"suppress": false`, later events from the subject's identifiers are answered as accepted
 /// but suppressed (not stored).
 pub async fn delete_user(
@@ -92,6 +93,9 @@ pub async fn delete_user(
         .ok_or_else(|| ApiError::bad_request("invalid_body", "give exactly one of user_id, anonymous_id, device_id"))?;
     let done = deletion::delete(&state, subject, requested_by, suppress).await?;
     let mut body = json!({"receipt_id": done.receipt_id, "rows_deleted": done.rows_deleted});
+    if let Some(state) = done.clickhouse {
+        body["clickhouse"] = json!(state);
+    }
     if !done.warnings.is_empty() {
         body["warnings"] = json!(done.warnings);
     }

@@ -14,6 +14,10 @@ pub struct Deletion {
     pub rows_deleted: u64,
     /// Parts that could not be cleaned now, for the caller to report.
     pub warnings: Vec<&'static str>,
+    /// With reports in ClickHouse: `erasing` (the erasure was handed to ClickHouse, which
+    /// applies it in the background) or `queued` (ClickHouse could not be reached: the loader
+    /// hands it over when it can; the entry is in the primary store).
+    pub clickhouse: Option<&'static str>,
 }
 
 /// Deletes `subject`'s data, audited as requested by `requested_by`; tombstones keep the
@@ -40,6 +44,17 @@ pub async fn delete(svc: &Services, subject: Subject, requested_by: String, supp
         tracing::error!(error = %e, receipt = %receipt_id, "deleted touches stay in the click cache until they expire");
         warnings.push("the click cache could not be reached: its copies of the subject's clicks expire within the attribution window");
     }
+    // The erasure was noted in the outbox in the deletion's transaction; hand it over now.
+    let clickhouse = match &svc.olap {
+        None => None,
+        Some(olap) => match olap.catch_up().await {
+            Ok(_) => Some("erasing"),
+            Err(e) => {
+                tracing::warn!(error = %e, receipt = %receipt_id, "the ClickHouse erasure waits for the loader");
+                Some("queued")
+            }
+        },
+    };
     metrics::counter!("trailmark_user_deletions_total").increment(1);
     if let Some(sink) = &svc.event_sink {
         let at = svc.config.clock.now();
@@ -47,7 +62,7 @@ pub async fn delete(svc: &Services, subject: Subject, requested_by: String, supp
         let record = deletion_record(&receipt_id, &subject, &report.anonymous_ids, at, ids, &svc.config.audit_key);
         sink.publish(vec![record]);
     }
-    Ok(Deletion { receipt_id, rows_deleted: report.rows, warnings })
+    Ok(Deletion { receipt_id, rows_deleted: report.rows, warnings, clickhouse })
 }
 
 /// Suppressions, newest first.

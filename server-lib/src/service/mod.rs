@@ -15,6 +15,7 @@ pub mod install;
 pub mod limits;
 pub mod links;
 pub mod live;
+pub mod olap;
 pub mod postbacks;
 pub mod reports;
 pub mod segment;
@@ -52,6 +53,8 @@ pub struct Services {
     pub postback_sender: OnceLock<postbacks::Sender>,
     /// Star schema refresh, rollups and retention.
     pub maintenance: Arc<reports::Maintenance>,
+    /// The ClickHouse loader and reader, when reports run there.
+    pub olap: Option<Arc<olap::OlapLoader>>,
     /// Live counters of the dashboard.
     pub live: live::Live,
     /// Parsed user agents of recent clients.

@@ -15,9 +15,10 @@ use crate::domain::error::Refusal;
 use crate::domain::identity::resolve_people;
 use crate::domain::records::{CampaignCost, PurgeReport, ReportQuery, ReportRows, RetentionCutoffs};
 use crate::domain::reports::{
-    CampaignMetrics, CostBody, DAY_MS, DEFAULT_WITHIN, MAX_STEPS, Params, campaign_metrics, check_type, date_text,
-    day_of, funnel, parse_duration, paths, retention,
+    CampaignMetrics, CostBody, DAY_MS, DEFAULT_WITHIN, MAX_STEPS, Params, campaign_metrics, check_type, cohorts,
+    date_text, day_of, funnel, parse_duration, paths, retention,
 };
+use crate::olap::clickhouse::FunnelQuery;
 use crate::storage::{Storage, StorageError};
 
 fn unexpected() -> ServiceError {
@@ -126,6 +127,11 @@ impl Maintenance {
 
 async fn read(svc: &Services, query: ReportQuery) -> ServiceResult<ReportRows> {
     svc.maintenance.refresh().await?;
+    if let Some(olap) = &svc.olap
+        && let Some(rows) = olap.report(&query).await?
+    {
+        return Ok(rows);
+    }
     Ok(svc.storage.report(query).await?)
 }
 
@@ -156,18 +162,32 @@ pub async fn funnel_report(svc: &Services, p: &Params) -> ServiceResult<Value> {
     let (from, to) = p.range(svc.config.clock.now())?;
     let within = p.get("within").map(|w| parse_duration("within", w)).transpose()?.unwrap_or(DEFAULT_WITHIN);
     let campaign = p.get("campaign_id");
-    let types: Vec<String> = steps.iter().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
-    let ReportRows::Events(mut rows) =
-        read(svc, ReportQuery::Events { app_id: app_id.clone(), types, from, to: to.saturating_add(within) }).await?
-    else {
-        return Err(unexpected());
+    let links = identity_links(svc, &app_id).await?;
+    let in_olap = match &svc.olap {
+        Some(olap) => {
+            svc.maintenance.refresh().await?;
+            let q = FunnelQuery { app_id: &app_id, steps: &steps, from, to, within, campaign, links: &links };
+            olap.funnel(&q).await?
+        }
+        None => None,
     };
-    too_many(svc, rows.len())?;
-    if let Some(c) = campaign {
-        rows.retain(|r| r.campaign_key.as_deref() == Some(c));
-    }
-    resolve_people(rows.iter_mut().map(|r| &mut r.user_id), &identity_links(svc, &app_id).await?);
-    let counts = funnel(&rows, &steps, from, to, within);
+    let counts = match in_olap {
+        Some(counts) => counts,
+        None => {
+            let types: Vec<String> =
+                steps.iter().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+            let query = ReportQuery::Events { app_id: app_id.clone(), types, from, to: to.saturating_add(within) };
+            let ReportRows::Events(mut rows) = read(svc, query).await? else {
+                return Err(unexpected());
+            };
+            too_many(svc, rows.len())?;
+            if let Some(c) = campaign {
+                rows.retain(|r| r.campaign_key.as_deref() == Some(c));
+            }
+            resolve_people(rows.iter_mut().map(|r| &mut r.user_id), &links);
+            funnel(&rows, &steps, from, to, within)
+        }
+    };
     let first = counts.first().copied().unwrap_or(0);
     let steps: Vec<Value> = steps
         .iter()
@@ -196,14 +216,26 @@ pub async fn retention_report(svc: &Services, p: &Params) -> ServiceResult<Value
     }
     let (from_day, to_day) = (day_of(from), day_of(to));
     let max_offset = days.iter().copied().max().unwrap_or(0);
-    let ReportRows::Users(mut users) =
-        read(svc, ReportQuery::Cohorts { app_id: app_id.clone(), from_day, to_day, max_offset }).await?
-    else {
-        return Err(unexpected());
+    let links = identity_links(svc, &app_id).await?;
+    let in_olap = match &svc.olap {
+        Some(olap) => {
+            svc.maintenance.refresh().await?;
+            olap.retention(&app_id, (from_day, to_day), &days, &links).await?
+        }
+        None => None,
     };
-    too_many(svc, users.len())?;
-    resolve_people(users.iter_mut().map(|u| &mut u.user_id), &identity_links(svc, &app_id).await?);
-    let cohorts = retention(&users, from_day, to_day, &days, day_of(now));
+    let cohorts = match in_olap {
+        Some(counts) => cohorts(&counts, from_day, to_day, &days, day_of(now)),
+        None => {
+            let query = ReportQuery::Cohorts { app_id: app_id.clone(), from_day, to_day, max_offset };
+            let ReportRows::Users(mut users) = read(svc, query).await? else {
+                return Err(unexpected());
+            };
+            too_many(svc, users.len())?;
+            resolve_people(users.iter_mut().map(|u| &mut u.user_id), &links);
+            retention(&users, from_day, to_day, &days, day_of(now))
+        }
+    };
     Ok(
         json!({"app_id": app_id, "from": date_text(from_day), "to": date_text(to_day), "days": days, "cohorts": cohorts}),
     )

@@ -147,6 +147,24 @@ pub fn start(services: &Arc<Services>) -> Result<ServerHandle, StartError> {
         ));
     }
 
+    if let Some(olap) = &services.olap {
+        let tick = Duration::from_millis(
+            services.config.clickhouse.as_ref().map_or(1_000, |c| c.interval).clamp(50, 60_000) as u64,
+        );
+        let olap = olap.clone();
+        tasks.push((
+            "ClickHouse loader",
+            every(services, stop.clone(), tick, move |_svc| {
+                let olap = olap.clone();
+                async move {
+                    if let Err(e) = olap.catch_up().await {
+                        tracing::warn!(error = %e, "ClickHouse load failed; the outbox keeps the entries");
+                    }
+                }
+            }),
+        ));
+    }
+
     // Links edited through another instance sharing the store (disabled, say) take effect
     // here within LINK_REFRESH; a miss reloads at once (`links::find_link`).
     tasks.push((

@@ -209,6 +209,19 @@ pub const IDENTITY_LINKS: &str = "CREATE TABLE identity_links (
 );
 CREATE INDEX identity_links_user ON identity_links (app_id, user_id);";
 
+/// The OLAP outbox (ADR 0018): which report rows changed since the ClickHouse loader last
+/// took them — `fact` (key: event id), `user` (anonymous id), `session` (session key), filled by
+/// triggers — and what it must erase there: `erase` (an anonymous id of the app), `erase_user`
+/// (a user id, any app), `purge` (facts of days before the key). Written only while
+/// `etl_state` holds the key `olap` (a ClickHouse is configured); the loader removes entries
+/// by their numbers once loaded.
+pub const OLAP_OUTBOX: &str = "CREATE TABLE olap_outbox (
+    seq {id},
+    kind TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    key TEXT NOT NULL
+);";
+
 pub const INSTALLS: &str = "CREATE TABLE installs (
     app_id TEXT NOT NULL,
     event_id TEXT NOT NULL,

@@ -259,7 +259,15 @@ pub struct IdRow {
 /// What the server needs from storage: every concern's trait. Implemented for any type that
 /// implements them all; a store implements each of them fully (there are no defaults).
 pub trait Storage:
-    EventStore + LinkStore + InstallStore + ConversionStore + ReportStore + DeletionStore + IdentifierStore + IdentityStore
+    EventStore
+    + LinkStore
+    + InstallStore
+    + ConversionStore
+    + ReportStore
+    + DeletionStore
+    + IdentifierStore
+    + IdentityStore
+    + OlapOutboxStore
 {
 }
 
@@ -272,6 +280,7 @@ impl<T> Storage for T where
         + DeletionStore
         + IdentifierStore
         + IdentityStore
+        + OlapOutboxStore
 {
 }
 
@@ -280,8 +289,23 @@ impl<T> Storage for T where
 pub mod prelude {
     pub use super::{
         ConversionStore, DeletionStore, EventStore, IdentifierStore, IdentityStore, InstallStore, LinkStore,
-        ReportStore, Storage,
+        OlapOutboxStore, ReportStore, Storage,
     };
+}
+
+/// The OLAP outbox (ADR 0018): what the ClickHouse loader has still to copy or erase.
+pub trait OlapOutboxStore: Send + Sync + 'static {
+    /// Turns the outbox on (when it was off: a `reset` entry, then every current fact, user
+    /// and session, so the OLAP copy starts complete) or off (emptied; nothing is noted).
+    fn olap_switch(&self, on: bool) -> StorageFuture<'_, ()>;
+    /// Takes the loader's lease (`None` while another loader holds it) and reads the oldest
+    /// `limit` entries with the current rows they name, under a version larger than any
+    /// earlier page's.
+    fn olap_page(&self, lease: OlapLease, limit: usize) -> StorageFuture<'_, Option<OlapPage>>;
+    /// Removes loaded entries.
+    fn olap_done(&self, seqs: Vec<i64>) -> StorageFuture<'_, ()>;
+    /// Entries not loaded yet.
+    fn olap_pending(&self) -> StorageFuture<'_, u64>;
 }
 
 /// Every table that holds per-subject rows, with `(subject kind, column)` pairs naming a
@@ -326,6 +350,9 @@ pub const NON_SUBJECT_TABLES: &[&str] = &[
     "fraud_alerts",
     "etl_pending",
     "etl_state",
+    // Entries name report rows by their stored keys, and a deletion's `erase` entries the
+    // subject's stored ids, only until the ClickHouse loader takes them (ADR 0018).
+    "olap_outbox",
     "dim_date",
     "dim_campaigns",
     "campaign_costs",

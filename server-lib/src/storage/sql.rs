@@ -478,6 +478,46 @@ pub const COHORT_USERS: &str = "SELECT anonymous_id, user_id, coalesce(install_t
 pub const COHORT_ACTIVE_DAYS: &str = "SELECT DISTINCT anonymous_id, date_key FROM fact_events
       WHERE app_id = $1 AND date_key >= $2 AND date_key <= $3";
 
+/// Notes one change in the OLAP outbox ($1 kind, $2 app, $3 key) while a ClickHouse is
+/// configured (`etl_state` key `olap`); otherwise writes nothing.
+pub const OLAP_ENTRY: &str = "INSERT INTO olap_outbox (kind, app_id, key)
+      SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM etl_state WHERE key = 'olap')";
+
+/// Turning the outbox on: a `reset` first (the loader empties the ClickHouse tables, which may
+/// hold rows from an earlier time the outbox was on), then every current fact, user and session.
+/// `{ord}`: the facts' own numbering (`rowid`, `seq`).
+pub const OLAP_BACKFILL: &str = "INSERT INTO olap_outbox (kind, app_id, key) VALUES ('reset', '', '');
+INSERT INTO olap_outbox (kind, app_id, key) SELECT 'user', app_id, anonymous_id FROM dim_users;
+INSERT INTO olap_outbox (kind, app_id, key) SELECT 'session', app_id, session_key FROM sessions;
+INSERT INTO olap_outbox (kind, app_id, key) SELECT 'fact', app_id, {ord} FROM fact_events ORDER BY {ord};";
+
+/// The oldest $1 outbox entries.
+pub const OLAP_PAGE: &str = "SELECT seq, kind, app_id, key FROM olap_outbox ORDER BY seq LIMIT $1";
+
+pub const OLAP_PENDING: &str = "SELECT count(*) FROM olap_outbox";
+
+/// The current row of a user ($1 app, $2 anonymous id) for the loader.
+pub const OLAP_USER: &str = "SELECT user_id, first_seen, last_seen, events, install_ts, install_campaign_id,
+        utm_campaign_key FROM dim_users WHERE app_id = $1 AND anonymous_id = $2";
+
+/// The current row of a session ($1 app, $2 session key) for the loader.
+pub const OLAP_SESSION: &str = "SELECT anonymous_id, user_id, start_ts, end_ts, events FROM sessions
+      WHERE app_id = $1 AND session_key = $2";
+
+/// The current row of a fact for the loader, by its own number (`{ord}`: `rowid`, `seq`; $1).
+pub const OLAP_FACT: &str = "SELECT event_id, date_key, ts, event_type, anonymous_id, user_id, session_key, revenue,
+        currency FROM fact_events WHERE {ord} = $1";
+
+/// The report tables whose changes the outbox triggers note: (table, entry kind, key column,
+/// whether deletions are noted too). A fact is named by its own number (`{ord}`: `rowid`,
+/// `seq`), which its primary key finds. Facts are removed from ClickHouse by `erase` and
+/// `purge` entries instead (a retention purge would otherwise note every fact it deletes).
+pub const OLAP_NOTED: &[(&str, &str, &str, bool)] = &[
+    ("fact_events", "fact", "{ord}", false),
+    ("dim_users", "user", "anonymous_id", true),
+    ("sessions", "session", "session_key", true),
+];
+
 /// The newest $2 fraud alerts at or after $1.
 pub const RECENT_ALERTS: &str = "SELECT rule, app_id, campaign_id, at, detail FROM fraud_alerts WHERE at >= $1
       ORDER BY at DESC, id DESC LIMIT $2";
@@ -534,6 +574,11 @@ mod tests {
         INSERT_USER_LINK,
         REPOINT_USER_LINKS,
         IDENTITY_LINKS,
+        OLAP_ENTRY,
+        OLAP_PAGE,
+        OLAP_PENDING,
+        OLAP_USER,
+        OLAP_SESSION,
     ];
 
     #[test]
@@ -564,6 +609,8 @@ mod tests {
         let built = [
             delete_by_subject("events", "user_id"),
             delete_by_anonymous_id("touchpoints"),
+            OLAP_FACT.replace("{ord}", "rowid"),
+            OLAP_BACKFILL.split(';').next().unwrap().to_owned(),
             zero_campaign_columns(&["installs", "rejected_installs"]),
             format!(
                 "INSERT INTO rollup_campaign_daily (app_id, date_key, campaign_id, clicks) VALUES ($1, $2, $3, $4) {}",

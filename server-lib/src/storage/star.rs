@@ -536,3 +536,79 @@ mod tests {
         }
     }
 }
+
+/// The outbox entries of one page, sorted by what the loader does with them (each key once).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct OutboxEntries {
+    pub seqs: Vec<i64>,
+    pub reset: bool,
+    /// (app, event id), (app, anonymous id), (app, session key) of rows to copy.
+    pub facts: Vec<(String, String)>,
+    pub users: Vec<(String, String)>,
+    pub sessions: Vec<(String, String)>,
+    pub erase_anonymous: Vec<(String, String)>,
+    pub erase_users: Vec<String>,
+    pub purge_before_day: Option<i64>,
+}
+
+/// The rows a page names, to be read from the store: (app, fact number), (app, anonymous id),
+/// (app, session key).
+pub type OutboxKeys = (Vec<(String, String)>, Vec<(String, String)>, Vec<(String, String)>);
+
+impl OutboxEntries {
+    /// The page without its rows (the store reads them), and the keys of those rows.
+    pub fn into_page(self, version: i64) -> (crate::storage::OlapPage, OutboxKeys) {
+        let page = crate::storage::OlapPage {
+            version,
+            seqs: self.seqs,
+            reset: self.reset,
+            erase_anonymous: self.erase_anonymous,
+            erase_users: self.erase_users,
+            purge_before_day: self.purge_before_day,
+            ..Default::default()
+        };
+        (page, (self.facts, self.users, self.sessions))
+    }
+}
+
+/// Sorts a page of `(seq, kind, app, key)` entries; entries of unknown kinds are taken and
+/// dropped (a newer version's, read by an older loader).
+pub fn outbox_entries(rows: Vec<(i64, String, String, String)>) -> OutboxEntries {
+    use std::collections::BTreeSet;
+    let mut out = OutboxEntries::default();
+    let (mut facts, mut users, mut sessions, mut erase, mut erase_users) =
+        (BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    for (seq, kind, app, key) in rows {
+        out.seqs.push(seq);
+        match kind.as_str() {
+            "reset" => out.reset = true,
+            "fact" => {
+                facts.insert((app, key));
+            }
+            "user" => {
+                users.insert((app, key));
+            }
+            "session" => {
+                sessions.insert((app, key));
+            }
+            "erase" => {
+                erase.insert((app, key));
+            }
+            "erase_user" => {
+                erase_users.insert(key);
+            }
+            "purge" => {
+                if let Ok(day) = key.parse::<i64>() {
+                    out.purge_before_day = Some(out.purge_before_day.map_or(day, |d: i64| d.max(day)));
+                }
+            }
+            _ => {}
+        }
+    }
+    out.facts = facts.into_iter().collect();
+    out.users = users.into_iter().collect();
+    out.sessions = sessions.into_iter().collect();
+    out.erase_anonymous = erase.into_iter().collect();
+    out.erase_users = erase_users.into_iter().collect();
+    out
+}

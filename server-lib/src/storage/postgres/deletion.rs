@@ -108,6 +108,13 @@ impl DeletionStore for PostgresStorage {
                     }
                 }
             }
+            // The OLAP copy is erased by the loader (ADR 0018; nothing is noted without one).
+            for (app, anon) in &anonymous_ids {
+                tx.execute(sql::OLAP_ENTRY, &[&"erase", app, anon]).await.map_err(backend)?;
+            }
+            if subject.kind() == "user_id" {
+                tx.execute(sql::OLAP_ENTRY, &[&"erase_user", &"", &value]).await.map_err(backend)?;
+            }
             tx.execute(
                 sql::INSERT_DELETION_AUDIT,
                 &[

@@ -22,6 +22,7 @@ mod identifiers;
 mod identity;
 mod installs;
 mod links;
+mod olap;
 mod reports;
 mod schema;
 

@@ -6,11 +6,11 @@
 use std::collections::HashSet;
 
 use crate::storage::ddl::{self, Dialect, day_key};
-use crate::storage::{StorageError, backend};
+use crate::storage::{StorageError, backend, sql};
 
 /// Migrations, applied in order inside one transaction under an advisory lock, so instances
 /// starting together do not race.
-fn migrations() -> [(i32, String); 10] {
+fn migrations() -> [(i32, String); 11] {
     let shared = |tables: &[&str]| ddl::render(tables, Dialect::Postgres);
     [
         (1, shared(&[ddl::EVENTS, ddl::DELETION_AUDIT])),
@@ -23,7 +23,39 @@ fn migrations() -> [(i32, String); 10] {
         (8, shared(&[ddl::SEALED_IDS])),
         (9, shared(&[ddl::TEST_DEVICES])),
         (10, shared(&[ddl::IDENTITY_LINKS])),
+        (11, [shared(&[ddl::OLAP_OUTBOX]), olap_triggers()].join("\n")),
     ]
+}
+
+/// Schema version 11: row triggers that note changed report rows in the OLAP outbox while a
+/// ClickHouse is configured (`etl_state` key `olap`; ADR 0018). One function for every table:
+/// the entry kind and the key column are the trigger's arguments.
+fn olap_triggers() -> String {
+    let mut sql = String::from(
+        "CREATE FUNCTION tm_olap_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE r jsonb;
+BEGIN
+    IF EXISTS (SELECT 1 FROM etl_state WHERE key = 'olap') THEN
+        IF TG_OP = 'DELETE' THEN r := to_jsonb(OLD); ELSE r := to_jsonb(NEW); END IF;
+        INSERT INTO olap_outbox (kind, app_id, key) VALUES (TG_ARGV[0], r ->> 'app_id', r ->> TG_ARGV[1]);
+    END IF;
+    RETURN NULL;
+END $$;
+",
+    );
+    for (table, kind, key, deletes) in sql::OLAP_NOTED {
+        let ops: &[&str] = if *deletes { &["INSERT", "UPDATE", "DELETE"] } else { &["INSERT", "UPDATE"] };
+        for op in ops {
+            sql.push_str(&format!(
+                "CREATE TRIGGER {table}_olap_{name} AFTER {op} ON {table} FOR EACH ROW
+    EXECUTE FUNCTION tm_olap_outbox('{kind}', '{key}');
+",
+                key = key.replace("{ord}", "seq"),
+                name = op.to_lowercase()
+            ));
+        }
+    }
+    sql
 }
 
 /// Schema version 6: events' device ids in the form every device id is stored in

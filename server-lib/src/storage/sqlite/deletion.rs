@@ -152,6 +152,14 @@ fn delete_in(
             }
         }
     }
+    // The OLAP copy is erased by the loader (ADR 0018; nothing is noted without one).
+    let mut note = tx.prepare_cached(sqlite!(sql::OLAP_ENTRY)).map_err(backend)?;
+    for (app, anon) in &anonymous_ids {
+        note.execute(params!["erase", app, anon]).map_err(backend)?;
+    }
+    if subject.kind() == "user_id" {
+        note.execute(params!["erase_user", "", subject.value()]).map_err(backend)?;
+    }
     tx.execute(
         sqlite!(sql::INSERT_DELETION_AUDIT),
         params![

@@ -20,6 +20,7 @@ mod identifiers;
 mod identity;
 mod installs;
 mod links;
+mod olap;
 mod reports;
 mod schema;
 

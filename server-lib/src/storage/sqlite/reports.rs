@@ -412,6 +412,8 @@ pub fn purge_begin(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Result<(
         let old = state_get(tx, key)?.unwrap_or(i64::MIN);
         state_set(tx, key, old.max(day))?;
     }
+    // The OLAP copy's facts of those days go too (ADR 0018; nothing is noted without one).
+    tx.execute(sqlite!(sql::OLAP_ENTRY), params!["purge", "", day_of(cutoffs.events).to_string()]).map_err(backend)?;
     Ok(())
 }
 

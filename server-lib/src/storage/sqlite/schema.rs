@@ -1,4 +1,4 @@
-//! The SQLite store's tables: the migrations up to schema version 8 (`PRAGMA user_version`).
+//! The SQLite store's tables: the migrations up to schema version 9 (`PRAGMA user_version`).
 //! The tables both stores share are in [`ddl`]; what is SQLite's own is here: the report
 //! queue numbered by `rowid`, the row triggers, one index, and the backfill of the report
 //! tables.
@@ -6,9 +6,9 @@
 use rusqlite::Connection;
 
 use crate::storage::ddl::{self, Dialect, day_key};
-use crate::storage::{StorageError, backend};
+use crate::storage::{StorageError, backend, sql};
 
-const SCHEMA_VERSION: i64 = 8;
+const SCHEMA_VERSION: i64 = 9;
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
@@ -40,8 +40,37 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     if version < 8 {
         tx.execute_batch(&ddl::render(&[ddl::IDENTITY_LINKS], Dialect::Sqlite)).map_err(backend)?;
     }
+    if version < 9 {
+        tx.execute_batch(&ddl::render(&[ddl::OLAP_OUTBOX], Dialect::Sqlite)).map_err(backend)?;
+        tx.execute_batch(&olap_triggers()).map_err(backend)?;
+    }
     tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION};")).map_err(backend)?;
     tx.commit().map_err(backend)
+}
+
+/// Schema version 9: row triggers that note changed report rows in the OLAP outbox while a
+/// ClickHouse is configured (`etl_state` key `olap`; ADR 0018).
+fn olap_triggers() -> String {
+    let mut sql = String::new();
+    for (table, kind, key, deletes) in sql::OLAP_NOTED {
+        let ops: &[(&str, &str)] = if *deletes {
+            &[("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")]
+        } else {
+            &[("INSERT", "NEW"), ("UPDATE", "NEW")]
+        };
+        for (op, row) in ops {
+            sql.push_str(&format!(
+                "CREATE TRIGGER {table}_olap_{name} AFTER {op} ON {table}
+    WHEN EXISTS (SELECT 1 FROM etl_state WHERE key = 'olap') BEGIN
+    INSERT INTO olap_outbox (kind, app_id, key) VALUES ('{kind}', {row}.app_id, {row}.{key});
+END;
+",
+                key = key.replace("{ord}", "rowid"),
+                name = op.to_lowercase()
+            ));
+        }
+    }
+    sql
 }
 
 /// Tables and indexes of schema version 2: the attribution tables.

@@ -1,0 +1,184 @@
+//! The PostgreSQL store's OLAP outbox (`OlapOutboxStore`, ADR 0018). Entries are removed by
+//! their own numbers, as transactions may commit them out of order (ADR 0008); one page reader
+//! at a time (an advisory lock of its own), and a lease in `etl_state` keeps one loader across
+//! instances.
+
+use std::collections::HashMap;
+
+use super::{PostgresStorage, pool_error};
+use crate::storage::sql;
+use crate::storage::star::outbox_entries;
+use crate::storage::{
+    OlapFact, OlapLease, OlapOutboxStore, OlapPage, OlapSession, OlapSessionRow, OlapUser, OlapUserRow, StorageFuture,
+    backend,
+};
+
+/// The class of the page reader's advisory lock (two-key form; see `identity.rs`).
+const PAGE_LOCK: i32 = 22;
+
+impl OlapOutboxStore for PostgresStorage {
+    fn olap_switch(&self, on: bool) -> StorageFuture<'_, ()> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&PAGE_LOCK]).await.map_err(backend)?;
+            let was_on = tx.query_opt(sql::ETL_STATE, &[&"olap"]).await.map_err(backend)?.is_some();
+            match (on, was_on) {
+                (true, false) => {
+                    tx.execute("INSERT INTO etl_state (key, value) VALUES ('olap', 1)", &[]).await.map_err(backend)?;
+                    tx.batch_execute(&sql::OLAP_BACKFILL.replace("{ord}", "seq")).await.map_err(backend)?;
+                }
+                (false, true) => {
+                    tx.batch_execute("DELETE FROM etl_state WHERE key = 'olap'; DELETE FROM olap_outbox;")
+                        .await
+                        .map_err(backend)?;
+                }
+                _ => {}
+            }
+            tx.commit().await.map_err(backend)
+        })
+    }
+
+    fn olap_page(&self, lease: OlapLease, limit: usize) -> StorageFuture<'_, Option<OlapPage>> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&PAGE_LOCK]).await.map_err(backend)?;
+            let mut state: HashMap<String, i64> = HashMap::new();
+            for r in tx
+                .query(
+                    "SELECT key, value FROM etl_state WHERE key IN ('olap_holder', 'olap_lease_until', 'olap_version')",
+                    &[],
+                )
+                .await
+                .map_err(backend)?
+            {
+                state.insert(r.get(0), r.get(1));
+            }
+            let holder = state.get("olap_holder").copied();
+            let until = state.get("olap_lease_until").copied().unwrap_or(i64::MIN);
+            if holder.is_some_and(|h| h != lease.holder) && until > lease.now {
+                return Ok(None);
+            }
+            let version = state.get("olap_version").copied().unwrap_or(0) + 1;
+            let set = tx
+                .prepare("INSERT INTO etl_state (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+                .await
+                .map_err(backend)?;
+            for (key, value) in [
+                ("olap_holder", lease.holder),
+                ("olap_lease_until", lease.now.saturating_add(lease.ttl)),
+                ("olap_version", version),
+            ] {
+                tx.execute(&set, &[&key, &value]).await.map_err(backend)?;
+            }
+            let rows: Vec<(i64, String, String, String)> = tx
+                .query(sql::OLAP_PAGE, &[&(limit as i64)])
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+                .collect();
+            let (mut page, (facts, users, sessions)) = outbox_entries(rows).into_page(version);
+            let ords: Vec<i64> = facts.iter().filter_map(|(_, k)| k.parse().ok()).collect();
+            let facts = tx
+                .query(
+                    "SELECT seq, app_id, event_id, date_key, ts, event_type, anonymous_id, user_id, session_key, revenue,
+                            currency FROM fact_events WHERE seq = ANY($1)",
+                    &[&ords],
+                )
+                .await
+                .map_err(backend)?;
+            // A fact deleted since is erased in ClickHouse by its deletion's or purge's entry.
+            page.facts = facts
+                .iter()
+                .map(|r| OlapFact {
+                    ord: r.get(0),
+                    app_id: r.get(1),
+                    event_id: r.get(2),
+                    date_key: r.get(3),
+                    ts: r.get(4),
+                    event_type: r.get(5),
+                    anonymous_id: r.get(6),
+                    user_id: r.get(7),
+                    session_key: r.get(8),
+                    revenue: r.get(9),
+                    currency: r.get(10),
+                })
+                .collect();
+            let (apps, keys): (Vec<String>, Vec<String>) = users.iter().cloned().unzip();
+            let mut found: HashMap<(String, String), OlapUserRow> = tx
+                .query(
+                    "SELECT u.app_id, u.anonymous_id, u.user_id, u.first_seen, u.last_seen, u.events, u.install_ts,
+                            u.install_campaign_id, u.utm_campaign_key
+                       FROM dim_users u JOIN unnest($1::text[], $2::text[]) AS k (app_id, anonymous_id)
+                         ON u.app_id = k.app_id AND u.anonymous_id = k.anonymous_id",
+                    &[&apps, &keys],
+                )
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|r| {
+                    let row = OlapUserRow {
+                        user_id: r.get(2),
+                        first_seen: r.get(3),
+                        last_seen: r.get(4),
+                        events: r.get(5),
+                        install_ts: r.get(6),
+                        install_campaign_id: r.get(7),
+                        utm_campaign_key: r.get(8),
+                    };
+                    ((r.get(0), r.get(1)), row)
+                })
+                .collect();
+            for (app_id, anonymous_id) in users {
+                let row = found.remove(&(app_id.clone(), anonymous_id.clone()));
+                page.users.push(OlapUser { app_id, anonymous_id, row });
+            }
+            let (apps, keys): (Vec<String>, Vec<String>) = sessions.iter().cloned().unzip();
+            let mut found: HashMap<(String, String), OlapSessionRow> = tx
+                .query(
+                    "SELECT s.app_id, s.session_key, s.anonymous_id, s.user_id, s.start_ts, s.end_ts, s.events
+                       FROM sessions s JOIN unnest($1::text[], $2::text[]) AS k (app_id, session_key)
+                         ON s.app_id = k.app_id AND s.session_key = k.session_key",
+                    &[&apps, &keys],
+                )
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|r| {
+                    let row = OlapSessionRow {
+                        anonymous_id: r.get(2),
+                        user_id: r.get(3),
+                        start_ts: r.get(4),
+                        end_ts: r.get(5),
+                        events: r.get(6),
+                    };
+                    ((r.get(0), r.get(1)), row)
+                })
+                .collect();
+            for (app_id, session_key) in sessions {
+                let row = found.remove(&(app_id.clone(), session_key.clone()));
+                page.sessions.push(OlapSession { app_id, session_key, row });
+            }
+            tx.commit().await.map_err(backend)?;
+            Ok(Some(page))
+        })
+    }
+
+    fn olap_done(&self, seqs: Vec<i64>) -> StorageFuture<'_, ()> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            client.execute("DELETE FROM olap_outbox WHERE seq = ANY($1)", &[&seqs]).await.map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn olap_pending(&self) -> StorageFuture<'_, u64> {
+        Box::pin(async move {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            let n: i64 = client.query_one(sql::OLAP_PENDING, &[]).await.map_err(backend)?.get(0);
+            Ok(n as u64)
+        })
+    }
+}
