@@ -123,7 +123,7 @@ impl ServerBuilder {
             config.attribution.index_ttl(),
         ));
         let olap = match &config.clickhouse {
-            Some(c) => Some(Arc::new(OlapLoader::new(c, storage.clone(), config.clock.clone())?)),
+            Some(c) => Some(Arc::new(OlapLoader::new(c, storage.clone(), config.clock.clone(), config.audit_key)?)),
             None => None,
         };
         let services = Services {

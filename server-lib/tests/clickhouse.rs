@@ -7,7 +7,7 @@
 
 use serde_json::json;
 use trailmark_server::olap::OlapError;
-use trailmark_server::olap::clickhouse::{ClickHouse, TABLES};
+use trailmark_server::olap::clickhouse::{ClickHouse, TABLES, VIEWS};
 
 fn server() -> Option<String> {
     match std::env::var("TM_CLICKHOUSE_URL") {
@@ -33,7 +33,7 @@ async fn the_report_schema_is_created_and_replaces_rows_by_version() {
     ch.migrate().await.expect("a second migration changes nothing");
     let tables =
         ch.select("SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name").await.unwrap();
-    let mut want: Vec<&str> = TABLES.iter().map(|(t, _)| *t).collect();
+    let mut want: Vec<&str> = TABLES.iter().chain(VIEWS).map(|(t, _)| *t).collect();
     want.sort();
     assert_eq!(tables.iter().map(|t| t["name"].as_str().unwrap()).collect::<Vec<_>>(), want);
 

@@ -209,7 +209,10 @@ impl IdentityStore for Behind {
 }
 
 impl OlapOutboxStore for Behind {
-    fn olap_switch(&self, _on: bool) -> StorageFuture<'_, ()> {
+    fn olap_switch(&self, _on: bool, _refill: bool) -> StorageFuture<'_, ()> {
+        busy()
+    }
+    fn olap_renew(&self, _lease: OlapLease) -> StorageFuture<'_, bool> {
         busy()
     }
     fn olap_page(&self, _lease: OlapLease, _limit: usize) -> StorageFuture<'_, Option<OlapPage>> {

@@ -254,7 +254,7 @@ impl Srv {
     /// has applied its erasures; `None` when the reports are not in ClickHouse.
     async fn olap_count(&self, sql: &str) -> Option<i64> {
         let olap = self.state.olap.as_ref()?;
-        olap.catch_up().await.unwrap();
+        olap.catch_up(None).await.unwrap();
         let ch = olap.clickhouse();
         for _ in 0..600 {
             if ch.pending_mutations().await.unwrap() == 0 {
@@ -450,6 +450,25 @@ async fn reports_on(on: On<'_>) {
         4,
         "g1 twice, g2, g3"
     );
+    if let On::ClickHouse(_) = on {
+        // The BI views read the copy: installs by campaign, daily events, funnel-ready events.
+        let q = format!("SELECT sum(installs) FROM installs_by_campaign WHERE campaign_id = '{}'", f.a);
+        assert_eq!(srv.olap_count(&q).await, Some(3));
+        let q = format!(
+            "SELECT count() FROM installs_by_campaign WHERE campaign_id = '{}' AND name = 'Spring <b>sale</b>'",
+            f.a
+        );
+        assert_eq!(srv.olap_count(&q).await, Some(1));
+        assert_eq!(
+            srv.olap_count("SELECT sum(events) FROM daily_events WHERE date = toDate('2026-11-02')").await,
+            Some(12)
+        );
+        let q =
+            "SELECT count() FROM funnel_events WHERE anonymous_id = 'g1' AND event_type = 'purchase' AND person = 'g1'";
+        assert_eq!(srv.olap_count(q).await, Some(1));
+        let q = "SELECT count() FROM (SELECT deleted FROM installs FINAL WHERE app_id = 'app') WHERE deleted = 0";
+        assert_eq!(srv.olap_count(q).await, Some(5), "4 attributed and one organic install");
+    }
     // A late event at +25 min bridges g1's first two sessions into one.
     let t = T0 + 3 * MINUTE;
     srv.event_at(t + 25 * MINUTE, "view_item", "g1", json!({})).await;
@@ -885,7 +904,7 @@ async fn the_clickhouse_loader_resumes_after_an_outage_and_loads_every_event_onc
         sent.push(e);
     }
     srv.state.maintenance.refresh().await.unwrap();
-    olap.catch_up().await.unwrap();
+    olap.catch_up(None).await.unwrap();
 
     proxy.set(false);
     for n in 60..150 {
@@ -902,7 +921,7 @@ async fn the_clickhouse_loader_resumes_after_an_outage_and_loads_every_event_onc
         assert_eq!(resp.status(), 200);
     }
     srv.state.maintenance.refresh().await.unwrap();
-    let down = olap.catch_up().await.unwrap_err();
+    let down = olap.catch_up(None).await.unwrap_err();
     assert!(down.to_string().contains("unreachable"), "{down}");
     let (status, body) = srv
         .admin(reqwest::Method::GET, "/v1/reports/funnel?steps=app_open,purchase&from=2026-11-02&to=2026-11-02", None)

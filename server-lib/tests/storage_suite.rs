@@ -879,8 +879,8 @@ async fn the_olap_outbox_notes_changes_while_on(f: &Fixture) {
     store.refresh_step(100, 30 * 60_000, None).await.unwrap();
     assert_eq!(store.olap_pending().await.unwrap(), 0, "off: nothing noted");
 
-    store.olap_switch(true).await.unwrap();
-    store.olap_switch(true).await.unwrap();
+    store.olap_switch(true, false).await.unwrap();
+    store.olap_switch(true, false).await.unwrap();
     let lease = |holder: i64, now: i64| OlapLease { holder, now, ttl: 1_000 };
     let page: OlapPage = store.olap_page(lease(1, 0), 1_000).await.unwrap().unwrap();
     assert!(page.reset, "turning on starts with a reset");
@@ -895,6 +895,16 @@ async fn the_olap_outbox_notes_changes_while_on(f: &Fixture) {
     assert_eq!(anon1.row.as_ref().unwrap().events, 2);
     assert_eq!(page.sessions.len(), 2);
     assert!(page.sessions.iter().all(|s| s.row.is_some()));
+    // The mirrored tables' rows: here the refresh's daily rollup, keyed as in the store.
+    let rollups: Vec<_> = page.mirrored.iter().filter(|r| r.table == "rollup_daily").collect();
+    assert_eq!(rollups.len(), 2, "{:?}", page.mirrored);
+    let a = rollups.iter().find(|r| r.key[0].1 == "a").unwrap();
+    assert_eq!(
+        a.key.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        ["app_id", "date_key", "campaign_key", "event_type"]
+    );
+    let row = a.row.as_ref().unwrap();
+    assert_eq!((&row["events"], &row["users"], &row["event_type"]), (&json!(2), &json!(1), &json!("screen")));
     assert_eq!(store.olap_pending().await.unwrap(), page.seqs.len() as u64);
 
     // Another loader waits for the lease to run out; its page carries a newer version.
@@ -916,14 +926,34 @@ async fn the_olap_outbox_notes_changes_while_on(f: &Fixture) {
     assert_eq!(page.sessions.len(), 1);
     store.olap_done(page.seqs).await.unwrap();
 
-    // A deletion: its erasures, and the user and session rows gone.
+    // Only the holder renews.
+    assert!(store.olap_renew(lease(2, 1_002)).await.unwrap());
+    assert!(!store.olap_renew(lease(1, 1_002)).await.unwrap());
+
+    // A deletion: its erasures, and the user and session rows gone. A row noted after the
+    // deletion waits for the next page (it must reach ClickHouse after the erasure).
     store.delete_subject(Subject::UserId("u1".into()), audit("user_id"), tomb(true)).await.unwrap();
+    store.insert(vec![event("b", "e7", "anon-7", None, None, 40)]).await.unwrap();
+    store.refresh_step(100, 30 * 60_000, None).await.unwrap();
     let page = store.olap_page(lease(2, 1_003), 1_000).await.unwrap().unwrap();
+    assert!(page.more, "the page ends where the erasures end");
     assert_eq!(page.erase_anonymous, [("a".to_owned(), "anon-1".to_owned())]);
     assert_eq!(page.erase_users, ["u1"]);
     assert!(page.users.iter().any(|u| u.anonymous_id == "anon-1" && u.row.is_none()), "{page:?}");
     assert!(page.sessions.iter().all(|s| s.row.is_none()), "{page:?}");
     assert!(page.facts.is_empty());
+    assert!(page.mirrored.is_empty(), "{:?}", page.mirrored);
+    store.olap_done(page.seqs).await.unwrap();
+    let page = store.olap_page(lease(2, 1_003), 1_000).await.unwrap().unwrap();
+    assert_eq!(page.facts.iter().map(|f| f.event_id.as_str()).collect::<Vec<_>>(), ["e7"]);
+    assert!(!page.more);
+    store.olap_done(page.seqs).await.unwrap();
+
+    // A refill (ClickHouse found empty) while on: a reset and every row again.
+    store.olap_switch(true, true).await.unwrap();
+    let page = store.olap_page(lease(2, 1_003), 1_000).await.unwrap().unwrap();
+    assert!(page.reset);
+    assert_eq!(page.facts.len(), 2, "b/e1 and b/e7 are left");
     store.olap_done(page.seqs).await.unwrap();
 
     // The retention purge: its cut.
@@ -937,7 +967,7 @@ async fn the_olap_outbox_notes_changes_while_on(f: &Fixture) {
     store.insert(vec![event("b", "e9", "anon-9", None, None, 4 * day)]).await.unwrap();
     store.refresh_step(100, 30 * 60_000, None).await.unwrap();
     assert!(store.olap_pending().await.unwrap() > 0);
-    store.olap_switch(false).await.unwrap();
+    store.olap_switch(false, false).await.unwrap();
     assert_eq!(store.olap_pending().await.unwrap(), 0);
     store.insert(vec![event("b", "e10", "anon-9", None, None, 4 * day + 1)]).await.unwrap();
     store.refresh_step(100, 30 * 60_000, None).await.unwrap();

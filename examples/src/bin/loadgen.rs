@@ -55,6 +55,14 @@ struct Args {
     /// signed-in app's events with attribution consent do).
     #[arg(long)]
     ids: bool,
+    /// `--only clickhouse`: the ClickHouse HTTP interface (reports there; issue 23).
+    #[arg(long)]
+    clickhouse: Option<String>,
+    /// `--only clickhouse`: events stored before the report timings, over `--olap-days` days.
+    #[arg(long, default_value_t = 10_000_000)]
+    olap_events: usize,
+    #[arg(long, default_value_t = 60)]
+    olap_days: i64,
 }
 
 const APP: &str = "bench";
@@ -193,6 +201,10 @@ async fn main() {
     let args = Args::parse();
     if args.only.as_deref() == Some("refresh") {
         refresh_bench(&args).await;
+        return;
+    }
+    if args.only.as_deref() == Some("clickhouse") {
+        olap_bench(&args).await;
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -575,6 +587,214 @@ async fn refresh_bench(args: &Args) {
             );
         }
     }
+}
+
+/// `--only clickhouse` (issue 23): (1) `--olap-events` events over `--olap-days` days stored
+/// directly (no HTTP) in steps of a million, each step refreshed into the star schema and loaded
+/// into ClickHouse, timing the three; (2) a 3-step funnel over the last 30 days and retention
+/// (30 daily cohorts, days 1, 7, 30) over HTTP, computed in ClickHouse, five times each;
+/// (3) batched HTTP ingest for `--seconds` with the scheduler and the loader running, then how
+/// long until a report (which loads everything pending first) answers: the lag after a burst.
+async fn olap_bench(args: &Args) {
+    use trailmark_server::storage::NewEvent;
+    let url = args.clickhouse.clone().expect("--only clickhouse needs --clickhouse URL");
+    let n = args.olap_events;
+    let days = args.olap_days.max(31);
+    let admin = "bench-admin-key-0001";
+    println!(
+        "machine: {} logical CPUs; {n} events over {days} days, SQLite (synchronous=NORMAL) + ClickHouse {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        trailmark_server::olap::clickhouse::ClickHouse::new(&url, "default").unwrap().version().await.unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = trailmark_server::ServerConfig::new().with_app(APP, SECRET).with_admin_key(admin);
+    config.reports.scheduler = false;
+    config.reports.raw_retention_days = 400;
+    let mut ch = trailmark_server::domain::config::ClickHouseConfig::new(&url);
+    ch.database = format!("bench_{}", uuid::Uuid::new_v4().simple());
+    config.clickhouse = Some(ch.clone());
+    let state = trailmark_server::ServerBuilder::new(config)
+        .sqlite_with(dir.path().join("olap.db"), trailmark_server::Durability::Normal)
+        .unwrap()
+        .build_state()
+        .unwrap();
+    let olap = state.olap.clone().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let router = trailmark_server::router(state.clone());
+    tokio::spawn(async move {
+        axum::serve(listener, router.into_make_service_with_connect_info::<std::net::SocketAddr>()).await.unwrap();
+    });
+
+    // Sessions of 5 events 30 s apart, in time order over the span (live traffic's order), of
+    // devices picked at random (n / 50 devices; a third signed in); each session opens the app
+    // and views something, 30 % add to the cart, a third of those buy.
+    let now = trailmark_server::now_ms();
+    let (span, devices) = (days * 86_400_000, (n / 50).max(1) as u64);
+    let first_ts = now - span;
+    let sessions = n.div_ceil(5);
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut stored, mut t_insert, mut t_refresh, mut t_load) =
+        (0usize, Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut batch: Vec<NewEvent> = Vec::with_capacity(5_000);
+    for s in 0..sessions {
+        let ts = first_ts + (s as i64) * (span - 3_600_000) / sessions as i64;
+        let device = rng() % devices;
+        let r = rng() % 100;
+        let kinds = [
+            "app_open",
+            "screen_view",
+            "view_item",
+            if r < 30 { "add_to_cart" } else { "screen_view" },
+            if r < 10 { "purchase" } else { "screen_view" },
+        ];
+        for (k, kind) in kinds.iter().enumerate() {
+            if stored + batch.len() >= n {
+                break;
+            }
+            let at = ts + k as i64 * 30_000;
+            batch.push(NewEvent {
+                app_id: APP.into(),
+                event_id: format!("{s:016x}-{k}"),
+                event_type: (*kind).into(),
+                anonymous_id: format!("device-{device}"),
+                user_id: (device % 3 == 0).then(|| format!("user-{}", device / 3)),
+                client_ts: at,
+                corrected_ts: at,
+                received_at: at,
+                properties: if *kind == "purchase" { r#"{"revenue":9.99,"currency":"EUR"}"# } else { "{}" }.into(),
+                context: "{}".into(),
+                enrichment: "{}".into(),
+                ..Default::default()
+            });
+        }
+        if batch.len() >= 5_000 || s + 1 == sessions || stored + batch.len() >= n {
+            let t = Instant::now();
+            stored += batch.len();
+            state.storage.insert(std::mem::take(&mut batch)).await.unwrap();
+            t_insert += t.elapsed();
+            if stored % 1_000_000 < 5_000 || stored >= n {
+                let t = Instant::now();
+                state.maintenance.refresh().await.unwrap();
+                t_refresh += t.elapsed();
+                let t = Instant::now();
+                olap.catch_up(None).await.unwrap();
+                t_load += t.elapsed();
+                println!(
+                    "  {stored:>9} events: stored {:>7.1?}, star schema {:>7.1?}, ClickHouse {:>7.1?} (cumulative)",
+                    t_insert, t_refresh, t_load
+                );
+            }
+            if stored >= n {
+                break;
+            }
+        }
+    }
+    let rate = |d: Duration| stored as f64 / d.as_secs_f64();
+    println!("store {:>10.0} events/s (direct, no HTTP)", rate(t_insert));
+    println!("star schema refresh {:>10.0} events/s", rate(t_refresh));
+    println!("ClickHouse loader {:>10.0} events/s (their facts, users and sessions)", rate(t_load));
+    println!("{}", summary_line("clickhouse-loader", rate(t_load), Duration::ZERO, Duration::ZERO));
+    let facts = olap.clickhouse().select("SELECT count() AS n FROM fact_events").await.unwrap();
+    println!("facts in ClickHouse: {}", facts[0]["n"]);
+
+    let client = reqwest::Client::new();
+    let day = |ms: i64| protocol::format_millis(ms)[..10].to_owned();
+    let (from, to) = (day(now - 30 * 86_400_000), day(now));
+    for (name, path) in [
+        (
+            "funnel app_open>add_to_cart>purchase, 30 days",
+            format!("/v1/reports/funnel?steps=app_open,add_to_cart,purchase&from={from}&to={to}"),
+        ),
+        ("retention, 30 cohorts, days 1,7,30", format!("/v1/reports/retention?days=1,7,30&from={from}&to={to}")),
+    ] {
+        let mut times = Vec::new();
+        let mut answer = Value::Null;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let resp = client.get(format!("{base}{path}")).bearer_auth(admin).send().await.unwrap();
+            assert!(resp.status().is_success(), "{path}: {}", resp.status());
+            answer = resp.json().await.unwrap();
+            times.push(t.elapsed());
+        }
+        times.sort();
+        let summary = match answer.get("steps") {
+            Some(steps) => {
+                steps.as_array().unwrap().iter().map(|s| s["users"].to_string()).collect::<Vec<_>>().join(" > ")
+            }
+            None => format!("{} cohorts", answer["cohorts"].as_array().map_or(0, Vec::len)),
+        };
+        println!("{name:<48} median {:>8.1?}  max {:>8.1?}  ({summary})", times[2], times[4]);
+        println!(
+            "{}",
+            summary_line(
+                if name.starts_with("funnel") { "clickhouse-funnel" } else { "clickhouse-retention" },
+                0.0,
+                times[2],
+                times[4]
+            )
+        );
+    }
+
+    // A burst of batched HTTP ingest with the scheduler and the loader in the background.
+    let server_args = ServerArgs {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        db: Some(dir.path().join("burst.db")),
+        apps: vec![format!("{APP}:{SECRET}")],
+        ip_rate: Some(1_000_000),
+        app_rate: Some(1_000_000),
+        sync: Some(args.sync.clone()),
+        admin_key: Some(admin.into()),
+        keys: Some(dir.path().join("burst.keys")),
+        clickhouse: Some(url.clone()),
+        ..Default::default()
+    };
+    let mut settings = server_args.settings().unwrap();
+    if let Some(c) = settings.clickhouse.as_mut() {
+        c.database = format!("burst_{}", uuid::Uuid::new_v4().simple());
+    }
+    let running = start(&settings).await.unwrap();
+    let batches: Vec<Vec<u8>> = (0..(args.seconds * 200))
+        .map(|b| {
+            let ts = protocol::format_millis(trailmark_server::now_ms());
+            let events: Vec<String> = (0..500).map(|i| event(b * 500 + i, &ts, false)).collect();
+            format!(r#"{{"sent_at":"{ts}","batch":[{}]}}"#, events.join(",")).into_bytes()
+        })
+        .collect();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build().unwrap();
+    let u = format!("http://{}/v1/event", running.addr);
+    let c = http.clone();
+    let r = drive(args, Arc::new(batches), move |body| {
+        let (c, u) = (c.clone(), u.clone());
+        async move { signed_post(&c, &u, body.unwrap()).await }
+    })
+    .await;
+    report("batched ingest with ClickHouse loading", "batched", "events", &r);
+    let pending = running.state.storage.olap_pending().await.unwrap();
+    let t = Instant::now();
+    let resp = http
+        .get(format!("http://{}/v1/reports/funnel?steps=add_to_cart,add_to_cart", running.addr))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    println!(
+        "after the burst: {pending} outbox entries pending; a report had everything in ClickHouse after {:.2?}",
+        t.elapsed()
+    );
+    let ch = trailmark_server::olap::clickhouse::ClickHouse::new(&url, &settings.clickhouse.as_ref().unwrap().database)
+        .unwrap();
+    let facts = ch.select("SELECT count() AS n FROM fact_events").await.unwrap();
+    println!("facts in ClickHouse after the burst: {} of {} events accepted", facts[0]["n"], r.items);
+    let _ = ch.drop_database().await;
+    let _ = olap.clickhouse().drop_database().await;
 }
 
 #[cfg(test)]

@@ -554,9 +554,13 @@ pub struct OlapPage {
     pub seqs: Vec<i64>,
     /// The ClickHouse tables are to be emptied before anything else of this page is loaded.
     pub reset: bool,
+    /// More entries may be waiting (the page is full, or ends where erasures end).
+    pub more: bool,
     pub facts: Vec<OlapFact>,
     pub users: Vec<OlapUser>,
     pub sessions: Vec<OlapSession>,
+    /// Rows of the mirrored tables (campaigns, costs, rollups, installs, conversions).
+    pub mirrored: Vec<OlapRow>,
     /// (app, anonymous id) pairs to erase (a deletion).
     pub erase_anonymous: Vec<(String, String)>,
     /// User ids to erase in every app (a deletion).
@@ -598,6 +602,15 @@ pub struct OlapUserRow {
     pub install_ts: Option<i64>,
     pub install_campaign_id: Option<String>,
     pub utm_campaign_key: Option<String>,
+}
+
+/// A row of a mirrored table as a JSON object of its copied columns, or (`row: None`) a row
+/// no longer in the store; `key` holds its key columns' values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OlapRow {
+    pub table: String,
+    pub key: Vec<(String, serde_json::Value)>,
+    pub row: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// A session row, or (`row: None`) a session no longer in the store (merged or purged).

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::OlapError;
 use std::collections::{BTreeMap, HashMap};
 
-use crate::domain::records::{FactRow, OlapPage, ReportQuery, ReportRows, UserRow};
+use crate::domain::records::{CampaignDay, FactRow, OlapPage, ReportQuery, ReportRows, UserRow};
 use crate::domain::reports::{CohortCount, DAY_MS, date_text};
 
 /// The report tables, created in order by [`ClickHouse::migrate`]. Facts are partitioned by
@@ -23,7 +23,7 @@ pub const TABLES: &[(&str, &str)] = &[
         "fact_events",
         "CREATE TABLE IF NOT EXISTS fact_events (
             app_id String, event_id String, date Date, date_key Int64, ts Int64, event_type String,
-            anonymous_id String, user_id Nullable(String), session_key String,
+            anonymous_id String, erase_key String, user_id Nullable(String), session_key String,
             revenue Nullable(Float64), currency Nullable(String),
             ord Int64, version UInt64, deleted UInt8
          ) ENGINE = ReplacingMergeTree(version)
@@ -33,7 +33,7 @@ pub const TABLES: &[(&str, &str)] = &[
     (
         "dim_users",
         "CREATE TABLE IF NOT EXISTS dim_users (
-            app_id String, anonymous_id String, user_id Nullable(String),
+            app_id String, anonymous_id String, erase_key String, user_id Nullable(String),
             first_seen Int64, last_seen Int64, events UInt64,
             install_ts Nullable(Int64), install_campaign_id Nullable(String), utm_campaign_key Nullable(String),
             version UInt64, deleted UInt8
@@ -45,13 +45,118 @@ pub const TABLES: &[(&str, &str)] = &[
         // rows replace each other only within a partition.
         "sessions",
         "CREATE TABLE IF NOT EXISTS sessions (
-            app_id String, session_key String, anonymous_id String, user_id Nullable(String),
+            app_id String, session_key String, anonymous_id String, erase_key String, user_id Nullable(String),
             start_ts Int64, end_ts Int64, events UInt64,
             version UInt64, deleted UInt8
          ) ENGINE = ReplacingMergeTree(version)
          ORDER BY (app_id, session_key)",
     ),
+    // The mirrored tables (`storage::sql::OLAP_MIRRORED`): ordered by the primary store's key.
+    (
+        "dim_campaigns",
+        "CREATE TABLE IF NOT EXISTS dim_campaigns (
+            campaign_key String, app_id String, campaign_id Nullable(String), kind String, name String,
+            network String, created_at Int64, version UInt64, deleted UInt8
+         ) ENGINE = ReplacingMergeTree(version)
+         ORDER BY campaign_key",
+    ),
+    (
+        "campaign_costs",
+        "CREATE TABLE IF NOT EXISTS campaign_costs (
+            campaign_id String, app_id String, date_key Int64, amount Float64, currency String, updated_at Int64,
+            version UInt64, deleted UInt8
+         ) ENGINE = ReplacingMergeTree(version)
+         ORDER BY (campaign_id, date_key)",
+    ),
+    (
+        "rollup_daily",
+        "CREATE TABLE IF NOT EXISTS rollup_daily (
+            app_id String, date_key Int64, campaign_key String, event_type String, events Int64, users Int64,
+            revenue Float64, version UInt64, deleted UInt8
+         ) ENGINE = ReplacingMergeTree(version)
+         ORDER BY (app_id, date_key, campaign_key, event_type)",
+    ),
+    (
+        "rollup_campaign_daily",
+        "CREATE TABLE IF NOT EXISTS rollup_campaign_daily (
+            app_id String, date_key Int64, campaign_id String, impressions Int64, clicks Int64, installs Int64,
+            rejected_installs Int64, version UInt64, deleted UInt8
+         ) ENGINE = ReplacingMergeTree(version)
+         ORDER BY (app_id, date_key, campaign_id)",
+    ),
+    (
+        "rollup_conversions_daily",
+        "CREATE TABLE IF NOT EXISTS rollup_conversions_daily (
+            app_id String, date_key Int64, campaign_id String, model String, conversions Float64, revenue Float64,
+            version UInt64, deleted UInt8
+         ) ENGINE = ReplacingMergeTree(version)
+         ORDER BY (app_id, date_key, campaign_id, model)",
+    ),
+    (
+        "installs",
+        "CREATE TABLE IF NOT EXISTS installs (
+            app_id String, event_id String, anonymous_id String, erase_key String, platform String, install_ts Int64,
+            received_at Int64, kind String, match_type String, campaign_id Nullable(String),
+            link_id Nullable(String), network Nullable(String), rejected UInt8, version UInt64, deleted UInt8
+         ) ENGINE = ReplacingMergeTree(version)
+         ORDER BY (app_id, event_id)",
+    ),
+    (
+        "conversions",
+        "CREATE TABLE IF NOT EXISTS conversions (
+            app_id String, event_id String, model String, click_id String, anonymous_id String,
+            erase_key String, user_id Nullable(String), event_type String, ts Int64, link_id Nullable(String),
+            campaign_id Nullable(String), network Nullable(String), touch_ts Nullable(Int64), credit Float64,
+            revenue Nullable(Float64), currency Nullable(String), version UInt64, deleted UInt8
+         ) ENGINE = ReplacingMergeTree(version)
+         ORDER BY (app_id, event_id, model, click_id)",
+    ),
 ];
+
+/// The columns that name a person in each table a deletion erases: (table, has
+/// `anonymous_id` with `app_id`, has `user_id`).
+const ERASED: &[(&str, bool, bool)] = &[
+    ("fact_events", true, true),
+    ("dim_users", true, true),
+    ("sessions", true, true),
+    ("installs", true, false),
+    ("conversions", true, true),
+];
+
+/// Views for BI tools (docs/clickhouse.md): the current rows only, days as dates.
+pub const VIEWS: &[(&str, &str)] = &[
+    (
+        "daily_events",
+        "CREATE VIEW IF NOT EXISTS daily_events AS
+         SELECT app_id, toDate('1970-01-01') + date_key AS date, campaign_key, event_type, events, users, revenue
+           FROM (SELECT * FROM rollup_daily FINAL) WHERE deleted = 0",
+    ),
+    (
+        "installs_by_campaign",
+        "CREATE VIEW IF NOT EXISTS installs_by_campaign AS
+         SELECT app_id, toDate('1970-01-01') + date_key AS date, campaign_id, name, network, impressions, clicks,
+                installs, rejected_installs
+           FROM (SELECT * FROM (SELECT * FROM rollup_campaign_daily FINAL) WHERE deleted = 0)
+           ANY LEFT JOIN (
+                SELECT campaign_key AS campaign_id, name, network
+                  FROM (SELECT * FROM dim_campaigns FINAL) WHERE deleted = 0) USING campaign_id",
+    ),
+    (
+        "funnel_events",
+        "CREATE VIEW IF NOT EXISTS funnel_events AS
+         SELECT app_id, toDateTime(intDiv(ts, 1000)) AS time, ts, event_type, anonymous_id, person, session_key,
+                campaign_key, revenue, currency
+           FROM (SELECT app_id, ts, event_type, anonymous_id, session_key, revenue, currency
+                   FROM fact_events FINAL WHERE deleted = 0)
+           ANY LEFT JOIN (
+                SELECT app_id, anonymous_id, ifNull(user_id, anonymous_id) AS person,
+                       ifNull(install_campaign_id, utm_campaign_key) AS campaign_key
+                  FROM (SELECT * FROM dim_users FINAL) WHERE deleted = 0) USING (app_id, anonymous_id)",
+    ),
+];
+
+/// The longest a request to ClickHouse may take.
+pub const REQUEST_TIMEOUT_SECS: u64 = 30;
 
 /// A ClickHouse server and the database the report tables live in.
 pub struct ClickHouse {
@@ -61,6 +166,41 @@ pub struct ClickHouse {
     database: String,
     user: Option<String>,
     password: Option<String>,
+    /// Keys the erasure hashes ([`ClickHouse::with_erase_key`]).
+    key: [u8; 32],
+}
+
+/// One step of loading a page ([`ClickHouse::plan`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Statement {
+    /// Drop the tables and views and create them again.
+    Reset,
+    /// Rows (JSON objects) into a report table, one request.
+    Insert { table: &'static str, rows: Vec<Value> },
+    /// A mutation.
+    Sql(String),
+}
+
+/// Statement texts stay under this many bytes (ClickHouse parses 256 KiB by default).
+const MAX_LIST_BYTES: usize = 64 * 1024;
+
+/// `items` as comma-separated lists of at most [`MAX_LIST_BYTES`].
+fn chunks(items: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for item in items {
+        if !current.is_empty() && current.len() + item.len() + 2 > MAX_LIST_BYTES {
+            out.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push_str(", ");
+        }
+        current.push_str(item);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
 }
 
 impl std::fmt::Debug for ClickHouse {
@@ -73,7 +213,8 @@ impl ClickHouse {
     /// `url` is the HTTP interface, `http(s)://[user[:password]@]host:port`; `database` is
     /// created by [`ClickHouse::migrate`] (letters, digits and `_`: it is written into SQL).
     pub fn new(url: &str, database: &str) -> Result<Self, OlapError> {
-        let mut parsed = url::Url::parse(url).map_err(|e| OlapError::Config(format!("URL {url:?}: {e}")))?;
+        // The URL may carry a password: the message names only what is wrong.
+        let mut parsed = url::Url::parse(url).map_err(|e| OlapError::Config(format!("the ClickHouse URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
             return Err(OlapError::Config("the URL must be http(s)://host:port of the HTTP interface".into()));
         }
@@ -95,11 +236,19 @@ impl ClickHouse {
         parsed.set_path("/");
         parsed.set_query(None);
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
+            // Below the loader's lease (service::olap), so a statement never outlives it.
+            .timeout(Duration::from_secs(REQUEST_TIMEOUT_SECS))
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| OlapError::Config(e.to_string()))?;
-        Ok(ClickHouse { http, base: parsed.to_string(), database: database.to_owned(), user, password })
+        Ok(ClickHouse { http, base: parsed.to_string(), database: database.to_owned(), user, password, key: [0; 32] })
+    }
+
+    /// The key of the erasure hashes (the server's audit key): rows carry a keyed hash of
+    /// their anonymous id, which a deletion's mutation names.
+    pub fn with_erase_key(mut self, key: [u8; 32]) -> Self {
+        self.key = key;
+        self
     }
 
     /// Replaces the URL's user and password with these, where given.
@@ -159,7 +308,7 @@ impl ClickHouse {
     /// nothing.
     pub async fn migrate(&self) -> Result<(), OlapError> {
         self.run(&format!("CREATE DATABASE IF NOT EXISTS {}", self.database), false, None).await?;
-        for (_, ddl) in TABLES {
+        for (_, ddl) in TABLES.iter().chain(VIEWS) {
             self.execute(ddl).await?;
         }
         Ok(())
@@ -190,63 +339,165 @@ impl ClickHouse {
             .collect()
     }
 
-    /// Loads one outbox page: a reset first (tables emptied), then the rows (users and
-    /// sessions no longer in the primary store as `deleted` rows), then the erasures and the
-    /// retention cut as mutations. Loading a page again changes nothing.
-    pub async fn load(&self, page: &OlapPage) -> Result<(), OlapError> {
+    /// What loading one outbox page takes, in order: a reset first (tables emptied), then the
+    /// rows (users and sessions no longer in the primary store as `deleted` rows; facts one
+    /// insert per month, as ClickHouse caps the partitions one insert may touch), then the
+    /// erasures (by keyed hashes of anonymous ids and by stored user ids, in statements of
+    /// bounded size) and the retention cut as mutations. Loading a page again changes nothing.
+    /// The caller runs the statements one by one ([`ClickHouse::apply`]), checking its lease
+    /// before each.
+    pub fn plan(&self, page: &OlapPage) -> Vec<Statement> {
+        let mut plan = Vec::new();
         if page.reset {
-            for (table, _) in TABLES {
-                self.execute(&format!("DROP TABLE IF EXISTS {table}")).await?;
-            }
-            self.migrate().await?;
+            plan.push(Statement::Reset);
         }
         let v = page.version;
-        let facts: Vec<Value> = page
-            .facts
-            .iter()
-            .map(|f| {
-                json!({"app_id": f.app_id, "event_id": f.event_id, "date": date_text(f.date_key),
-                       "date_key": f.date_key, "ts": f.ts, "event_type": f.event_type,
-                       "anonymous_id": f.anonymous_id, "user_id": f.user_id, "session_key": f.session_key,
-                       "revenue": f.revenue, "currency": f.currency, "ord": f.ord, "version": v, "deleted": 0})
-            })
-            .collect();
-        self.insert("fact_events", &facts).await?;
+        let mut months: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for f in &page.facts {
+            let date = date_text(f.date_key);
+            let month = date.get(..7).unwrap_or_default().to_owned();
+            months.entry(month).or_default().push(json!({
+                "app_id": f.app_id, "event_id": f.event_id, "date": date, "date_key": f.date_key, "ts": f.ts,
+                "event_type": f.event_type, "anonymous_id": f.anonymous_id,
+                "erase_key": self.erase_key(&f.app_id, &f.anonymous_id), "user_id": f.user_id,
+                "session_key": f.session_key, "revenue": f.revenue, "currency": f.currency, "ord": f.ord,
+                "version": v, "deleted": 0}));
+        }
+        for rows in months.into_values() {
+            plan.push(Statement::Insert { table: "fact_events", rows });
+        }
         let users: Vec<Value> = page
             .users
             .iter()
-            .map(|u| match &u.row {
-                Some(r) => json!({"app_id": u.app_id, "anonymous_id": u.anonymous_id, "user_id": r.user_id,
-                    "first_seen": r.first_seen, "last_seen": r.last_seen, "events": r.events.max(0),
-                    "install_ts": r.install_ts, "install_campaign_id": r.install_campaign_id,
-                    "utm_campaign_key": r.utm_campaign_key, "version": v, "deleted": 0}),
-                None => json!({"app_id": u.app_id, "anonymous_id": u.anonymous_id, "user_id": null,
-                    "first_seen": 0, "last_seen": 0, "events": 0, "install_ts": null, "install_campaign_id": null,
-                    "utm_campaign_key": null, "version": v, "deleted": 1}),
+            .map(|u| {
+                let erase_key = self.erase_key(&u.app_id, &u.anonymous_id);
+                match &u.row {
+                    Some(r) => json!({"app_id": u.app_id, "anonymous_id": u.anonymous_id, "erase_key": erase_key,
+                        "user_id": r.user_id, "first_seen": r.first_seen, "last_seen": r.last_seen,
+                        "events": r.events.max(0), "install_ts": r.install_ts,
+                        "install_campaign_id": r.install_campaign_id, "utm_campaign_key": r.utm_campaign_key,
+                        "version": v, "deleted": 0}),
+                    None => json!({"app_id": u.app_id, "anonymous_id": u.anonymous_id, "erase_key": erase_key,
+                        "user_id": null, "first_seen": 0, "last_seen": 0, "events": 0, "install_ts": null,
+                        "install_campaign_id": null, "utm_campaign_key": null, "version": v, "deleted": 1}),
+                }
             })
             .collect();
-        self.insert("dim_users", &users).await?;
+        plan.push(Statement::Insert { table: "dim_users", rows: users });
         let sessions: Vec<Value> = page
             .sessions
             .iter()
             .map(|s| match &s.row {
                 Some(r) => json!({"app_id": s.app_id, "session_key": s.session_key, "anonymous_id": r.anonymous_id,
-                    "user_id": r.user_id, "start_ts": r.start_ts, "end_ts": r.end_ts, "events": r.events.max(0),
-                    "version": v, "deleted": 0}),
+                    "erase_key": self.erase_key(&s.app_id, &r.anonymous_id), "user_id": r.user_id,
+                    "start_ts": r.start_ts, "end_ts": r.end_ts, "events": r.events.max(0), "version": v,
+                    "deleted": 0}),
                 None => json!({"app_id": s.app_id, "session_key": s.session_key, "anonymous_id": "",
-                    "user_id": null, "start_ts": 0, "end_ts": 0, "events": 0, "version": v, "deleted": 1}),
+                    "erase_key": "", "user_id": null, "start_ts": 0, "end_ts": 0, "events": 0, "version": v,
+                    "deleted": 1}),
             })
             .collect();
-        self.insert("sessions", &sessions).await?;
-        if let Some(erase) = erasure(&page.erase_anonymous, &page.erase_users) {
-            for (table, _) in TABLES {
-                self.execute(&format!("ALTER TABLE {table} DELETE WHERE {erase}")).await?;
+        plan.push(Statement::Insert { table: "sessions", rows: sessions });
+        let mut mirrored: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for r in &page.mirrored {
+            let Some(table) = TABLES.iter().map(|(t, _)| *t).find(|t| *t == r.table) else { continue };
+            let mut row = match &r.row {
+                Some(columns) => columns.clone(),
+                None => r.key.iter().cloned().collect(),
+            };
+            for value in row.values_mut() {
+                // PostgreSQL's booleans; ClickHouse has UInt8.
+                if let Value::Bool(b) = value {
+                    *value = json!(u8::from(*b));
+                }
+            }
+            if ERASED.iter().any(|(t, anonymous, _)| *t == table && *anonymous) {
+                let (app, anon) =
+                    (row.get("app_id").and_then(Value::as_str), row.get("anonymous_id").and_then(Value::as_str));
+                let key = match (app, anon) {
+                    (Some(app), Some(anon)) => self.erase_key(app, anon),
+                    _ => String::new(),
+                };
+                row.insert("erase_key".into(), json!(key));
+            }
+            row.insert("version".into(), json!(v));
+            row.insert("deleted".into(), json!(u8::from(r.row.is_none())));
+            mirrored.entry(table.to_owned()).or_default().push(Value::Object(row));
+        }
+        for (table, rows) in mirrored {
+            if let Some(table) = TABLES.iter().map(|(t, _)| *t).find(|t| *t == table) {
+                plan.push(Statement::Insert { table, rows });
+            }
+        }
+        let keys: Vec<String> =
+            page.erase_anonymous.iter().map(|(app, anon)| quote(&self.erase_key(app, anon))).collect();
+        let users: Vec<String> = page.erase_users.iter().map(|u| quote(u)).collect();
+        for (table, anonymous, user) in ERASED {
+            if *anonymous {
+                for chunk in chunks(&keys) {
+                    plan.push(Statement::Sql(format!("ALTER TABLE {table} DELETE WHERE erase_key IN ({chunk})")));
+                }
+            }
+            if *user {
+                for chunk in chunks(&users) {
+                    plan.push(Statement::Sql(format!("ALTER TABLE {table} DELETE WHERE user_id IN ({chunk})")));
+                }
             }
         }
         if let Some(day) = page.purge_before_day {
-            self.execute(&format!("ALTER TABLE fact_events DELETE WHERE date_key < {day}")).await?;
+            plan.push(Statement::Sql(format!("ALTER TABLE fact_events DELETE WHERE date_key < {day}")));
+            // Users and sessions the purge removed from the primary store are `deleted` rows
+            // here: every version of them goes.
+            for (table, key) in [("dim_users", "app_id, anonymous_id"), ("sessions", "app_id, session_key")] {
+                plan.push(Statement::Sql(format!(
+                    "ALTER TABLE {table} DELETE WHERE ({key}) IN (SELECT {key} FROM {table} FINAL WHERE deleted = 1)"
+                )));
+            }
+        }
+        plan.retain(|s| !matches!(s, Statement::Insert { rows, .. } if rows.is_empty()));
+        plan
+    }
+
+    /// Runs one statement of a [`ClickHouse::plan`].
+    pub async fn apply(&self, statement: &Statement) -> Result<(), OlapError> {
+        match statement {
+            Statement::Reset => {
+                for (table, _) in VIEWS.iter().chain(TABLES) {
+                    self.execute(&format!("DROP TABLE IF EXISTS {table}")).await?;
+                }
+                self.migrate().await
+            }
+            Statement::Insert { table, rows } => self.insert(table, rows).await,
+            Statement::Sql(sql) => self.execute(sql).await.map(|_| ()),
+        }
+    }
+
+    /// Loads one outbox page: every statement of its [`ClickHouse::plan`] (tests and tools; the
+    /// loader checks its lease between statements).
+    pub async fn load(&self, page: &OlapPage) -> Result<(), OlapError> {
+        for statement in self.plan(page) {
+            self.apply(&statement).await?;
         }
         Ok(())
+    }
+
+    /// Neither facts nor users are loaded (a new or emptied ClickHouse).
+    pub async fn is_empty(&self) -> Result<bool, OlapError> {
+        let rows =
+            self.select("SELECT (SELECT count() FROM fact_events) + (SELECT count() FROM dim_users) AS n").await?;
+        Ok(rows.first().is_none_or(|r| int(&r["n"]) == 0))
+    }
+
+    /// The keyed hash that finds an anonymous id's rows for an erasure: a deletion's mutations
+    /// (kept in `system.mutations` after they ran) then name no identifier in clear.
+    fn erase_key(&self, app_id: &str, anonymous_id: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(&self.key) else { return String::new() };
+        mac.update(b"olap-erase\0");
+        mac.update(app_id.as_bytes());
+        mac.update(b"\0");
+        mac.update(anonymous_id.as_bytes());
+        hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
     /// Mutations (erasures, retention) not finished yet.
@@ -257,8 +508,8 @@ impl ClickHouse {
         Ok(rows.first().map_or(0, |r| int(&r["n"]) as u64))
     }
 
-    /// Rows for a report that reads facts or users (`Events`, `SessionsWith`, `Cohorts`), as the
-    /// primary store answers them; `None` for the others, which the primary store answers.
+    /// Rows for a report (`Events`, `SessionsWith`, `Cohorts`, `Campaigns`), as the primary
+    /// store answers them; `None` for the others (the live feed, alerts), which it answers.
     pub async fn report(&self, query: &ReportQuery) -> Result<Option<ReportRows>, OlapError> {
         match query {
             ReportQuery::Events { app_id, types, from, to } => {
@@ -332,6 +583,66 @@ impl ClickHouse {
                     u.active_days = days.get(&u.anonymous_id).cloned().unwrap_or_default();
                 }
                 Ok(Some(ReportRows::Users(users)))
+            }
+            ReportQuery::Campaigns { app_id, from_day, to_day, model } => {
+                let app = quote(app_id);
+                let (f, t) = (from_day, to_day);
+                // Columns other than the order key are filtered outside `FINAL` unless they
+                // never change for a row (a campaign's app).
+                let campaigns = format!(
+                    "SELECT campaign_key, name, network, created_at FROM (
+                        SELECT * FROM dim_campaigns FINAL WHERE app_id = {app}) WHERE deleted = 0 AND kind = 'link'"
+                );
+                let installs = format!(
+                    "SELECT campaign_id AS campaign_key, sum(impressions) AS impressions, sum(clicks) AS clicks,
+                            sum(installs) AS installs, sum(rejected_installs) AS rejected_installs
+                       FROM (SELECT * FROM rollup_campaign_daily FINAL
+                              WHERE app_id = {app} AND date_key >= {f} AND date_key <= {t})
+                      WHERE deleted = 0 GROUP BY campaign_id"
+                );
+                let conversions = format!(
+                    "SELECT campaign_id AS campaign_key, sum(conversions) AS conversions, sum(revenue) AS revenue
+                       FROM (SELECT * FROM rollup_conversions_daily FINAL
+                              WHERE app_id = {app} AND model = {model} AND date_key >= {f} AND date_key <= {t})
+                      WHERE deleted = 0 GROUP BY campaign_id",
+                    model = quote(model)
+                );
+                let costs = format!(
+                    "SELECT campaign_id AS campaign_key, sumIf(amount, date_key >= {f} AND date_key <= {t}) AS cost,
+                            countIf(date_key >= {f} AND date_key <= {t}) AS cost_days, max(currency) AS currency
+                       FROM (SELECT * FROM campaign_costs FINAL WHERE app_id = {app})
+                      WHERE deleted = 0 GROUP BY campaign_id"
+                );
+                let sql = format!(
+                    "SELECT * FROM (
+                        SELECT * FROM (
+                            SELECT * FROM ({campaigns}) ANY LEFT JOIN ({installs}) USING campaign_key)
+                        ANY LEFT JOIN ({conversions}) USING campaign_key)
+                     ANY LEFT JOIN ({costs}) USING campaign_key
+                     ORDER BY created_at, campaign_key"
+                );
+                let rows = self.select(&sql).await?;
+                let number = |v: &Value| v.as_f64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).unwrap_or(0.0);
+                Ok(Some(ReportRows::Campaigns(
+                    rows.iter()
+                        .map(|r| {
+                            let costed = int(&r["cost_days"]) > 0;
+                            CampaignDay {
+                                campaign_id: text(&r["campaign_key"]),
+                                name: text(&r["name"]),
+                                network: text(&r["network"]),
+                                impressions: int(&r["impressions"]),
+                                clicks: int(&r["clicks"]),
+                                installs: int(&r["installs"]),
+                                rejected_installs: int(&r["rejected_installs"]),
+                                conversions: number(&r["conversions"]),
+                                revenue: number(&r["revenue"]),
+                                cost: costed.then(|| number(&r["cost"])),
+                                currency: Some(text(&r["currency"])).filter(|c| !c.is_empty()),
+                            }
+                        })
+                        .collect(),
+                )))
             }
             _ => Ok(None),
         }
@@ -429,7 +740,7 @@ impl ClickHouse {
         let active: Vec<String> = days.iter().map(|d| format!("countIf(has(active, cohort + {d}))")).collect();
         let sql = format!(
             "SELECT cohort, count() AS users, [{active}] AS active FROM (
-                SELECT person, intDiv(min(start), {DAY_MS}) AS cohort, groupUniqArrayArray(days) AS active FROM (
+                SELECT person, toInt64(floor(min(start) / {DAY_MS})) AS cohort, groupUniqArrayArray(days) AS active FROM (
                     SELECT {person} AS person, start, days FROM (
                         SELECT anonymous_id, user_id, start FROM (
                             SELECT anonymous_id, user_id, ifNull(install_ts, first_seen) AS start, deleted
@@ -476,14 +787,14 @@ pub struct FunnelQuery<'a> {
     pub links: &'a HashMap<String, String>,
 }
 
-/// Most identity links sent along with a query (ClickHouse parses at most 256 KiB of query
-/// text by default); an app with more gets its funnels and retention from the rows.
-pub const MAX_QUERY_LINKS: usize = 1_000;
+/// Most bytes of identity links sent along with a query (ClickHouse parses at most 256 KiB of
+/// query text by default); an app with more gets its funnels and retention from the rows.
+pub const MAX_QUERY_LINK_BYTES: usize = 128 * 1024;
 
 /// The person of a row with `anonymous_id` and its user's `user_id` (after the identity map),
 /// as the domain's `person`; `None` when the map is too large.
 fn person_expr(links: &HashMap<String, String>) -> Option<String> {
-    if links.len() > MAX_QUERY_LINKS {
+    if links.iter().map(|(a, u)| a.len() + u.len() + 8).sum::<usize>() > MAX_QUERY_LINK_BYTES {
         return None;
     }
     let user = if links.is_empty() {
@@ -509,22 +820,6 @@ fn quote(s: &str) -> String {
     }
     out.push('\'');
     out
-}
-
-/// The condition that finds a deletion's rows: its anonymous ids per app and its user ids.
-fn erasure(anonymous: &[(String, String)], users: &[String]) -> Option<String> {
-    let mut by_app: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
-    for (app, anon) in anonymous {
-        by_app.entry(app).or_default().push(quote(anon));
-    }
-    let mut parts: Vec<String> = by_app
-        .into_iter()
-        .map(|(app, anons)| format!("(app_id = {} AND anonymous_id IN ({}))", quote(app), anons.join(", ")))
-        .collect();
-    if !users.is_empty() {
-        parts.push(format!("user_id IN ({})", users.iter().map(|u| quote(u)).collect::<Vec<_>>().join(", ")));
-    }
-    (!parts.is_empty()).then(|| parts.join(" OR "))
 }
 
 /// Fact rows with their user's dimensions, as the primary store's `FACT_ROWS`: `facts` selects
@@ -586,9 +881,11 @@ mod tests {
     #[test]
     fn literals_and_erasures_are_quoted() {
         assert_eq!(quote("it's a \\ test"), "'it\\'s a \\\\ test'");
-        assert_eq!(erasure(&[], &[]), None);
-        let e = erasure(&[("a".into(), "x'".into()), ("a".into(), "y".into())], &["u".into()]).unwrap();
-        assert_eq!(e, "(app_id = 'a' AND anonymous_id IN ('x\\'', 'y')) OR user_id IN ('u')");
+        assert!(chunks(&[]).is_empty());
+        let items: Vec<String> = (0..10_000).map(|i| quote(&format!("{i:032}"))).collect();
+        let lists = chunks(&items);
+        assert!(lists.len() > 1 && lists.iter().all(|l| l.len() <= MAX_LIST_BYTES), "bounded statements");
+        assert_eq!(lists.join(", "), items.join(", "), "every item once, in order");
         assert_eq!(int(&json!("12")), 12);
         assert_eq!(int(&json!(12)), 12);
     }

@@ -47,13 +47,7 @@ pub async fn delete(svc: &Services, subject: Subject, requested_by: String, supp
     // The erasure was noted in the outbox in the deletion's transaction; hand it over now.
     let clickhouse = match &svc.olap {
         None => None,
-        Some(olap) => match olap.catch_up().await {
-            Ok(_) => Some("erasing"),
-            Err(e) => {
-                tracing::warn!(error = %e, receipt = %receipt_id, "the ClickHouse erasure waits for the loader");
-                Some("queued")
-            }
-        },
+        Some(olap) => Some(olap.hand_over().await),
     };
     metrics::counter!("trailmark_user_deletions_total").increment(1);
     if let Some(sink) = &svc.event_sink {

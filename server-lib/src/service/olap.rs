@@ -15,8 +15,13 @@ use crate::olap::OlapError;
 use crate::olap::clickhouse::{ClickHouse, FunnelQuery};
 use crate::storage::{Storage, StorageError};
 
-/// How long a loader's lease lasts unless it loads again (ms).
-const LEASE_TTL: i64 = 30_000;
+/// How long a loader's lease lasts unless renewed (ms): well above the longest ClickHouse
+/// request, as the lease is renewed before each statement of a page.
+const LEASE_TTL: i64 = 4 * crate::olap::clickhouse::REQUEST_TIMEOUT_SECS as i64 * 1000;
+
+/// Most outbox entries a report or a deletion loads itself before it answers; beyond it the
+/// background loader goes on and a report answers 503 (ClickHouse is catching up).
+const REQUEST_BUDGET: usize = 200_000;
 
 impl From<OlapError> for ServiceError {
     fn from(e: OlapError) -> Self {
@@ -30,10 +35,21 @@ impl From<OlapError> for ServiceError {
 /// What one load step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// This many entries were loaded (fewer than a page: none is left).
-    Loaded(usize),
+    /// This many entries were loaded; `more`: others may be waiting.
+    Loaded { entries: usize, more: bool },
     /// Another instance holds the lease: it loads.
     Elsewhere,
+}
+
+/// Where a catch-up ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaughtUp {
+    /// Nothing was pending any more.
+    Done,
+    /// Another instance holds the lease and loads (within its interval).
+    Elsewhere,
+    /// The budget was spent with entries still waiting.
+    Behind,
 }
 
 /// The loader and the reader of the ClickHouse copy.
@@ -54,9 +70,16 @@ impl std::fmt::Debug for OlapLoader {
 }
 
 impl OlapLoader {
-    pub fn new(config: &ClickHouseConfig, storage: Arc<dyn Storage>, clock: Clock) -> Result<Self, OlapError> {
+    /// `erase_key`: the server's audit key (keys the hashes erasures find rows by).
+    pub fn new(
+        config: &ClickHouseConfig,
+        storage: Arc<dyn Storage>,
+        clock: Clock,
+        erase_key: [u8; 32],
+    ) -> Result<Self, OlapError> {
         let ch = ClickHouse::new(&config.url, &config.database)?
-            .with_credentials(config.user.as_deref(), config.password.as_deref());
+            .with_credentials(config.user.as_deref(), config.password.as_deref())
+            .with_erase_key(erase_key);
         Ok(OlapLoader {
             ch,
             storage,
@@ -72,51 +95,79 @@ impl OlapLoader {
         &self.ch
     }
 
-    /// The report tables exist and the primary store notes changes (once per process).
+    /// The report tables exist and the primary store notes changes (once per process). A
+    /// ClickHouse without any fact or user (new, or its database dropped) is filled again from
+    /// the primary store.
     async fn ready(&self) -> ServiceResult<()> {
         self.ready
             .get_or_try_init(|| async {
                 self.ch.migrate().await?;
-                self.storage.olap_switch(true).await?;
+                let empty = self.ch.is_empty().await?;
+                self.storage.olap_switch(true, empty).await?;
                 Ok::<(), ServiceError>(())
             })
             .await?;
         Ok(())
     }
 
-    /// Loads one page of the outbox.
+    fn lease(&self) -> OlapLease {
+        OlapLease { holder: self.holder, now: self.clock.now(), ttl: LEASE_TTL }
+    }
+
+    /// Loads one page of the outbox. The lease is renewed before each statement sent to
+    /// ClickHouse (each ends within its request timeout, well inside the lease), so a loader
+    /// that lost it — stalled past its lease while another took over — writes nothing more.
     pub async fn step(&self) -> ServiceResult<Step> {
         self.ready().await?;
-        let lease = OlapLease { holder: self.holder, now: self.clock.now(), ttl: LEASE_TTL };
-        let Some(page) = self.storage.olap_page(lease, self.batch).await? else { return Ok(Step::Elsewhere) };
-        let taken = page.seqs.len();
-        if taken > 0 {
-            if let Err(e) = self.ch.load(&page).await {
+        let Some(page) = self.storage.olap_page(self.lease(), self.batch).await? else { return Ok(Step::Elsewhere) };
+        let entries = page.seqs.len();
+        if entries == 0 {
+            return Ok(Step::Loaded { entries, more: false });
+        }
+        for statement in self.ch.plan(&page) {
+            if !self.storage.olap_renew(self.lease()).await? {
+                return Ok(Step::Elsewhere);
+            }
+            if let Err(e) = self.ch.apply(&statement).await {
                 metrics::counter!("trailmark_olap_load_failures_total").increment(1);
                 return Err(e.into());
             }
-            let rows = page.facts.len() + page.users.len() + page.sessions.len();
-            self.storage.olap_done(page.seqs).await?;
-            metrics::counter!("trailmark_olap_loaded_rows_total").increment(rows as u64);
-            metrics::gauge!("trailmark_olap_last_load_ms").set(self.clock.now() as f64);
         }
-        Ok(Step::Loaded(taken))
+        if !self.storage.olap_renew(self.lease()).await? {
+            return Ok(Step::Elsewhere);
+        }
+        let rows = page.facts.len() + page.users.len() + page.sessions.len() + page.mirrored.len();
+        self.storage.olap_done(page.seqs).await?;
+        metrics::counter!("trailmark_olap_loaded_rows_total").increment(rows as u64);
+        metrics::gauge!("trailmark_olap_last_load_ms").set(self.clock.now() as f64);
+        Ok(Step::Loaded { entries, more: page.more })
     }
 
-    /// Loads until the outbox is empty (or another instance loads); reports the entries still
-    /// pending as the loader's lag (`trailmark_olap_pending_entries`).
-    pub async fn catch_up(&self) -> ServiceResult<usize> {
+    /// Loads until the outbox is empty, another instance loads, or `budget` entries were
+    /// loaded; reports the entries still pending as the loader's lag
+    /// (`trailmark_olap_pending_entries`). Runs as a task of its own, so a caller that goes
+    /// away (a client closing its report request) never stops a page half-loaded.
+    pub async fn catch_up(self: &Arc<Self>, budget: Option<usize>) -> ServiceResult<CaughtUp> {
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.catch_up_here(budget).await });
+        task.await.map_err(|e| ServiceError::Internal(format!("the ClickHouse loader stopped: {e}")))?
+    }
+
+    async fn catch_up_here(&self, budget: Option<usize>) -> ServiceResult<CaughtUp> {
         let _one = self.running.lock().await;
         let mut loaded = 0;
         let outcome = loop {
             match self.step().await {
-                Ok(Step::Loaded(n)) => {
-                    loaded += n;
-                    if n < self.batch {
-                        break Ok(loaded);
+                Ok(Step::Loaded { entries, more }) => {
+                    loaded += entries;
+                    if !more {
+                        break Ok(CaughtUp::Done);
+                    }
+                    if budget.is_some_and(|b| loaded >= b) {
+                        break Ok(CaughtUp::Behind);
                     }
                 }
-                Ok(Step::Elsewhere) => break Ok(loaded),
+                Ok(Step::Elsewhere) => break Ok(CaughtUp::Elsewhere),
                 Err(e) => break Err(e),
             }
         };
@@ -128,33 +179,63 @@ impl OlapLoader {
         outcome
     }
 
+    /// Before a report: what is pending is loaded (up to [`REQUEST_BUDGET`] entries); more than
+    /// that answers 503 while the background loader catches up.
+    async fn fresh(self: &Arc<Self>) -> ServiceResult<()> {
+        match self.catch_up(Some(REQUEST_BUDGET)).await? {
+            CaughtUp::Done | CaughtUp::Elsewhere => Ok(()),
+            CaughtUp::Behind => Err(ServiceError::Unavailable(
+                "ClickHouse is catching up with the primary store (many changes to load); try again shortly".into(),
+            )),
+        }
+    }
+
+    /// Before a deletion's receipt: `erasing` once its erasure went to ClickHouse, `queued`
+    /// while it waits in the outbox (ClickHouse unreachable, another instance loading, a
+    /// backlog ahead of it).
+    pub async fn hand_over(self: &Arc<Self>) -> &'static str {
+        match self.catch_up(Some(REQUEST_BUDGET)).await {
+            Ok(CaughtUp::Done) => "erasing",
+            Ok(_) => "queued",
+            Err(e) => {
+                tracing::warn!(error = %e, "the ClickHouse erasure waits for the loader");
+                "queued"
+            }
+        }
+    }
+
     /// The funnel computed in ClickHouse after loading what is pending; `None` when it cannot
     /// be pushed down there (the caller reads the rows).
-    pub async fn funnel(&self, q: &FunnelQuery<'_>) -> ServiceResult<Option<Vec<u64>>> {
-        self.catch_up().await?;
+    pub async fn funnel(self: &Arc<Self>, q: &FunnelQuery<'_>) -> ServiceResult<Option<Vec<u64>>> {
+        self.fresh().await?;
         Ok(self.ch.funnel(q).await?)
     }
 
     /// The retention cohorts' counts computed in ClickHouse after loading what is pending.
     pub async fn retention(
-        &self,
+        self: &Arc<Self>,
         app_id: &str,
         range: (i64, i64),
         days: &[i64],
         links: &HashMap<String, String>,
     ) -> ServiceResult<Option<BTreeMap<i64, CohortCount>>> {
-        self.catch_up().await?;
+        self.fresh().await?;
         Ok(self.ch.retention(app_id, range, days, links).await?)
     }
 
     /// The rows of a report from ClickHouse, after loading what is pending; `None` for the
-    /// reports the primary store answers (campaign rollups, the live feed, alerts).
-    pub async fn report(&self, query: &ReportQuery) -> ServiceResult<Option<ReportRows>> {
-        if !matches!(query, ReportQuery::Events { .. } | ReportQuery::SessionsWith { .. } | ReportQuery::Cohorts { .. })
-        {
+    /// reports the primary store answers (the live feed, alerts).
+    pub async fn report(self: &Arc<Self>, query: &ReportQuery) -> ServiceResult<Option<ReportRows>> {
+        if !matches!(
+            query,
+            ReportQuery::Events { .. }
+                | ReportQuery::SessionsWith { .. }
+                | ReportQuery::Cohorts { .. }
+                | ReportQuery::Campaigns { .. }
+        ) {
             return Ok(None);
         }
-        self.catch_up().await?;
+        self.fresh().await?;
         Ok(self.ch.report(query).await?)
     }
 }

@@ -147,6 +147,19 @@ pub fn start(services: &Arc<Services>) -> Result<ServerHandle, StartError> {
         ));
     }
 
+    if services.olap.is_none() {
+        // Started without ClickHouse: the outbox stops filling (and is emptied) if an earlier
+        // run had one.
+        let storage = services.storage.clone();
+        tasks.push((
+            "OLAP outbox switch",
+            tokio::spawn(async move {
+                if let Err(e) = storage.olap_switch(false, false).await {
+                    tracing::warn!(error = %e, "the OLAP outbox could not be switched off");
+                }
+            }),
+        ));
+    }
     if let Some(olap) = &services.olap {
         let tick = Duration::from_millis(
             services.config.clickhouse.as_ref().map_or(1_000, |c| c.interval).clamp(50, 60_000) as u64,
@@ -157,7 +170,7 @@ pub fn start(services: &Arc<Services>) -> Result<ServerHandle, StartError> {
             every(services, stop.clone(), tick, move |_svc| {
                 let olap = olap.clone();
                 async move {
-                    if let Err(e) = olap.catch_up().await {
+                    if let Err(e) = olap.catch_up(None).await {
                         tracing::warn!(error = %e, "ClickHouse load failed; the outbox keeps the entries");
                     }
                 }

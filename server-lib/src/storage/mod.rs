@@ -295,13 +295,17 @@ pub mod prelude {
 
 /// The OLAP outbox (ADR 0018): what the ClickHouse loader has still to copy or erase.
 pub trait OlapOutboxStore: Send + Sync + 'static {
-    /// Turns the outbox on (when it was off: a `reset` entry, then every current fact, user
-    /// and session, so the OLAP copy starts complete) or off (emptied; nothing is noted).
-    fn olap_switch(&self, on: bool) -> StorageFuture<'_, ()>;
+    /// Turns the outbox on (when it was off, or with `refill`: a `reset` entry, then every
+    /// current row of the copied tables, so the OLAP copy starts complete) or off (emptied;
+    /// nothing is noted).
+    fn olap_switch(&self, on: bool, refill: bool) -> StorageFuture<'_, ()>;
     /// Takes the loader's lease (`None` while another loader holds it) and reads the oldest
     /// `limit` entries with the current rows they name, under a version larger than any
     /// earlier page's.
     fn olap_page(&self, lease: OlapLease, limit: usize) -> StorageFuture<'_, Option<OlapPage>>;
+    /// Renews the lease when `lease.holder` still holds it (`false`: another loader took it;
+    /// this one must stop writing to the OLAP store).
+    fn olap_renew(&self, lease: OlapLease) -> StorageFuture<'_, bool>;
     /// Removes loaded entries.
     fn olap_done(&self, seqs: Vec<i64>) -> StorageFuture<'_, ()>;
     /// Entries not loaded yet.

@@ -489,7 +489,7 @@ pub const OLAP_ENTRY: &str = "INSERT INTO olap_outbox (kind, app_id, key)
 pub const OLAP_BACKFILL: &str = "INSERT INTO olap_outbox (kind, app_id, key) VALUES ('reset', '', '');
 INSERT INTO olap_outbox (kind, app_id, key) SELECT 'user', app_id, anonymous_id FROM dim_users;
 INSERT INTO olap_outbox (kind, app_id, key) SELECT 'session', app_id, session_key FROM sessions;
-INSERT INTO olap_outbox (kind, app_id, key) SELECT 'fact', app_id, {ord} FROM fact_events ORDER BY {ord};";
+INSERT INTO olap_outbox (kind, app_id, key) SELECT 'fact', app_id, event_id FROM fact_events ORDER BY {ord};";
 
 /// The oldest $1 outbox entries.
 pub const OLAP_PAGE: &str = "SELECT seq, kind, app_id, key FROM olap_outbox ORDER BY seq LIMIT $1";
@@ -504,19 +504,151 @@ pub const OLAP_USER: &str = "SELECT user_id, first_seen, last_seen, events, inst
 pub const OLAP_SESSION: &str = "SELECT anonymous_id, user_id, start_ts, end_ts, events FROM sessions
       WHERE app_id = $1 AND session_key = $2";
 
-/// The current row of a fact for the loader, by its own number (`{ord}`: `rowid`, `seq`; $1).
-pub const OLAP_FACT: &str = "SELECT event_id, date_key, ts, event_type, anonymous_id, user_id, session_key, revenue,
-        currency FROM fact_events WHERE {ord} = $1";
+/// The current row of a fact ($1 app, $2 event id) for the loader, with its store's order
+/// (`{ord}`: `rowid`, `seq`).
+pub const OLAP_FACT: &str = "SELECT {ord}, date_key, ts, event_type, anonymous_id, user_id, session_key, revenue,
+        currency FROM fact_events WHERE app_id = $1 AND event_id = $2";
+
+/// Finds a fact by its event (the OLAP outbox names facts so: SQLite's `rowid` may change in a
+/// `VACUUM`).
+pub const FACT_EVENTS_EVENT: &str = "CREATE INDEX fact_events_event ON fact_events (app_id, event_id);";
 
 /// The report tables whose changes the outbox triggers note: (table, entry kind, key column,
-/// whether deletions are noted too). A fact is named by its own number (`{ord}`: `rowid`,
-/// `seq`), which its primary key finds. Facts are removed from ClickHouse by `erase` and
-/// `purge` entries instead (a retention purge would otherwise note every fact it deletes).
+/// whether deletions are noted too). Facts are removed from ClickHouse by `erase` and `purge`
+/// entries instead (a retention purge would otherwise note every fact it deletes).
 pub const OLAP_NOTED: &[(&str, &str, &str, bool)] = &[
-    ("fact_events", "fact", "{ord}", false),
+    ("fact_events", "fact", "event_id", false),
     ("dim_users", "user", "anonymous_id", true),
     ("sessions", "session", "session_key", true),
 ];
+
+/// A key column of a mirrored table: text or a whole number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    Text,
+    Int,
+}
+
+/// A table the ClickHouse copy mirrors row by row (ADR 0018): its primary key and the columns
+/// copied (no advertising or device ids, no IPs, no audit texts). Triggers note each change as
+/// an outbox entry of kind `table` whose key is the row's key values as a JSON array.
+#[derive(Debug)]
+pub struct Mirror {
+    pub table: &'static str,
+    pub key: &'static [(&'static str, KeyType)],
+    pub columns: &'static [&'static str],
+}
+
+/// The mirrored tables: the campaign report's dimensions, costs and rollups (so it runs in
+/// ClickHouse too), and installs and conversions (for BI tools).
+pub const OLAP_MIRRORED: &[Mirror] = &[
+    Mirror {
+        table: "dim_campaigns",
+        key: &[("campaign_key", KeyType::Text)],
+        columns: &["campaign_key", "app_id", "campaign_id", "kind", "name", "network", "created_at"],
+    },
+    Mirror {
+        table: "campaign_costs",
+        key: &[("campaign_id", KeyType::Text), ("date_key", KeyType::Int)],
+        columns: &["campaign_id", "app_id", "date_key", "amount", "currency", "updated_at"],
+    },
+    Mirror {
+        table: "rollup_daily",
+        key: &[
+            ("app_id", KeyType::Text),
+            ("date_key", KeyType::Int),
+            ("campaign_key", KeyType::Text),
+            ("event_type", KeyType::Text),
+        ],
+        columns: &["app_id", "date_key", "campaign_key", "event_type", "events", "users", "revenue"],
+    },
+    Mirror {
+        table: "rollup_campaign_daily",
+        key: &[("app_id", KeyType::Text), ("date_key", KeyType::Int), ("campaign_id", KeyType::Text)],
+        columns: &["app_id", "date_key", "campaign_id", "impressions", "clicks", "installs", "rejected_installs"],
+    },
+    Mirror {
+        table: "rollup_conversions_daily",
+        key: &[
+            ("app_id", KeyType::Text),
+            ("date_key", KeyType::Int),
+            ("campaign_id", KeyType::Text),
+            ("model", KeyType::Text),
+        ],
+        columns: &["app_id", "date_key", "campaign_id", "model", "conversions", "revenue"],
+    },
+    Mirror {
+        table: "installs",
+        key: &[("app_id", KeyType::Text), ("event_id", KeyType::Text)],
+        columns: &[
+            "app_id",
+            "event_id",
+            "anonymous_id",
+            "platform",
+            "install_ts",
+            "received_at",
+            "kind",
+            "match_type",
+            "campaign_id",
+            "link_id",
+            "network",
+            "rejected",
+        ],
+    },
+    Mirror {
+        table: "conversions",
+        key: &[
+            ("app_id", KeyType::Text),
+            ("event_id", KeyType::Text),
+            ("model", KeyType::Text),
+            ("click_id", KeyType::Text),
+        ],
+        columns: &[
+            "app_id",
+            "event_id",
+            "model",
+            "click_id",
+            "anonymous_id",
+            "user_id",
+            "event_type",
+            "ts",
+            "link_id",
+            "campaign_id",
+            "network",
+            "touch_ts",
+            "credit",
+            "revenue",
+            "currency",
+        ],
+    },
+];
+
+impl Mirror {
+    /// The current row as one JSON object text, by its key (`$1`, `$2`, …): `object` is the
+    /// dialect's JSON object function, `cast` what makes its value text.
+    pub fn row_json(&self, object: &str, cast: &str) -> String {
+        let fields: Vec<String> = self.columns.iter().map(|c| format!("'{c}', {c}")).collect();
+        let filter: Vec<String> = self.key.iter().enumerate().map(|(i, (k, _))| format!("{k} = ${}", i + 1)).collect();
+        format!("SELECT {object}({}){cast} FROM {} WHERE {}", fields.join(", "), self.table, filter.join(" AND "))
+    }
+
+    /// The row's key as the JSON array text the outbox holds: `array` is the dialect's JSON
+    /// array function, `row` the trigger's row (`NEW`, `OLD`) or empty.
+    pub fn key_json(&self, array: &str, row: &str, cast: &str) -> String {
+        let parts: Vec<String> = self.key.iter().map(|(k, _)| format!("{row}{k}")).collect();
+        format!("{array}({}){cast}", parts.join(", "))
+    }
+
+    /// Turning the outbox on: every current row.
+    pub fn backfill(&self, array: &str, cast: &str) -> String {
+        format!(
+            "INSERT INTO olap_outbox (kind, app_id, key) SELECT '{}', '', {} FROM {};",
+            self.table,
+            self.key_json(array, "", cast),
+            self.table
+        )
+    }
+}
 
 /// The newest $2 fraud alerts at or after $1.
 pub const RECENT_ALERTS: &str = "SELECT rule, app_id, campaign_id, at, detail FROM fraud_alerts WHERE at >= $1
@@ -610,6 +742,8 @@ mod tests {
             delete_by_subject("events", "user_id"),
             delete_by_anonymous_id("touchpoints"),
             OLAP_FACT.replace("{ord}", "rowid"),
+            OLAP_MIRRORED[1].row_json("json_object", ""),
+            OLAP_MIRRORED[1].backfill("json_array", ""),
             OLAP_BACKFILL.split(';').next().unwrap().to_owned(),
             zero_campaign_columns(&["installs", "rejected_installs"]),
             format!(

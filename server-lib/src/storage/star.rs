@@ -542,24 +542,30 @@ mod tests {
 pub struct OutboxEntries {
     pub seqs: Vec<i64>,
     pub reset: bool,
+    /// The page ends early: where its erasures end (rows noted after an erasure are loaded
+    /// after it), or before a reset.
+    pub cut: bool,
     /// (app, event id), (app, anonymous id), (app, session key) of rows to copy.
     pub facts: Vec<(String, String)>,
     pub users: Vec<(String, String)>,
     pub sessions: Vec<(String, String)>,
+    /// (mirrored table, key as a JSON array) of rows to copy.
+    pub mirrored: Vec<(String, String)>,
     pub erase_anonymous: Vec<(String, String)>,
     pub erase_users: Vec<String>,
     pub purge_before_day: Option<i64>,
 }
 
 /// The rows a page names, to be read from the store: (app, fact number), (app, anonymous id),
-/// (app, session key).
-pub type OutboxKeys = (Vec<(String, String)>, Vec<(String, String)>, Vec<(String, String)>);
+/// (app, session key), (mirrored table, key).
+pub type OutboxKeys = (Vec<(String, String)>, Vec<(String, String)>, Vec<(String, String)>, Vec<(String, String)>);
 
 impl OutboxEntries {
     /// The page without its rows (the store reads them), and the keys of those rows.
     pub fn into_page(self, version: i64) -> (crate::storage::OlapPage, OutboxKeys) {
         let page = crate::storage::OlapPage {
             version,
+            more: self.cut,
             seqs: self.seqs,
             reset: self.reset,
             erase_anonymous: self.erase_anonymous,
@@ -567,18 +573,28 @@ impl OutboxEntries {
             purge_before_day: self.purge_before_day,
             ..Default::default()
         };
-        (page, (self.facts, self.users, self.sessions))
+        (page, (self.facts, self.users, self.sessions, self.mirrored))
     }
 }
 
-/// Sorts a page of `(seq, kind, app, key)` entries; entries of unknown kinds are taken and
-/// dropped (a newer version's, read by an older loader).
+/// Sorts a page of `(seq, kind, app, key)` entries (in `seq` order); entries of unknown kinds
+/// are taken and dropped (a newer version's, read by an older loader). The page ends after its
+/// first run of erasures and cut-offs (a row noted after a deletion must reach ClickHouse after
+/// the deletion's mutation, or the mutation would erase it), and a reset starts a page.
 pub fn outbox_entries(rows: Vec<(i64, String, String, String)>) -> OutboxEntries {
     use std::collections::BTreeSet;
     let mut out = OutboxEntries::default();
     let (mut facts, mut users, mut sessions, mut erase, mut erase_users) =
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
+    let mut mirrored = BTreeSet::new();
+    let mut after_cut = false;
     for (seq, kind, app, key) in rows {
+        let cut = matches!(kind.as_str(), "erase" | "erase_user" | "purge");
+        if (kind == "reset" && !out.seqs.is_empty()) || (after_cut && !cut) {
+            out.cut = true;
+            break;
+        }
+        after_cut |= cut;
         out.seqs.push(seq);
         match kind.as_str() {
             "reset" => out.reset = true,
@@ -602,13 +618,40 @@ pub fn outbox_entries(rows: Vec<(i64, String, String, String)>) -> OutboxEntries
                     out.purge_before_day = Some(out.purge_before_day.map_or(day, |d: i64| d.max(day)));
                 }
             }
+            table if crate::storage::sql::OLAP_MIRRORED.iter().any(|m| m.table == table) => {
+                mirrored.insert((kind, key));
+            }
             _ => {}
         }
     }
+    out.mirrored = mirrored.into_iter().collect();
     out.facts = facts.into_iter().collect();
     out.users = users.into_iter().collect();
     out.sessions = sessions.into_iter().collect();
     out.erase_anonymous = erase.into_iter().collect();
     out.erase_users = erase_users.into_iter().collect();
     out
+}
+
+/// The mirrored table an outbox entry names and its key values (checked against the key's
+/// types); `None` for an entry no mirror of this version reads.
+pub fn mirrored_key(table: &str, key: &str) -> Option<(&'static crate::storage::sql::Mirror, Vec<(String, Value)>)> {
+    use crate::storage::sql::{KeyType, OLAP_MIRRORED};
+    let mirror = OLAP_MIRRORED.iter().find(|m| m.table == table)?;
+    let values: Vec<Value> = serde_json::from_str(key).ok()?;
+    if values.len() != mirror.key.len() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(values.len());
+    for ((name, kind), v) in mirror.key.iter().zip(values) {
+        let fits = match kind {
+            KeyType::Text => v.is_string(),
+            KeyType::Int => v.is_i64(),
+        };
+        if !fits {
+            return None;
+        }
+        out.push(((*name).to_owned(), v));
+    }
+    Some((mirror, out))
 }

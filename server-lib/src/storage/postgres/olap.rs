@@ -7,26 +7,44 @@ use std::collections::HashMap;
 
 use super::{PostgresStorage, pool_error};
 use crate::storage::sql;
-use crate::storage::star::outbox_entries;
+use crate::storage::star::{mirrored_key, outbox_entries};
 use crate::storage::{
-    OlapFact, OlapLease, OlapOutboxStore, OlapPage, OlapSession, OlapSessionRow, OlapUser, OlapUserRow, StorageFuture,
-    backend,
+    OlapFact, OlapLease, OlapOutboxStore, OlapPage, OlapRow, OlapSession, OlapSessionRow, OlapUser, OlapUserRow,
+    StorageFuture, backend,
 };
 
 /// The class of the page reader's advisory lock (two-key form; see `identity.rs`).
 const PAGE_LOCK: i32 = 22;
 
 impl OlapOutboxStore for PostgresStorage {
-    fn olap_switch(&self, on: bool) -> StorageFuture<'_, ()> {
+    fn olap_switch(&self, on: bool, refill: bool) -> StorageFuture<'_, ()> {
         Box::pin(async move {
             let mut client = self.pool.get().await.map_err(pool_error)?;
             let tx = client.transaction().await.map_err(backend)?;
             tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&PAGE_LOCK]).await.map_err(backend)?;
             let was_on = tx.query_opt(sql::ETL_STATE, &[&"olap"]).await.map_err(backend)?.is_some();
             match (on, was_on) {
-                (true, false) => {
-                    tx.execute("INSERT INTO etl_state (key, value) VALUES ('olap', 1)", &[]).await.map_err(backend)?;
+                (true, _) if refill || !was_on => {
+                    // Writers that began before the switch either commit before the backfill
+                    // reads (and are in it) or after it (and their triggers see the switch):
+                    // none falls between (READ COMMITTED would let it).
+                    let tables: Vec<&str> = ["fact_events", "dim_users", "sessions"]
+                        .into_iter()
+                        .chain(sql::OLAP_MIRRORED.iter().map(|m| m.table))
+                        .collect();
+                    tx.batch_execute(&format!("LOCK TABLE {} IN SHARE MODE", tables.join(", ")))
+                        .await
+                        .map_err(backend)?;
+                    tx.execute(
+                        "INSERT INTO etl_state (key, value) VALUES ('olap', 1) ON CONFLICT (key) DO NOTHING",
+                        &[],
+                    )
+                    .await
+                    .map_err(backend)?;
                     tx.batch_execute(&sql::OLAP_BACKFILL.replace("{ord}", "seq")).await.map_err(backend)?;
+                    for m in sql::OLAP_MIRRORED {
+                        tx.batch_execute(&m.backfill("jsonb_build_array", "::text")).await.map_err(backend)?;
+                    }
                 }
                 (false, true) => {
                     tx.batch_execute("DELETE FROM etl_state WHERE key = 'olap'; DELETE FROM olap_outbox;")
@@ -79,13 +97,17 @@ impl OlapOutboxStore for PostgresStorage {
                 .iter()
                 .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
                 .collect();
-            let (mut page, (facts, users, sessions)) = outbox_entries(rows).into_page(version);
-            let ords: Vec<i64> = facts.iter().filter_map(|(_, k)| k.parse().ok()).collect();
+            let full = rows.len() >= limit;
+            let (mut page, (facts, users, sessions, mirrored)) = outbox_entries(rows).into_page(version);
+            page.more |= full;
+            let (apps, events): (Vec<String>, Vec<String>) = facts.into_iter().unzip();
             let facts = tx
                 .query(
-                    "SELECT seq, app_id, event_id, date_key, ts, event_type, anonymous_id, user_id, session_key, revenue,
-                            currency FROM fact_events WHERE seq = ANY($1)",
-                    &[&ords],
+                    "SELECT f.seq, f.app_id, f.event_id, f.date_key, f.ts, f.event_type, f.anonymous_id, f.user_id,
+                            f.session_key, f.revenue, f.currency
+                       FROM fact_events f JOIN unnest($1::text[], $2::text[]) AS k (app_id, event_id)
+                         ON f.app_id = k.app_id AND f.event_id = k.event_id",
+                    &[&apps, &events],
                 )
                 .await
                 .map_err(backend)?;
@@ -161,8 +183,48 @@ impl OlapOutboxStore for PostgresStorage {
                 let row = found.remove(&(app_id.clone(), session_key.clone()));
                 page.sessions.push(OlapSession { app_id, session_key, row });
             }
+            for (table, key) in mirrored {
+                let Some((mirror, key)) = mirrored_key(&table, &key) else { continue };
+                let stmt = tx.prepare_cached(&mirror.row_json("json_build_object", "::text")).await.map_err(backend)?;
+                let texts: Vec<Option<String>> = key.iter().map(|(_, v)| v.as_str().map(str::to_owned)).collect();
+                let ints: Vec<Option<i64>> = key.iter().map(|(_, v)| v.as_i64()).collect();
+                let args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = texts
+                    .iter()
+                    .zip(&ints)
+                    .map(|(t, i)| match t {
+                        Some(_) => t as &(dyn tokio_postgres::types::ToSql + Sync),
+                        None => i as &(dyn tokio_postgres::types::ToSql + Sync),
+                    })
+                    .collect();
+                let row: Option<String> = tx.query_opt(&stmt, &args).await.map_err(backend)?.map(|r| r.get(0));
+                let row = row.and_then(|text| serde_json::from_str(&text).ok());
+                page.mirrored.push(OlapRow { table, key, row });
+            }
             tx.commit().await.map_err(backend)?;
             Ok(Some(page))
+        })
+    }
+
+    fn olap_renew(&self, lease: OlapLease) -> StorageFuture<'_, bool> {
+        Box::pin(async move {
+            let mut client = self.pool.get().await.map_err(pool_error)?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let holder: Option<i64> = tx
+                .query_opt("SELECT value FROM etl_state WHERE key = 'olap_holder' FOR UPDATE", &[])
+                .await
+                .map_err(backend)?
+                .map(|r| r.get(0));
+            if holder != Some(lease.holder) {
+                return Ok(false);
+            }
+            tx.execute(
+                "UPDATE etl_state SET value = $1 WHERE key = 'olap_lease_until'",
+                &[&lease.now.saturating_add(lease.ttl)],
+            )
+            .await
+            .map_err(backend)?;
+            tx.commit().await.map_err(backend)?;
+            Ok(true)
         })
     }
 

@@ -23,7 +23,7 @@ fn migrations() -> [(i32, String); 11] {
         (8, shared(&[ddl::SEALED_IDS])),
         (9, shared(&[ddl::TEST_DEVICES])),
         (10, shared(&[ddl::IDENTITY_LINKS])),
-        (11, [shared(&[ddl::OLAP_OUTBOX]), olap_triggers()].join("\n")),
+        (11, [shared(&[ddl::OLAP_OUTBOX]), sql::FACT_EVENTS_EVENT.to_owned(), olap_triggers()].join("\n")),
     ]
 }
 
@@ -41,8 +41,33 @@ BEGIN
     END IF;
     RETURN NULL;
 END $$;
+CREATE FUNCTION tm_olap_mirror() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE r jsonb; k jsonb := '[]'::jsonb;
+BEGIN
+    IF EXISTS (SELECT 1 FROM etl_state WHERE key = 'olap') THEN
+        IF TG_OP = 'DELETE' THEN r := to_jsonb(OLD); ELSE r := to_jsonb(NEW); END IF;
+        FOR i IN 0 .. TG_NARGS - 1 LOOP
+            k := k || jsonb_build_array(r -> TG_ARGV[i]);
+        END LOOP;
+        INSERT INTO olap_outbox (kind, app_id, key) VALUES (TG_TABLE_NAME, '', k::text);
+    END IF;
+    RETURN NULL;
+END $$;
 ",
     );
+    for m in sql::OLAP_MIRRORED {
+        let args: Vec<String> = m.key.iter().map(|(k, _)| format!("'{k}'")).collect();
+        for op in ["INSERT", "UPDATE", "DELETE"] {
+            sql.push_str(&format!(
+                "CREATE TRIGGER {table}_olap_{name} AFTER {op} ON {table} FOR EACH ROW
+    EXECUTE FUNCTION tm_olap_mirror({args});
+",
+                table = m.table,
+                args = args.join(", "),
+                name = op.to_lowercase()
+            ));
+        }
+    }
     for (table, kind, key, deletes) in sql::OLAP_NOTED {
         let ops: &[&str] = if *deletes { &["INSERT", "UPDATE", "DELETE"] } else { &["INSERT", "UPDATE"] };
         for op in ops {
@@ -50,7 +75,6 @@ END $$;
                 "CREATE TRIGGER {table}_olap_{name} AFTER {op} ON {table} FOR EACH ROW
     EXECUTE FUNCTION tm_olap_outbox('{kind}', '{key}');
 ",
-                key = key.replace("{ord}", "seq"),
                 name = op.to_lowercase()
             ));
         }

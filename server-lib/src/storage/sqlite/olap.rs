@@ -4,20 +4,24 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::SqliteStorage;
 use crate::storage::sql::{self, sqlite};
-use crate::storage::star::outbox_entries;
+use crate::storage::star::{mirrored_key, outbox_entries};
 use crate::storage::{
-    OlapFact, OlapLease, OlapOutboxStore, OlapPage, OlapSession, OlapSessionRow, OlapUser, OlapUserRow, StorageError,
-    StorageFuture, backend,
+    OlapFact, OlapLease, OlapOutboxStore, OlapPage, OlapRow, OlapSession, OlapSessionRow, OlapUser, OlapUserRow,
+    StorageError, StorageFuture, backend,
 };
 
 impl OlapOutboxStore for SqliteStorage {
-    fn olap_switch(&self, on: bool) -> StorageFuture<'_, ()> {
+    fn olap_switch(&self, on: bool, refill: bool) -> StorageFuture<'_, ()> {
         self.write(1, move |tx| {
             let was_on = tx.query_row(sqlite!(sql::ETL_STATE), ["olap"], |_| Ok(())).optional().map_err(backend)?;
             match (on, was_on.is_some()) {
-                (true, false) => {
-                    tx.execute("INSERT INTO etl_state (key, value) VALUES ('olap', 1)", []).map_err(backend)?;
+                (true, was) if refill || !was => {
+                    tx.execute("INSERT OR REPLACE INTO etl_state (key, value) VALUES ('olap', 1)", [])
+                        .map_err(backend)?;
                     tx.execute_batch(&sql::OLAP_BACKFILL.replace("{ord}", "rowid")).map_err(backend)?;
+                    for m in sql::OLAP_MIRRORED {
+                        tx.execute_batch(&m.backfill("json_array", "")).map_err(backend)?;
+                    }
                 }
                 (false, true) => {
                     tx.execute("DELETE FROM etl_state WHERE key = 'olap'", []).map_err(backend)?;
@@ -47,6 +51,21 @@ impl OlapOutboxStore for SqliteStorage {
         })
     }
 
+    fn olap_renew(&self, lease: OlapLease) -> StorageFuture<'_, bool> {
+        self.write(1, move |tx| {
+            let holder = tx.query_row(sqlite!(sql::ETL_STATE), ["olap_holder"], |r| r.get::<_, i64>(0)).optional();
+            if holder.map_err(backend)? != Some(lease.holder) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO etl_state (key, value) VALUES ('olap_lease_until', ?1)",
+                [lease.now.saturating_add(lease.ttl)],
+            )
+            .map_err(backend)?;
+            Ok(true)
+        })
+    }
+
     fn olap_done(&self, seqs: Vec<i64>) -> StorageFuture<'_, ()> {
         self.write(seqs.len().max(1), move |tx| {
             let mut delete = tx.prepare_cached("DELETE FROM olap_outbox WHERE seq = ?1").map_err(backend)?;
@@ -72,16 +91,17 @@ fn read_page(c: &Connection, version: i64, limit: usize) -> Result<OlapPage, Sto
             .collect::<Result<_, _>>()
             .map_err(backend)?
     };
-    let (mut page, (facts, users, sessions)) = outbox_entries(rows).into_page(version);
+    let full = rows.len() >= limit;
+    let (mut page, (facts, users, sessions, mirrored)) = outbox_entries(rows).into_page(version);
+    page.more |= full;
     let mut fact = c.prepare_cached(&sql::to_sqlite(&sql::OLAP_FACT.replace("{ord}", "rowid"))).map_err(backend)?;
-    for (app_id, ord) in facts {
-        let Ok(ord) = ord.parse::<i64>() else { continue };
+    for (app_id, event_id) in facts {
         let row = fact
-            .query_row([ord], |r| {
+            .query_row(params![app_id, event_id], |r| {
                 Ok(OlapFact {
                     app_id: app_id.clone(),
-                    event_id: r.get(0)?,
-                    ord,
+                    event_id: event_id.clone(),
+                    ord: r.get(0)?,
                     date_key: r.get(1)?,
                     ts: r.get(2)?,
                     event_type: r.get(3)?,
@@ -130,6 +150,21 @@ fn read_page(c: &Connection, version: i64, limit: usize) -> Result<OlapPage, Sto
             .optional()
             .map_err(backend)?;
         page.sessions.push(OlapSession { app_id, session_key, row });
+    }
+    for (table, key) in mirrored {
+        let Some((mirror, key)) = mirrored_key(&table, &key) else { continue };
+        let mut stmt = c.prepare_cached(&sql::to_sqlite(&mirror.row_json("json_object", ""))).map_err(backend)?;
+        let args: Vec<rusqlite::types::Value> = key
+            .iter()
+            .map(|(_, v)| match v {
+                serde_json::Value::String(s) => rusqlite::types::Value::Text(s.clone()),
+                v => rusqlite::types::Value::Integer(v.as_i64().unwrap_or_default()),
+            })
+            .collect();
+        let row: Option<String> =
+            stmt.query_row(rusqlite::params_from_iter(args), |r| r.get(0)).optional().map_err(backend)?;
+        let row = row.and_then(|text| serde_json::from_str(&text).ok());
+        page.mirrored.push(OlapRow { table, key, row });
     }
     Ok(page)
 }

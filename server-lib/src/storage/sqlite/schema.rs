@@ -42,6 +42,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     }
     if version < 9 {
         tx.execute_batch(&ddl::render(&[ddl::OLAP_OUTBOX], Dialect::Sqlite)).map_err(backend)?;
+        tx.execute_batch(sql::FACT_EVENTS_EVENT).map_err(backend)?;
         tx.execute_batch(&olap_triggers()).map_err(backend)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION};")).map_err(backend)?;
@@ -65,7 +66,20 @@ fn olap_triggers() -> String {
     INSERT INTO olap_outbox (kind, app_id, key) VALUES ('{kind}', {row}.app_id, {row}.{key});
 END;
 ",
-                key = key.replace("{ord}", "rowid"),
+                name = op.to_lowercase()
+            ));
+        }
+    }
+    for m in sql::OLAP_MIRRORED {
+        for (op, row) in [("INSERT", "NEW."), ("UPDATE", "NEW."), ("DELETE", "OLD.")] {
+            sql.push_str(&format!(
+                "CREATE TRIGGER {table}_olap_{name} AFTER {op} ON {table}
+    WHEN EXISTS (SELECT 1 FROM etl_state WHERE key = 'olap') BEGIN
+    INSERT INTO olap_outbox (kind, app_id, key) VALUES ('{table}', '', {key});
+END;
+",
+                table = m.table,
+                key = m.key_json("json_array", row, ""),
                 name = op.to_lowercase()
             ));
         }
