@@ -703,6 +703,26 @@ async fn olap_bench(args: &Args) {
     println!("{}", summary_line("clickhouse-loader", rate(t_load), Duration::ZERO, Duration::ZERO));
     let facts = olap.clickhouse().select("SELECT count() AS n FROM fact_events").await.unwrap();
     println!("facts in ClickHouse: {}", facts[0]["n"]);
+    // Timings in ClickHouse's steady state: the background merges of the freshly loaded parts
+    // done (as in a store loaded over days), not forced (no OPTIMIZE).
+    let t = Instant::now();
+    loop {
+        let busy = olap
+            .clickhouse()
+            .select("SELECT count() AS n FROM system.merges WHERE database = currentDatabase()")
+            .await
+            .unwrap();
+        if busy[0]["n"].as_i64().or_else(|| busy[0]["n"].as_str().and_then(|s| s.parse().ok())) == Some(0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let parts = olap
+        .clickhouse()
+        .select("SELECT count() AS n FROM system.parts WHERE database = currentDatabase() AND table = 'fact_events' AND active")
+        .await
+        .unwrap();
+    println!("background merges done after {:.1?}; fact_events in {} parts", t.elapsed(), parts[0]["n"]);
 
     let client = reqwest::Client::new();
     let day = |ms: i64| protocol::format_millis(ms)[..10].to_owned();
@@ -794,7 +814,11 @@ async fn olap_bench(args: &Args) {
     let facts = ch.select("SELECT count() AS n FROM fact_events").await.unwrap();
     println!("facts in ClickHouse after the burst: {} of {} events accepted", facts[0]["n"], r.items);
     let _ = ch.drop_database().await;
-    let _ = olap.clickhouse().drop_database().await;
+    if std::env::var_os("TM_BENCH_KEEP").is_some() {
+        println!("kept: ClickHouse database {} (TM_BENCH_KEEP)", olap.clickhouse().database());
+    } else {
+        let _ = olap.clickhouse().drop_database().await;
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::OlapError;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crate::domain::records::{CampaignDay, FactRow, OlapPage, ReportQuery, ReportRows, UserRow};
 use crate::domain::reports::{CohortCount, DAY_MS, date_text};
@@ -52,6 +52,13 @@ pub const TABLES: &[(&str, &str)] = &[
          ORDER BY (app_id, session_key)",
     ),
     // The mirrored tables (`storage::sql::OLAP_MIRRORED`): ordered by the primary store's key.
+    (
+        "identity_links",
+        "CREATE TABLE IF NOT EXISTS identity_links (
+            app_id String, alias_user_id String, user_id String, created_at Int64, version UInt64, deleted UInt8
+         ) ENGINE = ReplacingMergeTree(version)
+         ORDER BY (app_id, alias_user_id)",
+    ),
     (
         "dim_campaigns",
         "CREATE TABLE IF NOT EXISTS dim_campaigns (
@@ -113,14 +120,15 @@ pub const TABLES: &[(&str, &str)] = &[
     ),
 ];
 
-/// The columns that name a person in each table a deletion erases: (table, has
-/// `anonymous_id` with `app_id`, has `user_id`).
-const ERASED: &[(&str, bool, bool)] = &[
-    ("fact_events", true, true),
-    ("dim_users", true, true),
-    ("sessions", true, true),
-    ("installs", true, false),
-    ("conversions", true, true),
+/// The columns that name a person in each table a deletion erases: (table, has `erase_key`
+/// (of `app_id` and `anonymous_id`), its columns of stored user ids).
+const ERASED: &[(&str, bool, &[&str])] = &[
+    ("fact_events", true, &["user_id"]),
+    ("dim_users", true, &["user_id"]),
+    ("sessions", true, &["user_id"]),
+    ("installs", true, &[]),
+    ("conversions", true, &["user_id"]),
+    ("identity_links", false, &["user_id", "alias_user_id"]),
 ];
 
 /// Views for BI tools (docs/clickhouse.md): the current rows only, days as dates.
@@ -149,9 +157,15 @@ pub const VIEWS: &[(&str, &str)] = &[
            FROM (SELECT app_id, ts, event_type, anonymous_id, session_key, revenue, currency
                    FROM fact_events FINAL WHERE deleted = 0)
            ANY LEFT JOIN (
-                SELECT app_id, anonymous_id, ifNull(user_id, anonymous_id) AS person,
-                       ifNull(install_campaign_id, utm_campaign_key) AS campaign_key
-                  FROM (SELECT * FROM dim_users FINAL) WHERE deleted = 0) USING (app_id, anonymous_id)",
+                SELECT app_id, anonymous_id, if(uid = '', anonymous_id, if(linked = '', uid, linked)) AS person,
+                       campaign_key FROM (
+                    SELECT app_id, anonymous_id, ifNull(user_id, '') AS uid,
+                           ifNull(install_campaign_id, utm_campaign_key) AS campaign_key
+                      FROM (SELECT * FROM dim_users FINAL) WHERE deleted = 0)
+                ANY LEFT JOIN (
+                    SELECT app_id, alias_user_id AS uid, user_id AS linked
+                      FROM (SELECT * FROM identity_links FINAL) WHERE deleted = 0) USING (app_id, uid))
+             USING (app_id, anonymous_id)",
     ),
 ];
 
@@ -432,15 +446,15 @@ impl ClickHouse {
         let keys: Vec<String> =
             page.erase_anonymous.iter().map(|(app, anon)| quote(&self.erase_key(app, anon))).collect();
         let users: Vec<String> = page.erase_users.iter().map(|u| quote(u)).collect();
-        for (table, anonymous, user) in ERASED {
+        for (table, anonymous, user_columns) in ERASED {
             if *anonymous {
                 for chunk in chunks(&keys) {
                     plan.push(Statement::Sql(format!("ALTER TABLE {table} DELETE WHERE erase_key IN ({chunk})")));
                 }
             }
-            if *user {
+            for column in *user_columns {
                 for chunk in chunks(&users) {
-                    plan.push(Statement::Sql(format!("ALTER TABLE {table} DELETE WHERE user_id IN ({chunk})")));
+                    plan.push(Statement::Sql(format!("ALTER TABLE {table} DELETE WHERE {column} IN ({chunk})")));
                 }
             }
         }
@@ -648,72 +662,96 @@ impl ClickHouse {
         }
     }
 
-    /// The funnel computed in ClickHouse: per step, the people who reached it, exactly as
-    /// [`crate::domain::reports::funnel`] counts them over the same rows (the oracle the tests
-    /// compare with). `None` when the identity map is too large to send with the query (the
-    /// caller reads the rows instead).
+    /// The funnel computed in ClickHouse: per step, the people who reached it (after the
+    /// identity map, copied too), exactly as [`crate::domain::reports::funnel`] counts them over
+    /// the same rows (the oracle the tests compare with).
     ///
     /// Per person, the step events in the primary store's order `(ts, ord)`; then, level by
     /// level, the events that reach it and the latest start each can have (the last qualifying
-    /// event before it carries the latest start, as starts only grow along the events): linear
-    /// in the events. (`windowFunnel` would do on current releases, but 18.16's takes whole
-    /// seconds only, and orders events of one millisecond by step, not as stored.)
-    pub async fn funnel(&self, f: &FunnelQuery<'_>) -> Result<Option<Vec<u64>>, OlapError> {
-        let Some(person) = person_expr(f.links) else { return Ok(None) };
+    /// event before it carries the latest start, as starts only grow along the events), with
+    /// array functions in one pass over each person. (`windowFunnel` would do on current
+    /// releases, but 18.16's takes whole seconds only, and orders events of one millisecond by
+    /// step, not as stored.)
+    pub async fn funnel(&self, f: &FunnelQuery<'_>) -> Result<Vec<u64>, OlapError> {
         let app = quote(f.app_id);
         let types: Vec<String> = f.steps.iter().map(|s| quote(s)).collect();
         let campaign = f.campaign.map(|c| format!("WHERE campaign_key = {}", quote(c))).unwrap_or_default();
-        // Versions of a fact share these columns: unique tuples, no `FINAL` needed.
+        // Each step as the number of its type among the steps (a repeated type: its first).
+        let index = |m: usize| f.steps.iter().position(|s| *s == f.steps[m - 1]).unwrap_or(0) + 1;
+        let repeated = (1..=f.steps.len()).any(|m| index(m) != m);
+        // A device's step events (versions of a fact share these columns: no `FINAL`), then a
+        // person's, in the primary store's order `(ts, ord)`.
         let people = format!(
-            "SELECT {person} AS person, arraySort(groupUniqArray((ts, ord, event_type))) AS ev FROM (
-                SELECT anonymous_id, user_id, ts, ord, event_type FROM (
-                    SELECT anonymous_id, ts, ord, event_type FROM fact_events
-                     WHERE app_id = {app} AND ts >= {from} AND ts <= {last} AND event_type IN ({types}))
-                ANY LEFT JOIN (
-                    SELECT anonymous_id, user_id, campaign_key FROM (
-                        SELECT anonymous_id, user_id, ifNull(install_campaign_id, utm_campaign_key) AS campaign_key,
-                               deleted FROM dim_users FINAL WHERE app_id = {app})
-                     WHERE deleted = 0) USING anonymous_id
-                {campaign})
-             GROUP BY person",
+            "SELECT arrayMap((a, b) -> (a, b), t0, o0) AS key0, arraySort((x, key) -> key, t0, key0) AS t,
+                    arraySort((x, key) -> key, o0, key0) AS o, arraySort((x, key) -> key, k0, key0) AS k
+               FROM (SELECT person, groupArrayArray(t0) AS t0, groupArrayArray(o0) AS o0, groupArrayArray(k0) AS k0
+                       FROM (SELECT {PERSON} AS person, t0, o0, k0 FROM (
+                                SELECT anonymous_id, groupArray(ts) AS t0, groupArray(ord) AS o0,
+                                       groupArray(toUInt8(indexOf([{types}], event_type))) AS k0
+                                  FROM fact_events
+                                 WHERE app_id = {app} AND ts >= {from} AND ts <= {last} AND event_type IN ({types})
+                                 GROUP BY anonymous_id)
+                            ANY LEFT JOIN ({users}) USING anonymous_id
+                            {campaign})
+                      GROUP BY person)",
             from = f.from,
             last = f.to.saturating_add(f.within),
             types = types.join(", "),
+            users = users_with_links(&app, "ifNull(install_campaign_id, utm_campaign_key) AS campaign_key", ""),
         );
-        // Level 1: the first step's events in [from, to]; their starts are their times.
+        // Each level is a query over the previous one's columns: 18.16 expands aliases into
+        // their expressions, which across levels would grow without bound (and a lambda's
+        // parameter must not share an alias's name, or the alias replaces it).
+        let first = if repeated {
+            // A fact loaded twice and not merged yet is two equal elements: one is dropped, so
+            // it cannot stand for two steps of the same type.
+            "arrayMap((x, y, px, py) -> NOT (x = px AND y = py), t, o,
+                      arrayPopBack(arrayPushFront(t, toInt64(-1))), arrayPopBack(arrayPushFront(o, toInt64(-1))))
+               AS first_copy, arrayFilter((x, f) -> f, t, first_copy) AS tt, arrayFilter((x, f) -> f, k, first_copy) AS kk"
+        } else {
+            "t AS tt, k AS kk"
+        };
+        // Level 1: the first step's events in [from, to] (their positions p1, their starts s1:
+        // their own times).
         let mut q = format!(
-            "SELECT person, t1, k1, v1, arrayFilter((x, v) -> v, t1, v1) AS s1, arrayExists(x -> x = 1, v1) AS level1
-               FROM (SELECT person, arrayMap(e -> tupleElement(e, 1), ev) AS t1, arrayMap(e -> tupleElement(e, 3), ev) AS k1,
-                            arrayMap((x, y) -> y = {first} AND x >= {from} AND x <= {to}, t1, k1) AS v1
-                       FROM ({people}))",
-            first = types[0],
+            "SELECT tt, kk, pos, p1, s1, notEmpty(p1) AS level1 FROM (
+                SELECT tt, kk, arrayEnumerate(tt) AS pos,
+                       arrayFilter((i, x, y) -> y = 1 AND x >= {from} AND x <= {to}, pos, tt, kk) AS p1,
+                       arrayFilter((x, y) -> y = 1 AND x >= {from} AND x <= {to}, tt, kk) AS s1
+                  FROM (SELECT {first} FROM ({people})))",
             from = f.from,
-            to = f.to,
+            to = f.to
         );
-        // Level m: an event of step m with a level m-1 event before it (in order) whose start
-        // is within the window; its start is the last such event's. 18.16's lambdas cannot
-        // read other columns, so each level looks starts up row by row (ARRAY JOIN) and
-        // gathers the person's events again in their order.
+        // Level m: an event of step m whose latest level m-1 event before it started at most
+        // `within` before it; it keeps that start. Starts only grow along the level's events,
+        // so the latest start before an event is a running sum of the starts' increments: the
+        // increments and the step's events are merged in order (one sort of both, keys 2i+1
+        // and 2i, so an event never precedes itself) and summed. 18.16's lambdas cannot read
+        // other arrays by index, hence no lookups.
         for m in 2..=f.steps.len() {
             let p = m - 1;
+            let kind = index(m);
+            let within = f.within;
             q = format!(
-                "SELECT person, any(t{p}) AS t{m}, any(k{p}) AS k{m}, any(level{p}) + max(w) AS level{m},
-                        arrayMap(e -> tupleElement(e, 2), arraySort(groupArray((i, w)))) AS v{m},
-                        arrayMap(e -> tupleElement(e, 3),
-                                 arrayFilter(e -> tupleElement(e, 2) = 1, arraySort(groupArray((i, w, st))))) AS s{m}
-                   FROM (SELECT person, t{p}, k{p}, level{p}, i,
-                                y = {kind} AND c > 0 AND x - arrayElement(s{p}, c) <= {within} AS w,
-                                arrayElement(s{p}, c) AS st
-                           FROM (SELECT person, t{p}, k{p}, level{p}, s{p},
-                                        arrayMap((c, v) -> c - v, arrayCumSum(v{p}), v{p}) AS cs
-                                   FROM ({q}))
-                          ARRAY JOIN t{p} AS x, k{p} AS y, cs AS c, arrayEnumerate(t{p}) AS i)
-                  GROUP BY person",
-                kind = types[m - 1],
-                within = f.within
+                "SELECT tt, kk, pos, p{m}, s{m}, level{p} + notEmpty(p{m}) AS level{m} FROM (
+                    SELECT tt, kk, pos, level{p},
+                           arrayFilter((i, y) -> y = {kind}, pos, kk) AS q,
+                           arrayConcat(arrayMap(i -> i * 2 + 1, p{p}), arrayMap(i -> i * 2, q)) AS merge_order,
+                           arraySort((v, w) -> w,
+                               arrayConcat(arrayMap((a, b) -> a - b, s{p}, arrayPopBack(arrayPushFront(s{p}, toInt64(0)))),
+                                           arrayMap(i -> toInt64(0), q)), merge_order) AS increments,
+                           arraySort((v, w) -> w, arrayConcat(arrayMap(i -> 0, p{p}), arrayMap(i -> 1, q)), merge_order)
+                               AS is_q,
+                           arrayFilter((x, b) -> b = 1, arrayCumSum(increments), is_q) AS latest,
+                           arrayMap((x, s) -> s > 0 AND x - s <= {within},
+                                    arrayFilter((x, y) -> y = {kind}, tt, kk), latest) AS reached,
+                           arrayFilter((i, v) -> v, q, reached) AS p{m},
+                           arrayFilter((s, v) -> v, latest, reached) AS s{m}
+                      FROM ({q}))"
             );
         }
-        let sql = format!("SELECT level{n} AS level, count() AS n FROM ({q}) GROUP BY level{n}", n = f.steps.len());
+        let q = format!("SELECT level{n} AS level FROM ({q})", n = f.steps.len());
+        let sql = format!("SELECT level, count() AS n FROM ({q}) GROUP BY level");
         let mut counts = vec![0u64; f.steps.len()];
         for r in self.select(&sql).await? {
             let (level, n) = (int(&r["level"]).max(0) as usize, int(&r["n"]).max(0) as u64);
@@ -721,31 +759,24 @@ impl ClickHouse {
                 *c += n;
             }
         }
-        Ok(Some(counts))
+        Ok(counts)
     }
 
     /// The retention cohorts' counts computed in ClickHouse, exactly as
-    /// [`crate::domain::reports::retention`] counts them; `None` when the identity map is too
-    /// large to send with the query.
+    /// [`crate::domain::reports::retention`] counts them.
     pub async fn retention(
         &self,
         app_id: &str,
         (from_day, to_day): (i64, i64),
         days: &[i64],
-        links: &HashMap<String, String>,
-    ) -> Result<Option<BTreeMap<i64, CohortCount>>, OlapError> {
-        let Some(person) = person_expr(links) else { return Ok(None) };
+    ) -> Result<BTreeMap<i64, CohortCount>, OlapError> {
         let app = quote(app_id);
         let max_offset = days.iter().copied().max().unwrap_or(0);
         let active: Vec<String> = days.iter().map(|d| format!("countIf(has(active, cohort + {d}))")).collect();
         let sql = format!(
             "SELECT cohort, count() AS users, [{active}] AS active FROM (
                 SELECT person, toInt64(floor(min(start) / {DAY_MS})) AS cohort, groupUniqArrayArray(days) AS active FROM (
-                    SELECT {person} AS person, start, days FROM (
-                        SELECT anonymous_id, user_id, start FROM (
-                            SELECT anonymous_id, user_id, ifNull(install_ts, first_seen) AS start, deleted
-                              FROM dim_users FINAL WHERE app_id = {app})
-                         WHERE deleted = 0 AND start < {before})
+                    SELECT {PERSON} AS person, start, days FROM ({users})
                     ANY LEFT JOIN (
                         SELECT anonymous_id, groupUniqArray(date_key) AS days FROM fact_events
                          WHERE app_id = {app} AND date_key >= {from_day} AND date_key <= {last}
@@ -754,7 +785,11 @@ impl ClickHouse {
               WHERE cohort >= {from_day} AND cohort <= {to_day}
               GROUP BY cohort",
             active = if active.is_empty() { "toUInt64(0)".to_owned() } else { active.join(", ") },
-            before = (to_day + 1) * DAY_MS,
+            users = users_with_links(
+                &app,
+                "ifNull(install_ts, first_seen) AS start",
+                &format!("AND start < {}", (to_day + 1) * DAY_MS)
+            ),
             last = to_day + max_offset,
         );
         let mut counts = BTreeMap::new();
@@ -764,7 +799,7 @@ impl ClickHouse {
             let active = if days.is_empty() { Vec::new() } else { active };
             counts.insert(int(&r["cohort"]), CohortCount { users: int(&r["users"]) as u64, active });
         }
-        Ok(Some(counts))
+        Ok(counts)
     }
 
     /// Drops the database and everything in it (tests).
@@ -783,27 +818,25 @@ pub struct FunnelQuery<'a> {
     pub within: i64,
     /// Only people of this campaign (their install's, else their first `utm_*` one).
     pub campaign: Option<&'a str>,
-    /// The app's identity map (`alias → user id`).
-    pub links: &'a HashMap<String, String>,
 }
 
-/// Most bytes of identity links sent along with a query (ClickHouse parses at most 256 KiB of
-/// query text by default); an app with more gets its funnels and retention from the rows.
-pub const MAX_QUERY_LINK_BYTES: usize = 128 * 1024;
+/// A row's person, as the domain's `person`: its user's id after the identity map (`uid`, and
+/// `linked` where the map names another), else its anonymous id. Over [`users_with_links`]'
+/// columns (a row without a user joined has `uid` empty).
+const PERSON: &str = "if(uid = '', concat('a:', anonymous_id), concat('u:', if(linked = '', uid, linked)))";
 
-/// The person of a row with `anonymous_id` and its user's `user_id` (after the identity map),
-/// as the domain's `person`; `None` when the map is too large.
-fn person_expr(links: &HashMap<String, String>) -> Option<String> {
-    if links.iter().map(|(a, u)| a.len() + u.len() + 8).sum::<usize>() > MAX_QUERY_LINK_BYTES {
-        return None;
-    }
-    let user = if links.is_empty() {
-        "assumeNotNull(user_id)".to_owned()
-    } else {
-        let (from, to): (Vec<String>, Vec<String>) = links.iter().map(|(a, u)| (quote(a), quote(u))).unzip();
-        format!("transform(assumeNotNull(user_id), [{}], [{}], assumeNotNull(user_id))", from.join(", "), to.join(", "))
-    };
-    Some(format!("if(isNull(user_id), concat('a:', anonymous_id), concat('u:', {user}))"))
+/// The app's current users (`anonymous_id`, `uid`: the user id or empty, `linked`: what the
+/// identity map makes of it or empty, and `columns` of `dim_users`), `filter` appended to
+/// their conditions.
+fn users_with_links(app: &str, columns: &str, filter: &str) -> String {
+    format!(
+        "SELECT * FROM (
+            SELECT anonymous_id, ifNull(user_id, '') AS uid, {columns} FROM (
+                SELECT * FROM dim_users FINAL WHERE app_id = {app}) WHERE deleted = 0 {filter})
+         ANY LEFT JOIN (
+            SELECT alias_user_id AS uid, user_id AS linked FROM (
+                SELECT * FROM identity_links FINAL WHERE app_id = {app}) WHERE deleted = 0) USING uid"
+    )
 }
 
 /// `s` as a ClickHouse string literal.

@@ -4,7 +4,7 @@
 //! them. Nothing is lost while ClickHouse is down: the entries wait and the loader resumes
 //! where it stopped. One loader at a time across instances (a lease in the primary store).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{ServiceError, ServiceResult};
@@ -204,9 +204,8 @@ impl OlapLoader {
         }
     }
 
-    /// The funnel computed in ClickHouse after loading what is pending; `None` when it cannot
-    /// be pushed down there (the caller reads the rows).
-    pub async fn funnel(self: &Arc<Self>, q: &FunnelQuery<'_>) -> ServiceResult<Option<Vec<u64>>> {
+    /// The funnel computed in ClickHouse after loading what is pending.
+    pub async fn funnel(self: &Arc<Self>, q: &FunnelQuery<'_>) -> ServiceResult<Vec<u64>> {
         self.fresh().await?;
         Ok(self.ch.funnel(q).await?)
     }
@@ -217,10 +216,9 @@ impl OlapLoader {
         app_id: &str,
         range: (i64, i64),
         days: &[i64],
-        links: &HashMap<String, String>,
-    ) -> ServiceResult<Option<BTreeMap<i64, CohortCount>>> {
+    ) -> ServiceResult<BTreeMap<i64, CohortCount>> {
         self.fresh().await?;
-        Ok(self.ch.retention(app_id, range, days, links).await?)
+        Ok(self.ch.retention(app_id, range, days).await?)
     }
 
     /// The rows of a report from ClickHouse, after loading what is pending; `None` for the

@@ -162,17 +162,11 @@ pub async fn funnel_report(svc: &Services, p: &Params) -> ServiceResult<Value> {
     let (from, to) = p.range(svc.config.clock.now())?;
     let within = p.get("within").map(|w| parse_duration("within", w)).transpose()?.unwrap_or(DEFAULT_WITHIN);
     let campaign = p.get("campaign_id");
-    let links = identity_links(svc, &app_id).await?;
-    let in_olap = match &svc.olap {
+    let counts = match &svc.olap {
         Some(olap) => {
             svc.maintenance.refresh().await?;
-            let q = FunnelQuery { app_id: &app_id, steps: &steps, from, to, within, campaign, links: &links };
-            olap.funnel(&q).await?
+            olap.funnel(&FunnelQuery { app_id: &app_id, steps: &steps, from, to, within, campaign }).await?
         }
-        None => None,
-    };
-    let counts = match in_olap {
-        Some(counts) => counts,
         None => {
             let types: Vec<String> =
                 steps.iter().cloned().collect::<std::collections::BTreeSet<_>>().into_iter().collect();
@@ -184,7 +178,7 @@ pub async fn funnel_report(svc: &Services, p: &Params) -> ServiceResult<Value> {
             if let Some(c) = campaign {
                 rows.retain(|r| r.campaign_key.as_deref() == Some(c));
             }
-            resolve_people(rows.iter_mut().map(|r| &mut r.user_id), &links);
+            resolve_people(rows.iter_mut().map(|r| &mut r.user_id), &identity_links(svc, &app_id).await?);
             funnel(&rows, &steps, from, to, within)
         }
     };
@@ -216,23 +210,19 @@ pub async fn retention_report(svc: &Services, p: &Params) -> ServiceResult<Value
     }
     let (from_day, to_day) = (day_of(from), day_of(to));
     let max_offset = days.iter().copied().max().unwrap_or(0);
-    let links = identity_links(svc, &app_id).await?;
-    let in_olap = match &svc.olap {
+    let cohorts = match &svc.olap {
         Some(olap) => {
             svc.maintenance.refresh().await?;
-            olap.retention(&app_id, (from_day, to_day), &days, &links).await?
+            let counts = olap.retention(&app_id, (from_day, to_day), &days).await?;
+            cohorts(&counts, from_day, to_day, &days, day_of(now))
         }
-        None => None,
-    };
-    let cohorts = match in_olap {
-        Some(counts) => cohorts(&counts, from_day, to_day, &days, day_of(now)),
         None => {
             let query = ReportQuery::Cohorts { app_id: app_id.clone(), from_day, to_day, max_offset };
             let ReportRows::Users(mut users) = read(svc, query).await? else {
                 return Err(unexpected());
             };
             too_many(svc, users.len())?;
-            resolve_people(users.iter_mut().map(|u| &mut u.user_id), &links);
+            resolve_people(users.iter_mut().map(|u| &mut u.user_id), &identity_links(svc, &app_id).await?);
             retention(&users, from_day, to_day, &days, day_of(now))
         }
     };

@@ -539,9 +539,15 @@ pub struct Mirror {
     pub columns: &'static [&'static str],
 }
 
-/// The mirrored tables: the campaign report's dimensions, costs and rollups (so it runs in
-/// ClickHouse too), and installs and conversions (for BI tools).
+/// The mirrored tables: the identity map (funnels and retention count people), the campaign
+/// report's dimensions, costs and rollups (so it runs in ClickHouse too), and installs and
+/// conversions (for BI tools).
 pub const OLAP_MIRRORED: &[Mirror] = &[
+    Mirror {
+        table: "identity_links",
+        key: &[("app_id", KeyType::Text), ("alias_user_id", KeyType::Text)],
+        columns: &["app_id", "alias_user_id", "user_id", "created_at"],
+    },
     Mirror {
         table: "dim_campaigns",
         key: &[("campaign_key", KeyType::Text)],
@@ -742,8 +748,8 @@ mod tests {
             delete_by_subject("events", "user_id"),
             delete_by_anonymous_id("touchpoints"),
             OLAP_FACT.replace("{ord}", "rowid"),
-            OLAP_MIRRORED[1].row_json("json_object", ""),
-            OLAP_MIRRORED[1].backfill("json_array", ""),
+            OLAP_MIRRORED[2].row_json("json_object", ""),
+            OLAP_MIRRORED[2].backfill("json_array", ""),
             OLAP_BACKFILL.split(';').next().unwrap().to_owned(),
             zero_campaign_columns(&["installs", "rejected_installs"]),
             format!(
