@@ -463,8 +463,7 @@ async fn reports_on(on: On<'_>) {
             srv.olap_count("SELECT sum(events) FROM daily_events WHERE date = toDate('2026-11-02')").await,
             Some(12)
         );
-        let q =
-            "SELECT count() FROM funnel_events WHERE anonymous_id = 'g1' AND event_type = 'purchase' AND person = 'g1'";
+        let q = "SELECT count() FROM funnel_events WHERE anonymous_id = 'g1' AND event_type = 'purchase' AND person = 'a:g1'";
         assert_eq!(srv.olap_count(q).await, Some(1));
         let q = "SELECT count() FROM (SELECT deleted FROM installs FINAL WHERE app_id = 'app') WHERE deleted = 0";
         assert_eq!(srv.olap_count(q).await, Some(5), "4 attributed and one organic install");
@@ -965,17 +964,24 @@ async fn the_clickhouse_loader_resumes_after_an_outage_and_loads_every_event_onc
 }
 
 /// A deletion reaches ClickHouse: its receipt says so, and no table there holds anything of
-/// the subject (its anonymous ids, its stored user id) once ClickHouse applied the erasure;
-/// another person's rows stay.
+/// the subject (its anonymous ids, its stored user id, its aliased id, its install's and
+/// conversions' event ids) once ClickHouse applied the erasure; another person's rows stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deletion_reaches_clickhouse() {
     let Some(url) = clickhouse_url() else { return };
     let srv = start_on(On::ClickHouse(&url), |_| {}).await;
     srv.clock.set(T0);
+    // Jane's phone installed from a campaign's click; her purchases are credited to it; her
+    // old user id became "jane" (an alias).
+    let (_, link) = srv.campaign("Jane's campaign", "meta").await;
+    srv.s2s_click("meta", &link, "jane-gaid-0001").await;
+    srv.clock.advance(MINUTE);
+    srv.install("jane-phone", "jane-gaid-0001").await;
     for anon in ["jane-phone", "jane-laptop"] {
         srv.user_event("app_open", anon, "jane", json!({})).await;
-        srv.event_at(T0 + MINUTE, "purchase", anon, json!({"revenue": 5, "currency": "EUR"})).await;
+        srv.event_at(srv.clock.now() + MINUTE, "purchase", anon, json!({"revenue": 5, "currency": "EUR"})).await;
     }
+    srv.user_event("alias", "jane-phone", "jane", json!({"previous_id": "jane-before"})).await;
     srv.user_event("app_open", "joe-phone", "joe", json!({})).await;
     let funnel = srv.get("/v1/reports/funnel?steps=app_open,purchase&from=2026-11-02&to=2026-11-02").await;
     assert_eq!(funnel["steps"][0]["users"], 2, "{funnel}");
@@ -986,6 +992,22 @@ async fn a_deletion_reaches_clickhouse() {
         .unwrap();
     let jane = stored[0]["u"].as_str().unwrap().to_owned();
     assert_ne!(jane, "jane", "stored as a keyed hash");
+    // What else names her: her install's and conversions' event ids, her old (aliased) id.
+    let mut hers = vec!["jane-phone".to_owned(), "jane-laptop".to_owned(), jane.clone()];
+    let installs = ch.select("SELECT DISTINCT event_id FROM installs WHERE anonymous_id = 'jane-phone'").await.unwrap();
+    assert_eq!(installs.len(), 1, "the install is copied");
+    let conversions =
+        ch.select("SELECT DISTINCT event_id FROM conversions WHERE anonymous_id = 'jane-phone'").await.unwrap();
+    assert!(!conversions.is_empty(), "the purchase was credited and copied");
+    let aliases = ch
+        .select(&format!("SELECT DISTINCT alias_user_id AS a FROM identity_links WHERE user_id = '{jane}'"))
+        .await
+        .unwrap();
+    assert_eq!(aliases.len(), 1, "the identity map is copied");
+    for r in installs.iter().chain(&conversions) {
+        hers.push(r["event_id"].as_str().unwrap().to_owned());
+    }
+    hers.push(aliases[0]["a"].as_str().unwrap().to_owned());
 
     let (s, receipt) = srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"user_id": "jane"}))).await;
     assert_eq!(s, 200, "{receipt}");
@@ -999,7 +1021,7 @@ async fn a_deletion_reaches_clickhouse() {
         .await
         .unwrap();
     assert!(columns.len() >= 10, "{columns:?}");
-    for value in ["jane-phone", "jane-laptop", jane.as_str()] {
+    for value in &hers {
         for c in &columns {
             let (table, column) = (c["table"].as_str().unwrap(), c["name"].as_str().unwrap());
             let n = srv.olap_count(&format!("SELECT count() FROM {table} WHERE {column} = '{value}'")).await;

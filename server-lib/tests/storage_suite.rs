@@ -926,9 +926,11 @@ async fn the_olap_outbox_notes_changes_while_on(f: &Fixture) {
     assert_eq!(page.sessions.len(), 1);
     store.olap_done(page.seqs).await.unwrap();
 
-    // Only the holder renews.
+    // Only the holder renews, and only before its lease ran out.
     assert!(store.olap_renew(lease(2, 1_002)).await.unwrap());
     assert!(!store.olap_renew(lease(1, 1_002)).await.unwrap());
+    assert!(!store.olap_renew(lease(2, 9_999)).await.unwrap(), "expired at 2_002");
+    assert!(store.olap_page(lease(2, 1_002), 1).await.unwrap().is_some(), "taken again by a page read");
 
     // A deletion: its erasures, and the user and session rows gone. A row noted after the
     // deletion waits for the next page (it must reach ClickHouse after the erasure).
@@ -969,6 +971,8 @@ async fn the_olap_outbox_notes_changes_while_on(f: &Fixture) {
     assert!(store.olap_pending().await.unwrap() > 0);
     store.olap_switch(false, false).await.unwrap();
     assert_eq!(store.olap_pending().await.unwrap(), 0);
+    let page = store.olap_page(lease(2, 1_005), 1_000).await.unwrap().unwrap();
+    assert!(page.switched_off && page.seqs.is_empty(), "a loader learns the outbox is off");
     store.insert(vec![event("b", "e10", "anon-9", None, None, 4 * day + 1)]).await.unwrap();
     store.refresh_step(100, 30 * 60_000, None).await.unwrap();
     assert_eq!(store.olap_pending().await.unwrap(), 0);

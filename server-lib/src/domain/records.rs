@@ -556,6 +556,8 @@ pub struct OlapPage {
     pub reset: bool,
     /// More entries may be waiting (the page is full, or ends where erasures end).
     pub more: bool,
+    /// The outbox is off (an instance without ClickHouse switched it off): nothing was taken.
+    pub switched_off: bool,
     pub facts: Vec<OlapFact>,
     pub users: Vec<OlapUser>,
     pub sessions: Vec<OlapSession>,

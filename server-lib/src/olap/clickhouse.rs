@@ -13,12 +13,16 @@ use std::collections::BTreeMap;
 use crate::domain::records::{CampaignDay, FactRow, OlapPage, ReportQuery, ReportRows, UserRow};
 use crate::domain::reports::{CohortCount, DAY_MS, date_text};
 
+/// The version of [`TABLES`] and [`VIEWS`]: a copy made under another one is made again.
+pub const SCHEMA_VERSION: u32 = 2;
+
 /// The report tables, created in order by [`ClickHouse::migrate`]. Facts are partitioned by
 /// month and ordered for the report queries with the event id last; every table is a
 /// `ReplacingMergeTree` versioned by the loader's sequence number, so a row loaded again
 /// (a retry, a newer state) replaces the older one, and `deleted` marks rows a deletion or a
 /// session merge removed (read with `FINAL`).
 pub const TABLES: &[(&str, &str)] = &[
+    ("schema_version", "CREATE TABLE IF NOT EXISTS schema_version (version UInt32) ENGINE = TinyLog"),
     (
         "fact_events",
         "CREATE TABLE IF NOT EXISTS fact_events (
@@ -50,6 +54,15 @@ pub const TABLES: &[(&str, &str)] = &[
             version UInt64, deleted UInt8
          ) ENGINE = ReplacingMergeTree(version)
          ORDER BY (app_id, session_key)",
+    ),
+    (
+        // Which days each device was active (filled by the view `device_days_of_facts` from
+        // every fact inserted): retention reads it instead of every fact.
+        "device_days",
+        "CREATE TABLE IF NOT EXISTS device_days (
+            app_id String, anonymous_id String, erase_key String, date_key Int64
+         ) ENGINE = ReplacingMergeTree()
+         ORDER BY (app_id, anonymous_id, date_key)",
     ),
     // The mirrored tables (`storage::sql::OLAP_MIRRORED`): ordered by the primary store's key.
     (
@@ -124,6 +137,7 @@ pub const TABLES: &[(&str, &str)] = &[
 /// (of `app_id` and `anonymous_id`), its columns of stored user ids).
 const ERASED: &[(&str, bool, &[&str])] = &[
     ("fact_events", true, &["user_id"]),
+    ("device_days", true, &[]),
     ("dim_users", true, &["user_id"]),
     ("sessions", true, &["user_id"]),
     ("installs", true, &[]),
@@ -131,8 +145,24 @@ const ERASED: &[(&str, bool, &[&str])] = &[
     ("identity_links", false, &["user_id", "alias_user_id"]),
 ];
 
-/// Views for BI tools (docs/clickhouse.md): the current rows only, days as dates.
+/// Tables whose `deleted` rows (with every older version of them) go after an erasure or a
+/// retention purge: (table, its order key).
+const SWEPT: &[(&str, &str)] = &[
+    ("dim_users", "app_id, anonymous_id"),
+    ("sessions", "app_id, session_key"),
+    ("installs", "app_id, event_id"),
+    ("conversions", "app_id, event_id, model, click_id"),
+    ("identity_links", "app_id, alias_user_id"),
+];
+
+/// The views, created after the tables: the one that fills `device_days`, and those for BI
+/// tools (docs/clickhouse.md: the current rows only, days as dates).
 pub const VIEWS: &[(&str, &str)] = &[
+    (
+        "device_days_of_facts",
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS device_days_of_facts TO device_days AS
+         SELECT app_id, anonymous_id, erase_key, date_key FROM fact_events",
+    ),
     (
         "daily_events",
         "CREATE VIEW IF NOT EXISTS daily_events AS
@@ -152,13 +182,13 @@ pub const VIEWS: &[(&str, &str)] = &[
     (
         "funnel_events",
         "CREATE VIEW IF NOT EXISTS funnel_events AS
-         SELECT app_id, toDateTime(intDiv(ts, 1000)) AS time, ts, event_type, anonymous_id, person, session_key,
-                campaign_key, revenue, currency
+         SELECT app_id, toDateTime(intDiv(ts, 1000)) AS time, ts, event_type, anonymous_id,
+                if(uid = '', concat('a:', anonymous_id), concat('u:', if(linked = '', uid, linked))) AS person,
+                session_key, campaign_key, revenue, currency
            FROM (SELECT app_id, ts, event_type, anonymous_id, session_key, revenue, currency
                    FROM fact_events FINAL WHERE deleted = 0)
            ANY LEFT JOIN (
-                SELECT app_id, anonymous_id, if(uid = '', anonymous_id, if(linked = '', uid, linked)) AS person,
-                       campaign_key FROM (
+                SELECT app_id, anonymous_id, uid, linked, campaign_key FROM (
                     SELECT app_id, anonymous_id, ifNull(user_id, '') AS uid,
                            ifNull(install_campaign_id, utm_campaign_key) AS campaign_key
                       FROM (SELECT * FROM dim_users FINAL) WHERE deleted = 0)
@@ -187,8 +217,6 @@ pub struct ClickHouse {
 /// One step of loading a page ([`ClickHouse::plan`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
-    /// Drop the tables and views and create them again.
-    Reset,
     /// Rows (JSON objects) into a report table, one request.
     Insert { table: &'static str, rows: Vec<Value> },
     /// A mutation.
@@ -363,7 +391,14 @@ impl ClickHouse {
     pub fn plan(&self, page: &OlapPage) -> Vec<Statement> {
         let mut plan = Vec::new();
         if page.reset {
-            plan.push(Statement::Reset);
+            // One statement per table, each under a renewed lease.
+            for (table, _) in VIEWS.iter().chain(TABLES) {
+                plan.push(Statement::Sql(format!("DROP TABLE IF EXISTS {table}")));
+            }
+            for (_, ddl) in TABLES.iter().chain(VIEWS) {
+                plan.push(Statement::Sql((*ddl).to_owned()));
+            }
+            plan.push(Statement::Sql(format!("INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION})")));
         }
         let v = page.version;
         let mut months: BTreeMap<String, Vec<Value>> = BTreeMap::new();
@@ -459,10 +494,15 @@ impl ClickHouse {
             }
         }
         if let Some(day) = page.purge_before_day {
-            plan.push(Statement::Sql(format!("ALTER TABLE fact_events DELETE WHERE date_key < {day}")));
-            // Users and sessions the purge removed from the primary store are `deleted` rows
-            // here: every version of them goes.
-            for (table, key) in [("dim_users", "app_id, anonymous_id"), ("sessions", "app_id, session_key")] {
+            for table in ["fact_events", "device_days"] {
+                plan.push(Statement::Sql(format!("ALTER TABLE {table} DELETE WHERE date_key < {day}")));
+            }
+        }
+        if page.purge_before_day.is_some() || !page.erase_anonymous.is_empty() || !page.erase_users.is_empty() {
+            // Rows the primary store deleted (a person's installs, conversions, links and
+            // sessions; users and sessions the purge removed) are `deleted` rows here, which
+            // still hold their keys: every version of them goes.
+            for (table, key) in SWEPT {
                 plan.push(Statement::Sql(format!(
                     "ALTER TABLE {table} DELETE WHERE ({key}) IN (SELECT {key} FROM {table} FINAL WHERE deleted = 1)"
                 )));
@@ -475,12 +515,6 @@ impl ClickHouse {
     /// Runs one statement of a [`ClickHouse::plan`].
     pub async fn apply(&self, statement: &Statement) -> Result<(), OlapError> {
         match statement {
-            Statement::Reset => {
-                for (table, _) in VIEWS.iter().chain(TABLES) {
-                    self.execute(&format!("DROP TABLE IF EXISTS {table}")).await?;
-                }
-                self.migrate().await
-            }
             Statement::Insert { table, rows } => self.insert(table, rows).await,
             Statement::Sql(sql) => self.execute(sql).await.map(|_| ()),
         }
@@ -495,11 +529,12 @@ impl ClickHouse {
         Ok(())
     }
 
-    /// Neither facts nor users are loaded (a new or emptied ClickHouse).
-    pub async fn is_empty(&self) -> Result<bool, OlapError> {
-        let rows =
-            self.select("SELECT (SELECT count() FROM fact_events) + (SELECT count() FROM dim_users) AS n").await?;
-        Ok(rows.first().is_none_or(|r| int(&r["n"]) == 0))
+    /// The copy must be filled again from the primary store: it was never filled (a new or
+    /// emptied ClickHouse) or under another version of this schema (only a reset writes the
+    /// version, after creating every table afresh).
+    pub async fn needs_refill(&self) -> Result<bool, OlapError> {
+        let rows = self.select("SELECT max(version) AS v, count() AS n FROM schema_version").await?;
+        Ok(rows.first().is_none_or(|r| int(&r["n"]) == 0 || int(&r["v"]) != i64::from(SCHEMA_VERSION)))
     }
 
     /// The keyed hash that finds an anonymous id's rows for an erasure: a deletion's mutations
@@ -575,10 +610,10 @@ impl ClickHouse {
                         active_days: Vec::new(),
                     })
                     .collect();
-                // Versions of a fact share its device and day: no `FINAL` needed for these.
+                // A device's days (filled from every fact inserted; facts never change day).
                 let days = self
                     .select(&format!(
-                        "SELECT anonymous_id, groupUniqArray(date_key) AS days FROM fact_events
+                        "SELECT anonymous_id, groupUniqArray(date_key) AS days FROM device_days
                           WHERE app_id = {app} AND date_key >= {from_day} AND date_key <= {last}
                           GROUP BY anonymous_id",
                         last = to_day + max_offset
@@ -601,11 +636,10 @@ impl ClickHouse {
             ReportQuery::Campaigns { app_id, from_day, to_day, model } => {
                 let app = quote(app_id);
                 let (f, t) = (from_day, to_day);
-                // Columns other than the order key are filtered outside `FINAL` unless they
-                // never change for a row (a campaign's app).
+                // A deleted row holds only its key: the app is filtered after `FINAL`.
                 let campaigns = format!(
                     "SELECT campaign_key, name, network, created_at FROM (
-                        SELECT * FROM dim_campaigns FINAL WHERE app_id = {app}) WHERE deleted = 0 AND kind = 'link'"
+                        SELECT * FROM dim_campaigns FINAL) WHERE deleted = 0 AND app_id = {app} AND kind = 'link'"
                 );
                 let installs = format!(
                     "SELECT campaign_id AS campaign_key, sum(impressions) AS impressions, sum(clicks) AS clicks,
@@ -624,8 +658,8 @@ impl ClickHouse {
                 let costs = format!(
                     "SELECT campaign_id AS campaign_key, sumIf(amount, date_key >= {f} AND date_key <= {t}) AS cost,
                             countIf(date_key >= {f} AND date_key <= {t}) AS cost_days, max(currency) AS currency
-                       FROM (SELECT * FROM campaign_costs FINAL WHERE app_id = {app})
-                      WHERE deleted = 0 GROUP BY campaign_id"
+                       FROM (SELECT * FROM campaign_costs FINAL)
+                      WHERE deleted = 0 AND app_id = {app} GROUP BY campaign_id"
                 );
                 let sql = format!(
                     "SELECT * FROM (
@@ -688,7 +722,7 @@ impl ClickHouse {
                        FROM (SELECT {PERSON} AS person, t0, o0, k0 FROM (
                                 SELECT anonymous_id, groupArray(ts) AS t0, groupArray(ord) AS o0,
                                        groupArray(toUInt8(indexOf([{types}], event_type))) AS k0
-                                  FROM fact_events
+                                  FROM fact_events {final}
                                  WHERE app_id = {app} AND ts >= {from} AND ts <= {last} AND event_type IN ({types})
                                  GROUP BY anonymous_id)
                             ANY LEFT JOIN ({users}) USING anonymous_id
@@ -698,19 +732,13 @@ impl ClickHouse {
             last = f.to.saturating_add(f.within),
             types = types.join(", "),
             users = users_with_links(&app, "ifNull(install_campaign_id, utm_campaign_key) AS campaign_key", ""),
+            // Repeated steps: a fact's copies not merged yet (versions) must not stand for two
+            // steps, so they are collapsed; otherwise a copy changes nothing and is left.
+            final = if repeated { "FINAL" } else { "" },
         );
         // Each level is a query over the previous one's columns: 18.16 expands aliases into
         // their expressions, which across levels would grow without bound (and a lambda's
         // parameter must not share an alias's name, or the alias replaces it).
-        let first = if repeated {
-            // A fact loaded twice and not merged yet is two equal elements: one is dropped, so
-            // it cannot stand for two steps of the same type.
-            "arrayMap((x, y, px, py) -> NOT (x = px AND y = py), t, o,
-                      arrayPopBack(arrayPushFront(t, toInt64(-1))), arrayPopBack(arrayPushFront(o, toInt64(-1))))
-               AS first_copy, arrayFilter((x, f) -> f, t, first_copy) AS tt, arrayFilter((x, f) -> f, k, first_copy) AS kk"
-        } else {
-            "t AS tt, k AS kk"
-        };
         // Level 1: the first step's events in [from, to] (their positions p1, their starts s1:
         // their own times).
         let mut q = format!(
@@ -718,7 +746,7 @@ impl ClickHouse {
                 SELECT tt, kk, arrayEnumerate(tt) AS pos,
                        arrayFilter((i, x, y) -> y = 1 AND x >= {from} AND x <= {to}, pos, tt, kk) AS p1,
                        arrayFilter((x, y) -> y = 1 AND x >= {from} AND x <= {to}, tt, kk) AS s1
-                  FROM (SELECT {first} FROM ({people})))",
+                  FROM (SELECT t AS tt, k AS kk FROM ({people})))",
             from = f.from,
             to = f.to
         );
@@ -743,8 +771,9 @@ impl ClickHouse {
                            arraySort((v, w) -> w, arrayConcat(arrayMap(i -> 0, p{p}), arrayMap(i -> 1, q)), merge_order)
                                AS is_q,
                            arrayFilter((x, b) -> b = 1, arrayCumSum(increments), is_q) AS latest,
-                           arrayMap((x, s) -> s > 0 AND x - s <= {within},
-                                    arrayFilter((x, y) -> y = {kind}, tt, kk), latest) AS reached,
+                           arrayFilter((x, b) -> b = 1, arrayCumSum(arrayMap(b -> 1 - b, is_q)), is_q) AS earlier,
+                           arrayMap((x, s, n) -> n > 0 AND x - s <= {within},
+                                    arrayFilter((x, y) -> y = {kind}, tt, kk), latest, earlier) AS reached,
                            arrayFilter((i, v) -> v, q, reached) AS p{m},
                            arrayFilter((s, v) -> v, latest, reached) AS s{m}
                       FROM ({q}))"
@@ -778,7 +807,7 @@ impl ClickHouse {
                 SELECT person, toInt64(floor(min(start) / {DAY_MS})) AS cohort, groupUniqArrayArray(days) AS active FROM (
                     SELECT {PERSON} AS person, start, days FROM ({users})
                     ANY LEFT JOIN (
-                        SELECT anonymous_id, groupUniqArray(date_key) AS days FROM fact_events
+                        SELECT anonymous_id, groupUniqArray(date_key) AS days FROM device_days
                          WHERE app_id = {app} AND date_key >= {from_day} AND date_key <= {last}
                          GROUP BY anonymous_id) USING anonymous_id)
                 GROUP BY person)

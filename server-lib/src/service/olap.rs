@@ -32,6 +32,12 @@ impl From<OlapError> for ServiceError {
     }
 }
 
+fn behind() -> ServiceError {
+    ServiceError::Unavailable(
+        "ClickHouse is catching up with the primary store (many changes to load); try again shortly".into(),
+    )
+}
+
 /// What one load step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -96,14 +102,14 @@ impl OlapLoader {
     }
 
     /// The report tables exist and the primary store notes changes (once per process). A
-    /// ClickHouse without any fact or user (new, or its database dropped) is filled again from
-    /// the primary store.
+    /// ClickHouse never filled (new, or its database dropped) or filled under another version
+    /// of the schema is filled again from the primary store.
     async fn ready(&self) -> ServiceResult<()> {
         self.ready
             .get_or_try_init(|| async {
                 self.ch.migrate().await?;
-                let empty = self.ch.is_empty().await?;
-                self.storage.olap_switch(true, empty).await?;
+                let refill = self.ch.needs_refill().await?;
+                self.storage.olap_switch(true, refill).await?;
                 Ok::<(), ServiceError>(())
             })
             .await?;
@@ -120,6 +126,15 @@ impl OlapLoader {
     pub async fn step(&self) -> ServiceResult<Step> {
         self.ready().await?;
         let Some(page) = self.storage.olap_page(self.lease(), self.batch).await? else { return Ok(Step::Elsewhere) };
+        if page.switched_off {
+            // An instance started without ClickHouse switched the outbox off (and emptied it):
+            // whatever it held is lost, so the copy is made again.
+            tracing::warn!(
+                "the OLAP outbox was switched off (an instance without --clickhouse?): refilling ClickHouse"
+            );
+            self.storage.olap_switch(true, true).await?;
+            return Ok(Step::Loaded { entries: 0, more: true });
+        }
         let entries = page.seqs.len();
         if entries == 0 {
             return Ok(Step::Loaded { entries, more: false });
@@ -154,10 +169,14 @@ impl OlapLoader {
     }
 
     async fn catch_up_here(&self, budget: Option<usize>) -> ServiceResult<CaughtUp> {
-        let _one = self.running.lock().await;
         let mut loaded = 0;
         let outcome = loop {
-            match self.step().await {
+            // One page at a time in this process; callers take turns between pages.
+            let step = {
+                let _one = self.running.lock().await;
+                self.step().await
+            };
+            match step {
                 Ok(Step::Loaded { entries, more }) => {
                     loaded += entries;
                     if !more {
@@ -182,11 +201,12 @@ impl OlapLoader {
     /// Before a report: what is pending is loaded (up to [`REQUEST_BUDGET`] entries); more than
     /// that answers 503 while the background loader catches up.
     async fn fresh(self: &Arc<Self>) -> ServiceResult<()> {
+        if self.storage.olap_pending().await? > REQUEST_BUDGET as u64 {
+            return Err(behind());
+        }
         match self.catch_up(Some(REQUEST_BUDGET)).await? {
             CaughtUp::Done | CaughtUp::Elsewhere => Ok(()),
-            CaughtUp::Behind => Err(ServiceError::Unavailable(
-                "ClickHouse is catching up with the primary store (many changes to load); try again shortly".into(),
-            )),
+            CaughtUp::Behind => Err(behind()),
         }
     }
 
@@ -194,6 +214,9 @@ impl OlapLoader {
     /// while it waits in the outbox (ClickHouse unreachable, another instance loading, a
     /// backlog ahead of it).
     pub async fn hand_over(self: &Arc<Self>) -> &'static str {
+        if self.storage.olap_pending().await.map_or(true, |n| n > REQUEST_BUDGET as u64) {
+            return "queued";
+        }
         match self.catch_up(Some(REQUEST_BUDGET)).await {
             Ok(CaughtUp::Done) => "erasing",
             Ok(_) => "queued",

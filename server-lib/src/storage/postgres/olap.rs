@@ -65,13 +65,17 @@ impl OlapOutboxStore for PostgresStorage {
             let mut state: HashMap<String, i64> = HashMap::new();
             for r in tx
                 .query(
-                    "SELECT key, value FROM etl_state WHERE key IN ('olap_holder', 'olap_lease_until', 'olap_version')",
+                    "SELECT key, value FROM etl_state
+                      WHERE key IN ('olap', 'olap_holder', 'olap_lease_until', 'olap_version')",
                     &[],
                 )
                 .await
                 .map_err(backend)?
             {
                 state.insert(r.get(0), r.get(1));
+            }
+            if !state.contains_key("olap") {
+                return Ok(Some(OlapPage { switched_off: true, ..Default::default() }));
             }
             let holder = state.get("olap_holder").copied();
             let until = state.get("olap_lease_until").copied().unwrap_or(i64::MIN);
@@ -209,12 +213,19 @@ impl OlapOutboxStore for PostgresStorage {
         Box::pin(async move {
             let mut client = self.pool.get().await.map_err(pool_error)?;
             let tx = client.transaction().await.map_err(backend)?;
-            let holder: Option<i64> = tx
-                .query_opt("SELECT value FROM etl_state WHERE key = 'olap_holder' FOR UPDATE", &[])
+            // Under the page lock, as a takeover in `olap_page` is.
+            tx.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&PAGE_LOCK]).await.map_err(backend)?;
+            let mut state: HashMap<String, i64> = HashMap::new();
+            for r in tx
+                .query("SELECT key, value FROM etl_state WHERE key IN ('olap_holder', 'olap_lease_until')", &[])
                 .await
                 .map_err(backend)?
-                .map(|r| r.get(0));
-            if holder != Some(lease.holder) {
+            {
+                state.insert(r.get(0), r.get(1));
+            }
+            // Expired: another loader may have taken it since.
+            let until = state.get("olap_lease_until").copied().unwrap_or(i64::MIN);
+            if state.get("olap_holder") != Some(&lease.holder) || until < lease.now {
                 return Ok(false);
             }
             tx.execute(

@@ -495,8 +495,6 @@ pub async fn purge_begin(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Re
         .await
         .map_err(backend)?;
     }
-    // The OLAP copy's facts of those days go too (ADR 0018; nothing is noted without one).
-    tx.execute(sql::OLAP_ENTRY, &[&"purge", &"", &day_of(cutoffs.events).to_string()]).await.map_err(backend)?;
     Ok(())
 }
 
@@ -562,6 +560,9 @@ pub async fn purge_rest(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Res
         None,
     )
     .await?;
+    // The OLAP copy's facts of those days go too, after the users and sessions deleted here
+    // (ADR 0018; nothing is noted without one).
+    tx.execute(sql::OLAP_ENTRY, &[&"purge", &"", &day_of(cutoffs.events).to_string()]).await.map_err(backend)?;
     Ok(report)
 }
 

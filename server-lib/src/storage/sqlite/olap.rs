@@ -36,6 +36,9 @@ impl OlapOutboxStore for SqliteStorage {
     fn olap_page(&self, lease: OlapLease, limit: usize) -> StorageFuture<'_, Option<OlapPage>> {
         self.write(1, move |tx| {
             let state = |key: &str| tx.query_row(sqlite!(sql::ETL_STATE), [key], |r| r.get::<_, i64>(0)).optional();
+            if state("olap").map_err(backend)?.is_none() {
+                return Ok(Some(OlapPage { switched_off: true, ..Default::default() }));
+            }
             let holder = state("olap_holder").map_err(backend)?;
             let until = state("olap_lease_until").map_err(backend)?.unwrap_or(i64::MIN);
             if holder.is_some_and(|h| h != lease.holder) && until > lease.now {
@@ -53,8 +56,11 @@ impl OlapOutboxStore for SqliteStorage {
 
     fn olap_renew(&self, lease: OlapLease) -> StorageFuture<'_, bool> {
         self.write(1, move |tx| {
-            let holder = tx.query_row(sqlite!(sql::ETL_STATE), ["olap_holder"], |r| r.get::<_, i64>(0)).optional();
-            if holder.map_err(backend)? != Some(lease.holder) {
+            let state = |key: &str| tx.query_row(sqlite!(sql::ETL_STATE), [key], |r| r.get::<_, i64>(0)).optional();
+            let holder = state("olap_holder").map_err(backend)?;
+            let until = state("olap_lease_until").map_err(backend)?.unwrap_or(i64::MIN);
+            // Expired: another loader may have taken it since.
+            if holder != Some(lease.holder) || until < lease.now {
                 return Ok(false);
             }
             tx.execute(

@@ -412,8 +412,6 @@ pub fn purge_begin(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Result<(
         let old = state_get(tx, key)?.unwrap_or(i64::MIN);
         state_set(tx, key, old.max(day))?;
     }
-    // The OLAP copy's facts of those days go too (ADR 0018; nothing is noted without one).
-    tx.execute(sqlite!(sql::OLAP_ENTRY), params!["purge", "", day_of(cutoffs.events).to_string()]).map_err(backend)?;
     Ok(())
 }
 
@@ -490,6 +488,9 @@ pub fn purge_rest(tx: &Transaction<'_>, cutoffs: &RetentionCutoffs) -> Result<Pu
             [],
         )
         .map_err(backend)? as u64;
+    // The OLAP copy's facts of those days go too, after the users and sessions deleted here
+    // (ADR 0018; nothing is noted without one).
+    tx.execute(sqlite!(sql::OLAP_ENTRY), params!["purge", "", day_of(cutoffs.events).to_string()]).map_err(backend)?;
     Ok(report)
 }
 
