@@ -42,7 +42,14 @@ async fn tasks_start_with_the_server_and_stop_with_its_handle() {
     let handle = trailmark_server::start_tasks(&state).unwrap();
     assert_eq!(
         handle.task_names(),
-        ["attribution state", "identifier pass", "postback sender", "report scheduler", "link reloader"]
+        [
+            "attribution state",
+            "identifier pass",
+            "postback sender",
+            "report scheduler",
+            "OLAP outbox switch",
+            "link reloader"
+        ]
     );
 
     // No request is ever sent: the attribution state loads and the pending postback goes out.
