@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::OlapError;
 use std::collections::BTreeMap;
 
-use crate::domain::records::{CampaignDay, FactRow, OlapPage, ReportQuery, ReportRows, UserRow};
+use crate::domain::records::{CampaignDay, FactRow, OlapPage, ReportQuery, ReportRows};
 use crate::domain::reports::{CohortCount, DAY_MS, date_text};
 
 /// The version of [`TABLES`] and [`VIEWS`]: a copy made under another one is made again.
@@ -146,13 +146,13 @@ const ERASED: &[(&str, bool, &[&str])] = &[
 ];
 
 /// Tables whose `deleted` rows (with every older version of them) go after an erasure or a
-/// retention purge: (table, its order key).
-const SWEPT: &[(&str, &str)] = &[
-    ("dim_users", "app_id, anonymous_id"),
-    ("sessions", "app_id, session_key"),
-    ("installs", "app_id, event_id"),
-    ("conversions", "app_id, event_id, model, click_id"),
-    ("identity_links", "app_id, alias_user_id"),
+/// retention purge: (table, its order key, all text columns).
+const SWEPT: &[(&str, &[&str])] = &[
+    ("dim_users", &["app_id", "anonymous_id"]),
+    ("sessions", &["app_id", "session_key"]),
+    ("installs", &["app_id", "event_id"]),
+    ("conversions", &["app_id", "event_id", "model", "click_id"]),
+    ("identity_links", &["app_id", "alias_user_id"]),
 ];
 
 /// The views, created after the tables: the one that fills `device_days`, and those for BI
@@ -221,6 +221,10 @@ pub enum Statement {
     Insert { table: &'static str, rows: Vec<Value> },
     /// A mutation.
     Sql(String),
+    /// Every version of the rows whose newest is a `deleted` row goes: their keys are read
+    /// first (as hashes, so the mutations' texts name nothing), then deleted by that fixed list
+    /// (a mutation reading the table itself would see some parts after others changed).
+    Sweep { table: &'static str, key: &'static [&'static str] },
 }
 
 /// Statement texts stay under this many bytes (ClickHouse parses 256 KiB by default).
@@ -503,9 +507,7 @@ impl ClickHouse {
             // sessions; users and sessions the purge removed) are `deleted` rows here, which
             // still hold their keys: every version of them goes.
             for (table, key) in SWEPT {
-                plan.push(Statement::Sql(format!(
-                    "ALTER TABLE {table} DELETE WHERE ({key}) IN (SELECT {key} FROM {table} FINAL WHERE deleted = 1)"
-                )));
+                plan.push(Statement::Sweep { table, key });
             }
         }
         plan.retain(|s| !matches!(s, Statement::Insert { rows, .. } if rows.is_empty()));
@@ -517,6 +519,17 @@ impl ClickHouse {
         match statement {
             Statement::Insert { table, rows } => self.insert(table, rows).await,
             Statement::Sql(sql) => self.execute(sql).await.map(|_| ()),
+            Statement::Sweep { table, key } => {
+                let hash = format!("hex(sipHash128(concat({})))", key.join(", '\\0', "));
+                let rows = self
+                    .select(&format!("SELECT {hash} AS h FROM (SELECT * FROM {table} FINAL WHERE deleted = 1)"))
+                    .await?;
+                let hashes: Vec<String> = rows.iter().map(|r| quote(&text(&r["h"]))).collect();
+                for chunk in chunks(&hashes) {
+                    self.execute(&format!("ALTER TABLE {table} DELETE WHERE {hash} IN ({chunk})")).await?;
+                }
+                Ok(())
+            }
         }
     }
 
@@ -557,24 +570,12 @@ impl ClickHouse {
         Ok(rows.first().map_or(0, |r| int(&r["n"]) as u64))
     }
 
-    /// Rows for a report (`Events`, `SessionsWith`, `Cohorts`, `Campaigns`), as the primary
-    /// store answers them; `None` for the others (the live feed, alerts), which it answers.
+    /// Rows for the paths and campaign reports (`SessionsWith`, `Campaigns`), as the primary
+    /// store answers them; `None` for the others (funnels and retention are computed here by
+    /// [`ClickHouse::funnel`] and [`ClickHouse::retention`]; the live feed and alerts are the
+    /// primary store's).
     pub async fn report(&self, query: &ReportQuery) -> Result<Option<ReportRows>, OlapError> {
         match query {
-            ReportQuery::Events { app_id, types, from, to } => {
-                let types = if types.is_empty() {
-                    String::new()
-                } else {
-                    format!("AND event_type IN ({})", types.iter().map(|t| quote(t)).collect::<Vec<_>>().join(", "))
-                };
-                let facts = format!(
-                    "SELECT anonymous_id, event_type, ts, session_key, ord FROM fact_events FINAL
-                      WHERE app_id = {app} AND ts >= {from} AND ts <= {to} {types}",
-                    app = quote(app_id)
-                );
-                let rows = self.select(&fact_rows(app_id, &facts, "ts, ord")).await?;
-                Ok(Some(ReportRows::Events(rows.iter().map(fact_row).collect())))
-            }
             ReportQuery::SessionsWith { app_id, event_type, from, to } => {
                 let app = quote(app_id);
                 // Session keys change when sessions merge: filtered after `FINAL` collapsed them.
@@ -589,49 +590,6 @@ impl ClickHouse {
                 );
                 let rows = self.select(&fact_rows(app_id, &facts, "session_key, ts, ord")).await?;
                 Ok(Some(ReportRows::Events(rows.iter().map(fact_row).collect())))
-            }
-            ReportQuery::Cohorts { app_id, from_day, to_day, max_offset } => {
-                let app = quote(app_id);
-                let users = self
-                    .select(&format!(
-                        "SELECT anonymous_id, user_id, start FROM (
-                            SELECT anonymous_id, user_id, ifNull(install_ts, first_seen) AS start, deleted
-                              FROM dim_users FINAL WHERE app_id = {app})
-                          WHERE deleted = 0 AND start < {before} ORDER BY anonymous_id",
-                        before = (to_day + 1) * DAY_MS
-                    ))
-                    .await?;
-                let mut users: Vec<UserRow> = users
-                    .iter()
-                    .map(|r| UserRow {
-                        anonymous_id: text(&r["anonymous_id"]),
-                        user_id: r["user_id"].as_str().map(str::to_owned),
-                        start: int(&r["start"]),
-                        active_days: Vec::new(),
-                    })
-                    .collect();
-                // A device's days (filled from every fact inserted; facts never change day).
-                let days = self
-                    .select(&format!(
-                        "SELECT anonymous_id, groupUniqArray(date_key) AS days FROM device_days
-                          WHERE app_id = {app} AND date_key >= {from_day} AND date_key <= {last}
-                          GROUP BY anonymous_id",
-                        last = to_day + max_offset
-                    ))
-                    .await?;
-                let days: std::collections::HashMap<String, Vec<i64>> = days
-                    .iter()
-                    .map(|r| {
-                        let mut d: Vec<i64> =
-                            r["days"].as_array().map(|a| a.iter().map(int).collect()).unwrap_or_default();
-                        d.sort_unstable();
-                        (text(&r["anonymous_id"]), d)
-                    })
-                    .collect();
-                for u in &mut users {
-                    u.active_days = days.get(&u.anonymous_id).cloned().unwrap_or_default();
-                }
-                Ok(Some(ReportRows::Users(users)))
             }
             ReportQuery::Campaigns { app_id, from_day, to_day, model } => {
                 let app = quote(app_id);

@@ -244,16 +244,11 @@ impl OlapLoader {
         Ok(self.ch.retention(app_id, range, days).await?)
     }
 
-    /// The rows of a report from ClickHouse, after loading what is pending; `None` for the
-    /// reports the primary store answers (the live feed, alerts).
+    /// The rows of the paths or campaign report from ClickHouse, after loading what is pending;
+    /// `None` for the others (funnels and retention have their own calls; the live feed and
+    /// alerts are the primary store's).
     pub async fn report(self: &Arc<Self>, query: &ReportQuery) -> ServiceResult<Option<ReportRows>> {
-        if !matches!(
-            query,
-            ReportQuery::Events { .. }
-                | ReportQuery::SessionsWith { .. }
-                | ReportQuery::Cohorts { .. }
-                | ReportQuery::Campaigns { .. }
-        ) {
+        if !matches!(query, ReportQuery::SessionsWith { .. } | ReportQuery::Campaigns { .. }) {
             return Ok(None);
         }
         self.fresh().await?;
