@@ -10,7 +10,7 @@ use crate::storage::sql;
 use crate::storage::star::{mirrored_key, outbox_entries};
 use crate::storage::{
     OlapFact, OlapLease, OlapOutboxStore, OlapPage, OlapRow, OlapSession, OlapSessionRow, OlapUser, OlapUserRow,
-    StorageFuture, backend,
+    StorageError, StorageFuture, backend,
 };
 
 /// The class of the page reader's advisory lock (two-key form; see `identity.rs`).
@@ -132,57 +132,43 @@ impl OlapOutboxStore for PostgresStorage {
                     currency: r.get(10),
                 })
                 .collect();
-            let (apps, keys): (Vec<String>, Vec<String>) = users.iter().cloned().unzip();
-            let mut found: HashMap<(String, String), OlapUserRow> = tx
-                .query(
-                    "SELECT u.app_id, u.anonymous_id, u.user_id, u.first_seen, u.last_seen, u.events, u.install_ts,
-                            u.install_campaign_id, u.utm_campaign_key
-                       FROM dim_users u JOIN unnest($1::text[], $2::text[]) AS k (app_id, anonymous_id)
-                         ON u.app_id = k.app_id AND u.anonymous_id = k.anonymous_id",
-                    &[&apps, &keys],
-                )
-                .await
-                .map_err(backend)?
-                .iter()
-                .map(|r| {
-                    let row = OlapUserRow {
-                        user_id: r.get(2),
-                        first_seen: r.get(3),
-                        last_seen: r.get(4),
-                        events: r.get(5),
-                        install_ts: r.get(6),
-                        install_campaign_id: r.get(7),
-                        utm_campaign_key: r.get(8),
-                    };
-                    ((r.get(0), r.get(1)), row)
-                })
-                .collect();
+            let mut found = by_key(
+                &tx,
+                "SELECT u.app_id, u.anonymous_id, u.user_id, u.first_seen, u.last_seen, u.events, u.install_ts,
+                        u.install_campaign_id, u.utm_campaign_key
+                   FROM dim_users u JOIN unnest($1::text[], $2::text[]) AS k (app_id, anonymous_id)
+                     ON u.app_id = k.app_id AND u.anonymous_id = k.anonymous_id",
+                &users,
+                |r| OlapUserRow {
+                    user_id: r.get(2),
+                    first_seen: r.get(3),
+                    last_seen: r.get(4),
+                    events: r.get(5),
+                    install_ts: r.get(6),
+                    install_campaign_id: r.get(7),
+                    utm_campaign_key: r.get(8),
+                },
+            )
+            .await?;
             for (app_id, anonymous_id) in users {
                 let row = found.remove(&(app_id.clone(), anonymous_id.clone()));
                 page.users.push(OlapUser { app_id, anonymous_id, row });
             }
-            let (apps, keys): (Vec<String>, Vec<String>) = sessions.iter().cloned().unzip();
-            let mut found: HashMap<(String, String), OlapSessionRow> = tx
-                .query(
-                    "SELECT s.app_id, s.session_key, s.anonymous_id, s.user_id, s.start_ts, s.end_ts, s.events
-                       FROM sessions s JOIN unnest($1::text[], $2::text[]) AS k (app_id, session_key)
-                         ON s.app_id = k.app_id AND s.session_key = k.session_key",
-                    &[&apps, &keys],
-                )
-                .await
-                .map_err(backend)?
-                .iter()
-                .map(|r| {
-                    let row = OlapSessionRow {
-                        anonymous_id: r.get(2),
-                        user_id: r.get(3),
-                        start_ts: r.get(4),
-                        end_ts: r.get(5),
-                        events: r.get(6),
-                    };
-                    ((r.get(0), r.get(1)), row)
-                })
-                .collect();
+            let mut found = by_key(
+                &tx,
+                "SELECT s.app_id, s.session_key, s.anonymous_id, s.user_id, s.start_ts, s.end_ts, s.events
+                   FROM sessions s JOIN unnest($1::text[], $2::text[]) AS k (app_id, session_key)
+                     ON s.app_id = k.app_id AND s.session_key = k.session_key",
+                &sessions,
+                |r| OlapSessionRow {
+                    anonymous_id: r.get(2),
+                    user_id: r.get(3),
+                    start_ts: r.get(4),
+                    end_ts: r.get(5),
+                    events: r.get(6),
+                },
+            )
+            .await?;
             for (app_id, session_key) in sessions {
                 let row = found.remove(&(app_id.clone(), session_key.clone()));
                 page.sessions.push(OlapSession { app_id, session_key, row });
@@ -254,4 +240,17 @@ impl OlapOutboxStore for PostgresStorage {
             Ok(n as u64)
         })
     }
+}
+
+/// The rows of `sql` (its first two columns the app and the key, `$1` and `$2` the arrays of
+/// `keys`' apps and keys), by (app, key).
+async fn by_key<T>(
+    tx: &deadpool_postgres::Transaction<'_>,
+    sql: &str,
+    keys: &[(String, String)],
+    row: impl Fn(&tokio_postgres::Row) -> T,
+) -> Result<HashMap<(String, String), T>, StorageError> {
+    let (apps, keys): (Vec<String>, Vec<String>) = keys.iter().cloned().unzip();
+    let rows = tx.query(sql, &[&apps, &keys]).await.map_err(backend)?;
+    Ok(rows.iter().map(|r| ((r.get(0), r.get(1)), row(r))).collect())
 }
