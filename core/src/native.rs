@@ -523,9 +523,12 @@ impl Trailmark {
         referrer: Option<&str>,
         click_ts: Option<Millis>,
         install_begin_ts: Option<Millis>,
+        installed_at: Option<Millis>,
     ) -> Result<(), Error> {
         let referrer = referrer.map(str::to_owned);
-        self.control(move |e, now| e.set_install_referrer(now, referrer.as_deref(), click_ts, install_begin_ts))
+        self.control(move |e, now| {
+            e.set_install_referrer(now, referrer.as_deref(), click_ts, install_begin_ts, installed_at)
+        })
     }
 
     /// The install's attribution once the server answered the install request; `None` before

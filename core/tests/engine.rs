@@ -890,12 +890,14 @@ fn android_install_request_waits_for_the_play_referrer_then_goes_without_it() {
         Some("tm_click_id=clk_9&utm_source=google"),
         Some(T0 - 60_000),
         Some(T0 - 30_000),
+        Some(T0 - 5_000),
     );
     let task = upload(&mut engine, T0 + 300);
     let body: Value = serde_json::from_slice(&task.body).unwrap();
     assert_eq!(body["platform"], "android");
     assert_eq!(body["install_referrer"], "tm_click_id=clk_9&utm_source=google");
     assert_eq!(body["referrer_click_ts"], T0 - 60_000);
+    assert_eq!(body["installed_at"], T0 - 5_000, "the package's install time goes along");
     assert_eq!(body["device"]["gaid"], "ad-id-1");
     assert_eq!(body["device"]["android_id"], "vendor-id-1");
 

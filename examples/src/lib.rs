@@ -10,6 +10,7 @@ use trailmark_server::domain::config::AppKind;
 use trailmark_server::{ServerBuilder, ServerConfig};
 
 pub mod conn;
+pub mod journeys;
 
 /// Command line of the reference server. Every option can also be set in the `--config` TOML
 /// file under the same name (with `-` written as `_`, and `apps = ["id:secret", ...]`); the
@@ -337,6 +338,7 @@ pub struct AttributionFile {
     pub click_window_hours: Option<f64>,
     pub fingerprint_window_hours: Option<f64>,
     pub fingerprint_threshold: Option<f64>,
+    pub fingerprint_ios_without_att: Option<bool>,
     pub view_through_window_hours: Option<f64>,
     pub reengagement_inactivity_days: Option<f64>,
     pub reattribution_window_days: Option<f64>,
@@ -379,6 +381,9 @@ impl AttributionFile {
         set(&mut c.fraud.min_click_to_install, self.min_click_to_install_secs, 1_000.0);
         if let Some(v) = self.fingerprint_threshold {
             c.fingerprint_threshold = v;
+        }
+        if let Some(v) = self.fingerprint_ios_without_att {
+            c.fingerprint_ios_without_att = v;
         }
         if let Some(v) = self.max_indexed_touches {
             c.max_indexed_touches = v;

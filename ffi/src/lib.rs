@@ -561,14 +561,21 @@ impl TrailmarkSdk {
     }
 
     /// The Play Install Referrer (Android), from the Install Referrer client; `None` when the
-    /// store has none. The install request waits for it (10 s at most).
+    /// store has none. The install request waits for it (10 s at most). `installed_at_ms`: the
+    /// package's `firstInstallTime` (known whatever the store), for the click injection check.
     pub fn set_install_referrer(
         &self,
         referrer: Option<String>,
         referrer_click_ts_ms: Option<i64>,
         install_begin_ts_ms: Option<i64>,
+        installed_at_ms: Option<i64>,
     ) {
-        let _ = self.inner.set_install_referrer(referrer.as_deref(), referrer_click_ts_ms, install_begin_ts_ms);
+        let _ = self.inner.set_install_referrer(
+            referrer.as_deref(),
+            referrer_click_ts_ms,
+            install_begin_ts_ms,
+            installed_at_ms,
+        );
     }
 
     /// The install's attribution, once the server answered; `None` until then (the Swift and

@@ -70,7 +70,7 @@ fn built_in_uploader_delivers_and_pii_is_hashed() {
     let lines = Arc::new(Lines::default());
     sdk.set_debug_logger(lines.clone());
     // Android without a Play referrer: the install request goes at once to the real engine.
-    sdk.set_install_referrer(None, None, None);
+    sdk.set_install_referrer(None, None, None, None);
     sdk.identify("user-1".into(), r#"{"email": " Jane@Example.com "}"#.into());
     // A super property rides on the events after it.
     sdk.register(r#"{"plan": "pro", "gone": 1}"#.into());

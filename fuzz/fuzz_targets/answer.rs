@@ -330,7 +330,7 @@ fn engine_mode(setup: &Setup, steps: &[Step]) {
             Step::OptOut => engine.opt_out(now),
             Step::OptIn => engine.opt_in(now),
             Step::Referrer { referrer, click_ts } => {
-                engine.set_install_referrer(now, *referrer, click_ts.map(|t| t.clamp(MIN_MS, MAX_MS)), Some(now))
+                engine.set_install_referrer(now, *referrer, click_ts.map(|t| t.clamp(MIN_MS, MAX_MS)), Some(now), Some(now))
             }
             Step::OpenUrl(url) => {
                 let _ = engine.handle_open_url(now, url);

@@ -224,7 +224,18 @@ async fn ios_click_to_install_via_fingerprint_behind_a_trusted_proxy() {
     srv.click(&format!("/c/{code}"), ANDROID_UA, &[("X-Forwarded-For", "203.0.113.78")]).await;
 
     srv.clock.advance(20 * MINUTE);
-    let body = srv.install_body("ios", json!({"idfv": "AAAA-BBBB", "os": "iOS", "os_version": "17.1.1", "model": "iPhone15,2", "locale": "en_US", "timezone": "America/New_York"}));
+    // Without an IDFA (tracking not allowed under ATT) an iPhone is not fingerprinted by default.
+    let no_att = srv.install_body("ios", json!({"idfv": "AAAA-CCCC", "os": "iOS", "os_version": "17.1.1", "model": "iPhone15,2", "locale": "en_US", "timezone": "America/New_York"}));
+    let result = srv.install(no_att.clone(), &[("X-Forwarded-For", "203.0.113.77")]).await;
+    assert_eq!(result["match_type"], "organic", "{result}");
+    let path = format!("/v1/attribution/{}", no_att["event_id"].as_str().unwrap());
+    let (_, audit) = srv.admin(reqwest::Method::GET, &path, None).await;
+    assert_eq!(
+        audit["audit"]["signals"]["fingerprinting"],
+        "not used: iOS without tracking permission (fingerprint_ios_without_att is off)",
+        "{audit}"
+    );
+    let body = srv.install_body("ios", json!({"idfa": "6D92078A-8246-4BA4-AE5B-76104861E7DC", "idfv": "AAAA-BBBB", "os": "iOS", "os_version": "17.1.1", "model": "iPhone15,2", "locale": "en_US", "timezone": "America/New_York"}));
     let result = srv.install(body.clone(), &[("X-Forwarded-For", "203.0.113.77")]).await;
     assert_eq!(result["match_type"], "fingerprint", "{result}");
     assert_eq!(result["campaign_id"], campaign);
@@ -555,7 +566,10 @@ async fn clicks_survive_a_restart() {
     body["click_id"] = json!(click_id);
     assert_eq!(restarted.install(body, &[]).await["match_type"], "click_id");
     // The fingerprint survives too: the stored address is decrypted on reload.
-    let body = restarted.install_body("ios", json!({"os": "iOS", "os_version": "17.1", "locale": "de_DE"}));
+    let body = restarted.install_body(
+        "ios",
+        json!({"idfa": "1E2DFA89-496A-47FD-9941-DF1FC4E6484A", "os": "iOS", "os_version": "17.1", "locale": "de_DE"}),
+    );
     let result = restarted.install(body, &[("X-Forwarded-For", "203.0.113.9")]).await;
     assert_eq!(result["match_type"], "fingerprint", "{result}");
 }
@@ -1549,8 +1563,11 @@ async fn a_do_not_sell_install_sends_no_postback_and_attribution_denied_is_not_f
 
     // Fingerprinting: the same iPhone on the same address matches with consent, not without.
     let (_, _, code) = srv.link("alpha").await;
-    let device = json!({"os": "iOS", "os_version": "17.1.1", "locale": "en_US"});
-    for (consent, expected) in [(&denied, "organic"), (&granted, "fingerprint")] {
+    for (consent, expected, idfa) in [
+        (&denied, "organic", "5B1E3C4D-2A6F-4E8B-9C0D-1F2A3B4C5D6E"),
+        (&granted, "fingerprint", "7C2F4D5E-3B70-4F9C-8D1E-2A3B4C5D6E7F"),
+    ] {
+        let device = json!({"idfa": idfa, "os": "iOS", "os_version": "17.1.1", "locale": "en_US"});
         let xff = [("X-Forwarded-For", "203.0.113.90"), ("Accept-Language", "en-US,en;q=0.9")];
         srv.click(&format!("/c/{code}"), IPHONE_UA, &xff).await;
         srv.clock.advance(MINUTE);
@@ -1726,4 +1743,42 @@ async fn a_segment_purchase_carrying_a_click_id_is_credited_like_an_sdks() {
         "credited once (the retry is a duplicate)"
     );
     assert!(rows.iter().all(|(_, c, revenue)| *c == click && (*revenue - 30.0).abs() < 1e-9), "{rows:?}");
+}
+
+/// Decided installs are noted on their address: a later install from it meets them as
+/// look-alikes (the audit counts them), and a deletion of the person forgets the noted install.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installs_are_noted_on_their_address_and_forgotten_with_the_person() {
+    let srv = start(|c| c.trust_proxy = true).await;
+    let srv = &srv;
+    let (_, _, code) = srv.link("tiktok").await;
+    let from = [("X-Forwarded-For", "203.0.113.50")];
+    srv.click(&format!("/c/{code}"), IPHONE_UA, &[from[0], ("Accept-Language", "en-US")]).await;
+    srv.clock.advance(5 * MINUTE);
+    let install = |idfa: &str, model: Option<&str>| {
+        let mut device = json!({"idfa": idfa, "os": "iOS", "os_version": "17.1", "locale": "en_US"});
+        if let Some(m) = model {
+            device["model"] = json!(m);
+        }
+        srv.install_body("ios", device)
+    };
+    let lookalikes = |body: Value| async move {
+        srv.install(body.clone(), &from).await;
+        let path = format!("/v1/attribution/{}", body["event_id"].as_str().unwrap());
+        let (_, audit) = srv.admin(reqwest::Method::GET, &path, None).await;
+        audit["audit"]["fingerprint"]["lookalikes"].as_f64().unwrap_or(-1.0)
+    };
+    let a = "11111111-2222-4333-8444-555555555555";
+    assert_eq!(lookalikes(install(a, Some("iPhone15,2"))).await, 1.0, "the click's profile");
+    // Another model: the first install is no look-alike of it.
+    assert_eq!(lookalikes(install("21111111-2222-4333-8444-555555555555", Some("iPhone14,5"))).await, 1.0);
+    // A phone that tells no model looks like all three.
+    assert_eq!(lookalikes(install("31111111-2222-4333-8444-555555555555", None)).await, 3.0);
+    let (s, _) = srv.admin(reqwest::Method::POST, "/v1/user/delete", Some(json!({"device_id": a}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        lookalikes(install("41111111-2222-4333-8444-555555555555", None)).await,
+        2.0,
+        "the deleted person's install is forgotten"
+    );
 }

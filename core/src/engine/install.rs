@@ -182,6 +182,7 @@ impl<S: EventStore> Engine<S> {
             install_referrer: pending.referrer.as_deref(),
             referrer_click_ts: pending.referrer_click_ts.map(|t| self.server_now(t)),
             install_begin_ts: pending.install_begin_ts.map(|t| self.server_now(t)),
+            installed_at: pending.installed_at.map(|t| self.server_now(t)),
             click_id: pending.click_id.as_deref(),
             consent: Some(&self.state.consent),
         }
@@ -257,18 +258,22 @@ impl<S: EventStore> Engine<S> {
     }
 
     /// The Play Install Referrer (Android) for the install request, or `None` when the
-    /// platform said it is unavailable; the request then goes without waiting.
+    /// platform said it is unavailable; the request then goes without waiting. `installed_at`:
+    /// when the package was installed (Android's `firstInstallTime`, known whatever the store),
+    /// which lets the server tell a click reported after it (click injection).
     pub fn set_install_referrer(
         &mut self,
         _now: Millis,
         referrer: Option<&str>,
         click_ts: Option<Millis>,
         install_begin_ts: Option<Millis>,
+        installed_at: Option<Millis>,
     ) {
         let Some(pending) = self.state.install_request.as_mut() else { return };
         pending.referrer = referrer.map(|r| clean_value(r, MAX_URL_LEN)).filter(|r| !r.is_empty());
         pending.referrer_click_ts = click_ts;
         pending.install_begin_ts = install_begin_ts;
+        pending.installed_at = installed_at;
         pending.referrer_given = true;
         self.state_dirty = true;
     }

@@ -220,6 +220,7 @@ impl<S: EventStore> Engine<S> {
                     referrer: None,
                     referrer_click_ts: None,
                     install_begin_ts: None,
+                    installed_at: None,
                     referrer_given: false,
                     click_id: None,
                 });

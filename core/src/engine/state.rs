@@ -64,6 +64,8 @@ pub(super) struct PendingInstall {
     pub(super) referrer: Option<String>,
     pub(super) referrer_click_ts: Option<i64>,
     pub(super) install_begin_ts: Option<i64>,
+    /// When the package was installed (Android's `firstInstallTime`), if the host said.
+    pub(super) installed_at: Option<i64>,
     /// The host reported the Play Install Referrer (possibly as unavailable).
     pub(super) referrer_given: bool,
     pub(super) click_id: Option<String>,
@@ -123,6 +125,9 @@ impl State {
                     Some(t) => po.w.i64(t),
                     None => po.w.null(),
                 }
+                if let Some(t) = p.installed_at {
+                    po.i64("installed_at", t);
+                }
                 po.bool("referrer_given", p.referrer_given);
                 po.str_or_null("click_id", p.click_id.as_deref());
                 po.end();
@@ -171,6 +176,7 @@ impl State {
                 referrer: optional(p, "referrer", string)?,
                 referrer_click_ts: optional(p, "referrer_click_ts", Value::as_i64)?,
                 install_begin_ts: optional(p, "install_begin_ts", Value::as_i64)?,
+                installed_at: optional(p, "installed_at", Value::as_i64)?,
                 referrer_given: p.field_bool("referrer_given")?,
                 click_id: optional(p, "click_id", string)?,
             })

@@ -311,6 +311,7 @@ pub struct InstallRequestView<'a> {
     pub install_referrer: Option<&'a str>,
     pub referrer_click_ts: Option<i64>,
     pub install_begin_ts: Option<i64>,
+    pub installed_at: Option<i64>,
     pub click_id: Option<&'a str>,
     pub consent: Option<&'a ConsentContext>,
 }
@@ -347,6 +348,7 @@ impl InstallRequestView<'_> {
         o.opt_str("install_referrer", self.install_referrer);
         o.opt_i64("referrer_click_ts", self.referrer_click_ts);
         o.opt_i64("install_begin_ts", self.install_begin_ts);
+        o.opt_i64("installed_at", self.installed_at);
         o.opt_str("click_id", self.click_id);
         if let Some(c) = self.consent {
             o.key("consent");
@@ -445,6 +447,7 @@ mod serde_agreement {
                 install_referrer: referrer,
                 referrer_click_ts: ts,
                 install_begin_ts: ts.map(|t| t + 5),
+                installed_at: ts.map(|t| t + 9),
                 click_id: referrer.map(|_| "k"),
                 consent: referrer.map(|_| &ConsentContext {
                     analytics: None,

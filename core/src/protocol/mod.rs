@@ -384,6 +384,11 @@ pub struct InstallRequest {
     /// Play Install Referrer's `installBeginTimestampSeconds`, in Unix ms.
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub install_begin_ts: Option<i64>,
+    /// When the package was installed on the device (Android's `firstInstallTime`, from any
+    /// store), in Unix ms: a click reported after it was injected. A server older than this
+    /// field refuses it: upgrade servers before SDKs.
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
+    pub installed_at: Option<i64>,
     /// A Trailmark click id the app already knows (from a deep link or the web).
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub click_id: Option<String>,

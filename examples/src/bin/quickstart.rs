@@ -181,6 +181,7 @@ struct AttributionRun {
 
 const ANDROID_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8 Build/UQ1A.240205.004) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Mobile Safari/537.36";
 const IPHONE_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
+const IPHONE_18_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_6 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.6 Mobile/15E148 Safari/604.1";
 
 /// The marketing side: campaigns and links, clicks, installs, attribution.
 fn simulate_attribution(
@@ -239,9 +240,10 @@ fn simulate_attribution(
         clicks.push((name, id));
         referrers.push((name, referrer));
     }
-    // iPhone visitors: two with the advertising id the ad network passes on, one without.
+    // iPhone visitors: two (on iOS 18) with the advertising id the ad network passes on, one
+    // (on iOS 17) without: only a fingerprint can find its install.
     for (name, network) in [("jo", "meta"), ("hana", "meta")] {
-        let r = click(network, IPHONE_UA, &format!("?idfa=AAAAAAAA-0000-4000-8000-{:012}", name.len()));
+        let r = click(network, IPHONE_18_UA, &format!("?idfa=AAAAAAAA-0000-4000-8000-{:012}", name.len()));
         assert_eq!(location(&r).host_str(), Some("apps.apple.com"));
     }
     std::thread::sleep(Duration::from_millis(20));
@@ -285,15 +287,14 @@ fn simulate_attribution(
     }
     for name in ["jo", "hana"] {
         let idfa = format!("aaaaaaaa-0000-4000-8000-{:012}", name.len());
-        installs.push(install(
-            name,
-            json!({"os": "iOS", "os_version": "17.1.2", "idfa": idfa, "locale": "en_US"}),
-            None,
-        ));
+        installs.push(install(name, json!({"os": "iOS", "os_version": "18.6", "idfa": idfa, "locale": "en_US"}), None));
     }
+    // Anna allowed tracking (App Tracking Transparency: her install carries an IDFA, her click did
+    // not): her iPhone may be fingerprinted.
     installs.push(install(
         "anna",
-        json!({"os": "iOS", "os_version": "17.1.2", "locale": "en_US", "model": "iPhone15,2"}),
+        json!({"os": "iOS", "os_version": "17.1.2", "locale": "en_US", "model": "iPhone15,2",
+            "idfa": "bbbbbbbb-0000-4000-8000-000000000004"}),
         None,
     ));
     installs.push(install("cleo", json!({"os": "iOS", "os_version": "16.6", "locale": "fr_FR"}), None));

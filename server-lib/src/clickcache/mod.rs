@@ -27,6 +27,9 @@ pub enum CacheError {
     Corrupt(String),
 }
 
+/// The `kind` of an install noted on its address (beside `click` and `impression`).
+pub const INSTALL_KIND: &str = "install";
+
 pub type CacheFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, CacheError>> + Send + 'a>>;
 
 /// What the cache keeps of one touch: the fields the waterfall matches and scores on. The

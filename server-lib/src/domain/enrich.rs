@@ -27,7 +27,8 @@ pub fn parse_user_agent(agent: &str) -> UserAgent {
     match woothee::parser::Parser::new().parse(agent) {
         Some(r) => UserAgent {
             os: known(r.os).map(|os| normalize_os(&os)),
-            os_version: known(&r.os_version),
+            // Chrome's reduced agent ("Android 10; K") freezes the version: it says nothing.
+            os_version: known(&r.os_version).filter(|_| !reduced_android(agent)),
             browser: known(r.name),
             browser_version: known(r.version),
             device_class: known(r.category),
@@ -40,6 +41,13 @@ pub fn parse_user_agent(agent: &str) -> UserAgent {
 /// `Pixel 8`), or `iPhone`/`iPad` on Apple devices. `None` when the agent hides it (Chrome's
 /// reduced agent reports the model as `K`).
 pub fn device_model(agent: &str) -> Option<String> {
+    // Facebook's and Instagram's in-app browsers name the model (`FBDV/iPhone15,2;`).
+    if let Some(rest) = agent.split_once("FBDV/").map(|(_, r)| r) {
+        let model = rest.split([';', ']', ' ']).next().unwrap_or("").trim();
+        if !model.is_empty() && model.len() <= 64 {
+            return Some(model.to_owned());
+        }
+    }
     let inner = agent.split_once('(')?.1.split_once(')')?.0;
     let parts: Vec<&str> = inner.split(';').map(str::trim).collect();
     if let Some(pos) = parts.iter().position(|p| p.starts_with("Android")) {
@@ -47,6 +55,16 @@ pub fn device_model(agent: &str) -> Option<String> {
         return (!model.is_empty() && model != "K" && model != "wv").then(|| model.to_owned());
     }
     ["iPhone", "iPad", "iPod"].iter().find(|m| parts.first() == Some(m)).map(|m| (*m).to_owned())
+}
+
+/// Chrome's reduced user agent on Android (`Linux; Android 10; K`): the version and model in it
+/// are frozen placeholders.
+pub fn reduced_android(agent: &str) -> bool {
+    let Some(inner) = agent.split_once('(').and_then(|(_, r)| r.split_once(')')).map(|(i, _)| i) else {
+        return false;
+    };
+    let parts: Vec<&str> = inner.split(';').map(str::trim).collect();
+    parts.iter().position(|p| p.starts_with("Android")).is_some_and(|i| parts.get(i + 1) == Some(&"K"))
 }
 
 /// Crawlers, link previewers, headless browsers and HTTP libraries: their requests are never
@@ -308,6 +326,10 @@ mod tests {
         assert_eq!(device_model(iphone).as_deref(), Some("iPhone"));
         assert_eq!(parse_user_agent(iphone).os_version.as_deref(), Some("17.1"));
         assert_eq!(parse_user_agent(pixel).os_version.as_deref(), Some("14"));
+        assert_eq!(parse_user_agent(reduced).os_version, None, "a frozen version says nothing");
+        assert_eq!(parse_user_agent(reduced).os.as_deref(), Some("Android"));
+        let facebook = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 [FBAN/FBIOS;FBAV/440.0.0;FBBV/1;FBDV/iPhone15,2;FBMD/iPhone;FBSN/iOS;FBSV/17.1;FBSS/3;FBCR/;FBID/phone;FBLC/en_US;FBOP/5]";
+        assert_eq!(device_model(facebook).as_deref(), Some("iPhone15,2"));
         let bot = |ua: Option<&str>| is_bot(ua, &ua.map(parse_user_agent).unwrap_or_default());
         assert!(!bot(Some(iphone)));
         assert!(bot(Some("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)")));

@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use trailmark_core::protocol::{self, InstallRequest};
 
-use crate::domain::attribution::matching::{Decision, InstallFacts};
+use crate::domain::attribution::matching::{Decision, InstallFacts, fingerprint_refusal};
 use crate::domain::attribution::{AttributionConfig, DAY};
 use crate::domain::config::AppKind;
 use crate::domain::records::{DeviceKeys, InstallRecord, device_id_form};
@@ -109,6 +109,7 @@ pub fn decision_audit(a: &AuditFacts<'_>) -> Value {
         "decided_at": decided_at,
         "install_ts": facts.install_ts,
         "install_begin_ts": req.install_begin_ts,
+        "installed_at": req.installed_at,
         "referrer_click_ts": req.referrer_click_ts,
         "platform": req.platform.as_str(),
         "signals": {
@@ -118,7 +119,15 @@ pub fn decision_audit(a: &AuditFacts<'_>) -> Value {
             "ip_known": facts.ip.is_some(),
             "anonymous_ip": facts.anonymous_ip,
             "consent": req.consent.map(|c| json!({"attribution": c.attribution, "do_not_sell": c.do_not_sell})),
-            "fingerprinting": if facts.attribution_denied { "not used: attribution consent denied" } else { "allowed" },
+            "fingerprinting": match fingerprint_refusal(facts, cfg) {
+                None => "allowed",
+                Some("consent_denied") => "not used: attribution consent denied",
+                Some("fingerprinting_off") => "not used: fingerprint_threshold is above 1",
+                Some("store_referrer") => "not used: the store's install referrer names no Trailmark click",
+                Some("ios_tracking_not_authorized") =>
+                    "not used: iOS without tracking permission (fingerprint_ios_without_att is off)",
+                Some(_) => "not used: the install's address is unknown",
+            },
         },
         "windows_ms": {
             "click": cfg.click_window,
@@ -127,6 +136,8 @@ pub fn decision_audit(a: &AuditFacts<'_>) -> Value {
             "reattribution": cfg.reattribution_window,
         },
         "fingerprint_threshold": cfg.fingerprint_threshold,
+        "fingerprint_ios_without_att": cfg.fingerprint_ios_without_att,
+        "fingerprint": decision.fingerprint,
         "network_priority": cfg.network_priority,
         "fraud_rules": {
             "click_injection": {"policy": f.click_injection, "min_click_to_install_ms": f.min_click_to_install},
@@ -147,6 +158,10 @@ pub fn decision_audit(a: &AuditFacts<'_>) -> Value {
                 "campaign_id": decision.result.campaign_id})
         } else if decision.result.fraud.rejected {
             json!("organic: rejected by fraud rules")
+        } else if decision.fingerprint.as_ref().is_some_and(|f| f.verdict == "ambiguous") {
+            json!("organic: ambiguous, campaigns on the same network share the weight and none is clearly the one")
+        } else if decision.fingerprint.as_ref().is_some_and(|f| f.verdict == "below_threshold") {
+            json!("organic: the best campaign's confidence is below the threshold")
         } else {
             json!("organic: no eligible touchpoint")
         },

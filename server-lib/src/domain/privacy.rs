@@ -68,6 +68,15 @@ pub fn event_hash(key: &[u8; 32], app_id: &str, event_id: &str) -> String {
     hex::encode(keyed_hash(key, &format!("event:{app_id}:{}", event_id.to_ascii_lowercase())).finalize().into_bytes())
 }
 
+/// The id under which an install is noted on its address in the touch index or click cache
+/// (keyed by app and anonymous id, so a deletion of the person finds it).
+pub fn install_touch_id(key: &[u8; 32], app_id: &str, anonymous_id: &str) -> uuid::Uuid {
+    let mac = keyed_hash(key, &format!("install-touch:{app_id}\u{1f}{anonymous_id}")).finalize().into_bytes();
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&mac[..16]);
+    uuid::Uuid::from_bytes(b)
+}
+
 /// Hex HMAC of `<kind>:<value>`: the subject hash of the deletion audit, and a suppression.
 pub fn id_hash(key: &[u8; 32], kind: &str, value: &str) -> String {
     hex::encode(keyed_hash(key, &format!("{kind}:{value}")).finalize().into_bytes())

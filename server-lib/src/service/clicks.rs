@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use super::tracking::TrackState;
 use super::{ServiceResult, Services};
-use crate::clickcache::{CacheError, CachedTouch, CandidateQuery, ClickCache};
+use crate::clickcache::{CacheError, CachedTouch, CandidateQuery, ClickCache, INSTALL_KIND};
 use crate::domain::attribution::matching::{InstallFacts, attribute};
-use crate::domain::attribution::{Decision, Touch, TouchIndex};
+use crate::domain::attribution::{Decision, Touch, TouchIndex, TouchKind};
 use crate::domain::records::ClickRecord;
 
 /// This instance's index, or a cache every instance shares.
@@ -107,7 +107,7 @@ impl Clicks {
         touches.sort_by(|a, b| a.ts.cmp(&b.ts).then_with(|| a.click_id.cmp(&b.click_id)));
         let unknown_link = {
             let guard = svc.tracking.lock()?;
-            touches.iter().any(|t| !guard.by_id.contains_key(&t.link_id))
+            touches.iter().any(|t| t.kind != INSTALL_KIND && !guard.by_id.contains_key(&t.link_id))
         };
         if unknown_link {
             // A link created through another instance.
@@ -124,6 +124,42 @@ impl Clicks {
         Ok(attribute(facts, &index, infos, cfg, burst))
     }
 
+    /// Notes a decided install on its address (this instance's index, or the shared cache), so
+    /// the fingerprint step of later installs counts the devices the address is shared by.
+    /// `id` is [`install_touch_id`]: a deletion of the person forgets it.
+    pub async fn note_install(&self, svc: &Services, facts: &InstallFacts<'_>, id: uuid::Uuid) {
+        let Some(ip) = facts.ip else { return };
+        match self {
+            Clicks::Local => {
+                let Ok(mut t) = svc.tracking.lock() else { return };
+                let mut touch = Touch::new(id, TouchKind::Install, facts.install_ts, u32::MAX);
+                touch.set_ip(Some(ip));
+                facts.fingerprint.hash(&t.index.hasher).apply(&mut touch);
+                t.index.push(touch);
+            }
+            Clicks::Shared(cache) => {
+                let f = &facts.fingerprint;
+                let own = |v: Option<&str>| v.map(str::to_owned);
+                let touch = CachedTouch {
+                    click_id: id.to_string(),
+                    kind: INSTALL_KIND.into(),
+                    ts: facts.install_ts,
+                    ip_enc: svc.ip_cipher.encrypt(ip).as_deref().map(hex::encode),
+                    os: own(f.os),
+                    os_version: own(f.os_version),
+                    model: own(f.model),
+                    locale: own(f.locale),
+                    timezone: own(f.timezone),
+                    screen: own(f.screen),
+                    ..Default::default()
+                };
+                if let Err(e) = cache.record(touch, Some(ip)).await {
+                    tracing::warn!(error = %e, "install not noted in the shared click cache");
+                }
+            }
+        }
+    }
+
     /// Fetches the touches of click ids that another instance may have answered (shared cache
     /// only; a failure is logged and leaves the lookup empty).
     pub async fn lookup(&self, svc: &Services, click_ids: Vec<String>) -> ClickLookup {
@@ -134,7 +170,9 @@ impl Clicks {
         let mut found = HashMap::new();
         let query = CandidateQuery { click_ids, limit: 1, ..Default::default() };
         match cache.candidates(query).await {
-            Ok(touches) => found.extend(touches.into_iter().map(|t| (t.click_id.to_ascii_lowercase(), t))),
+            Ok(touches) => found.extend(
+                touches.into_iter().filter(|t| t.kind != INSTALL_KIND).map(|t| (t.click_id.to_ascii_lowercase(), t)),
+            ),
             Err(e) => tracing::warn!(error = %e, "click cache unavailable for touchpoints"),
         }
         let unknown_link = svc.tracking.lock().is_ok_and(|g| found.values().any(|t| !g.by_id.contains_key(&t.link_id)));

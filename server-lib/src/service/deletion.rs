@@ -3,7 +3,7 @@
 //! holds only a keyed hash of the subject, and a deletion record on the event stream.
 
 use super::{ServiceResult, Services};
-use crate::domain::privacy::{Suppression, Tombstones, subject_hash, suppression_hash};
+use crate::domain::privacy::{Suppression, Tombstones, install_touch_id, subject_hash, suppression_hash};
 use crate::domain::records::{DeletionAudit, Subject};
 use crate::domain::stream::deletion_record;
 
@@ -38,7 +38,12 @@ pub async fn delete(svc: &Services, subject: Subject, requested_by: String, supp
     let stored = svc.ids.subject(&subject);
     let report = svc.storage.delete_subject(stored, audit, tombstones).await?;
     let mut warnings = Vec::new();
-    if let Err(e) = svc.clicks.forget(svc, &report.click_ids).await {
+    // The subject's clicks, and its installs as noted on their addresses.
+    let mut touch_ids = report.click_ids.clone();
+    touch_ids.extend(
+        report.anonymous_ids.iter().map(|(app, anon)| install_touch_id(&svc.config.audit_key, app, anon).to_string()),
+    );
+    if let Err(e) = svc.clicks.forget(svc, &touch_ids).await {
         // Storage is clean (a retry would find nothing to forget); the cached touches
         // expire with the attribution window.
         tracing::error!(error = %e, receipt = %receipt_id, "deleted touches stay in the click cache until they expire");

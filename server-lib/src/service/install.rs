@@ -14,7 +14,7 @@ use crate::domain::error::Refusal;
 use crate::domain::install::{
     AuditFacts, check_kind, decision_audit, device_time, lower, referrer_click_id, same_device, validate,
 };
-use crate::domain::privacy::{event_hash, suppression_hash};
+use crate::domain::privacy::{event_hash, install_touch_id, suppression_hash};
 use crate::domain::records::{DeviceKeys, FraudAlert, InstallLookup, InstallRecord, Touchpoint};
 use crate::domain::stream::install_record;
 
@@ -42,6 +42,7 @@ pub async fn install(
     let device_time = |ms: i64, field: &str| device_time(ms, field, skew, received_at);
     let install_ts = device_time(req.timestamp.timestamp_millis(), "timestamp")?;
     let install_begin_ts = req.install_begin_ts.map(|t| device_time(t, "install_begin_ts")).transpose()?;
+    let installed_at = req.installed_at.map(|t| device_time(t, "installed_at")).transpose()?;
     if let Some(t) = req.referrer_click_ts {
         device_time(t, "referrer_click_ts")?;
     }
@@ -157,6 +158,7 @@ pub async fn install(
         install_ts,
         received_at,
         install_begin_ts,
+        installed_at,
         click_id,
         referrer_click_id,
         device_ids,
@@ -175,8 +177,15 @@ pub async fn install(
         },
         anonymous_ip,
         attribution_denied: consent.attribution == Some(false),
+        store_referrer: referrer_click_id.is_none()
+            && req.install_referrer.as_deref().is_some_and(|r| !r.trim().is_empty()),
+        tracking_authorized: keys.idfa.is_some(),
     };
     let decision = svc.clicks.decide(svc, &facts).await?;
+    if !test_device {
+        let id = install_touch_id(&svc.config.audit_key, &app_id, &req.anonymous_id);
+        svc.clicks.note_install(svc, &facts, id).await;
+    }
     record.result = decision.result.clone();
     record.audit = decision_audit(&AuditFacts {
         req: &req,

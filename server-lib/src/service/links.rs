@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::tracking::TrackState;
 use super::{ServiceResult, Services};
 use crate::domain::attribution::OsFamily;
+use crate::domain::attribution::index::{FLAG_FLOOD_DEVICE, FLAG_FLOOD_IP, FLAG_TZ_GUESSED};
 use crate::domain::attribution::matching::normalize_locale;
 use crate::domain::enrich;
 use crate::domain::error::Refusal;
@@ -158,7 +159,7 @@ pub async fn record(
         os: parsed.os,
         os_version: parsed.os_version,
         locale: facts.accept_language.as_deref().map(normalize_locale),
-        timezone: facts.timezone.or(geo_tz),
+        timezone: facts.timezone.clone().or(geo_tz.clone()),
         screen: facts.screen,
         device_kind: facts.device.as_ref().map(|(k, _)| k.clone()),
         device_id: facts.device.map(|(_, v)| v),
@@ -170,6 +171,9 @@ pub async fn record(
         source: source.to_owned(),
         ..Default::default()
     };
+    if facts.timezone.is_none() && geo_tz.is_some() {
+        click.flags |= FLAG_TZ_GUESSED;
+    }
     // The device id in its stored form from here on (index, cache, store), the raw id sealed.
     svc.ids.protect_click(&mut click);
     {
@@ -183,7 +187,7 @@ pub async fn record(
         click.link_id = link.link_id.clone();
         click.campaign_id = link.campaign_id.clone();
         if kind == "click" {
-            click.flags = tracking.flood_flags(
+            click.flags |= tracking.flood_flags(
                 facts.ip,
                 click.device_id.as_deref(),
                 now,
@@ -193,7 +197,7 @@ pub async fn record(
         }
         svc.clicks.index(&mut tracking, &click, facts.ip);
     }
-    if click.flags != 0 {
+    if click.flags & (FLAG_FLOOD_IP | FLAG_FLOOD_DEVICE) != 0 {
         metrics::counter!("trailmark_flooding_clicks_total").increment(1);
     }
     metrics::counter!("trailmark_clicks_total", "kind" => kind.to_owned(), "source" => source.to_owned()).increment(1);

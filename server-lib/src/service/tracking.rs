@@ -91,9 +91,14 @@ impl TrackState {
     /// The compact touch of a click (hashed with this instance's keys); none when its link is
     /// unknown here.
     pub fn touch_of(&self, click: &ClickRecord, ip: Option<IpAddr>) -> Option<Touch> {
-        let link = *self.by_id.get(&click.link_id)?;
+        let kind = match click.kind.as_str() {
+            "impression" => TouchKind::Impression,
+            crate::clickcache::INSTALL_KIND => TouchKind::Install,
+            _ => TouchKind::Click,
+        };
+        // A noted install has no link.
+        let link = if kind == TouchKind::Install { u32::MAX } else { *self.by_id.get(&click.link_id)? };
         let id = uuid::Uuid::parse_str(&click.click_id).ok()?;
-        let kind = if click.kind == "impression" { TouchKind::Impression } else { TouchKind::Click };
         let mut touch = Touch::new(id, kind, click.ts, link);
         touch.set_ip(ip);
         touch.device = self.index.hasher.device(click.device_id.as_deref());

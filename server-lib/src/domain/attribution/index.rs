@@ -24,6 +24,9 @@ pub const CHUNK: usize = 1 << 16;
 pub enum TouchKind {
     Click = 0,
     Impression = 1,
+    /// An install seen on an address (no link): the fingerprint step counts the devices an
+    /// address is shared by.
+    Install = 2,
 }
 
 /// Operating system family, the one fingerprint field that disqualifies outright.
@@ -52,6 +55,9 @@ impl OsFamily {
 pub const FLAG_FLOOD_IP: u8 = 1;
 pub const FLAG_FLOOD_DEVICE: u8 = 2;
 pub const FLAG_DELETED: u8 = 4;
+/// The click's time zone is a GeoIP guess from its address (not reported by the page): a
+/// different zone on the install weakens the match instead of ruling it out.
+pub const FLAG_TZ_GUESSED: u8 = 8;
 
 /// One click or impression, compact. Hash fields are 0 when unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,7 +333,7 @@ impl TouchIndex {
     /// The touch with this click id, if it is still indexed.
     pub fn by_click_id(&self, id: &uuid::Uuid) -> Option<&Touch> {
         let seq = *self.by_id.get(&id_key(id.as_bytes()))?;
-        self.get(seq).filter(|t| t.id == *id.as_bytes() && t.flags & FLAG_DELETED == 0)
+        self.get(seq).filter(|t| t.id == *id.as_bytes() && t.flags & FLAG_DELETED == 0 && t.kind != TouchKind::Install)
     }
 
     fn walk(&self, start: Option<u64>, since: i64, device_chain: bool) -> impl Iterator<Item = &Touch> + '_ {

@@ -9,8 +9,13 @@ use serde::Serialize;
 use trailmark_core::protocol::{AttributionResult, DeepLink, FraudVerdict, MatchType};
 
 use super::AttributionConfig;
+pub use super::fingerprint::FingerprintHash;
+use super::fingerprint::{
+    AMBIGUITY_RATIO, CampaignShare, Crowd, Evidence, FingerprintSummary, calibrate, campaign_weights, evidence,
+    organic_weight, profile_key, shared_range,
+};
 use super::fraud::{BurstAlert, BurstTracker, FraudPolicy, is_emulator};
-use super::index::{FLAG_FLOOD_DEVICE, FLAG_FLOOD_IP, Hasher, OsFamily, Touch, TouchIndex, TouchKind, prefix_of};
+use super::index::{FLAG_FLOOD_DEVICE, FLAG_FLOOD_IP, Hasher, OsFamily, Touch, TouchIndex, TouchKind};
 
 /// What the engine needs to know about a link.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,17 +39,6 @@ pub struct Fingerprint<'a> {
     pub screen: Option<&'a str>,
 }
 
-/// A fingerprint reduced to keyed hashes (0 = unknown).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FingerprintHash {
-    pub os: OsFamily,
-    pub os_version: u32,
-    pub model: u32,
-    pub locale: u32,
-    pub timezone: u32,
-    pub screen: u32,
-}
-
 /// `17.1.2` → `17.1`; `14` → `14`.
 pub fn major_minor(version: &str) -> String {
     version.trim().split(['.', '_']).take(2).collect::<Vec<_>>().join(".")
@@ -60,63 +54,13 @@ impl Fingerprint<'_> {
         FingerprintHash {
             os: OsFamily::of(self.os),
             os_version: h.h32(self.os_version.map(major_minor).as_deref()),
-            model: h.h32(self.model),
+            // Safari names only the family: no model at all.
+            model: h.h32(self.model.filter(|m| !matches!(m.trim(), "iPhone" | "iPad" | "iPod"))),
             locale: h.h32(self.locale.map(normalize_locale).as_deref()),
             timezone: h.h32(self.timezone),
             screen: h.h32(self.screen),
         }
     }
-}
-
-impl FingerprintHash {
-    pub fn apply(&self, touch: &mut Touch) {
-        touch.os = self.os;
-        touch.os_version = self.os_version;
-        touch.model = self.model;
-        touch.locale = self.locale;
-        touch.timezone = self.timezone;
-        touch.screen = self.screen;
-    }
-}
-
-/// Fingerprint weights; they sum to 1.
-pub const W_IP: f64 = 0.35;
-pub const W_PREFIX: f64 = 0.15;
-pub const W_OS: f64 = 0.10;
-pub const W_OS_VERSION: f64 = 0.15;
-pub const W_MODEL: f64 = 0.15;
-pub const W_LOCALE: f64 = 0.10;
-pub const W_TIMEZONE: f64 = 0.10;
-pub const W_SCREEN: f64 = 0.05;
-
-/// The fingerprint score of a click for an install, or `None` when the operating systems
-/// differ (a click from Android cannot install an iOS app).
-pub fn score(touch: &Touch, ip: &[u8; 16], fp: &FingerprintHash) -> Option<f64> {
-    if touch.os != OsFamily::Unknown && fp.os != OsFamily::Unknown && touch.os != fp.os {
-        return None;
-    }
-    let same = |a: u32, b: u32| a != 0 && a == b;
-    let mut s = 0.0;
-    if touch.ip == *ip {
-        s += W_IP;
-    } else if prefix_of(&touch.ip) == prefix_of(ip) {
-        s += W_PREFIX;
-    }
-    if touch.os != OsFamily::Unknown && touch.os == fp.os {
-        s += W_OS;
-    }
-    for (a, b, w) in [
-        (touch.os_version, fp.os_version, W_OS_VERSION),
-        (touch.model, fp.model, W_MODEL),
-        (touch.locale, fp.locale, W_LOCALE),
-        (touch.timezone, fp.timezone, W_TIMEZONE),
-        (touch.screen, fp.screen, W_SCREEN),
-    ] {
-        if same(a, b) {
-            s += w;
-        }
-    }
-    Some((s * 1000.0).round() / 1000.0)
 }
 
 /// Everything about an install the engine matches on.
@@ -130,6 +74,8 @@ pub struct InstallFacts<'a> {
     pub received_at: i64,
     /// When the store download began (Play Install Referrer), if known.
     pub install_begin_ts: Option<i64>,
+    /// When the package was installed on the device (Android's `firstInstallTime`), if known.
+    pub installed_at: Option<i64>,
     pub click_id: Option<uuid::Uuid>,
     pub referrer_click_id: Option<uuid::Uuid>,
     /// Advertising and device ids (IDFA, IDFV, GAID, Android id).
@@ -141,6 +87,13 @@ pub struct InstallFacts<'a> {
     /// The person denied attribution consent: no fingerprint matching (click ids, the install
     /// referrer and device ids the app was allowed to send still match).
     pub attribution_denied: bool,
+    /// The app store's install referrer was sent and names no Trailmark click: the store says
+    /// where the install came from, so it is never fingerprinted.
+    pub store_referrer: bool,
+    /// iOS: the install carries an IDFA, so the person allowed tracking (App Tracking
+    /// Transparency). Without it an iOS install is fingerprinted only when
+    /// [`AttributionConfig::fingerprint_ios_without_att`] allows.
+    pub tracking_authorized: bool,
 }
 
 /// One touch the engine looked at.
@@ -152,13 +105,17 @@ pub struct Candidate {
     pub campaign_id: String,
     pub network: String,
     pub time: i64,
-    /// 1 for deterministic matches, the fingerprint score otherwise.
+    /// 1 for deterministic matches; for a fingerprint candidate its share of the weight (the
+    /// campaign's share, calibrated, is the answer's confidence).
     pub score: f64,
     /// Inside its window, for this app, above the threshold.
     pub eligible: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
     pub chosen: bool,
+    /// A fingerprint candidate's score components.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
 }
 
 /// A fraud rule that fired.
@@ -179,6 +136,8 @@ pub struct Seen {
     pub score: f64,
     pub reason: Option<&'static str>,
     pub chosen: bool,
+    /// How a fingerprint candidate compared with the install.
+    pub evidence: Option<Evidence>,
 }
 
 /// The outcome of one install, with its explanation.
@@ -193,6 +152,10 @@ pub struct Decision {
     /// The touch the install was credited to (before fraud rejection), and its link.
     pub winner: Option<(Touch, Arc<LinkInfo>)>,
     pub burst_alert: Option<BurstAlert>,
+    /// What the fingerprint step concluded, when it ran.
+    pub fingerprint: Option<FingerprintSummary>,
+    /// Why the fingerprint step did not run, when it was reached and did not.
+    pub fingerprint_off: Option<&'static str>,
 }
 
 impl Decision {
@@ -211,6 +174,7 @@ impl Decision {
                 eligible: s.reason.is_none(),
                 reason: s.reason,
                 chosen: s.chosen,
+                evidence: s.evidence,
             })
             .collect()
     }
@@ -229,31 +193,30 @@ pub fn attribute(
     burst: &mut BurstTracker,
 ) -> Decision {
     let at = facts.install_ts;
-    let mut seen: Vec<Seen> = Vec::new();
-    let mut omitted = 0usize;
-    // Eligible candidates of the first level that has any: (position in `seen` or none, touch).
-    let mut hits: Vec<(Option<usize>, Touch, f64, MatchType)> = Vec::new();
+    let mut audit = Audit::default();
+    // Eligible candidates of the first level that has any.
+    let mut hits: Vec<Hit> = Vec::new();
     // Checks one touch against a window and records it; keeps it when eligible.
-    let mut consider = |t: &Touch, m: MatchType, window: i64, score: f64, hits: &mut Vec<_>| {
+    let consider = |audit: &mut Audit, t: &Touch, m: MatchType, window: i64, hits: &mut Vec<_>| {
         let Some(link) = links.get(t.link as usize).filter(|l| l.app_id == facts.app_id) else { return };
         let reason = if t.ts > at {
             Some("after the install")
         } else if at.saturating_sub(t.ts) > window {
             Some("outside the window")
-        } else if score < cfg.fingerprint_threshold && m == MatchType::Fingerprint {
-            Some("score below the threshold")
         } else {
             None
         };
-        let slot = if seen.len() < MAX_AUDIT_CANDIDATES {
-            seen.push(Seen { match_type: m, touch: *t, link: link.clone(), score, reason, chosen: false });
-            Some(seen.len() - 1)
-        } else {
-            omitted += 1;
-            None
-        };
+        let slot = audit.add(Seen {
+            match_type: m,
+            touch: *t,
+            link: link.clone(),
+            score: 1.0,
+            reason,
+            chosen: false,
+            evidence: None,
+        });
         if reason.is_none() {
-            hits.push((slot, *t, score, m));
+            hits.push((slot, *t, 1.0, m));
         }
     };
 
@@ -261,7 +224,7 @@ pub fn attribute(
     for (id, m) in [(facts.click_id, MatchType::ClickId), (facts.referrer_click_id, MatchType::Referrer)] {
         let Some(id) = id else { continue };
         if let Some(t) = index.by_click_id(&id).filter(|t| t.kind == TouchKind::Click) {
-            consider(t, m, cfg.click_window, 1.0, &mut hits);
+            consider(&mut audit, t, m, cfg.click_window, &mut hits);
             if !hits.is_empty() {
                 break;
             }
@@ -274,27 +237,20 @@ pub fn attribute(
         for &d in &devices {
             for t in index.by_device(d, at.saturating_sub(cfg.click_window)).take(cap) {
                 if t.kind == TouchKind::Click {
-                    consider(t, MatchType::DeviceId, cfg.click_window, 1.0, &mut hits);
+                    consider(&mut audit, t, MatchType::DeviceId, cfg.click_window, &mut hits);
                 }
             }
         }
     }
     // 3. Probabilistic fingerprint over clicks from the same network.
-    if hits.is_empty() && facts.ip.is_some() && !facts.attribution_denied && cfg.fingerprint_threshold <= 1.0 {
-        let fp = facts.fingerprint.hash(&index.hasher);
-        let mut probe = Touch::new(uuid::Uuid::nil(), TouchKind::Click, 0, 0);
-        probe.set_ip(facts.ip);
-        let mut scanned = 0;
-        for t in index.by_network(facts.ip, at.saturating_sub(cfg.fingerprint_window)) {
-            scanned += 1;
-            if scanned > cap {
-                break;
-            }
-            if t.kind != TouchKind::Click {
-                continue;
-            }
-            let Some(s) = score(t, &probe.ip, &fp) else { continue };
-            consider(t, MatchType::Fingerprint, cfg.fingerprint_window, s, &mut hits);
+    let mut summary = None;
+    let mut fingerprint_off = None;
+    if hits.is_empty() {
+        fingerprint_off = fingerprint_refusal(facts, cfg);
+        if fingerprint_off.is_none() {
+            let (s, hit) = fingerprint_step(facts, index, links, cfg, &mut audit);
+            summary = Some(s);
+            hits.extend(hit);
         }
     }
     // 4. View-through: an impression on the same device.
@@ -302,11 +258,12 @@ pub fn attribute(
         for &d in &devices {
             for t in index.by_device(d, at.saturating_sub(cfg.view_through_window)).take(cap) {
                 if t.kind == TouchKind::Impression {
-                    consider(t, MatchType::ViewThrough, cfg.view_through_window, 1.0, &mut hits);
+                    consider(&mut audit, t, MatchType::ViewThrough, cfg.view_through_window, &mut hits);
                 }
             }
         }
     }
+    let Audit { mut seen, omitted } = audit;
 
     // Most recent wins; ties go to the network listed first in the priority, then by name.
     let network = |t: &Touch| links[t.link as usize].network.as_str();
@@ -339,6 +296,15 @@ pub fn attribute(
                 "click_injection",
                 f.click_injection,
                 format!("install began {} ms before the click", t.ts.saturating_sub(begin)),
+            );
+        } else if let Some(done) = facts.installed_at
+            && done < t.ts
+        {
+            fire(
+                &mut rules,
+                "click_injection",
+                f.click_injection,
+                format!("the app was installed {} ms before the click", t.ts.saturating_sub(done)),
             );
         } else if at.saturating_sub(t.ts) < f.min_click_to_install {
             fire(
@@ -420,7 +386,10 @@ pub fn attribute(
         _ => {
             let reason = if rejected {
                 "rejected_fraud"
-            } else if seen.iter().any(|s| s.reason == Some("score below the threshold")) {
+            } else if let Some(s) = summary.as_ref().filter(|s| matches!(s.verdict, "ambiguous" | "below_threshold")) {
+                s.verdict
+            } else if seen.iter().any(|s| s.evidence.is_some()) {
+                // Clicks on the network whose facts differ or say too little.
                 "below_threshold"
             } else if !seen.is_empty() {
                 "outside_window"
@@ -432,13 +401,186 @@ pub fn attribute(
             AttributionResult { reason: Some(reason.into()), ..AttributionResult::organic(fraud) }
         }
     };
-    Decision { result, seen, omitted_candidates: omitted, rules, winner: winner.map(|(t, l, ..)| (t, l)), burst_alert }
+    Decision {
+        result,
+        seen,
+        omitted_candidates: omitted,
+        rules,
+        winner: winner.map(|(t, l, ..)| (t, l)),
+        burst_alert,
+        fingerprint: summary,
+        fingerprint_off,
+    }
+}
+
+/// An eligible candidate: its position in the audit (none past [`MAX_AUDIT_CANDIDATES`]), the
+/// touch, its confidence and how it matched.
+type Hit = (Option<usize>, Touch, f64, MatchType);
+
+/// Candidates as the audit keeps them (the first [`MAX_AUDIT_CANDIDATES`]).
+#[derive(Default)]
+struct Audit {
+    seen: Vec<Seen>,
+    omitted: usize,
+}
+
+impl Audit {
+    fn add(&mut self, s: Seen) -> Option<usize> {
+        if self.seen.len() < MAX_AUDIT_CANDIDATES {
+            self.seen.push(s);
+            Some(self.seen.len() - 1)
+        } else {
+            self.omitted += 1;
+            None
+        }
+    }
+}
+
+/// Why the fingerprint step does not run for an install (its reason when nothing else
+/// matched), or `None` when it runs.
+pub fn fingerprint_refusal(facts: &InstallFacts<'_>, cfg: &AttributionConfig) -> Option<&'static str> {
+    if facts.attribution_denied {
+        Some("consent_denied")
+    } else if cfg.fingerprint_threshold > 1.0 {
+        Some("fingerprinting_off")
+    } else if facts.ip.is_none() {
+        Some("no_click_in_window")
+    } else if facts.store_referrer {
+        Some("store_referrer")
+    } else if OsFamily::of(facts.fingerprint.os) == OsFamily::Ios
+        && !facts.tracking_authorized
+        && !cfg.fingerprint_ios_without_att
+    {
+        Some("ios_tracking_not_authorized")
+    } else {
+        None
+    }
+}
+
+/// The fingerprint step (see [`super::fingerprint`]): weighs the clicks of the install's network,
+/// records them for the audit, and returns its summary and the winning click, if any.
+fn fingerprint_step(
+    facts: &InstallFacts<'_>,
+    index: &TouchIndex,
+    links: &[Arc<LinkInfo>],
+    cfg: &AttributionConfig,
+    audit: &mut Audit,
+) -> (FingerprintSummary, Option<Hit>) {
+    let at = facts.install_ts;
+    let fp = facts.fingerprint.hash(&index.hasher);
+    let mut probe = Touch::new(uuid::Uuid::nil(), TouchKind::Click, 0, 0);
+    probe.set_ip(facts.ip);
+    let mut crowd = Crowd::new(shared_range(&probe.ip));
+    // Clicks with enough evidence: (slot, touch, weight, campaign number).
+    let mut cands: Vec<(Option<usize>, Touch, f64, u32)> = Vec::new();
+    let mut campaigns: Vec<&str> = Vec::new();
+    for (n, t) in index.by_network(facts.ip, at.saturating_sub(cfg.fingerprint_window)).enumerate() {
+        if n >= cfg.fingerprint_max_candidates {
+            break;
+        }
+        if t.kind == TouchKind::Impression || t.ts > at {
+            continue;
+        }
+        let Some(e) = evidence(t, &probe.ip, &fp, at.saturating_sub(t.ts)) else { continue };
+        if e.differs.is_none() {
+            crowd.see(t, e.same_address);
+        }
+        if t.kind != TouchKind::Click {
+            continue;
+        }
+        let Some(link) = links.get(t.link as usize).filter(|l| l.app_id == facts.app_id) else { continue };
+        let reason = match e.differs {
+            Some("os_version") => Some("os version differs"),
+            Some("model") => Some("model differs"),
+            Some("locale") => Some("locale differs"),
+            Some("timezone") => Some("time zone differs"),
+            Some(_) => Some("screen differs"),
+            None if !e.enough() => Some("too little evidence"),
+            None => None,
+        };
+        let slot = audit.add(Seen {
+            match_type: MatchType::Fingerprint,
+            touch: *t,
+            link: link.clone(),
+            score: 0.0,
+            reason,
+            chosen: false,
+            evidence: Some(e),
+        });
+        if reason.is_none() {
+            let c = match campaigns.iter().position(|c| *c == link.campaign_id) {
+                Some(i) => i,
+                None => {
+                    campaigns.push(&link.campaign_id);
+                    campaigns.len() - 1
+                }
+            };
+            cands.push((slot, *t, e.weight, c as u32));
+        }
+    }
+    let lookalikes = crowd.lookalikes();
+    let organic = organic_weight(lookalikes);
+    let mut keyed: Vec<(u32, u64, f64)> = cands.iter().map(|(_, t, w, c)| (*c, profile_key(t), *w)).collect();
+    let by_campaign = campaign_weights(&mut keyed);
+    let total = organic + by_campaign.iter().map(|(_, w)| w).sum::<f64>();
+    let share = |w: f64| w / total;
+    for (slot, _, w, _) in &cands {
+        if let Some(i) = slot {
+            audit.seen[*i].score = (share(*w) * 1000.0).round() / 1000.0;
+        }
+    }
+    let best = by_campaign.first().copied();
+    let confidence = best.map(|(_, w)| calibrate(share(w))).unwrap_or(0.0);
+    let second = by_campaign.get(1).map(|(_, w)| share(*w)).unwrap_or(0.0);
+    let verdict = match best {
+        None => "no_candidate",
+        Some((_, w)) if confidence >= cfg.fingerprint_threshold && second < share(w) * AMBIGUITY_RATIO => "matched",
+        // Two campaigns carry the weight between them: neither is clearly the one.
+        Some(_)
+            if by_campaign.len() > 1
+                && calibrate(by_campaign.iter().map(|(_, w)| share(*w)).sum::<f64>().min(1.0))
+                    >= cfg.fingerprint_threshold =>
+        {
+            "ambiguous"
+        }
+        Some(_) => "below_threshold",
+    };
+    let mut hit = None;
+    if let (Some((c, _)), "matched") = (best, verdict) {
+        // The campaign's most likely click (its newest among equals).
+        hit = cands
+            .iter()
+            .filter(|x| x.3 == c)
+            .max_by(|a, b| a.2.total_cmp(&b.2).then(a.1.ts.cmp(&b.1.ts)))
+            .map(|(slot, t, _, _)| (*slot, *t, confidence, MatchType::Fingerprint));
+    }
+    if hit.is_none() {
+        let why = if verdict == "ambiguous" { "ambiguous" } else { "below the threshold" };
+        for i in cands.iter().filter_map(|c| c.0) {
+            audit.seen[i].reason = Some(why);
+        }
+    }
+    let summary = FingerprintSummary {
+        lookalikes: (lookalikes * 100.0).round() / 100.0,
+        organic_weight: organic,
+        campaigns: by_campaign
+            .iter()
+            .take(8)
+            .map(|(c, w)| CampaignShare {
+                campaign_id: campaigns[*c as usize].to_owned(),
+                share: (share(*w) * 1000.0).round() / 1000.0,
+            })
+            .collect(),
+        confidence,
+        verdict,
+    };
+    (summary, hit)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::attribution::{DAY, HOUR, SECOND};
+    use crate::domain::attribution::{DAY, HOUR, MINUTE, SECOND};
 
     fn links() -> Vec<Arc<LinkInfo>> {
         ["net_a", "net_b"]
@@ -498,31 +640,33 @@ mod tests {
         assert_eq!(d.result.match_type, MatchType::DeviceId);
         assert_eq!(d.result.confidence, 1.0);
 
-        // Fingerprint: same IP, OS, version, locale → 0.70; newest eligible click wins.
+        // Fingerprint: both clicks came from the same iPhone profile on the install's address,
+        // for two campaigns: neither is clearly the one.
         let install_fp =
             Fingerprint { os: Some("iOS"), os_version: Some("17.1.2"), locale: Some("en_US"), ..Default::default() };
         let d = run(
             &index,
-            &InstallFacts { ip: Some("198.51.100.7".parse().unwrap()), fingerprint: install_fp, ..base.clone() },
+            &InstallFacts {
+                ip: Some("198.51.100.7".parse().unwrap()),
+                fingerprint: install_fp,
+                tracking_authorized: true,
+                ..base.clone()
+            },
         );
-        assert_eq!(d.result.match_type, MatchType::Fingerprint);
-        assert_eq!(d.result.click_id, Some(uuid::Uuid::from_u128(2).to_string()));
-        assert!((d.result.confidence - 0.70).abs() < 1e-9, "{}", d.result.confidence);
+        assert_eq!(d.result.match_type, MatchType::Organic);
+        assert_eq!(d.result.reason.as_deref(), Some("ambiguous"), "{:?}", d.fingerprint);
         assert_eq!(d.candidates().len(), 2);
-        assert!(d.candidates().iter().all(|c| c.eligible));
-        assert_eq!(d.result.reason, None, "attributed: no reason");
-        // The same install under a threshold above its score.
-        let strict = AttributionConfig { fingerprint_threshold: 0.9, ..AttributionConfig::default() };
-        let fp_facts =
-            InstallFacts { ip: Some("198.51.100.7".parse().unwrap()), fingerprint: install_fp, ..base.clone() };
-        let d = attribute(&fp_facts, &index, &links(), &strict, &mut BurstTracker::default());
-        assert_eq!(d.result.reason.as_deref(), Some("below_threshold"));
+        assert!(d.candidates().iter().all(|c| c.reason == Some("ambiguous")));
+        let summary = d.fingerprint.as_ref().unwrap();
+        assert_eq!(summary.verdict, "ambiguous");
+        assert_eq!(summary.campaigns[0].campaign_id, "c1", "the newer click carries more weight");
         // Attribution consent denied: the same install is not fingerprinted, its device id
         // still matches.
         let denied = InstallFacts {
             ip: Some("198.51.100.7".parse().unwrap()),
             fingerprint: install_fp,
             attribution_denied: true,
+            tracking_authorized: true,
             ..base.clone()
         };
         let d = run(&index, &denied);
@@ -545,6 +689,7 @@ mod tests {
             install_ts: 3 * DAY,
             ip: Some("198.51.100.7".parse().unwrap()),
             fingerprint: install_fp,
+            tracking_authorized: true,
             ..base.clone()
         };
         let d = run(&index, &late);
@@ -589,10 +734,33 @@ mod tests {
         assert_eq!(d.result.reason.as_deref(), Some("rejected_fraud"));
         assert_eq!(d.result.fraud.flags, vec!["click_injection"]);
         assert!(d.winner.is_some(), "the audit keeps what it would have been");
-        let begun_before = InstallFacts { install_ts: 200 * SECOND, install_begin_ts: Some(90 * SECOND), ..facts };
+        let begun_before =
+            InstallFacts { install_ts: 200 * SECOND, install_begin_ts: Some(90 * SECOND), ..facts.clone() };
         let d = run(&index, &begun_before);
         assert!(d.result.fraud.rejected);
         assert!(d.rules[0].detail.contains("before the click"), "{:?}", d.rules);
+        // Without the store's times: the package installed before the click (Android's
+        // firstInstallTime) gives it away as well.
+        let installed_before = InstallFacts {
+            install_ts: 200 * SECOND,
+            referrer_click_id: None,
+            device_ids: vec![],
+            installed_at: Some(95 * SECOND),
+            ..facts.clone()
+        };
+        let mut index2 = TouchIndex::new(7 * DAY);
+        click(&mut index2, 1, 100 * SECOND, 0, Some("gaid-1"), "10.0.0.1", IPHONE);
+        let d = run(&index2, &InstallFacts { device_ids: vec!["gaid-1"], ..installed_before.clone() });
+        assert_eq!(d.result.match_type, MatchType::Organic);
+        assert!(d.result.fraud.rejected);
+        assert!(d.rules[0].detail.contains("installed 5000 ms before the click"), "{:?}", d.rules);
+        // Installed after the click: no rule.
+        let d = run(
+            &index2,
+            &InstallFacts { device_ids: vec!["gaid-1"], installed_at: Some(150 * SECOND), ..installed_before },
+        );
+        assert_eq!(d.result.match_type, MatchType::DeviceId);
+        assert!(d.rules.is_empty(), "{:?}", d.rules);
     }
 
     #[test]
@@ -601,5 +769,165 @@ mod tests {
         click(&mut index, 1, 0, 0, Some("dev"), "10.0.0.1", IPHONE);
         let facts = InstallFacts { app_id: "other", install_ts: HOUR, device_ids: vec!["dev"], ..Default::default() };
         assert_eq!(run(&index, &facts).result.match_type, MatchType::Organic);
+    }
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    const SAFARI_CLICK: Fingerprint<'static> = Fingerprint {
+        os: Some("iOS"),
+        os_version: Some("17.1"),
+        model: Some("iPhone"),
+        locale: Some("en-US,en;q=0.9"),
+        timezone: Some("America/New_York"),
+        screen: None,
+    };
+    const INSTALL: Fingerprint<'static> = Fingerprint {
+        os: Some("iOS"),
+        os_version: Some("17.1.2"),
+        model: Some("iPhone15,2"),
+        locale: Some("en_US"),
+        timezone: Some("America/New_York"),
+        screen: Some("1179x2556"),
+    };
+
+    fn fp_install(at: i64, addr: &str) -> InstallFacts<'static> {
+        InstallFacts {
+            app_id: "app",
+            install_ts: at,
+            ip: ip(addr),
+            fingerprint: INSTALL,
+            tracking_authorized: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_lone_recent_click_matches_with_a_calibrated_confidence() {
+        let mut index = TouchIndex::new(7 * DAY);
+        click(&mut index, 1, 0, 0, None, "198.51.100.7", SAFARI_CLICK);
+        let d = run(&index, &fp_install(10 * MINUTE, "198.51.100.7"));
+        assert_eq!(d.result.match_type, MatchType::Fingerprint, "{:?}", d.fingerprint);
+        assert!(d.result.confidence >= 0.8 && d.result.confidence < 1.0, "{}", d.result.confidence);
+        let c = &d.candidates()[0];
+        assert!(c.chosen);
+        let e = c.evidence.unwrap();
+        assert!(e.same_address);
+        assert_eq!(
+            e.agree,
+            super::super::fingerprint::F_VERSION
+                | super::super::fingerprint::F_LOCALE
+                | super::super::fingerprint::F_TIMEZONE
+        );
+        assert_ne!(e.unknown & super::super::fingerprint::F_MODEL, 0, "Safari's \"iPhone\" is no model");
+        // The same click 20 hours earlier: the time since the click weighs against it.
+        let d = run(&index, &fp_install(20 * HOUR, "198.51.100.7"));
+        assert_eq!(d.result.match_type, MatchType::Organic);
+        assert_eq!(d.result.reason.as_deref(), Some("below_threshold"));
+        // From another address of the network: less likely than from the same one.
+        let near = run(&index, &fp_install(10 * MINUTE, "198.51.100.8"));
+        let same = run(&index, &fp_install(10 * MINUTE, "198.51.100.7"));
+        assert!(near.fingerprint.as_ref().unwrap().confidence < same.fingerprint.as_ref().unwrap().confidence);
+        // On an RFC 6598 shared address the same evidence is not enough.
+        let mut shared = TouchIndex::new(7 * DAY);
+        click(&mut shared, 1, 0, 0, None, "100.64.3.4", SAFARI_CLICK);
+        let d = run(&shared, &fp_install(10 * MINUTE, "100.64.3.4"));
+        assert_eq!(d.result.match_type, MatchType::Organic, "{:?}", d.fingerprint);
+        assert!(d.fingerprint.as_ref().unwrap().lookalikes > 20.0);
+    }
+
+    #[test]
+    fn the_address_alone_never_matches_and_a_differing_fact_rules_out() {
+        let mut index = TouchIndex::new(7 * DAY);
+        // Same address and OS family, nothing else known.
+        click(&mut index, 1, 0, 0, None, "198.51.100.7", Fingerprint { os: Some("iOS"), ..Default::default() });
+        let d = run(&index, &fp_install(MINUTE, "198.51.100.7"));
+        assert_eq!(d.result.match_type, MatchType::Organic);
+        assert_eq!(d.candidates()[0].reason, Some("too little evidence"));
+        // Another language: ruled out, however recent.
+        let mut index = TouchIndex::new(7 * DAY);
+        click(&mut index, 1, 0, 0, None, "198.51.100.7", Fingerprint { locale: Some("de-DE"), ..SAFARI_CLICK });
+        let d = run(&index, &fp_install(MINUTE, "198.51.100.7"));
+        assert_eq!(d.result.match_type, MatchType::Organic);
+        assert_eq!(d.candidates()[0].reason, Some("locale differs"));
+        assert_eq!(d.candidates()[0].evidence.unwrap().differs, Some("locale"));
+        // A time zone GeoIP guessed for the click's address may be wrong: weaker, not ruled out.
+        let mut index = TouchIndex::new(7 * DAY);
+        let mut t = Touch::new(uuid::Uuid::from_u128(1), TouchKind::Click, 0, 0);
+        t.set_ip(ip("198.51.100.7"));
+        Fingerprint { timezone: Some("America/Chicago"), ..SAFARI_CLICK }.hash(&index.hasher).apply(&mut t);
+        t.flags |= crate::domain::attribution::index::FLAG_TZ_GUESSED;
+        index.push(t);
+        let d = run(&index, &fp_install(MINUTE, "198.51.100.7"));
+        assert_eq!(d.result.match_type, MatchType::Fingerprint, "{:?}", d.fingerprint);
+        assert!(d.candidates()[0].evidence.unwrap().differs.is_none());
+        let mut agreeing = TouchIndex::new(7 * DAY);
+        click(&mut agreeing, 1, 0, 0, None, "198.51.100.7", SAFARI_CLICK);
+        let full = run(&agreeing, &fp_install(MINUTE, "198.51.100.7"));
+        assert!(d.candidates()[0].score < full.candidates()[0].score, "a wrong guess weighs less");
+    }
+
+    /// Eight profiles that agree with [`INSTALL`] on all they reveal, told apart by what they
+    /// reveal (model, screen, time zone known or not).
+    fn look_alike(n: u128) -> Fingerprint<'static> {
+        Fingerprint {
+            model: (n & 1 != 0).then_some("iPhone15,2"),
+            screen: (n & 2 != 0).then_some("1179x2556"),
+            timezone: (n & 4 != 0).then_some("America/New_York"),
+            ..SAFARI_CLICK
+        }
+    }
+
+    #[test]
+    fn a_crowd_of_look_alikes_makes_it_organic() {
+        // Eight look-alike phones on one carrier address clicked campaign c0 in the last hours;
+        // the installer clicked c1 ten minutes ago.
+        let mut index = TouchIndex::new(7 * DAY);
+        for n in 0..8 {
+            click(&mut index, 100 + n, n as i64 * 10 * MINUTE, 0, None, "203.0.113.9", look_alike(n));
+        }
+        click(&mut index, 1, 3 * HOUR - 10 * MINUTE, 1, None, "203.0.113.9", SAFARI_CLICK);
+        let d = run(&index, &fp_install(3 * HOUR, "203.0.113.9"));
+        assert_eq!(d.result.match_type, MatchType::Organic, "{:?}", d.fingerprint);
+        assert!(d.fingerprint.as_ref().unwrap().lookalikes >= 8.0, "{:?}", d.fingerprint);
+        // Alone on the address, the same click matches.
+        let mut alone = TouchIndex::new(7 * DAY);
+        click(&mut alone, 1, 3 * HOUR - 10 * MINUTE, 1, None, "203.0.113.9", SAFARI_CLICK);
+        let lone = run(&alone, &fp_install(3 * HOUR, "203.0.113.9"));
+        assert_eq!(lone.result.match_type, MatchType::Fingerprint);
+        // Installs of look-alikes seen on the address make a crowd too.
+        for n in 0..8 {
+            let mut t = Touch::new(uuid::Uuid::from_u128(500 + n), TouchKind::Install, HOUR + n as i64, u32::MAX);
+            t.set_ip(ip("203.0.113.9"));
+            look_alike(n).hash(&alone.hasher).apply(&mut t);
+            alone.push(t);
+        }
+        let crowded = run(&alone, &fp_install(3 * HOUR, "203.0.113.9"));
+        assert!(crowded.fingerprint.as_ref().unwrap().lookalikes >= 8.0, "{:?}", crowded.fingerprint);
+        assert!(crowded.result.confidence < lone.result.confidence - 0.05, "{:?}", crowded.fingerprint);
+        assert!(alone.by_click_id(&uuid::Uuid::from_u128(500)).is_none(), "an install is no click");
+    }
+
+    #[test]
+    fn store_referrers_and_ios_without_tracking_are_not_fingerprinted() {
+        let mut index = TouchIndex::new(7 * DAY);
+        click(&mut index, 1, 0, 0, None, "198.51.100.7", SAFARI_CLICK);
+        let at = 10 * MINUTE;
+        let d = run(&index, &InstallFacts { tracking_authorized: false, ..fp_install(at, "198.51.100.7") });
+        assert_eq!(d.result.match_type, MatchType::Organic);
+        assert_eq!(d.fingerprint_off, Some("ios_tracking_not_authorized"));
+        assert!(d.candidates().is_empty());
+        let allow = AttributionConfig { fingerprint_ios_without_att: true, ..AttributionConfig::default() };
+        let d = attribute(
+            &InstallFacts { tracking_authorized: false, ..fp_install(at, "198.51.100.7") },
+            &index,
+            &links(),
+            &allow,
+            &mut BurstTracker::default(),
+        );
+        assert_eq!(d.result.match_type, MatchType::Fingerprint);
+        let d = run(&index, &InstallFacts { store_referrer: true, ..fp_install(at, "198.51.100.7") });
+        assert_eq!(d.result.match_type, MatchType::Organic);
+        assert_eq!(d.fingerprint_off, Some("store_referrer"));
     }
 }

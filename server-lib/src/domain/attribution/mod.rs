@@ -2,6 +2,7 @@
 //! the conversion-credit models. Everything here is synchronous and clock-free: time comes in as
 //! an argument, so the engine can be tested and benchmarked without HTTP or storage.
 
+pub mod fingerprint;
 pub mod fraud;
 pub mod index;
 pub mod matching;
@@ -13,7 +14,8 @@ pub use matching::{Candidate, Decision, InstallFacts, LinkInfo, RuleFired, attri
 pub use models::{Model, credit};
 
 pub const SECOND: i64 = 1_000;
-pub const HOUR: i64 = 3_600 * SECOND;
+pub const MINUTE: i64 = 60 * SECOND;
+pub const HOUR: i64 = 60 * MINUTE;
 pub const DAY: i64 = 24 * HOUR;
 
 /// Windows, thresholds and models of attribution, with their defaults. Every duration is in
@@ -25,9 +27,13 @@ pub struct AttributionConfig {
     pub click_window: i64,
     /// How long after a click an install can be credited to it by fingerprint. Default 24 h.
     pub fingerprint_window: i64,
-    /// Lowest fingerprint score (0–1) that counts as a match. Default 0.6. Above 1: no
-    /// fingerprint matching at all.
+    /// Lowest fingerprint confidence (0–1, the calibrated probability that the match is right)
+    /// that counts as a match. Default 0.8, chosen on the journey simulator for precision ≥ 0.95
+    /// (docs/attribution.md). Above 1: no fingerprint matching at all.
     pub fingerprint_threshold: f64,
+    /// Fingerprint iOS installs without an IDFA (the person did not allow tracking under App
+    /// Tracking Transparency). Default off: Apple's rules forbid fingerprinting them.
+    pub fingerprint_ios_without_att: bool,
     /// Most touches one lookup walks per device id or per network (newest first). Default 512.
     pub fingerprint_max_candidates: usize,
     /// How long after an impression an install can be credited to it (view-through, same
@@ -61,7 +67,8 @@ impl Default for AttributionConfig {
         AttributionConfig {
             click_window: 7 * DAY,
             fingerprint_window: DAY,
-            fingerprint_threshold: 0.6,
+            fingerprint_threshold: 0.8,
+            fingerprint_ios_without_att: false,
             fingerprint_max_candidates: 512,
             view_through_window: DAY,
             reengagement_inactivity: 7 * DAY,

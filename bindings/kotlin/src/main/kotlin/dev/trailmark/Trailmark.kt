@@ -250,9 +250,17 @@ class Trailmark private constructor(private val sdk: TrailmarkSdk) : AutoCloseab
         result
     }
 
-    /** The Play Install Referrer (see the Android source set), or null when there is none. */
-    fun setInstallReferrer(referrer: String?, referrerClickTsMs: Long? = null, installBeginTsMs: Long? = null) =
-        sdk.setInstallReferrer(referrer, referrerClickTsMs, installBeginTsMs)
+    /**
+     * The Play Install Referrer (see the Android source set), or null when there is none;
+     * [installedAtMs] is the package's `firstInstallTime` (the server rejects clicks reported
+     * after it: click injection).
+     */
+    fun setInstallReferrer(
+        referrer: String?,
+        referrerClickTsMs: Long? = null,
+        installBeginTsMs: Long? = null,
+        installedAtMs: Long? = null,
+    ) = sdk.setInstallReferrer(referrer, referrerClickTsMs, installBeginTsMs, installedAtMs)
 
     fun stats(): SdkStats = sdk.stats()
 

@@ -103,6 +103,11 @@ object TrailmarkAndroid {
 
     /** Hands the Play Install Referrer to the core (which ignores it after the first install). */
     private fun readInstallReferrer(context: Context, tm: Trailmark) {
+        // When the package was installed, from whichever store: a click reported after it is
+        // an injected one.
+        val installedAt = runCatching {
+            context.packageManager.getPackageInfo(context.packageName, 0).firstInstallTime
+        }.getOrNull()?.takeIf { it > 0 }
         val client = InstallReferrerClient.newBuilder(context).build()
         client.startConnection(object : InstallReferrerStateListener {
             override fun onInstallReferrerSetupFinished(responseCode: Int) {
@@ -112,9 +117,11 @@ object TrailmarkAndroid {
                         details?.installReferrer,
                         details?.referrerClickTimestampSeconds?.times(1000),
                         details?.installBeginTimestampSeconds?.times(1000),
+                        installedAt,
                     )
                 } else {
-                    tm.setInstallReferrer(null) // not from Play, or the service is missing
+                    // Not from Play, or the service is missing.
+                    tm.setInstallReferrer(null, installedAtMs = installedAt)
                 }
                 client.endConnection()
             }
