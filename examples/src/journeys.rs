@@ -17,10 +17,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use trailmark_core::protocol::MatchType;
 use trailmark_server::domain::attribution::OsFamily;
+use trailmark_server::domain::attribution::fingerprint::{CAL_OFFSET, CAL_SLOPE};
 use trailmark_server::domain::attribution::fraud::BurstTracker;
 use trailmark_server::domain::attribution::index::{FLAG_TZ_GUESSED, prefix_of};
-use trailmark_server::domain::attribution::matching::FingerprintHash;
 use trailmark_server::domain::attribution::matching::{Decision, Fingerprint, InstallFacts, LinkInfo, attribute};
+use trailmark_server::domain::attribution::matching::{FingerprintHash, fingerprint_refusal};
 use trailmark_server::domain::attribution::{
     AttributionConfig, DAY, HOUR, MINUTE, SECOND, Touch, TouchIndex, TouchKind,
 };
@@ -373,10 +374,15 @@ impl Population {
             let delay = truth.map(|(t, ..)| ts - t).unwrap_or(DAY);
             let context = context.later(&mut rng, dev, delay);
             let ip = context.address(&mut rng, dev);
-            // The download began 20 s to 3 min before the first open, the package was installed
-            // 2 to 40 s before it (never before the click).
-            let begin = ts - rng.random_range(20 * SECOND..3 * MINUTE).min(delay / 2);
-            let installed = (ts - rng.random_range(2 * SECOND..40 * SECOND)).max(begin + SECOND);
+            // The package was installed 2 to 40 s before the first open (one in seven opens it 1
+            // minute to 6 hours later), its download took 15 s to 3 min; both after the click.
+            let gap = if rng.random::<f64>() < 0.85 {
+                rng.random_range(2 * SECOND..40 * SECOND)
+            } else {
+                rng.random_range(MINUTE..6 * HOUR)
+            };
+            let installed = ts - gap.min(delay / 2);
+            let begin = installed - rng.random_range(15 * SECOND..3 * MINUTE).min(delay / 4);
             let mut install = Install {
                 ts,
                 begin_ts: None,
@@ -595,6 +601,8 @@ pub struct Outcome {
     pub injected_won: bool,
     /// The winning click was a real click by the installing device.
     pub own_click: bool,
+    /// The policy let the fingerprint step run for this install (it was reached or not).
+    pub fp_allowed: bool,
 }
 
 /// Runs the journeys through the engine in time order: clicks into the touch index, installs
@@ -727,7 +735,7 @@ fn run_with(world: &World, cfg: &AttributionConfig, before: bool) -> Vec<Outcome
                     fingerprint: fp,
                     anonymous_ip: false,
                     attribution_denied: false,
-                    store_referrer: !before && i.referrer.is_some() && i.referrer_click.is_none(),
+                    store_referrer: !before && i.referrer.is_some(),
                     tracking_authorized: before || (dev.ios && dev.att),
                 };
                 let facts = InstallFacts { installed_at: if before { None } else { facts.installed_at }, ..facts };
@@ -757,6 +765,7 @@ fn run_with(world: &World, cfg: &AttributionConfig, before: bool) -> Vec<Outcome
                             best: None,
                             injected_won: injected_clicks.contains_key(&t.click_id()),
                             own_click: clicker.get(&t.click_id()) == Some(&i.device),
+                            fp_allowed: true,
                         });
                         continue;
                     }
@@ -783,6 +792,19 @@ fn run_with(world: &World, cfg: &AttributionConfig, before: bool) -> Vec<Outcome
                         .unwrap_or_else(|| "none".into()),
                         d.fingerprint.as_ref().map(|f| f.confidence).unwrap_or(0.0),
                         d.fingerprint.as_ref().map(|f| f.lookalikes).unwrap_or(0.0),
+                    );
+                }
+                if std::env::var_os("TM_JOURNEYS_DEBUG").is_some()
+                    && i.path == Path::Deterministic
+                    && d.result.fraud.rejected
+                {
+                    eprintln!(
+                        "det rejected: install={} begin={:?} installed={:?} referrer={:?} cands={}",
+                        i.ts,
+                        i.begin_ts,
+                        i.installed_at,
+                        i.referrer_click,
+                        serde_json::to_string(&d.candidates()).unwrap_or_default()
                     );
                 }
                 if std::env::var_os("TM_JOURNEYS_DEBUG").is_some()
@@ -817,6 +839,8 @@ fn run_with(world: &World, cfg: &AttributionConfig, before: bool) -> Vec<Outcome
                     best,
                     injected_won: d.winner.as_ref().is_some_and(|(t, _)| injected_clicks.contains_key(&t.click_id())),
                     own_click: d.winner.as_ref().is_some_and(|(t, _)| clicker.get(&t.click_id()) == Some(&i.device)),
+                    // Before issue 25 every install with an address was fingerprinted.
+                    fp_allowed: before || fingerprint_refusal(&facts, cfg).is_none(),
                 });
                 // The server notes the install on its address (the crowd the next install meets).
                 let mut t = Touch::new(
@@ -844,9 +868,12 @@ pub struct Report {
     /// Installs a fingerprint could find (by the default policy), and how many it found right.
     pub fp_matchable: usize,
     pub fp_found: usize,
-    /// Organic installs, and how many were attributed anyway.
+    /// Organic installs, and how many were attributed anyway; the same among those the policy
+    /// lets the fingerprint step weigh (the ones it could get wrong).
     pub organic: usize,
     pub organic_attributed: usize,
+    pub organic_fp_allowed: usize,
+    pub organic_fp_allowed_attributed: usize,
     /// Deterministic (click id, referrer, device id) matches, right ones, and installs that had a
     /// deterministic path.
     pub det_matched: usize,
@@ -887,6 +914,10 @@ impl Report {
             if o.truth.is_none() && !o.injected {
                 r.organic += 1;
                 r.organic_attributed += attributed as usize;
+                if o.fp_allowed {
+                    r.organic_fp_allowed += 1;
+                    r.organic_fp_allowed_attributed += attributed as usize;
+                }
             }
             // A deterministic match is right when it names a click the device made.
             let det = matches!(o.match_type, MatchType::ClickId | MatchType::Referrer | MatchType::DeviceId);
@@ -895,6 +926,9 @@ impl Report {
                 r.det_right += o.own_click as usize;
             }
             if o.path == Path::Deterministic {
+                if std::env::var_os("TM_JOURNEYS_DEBUG").is_some() && !(det && o.own_click && !o.rejected) {
+                    eprintln!("deterministic missed: {o:?}");
+                }
                 r.det_possible += 1;
                 r.det_found += (det && o.own_click && !o.rejected) as usize;
             }
@@ -923,6 +957,9 @@ impl Report {
     pub fn organic_false_rate(&self) -> f64 {
         Self::ratio(self.organic_attributed, self.organic)
     }
+    pub fn organic_fp_allowed_false_rate(&self) -> f64 {
+        Self::ratio(self.organic_fp_allowed_attributed, self.organic_fp_allowed)
+    }
     pub fn det_precision(&self) -> f64 {
         Self::ratio(self.det_right, self.det_matched)
     }
@@ -939,7 +976,7 @@ impl Report {
     /// One line of figures.
     pub fn line(&self) -> String {
         format!(
-            "installs={} fingerprint: matched={} precision={:.3} recall={:.3} (of {} matchable) | organic false={:.3} (of {}) | deterministic precision={:.3} recall={:.3} (of {}) | injection recall={:.3} (of {}) legit rejected={:.4} | ambiguous={}",
+            "installs={} fingerprint: matched={} precision={:.3} recall={:.3} (of {} matchable) | organic false={:.3} (of {}; {:.3} of the {} the step may weigh) | deterministic precision={:.3} recall={:.3} (of {}) | injection recall={:.3} (of {}) legit rejected={:.4} | ambiguous={}",
             self.installs,
             self.fp_matched,
             self.fp_precision(),
@@ -947,6 +984,8 @@ impl Report {
             self.fp_matchable,
             self.organic_false_rate(),
             self.organic,
+            self.organic_fp_allowed_false_rate(),
+            self.organic_fp_allowed,
             self.det_precision(),
             self.det_recall(),
             self.det_possible,
@@ -959,7 +998,8 @@ impl Report {
 }
 
 /// Reliability of the fingerprint confidence: for each tenth of confidence, how many best
-/// candidates fell in it and how many of them were the right campaign.
+/// candidates fell in it and how many of them were the right campaign (the campaign of the
+/// device's last click: for an install left organic no click was chosen to compare).
 pub fn reliability(outcomes: &[Outcome]) -> Vec<(f64, usize, usize)> {
     let mut bins = vec![(0usize, 0usize); 10];
     for o in outcomes {
@@ -972,13 +1012,15 @@ pub fn reliability(outcomes: &[Outcome]) -> Vec<(f64, usize, usize)> {
     bins.into_iter().enumerate().map(|(i, (n, r))| (i as f64 / 10.0, n, r)).collect()
 }
 
-/// Fits `right ~ σ(a · logit(confidence) + b)` over the best fingerprint candidates by Newton's
-/// method: run with the calibration at (1, 0) to get the engine's constants.
+/// Fits `right ~ σ(a · logit(share) + b)` over the best fingerprint candidates by Newton's
+/// method, the share recovered from the confidence through the engine's calibration: the
+/// result is the pair of constants (`CAL_SLOPE`, `CAL_OFFSET`) for these journeys. A candidate
+/// counts as right when its campaign is the one of the device's last click.
 pub fn fit_calibration(outcomes: &[Outcome]) -> (f64, f64) {
     let data: Vec<(f64, f64)> = outcomes
         .iter()
         .filter_map(|o| o.best.map(|(c, conf)| (conf.clamp(1e-4, 1.0 - 1e-4), (Some(c) == o.truth) as u8 as f64)))
-        .map(|(p, y)| ((p / (1.0 - p)).ln(), y))
+        .map(|(p, y)| (((p / (1.0 - p)).ln() - CAL_OFFSET) / CAL_SLOPE, y))
         .collect();
     let (mut a, mut b) = (1.0f64, 0.0f64);
     for _ in 0..50 {

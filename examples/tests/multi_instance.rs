@@ -148,6 +148,12 @@ async fn two_instances_share_postgres_and_redis() {
     let client =
         Client { http: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap() };
 
+    // Installs noted on their address (the fingerprint step's crowd count) already in Redis
+    // from earlier runs on the same server.
+    let mut redis = redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let noted = r#""kind":"install""#;
+    let noted_before = redis_entries_with(&mut redis, &[noted]).await.len();
+
     // A click through A (on a link made through A) attributes an install posted to B: by
     // device id, which only the shared click cache can tell B about.
     let (campaign, code) = link(&client, &a.base).await;
@@ -223,9 +229,10 @@ async fn two_instances_share_postgres_and_redis() {
         }
     }
     assert!(dump.contains("COPY") && dump.contains(&anon), "the dump holds the data");
-    let mut redis = redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
     assert_eq!(redis_entries_with(&mut redis, &[gaid.as_str()]).await, Vec::<String>::new(), "the raw GAID in Redis");
     assert!(!redis_entries_with(&mut redis, &needles).await.is_empty(), "the click is cached");
+    // Both decided installs are noted on their address.
+    assert_eq!(redis_entries_with(&mut redis, &[noted]).await.len(), noted_before + 2, "installs noted in Redis");
 
     // …and in neither after `/v1/user/delete` through B.
     let (s, receipt) =
@@ -235,6 +242,11 @@ async fn two_instances_share_postgres_and_redis() {
     assert!(receipt.get("warnings").is_none(), "{receipt}");
     assert_eq!(pg_rows_with(&pg, &schema, &needles).await, Vec::<String>::new(), "left in PostgreSQL");
     assert_eq!(redis_entries_with(&mut redis, &needles).await, Vec::<String>::new(), "left in Redis");
+    assert_eq!(
+        redis_entries_with(&mut redis, &[noted]).await.len(),
+        noted_before + 1,
+        "the subject's noted install is gone"
+    );
     // The other click (another subject) is still matchable through either instance.
     assert!(!redis_entries_with(&mut redis, &[click_b.as_str()]).await.is_empty());
     let (s, _) = client.admin(&a.base, reqwest::Method::GET, "/v1/events?anonymous_id=anon-other", None).await;

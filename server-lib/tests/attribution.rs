@@ -1782,3 +1782,27 @@ async fn installs_are_noted_on_their_address_and_forgotten_with_the_person() {
         "the deleted person's install is forgotten"
     );
 }
+
+/// An install dated days back (a signed request with an old device time, or an SDK that queued
+/// it offline) is noted at its receipt: it does not hide the network's clicks from the next
+/// install. A preinstalled app's `installed_at` (2009) is ignored, not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_install_hides_no_clicks_and_odd_install_times_are_ignored() {
+    let srv = start(|c| c.trust_proxy = true).await;
+    let (campaign, _, code) = srv.link("tiktok").await;
+    srv.click(&format!("/c/{code}"), IPHONE_UA, &[("X-Forwarded-For", "203.0.113.60"), ("Accept-Language", "en-US")])
+        .await;
+    srv.clock.advance(5 * MINUTE);
+    let mut old = srv.install_body("android", json!({"os": "Android", "os_version": "14", "locale": "en_US"}));
+    old["timestamp"] = json!(protocol::format_millis(srv.clock.now() - 2 * DAY));
+    old["installed_at"] = json!(1_230_768_000_000i64); // 2009-01-01
+    let resp = srv.signed("/v1/install", &old, &[("X-Forwarded-For", "203.0.113.61")]).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let body = srv.install_body(
+        "ios",
+        json!({"idfa": "51111111-2222-4333-8444-555555555555", "os": "iOS", "os_version": "17.1", "locale": "en_US"}),
+    );
+    let result = srv.install(body, &[("X-Forwarded-For", "203.0.113.60")]).await;
+    assert_eq!(result["match_type"], "fingerprint", "{result}");
+    assert_eq!(result["campaign_id"], campaign);
+}

@@ -14,6 +14,9 @@ use crate::domain::attribution::matching::{InstallFacts, attribute};
 use crate::domain::attribution::{Decision, Touch, TouchIndex, TouchKind};
 use crate::domain::records::ClickRecord;
 
+/// Most installs noted on one address (IPv6: its /64) per clock hour.
+pub const MAX_NOTED_INSTALLS_PER_ADDRESS_HOUR: u32 = 20;
+
 /// This instance's index, or a cache every instance shares.
 pub enum Clicks {
     Local,
@@ -127,23 +130,35 @@ impl Clicks {
     /// Notes a decided install on its address (this instance's index, or the shared cache), so
     /// the fingerprint step of later installs counts the devices the address is shared by.
     /// `id` is [`install_touch_id`]: a deletion of the person forgets it.
-    pub async fn note_install(&self, svc: &Services, facts: &InstallFacts<'_>, id: uuid::Uuid) {
+    /// `at` is the server's receipt time (the index walks touches in time order). At most
+    /// [`MAX_NOTED_INSTALLS_PER_ADDRESS_HOUR`] installs per address and hour are noted, so a
+    /// client cannot flood an address's crowd.
+    pub async fn note_install(&self, svc: &Services, facts: &InstallFacts<'_>, id: uuid::Uuid, at: i64) {
         let Some(ip) = facts.ip else { return };
-        match self {
-            Clicks::Local => {
-                let Ok(mut t) = svc.tracking.lock() else { return };
-                let mut touch = Touch::new(id, TouchKind::Install, facts.install_ts, u32::MAX);
+        {
+            let Ok(mut t) = svc.tracking.lock() else { return };
+            let key = t.index.hasher.h64(super::limits::limit_key(ip));
+            if t.noted_installs.hit(key, at) > MAX_NOTED_INSTALLS_PER_ADDRESS_HOUR {
+                metrics::counter!("trailmark_installs_not_noted_total").increment(1);
+                return;
+            }
+            if let Clicks::Local = self {
+                let mut touch = Touch::new(id, TouchKind::Install, at, u32::MAX);
                 touch.set_ip(Some(ip));
                 facts.fingerprint.hash(&t.index.hasher).apply(&mut touch);
-                t.index.push(touch);
+                t.index_pushed(touch, at);
+                return;
             }
+        }
+        match self {
+            Clicks::Local => {}
             Clicks::Shared(cache) => {
                 let f = &facts.fingerprint;
                 let own = |v: Option<&str>| v.map(str::to_owned);
                 let touch = CachedTouch {
                     click_id: id.to_string(),
                     kind: INSTALL_KIND.into(),
-                    ts: facts.install_ts,
+                    ts: at,
                     ip_enc: svc.ip_cipher.encrypt(ip).as_deref().map(hex::encode),
                     os: own(f.os),
                     os_version: own(f.os_version),

@@ -42,7 +42,9 @@ pub async fn install(
     let device_time = |ms: i64, field: &str| device_time(ms, field, skew, received_at);
     let install_ts = device_time(req.timestamp.timestamp_millis(), "timestamp")?;
     let install_begin_ts = req.install_begin_ts.map(|t| device_time(t, "install_begin_ts")).transpose()?;
-    let installed_at = req.installed_at.map(|t| device_time(t, "installed_at")).transpose()?;
+    // Preinstalled apps report 2009 and other odd times: an implausible one is ignored, not
+    // refused (the field only adds a fraud check).
+    let installed_at = req.installed_at.and_then(|t| device_time(t, "installed_at").ok());
     if let Some(t) = req.referrer_click_ts {
         device_time(t, "referrer_click_ts")?;
     }
@@ -177,15 +179,12 @@ pub async fn install(
         },
         anonymous_ip,
         attribution_denied: consent.attribution == Some(false),
-        store_referrer: referrer_click_id.is_none()
-            && req.install_referrer.as_deref().is_some_and(|r| !r.trim().is_empty()),
+        // The store said where the install came from (a Trailmark click found above, one expired
+        // or unknown, or none): never fingerprinted.
+        store_referrer: req.install_referrer.as_deref().is_some_and(|r| !r.trim().is_empty()),
         tracking_authorized: keys.idfa.is_some(),
     };
     let decision = svc.clicks.decide(svc, &facts).await?;
-    if !test_device {
-        let id = install_touch_id(&svc.config.audit_key, &app_id, &req.anonymous_id);
-        svc.clicks.note_install(svc, &facts, id).await;
-    }
     record.result = decision.result.clone();
     record.audit = decision_audit(&AuditFacts {
         req: &req,
@@ -233,7 +232,15 @@ pub async fn install(
             detail: serde_json::to_value(&a).unwrap_or_default(),
         }
     });
-    save(svc, record, touchpoint, alert, sent_consent).await
+    let answer = save(svc, record, touchpoint, alert, sent_consent).await?;
+    // Once stored (so a deletion of the person finds it), the install is noted on its address
+    // for the fingerprint step's crowd count: at its receipt time (a device time may be days
+    // old), and not when the person denied attribution.
+    if !test_device && !facts.attribution_denied {
+        let id = install_touch_id(&svc.config.audit_key, &app_id, &req.anonymous_id);
+        svc.clicks.note_install(svc, &facts, id, received_at).await;
+    }
+    Ok(answer)
 }
 
 async fn save(

@@ -25,6 +25,8 @@ pub struct TrackState {
     pub by_id: HashMap<String, u32>,
     pub campaigns: HashMap<String, Campaign>,
     pub ip_clicks: HourlyCounter,
+    /// Installs noted per address this hour (the crowd count's flood limit).
+    pub noted_installs: HourlyCounter,
     pub device_clicks: HourlyCounter,
     pub burst: BurstTracker,
     /// Stored forms of the test devices' ids (reloaded with the links).
@@ -51,6 +53,7 @@ impl TrackState {
             by_id: HashMap::new(),
             campaigns: HashMap::new(),
             ip_clicks: HourlyCounter::default(),
+            noted_installs: HourlyCounter::default(),
             device_clicks: HourlyCounter::default(),
             burst: BurstTracker::default(),
             test_devices: Default::default(),
@@ -79,13 +82,19 @@ impl TrackState {
     /// rebuild both go through here, so both index the same facts.
     pub fn index_touch(&mut self, click: &ClickRecord, ip: Option<IpAddr>) -> Option<Touch> {
         let touch = self.touch_of(click, ip)?;
-        self.index.expire(click.ts);
+        self.index_pushed(touch, click.ts);
+        Some(touch)
+    }
+
+    /// Expires what is older than the window at `now`, then indexes `touch` (counting what the
+    /// cap evicts).
+    pub fn index_pushed(&mut self, touch: Touch, now: i64) {
+        self.index.expire(now);
         let evicted = self.index.push(touch);
         if evicted > 0 {
             metrics::counter!("trailmark_touch_index_evicted_total").increment(evicted as u64);
             tracing::warn!(evicted, "touch index full: the oldest touches were evicted");
         }
-        Some(touch)
     }
 
     /// The compact touch of a click (hashed with this instance's keys); none when its link is

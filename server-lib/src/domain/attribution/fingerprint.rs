@@ -16,6 +16,8 @@
 //!   with the number of distinct look-alike devices seen on the address and network (clicks and
 //!   installs of the window), so a crowded address — a carrier NAT, an office, a family of
 //!   iPhones — asks for more evidence, and RFC 6598 shared addresses count as crowded;
+//! - look-alikes are distinct device profiles *as seen* (a phone seen by Safari, which hides the
+//!   model, and by its install, which tells it, is two), agreeing on two facts at least;
 //! - each campaign's share of the total weight is the probability it is the right one; the
 //!   calibration maps it onto the rate at which such matches were right on the journey
 //!   simulator (`docs/attribution.md`), and that is the answer's `confidence`.
@@ -78,7 +80,7 @@ pub const UNKNOWN_TIMEZONE: f64 = 0.8;
 /// carrier ones most, in a neighbouring zone).
 pub const GUESSED_TIMEZONE_DIFFERS: f64 = 0.3;
 /// Click-to-install time: likelihood `(1 + t / TIME_SCALE) ^ -TIME_POWER` (1 at once, 0.54 at
-/// 10 minutes, 0.19 at an hour, 0.01 at a day).
+/// 10 minutes, 0.125 at an hour, 0.0016 at a day).
 pub const TIME_SCALE: i64 = 20 * MINUTE;
 pub const TIME_POWER: f64 = 1.5;
 /// The organic weight per look-alike device seen (and for the install's own chance of being
@@ -88,8 +90,8 @@ pub const ORGANIC_WEIGHT: f64 = 0.012;
 pub const SHARED_RANGE_LOOKALIKES: f64 = 20.0;
 /// Calibration `confidence = σ(CAL_SLOPE · logit(share) + CAL_OFFSET)`, fitted on the journey
 /// simulator.
-pub const CAL_SLOPE: f64 = 1.27;
-pub const CAL_OFFSET: f64 = -0.14;
+pub const CAL_SLOPE: f64 = 1.39;
+pub const CAL_OFFSET: f64 = -0.23;
 /// Two campaigns with shares within this ratio of each other are ambiguous whatever the
 /// threshold (matters only for thresholds under 0.5).
 pub const AMBIGUITY_RATIO: f64 = 0.5;
@@ -314,7 +316,8 @@ mod tests {
         let t = time_factor_table();
         assert_eq!(t[0].1, 1.0);
         assert!(t.windows(2).all(|w| w[1].1 < w[0].1));
-        assert!(t[4].1 < 0.02, "{t:?}");
+        assert!((t[2].1 - 0.125).abs() < 1e-9, "an hour: {t:?}");
+        assert!(t[4].1 < 0.002, "a day: {t:?}");
     }
 
     #[test]

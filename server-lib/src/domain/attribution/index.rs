@@ -279,7 +279,14 @@ impl TouchIndex {
         touch.prev_device = link(&mut self.by_device, touch.device);
         let prefix = self.prefix_key(&touch.ip);
         touch.prev_prefix = link(&mut self.by_prefix, prefix);
-        self.by_id.insert(id_key(&touch.id), seq);
+        // The same id again (an install noted twice): the older copy goes, so a deletion by
+        // that id leaves nothing.
+        if let Some(prev) = self.by_id.insert(id_key(&touch.id), seq)
+            && let Some(old) = self.get_mut(prev)
+            && old.id == touch.id
+        {
+            old.flags |= FLAG_DELETED;
+        }
         if self.chunks.back().is_none_or(|c| c.len() == CHUNK) {
             self.chunks.push_back(Vec::with_capacity(self.reserve));
             self.chunk_newest.push_back(i64::MIN);

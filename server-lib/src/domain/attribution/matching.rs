@@ -264,6 +264,22 @@ pub fn attribute(
         }
     }
     let Audit { mut seen, omitted } = audit;
+    // A click after the download began or the app was installed cannot have caused the
+    // install: with the rule rejecting, such clicks step aside for the level's others (when
+    // only they are left, the winner among them is rejected below, as the audit shows).
+    let injected = |t: &Touch| {
+        t.kind == TouchKind::Click
+            && (facts.install_begin_ts.is_some_and(|b| b < t.ts) || facts.installed_at.is_some_and(|d| d < t.ts))
+    };
+    if cfg.fraud.click_injection == FraudPolicy::Reject
+        && hits.iter().any(|h| injected(&h.1))
+        && hits.iter().any(|h| !injected(&h.1))
+    {
+        for i in hits.iter().filter(|h| injected(&h.1)).filter_map(|h| h.0) {
+            seen[i].reason = Some("after the app was installed (click injection)");
+        }
+        hits.retain(|h| !injected(&h.1));
+    }
 
     // Most recent wins; ties go to the network listed first in the priority, then by name.
     let network = |t: &Touch| links[t.link as usize].network.as_str();
@@ -482,7 +498,8 @@ fn fingerprint_step(
             continue;
         }
         let Some(e) = evidence(t, &probe.ip, &fp, at.saturating_sub(t.ts)) else { continue };
-        if e.differs.is_none() {
+        // A look-alike agrees on two facts at least and contradicts none.
+        if e.enough() {
             crowd.see(t, e.same_address);
         }
         if t.kind != TouchKind::Click {
@@ -536,8 +553,8 @@ fn fingerprint_step(
         None => "no_candidate",
         Some((_, w)) if confidence >= cfg.fingerprint_threshold && second < share(w) * AMBIGUITY_RATIO => "matched",
         // Two campaigns carry the weight between them: neither is clearly the one.
-        Some(_)
-            if by_campaign.len() > 1
+        Some((_, w))
+            if second >= share(w) * AMBIGUITY_RATIO
                 && calibrate(by_campaign.iter().map(|(_, w)| share(*w)).sum::<f64>().min(1.0))
                     >= cfg.fingerprint_threshold =>
         {
@@ -641,7 +658,8 @@ mod tests {
         assert_eq!(d.result.confidence, 1.0);
 
         // Fingerprint: both clicks came from the same iPhone profile on the install's address,
-        // for two campaigns: neither is clearly the one.
+        // for two campaigns, one and two hours before: the newer carries more weight, but not
+        // enough to be sure.
         let install_fp =
             Fingerprint { os: Some("iOS"), os_version: Some("17.1.2"), locale: Some("en_US"), ..Default::default() };
         let d = run(
@@ -654,12 +672,12 @@ mod tests {
             },
         );
         assert_eq!(d.result.match_type, MatchType::Organic);
-        assert_eq!(d.result.reason.as_deref(), Some("ambiguous"), "{:?}", d.fingerprint);
+        assert_eq!(d.result.reason.as_deref(), Some("below_threshold"), "{:?}", d.fingerprint);
         assert_eq!(d.candidates().len(), 2);
-        assert!(d.candidates().iter().all(|c| c.reason == Some("ambiguous")));
+        assert!(d.candidates().iter().all(|c| c.reason == Some("below the threshold")));
         let summary = d.fingerprint.as_ref().unwrap();
-        assert_eq!(summary.verdict, "ambiguous");
         assert_eq!(summary.campaigns[0].campaign_id, "c1", "the newer click carries more weight");
+        assert!(summary.campaigns[0].share > summary.campaigns[1].share);
         // Attribution consent denied: the same install is not fingerprinted, its device id
         // still matches.
         let denied = InstallFacts {
@@ -754,6 +772,14 @@ mod tests {
         assert_eq!(d.result.match_type, MatchType::Organic);
         assert!(d.result.fraud.rejected);
         assert!(d.rules[0].detail.contains("installed 5000 ms before the click"), "{:?}", d.rules);
+        // An earlier, legitimate click of the device: the injected one steps aside for it.
+        click(&mut index2, 2, 20 * SECOND, 1, Some("gaid-1"), "10.0.0.1", IPHONE);
+        let d = run(&index2, &InstallFacts { device_ids: vec!["gaid-1"], ..installed_before.clone() });
+        assert_eq!(d.result.match_type, MatchType::DeviceId, "{:?}", d.rules);
+        assert_eq!(d.result.click_id, Some(uuid::Uuid::from_u128(2).to_string()));
+        assert!(!d.result.fraud.rejected);
+        let injected = d.candidates().into_iter().find(|c| c.click_id == uuid::Uuid::from_u128(1).to_string()).unwrap();
+        assert_eq!(injected.reason, Some("after the app was installed (click injection)"));
         // Installed after the click: no rule.
         let d = run(
             &index2,
@@ -906,6 +932,27 @@ mod tests {
         assert!(crowded.fingerprint.as_ref().unwrap().lookalikes >= 8.0, "{:?}", crowded.fingerprint);
         assert!(crowded.result.confidence < lone.result.confidence - 0.05, "{:?}", crowded.fingerprint);
         assert!(alone.by_click_id(&uuid::Uuid::from_u128(500)).is_none(), "an install is no click");
+    }
+
+    #[test]
+    fn look_alike_clicks_for_two_campaigns_are_ambiguous() {
+        // Two phones with the same facts on one Wi-Fi clicked two campaigns a minute apart.
+        let mut index = TouchIndex::new(7 * DAY);
+        click(&mut index, 1, 0, 0, None, "198.51.100.7", SAFARI_CLICK);
+        click(&mut index, 2, MINUTE, 1, None, "198.51.100.7", SAFARI_CLICK);
+        let d = run(&index, &fp_install(5 * MINUTE, "198.51.100.7"));
+        assert_eq!(d.result.match_type, MatchType::Organic, "{:?}", d.fingerprint);
+        assert_eq!(d.result.reason.as_deref(), Some("ambiguous"));
+        assert!(d.candidates().iter().all(|c| c.reason == Some("ambiguous") && !c.chosen));
+        let s = d.fingerprint.unwrap();
+        assert_eq!((s.verdict, s.campaigns.len()), ("ambiguous", 2));
+        // Two clicks of one campaign: not ambiguous, the campaign is matched.
+        let mut same = TouchIndex::new(7 * DAY);
+        click(&mut same, 1, 0, 0, None, "198.51.100.7", SAFARI_CLICK);
+        click(&mut same, 2, MINUTE, 0, None, "198.51.100.7", SAFARI_CLICK);
+        let d = run(&same, &fp_install(5 * MINUTE, "198.51.100.7"));
+        assert_eq!(d.result.match_type, MatchType::Fingerprint, "{:?}", d.fingerprint);
+        assert_eq!(d.result.click_id, Some(uuid::Uuid::from_u128(2).to_string()), "the newer click");
     }
 
     #[test]
