@@ -374,8 +374,9 @@ impl Population {
             let delay = truth.map(|(t, ..)| ts - t).unwrap_or(DAY);
             let context = context.later(&mut rng, dev, delay);
             let ip = context.address(&mut rng, dev);
-            // The package was installed 2 to 40 s before the first open (one in seven opens it 1
-            // minute to 6 hours later), its download took 15 s to 3 min; both after the click.
+            // The package was installed 2 to 40 s before the first open (15 % open it 1 minute to
+            // 6 hours later), its download took 15 s to 3 min; each at most half (a quarter) of
+            // the click-to-install time, so both follow the click.
             let gap = if rng.random::<f64>() < 0.85 {
                 rng.random_range(2 * SECOND..40 * SECOND)
             } else {
@@ -995,6 +996,36 @@ impl Report {
             self.ambiguous,
         )
     }
+}
+
+/// Per match type: how many installs were answered with it and how many of those were right (a
+/// deterministic or view-through match names a click the device made; a fingerprint match also
+/// the campaign of its last click; an organic answer is right when the install came from no
+/// click).
+pub fn by_match_type(outcomes: &[Outcome]) -> Vec<(MatchType, usize, usize)> {
+    let types = [
+        MatchType::ClickId,
+        MatchType::Referrer,
+        MatchType::DeviceId,
+        MatchType::Fingerprint,
+        MatchType::ViewThrough,
+        MatchType::Organic,
+    ];
+    types
+        .into_iter()
+        .map(|m| {
+            let of: Vec<&Outcome> = outcomes.iter().filter(|o| o.match_type == m).collect();
+            let right = of
+                .iter()
+                .filter(|o| match m {
+                    MatchType::Organic => o.truth.is_none(),
+                    MatchType::Fingerprint => o.own_click && o.campaign == o.truth,
+                    _ => o.own_click,
+                })
+                .count();
+            (m, of.len(), right)
+        })
+        .collect()
 }
 
 /// Reliability of the fingerprint confidence: for each tenth of confidence, how many best

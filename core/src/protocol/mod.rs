@@ -483,7 +483,7 @@ pub struct AttributionResult {
     #[cfg_attr(feature = "serde", serde(default))]
     pub reinstall: bool,
     /// Why an install is not attributed (`no_click_in_window`, `outside_window`,
-    /// `below_threshold`, `consent_denied`, `rejected_fraud`, `reinstall`);
+    /// `below_threshold`, `ambiguous`, `consent_denied`, `rejected_fraud`, `reinstall`);
     /// `None` when attributed.
     #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "Option::is_none"))]
     pub reason: Option<String>,

@@ -110,6 +110,9 @@ pub fn decision_audit(a: &AuditFacts<'_>) -> Value {
         "install_ts": facts.install_ts,
         "install_begin_ts": req.install_begin_ts,
         "installed_at": req.installed_at,
+        // The times the checks used (on the server's clock; none when implausible).
+        "install_begin_ts_used": facts.install_begin_ts,
+        "installed_at_used": facts.installed_at,
         "referrer_click_ts": req.referrer_click_ts,
         "platform": req.platform.as_str(),
         "signals": {
@@ -123,7 +126,7 @@ pub fn decision_audit(a: &AuditFacts<'_>) -> Value {
                 None => "allowed",
                 Some("consent_denied") => "not used: attribution consent denied",
                 Some("fingerprinting_off") => "not used: fingerprint_threshold is above 1",
-                Some("store_referrer") => "not used: the store's install referrer names no Trailmark click",
+                Some("store_referrer") => "not used: the store's install referrer says where the install came from",
                 Some("ios_tracking_not_authorized") =>
                     "not used: iOS without tracking permission (fingerprint_ios_without_att is off)",
                 Some(_) => "not used: the install's address is unknown",

@@ -41,13 +41,12 @@ pub async fn install(
     let skew = received_at - sent_at_secs.saturating_mul(1000);
     let device_time = |ms: i64, field: &str| device_time(ms, field, skew, received_at);
     let install_ts = device_time(req.timestamp.timestamp_millis(), "timestamp")?;
-    let install_begin_ts = req.install_begin_ts.map(|t| device_time(t, "install_begin_ts")).transpose()?;
-    // Preinstalled apps report 2009 and other odd times: an implausible one is ignored, not
-    // refused (the field only adds a fraud check).
+    // The Play client's times are 0 when it has none, and other stores' odd: an implausible one
+    // is ignored, not refused (they only add fraud checks and the audit).
+    let install_begin_ts = req.install_begin_ts.and_then(|t| device_time(t, "install_begin_ts").ok());
+    // Preinstalled apps report 2009.
     let installed_at = req.installed_at.and_then(|t| device_time(t, "installed_at").ok());
-    if let Some(t) = req.referrer_click_ts {
-        device_time(t, "referrer_click_ts")?;
-    }
+
     let event_id = req.event_id.to_string();
     // The consent the SDK had when it sent the request; none from senders that do not say.
     let sent_consent = req.consent;

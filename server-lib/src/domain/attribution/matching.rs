@@ -87,8 +87,8 @@ pub struct InstallFacts<'a> {
     /// The person denied attribution consent: no fingerprint matching (click ids, the install
     /// referrer and device ids the app was allowed to send still match).
     pub attribution_denied: bool,
-    /// The app store's install referrer was sent and names no Trailmark click: the store says
-    /// where the install came from, so it is never fingerprinted.
+    /// The app store's install referrer was sent: the store says where the install came from
+    /// (a Trailmark click, expired or not, or none), so it is never fingerprinted.
     pub store_referrer: bool,
     /// iOS: the install carries an IDFA, so the person allowed tracking (App Tracking
     /// Transparency). Without it an iOS install is fingerprinted only when
@@ -180,6 +180,13 @@ impl Decision {
     }
 }
 
+/// Why a click after the download began or the app was installed is not a candidate.
+pub const AFTER_INSTALLED: &str = "after the app was installed";
+
+/// How long after the app was installed (`installed_at`) a click counts as injected; later ones
+/// are only after the install (an update brought the SDK, the app's data were cleared).
+pub const INJECTION_WINDOW: i64 = super::HOUR;
+
 /// Most candidates kept in an audit record.
 pub const MAX_AUDIT_CANDIDATES: usize = 64;
 
@@ -196,13 +203,24 @@ pub fn attribute(
     let mut audit = Audit::default();
     // Eligible candidates of the first level that has any.
     let mut hits: Vec<Hit> = Vec::new();
+    // Clicks after the download began or the app was installed: they cannot have caused the
+    // install. With the click injection rule rejecting they are set aside (the waterfall goes
+    // on without them) and only decide when nothing else matched.
+    let mut set_aside: Vec<Hit> = Vec::new();
+    let after_install = |t: &Touch| {
+        cfg.fraud.click_injection == FraudPolicy::Reject
+            && t.kind == TouchKind::Click
+            && (facts.install_begin_ts.is_some_and(|b| b < t.ts) || facts.installed_at.is_some_and(|d| d < t.ts))
+    };
     // Checks one touch against a window and records it; keeps it when eligible.
-    let consider = |audit: &mut Audit, t: &Touch, m: MatchType, window: i64, hits: &mut Vec<_>| {
+    let consider = |audit: &mut Audit, t: &Touch, m: MatchType, window: i64, hits: &mut Vec<_>, aside: &mut Vec<_>| {
         let Some(link) = links.get(t.link as usize).filter(|l| l.app_id == facts.app_id) else { return };
         let reason = if t.ts > at {
             Some("after the install")
         } else if at.saturating_sub(t.ts) > window {
             Some("outside the window")
+        } else if after_install(t) {
+            Some(AFTER_INSTALLED)
         } else {
             None
         };
@@ -215,8 +233,10 @@ pub fn attribute(
             chosen: false,
             evidence: None,
         });
-        if reason.is_none() {
-            hits.push((slot, *t, 1.0, m));
+        match reason {
+            None => hits.push((slot, *t, 1.0, m)),
+            Some(AFTER_INSTALLED) => aside.push((slot, *t, 1.0, m)),
+            Some(_) => {}
         }
     };
 
@@ -224,7 +244,7 @@ pub fn attribute(
     for (id, m) in [(facts.click_id, MatchType::ClickId), (facts.referrer_click_id, MatchType::Referrer)] {
         let Some(id) = id else { continue };
         if let Some(t) = index.by_click_id(&id).filter(|t| t.kind == TouchKind::Click) {
-            consider(&mut audit, t, m, cfg.click_window, &mut hits);
+            consider(&mut audit, t, m, cfg.click_window, &mut hits, &mut set_aside);
             if !hits.is_empty() {
                 break;
             }
@@ -237,7 +257,7 @@ pub fn attribute(
         for &d in &devices {
             for t in index.by_device(d, at.saturating_sub(cfg.click_window)).take(cap) {
                 if t.kind == TouchKind::Click {
-                    consider(&mut audit, t, MatchType::DeviceId, cfg.click_window, &mut hits);
+                    consider(&mut audit, t, MatchType::DeviceId, cfg.click_window, &mut hits, &mut set_aside);
                 }
             }
         }
@@ -248,7 +268,7 @@ pub fn attribute(
     if hits.is_empty() {
         fingerprint_off = fingerprint_refusal(facts, cfg);
         if fingerprint_off.is_none() {
-            let (s, hit) = fingerprint_step(facts, index, links, cfg, &mut audit);
+            let (s, hit) = fingerprint_step(facts, index, links, cfg, &mut audit, &after_install);
             summary = Some(s);
             hits.extend(hit);
         }
@@ -258,27 +278,34 @@ pub fn attribute(
         for &d in &devices {
             for t in index.by_device(d, at.saturating_sub(cfg.view_through_window)).take(cap) {
                 if t.kind == TouchKind::Impression {
-                    consider(&mut audit, t, MatchType::ViewThrough, cfg.view_through_window, &mut hits);
+                    consider(&mut audit, t, MatchType::ViewThrough, cfg.view_through_window, &mut hits, &mut set_aside);
                 }
             }
         }
     }
     let Audit { mut seen, omitted } = audit;
-    // A click after the download began or the app was installed cannot have caused the
-    // install: with the rule rejecting, such clicks step aside for the level's others (when
-    // only they are left, the winner among them is rejected below, as the audit shows).
-    let injected = |t: &Touch| {
-        t.kind == TouchKind::Click
-            && (facts.install_begin_ts.is_some_and(|b| b < t.ts) || facts.installed_at.is_some_and(|d| d < t.ts))
-    };
-    if cfg.fraud.click_injection == FraudPolicy::Reject
-        && hits.iter().any(|h| injected(&h.1))
-        && hits.iter().any(|h| !injected(&h.1))
-    {
-        for i in hits.iter().filter(|h| injected(&h.1)).filter_map(|h| h.0) {
-            seen[i].reason = Some("after the app was installed (click injection)");
+    let mut rules = Vec::new();
+    if hits.is_empty() {
+        // Nothing else matched: a click reported while the download ran or just after the app
+        // was installed (within [`INJECTION_WINDOW`]) is injected — the winner among them is
+        // rejected below. One long after the app was installed (an update brought the SDK,
+        // data were cleared) is only after the install.
+        hits = set_aside
+            .into_iter()
+            .filter(|h| {
+                facts.install_begin_ts.is_some_and(|b| b < h.1.ts)
+                    || facts.installed_at.is_some_and(|d| h.1.ts.saturating_sub(d) <= INJECTION_WINDOW)
+            })
+            .collect();
+        for i in hits.iter().filter_map(|h| h.0) {
+            seen[i].reason = None;
         }
-        hits.retain(|h| !injected(&h.1));
+    } else if !set_aside.is_empty() {
+        rules.push(RuleFired {
+            rule: "click_injection",
+            policy: FraudPolicy::Flag,
+            detail: format!("{} click(s) after the download began or the app was installed set aside", set_aside.len()),
+        });
     }
 
     // Most recent wins; ties go to the network listed first in the priority, then by name.
@@ -295,7 +322,6 @@ pub fn attribute(
 
     // Fraud rules.
     let f = &cfg.fraud;
-    let mut rules = Vec::new();
     fn fire(rules: &mut Vec<RuleFired>, rule: &'static str, policy: FraudPolicy, detail: String) {
         if policy != FraudPolicy::Allow {
             rules.push(RuleFired { rule, policy, detail });
@@ -481,6 +507,7 @@ fn fingerprint_step(
     links: &[Arc<LinkInfo>],
     cfg: &AttributionConfig,
     audit: &mut Audit,
+    after_install: &dyn Fn(&Touch) -> bool,
 ) -> (FingerprintSummary, Option<Hit>) {
     let at = facts.install_ts;
     let fp = facts.fingerprint.hash(&index.hasher);
@@ -490,13 +517,17 @@ fn fingerprint_step(
     // Clicks with enough evidence: (slot, touch, weight, campaign number).
     let mut cands: Vec<(Option<usize>, Touch, f64, u32)> = Vec::new();
     let mut campaigns: Vec<&str> = Vec::new();
+    // Clicks weighed count against `fingerprint_max_candidates`; the walk itself (noted
+    // installs, impressions) is bounded at four times that.
+    let mut clicks = 0;
     for (n, t) in index.by_network(facts.ip, at.saturating_sub(cfg.fingerprint_window)).enumerate() {
-        if n >= cfg.fingerprint_max_candidates {
+        if clicks >= cfg.fingerprint_max_candidates || n >= 4 * cfg.fingerprint_max_candidates {
             break;
         }
-        if t.kind == TouchKind::Impression || t.ts > at {
+        if t.kind == TouchKind::Impression || t.ts > at || after_install(t) {
             continue;
         }
+        clicks += (t.kind == TouchKind::Click) as usize;
         let Some(e) = evidence(t, &probe.ip, &fp, at.saturating_sub(t.ts)) else { continue };
         // A look-alike agrees on two facts at least and contradicts none.
         if e.enough() {
@@ -779,7 +810,23 @@ mod tests {
         assert_eq!(d.result.click_id, Some(uuid::Uuid::from_u128(2).to_string()));
         assert!(!d.result.fraud.rejected);
         let injected = d.candidates().into_iter().find(|c| c.click_id == uuid::Uuid::from_u128(1).to_string()).unwrap();
-        assert_eq!(injected.reason, Some("after the app was installed (click injection)"));
+        assert_eq!(injected.reason, Some(AFTER_INSTALLED));
+        assert_eq!(d.result.fraud.flags, vec!["click_injection"], "flagged, not rejected");
+        assert!(d.rules.iter().all(|r| r.policy == FraudPolicy::Flag));
+        // A click long after the app was installed (an update brought the SDK): no injection,
+        // just after the install.
+        let updated = InstallFacts {
+            install_ts: 10 * DAY,
+            installed_at: Some(95 * SECOND - 2 * DAY),
+            device_ids: vec!["gaid-1"],
+            ..installed_before.clone()
+        };
+        let mut late = TouchIndex::new(7 * DAY);
+        click(&mut late, 3, 9 * DAY, 0, Some("gaid-1"), "10.0.0.1", IPHONE);
+        let d = run(&late, &updated);
+        assert_eq!(d.result.match_type, MatchType::Organic);
+        assert!(!d.result.fraud.rejected, "{:?}", d.rules);
+        assert_eq!(d.result.reason.as_deref(), Some("outside_window"));
         // Installed after the click: no rule.
         let d = run(
             &index2,

@@ -115,8 +115,9 @@ object TrailmarkAndroid {
                     val details = runCatching { client.installReferrer }.getOrNull()
                     tm.setInstallReferrer(
                         details?.installReferrer,
-                        details?.referrerClickTimestampSeconds?.times(1000),
-                        details?.installBeginTimestampSeconds?.times(1000),
+                        // Play reports 0 when it has no time.
+                        details?.referrerClickTimestampSeconds?.takeIf { it > 0 }?.times(1000),
+                        details?.installBeginTimestampSeconds?.takeIf { it > 0 }?.times(1000),
                         installedAt,
                     )
                 } else {
