@@ -358,7 +358,7 @@ async fn main() {
             let started = Instant::now();
             match &running.state.clicks {
                 trailmark_server::service::clicks::Clicks::Shared(cache) => {
-                    fill_cache(cache.clone(), &link_id, args.cached).await
+                    fill_cache(cache.clone(), running.state.services.clone(), &link_id, args.cached).await
                 }
                 trailmark_server::service::clicks::Clicks::Local => fill_index(&running.state, &link_id, args.cached),
             }
@@ -416,30 +416,37 @@ async fn make_link(client: &reqwest::Client, base: &str) -> (String, String) {
     (link["link_id"].as_str().unwrap().to_owned(), link["code"].as_str().unwrap().to_owned())
 }
 
-/// Puts `n` synthetic clicks (each with advertising id `gaid-<i>`, spread over the last six
-/// days) straight into the server's index, as a restart would load them from storage.
+/// Puts `n` synthetic clicks (each with advertising id `gaid-<i>` in its stored form — a keyed
+/// hash, as the click path stores it — spread over the last six days) straight into the
+/// server's index, as a restart would load them from storage.
 fn fill_index(state: &trailmark_server::AppState, link_id: &str, n: u64) {
     use trailmark_server::domain::attribution::{DAY, Touch, TouchKind};
+    let ids = &state.ids;
     let mut tracking = state.tracking.lock().unwrap();
     let link = tracking.by_id[link_id];
     let now = trailmark_server::now_ms();
     for i in 0..n {
         let ts = now - 6 * DAY + (i as i128 * 6 * DAY as i128 / n.max(1) as i128) as i64;
         let mut t = Touch::new(uuid::Uuid::new_v4(), TouchKind::Click, ts, link);
-        t.device = tracking.index.hasher.device(Some(&format!("gaid-{i}")));
+        t.device = tracking.index.hasher.device(ids.device(&format!("gaid-{i}")).as_deref());
         t.set_ip(Some(std::net::IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8])));
         tracking.index.push(t);
     }
 }
 
 /// The same clicks as [`fill_index`], written to the shared click cache (32 writers).
-async fn fill_cache(cache: Arc<dyn trailmark_server::clickcache::ClickCache>, link_id: &str, n: u64) {
+async fn fill_cache(
+    cache: Arc<dyn trailmark_server::clickcache::ClickCache>,
+    svc: Arc<trailmark_server::service::Services>,
+    link_id: &str,
+    n: u64,
+) {
     use trailmark_server::clickcache::CachedTouch;
     use trailmark_server::domain::attribution::DAY;
     let now = trailmark_server::now_ms();
     let writers: Vec<_> = (0..32u64)
         .map(|w| {
-            let (cache, link_id) = (cache.clone(), link_id.to_owned());
+            let (cache, link_id, svc) = (cache.clone(), link_id.to_owned(), svc.clone());
             tokio::spawn(async move {
                 for i in (w..n).step_by(32) {
                     let touch = CachedTouch {
@@ -447,7 +454,7 @@ async fn fill_cache(cache: Arc<dyn trailmark_server::clickcache::ClickCache>, li
                         kind: "click".into(),
                         link_id: link_id.clone(),
                         ts: now - 6 * DAY + (i as i128 * 6 * DAY as i128 / n.max(1) as i128) as i64,
-                        device_id: Some(format!("gaid-{i}")),
+                        device_id: svc.ids.device(&format!("gaid-{i}")),
                         ..Default::default()
                     };
                     let ip = std::net::IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
