@@ -233,7 +233,7 @@ suite_browser() {
   run browser-test env TRAILMARK_SERVER="$target_dir/debug/trailmark-server" npm --prefix "$root/bindings/js" run test:browser
   summary+=("browser: $(node_summary browser-test)")
   run dashboard-test env TRAILMARK_SERVER="$target_dir/debug/trailmark-server" TM_ARTIFACTS="$log_dir/artifacts" \
-    node --test "$root/tests/browser/dashboard.mjs"
+    node --test "$root/tests/browser/dashboard.mjs" "$root/tests/browser/dashboard-pages.mjs"
   summary+=("dashboard: $(node_summary dashboard-test); screenshots in $log_dir/artifacts")
 }
 

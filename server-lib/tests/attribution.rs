@@ -288,7 +288,7 @@ async fn device_id_match_inside_the_window_and_organic_after_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn click_injection_is_rejected_with_its_reason() {
     let srv = start(|_| {}).await;
-    let (_, _, code) = srv.link("shady").await;
+    let (campaign, _, code) = srv.link("shady").await;
     let to = location(&srv.click(&format!("/c/{code}"), ANDROID_UA, &[]).await);
     let referrer = query(&to, "referrer").unwrap();
     srv.clock.advance(4_000);
@@ -314,6 +314,21 @@ async fn click_injection_is_rejected_with_its_reason() {
     body["install_begin_ts"] = json!(srv.clock.now() - 2 * HOUR);
     let result = srv.install(body, &[]).await;
     assert_eq!(result["fraud"]["rejected"], true, "{result}");
+
+    // The answers stay organic, but reports count both rejections against the campaign they
+    // came through: its rejected installs, its page's rules, the trend's `rejected` series.
+    let (_, report) = srv.admin(reqwest::Method::GET, "/v1/reports/campaigns", None).await;
+    let row = report["campaigns"].as_array().unwrap().iter().find(|c| c["campaign_id"] == campaign.as_str()).unwrap();
+    assert_eq!((&row["installs"], &row["rejected_installs"]), (&json!(0), &json!(2)), "{row}");
+    let (_, page) = srv.admin(reqwest::Method::GET, &format!("/v1/reports/campaigns/{campaign}"), None).await;
+    assert_eq!(page["rejections"], json!([{"rule": "click_injection", "installs": 2}]), "{page}");
+    assert_eq!(page["links"][0]["rejected_installs"], 2, "{page}");
+    let (_, trend) = srv.admin(reqwest::Method::GET, &format!("/v1/reports/trends?campaign_id={campaign}"), None).await;
+    let rejected = trend["installs"].as_array().unwrap().iter().find(|s| s["key"] == "rejected").unwrap();
+    assert_eq!(rejected["total"], 2, "{trend}");
+    let (_, lookup) =
+        srv.admin(reqwest::Method::GET, &format!("/v1/attribution/lookup?event_id={event_id}"), None).await;
+    assert_eq!(lookup["install"]["result"]["campaign_id"], Value::Null, "the answer stays organic: {lookup}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

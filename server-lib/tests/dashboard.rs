@@ -100,7 +100,30 @@ async fn login_csrf_escaping_live_counters_and_the_link_generator() {
     assert!(!page.body.contains("<script>window"), "raw script in the page");
     assert!(page.body.contains("&lt;script&gt;window.__xss = 1&lt;/script&gt;"));
     assert!(page.body.contains("x&lt;img src=x onerror=alert(1)&gt;"));
-    assert!(page.body.contains("id=\"funnel-chart\""));
+    assert!(page.body.contains("id=\"trend-events\""), "the trend charts");
+    let journeys = send(client.get(format!("{base}/dashboard/journeys")).header("cookie", &cookie)).await;
+    assert_eq!(journeys.status, 200);
+    assert!(journeys.body.contains("id=\"funnel-chart\"") && journeys.body.contains("id=\"retention-heatmap\""));
+    // The explorer shows what it was asked, as text; a lookup that finds nothing says so.
+    let explorer = send(
+        client
+            .get(format!("{base}/dashboard/attribution?by=anonymous_id&q=%3Cscript%3Ealert(1)%3C%2Fscript%3E"))
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(explorer.status, 200);
+    assert!(
+        explorer.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;") && !explorer.body.contains("<script>alert")
+    );
+    assert!(explorer.body.contains("No install found"));
+    // Every page needs the session.
+    for path in ["/dashboard/journeys", "/dashboard/attribution", "/dashboard/campaign/cmp_x"] {
+        let p = send(client.get(format!("{base}{path}"))).await;
+        assert_eq!((p.status, p.location.as_deref()), (303, Some("/dashboard/login")), "{path}");
+    }
+    let p = send(client.get(format!("{base}/dashboard/campaign/cmp_nope")).header("cookie", &cookie)).await;
+    assert_eq!(p.status, 404);
+    assert!(p.csp.is_some(), "an error page is protected too");
 
     // Forms: no token or a wrong one is refused; with it a campaign and a link are created.
     let form = |path: &str, fields: &[(&str, &str)]| {
@@ -127,11 +150,15 @@ async fn login_csrf_escaping_live_counters_and_the_link_generator() {
     let page = send(client.get(format!("{base}/dashboard")).header("cookie", &cookie)).await;
     assert!(page.body.contains("&lt;b&gt;Spring&lt;/b&gt;"), "the campaign, escaped");
     let campaign = {
-        let at = page.body.find("name=\"campaign_id\"").unwrap();
-        let rest = &page.body[at..];
+        let form = &page.body[page.body.find("id=\"link-form\"").unwrap()..];
+        let rest = &form[form.find("name=\"campaign_id\"").unwrap()..];
         let v = rest.find("value=\"").unwrap() + 7;
         rest[v..v + rest[v..].find('"').unwrap()].to_owned()
     };
+    let p = send(client.get(format!("{base}/dashboard/campaign/{campaign}")).header("cookie", &cookie)).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(p.body.contains("&lt;b&gt;Spring&lt;/b&gt;") && !p.body.contains("<b>Spring"), "escaped on its page");
+    assert!(p.body.contains("id=\"model-table\"") && p.csp.as_deref().unwrap().contains("script-src 'self'"));
     let p =
         send(form("/dashboard/links", &[("csrf", &csrf), ("campaign_id", &campaign), ("web", "javascript:alert(1)")]))
             .await;

@@ -432,6 +432,90 @@ async fn reports_on(on: On<'_>) {
     assert_eq!(r["paths"][1], json!({"path": ["app_open", "purchase"], "conversions": 1, "share": 1.0 / 3.0}));
     assert_eq!(r["paths"].as_array().unwrap().len(), 2);
 
+    // Trends by day (issue 26): events by type, installs by match type, revenue, conversions.
+    let r = srv.get("/v1/reports/trends?from=2026-11-01&to=2026-11-10").await;
+    assert_eq!(r["bucket"], "day");
+    assert_eq!(r["labels"].as_array().unwrap().len(), 10, "{r}");
+    assert_eq!((&r["labels"][0], &r["labels"][9]), (&json!("2026-11-01"), &json!("2026-11-10")));
+    assert_eq!(r["starts"][1], T0 - 8 * HOUR);
+    let series = |r: &Value, list: &str, key: &str| -> Value { find(&r[list], "key", key)["values"].clone() };
+    assert_eq!(series(&r, "events", "app_open"), json!([0, 6, 2, 0, 0, 0, 0, 0, 1, 0]), "{r}");
+    assert_eq!(series(&r, "events", "view_item"), json!([0, 3, 0, 0, 0, 0, 0, 0, 0, 0]));
+    let types: Vec<&str> = r["events"].as_array().unwrap().iter().map(|s| s["key"].as_str().unwrap()).collect();
+    assert_eq!(types, ["app_open", "purchase", "view_item"], "the most frequent first, ties by name");
+    assert_eq!(series(&r, "installs", "device_id"), json!([0, 4, 0, 0, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(series(&r, "installs", "organic"), json!([0, 1, 0, 0, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(find(&r["installs"], "key", "fingerprint")["total"], 0);
+    assert_eq!(r["installs"].as_array().unwrap().len(), 7, "every match type, and rejected");
+    assert_eq!((&r["revenue"]["values"][1], &r["revenue"]["total"]), (&json!(100.0), &json!(100.0)));
+    assert_eq!((&r["conversions"]["values"][1], &r["conversions"]["total"]), (&json!(3.0), &json!(3.0)));
+    assert_eq!(r["conversion_revenue"]["total"], 100.0);
+    // One campaign: its users' events, its installs and conversions.
+    let r = srv.get(&format!("/v1/reports/trends?from=2026-11-01&to=2026-11-10&campaign_id={}", f.a)).await;
+    assert_eq!(series(&r, "events", "app_open"), json!([0, 4, 1, 0, 0, 0, 0, 0, 1, 0]), "{r}");
+    assert_eq!(series(&r, "installs", "device_id"), json!([0, 3, 0, 0, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(find(&r["installs"], "key", "organic")["total"], 0);
+    assert_eq!((&r["revenue"]["total"], &r["conversions"]["total"]), (&json!(50.0), &json!(2.0)));
+    // One network.
+    let r = srv.get("/v1/reports/trends?from=2026-11-01&to=2026-11-10&network=tiktok&model=linear").await;
+    assert_eq!(series(&r, "events", "app_open"), json!([0, 1, 1, 0, 0, 0, 0, 0, 0, 0]), "{r}");
+    assert_eq!(find(&r["installs"], "key", "device_id")["total"], 1);
+    assert_eq!((&r["conversions"]["total"], &r["conversion_revenue"]["total"]), (&json!(1.0), &json!(50.0)));
+    // By hour, from the facts: everything happened between 08:00 and 08:50.
+    let r = srv.get("/v1/reports/trends?bucket=hour&from=2026-11-02T07:00:00Z&to=2026-11-02T09:59:59Z").await;
+    assert_eq!(r["labels"], json!(["2026-11-02 07:00", "2026-11-02 08:00", "2026-11-02 09:00"]), "{r}");
+    assert_eq!(series(&r, "events", "app_open"), json!([0, 6, 0]));
+    assert_eq!(series(&r, "events", "purchase"), json!([0, 3, 0]));
+    assert_eq!(series(&r, "installs", "device_id"), json!([0, 4, 0]));
+    assert_eq!(series(&r, "installs", "organic"), json!([0, 1, 0]));
+    assert_eq!(
+        (&r["revenue"]["values"], &r["conversions"]["values"]),
+        (&json!([0.0, 100.0, 0.0]), &json!([0.0, 3.0, 0.0]))
+    );
+    let r = srv
+        .get(&format!(
+            "/v1/reports/trends?bucket=hour&from=2026-11-02T07:00:00Z&to=2026-11-02T09:59:59Z&campaign_id={}",
+            f.b
+        ))
+        .await;
+    assert_eq!(series(&r, "events", "app_open"), json!([0, 1, 0]), "{r}");
+    assert_eq!((&r["revenue"]["total"], &r["conversions"]["total"]), (&json!(50.0), &json!(1.0)));
+
+    // A campaign's page: its link's clicks and installs, its metrics under every model.
+    let r = srv.get(&format!("/v1/reports/campaigns/{}?from=2026-11-02&to=2026-11-02", f.a)).await;
+    assert_eq!((&r["name"], &r["network"]), (&json!("Spring <b>sale</b>"), &json!("meta")));
+    assert_eq!(r["links"].as_array().unwrap().len(), 1, "{r}");
+    let link = &r["links"][0];
+    assert_eq!(
+        (&link["clicks"], &link["impressions"], &link["installs"], &link["rejected_installs"]),
+        (&json!(4), &json!(10), &json!(3), &json!(0)),
+        "{link}"
+    );
+    for model in ["last_touch", "first_touch", "linear", "time_decay"] {
+        assert_eq!(r["models"][model]["cpi"], 20.0, "{model}: {r}");
+        assert_eq!(r["models"][model]["conversions"], 2.0, "{model}: one touch each, all the credit");
+    }
+    assert_eq!(r["rejections"], json!([]));
+
+    // The attribution explorer: g1's install by its anonymous id and by its advertising id,
+    // with its purchase's credit under every model; the purchase by its event id.
+    let r = srv.get("/v1/attribution/lookup?anonymous_id=g1").await;
+    assert_eq!(r["install"]["result"]["match_type"], "device_id", "{r}");
+    assert_eq!(r["install"]["result"]["campaign_id"], f.a.as_str());
+    let chosen: Vec<&Value> =
+        r["install"]["audit"]["candidates"].as_array().unwrap().iter().filter(|c| c["chosen"] == true).collect();
+    assert_eq!(chosen.len(), 1, "{r}");
+    let credits = r["credits"].as_array().unwrap();
+    assert_eq!(credits.len(), 4, "one row per model: {r}");
+    assert!(credits.iter().all(|c| c["campaign_id"] == f.a.as_str() && c["credit"] == 1.0 && c["revenue"] == 30.0));
+    let purchase = credits[0]["event_id"].as_str().unwrap().to_owned();
+    let by_device = srv.get("/v1/attribution/lookup?device_id=A0000000-0000-4000-8000-000000000001").await;
+    assert_eq!(by_device["install"]["event_id"], r["install"]["event_id"], "{by_device}");
+    let by_event = srv.get(&format!("/v1/attribution/lookup?event_id={purchase}")).await;
+    assert_eq!((&by_event["install"], by_event["credits"].as_array().unwrap().len()), (&Value::Null, 4), "{by_event}");
+    let none = srv.get("/v1/attribution/lookup?anonymous_id=nobody").await;
+    assert_eq!((&none["install"], &none["credits"]), (&Value::Null, &json!([])));
+
     // Star schema and sessions.
     assert_eq!(srv.count("SELECT count(*) FROM fact_events").await, 15);
     assert_eq!(srv.count("SELECT count(*) FROM dim_users").await, 5);
@@ -541,13 +625,29 @@ async fn bad_requests_on(on: On<'_>) {
         ("/v1/reports/paths", "conversion is required"),
         ("/v1/reports/paths?conversion=purchase&limit=0", "limit"),
         ("/v1/reports/campaigns?app_id=other", "no app"),
+        ("/v1/reports/trends?bucket=week", "bucket is day or hour"),
+        ("/v1/reports/trends?bucket=hour&from=2026-10-01&to=2026-11-01", "at most 336 hours"),
+        ("/v1/reports/trends?model=best", "model"),
+        ("/v1/attribution/lookup", "give one of"),
+        ("/v1/attribution/lookup?anonymous_id=a&event_id=b", "give one of"),
+        ("/v1/attribution/lookup?device_id=00000000-0000-0000-0000-000000000000", "all zeros"),
+        ("/v1/attribution/lookup?ip=1.2.3.4", "unknown parameter"),
     ] {
         let (s, e) = srv.admin(reqwest::Method::GET, path, None).await;
         assert_eq!(s, 400, "{path}: {e}");
         assert!(e["error"]["message"].as_str().unwrap().contains(needle), "{path}: {e}");
     }
-    let resp = srv.client.get(format!("{}/v1/reports/campaigns", srv.base)).send().await.unwrap();
-    assert_eq!(resp.status(), 401);
+    for path in ["/v1/reports/campaigns", "/v1/reports/trends", "/v1/attribution/lookup?anonymous_id=a"] {
+        let resp = srv.client.get(format!("{}{path}", srv.base)).send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{path}");
+    }
+    let (s, e) = srv.admin(reqwest::Method::GET, "/v1/reports/campaigns/cmp_nope", None).await;
+    assert_eq!(s, 404, "{e}");
+    let long = "x".repeat(201);
+    let (s, e) = srv.admin(reqwest::Method::GET, &format!("/v1/reports/trends?network={long}"), None).await;
+    assert!(s == 400 && e["error"]["message"].as_str().unwrap().contains("200 characters"), "{e}");
+    let (s, e) = srv.admin(reqwest::Method::GET, &format!("/v1/attribution/lookup?anonymous_id={long}"), None).await;
+    assert_eq!(s, 400, "{e}");
     // Costs.
     for (body, status) in [
         (json!({"date": "2026-11-02", "amount": -1, "currency": "USD"}), 400),

@@ -112,7 +112,8 @@ test('the dashboard: login, live counters, link generator, funnel chart, inert h
   assert.equal(audit.length, 1);
   assert.match(audit[0], /dashboard:admin-key\s*create/);
 
-  // The funnel chart.
+  // The funnel chart, on the journeys page.
+  await Promise.all([page.waitForNavigation(), page.click('nav a:text("Journeys")')]);
   await page.fill('#steps', 'app_opened,purchase');
   await Promise.all([page.waitForNavigation(), page.click('#funnel-go')]);
   const rows = await page.locator('#funnel-table tbody tr').allInnerTexts();
@@ -128,6 +129,7 @@ test('the dashboard: login, live counters, link generator, funnel chart, inert h
   await page.screenshot({ path: join(artifacts, 'dashboard.png'), fullPage: true });
 
   // Hostile strings are shown as text and never run.
+  await page.goto(`${server.base}/dashboard`);
   const props = await page.locator('#recent-events').textContent();
   assert.ok(props.includes('<script>window.__xss = 1; alert(2)</script>'), 'the property, as text');
   assert.ok(props.includes('x"><img src=x onerror=alert(1)>'), 'the anonymous id, as text');

@@ -145,6 +145,22 @@ pub struct InstallRecord {
     pub ids_enc: Option<Vec<u8>>,
 }
 
+impl InstallRecord {
+    /// The campaign, link, click and network the install's stored columns name: the answer's;
+    /// for an install rejected as fraud, the click that would have won (the audit's chosen
+    /// candidate), so reports count the rejection against the campaign it came through. The
+    /// answer itself stays organic.
+    pub fn credited(&self) -> [Option<String>; 4] {
+        let r = &self.result;
+        if !r.fraud.rejected || r.campaign_id.is_some() {
+            return [r.campaign_id.clone(), r.link_id.clone(), r.click_id.clone(), r.network.clone()];
+        }
+        let chosen = self.audit["candidates"].as_array().and_then(|c| c.iter().find(|c| c["chosen"] == true));
+        let field = |k: &str| chosen.and_then(|c| c[k].as_str()).map(str::to_owned);
+        [field("campaign_id"), field("link_id"), field("click_id"), field("network")]
+    }
+}
+
 /// A device whose installs are attributed afresh every time (a QA phone), by the stored form
 /// of its advertising or vendor id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -377,6 +393,49 @@ pub enum ReportQuery {
     RecentEvents { limit: usize },
     /// The newest `limit` fraud alerts at or after `since`.
     Alerts { since: i64, limit: usize },
+    /// Trend series of buckets `first..=last` of `width` ms (a day or an hour): events by type
+    /// with their revenue, installs by match type (`rejected` apart), conversions credited under
+    /// `model`. Daily buckets read the rollups, hourly ones the facts. `campaign_id` and
+    /// `network` (empty: any) keep the rows of one campaign or network (events and revenue by
+    /// the user's campaign, installs and conversions by the one they were credited to).
+    Trend { app_id: String, width: i64, first: i64, last: i64, campaign_id: String, network: String, model: String },
+    /// One campaign's links (clicks, impressions, installs, rejected installs in `[from, to]`)
+    /// and its rejected installs counted by fraud rule.
+    CampaignLinks { app_id: String, campaign_id: String, from: i64, to: i64 },
+    /// Conversion credit rows of an event (`event_id`) or of a device (`anonymous_id`), newest
+    /// first, at most `limit`.
+    Credits { app_id: String, event_id: Option<String>, anonymous_id: Option<String>, limit: usize },
+}
+
+/// One number of a trend: a series' `key` (an event type, a match type) in a bucket (its
+/// index: start / width), with a count and, where the series has one, revenue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrendRow {
+    pub bucket: i64,
+    pub key: String,
+    pub count: f64,
+    pub revenue: f64,
+}
+
+/// A store's rows for [`ReportQuery::Trend`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrendRows {
+    /// By event type: events and their revenue.
+    pub events: Vec<TrendRow>,
+    /// By match type, or `rejected`.
+    pub installs: Vec<TrendRow>,
+    /// Key empty: credit summed (conversions) and credited revenue.
+    pub conversions: Vec<TrendRow>,
+}
+
+/// A link of a campaign with its counts over a report's range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LinkStats {
+    pub link_id: String,
+    pub clicks: i64,
+    pub impressions: i64,
+    pub installs: i64,
+    pub rejected_installs: i64,
 }
 
 /// A row of `fact_events` with its user's dimensions.
@@ -427,6 +486,10 @@ pub enum ReportRows {
     Campaigns(Vec<CampaignDay>),
     Recent(Vec<NewEvent>),
     Alerts(Vec<FraudAlert>),
+    Trend(TrendRows),
+    /// Links with their counts, and (fraud rule, rejected installs) pairs.
+    CampaignLinks(Vec<LinkStats>, Vec<(String, i64)>),
+    Credits(Vec<ConversionCredit>),
 }
 
 /// A validated, normalised, enriched event ready to store.

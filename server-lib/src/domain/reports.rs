@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::config::AppConfig;
 use crate::domain::error::Refusal;
-use crate::domain::records::{CampaignDay, FactRow, UserRow};
+use crate::domain::records::{CampaignDay, FactRow, TrendRows, UserRow};
 
 /// Milliseconds in a day; report days are UTC days numbered from the Unix epoch.
 pub const DAY_MS: i64 = 86_400_000;
@@ -388,6 +388,156 @@ impl CostBody {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Trends (issue 26): series over days or hours.
+
+/// Milliseconds in an hour: the hourly trend's bucket.
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// Most hourly buckets in one trend (two weeks).
+pub const MAX_HOURLY_BUCKETS: i64 = 14 * 24;
+
+/// Most event types drawn as their own series; the rest are summed as `(other)`.
+pub const MAX_EVENT_SERIES: usize = 8;
+
+/// The install series, in the order they are drawn: the match types, then rejected installs.
+pub const INSTALL_SERIES: [&str; 7] =
+    ["click_id", "referrer", "device_id", "fingerprint", "view_through", "organic", "rejected"];
+
+/// One series of a trend: a key (an event type, a match type) and one value per bucket.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Series<T> {
+    pub key: String,
+    pub values: Vec<T>,
+    pub total: T,
+}
+
+/// A trend: the buckets' start times and labels, and the series over them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trend {
+    /// `day` or `hour`.
+    pub bucket: &'static str,
+    /// Each bucket's start (Unix ms).
+    pub starts: Vec<i64>,
+    /// `YYYY-MM-DD` (days) or `YYYY-MM-DD HH:00` (hours, UTC).
+    pub labels: Vec<String>,
+    /// Events by type, the most frequent first (at most [`MAX_EVENT_SERIES`], then `(other)`).
+    pub events: Vec<Series<i64>>,
+    /// Installs by match type ([`INSTALL_SERIES`]), every one present.
+    pub installs: Vec<Series<i64>>,
+    /// Revenue of the events (their `revenue` property), by the user's campaign.
+    pub revenue: Series<f64>,
+    /// Conversions credited to campaigns under the report's model (fractional under linear
+    /// and time-decay).
+    pub conversions: Series<f64>,
+    /// The revenue those conversions carried, by credit.
+    pub conversion_revenue: Series<f64>,
+}
+
+/// Rounds money and credit to the cent, as the campaign report does.
+fn cents(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+fn series<T: Copy + Default + std::ops::AddAssign>(key: &str, values: Vec<T>) -> Series<T> {
+    let mut total = T::default();
+    for v in &values {
+        total += *v;
+    }
+    Series { key: key.to_owned(), values, total }
+}
+
+/// The trend of buckets `first..=last` of `width` ms from a store's rows.
+pub fn trend(rows: &TrendRows, width: i64, first: i64, last: i64) -> Trend {
+    let n = (last - first + 1).max(0) as usize;
+    let slot = |bucket: i64| (first..=last).contains(&bucket).then(|| (bucket - first) as usize);
+    let daily = width == DAY_MS;
+    let starts: Vec<i64> = (first..=last).map(|b| b * width).collect();
+    let labels = starts
+        .iter()
+        .map(|&t| match chrono::DateTime::from_timestamp_millis(t) {
+            Some(d) if daily => d.format("%Y-%m-%d").to_string(),
+            Some(d) => d.format("%Y-%m-%d %H:00").to_string(),
+            None => String::new(),
+        })
+        .collect();
+
+    let mut by_type: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut revenue = vec![0.0; n];
+    for r in &rows.events {
+        if let Some(i) = slot(r.bucket) {
+            by_type.entry(r.key.as_str()).or_insert_with(|| vec![0; n])[i] += r.count.round() as i64;
+            revenue[i] += r.revenue;
+        }
+    }
+    let mut events: Vec<Series<i64>> = by_type.into_iter().map(|(k, v)| series(k, v)).collect();
+    // The most frequent first; ties by name, so the order is stable.
+    events.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.key.cmp(&b.key)));
+    if events.len() > MAX_EVENT_SERIES {
+        let rest = events.split_off(MAX_EVENT_SERIES - 1);
+        let mut other = vec![0; n];
+        for s in &rest {
+            for (o, v) in other.iter_mut().zip(&s.values) {
+                *o += v;
+            }
+        }
+        events.push(series("(other)", other));
+    }
+
+    let mut installs: Vec<Series<i64>> = INSTALL_SERIES.iter().map(|k| series(k, vec![0; n])).collect();
+    for r in &rows.installs {
+        if let (Some(i), Some(s)) = (slot(r.bucket), installs.iter_mut().find(|s| s.key == r.key)) {
+            s.values[i] += r.count.round() as i64;
+            s.total += r.count.round() as i64;
+        }
+    }
+
+    let (mut conversions, mut conversion_revenue) = (vec![0.0; n], vec![0.0; n]);
+    for r in &rows.conversions {
+        if let Some(i) = slot(r.bucket) {
+            conversions[i] += r.count;
+            conversion_revenue[i] += r.revenue;
+        }
+    }
+    let rounded = |key: &str, v: Vec<f64>| {
+        let mut s = series(key, v.into_iter().map(cents).collect());
+        s.total = cents(s.total);
+        s
+    };
+    Trend {
+        bucket: if daily { "day" } else { "hour" },
+        starts,
+        labels,
+        events,
+        installs,
+        revenue: rounded("revenue", revenue),
+        conversions: rounded("conversions", conversions),
+        conversion_revenue: rounded("conversion_revenue", conversion_revenue),
+    }
+}
+
+/// Most rejected installs of a campaign whose fraud flags are read for the campaign page.
+pub const MAX_REJECTED_READ: i64 = 100_000;
+
+/// Rejected installs counted by the fraud rules that fired on them (the `fraud.flags` of each
+/// stored answer), the most frequent first.
+pub fn rejections_by_rule(results: &[String]) -> Vec<(String, i64)> {
+    let mut counts: BTreeMap<String, i64> = BTreeMap::new();
+    for r in results {
+        let flags = serde_json::from_str::<serde_json::Value>(r).ok();
+        let flags = flags.as_ref().and_then(|v| v["fraud"]["flags"].as_array()).cloned().unwrap_or_default();
+        if flags.is_empty() {
+            *counts.entry("(unknown)".into()).or_default() += 1;
+        }
+        for f in flags.iter().filter_map(|f| f.as_str()) {
+            *counts.entry(f.to_owned()).or_default() += 1;
+        }
+    }
+    let mut list: Vec<(String, i64)> = counts.into_iter().collect();
+    list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    list
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,5 +625,53 @@ mod tests {
         assert_eq!(parse_time("t", "1970-01-02", true).unwrap(), 2 * DAY_MS - 1);
         assert_eq!(parse_time("t", "1970-01-01T00:00:01Z", false).unwrap(), 1000);
         assert!(parse_time("t", "yesterday", false).is_err());
+    }
+
+    #[test]
+    fn a_trend_has_every_bucket_the_top_event_types_and_every_install_series() {
+        use crate::domain::records::{TrendRow, TrendRows};
+        let row = |bucket, key: &str, count, revenue| TrendRow { bucket, key: key.into(), count, revenue };
+        let mut events: Vec<TrendRow> =
+            (0..10).map(|k| row(100, &format!("type_{k}"), f64::from(k + 1), 0.0)).collect();
+        events.push(row(101, "type_9", 5.0, 12.5));
+        events.push(row(99, "type_9", 50.0, 0.0)); // before the range: ignored
+        let rows = TrendRows {
+            events,
+            installs: vec![
+                row(101, "organic", 3.0, 0.0),
+                row(101, "rejected", 1.0, 0.0),
+                row(100, "unknown", 9.0, 0.0),
+            ],
+            conversions: vec![row(101, "", 0.5, 10.004)],
+        };
+        let t = trend(&rows, DAY_MS, 100, 102);
+        assert_eq!(t.labels, ["1970-04-11", "1970-04-12", "1970-04-13"]);
+        assert_eq!(t.starts, [100 * DAY_MS, 101 * DAY_MS, 102 * DAY_MS]);
+        let keys: Vec<&str> = t.events.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(keys, ["type_9", "type_8", "type_7", "type_6", "type_5", "type_4", "type_3", "(other)"]);
+        assert_eq!(t.events[0].values, [10, 5, 0]);
+        assert_eq!(t.events[7].values, [1 + 2 + 3, 0, 0], "type_0 to type_2 summed");
+        assert_eq!(t.installs.len(), INSTALL_SERIES.len());
+        assert_eq!(t.installs.iter().map(|s| s.total).sum::<i64>(), 4, "an unknown match type is not drawn");
+        assert_eq!(t.revenue.values, [0.0, 12.5, 0.0]);
+        assert_eq!((t.conversions.total, t.conversion_revenue.total), (0.5, 10.0));
+        let hourly = trend(&TrendRows::default(), HOUR_MS, 10, 11);
+        assert_eq!((hourly.bucket, hourly.labels[1].as_str()), ("hour", "1970-01-01 11:00"));
+    }
+
+    #[test]
+    fn rejected_installs_are_counted_by_rule() {
+        let results = [
+            r#"{"fraud":{"flags":["click_injection"],"rejected":true}}"#,
+            r#"{"fraud":{"flags":["click_injection","emulator"],"rejected":true}}"#,
+            r#"{"fraud":{"flags":[],"rejected":true}}"#,
+            "not json",
+        ]
+        .map(String::from);
+        assert_eq!(
+            rejections_by_rule(&results),
+            [("(unknown)".into(), 2), ("click_injection".into(), 2), ("emulator".into(), 1)],
+            "the most frequent first, ties by name"
+        );
     }
 }

@@ -51,6 +51,24 @@ pub async fn paths(State(state): State<Arc<AppState>>, _admin: AdminAuth, uri: U
     Ok(Json(service::paths_report(&state, &p).await?))
 }
 
+/// `GET /v1/reports/trends?[bucket=day|hour][&from=…&to=…][&campaign_id=…][&network=…][&model=…][&app_id=…]`.
+pub async fn trends(State(state): State<Arc<AppState>>, _admin: AdminAuth, uri: Uri) -> Result<Json<Value>, ApiError> {
+    let p = params(&uri, &["bucket", "from", "to", "campaign_id", "network", "model", "app_id"])?;
+    Ok(Json(service::trend_report(&state, &p).await?))
+}
+
+/// `GET /v1/reports/campaigns/{campaign_id}?[from=…&to=…]`: one campaign's links, metrics under
+/// every model and fraud rejections by rule.
+pub async fn campaign(
+    State(state): State<Arc<AppState>>,
+    _admin: AdminAuth,
+    Path(campaign_id): Path<String>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let p = params(&uri, &["from", "to"])?;
+    Ok(Json(service::campaign_detail(&state, &campaign_id, &p).await?))
+}
+
 /// Parses a cost body.
 pub(crate) fn cost_body(body: &[u8]) -> Result<CostBody, ApiError> {
     let value = parse_json(body, 4)?;

@@ -15,7 +15,9 @@ use crate::domain::install::{
     AuditFacts, check_kind, decision_audit, device_time, lower, referrer_click_id, same_device, validate,
 };
 use crate::domain::privacy::{event_hash, install_touch_id, suppression_hash};
-use crate::domain::records::{DeviceKeys, FraudAlert, InstallLookup, InstallRecord, Touchpoint};
+use crate::domain::records::{
+    DeviceKeys, FraudAlert, InstallLookup, InstallRecord, ReportQuery, ReportRows, Touchpoint,
+};
 use crate::domain::stream::install_record;
 
 /// Decides an install of `app_id` (signed at `sent_at_secs` on the device's clock, from `ip`):
@@ -299,7 +301,12 @@ pub async fn audit(svc: &Services, app_id: Option<String>, event_id: &str) -> Se
         .install_by_event(app_id, event_id.to_ascii_lowercase())
         .await?
         .ok_or_else(|| crate::domain::error::Refusal::not_found("not_found", "no install with this event id"))?;
-    Ok(json!({
+    Ok(audit_view(svc, &install))
+}
+
+/// An install as the audit endpoint and the attribution explorer show it.
+fn audit_view(svc: &Services, install: &InstallRecord) -> Value {
+    json!({
         "event_id": install.event_id,
         "app_id": install.app_id,
         "anonymous_id": install.anonymous_id,
@@ -311,6 +318,80 @@ pub async fn audit(svc: &Services, app_id: Option<String>, event_id: &str) -> Se
         "received_at": install.received_at,
         "result": install.result,
         "audit": install.audit,
+    })
+}
+
+/// Most conversion credit rows the explorer shows.
+pub const MAX_EXPLORED_CREDITS: usize = 200;
+
+/// The attribution explorer (`GET /v1/attribution/lookup`): the install found by its event id,
+/// the device's anonymous id or an advertising/vendor id (its last first install), with its
+/// decision audit; and the conversion credit rows of the same event (a conversion's event id)
+/// or of the install's device, newest first.
+pub async fn explore(svc: &Services, app_id: &str, by: &str, value: &str) -> ServiceResult<Value> {
+    let value = value.trim();
+    if value.is_empty() || value.chars().count() > 200 {
+        return Err(Refusal::invalid("invalid_parameter", "the value looked up is 1 to 200 characters").into());
+    }
+    let (install, credits_of) = match by {
+        "event_id" => {
+            let event_id = value.to_ascii_lowercase();
+            let install = svc.storage.install_by_event(Some(app_id.to_owned()), event_id.clone()).await?;
+            let credits = match &install {
+                Some(i) => (None, Some(i.anonymous_id.clone())),
+                None => (Some(event_id), None),
+            };
+            (install, credits)
+        }
+        "anonymous_id" => {
+            let keys = DeviceKeys { anonymous_id: value.to_owned(), ..Default::default() };
+            (svc.storage.last_install(app_id.to_owned(), keys).await?, (None, Some(value.to_owned())))
+        }
+        "device_id" => {
+            let Some(stored) = svc.ids.device(value) else {
+                return Err(Refusal::invalid("invalid_parameter", "this device id is empty or all zeros").into());
+            };
+            let keys = DeviceKeys {
+                // No anonymous id is empty: the lookup goes by the device ids alone.
+                anonymous_id: String::new(),
+                idfa: Some(stored.clone()),
+                idfv: Some(stored.clone()),
+                gaid: Some(stored.clone()),
+                android_id: Some(stored),
+            };
+            let install = svc.storage.last_install(app_id.to_owned(), keys).await?;
+            let anonymous_id = install.as_ref().map(|i| i.anonymous_id.clone());
+            (install, (None, anonymous_id))
+        }
+        _ => {
+            return Err(Refusal::invalid("invalid_parameter", "look up by event_id, anonymous_id or device_id").into());
+        }
+    };
+    let credits = match credits_of {
+        (None, None) => Vec::new(),
+        (event_id, anonymous_id) => {
+            let query =
+                ReportQuery::Credits { app_id: app_id.to_owned(), event_id, anonymous_id, limit: MAX_EXPLORED_CREDITS };
+            match svc.storage.report(query).await? {
+                ReportRows::Credits(rows) => rows,
+                _ => Vec::new(),
+            }
+        }
+    };
+    let credits: Vec<Value> = credits
+        .iter()
+        .map(|c| {
+            json!({
+                "event_id": c.event_id, "event_type": c.event_type, "ts": c.ts, "model": c.model,
+                "click_id": c.click_id, "link_id": c.link_id, "campaign_id": c.campaign_id, "network": c.network,
+                "touch_ts": c.touch_ts, "credit": c.credit, "revenue": c.revenue, "currency": c.currency,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "app_id": app_id, "by": by, "value": value,
+        "install": install.as_ref().map(|i| audit_view(svc, i)),
+        "credits": credits,
     }))
 }
 

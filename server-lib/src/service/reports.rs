@@ -15,8 +15,9 @@ use crate::domain::error::Refusal;
 use crate::domain::identity::resolve_people;
 use crate::domain::records::{CampaignCost, PurgeReport, ReportQuery, ReportRows, RetentionCutoffs};
 use crate::domain::reports::{
-    CampaignMetrics, CostBody, DAY_MS, DEFAULT_WITHIN, MAX_STEPS, Params, campaign_metrics, check_type, cohorts,
-    date_text, day_of, funnel, parse_duration, paths, retention,
+    CampaignMetrics, CostBody, DAY_MS, DEFAULT_WITHIN, HOUR_MS, MAX_HOURLY_BUCKETS, MAX_STEPS, Params,
+    campaign_metrics, check_type, cohorts, date_text, day_of, funnel, parse_duration, parse_time, paths, retention,
+    trend,
 };
 use crate::olap::clickhouse::FunnelQuery;
 use crate::storage::{Storage, StorageError};
@@ -235,14 +236,7 @@ pub async fn retention_report(svc: &Services, p: &Params) -> ServiceResult<Value
 pub async fn campaigns_report(svc: &Services, p: &Params) -> ServiceResult<Value> {
     let app_id = p.app(&svc.config.apps)?;
     let (from, to) = p.range(svc.config.clock.now())?;
-    let model = p.get("model").unwrap_or("last_touch");
-    if !Model::ALL.iter().any(|m| m.as_str() == model) {
-        return Err(Refusal::invalid(
-            "invalid_parameter",
-            "model is one of last_touch, first_touch, linear, time_decay",
-        )
-        .into());
-    }
+    let model = model_param(p)?;
     let (from_day, to_day) = (day_of(from), day_of(to));
     let query = ReportQuery::Campaigns { app_id: app_id.clone(), from_day, to_day, model: model.to_owned() };
     let ReportRows::Campaigns(days) = read(svc, query).await? else {
@@ -290,4 +284,142 @@ pub async fn save_cost(svc: &Services, campaign_id: &str, req: CostBody) -> Serv
         Err(why) if why.starts_with("no campaign") => Err(Refusal::not_found("unknown_campaign", why).into()),
         Err(why) => Err(Refusal::conflict("currency_mismatch", why).into()),
     }
+}
+
+fn model_param(p: &Params) -> Result<&str, Refusal> {
+    let model = p.get("model").unwrap_or("last_touch");
+    if !Model::ALL.iter().any(|m| m.as_str() == model) {
+        return Err(Refusal::invalid(
+            "invalid_parameter",
+            "model is one of last_touch, first_touch, linear, time_decay",
+        ));
+    }
+    Ok(model)
+}
+
+/// A campaign or network filter: at most 200 characters (an empty one: any).
+fn filter_param<'a>(p: &'a Params, key: &str) -> Result<&'a str, Refusal> {
+    let v = p.get(key).unwrap_or("");
+    if v.chars().count() > 200 {
+        return Err(Refusal::invalid("invalid_parameter", format!("{key} is longer than 200 characters")));
+    }
+    Ok(v)
+}
+
+/// The trend report as JSON: events by type, installs by match type, revenue and conversions,
+/// by day (the rollups) or by hour (the facts; the last 48 hours unless a range is given, at
+/// most two weeks), optionally of one campaign or network.
+pub async fn trend_report(svc: &Services, p: &Params) -> ServiceResult<Value> {
+    let app_id = p.app(&svc.config.apps)?;
+    let now = svc.config.clock.now();
+    let model = model_param(p)?;
+    let (campaign_id, network) = (filter_param(p, "campaign_id")?, filter_param(p, "network")?);
+    let (width, first, last) = match p.get("bucket").unwrap_or("day") {
+        "day" => {
+            let (from, to) = p.range(now)?;
+            (DAY_MS, day_of(from), day_of(to))
+        }
+        "hour" => {
+            let to = p.get("to").map(|t| parse_time("to", t, true)).transpose()?.unwrap_or(now);
+            let from = match p.get("from") {
+                Some(f) => parse_time("from", f, false)?,
+                None => (to.div_euclid(HOUR_MS) - 47) * HOUR_MS,
+            };
+            let (first, last) = (from.div_euclid(HOUR_MS), to.div_euclid(HOUR_MS));
+            if first > last {
+                return Err(Refusal::invalid("invalid_parameter", "from is after to").into());
+            }
+            if last - first >= MAX_HOURLY_BUCKETS {
+                return Err(Refusal::invalid(
+                    "invalid_parameter",
+                    format!("an hourly trend covers at most {MAX_HOURLY_BUCKETS} hours; use bucket=day"),
+                )
+                .into());
+            }
+            (HOUR_MS, first, last)
+        }
+        _ => return Err(Refusal::invalid("invalid_parameter", "bucket is day or hour").into()),
+    };
+    let query = ReportQuery::Trend {
+        app_id: app_id.clone(),
+        width,
+        first,
+        last,
+        campaign_id: campaign_id.to_owned(),
+        network: network.to_owned(),
+        model: model.to_owned(),
+    };
+    let ReportRows::Trend(rows) = read(svc, query).await? else {
+        return Err(unexpected());
+    };
+    let mut out = json!({
+        "app_id": app_id, "from": first * width, "to": (last + 1) * width - 1, "model": model,
+        "campaign_id": (!campaign_id.is_empty()).then_some(campaign_id),
+        "network": (!network.is_empty()).then_some(network),
+    });
+    if let (Value::Object(o), Ok(Value::Object(t))) = (&mut out, serde_json::to_value(trend(&rows, width, first, last)))
+    {
+        o.extend(t);
+    }
+    Ok(out)
+}
+
+/// One campaign's page as JSON: the campaign, its links with their clicks and installs, its
+/// metrics under every attribution model (CPI, CPA, ROAS), and its rejected installs by fraud
+/// rule, over a report's range (the last 30 days by default).
+pub async fn campaign_detail(svc: &Services, campaign_id: &str, p: &Params) -> ServiceResult<Value> {
+    svc.tracking.ready(svc).await?;
+    let (campaign, links) = {
+        let t = svc.tracking.lock()?;
+        let Some(c) = t.campaigns.get(campaign_id) else {
+            return Err(Refusal::not_found("unknown_campaign", "no campaign with this id").into());
+        };
+        let mut links: Vec<_> =
+            t.links.iter().filter(|l| l.campaign_id == campaign_id).map(|l| (**l).clone()).collect();
+        links.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.link_id.cmp(&b.link_id)));
+        (c.clone(), links)
+    };
+    let app_id = campaign.app_id.clone();
+    let (from, to) = p.range(svc.config.clock.now())?;
+    let (from_day, to_day) = (day_of(from), day_of(to));
+    let mut models = serde_json::Map::new();
+    for model in Model::ALL {
+        let query =
+            ReportQuery::Campaigns { app_id: app_id.clone(), from_day, to_day, model: model.as_str().to_owned() };
+        let ReportRows::Campaigns(days) = read(svc, query).await? else {
+            return Err(unexpected());
+        };
+        if let Some(day) = days.iter().find(|d| d.campaign_id == campaign_id) {
+            models.insert(model.as_str().to_owned(), serde_json::to_value(campaign_metrics(day)).unwrap_or_default());
+        }
+    }
+    // Whole days, as the rollups behind the metrics count them.
+    let (from_ms, to_ms) = (from_day * DAY_MS, (to_day + 1) * DAY_MS - 1);
+    let query = ReportQuery::CampaignLinks {
+        app_id: app_id.clone(),
+        campaign_id: campaign_id.to_owned(),
+        from: from_ms,
+        to: to_ms,
+    };
+    let ReportRows::CampaignLinks(stats, rejections) = svc.storage.report(query).await? else {
+        return Err(unexpected());
+    };
+    let links: Vec<Value> = links
+        .iter()
+        .map(|l| {
+            let s = stats.iter().find(|s| s.link_id == l.link_id);
+            json!({
+                "link_id": l.link_id, "url": crate::service::links::link_url(svc, &l.code), "enabled": l.enabled,
+                "destinations": l.destinations, "utm": l.utm, "created_at": l.created_at,
+                "clicks": s.map_or(0, |s| s.clicks), "impressions": s.map_or(0, |s| s.impressions),
+                "installs": s.map_or(0, |s| s.installs), "rejected_installs": s.map_or(0, |s| s.rejected_installs),
+            })
+        })
+        .collect();
+    let rejections: Vec<Value> = rejections.iter().map(|(rule, n)| json!({"rule": rule, "installs": n})).collect();
+    Ok(json!({
+        "campaign_id": campaign_id, "app_id": app_id, "name": campaign.name, "network": campaign.network,
+        "from": date_text(from_day), "to": date_text(to_day), "models": models, "links": links,
+        "rejections": rejections,
+    }))
 }

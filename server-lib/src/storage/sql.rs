@@ -660,6 +660,122 @@ impl Mirror {
 pub const RECENT_ALERTS: &str = "SELECT rule, app_id, campaign_id, at, detail FROM fraud_alerts WHERE at >= $1
       ORDER BY at DESC, id DESC LIMIT $2";
 
+// ---------------------------------------------------------------------------------------------
+// The dashboard's trends, campaign pages and attribution explorer (issue 26).
+
+/// Keeps a row when $n (empty: any) is the campaign in `column`.
+macro_rules! of_campaign {
+    ($n:literal, $column:literal) => {
+        concat!("(CAST($", $n, " AS TEXT) = '' OR ", $column, " = $", $n, ")")
+    };
+}
+
+/// Keeps a row when $n (empty: any) is the network of the campaign in `column` (app $1).
+macro_rules! of_network {
+    ($n:literal, $column:literal) => {
+        concat!(
+            "(CAST($",
+            $n,
+            " AS TEXT) = '' OR ",
+            $column,
+            " IN (SELECT campaign_key FROM dim_campaigns WHERE app_id = $1 AND network = $",
+            $n,
+            "))"
+        )
+    };
+}
+
+/// Events by day and type from the rollup, by the user's campaign: $1 app, $2..=$3 days,
+/// $4 campaign, $5 network.
+pub const TREND_EVENTS_DAILY: &str = concat!(
+    "SELECT date_key, event_type, CAST(sum(events) AS DOUBLE PRECISION), CAST(sum(revenue) AS DOUBLE PRECISION)
+       FROM rollup_daily WHERE app_id = $1 AND date_key >= $2 AND date_key <= $3 AND ",
+    of_campaign!("4", "campaign_key"),
+    " AND ",
+    of_network!("5", "campaign_key"),
+    " GROUP BY date_key, event_type"
+);
+
+/// Events by bucket ($6 ms) and type from the facts: $1 app, $2..$3 (ms, end excluded),
+/// $4 campaign, $5 network, $7..=$8 the days they fall on.
+pub const TREND_EVENTS_FACTS: &str = concat!(
+    "SELECT f.ts / $6, f.event_type, CAST(count(*) AS DOUBLE PRECISION),
+            CAST(coalesce(sum(f.revenue), 0) AS DOUBLE PRECISION)
+       FROM fact_events f LEFT JOIN dim_users u ON u.app_id = f.app_id AND u.anonymous_id = f.anonymous_id
+      WHERE f.app_id = $1 AND f.date_key >= $7 AND f.date_key <= $8 AND f.ts >= $2 AND f.ts < $3 AND ",
+    of_campaign!("4", "coalesce(u.install_campaign_id, u.utm_campaign_key, '')"),
+    " AND ",
+    of_network!("5", "coalesce(u.install_campaign_id, u.utm_campaign_key, '')"),
+    " GROUP BY 1, 2"
+);
+
+/// First installs by bucket ($6 ms) and match type, rejected ones as `rejected`, by the
+/// campaign credited (or that a rejected one would have been): $1 app, $2..$3 (ms, end
+/// excluded), $4 campaign, $5 network.
+pub const TREND_INSTALLS: &str = concat!(
+    "SELECT install_ts / $6, CASE WHEN rejected THEN 'rejected' ELSE match_type END, CAST(count(*) AS DOUBLE PRECISION)
+       FROM installs WHERE app_id = $1 AND install_ts >= $2 AND install_ts < $3 AND kind = 'install' AND ",
+    of_campaign!("4", "campaign_id"),
+    " AND (CAST($5 AS TEXT) = '' OR network = $5)
+      GROUP BY 1, 2"
+);
+
+/// Conversions credited under model $6, by day, from the rollup: $1 app, $2..=$3 days,
+/// $4 campaign, $5 network.
+pub const TREND_CONVERSIONS_DAILY: &str = concat!(
+    "SELECT date_key, CAST(sum(conversions) AS DOUBLE PRECISION), CAST(sum(revenue) AS DOUBLE PRECISION)
+       FROM rollup_conversions_daily WHERE app_id = $1 AND date_key >= $2 AND date_key <= $3 AND model = $6 AND ",
+    of_campaign!("4", "campaign_id"),
+    " AND ",
+    of_network!("5", "campaign_id"),
+    " GROUP BY date_key"
+);
+
+/// Conversions credited under model $7, by bucket ($6 ms): $1 app, $2..$3 (ms, end excluded),
+/// $4 campaign, $5 network.
+pub const TREND_CONVERSIONS_FACTS: &str = concat!(
+    "SELECT ts / $6, CAST(sum(credit) AS DOUBLE PRECISION), CAST(coalesce(sum(revenue), 0) AS DOUBLE PRECISION)
+       FROM conversions WHERE app_id = $1 AND ts >= $2 AND ts < $3 AND model = $7 AND campaign_id IS NOT NULL AND ",
+    of_campaign!("4", "campaign_id"),
+    " AND (CAST($5 AS TEXT) = '' OR network = $5) GROUP BY 1"
+);
+
+/// A campaign's ($2) clicks and impressions by link in $3..=$4 (ms) of app $1; clicks flagged
+/// as bots or duplicates (flags 1, 2) are not counted, as in the campaign rollup.
+pub const CAMPAIGN_LINK_CLICKS: &str = "SELECT link_id,
+        CAST(sum(CASE WHEN kind = 'click' AND (flags & 3) = 0 THEN 1 ELSE 0 END) AS BIGINT),
+        CAST(sum(CASE WHEN kind = 'impression' THEN 1 ELSE 0 END) AS BIGINT)
+   FROM clicks WHERE app_id = $1 AND campaign_id = $2 AND ts >= $3 AND ts <= $4 GROUP BY link_id";
+
+/// A campaign's ($2) first installs and rejected ones by link in $3..=$4 (ms) of app $1.
+pub const CAMPAIGN_LINK_INSTALLS: &str = "SELECT link_id,
+        CAST(sum(CASE WHEN rejected THEN 0 ELSE 1 END) AS BIGINT),
+        CAST(sum(CASE WHEN rejected THEN 1 ELSE 0 END) AS BIGINT)
+   FROM installs WHERE app_id = $1 AND campaign_id = $2 AND install_ts >= $3 AND install_ts <= $4
+    AND kind = 'install' AND link_id IS NOT NULL GROUP BY link_id";
+
+/// The answers of a campaign's ($2) rejected first installs in $3..=$4 (ms) of app $1, at most
+/// $5 (their fraud flags are counted by rule).
+pub const CAMPAIGN_REJECTED: &str = "SELECT result FROM installs WHERE app_id = $1 AND campaign_id = $2
+    AND install_ts >= $3 AND install_ts <= $4 AND kind = 'install' AND rejected LIMIT $5";
+
+/// The credit rows of a conversion event ($2) of app $1.
+pub const CREDITS_OF_EVENT: &str = concat!(
+    "SELECT app_id, event_id, model, click_id, anonymous_id, user_id, event_type, ts, link_id, ",
+    "campaign_id, network, touch_ts, credit, revenue, currency FROM conversions WHERE app_id = $1 AND event_id = $2
+      ORDER BY model, touch_ts, click_id LIMIT $3"
+);
+
+/// The credit rows of a device's ($2) conversions in app $1, newest first.
+pub const CREDITS_OF_DEVICE: &str = concat!(
+    "SELECT app_id, event_id, model, click_id, anonymous_id, user_id, event_type, ts, link_id, ",
+    "campaign_id, network, touch_ts, credit, revenue, currency FROM conversions WHERE app_id = $1 AND anonymous_id = $2
+      ORDER BY ts DESC, event_id, model, touch_ts, click_id LIMIT $3"
+);
+
+/// Installs by time (issue 26: the trend of installs by match type reads a range of them).
+pub const INSTALLS_TIME: &str = "CREATE INDEX installs_time ON installs (app_id, install_ts);";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -708,6 +824,16 @@ mod tests {
         COHORT_USERS,
         COHORT_ACTIVE_DAYS,
         RECENT_ALERTS,
+        TREND_EVENTS_DAILY,
+        TREND_EVENTS_FACTS,
+        TREND_INSTALLS,
+        TREND_CONVERSIONS_DAILY,
+        TREND_CONVERSIONS_FACTS,
+        CAMPAIGN_LINK_CLICKS,
+        CAMPAIGN_LINK_INSTALLS,
+        CAMPAIGN_REJECTED,
+        CREDITS_OF_EVENT,
+        CREDITS_OF_DEVICE,
         LINKED_USER,
         INSERT_USER_LINK,
         REPOINT_USER_LINKS,

@@ -655,3 +655,17 @@ pub fn mirrored_key(table: &str, key: &str) -> Option<(&'static crate::storage::
     }
     Some((mirror, out))
 }
+
+/// The entry of a link in a campaign page's counts, made with zeros when new.
+pub fn link_stats(
+    links: &mut std::collections::BTreeMap<String, crate::domain::records::LinkStats>,
+    link_id: String,
+) -> &mut crate::domain::records::LinkStats {
+    links.entry(link_id.clone()).or_insert_with(|| crate::domain::records::LinkStats {
+        link_id,
+        clicks: 0,
+        impressions: 0,
+        installs: 0,
+        rejected_installs: 0,
+    })
+}

@@ -1,6 +1,8 @@
 // Live counters over server-sent events. Values are written with textContent, never as HTML.
 "use strict";
 (function () {
+  // Only the overview has live counters.
+  if (!document.getElementById("live-section")) return;
   const state = document.getElementById("live-state");
   const show = (key, value) => {
     const el = document.getElementById("c-" + key);

@@ -16,17 +16,18 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+mod charts;
+mod pages;
 
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{client_ip, read_body};
 use crate::domain::enrich::keyed_hash;
 use crate::domain::links::{NewCampaign, NewLink};
-use crate::domain::records::{Destinations, LinkRecord, ReportQuery, ReportRows, Utm};
-use crate::domain::reports::{Params, date_text, day_of};
-use crate::service::links::{link_url, new_campaign, new_link};
-use crate::service::reports;
+use crate::domain::records::{Destinations, Utm};
+use crate::service::links::{new_campaign, new_link};
 
 const SESSION_COOKIE: &str = "tm_dash";
 const LOGIN_COOKIE: &str = "tm_login";
@@ -437,262 +438,47 @@ fn funnel_chart(steps: &[Value]) -> Markup {
     }
 }
 
-/// `GET /dashboard[?app_id=…][&steps=…][&from=…][&to=…][&within=…]`.
+/// `GET /dashboard[?app_id=…][&from=…][&to=…][&bucket=…][&campaign_id=…][&network=…][&model=…]`:
+/// the overview.
 pub async fn index(State(state): State<Arc<AppState>>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
     let Some((id, csrf, actor)) = session(&state, &headers) else {
         return redirect("/dashboard/login");
     };
-    match render(&state, &uri, &id, &csrf, &actor).await {
+    respond(pages::overview(&state, &uri, &id, &csrf, &actor).await)
+}
+
+/// `GET /dashboard/campaign/{campaign_id}[?from=…&to=…]`.
+pub async fn campaign(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(campaign_id): axum::extract::Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let Some((_, csrf, actor)) = session(&state, &headers) else {
+        return redirect("/dashboard/login");
+    };
+    respond(pages::campaign(&state, &campaign_id, &uri, &csrf, &actor).await)
+}
+
+/// `GET /dashboard/journeys[?app_id=…][&from=…&to=…][&steps=…][&within=…][&conversion=…][&max_steps=…]`.
+pub async fn journeys(State(state): State<Arc<AppState>>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let Some((_, csrf, actor)) = session(&state, &headers) else {
+        return redirect("/dashboard/login");
+    };
+    respond(pages::journeys(&state, &uri, &csrf, &actor).await)
+}
+
+/// `GET /dashboard/attribution[?app_id=…][&by=…&q=…]`: the attribution explorer.
+pub async fn attribution(State(state): State<Arc<AppState>>, uri: axum::http::Uri, headers: HeaderMap) -> Response {
+    let Some((_, csrf, actor)) = session(&state, &headers) else {
+        return redirect("/dashboard/login");
+    };
+    respond(pages::explorer(&state, &uri, &csrf, &actor).await)
+}
+
+fn respond(result: Result<Markup, ApiError>) -> Response {
+    match result {
         Ok(markup) => page(StatusCode::OK, markup),
         Err(e) => error_page(&e),
     }
-}
-
-async fn render(
-    state: &AppState,
-    uri: &axum::http::Uri,
-    id: &str,
-    csrf: &str,
-    actor: &str,
-) -> Result<Markup, ApiError> {
-    let q = Params::parse(uri.query(), &["app_id", "steps", "from", "to", "within"])?;
-    let mut apps: Vec<String> = state.config.apps.keys().cloned().collect();
-    apps.sort();
-    let app = match q.get("app_id") {
-        Some(a) if apps.iter().any(|x| x == a) => a.to_owned(),
-        Some(a) => return Err(ApiError::bad_request("unknown_app", format!("no app {a:?} is configured"))),
-        None => apps.first().cloned().unwrap_or_default(),
-    };
-    let now = state.config.clock.now();
-    let steps = q.get("steps").unwrap_or("app_opened,purchase").to_owned();
-    let mut funnel_params = vec![("app_id", app.clone()), ("steps", steps.clone())];
-    for k in ["from", "to", "within"] {
-        if let Some(v) = q.get(k) {
-            funnel_params.push((k, v.to_owned()));
-        }
-    }
-    let funnel = reports::funnel_report(state, &Params::of(&funnel_params)).await.map_err(ApiError::from);
-    let campaigns = reports::campaigns_report(state, &Params::of(&[("app_id", app.clone())])).await?;
-    let from14 = date_text(day_of(now) - 13);
-    let retention = reports::retention_report(
-        state,
-        &Params::of(&[("app_id", app.clone()), ("from", from14), ("days", "1,7,30".into())]),
-    )
-    .await
-    .unwrap_or_else(|e| json!({"error": ApiError::from(e).message}));
-    let storage_err = ApiError::from;
-    let alerts = match state.storage.report(ReportQuery::Alerts { since: now - 7 * 86_400_000, limit: 20 }).await {
-        Ok(ReportRows::Alerts(a)) => a,
-        Ok(_) => Vec::new(),
-        Err(e) => return Err(storage_err(e)),
-    };
-    let recent = match state.storage.report(ReportQuery::RecentEvents { limit: 25 }).await {
-        Ok(ReportRows::Recent(mut r)) => {
-            // User ids as the app sent them (stored hashed, the raw value sealed).
-            for e in &mut r {
-                state.ids.reveal_event(e);
-            }
-            r
-        }
-        Ok(_) => Vec::new(),
-        Err(e) => return Err(storage_err(e)),
-    };
-    state.tracking.ready(state).await?;
-    let (campaign_list, mut links) = {
-        let t = state.tracking.lock()?;
-        let mut c: Vec<(String, String, String)> = t
-            .campaigns
-            .values()
-            .filter(|c| c.app_id == app)
-            .map(|c| (c.campaign_id.clone(), c.name.clone(), c.network.clone()))
-            .collect();
-        c.sort();
-        let links: Vec<LinkRecord> = t.links.iter().filter(|l| l.app_id == app).map(|l| (**l).clone()).collect();
-        (c, links)
-    };
-    links.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| a.link_id.cmp(&b.link_id)));
-    links.truncate(20);
-    let mut audits = Vec::new();
-    for l in &links {
-        audits.push(state.storage.link_audit(l.link_id.clone()).await.map_err(storage_err)?);
-    }
-    let flash = take_flash(state, id);
-    let live = state.live.snapshot();
-    let counters = [
-        ("events_per_min", "Events / min"),
-        ("events", "Events accepted"),
-        ("installs", "Installs"),
-        ("match_rate", "Attribution match rate"),
-        ("rejected_events", "Rejected events"),
-        ("fraud_rejected", "Installs rejected as fraud"),
-        ("burst_alerts", "Install-burst alerts"),
-    ];
-    let shown = |k: &str| match k {
-        "match_rate" => pct(live[k].as_f64()),
-        _ => live[k].to_string(),
-    };
-    Ok(html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { "Trailmark dashboard" }
-                link rel="stylesheet" href="/dashboard/style.css";
-                script src="/dashboard/app.js" defer {}
-            }
-            body {
-                header {
-                    h1 { "Trailmark" }
-                    form.inline method="get" action="/dashboard" {
-                        label { "App " select name="app_id" {
-                            @for a in &apps { option value=(a) selected[*a == app] { (a) } }
-                        } }
-                        button type="submit" { "Show" }
-                    }
-                    span.who { "Signed in as " (actor) }
-                    form.inline method="post" action="/dashboard/logout" {
-                        input type="hidden" name="csrf" value=(csrf);
-                        button type="submit" id="logout" { "Sign out" }
-                    }
-                }
-                @if let Some((ok, message)) = &flash {
-                    p id="flash" class=(if *ok { "ok" } else { "error" }) role="status" { (message) }
-                }
-                section id="live-section" {
-                    h2 { "Live" span id="live-state" { " (connecting…)" } }
-                    dl.counters {
-                        @for (key, label) in counters {
-                            div { dt { (label) } dd id=(format!("c-{key}")) data-kind=(key) { (shown(key)) } }
-                        }
-                    }
-                }
-                section id="alerts" {
-                    h2 { "Install-burst alerts (7 days)" }
-                    @if alerts.is_empty() { p.muted { "None." } } @else {
-                        table { thead { tr { th { "At" } th { "Campaign" } th { "Detail" } } }
-                            tbody { @for a in &alerts { tr.alert {
-                                td { (when(a.at)) } td { (a.campaign_id) } td { code { (a.detail.to_string()) } }
-                            } } } }
-                    }
-                }
-                section id="campaigns" {
-                    h2 { "Campaigns (" (campaigns["from"].as_str().unwrap_or("")) " – " (campaigns["to"].as_str().unwrap_or("")) ", last touch)" }
-                    table {
-                        thead { tr {
-                            th { "Campaign" } th { "Network" } th { "Impr." } th { "Clicks" } th { "CTR" } th { "Installs" }
-                            th { "Install rate" } th { "Cost" } th { "CPI" } th { "Conv." } th { "CPA" } th { "Revenue" } th { "ROAS" }
-                        } }
-                        tbody {
-                            @for c in campaigns["campaigns"].as_array().into_iter().flatten() {
-                                tr {
-                                    td { (c["name"].as_str().unwrap_or("")) br; small { (c["campaign_id"].as_str().unwrap_or("")) } }
-                                    td { (c["network"].as_str().unwrap_or("")) }
-                                    td.n { (c["impressions"]) } td.n { (c["clicks"]) } td.n { (pct(c["ctr"].as_f64())) }
-                                    td.n { (c["installs"]) } td.n { (pct(c["install_rate"].as_f64())) }
-                                    td.n { (money(&c["cost"])) " " (c["currency"].as_str().unwrap_or("")) }
-                                    td.n { (money(&c["cpi"])) } td.n { (money(&c["conversions"])) } td.n { (money(&c["cpa"])) }
-                                    td.n { (money(&c["revenue"])) } td.n { (c["roas"].as_f64().map(|r| format!("{r:.2}×")).unwrap_or_else(|| "—".into())) }
-                                }
-                            }
-                        }
-                    }
-                }
-                section id="funnel" {
-                    h2 { "Funnel" }
-                    form.inline method="get" action="/dashboard#funnel" {
-                        input type="hidden" name="app_id" value=(app);
-                        label { "Steps " input type="text" name="steps" id="steps" value=(steps) size="40"; }
-                        label { "From " input type="text" name="from" placeholder="YYYY-MM-DD" value=(q.get("from").unwrap_or("")); }
-                        label { "To " input type="text" name="to" placeholder="YYYY-MM-DD" value=(q.get("to").unwrap_or("")); }
-                        label { "Within " input type="text" name="within" placeholder="30d" value=(q.get("within").unwrap_or("")); }
-                        button type="submit" id="funnel-go" { "Show funnel" }
-                    }
-                    @match &funnel {
-                        Ok(f) => {
-                            @let list = f["steps"].as_array().cloned().unwrap_or_default();
-                            (funnel_chart(&list))
-                            table id="funnel-table" { thead { tr { th { "Step" } th { "Users" } th { "Of first step" } } }
-                                tbody { @for s in &list { tr {
-                                    td { (s["type"].as_str().unwrap_or("")) } td.n { (s["users"]) } td.n { (pct(s["share"].as_f64())) }
-                                } } } }
-                        }
-                        Err(e) => { p.error { (e.message) } }
-                    }
-                }
-                section id="retention" {
-                    h2 { "Retention by install day (last 14 days)" }
-                    @if let Some(e) = retention["error"].as_str() { p.error { (e) } }
-                    table.grid {
-                        thead { tr { th { "Cohort" } th { "Users" } th { "Day 1" } th { "Day 7" } th { "Day 30" } } }
-                        tbody {
-                            @for c in retention["cohorts"].as_array().into_iter().flatten() {
-                                tr {
-                                    td { (c["date"].as_str().unwrap_or("")) } td.n { (c["users"]) }
-                                    @for cell in c["retention"].as_array().into_iter().flatten() {
-                                        @let share = cell["share"].as_f64();
-                                        td class=(format!("n shade{}", share.map(|s| (s * 10.0).round() as i64).unwrap_or(-1).clamp(-1, 10))) {
-                                            (pct(share))
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                section id="links" {
-                    h2 { "Tracking links" }
-                    div.forms {
-                        form method="post" action="/dashboard/campaigns" id="campaign-form" {
-                            h3 { "New campaign" }
-                            input type="hidden" name="csrf" value=(csrf);
-                            input type="hidden" name="app_id" value=(app);
-                            label { "Name " input type="text" name="name" required; }
-                            label { "Network " input type="text" name="network" required; }
-                            button type="submit" { "Create campaign" }
-                        }
-                        form method="post" action="/dashboard/links" id="link-form" {
-                            h3 { "New link" }
-                            input type="hidden" name="csrf" value=(csrf);
-                            label { "Campaign " select name="campaign_id" required {
-                                @for (cid, name, network) in &campaign_list { option value=(cid) { (name) " (" (network) ")" } }
-                            } }
-                            label { "Web URL " input type="url" name="web" required placeholder="https://example.com/landing"; }
-                            label { "iOS store URL " input type="url" name="ios"; }
-                            label { "Android store URL " input type="url" name="android"; }
-                            label { "utm_source " input type="text" name="utm_source"; }
-                            label { "utm_medium " input type="text" name="utm_medium"; }
-                            label { "utm_campaign " input type="text" name="utm_campaign"; }
-                            button type="submit" { "Create link" }
-                        }
-                    }
-                    @for (l, audit) in links.iter().zip(&audits) {
-                        article.link data-link-id=(l.link_id) {
-                            h3 { code { (link_url(state, &l.code)) } " → " (l.destinations.web) }
-                            p.muted { (l.link_id) " · campaign " (l.campaign_id) " · " (if l.enabled { "enabled" } else { "disabled" }) }
-                            details open {
-                                summary { "Audit log (" (audit.len()) ")" }
-                                table.audit { thead { tr { th { "At" } th { "Actor" } th { "Action" } } }
-                                    tbody { @for a in audit { tr { td { (when(a.at)) } td { (a.actor) } td { (a.action) } } } } }
-                            }
-                        }
-                    }
-                }
-                section id="events" {
-                    h2 { "Recent events" }
-                    table id="recent-events" {
-                        thead { tr { th { "Received" } th { "App" } th { "Type" } th { "Anonymous id" } th { "User id" } th { "Properties" } } }
-                        tbody {
-                            @for e in &recent {
-                                tr {
-                                    td { (when(e.received_at)) } td { (e.app_id) } td { (e.event_type) }
-                                    td { (e.anonymous_id) } td { (e.user_id.as_deref().unwrap_or("")) }
-                                    td { code.props { (e.properties) } }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    })
 }

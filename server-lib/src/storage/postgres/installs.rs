@@ -46,6 +46,7 @@ impl InstallStore for PostgresStorage {
             let tx = client.transaction().await.map_err(backend)?;
             let r = &i.result;
             let result = serde_json::to_string(r).map_err(backend)?;
+            let [campaign_id, link_id, click_id, network] = i.credited();
             let changed = tx
                 .execute(
                     sql::INSERT_INSTALL,
@@ -62,10 +63,10 @@ impl InstallStore for PostgresStorage {
                         &i.received_at,
                         &i.kind,
                         &r.match_type.as_str(),
-                        &r.campaign_id,
-                        &r.link_id,
-                        &r.click_id,
-                        &r.network,
+                        &campaign_id,
+                        &link_id,
+                        &click_id,
+                        &network,
                         &r.fraud.rejected,
                         &result,
                         &i.audit.to_string(),

@@ -19,12 +19,15 @@ use serde_json::Value;
 
 use super::events::event_row;
 use super::{PostgresStorage, pool_error};
+use crate::domain::reports::{MAX_REJECTED_READ, rejections_by_rule};
 use crate::storage::sql::{self, FACT_ROWS, event_columns};
-use crate::storage::star::{DAY_MS, StoredSession, day_of, money, plan_sessions, session_windows, utm_key};
+use crate::storage::star::{DAY_MS, StoredSession, day_of, link_stats, money, plan_sessions, session_windows, utm_key};
 use crate::storage::{
-    CampaignCost, CampaignDay, FactRow, FraudAlert, PurgeReport, RefreshReport, ReportQuery, ReportRows, ReportStore,
-    RetentionCutoffs, StorageError, StorageFuture, UserRow, backend,
+    CampaignCost, CampaignDay, ConversionCredit, FactRow, FraudAlert, LinkStats, PurgeReport, RefreshReport,
+    ReportQuery, ReportRows, ReportStore, RetentionCutoffs, StorageError, StorageFuture, TrendRow, TrendRows, UserRow,
+    backend,
 };
+use tokio_postgres::types::ToSql;
 
 impl ReportStore for PostgresStorage {
     fn refresh_step(&self, batch: usize, session_gap: i64, horizon: Option<i64>) -> StorageFuture<'_, RefreshReport> {
@@ -602,6 +605,27 @@ fn fact_row(r: &tokio_postgres::Row) -> FactRow {
     }
 }
 
+/// Trend rows of `sql`, whose columns are the bucket, the key when `keyed`, the count and,
+/// when there is one, revenue.
+async fn trend_rows(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    args: &[&(dyn ToSql + Sync)],
+    keyed: bool,
+) -> Result<Vec<TrendRow>, StorageError> {
+    let count = 1 + usize::from(keyed);
+    let rows = client.query(sql, args).await.map_err(backend)?;
+    Ok(rows
+        .iter()
+        .map(|r| TrendRow {
+            bucket: r.get(0),
+            key: if keyed { r.get(1) } else { String::new() },
+            count: r.get::<_, Option<f64>>(count).unwrap_or(0.0),
+            revenue: if r.len() > count + 1 { r.get::<_, Option<f64>>(count + 1).unwrap_or(0.0) } else { 0.0 },
+        })
+        .collect())
+}
+
 /// Rows for a report, read from the star schema.
 pub async fn report(client: &tokio_postgres::Client, query: &ReportQuery) -> Result<ReportRows, StorageError> {
     match query {
@@ -716,6 +740,77 @@ pub async fn report(client: &tokio_postgres::Client, query: &ReportQuery) -> Res
                 .await
                 .map_err(backend)?;
             Ok(ReportRows::Recent(rows.iter().map(event_row).collect()))
+        }
+        ReportQuery::Trend { app_id, width, first, last, campaign_id, network, model } => {
+            let (from, to) = (first * width, (last + 1) * width);
+            let daily = *width == DAY_MS;
+            let (first_day, last_day) = (day_of(from), day_of(to - 1));
+            let events = if daily {
+                trend_rows(client, sql::TREND_EVENTS_DAILY, &[app_id, first, last, campaign_id, network], true).await?
+            } else {
+                let args: [&(dyn ToSql + Sync); 8] =
+                    [app_id, &from, &to, campaign_id, network, width, &first_day, &last_day];
+                trend_rows(client, sql::TREND_EVENTS_FACTS, &args, true).await?
+            };
+            let args: [&(dyn ToSql + Sync); 6] = [app_id, &from, &to, campaign_id, network, width];
+            let installs = trend_rows(client, sql::TREND_INSTALLS, &args, true).await?;
+            let conversions = if daily {
+                let args: [&(dyn ToSql + Sync); 6] = [app_id, first, last, campaign_id, network, model];
+                trend_rows(client, sql::TREND_CONVERSIONS_DAILY, &args, false).await?
+            } else {
+                let args: [&(dyn ToSql + Sync); 7] = [app_id, &from, &to, campaign_id, network, width, model];
+                trend_rows(client, sql::TREND_CONVERSIONS_FACTS, &args, false).await?
+            };
+            Ok(ReportRows::Trend(TrendRows { events, installs, conversions }))
+        }
+        ReportQuery::CampaignLinks { app_id, campaign_id, from, to } => {
+            let args: [&(dyn ToSql + Sync); 4] = [app_id, campaign_id, from, to];
+            let mut links: BTreeMap<String, LinkStats> = BTreeMap::new();
+            for r in client.query(sql::CAMPAIGN_LINK_CLICKS, &args).await.map_err(backend)? {
+                let l = link_stats(&mut links, r.get(0));
+                (l.clicks, l.impressions) = (r.get(1), r.get(2));
+            }
+            for r in client.query(sql::CAMPAIGN_LINK_INSTALLS, &args).await.map_err(backend)? {
+                let l = link_stats(&mut links, r.get(0));
+                (l.installs, l.rejected_installs) = (r.get(1), r.get(2));
+            }
+            let results: Vec<String> = client
+                .query(sql::CAMPAIGN_REJECTED, &[app_id, campaign_id, from, to, &MAX_REJECTED_READ])
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            Ok(ReportRows::CampaignLinks(links.into_values().collect(), rejections_by_rule(&results)))
+        }
+        ReportQuery::Credits { app_id, event_id, anonymous_id, limit } => {
+            let (sql, key) = match (event_id, anonymous_id) {
+                (Some(e), _) => (sql::CREDITS_OF_EVENT, e),
+                (None, Some(a)) => (sql::CREDITS_OF_DEVICE, a),
+                (None, None) => return Ok(ReportRows::Credits(Vec::new())),
+            };
+            let rows = client.query(sql, &[app_id, key, &(*limit as i64)]).await.map_err(backend)?;
+            Ok(ReportRows::Credits(
+                rows.iter()
+                    .map(|r| ConversionCredit {
+                        app_id: r.get(0),
+                        event_id: r.get(1),
+                        model: r.get(2),
+                        click_id: r.get(3),
+                        anonymous_id: r.get(4),
+                        user_id: r.get(5),
+                        event_type: r.get(6),
+                        ts: r.get(7),
+                        link_id: r.get(8),
+                        campaign_id: r.get(9),
+                        network: r.get(10),
+                        touch_ts: r.get(11),
+                        credit: r.get(12),
+                        revenue: r.get(13),
+                        currency: r.get(14),
+                    })
+                    .collect(),
+            ))
         }
         ReportQuery::Alerts { since, limit } => {
             let rows = client.query(sql::RECENT_ALERTS, &[since, &(*limit as i64)]).await.map_err(backend)?;

@@ -10,7 +10,7 @@ use crate::storage::{StorageError, backend, sql};
 
 /// Migrations, applied in order inside one transaction under an advisory lock, so instances
 /// starting together do not race.
-fn migrations() -> [(i32, String); 11] {
+fn migrations() -> [(i32, String); 12] {
     let shared = |tables: &[&str]| ddl::render(tables, Dialect::Postgres);
     [
         (1, shared(&[ddl::EVENTS, ddl::DELETION_AUDIT])),
@@ -24,6 +24,7 @@ fn migrations() -> [(i32, String); 11] {
         (9, shared(&[ddl::TEST_DEVICES])),
         (10, shared(&[ddl::IDENTITY_LINKS])),
         (11, [shared(&[ddl::OLAP_OUTBOX]), sql::FACT_EVENTS_EVENT.to_owned(), olap_triggers()].join("\n")),
+        (12, sql::INSTALLS_TIME.to_owned()),
     ]
 }
 

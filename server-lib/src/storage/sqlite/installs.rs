@@ -177,6 +177,7 @@ pub fn save_install(
     alert: Option<&FraudAlert>,
 ) -> Result<bool, StorageError> {
     let r = &i.result;
+    let [campaign_id, link_id, click_id, network] = i.credited();
     let changed = tx
         .execute(
             sqlite!(sql::INSERT_INSTALL),
@@ -193,10 +194,10 @@ pub fn save_install(
                 i.received_at,
                 i.kind,
                 r.match_type.as_str(),
-                r.campaign_id,
-                r.link_id,
-                r.click_id,
-                r.network,
+                campaign_id,
+                link_id,
+                click_id,
+                network,
                 r.fraud.rejected,
                 serde_json::to_string(r).map_err(json_err)?,
                 i.audit.to_string(),

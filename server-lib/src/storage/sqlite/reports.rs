@@ -14,11 +14,13 @@ use serde_json::Value;
 
 use super::SqliteStorage;
 use super::events::event_row;
+use crate::domain::reports::{MAX_REJECTED_READ, rejections_by_rule};
 use crate::storage::sql::{self, FACT_ROWS, event_columns, sqlite, to_sqlite};
-use crate::storage::star::{DAY_MS, StoredSession, day_of, money, plan_sessions, session_windows, utm_key};
+use crate::storage::star::{DAY_MS, StoredSession, day_of, link_stats, money, plan_sessions, session_windows, utm_key};
 use crate::storage::{
-    CampaignCost, CampaignDay, FactRow, FraudAlert, PurgeReport, RefreshReport, ReportQuery, ReportRows, ReportStore,
-    RetentionCutoffs, StorageError, StorageFuture, UserRow, backend,
+    CampaignCost, CampaignDay, ConversionCredit, FactRow, FraudAlert, LinkStats, PurgeReport, RefreshReport,
+    ReportQuery, ReportRows, ReportStore, RetentionCutoffs, StorageError, StorageFuture, TrendRow, TrendRows, UserRow,
+    backend,
 };
 
 impl ReportStore for SqliteStorage {
@@ -528,6 +530,32 @@ fn fact_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<FactRow> {
     })
 }
 
+/// Trend rows of `sql`, whose columns are the bucket, the key when `keyed`, the count and,
+/// when there is one, revenue.
+fn trend_rows(
+    conn: &Connection,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+    keyed: bool,
+) -> Result<Vec<TrendRow>, StorageError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+    let count = 1 + usize::from(keyed);
+    let has_revenue = stmt.column_count() > count + 1;
+    let rows = stmt
+        .query_map(args, |r| {
+            Ok(TrendRow {
+                bucket: r.get(0)?,
+                key: if keyed { r.get(1)? } else { String::new() },
+                count: r.get(count)?,
+                revenue: if has_revenue { r.get(count + 1)? } else { 0.0 },
+            })
+        })
+        .map_err(backend)?
+        .collect::<Result<_, _>>()
+        .map_err(backend)?;
+    Ok(rows)
+}
+
 /// Rows for a report, read from the star schema.
 pub fn report(conn: &Connection, query: &ReportQuery) -> Result<ReportRows, StorageError> {
     match query {
@@ -645,6 +673,86 @@ pub fn report(conn: &Connection, query: &ReportQuery) -> Result<ReportRows, Stor
                 .collect::<Result<_, _>>()
                 .map_err(backend)?;
             Ok(ReportRows::Recent(rows))
+        }
+        ReportQuery::Trend { app_id, width, first, last, campaign_id, network, model } => {
+            let (from, to) = (first * width, (last + 1) * width);
+            let daily = *width == DAY_MS;
+            let events = if daily {
+                trend_rows(
+                    conn,
+                    sqlite!(sql::TREND_EVENTS_DAILY),
+                    params![app_id, first, last, campaign_id, network],
+                    true,
+                )?
+            } else {
+                let args = params![app_id, from, to, campaign_id, network, width, day_of(from), day_of(to - 1)];
+                trend_rows(conn, sqlite!(sql::TREND_EVENTS_FACTS), args, true)?
+            };
+            let args = params![app_id, from, to, campaign_id, network, width];
+            let installs = trend_rows(conn, sqlite!(sql::TREND_INSTALLS), args, true)?;
+            let conversions = if daily {
+                let args = params![app_id, first, last, campaign_id, network, model];
+                trend_rows(conn, sqlite!(sql::TREND_CONVERSIONS_DAILY), args, false)?
+            } else {
+                let args = params![app_id, from, to, campaign_id, network, width, model];
+                trend_rows(conn, sqlite!(sql::TREND_CONVERSIONS_FACTS), args, false)?
+            };
+            Ok(ReportRows::Trend(TrendRows { events, installs, conversions }))
+        }
+        ReportQuery::CampaignLinks { app_id, campaign_id, from, to } => {
+            let mut links: BTreeMap<String, LinkStats> = BTreeMap::new();
+            let args = params![app_id, campaign_id, from, to];
+            let mut stmt = conn.prepare_cached(sqlite!(sql::CAMPAIGN_LINK_CLICKS)).map_err(backend)?;
+            let mut q = stmt.query(args).map_err(backend)?;
+            while let Some(r) = q.next().map_err(backend)? {
+                let l = link_stats(&mut links, r.get(0).map_err(backend)?);
+                (l.clicks, l.impressions) = (r.get(1).map_err(backend)?, r.get(2).map_err(backend)?);
+            }
+            let mut stmt = conn.prepare_cached(sqlite!(sql::CAMPAIGN_LINK_INSTALLS)).map_err(backend)?;
+            let mut q = stmt.query(args).map_err(backend)?;
+            while let Some(r) = q.next().map_err(backend)? {
+                let l = link_stats(&mut links, r.get(0).map_err(backend)?);
+                (l.installs, l.rejected_installs) = (r.get(1).map_err(backend)?, r.get(2).map_err(backend)?);
+            }
+            let mut stmt = conn.prepare_cached(sqlite!(sql::CAMPAIGN_REJECTED)).map_err(backend)?;
+            let results: Vec<String> = stmt
+                .query_map(params![app_id, campaign_id, from, to, MAX_REJECTED_READ], |r| r.get(0))
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            Ok(ReportRows::CampaignLinks(links.into_values().collect(), rejections_by_rule(&results)))
+        }
+        ReportQuery::Credits { app_id, event_id, anonymous_id, limit } => {
+            let (sql, key) = match (event_id, anonymous_id) {
+                (Some(e), _) => (sqlite!(sql::CREDITS_OF_EVENT), e),
+                (None, Some(a)) => (sqlite!(sql::CREDITS_OF_DEVICE), a),
+                (None, None) => return Ok(ReportRows::Credits(Vec::new())),
+            };
+            let mut stmt = conn.prepare_cached(sql).map_err(backend)?;
+            let rows = stmt
+                .query_map(params![app_id, key, *limit as i64], |r| {
+                    Ok(ConversionCredit {
+                        app_id: r.get(0)?,
+                        event_id: r.get(1)?,
+                        model: r.get(2)?,
+                        click_id: r.get(3)?,
+                        anonymous_id: r.get(4)?,
+                        user_id: r.get(5)?,
+                        event_type: r.get(6)?,
+                        ts: r.get(7)?,
+                        link_id: r.get(8)?,
+                        campaign_id: r.get(9)?,
+                        network: r.get(10)?,
+                        touch_ts: r.get(11)?,
+                        credit: r.get(12)?,
+                        revenue: r.get(13)?,
+                        currency: r.get(14)?,
+                    })
+                })
+                .map_err(backend)?
+                .collect::<Result<_, _>>()
+                .map_err(backend)?;
+            Ok(ReportRows::Credits(rows))
         }
         ReportQuery::Alerts { since, limit } => {
             let mut stmt = conn.prepare(sqlite!(sql::RECENT_ALERTS)).map_err(backend)?;

@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use crate::storage::ddl::{self, Dialect, day_key};
 use crate::storage::{StorageError, backend, sql};
 
-const SCHEMA_VERSION: i64 = 9;
+const SCHEMA_VERSION: i64 = 10;
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
@@ -44,6 +44,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
         tx.execute_batch(&ddl::render(&[ddl::OLAP_OUTBOX], Dialect::Sqlite)).map_err(backend)?;
         tx.execute_batch(sql::FACT_EVENTS_EVENT).map_err(backend)?;
         tx.execute_batch(&olap_triggers()).map_err(backend)?;
+    }
+    if version < 10 {
+        tx.execute_batch(sql::INSTALLS_TIME).map_err(backend)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION};")).map_err(backend)?;
     tx.commit().map_err(backend)
