@@ -170,6 +170,7 @@ async fn legacy_rows(db: &Path) {
         audit: json!({}),
         ip_enc: None,
         ids_enc: None,
+        rejected_credit: None,
     };
     store.save_install(install, None, None, Vec::new()).await.unwrap();
     store

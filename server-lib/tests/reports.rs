@@ -480,6 +480,15 @@ async fn reports_on(on: On<'_>) {
         .await;
     assert_eq!(series(&r, "events", "app_open"), json!([0, 1, 0]), "{r}");
     assert_eq!((&r["revenue"]["total"], &r["conversions"]["total"]), (&json!(50.0), &json!(1.0)));
+    let r = srv
+        .get("/v1/reports/trends?bucket=hour&from=2026-11-02T07:00:00Z&to=2026-11-02T09:59:59Z&network=meta&model=linear")
+        .await;
+    assert_eq!(series(&r, "events", "app_open"), json!([0, 4, 0]), "{r}");
+    assert_eq!(series(&r, "installs", "device_id"), json!([0, 3, 0]));
+    assert_eq!(
+        (&r["conversions"]["values"], &r["conversion_revenue"]["total"]),
+        (&json!([0.0, 2.0, 0.0]), &json!(50.0))
+    );
 
     // A campaign's page: its link's clicks and installs, its metrics under every model.
     let r = srv.get(&format!("/v1/reports/campaigns/{}?from=2026-11-02&to=2026-11-02", f.a)).await;
@@ -637,7 +646,12 @@ async fn bad_requests_on(on: On<'_>) {
         assert_eq!(s, 400, "{path}: {e}");
         assert!(e["error"]["message"].as_str().unwrap().contains(needle), "{path}: {e}");
     }
-    for path in ["/v1/reports/campaigns", "/v1/reports/trends", "/v1/attribution/lookup?anonymous_id=a"] {
+    for path in [
+        "/v1/reports/campaigns",
+        "/v1/reports/trends",
+        &format!("/v1/reports/campaigns/{a}"),
+        "/v1/attribution/lookup?anonymous_id=a",
+    ] {
         let resp = srv.client.get(format!("{}{path}", srv.base)).send().await.unwrap();
         assert_eq!(resp.status(), 401, "{path}");
     }
@@ -758,6 +772,9 @@ async fn retention_on(on: On<'_>) {
     let after = srv.get("/v1/reports/campaigns?from=2026-11-02&to=2026-11-02").await;
     assert_eq!(after["campaigns"], before["campaigns"]);
     assert_eq!(find(&after["campaigns"], "campaign_id", &f.a)["clicks"], 4);
+    // So does the link rollup behind a campaign's page.
+    let page = srv.get(&format!("/v1/reports/campaigns/{}?from=2026-11-02&to=2026-11-02", f.a)).await;
+    assert_eq!((&page["links"][0]["clicks"], &page["links"][0]["impressions"]), (&json!(4), &json!(10)), "{page}");
     assert_eq!(srv.count("SELECT sum(events) FROM rollup_daily WHERE date_key = 20759").await, 13);
     // A late event for a purged day is stored, but cannot change that day's rollup.
     srv.event_at(T0 + HOUR, "app_open", "g2", json!({})).await;

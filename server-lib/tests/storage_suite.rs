@@ -415,6 +415,7 @@ fn install(event_id: &str, anon: &str, gaid: Option<&str>, ts: i64, kind: &str, 
         audit: json!({"candidates": []}),
         ip_enc: None,
         ids_enc: Some(vec![1, 9, 9]),
+        rejected_credit: None,
     }
 }
 

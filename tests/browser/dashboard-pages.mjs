@@ -282,6 +282,9 @@ test('overview: the trend charts are the report API numbers; filters; hostile st
   assert.deepEqual(await points(page, '#trend-events circle'), fromApi(trend, trend.events, true));
   assert.deepEqual(await points(page, '#trend-revenue circle').then((p) => p.filter((x) => x[0] === 'revenue of events')),
     fromApi(trend, [{ ...trend.revenue, key: 'revenue of events' }], true));
+  assert.deepEqual(await points(page, '#trend-conversions circle'),
+    fromApi(trend, [{ ...trend.conversions, key: 'conversions credited' }], true));
+  assert.ok(trend.conversions.total > 0, 'purchases were credited to campaigns');
   const installs = trend.installs.filter((s) => s.key !== 'rejected').reduce((n, s) => n + s.total, 0);
   assert.equal(await page.textContent('#k-installs'), String(installs));
   // Today's installs by match type, as the fixture made them; the organic cohorts before.
@@ -303,9 +306,13 @@ test('overview: the trend charts are the report API numbers; filters; hostile st
   const meta = await admin('GET', `/v1/reports/trends?app_id=${APP}&from=${FROM}&to=${TO}&network=meta`);
   assert.deepEqual(await points(page, '#trend-installs rect'), fromApi(meta, meta.installs, false));
   assert.equal(meta.installs.find((s) => s.key === 'referrer').total, 2);
-  // By hour: the last 48 hours.
-  await page.goto(`${server.base}/dashboard?bucket=hour`);
-  const hourly = await admin('GET', `/v1/reports/trends?app_id=${APP}&bucket=hour`);
+  // By hour: the last 48 hours (an explicit range, so an hour turning during the test cannot
+  // move one side).
+  const end = new Date(Math.floor(Date.now() / 3_600_000) * 3_600_000 + 3_599_999).toISOString();
+  const start = new Date(Math.floor(Date.now() / 3_600_000) * 3_600_000 - 47 * 3_600_000).toISOString();
+  const range = `from=${encodeURIComponent(start)}&to=${encodeURIComponent(end)}`;
+  await page.goto(`${server.base}/dashboard?bucket=hour&${range}`);
+  const hourly = await admin('GET', `/v1/reports/trends?app_id=${APP}&bucket=hour&${range}`);
   assert.equal(hourly.labels.length, 48);
   assert.deepEqual(await points(page, '#trend-events circle'), fromApi(hourly, hourly.events, true));
 
@@ -350,6 +357,7 @@ test('campaign page: the fixture CPI, links with their clicks and installs, frau
   assert.equal(await link.locator('td.installs').textContent(), '2');
   const fraud = await page.locator('#fraud-table tbody tr').allInnerTexts();
   assert.ok(fraud.some((r) => /click_injection\s+1/.test(r)), `rules: ${fraud}`);
+  assert.equal(await link.locator('td:nth-child(8)').textContent(), '1', 'the rejected install, on its link');
   await page.screenshot({ path: join(artifacts, 'dashboard-campaign.png'), fullPage: true });
 
   // The hostile campaign's page.
@@ -393,6 +401,25 @@ test('attribution explorer: the fingerprinted install with its candidates and ev
   await context.close();
 });
 
+test('every page fits a phone\'s width', async () => {
+  const phone = await signedIn({ width: 390, height: 844 });
+  for (const path of [
+    `/dashboard/campaign/${made.campaigns.meta}`,
+    `/dashboard/journeys?from=${FROM}&to=${TO}`,
+    '/dashboard/attribution?by=anonymous_id&q=anna',
+  ]) {
+    await phone.page.goto(`${server.base}${path}`);
+    const overflow = await phone.page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    const wide = await phone.page.evaluate(() => [...document.querySelectorAll('body *')]
+      .filter((e) => (e.getBoundingClientRect().right > window.innerWidth + 1 || e.scrollWidth > e.clientWidth + 1) && !e.closest('.scroll'))
+      .slice(0, 6).map((e) => `${e.tagName.toLowerCase()}#${e.id}.${e.className} ${e.scrollWidth}/${e.clientWidth} ${Math.round(e.getBoundingClientRect().right)}`));
+    assert.ok(overflow <= 1, `${path}: the page is ${overflow}px wider than the phone: ${wide.join(', ')}`);
+  }
+  await phone.page.screenshot({ path: join(artifacts, 'dashboard-attribution-phone.png'), fullPage: true });
+  await inert(phone.page, phone.dialogs, phone.errors);
+  await phone.context.close();
+});
+
 test('journeys: the retention heatmap and the paths are the API answers', async () => {
   const { context, page, dialogs, errors } = await signedIn();
   await page.goto(`${server.base}/dashboard/journeys?from=${FROM}&to=${TO}&steps=app_opened,view_item,add_to_cart,purchase`);
@@ -411,6 +438,7 @@ test('journeys: the retention heatmap and the paths are the API answers', async 
   assert.ok(shown.some((p) => p.join() === 'app_opened,add_to_cart,purchase'), JSON.stringify(shown));
   const funnel = await page.locator('#funnel-table tbody tr').allInnerTexts();
   assert.equal(funnel.length, 4);
+  assert.match(await page.textContent('#funnel-chart-desc'), /^app_opened: \d+ \(100\.0%\); view_item: \d+/);
   await page.screenshot({ path: join(artifacts, 'dashboard-journeys.png'), fullPage: true });
   await inert(page, dialogs, errors);
   await context.close();

@@ -143,21 +143,22 @@ pub struct InstallRecord {
     /// fields above hold their keyed hashes.
     #[serde(skip)]
     pub ids_enc: Option<Vec<u8>>,
+    /// For an install rejected as fraud: the click that would have won — campaign, link, click,
+    /// network — stored in the row's columns (not in the answer, which stays organic) so reports
+    /// count the rejection against the campaign it came through. Not read back.
+    #[serde(skip)]
+    pub rejected_credit: Option<[String; 4]>,
 }
 
 impl InstallRecord {
-    /// The campaign, link, click and network the install's stored columns name: the answer's;
-    /// for an install rejected as fraud, the click that would have won (the audit's chosen
-    /// candidate), so reports count the rejection against the campaign it came through. The
-    /// answer itself stays organic.
+    /// The campaign, link, click and network the install's stored columns name: the answer's,
+    /// or for an install rejected as fraud [`InstallRecord::rejected_credit`].
     pub fn credited(&self) -> [Option<String>; 4] {
         let r = &self.result;
-        if !r.fraud.rejected || r.campaign_id.is_some() {
-            return [r.campaign_id.clone(), r.link_id.clone(), r.click_id.clone(), r.network.clone()];
+        match &self.rejected_credit {
+            Some(c) if r.fraud.rejected && r.campaign_id.is_none() => c.clone().map(Some),
+            _ => [r.campaign_id.clone(), r.link_id.clone(), r.click_id.clone(), r.network.clone()],
         }
-        let chosen = self.audit["candidates"].as_array().and_then(|c| c.iter().find(|c| c["chosen"] == true));
-        let field = |k: &str| chosen.and_then(|c| c[k].as_str()).map(str::to_owned);
-        [field("campaign_id"), field("link_id"), field("click_id"), field("network")]
     }
 }
 

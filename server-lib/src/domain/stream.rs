@@ -251,6 +251,7 @@ mod tests {
             audit: Value::Null,
             ip_enc: None,
             ids_enc: None,
+            rejected_credit: None,
         };
         let dns = ConsentContext { analytics: Some(true), attribution: None, do_not_sell: true };
         assert!(install_record(&install, Some(dns), StreamConsent::Strict).is_none());

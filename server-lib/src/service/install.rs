@@ -114,6 +114,7 @@ pub async fn install(
         audit: Value::Null,
         ip_enc: ip.and_then(|ip| svc.ip_cipher.encrypt(ip)),
         ids_enc,
+        rejected_credit: None,
     };
 
     if let Some(first) = &first
@@ -187,6 +188,11 @@ pub async fn install(
     };
     let decision = svc.clicks.decide(svc, &facts).await?;
     record.result = decision.result.clone();
+    if decision.result.fraud.rejected {
+        record.rejected_credit = decision.winner.as_ref().map(|(touch, link)| {
+            [link.campaign_id.clone(), link.link_id.clone(), touch.click_id().to_string(), link.network.clone()]
+        });
+    }
     record.audit = decision_audit(&AuditFacts {
         req: &req,
         facts: &facts,

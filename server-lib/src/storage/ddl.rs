@@ -455,6 +455,29 @@ pub const ROLLUP_CAMPAIGN_DAILY: &str = "CREATE TABLE rollup_campaign_daily (
     PRIMARY KEY (app_id, date_key, campaign_id)
 );";
 
+/// The schema change of issue 26 (SQLite 10, PostgreSQL 12): installs by time, the link rollup
+/// filled from the clicks a database has.
+pub fn dashboard_tables(dialect: Dialect) -> String {
+    [
+        super::sql::INSTALLS_TIME.to_owned(),
+        render(&[ROLLUP_LINK_DAILY], dialect),
+        super::sql::ROLLUP_LINK_BACKFILL.to_owned(),
+    ]
+    .join("\n")
+}
+
+/// Clicks and impressions by link and day (issue 26: a campaign page's link table), kept like
+/// the other rollups after raw clicks are purged.
+pub const ROLLUP_LINK_DAILY: &str = "CREATE TABLE rollup_link_daily (
+    app_id TEXT NOT NULL,
+    campaign_id TEXT NOT NULL,
+    date_key {i64} NOT NULL,
+    link_id TEXT NOT NULL,
+    impressions {i64} NOT NULL,
+    clicks {i64} NOT NULL,
+    PRIMARY KEY (app_id, campaign_id, date_key, link_id)
+);";
+
 pub const ROLLUP_CONVERSIONS_DAILY: &str = "CREATE TABLE rollup_conversions_daily (
     app_id TEXT NOT NULL,
     date_key {i64} NOT NULL,

@@ -364,4 +364,5 @@ pub const NON_SUBJECT_TABLES: &[&str] = &[
     "rollup_daily",
     "rollup_campaign_daily",
     "rollup_conversions_daily",
+    "rollup_link_daily",
 ];

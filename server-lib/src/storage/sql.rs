@@ -696,16 +696,22 @@ pub const TREND_EVENTS_DAILY: &str = concat!(
     " GROUP BY date_key, event_type"
 );
 
-/// Events by bucket ($6 ms) and type from the facts: $1 app, $2..$3 (ms, end excluded),
-/// $4 campaign, $5 network, $7..=$8 the days they fall on.
-pub const TREND_EVENTS_FACTS: &str = concat!(
-    "SELECT f.ts / $6, f.event_type, CAST(count(*) AS DOUBLE PRECISION),
+/// Events by bucket ($4 ms) and type from the facts, of any campaign: $1 app, $2..$3 (ms, end
+/// excluded), $5..=$6 the days they fall on.
+pub const TREND_EVENTS_FACTS: &str = "SELECT ts / $4, event_type, CAST(count(*) AS DOUBLE PRECISION),
+        CAST(coalesce(sum(revenue), 0) AS DOUBLE PRECISION)
+   FROM fact_events WHERE app_id = $1 AND date_key >= $5 AND date_key <= $6 AND ts >= $2 AND ts < $3
+  GROUP BY 1, 2";
+
+/// [`TREND_EVENTS_FACTS`] of one campaign ($7) or network ($8) by the user's campaign.
+pub const TREND_EVENTS_FACTS_OF: &str = concat!(
+    "SELECT f.ts / $4, f.event_type, CAST(count(*) AS DOUBLE PRECISION),
             CAST(coalesce(sum(f.revenue), 0) AS DOUBLE PRECISION)
        FROM fact_events f LEFT JOIN dim_users u ON u.app_id = f.app_id AND u.anonymous_id = f.anonymous_id
-      WHERE f.app_id = $1 AND f.date_key >= $7 AND f.date_key <= $8 AND f.ts >= $2 AND f.ts < $3 AND ",
-    of_campaign!("4", "coalesce(u.install_campaign_id, u.utm_campaign_key, '')"),
+      WHERE f.app_id = $1 AND f.date_key >= $5 AND f.date_key <= $6 AND f.ts >= $2 AND f.ts < $3 AND ",
+    of_campaign!("7", "coalesce(u.install_campaign_id, u.utm_campaign_key, '')"),
     " AND ",
-    of_network!("5", "coalesce(u.install_campaign_id, u.utm_campaign_key, '')"),
+    of_network!("8", "coalesce(u.install_campaign_id, u.utm_campaign_key, '')"),
     " GROUP BY 1, 2"
 );
 
@@ -740,12 +746,28 @@ pub const TREND_CONVERSIONS_FACTS: &str = concat!(
     " AND (CAST($5 AS TEXT) = '' OR network = $5) GROUP BY 1"
 );
 
-/// A campaign's ($2) clicks and impressions by link in $3..=$4 (ms) of app $1; clicks flagged
-/// as bots or duplicates (flags 1, 2) are not counted, as in the campaign rollup.
-pub const CAMPAIGN_LINK_CLICKS: &str = "SELECT link_id,
-        CAST(sum(CASE WHEN kind = 'click' AND (flags & 3) = 0 THEN 1 ELSE 0 END) AS BIGINT),
-        CAST(sum(CASE WHEN kind = 'impression' THEN 1 ELSE 0 END) AS BIGINT)
-   FROM clicks WHERE app_id = $1 AND campaign_id = $2 AND ts >= $3 AND ts <= $4 GROUP BY link_id";
+/// A campaign's ($2) clicks and impressions by link on days $3..=$4 of app $1, from the link
+/// rollup (clicks flagged as bots or duplicates are not counted, as in the campaign rollup).
+pub const CAMPAIGN_LINK_CLICKS: &str = "SELECT link_id, CAST(sum(clicks) AS BIGINT), CAST(sum(impressions) AS BIGINT)
+   FROM rollup_link_daily WHERE app_id = $1 AND campaign_id = $2 AND date_key >= $3 AND date_key <= $4
+  GROUP BY link_id";
+
+/// One app's ($1) day ($2) of the link rollup, recounted from the clicks in $3..$4 (ms, end
+/// excluded); the day's rows are deleted first ([`DELETE_ROLLUP_LINKS`]).
+pub const ROLLUP_LINK_DAY: &str =
+    "INSERT INTO rollup_link_daily (app_id, campaign_id, date_key, link_id, impressions, clicks)
+     SELECT app_id, campaign_id, $2, link_id, sum(CASE WHEN kind = 'impression' THEN 1 ELSE 0 END),
+            sum(CASE WHEN kind = 'click' AND (flags & 3) = 0 THEN 1 ELSE 0 END)
+       FROM clicks WHERE app_id = $1 AND ts >= $3 AND ts < $4 GROUP BY app_id, campaign_id, link_id";
+
+pub const DELETE_ROLLUP_LINKS: &str = "DELETE FROM rollup_link_daily WHERE app_id = $1 AND date_key = $2";
+
+/// The link rollup filled from the clicks a database already has (schema 10 / 12).
+pub const ROLLUP_LINK_BACKFILL: &str =
+    "INSERT INTO rollup_link_daily (app_id, campaign_id, date_key, link_id, impressions, clicks)
+     SELECT app_id, campaign_id, ts / 86400000, link_id, sum(CASE WHEN kind = 'impression' THEN 1 ELSE 0 END),
+            sum(CASE WHEN kind = 'click' AND (flags & 3) = 0 THEN 1 ELSE 0 END)
+       FROM clicks GROUP BY app_id, campaign_id, ts / 86400000, link_id;";
 
 /// A campaign's ($2) first installs and rejected ones by link in $3..=$4 (ms) of app $1.
 pub const CAMPAIGN_LINK_INSTALLS: &str = "SELECT link_id,
@@ -826,6 +848,9 @@ mod tests {
         RECENT_ALERTS,
         TREND_EVENTS_DAILY,
         TREND_EVENTS_FACTS,
+        TREND_EVENTS_FACTS_OF,
+        ROLLUP_LINK_DAY,
+        DELETE_ROLLUP_LINKS,
         TREND_INSTALLS,
         TREND_CONVERSIONS_DAILY,
         TREND_CONVERSIONS_FACTS,

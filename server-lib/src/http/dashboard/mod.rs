@@ -421,18 +421,28 @@ fn when(ms: i64) -> String {
 
 /// The funnel as an SVG bar chart: one bar per step, its height the share of the first step.
 fn funnel_chart(steps: &[Value]) -> Markup {
-    let (w, h, bar, gap) = (640i64, 240i64, 80i64, 40i64);
+    let (h, bar, gap) = (240i64, 80i64, 40i64);
+    let w = (20 + steps.len() as i64 * (bar + gap)).max(640);
     let first = steps.first().and_then(|s| s["users"].as_u64()).unwrap_or(0).max(1) as f64;
+    let desc: Vec<String> = steps
+        .iter()
+        .map(|s| {
+            let share = s["share"].as_f64().map(|v| format!(" ({:.1}%)", v * 100.0)).unwrap_or_default();
+            format!("{}: {}{share}", s["type"].as_str().unwrap_or(""), s["users"])
+        })
+        .collect();
     html! {
-        svg id="funnel-chart" xmlns="http://www.w3.org/2000/svg" width=(w) height=(h + 40) viewBox=(format!("0 0 {w} {}", h + 40))
-            role="img" aria-label="Funnel chart" {
+        svg id="funnel-chart" class="chart funnel" xmlns="http://www.w3.org/2000/svg" viewBox=(format!("0 0 {w} {}", h + 40))
+            role="img" aria-labelledby="funnel-chart-title funnel-chart-desc" {
+            title id="funnel-chart-title" { "Funnel: people who did each step in order" }
+            desc id="funnel-chart-desc" { (desc.join("; ")) "." }
             @for (i, s) in steps.iter().enumerate() {
                 @let users = s["users"].as_u64().unwrap_or(0);
                 @let bh = ((users as f64 / first) * (h - 30) as f64).round() as i64;
                 @let x = 20 + i as i64 * (bar + gap);
-                rect.bar x=(x) y=(h - bh) width=(bar) height=(bh) fill="#3b6fd8" {}
+                rect.bar x=(x) y=(h - bh) width=(bar) height=(bh) { title { (desc[i]) } }
                 text x=(x + bar / 2) y=(h - bh - 6) text-anchor="middle" { (users) }
-                text x=(x + bar / 2) y=(h + 18) text-anchor="middle" { (s["type"].as_str().unwrap_or("")) }
+                text x=(x + bar / 2) y=(h + 18) text-anchor="middle" { (charts::clip(s["type"].as_str().unwrap_or(""), 16)) }
             }
         }
     }

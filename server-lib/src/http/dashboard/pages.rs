@@ -242,6 +242,8 @@ pub(super) async fn overview(
         _ => live[k].to_string(),
     };
     let selected = |k: &str, v: &str| q.get(k) == Some(v);
+    let filtered =
+        q.get("campaign_id").is_some_and(|v| !v.is_empty()) || q.get("network").is_some_and(|v| !v.is_empty());
     let models = ["last_touch", "first_touch", "linear", "time_decay"];
     let frame = Frame { actor, csrf, app: &app, apps: &apps, path: "/dashboard", active: "overview" };
     let body = html! {
@@ -264,7 +266,7 @@ pub(super) async fn overview(
                 (date_input("to", "To", &q))
                 label { "Per " select name="bucket" id="bucket" {
                     option value="day" selected[!selected("bucket", "hour")] { "day" }
-                    option value="hour" selected[selected("bucket", "hour")] { "hour (48 h)" }
+                    option value="hour" selected[selected("bucket", "hour")] { "hour" }
                 } }
                 label { "Campaign " select name="campaign_id" id="trend-campaign" {
                     option value="" { "all" }
@@ -281,6 +283,7 @@ pub(super) async fn overview(
                 } }
                 button type="submit" id="trend-go" { "Show" }
             }
+            p.muted.hint { "Per hour: the last 48 hours unless From and To are set (two weeks at most). Events and revenue follow the user's campaign (its install's, else its first utm campaign); installs and conversions the campaign credited." }
             @match &trend {
                 Ok(t) => {
                     @let total = |k: &str| t[k]["total"].as_f64().unwrap_or(0.0);
@@ -292,9 +295,9 @@ pub(super) async fn overview(
                     p.muted id="trend-range" { (t["labels"][0].as_str().unwrap_or("")) " – " (t["labels"].as_array().and_then(|l| l.last()).and_then(Value::as_str).unwrap_or("")) " (UTC)" }
                     dl.counters.kpis {
                         (tile("k-installs", "Installs", charts::thousands(installs)))
-                        (tile("k-attributed", "Attributed", pct((installs > 0).then(|| (installs - organic) as f64 / installs as f64))))
+                        @if !filtered { (tile("k-attributed", "Attributed", pct((installs > 0).then(|| (installs - organic) as f64 / installs as f64)))) }
                         (tile("k-events", "Events", charts::thousands(events)))
-                        (tile("k-revenue", "Revenue", Format::Decimal.show(total("revenue"))))
+                        (tile("k-revenue", "Revenue (currencies as sent)", Format::Decimal.show(total("revenue"))))
                         (tile("k-conversions", "Conversions credited", Format::Decimal.show(total("conversions"))))
                     }
                     (trend_charts(t, "trend-", true))
@@ -500,12 +503,12 @@ pub(super) async fn campaign(
             } }
         }
         section id="campaign-fraud" {
-            h2 { "Installs rejected as fraud, by rule" }
+            h2 { "Rules that fired on installs rejected as fraud" }
             @if rejections.is_empty() { p.muted { "None in this range." } } @else {
-                (charts::bars("fraud-chart", "Rejected installs by fraud rule", &rejections, Format::Count))
+                (charts::bars("fraud-chart", "Rules that fired on rejected installs", &rejections, Format::Count))
                 div.scroll { table id="fraud-table" { thead { tr { th { "Rule" } th { "Rejected installs" } } }
                     tbody { @for (rule, n, _) in &rejections { tr { td { (rule) } td.n { (Format::Count.show(*n)) } } } } } }
-                p.muted { "An install can trip several rules; each rule that fired counts it." }
+                p.muted { "An install can trip several rules; each rule that fired on it (rejecting or only flagging) counts it. Installs rejected before this version of the server name no campaign and are not counted here." }
             }
         }
     };

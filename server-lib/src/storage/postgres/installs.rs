@@ -185,6 +185,7 @@ fn install_row(r: &tokio_postgres::Row) -> Result<InstallRecord, StorageError> {
         audit: json(r.get(12))?,
         ip_enc: r.get(13),
         ids_enc: r.get(14),
+        rejected_credit: None,
     })
 }
 

@@ -422,6 +422,8 @@ async fn refresh_rollups(tx: &Transaction<'_>) -> Result<usize, StorageError> {
                     to,
                 )
                 .await?;
+                tx.execute(sql::DELETE_ROLLUP_LINKS, &[&app, &day]).await.map_err(backend)?;
+                tx.execute(sql::ROLLUP_LINK_DAY, &[&app, &day, &from, &to]).await.map_err(backend)?;
             }
             "installs" => {
                 campaign_columns(
@@ -748,9 +750,14 @@ pub async fn report(client: &tokio_postgres::Client, query: &ReportQuery) -> Res
             let events = if daily {
                 trend_rows(client, sql::TREND_EVENTS_DAILY, &[app_id, first, last, campaign_id, network], true).await?
             } else {
-                let args: [&(dyn ToSql + Sync); 8] =
-                    [app_id, &from, &to, campaign_id, network, width, &first_day, &last_day];
-                trend_rows(client, sql::TREND_EVENTS_FACTS, &args, true).await?
+                if campaign_id.is_empty() && network.is_empty() {
+                    let args: [&(dyn ToSql + Sync); 6] = [app_id, &from, &to, width, &first_day, &last_day];
+                    trend_rows(client, sql::TREND_EVENTS_FACTS, &args, true).await?
+                } else {
+                    let args: [&(dyn ToSql + Sync); 8] =
+                        [app_id, &from, &to, width, &first_day, &last_day, campaign_id, network];
+                    trend_rows(client, sql::TREND_EVENTS_FACTS_OF, &args, true).await?
+                }
             };
             let args: [&(dyn ToSql + Sync); 6] = [app_id, &from, &to, campaign_id, network, width];
             let installs = trend_rows(client, sql::TREND_INSTALLS, &args, true).await?;
@@ -765,8 +772,9 @@ pub async fn report(client: &tokio_postgres::Client, query: &ReportQuery) -> Res
         }
         ReportQuery::CampaignLinks { app_id, campaign_id, from, to } => {
             let args: [&(dyn ToSql + Sync); 4] = [app_id, campaign_id, from, to];
+            let days: [&(dyn ToSql + Sync); 4] = [app_id, campaign_id, &day_of(*from), &day_of(*to)];
             let mut links: BTreeMap<String, LinkStats> = BTreeMap::new();
-            for r in client.query(sql::CAMPAIGN_LINK_CLICKS, &args).await.map_err(backend)? {
+            for r in client.query(sql::CAMPAIGN_LINK_CLICKS, &days).await.map_err(backend)? {
                 let l = link_stats(&mut links, r.get(0));
                 (l.clicks, l.impressions) = (r.get(1), r.get(2));
             }

@@ -24,7 +24,7 @@ fn migrations() -> [(i32, String); 12] {
         (9, shared(&[ddl::TEST_DEVICES])),
         (10, shared(&[ddl::IDENTITY_LINKS])),
         (11, [shared(&[ddl::OLAP_OUTBOX]), sql::FACT_EVENTS_EVENT.to_owned(), olap_triggers()].join("\n")),
-        (12, sql::INSTALLS_TIME.to_owned()),
+        (12, ddl::dashboard_tables(Dialect::Postgres)),
     ]
 }
 

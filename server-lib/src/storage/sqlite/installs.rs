@@ -110,6 +110,7 @@ fn install_row(r: &Row<'_>) -> rusqlite::Result<(InstallRecord, String, String)>
             audit: Value::Null,
             ip_enc: r.get(13)?,
             ids_enc: r.get(14)?,
+            rejected_credit: None,
         },
         r.get(11)?,
         r.get(12)?,

@@ -311,6 +311,8 @@ pub fn refresh_rollups(tx: &Transaction<'_>) -> Result<usize, StorageError> {
                     from,
                     to,
                 )?;
+                tx.execute(sqlite!(sql::DELETE_ROLLUP_LINKS), params![app, day]).map_err(backend)?;
+                tx.execute(sqlite!(sql::ROLLUP_LINK_DAY), params![app, day, from, to]).map_err(backend)?;
             }
             "installs" => {
                 upsert_campaign_columns(
@@ -685,8 +687,14 @@ pub fn report(conn: &Connection, query: &ReportQuery) -> Result<ReportRows, Stor
                     true,
                 )?
             } else {
-                let args = params![app_id, from, to, campaign_id, network, width, day_of(from), day_of(to - 1)];
-                trend_rows(conn, sqlite!(sql::TREND_EVENTS_FACTS), args, true)?
+                let (first_day, last_day) = (day_of(from), day_of(to - 1));
+                if campaign_id.is_empty() && network.is_empty() {
+                    let args = params![app_id, from, to, width, first_day, last_day];
+                    trend_rows(conn, sqlite!(sql::TREND_EVENTS_FACTS), args, true)?
+                } else {
+                    let args = params![app_id, from, to, width, first_day, last_day, campaign_id, network];
+                    trend_rows(conn, sqlite!(sql::TREND_EVENTS_FACTS_OF), args, true)?
+                }
             };
             let args = params![app_id, from, to, campaign_id, network, width];
             let installs = trend_rows(conn, sqlite!(sql::TREND_INSTALLS), args, true)?;
@@ -701,15 +709,14 @@ pub fn report(conn: &Connection, query: &ReportQuery) -> Result<ReportRows, Stor
         }
         ReportQuery::CampaignLinks { app_id, campaign_id, from, to } => {
             let mut links: BTreeMap<String, LinkStats> = BTreeMap::new();
-            let args = params![app_id, campaign_id, from, to];
             let mut stmt = conn.prepare_cached(sqlite!(sql::CAMPAIGN_LINK_CLICKS)).map_err(backend)?;
-            let mut q = stmt.query(args).map_err(backend)?;
+            let mut q = stmt.query(params![app_id, campaign_id, day_of(*from), day_of(*to)]).map_err(backend)?;
             while let Some(r) = q.next().map_err(backend)? {
                 let l = link_stats(&mut links, r.get(0).map_err(backend)?);
                 (l.clicks, l.impressions) = (r.get(1).map_err(backend)?, r.get(2).map_err(backend)?);
             }
             let mut stmt = conn.prepare_cached(sqlite!(sql::CAMPAIGN_LINK_INSTALLS)).map_err(backend)?;
-            let mut q = stmt.query(args).map_err(backend)?;
+            let mut q = stmt.query(params![app_id, campaign_id, from, to]).map_err(backend)?;
             while let Some(r) = q.next().map_err(backend)? {
                 let l = link_stats(&mut links, r.get(0).map_err(backend)?);
                 (l.installs, l.rejected_installs) = (r.get(1).map_err(backend)?, r.get(2).map_err(backend)?);

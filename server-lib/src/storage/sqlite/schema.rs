@@ -46,7 +46,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
         tx.execute_batch(&olap_triggers()).map_err(backend)?;
     }
     if version < 10 {
-        tx.execute_batch(sql::INSTALLS_TIME).map_err(backend)?;
+        tx.execute_batch(&ddl::dashboard_tables(Dialect::Sqlite)).map_err(backend)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION};")).map_err(backend)?;
     tx.commit().map_err(backend)
