@@ -143,11 +143,13 @@ pub struct InstallRecord {
     /// fields above hold their keyed hashes.
     #[serde(skip)]
     pub ids_enc: Option<Vec<u8>>,
-    /// For an install rejected as fraud: the click that would have won — campaign, link, click,
-    /// network — stored in the row's columns (not in the answer, which stays organic) so reports
-    /// count the rejection against the campaign it came through. Not read back.
+    /// For an install rejected as fraud: the campaign, link and network of the click that would
+    /// have won, stored in the row's columns (not in the answer, which stays organic; not the
+    /// click id, which a deletion of this device would follow to a click that may be someone
+    /// else's) so reports count the rejection against the campaign it came through. Not read
+    /// back.
     #[serde(skip)]
-    pub rejected_credit: Option<[String; 4]>,
+    pub rejected_credit: Option<[String; 3]>,
 }
 
 impl InstallRecord {
@@ -156,7 +158,9 @@ impl InstallRecord {
     pub fn credited(&self) -> [Option<String>; 4] {
         let r = &self.result;
         match &self.rejected_credit {
-            Some(c) if r.fraud.rejected && r.campaign_id.is_none() => c.clone().map(Some),
+            Some([campaign, link, network]) if r.fraud.rejected && r.campaign_id.is_none() => {
+                [Some(campaign.clone()), Some(link.clone()), None, Some(network.clone())]
+            }
             _ => [r.campaign_id.clone(), r.link_id.clone(), r.click_id.clone(), r.network.clone()],
         }
     }

@@ -189,9 +189,12 @@ pub async fn install(
     let decision = svc.clicks.decide(svc, &facts).await?;
     record.result = decision.result.clone();
     if decision.result.fraud.rejected {
-        record.rejected_credit = decision.winner.as_ref().map(|(touch, link)| {
-            [link.campaign_id.clone(), link.link_id.clone(), touch.click_id().to_string(), link.network.clone()]
-        });
+        // Not the click id: a deletion of this device removes the clicks its installs name, and
+        // the click that would have won may be someone else's (a fingerprint candidate).
+        record.rejected_credit = decision
+            .winner
+            .as_ref()
+            .map(|(_, link)| [link.campaign_id.clone(), link.link_id.clone(), link.network.clone()]);
     }
     record.audit = decision_audit(&AuditFacts {
         req: &req,

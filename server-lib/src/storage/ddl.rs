@@ -475,7 +475,7 @@ pub const ROLLUP_LINK_DAILY: &str = "CREATE TABLE rollup_link_daily (
     link_id TEXT NOT NULL,
     impressions {i64} NOT NULL,
     clicks {i64} NOT NULL,
-    PRIMARY KEY (app_id, campaign_id, date_key, link_id)
+    PRIMARY KEY (app_id, date_key, campaign_id, link_id)
 );";
 
 pub const ROLLUP_CONVERSIONS_DAILY: &str = "CREATE TABLE rollup_conversions_daily (

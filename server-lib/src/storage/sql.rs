@@ -767,7 +767,7 @@ pub const ROLLUP_LINK_BACKFILL: &str =
     "INSERT INTO rollup_link_daily (app_id, campaign_id, date_key, link_id, impressions, clicks)
      SELECT app_id, campaign_id, ts / 86400000, link_id, sum(CASE WHEN kind = 'impression' THEN 1 ELSE 0 END),
             sum(CASE WHEN kind = 'click' AND (flags & 3) = 0 THEN 1 ELSE 0 END)
-       FROM clicks GROUP BY app_id, campaign_id, ts / 86400000, link_id;";
+       FROM clicks GROUP BY 1, 2, 3, 4;";
 
 /// A campaign's ($2) first installs and rejected ones by link in $3..=$4 (ms) of app $1.
 pub const CAMPAIGN_LINK_INSTALLS: &str = "SELECT link_id,

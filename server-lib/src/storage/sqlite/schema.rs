@@ -1,4 +1,4 @@
-//! The SQLite store's tables: the migrations up to schema version 9 (`PRAGMA user_version`).
+//! The SQLite store's tables: the migrations up to schema version 10 (`PRAGMA user_version`).
 //! The tables both stores share are in [`ddl`]; what is SQLite's own is here: the report
 //! queue numbered by `rowid`, the row triggers, one index, and the backfill of the report
 //! tables.
