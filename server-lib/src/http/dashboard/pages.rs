@@ -437,7 +437,8 @@ pub(super) async fn campaign(
         .into_iter()
         .flatten()
         .map(|r| {
-            (r["rule"].as_str().unwrap_or("").to_owned(), r["installs"].as_f64().unwrap_or(0.0), "installs".to_owned())
+            let n = r["installs"].as_f64().unwrap_or(0.0);
+            (r["rule"].as_str().unwrap_or("").to_owned(), n, if n == 1.0 { "install" } else { "installs" }.to_owned())
         })
         .collect();
     let frame = Frame { actor, csrf, app: &app, apps: &apps, path: "/dashboard", active: "overview" };
@@ -792,8 +793,10 @@ fn install_view(i: &Value, names: &HashMap<String, String>) -> Markup {
                     div { dt { "look-alike devices on the network" } dd { (text(&fp["lookalikes"])) } }
                     div { dt { "organic weight" } dd { (text(&fp["organic_weight"])) } }
                     div { dt { "campaign shares" } dd {
-                        @for c in fp["campaigns"].as_array().into_iter().flatten() {
-                            (text(&c["campaign_id"])) " " (pct(c["share"].as_f64())) "; "
+                        @for (k, c) in fp["campaigns"].as_array().into_iter().flatten().enumerate() {
+                            @if k > 0 { "; " }
+                            @let id = c["campaign_id"].as_str().unwrap_or("");
+                            (names.get(id).map_or(id, String::as_str)) " " (pct(c["share"].as_f64()))
                         }
                     } }
                 }
