@@ -44,6 +44,46 @@ fn take_str(map: &mut Map<String, Value>, key: &str) -> Option<String> {
     }
 }
 
+/// What the stored enrichment of every event of one client (a request's sender, or one event's
+/// own client) shares, serialised once per client instead of once per event.
+#[derive(Debug, Clone)]
+pub struct ClientEnrichment {
+    ua: String,
+    geo: String,
+    /// Sent with a write key, unsigned (`"auth": "write_key"`).
+    unsigned: bool,
+}
+
+impl ClientEnrichment {
+    pub fn new(ua: &enrich::UserAgent, geo: &Geo, unsigned: bool) -> Self {
+        // Through `Value`, as the objects were printed before: keys sorted.
+        let text = |v: Result<Value, serde_json::Error>| v.map_or_else(|_| "{}".into(), |v| v.to_string());
+        ClientEnrichment { ua: text(serde_json::to_value(ua)), geo: text(serde_json::to_value(geo)), unsigned }
+    }
+
+    /// The enrichment object's text: the same text (keys in order) as building it as a JSON
+    /// object and printing it.
+    fn text(&self, channel: &str, time: Option<&Value>) -> String {
+        let mut out = String::with_capacity(self.ua.len() + self.geo.len() + 64);
+        out.push('{');
+        if self.unsigned {
+            out.push_str(r#""auth":"write_key","#);
+        }
+        out.push_str(r#""channel":"#);
+        out.push_str(&Value::from(channel).to_string());
+        out.push_str(r#","geo":"#);
+        out.push_str(&self.geo);
+        if let Some(time) = time {
+            out.push_str(r#","time":"#);
+            out.push_str(&time.to_string());
+        }
+        out.push_str(r#","ua":"#);
+        out.push_str(&self.ua);
+        out.push('}');
+        out
+    }
+}
+
 /// Turns a schema-valid event into a row: times (corrected for the device's clock skew with
 /// `sent_at`, at most [`MAX_FUTURE_MS`] ahead of `received_at`), lower-cased utm values, OS
 /// names, enrichment.
@@ -54,6 +94,18 @@ pub fn normalise(
     received_at: i64,
     ua: &enrich::UserAgent,
     geo: &Geo,
+    ip_enc: Option<Vec<u8>>,
+) -> Result<NewEvent, String> {
+    normalise_for(app_id, event, sent_at, received_at, &ClientEnrichment::new(ua, geo, false), ip_enc)
+}
+
+/// [`normalise`] with the client's part of the enrichment serialised already.
+pub fn normalise_for(
+    app_id: &str,
+    event: Value,
+    sent_at: Option<i64>,
+    received_at: i64,
+    client: &ClientEnrichment,
     ip_enc: Option<Vec<u8>>,
 ) -> Result<NewEvent, String> {
     let Value::Object(mut map) = event else { return Err("event must be an object".into()) };
@@ -88,10 +140,7 @@ pub fn normalise(
     };
     let referrer = properties.get("referrer").and_then(Value::as_str);
     let channel = enrich::channel(context.get("campaign"), referrer);
-    let mut enrichment = json!({"ua": ua, "geo": geo, "channel": channel});
-    if let Some(flag) = clamped {
-        enrichment["time"] = flag;
-    }
+    let enrichment = client.text(channel, clamped.as_ref());
     Ok(NewEvent {
         app_id: app_id.to_owned(),
         event_id: take_str(&mut map, "event_id").unwrap_or_default().to_ascii_lowercase(),
@@ -105,7 +154,7 @@ pub fn normalise(
         received_at,
         properties: Value::Object(properties).to_string(),
         context: Value::Object(context).to_string(),
-        enrichment: enrichment.to_string(),
+        enrichment,
         ids_enc: None,
         ip_enc,
     })
@@ -187,6 +236,29 @@ mod tests {
         let e = at(253_402_300_799_999, Some(-62_167_219_200_000));
         assert_eq!(e.corrected_ts, NOW);
         assert!(time_clamped(&e));
+    }
+
+    #[test]
+    fn the_enrichment_text_is_the_json_object_printed() {
+        let ua = enrich::UserAgent {
+            browser: Some("Chrome \"x\"".into()),
+            os: Some("Android".into()),
+            device_class: Some("smartphone".into()),
+            ..Default::default()
+        };
+        let geo = Geo { country: Some("DE".into()), ..Default::default() };
+        let time = json!({"clamped_from": 5, "reason": "future"});
+        for (unsigned, time) in [(false, None), (true, None), (false, Some(&time)), (true, Some(&time))] {
+            let mut expected = json!({"ua": ua, "geo": geo, "channel": "paid_social"});
+            if let Some(t) = time {
+                expected["time"] = t.clone();
+            }
+            if unsigned {
+                expected["auth"] = json!("write_key");
+            }
+            let text = ClientEnrichment::new(&ua, &geo, unsigned).text("paid_social", time);
+            assert_eq!(text, expected.to_string());
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use trailmark_core::protocol::{self, DropReport, Rejection};
 use super::conversions::{Followup, postbacks_allowed};
 use super::enrich::{Geo, UserAgent};
 use super::error::Refusal;
-use super::events::{check_revenue, normalise, parse_ms, time_clamped};
+use super::events::{ClientEnrichment, check_revenue, normalise_for, parse_ms, time_clamped};
 use super::records::NewEvent;
 use super::validate::Validators;
 
@@ -92,6 +92,8 @@ pub fn prepare(rules: &IngestRules<'_>, sender: &Sender<'_>, value: Value) -> Re
 
     let mut out = Prepared { dropped, ..Prepared::default() };
     out.fresh.reserve(events.len());
+    // The request's client, serialised once for all its events.
+    let request_client = ClientEnrichment::new(sender.ua, sender.geo, sender.unsigned);
     for (index, event) in events.into_iter().enumerate() {
         let size = protocol::serialized_len(&event);
         if size > protocol::MAX_EVENT_BYTES {
@@ -107,21 +109,22 @@ pub fn prepare(rules: &IngestRules<'_>, sender: &Sender<'_>, value: Value) -> Re
         // Given per event, an event without one has no client (never the request's: that is a
         // backend reporting for others).
         let no_client = Client::default();
-        let (ua, geo, ip_enc) = match (sender.clients.is_empty(), sender.clients.get(index)) {
-            (true, _) => (sender.ua, sender.geo, &sender.ip_enc),
-            (false, Some(c)) => (&c.ua, &c.geo, &c.ip_enc),
-            (false, None) => (&no_client.ua, &no_client.geo, &no_client.ip_enc),
+        let own;
+        let (client, ip_enc) = match (sender.clients.is_empty(), sender.clients.get(index)) {
+            (true, _) => (&request_client, &sender.ip_enc),
+            (false, found) => {
+                let c = found.unwrap_or(&no_client);
+                own = ClientEnrichment::new(&c.ua, &c.geo, sender.unsigned);
+                (&own, &c.ip_enc)
+            }
         };
         let checked = rules
             .validators
             .event(sender.app_id, &event)
             .and_then(|_| check_revenue(&event, rules.max_revenue))
-            .and_then(|_| normalise(sender.app_id, event, sent_at, sender.received_at, ua, geo, ip_enc.clone()));
+            .and_then(|_| normalise_for(sender.app_id, event, sent_at, sender.received_at, client, ip_enc.clone()));
         match checked {
-            Ok(mut e) => {
-                if sender.unsigned {
-                    mark_unsigned(&mut e);
-                }
+            Ok(e) => {
                 out.clamped += usize::from(time_clamped(&e));
                 if let Some((click_id, _)) = follow {
                     out.followups.push(Followup {
@@ -143,12 +146,4 @@ pub fn prepare(rules: &IngestRules<'_>, sender: &Sender<'_>, value: Value) -> Re
         }
     }
     Ok(out)
-}
-
-/// Notes in the stored enrichment that the event came with a write key, unsigned.
-fn mark_unsigned(e: &mut NewEvent) {
-    if let Ok(Value::Object(mut enrichment)) = serde_json::from_str::<Value>(&e.enrichment) {
-        enrichment.insert("auth".into(), Value::String("write_key".into()));
-        e.enrichment = Value::Object(enrichment).to_string();
-    }
 }

@@ -18,9 +18,11 @@ impl ConversionStore for PostgresStorage {
             let client = self.pool.get().await.map_err(pool_error)?;
             let row = client
                 .query_one(
+                    // `install_ts + 0`: through the device's index, never a backward walk of
+                    // the app's installs on `installs_time` for the maximum.
                     "SELECT EXISTS (SELECT 1 FROM installs WHERE app_id = $1 AND anonymous_id = $2),
-                            (SELECT MAX(install_ts) FROM installs
-                              WHERE app_id = $1 AND anonymous_id = $2 AND install_ts < $3),
+                            (SELECT MAX(install_ts + 0) FROM installs
+                              WHERE app_id = $1 AND anonymous_id = $2 AND install_ts + 0 < $3),
                             (SELECT MAX(corrected_ts) FROM events
                               WHERE app_id = $1 AND anonymous_id = $2 AND corrected_ts < $3)",
                     &[&app_id, &anonymous_id, &before],

@@ -208,6 +208,8 @@ async fn install_by_event(
 }
 
 /// The device's latest install that counted as new (`kind = 'install'`), by any of its keys.
+/// Ordered by `install_ts + 0` so that no plan walks `installs_time (app_id, install_ts)`, every
+/// install of the app newest first, instead of the keys' own indexes.
 async fn last_install(
     client: &deadpool_postgres::Client,
     app_id: &str,
@@ -218,7 +220,7 @@ async fn last_install(
             &format!(
                 "SELECT {INSTALL_COLUMNS} FROM installs WHERE app_id = $1 AND kind = 'install' AND (anonymous_id = $2
                     OR idfa = $3 OR idfv = $4 OR gaid = $5 OR android_id = $6)
-                  ORDER BY install_ts DESC LIMIT 1"
+                  ORDER BY install_ts + 0 DESC LIMIT 1"
             ),
             &[&app_id, &keys.anonymous_id, &keys.idfa, &keys.idfv, &keys.gaid, &keys.android_id],
         )

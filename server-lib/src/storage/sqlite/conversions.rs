@@ -93,6 +93,14 @@ pub fn insert_touchpoint(tx: &Transaction<'_>, t: &Touchpoint) -> Result<bool, S
     Ok(n == 1)
 }
 
+/// The device's latest install time, and its latest before ?3. `install_ts + 0`: not through
+/// the `installs_time (app_id, install_ts)` index, which would read every install of the app
+/// (the key's own index holds its few rows).
+pub(super) const INSTALLED_AT: &str =
+    "SELECT MAX(install_ts + 0) FROM installs WHERE app_id = ?1 AND anonymous_id = ?2";
+pub(super) const INSTALLED_BEFORE: &str =
+    "SELECT MAX(install_ts + 0) FROM installs WHERE app_id = ?1 AND anonymous_id = ?2 AND install_ts + 0 < ?3";
+
 /// Facts for the re-engagement rule: whether the device has an install of this app, and its
 /// last activity (event or install) before `before`.
 pub fn reengagement_facts(
@@ -102,14 +110,12 @@ pub fn reengagement_facts(
     before: i64,
 ) -> Result<ReengagementFacts, StorageError> {
     let installed: Option<i64> = conn
-        .prepare_cached("SELECT MAX(install_ts) FROM installs WHERE app_id = ?1 AND anonymous_id = ?2")
+        .prepare_cached(INSTALLED_AT)
         .map_err(backend)?
         .query_row(params![app_id, anonymous_id], |r| r.get(0))
         .map_err(backend)?;
     let last_install: Option<i64> = conn
-        .prepare_cached(
-            "SELECT MAX(install_ts) FROM installs WHERE app_id = ?1 AND anonymous_id = ?2 AND install_ts < ?3",
-        )
+        .prepare_cached(INSTALLED_BEFORE)
         .map_err(backend)?
         .query_row(params![app_id, anonymous_id, before], |r| r.get(0))
         .map_err(backend)?;

@@ -139,6 +139,9 @@ impl SqliteStorage {
         max_commit_events: usize,
     ) -> Result<Self, StorageError> {
         let mut conn = open_connection(path.as_ref(), durability)?;
+        // Every statement the writer runs stays compiled (rusqlite keeps 16 by default, and a
+        // report refresh alone uses more, evicting ingest's and the install's).
+        conn.set_prepared_statement_cache_capacity(128);
         schema::migrate(&mut conn)?;
         let screening: bool = conn
             .query_row("SELECT EXISTS (SELECT 1 FROM tombstones) OR EXISTS (SELECT 1 FROM suppressions)", [], |r| {

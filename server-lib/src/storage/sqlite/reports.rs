@@ -1,7 +1,7 @@
 //! The reporting side of the SQLite store: a star schema kept from the raw `events` table,
 //! server-side sessions, daily rollups, and the retention purge.
 //!
-//! Ingest stays as fast as before: a trigger only notes each new event in `etl_pending`. The
+//! Ingest stays as fast as before: it only notes each new event in `etl_pending`. The
 //! maintenance job ([`refresh_step`]) turns pending events into `fact_events` rows, updates
 //! `dim_users`, `dim_date` and `dim_campaigns`, assigns sessions, and recomputes the rollups of
 //! the days something changed on. Reports run a refresh first, so they never lag; the scheduler

@@ -1,4 +1,4 @@
-//! The SQLite store's tables: the migrations up to schema version 10 (`PRAGMA user_version`).
+//! The SQLite store's tables: the migrations up to schema version 11 (`PRAGMA user_version`).
 //! The tables both stores share are in [`ddl`]; what is SQLite's own is here: the report
 //! queue numbered by `rowid`, the row triggers, one index, and the backfill of the report
 //! tables.
@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use crate::storage::ddl::{self, Dialect, day_key};
 use crate::storage::{StorageError, backend, sql};
 
-const SCHEMA_VERSION: i64 = 10;
+const SCHEMA_VERSION: i64 = 11;
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(backend)?;
@@ -47,6 +47,10 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StorageError> {
     }
     if version < 10 {
         tx.execute_batch(&ddl::dashboard_tables(Dialect::Sqlite)).map_err(backend)?;
+    }
+    if version < 11 {
+        // The report queue is written by the event insert itself (storage/sqlite/events.rs).
+        tx.execute_batch("DROP TRIGGER IF EXISTS events_etl;").map_err(backend)?;
     }
     tx.execute_batch(&format!("PRAGMA user_version={SCHEMA_VERSION};")).map_err(backend)?;
     tx.commit().map_err(backend)
@@ -136,7 +140,8 @@ const DEVICE_ID_FORM: &str = "UPDATE events
     SET device_id = nullif(lower(trim(device_id, ' ' || char(9, 10, 12, 13))), '')
     WHERE device_id IS NOT NULL AND device_id IS NOT nullif(lower(trim(device_id, ' ' || char(9, 10, 12, 13))), '');";
 
-/// The report queue: every new event, numbered by `rowid`.
+/// The report queue: every new event, numbered by `rowid`. The trigger is schema 3's; schema 11
+/// drops it (the event insert queues the event itself).
 const ETL_QUEUE: &str = "CREATE TABLE etl_pending (
     seq INTEGER PRIMARY KEY,
     app_id TEXT NOT NULL,
