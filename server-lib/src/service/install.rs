@@ -73,7 +73,11 @@ pub async fn install(
     ]);
     // A deleted person's device (or a deleted install sent again) is answered as organic and
     // stored nowhere, attributed to nothing, posted back nowhere (docs/privacy.md).
-    if suppressed(svc, &app_id, &event_id, &keys).await? {
+    // The deletion screen and the install lookups are independent reads: asked at once.
+    let (suppressed, lookup) = tokio::try_join!(suppressed(svc, &app_id, &event_id, &keys), async {
+        svc.storage.install_lookup(app_id.clone(), event_id.clone(), keys.clone()).await.map_err(ServiceError::from)
+    })?;
+    if suppressed {
         metrics::counter!("trailmark_installs_suppressed_total", "app" => app_id.clone()).increment(1);
         // The same answer as any organic install: it must not tell who asked for deletion.
         return Ok(AttributionResult {
@@ -81,8 +85,7 @@ pub async fn install(
             ..AttributionResult::organic(Default::default())
         });
     }
-    let InstallLookup { existing: done, last_install: first } =
-        svc.storage.install_lookup(app_id.clone(), event_id.clone(), keys.clone()).await?;
+    let InstallLookup { existing: done, last_install: first } = lookup;
     // A test device (admin API) is attributed afresh on every install: its earlier installs
     // do not make this one a reinstall.
     let test_device = {

@@ -228,9 +228,10 @@ pub(super) async fn insert_touchpoint(
     tx: &deadpool_postgres::Transaction<'_>,
     t: &Touchpoint,
 ) -> Result<bool, StorageError> {
+    let insert = tx.prepare_cached(sql::INSERT_TOUCHPOINT).await.map_err(backend)?;
     let n = tx
         .execute(
-            sql::INSERT_TOUCHPOINT,
+            &insert,
             &[
                 &t.app_id,
                 &t.anonymous_id,

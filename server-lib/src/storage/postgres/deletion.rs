@@ -137,17 +137,18 @@ impl DeletionStore for PostgresStorage {
     fn screen(&self, app_id: String, event_hashes: Vec<String>, id_hashes: Vec<String>) -> StorageFuture<'_, Screened> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
-            let events = client
-                .query(
-                    "SELECT event_hash FROM tombstones WHERE app_id = $1 AND event_hash = ANY($2)",
-                    &[&app_id, &event_hashes],
-                )
-                .await
-                .map_err(backend)?;
-            let ids = client
-                .query("SELECT id_hash FROM suppressions WHERE id_hash = ANY($1)", &[&id_hashes])
-                .await
-                .map_err(backend)?;
+            // Prepared once per connection and sent together (pipelined): one round trip for
+            // both, on every install and ingest request.
+            let (tombstoned, suppressed) = tokio::try_join!(
+                client.prepare_cached("SELECT event_hash FROM tombstones WHERE app_id = $1 AND event_hash = ANY($2)"),
+                client.prepare_cached("SELECT id_hash FROM suppressions WHERE id_hash = ANY($1)")
+            )
+            .map_err(backend)?;
+            let (event_params, id_params): ([&(dyn ToSql + Sync); 2], [&(dyn ToSql + Sync); 1]) =
+                ([&app_id, &event_hashes], [&id_hashes]);
+            let (events, ids) =
+                tokio::try_join!(client.query(&tombstoned, &event_params), client.query(&suppressed, &id_params))
+                    .map_err(backend)?;
             Ok(Screened {
                 events: events.iter().map(|r| r.get(0)).collect(),
                 ids: ids.iter().map(|r| r.get(0)).collect(),

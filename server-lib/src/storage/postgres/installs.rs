@@ -27,10 +27,16 @@ impl InstallStore for PostgresStorage {
     fn install_lookup(&self, app_id: String, event_id: String, keys: DeviceKeys) -> StorageFuture<'_, InstallLookup> {
         Box::pin(async move {
             let client = self.pool.get().await.map_err(pool_error)?;
-            if let Some(done) = install_by_event(&client, Some(&app_id), &event_id).await? {
-                return Ok(InstallLookup { existing: Some(done), last_install: None });
-            }
-            Ok(InstallLookup { existing: None, last_install: last_install(&client, &app_id, &keys).await? })
+            // Both queries sent at once on the one connection (pipelined: one round trip); the
+            // device's last install is dropped when the request turns out to be a retry.
+            let (done, last) = tokio::try_join!(
+                install_by_event(&client, Some(&app_id), &event_id),
+                last_install(&client, &app_id, &keys)
+            )?;
+            Ok(match done {
+                Some(done) => InstallLookup { existing: Some(done), last_install: None },
+                None => InstallLookup { existing: None, last_install: last },
+            })
         })
     }
 
@@ -47,9 +53,11 @@ impl InstallStore for PostgresStorage {
             let r = &i.result;
             let result = serde_json::to_string(r).map_err(backend)?;
             let [campaign_id, link_id, click_id, network] = i.credited();
+            // Prepared once per connection: a text query costs a round trip to prepare it first.
+            let insert = tx.prepare_cached(sql::INSERT_INSTALL).await.map_err(backend)?;
             let changed = tx
                 .execute(
-                    sql::INSERT_INSTALL,
+                    &insert,
                     &[
                         &i.app_id,
                         &i.event_id,
@@ -194,16 +202,14 @@ async fn install_by_event(
     app_id: Option<&str>,
     event_id: &str,
 ) -> Result<Option<InstallRecord>, StorageError> {
-    let row = client
-        .query_opt(
-            &format!(
-                "SELECT {INSTALL_COLUMNS} FROM installs WHERE event_id = $1 AND ($2::text IS NULL OR app_id = $2)
-                  ORDER BY received_at LIMIT 1"
-            ),
-            &[&event_id, &app_id],
-        )
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {INSTALL_COLUMNS} FROM installs WHERE event_id = $1 AND ($2::text IS NULL OR app_id = $2)
+              ORDER BY received_at LIMIT 1"
+        ))
         .await
         .map_err(backend)?;
+    let row = client.query_opt(&stmt, &[&event_id, &app_id]).await.map_err(backend)?;
     row.as_ref().map(install_row).transpose()
 }
 
@@ -215,15 +221,16 @@ async fn last_install(
     app_id: &str,
     keys: &DeviceKeys,
 ) -> Result<Option<InstallRecord>, StorageError> {
+    let stmt = client
+        .prepare_cached(&format!(
+            "SELECT {INSTALL_COLUMNS} FROM installs WHERE app_id = $1 AND kind = 'install' AND (anonymous_id = $2
+                OR idfa = $3 OR idfv = $4 OR gaid = $5 OR android_id = $6)
+              ORDER BY install_ts + 0 DESC LIMIT 1"
+        ))
+        .await
+        .map_err(backend)?;
     let row = client
-        .query_opt(
-            &format!(
-                "SELECT {INSTALL_COLUMNS} FROM installs WHERE app_id = $1 AND kind = 'install' AND (anonymous_id = $2
-                    OR idfa = $3 OR idfv = $4 OR gaid = $5 OR android_id = $6)
-                  ORDER BY install_ts + 0 DESC LIMIT 1"
-            ),
-            &[&app_id, &keys.anonymous_id, &keys.idfa, &keys.idfv, &keys.gaid, &keys.android_id],
-        )
+        .query_opt(&stmt, &[&app_id, &keys.anonymous_id, &keys.idfa, &keys.idfv, &keys.gaid, &keys.android_id])
         .await
         .map_err(backend)?;
     row.as_ref().map(install_row).transpose()
