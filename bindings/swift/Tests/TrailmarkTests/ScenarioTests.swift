@@ -214,8 +214,10 @@ func runScenario(_ file: URL) async throws {
             let want = (step["count"] as! NSNumber).intValue
             let deadline = Date().addingTimeInterval(20)
             while true {
-                let inFlight = try s.stats().inFlight
-                if transport.captured.count >= want && inFlight == 0 { break }
+                // The captured count first, then the stats: read the other way round, an
+                // upload handed out between the two reads looks finished (in flight 0, captured).
+                let have = transport.captured.count
+                if have >= want, try s.stats().inFlight == 0 { break }
                 if Date() > deadline { throw ScenarioFailure(description: "\(at): \(transport.captured.count) requests after 20 s") }
                 try await Task.sleep(nanoseconds: 5_000_000)
             }
