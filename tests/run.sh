@@ -264,7 +264,7 @@ suite_services() {
   # shellcheck disable=SC1090
   . "$env_file"
   echo "PostgreSQL $TM_POSTGRES_URL, Redis $TM_REDIS_URL, ClickHouse $TM_CLICKHOUSE_URL, Kafka ${TM_KAFKA_BROKERS:-none}"
-  run services-test env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --test storage_suite --test reports --test schema_parity --test tls --test clickhouse
+  run services-test env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-server --test storage_suite --test reports --test schema_parity --test postgres_installs --test tls --test clickhouse
   summary+=("$(awk '/^test result:/{print "services storage suite + reports + schema parity + TLS + ClickHouse client (SQLite + PostgreSQL, Redis, ClickHouse): " $0}' "$log_dir/services-test.log")")
   run services-multi env TM_REQUIRE_SERVICES=1 cargo test -p trailmark-examples --test multi_instance
   summary+=("$(awk '/^test result:/{print "services two instances (PostgreSQL + Redis): " $0}' "$log_dir/services-multi.log")")

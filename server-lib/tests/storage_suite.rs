@@ -37,6 +37,7 @@ macro_rules! storage_suite {
             clicks_go_with_their_device,
             an_install_is_saved_once_with_its_touchpoint_alert_and_postbacks,
             the_last_counted_install_is_found_by_any_key,
+            installs_saved_at_once_are_each_stored_once,
             install_counts_per_campaign_and_hour,
             deleting_a_device_takes_its_installs_and_their_clicks,
             touchpoints_across_a_users_devices,
@@ -477,6 +478,48 @@ async fn an_install_is_saved_once_with_its_touchpoint_alert_and_postbacks(f: &Fi
     assert_eq!(store.install_by_event(Some("a".into()), "i1".into()).await.unwrap(), Some(first.clone()));
     assert_eq!(store.install_by_event(None, "i1".into()).await.unwrap(), Some(first.clone()));
     assert_eq!(store.install_by_event(Some("b".into()), "i1".into()).await.unwrap(), None);
+}
+
+/// Installs saved at the same moment (a PostgreSQL store commits them together): each is
+/// stored once with its touchpoint and postback, and of two saves of one install exactly one
+/// writes it.
+async fn installs_saved_at_once_are_each_stored_once(f: &Fixture) {
+    let store = &*f.store;
+    let saves = (0..40u32).map(|k| {
+        let n = k % 30;
+        let mut i = install(
+            &format!("m{n}"),
+            &format!("anon-m{n}"),
+            Some(&format!("gaid-m{n}")),
+            HOUR + i64::from(n),
+            "install",
+            None,
+        );
+        i.received_at += i64::from(k);
+        let mut t = install_touchpoint();
+        t.anonymous_id = i.anonymous_id.clone();
+        t.source_event_id = i.event_id.clone();
+        let mut p = postback("install");
+        p.event_id = i.event_id.clone();
+        store.save_install(i, Some(t), None, vec![p])
+    });
+    let answers = futures_util::future::join_all(saves).await;
+    let mut written = vec![0; 30];
+    let mut ids = std::collections::BTreeSet::new();
+    for (k, answer) in answers.into_iter().enumerate() {
+        if let Some(postbacks) = answer.unwrap() {
+            written[k % 30] += 1;
+            assert_eq!(postbacks.len(), 1);
+            assert!(ids.insert(postbacks[0]), "postback id {} given twice", postbacks[0]);
+        }
+    }
+    assert_eq!(written, vec![1; 30], "each install written exactly once");
+    for n in 0..30 {
+        let stored = store.install_by_event(Some("a".into()), format!("m{n}")).await.unwrap().expect("stored");
+        assert_eq!(stored.anonymous_id, format!("anon-m{n}"));
+        let touches = store.conversion_touchpoints("a".into(), format!("anon-m{n}"), None, 0, i64::MAX).await.unwrap();
+        assert_eq!(touches.len(), 1, "anon-m{n}'s touchpoint");
+    }
 }
 
 /// A reinstall is not a counted install; the latest counted one is found by any key.

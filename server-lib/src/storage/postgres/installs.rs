@@ -1,6 +1,12 @@
 //! The PostgreSQL store's installs: the lookups a new install needs, the install with its
 //! touchpoint, fraud alert and postbacks, and the burst baseline.
 
+use std::sync::LazyLock;
+
+use deadpool_postgres::Pool;
+use futures_util::future::try_join_all;
+use tokio::sync::{mpsc, oneshot};
+
 use super::conversions::{insert_postback, insert_touchpoint};
 use super::{PostgresStorage, json, pool_error};
 use crate::storage::sql::{self, INSTALL_COLUMNS};
@@ -48,63 +54,10 @@ impl InstallStore for PostgresStorage {
         postbacks: Vec<PostbackRecord>,
     ) -> StorageFuture<'_, Option<Vec<i64>>> {
         Box::pin(async move {
-            let mut client = self.pool.get().await.map_err(pool_error)?;
-            let tx = client.transaction().await.map_err(backend)?;
-            let r = &i.result;
-            let result = serde_json::to_string(r).map_err(backend)?;
-            let [campaign_id, link_id, click_id, network] = i.credited();
-            // Prepared once per connection: a text query costs a round trip to prepare it first.
-            let insert = tx.prepare_cached(sql::INSERT_INSTALL).await.map_err(backend)?;
-            let changed = tx
-                .execute(
-                    &insert,
-                    &[
-                        &i.app_id,
-                        &i.event_id,
-                        &i.anonymous_id,
-                        &i.platform,
-                        &i.idfa,
-                        &i.idfv,
-                        &i.gaid,
-                        &i.android_id,
-                        &i.install_ts,
-                        &i.received_at,
-                        &i.kind,
-                        &r.match_type.as_str(),
-                        &campaign_id,
-                        &link_id,
-                        &click_id,
-                        &network,
-                        &r.fraud.rejected,
-                        &result,
-                        &i.audit.to_string(),
-                        &i.ip_enc,
-                        &i.ids_enc,
-                    ],
-                )
-                .await
-                .map_err(backend)?;
-            // Another instance stored this install first: nothing is written.
-            if changed == 0 {
-                return Ok(None);
-            }
-            if let Some(t) = &touchpoint {
-                insert_touchpoint(&tx, t).await?;
-            }
-            if let Some(a) = &alert {
-                tx.execute(
-                    sql::INSERT_FRAUD_ALERT,
-                    &[&a.rule, &a.app_id, &a.campaign_id, &a.at, &a.detail.to_string()],
-                )
-                .await
-                .map_err(backend)?;
-            }
-            let mut ids = Vec::with_capacity(postbacks.len());
-            for p in &postbacks {
-                ids.push(insert_postback(&tx, p).await?);
-            }
-            tx.commit().await.map_err(backend)?;
-            Ok(Some(ids))
+            let (done, answer) = oneshot::channel();
+            let job = InstallJob { install: i, touchpoint, alert, postbacks, done };
+            self.installs.send(job).await.map_err(|_| backend("the install writer has stopped"))?;
+            answer.await.map_err(|_| backend("the install writer has stopped"))?
         })
     }
 
@@ -176,6 +129,123 @@ impl InstallStore for PostgresStorage {
     }
 }
 
+/// An install waiting for the install writer, with where its answer goes.
+pub(super) struct InstallJob {
+    install: InstallRecord,
+    touchpoint: Option<Touchpoint>,
+    alert: Option<FraudAlert>,
+    postbacks: Vec<PostbackRecord>,
+    done: oneshot::Sender<Result<Option<Vec<i64>>, StorageError>>,
+}
+
+/// Most installs committed together.
+const INSTALL_BATCH: usize = 64;
+
+/// Stores installs as they come, the ones waiting together in one transaction (as SQLite's
+/// writer does): one commit, one WAL flush for all of them, their statements sent at once on
+/// one connection (pipelined). If the shared transaction fails (a deadlock with another
+/// instance, one install's error), each install is stored again in a transaction of its own,
+/// so one install's failure is its own.
+pub(super) async fn install_writer(pool: Pool, mut queue: mpsc::Receiver<InstallJob>) {
+    while let Some(first) = queue.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < INSTALL_BATCH {
+            match queue.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        if jobs.len() > 1 {
+            match save_together(&pool, &jobs).await {
+                Ok(answers) => {
+                    for (job, answer) in jobs.into_iter().zip(answers) {
+                        let _ = job.done.send(Ok(answer));
+                    }
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, installs = jobs.len(), "shared install commit failed: one by one"),
+            }
+        }
+        for job in jobs {
+            let answer = save_alone(&pool, &job).await;
+            let _ = job.done.send(answer);
+        }
+    }
+}
+
+async fn save_together(pool: &Pool, jobs: &[InstallJob]) -> Result<Vec<Option<Vec<i64>>>, StorageError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let answers = try_join_all(jobs.iter().map(|j| save_in(&tx, j))).await?;
+    tx.commit().await.map_err(backend)?;
+    Ok(answers)
+}
+
+async fn save_alone(pool: &Pool, job: &InstallJob) -> Result<Option<Vec<i64>>, StorageError> {
+    let mut client = pool.get().await.map_err(pool_error)?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let answer = save_in(&tx, job).await?;
+    tx.commit().await.map_err(backend)?;
+    Ok(answer)
+}
+
+/// One install's statements in `tx`: the install, and unless another instance (or an earlier
+/// install of the batch) stored it first, its touchpoint, alert and postbacks.
+async fn save_in(tx: &deadpool_postgres::Transaction<'_>, job: &InstallJob) -> Result<Option<Vec<i64>>, StorageError> {
+    let i = &job.install;
+    let r = &i.result;
+    let result = serde_json::to_string(r).map_err(backend)?;
+    let [campaign_id, link_id, click_id, network] = i.credited();
+    // Prepared once per connection: a text query costs a round trip to prepare it first.
+    let insert = tx.prepare_cached(sql::INSERT_INSTALL).await.map_err(backend)?;
+    let changed = tx
+        .execute(
+            &insert,
+            &[
+                &i.app_id,
+                &i.event_id,
+                &i.anonymous_id,
+                &i.platform,
+                &i.idfa,
+                &i.idfv,
+                &i.gaid,
+                &i.android_id,
+                &i.install_ts,
+                &i.received_at,
+                &i.kind,
+                &r.match_type.as_str(),
+                &campaign_id,
+                &link_id,
+                &click_id,
+                &network,
+                &r.fraud.rejected,
+                &result,
+                &i.audit.to_string(),
+                &i.ip_enc,
+                &i.ids_enc,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    // Stored before: nothing is written.
+    if changed == 0 {
+        return Ok(None);
+    }
+    if let Some(t) = &job.touchpoint {
+        insert_touchpoint(tx, t).await?;
+    }
+    if let Some(a) = &job.alert {
+        tx.execute(sql::INSERT_FRAUD_ALERT, &[&a.rule, &a.app_id, &a.campaign_id, &a.at, &a.detail.to_string()])
+            .await
+            .map_err(backend)?;
+    }
+    let mut ids = Vec::with_capacity(job.postbacks.len());
+    for p in &job.postbacks {
+        ids.push(insert_postback(tx, p).await?);
+    }
+    Ok(Some(ids))
+}
+
 fn install_row(r: &tokio_postgres::Row) -> Result<InstallRecord, StorageError> {
     Ok(InstallRecord {
         app_id: r.get(0),
@@ -216,21 +286,41 @@ async fn install_by_event(
 /// The device's latest install that counted as new (`kind = 'install'`), by any of its keys.
 /// Ordered by `install_ts + 0` so that no plan walks `installs_time (app_id, install_ts)`, every
 /// install of the app newest first, instead of the keys' own indexes.
+///
+/// Planned afresh with its values on every call (an unnamed statement, still one round trip):
+/// a statement prepared once per connection soon runs with a generic plan, made without the
+/// values, and until the table's first `ANALYZE` PostgreSQL cannot tell `installs_time` from the
+/// keys' indexes for `app_id = $1`. Such a plan, made in the first seconds of a new table, read
+/// every install of the app for each install until autovacuum analysed the table (issue 24's
+/// profile: 3.2 ms and 512 buffers per lookup after 3,400 installs). With the values, an absent
+/// key's arm (`= NULL`) is dropped and the key's index wins as soon as the table has a few
+/// pages. `tests/postgres_installs.rs` asserts the plan.
+pub static LAST_INSTALL_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {INSTALL_COLUMNS} FROM installs WHERE app_id = $1 AND kind = 'install'
+            AND (anonymous_id = $2 OR idfa = $3 OR idfv = $4 OR gaid = $5 OR android_id = $6)
+          ORDER BY install_ts + 0 DESC LIMIT 1"
+    )
+});
+
 async fn last_install(
     client: &deadpool_postgres::Client,
     app_id: &str,
     keys: &DeviceKeys,
 ) -> Result<Option<InstallRecord>, StorageError> {
-    let stmt = client
-        .prepare_cached(&format!(
-            "SELECT {INSTALL_COLUMNS} FROM installs WHERE app_id = $1 AND kind = 'install' AND (anonymous_id = $2
-                OR idfa = $3 OR idfv = $4 OR gaid = $5 OR android_id = $6)
-              ORDER BY install_ts + 0 DESC LIMIT 1"
-        ))
-        .await
-        .map_err(backend)?;
+    let text = tokio_postgres::types::Type::TEXT;
     let row = client
-        .query_opt(&stmt, &[&app_id, &keys.anonymous_id, &keys.idfa, &keys.idfv, &keys.gaid, &keys.android_id])
+        .query_typed_opt(
+            &LAST_INSTALL_SQL,
+            &[
+                (&app_id, text.clone()),
+                (&keys.anonymous_id, text.clone()),
+                (&keys.idfa, text.clone()),
+                (&keys.idfv, text.clone()),
+                (&keys.gaid, text.clone()),
+                (&keys.android_id, text),
+            ],
+        )
         .await
         .map_err(backend)?;
     row.as_ref().map(install_row).transpose()

@@ -26,6 +26,10 @@ mod olap;
 mod reports;
 mod schema;
 
+/// The statement behind an install's "last install of this device" (its plan is tested).
+#[doc(hidden)]
+pub use installs::LAST_INSTALL_SQL;
+
 use crate::storage::{ClickRecord, StorageError, backend, json_err, sql};
 
 fn pool_error(e: deadpool_postgres::PoolError) -> StorageError {
@@ -38,6 +42,9 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StorageError {
 /// Most clicks waiting for the click writer; past it a click stays in the index only (`Busy`).
 const CLICK_QUEUE: usize = 100_000;
 
+/// Most installs waiting for the install writer; past it a request waits for room.
+const INSTALL_QUEUE: usize = 1024;
+
 enum ClickJob {
     Click(Box<ClickRecord>),
     /// Answered once every click queued before it is committed.
@@ -49,6 +56,8 @@ pub struct PostgresStorage {
     pool: Pool,
     /// Clicks are written behind their redirect by one task, in batches.
     clicks: mpsc::Sender<ClickJob>,
+    /// Installs are stored by one task, those waiting together in one transaction.
+    installs: mpsc::Sender<installs::InstallJob>,
 }
 
 /// A connection error with its causes (tokio-postgres says "error performing TLS handshake";
@@ -195,13 +204,15 @@ impl PostgresStorage {
             .build()
             .map_err(backend)?;
         let (clicks, queue) = mpsc::channel(CLICK_QUEUE);
-        let store = PostgresStorage { pool: pool.clone(), clicks };
+        let (installs, install_queue) = mpsc::channel(INSTALL_QUEUE);
+        let store = PostgresStorage { pool: pool.clone(), clicks, installs };
         let mut first = pool.get().await.map_err(|e| match e {
             deadpool_postgres::PoolError::Backend(e) => connect_error(&e),
             other => pool_error(other),
         })?;
         schema::migrate(&mut first).await?;
         drop(first);
+        tokio::spawn(installs::install_writer(pool.clone(), install_queue));
         tokio::spawn(click_writer(pool, queue));
         Ok(store)
     }
