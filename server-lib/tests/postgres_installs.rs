@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use trailmark_core::protocol::AttributionResult;
 use trailmark_server::storage::postgres::{LAST_INSTALL_SQL, PostgresStorage};
-use trailmark_server::storage::{DeviceKeys, InstallRecord, InstallStore, PostbackRecord, Touchpoint};
+use trailmark_server::storage::{
+    DeletionAudit, DeviceKeys, InstallRecord, InstallStore, PostbackRecord, Subject, Tombstones, Touchpoint,
+};
 
 mod stores;
 
@@ -92,6 +94,7 @@ async fn the_last_install_lookup_searches_the_keys_indexes() {
     // 8 lookups, then 12 lookups and 12 of both lookups: 44 index scans whichever the plan.
     while stat("idx_scan", "%").await < 44 {
         if Instant::now() > deadline {
+            // (A sequential scan of the table would also end here: no index scans counted.)
             let rows = client
                 .query(
                     "SELECT indexrelname::text, idx_scan, idx_tup_read FROM pg_stat_user_indexes WHERE schemaname = $1",
@@ -165,7 +168,8 @@ fn install(n: u32, event_id: &str) -> (InstallRecord, Touchpoint, PostbackRecord
 
 /// Installs arriving together share a transaction; one that PostgreSQL refuses (text with a
 /// NUL byte) fails alone: the others of its batch are stored, each once, with their rows.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// One thread: every save is queued before the writer runs, so they form one batch.
+#[tokio::test(flavor = "current_thread")]
 async fn one_refused_install_does_not_fail_the_others_of_its_commit() {
     let Some(f) = stores::postgres().await else { return };
     let store = &*f.store;
@@ -187,4 +191,67 @@ async fn one_refused_install_does_not_fail_the_others_of_its_commit() {
         let touches = store.conversion_touchpoints("app".into(), format!("a{n}"), None, 0, i64::MAX).await.unwrap();
         assert_eq!(touches.len(), 1, "device a{n}'s touchpoint");
     }
+}
+
+/// Two saves of one install in one batch (one thread: all queued before the writer runs):
+/// the first queued writes it, the other writes nothing.
+#[tokio::test(flavor = "current_thread")]
+async fn of_two_saves_of_one_install_in_a_batch_the_first_writes_it() {
+    let Some(f) = stores::postgres().await else { return };
+    let store = &*f.store;
+    let saves = [3u32, 1, 3, 2].into_iter().enumerate().map(|(k, n)| {
+        let (mut i, t, p) = install(n, &format!("e{n}"));
+        i.received_at = k as i64;
+        store.save_install(i, Some(t), None, vec![p])
+    });
+    let answers: Vec<bool> =
+        futures_util::future::join_all(saves).await.into_iter().map(|a| a.unwrap().is_some()).collect();
+    assert_eq!(answers, [true, true, false, true]);
+    let stored = store.install_by_event(Some("app".into()), "e3".into()).await.unwrap().unwrap();
+    assert_eq!(stored.received_at, 0, "the first save of e3 is the one stored");
+}
+
+/// A deletion waits for the installs queued before it: they are committed, then deleted with
+/// their touchpoints and postbacks. One thread: the saves are queued before the deletion's
+/// barrier. Another session holds the row the batch's trigger writes for device a3
+/// (`dim_users`) for half a second, so the batch is still uncommitted when the deletion starts;
+/// a deletion that did not wait would find nothing of a3 and the install would come after it.
+#[tokio::test(flavor = "current_thread")]
+async fn a_deletion_sees_the_installs_queued_before_it() {
+    let Some(f) = stores::postgres().await else { return };
+    let store = &*f.store;
+    let stores::Place::Postgres { url, schema } = &f.place else { unreachable!() };
+    let (blocker, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    blocker
+        .batch_execute(&format!(
+            "SET search_path = {schema}; BEGIN;
+             INSERT INTO dim_users (app_id, anonymous_id, first_seen, last_seen) VALUES ('app', 'a3', 0, 0);"
+        ))
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        blocker.batch_execute("ROLLBACK").await.unwrap();
+    });
+    let saves = (1..=5u32).map(|n| {
+        let (i, t, p) = install(n, &format!("e{n}"));
+        store.save_install(i, Some(t), None, vec![p])
+    });
+    let audit = DeletionAudit {
+        receipt_id: uuid::Uuid::new_v4().to_string(),
+        subject_kind: "anonymous_id",
+        subject_hash: "h".into(),
+        requested_at: 1,
+        requested_by: "test".into(),
+    };
+    let delete =
+        store.delete_subject(Subject::AnonymousId("a3".into()), audit, Tombstones { key: [7; 32], suppress: false });
+    let (answers, report) = tokio::join!(futures_util::future::join_all(saves), delete);
+    assert!(answers.into_iter().all(|a| a.unwrap().is_some()));
+    report.unwrap();
+    assert_eq!(store.install_by_event(Some("app".into()), "e3".into()).await.unwrap(), None);
+    assert!(store.conversion_touchpoints("app".into(), "a3".into(), None, 0, i64::MAX).await.unwrap().is_empty());
+    assert!(store.install_by_event(Some("app".into()), "e2".into()).await.unwrap().is_some());
+    release.await.unwrap();
 }

@@ -253,11 +253,9 @@ pub(super) async fn insert_postback(
     tx: &deadpool_postgres::Transaction<'_>,
     p: &PostbackRecord,
 ) -> Result<i64, StorageError> {
+    let insert = tx.prepare_cached(sql::INSERT_POSTBACK).await.map_err(backend)?;
     let row = tx
-        .query_one(
-            sql::INSERT_POSTBACK,
-            &[&p.app_id, &p.anonymous_id, &p.event_id, &p.network, &p.event, &p.url, &p.created_at],
-        )
+        .query_one(&insert, &[&p.app_id, &p.anonymous_id, &p.event_id, &p.network, &p.event, &p.url, &p.created_at])
         .await
         .map_err(backend)?;
     Ok(row.get(0))

@@ -4,6 +4,7 @@ use super::reports::report_lock;
 use tokio::sync::oneshot;
 use tokio_postgres::types::ToSql;
 
+use super::installs::InstallJob;
 use super::{ClickJob, PostgresStorage, pool_error};
 use crate::storage::sql;
 use crate::storage::{
@@ -23,6 +24,12 @@ impl DeletionStore for PostgresStorage {
             // so the deletion sees them.
             let (done, wait) = oneshot::channel();
             if self.clicks.send(ClickJob::Barrier(done)).await.is_ok() {
+                let _ = wait.await;
+            }
+            // Installs wait in the install writer's queue: those queued before this call are
+            // committed first, so the deletion sees them (and their touchpoints and postbacks).
+            let (done, wait) = oneshot::channel();
+            if self.installs.send(InstallJob::Barrier(done)).await.is_ok() {
                 let _ = wait.await;
             }
             let mut client = self.pool.get().await.map_err(pool_error)?;

@@ -55,9 +55,14 @@ impl InstallStore for PostgresStorage {
     ) -> StorageFuture<'_, Option<Vec<i64>>> {
         Box::pin(async move {
             let (done, answer) = oneshot::channel();
-            let job = InstallJob { install: i, touchpoint, alert, postbacks, done };
-            self.installs.send(job).await.map_err(|_| backend("the install writer has stopped"))?;
-            answer.await.map_err(|_| backend("the install writer has stopped"))?
+            let job = InstallJob::Save(Box::new(SaveJob { install: i, touchpoint, alert, postbacks, done }));
+            // A full queue is answered at once (503, the SDK retries), as a full click queue is.
+            self.installs.try_send(job).map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StorageError::Busy,
+                mpsc::error::TrySendError::Closed(_) => backend("the install writer has stopped"),
+            })?;
+            // The sender is dropped unanswered only if the batch's task panicked.
+            answer.await.map_err(|_| backend("the install writer failed on this batch"))?
         })
     }
 
@@ -129,8 +134,15 @@ impl InstallStore for PostgresStorage {
     }
 }
 
+/// What the install writer is asked.
+pub(super) enum InstallJob {
+    Save(Box<SaveJob>),
+    /// Answered once every install queued before it is committed (or has failed).
+    Barrier(oneshot::Sender<()>),
+}
+
 /// An install waiting for the install writer, with where its answer goes.
-pub(super) struct InstallJob {
+pub(super) struct SaveJob {
     install: InstallRecord,
     touchpoint: Option<Touchpoint>,
     alert: Option<FraudAlert>,
@@ -141,11 +153,22 @@ pub(super) struct InstallJob {
 /// Most installs committed together.
 const INSTALL_BATCH: usize = 64;
 
+/// Why a batch, or an install, was not stored.
+enum Failure {
+    /// No connection, or it broke at `BEGIN` or `COMMIT`: every install waiting fails with it
+    /// (no one-by-one retry against a database that cannot be reached).
+    Unavailable(StorageError),
+    /// PostgreSQL refused a statement (a deadlock, one install's bad value): worth trying the
+    /// installs one by one.
+    Refused(StorageError),
+}
+
 /// Stores installs as they come, the ones waiting together in one transaction (as SQLite's
-/// writer does): one commit, one WAL flush for all of them, their statements sent at once on
-/// one connection (pipelined). If the shared transaction fails (a deadlock with another
-/// instance, one install's error), each install is stored again in a transaction of its own,
-/// so one install's failure is its own.
+/// writer does): one commit, one WAL flush for all of them. Each install's insert goes out at
+/// once on the one connection (pipelined); its touchpoint, alert and postbacks follow the
+/// insert's answer. If PostgreSQL refuses the shared transaction, each install of the batch is
+/// stored again in a transaction of its own, so one install's failure is its own. A batch runs
+/// in a task of its own: were it to panic, its callers get an error and the writer goes on.
 pub(super) async fn install_writer(pool: Pool, mut queue: mpsc::Receiver<InstallJob>) {
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
@@ -155,43 +178,92 @@ pub(super) async fn install_writer(pool: Pool, mut queue: mpsc::Receiver<Install
                 Err(_) => break,
             }
         }
-        if jobs.len() > 1 {
-            match save_together(&pool, &jobs).await {
-                Ok(answers) => {
-                    for (job, answer) in jobs.into_iter().zip(answers) {
-                        let _ = job.done.send(Ok(answer));
-                    }
-                    continue;
-                }
-                Err(e) => tracing::warn!(error = %e, installs = jobs.len(), "shared install commit failed: one by one"),
+        let mut saves = Vec::with_capacity(jobs.len());
+        let mut barriers = Vec::new();
+        for job in jobs {
+            match job {
+                InstallJob::Save(save) => saves.push(*save),
+                InstallJob::Barrier(done) => barriers.push(done),
             }
         }
-        for job in jobs {
-            let answer = save_alone(&pool, &job).await;
-            let _ = job.done.send(answer);
+        if !saves.is_empty() && tokio::spawn(store_batch(pool.clone(), saves)).await.is_err() {
+            metrics::counter!("trailmark_install_writer_panics_total").increment(1);
+            tracing::error!("an install batch panicked: its installs were answered with an error");
+        }
+        for done in barriers {
+            let _ = done.send(());
         }
     }
 }
 
-async fn save_together(pool: &Pool, jobs: &[InstallJob]) -> Result<Vec<Option<Vec<i64>>>, StorageError> {
-    let mut client = pool.get().await.map_err(pool_error)?;
-    let tx = client.transaction().await.map_err(backend)?;
-    let answers = try_join_all(jobs.iter().map(|j| save_in(&tx, j))).await?;
-    tx.commit().await.map_err(backend)?;
+async fn store_batch(pool: Pool, mut saves: Vec<SaveJob>) {
+    // One order for the rows every batch locks (its devices' dim_users rows): two batches, or
+    // a batch and the report refresh, wait for each other instead of deadlocking as often. A
+    // stable sort: of two saves of one install, the first queued still writes it.
+    saves.sort_by(|a, b| {
+        (&a.install.app_id, &a.install.anonymous_id).cmp(&(&b.install.app_id, &b.install.anonymous_id))
+    });
+    if saves.len() > 1 {
+        match save_together(&pool, &saves).await {
+            Ok(answers) => {
+                for (job, answer) in saves.into_iter().zip(answers) {
+                    let _ = job.done.send(Ok(answer));
+                }
+                return;
+            }
+            Err(Failure::Unavailable(e)) => {
+                for job in saves {
+                    let _ = job.done.send(Err(e.clone()));
+                }
+                return;
+            }
+            Err(Failure::Refused(e)) => {
+                tracing::warn!(error = %e, installs = saves.len(), "shared install commit refused: one by one")
+            }
+        }
+    }
+    let mut unavailable = None;
+    for job in saves {
+        let answer = match &unavailable {
+            Some(e) => Err(Clone::clone(e)),
+            None => match save_alone(&pool, &job).await {
+                Ok(answer) => Ok(answer),
+                Err(Failure::Refused(e)) => Err(e),
+                Err(Failure::Unavailable(e)) => {
+                    unavailable = Some(e.clone());
+                    Err(e)
+                }
+            },
+        };
+        let _ = job.done.send(answer);
+    }
+}
+
+async fn save_together(pool: &Pool, jobs: &[SaveJob]) -> Result<Vec<Option<Vec<i64>>>, Failure> {
+    let unavailable = |e| Failure::Unavailable(backend(e));
+    let mut client = pool.get().await.map_err(|e| Failure::Unavailable(pool_error(e)))?;
+    let tx = client.transaction().await.map_err(unavailable)?;
+    // Prepared once here, not by each install's future at once on a new connection.
+    for statement in [sql::INSERT_INSTALL, sql::INSERT_TOUCHPOINT, sql::INSERT_POSTBACK, sql::INSERT_FRAUD_ALERT] {
+        tx.prepare_cached(statement).await.map_err(unavailable)?;
+    }
+    let answers = try_join_all(jobs.iter().map(|j| save_in(&tx, j))).await.map_err(Failure::Refused)?;
+    tx.commit().await.map_err(unavailable)?;
     Ok(answers)
 }
 
-async fn save_alone(pool: &Pool, job: &InstallJob) -> Result<Option<Vec<i64>>, StorageError> {
-    let mut client = pool.get().await.map_err(pool_error)?;
-    let tx = client.transaction().await.map_err(backend)?;
-    let answer = save_in(&tx, job).await?;
-    tx.commit().await.map_err(backend)?;
+async fn save_alone(pool: &Pool, job: &SaveJob) -> Result<Option<Vec<i64>>, Failure> {
+    let unavailable = |e| Failure::Unavailable(backend(e));
+    let mut client = pool.get().await.map_err(|e| Failure::Unavailable(pool_error(e)))?;
+    let tx = client.transaction().await.map_err(unavailable)?;
+    let answer = save_in(&tx, job).await.map_err(Failure::Refused)?;
+    tx.commit().await.map_err(unavailable)?;
     Ok(answer)
 }
 
 /// One install's statements in `tx`: the install, and unless another instance (or an earlier
 /// install of the batch) stored it first, its touchpoint, alert and postbacks.
-async fn save_in(tx: &deadpool_postgres::Transaction<'_>, job: &InstallJob) -> Result<Option<Vec<i64>>, StorageError> {
+async fn save_in(tx: &deadpool_postgres::Transaction<'_>, job: &SaveJob) -> Result<Option<Vec<i64>>, StorageError> {
     let i = &job.install;
     let r = &i.result;
     let result = serde_json::to_string(r).map_err(backend)?;
@@ -235,7 +307,8 @@ async fn save_in(tx: &deadpool_postgres::Transaction<'_>, job: &InstallJob) -> R
         insert_touchpoint(tx, t).await?;
     }
     if let Some(a) = &job.alert {
-        tx.execute(sql::INSERT_FRAUD_ALERT, &[&a.rule, &a.app_id, &a.campaign_id, &a.at, &a.detail.to_string()])
+        let insert = tx.prepare_cached(sql::INSERT_FRAUD_ALERT).await.map_err(backend)?;
+        tx.execute(&insert, &[&a.rule, &a.app_id, &a.campaign_id, &a.at, &a.detail.to_string()])
             .await
             .map_err(backend)?;
     }
