@@ -256,6 +256,22 @@ fn reports_table_in_the_toml_file() {
 }
 
 /// Reads until the server closes the connection (or `limit` passes); whether it closed.
+/// `Some(bytes received)` once the server closes `stream` within `limit`, else `None`.
+fn closed_after(stream: &mut std::net::TcpStream, limit: Duration) -> Option<usize> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut received = 0;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(received),
+            Ok(n) => received += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(received),
+            Err(_) => return None,
+        }
+    }
+}
+
 fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> bool {
     use std::io::Read;
     stream.set_read_timeout(Some(limit)).unwrap();
@@ -309,14 +325,24 @@ fn slow_and_idle_connections_are_closed_and_connections_are_capped() {
     let start = Instant::now();
     assert!(closed_within(&mut silent, Duration::from_secs(5)));
     assert!(start.elapsed() < Duration::from_millis(1_400), "{:?}", start.elapsed());
-    // Two connections held open from this address: a third is closed at once.
-    let held: Vec<_> = (0..2).map(|_| connect()).collect();
-    std::thread::sleep(Duration::from_millis(100));
+    // Two connections held open from this address (each answered once, then idle: open for the
+    // 1.5 s idle timeout): a third is closed without an answer. (Not timed: on a loaded
+    // machine the server may take a while to get to it.)
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            use std::io::Read;
+            let mut c = connect();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = [0u8; 4096];
+            let n = c.read(&mut buf).unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+            c
+        })
+        .collect();
     let mut extra = connect();
     extra.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").ok();
-    let start = Instant::now();
-    assert!(closed_within(&mut extra, Duration::from_secs(5)));
-    assert!(start.elapsed() < Duration::from_millis(400), "refused at once: {:?}", start.elapsed());
+    assert_eq!(closed_after(&mut extra, Duration::from_secs(5)), Some(0), "refused without an answer");
     drop(held);
     // Once they are gone, connections are served again.
     std::thread::sleep(Duration::from_millis(200));

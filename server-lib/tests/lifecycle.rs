@@ -53,7 +53,7 @@ async fn tasks_start_with_the_server_and_stop_with_its_handle() {
     );
 
     // No request is ever sent: the attribution state loads and the pending postback goes out.
-    for _ in 0..400 {
+    for _ in 0..2000 {
         if state.tracking.lock_loaded().is_some() && !hits.lock().unwrap().is_empty() {
             break;
         }
@@ -115,7 +115,7 @@ async fn the_report_scheduler_runs_without_requests_and_stops_at_shutdown() {
     assert!(handle.task_names().contains(&"report scheduler"));
 
     store.insert(vec![event(1), event(2)]).await.unwrap();
-    for _ in 0..200 {
+    for _ in 0..2000 {
         if facts(&db) == 2 {
             break;
         }
@@ -196,7 +196,7 @@ async fn a_pending_postback_of_someone_who_opted_out_since_is_withheld() {
         let mut stmt = conn.prepare("SELECT anonymous_id, state FROM postbacks ORDER BY anonymous_id").unwrap();
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
     };
-    for _ in 0..400 {
+    for _ in 0..2000 {
         if states().iter().all(|(_, s)| s != "pending") {
             break;
         }

@@ -193,29 +193,34 @@ async fn one_refused_install_does_not_fail_the_others_of_its_commit() {
     }
 }
 
-/// Two saves of one install in one batch (one thread: all queued before the writer runs):
-/// the first queued writes it, the other writes nothing.
+/// Saves of one event id in one batch (one thread: all queued before the writer runs): the
+/// first queued writes it, whichever device it is from and wherever the batch's order puts it.
 #[tokio::test(flavor = "current_thread")]
 async fn of_two_saves_of_one_install_in_a_batch_the_first_writes_it() {
     let Some(f) = stores::postgres().await else { return };
     let store = &*f.store;
-    let saves = [3u32, 1, 3, 2].into_iter().enumerate().map(|(k, n)| {
-        let (mut i, t, p) = install(n, &format!("e{n}"));
+    // e30 from device a30 first, then again from a30 and from a1 (sorted before a30).
+    let order = (1..=24u32).chain([30, 1, 30]).chain(25..=29);
+    let saves = order.enumerate().map(|(k, n)| {
+        let event_id = if n == 30 || k == 25 { "e30".to_owned() } else { format!("e{n}") };
+        let (mut i, t, p) = install(n, &event_id);
         i.received_at = k as i64;
         store.save_install(i, Some(t), None, vec![p])
     });
     let answers: Vec<bool> =
         futures_util::future::join_all(saves).await.into_iter().map(|a| a.unwrap().is_some()).collect();
-    assert_eq!(answers, [true, true, false, true]);
-    let stored = store.install_by_event(Some("app".into()), "e3".into()).await.unwrap().unwrap();
-    assert_eq!(stored.received_at, 0, "the first save of e3 is the one stored");
+    let mut expected = vec![true; 32];
+    (expected[25], expected[26]) = (false, false);
+    assert_eq!(answers, expected);
+    let stored = store.install_by_event(Some("app".into()), "e30".into()).await.unwrap().unwrap();
+    assert_eq!((stored.anonymous_id.as_str(), stored.received_at), ("a30", 24), "the first save of e30 is stored");
 }
 
 /// A deletion waits for the installs queued before it: they are committed, then deleted with
 /// their touchpoints and postbacks. One thread: the saves are queued before the deletion's
 /// barrier. Another session holds the row the batch's trigger writes for device a3
-/// (`dim_users`) for half a second, so the batch is still uncommitted when the deletion starts;
-/// a deletion that did not wait would find nothing of a3 and the install would come after it.
+/// (`dim_users`) until the batch waits for it and the deletion has had half a second: a
+/// deletion that did not wait would finish meanwhile, finding nothing of a3.
 #[tokio::test(flavor = "current_thread")]
 async fn a_deletion_sees_the_installs_queued_before_it() {
     let Some(f) = stores::postgres().await else { return };
@@ -230,10 +235,6 @@ async fn a_deletion_sees_the_installs_queued_before_it() {
         ))
         .await
         .unwrap();
-    let release = tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        blocker.batch_execute("ROLLBACK").await.unwrap();
-    });
     let saves = (1..=5u32).map(|n| {
         let (i, t, p) = install(n, &format!("e{n}"));
         store.save_install(i, Some(t), None, vec![p])
@@ -247,11 +248,40 @@ async fn a_deletion_sees_the_installs_queued_before_it() {
     };
     let delete =
         store.delete_subject(Subject::AnonymousId("a3".into()), audit, Tombstones { key: [7; 32], suppress: false });
-    let (answers, report) = tokio::join!(futures_util::future::join_all(saves), delete);
+    let mut saves = std::pin::pin!(futures_util::future::join_all(saves));
+    let mut delete = std::pin::pin!(delete);
+    // Until the batch waits for the blocker's transaction, nothing may finish.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::select! {
+            _ = &mut saves => panic!("the installs were stored while their row was held"),
+            r = &mut delete => panic!("the deletion finished before the installs queued before it: {r:?}"),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        let waiting: i64 = blocker
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'
+                   AND transactionid::text = txid_current()::text",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the install batch never waited for the held row");
+    }
+    // The batch is held: the deletion must be waiting for it, not deleting without it.
+    tokio::select! {
+        r = &mut delete => panic!("the deletion did not wait for the installs queued before it: {r:?}"),
+        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+    }
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let (answers, report) = tokio::join!(saves, delete);
     assert!(answers.into_iter().all(|a| a.unwrap().is_some()));
     report.unwrap();
     assert_eq!(store.install_by_event(Some("app".into()), "e3".into()).await.unwrap(), None);
     assert!(store.conversion_touchpoints("app".into(), "a3".into(), None, 0, i64::MAX).await.unwrap().is_empty());
     assert!(store.install_by_event(Some("app".into()), "e2".into()).await.unwrap().is_some());
-    release.await.unwrap();
 }

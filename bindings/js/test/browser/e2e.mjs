@@ -215,7 +215,9 @@ test('consent denied sends nothing', async () => {
     await page.click('#deny');
     await page.click('#add');
     await page.click('#login');
-    await sleep(1000);
+    // Counted as the clicks' calls reach the core (no fixed wait: a loaded machine is slower).
+    await page.waitForFunction(() => window.tm.stats().droppedConsentDenied >= 5, null, { timeout: 20_000 });
+    await sleep(200);
     const stats = await page.evaluate(() => window.tm.stats());
     assert.equal(stats.droppedConsentDenied, 5, JSON.stringify(stats));
     assert.equal(stats.queued + stats.held, 0);

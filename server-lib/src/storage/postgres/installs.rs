@@ -58,7 +58,10 @@ impl InstallStore for PostgresStorage {
             let job = InstallJob::Save(Box::new(SaveJob { install: i, touchpoint, alert, postbacks, done }));
             // A full queue is answered at once (503, the SDK retries), as a full click queue is.
             self.installs.try_send(job).map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => StorageError::Busy,
+                mpsc::error::TrySendError::Full(_) => {
+                    metrics::counter!("trailmark_writer_busy_total").increment(1);
+                    StorageError::Busy
+                }
                 mpsc::error::TrySendError::Closed(_) => backend("the install writer has stopped"),
             })?;
             // The sender is dropped unanswered only if the batch's task panicked.
@@ -196,34 +199,33 @@ pub(super) async fn install_writer(pool: Pool, mut queue: mpsc::Receiver<Install
     }
 }
 
-async fn store_batch(pool: Pool, mut saves: Vec<SaveJob>) {
+async fn store_batch(pool: Pool, saves: Vec<SaveJob>) {
+    // A second save of an install already in the batch (a retry racing the first, or another
+    // device's install with the same event id) waits for the batch: then it finds the first
+    // stored, as it would have in a commit of its own.
+    let mut seen = std::collections::HashSet::new();
+    let (mut firsts, again): (Vec<SaveJob>, Vec<SaveJob>) =
+        saves.into_iter().partition(|j| seen.insert((j.install.app_id.clone(), j.install.event_id.clone())));
     // One order for the rows every batch locks (its devices' dim_users rows): two batches, or
-    // a batch and the report refresh, wait for each other instead of deadlocking as often. A
-    // stable sort: of two saves of one install, the first queued still writes it.
-    saves.sort_by(|a, b| {
+    // a batch and the report refresh, wait for each other instead of deadlocking as often.
+    firsts.sort_by(|a, b| {
         (&a.install.app_id, &a.install.anonymous_id).cmp(&(&b.install.app_id, &b.install.anonymous_id))
     });
-    if saves.len() > 1 {
-        match save_together(&pool, &saves).await {
+    let mut unavailable = None;
+    if firsts.len() > 1 {
+        match save_together(&pool, &firsts).await {
             Ok(answers) => {
-                for (job, answer) in saves.into_iter().zip(answers) {
+                for (job, answer) in firsts.drain(..).zip(answers) {
                     let _ = job.done.send(Ok(answer));
                 }
-                return;
             }
-            Err(Failure::Unavailable(e)) => {
-                for job in saves {
-                    let _ = job.done.send(Err(e.clone()));
-                }
-                return;
-            }
+            Err(Failure::Unavailable(e)) => unavailable = Some(e),
             Err(Failure::Refused(e)) => {
-                tracing::warn!(error = %e, installs = saves.len(), "shared install commit refused: one by one")
+                tracing::warn!(error = %e, installs = firsts.len(), "shared install commit refused: one by one")
             }
         }
     }
-    let mut unavailable = None;
-    for job in saves {
+    for job in firsts.into_iter().chain(again) {
         let answer = match &unavailable {
             Some(e) => Err(Clone::clone(e)),
             None => match save_alone(&pool, &job).await {

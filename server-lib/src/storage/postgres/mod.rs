@@ -42,7 +42,7 @@ fn pool_error(e: deadpool_postgres::PoolError) -> StorageError {
 /// Most clicks waiting for the click writer; past it a click stays in the index only (`Busy`).
 const CLICK_QUEUE: usize = 100_000;
 
-/// Most installs waiting for the install writer; past it a request waits for room.
+/// Most installs waiting for the install writer; past it a request is answered `Busy` (503).
 const INSTALL_QUEUE: usize = 1024;
 
 enum ClickJob {
