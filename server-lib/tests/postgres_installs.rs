@@ -207,8 +207,16 @@ async fn of_two_saves_of_one_install_in_a_batch_the_first_writes_it() {
         i.received_at = k as i64;
         store.save_install(i, Some(t), None, vec![p])
     });
-    let answers: Vec<bool> =
-        futures_util::future::join_all(saves).await.into_iter().map(|a| a.unwrap().is_some()).collect();
+    let answers: Vec<Option<Vec<i64>>> =
+        futures_util::future::join_all(saves).await.into_iter().map(|a| a.unwrap()).collect();
+    // Each written install's postback has an id of its own; its touchpoint is stored.
+    let ids: std::collections::BTreeSet<i64> = answers.iter().flatten().flatten().copied().collect();
+    assert_eq!(ids.len(), 30);
+    for n in (1..=29).chain([30]) {
+        let touches = store.conversion_touchpoints("app".into(), format!("a{n}"), None, 0, i64::MAX).await.unwrap();
+        assert_eq!(touches.len(), 1, "device a{n}'s touchpoint");
+    }
+    let answers: Vec<bool> = answers.iter().map(Option::is_some).collect();
     let mut expected = vec![true; 32];
     (expected[25], expected[26]) = (false, false);
     assert_eq!(answers, expected);

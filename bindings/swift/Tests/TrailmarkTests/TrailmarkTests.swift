@@ -102,7 +102,7 @@ final class TrailmarkTests: XCTestCase {
         // Invalid for the server (no currency): rejected alone, and stats() says why.
         tm.track("purchase", properties: ["revenue": 10])
         try await tm.flush()
-        try waitUntil("delivery") { try tm.stats().queued == 0 && tm.stats().inFlight == 0 }
+        try waitUntil("delivery") { let s = try tm.stats(); return s.queued == 0 && s.inFlight == 0 }
         let stats = try tm.stats()
         XCTAssertEqual(stats.delivered, 4, "\(stats)")
         XCTAssertEqual(stats.refusedInvalid, 1)

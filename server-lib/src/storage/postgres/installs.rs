@@ -167,9 +167,8 @@ enum Failure {
 }
 
 /// Stores installs as they come, the ones waiting together in one transaction (as SQLite's
-/// writer does): one commit, one WAL flush for all of them. Each install's insert goes out at
-/// once on the one connection (pipelined); its touchpoint, alert and postbacks follow the
-/// insert's answer. If PostgreSQL refuses the shared transaction, each install of the batch is
+/// writer does): one commit, one WAL flush for all of them, the installs in one statement and
+/// their touchpoints in another; alerts and postbacks (few) follow, pipelined. If PostgreSQL refuses the shared transaction, each install of the batch is
 /// stored again in a transaction of its own, so one install's failure is its own. A batch runs
 /// in a task of its own: were it to panic, its callers get an error and the writer goes on.
 pub(super) async fn install_writer(pool: Pool, mut queue: mpsc::Receiver<InstallJob>) {
@@ -241,15 +240,120 @@ async fn store_batch(pool: Pool, saves: Vec<SaveJob>) {
     }
 }
 
+/// A batch's installs in one statement (one array per column, unnested); answers the keys of
+/// those written (an install another instance stored first is not).
+const INSERT_INSTALLS: &str = "INSERT INTO installs (app_id, event_id, anonymous_id, platform, idfa, idfv, gaid,
+         android_id, install_ts, received_at, kind, match_type, campaign_id, link_id, click_id, network, rejected,
+         result, audit, ip_enc, ids_enc)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+         $8::text[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[],
+         $16::text[], $17::boolean[], $18::text[], $19::text[], $20::bytea[], $21::bytea[])
+     ON CONFLICT (app_id, event_id) DO NOTHING
+     RETURNING app_id, event_id";
+
+/// The touchpoints of a batch's written installs in one statement.
+const INSERT_TOUCHPOINTS: &str = "INSERT INTO touchpoints (app_id, anonymous_id, ts, click_id, link_id, campaign_id,
+         network, kind, source_event_id)
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[], $7::text[],
+         $8::text[], $9::text[])
+     ON CONFLICT (app_id, anonymous_id, click_id, kind) DO NOTHING";
+
+/// A batch (no event id twice) in one transaction: the installs in one statement, the written
+/// ones' touchpoints in another, their alerts and postbacks (few) each in its own, pipelined.
 async fn save_together(pool: &Pool, jobs: &[SaveJob]) -> Result<Vec<Option<Vec<i64>>>, Failure> {
-    let unavailable = |e| Failure::Unavailable(backend(e));
+    fn unavailable(e: impl std::fmt::Display) -> Failure {
+        Failure::Unavailable(backend(e))
+    }
+    fn refused(e: impl std::fmt::Display) -> Failure {
+        Failure::Refused(backend(e))
+    }
     let mut client = pool.get().await.map_err(|e| Failure::Unavailable(pool_error(e)))?;
     let tx = client.transaction().await.map_err(unavailable)?;
-    // Prepared once here, not by each install's future at once on a new connection.
-    for statement in [sql::INSERT_INSTALL, sql::INSERT_TOUCHPOINT, sql::INSERT_POSTBACK, sql::INSERT_FRAUD_ALERT] {
-        tx.prepare_cached(statement).await.map_err(unavailable)?;
+    let mut statements = Vec::with_capacity(4);
+    for statement in [INSERT_INSTALLS, INSERT_TOUCHPOINTS, sql::INSERT_POSTBACK, sql::INSERT_FRAUD_ALERT] {
+        statements.push(tx.prepare_cached(statement).await.map_err(unavailable)?);
     }
-    let answers = try_join_all(jobs.iter().map(|j| save_in(&tx, j))).await.map_err(Failure::Refused)?;
+
+    let installs: Vec<&InstallRecord> = jobs.iter().map(|j| &j.install).collect();
+    let text = |f: fn(&InstallRecord) -> Option<String>| installs.iter().map(|i| f(i)).collect::<Vec<_>>();
+    let credited: Vec<[Option<String>; 4]> = installs.iter().map(|i| i.credited()).collect();
+    let credit = |k: usize| credited.iter().map(|c| c[k].clone()).collect::<Vec<_>>();
+    let mut results = Vec::with_capacity(installs.len());
+    for i in &installs {
+        results.push(Some(serde_json::to_string(&i.result).map_err(refused)?));
+    }
+    let rows = tx
+        .query(
+            &statements[0],
+            &[
+                &text(|i| Some(i.app_id.clone())),
+                &text(|i| Some(i.event_id.clone())),
+                &text(|i| Some(i.anonymous_id.clone())),
+                &text(|i| Some(i.platform.clone())),
+                &text(|i| i.idfa.clone()),
+                &text(|i| i.idfv.clone()),
+                &text(|i| i.gaid.clone()),
+                &text(|i| i.android_id.clone()),
+                &installs.iter().map(|i| i.install_ts).collect::<Vec<i64>>(),
+                &installs.iter().map(|i| i.received_at).collect::<Vec<i64>>(),
+                &text(|i| Some(i.kind.clone())),
+                &text(|i| Some(i.result.match_type.as_str().to_owned())),
+                &credit(0),
+                &credit(1),
+                &credit(2),
+                &credit(3),
+                &installs.iter().map(|i| i.result.fraud.rejected).collect::<Vec<bool>>(),
+                &results,
+                &text(|i| Some(i.audit.to_string())),
+                &installs.iter().map(|i| i.ip_enc.clone()).collect::<Vec<Option<Vec<u8>>>>(),
+                &installs.iter().map(|i| i.ids_enc.clone()).collect::<Vec<Option<Vec<u8>>>>(),
+            ],
+        )
+        .await
+        .map_err(refused)?;
+    let written: std::collections::HashSet<(String, String)> =
+        rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1))).collect();
+    let is_written = |j: &SaveJob| written.contains(&(j.install.app_id.clone(), j.install.event_id.clone()));
+
+    let touches: Vec<&Touchpoint> =
+        jobs.iter().filter(|j| is_written(j)).filter_map(|j| j.touchpoint.as_ref()).collect();
+    if !touches.is_empty() {
+        let col = |f: fn(&Touchpoint) -> String| touches.iter().map(|t| f(t)).collect::<Vec<String>>();
+        tx.execute(
+            &statements[1],
+            &[
+                &col(|t| t.app_id.clone()),
+                &col(|t| t.anonymous_id.clone()),
+                &touches.iter().map(|t| t.ts).collect::<Vec<i64>>(),
+                &col(|t| t.click_id.clone()),
+                &col(|t| t.link_id.clone()),
+                &col(|t| t.campaign_id.clone()),
+                &col(|t| t.network.clone()),
+                &col(|t| t.kind.clone()),
+                &col(|t| t.source_event_id.clone()),
+            ],
+        )
+        .await
+        .map_err(refused)?;
+    }
+    // Alerts and postbacks of the written installs, sent at once (pipelined).
+    let answers = try_join_all(jobs.iter().map(|j| async {
+        if !is_written(j) {
+            return Ok(None);
+        }
+        if let Some(a) = &j.alert {
+            tx.execute(&statements[3], &[&a.rule, &a.app_id, &a.campaign_id, &a.at, &a.detail.to_string()])
+                .await
+                .map_err(backend)?;
+        }
+        let mut ids = Vec::with_capacity(j.postbacks.len());
+        for p in &j.postbacks {
+            ids.push(insert_postback(&tx, p).await?);
+        }
+        Ok::<_, StorageError>(Some(ids))
+    }))
+    .await
+    .map_err(Failure::Refused)?;
     tx.commit().await.map_err(unavailable)?;
     Ok(answers)
 }
