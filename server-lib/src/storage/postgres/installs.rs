@@ -168,8 +168,9 @@ enum Failure {
 
 /// Stores installs as they come, the ones waiting together in one transaction (as SQLite's
 /// writer does): one commit, one WAL flush for all of them, the installs in one statement and
-/// their touchpoints in another; alerts and postbacks (few) follow, pipelined. If PostgreSQL refuses the shared transaction, each install of the batch is
-/// stored again in a transaction of its own, so one install's failure is its own. A batch runs
+/// their touchpoints in another; alerts and postbacks (few) follow, pipelined. If PostgreSQL
+/// refuses the shared transaction, each install of the batch is stored again in a transaction
+/// of its own, so one install's failure is its own. A batch runs
 /// in a task of its own: were it to panic, its callers get an error and the writer goes on.
 pub(super) async fn install_writer(pool: Pool, mut queue: mpsc::Receiver<InstallJob>) {
     while let Some(first) = queue.recv().await {
@@ -269,6 +270,7 @@ async fn save_together(pool: &Pool, jobs: &[SaveJob]) -> Result<Vec<Option<Vec<i
     }
     let mut client = pool.get().await.map_err(|e| Failure::Unavailable(pool_error(e)))?;
     let tx = client.transaction().await.map_err(unavailable)?;
+    // Prepared before the futures below run, not by each of them at once on a new connection.
     let mut statements = Vec::with_capacity(4);
     for statement in [INSERT_INSTALLS, INSERT_TOUCHPOINTS, sql::INSERT_POSTBACK, sql::INSERT_FRAUD_ALERT] {
         statements.push(tx.prepare_cached(statement).await.map_err(unavailable)?);
