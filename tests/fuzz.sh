@@ -19,7 +19,7 @@ runs="${FUZZ_RUNS:-10000000}"
 sanitizer="${FUZZ_SANITIZER:-address}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$fuzz/target}"
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(signature body validate click answer)
+[ ${#targets[@]} -gt 0 ] || targets=(signature body validate click answer queue_files)
 
 if ! rustup toolchain list | grep -q '^nightly'; then
     rustup toolchain install nightly --profile minimal
@@ -38,7 +38,7 @@ bin="$CARGO_TARGET_DIR/$host/release"
 # Longest input per target (bytes) and its dictionary.
 max_len() {
     case "$1" in
-        body | validate | answer) echo 16384 ;;
+        body | validate | answer | queue_files) echo 16384 ;;
         *) echo 4096 ;;
     esac
 }
@@ -47,6 +47,7 @@ dict() {
         body | validate) echo "$fuzz/dict/json.dict" ;;
         answer) echo "$fuzz/dict/answer.dict" ;;
         click) echo "$fuzz/dict/url.dict" ;;
+        queue_files) echo "$fuzz/dict/queue.dict" ;;
         *) echo "$fuzz/dict/signature.dict" ;;
     esac
 }

@@ -59,6 +59,15 @@ suite_rust() {
   summary+=("quickstart: $(grep -E '^(OK|MISMATCH)' "$log_dir/quickstart.log" || echo 'no summary line')")
   run rust-demo cargo run -q -p trailmark-core --example offline_demo
   summary+=("rust demo: $(tail -n 1 "$log_dir/rust-demo.log")")
+  # The mobile library's size is a budget (issue 18, docs/BENCHMARKS.md): x86_64 and the
+  # aarch64 stand-in for Android arm64 (Debian's cross compiler as the linker).
+  need_debs gcc-aarch64-linux-gnu || failed+=("mobile-size-setup")
+  rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 || rustup target add aarch64-unknown-linux-gnu
+  run mobile-size "$root/tests/mobile-size.sh" --budget 1.2MB
+  # Android itself (no NDK here to link): the SDK library type-checks for it.
+  rustup target add aarch64-linux-android >/dev/null 2>&1 || rustup target add aarch64-linux-android
+  run android-check cargo check -p trailmark-ffi --no-default-features --target aarch64-linux-android
+  summary+=("mobile library: $(grep -E 'bytes|skipped' "$log_dir/mobile-size.log" | paste -sd';' -)")
   step "rust: dependency policy"
   if cargo tree --workspace -e normal,build,dev --prefix none | grep -Eq '^backoff v'; then
     echo "the unmaintained 'backoff' crate is in the dependency tree"

@@ -1,5 +1,6 @@
 //! `cargo bench -p trailmark-core --bench track`: caller-thread latency of `track` and durable
-//! throughput of the native driver (SQLite, fsync on commit), plus the engine alone.
+//! throughput of the native driver (its queue file, with and without an fsync per commit), plus
+//! the engine alone on each store (the queue file, and the SQLite store it replaced).
 //! Figures go to docs/BENCHMARKS.md.
 
 use std::time::{Duration, Instant};
@@ -7,8 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use trailmark_core::engine::{Engine, UploadOutcome, UploadTask};
 use trailmark_core::native::{Error, NativeOptions, Trailmark, Uploader};
-use trailmark_core::store::SqliteStore;
-use trailmark_core::store::sqlite::Durability;
+use trailmark_core::store::{Durability, FileStore, SqliteStore};
 use trailmark_core::{Config, EventStore, MemoryStore};
 
 /// Keeps everything local: every upload fails, so events stay queued and the engine backs off.
@@ -57,7 +57,7 @@ fn main() {
 
     // 1. Caller-thread latency: rounds of 1,000 calls, flushed between rounds (untimed) so the
     //    worker is never behind by more than one round.
-    let tm = start(dir.path(), "latency.db", Durability::Full);
+    let tm = start(dir.path(), "latency.queue", Durability::Full);
     let rounds = 300 / scale;
     let mut lat = Vec::with_capacity(rounds * 1000);
     let mut i = 0u64;
@@ -89,8 +89,8 @@ fn main() {
 
     // 2. Durable throughput: track as fast as the worker absorbs, then flush(); every event is
     //    committed when flush returns.
-    for (durability, label) in [(Durability::Full, "synchronous=FULL"), (Durability::Normal, "synchronous=NORMAL")] {
-        let name = format!("throughput-{label}.db");
+    for (durability, label) in [(Durability::Full, "Full"), (Durability::Normal, "Normal")] {
+        let name = format!("throughput-{label}.queue");
         let tm = start(dir.path(), &name, durability);
         let n = 500_000 / scale as u64;
         let payloads: Vec<_> = (0..n).map(props).collect();
@@ -114,10 +114,10 @@ fn main() {
         let elapsed = t.elapsed();
         let stats = tm.stats().unwrap();
         drop(tm);
-        let snapshot = SqliteStore::open(dir.path().join(&name)).unwrap().load().unwrap();
+        let snapshot = FileStore::open(dir.path().join(&name)).unwrap().load().unwrap();
         let mean = snapshot.entries.iter().map(|e| e.size as u64).sum::<u64>() / snapshot.entries.len() as u64;
         println!(
-            "durable throughput (native driver, SQLite {label}): {n} events in {:.3} s = {:.0} events/s \
+            "durable throughput (native driver, queue file, {label}): {n} events in {:.3} s = {:.0} events/s \
              (queued {}, mean event {mean} bytes, caller backed off {waited} times)",
             elapsed.as_secs_f64(),
             n as f64 / elapsed.as_secs_f64(),
@@ -146,11 +146,12 @@ fn main() {
         );
     };
     engine_run("MemoryStore", Box::new(MemoryStore::new()));
-    engine_run("SqliteStore FULL", Box::new(SqliteStore::open(dir.path().join("engine.db")).unwrap()));
-    engine_run(
-        "SqliteStore NORMAL",
-        Box::new(SqliteStore::open_with(dir.path().join("engine-normal.db"), Durability::Normal).unwrap()),
-    );
+    for (durability, label) in [(Durability::Full, "Full"), (Durability::Normal, "Normal")] {
+        let file = FileStore::open_with(dir.path().join(format!("engine-{label}.queue")), durability).unwrap();
+        engine_run(&format!("FileStore {label}"), Box::new(file));
+        let sqlite = SqliteStore::open_with(dir.path().join(format!("engine-{label}.db")), durability).unwrap();
+        engine_run(&format!("SqliteStore {label}"), Box::new(sqlite));
+    }
 }
 
 fn cpu_model() -> String {

@@ -3,10 +3,11 @@
 //! * [`protocol`] — the wire contract shared with the server.
 //! * [`engine::Engine`] — the state machine: calls go in with the current time, uploads come out
 //!   as [`engine::UploadTask`]s, their results go back in with [`engine::Engine::report`].
-//! * [`store`] — the durable queue behind the [`store::EventStore`] trait (memory, SQLite).
+//! * [`store`] — the durable queue behind the [`store::EventStore`] trait (memory, a queue file,
+//!   SQLite).
 //! * [`pii`] — normalisation and hashing of email and phone.
 //! * `native` (feature `native`, on by default) — a ready driver for Rust hosts: worker thread,
-//!   SQLite; with feature `http` (on by default) a built-in reqwest uploader.
+//!   the queue file; with feature `http` (on by default) a built-in reqwest uploader.
 //!
 //! The crate builds for `wasm32-unknown-unknown` with `--no-default-features`.
 

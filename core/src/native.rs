@@ -1,4 +1,4 @@
-//! The native driver for Rust hosts: one worker thread owns the engine and its SQLite store,
+//! The native driver for Rust hosts: one worker thread owns the engine and its queue file,
 //! one uploader thread performs HTTP. Calls on the host's threads only validate and enqueue a
 //! message, so they never touch disk or network.
 //!
@@ -28,8 +28,8 @@ use crate::config::{Config, TrackLimits};
 use crate::engine::{Action, ConsentUpdate, Engine, Logger, Millis, OpenError, Stats, UploadOutcome, UploadTask};
 use crate::json::Object;
 use crate::protocol::ValidationError;
-use crate::store::sqlite::Durability;
-use crate::store::{SqliteStore, StoreError};
+use crate::store::Durability;
+use crate::store::{FileStore, StoreError};
 
 /// Most commands, and longest time, the worker spends applying calls before it commits them.
 /// Together they bound the time between a `track` and its commit under load.
@@ -109,7 +109,8 @@ impl Uploader for ReqwestUploader {
 
 /// Options of the native driver besides the SDK [`Config`].
 pub struct NativeOptions {
-    /// Path of the SQLite queue file (created if missing).
+    /// Path of the queue file (created if missing; an SQLite queue of an earlier SDK there is
+    /// imported).
     pub db_path: PathBuf,
     pub durability: Durability,
     /// HTTP stack; `None` uses `ReqwestUploader` (feature `http`; without it `None` is an error).
@@ -132,7 +133,7 @@ impl NativeOptions {
     }
 }
 
-type Call = Box<dyn FnOnce(&mut Engine<SqliteStore>, Millis) + Send>;
+type Call = Box<dyn FnOnce(&mut Engine<FileStore>, Millis) + Send>;
 
 enum Command {
     Track { now: Millis, event_type: String, properties: Object },
@@ -186,7 +187,7 @@ struct ContextShare {
 }
 
 impl ContextShare {
-    fn set(&self, engine: &Engine<SqliteStore>) {
+    fn set(&self, engine: &Engine<FileStore>) {
         let parsed = crate::json::parse(&engine.context_json(), 8).ok().and_then(|v| v.as_object().cloned());
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = parsed.unwrap_or_default();
     }
@@ -220,7 +221,7 @@ fn now_ms() -> Millis {
 impl Trailmark {
     /// Validates the configuration, opens the queue and starts the worker and uploader threads.
     pub fn start(config: Config, options: NativeOptions) -> Result<Trailmark, Error> {
-        let store = SqliteStore::open_with(&options.db_path, options.durability).map_err(OpenError::from)?;
+        let store = FileStore::open_with(&options.db_path, options.durability).map_err(OpenError::from)?;
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|e| Error::Start(e.to_string()))?;
         let mut engine = Engine::open(config, store, now_ms(), seed)?;
@@ -291,13 +292,13 @@ impl Trailmark {
         let _ = self.tx.try_send(Command::Call { now: now_ms(), call: Box::new(|engine, _| engine.record_refusal()) });
     }
 
-    fn call(&self, call: impl FnOnce(&mut Engine<SqliteStore>, Millis) + Send + 'static) -> Result<(), Error> {
+    fn call(&self, call: impl FnOnce(&mut Engine<FileStore>, Millis) + Send + 'static) -> Result<(), Error> {
         self.send(Command::Call { now: now_ms(), call: Box::new(call) })
     }
 
     /// For calls that must not be lost (consent, opt-out, identity, lifecycle): waits for room
     /// in the channel instead of dropping. They are rare, so the wait is too.
-    fn control(&self, call: impl FnOnce(&mut Engine<SqliteStore>, Millis) + Send + 'static) -> Result<(), Error> {
+    fn control(&self, call: impl FnOnce(&mut Engine<FileStore>, Millis) + Send + 'static) -> Result<(), Error> {
         self.tx.send(Command::Call { now: now_ms(), call: Box::new(call) }).map_err(|_| Error::Closed)
     }
 
@@ -459,7 +460,7 @@ impl Trailmark {
 
     /// A question for the worker, answered after every earlier call: `make` builds the answer
     /// there.
-    fn ask(&self, make: impl FnOnce(&mut Engine<SqliteStore>) -> Reply + Send + 'static) -> Result<Reply, Error> {
+    fn ask(&self, make: impl FnOnce(&mut Engine<FileStore>) -> Reply + Send + 'static) -> Result<Reply, Error> {
         let (reply, wait) = mpsc::sync_channel(1);
         self.call(move |e, _| {
             let _ = reply.send(make(e));
@@ -571,7 +572,7 @@ impl Drop for Trailmark {
 }
 
 fn run_worker(
-    mut engine: Engine<SqliteStore>,
+    mut engine: Engine<FileStore>,
     rx: Receiver<Command>,
     uploads: mpsc::Sender<UploadTask>,
     overflow: Arc<AtomicU64>,

@@ -1,8 +1,8 @@
 //! kill -9 test of the native driver: a child process tracks events and is killed at random
 //! moments. Every event whose `track` returned more than 50 ms before the kill, and every event
 //! tracked before a completed `flush()`, must be in the store when it is reopened — except the
-//! oldest ones the queue's cap (`Policy::max_queue_events`) evicted by design: nothing is
-//! uploaded here, and a fast machine tracks more than the cap in one round.
+//! oldest ones the queue's cap (`Policy::max_queue_events`, [`QUEUE_CAP`] here) evicted by
+//! design: nothing is uploaded here, and the child tracks more than the cap in one round.
 //!
 //! The child is this test binary itself, re-run with `TM_KILL_CHILD` set.
 #![cfg(feature = "native")]
@@ -15,10 +15,13 @@ use std::time::{Duration, Instant};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use trailmark_core::native::{NativeOptions, Trailmark};
-use trailmark_core::store::SqliteStore;
+use trailmark_core::store::FileStore;
 use trailmark_core::{Config, EventStore};
 
 const KILLS: usize = 60;
+/// The child's queue cap: small, so that a round fills it and the queue file is compacted
+/// several times (ADR 0022), and kills also land during compactions.
+const QUEUE_CAP: usize = 2_000;
 const DURABLE_WITHIN: Duration = Duration::from_millis(50);
 
 /// The child: tracks numbered events, printing `t <n>` after each `track` returns and
@@ -27,7 +30,8 @@ const DURABLE_WITHIN: Duration = Duration::from_millis(50);
 fn kill_child() {
     let Ok(db) = std::env::var("TM_KILL_CHILD") else { return };
     // Nothing listens on port 9: every upload fails and the events stay queued.
-    let config = Config::new("kill-test", "secret", "http://127.0.0.1:9");
+    let mut config = Config::new("kill-test", "secret", "http://127.0.0.1:9");
+    config.policy.max_queue_events = QUEUE_CAP;
     let tm = Trailmark::start(config, NativeOptions::new(db)).expect("start");
     let mut out = std::io::stdout().lock();
     writeln!(out, "ready").unwrap();
@@ -116,7 +120,7 @@ fn events_survive_kill_9() {
         if let Some(f) = flushed_up_to {
             required.extend(tracked.iter().copied().filter(|n| *n <= f));
         }
-        let mut store = SqliteStore::open(&db).unwrap();
+        let mut store = FileStore::open(&db).unwrap();
         let snapshot = store.load().unwrap();
         let seqs: Vec<u64> = snapshot.entries.iter().map(|e| e.seq).collect();
         let stored: BTreeSet<u64> = store
@@ -132,7 +136,7 @@ fn events_survive_kill_9() {
         // the kept ones are the top of `tracked` less up to one batch (and a few: an event
         // tracked just before the kill may not have been printed, automatic events count too).
         let policy = trailmark_core::Policy::default();
-        let kept_at_least = policy.max_queue_events - policy.max_batch_events - 16;
+        let kept_at_least = QUEUE_CAP - policy.max_batch_events - 16;
         if tracked.len() > kept_at_least
             && let Some(&oldest_kept) = tracked.iter().rev().nth(kept_at_least)
         {

@@ -1,5 +1,6 @@
 //! An SDK upgraded with events still queued (issue 18): the queue and the state document as the
-//! serde-based core (before the core diet) wrote them are read by this core, and every queued
+//! serde-based core (before the core diet) wrote them, in the SQLite queue file of the SDK
+//! before ADR 0022, are read by this core (the queue file imports them), and every queued
 //! event is delivered once, unchanged, with the identity the old SDK kept.
 
 mod common;
@@ -8,7 +9,7 @@ use common::*;
 use serde_json::{Value, json};
 use trailmark_core::engine::Engine;
 use trailmark_core::protocol::{self, Event};
-use trailmark_core::store::{EventStore, SqliteStore, StoredEvent, WriteBatch};
+use trailmark_core::store::{EventStore, FileStore, SqliteStore, StoredEvent, WriteBatch};
 
 const ANON: &str = "0b9a7c64-1d2e-4f3a-8b5c-6d7e8f9a0b1c";
 
@@ -61,7 +62,9 @@ fn events_queued_by_the_serde_core_are_delivered_once_and_unchanged() {
         store.commit(&WriteBatch { inserts, state: Some(old_state().into_bytes()), ..WriteBatch::default() }).unwrap();
     }
 
-    let store = SqliteStore::open(&path).unwrap();
+    // The new SDK opens its queue file where the old one kept its database.
+    let store = FileStore::open(&path).unwrap();
+    assert_eq!(&std::fs::read(&path).unwrap()[..8], b"TMQUEUE1", "the SQLite file was replaced");
     let mut engine = Engine::open(config(), store, T0, seed(1)).unwrap();
     assert_eq!(engine.anonymous_id(), ANON, "the old identity is kept");
     assert_eq!(engine.user_id(), Some("u-1"));
@@ -87,4 +90,10 @@ fn events_queued_by_the_serde_core_are_delivered_once_and_unchanged() {
     let last = server.stored.last().unwrap();
     assert_eq!(last["type"], "after_upgrade");
     assert_eq!(last["anonymous_id"], ANON);
+
+    // Imported once: opened again, the queue file holds what the engine left (nothing queued).
+    drop(engine);
+    let engine = Engine::open(config(), FileStore::open(&path).unwrap(), T0 + 2, seed(2)).unwrap();
+    assert_eq!(engine.anonymous_id(), ANON);
+    assert_eq!(engine.stats().queued, 0);
 }

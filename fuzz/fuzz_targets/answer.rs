@@ -84,6 +84,7 @@ impl Attribution<'_> {
                 rejected: self.rejected,
             },
             reinstall: self.reinstall,
+            reason: (!self.attributed).then(|| "no_click_in_window".to_owned()),
         }
     }
 }

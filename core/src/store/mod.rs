@@ -16,10 +16,31 @@ type Shared<T> = alloc::rc::Rc<core::cell::RefCell<T>>;
 
 use thiserror::Error;
 
+#[cfg(feature = "file-store")]
+pub mod file;
+#[cfg(feature = "file-store")]
+pub use file::FileStore;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+#[cfg(feature = "file-store")]
+pub mod sqlite_file;
+
+/// Durability of a commit of a native store. A killed process never loses a committed batch
+/// either way; the choice is about power loss.
+#[cfg(feature = "std")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every commit is fsynced before it returns; survives power loss. Costs an fsync per
+    /// commit, whose latency spikes (tens of ms on virtual and flash disks) then delay
+    /// durability.
+    Full,
+    /// Survives a killed or crashed app; after a power cut the commits of about the last
+    /// second may be lost. The default for the SDK, as for every mobile analytics SDK.
+    #[default]
+    Normal,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum StoreError {
@@ -97,8 +118,9 @@ impl WriteBatch {
     }
 }
 
-/// Durable storage for the engine. Implementations: [`MemoryStore`] (tests, web fallback) and
-/// `SqliteStore` (native, feature `native`).
+/// Durable storage for the engine. Implementations: [`MemoryStore`] (tests, the web build's copy
+/// of its storage), `FileStore` (the native driver's queue file, feature `file-store`) and
+/// `SqliteStore` (feature `sqlite`).
 pub trait EventStore {
     /// Reads the whole index and the state; called once when the engine opens.
     fn load(&mut self) -> Result<Snapshot, StoreError>;

@@ -9,19 +9,7 @@ use super::{EventStore, IndexEntry, Snapshot, StoreError, WriteBatch};
 /// Schema version this SDK writes. Each migration step below moves one version up.
 const SCHEMA_VERSION: i64 = 1;
 
-/// Durability of a commit. In WAL mode a killed process never loses a committed transaction
-/// either way; the choice is about power loss.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// `synchronous=FULL`: every commit is fsynced before it returns; survives power loss.
-    /// Costs an fsync per commit, whose latency spikes (tens of ms on virtual and flash disks)
-    /// then delay durability.
-    Full,
-    /// `synchronous=NORMAL`: survives a killed or crashed app; after a power cut the last
-    /// commits may be lost. The default for the SDK, as for every mobile analytics SDK.
-    #[default]
-    Normal,
-}
+pub use super::Durability;
 
 /// A queue in one SQLite file.
 ///
