@@ -67,7 +67,7 @@ suite_rust() {
   # Android itself (no NDK here to link): the SDK library type-checks for it.
   rustup target add aarch64-linux-android >/dev/null 2>&1 || rustup target add aarch64-linux-android
   run android-check cargo check -p trailmark-ffi --no-default-features --target aarch64-linux-android
-  summary+=("mobile library: $(grep -E 'bytes|skipped' "$log_dir/mobile-size.log" | paste -sd';' -)")
+  summary+=("mobile library: $(grep -E ' bytes +[0-9.]+ MB|: skipped' "$log_dir/mobile-size.log" | paste -sd';' -)")
   step "rust: dependency policy"
   if cargo tree --workspace -e normal,build,dev --prefix none | grep -Eq '^backoff v'; then
     echo "the unmaintained 'backoff' crate is in the dependency tree"

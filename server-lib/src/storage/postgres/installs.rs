@@ -7,7 +7,7 @@ use deadpool_postgres::Pool;
 use futures_util::future::try_join_all;
 use tokio::sync::{mpsc, oneshot};
 
-use super::conversions::{insert_postback, insert_touchpoint};
+use super::conversions::insert_postback;
 use super::{PostgresStorage, json, pool_error};
 use crate::storage::sql::{self, INSTALL_COLUMNS};
 use crate::storage::{
@@ -259,8 +259,8 @@ const INSERT_TOUCHPOINTS: &str = "INSERT INTO touchpoints (app_id, anonymous_id,
          $8::text[], $9::text[])
      ON CONFLICT (app_id, anonymous_id, click_id, kind) DO NOTHING";
 
-/// A batch (no event id twice) in one transaction: the installs in one statement, the written
-/// ones' touchpoints in another, their alerts and postbacks (few) each in its own, pipelined.
+/// A batch (no event id twice; one install or more) in one transaction: the installs in one
+/// statement, the written ones' touchpoints in another, their alerts and postbacks (few) each in its own, pipelined.
 async fn save_together(pool: &Pool, jobs: &[SaveJob]) -> Result<Vec<Option<Vec<i64>>>, Failure> {
     fn unavailable(e: impl std::fmt::Display) -> Failure {
         Failure::Unavailable(backend(e))
@@ -360,71 +360,10 @@ async fn save_together(pool: &Pool, jobs: &[SaveJob]) -> Result<Vec<Option<Vec<i
     Ok(answers)
 }
 
+/// One install in a transaction of its own (a batch of one, or an install of a refused batch,
+/// of a duplicate's): the batch's statements with one row.
 async fn save_alone(pool: &Pool, job: &SaveJob) -> Result<Option<Vec<i64>>, Failure> {
-    let unavailable = |e| Failure::Unavailable(backend(e));
-    let mut client = pool.get().await.map_err(|e| Failure::Unavailable(pool_error(e)))?;
-    let tx = client.transaction().await.map_err(unavailable)?;
-    let answer = save_in(&tx, job).await.map_err(Failure::Refused)?;
-    tx.commit().await.map_err(unavailable)?;
-    Ok(answer)
-}
-
-/// One install's statements in `tx`: the install, and unless another instance (or an earlier
-/// install of the batch) stored it first, its touchpoint, alert and postbacks.
-async fn save_in(tx: &deadpool_postgres::Transaction<'_>, job: &SaveJob) -> Result<Option<Vec<i64>>, StorageError> {
-    let i = &job.install;
-    let r = &i.result;
-    let result = serde_json::to_string(r).map_err(backend)?;
-    let [campaign_id, link_id, click_id, network] = i.credited();
-    // Prepared once per connection: a text query costs a round trip to prepare it first.
-    let insert = tx.prepare_cached(sql::INSERT_INSTALL).await.map_err(backend)?;
-    let changed = tx
-        .execute(
-            &insert,
-            &[
-                &i.app_id,
-                &i.event_id,
-                &i.anonymous_id,
-                &i.platform,
-                &i.idfa,
-                &i.idfv,
-                &i.gaid,
-                &i.android_id,
-                &i.install_ts,
-                &i.received_at,
-                &i.kind,
-                &r.match_type.as_str(),
-                &campaign_id,
-                &link_id,
-                &click_id,
-                &network,
-                &r.fraud.rejected,
-                &result,
-                &i.audit.to_string(),
-                &i.ip_enc,
-                &i.ids_enc,
-            ],
-        )
-        .await
-        .map_err(backend)?;
-    // Stored before: nothing is written.
-    if changed == 0 {
-        return Ok(None);
-    }
-    if let Some(t) = &job.touchpoint {
-        insert_touchpoint(tx, t).await?;
-    }
-    if let Some(a) = &job.alert {
-        let insert = tx.prepare_cached(sql::INSERT_FRAUD_ALERT).await.map_err(backend)?;
-        tx.execute(&insert, &[&a.rule, &a.app_id, &a.campaign_id, &a.at, &a.detail.to_string()])
-            .await
-            .map_err(backend)?;
-    }
-    let mut ids = Vec::with_capacity(job.postbacks.len());
-    for p in &job.postbacks {
-        ids.push(insert_postback(tx, p).await?);
-    }
-    Ok(Some(ids))
+    Ok(save_together(pool, std::slice::from_ref(job)).await?.pop().flatten())
 }
 
 fn install_row(r: &tokio_postgres::Row) -> Result<InstallRecord, StorageError> {

@@ -20,7 +20,10 @@ import uniffi.trailmark_ffi.TrailmarkConfig
 
 object TrailmarkAndroid {
     /**
-     * Starts the SDK for this app. Call once, on the main thread (Application.onCreate).
+     * Starts the SDK for this app. Call once, on the main thread (Application.onCreate), in
+     * the app's main process only: the queue file is locked while an SDK has it open, so a
+     * start in a second process of the app fails (a `TrailmarkError`) instead of writing over
+     * the first one's queue (ADR 0022).
      * [configure] may change the config (consent, `lifecycleEvents = false`, ...). The GAID is
      * fetched here (off the main thread, honouring limit ad tracking); [autoScreenViews] sends a
      * `screen_view` for every resumed Activity.
