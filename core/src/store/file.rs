@@ -2,7 +2,8 @@
 //! record, appended with its length and CRC-32. Opening replays the records and cuts a torn
 //! tail (a write the process was killed in). Records that only hold dead events are dropped by
 //! compaction: a new file with the live events, written and fsynced on a background thread,
-//! swapped in by the next commit with what was appended meanwhile.
+//! put in place, with what was appended meanwhile, by the first commit after it finished (or
+//! when the store is closed).
 //!
 //! Durability matches the SQLite queue it replaces (ADR 0003): a returned commit survives the
 //! app being killed (the bytes are in the kernel's page cache); with [`Durability::Normal`] a
@@ -70,7 +71,8 @@ struct Index {
     state: Option<Vec<u8>>,
     /// What the live events and the state would take in a new file.
     live_bytes: u64,
-    /// A `delete_all` or `delete_held` removed events (set by `apply`, read by `open`).
+    /// A `delete_all` or `delete_held` removed events (set by `apply`; taken by `open` and
+    /// `commit`, which start a purge).
     purged: bool,
 }
 
@@ -457,8 +459,8 @@ fn sync_dir(path: &Path) -> io::Result<()> {
 struct Job {
     source: Arc<File>,
     end: u64,
-    /// The worker's current end of the file: what is appended while the job runs is copied
-    /// too, up to where it is when the new file is fsynced.
+    /// The worker's current end of the file: what was appended when the snapshot is written
+    /// is copied after it (and fsynced with it); what comes later, by the swap.
     published: Arc<AtomicU64>,
     slots: Vec<Slot>,
     state: Option<Vec<u8>>,
@@ -498,7 +500,8 @@ struct Background {
 }
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    // Every update is a single assignment: a poisoned lock is still consistent.
+    // Every update is an assignment of fields that do not depend on each other: a poisoned
+    // lock is still consistent.
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -718,6 +721,7 @@ impl FileStore {
         let mut head = [0u8; 16];
         let n = len.min(head.len() as u64) as usize;
         read_at(&file, &mut head[..n], 0).map_err(|e| io_error("reading the queue file", e))?;
+        let created = n == 0;
         let file = if n == 16 && head == *super::sqlite_file::MAGIC {
             // Locked until the imported file (locked too) has replaced it.
             let imported = import(&path)?;
@@ -754,6 +758,12 @@ impl FileStore {
         }
         let file = Arc::new(file);
         let background = Background::start(file.clone(), durability == Durability::Normal)?;
+        if created && durability == Durability::Normal {
+            // The new file's name reaches the disk with the first periodic sync (`Full` did it
+            // above).
+            lock(&background.shared).sync_dir = Some(path.clone());
+            background.dirty.store(true, Ordering::Release);
+        }
         let mut store = FileStore {
             path,
             file,
@@ -795,7 +805,7 @@ impl FileStore {
     }
 
     /// Waits (up to `timeout`) for a running compaction to finish and puts its file in place;
-    /// whether one was finished. For tests.
+    /// whether one was finished. Closing the store uses it, and tests.
     pub fn finish_compaction(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while self.compacting {
@@ -913,10 +923,16 @@ impl FileStore {
 }
 
 impl Drop for FileStore {
-    /// A finished compaction is put in place (a purge's especially: no commit may follow an
-    /// opt-out), waiting for a running one at most a few seconds.
+    /// A running compaction is put in place if it finishes within 5 s, then a pending purge is
+    /// run and put in place the same way (no commit may follow an opt-out). A compaction not
+    /// finished in time still runs to its end on the background thread, which closing waits
+    /// for; its file is then dropped (removed at the next open, which purges again).
     fn drop(&mut self) {
         if self.compacting {
+            self.finish_compaction(Duration::from_secs(5));
+        }
+        if self.purge && !self.compacting && self.cut_to.is_none() {
+            self.start_compaction();
             self.finish_compaction(Duration::from_secs(5));
         }
     }
@@ -1345,6 +1361,14 @@ mod tests {
             .unwrap();
         s.commit(&WriteBatch { delete_all: true, state: Some(b"opted out".to_vec()), ..Default::default() }).unwrap();
         // No commit follows an opt-out: closing the store puts the purge in place.
+        drop(s);
+        let bytes = fs::read(&path).unwrap();
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "the deleted events are gone");
+        // The same with a compaction running when the opt-out comes: the purge runs after it.
+        let mut s = FileStore::open(&path).unwrap();
+        s.commit(&WriteBatch { inserts: vec![ev(7, false, secret)], ..Default::default() }).unwrap();
+        s.start_compaction();
+        s.commit(&WriteBatch { delete_all: true, state: Some(b"opted out".to_vec()), ..Default::default() }).unwrap();
         drop(s);
         let bytes = fs::read(&path).unwrap();
         assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "the deleted events are gone");
