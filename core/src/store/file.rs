@@ -1305,9 +1305,21 @@ mod tests {
         drop(s);
         assert!(tmp_path(&path).exists());
         let mut s = FileStore::open(&path).unwrap();
-        assert!(!tmp_path(&path).exists(), "the leftover is removed");
+        // The file is still half dead, so opening starts a compaction of its own at once (its
+        // file may appear before any check here could see the leftover gone): wait for it.
+        assert!(s.compacting, "opening a half-dead file compacts it");
+        assert!(s.finish_compaction(Duration::from_secs(10)), "the compaction never finished");
+        assert_eq!(s.compactions(), 1);
+        assert!(!tmp_path(&path).exists());
         assert_eq!(contents(&mut s), before);
         assert_eq!(contents(&mut s).0.iter().map(|e| e.0).collect::<Vec<_>>(), vec![seq - 1, seq]);
+        drop(s);
+        // A leftover beside a file that does not need compacting is removed by opening alone.
+        fs::write(tmp_path(&path), b"a leftover").unwrap();
+        let mut s = FileStore::open(&path).unwrap();
+        assert!(!s.compacting);
+        assert!(!tmp_path(&path).exists(), "the leftover is removed");
+        assert_eq!(contents(&mut s), before);
     }
 
     #[test]
