@@ -46,6 +46,52 @@ fn first_open_records_install_and_session_start_and_identity_is_stable() {
 }
 
 #[test]
+fn event_ids_are_version_7_uuids_carrying_the_event_time() {
+    let mut engine = open(MemoryStore::new(), T0);
+    // Two events in one millisecond, one later, and one from a clock set before 1970.
+    for (now, name) in [(T0 + 5, "a"), (T0 + 5, "b"), (T0 + 90_000, "c"), (-1_000, "d")] {
+        engine.track(now, name, Default::default()).unwrap();
+    }
+    engine.flush(T0 + 90_000).unwrap();
+    let mut server = Collector::default();
+    drive(&mut engine, T0 + 90_000, 60_000, |t, now| server.accept(t, now, |_| false));
+    let ids: Vec<(String, uuid::Uuid)> = server
+        .stored
+        .iter()
+        .map(|e| {
+            let text = e["event_id"].as_str().unwrap().to_owned();
+            let id = uuid::Uuid::parse_str(&text).unwrap();
+            (e["type"].as_str().unwrap().to_owned(), id)
+        })
+        .collect();
+    let ms = |id: &uuid::Uuid| {
+        u64::from_be_bytes([
+            0,
+            0,
+            id.as_bytes()[0],
+            id.as_bytes()[1],
+            id.as_bytes()[2],
+            id.as_bytes()[3],
+            id.as_bytes()[4],
+            id.as_bytes()[5],
+        ])
+    };
+    for (name, id) in &ids {
+        assert_eq!(id.get_version_num(), 7, "{name}");
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{name}");
+    }
+    let by_name = |n: &str| ids.iter().find(|(name, _)| name == n).unwrap().1;
+    assert_eq!(ms(&by_name("a")), (T0 + 5) as u64);
+    assert_eq!(ms(&by_name("b")), (T0 + 5) as u64);
+    assert_ne!(by_name("a"), by_name("b"), "the random part tells ids of one millisecond apart");
+    assert_eq!(ms(&by_name("c")), (T0 + 90_000) as u64);
+    assert!(by_name("a").to_string() < by_name("c").to_string(), "ids sort by time as text");
+    assert_eq!(ms(&by_name("d")), 0, "a time before 1970 is clamped");
+    // The anonymous and session ids stay random (version 4): they say nothing of when.
+    assert_eq!(uuid::Uuid::parse_str(engine.session_id().unwrap()).unwrap().get_version_num(), 4);
+}
+
+#[test]
 fn sessions_time_out_after_inactivity() {
     let mut engine = open(MemoryStore::new(), T0);
     let first = engine.session_id().unwrap().to_owned();

@@ -7,7 +7,7 @@ use crate::prelude::*;
 use super::consent::Collect;
 use super::log;
 use super::state::Session;
-use super::{Engine, Millis, ms, new_uuid};
+use super::{Engine, Millis, ms, new_event_id, new_uuid};
 use crate::config::MAX_CAMPAIGN_VALUE_LEN;
 use crate::json::Object;
 use crate::pii;
@@ -362,7 +362,7 @@ impl<S: EventStore> Engine<S> {
         // Attribution data is always kept on the device; whether it leaves the device is decided
         // at upload time by the consent in force then (see `build_upload`).
         let consent = self.state.consent;
-        let event_id = new_uuid(&mut self.rng);
+        let event_id = new_event_id(&mut self.rng, now);
         let event = EventView {
             event_id: &event_id,
             event_type,

@@ -55,6 +55,14 @@ struct Args {
     /// signed-in app's events with attribution consent do).
     #[arg(long)]
     ids: bool,
+    /// Event ids of the batched and single workloads: v7 (time-ordered, what the SDKs send;
+    /// ADR 0023) or v4 (random, what Segment's libraries send).
+    #[arg(long, default_value = "v7")]
+    event_ids: String,
+    /// Spread the events' times (and so their v7 ids) over this many seconds before their
+    /// batch was made, as events queued on devices between uploads are.
+    #[arg(long, default_value_t = 0.0)]
+    spread_secs: f64,
     /// `--only clickhouse`: the ClickHouse HTTP interface (reports there; issue 23).
     #[arg(long)]
     clickhouse: Option<String>,
@@ -77,9 +85,28 @@ const SECRET: &str = "bench-secret";
 /// The app's write key for the Segment-compatible API (`--only segment`).
 const WRITE_KEY: &str = "bench-write-key-0001";
 
-/// One event as JSON text (built with `format!`, so preparing the bodies stays cheap); with
-/// `ids`, a user id and a device id as well.
-fn event(i: u64, ts: &str, ids: bool) -> String {
+/// How the batched and single workloads' events are made.
+#[derive(Clone, Copy)]
+struct Shape {
+    /// A user id and a device id on each event.
+    ids: bool,
+    /// Version 7 event ids carrying the event's time, as the SDKs make them (ADR 0023);
+    /// otherwise random version 4 ids, as Segment's libraries make their message ids.
+    v7: bool,
+    /// Each event's time is up to this many milliseconds before its batch was made (an SDK
+    /// sends what it queued since its last upload).
+    spread_ms: i64,
+}
+
+/// One event as JSON text (built with `format!`, so preparing the bodies stays cheap).
+fn event(i: u64, now_ms: i64, shape: Shape) -> String {
+    let at = now_ms - if shape.spread_ms > 0 { rand::random_range(0..=shape.spread_ms) } else { 0 };
+    let id = if shape.v7 {
+        let t = uuid::Timestamp::from_unix(uuid::NoContext, (at / 1000) as u64, (at % 1000) as u32 * 1_000_000);
+        uuid::Uuid::new_v7(t)
+    } else {
+        uuid::Uuid::new_v4()
+    };
     let text = format!(
         concat!(
             r#"{{"event_id":"{}","type":"add_to_cart","timestamp":"{}","anonymous_id":"anon-{}","session_id":"s-1","#,
@@ -87,12 +114,12 @@ fn event(i: u64, ts: &str, ids: bool) -> String {
             r#""context":{{"app":{{"id":"com.example","version":"1.0"}},"device":{{"os":"iOS","os_version":"18.1","model":"iPhone15,2"}},"#,
             r#""sdk":{{"name":"trailmark-swift","version":"0.1.0"}}}}}}"#
         ),
-        uuid::Uuid::new_v4(),
-        ts,
+        id,
+        protocol::format_millis(at),
         i % 5000,
         i % 1000
     );
-    if !ids {
+    if !shape.ids {
         return text;
     }
     let n = i % 5000;
@@ -254,14 +281,24 @@ async fn main() {
     let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build().unwrap();
 
     let run = |name: &str| args.only.as_deref().is_none_or(|o| o == name);
+    let shape = Shape {
+        ids: args.ids,
+        v7: match args.event_ids.as_str() {
+            "v7" => true,
+            "v4" => false,
+            other => panic!("--event-ids {other}: v7 or v4"),
+        },
+        spread_ms: (args.spread_secs * 1000.0) as i64,
+    };
     let mut single_rps = 0.0;
     if run("batched") {
         // Enough unique batches for up to 100k events/s; if they run out first, the rate is still
         // events over the time it took.
         let batches: Vec<Vec<u8>> = (0..(args.seconds * 200))
             .map(|b| {
-                let ts = protocol::format_millis(trailmark_server::now_ms());
-                let events: Vec<String> = (0..500).map(|i| event(b * 500 + i, &ts, args.ids)).collect();
+                let now = trailmark_server::now_ms();
+                let ts = protocol::format_millis(now);
+                let events: Vec<String> = (0..500).map(|i| event(b * 500 + i, now, shape)).collect();
                 format!(r#"{{"sent_at":"{ts}","batch":[{}]}}"#, events.join(",")).into_bytes()
             })
             .collect();
@@ -293,9 +330,8 @@ async fn main() {
         }
     }
     if run("single") {
-        let ts = protocol::format_millis(trailmark_server::now_ms());
-        let singles: Vec<Vec<u8>> =
-            (0..(args.seconds * 15_000)).map(|i| event(i, &ts, args.ids).into_bytes()).collect();
+        let now = trailmark_server::now_ms();
+        let singles: Vec<Vec<u8>> = (0..(args.seconds * 15_000)).map(|i| event(i, now, shape).into_bytes()).collect();
         let (c, u) = (client.clone(), ingest.clone());
         let r = drive(&args, Arc::new(singles), move |body| {
             let (c, u) = (c.clone(), u.clone());
@@ -798,8 +834,10 @@ async fn olap_bench(args: &Args) {
     let running = start(&settings).await.unwrap();
     let batches: Vec<Vec<u8>> = (0..(args.seconds * 200))
         .map(|b| {
-            let ts = protocol::format_millis(trailmark_server::now_ms());
-            let events: Vec<String> = (0..500).map(|i| event(b * 500 + i, &ts, false)).collect();
+            let now = trailmark_server::now_ms();
+            let ts = protocol::format_millis(now);
+            let shape = Shape { ids: false, v7: true, spread_ms: 0 };
+            let events: Vec<String> = (0..500).map(|i| event(b * 500 + i, now, shape)).collect();
             format!(r#"{{"sent_at":"{ts}","batch":[{}]}}"#, events.join(",")).into_bytes()
         })
         .collect();

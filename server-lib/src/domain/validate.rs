@@ -206,6 +206,9 @@ mod tests {
         let mut e = event("x", json!({}));
         e["event_id"] = json!("not-a-uuid");
         assert!(v.event("app", &e).unwrap_err().starts_with("/event_id"));
+        // The SDKs' ids are version 7 (ADR 0023); other clients' (Segment's) version 4.
+        e["event_id"] = json!("019af3c2-5e10-7b3d-8c4e-2d3f4a5b6c7d");
+        assert!(v.event("app", &e).is_ok());
         let mut e = event("x", json!({}));
         e["timestamp"] = json!("yesterday");
         assert!(v.event("app", &e).is_err());
