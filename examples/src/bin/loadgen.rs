@@ -331,7 +331,10 @@ async fn main() {
     }
     if run("single") {
         let now = trailmark_server::now_ms();
-        let singles: Vec<Vec<u8>> = (0..(args.seconds * 15_000)).map(|i| event(i, now, shape).into_bytes()).collect();
+        // One event per request: each a 15th of a millisecond after the one before (the
+        // prepared rate), so v7 ids come in the order sent rather than all in one millisecond.
+        let singles: Vec<Vec<u8>> =
+            (0..(args.seconds * 15_000)).map(|i| event(i, now + (i / 15) as i64, shape).into_bytes()).collect();
         let (c, u) = (client.clone(), ingest.clone());
         let r = drive(&args, Arc::new(singles), move |body| {
             let (c, u) = (c.clone(), u.clone());
