@@ -24,7 +24,9 @@ pub struct SqliteStore {
 /// Runs `PRAGMA wal_checkpoint(PASSIVE)` about once a second until dropped, on a thread with
 /// its own connection, so that commits (with `wal_autocheckpoint=0`) never wait for a
 /// checkpoint's writes and fsync. A passive checkpoint never blocks the writer. The SDK store
-/// and the server's storage both use it.
+/// and the server's storage both use it; under commits that never pause the log cannot start
+/// over after it, so the server's writer also finishes a checkpoint between two groups once
+/// its log is long (`server-lib/src/storage/sqlite/mod.rs`).
 pub struct Checkpointer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
